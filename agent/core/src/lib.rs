@@ -1,0 +1,1 @@
+//! Pure agent logic (filled by the agent work).

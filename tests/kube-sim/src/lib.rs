@@ -1,0 +1,1 @@
+//! Simulated Kubernetes API server (in progress).
