@@ -8,7 +8,12 @@
 //! The messages are always built; the tonic clients and servers only with the `client` and
 //! `server` features, so a pure crate can use the messages without pulling in tonic.
 
-#![allow(missing_docs, unreachable_pub, clippy::large_enum_variant, clippy::doc_lazy_continuation)]
+#![allow(
+    missing_docs,
+    unreachable_pub,
+    clippy::large_enum_variant,
+    clippy::doc_lazy_continuation
+)]
 
 /// `snapgate.v1`: sources, runs, copy status and the agent link.
 pub mod v1 {

@@ -1,1 +1,76 @@
-//! placeholder
+//! The pure heart of the snapgate scheduler.
+//!
+//! Everything the scheduler decides lives here, with no IO, no clock and no async: the shell
+//! (`snapgate-scheduler`) feeds it requests, agent reports and the current time, persists the
+//! records it returns, and only then delivers the rest of its effects.
+//!
+//! ```text
+//!              apply / sync-now / trigger / report / timeout (now)
+//!                                   │
+//!                                   ▼
+//!   ┌────────────────────────── Scheduler ───────────────────────────┐
+//!   │ sources ── schedule ──► due? ──► Run: Queued ─► Gating ─┬─► WaitingForTrigger
+//!   │                                                         │        │ trigger
+//!   │                             (one copy phase per PVC)    └────────┴─► Copying
+//!   │                                          Copying ─► Transferring ─► CleaningUp ─► Finished
+//!   └───────────────┬─────────────────────────────────────────────────┘
+//!                   ▼
+//!   effects: PutSource / PutRun (persist first) · Send(Directive) · CopyStatus · Observation
+//!   poll_timeout(): the next deadline (a schedule time or a copy-trigger wait timeout)
+//! ```
+
+mod machine;
+pub mod schedule;
+pub mod validate;
+
+use std::fmt;
+
+pub use machine::{
+    CoreError, Effect, HISTORY_PER_SOURCE, Observation, ReportOutcome, Scheduler, SourceRecord,
+    TIMEOUT_TEXT, TriggerAccepted, timestamp, to_datetime,
+};
+
+/// A source's identity: namespace and name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SourceKey {
+    /// The Kubernetes namespace of the source and its PVC.
+    pub namespace: String,
+    /// The source's name, unique in its namespace.
+    pub name: String,
+}
+
+impl SourceKey {
+    /// A key from its parts.
+    pub fn new(namespace: &str, name: &str) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        }
+    }
+}
+
+impl fmt::Display for SourceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A run's identity, unique for the life of a scheduler's store: `run-<n>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RunId(pub u64);
+
+impl fmt::Display for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "run-{}", self.0)
+    }
+}
+
+impl std::str::FromStr for RunId {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        s.strip_prefix("run-")
+            .and_then(|n| n.parse().ok())
+            .map(RunId)
+            .ok_or(())
+    }
+}

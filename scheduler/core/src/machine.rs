@@ -1,0 +1,1495 @@
+//! The scheduler's state: sources, their runs, and the copy-trigger state machine.
+//!
+//! Every public method takes `now` and records its consequences as [`Effect`]s, drained by the
+//! shell with [`Scheduler::drain_effects`]. Persistence effects come first in the drained list
+//! and must be made durable before the others are acted on.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Duration, Utc};
+use snapgate_proto::v1::{
+    self, CopyMethod, CopyState, CopyStatus, Directive, DirectivePhase, Report, RunPhase,
+    RunReason, RunResult, SourceSpec, TimeoutPolicy, report::Observation as ReportObservation,
+};
+
+use crate::{
+    RunId, SourceKey,
+    schedule::SyncTrigger,
+    validate::{self, Admitted, InvalidField, Mover},
+};
+
+/// Runs kept per source after they finish, for `ListRuns` and SyncNow idempotency.
+pub const HISTORY_PER_SOURCE: usize = 20;
+/// Timeline entries kept per run.
+const TIMELINE_LIMIT: usize = 64;
+/// How long a continuous source waits after a run that did not succeed.
+const CONTINUOUS_RETRY: Duration = Duration::seconds(60);
+/// The text VolSync writes into latestMoverStatus.logs when waiting times out.
+pub const TIMEOUT_TEXT: &str = "Timed out waiting for copy-trigger to be modified for pvc";
+
+/// What the store keeps per source.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SourceRecord {
+    /// The source as the API shows it: spec, status, version.
+    #[prost(message, optional, tag = "1")]
+    pub source: Option<v1::Source>,
+    /// Deleted by a user, kept until its last run has cleaned up.
+    #[prost(bool, tag = "2")]
+    pub deleting: bool,
+}
+
+/// Why a request was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CoreError {
+    /// Bad input: a field breaks a rule.
+    #[error(transparent)]
+    Invalid(#[from] InvalidField),
+    /// No such source.
+    #[error("source {0} not found")]
+    NotFound(SourceKey),
+    /// Create-only apply of a source that exists.
+    #[error(
+        "source {key} already exists at version {version}; pass expectedVersion {version} to update it"
+    )]
+    AlreadyExists {
+        /// The source.
+        key: SourceKey,
+        /// Its current version.
+        version: u64,
+    },
+    /// Optimistic concurrency: the caller's version is stale.
+    #[error(
+        "source {key} is at version {actual}, not the expected {expected}; get it again and retry"
+    )]
+    VersionConflict {
+        /// The source.
+        key: SourceKey,
+        /// What the caller expected.
+        expected: u64,
+        /// What is stored.
+        actual: u64,
+    },
+    /// The request is valid but the state does not allow it.
+    #[error("{0}")]
+    FailedPrecondition(String),
+}
+
+/// Something the shell must do after a call into the core.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Effect {
+    /// Persist this source record (replacing the stored one).
+    PutSource(Box<SourceRecord>),
+    /// Remove a source record.
+    RemoveSource(SourceKey),
+    /// Persist this run.
+    PutRun(Box<v1::Run>),
+    /// Remove a run from the store (history trimmed).
+    RemoveRun(RunId),
+    /// Deliver to the agent serving `namespace` (after persisting).
+    Send {
+        /// The run's namespace.
+        namespace: String,
+        /// The directive for the run.
+        directive: Box<Directive>,
+    },
+    /// Tell the agent serving `namespace` to stop acting on a run.
+    Forget {
+        /// The run's namespace.
+        namespace: String,
+        /// The run.
+        run_id: RunId,
+    },
+    /// The copy status of a PVC changed (for WatchCopy streams).
+    CopyStatus(Box<CopyStatus>),
+    /// A measurement, for metrics.
+    Observe(Observation),
+}
+
+/// Facts for metrics, labelled by source and mover.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Observation {
+    /// A run ended.
+    RunFinished {
+        /// The source.
+        source: SourceKey,
+        /// Its mover.
+        mover: Mover,
+        /// How it ended.
+        result: RunResult,
+        /// From start to end.
+        duration: Duration,
+        /// Whether it completed later than the second schedule time after the previous one.
+        missed: bool,
+    },
+    /// A copy trigger released a run that waited this long.
+    TriggerWait {
+        /// The source.
+        source: SourceKey,
+        /// Its mover.
+        mover: Mover,
+        /// How long it waited.
+        waited: Duration,
+    },
+    /// A run's wait for a copy trigger timed out.
+    TriggerTimeout {
+        /// The source.
+        source: SourceKey,
+        /// Its mover.
+        mover: Mover,
+    },
+    /// A mover Job attempt failed.
+    MoverFailure {
+        /// The source.
+        source: SourceKey,
+        /// Its mover.
+        mover: Mover,
+    },
+}
+
+/// What a report from an agent did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReportOutcome {
+    /// It moved the run on, or was recorded.
+    Applied,
+    /// It was for a run or phase that is no longer current; nothing changed.
+    Stale(String),
+}
+
+/// An accepted Trigger call.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TriggerAccepted {
+    /// The run it released.
+    pub run_id: RunId,
+    /// The copy status after it.
+    pub status: CopyStatus,
+    /// True when it repeated an earlier accepted call (nothing changed).
+    pub repeated: bool,
+}
+
+struct SourceEntry {
+    record: SourceRecord,
+    admitted: Admitted,
+}
+
+impl SourceEntry {
+    fn source(&self) -> &v1::Source {
+        self.record
+            .source
+            .as_ref()
+            .expect("a record always holds its source")
+    }
+    fn source_mut(&mut self) -> &mut v1::Source {
+        self.record
+            .source
+            .as_mut()
+            .expect("a record always holds its source")
+    }
+    fn status_mut(&mut self) -> &mut v1::SourceStatus {
+        self.source_mut()
+            .status
+            .get_or_insert_with(Default::default)
+    }
+    fn status(&self) -> v1::SourceStatus {
+        self.source().status.clone().unwrap_or_default()
+    }
+    fn spec(&self) -> &SourceSpec {
+        self.source()
+            .spec
+            .as_ref()
+            .expect("an admitted source has a spec")
+    }
+}
+
+/// The scheduler's whole state. See the crate docs for the picture.
+#[derive(Default)]
+pub struct Scheduler {
+    sources: BTreeMap<SourceKey, SourceEntry>,
+    /// Runs not yet finished.
+    active: BTreeMap<RunId, v1::Run>,
+    /// Finished runs, at most [`HISTORY_PER_SOURCE`] per source.
+    history: BTreeMap<RunId, v1::Run>,
+    next_run: u64,
+    effects: Vec<Effect>,
+}
+
+/// A chrono time as a protobuf timestamp.
+pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+/// A protobuf timestamp as a chrono time (out-of-range values clamp to the epoch).
+pub fn to_datetime(t: &prost_types::Timestamp) -> DateTime<Utc> {
+    DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32).unwrap_or_default()
+}
+
+fn duration_proto(d: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: d.num_seconds(),
+        nanos: (d - Duration::seconds(d.num_seconds()))
+            .num_nanoseconds()
+            .unwrap_or(0) as i32,
+    }
+}
+
+fn run_id(run: &v1::Run) -> RunId {
+    run.id.parse().expect("run ids are minted by the core")
+}
+
+fn run_key(run: &v1::Run) -> SourceKey {
+    let r = run.source.as_ref().expect("a run names its source");
+    SourceKey::new(&r.namespace, &r.name)
+}
+
+fn phase(run: &v1::Run) -> RunPhase {
+    RunPhase::try_from(run.phase).unwrap_or(RunPhase::Unspecified)
+}
+
+/// The phases in which a run owns its PVC's copy-trigger annotations.
+fn holds_pvc(run: &v1::Run) -> bool {
+    matches!(
+        phase(run),
+        RunPhase::Gating | RunPhase::WaitingForTrigger | RunPhase::Copying
+    )
+}
+
+fn note(run: &mut v1::Run, now: DateTime<Utc>, event: &str, message: impl Into<String>) {
+    if run.timeline.len() >= TIMELINE_LIMIT {
+        run.timeline.remove(1);
+    }
+    run.timeline.push(v1::TimelineEntry {
+        time: Some(timestamp(now)),
+        event: event.to_owned(),
+        message: message.into(),
+    });
+}
+
+/// The copy status a run shows to applications.
+fn copy_state(run: &v1::Run) -> CopyState {
+    let result = RunResult::try_from(run.result).unwrap_or(RunResult::Unspecified);
+    if run.copy_time.is_some() {
+        return CopyState::Completed;
+    }
+    match phase(run) {
+        RunPhase::Unspecified | RunPhase::Queued | RunPhase::Gating => CopyState::Pending,
+        RunPhase::WaitingForTrigger => CopyState::WaitingForTrigger,
+        RunPhase::Copying => CopyState::InProgress,
+        RunPhase::Transferring if result == RunResult::Unspecified => CopyState::InProgress,
+        _ => match result {
+            RunResult::Successful => CopyState::Completed,
+            RunResult::TimedOut => CopyState::TimedOut,
+            RunResult::Aborted => CopyState::Aborted,
+            RunResult::Failed => CopyState::Failed,
+            RunResult::Unspecified => CopyState::InProgress,
+        },
+    }
+}
+
+impl Scheduler {
+    /// An empty scheduler (a new store).
+    pub fn new() -> Self {
+        Self {
+            next_run: 1,
+            ..Self::default()
+        }
+    }
+
+    /// Rebuilds the state from what the store holds. Runs in flight resume where they were.
+    pub fn restore(
+        records: Vec<SourceRecord>,
+        runs: Vec<v1::Run>,
+        next_run: u64,
+    ) -> Result<Self, CoreError> {
+        let mut s = Self::new();
+        s.next_run = next_run.max(1);
+        for record in records {
+            let src = record.source.as_ref().ok_or_else(|| {
+                CoreError::FailedPrecondition("stored source without body".into())
+            })?;
+            let key = SourceKey::new(&src.namespace, &src.name);
+            let admitted = validate::admit(&key, src.spec.as_ref().unwrap_or(&Default::default()))?;
+            s.sources.insert(key, SourceEntry { record, admitted });
+        }
+        for run in runs {
+            let id = run.id.parse::<RunId>().map_err(|()| {
+                CoreError::FailedPrecondition(format!("stored run with bad id {:?}", run.id))
+            })?;
+            s.next_run = s.next_run.max(id.0 + 1);
+            if phase(&run) == RunPhase::Finished {
+                s.history.insert(id, run);
+            } else {
+                s.active.insert(id, run);
+            }
+        }
+        Ok(s)
+    }
+
+    /// Takes the effects recorded since the last call: persistence first, then the rest.
+    pub fn drain_effects(&mut self) -> Vec<Effect> {
+        let mut effects = std::mem::take(&mut self.effects);
+        effects.sort_by_key(|e| match e {
+            Effect::PutSource(_)
+            | Effect::RemoveSource(_)
+            | Effect::PutRun(_)
+            | Effect::RemoveRun(_) => 0,
+            _ => 1,
+        });
+        effects
+    }
+
+    /// The next run number, to persist with the records.
+    pub fn next_run_counter(&self) -> u64 {
+        self.next_run
+    }
+
+    // ---------------------------------------------------------------- sources
+
+    /// Creates a source (`expected_version == 0`) or replaces its spec.
+    pub fn apply_source(
+        &mut self,
+        key: SourceKey,
+        spec: SourceSpec,
+        expected_version: u64,
+        now: DateTime<Utc>,
+    ) -> Result<v1::Source, CoreError> {
+        let admitted = validate::admit(&key, &spec)?;
+        match self.sources.get_mut(&key) {
+            Some(entry) if entry.record.deleting => {
+                return Err(CoreError::FailedPrecondition(format!(
+                    "source {key} is being deleted; apply it again once its last run has cleaned up"
+                )));
+            }
+            Some(entry) => {
+                let version = entry.source().version;
+                if expected_version == 0 {
+                    return Err(CoreError::AlreadyExists { key, version });
+                }
+                if expected_version != version {
+                    return Err(CoreError::VersionConflict {
+                        key,
+                        expected: expected_version,
+                        actual: version,
+                    });
+                }
+                let schedule_changed = entry.spec().trigger != spec.trigger
+                    || entry.spec().time_zone != spec.time_zone
+                    || entry.spec().jitter != spec.jitter;
+                let src = entry.source_mut();
+                src.spec = Some(spec);
+                src.version += 1;
+                entry.admitted = admitted;
+                if schedule_changed && entry.status().current_run_id.is_empty() {
+                    let next = match &entry.admitted.trigger {
+                        SyncTrigger::Schedule(s) => {
+                            let from = entry
+                                .status()
+                                .last_sync_time
+                                .as_ref()
+                                .map(to_datetime)
+                                .unwrap_or(now);
+                            if entry.status().last_sync_start_time.is_none()
+                                && entry.status().next_sync_time.is_some()
+                            {
+                                entry.status().next_sync_time
+                            } else {
+                                s.next_after(from).map(timestamp)
+                            }
+                        }
+                        SyncTrigger::Manual(_) | SyncTrigger::Continuous => None,
+                    };
+                    entry.status_mut().next_sync_time = next;
+                }
+            }
+            None => {
+                if expected_version != 0 {
+                    return Err(CoreError::NotFound(key));
+                }
+                let next_sync_time = match (&admitted.trigger, spec.skip_initial_run) {
+                    (SyncTrigger::Schedule(_) | SyncTrigger::Continuous, false) => Some(now),
+                    (SyncTrigger::Schedule(s), true) => s.next_after(now),
+                    (SyncTrigger::Continuous, true) => None,
+                    (SyncTrigger::Manual(_), _) => None,
+                };
+                let mut status = v1::SourceStatus {
+                    next_sync_time: next_sync_time.map(timestamp),
+                    ..Default::default()
+                };
+                if let (SyncTrigger::Manual(tag), true) = (&admitted.trigger, spec.skip_initial_run)
+                {
+                    status.last_manual_sync = tag.clone();
+                }
+                let source = v1::Source {
+                    namespace: key.namespace.clone(),
+                    name: key.name.clone(),
+                    spec: Some(spec),
+                    status: Some(status),
+                    version: 1,
+                    create_time: Some(timestamp(now)),
+                };
+                self.sources.insert(
+                    key.clone(),
+                    SourceEntry {
+                        record: SourceRecord {
+                            source: Some(source),
+                            deleting: false,
+                        },
+                        admitted,
+                    },
+                );
+            }
+        }
+        self.refresh_idle_condition(&key, now);
+        self.put_source(&key);
+        // A changed spec reaches the agent with the run's directive.
+        if let Some(id) = self.current_run(&key) {
+            self.send_directive(id);
+        }
+        self.start_due_runs(now);
+        self.get_source(&key)
+    }
+
+    /// The source with its status.
+    pub fn get_source(&self, key: &SourceKey) -> Result<v1::Source, CoreError> {
+        match self.sources.get(key) {
+            Some(e) if !e.record.deleting => Ok(e.source().clone()),
+            _ => Err(CoreError::NotFound(key.clone())),
+        }
+    }
+
+    /// Sources in key order, optionally in one namespace, starting after `after`.
+    pub fn list_sources(
+        &self,
+        namespace: Option<&str>,
+        after: Option<&SourceKey>,
+        limit: usize,
+    ) -> (Vec<v1::Source>, Option<SourceKey>) {
+        let start = match after {
+            Some(k) => std::ops::Bound::Excluded(k.clone()),
+            None => std::ops::Bound::Unbounded,
+        };
+        let mut out = Vec::new();
+        let mut last = None;
+        for (k, e) in self.sources.range((start, std::ops::Bound::Unbounded)) {
+            if e.record.deleting || namespace.is_some_and(|ns| ns != k.namespace) {
+                continue;
+            }
+            if out.len() == limit {
+                return (out, last);
+            }
+            out.push(e.source().clone());
+            last = Some(k.clone());
+        }
+        (out, None)
+    }
+
+    /// Deletes a source. A run in flight is aborted and cleaned up first.
+    pub fn delete_source(
+        &mut self,
+        key: &SourceKey,
+        expected_version: u64,
+        now: DateTime<Utc>,
+    ) -> Result<(), CoreError> {
+        let entry = self.entry(key)?;
+        let version = entry.source().version;
+        if expected_version != 0 && expected_version != version {
+            return Err(CoreError::VersionConflict {
+                key: key.clone(),
+                expected: expected_version,
+                actual: version,
+            });
+        }
+        match self.current_run(key) {
+            Some(id) => {
+                self.sources.get_mut(key).expect("checked").record.deleting = true;
+                self.put_source(key);
+                self.abort_run(id, "source deleted", now);
+            }
+            None => self.remove_source(key),
+        }
+        Ok(())
+    }
+
+    fn remove_source(&mut self, key: &SourceKey) {
+        self.sources.remove(key);
+        self.effects.push(Effect::RemoveSource(key.clone()));
+        let old: Vec<RunId> = self
+            .history
+            .iter()
+            .filter(|(_, r)| &run_key(r) == key)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in old {
+            self.history.remove(&id);
+            self.effects.push(Effect::RemoveRun(id));
+        }
+    }
+
+    /// Pauses or resumes a source, with a note for the status.
+    pub fn set_paused(
+        &mut self,
+        key: &SourceKey,
+        paused: bool,
+        note: String,
+        now: DateTime<Utc>,
+    ) -> Result<v1::Source, CoreError> {
+        validate::printable("note", &note, false)?;
+        let entry = self.entry_mut(key)?;
+        let src = entry.source_mut();
+        let spec = src.spec.as_mut().expect("admitted");
+        if spec.paused != paused {
+            spec.paused = paused;
+            src.version += 1;
+        }
+        entry.status_mut().pause_note = note;
+        self.put_source(key);
+        if let Some(id) = self.current_run(key) {
+            // The agent scales the mover Job to zero (or back) from the directive's spec.
+            self.send_directive(id);
+        }
+        self.refresh_idle_condition(key, now);
+        self.start_due_runs(now);
+        self.get_source(key)
+    }
+
+    /// Starts a run now. The same `request_id` again answers the same run.
+    pub fn sync_now(
+        &mut self,
+        key: &SourceKey,
+        request_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(RunId, bool), CoreError> {
+        if request_id.is_empty() {
+            return Err(InvalidField::new(
+                "requestId",
+                "required, so that a retried request starts no second run",
+            )
+            .into());
+        }
+        validate::printable("requestId", request_id, true)?;
+        self.entry(key)?;
+        if let Some(run) = self
+            .active
+            .values()
+            .chain(self.history.values())
+            .find(|r| run_key(r) == *key && r.request_id == request_id)
+        {
+            return Ok((run_id(run), false));
+        }
+        if let Some(id) = self.current_run(key) {
+            return Ok((id, false));
+        }
+        if self.entry(key)?.spec().paused {
+            return Err(CoreError::FailedPrecondition(format!(
+                "source {key} is paused; resume it first"
+            )));
+        }
+        let id = self.start_run(key, RunReason::SyncNow, request_id, now);
+        Ok((id, true))
+    }
+
+    /// Recent runs of a source, newest first.
+    pub fn list_runs(&self, key: &SourceKey, limit: usize) -> Result<Vec<v1::Run>, CoreError> {
+        self.entry(key)?;
+        let mut runs: Vec<v1::Run> = self
+            .active
+            .values()
+            .chain(self.history.values())
+            .filter(|r| run_key(r) == *key)
+            .cloned()
+            .collect();
+        runs.sort_by_key(|r| std::cmp::Reverse(run_id(r)));
+        runs.truncate(limit);
+        Ok(runs)
+    }
+
+    /// The next `count` schedule times after `after`, with the source's time zone.
+    pub fn preview(
+        &self,
+        key: &SourceKey,
+        after: DateTime<Utc>,
+        count: usize,
+    ) -> Result<(Vec<DateTime<Utc>>, chrono_tz::Tz), CoreError> {
+        match &self.entry(key)?.admitted.trigger {
+            SyncTrigger::Schedule(s) => Ok((s.preview(after, count), s.time_zone())),
+            other => Err(CoreError::FailedPrecondition(format!(
+                "source {key} has no schedule (it syncs {other})"
+            ))),
+        }
+    }
+
+    // ---------------------------------------------------------------- triggers
+
+    /// Resolves a copy target (a PVC, or a source's PVC) to namespace and PVC.
+    pub fn resolve_target(&self, target: &v1::CopyTarget) -> Result<(String, String), CoreError> {
+        validate::dns_label("target.namespace", &target.namespace)?;
+        match (target.pvc.is_empty(), target.source.is_empty()) {
+            (false, true) => {
+                validate::dns_subdomain("target.pvc", &target.pvc)?;
+                Ok((target.namespace.clone(), target.pvc.clone()))
+            }
+            (true, false) => {
+                let key = SourceKey::new(&target.namespace, &target.source);
+                Ok((
+                    target.namespace.clone(),
+                    self.entry(&key)?.spec().source_pvc.clone(),
+                ))
+            }
+            _ => Err(InvalidField::new("target", "set exactly one of pvc and source").into()),
+        }
+    }
+
+    /// The copy status of a PVC: the run holding it, else its newest run, else idle.
+    pub fn copy_status(&self, namespace: &str, pvc: &str) -> CopyStatus {
+        let on_pvc = |r: &&v1::Run| {
+            r.pvc == pvc && r.source.as_ref().is_some_and(|s| s.namespace == namespace)
+        };
+        let run = self
+            .active
+            .values()
+            .filter(on_pvc)
+            .find(|r| holds_pvc(r))
+            .or_else(|| self.active.values().rfind(on_pvc))
+            .or_else(|| self.history.values().rfind(on_pvc));
+        let latest_trigger = self
+            .active
+            .values()
+            .chain(self.history.values())
+            .filter(on_pvc)
+            .max_by_key(|r| run_id(r))
+            .map(|r| r.latest_trigger.clone())
+            .unwrap_or_default();
+        let mut status = CopyStatus {
+            namespace: namespace.to_owned(),
+            pvc: pvc.to_owned(),
+            state: CopyState::Idle as i32,
+            latest_trigger,
+            ..Default::default()
+        };
+        if let Some(run) = run {
+            status.source = run
+                .source
+                .as_ref()
+                .map(|s| s.name.clone())
+                .unwrap_or_default();
+            status.run_id = run.id.clone();
+            status.state = copy_state(run) as i32;
+            status.reason = run.message.clone();
+            status.waiting_since = run.waiting_since;
+            status.wait_deadline = run.wait_deadline;
+            status.trigger = run.trigger.clone();
+            status.gated = run.gated;
+            status.time = run.timeline.last().and_then(|t| t.time);
+        }
+        status
+    }
+
+    /// Releases the run waiting on a PVC with `value` (the SDK's Trigger).
+    pub fn trigger(
+        &mut self,
+        target: &v1::CopyTarget,
+        value: &str,
+        expected_run: &str,
+        now: DateTime<Utc>,
+    ) -> Result<TriggerAccepted, CoreError> {
+        let (namespace, pvc) = self.resolve_target(target)?;
+        validate::printable("value", value, true)?;
+        let expected: Option<RunId> = if expected_run.is_empty() {
+            None
+        } else {
+            Some(expected_run.parse().map_err(|()| {
+                InvalidField::new(
+                    "runId",
+                    format!("{expected_run:?} is not a run id such as run-42"),
+                )
+            })?)
+        };
+        let on_pvc = |r: &v1::Run| {
+            r.pvc == pvc && r.source.as_ref().is_some_and(|s| s.namespace == namespace)
+        };
+        // An accepted call repeated: same answer, nothing new.
+        if let Some(run) = self
+            .active
+            .values()
+            .chain(self.history.values())
+            .filter(|r| on_pvc(r) && r.released_by == "rpc" && r.trigger == value)
+            .max_by_key(|r| run_id(r))
+            && expected.is_none_or(|e| e == run_id(run))
+        {
+            let id = run_id(run);
+            return Ok(TriggerAccepted {
+                run_id: id,
+                status: self.copy_status(&namespace, &pvc),
+                repeated: true,
+            });
+        }
+        let waiting = self
+            .active
+            .values()
+            .find(|r| on_pvc(r) && phase(r) == RunPhase::WaitingForTrigger)
+            .map(run_id);
+        let Some(id) = waiting else {
+            let status = self.copy_status(&namespace, &pvc);
+            let state = CopyState::try_from(status.state).unwrap_or(CopyState::Unspecified);
+            return Err(CoreError::FailedPrecondition(format!(
+                "no run is waiting for a copy trigger on pvc {namespace}/{pvc} (copy state {})",
+                state.as_str_name()
+            )));
+        };
+        if let Some(e) = expected
+            && e != id
+        {
+            return Err(CoreError::FailedPrecondition(format!(
+                "run {e} is not the run waiting on pvc {namespace}/{pvc} ({id} is); refusing to release another copy"
+            )));
+        }
+        let run = &self.active[&id];
+        if value == run.latest_trigger {
+            return Err(InvalidField::new(
+                "value",
+                format!("{value:?} equals latest-copy-trigger; a new copy needs a new value"),
+            )
+            .into());
+        }
+        self.release(id, value.to_owned(), "rpc", now);
+        Ok(TriggerAccepted {
+            run_id: id,
+            status: self.copy_status(&namespace, &pvc),
+            repeated: false,
+        })
+    }
+
+    // ---------------------------------------------------------------- agents
+
+    /// The directives an agent serving `namespaces` must hold, for a (re)connect.
+    pub fn directives_for(&self, namespaces: &[String]) -> Vec<Directive> {
+        self.active
+            .values()
+            .filter(|r| {
+                r.source
+                    .as_ref()
+                    .is_some_and(|s| namespaces.contains(&s.namespace))
+            })
+            .filter_map(|r| self.directive(r))
+            .collect()
+    }
+
+    /// Applies an agent's report about a run in `namespace`.
+    pub fn handle_report(
+        &mut self,
+        namespace: &str,
+        report: Report,
+        now: DateTime<Utc>,
+    ) -> ReportOutcome {
+        let Ok(id) = report.run_id.parse::<RunId>() else {
+            return ReportOutcome::Stale(format!("unknown run id {:?}", report.run_id));
+        };
+        let Some(run) = self.active.get(&id) else {
+            return ReportOutcome::Stale(format!("{id} is not in flight"));
+        };
+        if run.source.as_ref().is_none_or(|s| s.namespace != namespace) {
+            return ReportOutcome::Stale(format!("{id} is not in namespace {namespace}"));
+        }
+        let current = phase(run);
+        let Some(observation) = report.observation else {
+            return ReportOutcome::Stale("empty report".into());
+        };
+        match (current, observation) {
+            (RunPhase::Gating | RunPhase::WaitingForTrigger, ReportObservation::Pvc(pvc)) => {
+                self.on_pvc_observed(id, pvc, now)
+            }
+            (RunPhase::Copying, ReportObservation::CopyCompleted(c)) => {
+                self.on_copy_completed(id, c, now)
+            }
+            (RunPhase::Transferring, ReportObservation::MoverFailed(f)) => {
+                self.on_mover_failed(id, f, now)
+            }
+            (RunPhase::Transferring, ReportObservation::MoverFinished(f)) => {
+                self.on_mover_finished(id, f, now)
+            }
+            (RunPhase::CleaningUp, ReportObservation::CleanedUp(_)) => self.finish_run(id, now),
+            (_, ReportObservation::Error(e)) => self.on_agent_error(id, e, now),
+            (p, o) => {
+                return ReportOutcome::Stale(format!(
+                    "{id} is {}, report {} does not apply",
+                    p.as_str_name(),
+                    observation_name(&o)
+                ));
+            }
+        }
+        ReportOutcome::Applied
+    }
+
+    fn on_pvc_observed(&mut self, id: RunId, pvc: v1::PvcObserved, now: DateTime<Utc>) {
+        let key = run_key(&self.active[&id]);
+        let copy_method = self.sources[&key].admitted.copy_method;
+        let run = self.active.get_mut(&id).expect("checked");
+        let was_waiting = phase(run) == RunPhase::WaitingForTrigger;
+        if !pvc.exists {
+            let msg = format!("source PVC {} not found; waiting for it", run.pvc);
+            if run.message != msg {
+                run.message = msg.clone();
+                note(run, now, "Error", msg.clone());
+                self.put_run(id);
+                self.set_condition(&key, "True", "Error", &msg, now);
+                self.put_source(&key);
+            }
+            return;
+        }
+        run.message.clear();
+        run.latest_trigger = pvc.latest_copy_trigger.clone();
+        if copy_method == CopyMethod::Direct {
+            if pvc.use_copy_trigger {
+                self.entry_mut(&key).expect("exists").status_mut().message =
+                    "use-copy-trigger needs copyMethod Snapshot or Clone; syncing without gating"
+                        .into();
+            }
+            let run = self.active.get_mut(&id).expect("checked");
+            run.gated = false;
+            note(
+                run,
+                now,
+                "Transferring",
+                "copyMethod Direct: the mover reads the source PVC",
+            );
+            self.set_phase(id, RunPhase::Transferring, now);
+            return;
+        }
+        if !pvc.use_copy_trigger {
+            let run = self.active.get_mut(&id).expect("checked");
+            run.gated = false;
+            let msg = if was_waiting {
+                "use-copy-trigger removed while waiting: released without gating"
+            } else {
+                "the PVC is not gated: copying now"
+            };
+            note(run, now, "InProgress", msg);
+            self.set_phase(id, RunPhase::Copying, now);
+            return;
+        }
+        let run = self.active.get_mut(&id).expect("checked");
+        run.gated = true;
+        let fresh = !pvc.copy_trigger.is_empty() && pvc.copy_trigger != pvc.latest_copy_trigger;
+        if fresh {
+            let by = if was_waiting { "annotation" } else { "ahead" };
+            self.release(id, pvc.copy_trigger, by, now);
+        } else if !was_waiting {
+            // Resume an earlier wait on this PVC if its timestamp is valid; else it starts now.
+            let since = (pvc.latest_copy_status == "WaitingForTrigger")
+                .then(|| DateTime::parse_from_rfc3339(&pvc.waiting_since).ok())
+                .flatten()
+                .map(|t| t.with_timezone(&Utc))
+                .filter(|t| *t <= now)
+                .unwrap_or(now);
+            let timeout = self.sources[&key].admitted.wait_timeout;
+            let run = self.active.get_mut(&id).expect("checked");
+            run.waiting_since = Some(timestamp(since));
+            run.wait_deadline = Some(timestamp(since + timeout));
+            note(
+                run,
+                now,
+                "WaitingForTrigger",
+                "waiting for a new copy-trigger value",
+            );
+            self.set_phase(id, RunPhase::WaitingForTrigger, now);
+        } else {
+            // Still waiting; keep what we know of latest-copy-trigger.
+            self.put_run(id);
+        }
+    }
+
+    fn release(&mut self, id: RunId, value: String, by: &str, now: DateTime<Utc>) {
+        let key = run_key(&self.active[&id]);
+        let mover = self.sources[&key].admitted.mover;
+        let run = self.active.get_mut(&id).expect("in flight");
+        if let Some(since) = run.waiting_since.as_ref().map(to_datetime) {
+            self.effects.push(Effect::Observe(Observation::TriggerWait {
+                source: key.clone(),
+                mover,
+                waited: now - since,
+            }));
+        }
+        run.trigger = value;
+        run.released_by = by.to_owned();
+        run.message.clear();
+        let msg = format!("released by {by} with copy-trigger {:?}", run.trigger);
+        note(run, now, "InProgress", msg);
+        self.set_phase(id, RunPhase::Copying, now);
+    }
+
+    fn on_copy_completed(&mut self, id: RunId, c: v1::CopyCompleted, now: DateTime<Utc>) {
+        let run = self.active.get_mut(&id).expect("checked");
+        run.copy_time = Some(c.time.unwrap_or_else(|| timestamp(now)));
+        if run.gated {
+            run.latest_trigger = run.trigger.clone();
+        }
+        let msg = if c.copy_name.is_empty() {
+            "copy point reached".to_owned()
+        } else {
+            format!("copy point reached: {}", c.copy_name)
+        };
+        note(run, now, "Completed", msg);
+        self.set_phase(id, RunPhase::Transferring, now);
+    }
+
+    fn on_mover_failed(&mut self, id: RunId, f: v1::MoverFailed, now: DateTime<Utc>) {
+        let key = run_key(&self.active[&id]);
+        let mover = self.sources[&key].admitted.mover;
+        let run = self.active.get_mut(&id).expect("checked");
+        run.mover_failures += 1;
+        let status = v1::MoverStatus {
+            result: "Failed".into(),
+            logs: f.logs,
+        };
+        run.mover_status = Some(status.clone());
+        note(
+            run,
+            now,
+            "MoverFailed",
+            format!("mover attempt {} failed; retrying", f.attempt),
+        );
+        self.put_run(id);
+        self.effects
+            .push(Effect::Observe(Observation::MoverFailure {
+                source: key.clone(),
+                mover,
+            }));
+        self.entry_mut(&key)
+            .expect("exists")
+            .status_mut()
+            .latest_mover_status = Some(status);
+        self.put_source(&key);
+    }
+
+    fn on_mover_finished(&mut self, id: RunId, f: v1::MoverFinished, now: DateTime<Utc>) {
+        let key = run_key(&self.active[&id]);
+        let run = self.active.get_mut(&id).expect("checked");
+        let (result, text) = if f.succeeded {
+            (RunResult::Successful, "Successful")
+        } else {
+            (RunResult::Failed, "Failed")
+        };
+        run.result = result as i32;
+        let status = v1::MoverStatus {
+            result: text.into(),
+            logs: f.logs,
+        };
+        run.mover_status = Some(status.clone());
+        note(run, now, "MoverFinished", text);
+        self.entry_mut(&key)
+            .expect("exists")
+            .status_mut()
+            .latest_mover_status = Some(status);
+        self.put_source(&key);
+        self.set_phase(id, RunPhase::CleaningUp, now);
+    }
+
+    fn on_agent_error(&mut self, id: RunId, e: v1::AgentError, now: DateTime<Utc>) {
+        let key = run_key(&self.active[&id]);
+        let msg = format!("{}: {}", e.reason, e.message);
+        let run = self.active.get_mut(&id).expect("checked");
+        if run.message == msg && e.retryable {
+            return;
+        }
+        run.message = msg.clone();
+        note(run, now, "Error", msg.clone());
+        self.set_condition(&key, "True", "Error", &msg, now);
+        self.put_source(&key);
+        if e.retryable || phase(&self.active[&id]) == RunPhase::CleaningUp {
+            self.put_run(id);
+            return;
+        }
+        let run = self.active.get_mut(&id).expect("checked");
+        run.result = RunResult::Failed as i32;
+        self.set_phase(id, RunPhase::CleaningUp, now);
+    }
+
+    // ---------------------------------------------------------------- time
+
+    /// The earliest time at which [`Scheduler::handle_timeout`] has something to do.
+    pub fn poll_timeout(&self) -> Option<DateTime<Utc>> {
+        let waits = self
+            .active
+            .values()
+            .filter(|r| phase(r) == RunPhase::WaitingForTrigger && !r.timeout_reported)
+            .filter_map(|r| r.wait_deadline.as_ref().map(to_datetime));
+        let starts = self
+            .sources
+            .values()
+            .filter(|e| {
+                !e.record.deleting && !e.spec().paused && e.status().current_run_id.is_empty()
+            })
+            .filter_map(|e| e.status().next_sync_time.as_ref().map(to_datetime));
+        waits.chain(starts).min()
+    }
+
+    /// Acts on every deadline that has passed: wait timeouts, then due runs.
+    pub fn handle_timeout(&mut self, now: DateTime<Utc>) {
+        let expired: Vec<RunId> = self
+            .active
+            .iter()
+            .filter(|(_, r)| {
+                phase(r) == RunPhase::WaitingForTrigger
+                    && !r.timeout_reported
+                    && r.wait_deadline
+                        .as_ref()
+                        .is_some_and(|d| to_datetime(d) <= now)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            self.on_wait_timeout(id, now);
+        }
+        self.start_due_runs(now);
+    }
+
+    fn on_wait_timeout(&mut self, id: RunId, now: DateTime<Utc>) {
+        let key = run_key(&self.active[&id]);
+        let (mover, policy) = {
+            let a = &self.sources[&key].admitted;
+            (a.mover, a.on_timeout)
+        };
+        let run = self.active.get_mut(&id).expect("checked");
+        let logs = format!("{TIMEOUT_TEXT} {}", run.pvc);
+        run.timeout_reported = true;
+        run.message = logs.clone();
+        self.effects
+            .push(Effect::Observe(Observation::TriggerTimeout {
+                source: key.clone(),
+                mover,
+            }));
+        let status = v1::MoverStatus {
+            result: "Failed".into(),
+            logs: logs.clone(),
+        };
+        run.mover_status = Some(status.clone());
+        self.entry_mut(&key)
+            .expect("exists")
+            .status_mut()
+            .latest_mover_status = Some(status);
+        self.put_source(&key);
+        let run = self.active.get_mut(&id).expect("checked");
+        match policy {
+            TimeoutPolicy::KeepWaiting => {
+                note(
+                    run,
+                    now,
+                    "TimeoutReported",
+                    format!("{logs}; still waiting"),
+                );
+                self.bump(id);
+                self.notify_copy(id);
+            }
+            TimeoutPolicy::Skip => {
+                run.result = RunResult::TimedOut as i32;
+                note(run, now, "TimedOut", format!("{logs}; run skipped"));
+                self.set_phase(id, RunPhase::CleaningUp, now);
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- runs
+
+    fn start_due_runs(&mut self, now: DateTime<Utc>) {
+        let due: Vec<(SourceKey, RunReason)> = self
+            .sources
+            .iter()
+            .filter_map(|(k, e)| due(e, now).map(|r| (k.clone(), r)))
+            .collect();
+        for (key, reason) in due {
+            self.start_run(&key, reason, "", now);
+        }
+    }
+
+    fn start_run(
+        &mut self,
+        key: &SourceKey,
+        reason: RunReason,
+        request_id: &str,
+        now: DateTime<Utc>,
+    ) -> RunId {
+        let id = RunId(self.next_run);
+        self.next_run += 1;
+        let entry = self.sources.get_mut(key).expect("caller checked");
+        let pvc = entry.spec().source_pvc.clone();
+        let prune = match entry.admitted.prune_interval {
+            Some(every) => entry
+                .status()
+                .last_pruned
+                .as_ref()
+                .is_some_and(|t| to_datetime(t) + every <= now),
+            None => false,
+        };
+        let status = entry.status_mut();
+        status.current_run_id = id.to_string();
+        status.last_sync_start_time = Some(timestamp(now));
+        status.message.clear();
+        let mut run = v1::Run {
+            id: id.to_string(),
+            source: Some(v1::SourceRef {
+                namespace: key.namespace.clone(),
+                name: key.name.clone(),
+            }),
+            pvc,
+            reason: reason as i32,
+            phase: RunPhase::Queued as i32,
+            start_time: Some(timestamp(now)),
+            request_id: request_id.to_owned(),
+            restic_prune: prune,
+            ..Default::default()
+        };
+        note(&mut run, now, "Queued", reason.as_str_name());
+        self.active.insert(id, run);
+        self.set_condition(key, "True", "SyncInProgress", "", now);
+        self.put_source(key);
+        self.put_run(id);
+        self.advance_pvc(key.namespace.clone(), self.active[&id].pvc.clone(), now);
+        id
+    }
+
+    /// Lets the oldest queued run on a PVC start its copy phase if no run holds the PVC.
+    fn advance_pvc(&mut self, namespace: String, pvc: String, now: DateTime<Utc>) {
+        let on_pvc = |r: &v1::Run| {
+            r.pvc == pvc && r.source.as_ref().is_some_and(|s| s.namespace == namespace)
+        };
+        if self.active.values().any(|r| on_pvc(r) && holds_pvc(r)) {
+            return;
+        }
+        let next = self
+            .active
+            .values()
+            .find(|r| on_pvc(r) && phase(r) == RunPhase::Queued)
+            .map(run_id);
+        if let Some(id) = next {
+            let run = self.active.get_mut(&id).expect("found");
+            note(run, now, "Gating", "reading the source PVC");
+            self.set_phase(id, RunPhase::Gating, now);
+        }
+    }
+
+    /// Moves a run to a phase: persist, tell the agent, tell watchers, free the PVC if done.
+    fn set_phase(&mut self, id: RunId, to: RunPhase, now: DateTime<Utc>) {
+        let run = self.active.get_mut(&id).expect("in flight");
+        let held = holds_pvc(run);
+        run.phase = to as i32;
+        let (namespace, pvc) = (
+            run.source
+                .as_ref()
+                .map(|s| s.namespace.clone())
+                .unwrap_or_default(),
+            run.pvc.clone(),
+        );
+        let freed = held && !holds_pvc(run);
+        let key = run_key(run);
+        if to == RunPhase::CleaningUp {
+            self.set_condition(&key, "True", "CleaningUp", "", now);
+            self.put_source(&key);
+        }
+        self.bump(id);
+        self.notify_copy(id);
+        if freed {
+            self.advance_pvc(namespace, pvc, now);
+        }
+    }
+
+    /// A new directive generation for a run: persist it and send it.
+    fn bump(&mut self, id: RunId) {
+        let run = self.active.get_mut(&id).expect("in flight");
+        run.generation += 1;
+        self.put_run(id);
+        self.send_directive(id);
+    }
+
+    fn abort_run(&mut self, id: RunId, why: &str, now: DateTime<Utc>) {
+        let run = self.active.get_mut(&id).expect("in flight");
+        run.result = RunResult::Aborted as i32;
+        run.message = why.to_owned();
+        note(run, now, "Aborted", why);
+        if phase(run) == RunPhase::Queued {
+            // Nothing was done in the cluster yet.
+            self.finish_run(id, now);
+        } else if phase(run) != RunPhase::CleaningUp {
+            self.set_phase(id, RunPhase::CleaningUp, now);
+        }
+    }
+
+    fn finish_run(&mut self, id: RunId, now: DateTime<Utc>) {
+        let mut run = self.active.remove(&id).expect("in flight");
+        let key = run_key(&run);
+        let namespace = key.namespace.clone();
+        let freed = holds_pvc(&run);
+        run.phase = RunPhase::Finished as i32;
+        if run.result == RunResult::Unspecified as i32 {
+            run.result = RunResult::Failed as i32;
+        }
+        let result = RunResult::try_from(run.result).unwrap_or(RunResult::Failed);
+        run.end_time = Some(timestamp(now));
+        note(&mut run, now, "Finished", result.as_str_name());
+        let started = run.start_time.as_ref().map(to_datetime).unwrap_or(now);
+        let prune = run.restic_prune;
+        let pvc = run.pvc.clone();
+        self.effects.push(Effect::PutRun(Box::new(run.clone())));
+        self.history.insert(id, run);
+        self.effects.push(Effect::Forget {
+            namespace: namespace.clone(),
+            run_id: id,
+        });
+        self.notify_copy(id);
+
+        if self.sources.get(&key).is_some_and(|e| e.record.deleting) {
+            self.remove_source(&key);
+        } else {
+            let entry = self.sources.get_mut(&key).expect("runs have sources");
+            let previous = entry.status().last_sync_time.as_ref().map(to_datetime);
+            let mut missed = false;
+            let trigger = entry.admitted.trigger.clone();
+            let mover = entry.admitted.mover;
+            let has_prune = entry.admitted.prune_interval.is_some();
+            let status = entry.status_mut();
+            status.current_run_id.clear();
+            if result == RunResult::Successful {
+                status.last_sync_time = Some(timestamp(now));
+                status.last_sync_duration = Some(duration_proto(now - started));
+                if let (SyncTrigger::Schedule(s), Some(prev)) = (&trigger, previous) {
+                    let second = s.next_after(prev).and_then(|t| s.next_after(t));
+                    if second.is_some_and(|t| now > t) {
+                        missed = true;
+                        status.missed_intervals += 1;
+                    }
+                }
+                if has_prune && (prune || status.last_pruned.is_none()) {
+                    status.last_pruned = Some(timestamp(now));
+                }
+            }
+            status.next_sync_time = match &trigger {
+                SyncTrigger::Schedule(s) => s.next_after(now).map(timestamp),
+                SyncTrigger::Manual(tag) => {
+                    status.last_manual_sync = tag.clone();
+                    None
+                }
+                SyncTrigger::Continuous if result == RunResult::Successful => None,
+                SyncTrigger::Continuous => Some(timestamp(now + CONTINUOUS_RETRY)),
+            };
+            self.effects.push(Effect::Observe(Observation::RunFinished {
+                source: key.clone(),
+                mover,
+                result,
+                duration: now - started,
+                missed,
+            }));
+            self.refresh_idle_condition(&key, now);
+            self.put_source(&key);
+        }
+        self.trim_history(&key);
+        if freed {
+            self.advance_pvc(namespace, pvc, now);
+        }
+        self.start_due_runs(now);
+    }
+
+    fn trim_history(&mut self, key: &SourceKey) {
+        let ids: Vec<RunId> = self
+            .history
+            .iter()
+            .filter(|(_, r)| run_key(r) == *key)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids
+            .iter()
+            .take(ids.len().saturating_sub(HISTORY_PER_SOURCE))
+        {
+            self.history.remove(id);
+            self.effects.push(Effect::RemoveRun(*id));
+        }
+    }
+
+    // ---------------------------------------------------------------- helpers
+
+    fn directive(&self, run: &v1::Run) -> Option<Directive> {
+        let phase = match phase(run) {
+            RunPhase::Gating => DirectivePhase::Gate,
+            RunPhase::WaitingForTrigger => DirectivePhase::Wait,
+            RunPhase::Copying => DirectivePhase::Copy,
+            RunPhase::Transferring => DirectivePhase::Transfer,
+            RunPhase::CleaningUp => DirectivePhase::Cleanup,
+            RunPhase::Unspecified | RunPhase::Queued | RunPhase::Finished => return None,
+        };
+        let entry = self.sources.get(&run_key(run))?;
+        let waited = run.waiting_since.is_some();
+        Some(Directive {
+            run_id: run.id.clone(),
+            source: run.source.clone(),
+            spec: Some(entry.spec().clone()),
+            phase: phase as i32,
+            generation: run.generation,
+            waiting_since: run.waiting_since,
+            timeout_reported: run.timeout_reported,
+            trigger: run.trigger.clone(),
+            write_copy_trigger: run.released_by == "rpc",
+            gated: run.gated,
+            clear_waiting: match phase {
+                // Gating was removed while waiting: drop the stale snapgate annotations.
+                DirectivePhase::Copy => waited && !run.gated,
+                DirectivePhase::Cleanup => {
+                    waited && run.copy_time.is_none() && run.trigger.is_empty()
+                }
+                _ => false,
+            },
+            restic_prune: run.restic_prune,
+        })
+    }
+
+    fn send_directive(&mut self, id: RunId) {
+        let run = &self.active[&id];
+        if let Some(directive) = self.directive(run) {
+            let namespace = run
+                .source
+                .as_ref()
+                .map(|s| s.namespace.clone())
+                .unwrap_or_default();
+            self.effects.push(Effect::Send {
+                namespace,
+                directive: Box::new(directive),
+            });
+        }
+    }
+
+    fn notify_copy(&mut self, id: RunId) {
+        let run = self
+            .active
+            .get(&id)
+            .or_else(|| self.history.get(&id))
+            .expect("known run");
+        let namespace = run
+            .source
+            .as_ref()
+            .map(|s| s.namespace.clone())
+            .unwrap_or_default();
+        let status = self.copy_status(&namespace, &run.pvc.clone());
+        self.effects.push(Effect::CopyStatus(Box::new(status)));
+    }
+
+    fn current_run(&self, key: &SourceKey) -> Option<RunId> {
+        self.sources
+            .get(key)
+            .and_then(|e| e.status().current_run_id.parse().ok())
+            .filter(|id| self.active.contains_key(id))
+    }
+
+    fn entry(&self, key: &SourceKey) -> Result<&SourceEntry, CoreError> {
+        match self.sources.get(key) {
+            Some(e) if !e.record.deleting => Ok(e),
+            _ => Err(CoreError::NotFound(key.clone())),
+        }
+    }
+
+    fn entry_mut(&mut self, key: &SourceKey) -> Result<&mut SourceEntry, CoreError> {
+        match self.sources.get_mut(key) {
+            Some(e) if !e.record.deleting => Ok(e),
+            _ => Err(CoreError::NotFound(key.clone())),
+        }
+    }
+
+    fn put_source(&mut self, key: &SourceKey) {
+        if let Some(e) = self.sources.get(key) {
+            self.effects
+                .push(Effect::PutSource(Box::new(e.record.clone())));
+        }
+    }
+
+    fn put_run(&mut self, id: RunId) {
+        if let Some(r) = self.active.get(&id) {
+            self.effects.push(Effect::PutRun(Box::new(r.clone())));
+        }
+    }
+
+    /// The Synchronizing condition of a source with no run in flight.
+    fn refresh_idle_condition(&mut self, key: &SourceKey, now: DateTime<Utc>) {
+        let Some(e) = self.sources.get(key) else {
+            return;
+        };
+        if !e.status().current_run_id.is_empty() {
+            return;
+        }
+        let reason = match (&e.admitted.trigger, e.spec().paused) {
+            (_, true) => ("WaitingForSchedule", "paused"),
+            (SyncTrigger::Manual(_), false) => ("WaitingForManual", ""),
+            _ => ("WaitingForSchedule", ""),
+        };
+        self.set_condition(key, "False", reason.0, reason.1, now);
+    }
+
+    fn set_condition(
+        &mut self,
+        key: &SourceKey,
+        status: &str,
+        reason: &str,
+        message: &str,
+        now: DateTime<Utc>,
+    ) {
+        let Some(e) = self.sources.get_mut(key) else {
+            return;
+        };
+        let st = e.status_mut();
+        let existing = st
+            .conditions
+            .iter_mut()
+            .find(|c| c.r#type == "Synchronizing");
+        match existing {
+            Some(c) if c.status == status && c.reason == reason && c.message == message => {}
+            Some(c) => {
+                c.status = status.into();
+                c.reason = reason.into();
+                c.message = message.into();
+                c.last_transition_time = Some(timestamp(now));
+            }
+            None => st.conditions.push(v1::Condition {
+                r#type: "Synchronizing".into(),
+                status: status.into(),
+                reason: reason.into(),
+                message: message.into(),
+                last_transition_time: Some(timestamp(now)),
+            }),
+        }
+    }
+}
+
+/// Whether an idle source must start a run now, and why.
+fn due(e: &SourceEntry, now: DateTime<Utc>) -> Option<RunReason> {
+    let status = e.status();
+    if e.record.deleting || e.spec().paused || !status.current_run_id.is_empty() {
+        return None;
+    }
+    let first = status.last_sync_start_time.is_none();
+    let next_due = status
+        .next_sync_time
+        .as_ref()
+        .is_some_and(|t| to_datetime(t) <= now);
+    match &e.admitted.trigger {
+        SyncTrigger::Schedule(_) if next_due => Some(if first {
+            RunReason::Initial
+        } else {
+            RunReason::Schedule
+        }),
+        SyncTrigger::Schedule(_) => None,
+        SyncTrigger::Manual(tag) => (*tag != status.last_manual_sync).then_some(RunReason::Manual),
+        SyncTrigger::Continuous if status.next_sync_time.is_none() || next_due => Some(if first {
+            RunReason::Initial
+        } else {
+            RunReason::Continuous
+        }),
+        SyncTrigger::Continuous => None,
+    }
+}
+
+fn observation_name(o: &ReportObservation) -> &'static str {
+    match o {
+        ReportObservation::Pvc(_) => "PvcObserved",
+        ReportObservation::CopyCompleted(_) => "CopyCompleted",
+        ReportObservation::MoverFinished(_) => "MoverFinished",
+        ReportObservation::MoverFailed(_) => "MoverFailed",
+        ReportObservation::CleanedUp(_) => "CleanedUp",
+        ReportObservation::Error(_) => "AgentError",
+    }
+}

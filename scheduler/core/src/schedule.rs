@@ -1,0 +1,327 @@
+//! When a source syncs: cron in an IANA time zone, a manual tag, or continuously.
+//!
+//! VolSync's semantics: the next sync is the first schedule time strictly after the previous
+//! run's completion, so times that pass while a run is in flight are coalesced, never replayed.
+
+use std::fmt;
+
+use chrono::{DateTime, Duration, Utc};
+use chrono_tz::Tz;
+use croner::{
+    Cron,
+    parser::{CronParser, Seconds, Year},
+};
+use sha2::{Digest, Sha256};
+
+use crate::SourceKey;
+
+/// A parsed 5-field cron schedule in a time zone, with a stable per-source jitter.
+#[derive(Clone, Debug)]
+pub struct Schedule {
+    cron: Cron,
+    tz: Tz,
+    /// The fixed delay this source adds to every cron time (`0 <= offset < jitter`).
+    offset: Duration,
+}
+
+/// Why a schedule cannot be used; the field it concerns is named by the caller.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ScheduleError {
+    /// The cron expression does not parse.
+    #[error("not a valid 5-field cron expression or @descriptor: {0}")]
+    Cron(String),
+    /// The time zone is not in the IANA database.
+    #[error("unknown IANA time zone {0:?}")]
+    TimeZone(String),
+}
+
+const DESCRIPTORS: [&str; 6] = [
+    "@hourly",
+    "@daily",
+    "@weekly",
+    "@monthly",
+    "@yearly",
+    "@annually",
+];
+
+impl Schedule {
+    /// Parses `expr` (5 fields, or one of VolSync's `@` descriptors) in time zone `tz`
+    /// (empty: UTC). `jitter` bounds a delay derived from `key`, the same on every restart.
+    pub fn parse(
+        expr: &str,
+        tz: &str,
+        jitter: Duration,
+        key: &SourceKey,
+    ) -> Result<Self, ScheduleError> {
+        let tz = parse_time_zone(tz)?;
+        let trimmed = expr.trim();
+        if trimmed.starts_with('@') && !DESCRIPTORS.contains(&trimmed.to_ascii_lowercase().as_str())
+        {
+            return Err(ScheduleError::Cron(format!(
+                "unknown descriptor {trimmed:?} (use one of {})",
+                DESCRIPTORS.join(" ")
+            )));
+        }
+        if !trimmed.starts_with('@') && trimmed.split_whitespace().count() != 5 {
+            return Err(ScheduleError::Cron(format!(
+                "{trimmed:?} has {} fields, want 5 (minute hour day-of-month month day-of-week)",
+                trimmed.split_whitespace().count()
+            )));
+        }
+        let cron = CronParser::builder()
+            .seconds(Seconds::Disallowed)
+            .year(Year::Disallowed)
+            .build()
+            .parse(trimmed)
+            .map_err(|e| ScheduleError::Cron(format!("{trimmed:?}: {e}")))?;
+        Ok(Self {
+            cron,
+            tz,
+            offset: jitter_offset(key, jitter),
+        })
+    }
+
+    /// The first schedule time strictly after `t`, jitter included.
+    pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let base = (t - self.offset).with_timezone(&self.tz);
+        let next = self.cron.find_next_occurrence(&base, false).ok()?;
+        Some(next.with_timezone(&Utc) + self.offset)
+    }
+
+    /// The next `n` schedule times strictly after `t`.
+    pub fn preview(&self, t: DateTime<Utc>, n: usize) -> Vec<DateTime<Utc>> {
+        std::iter::successors(self.next_after(t), |&prev| self.next_after(prev))
+            .take(n)
+            .collect()
+    }
+
+    /// The schedule's time zone.
+    pub fn time_zone(&self) -> Tz {
+        self.tz
+    }
+
+    /// The stable jitter delay of this source.
+    pub fn offset(&self) -> Duration {
+        self.offset
+    }
+}
+
+/// Parses an IANA time zone name; empty means UTC.
+pub fn parse_time_zone(tz: &str) -> Result<Tz, ScheduleError> {
+    if tz.is_empty() {
+        return Ok(Tz::UTC);
+    }
+    tz.parse::<Tz>()
+        .map_err(|_| ScheduleError::TimeZone(tz.to_owned()))
+}
+
+/// A delay in `[0, jitter)` derived from the source's identity, whole seconds.
+fn jitter_offset(key: &SourceKey, jitter: Duration) -> Duration {
+    let bound = jitter.num_seconds();
+    if bound <= 0 {
+        return Duration::zero();
+    }
+    let digest = Sha256::digest(format!("{}/{}", key.namespace, key.name).as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    let n = u64::from_be_bytes(first) % bound as u64;
+    Duration::seconds(n as i64)
+}
+
+/// What starts a source's runs.
+#[derive(Clone, Debug)]
+pub enum SyncTrigger {
+    /// Runs at cron times.
+    Schedule(Box<Schedule>),
+    /// Runs when the tag differs from `lastManualSync`.
+    Manual(String),
+    /// The next run starts as soon as the previous one is cleaned up.
+    Continuous,
+}
+
+impl fmt::Display for SyncTrigger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Schedule(s) => write!(f, "schedule {} ({})", s.cron.pattern, s.tz),
+            Self::Manual(tag) => write!(f, "manual {tag:?}"),
+            Self::Continuous => f.write_str("continuous"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn key() -> SourceKey {
+        SourceKey::new("ns", "db")
+    }
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn sched(expr: &str, tz: &str) -> Schedule {
+        Schedule::parse(expr, tz, Duration::zero(), &key()).unwrap()
+    }
+
+    #[test]
+    fn next_time_is_strictly_after_the_given_time() {
+        let s = sched("*/15 * * * *", "");
+        assert_eq!(
+            s.next_after(utc("2026-01-01T10:15:00Z")),
+            Some(utc("2026-01-01T10:30:00Z"))
+        );
+        assert_eq!(
+            s.next_after(utc("2026-01-01T10:14:59Z")),
+            Some(utc("2026-01-01T10:15:00Z"))
+        );
+    }
+
+    #[test]
+    fn descriptors_names_ranges_lists_and_steps_are_accepted() {
+        let cases = [
+            ("@hourly", "2026-01-01T10:20:00Z", "2026-01-01T11:00:00Z"),
+            ("@daily", "2026-01-01T10:20:00Z", "2026-01-02T00:00:00Z"),
+            ("@weekly", "2026-01-01T10:20:00Z", "2026-01-04T00:00:00Z"), // a Sunday
+            ("@monthly", "2026-01-01T10:20:00Z", "2026-02-01T00:00:00Z"),
+            ("@yearly", "2026-01-01T10:20:00Z", "2027-01-01T00:00:00Z"),
+            ("@annually", "2026-01-01T10:20:00Z", "2027-01-01T00:00:00Z"),
+            (
+                "0 3 * JAN-MAR MON",
+                "2026-01-01T10:20:00Z",
+                "2026-01-05T03:00:00Z",
+            ),
+            (
+                "0 1,13 * * *",
+                "2026-01-01T10:20:00Z",
+                "2026-01-01T13:00:00Z",
+            ),
+            (
+                "10-20/5 * * * *",
+                "2026-01-01T10:16:00Z",
+                "2026-01-01T10:20:00Z",
+            ),
+            (
+                "0 0 1 * sun",
+                "2026-01-01T10:20:00Z",
+                "2026-01-04T00:00:00Z",
+            ), // dom OR dow
+            (
+                "0 0 1 jun sun",
+                "2026-01-01T10:20:00Z",
+                "2026-06-01T00:00:00Z",
+            ),
+        ];
+        for (expr, after, want) in cases {
+            assert_eq!(
+                sched(expr, "").next_after(utc(after)),
+                Some(utc(want)),
+                "{expr}"
+            );
+        }
+    }
+
+    #[test]
+    fn invalid_cron_and_unknown_descriptors_and_seconds_fields_are_refused() {
+        for expr in [
+            "not a cron",
+            "",
+            "61 * * * *",
+            "* * * *",
+            "0 * * * * *",
+            "@every5m",
+            "@reboot",
+        ] {
+            let err = Schedule::parse(expr, "", Duration::zero(), &key()).unwrap_err();
+            assert!(matches!(err, ScheduleError::Cron(_)), "{expr}: {err:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_time_zones_are_refused() {
+        let err = Schedule::parse("@daily", "Mars/Olympus", Duration::zero(), &key()).unwrap_err();
+        assert_eq!(err, ScheduleError::TimeZone("Mars/Olympus".into()));
+    }
+
+    #[test]
+    fn a_time_zone_follows_daylight_saving_time() {
+        let s = sched("0 9 * * *", "Europe/Berlin");
+        // Winter: CET is UTC+1.
+        assert_eq!(
+            s.next_after(utc("2026-01-10T00:00:00Z")),
+            Some(utc("2026-01-10T08:00:00Z"))
+        );
+        // Summer: CEST is UTC+2.
+        assert_eq!(
+            s.next_after(utc("2026-07-10T00:00:00Z")),
+            Some(utc("2026-07-10T07:00:00Z"))
+        );
+        // Across the spring change (2026-03-29): one run a day, nine o'clock local each time.
+        let times = s.preview(utc("2026-03-27T12:00:00Z"), 4);
+        let local: Vec<String> = times
+            .iter()
+            .map(|t| {
+                t.with_timezone(&chrono_tz::Europe::Berlin)
+                    .format("%d %H:%M")
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(local, ["28 09:00", "29 09:00", "30 09:00", "31 09:00"]);
+    }
+
+    #[test]
+    fn a_time_skipped_by_the_spring_change_does_not_stall_the_schedule() {
+        // 02:30 does not exist in New York on 2026-03-08.
+        let s = sched("30 2 * * *", "America/New_York");
+        let times = s.preview(utc("2026-03-07T12:00:00Z"), 3);
+        assert_eq!(times.len(), 3);
+        assert!(times.windows(2).all(|w| w[0] < w[1]));
+        // The missing 02:30 runs at the first instant after the gap (03:00 EDT), as cron does.
+        assert_eq!(times[0], utc("2026-03-08T07:00:00Z"));
+        assert_eq!(times[1], utc("2026-03-09T06:30:00Z"));
+        assert_eq!(times[2], utc("2026-03-10T06:30:00Z"));
+    }
+
+    #[test]
+    fn jitter_is_stable_per_source_and_within_its_bound() {
+        let jitter = Duration::minutes(10);
+        let a1 = Schedule::parse("@hourly", "", jitter, &SourceKey::new("ns", "a")).unwrap();
+        let a2 = Schedule::parse("@hourly", "", jitter, &SourceKey::new("ns", "a")).unwrap();
+        assert_eq!(a1.offset(), a2.offset());
+        let offsets: std::collections::BTreeSet<i64> = (0..20)
+            .map(|i| {
+                Schedule::parse(
+                    "@hourly",
+                    "",
+                    jitter,
+                    &SourceKey::new("ns", &format!("s{i}")),
+                )
+                .unwrap()
+                .offset()
+                .num_seconds()
+            })
+            .collect();
+        assert!(offsets.iter().all(|&o| (0..600).contains(&o)));
+        assert!(offsets.len() > 10, "offsets should spread: {offsets:?}");
+        let t = a1.next_after(utc("2026-01-01T10:20:00Z")).unwrap();
+        assert_eq!(t, utc("2026-01-01T11:00:00Z") + a1.offset());
+        // Strictly after still holds with the offset.
+        assert!(a1.next_after(t).unwrap() > t);
+    }
+
+    #[test]
+    fn preview_lists_increasing_times() {
+        let s = sched("0 */6 * * *", "UTC");
+        let t0 = Utc.with_ymd_and_hms(2026, 5, 1, 1, 0, 0).unwrap();
+        assert_eq!(
+            s.preview(t0, 3),
+            vec![
+                utc("2026-05-01T06:00:00Z"),
+                utc("2026-05-01T12:00:00Z"),
+                utc("2026-05-01T18:00:00Z")
+            ]
+        );
+    }
+}

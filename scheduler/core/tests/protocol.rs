@@ -1,0 +1,1201 @@
+//! The copy-trigger protocol at the core level, on a simulated clock.
+//!
+//! `World` drives a [`Scheduler`] with a model agent that does to an in-memory PVC what the real
+//! agent does to a Kubernetes PVC when it gets a directive, so the spec's acceptance scenarios
+//! can be replayed exactly: annotations, copies made, Jobs run, timeouts.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Duration, Utc};
+use snapgate_proto::v1::{
+    self, CopyMethod, CopyState, Directive, DirectivePhase, ReplicationSourceResticSpec,
+    ReplicationSourceTrigger, Report, RunPhase, RunResult, SourceSpec, report::Observation,
+};
+use snapgate_scheduler_core::{
+    CoreError, Effect, ReportOutcome, RunId, Scheduler, SourceKey, SourceRecord, TIMEOUT_TEXT,
+    to_datetime,
+};
+
+const USE: &str = "volsync.backube/use-copy-trigger";
+const TRIGGER: &str = "volsync.backube/copy-trigger";
+const STATUS: &str = "volsync.backube/latest-copy-status";
+const LATEST: &str = "volsync.backube/latest-copy-trigger";
+const SINCE: &str = "volsync.backube/latest-copy-trigger-waiting-since";
+
+/// A model of one namespace's cluster state and of the agent acting on it.
+#[derive(Default)]
+struct Cluster {
+    pvcs: BTreeMap<String, BTreeMap<String, String>>,
+    /// Copies that exist now, by name.
+    copies: BTreeMap<String, bool>,
+    /// Every copy ever created, in order.
+    copies_made: Vec<String>,
+    jobs_run: usize,
+    events: Vec<String>,
+    /// Whether new copies become ready by themselves (a snapshot with readyToUse false: no).
+    copies_get_ready: bool,
+    /// Result of the next mover Jobs: true = success.
+    mover_succeeds: bool,
+    /// Directives the agent holds, by run.
+    held: BTreeMap<String, Directive>,
+}
+
+struct World {
+    core: Scheduler,
+    now: DateTime<Utc>,
+    cluster: Cluster,
+    /// Everything persisted, as a store would hold it.
+    stored_sources: BTreeMap<String, SourceRecord>,
+    stored_runs: BTreeMap<String, v1::Run>,
+    copy_statuses: Vec<v1::CopyStatus>,
+}
+
+fn t0() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-03-02T10:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc)
+}
+
+fn key(name: &str) -> SourceKey {
+    SourceKey::new("apps", name)
+}
+
+fn spec(pvc: &str, method: CopyMethod, trigger: Option<ReplicationSourceTrigger>) -> SourceSpec {
+    SourceSpec {
+        source_pvc: pvc.into(),
+        trigger,
+        restic: Some(ReplicationSourceResticSpec {
+            copy_method: method as i32,
+            repository: "restic-secret".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn schedule(expr: &str) -> Option<ReplicationSourceTrigger> {
+    Some(ReplicationSourceTrigger {
+        schedule: Some(expr.into()),
+        manual: None,
+    })
+}
+
+fn manual(tag: &str) -> Option<ReplicationSourceTrigger> {
+    Some(ReplicationSourceTrigger {
+        schedule: None,
+        manual: Some(tag.into()),
+    })
+}
+
+impl World {
+    fn new() -> Self {
+        Self {
+            core: Scheduler::new(),
+            now: t0(),
+            cluster: Cluster {
+                copies_get_ready: true,
+                mover_succeeds: true,
+                ..Default::default()
+            },
+            stored_sources: BTreeMap::new(),
+            stored_runs: BTreeMap::new(),
+            copy_statuses: Vec::new(),
+        }
+    }
+
+    fn pvc(&mut self, name: &str, gated: bool) {
+        let mut a = BTreeMap::new();
+        if gated {
+            a.insert(USE.to_owned(), String::new());
+        }
+        self.cluster.pvcs.insert(name.to_owned(), a);
+    }
+
+    fn ann(&self, pvc: &str) -> BTreeMap<String, String> {
+        self.cluster.pvcs[pvc].clone()
+    }
+
+    fn apply(&mut self, name: &str, spec: SourceSpec) -> v1::Source {
+        let version = self
+            .core
+            .get_source(&key(name))
+            .map(|s| s.version)
+            .unwrap_or(0);
+        let s = self
+            .core
+            .apply_source(key(name), spec, version, self.now)
+            .unwrap();
+        self.settle();
+        s
+    }
+
+    fn source(&self, name: &str) -> v1::Source {
+        self.core.get_source(&key(name)).unwrap()
+    }
+
+    fn status(&self, name: &str) -> v1::SourceStatus {
+        self.source(name).status.unwrap()
+    }
+
+    fn runs(&self, name: &str) -> Vec<v1::Run> {
+        self.core.list_runs(&key(name), 100).unwrap()
+    }
+
+    fn current(&self, name: &str) -> v1::Run {
+        let id = self.status(name).current_run_id;
+        assert!(!id.is_empty(), "{name} has no run in flight");
+        self.runs(name).into_iter().find(|r| r.id == id).unwrap()
+    }
+
+    fn phase(&self, name: &str) -> RunPhase {
+        RunPhase::try_from(self.current(name).phase).unwrap()
+    }
+
+    /// Delivers effects and reports until nothing moves.
+    fn settle(&mut self) {
+        for _ in 0..1000 {
+            let effects = self.core.drain_effects();
+            if effects.is_empty() {
+                return;
+            }
+            let mut reports = Vec::new();
+            for e in effects {
+                match e {
+                    Effect::PutSource(r) => {
+                        let r = *r;
+                        let s = r.source.as_ref().unwrap();
+                        self.stored_sources
+                            .insert(format!("{}/{}", s.namespace, s.name), r);
+                    }
+                    Effect::RemoveSource(k) => {
+                        self.stored_sources.remove(&k.to_string());
+                    }
+                    Effect::PutRun(r) => {
+                        self.stored_runs.insert(r.id.clone(), *r);
+                    }
+                    Effect::RemoveRun(id) => {
+                        self.stored_runs.remove(&id.to_string());
+                    }
+                    Effect::Send { directive, .. } => {
+                        self.cluster
+                            .held
+                            .insert(directive.run_id.clone(), (*directive).clone());
+                        reports.extend(self.cluster.act(&directive, self.now));
+                    }
+                    Effect::Forget { run_id, .. } => {
+                        self.cluster.held.remove(&run_id.to_string());
+                    }
+                    Effect::CopyStatus(s) => self.copy_statuses.push(*s),
+                    Effect::Observe(_) => {}
+                }
+            }
+            for r in reports {
+                let out = self.core.handle_report("apps", r, self.now);
+                assert!(matches!(
+                    out,
+                    ReportOutcome::Applied | ReportOutcome::Stale(_)
+                ));
+            }
+        }
+        panic!("the world did not settle");
+    }
+
+    /// Moves the clock forward, firing every deadline on the way.
+    fn advance(&mut self, by: Duration) {
+        let end = self.now + by;
+        while let Some(t) = self.core.poll_timeout().filter(|t| *t <= end) {
+            self.now = t.max(self.now);
+            self.core.handle_timeout(self.now);
+            self.settle();
+        }
+        self.now = end;
+        self.core.handle_timeout(self.now);
+        self.settle();
+    }
+
+    /// A user writes copy-trigger on the PVC; the agent's watch reports it.
+    fn user_sets_trigger(&mut self, pvc: &str, value: &str) {
+        self.cluster
+            .pvcs
+            .get_mut(pvc)
+            .unwrap()
+            .insert(TRIGGER.into(), value.into());
+        let reports = self.cluster.pvc_changed(pvc);
+        for r in reports {
+            self.core.handle_report("apps", r, self.now);
+        }
+        self.settle();
+    }
+
+    fn rpc_trigger(&mut self, pvc: &str, value: &str, run: &str) -> Result<RunId, CoreError> {
+        let target = v1::CopyTarget {
+            namespace: "apps".into(),
+            pvc: pvc.into(),
+            source: String::new(),
+        };
+        let out = self.core.trigger(&target, value, run, self.now);
+        self.settle();
+        out.map(|a| a.run_id)
+    }
+
+    fn copy_ready(&mut self, name: &str) {
+        self.cluster.copies.insert(name.to_owned(), true);
+        let reports = self.cluster.recheck(self.now);
+        for r in reports {
+            self.core.handle_report("apps", r, self.now);
+        }
+        self.settle();
+    }
+
+    fn restart(&mut self) {
+        let core = Scheduler::restore(
+            self.stored_sources.values().cloned().collect(),
+            self.stored_runs.values().cloned().collect(),
+            self.core.next_run_counter(),
+        )
+        .unwrap();
+        self.core = core;
+        // The agent reconnects and is handed every directive in flight.
+        let directives = self.core.directives_for(&["apps".to_owned()]);
+        let mut reports = Vec::new();
+        for d in directives {
+            self.cluster.held.insert(d.run_id.clone(), d.clone());
+            reports.extend(self.cluster.act(&d, self.now));
+        }
+        for r in reports {
+            self.core.handle_report("apps", r, self.now);
+        }
+        self.settle();
+    }
+}
+
+fn report(d: &Directive, o: Observation) -> Report {
+    Report {
+        run_id: d.run_id.clone(),
+        generation: d.generation,
+        observation: Some(o),
+    }
+}
+
+impl Cluster {
+    fn observe(&self, pvc: &str) -> v1::PvcObserved {
+        match self.pvcs.get(pvc) {
+            None => v1::PvcObserved {
+                exists: false,
+                ..Default::default()
+            },
+            Some(a) => v1::PvcObserved {
+                exists: true,
+                use_copy_trigger: a.contains_key(USE),
+                copy_trigger: a.get(TRIGGER).cloned().unwrap_or_default(),
+                latest_copy_trigger: a.get(LATEST).cloned().unwrap_or_default(),
+                latest_copy_status: a.get(STATUS).cloned().unwrap_or_default(),
+                waiting_since: a.get(SINCE).cloned().unwrap_or_default(),
+            },
+        }
+    }
+
+    fn pvc_of(d: &Directive) -> String {
+        d.spec.as_ref().unwrap().source_pvc.clone()
+    }
+
+    fn copy_name(d: &Directive) -> String {
+        format!("{}-{}", d.source.as_ref().unwrap().name, d.run_id)
+    }
+
+    /// What the agent does for a directive; returns its reports.
+    fn act(&mut self, d: &Directive, now: DateTime<Utc>) -> Vec<Report> {
+        let pvc = Self::pvc_of(d);
+        match DirectivePhase::try_from(d.phase).unwrap() {
+            DirectivePhase::Gate => vec![report(d, Observation::Pvc(self.observe(&pvc)))],
+            DirectivePhase::Wait => {
+                let a = self.pvcs.get_mut(&pvc).unwrap();
+                if a.get(STATUS).map(String::as_str) != Some("WaitingForTrigger") {
+                    a.insert(STATUS.into(), "WaitingForTrigger".into());
+                    self.events.push("SrcPVCWaitingForCopyTrigger".into());
+                }
+                if !a.contains_key(SINCE) {
+                    let since = to_datetime(d.waiting_since.as_ref().unwrap());
+                    a.insert(SINCE.into(), since.format("%Y-%m-%dT%H:%M:%SZ").to_string());
+                }
+                let timeout_event = format!("SrcPVCTimeoutWaitingForCopyTrigger/{}", d.run_id);
+                if d.timeout_reported && !self.events.contains(&timeout_event) {
+                    self.events.push(timeout_event);
+                }
+                vec![report(d, Observation::Pvc(self.observe(&pvc)))]
+            }
+            DirectivePhase::Copy => {
+                let a = self.pvcs.get_mut(&pvc).unwrap();
+                if d.gated {
+                    if d.write_copy_trigger {
+                        a.insert(TRIGGER.into(), d.trigger.clone());
+                    }
+                    if a.get(STATUS).map(String::as_str) != Some("InProgress")
+                        && a.get(STATUS).map(String::as_str) != Some("Completed")
+                    {
+                        a.insert(STATUS.into(), "InProgress".into());
+                        self.events.push("SrcPVCCopyTriggerReceived".into());
+                    }
+                    a.remove(SINCE);
+                } else if d.clear_waiting {
+                    a.remove(STATUS);
+                    a.remove(SINCE);
+                }
+                let name = Self::copy_name(d);
+                if !self.copies.contains_key(&name) && !self.copies_made.contains(&name) {
+                    self.copies.insert(name.clone(), self.copies_get_ready);
+                    self.copies_made.push(name);
+                }
+                self.recheck_one(d, now)
+            }
+            DirectivePhase::Transfer => {
+                self.jobs_run += 1;
+                if self.mover_succeeds {
+                    vec![report(
+                        d,
+                        Observation::MoverFinished(v1::MoverFinished {
+                            succeeded: true,
+                            logs: "processed 10 files".into(),
+                        }),
+                    )]
+                } else {
+                    vec![report(
+                        d,
+                        Observation::MoverFailed(v1::MoverFailed {
+                            attempt: 1,
+                            logs: "Fatal: repository locked".into(),
+                        }),
+                    )]
+                }
+            }
+            DirectivePhase::Cleanup => {
+                self.copies.remove(&Self::copy_name(d));
+                if d.clear_waiting {
+                    let a = self.pvcs.get_mut(&pvc).unwrap();
+                    if a.get(STATUS).map(String::as_str) == Some("WaitingForTrigger") {
+                        a.remove(STATUS);
+                    }
+                    a.remove(SINCE);
+                }
+                vec![report(d, Observation::CleanedUp(v1::CleanedUp {}))]
+            }
+            DirectivePhase::Unspecified => vec![],
+        }
+    }
+
+    /// In the Copy phase: if the copy is ready, mark Completed and report.
+    fn recheck_one(&mut self, d: &Directive, now: DateTime<Utc>) -> Vec<Report> {
+        let name = Self::copy_name(d);
+        if self.copies.get(&name) != Some(&true) {
+            return vec![];
+        }
+        if d.gated {
+            let a = self.pvcs.get_mut(&Self::pvc_of(d)).unwrap();
+            if a.get(STATUS).map(String::as_str) != Some("Completed") {
+                a.insert(STATUS.into(), "Completed".into());
+                a.insert(LATEST.into(), d.trigger.clone());
+                self.events
+                    .push("SrcPVCCopyUsingCopyTriggerCompleted".into());
+            }
+        }
+        vec![report(
+            d,
+            Observation::CopyCompleted(v1::CopyCompleted {
+                copy_name: name,
+                time: Some(snapgate_scheduler_core::timestamp(now)),
+            }),
+        )]
+    }
+
+    fn recheck(&mut self, now: DateTime<Utc>) -> Vec<Report> {
+        let copying: Vec<Directive> = self
+            .held
+            .values()
+            .filter(|d| d.phase == DirectivePhase::Copy as i32)
+            .cloned()
+            .collect();
+        copying
+            .iter()
+            .flat_map(|d| self.recheck_one(d, now))
+            .collect()
+    }
+
+    /// The agent's PVC watch: re-report to every run gating or waiting on it.
+    fn pvc_changed(&self, pvc: &str) -> Vec<Report> {
+        self.held
+            .values()
+            .filter(|d| Self::pvc_of(d) == pvc)
+            .filter(|d| {
+                matches!(
+                    DirectivePhase::try_from(d.phase),
+                    Ok(DirectivePhase::Gate | DirectivePhase::Wait)
+                )
+            })
+            .map(|d| report(d, Observation::Pvc(self.observe(pvc))))
+            .collect()
+    }
+}
+
+// ------------------------------------------------------------------ acceptance scenarios
+
+/// Release with the annotation (as a VolSync user) or with the Trigger RPC (as the SDK).
+#[derive(Clone, Copy, Debug)]
+enum Path {
+    Annotation,
+    Rpc,
+}
+
+fn release(w: &mut World, path: Path, pvc: &str, value: &str) {
+    match path {
+        Path::Annotation => w.user_sets_trigger(pvc, value),
+        Path::Rpc => {
+            let waiting = w.current("db").id;
+            w.rpc_trigger(pvc, value, &waiting).unwrap();
+        }
+    }
+}
+
+fn scenarios_1_to_6(method: CopyMethod, path: Path) {
+    let mut w = World::new();
+    w.pvc("data", true);
+    w.apply("db", spec("data", method, schedule("0 * * * *")));
+
+    // 1. WaitingForTrigger with waiting-since; no copy; no latest-copy-trigger.
+    assert_eq!(w.phase("db"), RunPhase::WaitingForTrigger);
+    let a = w.ann("data");
+    assert_eq!(a[STATUS], "WaitingForTrigger");
+    assert_eq!(a[SINCE], "2026-03-02T10:00:00Z");
+    assert!(!a.contains_key(LATEST));
+    assert!(w.cluster.copies_made.is_empty());
+    assert_eq!(w.cluster.events, ["SrcPVCWaitingForCopyTrigger"]);
+
+    // 2. Fifteen minutes later: no copy, latestMoverStatus Failed with the timeout text, still waiting.
+    w.advance(Duration::minutes(15));
+    assert!(w.cluster.copies_made.is_empty());
+    assert_eq!(w.phase("db"), RunPhase::WaitingForTrigger);
+    let mover = w.status("db").latest_mover_status.unwrap();
+    assert_eq!(mover.result, "Failed");
+    assert_eq!(mover.logs, format!("{TIMEOUT_TEXT} data"));
+    assert_eq!(
+        mover.logs,
+        "Timed out waiting for copy-trigger to be modified for pvc data"
+    );
+    assert!(
+        w.cluster
+            .events
+            .iter()
+            .any(|e| e.starts_with("SrcPVCTimeoutWaitingForCopyTrigger"))
+    );
+    assert_eq!(
+        w.ann("data")[SINCE],
+        "2026-03-02T10:00:00Z",
+        "waiting-since is kept"
+    );
+
+    // 3. Trigger "first": InProgress, waiting-since gone, exactly one copy.
+    w.cluster.copies_get_ready = false;
+    release(&mut w, path, "data", "first");
+    assert_eq!(w.phase("db"), RunPhase::Copying);
+    let a = w.ann("data");
+    assert_eq!(a[STATUS], "InProgress");
+    assert_eq!(a[TRIGGER], "first");
+    assert!(!a.contains_key(SINCE));
+    assert_eq!(w.cluster.copies_made.len(), 1);
+    assert_eq!(w.current("db").trigger, "first");
+
+    // 4. Copy ready: Completed, latest-copy-trigger=first, mover runs, run Successful.
+    let copy = w.cluster.copies_made[0].clone();
+    w.copy_ready(&copy);
+    let a = w.ann("data");
+    assert_eq!(a[STATUS], "Completed");
+    assert_eq!(a[LATEST], "first");
+    assert_eq!(w.cluster.jobs_run, 1);
+    let run = &w.runs("db")[0];
+    assert_eq!(
+        RunResult::try_from(run.result).unwrap(),
+        RunResult::Successful
+    );
+    assert!(
+        w.cluster.copies.is_empty(),
+        "the temporary copy is cleaned up"
+    );
+    let st = w.status("db");
+    assert_eq!(st.latest_mover_status.unwrap().result, "Successful");
+    assert_eq!(to_datetime(st.last_sync_time.as_ref().unwrap()), w.now);
+    assert_eq!(
+        to_datetime(st.next_sync_time.as_ref().unwrap()),
+        t0() + Duration::hours(1)
+    );
+    let events: Vec<&str> = run.timeline.iter().map(|t| t.event.as_str()).collect();
+    assert_eq!(
+        events,
+        [
+            "Queued",
+            "Gating",
+            "WaitingForTrigger",
+            "TimeoutReported",
+            "InProgress",
+            "Completed",
+            "MoverFinished",
+            "Finished"
+        ]
+    );
+
+    // 5. Next run: WaitingForTrigger again, latest-copy-trigger still first, no new copy.
+    w.cluster.copies_get_ready = true;
+    w.advance(Duration::minutes(45));
+    assert_eq!(w.phase("db"), RunPhase::WaitingForTrigger);
+    let a = w.ann("data");
+    assert_eq!(a[STATUS], "WaitingForTrigger");
+    assert_eq!(a[LATEST], "first");
+    assert_eq!(a[SINCE], "2026-03-02T11:00:00Z");
+    assert_eq!(w.cluster.copies_made.len(), 1);
+
+    // 6. Trigger "second": a second copy, Completed with latest-copy-trigger=second.
+    release(&mut w, path, "data", "second");
+    assert_eq!(w.cluster.copies_made.len(), 2);
+    let a = w.ann("data");
+    assert_eq!(a[STATUS], "Completed");
+    assert_eq!(a[LATEST], "second");
+    assert_eq!(w.runs("db").len(), 2);
+    assert!(
+        w.runs("db")
+            .iter()
+            .all(|r| r.result == RunResult::Successful as i32)
+    );
+}
+
+#[test]
+fn scenarios_1_to_6_clone_through_the_annotation() {
+    scenarios_1_to_6(CopyMethod::Clone, Path::Annotation);
+}
+
+#[test]
+fn scenarios_1_to_6_clone_through_the_trigger_rpc() {
+    scenarios_1_to_6(CopyMethod::Clone, Path::Rpc);
+}
+
+#[test]
+fn scenarios_1_to_6_snapshot_through_the_annotation() {
+    scenarios_1_to_6(CopyMethod::Snapshot, Path::Annotation);
+}
+
+#[test]
+fn scenarios_1_to_6_snapshot_through_the_trigger_rpc() {
+    scenarios_1_to_6(CopyMethod::Snapshot, Path::Rpc);
+}
+
+#[test]
+fn scenario_7_an_ungated_pvc_is_copied_without_any_copy_trigger_annotation() {
+    for method in [CopyMethod::Clone, CopyMethod::Snapshot] {
+        let mut w = World::new();
+        w.pvc("data", false);
+        w.apply("db", spec("data", method, schedule("@daily")));
+        assert_eq!(w.cluster.copies_made.len(), 1);
+        assert_eq!(w.cluster.jobs_run, 1);
+        assert!(w.ann("data").is_empty(), "{method:?}: {:?}", w.ann("data"));
+        let run = &w.runs("db")[0];
+        assert!(!run.gated);
+        assert_eq!(run.result, RunResult::Successful as i32);
+    }
+}
+
+#[test]
+fn scenario_8_a_copy_that_is_not_ready_holds_the_run_in_copying() {
+    let mut w = World::new();
+    w.cluster.copies_get_ready = false;
+    w.pvc("data", true);
+    w.apply("db", spec("data", CopyMethod::Snapshot, schedule("@daily")));
+    w.user_sets_trigger("data", "t1");
+    w.advance(Duration::hours(2));
+    assert_eq!(w.phase("db"), RunPhase::Copying);
+    assert_eq!(w.ann("data")[STATUS], "InProgress");
+    assert_eq!(w.cluster.jobs_run, 0, "no mover before the copy point");
+    let copy = w.cluster.copies_made[0].clone();
+    w.copy_ready(&copy);
+    assert_eq!(w.ann("data")[STATUS], "Completed");
+}
+
+#[test]
+fn scenario_9_a_source_without_trigger_syncs_continuously() {
+    let mut w = World::new();
+    w.cluster.copies_get_ready = false;
+    w.pvc("data", false);
+    w.apply("db", spec("data", CopyMethod::Clone, None));
+    let mut last_sync = Vec::new();
+    for i in 1..=3 {
+        // Each copy takes 30 seconds to become ready; the next run starts as soon as the
+        // previous one is cleaned up.
+        w.advance(Duration::seconds(30));
+        let copy = w.cluster.copies_made[i - 1].clone();
+        w.copy_ready(&copy);
+        last_sync.push(to_datetime(w.status("db").last_sync_time.as_ref().unwrap()));
+        assert_eq!(w.runs("db").len(), i + 1, "run {} started at once", i + 1);
+    }
+    assert_eq!(last_sync, [30, 60, 90].map(|s| t0() + Duration::seconds(s)));
+}
+
+#[test]
+fn scenario_9_continuous_runs_follow_each_other_as_cleanup_completes() {
+    let mut w = World::new();
+    w.pvc("data", true);
+    w.apply("db", spec("data", CopyMethod::Clone, None));
+    assert_eq!(w.phase("db"), RunPhase::WaitingForTrigger);
+    w.advance(Duration::minutes(1));
+    w.user_sets_trigger("data", "a");
+    let after_first = to_datetime(w.status("db").last_sync_time.as_ref().unwrap());
+    assert_eq!(after_first, t0() + Duration::minutes(1));
+    // The next run started at once and waits again.
+    assert_eq!(w.phase("db"), RunPhase::WaitingForTrigger);
+    w.advance(Duration::minutes(2));
+    w.user_sets_trigger("data", "b");
+    let after_second = to_datetime(w.status("db").last_sync_time.as_ref().unwrap());
+    assert!(after_second > after_first, "lastSyncTime advances");
+}
+
+#[test]
+fn scenario_10_a_manual_tag_runs_exactly_once_until_it_changes() {
+    let mut w = World::new();
+    w.pvc("data", false);
+    w.apply("db", spec("data", CopyMethod::Snapshot, manual("once")));
+    assert_eq!(w.runs("db").len(), 1);
+    assert_eq!(w.status("db").last_manual_sync, "once");
+    w.advance(Duration::days(3));
+    assert_eq!(
+        w.runs("db").len(),
+        1,
+        "no further run while the tag is unchanged"
+    );
+    w.apply("db", spec("data", CopyMethod::Snapshot, manual("twice")));
+    assert_eq!(w.runs("db").len(), 2);
+    assert_eq!(w.status("db").last_manual_sync, "twice");
+    let cond = &w.status("db").conditions[0];
+    assert_eq!(
+        (cond.status.as_str(), cond.reason.as_str()),
+        ("False", "WaitingForManual")
+    );
+}
+
+// ------------------------------------------------------------------ transitions and refusals
+
+#[test]
+fn a_trigger_set_in_advance_releases_the_run_at_once() {
+    let mut w = World::new();
+    w.pvc("data", true);
+    w.cluster
+        .pvcs
+        .get_mut("data")
+        .unwrap()
+        .insert(TRIGGER.into(), "early".into());
+    w.apply("db", spec("data", CopyMethod::Clone, schedule("@daily")));
+    let run = &w.runs("db")[0];
+    assert_eq!(run.trigger, "early");
+    assert_eq!(run.released_by, "ahead");
+    assert_eq!(w.ann("data")[LATEST], "early");
+    assert!(
+        !w.cluster
+            .events
+            .contains(&"SrcPVCWaitingForCopyTrigger".to_owned())
+    );
+}
+
+#[test]
+fn a_trigger_equal_to_latest_copy_trigger_does_not_release() {
+    let mut w = World::new();
+    w.pvc("data", true);
+    w.apply("db", spec("data", CopyMethod::Clone, schedule("0 * * * *")));
+    w.user_sets_trigger("data", "v1");
+    w.advance(Duration::hours(1));
+    assert_eq!(w.phase("db"), RunPhase::WaitingForTrigger);
+    // The annotation still says v1 = latest: writing it again releases nothing.
+    w.user_sets_trigger("data", "v1");
+    assert_eq!(w.phase("db"), RunPhase::WaitingForTrigger);
+    let err = w.rpc_trigger("data", "v1", "").unwrap_err();
+    assert!(
+        matches!(&err, CoreError::Invalid(f) if f.field == "value"),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn the_trigger_rpc_refuses_a_run_id_that_is_not_the_waiting_run() {
+    let mut w = World::new();
+    w.pvc("data", true);
+    w.apply("db", spec("data", CopyMethod::Clone, schedule("@daily")));
+    let err = w.rpc_trigger("data", "x", "run-999").unwrap_err();
+    assert!(
+        matches!(err, CoreError::FailedPrecondition(ref m) if m.contains("run-999")),
+        "{err:?}"
+    );
+    assert_eq!(w.phase("db"), RunPhase::WaitingForTrigger);
+}
+
+#[test]
+fn the_trigger_rpc_refuses_bad_values_with_the_field_named() {
+    let mut w = World::new();
+    w.pvc("data", true);
+    w.apply("db", spec("data", CopyMethod::Clone, schedule("@daily")));
+    for bad in [String::new(), "x".repeat(254), "a\u{7}b".into()] {
+        let err = w.rpc_trigger("data", &bad, "").unwrap_err();
+        assert!(
+            matches!(&err, CoreError::Invalid(f) if f.field == "value"),
+            "{bad:?}: {err:?}"
+        );
+    }
+    let err = w.rpc_trigger("data", "ok", "not-a-run").unwrap_err();
+    assert!(
+        matches!(&err, CoreError::Invalid(f) if f.field == "runId"),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn the_trigger_rpc_with_nothing_waiting_is_a_failed_precondition() {
+    let mut w = World::new();
+    w.pvc("data", false);
+    w.apply("db", spec("data", CopyMethod::Clone, schedule("@daily")));
+    let err = w.rpc_trigger("data", "x", "").unwrap_err();
+    assert!(matches!(err, CoreError::FailedPrecondition(_)), "{err:?}");
+}
+
+#[test]
+fn a_repeated_trigger_is_idempotent_and_makes_no_second_copy() {
+    let mut w = World::new();
+    w.cluster.copies_get_ready = false;
+    w.pvc("data", true);
+    w.apply("db", spec("data", CopyMethod::Snapshot, schedule("@daily")));
+    let run = w.current("db").id;
+    let a = w.rpc_trigger("data", "go", &run).unwrap();
+    let b = w.rpc_trigger("data", "go", &run).unwrap();
+    let c = w.rpc_trigger("data", "go", "").unwrap();
+    assert_eq!((a, b), (c, c));
+    assert_eq!(w.cluster.copies_made.len(), 1);
+    // A different value now is refused: nothing is waiting.
+    assert!(matches!(
+        w.rpc_trigger("data", "other", "").unwrap_err(),
+        CoreError::FailedPrecondition(_)
+    ));
+}
+
+#[test]
+fn the_skip_policy_ends_the_run_as_timed_out_and_clears_the_waiting_annotations() {
+    let mut w = World::new();
+    w.pvc("data", true);
+    let mut s = spec("data", CopyMethod::Clone, schedule("0 * * * *"));
+    s.copy_trigger = Some(v1::CopyTriggerOptions {
+        wait_timeout: Some(prost_types::Duration {
+            seconds: 300,
+            nanos: 0,
+        }),
+        on_timeout: v1::TimeoutPolicy::Skip as i32,
+    });
+    w.apply("db", s);
+    w.advance(Duration::minutes(5));
+    let run = &w.runs("db")[0];
+    assert_eq!(run.result, RunResult::TimedOut as i32);
+    assert_eq!(run.phase, RunPhase::Finished as i32);
+    assert!(!w.ann("data").contains_key(STATUS));
+    assert!(!w.ann("data").contains_key(SINCE));
+    assert!(
+        w.copy_statuses
+            .iter()
+            .any(|c| c.state == CopyState::TimedOut as i32)
+    );
+    assert_eq!(
+        to_datetime(w.status("db").next_sync_time.as_ref().unwrap()),
+        t0() + Duration::hours(1)
+    );
+    assert!(
+        w.status("db").last_sync_time.is_none(),
+        "a skipped run is not a sync"
+    );
+    // The next run follows the schedule.
+    w.advance(Duration::minutes(55));
+    assert_eq!(w.phase("db"), RunPhase::WaitingForTrigger);
+}
+
+#[test]
+fn removing_use_copy_trigger_while_waiting_releases_and_clears_stale_annotations() {
+    let mut w = World::new();
+    w.pvc("data", true);
+    w.apply("db", spec("data", CopyMethod::Clone, schedule("@daily")));
+    w.cluster.pvcs.get_mut("data").unwrap().remove(USE);
+    let reports = w.cluster.pvc_changed("data");
+    for r in reports {
+        w.core.handle_report("apps", r, w.now);
+    }
+    w.settle();
+    assert!(w.ann("data").is_empty(), "{:?}", w.ann("data"));
+    assert_eq!(w.runs("db")[0].result, RunResult::Successful as i32);
+}
+
+#[test]
+fn an_unparseable_waiting_since_means_waiting_starts_now() {
+    let mut w = World::new();
+    w.pvc("data", true);
+    let a = w.cluster.pvcs.get_mut("data").unwrap();
+    a.insert(STATUS.into(), "WaitingForTrigger".into());
+    a.insert(SINCE.into(), "yesterday-ish".into());
+    w.apply("db", spec("data", CopyMethod::Clone, schedule("@daily")));
+    let run = w.current("db");
+    assert_eq!(to_datetime(run.waiting_since.as_ref().unwrap()), w.now);
+    assert!(!run.timeout_reported);
+}
+
+#[test]
+fn a_valid_earlier_waiting_since_is_kept_and_counts_toward_the_timeout() {
+    let mut w = World::new();
+    w.pvc("data", true);
+    let a = w.cluster.pvcs.get_mut("data").unwrap();
+    a.insert(STATUS.into(), "WaitingForTrigger".into());
+    a.insert(SINCE.into(), "2026-03-02T09:55:00Z".into());
+    w.apply("db", spec("data", CopyMethod::Clone, schedule("@daily")));
+    w.advance(Duration::minutes(5));
+    assert!(w.current("db").timeout_reported);
+}
+
+#[test]
+fn two_sources_on_one_pvc_never_overlap_their_copy_phases() {
+    let mut w = World::new();
+    w.pvc("data", true);
+    w.apply("a", spec("data", CopyMethod::Clone, schedule("@daily")));
+    let mut b = spec("data", CopyMethod::Snapshot, schedule("@daily"));
+    b.restic = None;
+    b.rclone = Some(v1::ReplicationSourceRcloneSpec {
+        copy_method: CopyMethod::Snapshot as i32,
+        rclone_config: "rc".into(),
+        rclone_config_section: "s3".into(),
+        rclone_dest_path: "b/p".into(),
+        ..Default::default()
+    });
+    w.apply("b", b);
+    assert_eq!(w.phase("a"), RunPhase::WaitingForTrigger);
+    assert_eq!(w.phase("b"), RunPhase::Queued);
+    let status = w.core.copy_status("apps", "data");
+    assert_eq!(status.source, "a");
+    w.user_sets_trigger("data", "one");
+    // a copied and finished; b now holds the PVC and waits for its own trigger.
+    assert_eq!(w.runs("a")[0].result, RunResult::Successful as i32);
+    assert_eq!(w.phase("b"), RunPhase::WaitingForTrigger);
+    assert_eq!(w.ann("data")[LATEST], "one");
+    w.user_sets_trigger("data", "two");
+    assert_eq!(w.runs("b")[0].trigger, "two");
+    assert_eq!(w.ann("data")[LATEST], "two");
+}
+
+#[test]
+fn direct_copy_runs_without_gating_and_says_why_in_the_status() {
+    let mut w = World::new();
+    w.pvc("data", true);
+    w.apply("db", spec("data", CopyMethod::Direct, schedule("@daily")));
+    assert_eq!(w.runs("db")[0].result, RunResult::Successful as i32);
+    assert!(w.cluster.copies_made.is_empty());
+    assert!(w.ann("data").get(STATUS).is_none());
+    assert!(w.status("db").message.contains("Snapshot or Clone"));
+}
+
+#[test]
+fn schedule_times_passed_during_a_run_are_coalesced_and_counted_as_missed() {
+    let mut w = World::new();
+    w.pvc("data", true);
+    w.apply(
+        "db",
+        spec("data", CopyMethod::Clone, schedule("*/10 * * * *")),
+    );
+    w.user_sets_trigger("data", "1");
+    assert_eq!(
+        to_datetime(w.status("db").next_sync_time.as_ref().unwrap()),
+        t0() + Duration::minutes(10)
+    );
+    w.advance(Duration::minutes(10));
+    assert_eq!(w.phase("db"), RunPhase::WaitingForTrigger);
+    // Nobody triggers for 35 minutes: 10:20, 10:30, 10:40 pass while the run waits.
+    w.advance(Duration::minutes(35));
+    w.user_sets_trigger("data", "2");
+    let st = w.status("db");
+    assert_eq!(st.missed_intervals, 1);
+    assert_eq!(
+        to_datetime(st.next_sync_time.as_ref().unwrap()),
+        t0() + Duration::minutes(50)
+    );
+    assert_eq!(w.runs("db").len(), 2, "passed times were not replayed");
+}
+
+#[test]
+fn a_new_source_can_skip_its_first_immediate_run() {
+    let mut w = World::new();
+    w.pvc("data", false);
+    let mut s = spec("data", CopyMethod::Clone, schedule("0 12 * * *"));
+    s.skip_initial_run = true;
+    w.apply("db", s);
+    assert!(w.runs("db").is_empty());
+    assert_eq!(
+        to_datetime(w.status("db").next_sync_time.as_ref().unwrap()),
+        t0() + Duration::hours(2)
+    );
+}
+
+#[test]
+fn paused_sources_start_no_run_until_resumed_and_then_catch_up_once() {
+    let mut w = World::new();
+    w.pvc("data", false);
+    let mut s = spec("data", CopyMethod::Clone, schedule("0 * * * *"));
+    s.skip_initial_run = true;
+    w.apply("db", s);
+    w.core
+        .set_paused(&key("db"), true, "maintenance".into(), w.now)
+        .unwrap();
+    w.advance(Duration::hours(3));
+    assert!(w.runs("db").is_empty());
+    assert_eq!(w.status("db").pause_note, "maintenance");
+    w.core
+        .set_paused(&key("db"), false, "done".into(), w.now)
+        .unwrap();
+    w.settle();
+    assert_eq!(w.runs("db").len(), 1);
+}
+
+#[test]
+fn sync_now_with_the_same_request_id_starts_no_second_run() {
+    let mut w = World::new();
+    w.pvc("data", true);
+    let mut s = spec("data", CopyMethod::Clone, schedule("@daily"));
+    s.skip_initial_run = true;
+    w.apply("db", s);
+    let (a, started_a) = w.core.sync_now(&key("db"), "req-1", w.now).unwrap();
+    let (b, started_b) = w.core.sync_now(&key("db"), "req-1", w.now).unwrap();
+    w.settle();
+    assert_eq!((a, started_a), (b, !started_b));
+    assert_eq!(w.runs("db").len(), 1);
+    w.user_sets_trigger("data", "x");
+    // After the run finished, the same id still answers the same run.
+    let (c, started_c) = w.core.sync_now(&key("db"), "req-1", w.now).unwrap();
+    assert_eq!((c, started_c), (a, false));
+    assert!(matches!(
+        w.core.sync_now(&key("db"), "", w.now),
+        Err(CoreError::Invalid(_))
+    ));
+}
+
+#[test]
+fn apply_uses_optimistic_concurrency() {
+    let mut w = World::new();
+    w.pvc("data", false);
+    let s = w.apply("db", spec("data", CopyMethod::Clone, schedule("@daily")));
+    assert_eq!(s.version, 1);
+    let again = w
+        .core
+        .apply_source(key("db"), spec("data", CopyMethod::Clone, None), 0, w.now);
+    assert!(matches!(
+        again,
+        Err(CoreError::AlreadyExists { version: 1, .. })
+    ));
+    let stale = w
+        .core
+        .apply_source(key("db"), spec("data", CopyMethod::Clone, None), 7, w.now);
+    assert!(matches!(
+        stale,
+        Err(CoreError::VersionConflict {
+            expected: 7,
+            actual: 1,
+            ..
+        })
+    ));
+    let missing = w
+        .core
+        .apply_source(key("nope"), spec("data", CopyMethod::Clone, None), 3, w.now);
+    assert!(matches!(missing, Err(CoreError::NotFound(_))));
+    let ok = w
+        .core
+        .apply_source(
+            key("db"),
+            spec("data", CopyMethod::Snapshot, schedule("@daily")),
+            1,
+            w.now,
+        )
+        .unwrap();
+    assert_eq!(ok.version, 2);
+}
+
+#[test]
+fn a_refused_apply_changes_and_stores_nothing() {
+    let mut w = World::new();
+    let err = w
+        .core
+        .apply_source(
+            key("db"),
+            spec("data", CopyMethod::Clone, schedule("not a cron")),
+            0,
+            w.now,
+        )
+        .unwrap_err();
+    assert!(matches!(&err, CoreError::Invalid(f) if f.field == "spec.trigger.schedule"));
+    assert!(w.core.drain_effects().is_empty());
+    assert!(matches!(
+        w.core.get_source(&key("db")),
+        Err(CoreError::NotFound(_))
+    ));
+}
+
+#[test]
+fn deleting_a_source_aborts_its_run_and_cleans_up_before_it_is_gone() {
+    let mut w = World::new();
+    w.pvc("data", true);
+    w.apply("db", spec("data", CopyMethod::Clone, schedule("@daily")));
+    w.core.delete_source(&key("db"), 0, w.now).unwrap();
+    w.settle();
+    assert!(matches!(
+        w.core.get_source(&key("db")),
+        Err(CoreError::NotFound(_))
+    ));
+    assert!(w.stored_sources.is_empty());
+    assert!(w.stored_runs.is_empty());
+    assert!(
+        !w.ann("data").contains_key(STATUS),
+        "waiting annotations cleared: {:?}",
+        w.ann("data")
+    );
+    assert!(
+        w.copy_statuses
+            .iter()
+            .any(|c| c.state == CopyState::Aborted as i32)
+    );
+}
+
+#[test]
+fn a_restart_while_waiting_keeps_waiting_with_the_original_waiting_since() {
+    let mut w = World::new();
+    w.pvc("data", true);
+    w.apply("db", spec("data", CopyMethod::Clone, schedule("@daily")));
+    let before = w.current("db");
+    w.advance(Duration::minutes(3));
+    w.restart();
+    let after = w.current("db");
+    assert_eq!(after.id, before.id);
+    assert_eq!(after.waiting_since, before.waiting_since);
+    assert_eq!(
+        RunPhase::try_from(after.phase).unwrap(),
+        RunPhase::WaitingForTrigger
+    );
+    // The timeout still fires at the original deadline.
+    w.advance(Duration::minutes(7));
+    assert!(w.current("db").timeout_reported);
+    w.user_sets_trigger("data", "after-restart");
+    assert_eq!(w.runs("db")[0].result, RunResult::Successful as i32);
+    // Run ids keep counting after a restart.
+    w.advance(Duration::days(1));
+    assert_eq!(w.current("db").id, "run-2");
+}
+
+#[test]
+fn stale_reports_change_nothing() {
+    let mut w = World::new();
+    w.pvc("data", true);
+    w.apply("db", spec("data", CopyMethod::Clone, schedule("@daily")));
+    let id = w.current("db").id;
+    let r = Report {
+        run_id: id.clone(),
+        generation: 1,
+        observation: Some(Observation::CleanedUp(v1::CleanedUp {})),
+    };
+    assert!(matches!(
+        w.core.handle_report("apps", r.clone(), w.now),
+        ReportOutcome::Stale(_)
+    ));
+    assert!(matches!(
+        w.core.handle_report("other", r, w.now),
+        ReportOutcome::Stale(_)
+    ));
+    assert!(w.core.drain_effects().is_empty());
+    assert_eq!(w.phase("db"), RunPhase::WaitingForTrigger);
+}
+
+#[test]
+fn a_failed_mover_attempt_is_reported_and_the_run_keeps_transferring() {
+    let mut w = World::new();
+    w.cluster.mover_succeeds = false;
+    w.pvc("data", false);
+    w.apply("db", spec("data", CopyMethod::Clone, schedule("@daily")));
+    assert_eq!(w.phase("db"), RunPhase::Transferring);
+    let st = w.status("db");
+    assert_eq!(
+        st.latest_mover_status.unwrap().logs,
+        "Fatal: repository locked"
+    );
+    assert_eq!(w.current("db").mover_failures, 1);
+}
+
+#[test]
+fn a_non_retryable_agent_error_fails_the_run_and_cleans_up() {
+    let mut w = World::new();
+    w.cluster.copies_get_ready = false;
+    w.pvc("data", false);
+    w.apply("db", spec("data", CopyMethod::Snapshot, schedule("@daily")));
+    let id = w.current("db").id;
+    let r = Report {
+        run_id: id,
+        generation: 0,
+        observation: Some(Observation::Error(v1::AgentError {
+            reason: "VolumeSnapshotClassNotFound".into(),
+            message: "no class fast".into(),
+            retryable: false,
+        })),
+    };
+    assert_eq!(
+        w.core.handle_report("apps", r, w.now),
+        ReportOutcome::Applied
+    );
+    w.settle();
+    let run = &w.runs("db")[0];
+    assert_eq!(run.result, RunResult::Failed as i32);
+    assert!(run.message.contains("VolumeSnapshotClassNotFound"));
+    assert!(w.cluster.copies.is_empty());
+}
+
+#[test]
+fn a_missing_pvc_is_reported_on_the_source_and_the_run_waits_for_it() {
+    let mut w = World::new();
+    w.apply("db", spec("ghost", CopyMethod::Clone, schedule("@daily")));
+    assert_eq!(w.phase("db"), RunPhase::Gating);
+    let cond = &w.status("db").conditions[0];
+    assert_eq!(cond.reason, "Error");
+    assert!(cond.message.contains("ghost"), "{cond:?}");
+    w.pvc("ghost", false);
+    let reports = w.cluster.pvc_changed("ghost");
+    for r in reports {
+        w.core.handle_report("apps", r, w.now);
+    }
+    w.settle();
+    assert_eq!(w.runs("db")[0].result, RunResult::Successful as i32);
+}
+
+#[test]
+fn list_sources_pages_in_key_order() {
+    let mut w = World::new();
+    for n in ["c", "a", "b"] {
+        w.core
+            .apply_source(
+                key(n),
+                {
+                    let mut s = spec("p", CopyMethod::Clone, manual("x"));
+                    s.skip_initial_run = true;
+                    s
+                },
+                0,
+                w.now,
+            )
+            .unwrap();
+    }
+    let (page, next) = w.core.list_sources(Some("apps"), None, 2);
+    assert_eq!(
+        page.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    let (page2, end) = w.core.list_sources(Some("apps"), next.as_ref(), 2);
+    assert_eq!(
+        page2.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+        ["c"]
+    );
+    assert!(end.is_none());
+    assert!(w.core.list_sources(Some("other"), None, 10).0.is_empty());
+}
