@@ -1,1 +1,150 @@
-//! placeholder
+//! The snapgate scheduler: the IO shell around `snapgate-scheduler-core`.
+//!
+//! ```text
+//!  grpcurl / CLI ──SourceService──┐
+//!  SDK ───────────TriggerService──┤  identify ─► handlers ─► DriverHandle ─► Driver task ─► Store
+//!  agents ────────AgentService────┘  (interceptor)  (validate)   (mpsc)      (owns the core)  (redb)
+//!                                                                   │
+//!                   directives to agents · copy status to watchers · metrics  ◄┘ (after commit)
+//! ```
+//!
+//! One task owns the core; gRPC handlers only validate, convert and ask it. Every change is
+//! committed to the store before its request is answered or its directive sent.
+
+pub mod args;
+pub mod clock;
+mod driver;
+pub mod grpc;
+pub mod identity;
+pub mod metrics;
+mod status;
+pub mod store;
+
+use std::{future::Future, net::SocketAddr, sync::Arc};
+
+use anyhow::Context as _;
+use snapgate_proto::v1::{
+    agent_service_server::AgentServiceServer, source_service_server::SourceServiceServer,
+    trigger_service_server::TriggerServiceServer,
+};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tracing::info;
+
+pub use driver::{DriverError, DriverHandle};
+
+use crate::{
+    clock::Clock,
+    grpc::{Agents, Sources, Triggers},
+    identity::{Authorizer, identify},
+    metrics::Metrics,
+    store::Store,
+};
+
+/// What a scheduler runs on.
+pub struct Config {
+    /// The durable store.
+    pub store: Box<dyn Store>,
+    /// Where "now" comes from.
+    pub clock: Arc<dyn Clock>,
+    /// The metrics registry.
+    pub metrics: Metrics,
+    /// Who may do what.
+    pub authorizer: Authorizer,
+}
+
+/// Serves snapgate.v1, health and reflection on `listener` until `shutdown` resolves.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (driver, handle) = driver::Driver::start(config.store, config.clock, config.metrics)
+        .context("loading the store")?;
+    let driver_task = tokio::spawn(driver.run());
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let sources = SourceServiceServer::with_interceptor(
+        Sources::new(handle.clone(), config.authorizer.clone()),
+        identify,
+    );
+    let triggers = TriggerServiceServer::with_interceptor(
+        Triggers::new(handle.clone(), config.authorizer.clone()),
+        identify,
+    );
+    let agents = AgentServiceServer::with_interceptor(
+        Agents::new(handle.clone(), config.authorizer.clone()),
+        identify,
+    );
+    health.set_serving::<SourceServiceServer<Sources>>().await;
+    health.set_serving::<TriggerServiceServer<Triggers>>().await;
+    health.set_serving::<AgentServiceServer<Agents>>().await;
+
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(snapgate_proto::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1().context("building reflection v1")?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .context("building reflection v1alpha")?;
+
+    info!(addr = %listener.local_addr()?, "serving snapgate.v1");
+    let shutdown_health = health.clone();
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(sources)
+        .add_service(triggers)
+        .add_service(agents)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            shutdown.await;
+            shutdown_health
+                .set_not_serving::<SourceServiceServer<Sources>>()
+                .await;
+            info!("shutting down");
+        })
+        .await
+        .context("gRPC server")?;
+    drop(handle);
+    // Streams still open hold handles; give the driver a moment to finish what it has.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), driver_task).await;
+    Ok(())
+}
+
+/// Serves `/metrics` in the Prometheus text format until `shutdown` resolves.
+pub async fn serve_metrics(
+    metrics: Metrics,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let m = metrics.clone();
+            async move {
+                (
+                    [(
+                        http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    m.encode(),
+                )
+            }
+        }),
+    );
+    info!(addr = %listener.local_addr()?, "serving metrics");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("metrics server")
+}
+
+/// Binds a TCP listener with a message that names the flag.
+pub async fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (--{flag})"))
+}

@@ -1,1 +1,72 @@
-fn main() {}
+//! `snapgate-scheduler`: see `snapgate_scheduler` for the design.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use snapgate_scheduler::{
+    Config,
+    args::{Args, init_tracing},
+    bind,
+    clock::SystemClock,
+    identity::Authorizer,
+    metrics::Metrics,
+    serve, serve_metrics,
+    store::RedbStore,
+};
+use tokio::sync::watch;
+use tracing::info;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_tracing(args.log_format, &args.log)?;
+    let store = RedbStore::open(&args.data_dir).with_context(|| {
+        format!(
+            "opening the store in {} (--data-dir)",
+            args.data_dir.display()
+        )
+    })?;
+    info!(data_dir = %args.data_dir.display(), "store opened");
+    let grpc = bind(args.listen, "listen").await?;
+    let metrics_listener = bind(args.metrics_listen, "metrics-listen").await?;
+    let metrics = Metrics::new();
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let metrics_task = tokio::spawn(serve_metrics(
+        metrics.clone(),
+        metrics_listener,
+        stopped(stop_rx.clone()),
+    ));
+    let config = Config {
+        store: Box::new(store),
+        clock: Arc::new(SystemClock),
+        metrics,
+        authorizer: Authorizer,
+    };
+    serve(config, grpc, stopped(stop_rx)).await?;
+    metrics_task.await??;
+    info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -775,10 +775,10 @@ impl Scheduler {
             .collect()
     }
 
-    /// Applies an agent's report about a run in `namespace`.
+    /// Applies an agent's report about a run in one of the agent's `namespaces`.
     pub fn handle_report(
         &mut self,
-        namespace: &str,
+        namespaces: &[String],
         report: Report,
         now: DateTime<Utc>,
     ) -> ReportOutcome {
@@ -788,8 +788,12 @@ impl Scheduler {
         let Some(run) = self.active.get(&id) else {
             return ReportOutcome::Stale(format!("{id} is not in flight"));
         };
-        if run.source.as_ref().is_none_or(|s| s.namespace != namespace) {
-            return ReportOutcome::Stale(format!("{id} is not in namespace {namespace}"));
+        if run
+            .source
+            .as_ref()
+            .is_none_or(|s| !namespaces.contains(&s.namespace))
+        {
+            return ReportOutcome::Stale(format!("{id} is not in the agent's namespaces"));
         }
         let current = phase(run);
         let Some(observation) = report.observation else {

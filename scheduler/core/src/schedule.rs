@@ -6,7 +6,7 @@
 use std::fmt;
 
 use chrono::{DateTime, Duration, Utc};
-use chrono_tz::Tz;
+pub use chrono_tz::Tz;
 use croner::{
     Cron,
     parser::{CronParser, Seconds, Year},

@@ -56,6 +56,10 @@ fn t0() -> DateTime<Utc> {
         .with_timezone(&Utc)
 }
 
+fn apps() -> Vec<String> {
+    vec!["apps".to_owned()]
+}
+
 fn key(name: &str) -> SourceKey {
     SourceKey::new("apps", name)
 }
@@ -190,7 +194,7 @@ impl World {
                 }
             }
             for r in reports {
-                let out = self.core.handle_report("apps", r, self.now);
+                let out = self.core.handle_report(&apps(), r, self.now);
                 assert!(matches!(
                     out,
                     ReportOutcome::Applied | ReportOutcome::Stale(_)
@@ -222,7 +226,7 @@ impl World {
             .insert(TRIGGER.into(), value.into());
         let reports = self.cluster.pvc_changed(pvc);
         for r in reports {
-            self.core.handle_report("apps", r, self.now);
+            self.core.handle_report(&apps(), r, self.now);
         }
         self.settle();
     }
@@ -242,7 +246,7 @@ impl World {
         self.cluster.copies.insert(name.to_owned(), true);
         let reports = self.cluster.recheck(self.now);
         for r in reports {
-            self.core.handle_report("apps", r, self.now);
+            self.core.handle_report(&apps(), r, self.now);
         }
         self.settle();
     }
@@ -263,7 +267,7 @@ impl World {
             reports.extend(self.cluster.act(&d, self.now));
         }
         for r in reports {
-            self.core.handle_report("apps", r, self.now);
+            self.core.handle_report(&apps(), r, self.now);
         }
         self.settle();
     }
@@ -822,7 +826,7 @@ fn removing_use_copy_trigger_while_waiting_releases_and_clears_stale_annotations
     w.cluster.pvcs.get_mut("data").unwrap().remove(USE);
     let reports = w.cluster.pvc_changed("data");
     for r in reports {
-        w.core.handle_report("apps", r, w.now);
+        w.core.handle_report(&apps(), r, w.now);
     }
     w.settle();
     assert!(w.ann("data").is_empty(), "{:?}", w.ann("data"));
@@ -890,7 +894,7 @@ fn direct_copy_runs_without_gating_and_says_why_in_the_status() {
     w.apply("db", spec("data", CopyMethod::Direct, schedule("@daily")));
     assert_eq!(w.runs("db")[0].result, RunResult::Successful as i32);
     assert!(w.cluster.copies_made.is_empty());
-    assert!(w.ann("data").get(STATUS).is_none());
+    assert!(!w.ann("data").contains_key(STATUS));
     assert!(w.status("db").message.contains("Snapshot or Clone"));
 }
 
@@ -1099,11 +1103,11 @@ fn stale_reports_change_nothing() {
         observation: Some(Observation::CleanedUp(v1::CleanedUp {})),
     };
     assert!(matches!(
-        w.core.handle_report("apps", r.clone(), w.now),
+        w.core.handle_report(&apps(), r.clone(), w.now),
         ReportOutcome::Stale(_)
     ));
     assert!(matches!(
-        w.core.handle_report("other", r, w.now),
+        w.core.handle_report(&["other".to_owned()], r, w.now),
         ReportOutcome::Stale(_)
     ));
     assert!(w.core.drain_effects().is_empty());
@@ -1142,7 +1146,7 @@ fn a_non_retryable_agent_error_fails_the_run_and_cleans_up() {
         })),
     };
     assert_eq!(
-        w.core.handle_report("apps", r, w.now),
+        w.core.handle_report(&apps(), r, w.now),
         ReportOutcome::Applied
     );
     w.settle();
@@ -1163,7 +1167,7 @@ fn a_missing_pvc_is_reported_on_the_source_and_the_run_waits_for_it() {
     w.pvc("ghost", false);
     let reports = w.cluster.pvc_changed("ghost");
     for r in reports {
-        w.core.handle_report("apps", r, w.now);
+        w.core.handle_report(&apps(), r, w.now);
     }
     w.settle();
     assert_eq!(w.runs("db")[0].result, RunResult::Successful as i32);

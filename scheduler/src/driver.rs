@@ -1,0 +1,529 @@
+//! The one task that owns the core.
+//!
+//! Every request, agent report and timer tick becomes a [`Command`] on one channel. For each,
+//! the driver calls the core, commits the persistence effects as one batch, and only then
+//! delivers directives to agents, copy-status changes to watchers, metrics, and the reply.
+//! If the commit fails the core is rebuilt from the store, so a refused request leaves no trace.
+
+use std::{collections::HashMap, sync::Arc, time::Duration as StdDuration};
+
+use chrono::{DateTime, Utc};
+use snapgate_proto::v1::{self, SchedulerMessage, scheduler_message::Message as ToAgent};
+use snapgate_scheduler_core::{
+    CoreError, Effect, ReportOutcome, RunId, Scheduler, SourceKey, TriggerAccepted, schedule::Tz,
+};
+use tokio::sync::{mpsc, oneshot};
+use tonic::Status;
+use tracing::{debug, info, warn};
+
+use crate::{
+    clock::Clock,
+    metrics::Metrics,
+    store::{Batch, Store, StoreError, Write},
+};
+
+/// Messages queued for one agent connection before it is considered stuck and dropped.
+pub(crate) const AGENT_QUEUE: usize = 1024;
+/// Statuses queued for one WatchCopy stream before it is dropped (the client re-watches).
+pub(crate) const WATCH_QUEUE: usize = 64;
+/// The longest the driver sleeps without looking at the clock again.
+const MAX_SLEEP: StdDuration = StdDuration::from_secs(30);
+/// How long to wait before retrying timer work whose commit failed.
+const RETRY_AFTER_STORE_ERROR: StdDuration = StdDuration::from_secs(1);
+
+/// Why the driver refused or failed a request.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// The core refused it.
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    /// The store failed; nothing was applied.
+    #[error("the request was not applied: {0}")]
+    Store(#[from] StoreError),
+    /// The driver has stopped (shutting down).
+    #[error("the scheduler is shutting down")]
+    Stopped,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, DriverError>>;
+
+/// A request to the driver.
+pub(crate) enum Command {
+    Apply {
+        key: SourceKey,
+        spec: Box<v1::SourceSpec>,
+        expected_version: u64,
+        reply: Reply<v1::Source>,
+    },
+    Get {
+        key: SourceKey,
+        reply: Reply<v1::Source>,
+    },
+    List {
+        namespace: Option<String>,
+        after: Option<SourceKey>,
+        limit: usize,
+        reply: Reply<(Vec<v1::Source>, Option<SourceKey>)>,
+    },
+    Delete {
+        key: SourceKey,
+        expected_version: u64,
+        reply: Reply<()>,
+    },
+    SyncNow {
+        key: SourceKey,
+        request_id: String,
+        reply: Reply<(RunId, bool)>,
+    },
+    SetPaused {
+        key: SourceKey,
+        paused: bool,
+        note: String,
+        reply: Reply<v1::Source>,
+    },
+    ListRuns {
+        key: SourceKey,
+        limit: usize,
+        reply: Reply<Vec<v1::Run>>,
+    },
+    Preview {
+        key: SourceKey,
+        after: Option<DateTime<Utc>>,
+        count: usize,
+        reply: Reply<(Vec<DateTime<Utc>>, Tz)>,
+    },
+    Trigger {
+        target: v1::CopyTarget,
+        value: String,
+        run_id: String,
+        reply: Reply<TriggerAccepted>,
+    },
+    CopyStatus {
+        target: v1::CopyTarget,
+        reply: Reply<v1::CopyStatus>,
+    },
+    WatchCopy {
+        target: v1::CopyTarget,
+        tx: mpsc::Sender<Result<v1::CopyStatus, Status>>,
+        reply: Reply<()>,
+    },
+    AgentConnect {
+        hello: v1::AgentHello,
+        tx: mpsc::Sender<Result<SchedulerMessage, Status>>,
+        reply: Reply<u64>,
+    },
+    AgentReport {
+        conn: u64,
+        report: v1::Report,
+    },
+    AgentGone {
+        conn: u64,
+    },
+}
+
+/// A cloneable handle that sends commands to the driver.
+#[derive(Clone)]
+pub struct DriverHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl DriverHandle {
+    /// Sends a command built around a fresh reply channel and waits for the answer.
+    pub(crate) async fn ask<T>(
+        &self,
+        build: impl FnOnce(Reply<T>) -> Command,
+    ) -> Result<T, DriverError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(build(reply))
+            .await
+            .map_err(|_| DriverError::Stopped)?;
+        rx.await.map_err(|_| DriverError::Stopped)?
+    }
+
+    /// Sends a command that needs no answer.
+    pub(crate) async fn tell(&self, cmd: Command) {
+        let _ = self.tx.send(cmd).await;
+    }
+}
+
+struct AgentConn {
+    agent_id: String,
+    namespaces: Vec<String>,
+    tx: mpsc::Sender<Result<SchedulerMessage, Status>>,
+}
+
+struct Watcher {
+    namespace: String,
+    pvc: String,
+    tx: mpsc::Sender<Result<v1::CopyStatus, Status>>,
+    last: Option<v1::CopyStatus>,
+}
+
+/// The driver task's state.
+pub(crate) struct Driver {
+    core: Scheduler,
+    store: Box<dyn Store>,
+    clock: Arc<dyn Clock>,
+    metrics: Metrics,
+    agents: HashMap<u64, AgentConn>,
+    next_conn: u64,
+    watchers: Vec<Watcher>,
+    rx: mpsc::Receiver<Command>,
+}
+
+impl Driver {
+    /// Loads the store and rebuilds the core. Fails if the store cannot be read.
+    pub(crate) fn start(
+        store: Box<dyn Store>,
+        clock: Arc<dyn Clock>,
+        metrics: Metrics,
+    ) -> Result<(Self, DriverHandle), anyhow::Error> {
+        let core = restore(store.as_ref())?;
+        let (tx, rx) = mpsc::channel(1024);
+        Ok((
+            Self {
+                core,
+                store,
+                clock,
+                metrics,
+                agents: HashMap::new(),
+                next_conn: 1,
+                watchers: Vec::new(),
+                rx,
+            },
+            DriverHandle { tx },
+        ))
+    }
+
+    /// Runs until every handle is dropped.
+    pub(crate) async fn run(mut self) {
+        // Catch up with whatever came due while we were down.
+        let now = self.clock.now();
+        self.core.handle_timeout(now);
+        if let Err(e) = self.flush() {
+            warn!(error = %e, "catch-up after start not committed; will retry");
+        }
+        let mut retry_at: Option<tokio::time::Instant> = None;
+        loop {
+            let sleep = self.sleep_for(retry_at);
+            tokio::select! {
+                cmd = self.rx.recv() => match cmd {
+                    Some(cmd) => self.handle(cmd),
+                    None => break,
+                },
+                () = tokio::time::sleep(sleep) => {
+                    let now = self.clock.now();
+                    self.core.handle_timeout(now);
+                    retry_at = match self.flush() {
+                        Ok(()) => None,
+                        Err(e) => {
+                            warn!(error = %e, "timer work not committed; retrying");
+                            Some(tokio::time::Instant::now() + RETRY_AFTER_STORE_ERROR)
+                        }
+                    };
+                }
+            }
+        }
+        info!("driver stopped");
+    }
+
+    fn sleep_for(&self, retry_at: Option<tokio::time::Instant>) -> StdDuration {
+        if let Some(at) = retry_at {
+            return at.saturating_duration_since(tokio::time::Instant::now());
+        }
+        match self.core.poll_timeout() {
+            None => MAX_SLEEP,
+            Some(t) => (t - self.clock.now())
+                .to_std()
+                .unwrap_or(StdDuration::ZERO)
+                .min(MAX_SLEEP),
+        }
+    }
+
+    /// Persists the effects of one step, then delivers the rest. On a store error the core
+    /// is rebuilt from the store and the undelivered effects are dropped.
+    fn flush(&mut self) -> Result<(), StoreError> {
+        let effects = self.core.drain_effects();
+        let mut batch = Batch {
+            writes: Vec::new(),
+            next_run: self.core.next_run_counter(),
+        };
+        let mut rest = Vec::new();
+        for e in effects {
+            match e {
+                Effect::PutSource(r) => batch.writes.push(Write::PutSource(r)),
+                Effect::RemoveSource(k) => batch.writes.push(Write::RemoveSource(k.to_string())),
+                Effect::PutRun(r) => batch.writes.push(Write::PutRun(r)),
+                Effect::RemoveRun(id) => batch.writes.push(Write::RemoveRun(id.to_string())),
+                other => rest.push(other),
+            }
+        }
+        if !batch.writes.is_empty()
+            && let Err(e) = self.store.commit(batch)
+        {
+            self.metrics.store_errors.inc();
+            match restore(self.store.as_ref()) {
+                Ok(core) => self.core = core,
+                Err(reload) => warn!(error = %reload, "store reload failed; keeping memory state"),
+            }
+            return Err(e);
+        }
+        for e in rest {
+            self.deliver(e);
+        }
+        Ok(())
+    }
+
+    fn deliver(&mut self, effect: Effect) {
+        match effect {
+            Effect::Send {
+                namespace,
+                directive,
+            } => self.send_to_agents(&namespace, ToAgent::Directive(*directive)),
+            Effect::Forget { namespace, run_id } => self.send_to_agents(
+                &namespace,
+                ToAgent::Forget(v1::Forget {
+                    run_id: run_id.to_string(),
+                }),
+            ),
+            Effect::CopyStatus(status) => self.send_to_watchers(&status),
+            Effect::Observe(o) => self.metrics.observe(&o),
+            Effect::PutSource(_)
+            | Effect::RemoveSource(_)
+            | Effect::PutRun(_)
+            | Effect::RemoveRun(_) => {
+                unreachable!("persistence effects are committed, not delivered")
+            }
+        }
+    }
+
+    fn send_to_agents(&mut self, namespace: &str, message: ToAgent) {
+        let mut dead = Vec::new();
+        let mut delivered = false;
+        for (id, conn) in &self.agents {
+            if !conn.namespaces.iter().any(|n| n == namespace) {
+                continue;
+            }
+            let msg = SchedulerMessage {
+                message: Some(message.clone()),
+            };
+            match conn.tx.try_send(Ok(msg)) {
+                Ok(()) => delivered = true,
+                Err(e) => {
+                    warn!(agent = %conn.agent_id, error = %e, "agent not keeping up; dropping its link (it resyncs on reconnect)");
+                    dead.push(*id);
+                }
+            }
+        }
+        if !delivered {
+            debug!(
+                namespace,
+                "no agent connected; the directive is sent when one connects"
+            );
+        }
+        for id in dead {
+            self.drop_agent(id);
+        }
+    }
+
+    fn send_to_watchers(&mut self, status: &v1::CopyStatus) {
+        self.watchers.retain_mut(|w| {
+            if w.namespace != status.namespace || w.pvc != status.pvc {
+                return !w.tx.is_closed();
+            }
+            if w.last.as_ref() == Some(status) {
+                return true;
+            }
+            w.last = Some(status.clone());
+            w.tx.try_send(Ok(status.clone())).is_ok()
+        });
+    }
+
+    fn drop_agent(&mut self, id: u64) {
+        if let Some(conn) = self.agents.remove(&id) {
+            info!(agent = %conn.agent_id, namespaces = ?conn.namespaces, "agent disconnected");
+            self.metrics.agents_connected.set(self.agents.len() as i64);
+        }
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        let now = self.clock.now();
+        match cmd {
+            Command::Apply {
+                key,
+                spec,
+                expected_version,
+                reply,
+            } => {
+                let r = self.core.apply_source(key, *spec, expected_version, now);
+                self.answer(reply, r);
+            }
+            Command::Get { key, reply } => {
+                let _ = reply.send(self.core.get_source(&key).map_err(Into::into));
+            }
+            Command::List {
+                namespace,
+                after,
+                limit,
+                reply,
+            } => {
+                let page = self
+                    .core
+                    .list_sources(namespace.as_deref(), after.as_ref(), limit);
+                let _ = reply.send(Ok(page));
+            }
+            Command::Delete {
+                key,
+                expected_version,
+                reply,
+            } => {
+                let r = self.core.delete_source(&key, expected_version, now);
+                self.answer(reply, r);
+            }
+            Command::SyncNow {
+                key,
+                request_id,
+                reply,
+            } => {
+                let r = self.core.sync_now(&key, &request_id, now);
+                self.answer(reply, r);
+            }
+            Command::SetPaused {
+                key,
+                paused,
+                note,
+                reply,
+            } => {
+                let r = self.core.set_paused(&key, paused, note, now);
+                self.answer(reply, r);
+            }
+            Command::ListRuns { key, limit, reply } => {
+                let _ = reply.send(self.core.list_runs(&key, limit).map_err(Into::into));
+            }
+            Command::Preview {
+                key,
+                after,
+                count,
+                reply,
+            } => {
+                let r = self.core.preview(&key, after.unwrap_or(now), count);
+                let _ = reply.send(r.map_err(Into::into));
+            }
+            Command::Trigger {
+                target,
+                value,
+                run_id,
+                reply,
+            } => {
+                let r = self.core.trigger(&target, &value, &run_id, now);
+                self.answer(reply, r);
+            }
+            Command::CopyStatus { target, reply } => {
+                let r = self
+                    .core
+                    .resolve_target(&target)
+                    .map(|(ns, pvc)| self.core.copy_status(&ns, &pvc));
+                let _ = reply.send(r.map_err(Into::into));
+            }
+            Command::WatchCopy { target, tx, reply } => match self.core.resolve_target(&target) {
+                Ok((namespace, pvc)) => {
+                    let current = self.core.copy_status(&namespace, &pvc);
+                    let _ = tx.try_send(Ok(current.clone()));
+                    self.watchers.push(Watcher {
+                        namespace,
+                        pvc,
+                        tx,
+                        last: Some(current),
+                    });
+                    let _ = reply.send(Ok(()));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e.into()));
+                }
+            },
+            Command::AgentConnect { hello, tx, reply } => {
+                let id = self.next_conn;
+                self.next_conn += 1;
+                let directives = self.core.directives_for(&hello.namespaces);
+                let welcome = SchedulerMessage {
+                    message: Some(ToAgent::Welcome(v1::Welcome {
+                        active_runs: directives.len() as u32,
+                    })),
+                };
+                let mut ok = tx.try_send(Ok(welcome)).is_ok();
+                for d in directives {
+                    ok &= tx
+                        .try_send(Ok(SchedulerMessage {
+                            message: Some(ToAgent::Directive(d)),
+                        }))
+                        .is_ok();
+                }
+                if !ok {
+                    warn!(agent = %hello.agent_id, "agent link full during resync; closing it");
+                    let _ = reply.send(Err(DriverError::Core(CoreError::FailedPrecondition(
+                        "too many runs in flight to resync this agent at once".into(),
+                    ))));
+                    return;
+                }
+                info!(agent = %hello.agent_id, namespaces = ?hello.namespaces, "agent connected");
+                self.agents.insert(
+                    id,
+                    AgentConn {
+                        agent_id: hello.agent_id,
+                        namespaces: hello.namespaces,
+                        tx,
+                    },
+                );
+                self.metrics.agents_connected.set(self.agents.len() as i64);
+                let _ = reply.send(Ok(id));
+            }
+            Command::AgentReport { conn, report } => {
+                let Some(agent) = self.agents.get(&conn) else {
+                    return;
+                };
+                let run_id = report.run_id.clone();
+                let namespaces = agent.namespaces.clone();
+                match self.core.handle_report(&namespaces, report, now) {
+                    ReportOutcome::Applied => {
+                        if let Err(e) = self.flush() {
+                            // The agent re-reports on reconnect or its next observation.
+                            warn!(run = %run_id, error = %e, "report not committed");
+                        }
+                    }
+                    ReportOutcome::Stale(why) => debug!(run = %run_id, why, "stale report ignored"),
+                }
+            }
+            Command::AgentGone { conn } => self.drop_agent(conn),
+        }
+    }
+
+    /// Commits what a mutating call did, then replies: the reply never precedes durability.
+    fn answer<T>(&mut self, reply: Reply<T>, result: Result<T, CoreError>) {
+        let out = match result {
+            Ok(v) => self.flush().map(|()| v).map_err(DriverError::from),
+            Err(e) => {
+                // A refused request must leave nothing behind; if the core disagrees, the
+                // store is the truth.
+                if !self.core.drain_effects().is_empty() {
+                    warn!(error = %e, "a refused request had effects; reloading from the store");
+                    match restore(self.store.as_ref()) {
+                        Ok(core) => self.core = core,
+                        Err(reload) => warn!(error = %reload, "store reload failed"),
+                    }
+                }
+                Err(e.into())
+            }
+        };
+        let _ = reply.send(out);
+    }
+}
+
+fn restore(store: &dyn Store) -> Result<Scheduler, anyhow::Error> {
+    let loaded = store.load()?;
+    Ok(Scheduler::restore(
+        loaded.sources,
+        loaded.runs,
+        loaded.next_run,
+    )?)
+}

@@ -1,0 +1,101 @@
+//! `snapgate.v1.AgentService`: the link agents hold open.
+//!
+//! The first message must be `hello`. The scheduler answers `welcome`, then every directive in
+//! flight for the agent's namespaces, then each change as it happens. Reports flow the other
+//! way until either side closes; a closed link just unregisters the agent, whose directives
+//! are resent in full when it reconnects.
+
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
+use snapgate_proto::v1::{
+    self, agent_message::Message as FromAgent, agent_service_server::AgentService,
+};
+use snapgate_scheduler_core::validate;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::{
+    driver::{AGENT_QUEUE, Command, DriverHandle},
+    identity::{Action, Authorizer, caller},
+    status::invalid,
+};
+
+/// The AgentService implementation.
+pub struct Agents {
+    driver: DriverHandle,
+    auth: Authorizer,
+}
+
+impl Agents {
+    /// A service over the driver.
+    pub fn new(driver: DriverHandle, auth: Authorizer) -> Self {
+        Self { driver, auth }
+    }
+}
+
+type ToAgentStream = Pin<Box<dyn Stream<Item = Result<v1::SchedulerMessage, Status>> + Send>>;
+
+fn check_hello(hello: &v1::AgentHello) -> Result<(), Status> {
+    validate::printable("hello.agentId", &hello.agent_id, true)
+        .map_err(|e| invalid(&e.field, &e.rule))?;
+    if hello.namespaces.is_empty() {
+        return Err(invalid("hello.namespaces", "at least one namespace"));
+    }
+    for ns in &hello.namespaces {
+        validate::dns_label("hello.namespaces", ns).map_err(|e| invalid(&e.field, &e.rule))?;
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl AgentService for Agents {
+    type ConnectStream = ToAgentStream;
+
+    async fn connect(
+        &self,
+        req: Request<Streaming<v1::AgentMessage>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        let caller = caller(&req)?;
+        let mut inbound = req.into_inner();
+        let hello = match inbound.next().await {
+            Some(Ok(v1::AgentMessage {
+                message: Some(FromAgent::Hello(h)),
+            })) => h,
+            Some(Err(e)) => return Err(e),
+            _ => return Err(Status::invalid_argument("the first message must be hello")),
+        };
+        check_hello(&hello)?;
+        for ns in &hello.namespaces {
+            self.auth.check(&caller, ns, Action::Agent)?;
+        }
+        let (tx, rx) = mpsc::channel(AGENT_QUEUE);
+        let agent_id = hello.agent_id.clone();
+        let conn = self
+            .driver
+            .ask(|reply| Command::AgentConnect { hello, tx, reply })
+            .await?;
+        let driver = self.driver.clone();
+        tokio::spawn(
+            async move {
+                while let Some(msg) = inbound.next().await {
+                    match msg {
+                        Ok(v1::AgentMessage {
+                            message: Some(FromAgent::Report(report)),
+                        }) => driver.tell(Command::AgentReport { conn, report }).await,
+                        Ok(other) => debug!(?other, "ignoring unexpected agent message"),
+                        Err(e) => {
+                            warn!(error = %e, "agent link failed");
+                            break;
+                        }
+                    }
+                }
+                driver.tell(Command::AgentGone { conn }).await;
+            }
+            .instrument(info_span!("agent", id = %agent_id, conn)),
+        );
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,224 @@
+//! `snapgate.v1.SourceService`: what operators drive.
+
+use snapgate_proto::v1::{self, source_service_server::SourceService};
+use snapgate_scheduler_core::{SourceKey, timestamp, to_datetime};
+use tonic::{Request, Response, Status};
+
+use super::{bounded, source_key};
+use crate::{
+    driver::{Command, DriverHandle},
+    identity::{Action, Authorizer, caller},
+    status::invalid,
+};
+
+/// The SourceService implementation.
+pub struct Sources {
+    driver: DriverHandle,
+    auth: Authorizer,
+}
+
+impl Sources {
+    /// A service over the driver.
+    pub fn new(driver: DriverHandle, auth: Authorizer) -> Self {
+        Self { driver, auth }
+    }
+
+    fn allow<T>(&self, req: &Request<T>, namespace: &str, action: Action) -> Result<(), Status> {
+        self.auth.check(&caller(req)?, namespace, action)
+    }
+}
+
+#[tonic::async_trait]
+impl SourceService for Sources {
+    async fn apply_source(
+        &self,
+        req: Request<v1::ApplySourceRequest>,
+    ) -> Result<Response<v1::Source>, Status> {
+        self.allow(&req, &req.get_ref().namespace, Action::Manage)?;
+        let r = req.into_inner();
+        let key = source_key(&r.namespace, &r.name)?;
+        let spec = r.spec.ok_or_else(|| invalid("spec", "required"))?;
+        let source = self
+            .driver
+            .ask(|reply| Command::Apply {
+                key,
+                spec: Box::new(spec),
+                expected_version: r.expected_version,
+                reply,
+            })
+            .await?;
+        Ok(Response::new(source))
+    }
+
+    async fn get_source(
+        &self,
+        req: Request<v1::GetSourceRequest>,
+    ) -> Result<Response<v1::Source>, Status> {
+        self.allow(&req, &req.get_ref().namespace, Action::Read)?;
+        let key = source_key(&req.get_ref().namespace, &req.get_ref().name)?;
+        let source = self.driver.ask(|reply| Command::Get { key, reply }).await?;
+        Ok(Response::new(source))
+    }
+
+    async fn list_sources(
+        &self,
+        req: Request<v1::ListSourcesRequest>,
+    ) -> Result<Response<v1::ListSourcesResponse>, Status> {
+        self.allow(&req, &req.get_ref().namespace, Action::Read)?;
+        let r = req.into_inner();
+        let limit = bounded("pageSize", r.page_size, 100, 1000)?;
+        let after = if r.page_token.is_empty() {
+            None
+        } else {
+            let (ns, name) = r
+                .page_token
+                .split_once('/')
+                .ok_or_else(|| invalid("pageToken", "not a token from a previous page"))?;
+            Some(
+                source_key(ns, name)
+                    .map_err(|_| invalid("pageToken", "not a token from a previous page"))?,
+            )
+        };
+        if let Some(a) = &after
+            && !r.namespace.is_empty()
+            && a.namespace != r.namespace
+        {
+            return Err(invalid(
+                "pageToken",
+                "belongs to a listing of another namespace",
+            ));
+        }
+        let namespace = (!r.namespace.is_empty()).then_some(r.namespace);
+        let (sources, next) = self
+            .driver
+            .ask(|reply| Command::List {
+                namespace,
+                after,
+                limit,
+                reply,
+            })
+            .await?;
+        Ok(Response::new(v1::ListSourcesResponse {
+            sources,
+            next_page_token: next.map(|k: SourceKey| k.to_string()).unwrap_or_default(),
+        }))
+    }
+
+    async fn delete_source(
+        &self,
+        req: Request<v1::DeleteSourceRequest>,
+    ) -> Result<Response<v1::DeleteSourceResponse>, Status> {
+        self.allow(&req, &req.get_ref().namespace, Action::Manage)?;
+        let r = req.into_inner();
+        let key = source_key(&r.namespace, &r.name)?;
+        self.driver
+            .ask(|reply| Command::Delete {
+                key,
+                expected_version: r.expected_version,
+                reply,
+            })
+            .await?;
+        Ok(Response::new(v1::DeleteSourceResponse {}))
+    }
+
+    async fn sync_now(
+        &self,
+        req: Request<v1::SyncNowRequest>,
+    ) -> Result<Response<v1::SyncNowResponse>, Status> {
+        self.allow(&req, &req.get_ref().namespace, Action::Manage)?;
+        let r = req.into_inner();
+        let key = source_key(&r.namespace, &r.name)?;
+        let (run, started) = self
+            .driver
+            .ask(|reply| Command::SyncNow {
+                key,
+                request_id: r.request_id,
+                reply,
+            })
+            .await?;
+        Ok(Response::new(v1::SyncNowResponse {
+            run_id: run.to_string(),
+            started,
+        }))
+    }
+
+    async fn pause_source(
+        &self,
+        req: Request<v1::PauseSourceRequest>,
+    ) -> Result<Response<v1::Source>, Status> {
+        self.allow(&req, &req.get_ref().namespace, Action::Manage)?;
+        let r = req.into_inner();
+        let key = source_key(&r.namespace, &r.name)?;
+        let source = self
+            .driver
+            .ask(|reply| Command::SetPaused {
+                key,
+                paused: true,
+                note: r.note,
+                reply,
+            })
+            .await?;
+        Ok(Response::new(source))
+    }
+
+    async fn resume_source(
+        &self,
+        req: Request<v1::ResumeSourceRequest>,
+    ) -> Result<Response<v1::Source>, Status> {
+        self.allow(&req, &req.get_ref().namespace, Action::Manage)?;
+        let r = req.into_inner();
+        let key = source_key(&r.namespace, &r.name)?;
+        let source = self
+            .driver
+            .ask(|reply| Command::SetPaused {
+                key,
+                paused: false,
+                note: r.note,
+                reply,
+            })
+            .await?;
+        Ok(Response::new(source))
+    }
+
+    async fn list_runs(
+        &self,
+        req: Request<v1::ListRunsRequest>,
+    ) -> Result<Response<v1::ListRunsResponse>, Status> {
+        self.allow(&req, &req.get_ref().namespace, Action::Read)?;
+        let r = req.into_inner();
+        let key = source_key(&r.namespace, &r.name)?;
+        let limit = bounded("limit", r.limit, 20, 100)?;
+        let runs = self
+            .driver
+            .ask(|reply| Command::ListRuns { key, limit, reply })
+            .await?;
+        Ok(Response::new(v1::ListRunsResponse { runs }))
+    }
+
+    async fn preview_schedule(
+        &self,
+        req: Request<v1::PreviewScheduleRequest>,
+    ) -> Result<Response<v1::PreviewScheduleResponse>, Status> {
+        self.allow(&req, &req.get_ref().namespace, Action::Read)?;
+        let r = req.into_inner();
+        let key = source_key(&r.namespace, &r.name)?;
+        let count = bounded("count", r.count, 5, 100)?;
+        let after = r.after.as_ref().map(to_datetime);
+        let (times, tz) = self
+            .driver
+            .ask(|reply| Command::Preview {
+                key,
+                after,
+                count,
+                reply,
+            })
+            .await?;
+        Ok(Response::new(v1::PreviewScheduleResponse {
+            local_times: times
+                .iter()
+                .map(|t| t.with_timezone(&tz).to_rfc3339())
+                .collect(),
+            times: times.into_iter().map(timestamp).collect(),
+        }))
+    }
+}

@@ -1,0 +1,200 @@
+//! Prometheus metrics: VolSync's names and labels, plus snapgate's own.
+
+use std::sync::Arc;
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+use snapgate_proto::v1::RunResult;
+use snapgate_scheduler_core::{Observation, SourceKey, validate::Mover};
+
+/// VolSync's metric labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    obj_name: String,
+    obj_namespace: String,
+    role: String,
+    method: String,
+}
+
+impl SourceLabels {
+    fn new(key: &SourceKey, mover: Mover) -> Self {
+        Self {
+            obj_name: key.name.clone(),
+            obj_namespace: key.namespace.clone(),
+            role: "source".into(),
+            method: mover.as_str().into(),
+        }
+    }
+}
+
+/// [`SourceLabels`] plus the run's result.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    obj_name: String,
+    obj_namespace: String,
+    role: String,
+    method: String,
+    result: String,
+}
+
+fn histogram_seconds() -> Histogram {
+    Histogram::new([
+        1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0,
+    ])
+}
+
+/// Every metric the scheduler exports.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    missed_intervals: Family<SourceLabels, Counter>,
+    out_of_sync: Family<SourceLabels, Gauge>,
+    sync_duration: Family<SourceLabels, Histogram, fn() -> Histogram>,
+    trigger_wait: Family<SourceLabels, Histogram, fn() -> Histogram>,
+    trigger_timeouts: Family<SourceLabels, Counter>,
+    mover_failures: Family<SourceLabels, Counter>,
+    runs: Family<ResultLabels, Counter>,
+    /// Agents with a live link.
+    pub agents_connected: Gauge,
+    /// Store commits that failed.
+    pub store_errors: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric in a fresh registry.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let m = Self {
+            registry: Arc::new(Registry::default()),
+            missed_intervals: Family::default(),
+            out_of_sync: Family::default(),
+            sync_duration: Family::new_with_constructor(histogram_seconds),
+            trigger_wait: Family::new_with_constructor(histogram_seconds),
+            trigger_timeouts: Family::default(),
+            mover_failures: Family::default(),
+            runs: Family::default(),
+            agents_connected: Gauge::default(),
+            store_errors: Counter::default(),
+        };
+        registry.register(
+            "volsync_missed_intervals",
+            "Syncs that completed later than the second schedule time after the previous one",
+            m.missed_intervals.clone(),
+        );
+        registry.register(
+            "volsync_volume_out_of_sync",
+            "1 when the last sync missed its interval, else 0",
+            m.out_of_sync.clone(),
+        );
+        registry.register(
+            "volsync_sync_duration_seconds",
+            "Duration of successful syncs",
+            m.sync_duration.clone(),
+        );
+        registry.register(
+            "snapgate_copy_trigger_wait_seconds",
+            "How long runs waited for a copy trigger before release",
+            m.trigger_wait.clone(),
+        );
+        registry.register(
+            "snapgate_copy_trigger_timeouts",
+            "Runs whose wait for a copy trigger timed out",
+            m.trigger_timeouts.clone(),
+        );
+        registry.register(
+            "snapgate_mover_failures",
+            "Failed mover Job attempts",
+            m.mover_failures.clone(),
+        );
+        registry.register("snapgate_runs", "Runs ended, by result", m.runs.clone());
+        registry.register(
+            "snapgate_agents_connected",
+            "Agents with a live link to the scheduler",
+            m.agents_connected.clone(),
+        );
+        registry.register(
+            "snapgate_store_errors",
+            "Store commits that failed (the request was refused)",
+            m.store_errors.clone(),
+        );
+        Self {
+            registry: Arc::new(registry),
+            ..m
+        }
+    }
+
+    /// Records one observation of the core.
+    pub fn observe(&self, o: &Observation) {
+        match o {
+            Observation::RunFinished {
+                source,
+                mover,
+                result,
+                duration,
+                missed,
+            } => {
+                let l = SourceLabels::new(source, *mover);
+                if *result == RunResult::Successful {
+                    self.sync_duration
+                        .get_or_create(&l)
+                        .observe(duration.as_seconds_f64());
+                    self.out_of_sync.get_or_create(&l).set(i64::from(*missed));
+                    if *missed {
+                        self.missed_intervals.get_or_create(&l).inc();
+                    }
+                }
+                let result = match result {
+                    RunResult::Successful => "Successful",
+                    RunResult::Failed => "Failed",
+                    RunResult::TimedOut => "TimedOut",
+                    RunResult::Aborted => "Aborted",
+                    RunResult::Unspecified => "Unknown",
+                };
+                self.runs
+                    .get_or_create(&ResultLabels {
+                        obj_name: l.obj_name,
+                        obj_namespace: l.obj_namespace,
+                        role: l.role,
+                        method: l.method,
+                        result: result.into(),
+                    })
+                    .inc();
+            }
+            Observation::TriggerWait {
+                source,
+                mover,
+                waited,
+            } => self
+                .trigger_wait
+                .get_or_create(&SourceLabels::new(source, *mover))
+                .observe(waited.as_seconds_f64()),
+            Observation::TriggerTimeout { source, mover } => {
+                self.trigger_timeouts
+                    .get_or_create(&SourceLabels::new(source, *mover))
+                    .inc();
+            }
+            Observation::MoverFailure { source, mover } => {
+                self.mover_failures
+                    .get_or_create(&SourceLabels::new(source, *mover))
+                    .inc();
+            }
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}

@@ -1,0 +1,34 @@
+//! Every error the scheduler answers with, mapped to a gRPC status in one place.
+
+use snapgate_scheduler_core::CoreError;
+use tonic::{Code, Status};
+
+use crate::driver::DriverError;
+
+impl From<DriverError> for Status {
+    fn from(e: DriverError) -> Self {
+        match e {
+            DriverError::Core(core) => core_status(core),
+            DriverError::Store(store) => Status::unavailable(format!(
+                "the scheduler could not persist the change, nothing was applied; retry: {store}"
+            )),
+            DriverError::Stopped => Status::unavailable("the scheduler is shutting down"),
+        }
+    }
+}
+
+fn core_status(e: CoreError) -> Status {
+    let code = match &e {
+        CoreError::Invalid(_) => Code::InvalidArgument,
+        CoreError::NotFound(_) => Code::NotFound,
+        CoreError::AlreadyExists { .. } => Code::AlreadyExists,
+        CoreError::VersionConflict { .. } => Code::Aborted,
+        CoreError::FailedPrecondition(_) => Code::FailedPrecondition,
+    };
+    Status::new(code, e.to_string())
+}
+
+/// A request field that breaks a rule, before it reaches the core.
+pub(crate) fn invalid(field: &str, rule: &str) -> Status {
+    Status::invalid_argument(format!("{field}: {rule}"))
+}

@@ -1,0 +1,274 @@
+//! Durable state behind one narrow trait.
+//!
+//! The scheduler writes every change of one request as one [`Batch`], committed (and synced)
+//! before the request is answered. [`RedbStore`] is the embedded store; an etcd-backed store for
+//! high availability implements the same trait. [`FaultyStore`] wraps any store to fail commits
+//! on demand, for fault tests.
+
+use std::{
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+};
+
+use prost::Message;
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use snapgate_proto::v1;
+use snapgate_scheduler_core::SourceRecord;
+
+/// Why the store could not load or commit.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The embedded database failed.
+    #[error("embedded store: {0}")]
+    Redb(#[from] redb::Error),
+    /// A stored record does not decode.
+    #[error("stored {what} {key:?} is corrupt: {source}")]
+    Corrupt {
+        /// What kind of record.
+        what: &'static str,
+        /// Its key.
+        key: String,
+        /// The decode error.
+        #[source]
+        source: prost::DecodeError,
+    },
+    /// An injected fault (tests).
+    #[error("injected store fault")]
+    Injected,
+}
+
+/// Everything the store holds, as loaded at start.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Every source record.
+    pub sources: Vec<SourceRecord>,
+    /// Every run kept (in flight and recent history).
+    pub runs: Vec<v1::Run>,
+    /// The next run number.
+    pub next_run: u64,
+}
+
+/// One write of a batch.
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// Store a source under `namespace/name`.
+    PutSource(Box<SourceRecord>),
+    /// Remove the source `namespace/name`.
+    RemoveSource(String),
+    /// Store a run under its id.
+    PutRun(Box<v1::Run>),
+    /// Remove a run.
+    RemoveRun(String),
+}
+
+/// The writes of one request, applied atomically.
+#[derive(Debug, Default, Clone)]
+pub struct Batch {
+    /// In order; a later write to the same key wins.
+    pub writes: Vec<Write>,
+    /// The run counter after the request.
+    pub next_run: u64,
+}
+
+/// A durable store of sources and runs.
+pub trait Store: Send + 'static {
+    /// Reads everything.
+    fn load(&self) -> Result<Loaded, StoreError>;
+    /// Applies a batch atomically and durably.
+    fn commit(&mut self, batch: Batch) -> Result<(), StoreError>;
+}
+
+const SOURCES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("sources");
+const RUNS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("runs");
+const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+const NEXT_RUN: &str = "next_run";
+
+/// The embedded store: one redb file, `snapgate.redb`, in the data directory.
+pub struct RedbStore {
+    db: redb::Database,
+}
+
+impl RedbStore {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Redb(e.into()))?;
+        let db = redb::Database::create(dir.join("snapgate.redb")).map_err(redb::Error::from)?;
+        let tx = db.begin_write().map_err(redb::Error::from)?;
+        {
+            tx.open_table(SOURCES).map_err(redb::Error::from)?;
+            tx.open_table(RUNS).map_err(redb::Error::from)?;
+            tx.open_table(META).map_err(redb::Error::from)?;
+        }
+        tx.commit().map_err(redb::Error::from)?;
+        Ok(Self { db })
+    }
+}
+
+fn decode<M: Message + Default>(
+    what: &'static str,
+    key: &str,
+    bytes: &[u8],
+) -> Result<M, StoreError> {
+    M::decode(bytes).map_err(|source| StoreError::Corrupt {
+        what,
+        key: key.to_owned(),
+        source,
+    })
+}
+
+impl Store for RedbStore {
+    fn load(&self) -> Result<Loaded, StoreError> {
+        let tx = self.db.begin_read().map_err(redb::Error::from)?;
+        let mut loaded = Loaded::default();
+        let sources = tx.open_table(SOURCES).map_err(redb::Error::from)?;
+        for row in sources.iter().map_err(redb::Error::from)? {
+            let (k, v) = row.map_err(redb::Error::from)?;
+            loaded.sources.push(decode("source", k.value(), v.value())?);
+        }
+        let runs = tx.open_table(RUNS).map_err(redb::Error::from)?;
+        for row in runs.iter().map_err(redb::Error::from)? {
+            let (k, v) = row.map_err(redb::Error::from)?;
+            loaded.runs.push(decode("run", k.value(), v.value())?);
+        }
+        let meta = tx.open_table(META).map_err(redb::Error::from)?;
+        loaded.next_run = meta
+            .get(NEXT_RUN)
+            .map_err(redb::Error::from)?
+            .map(|v| v.value())
+            .unwrap_or(1);
+        Ok(loaded)
+    }
+
+    fn commit(&mut self, batch: Batch) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(redb::Error::from)?;
+        {
+            let mut sources = tx.open_table(SOURCES).map_err(redb::Error::from)?;
+            let mut runs = tx.open_table(RUNS).map_err(redb::Error::from)?;
+            let mut meta = tx.open_table(META).map_err(redb::Error::from)?;
+            for w in batch.writes {
+                match w {
+                    Write::PutSource(r) => {
+                        let s = r.source.as_ref().expect("records hold a source");
+                        let key = format!("{}/{}", s.namespace, s.name);
+                        sources
+                            .insert(key.as_str(), r.encode_to_vec().as_slice())
+                            .map_err(redb::Error::from)?;
+                    }
+                    Write::RemoveSource(key) => {
+                        sources.remove(key.as_str()).map_err(redb::Error::from)?;
+                    }
+                    Write::PutRun(r) => {
+                        runs.insert(r.id.as_str(), r.encode_to_vec().as_slice())
+                            .map_err(redb::Error::from)?;
+                    }
+                    Write::RemoveRun(id) => {
+                        runs.remove(id.as_str()).map_err(redb::Error::from)?;
+                    }
+                }
+            }
+            meta.insert(NEXT_RUN, batch.next_run)
+                .map_err(redb::Error::from)?;
+        }
+        // Durability::Immediate (the default): synced when commit returns.
+        tx.commit().map_err(redb::Error::from)?;
+        Ok(())
+    }
+}
+
+/// Fails the next N commits of the wrapped store (tests and fault drills).
+pub struct FaultyStore<S> {
+    inner: S,
+    fail_next: Arc<AtomicU32>,
+}
+
+impl<S: Store> FaultyStore<S> {
+    /// Wraps `inner`; the returned handle sets how many of the next commits fail.
+    pub fn new(inner: S) -> (Self, Arc<AtomicU32>) {
+        let fail_next = Arc::new(AtomicU32::new(0));
+        (
+            Self {
+                inner,
+                fail_next: fail_next.clone(),
+            },
+            fail_next,
+        )
+    }
+}
+
+impl<S: Store> Store for FaultyStore<S> {
+    fn load(&self) -> Result<Loaded, StoreError> {
+        self.inner.load()
+    }
+
+    fn commit(&mut self, batch: Batch) -> Result<(), StoreError> {
+        let failing = self
+            .fail_next
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if failing {
+            return Err(StoreError::Injected);
+        }
+        self.inner.commit(batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(ns: &str, name: &str) -> SourceRecord {
+        SourceRecord {
+            source: Some(v1::Source {
+                namespace: ns.into(),
+                name: name.into(),
+                version: 3,
+                ..Default::default()
+            }),
+            deleting: false,
+        }
+    }
+
+    #[test]
+    fn a_committed_batch_is_there_after_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = RedbStore::open(dir.path()).unwrap();
+            s.commit(Batch {
+                writes: vec![
+                    Write::PutSource(Box::new(record("a", "x"))),
+                    Write::PutSource(Box::new(record("a", "y"))),
+                    Write::PutRun(Box::new(v1::Run {
+                        id: "run-7".into(),
+                        ..Default::default()
+                    })),
+                    Write::RemoveSource("a/y".into()),
+                ],
+                next_run: 8,
+            })
+            .unwrap();
+        }
+        let s = RedbStore::open(dir.path()).unwrap();
+        let loaded = s.load().unwrap();
+        assert_eq!(loaded.sources, vec![record("a", "x")]);
+        assert_eq!(loaded.runs.len(), 1);
+        assert_eq!(loaded.next_run, 8);
+    }
+
+    #[test]
+    fn an_injected_fault_fails_the_commit_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, fail) = FaultyStore::new(RedbStore::open(dir.path()).unwrap());
+        fail.store(1, Ordering::SeqCst);
+        let batch = Batch {
+            writes: vec![Write::PutSource(Box::new(record("a", "x")))],
+            next_run: 2,
+        };
+        assert!(matches!(s.commit(batch.clone()), Err(StoreError::Injected)));
+        assert!(s.load().unwrap().sources.is_empty());
+        s.commit(batch).unwrap();
+        assert_eq!(s.load().unwrap().sources.len(), 1);
+    }
+}
