@@ -119,6 +119,8 @@ pub(crate) enum Command {
     AgentGone {
         conn: u64,
     },
+    /// End every agent link and watch stream (the server is shutting down).
+    CloseStreams,
 }
 
 /// A cloneable handle that sends commands to the driver.
@@ -495,6 +497,12 @@ impl Driver {
                 }
             }
             Command::AgentGone { conn } => self.drop_agent(conn),
+            Command::CloseStreams => {
+                // Dropping the senders ends the response streams, so connections can drain.
+                self.agents.clear();
+                self.watchers.clear();
+                self.metrics.agents_connected.set(0);
+            }
         }
     }
 

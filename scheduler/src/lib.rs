@@ -92,6 +92,7 @@ pub async fn serve(
 
     info!(addr = %listener.local_addr()?, "serving snapgate.v1");
     let shutdown_health = health.clone();
+    let closer = handle.clone();
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -101,10 +102,18 @@ pub async fn serve(
         .add_service(agents)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             shutdown.await;
-            shutdown_health
-                .set_not_serving::<SourceServiceServer<Sources>>()
-                .await;
             info!("shutting down");
+            for name in [
+                "",
+                "snapgate.v1.SourceService",
+                "snapgate.v1.TriggerService",
+                "snapgate.v1.AgentService",
+            ] {
+                shutdown_health
+                    .set_service_status(name, tonic_health::ServingStatus::NotServing)
+                    .await;
+            }
+            closer.tell(driver::Command::CloseStreams).await;
         })
         .await
         .context("gRPC server")?;
