@@ -708,13 +708,17 @@ impl Scheduler {
         let on_pvc = |r: &v1::Run| {
             r.pvc == pvc && r.source.as_ref().is_some_and(|s| s.namespace == namespace)
         };
-        // An accepted call repeated: same answer, nothing new.
-        if let Some(run) = self
+        // An accepted call repeated: same answer, nothing new. Only the newest run on the PVC
+        // can be the one it released; a run started since must be triggered afresh.
+        let newest = self
             .active
             .values()
             .chain(self.history.values())
-            .filter(|r| on_pvc(r) && r.released_by == "rpc" && r.trigger == value)
-            .max_by_key(|r| run_id(r))
+            .filter(|r| on_pvc(r))
+            .max_by_key(|r| run_id(r));
+        if let Some(run) = newest
+            && run.released_by == "rpc"
+            && run.trigger == value
             && expected.is_none_or(|e| e == run_id(run))
         {
             let id = run_id(run);

@@ -782,6 +782,24 @@ fn a_repeated_trigger_is_idempotent_and_makes_no_second_copy() {
 }
 
 #[test]
+fn repeating_an_old_trigger_value_for_a_newer_run_is_refused_not_taken_as_a_repeat() {
+    let mut w = World::new();
+    w.pvc("data", true);
+    w.apply("db", spec("data", CopyMethod::Clone, schedule("0 * * * *")));
+    let first = w.rpc_trigger("data", "x", "").unwrap();
+    w.advance(Duration::hours(1));
+    assert_eq!(w.phase("db"), RunPhase::WaitingForTrigger);
+    assert_ne!(w.current("db").id, first.to_string());
+    // "x" released run-1 and is latest-copy-trigger: for run-2 it is not a new value.
+    let err = w.rpc_trigger("data", "x", "").unwrap_err();
+    assert!(
+        matches!(&err, CoreError::Invalid(f) if f.field == "value"),
+        "{err:?}"
+    );
+    assert_eq!(w.phase("db"), RunPhase::WaitingForTrigger);
+}
+
+#[test]
 fn the_skip_policy_ends_the_run_as_timed_out_and_clears_the_waiting_annotations() {
     let mut w = World::new();
     w.pvc("data", true);
