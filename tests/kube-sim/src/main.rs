@@ -1,0 +1,39 @@
+//! `snapgate-kube-sim`: run the simulated Kubernetes API server for the local
+//! demo and kubectl.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// Command-line options.
+#[derive(Debug, Parser)]
+#[command(about = "Simulated Kubernetes API server (plain HTTP)")]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    listen: String,
+    /// Where to write a kubeconfig pointing at the server.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Bearer token written into the kubeconfig (mapped to the admin user).
+    #[arg(long, default_value = snapgate_kube_sim::ADMIN_TOKEN)]
+    token: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
+    let args = Args::parse();
+    let sim = snapgate_kube_sim::KubeSim::new();
+    sim.add_token(&args.token, snapgate_kube_sim::ADMIN_USER);
+    let addr = sim.serve(&args.listen).await?;
+    if let Some(path) = &args.kubeconfig {
+        sim.write_kubeconfig(path, &args.token)?;
+        eprintln!("kubeconfig written to {}", path.display());
+    }
+    eprintln!("kube-sim listening on http://{addr}");
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}

@@ -1,0 +1,596 @@
+//! The HTTP/REST front end: routing, authentication, authorization, fault
+//! injection, request logging and the JSON handlers for every verb.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
+use serde_json::{Value, json};
+
+use crate::SimState;
+use crate::discovery;
+use crate::error::ApiError;
+use crate::faults::{FaultKind, RequestRecord, Verb};
+use crate::rbac;
+use crate::resources::{self, ResourceDef};
+use crate::selector::Selector;
+use crate::store::{DeleteOptions, PatchType, WriteOptions};
+use crate::table;
+use crate::watch::{self, WatchRequest};
+
+/// Response body type of the simulator (buffered JSON or a watch stream).
+pub type SimBody = UnsyncBoxBody<Bytes, Infallible>;
+
+/// Parsed query string.
+#[derive(Debug, Default)]
+pub(crate) struct Query(Vec<(String, String)>);
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                match std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or(())
+                {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl Query {
+    pub(crate) fn parse(q: Option<&str>) -> Self {
+        Self(
+            q.unwrap_or("")
+                .split('&')
+                .filter(|p| !p.is_empty())
+                .map(|p| {
+                    let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                    (percent_decode(k), percent_decode(v))
+                })
+                .collect(),
+        )
+    }
+
+    pub(crate) fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn flag(&self, key: &str) -> bool {
+        matches!(self.get(key), Some("1" | "true" | "True"))
+    }
+}
+
+pub(crate) fn json_response(code: u16, body: &Value) -> Response<SimBody> {
+    let bytes = serde_json::to_vec(body).expect("serializable");
+    Response::builder()
+        .status(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(bytes)).boxed_unsync())
+        .expect("valid response")
+}
+
+fn error_response(e: &ApiError) -> Response<SimBody> {
+    json_response(e.code, &e.to_status())
+}
+
+fn text_response(text: String) -> Response<SimBody> {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Full::new(Bytes::from(text)).boxed_unsync())
+        .expect("valid response")
+}
+
+/// A resource request's target, parsed from the path.
+#[derive(Debug, Clone)]
+struct Target {
+    res: &'static ResourceDef,
+    ns: Option<String>,
+    name: Option<String>,
+    sub: Option<String>,
+}
+
+/// Parse `/api/v1/...` or `/apis/{g}/{v}/...` into a resource target.
+fn parse_target(path: &str) -> Result<Target, ApiError> {
+    let not_found = || {
+        ApiError::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
+    };
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, version, rest) = match segs.as_slice() {
+        ["api", v, rest @ ..] => ("", *v, rest),
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => return Err(not_found()),
+    };
+    let find = |plural: &str| resources::find(group, version, plural);
+    let t = |res, ns: Option<&str>, name: Option<&str>, sub: Option<&str>| Target {
+        res,
+        ns: ns.map(str::to_string),
+        name: name.map(str::to_string),
+        sub: sub.map(str::to_string),
+    };
+    let target = match rest {
+        ["namespaces", ns, plural, tail @ ..] if find(plural).is_some_and(|r| r.namespaced) => {
+            let res = find(plural).ok_or_else(not_found)?;
+            match tail {
+                [] => t(res, Some(ns), None, None),
+                [name] => t(res, Some(ns), Some(name), None),
+                [name, sub] => t(res, Some(ns), Some(name), Some(sub)),
+                _ => return Err(not_found()),
+            }
+        }
+        [plural, tail @ ..] => {
+            let res = find(plural).ok_or_else(not_found)?;
+            match tail {
+                [] => t(res, None, None, None),
+                [name] => t(res, None, Some(name), None),
+                [name, sub] => t(res, None, Some(name), Some(sub)),
+                _ => return Err(not_found()),
+            }
+        }
+        [] => return Err(not_found()),
+    };
+    if let Some(sub) = &target.sub
+        && !target.res.has_subresource(sub)
+    {
+        return Err(not_found());
+    }
+    if target.res.namespaced && target.name.is_some() && target.ns.is_none() {
+        return Err(not_found());
+    }
+    Ok(target)
+}
+
+fn verb_of(method: &Method, target: &Target, query: &Query) -> Result<Verb, ApiError> {
+    let has_name = target.name.is_some();
+    Ok(match (method.as_str(), has_name) {
+        ("GET", true) if query.flag("watch") => Verb::Watch,
+        ("GET", true) => Verb::Get,
+        ("GET", false) if query.flag("watch") => Verb::Watch,
+        ("GET", false) => Verb::List,
+        ("POST", false) => Verb::Create,
+        ("PUT", true) => Verb::Update,
+        ("PATCH", true) => Verb::Patch,
+        ("DELETE", true) => Verb::Delete,
+        ("DELETE", false) => Verb::DeleteCollection,
+        _ => {
+            return Err(ApiError::new(
+                405,
+                "MethodNotAllowed",
+                format!(
+                    "the server does not allow this method on the requested resource ({method})"
+                ),
+            ));
+        }
+    })
+}
+
+/// Authenticate from the `Authorization` header.
+fn authenticate(state: &SimState, headers: &HeaderMap) -> Result<String, ApiError> {
+    let Some(auth) = headers.get(header::AUTHORIZATION) else {
+        return Ok("system:anonymous".into());
+    };
+    let token = auth
+        .to_str()
+        .ok()
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or("");
+    state
+        .tokens
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(token)
+        .cloned()
+        .ok_or_else(|| ApiError::new(401, "Unauthorized", "Unauthorized"))
+}
+
+/// Serve one request.
+pub(crate) async fn handle(state: Arc<SimState>, req: Request<Bytes>) -> Response<SimBody> {
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_string();
+    let query = Query::parse(parts.uri.query());
+    let mut record = RequestRecord {
+        method: parts.method.to_string(),
+        path: path.clone(),
+        verb: None,
+        group: String::new(),
+        resource: String::new(),
+        subresource: None,
+        namespace: None,
+        name: None,
+        user: String::new(),
+        code: 200,
+    };
+    let response = match authenticate(&state, &parts.headers) {
+        Err(e) => error_response(&e),
+        Ok(user) => {
+            record.user = user.clone();
+            match non_resource(&path) {
+                Some(Ok(v)) => json_response(200, &v),
+                Some(Err(e)) => error_response(&e),
+                None => {
+                    resource_request(
+                        &state,
+                        &parts.method,
+                        &parts.headers,
+                        &path,
+                        &query,
+                        body,
+                        &mut record,
+                    )
+                    .await
+                }
+            }
+        }
+    };
+    record.code = response.status().as_u16();
+    tracing::debug!(method = %record.method, path = %record.path, user = %record.user, code = record.code, "kube-sim request");
+    state.log.push(record);
+    response
+}
+
+fn non_resource(path: &str) -> Option<Result<Value, ApiError>> {
+    let not_found = || {
+        ApiError::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
+    };
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    Some(match segs.as_slice() {
+        ["version"] => Ok(discovery::version()),
+        ["api"] => Ok(discovery::core_versions()),
+        ["apis"] => Ok(discovery::group_list()),
+        ["api", v] => discovery::resource_list("", v).ok_or_else(not_found),
+        ["apis", g] => discovery::group(g).ok_or_else(not_found),
+        ["apis", g, v] => discovery::resource_list(g, v).ok_or_else(not_found),
+        ["healthz" | "livez" | "readyz"] => Ok(json!("ok")),
+        ["api", ..] | ["apis", ..] => return None,
+        _ => Err(not_found()),
+    })
+}
+
+fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+fn write_options(query: &Query) -> WriteOptions {
+    WriteOptions {
+        keep_status: false,
+        field_manager: query
+            .get("fieldManager")
+            .filter(|m| !m.is_empty())
+            .map(str::to_string),
+        dry_run: query.get("dryRun").is_some_and(|d| d == "All"),
+    }
+}
+
+fn list_kind(res: &ResourceDef) -> String {
+    format!("{}List", res.kind)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn resource_request(
+    state: &Arc<SimState>,
+    method: &Method,
+    headers: &HeaderMap,
+    path: &str,
+    query: &Query,
+    body: Bytes,
+    record: &mut RequestRecord,
+) -> Response<SimBody> {
+    let target = match parse_target(path) {
+        Ok(t) => t,
+        Err(e) => return error_response(&e),
+    };
+    let verb = match verb_of(method, &target, query) {
+        Ok(v) => v,
+        Err(e) => return error_response(&e),
+    };
+    record.verb = Some(verb);
+    record.group = target.res.group.to_string();
+    record.resource = target.res.plural.to_string();
+    record.subresource = target.sub.clone();
+    record.namespace = target.ns.clone();
+    record.name = target.name.clone();
+
+    if state.rbac_enforced() && !state.is_admin(&record.user) {
+        let attrs = rbac::Attributes {
+            user: &record.user,
+            verb: verb.as_str(),
+            group: target.res.group,
+            resource: target.res.plural,
+            subresource: target.sub.as_deref(),
+            namespace: target.ns.as_deref(),
+            name: target.name.as_deref(),
+        };
+        if !rbac::allowed(&state.store, &attrs) {
+            let e = ApiError::forbidden(rbac::forbidden_message(&attrs)).with_details(
+                target.res.group,
+                target.res.plural,
+                target.name.as_deref().unwrap_or(""),
+            );
+            return error_response(&e);
+        }
+    }
+
+    let mut close_watch = false;
+    match state.faults.take(record) {
+        None => {}
+        Some(FaultKind::Status(code)) => return error_response(&fault_status(code)),
+        Some(FaultKind::Timeout) => {
+            tokio::time::sleep(state.faults.timeout_duration()).await;
+            return error_response(&ApiError::new(
+                504,
+                "Timeout",
+                "Timeout: request did not complete within the allowed duration",
+            ));
+        }
+        Some(FaultKind::Delay(d)) => tokio::time::sleep(d).await,
+        Some(FaultKind::CloseWatch) => close_watch = true,
+    }
+
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|a| a.to_str().ok())
+        .unwrap_or("");
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|a| a.to_str().ok())
+        .unwrap_or("application/json");
+    let include_object = query.get("includeObject").unwrap_or("Metadata");
+    let res = target.res;
+    let ns = target.ns.as_deref();
+    let name = target.name.as_deref().unwrap_or("");
+    let status_only = target.sub.as_deref() == Some("status");
+    let existed = verb != Verb::Patch || state.store.get(res, ns, name).is_ok();
+
+    let result: Result<Value, ApiError> = match verb {
+        Verb::Get if target.sub.as_deref() == Some("log") => {
+            return match state.pod_log(ns.unwrap_or(""), name, query) {
+                Ok(text) => text_response(text),
+                Err(e) => error_response(&e),
+            };
+        }
+        Verb::Get => state.store.get(res, ns, name).map(|obj| {
+            if table::wants_table(accept) {
+                let meta = json!({"resourceVersion": obj["metadata"]["resourceVersion"]});
+                table::table(res, std::slice::from_ref(&obj), meta, include_object)
+            } else {
+                obj
+            }
+        }),
+        Verb::List => list(state, &target, query, accept),
+        Verb::Watch => {
+            let (labels, mut fields) = match selectors(query) {
+                Ok(s) => s,
+                Err(e) => return error_response(&e),
+            };
+            if let Some(n) = &target.name {
+                fields = match Selector::fields(&format!("metadata.name={n}")) {
+                    Ok(f) => f,
+                    Err(e) => return error_response(&e),
+                };
+            }
+            let rv = query
+                .get("resourceVersion")
+                .filter(|r| !r.is_empty())
+                .map(|r| {
+                    r.parse::<u64>().map_err(|_| {
+                        ApiError::bad_request(format!("invalid resourceVersion {r:?}"))
+                    })
+                });
+            let rv = match rv.transpose() {
+                Ok(rv) => rv,
+                Err(e) => return error_response(&e),
+            };
+            let req = WatchRequest {
+                res,
+                namespace: target.ns.clone(),
+                labels,
+                fields,
+                resource_version: rv,
+                bookmarks: query.flag("allowWatchBookmarks"),
+                send_initial_events: query.flag("sendInitialEvents"),
+                timeout: query
+                    .get("timeoutSeconds")
+                    .and_then(|t| t.parse::<u64>().ok())
+                    .map(Duration::from_secs),
+                table: table::wants_table(accept).then(|| include_object.to_string()),
+                close_immediately: close_watch,
+            };
+            return watch::respond(state.clone(), req);
+        }
+        Verb::Create => parse_body(&body)
+            .and_then(|obj| state.store.create(res, ns, obj, &write_options(query))),
+        Verb::Update => parse_body(&body).and_then(|obj| {
+            state
+                .store
+                .update(res, ns, name, obj, status_only, &write_options(query))
+        }),
+        Verb::Patch => {
+            let Some(pt) = PatchType::from_content_type(content_type) else {
+                return error_response(&ApiError::new(
+                    415,
+                    "UnsupportedMediaType",
+                    format!(
+                        "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml (got {content_type})"
+                    ),
+                ));
+            };
+            let patch = if pt == PatchType::Apply {
+                serde_json::from_slice::<Value>(&body).or_else(|_| {
+                    serde_yaml::from_slice::<Value>(&body)
+                        .map_err(|e| ApiError::bad_request(format!("invalid apply body: {e}")))
+                })
+            } else {
+                parse_body(&body)
+            };
+            // `force` is accepted; the simulator never reports apply conflicts
+            let opts = write_options(query);
+            patch.and_then(|p| state.store.patch(res, ns, name, pt, &p, status_only, &opts))
+        }
+        Verb::Delete => {
+            let opts = delete_options(&body, query);
+            opts.and_then(|o| state.store.delete(res, ns, name, &o))
+        }
+        Verb::DeleteCollection => delete_collection(state, &target, query, &body),
+    };
+    match result {
+        Ok(v) => {
+            let code = if verb == Verb::Create || (verb == Verb::Patch && !existed) {
+                201
+            } else {
+                200
+            };
+            json_response(code, &v)
+        }
+        Err(e) => error_response(&e),
+    }
+}
+
+fn fault_status(code: u16) -> ApiError {
+    let (reason, message) = match code {
+        400 => ("BadRequest", "injected bad request"),
+        401 => ("Unauthorized", "Unauthorized"),
+        403 => ("Forbidden", "injected forbidden"),
+        404 => ("NotFound", "injected not found"),
+        409 => (
+            "Conflict",
+            "injected conflict: the object has been modified; please apply your changes to the latest version and try again",
+        ),
+        410 => ("Expired", "injected: too old resource version"),
+        422 => ("Invalid", "injected invalid"),
+        429 => (
+            "TooManyRequests",
+            "injected: too many requests, please try again later",
+        ),
+        503 => ("ServiceUnavailable", "injected: service unavailable"),
+        504 => ("Timeout", "injected timeout"),
+        _ => ("InternalError", "Internal error occurred: injected fault"),
+    };
+    ApiError::new(code, reason, message)
+}
+
+fn selectors(query: &Query) -> Result<(Selector, Selector), ApiError> {
+    Ok((
+        Selector::labels(query.get("labelSelector").unwrap_or(""))?,
+        Selector::fields(query.get("fieldSelector").unwrap_or(""))?,
+    ))
+}
+
+fn list(state: &SimState, target: &Target, query: &Query, accept: &str) -> Result<Value, ApiError> {
+    let (labels, fields) = selectors(query)?;
+    let limit = query.get("limit").and_then(|l| l.parse::<usize>().ok());
+    let page = state.store.list(
+        target.res,
+        target.ns.as_deref(),
+        &labels,
+        &fields,
+        limit,
+        query.get("continue"),
+    )?;
+    let mut meta = json!({"resourceVersion": page.resource_version.to_string()});
+    if let Some(c) = &page.continue_token {
+        meta["continue"] = json!(c);
+        meta["remainingItemCount"] = json!(page.remaining);
+    }
+    if table::wants_table(accept) {
+        let include = query.get("includeObject").unwrap_or("Metadata");
+        return Ok(table::table(target.res, &page.items, meta, include));
+    }
+    Ok(json!({
+        "kind": list_kind(target.res),
+        "apiVersion": target.res.api_version(),
+        "metadata": meta,
+        "items": page.items,
+    }))
+}
+
+fn delete_options(body: &Bytes, query: &Query) -> Result<DeleteOptions, ApiError> {
+    let v: Value = if body.is_empty() {
+        json!({})
+    } else {
+        parse_body(body)?
+    };
+    let pre = &v["preconditions"];
+    Ok(DeleteOptions {
+        uid: pre["uid"].as_str().map(str::to_string),
+        resource_version: pre["resourceVersion"].as_str().map(str::to_string),
+        propagation: v["propagationPolicy"]
+            .as_str()
+            .or(query.get("propagationPolicy"))
+            .map(str::to_string),
+    })
+}
+
+fn delete_collection(
+    state: &SimState,
+    target: &Target,
+    query: &Query,
+    body: &Bytes,
+) -> Result<Value, ApiError> {
+    let (labels, fields) = selectors(query)?;
+    let opts = delete_options(body, query)?;
+    let page = state.store.list(
+        target.res,
+        target.ns.as_deref(),
+        &labels,
+        &fields,
+        None,
+        None,
+    )?;
+    let mut deleted = Vec::new();
+    for item in page.items {
+        let ns = item["metadata"]["namespace"].as_str().map(str::to_string);
+        let name = item["metadata"]["name"].as_str().unwrap_or("").to_string();
+        match state.store.delete(target.res, ns.as_deref(), &name, &opts) {
+            Ok(v) => deleted.push(v),
+            Err(e) if e.code == 404 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(json!({
+        "kind": list_kind(target.res),
+        "apiVersion": target.res.api_version(),
+        "metadata": {"resourceVersion": state.store.resource_version().to_string()},
+        "items": deleted,
+    }))
+}
+
+/// Collect a request body of any kind into bytes.
+pub(crate) async fn collect_body<B>(req: Request<B>) -> Result<Request<Bytes>, B::Error>
+where
+    B: hyper::body::Body,
+{
+    let (parts, body) = req.into_parts();
+    let bytes = body.collect().await?.to_bytes();
+    Ok(Request::from_parts(parts, bytes))
+}

@@ -1,0 +1,182 @@
+//! Watch streams: newline-delimited JSON watch events, replayed from the
+//! store's change history after a resourceVersion, then live.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http::{Response, StatusCode, header};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::SimState;
+use crate::resources::ResourceDef;
+use crate::rest::SimBody;
+use crate::selector::Selector;
+use crate::store::{Change, ChangeType};
+use crate::table;
+
+/// Interval between BOOKMARK events when `allowWatchBookmarks` is set.
+pub(crate) const BOOKMARK_INTERVAL: Duration = Duration::from_secs(30);
+
+/// A parsed watch request.
+#[derive(Debug)]
+pub(crate) struct WatchRequest {
+    pub(crate) res: &'static ResourceDef,
+    pub(crate) namespace: Option<String>,
+    pub(crate) labels: Selector,
+    pub(crate) fields: Selector,
+    pub(crate) resource_version: Option<u64>,
+    pub(crate) bookmarks: bool,
+    pub(crate) send_initial_events: bool,
+    pub(crate) timeout: Option<Duration>,
+    /// `Some(includeObject)` when the client wants Table objects.
+    pub(crate) table: Option<String>,
+    pub(crate) close_immediately: bool,
+}
+
+impl WatchRequest {
+    fn matches(&self, obj: &Value) -> bool {
+        let ns_ok = !self.res.namespaced
+            || self
+                .namespace
+                .as_ref()
+                .is_none_or(|ns| obj["metadata"]["namespace"] == ns.as_str());
+        ns_ok && self.labels.matches(obj) && self.fields.matches(obj)
+    }
+
+    /// The event type to send for a change, if any (selector transitions map to ADDED/DELETED).
+    fn event_type(&self, change: &Change) -> Option<&'static str> {
+        if change.resource != self.res {
+            return None;
+        }
+        let now = self.matches(&change.object);
+        let before = change.previous.as_ref().is_some_and(|p| self.matches(p));
+        match change.change_type {
+            ChangeType::Added if now => Some("ADDED"),
+            ChangeType::Deleted if now || before => Some("DELETED"),
+            ChangeType::Modified if now && before => Some("MODIFIED"),
+            ChangeType::Modified if now => Some("ADDED"),
+            ChangeType::Modified if before => Some("DELETED"),
+            _ => None,
+        }
+    }
+
+    fn line(&self, event_type: &str, obj: &Value) -> Bytes {
+        let object = match &self.table {
+            Some(include) => {
+                let meta = json!({"resourceVersion": obj["metadata"]["resourceVersion"]});
+                table::table(self.res, std::slice::from_ref(obj), meta, include)
+            }
+            None => obj.clone(),
+        };
+        let mut line =
+            serde_json::to_vec(&json!({"type": event_type, "object": object})).expect("json");
+        line.push(b'\n');
+        Bytes::from(line)
+    }
+
+    fn bookmark(&self, rv: u64, initial_end: bool) -> Bytes {
+        let mut meta = json!({"resourceVersion": rv.to_string()});
+        if initial_end {
+            meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+        }
+        let obj =
+            json!({"kind": self.res.kind, "apiVersion": self.res.api_version(), "metadata": meta});
+        let mut line =
+            serde_json::to_vec(&json!({"type": "BOOKMARK", "object": obj})).expect("json");
+        line.push(b'\n');
+        Bytes::from(line)
+    }
+}
+
+fn error_line(status: &Value) -> Bytes {
+    let mut line = serde_json::to_vec(&json!({"type": "ERROR", "object": status})).expect("json");
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+/// Start a watch and return the streaming response.
+pub(crate) fn respond(state: Arc<SimState>, req: WatchRequest) -> Response<SimBody> {
+    let (tx, rx) = mpsc::channel::<Bytes>(256);
+    if !req.close_immediately {
+        tokio::spawn(run(state, req, tx));
+    }
+    let body = StreamBody::new(ReceiverStream::new(rx).map(|b| Ok(Frame::data(b)))).boxed_unsync();
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .expect("valid response")
+}
+
+async fn run(state: Arc<SimState>, req: WatchRequest, tx: mpsc::Sender<Bytes>) {
+    let start = match state.store.watch(req.res, req.resource_version) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = tx.send(error_line(&e.to_status())).await;
+            return;
+        }
+    };
+    let mut last_rv = start.current_rv;
+    for obj in start.initial.iter().filter(|o| req.matches(o)) {
+        if tx.send(req.line("ADDED", obj)).await.is_err() {
+            return;
+        }
+    }
+    if req.send_initial_events
+        && req.bookmarks
+        && req.resource_version.is_none_or(|r| r == 0)
+        && tx.send(req.bookmark(last_rv, true)).await.is_err()
+    {
+        return;
+    }
+    for change in &start.replay {
+        if let Some(t) = req.event_type(change)
+            && tx.send(req.line(t, &change.object)).await.is_err()
+        {
+            return;
+        }
+    }
+    let mut live = start.live;
+    let deadline = req.timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut bookmark_at = tokio::time::Instant::now() + BOOKMARK_INTERVAL;
+    loop {
+        let timeout = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => futures::future::pending().await,
+            }
+        };
+        let bookmark = async {
+            if req.bookmarks {
+                tokio::time::sleep_until(bookmark_at).await
+            } else {
+                futures::future::pending().await
+            }
+        };
+        tokio::select! {
+            change = live.recv() => {
+                let Some(change) = change else { return };
+                last_rv = change.rv;
+                if let Some(t) = req.event_type(&change)
+                    && tx.send(req.line(t, &change.object)).await.is_err()
+                {
+                    return;
+                }
+            }
+            () = bookmark => {
+                bookmark_at = tokio::time::Instant::now() + BOOKMARK_INTERVAL;
+                if tx.send(req.bookmark(last_rv, false)).await.is_err() {
+                    return;
+                }
+            }
+            () = timeout => return,
+            () = tx.closed() => return,
+        }
+    }
+}

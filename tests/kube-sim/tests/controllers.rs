@@ -1,0 +1,351 @@
+//! Simulated controllers: PVC binding, snapshots and Jobs, under paused and real time.
+
+mod fixtures;
+
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, LogParams, PostParams};
+use serde_json::{Value, json};
+use snapgate_kube_sim::{JobBehaviour, KubeSim, PodOutcome, SnapshotBehaviour};
+
+fn phase(p: &PersistentVolumeClaim) -> String {
+    p.status
+        .as_ref()
+        .and_then(|s| s.phase.clone())
+        .unwrap_or_default()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pvc_binds_after_the_configured_delay_and_gets_a_provisioned_pv() {
+    let sim = KubeSim::new();
+    sim.controllers().pvc_bind_delay(Duration::from_secs(5));
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(sim.client(), "ns");
+    pvcs.create(&PostParams::default(), &fixtures::pvc("ns", "data"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(phase(&pvcs.get("data").await.unwrap()), "Pending");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let bound = pvcs.get("data").await.unwrap();
+    assert_eq!(phase(&bound), "Bound");
+    let volume = bound.spec.unwrap().volume_name.unwrap();
+    assert_eq!(bound.status.unwrap().capacity.unwrap()["storage"].0, "1Gi");
+    let pvs: Api<PersistentVolume> = Api::all(sim.client());
+    let pv = pvs.get(&volume).await.unwrap();
+    assert_eq!(
+        pv.spec.unwrap().claim_ref.unwrap().name.as_deref(),
+        Some("data")
+    );
+
+    pvcs.delete("data", &DeleteParams::default()).await.unwrap();
+    assert!(
+        pvs.get_opt(&volume).await.unwrap().is_none(),
+        "the Delete reclaim policy removes the PV"
+    );
+}
+
+#[tokio::test]
+async fn a_pvc_binds_in_real_time_with_the_default_delay() {
+    let sim = KubeSim::new();
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(sim.client(), "ns");
+    pvcs.create(&PostParams::default(), &fixtures::pvc("ns", "data"))
+        .await
+        .unwrap();
+    fixtures::eventually(Duration::from_secs(5), || async {
+        (phase(&pvcs.get("data").await.unwrap()) == "Bound").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pvc_annotated_never_bind_stays_pending() {
+    let sim = KubeSim::new();
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(sim.client(), "ns");
+    let mut p = fixtures::pvc("ns", "data");
+    p.metadata.annotations =
+        Some([("sim.snapgate.io/pvc".to_string(), "never-bind".to_string())].into());
+    pvcs.create(&PostParams::default(), &p).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert_eq!(phase(&pvcs.get("data").await.unwrap()), "Pending");
+}
+
+fn snap_status(o: &DynamicObject) -> Value {
+    o.data["status"].clone()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_snapshot_binds_content_and_becomes_ready_after_its_delay_and_a_clone_then_binds() {
+    let sim = KubeSim::new();
+    sim.snapshot_behaviour(
+        "ns",
+        "snap",
+        SnapshotBehaviour::ReadyAfter(Duration::from_secs(30)),
+    );
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(sim.client(), "ns");
+    pvcs.create(&PostParams::default(), &fixtures::pvc("ns", "data"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let snaps: Api<DynamicObject> =
+        Api::namespaced_with(sim.client(), "ns", &fixtures::snapshot_resource());
+    snaps
+        .create(
+            &PostParams::default(),
+            &fixtures::snapshot("ns", "snap", "data"),
+        )
+        .await
+        .unwrap();
+    // a clone from the snapshot waits for readiness
+    let mut clone = fixtures::pvc("ns", "restore");
+    clone.spec.as_mut().unwrap().data_source = Some(
+        serde_json::from_value(json!({"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": "snap"}))
+            .unwrap(),
+    );
+    pvcs.create(&PostParams::default(), &clone).await.unwrap();
+
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let st = snap_status(&snaps.get("snap").await.unwrap());
+    assert_eq!(st["readyToUse"], false);
+    let content = st["boundVolumeSnapshotContentName"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(phase(&pvcs.get("restore").await.unwrap()), "Pending");
+
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let st = snap_status(&snaps.get("snap").await.unwrap());
+    assert_eq!(st["readyToUse"], true);
+    assert_eq!(st["restoreSize"], "1Gi");
+    let contents: Api<DynamicObject> = Api::all_with(
+        sim.client(),
+        &kube::api::ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk(
+                "snapshot.storage.k8s.io",
+                "v1",
+                "VolumeSnapshotContent",
+            ),
+            "volumesnapshotcontents",
+        ),
+    );
+    let c = contents.get(&content).await.unwrap();
+    assert_eq!(c.data["spec"]["volumeSnapshotRef"]["name"], "snap");
+    assert_eq!(c.data["status"]["readyToUse"], true);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(phase(&pvcs.get("restore").await.unwrap()), "Bound");
+
+    snaps
+        .delete("snap", &DeleteParams::default())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        contents.get_opt(&content).await.unwrap().is_none(),
+        "content deleted with its snapshot"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn snapshots_can_stay_unready_leave_ready_to_use_unset_or_fail() {
+    let sim = KubeSim::new();
+    sim.snapshot_behaviour("ns", "never", SnapshotBehaviour::NeverReady);
+    sim.snapshot_behaviour("ns", "unset", SnapshotBehaviour::ReadyToUseUnset);
+    sim.snapshot_behaviour(
+        "ns",
+        "broken",
+        SnapshotBehaviour::Fail("disk on fire".into()),
+    );
+    let snaps: Api<DynamicObject> =
+        Api::namespaced_with(sim.client(), "ns", &fixtures::snapshot_resource());
+    for n in ["never", "unset", "broken"] {
+        snaps
+            .create(&PostParams::default(), &fixtures::snapshot("ns", n, "data"))
+            .await
+            .unwrap();
+    }
+    let mut by_annotation = fixtures::snapshot("ns", "annotated", "data");
+    by_annotation.metadata.annotations = Some(
+        [(
+            "sim.snapgate.io/snapshot".to_string(),
+            "fail=quota".to_string(),
+        )]
+        .into(),
+    );
+    snaps
+        .create(&PostParams::default(), &by_annotation)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+
+    let never = snap_status(&snaps.get("never").await.unwrap());
+    assert_eq!(never["readyToUse"], false);
+    assert!(never["boundVolumeSnapshotContentName"].is_string());
+    let unset = snap_status(&snaps.get("unset").await.unwrap());
+    assert!(unset.get("readyToUse").is_none(), "{unset}");
+    assert!(unset["boundVolumeSnapshotContentName"].is_string());
+    let broken = snap_status(&snaps.get("broken").await.unwrap());
+    assert_eq!(broken["error"]["message"], "disk on fire");
+    assert_eq!(broken["readyToUse"], false);
+    let annotated = snap_status(&snaps.get("annotated").await.unwrap());
+    assert_eq!(annotated["error"]["message"], "quota");
+}
+
+fn condition(job: &Job, kind: &str) -> bool {
+    job.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == kind && c.status == "True"))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_job_runs_a_pod_that_succeeds_and_its_logs_are_readable() {
+    let sim = KubeSim::new();
+    sim.job_behaviour(
+        "ns",
+        "mover",
+        JobBehaviour::succeed(["copying", "synced 42 files"]).clone(),
+    );
+    let jobs: Api<Job> = Api::namespaced(sim.client(), "ns");
+    let pods: Api<Pod> = Api::namespaced(sim.client(), "ns");
+    jobs.create(&PostParams::default(), &fixtures::job("ns", "mover", 2))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let job = jobs.get("mover").await.unwrap();
+    assert!(condition(&job, "Complete"), "{:?}", job.status);
+    assert_eq!(job.status.as_ref().unwrap().succeeded, Some(1));
+    let list = pods
+        .list(&ListParams::default().labels("job-name=mover"))
+        .await
+        .unwrap();
+    assert_eq!(list.items.len(), 1);
+    let pod = &list.items[0];
+    assert_eq!(
+        pod.metadata.labels.as_ref().unwrap()["batch.kubernetes.io/job-name"],
+        "mover"
+    );
+    assert_eq!(
+        pod.metadata.labels.as_ref().unwrap()["app"],
+        "mover",
+        "template labels are kept"
+    );
+    assert_eq!(
+        pod.status.as_ref().unwrap().phase.as_deref(),
+        Some("Succeeded")
+    );
+    let name = pod.metadata.name.as_deref().unwrap();
+    assert_eq!(
+        pods.logs(name, &LogParams::default()).await.unwrap(),
+        "copying\nsynced 42 files\n"
+    );
+    let tail = LogParams {
+        tail_lines: Some(1),
+        ..LogParams::default()
+    };
+    assert_eq!(pods.logs(name, &tail).await.unwrap(), "synced 42 files\n");
+    let limited = LogParams {
+        limit_bytes: Some(4),
+        container: Some("main".into()),
+        ..LogParams::default()
+    };
+    assert_eq!(pods.logs(name, &limited).await.unwrap(), "copy");
+
+    jobs.delete("mover", &DeleteParams::background())
+        .await
+        .unwrap();
+    assert!(
+        pods.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "pods are garbage-collected"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_job_whose_pods_fail_is_failed_once_failures_exceed_the_backoff_limit() {
+    let sim = KubeSim::new();
+    sim.job_behaviour("ns", "mover", JobBehaviour::fail(["boom"]));
+    let jobs: Api<Job> = Api::namespaced(sim.client(), "ns");
+    let pods: Api<Pod> = Api::namespaced(sim.client(), "ns");
+    jobs.create(&PostParams::default(), &fixtures::job("ns", "mover", 2))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let job = jobs.get("mover").await.unwrap();
+    assert!(condition(&job, "Failed"), "{:?}", job.status);
+    assert!(!condition(&job, "Complete"));
+    assert_eq!(job.status.as_ref().unwrap().failed, Some(3));
+    let list = pods
+        .list(&ListParams::default().labels("job-name=mover"))
+        .await
+        .unwrap();
+    assert_eq!(list.items.len(), 3);
+    for p in &list.items {
+        assert_eq!(p.status.as_ref().unwrap().phase.as_deref(), Some("Failed"));
+        assert_eq!(
+            pods.logs(p.metadata.name.as_deref().unwrap(), &LogParams::default())
+                .await
+                .unwrap(),
+            "boom\n"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_job_retries_failed_pods_until_one_succeeds() {
+    let sim = KubeSim::new();
+    sim.job_behaviour(
+        "ns",
+        "mover",
+        JobBehaviour::sequence(vec![
+            PodOutcome::fail(["try 1"]),
+            PodOutcome::succeed(["try 2"]).after(Duration::from_secs(2)),
+        ]),
+    );
+    let jobs: Api<Job> = Api::namespaced(sim.client(), "ns");
+    jobs.create(&PostParams::default(), &fixtures::job("ns", "mover", 3))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!condition(&jobs.get("mover").await.unwrap(), "Complete"));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let job = jobs.get("mover").await.unwrap();
+    assert!(condition(&job, "Complete"));
+    let st = job.status.unwrap();
+    assert_eq!((st.failed, st.succeeded), (Some(1), Some(1)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_job_with_zero_parallelism_creates_no_pods() {
+    let sim = KubeSim::new();
+    let jobs: Api<Job> = Api::namespaced(sim.client(), "ns");
+    let pods: Api<Pod> = Api::namespaced(sim.client(), "ns");
+    let mut job = fixtures::job("ns", "idle", 1);
+    job.spec.as_mut().unwrap().parallelism = Some(0);
+    jobs.create(&PostParams::default(), &job).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(
+        pods.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert!(!condition(&jobs.get("idle").await.unwrap(), "Complete"));
+}
+
+#[tokio::test]
+async fn a_job_completes_in_real_time_with_the_default_behaviour() {
+    let sim = KubeSim::new();
+    let jobs: Api<Job> = Api::namespaced(sim.client(), "ns");
+    jobs.create(&PostParams::default(), &fixtures::job("ns", "quick", 1))
+        .await
+        .unwrap();
+    fixtures::eventually(Duration::from_secs(5), || async {
+        condition(&jobs.get("quick").await.unwrap(), "Complete").then_some(())
+    })
+    .await;
+}
