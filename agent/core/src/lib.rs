@@ -1,1 +1,34 @@
-//! Pure agent logic (filled by the agent work).
+//! The pure heart of the snapgate agent: what to read, write and create in Kubernetes for a
+//! run, with no IO, no clock and no async. The agent shell (`snapgate-agent`) observes the
+//! cluster, calls these functions with what it saw (and the time, when one is needed), and
+//! applies the objects and patches they return.
+//!
+//! ```text
+//!   cluster objects (read by the shell)          directive (from the scheduler)
+//!   PVC · VolumeSnapshot · clone PVC · Job · Pod          │
+//!          │                                              │
+//!          ▼ observe / classify                           │
+//!   PvcObserved · CopyReadiness · CloneReadiness ·        │
+//!   JobState · mover log tail                             │
+//!          │                                              ▼
+//!          └──────────────► plan (the shell matches, one action per arm) ◄──┘
+//!                              │
+//!                              ▼ build
+//!   annotation merge patches (annotations) · VolumeSnapshot / clone PVC /
+//!   PVC from snapshot / restic cache / mover Job (resources), named by names
+//! ```
+//!
+//! - [`annotations`]: the copy-trigger annotation keys, [`annotations::observe`], and merge
+//!   patches that touch only snapgate-owned keys and are `None` when nothing would change.
+//! - [`names`]: deterministic, DNS-safe names and identity labels.
+//! - [`spec`]: the source spec as the agent reads it; typed errors naming the field.
+//! - [`resources`]: k8s-openapi objects, including the mover Jobs of movers.md.
+//! - [`classify`]: observed objects reduced to small enums, and mover log tails.
+
+pub mod annotations;
+pub mod classify;
+pub mod names;
+pub mod resources;
+pub mod spec;
+
+pub use spec::{CopyMethod, Mover, MoverSpec, SpecError};

@@ -1,0 +1,548 @@
+//! Observed objects reduced to small enums, so the agent can match on them exhaustively with
+//! one action per arm; and the mover log tail that goes into `latestMoverStatus.logs`.
+
+use k8s_openapi::api::{batch::v1::Job, core::v1::PersistentVolumeClaim, core::v1::Pod};
+
+use crate::{resources::VolumeSnapshot, spec::Mover};
+
+/// The most bytes of filtered mover log kept (VolSync's `MOVER_LOG_MAX_BYTES` default).
+pub const MOVER_LOG_MAX_BYTES: usize = 1024;
+/// How many lines to read from the end of a mover pod's log (VolSync's
+/// `MOVER_LOG_TAIL_LINES` default), before filtering.
+pub const MOVER_LOG_TAIL_LINES: i64 = 100;
+
+/// Whether a VolumeSnapshot is the copy point yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CopyReadiness {
+    /// Not bound yet, `readyToUse: false`, or being deleted.
+    Pending,
+    /// Bound to a VolumeSnapshotContent, and `readyToUse` is not `false` (unset counts as
+    /// ready, as in VolSync).
+    Ready,
+    /// Not ready, and the snapshot controller reports an error (it keeps retrying; the caller
+    /// decides how long to wait).
+    Failed(String),
+}
+
+/// Whether a clone PVC is the copy point yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloneReadiness {
+    /// Not bound yet (or being deleted).
+    Pending,
+    /// Bound: the clone is the copy point.
+    Bound,
+    /// Its volume is gone.
+    Lost,
+}
+
+/// Where a mover Job stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobState {
+    /// Still trying; `failed_pods` failed attempts so far (each reported once).
+    Running {
+        /// `status.failed`.
+        failed_pods: u32,
+    },
+    /// `status.succeeded > 0`.
+    Succeeded,
+    /// Failed pods reached `backoffLimit`, or the Job has a `Failed` condition: replace it.
+    Failed {
+        /// `status.failed`.
+        failed_pods: u32,
+    },
+}
+
+/// Classifies a VolumeSnapshot.
+pub fn copy_readiness(snap: &VolumeSnapshot) -> CopyReadiness {
+    if snap.metadata.deletion_timestamp.is_some() {
+        return CopyReadiness::Pending;
+    }
+    let Some(status) = &snap.status else {
+        return CopyReadiness::Pending;
+    };
+    let bound = status
+        .bound_volume_snapshot_content_name
+        .as_deref()
+        .is_some_and(|n| !n.is_empty());
+    if bound && status.ready_to_use != Some(false) {
+        return CopyReadiness::Ready;
+    }
+    match status.error.as_ref().and_then(|e| e.message.as_deref()) {
+        Some(m) if !m.is_empty() => CopyReadiness::Failed(m.to_owned()),
+        _ => CopyReadiness::Pending,
+    }
+}
+
+/// Classifies a clone PVC by its phase.
+pub fn clone_readiness(pvc: &PersistentVolumeClaim) -> CloneReadiness {
+    if pvc.metadata.deletion_timestamp.is_some() {
+        return CloneReadiness::Pending;
+    }
+    match pvc.status.as_ref().and_then(|s| s.phase.as_deref()) {
+        Some("Bound") => CloneReadiness::Bound,
+        Some("Lost") => CloneReadiness::Lost,
+        _ => CloneReadiness::Pending,
+    }
+}
+
+/// Classifies a mover Job (VolSync's rule: failure is `status.failed >= backoffLimit`).
+pub fn job_state(job: &Job) -> JobState {
+    let status = job.status.as_ref();
+    let failed_pods = status
+        .and_then(|s| s.failed)
+        .unwrap_or(0)
+        .max(0)
+        .unsigned_abs();
+    if status.and_then(|s| s.succeeded).unwrap_or(0) > 0 {
+        return JobState::Succeeded;
+    }
+    let condition = |kind: &str| {
+        status
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == kind && c.status == "True"))
+    };
+    if condition("Complete") {
+        return JobState::Succeeded;
+    }
+    // Kubernetes' default backoffLimit.
+    let backoff_limit = job
+        .spec
+        .as_ref()
+        .and_then(|s| s.backoff_limit)
+        .unwrap_or(6)
+        .max(0)
+        .unsigned_abs();
+    if condition("Failed") || failed_pods >= backoff_limit {
+        JobState::Failed { failed_pods }
+    } else {
+        JobState::Running { failed_pods }
+    }
+}
+
+/// The pod whose log tells how a Job went (VolSync's choice): for a success the newest
+/// Succeeded pod; for a failure the newest Failed pod, else the newest Running one.
+pub fn log_pod(pods: &[Pod], job_failed: bool) -> Option<&Pod> {
+    let newest = |phase: &str| {
+        pods.iter()
+            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some(phase))
+            .max_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0))
+    };
+    if job_failed {
+        newest("Failed").or_else(|| newest("Running"))
+    } else {
+        newest("Succeeded")
+    }
+}
+
+/// The summary lines of a successful mover's log (the lines VolSync keeps for each mover),
+/// joined by newlines, cut to the last [`MOVER_LOG_MAX_BYTES`] bytes on a char boundary.
+pub fn mover_log_tail(mover: Mover, full_log: &str) -> String {
+    tail(full_log, |line| summary_line(mover, line))
+}
+
+/// The log of a failed mover: every line (restic, rclone, rsync), or for rsync-tls its
+/// summary and error lines; cut like [`mover_log_tail`].
+pub fn mover_failure_log_tail(mover: Mover, full_log: &str) -> String {
+    tail(full_log, |line| match mover {
+        Mover::RsyncTls => summary_line(mover, line) || rsync_tls_failure_line(line),
+        Mover::Restic | Mover::Rclone | Mover::Rsync => true,
+    })
+}
+
+fn tail(full_log: &str, keep: impl Fn(&str) -> bool) -> String {
+    let kept: Vec<&str> = full_log.lines().filter(|l| keep(l)).collect();
+    let joined = kept.join("\n");
+    if joined.len() <= MOVER_LOG_MAX_BYTES {
+        return joined;
+    }
+    let mut start = joined.len() - MOVER_LOG_MAX_BYTES;
+    while !joined.is_char_boundary(start) {
+        start += 1;
+    }
+    joined[start..].to_owned()
+}
+
+fn summary_line(mover: Mover, line: &str) -> bool {
+    let l = line.trim_start();
+    match mover {
+        Mover::Restic => {
+            seq(l, &["processed", "files"])
+                || seq(l, &["snapshot", "saved"])
+                || seq(l, &["repository", "opened"])
+                || word(l, "restoring")
+                || word(l, "no parent snapshot")
+                || word(l, "using parent snapshot")
+                || word(l, "added to the repository")
+                || l.starts_with("Restic completed in")
+        }
+        Mover::Rclone => {
+            word(l, "transferred:")
+                || word(l, "checks:")
+                || word(l, "deleted:")
+                || word(l, "elapsed time:")
+                || l.starts_with("Rclone completed in")
+        }
+        Mover::Rsync => {
+            seq(l, &["sent", "bytes", "received", "bytes"])
+                || word(l, "total size")
+                || word(l, "rsync completed in")
+        }
+        Mover::RsyncTls => anywhere(line, |s| {
+            seq(s, &["sent", "bytes", "received", "bytes"])
+                || word(s, "total size")
+                || word(s, "rsync completed in")
+        }),
+    }
+}
+
+fn rsync_tls_failure_line(line: &str) -> bool {
+    let l = line.trim_start();
+    word(l, "rsync")
+        || l.starts_with("diskrsync")
+        || l.starts_with("diskRsync")
+        || anywhere(line, |s| word(s, "fail") || word(s, "error"))
+}
+
+/// Whether `s` starts with `w`, the first letter in either case (as VolSync's `[xX]yz`).
+fn word(s: &str, w: &str) -> bool {
+    let (Some(first), Some(rest)) = (w.chars().next(), w.get(1..)) else {
+        return false;
+    };
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(c) if c.eq_ignore_ascii_case(&first) => chars.as_str().starts_with(rest),
+        _ => false,
+    }
+}
+
+/// Whether `s` starts with `words[0]`, then for each next word: a whitespace, at least one
+/// character, and the word (VolSync's `word\s.+word`).
+fn seq(s: &str, words: &[&str]) -> bool {
+    let Some((first, rest)) = words.split_first() else {
+        return true;
+    };
+    if !word(s, first) {
+        return false;
+    }
+    if rest.is_empty() {
+        return true;
+    }
+    let after = &s[first.len()..];
+    let mut chars = after.chars();
+    if !chars.next().is_some_and(char::is_whitespace) {
+        return false;
+    }
+    let after_space = chars.as_str();
+    // `.+`: at least one character before the next word.
+    after_space
+        .char_indices()
+        .skip(1)
+        .any(|(i, _)| seq(&after_space[i..], rest))
+}
+
+/// Whether `matches` holds at any char position of `s` (an unanchored pattern).
+fn anywhere(s: &str, matches: impl Fn(&str) -> bool) -> bool {
+    s.char_indices().any(|(i, _)| matches(&s[i..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::{VolumeSnapshotError, VolumeSnapshotStatus};
+    use k8s_openapi::{
+        api::{
+            batch::v1::{JobCondition, JobSpec, JobStatus},
+            core::v1::{PersistentVolumeClaimStatus, PodStatus},
+        },
+        apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
+        jiff::Timestamp,
+    };
+    use pretty_assertions::assert_eq;
+
+    fn snap(bound: Option<&str>, ready: Option<bool>, error: Option<&str>) -> VolumeSnapshot {
+        VolumeSnapshot {
+            status: Some(VolumeSnapshotStatus {
+                bound_volume_snapshot_content_name: bound.map(str::to_owned),
+                ready_to_use: ready,
+                error: error.map(|m| VolumeSnapshotError {
+                    message: Some(m.to_owned()),
+                    time: None,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_snapshot_is_ready_when_bound_and_ready_to_use_is_not_false() {
+        let cases = [
+            (VolumeSnapshot::default(), CopyReadiness::Pending),
+            (snap(None, None, None), CopyReadiness::Pending),
+            (snap(None, Some(true), None), CopyReadiness::Pending),
+            (snap(Some(""), None, None), CopyReadiness::Pending),
+            (snap(Some("content"), None, None), CopyReadiness::Ready),
+            (
+                snap(Some("content"), Some(true), None),
+                CopyReadiness::Ready,
+            ),
+            (
+                snap(Some("content"), Some(false), None),
+                CopyReadiness::Pending,
+            ),
+            (
+                snap(None, None, Some("driver said no")),
+                CopyReadiness::Failed("driver said no".into()),
+            ),
+            (
+                snap(Some("content"), Some(false), Some("cut failed")),
+                CopyReadiness::Failed("cut failed".into()),
+            ),
+            (
+                snap(Some("content"), Some(true), Some("old error")),
+                CopyReadiness::Ready,
+            ),
+        ];
+        for (s, want) in cases {
+            assert_eq!(copy_readiness(&s), want, "{:?}", s.status);
+        }
+        let mut deleting = snap(Some("content"), None, None);
+        deleting.metadata.deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
+        assert_eq!(copy_readiness(&deleting), CopyReadiness::Pending);
+    }
+
+    #[test]
+    fn a_clone_is_the_copy_point_once_bound() {
+        let pvc = |phase: Option<&str>| PersistentVolumeClaim {
+            status: Some(PersistentVolumeClaimStatus {
+                phase: phase.map(str::to_owned),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let cases = [
+            (pvc(None), CloneReadiness::Pending),
+            (pvc(Some("Pending")), CloneReadiness::Pending),
+            (pvc(Some("Bound")), CloneReadiness::Bound),
+            (pvc(Some("Lost")), CloneReadiness::Lost),
+            (PersistentVolumeClaim::default(), CloneReadiness::Pending),
+        ];
+        for (p, want) in cases {
+            assert_eq!(clone_readiness(&p), want);
+        }
+        let mut deleting = pvc(Some("Bound"));
+        deleting.metadata.deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
+        assert_eq!(clone_readiness(&deleting), CloneReadiness::Pending);
+    }
+
+    fn job(backoff: Option<i32>, succeeded: i32, failed: i32, cond: Option<&str>) -> Job {
+        Job {
+            spec: Some(JobSpec {
+                backoff_limit: backoff,
+                ..Default::default()
+            }),
+            status: Some(JobStatus {
+                succeeded: Some(succeeded),
+                failed: Some(failed),
+                conditions: cond.map(|c| {
+                    vec![JobCondition {
+                        type_: c.to_owned(),
+                        status: "True".to_owned(),
+                        ..Default::default()
+                    }]
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_job_fails_when_failed_pods_reach_the_backoff_limit_or_it_has_a_failed_condition() {
+        let cases = [
+            (Job::default(), JobState::Running { failed_pods: 0 }),
+            (
+                job(Some(8), 0, 0, None),
+                JobState::Running { failed_pods: 0 },
+            ),
+            (
+                job(Some(8), 0, 7, None),
+                JobState::Running { failed_pods: 7 },
+            ),
+            (
+                job(Some(8), 0, 8, None),
+                JobState::Failed { failed_pods: 8 },
+            ),
+            (
+                job(Some(2), 0, 2, None),
+                JobState::Failed { failed_pods: 2 },
+            ),
+            (
+                job(Some(2), 0, 1, Some("Failed")),
+                JobState::Failed { failed_pods: 1 },
+            ),
+            (job(Some(2), 1, 1, None), JobState::Succeeded),
+            (job(Some(2), 0, 0, Some("Complete")), JobState::Succeeded),
+            (job(None, 0, 5, None), JobState::Running { failed_pods: 5 }),
+            (job(None, 0, 6, None), JobState::Failed { failed_pods: 6 }),
+        ];
+        for (j, want) in cases {
+            assert_eq!(job_state(&j), want, "{:?}", j.status);
+        }
+    }
+
+    #[test]
+    fn the_log_pod_is_the_newest_with_the_outcome_phase() {
+        let pod = |name: &str, phase: &str, secs: i64| Pod {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                creation_timestamp: Some(Time(Timestamp::from_second(secs).unwrap())),
+                ..Default::default()
+            },
+            status: Some(PodStatus {
+                phase: Some(phase.to_owned()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let pods = [
+            pod("f1", "Failed", 1),
+            pod("f2", "Failed", 2),
+            pod("r3", "Running", 3),
+            pod("s4", "Succeeded", 4),
+            pod("s0", "Succeeded", 0),
+        ];
+        let name = |p: Option<&Pod>| p.and_then(|p| p.metadata.name.clone());
+        assert_eq!(name(log_pod(&pods, false)), Some("s4".into()));
+        assert_eq!(name(log_pod(&pods, true)), Some("f2".into()));
+        assert_eq!(name(log_pod(&pods[2..3], true)), Some("r3".into()));
+        assert_eq!(name(log_pod(&pods[..3], false)), None);
+    }
+
+    #[test]
+    fn each_mover_keeps_its_summary_lines() {
+        let restic_log = "\
+Starting container
+== Initialize Dir =======
+repository 1a2b3c opened (version 2, compression level auto)
+using parent snapshot 4d5e6f
+Files:          10 new,     2 changed,   100 unmodified
+Added to the repository: 1.2 MiB (600 KiB stored)
+processed 112 files, 3.4 GiB in 0:05
+snapshot 7a8b9c saved
+no parent snapshot found, will read all files
+Restic completed in 12s
+=== Done ===";
+        assert_eq!(
+            mover_log_tail(Mover::Restic, restic_log),
+            "\
+repository 1a2b3c opened (version 2, compression level auto)
+using parent snapshot 4d5e6f
+Added to the repository: 1.2 MiB (600 KiB stored)
+processed 112 files, 3.4 GiB in 0:05
+snapshot 7a8b9c saved
+no parent snapshot found, will read all files
+Restic completed in 12s"
+        );
+
+        let rclone_log = "\
+Syncing data
+Transferred:   	    1.2 MiB / 1.2 MiB, 100%, 0 B/s, ETA -
+Checks:                 4 / 4, 100%
+Deleted:                1 (files), 0 (dirs)
+Elapsed time:         1.5s
+2026/01/02 NOTICE: something
+Rclone completed in 3s";
+        assert_eq!(
+            mover_log_tail(Mover::Rclone, rclone_log),
+            "\
+Transferred:   	    1.2 MiB / 1.2 MiB, 100%, 0 B/s, ETA -
+Checks:                 4 / 4, 100%
+Deleted:                1 (files), 0 (dirs)
+Elapsed time:         1.5s
+Rclone completed in 3s"
+        );
+
+        let rsync_log = "\
+Syncing data to 10.0.0.1:22 ...
+>f+++++++++ data/file
+sent 1,234 bytes  received 56 bytes  2,580.00 bytes/sec
+total size is 1,000  speedup is 0.78
+Rsync completed in 4s
+Synchronization completed successfully. Notifying destination...";
+        let rsync_kept = "\
+sent 1,234 bytes  received 56 bytes  2,580.00 bytes/sec
+total size is 1,000  speedup is 0.78
+Rsync completed in 4s";
+        assert_eq!(mover_log_tail(Mover::Rsync, rsync_log), rsync_kept);
+
+        let tls_log = "\
+2026.01.02 LOG5[0]: Service [rsync] connected
+2026/01/02 12:00:00 [12] sent 1,234 bytes  received 56 bytes  2,580.00 bytes/sec
+2026/01/02 12:00:00 [12] total size is 1,000  speedup is 0.78
+rsync completed in 4s
+Some unrelated line";
+        assert_eq!(
+            mover_log_tail(Mover::RsyncTls, tls_log),
+            "\
+2026/01/02 12:00:00 [12] sent 1,234 bytes  received 56 bytes  2,580.00 bytes/sec
+2026/01/02 12:00:00 [12] total size is 1,000  speedup is 0.78
+rsync completed in 4s"
+        );
+        assert_eq!(
+            mover_log_tail(Mover::Rsync, tls_log),
+            "rsync completed in 4s",
+            "rsync (ssh) patterns are anchored at the line start"
+        );
+    }
+
+    #[test]
+    fn patterns_need_their_separators() {
+        assert!(!summary_line(Mover::Restic, "processedfiles"));
+        assert!(
+            !summary_line(Mover::Restic, "processed files"),
+            "needs .+ between"
+        );
+        assert!(summary_line(Mover::Restic, "  Processed x Files"));
+        assert!(!summary_line(Mover::Restic, "xprocessed 1 files"));
+        assert!(!summary_line(Mover::Rclone, "Transferred"));
+        assert!(!summary_line(Mover::Rsync, "sent 1 bytes"));
+    }
+
+    #[test]
+    fn failure_logs_keep_every_line_except_rsync_tls_which_keeps_errors() {
+        let log = "line one\nERROR: boom\nrsync: connection unexpectedly closed\nok";
+        for m in [Mover::Restic, Mover::Rclone, Mover::Rsync] {
+            assert_eq!(mover_failure_log_tail(m, log), log);
+        }
+        assert_eq!(
+            mover_failure_log_tail(Mover::RsyncTls, log),
+            "rsync: connection unexpectedly closed"
+        );
+        let log = "diskrsync: cannot open\nauth failed\nan error happened\nfine";
+        assert_eq!(
+            mover_failure_log_tail(Mover::RsyncTls, log),
+            "diskrsync: cannot open\nauth failed\nan error happened"
+        );
+    }
+
+    #[test]
+    fn the_tail_keeps_the_last_1024_bytes_on_a_char_boundary() {
+        let log: Vec<String> = (0..200)
+            .map(|i| format!("Restic completed in é {i}"))
+            .collect();
+        let tail = mover_log_tail(Mover::Restic, &log.join("\n"));
+        assert!(tail.len() <= MOVER_LOG_MAX_BYTES && tail.len() > MOVER_LOG_MAX_BYTES - 4);
+        assert!(tail.ends_with("Restic completed in é 199"));
+
+        let multibyte = "é".repeat(600); // 1200 bytes, 2 bytes per char
+        assert_eq!(tail_all(&multibyte), "é".repeat(512));
+        let cut_mid_char = tail_all(&format!("{multibyte}x"));
+        assert_eq!(cut_mid_char, format!("{}x", "é".repeat(511)));
+        assert_eq!(tail_all("short"), "short");
+    }
+
+    fn tail_all(s: &str) -> String {
+        mover_failure_log_tail(Mover::Restic, s)
+    }
+}
