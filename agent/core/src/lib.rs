@@ -28,6 +28,7 @@
 pub mod annotations;
 pub mod classify;
 pub mod names;
+pub mod plan;
 pub mod resources;
 pub mod spec;
 

@@ -1,0 +1,931 @@
+//! Classify, then act: from a directive and what the agent's watches see, the actions that move
+//! the run one step on. Pure: the shell passes the observed objects and `now`, applies the
+//! actions in order, puts their results in its cache and plans again, until a plan asks for
+//! nothing that writes.
+//!
+//! ```text
+//!   GATE      report the PVC's annotations
+//!   WAIT      mark WaitingForTrigger (once) ─► report the PVC on every change
+//!   COPY      mark InProgress ─► create the copy ─► copy ready? mark Completed ─► report
+//!   TRANSFER  (restore PVC from snapshot) (restic cache) ─► mover Job ─► succeeded / failed
+//!             ─► report; a failed Job is replaced after a back-off, each failure reported
+//!   CLEANUP   (clear waiting annotations) ─► delete copy, restored PVC, Job ─► report
+//! ```
+//!
+//! Idempotent by construction: every object has a deterministic name, a plan never creates
+//! what the cache already holds, an annotation patch is only planned when it changes
+//! something, and an object left behind by an earlier run of the same source is deleted
+//! before this run makes its own.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::{
+    api::{
+        batch::v1::Job,
+        core::v1::{Event, EventSource, ObjectReference, PersistentVolumeClaim},
+    },
+    apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time},
+};
+use serde_json::Value;
+use snapgate_proto::v1::{self, DirectivePhase, report::Observation};
+
+use crate::{
+    CopyMethod, Mover, MoverSpec, SpecError, annotations,
+    classify::{self, CloneReadiness, CopyReadiness, JobState},
+    names,
+    resources::{self, MoverImages, MoverJobInput, ResticActions, RunRef, VolumeSnapshot},
+};
+
+/// The annotation on a mover Job counting which attempt of the run it is (1, 2, …).
+pub const ATTEMPT: &str = "snapgate.io/attempt";
+
+/// The agent-wide settings a plan needs.
+#[derive(Clone, Debug)]
+pub struct PlanConfig {
+    /// The mover images.
+    pub images: MoverImages,
+    /// Proxy variables to pass on to mover Jobs.
+    pub proxy: BTreeMap<String, String>,
+    /// The wait before replacing a failed mover Job the first time; doubled per attempt.
+    pub mover_backoff: Duration,
+    /// The longest wait before replacing a failed mover Job.
+    pub mover_backoff_max: Duration,
+}
+
+impl Default for PlanConfig {
+    fn default() -> Self {
+        Self {
+            images: MoverImages::default(),
+            proxy: BTreeMap::new(),
+            mover_backoff: Duration::from_secs(10),
+            mover_backoff_max: Duration::from_secs(300),
+        }
+    }
+}
+
+/// The names of everything a run of a source reads or makes (all in its namespace).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectNames {
+    /// The source PVC.
+    pub source_pvc: String,
+    /// The VolumeSnapshot (Snapshot).
+    pub snapshot: String,
+    /// The clone PVC (Clone) or the PVC restored from the snapshot (Snapshot).
+    pub copy_pvc: String,
+    /// The restic cache PVC.
+    pub cache_pvc: String,
+    /// The mover Job (`None` when the spec names no single mover).
+    pub job: Option<String>,
+}
+
+/// The names for `directive`'s source.
+pub fn object_names(directive: &v1::Directive) -> ObjectNames {
+    let source = directive
+        .source
+        .as_ref()
+        .map(|s| s.name.as_str())
+        .unwrap_or_default();
+    let spec = directive.spec.as_ref();
+    ObjectNames {
+        source_pvc: spec.map(|s| s.source_pvc.clone()).unwrap_or_default(),
+        snapshot: names::copy_name(source),
+        copy_pvc: names::copy_name(source),
+        cache_pvc: names::cache_name(source),
+        job: spec
+            .and_then(|s| MoverSpec::of(s).ok())
+            .map(|m| names::job_name(m.mover(), source)),
+    }
+}
+
+/// The Secrets a source's mover needs before its Job can run.
+pub fn required_secrets(spec: &v1::SourceSpec) -> Vec<String> {
+    let mut out = Vec::new();
+    let ca = |ca: &Option<v1::CustomCa>| {
+        ca.as_ref()
+            .map(|c| c.secret_name.clone())
+            .filter(|n| !n.is_empty())
+    };
+    match MoverSpec::of(spec) {
+        Ok(MoverSpec::Restic(r)) => {
+            out.push(r.repository.clone());
+            out.extend(ca(&r.custom_ca));
+        }
+        Ok(MoverSpec::Rclone(r)) => {
+            out.push(r.rclone_config.clone());
+            out.extend(ca(&r.custom_ca));
+        }
+        Ok(MoverSpec::Rsync(r)) => out.push(r.ssh_keys.clone()),
+        Ok(MoverSpec::RsyncTls(r)) => out.push(r.key_secret.clone()),
+        Err(_) => {}
+    }
+    out.retain(|n| !n.is_empty());
+    out.dedup();
+    out
+}
+
+/// What the agent sees of one run's objects, from its watches and reads.
+#[derive(Clone, Copy, Debug)]
+pub struct Observed<'a> {
+    /// The source PVC.
+    pub pvc: Option<&'a PersistentVolumeClaim>,
+    /// The VolumeSnapshot named for the source.
+    pub snapshot: Option<&'a VolumeSnapshot>,
+    /// The PVC named for the source's copy (clone or restored).
+    pub copy_pvc: Option<&'a PersistentVolumeClaim>,
+    /// The restic cache PVC.
+    pub cache_pvc: Option<&'a PersistentVolumeClaim>,
+    /// The mover Job.
+    pub job: Option<&'a Job>,
+    /// The keys of each required Secret that was found (absent: not found, or not read yet).
+    pub secrets: Option<&'a BTreeMap<String, BTreeSet<String>>>,
+    /// The namespace allows privileged movers.
+    pub privileged: bool,
+    /// The highest failed mover attempt of this run the shell has reported (0: none).
+    pub failed_attempts: u32,
+    /// The time of this plan.
+    pub now: DateTime<Utc>,
+}
+
+/// How a mover Job ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MoverOutcome {
+    /// `status.succeeded > 0`.
+    Succeeded,
+    /// Failed pods reached the back-off limit; `attempt` counts the Jobs of this run.
+    Failed {
+        /// Which attempt failed (1 for the first Job of the run).
+        attempt: u32,
+    },
+}
+
+/// One step for the shell to apply.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Merge-patch the PVC `name` (annotations only, under the agent's field manager).
+    PatchPvc {
+        /// The PVC.
+        name: String,
+        /// The JSON merge patch.
+        patch: Value,
+    },
+    /// Create a VolumeSnapshot.
+    CreateSnapshot(Box<VolumeSnapshot>),
+    /// Create a PVC (clone, restored, or restic cache).
+    CreatePvc(Box<PersistentVolumeClaim>),
+    /// Create a mover Job.
+    CreateJob(Box<Job>),
+    /// Merge-patch a mover Job (its parallelism, when the source is paused or resumed).
+    PatchJob {
+        /// The Job.
+        name: String,
+        /// The JSON merge patch.
+        patch: Value,
+    },
+    /// Delete a VolumeSnapshot.
+    DeleteSnapshot(String),
+    /// Delete a PVC.
+    DeletePvc(String),
+    /// Delete a Job and its pods.
+    DeleteJob(String),
+    /// Read the required Secrets (names) before planning again.
+    ReadSecrets(Vec<String>),
+    /// Record a Kubernetes Event (its name is deterministic: record it once).
+    Event(Box<Event>),
+    /// Read the log of the Job's newest relevant pod and report the mover's outcome.
+    ReportMover {
+        /// The Job.
+        job: String,
+        /// Its uid, so each Job's outcome is reported once.
+        uid: String,
+        /// How it ended.
+        outcome: MoverOutcome,
+        /// The mover, for filtering its log.
+        mover: Mover,
+    },
+    /// Send this observation to the scheduler (the shell sends each one once).
+    Report(Observation),
+    /// Nothing more until this time, unless something changes (a back-off).
+    WakeAt(DateTime<Utc>),
+}
+
+/// The actions for `directive` given what is observed, in the order they must be applied.
+/// An error means the spec itself cannot be acted on (the run must fail).
+pub fn plan(
+    directive: &v1::Directive,
+    seen: &Observed<'_>,
+    config: &PlanConfig,
+) -> Result<Vec<Action>, SpecError> {
+    let source = directive.source.clone().unwrap_or_default();
+    let spec = directive.spec.as_ref().ok_or(SpecError::NoMover)?;
+    let mover = MoverSpec::of(spec)?;
+    let method = mover.copy_method()?;
+    let run = RunRef {
+        namespace: &source.namespace,
+        source: &source.name,
+        run_id: &directive.run_id,
+    };
+    let names = object_names(directive);
+    let ctx = Ctx {
+        directive,
+        seen,
+        config,
+        run,
+        mover,
+        method,
+        names: &names,
+        spec,
+    };
+    let phase = DirectivePhase::try_from(directive.phase).unwrap_or(DirectivePhase::Unspecified);
+    Ok(match phase {
+        DirectivePhase::Unspecified => Vec::new(),
+        DirectivePhase::Gate => vec![Action::Report(Observation::Pvc(annotations::observe(
+            seen.pvc,
+        )))],
+        DirectivePhase::Wait => ctx.wait(),
+        DirectivePhase::Copy => ctx.copy()?,
+        DirectivePhase::Transfer => ctx.transfer()?,
+        DirectivePhase::Cleanup => ctx.cleanup(),
+    })
+}
+
+struct Ctx<'a> {
+    directive: &'a v1::Directive,
+    seen: &'a Observed<'a>,
+    config: &'a PlanConfig,
+    run: RunRef<'a>,
+    mover: MoverSpec<'a>,
+    method: CopyMethod,
+    names: &'a ObjectNames,
+    spec: &'a v1::SourceSpec,
+}
+
+impl Ctx<'_> {
+    fn wait(&self) -> Vec<Action> {
+        let observed = annotations::observe(self.seen.pvc);
+        let Some(pvc) = self.seen.pvc else {
+            return vec![Action::Report(Observation::Pvc(observed))];
+        };
+        let mut out = Vec::new();
+        // Only a gated PVC is marked; a PVC whose gate was removed is reported, and the
+        // scheduler releases the run.
+        if observed.use_copy_trigger {
+            let since = self
+                .directive
+                .waiting_since
+                .map(to_datetime)
+                .unwrap_or(self.seen.now);
+            if let Some(patch) = annotations::mark_waiting(&observed, since) {
+                out.push(self.patch_source(patch));
+                out.push(self.event(
+                    pvc,
+                    "SrcPVCWaitingForCopyTrigger",
+                    "Normal",
+                    format!(
+                        "waiting for a new copy-trigger value on PVC {} (run {})",
+                        self.names.source_pvc, self.run.run_id
+                    ),
+                ));
+                return out;
+            }
+            if self.directive.timeout_reported {
+                out.push(self.event(
+                    pvc,
+                    "SrcPVCTimeoutWaitingForCopyTrigger",
+                    "Warning",
+                    format!(
+                        "Timed out waiting for copy-trigger to be modified for pvc {}",
+                        self.names.source_pvc
+                    ),
+                ));
+            }
+        }
+        out.push(Action::Report(Observation::Pvc(observed)));
+        out
+    }
+
+    fn copy(&self) -> Result<Vec<Action>, SpecError> {
+        let observed = annotations::observe(self.seen.pvc);
+        let Some(pvc) = self.seen.pvc else {
+            return Ok(vec![self.pvc_missing()]);
+        };
+        let gated = self.directive.gated;
+        let mut out = Vec::new();
+        if !gated
+            && self.directive.clear_waiting
+            && let Some(patch) = annotations::clear_waiting(&observed)
+        {
+            return Ok(vec![self.patch_source(patch)]);
+        }
+        // Where the copy stands: (its name, the copy-point time) once ready.
+        let ready: Option<(String, Time)> = match self.method {
+            CopyMethod::Direct => {
+                // The scheduler never asks a Direct source for a copy; answer anyway.
+                return Ok(vec![Action::Report(Observation::CopyCompleted(
+                    v1::CopyCompleted {
+                        copy_name: String::new(),
+                        time: Some(timestamp(self.seen.now)),
+                    },
+                ))]);
+            }
+            CopyMethod::Clone => match self.seen.copy_pvc {
+                Some(c) if !names::made_by_run(c.metadata.labels.as_ref(), self.run.run_id) => {
+                    // Left behind by an earlier run: it is not this run's copy point.
+                    return Ok(self.before_copy(gated, &observed, pvc, |out| {
+                        out.push(Action::DeletePvc(self.names.copy_pvc.clone()));
+                    }));
+                }
+                None => {
+                    let clone = resources::clone_pvc(&self.run, self.mover, pvc)?;
+                    return Ok(self.before_copy(gated, &observed, pvc, |out| {
+                        out.push(Action::CreatePvc(Box::new(clone)));
+                    }));
+                }
+                Some(c) => match classify::clone_readiness(c) {
+                    CloneReadiness::Bound => Some((self.names.copy_pvc.clone(), created(c))),
+                    CloneReadiness::Pending => None,
+                    CloneReadiness::Lost => {
+                        out.push(Action::Report(error(
+                            "CloneLost",
+                            format!("the clone PVC {} lost its volume", self.names.copy_pvc),
+                            false,
+                        )));
+                        return Ok(out);
+                    }
+                },
+            },
+            CopyMethod::Snapshot => match self.seen.snapshot {
+                Some(s) if !names::made_by_run(s.metadata.labels.as_ref(), self.run.run_id) => {
+                    return Ok(self.before_copy(gated, &observed, pvc, |out| {
+                        out.push(Action::DeleteSnapshot(self.names.snapshot.clone()));
+                    }));
+                }
+                None => {
+                    let snap =
+                        resources::volume_snapshot(&self.run, self.mover, &self.names.source_pvc);
+                    return Ok(self.before_copy(gated, &observed, pvc, |out| {
+                        out.push(Action::CreateSnapshot(Box::new(snap)));
+                    }));
+                }
+                Some(s) => match classify::copy_readiness(s) {
+                    CopyReadiness::Ready => {
+                        let time = s
+                            .status
+                            .as_ref()
+                            .and_then(|st| st.creation_time.clone())
+                            .unwrap_or_else(|| created_snapshot(s));
+                        Some((self.names.snapshot.clone(), time))
+                    }
+                    CopyReadiness::Pending => None,
+                    CopyReadiness::Failed(message) => {
+                        out.extend(self.in_progress(gated, &observed, pvc));
+                        out.push(Action::Report(error(
+                            "SnapshotFailed",
+                            format!("VolumeSnapshot {}: {message}", self.names.snapshot),
+                            true,
+                        )));
+                        return Ok(out);
+                    }
+                },
+            },
+        };
+        match ready {
+            None => Ok(self.in_progress(gated, &observed, pvc)),
+            Some((copy_name, time)) => {
+                if gated
+                    && let Some(patch) =
+                        annotations::mark_completed(&observed, &self.directive.trigger)
+                {
+                    out.push(self.patch_source(patch));
+                    out.push(self.event(
+                        pvc,
+                        "SrcPVCCopyUsingCopyTriggerCompleted",
+                        "Normal",
+                        format!(
+                            "copy {copy_name} of PVC {} completed with copy-trigger {:?}",
+                            self.names.source_pvc, self.directive.trigger
+                        ),
+                    ));
+                    return Ok(out);
+                }
+                out.push(Action::Report(Observation::CopyCompleted(
+                    v1::CopyCompleted {
+                        copy_name,
+                        time: Some(v1_timestamp(&time)),
+                    },
+                )));
+                Ok(out)
+            }
+        }
+    }
+
+    /// The InProgress mark (gated PVCs), which must be on the PVC before the copy is made.
+    fn in_progress(
+        &self,
+        gated: bool,
+        observed: &v1::PvcObserved,
+        pvc: &PersistentVolumeClaim,
+    ) -> Vec<Action> {
+        let mut out = Vec::new();
+        if gated
+            && let Some(patch) = annotations::mark_in_progress(
+                observed,
+                &self.directive.trigger,
+                self.directive.write_copy_trigger,
+            )
+        {
+            out.push(self.patch_source(patch));
+            out.push(self.event(
+                pvc,
+                "SrcPVCCopyTriggerReceived",
+                "Normal",
+                format!(
+                    "copy-trigger {:?} received on PVC {}: copying",
+                    self.directive.trigger, self.names.source_pvc
+                ),
+            ));
+        }
+        out
+    }
+
+    /// Marks InProgress first; only once the PVC says so does the copy step run.
+    fn before_copy(
+        &self,
+        gated: bool,
+        observed: &v1::PvcObserved,
+        pvc: &PersistentVolumeClaim,
+        step: impl FnOnce(&mut Vec<Action>),
+    ) -> Vec<Action> {
+        let mut out = self.in_progress(gated, observed, pvc);
+        step(&mut out);
+        out
+    }
+
+    fn transfer(&self) -> Result<Vec<Action>, SpecError> {
+        let Some(job_name) = self.names.job.clone() else {
+            return Err(SpecError::NoMover);
+        };
+        let mut out = Vec::new();
+        let observed = annotations::observe(self.seen.pvc);
+        if self.method == CopyMethod::Direct
+            && observed.use_copy_trigger
+            && let Some(pvc) = self.seen.pvc
+        {
+            out.push(
+                self.event(
+                    pvc,
+                    "CopyTriggerNotSupported",
+                    "Warning",
+                    "use-copy-trigger needs copyMethod Snapshot or Clone: syncing without gating"
+                        .into(),
+                ),
+            );
+        }
+        // An existing Job decides first: its outcome is what this phase is for.
+        if let Some(job) = self.seen.job {
+            if !names::made_by_run(job.metadata.labels.as_ref(), self.run.run_id) {
+                out.push(Action::DeleteJob(job_name));
+                return Ok(out);
+            }
+            if job.metadata.deletion_timestamp.is_some() {
+                return Ok(out);
+            }
+            let attempt = job_attempt(job);
+            let uid = job.metadata.uid.clone().unwrap_or_default();
+            match classify::job_state(job) {
+                JobState::Running { .. } => {
+                    if job.spec.as_ref().and_then(|s| s.parallelism) != Some(self.parallelism()) {
+                        out.push(Action::PatchJob {
+                            name: job_name,
+                            patch: serde_json::json!({
+                                "spec": { "parallelism": self.parallelism() }
+                            }),
+                        });
+                    }
+                }
+                JobState::Succeeded => {
+                    if let MoverSpec::Restic(r) = self.mover
+                        && let Some(cache) = self.seen.cache_pvc
+                        && let Some(patch) = annotations::mark_unlocked(
+                            r.unlock.as_deref(),
+                            annotations::restic_last_unlocked(Some(cache)),
+                        )
+                    {
+                        out.push(Action::PatchPvc {
+                            name: self.names.cache_pvc.clone(),
+                            patch,
+                        });
+                        return Ok(out);
+                    }
+                    out.push(Action::ReportMover {
+                        job: job_name,
+                        uid,
+                        outcome: MoverOutcome::Succeeded,
+                        mover: self.mover.mover(),
+                    });
+                }
+                JobState::Failed { .. } => {
+                    if let Some(pvc) = self.seen.pvc {
+                        out.push(self.event(
+                            pvc,
+                            &format!("TransferFailed-{attempt}"),
+                            "Warning",
+                            format!(
+                                "mover Job {job_name} failed (attempt {attempt}); it is replaced \
+                                 after a back-off"
+                            ),
+                        ));
+                    }
+                    out.push(Action::ReportMover {
+                        job: job_name.clone(),
+                        uid,
+                        outcome: MoverOutcome::Failed { attempt },
+                        mover: self.mover.mover(),
+                    });
+                    let retry_at = failed_at(job).unwrap_or(self.seen.now)
+                        + chrono::Duration::from_std(self.backoff(attempt))
+                            .unwrap_or_else(|_| chrono::Duration::seconds(300));
+                    if self.seen.now >= retry_at {
+                        out.push(Action::DeleteJob(job_name));
+                    } else {
+                        out.push(Action::WakeAt(retry_at));
+                    }
+                }
+            }
+            return Ok(out);
+        }
+
+        // No Job yet: the data volume, the cache and the secrets come first.
+        let Some(source_pvc) = self.seen.pvc else {
+            if self.method == CopyMethod::Direct || self.method == CopyMethod::Snapshot {
+                out.push(self.pvc_missing());
+                return Ok(out);
+            }
+            // Clone: the clone is all the mover needs.
+            return self.transfer_with(out, None, job_name);
+        };
+        self.transfer_with(out, Some(source_pvc), job_name)
+    }
+
+    fn transfer_with(
+        &self,
+        mut out: Vec<Action>,
+        source_pvc: Option<&PersistentVolumeClaim>,
+        job_name: String,
+    ) -> Result<Vec<Action>, SpecError> {
+        let data: &PersistentVolumeClaim = match self.method {
+            CopyMethod::Direct => source_pvc.expect("checked by the caller"),
+            CopyMethod::Clone => match self.seen.copy_pvc {
+                Some(c) if names::made_by_run(c.metadata.labels.as_ref(), self.run.run_id) => c,
+                _ => {
+                    out.push(Action::Report(error(
+                        "CopyNotFound",
+                        format!("the clone PVC {} of this run is gone", self.names.copy_pvc),
+                        false,
+                    )));
+                    return Ok(out);
+                }
+            },
+            CopyMethod::Snapshot => match self.seen.copy_pvc {
+                Some(c) if names::made_by_run(c.metadata.labels.as_ref(), self.run.run_id) => c,
+                Some(_) => {
+                    out.push(Action::DeletePvc(self.names.copy_pvc.clone()));
+                    return Ok(out);
+                }
+                None => {
+                    let snap = match self.seen.snapshot {
+                        Some(s)
+                            if names::made_by_run(s.metadata.labels.as_ref(), self.run.run_id) =>
+                        {
+                            s
+                        }
+                        _ => {
+                            out.push(Action::Report(error(
+                                "CopyNotFound",
+                                format!(
+                                    "the VolumeSnapshot {} of this run is gone",
+                                    self.names.snapshot
+                                ),
+                                false,
+                            )));
+                            return Ok(out);
+                        }
+                    };
+                    let source_pvc = source_pvc.expect("checked by the caller");
+                    let restored =
+                        resources::pvc_from_snapshot(&self.run, self.mover, source_pvc, snap)?;
+                    out.push(Action::CreatePvc(Box::new(restored)));
+                    return Ok(out);
+                }
+            },
+        };
+        if let MoverSpec::Restic(r) = self.mover
+            && self.seen.cache_pvc.is_none()
+        {
+            let cache = resources::restic_cache_pvc(self.run.namespace, self.run.source, r, data)?;
+            out.push(Action::CreatePvc(Box::new(cache)));
+            return Ok(out);
+        }
+        let required = required_secrets(self.spec);
+        let Some(secrets) = self.seen.secrets else {
+            out.push(Action::ReadSecrets(required));
+            return Ok(out);
+        };
+        if let Some(missing) = required.iter().find(|n| !secrets.contains_key(*n)) {
+            out.push(Action::Report(error(
+                "SecretNotFound",
+                format!(
+                    "Secret {}/{missing} (named by the source's {} settings) not found",
+                    self.run.namespace,
+                    self.mover.mover().as_str()
+                ),
+                true,
+            )));
+            return Ok(out);
+        }
+        let main_secret = required.first().and_then(|n| secrets.get(n));
+        let empty = BTreeSet::new();
+        let restic = match self.mover {
+            MoverSpec::Restic(r) => ResticActions {
+                unlock: annotations::restic_unlock_due(
+                    r.unlock.as_deref(),
+                    annotations::restic_last_unlocked(self.seen.cache_pvc),
+                ),
+                prune: self.directive.restic_prune,
+            },
+            _ => ResticActions::default(),
+        };
+        let mut job = resources::mover_job(&MoverJobInput {
+            run: self.run,
+            spec: self.mover,
+            paused: self.spec.paused,
+            data_pvc: data,
+            privileged_movers: self.seen.privileged,
+            images: &self.config.images,
+            proxy: &self.config.proxy,
+            secret_keys: main_secret.unwrap_or(&empty),
+            restic,
+        })?;
+        let attempt = self.seen.failed_attempts + 1;
+        job.metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(ATTEMPT.to_owned(), attempt.to_string());
+        debug_assert_eq!(job.metadata.name.as_deref(), Some(job_name.as_str()));
+        out.push(Action::CreateJob(Box::new(job)));
+        if let Some(pvc) = source_pvc.or(self.seen.copy_pvc) {
+            out.push(self.event(
+                pvc,
+                &format!("TransferStarted-{attempt}"),
+                "Normal",
+                format!(
+                    "mover Job {job_name} started (attempt {attempt})",
+                    job_name = self.names.job.as_deref().unwrap_or_default()
+                ),
+            ));
+        }
+        Ok(out)
+    }
+
+    fn parallelism(&self) -> i32 {
+        if self.spec.paused { 0 } else { 1 }
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 1u32 << attempt.saturating_sub(1).min(16);
+        self.config
+            .mover_backoff
+            .saturating_mul(factor)
+            .min(self.config.mover_backoff_max)
+    }
+
+    fn cleanup(&self) -> Vec<Action> {
+        let mut out = Vec::new();
+        let observed = annotations::observe(self.seen.pvc);
+        if self.directive.clear_waiting
+            && self.seen.pvc.is_some()
+            && let Some(patch) = annotations::clear_waiting(&observed)
+        {
+            out.push(self.patch_source(patch));
+        }
+        let mut pending = false;
+        if let Some(job) = self.seen.job {
+            pending = true;
+            if job.metadata.deletion_timestamp.is_none()
+                && let Some(name) = self.names.job.clone()
+            {
+                out.push(Action::DeleteJob(name));
+            }
+        }
+        if let Some(s) = self.seen.snapshot {
+            pending = true;
+            if s.metadata.deletion_timestamp.is_none() {
+                out.push(Action::DeleteSnapshot(self.names.snapshot.clone()));
+            }
+        }
+        if let Some(c) = self.seen.copy_pvc {
+            pending = true;
+            if c.metadata.deletion_timestamp.is_none() {
+                out.push(Action::DeletePvc(self.names.copy_pvc.clone()));
+            }
+        }
+        if !pending && out.is_empty() {
+            out.push(Action::Report(Observation::CleanedUp(v1::CleanedUp {})));
+        }
+        out
+    }
+
+    fn pvc_missing(&self) -> Action {
+        Action::Report(error(
+            "PvcNotFound",
+            format!(
+                "source PVC {}/{} not found",
+                self.run.namespace, self.names.source_pvc
+            ),
+            true,
+        ))
+    }
+
+    fn patch_source(&self, patch: Value) -> Action {
+        Action::PatchPvc {
+            name: self.names.source_pvc.clone(),
+            patch,
+        }
+    }
+
+    /// A Kubernetes Event about `pvc`, named deterministically per run and reason so that a
+    /// replanned step never records it twice.
+    fn event(
+        &self,
+        pvc: &PersistentVolumeClaim,
+        reason: &str,
+        type_: &str,
+        message: String,
+    ) -> Action {
+        // "TransferStarted-2" → reason TransferStarted, one Event per attempt.
+        let (reason_only, suffix) = reason.split_once('-').unwrap_or((reason, ""));
+        let key = format!(
+            "{}.{}.{}{}",
+            pvc.metadata.name.as_deref().unwrap_or_default(),
+            self.run.run_id,
+            reason_only.to_ascii_lowercase(),
+            if suffix.is_empty() {
+                String::new()
+            } else {
+                format!("-{suffix}")
+            }
+        );
+        let now = self.seen.now;
+        Action::Event(Box::new(Event {
+            metadata: ObjectMeta {
+                name: Some(event_name(&key)),
+                namespace: Some(self.run.namespace.to_owned()),
+                labels: Some(names::source_labels(self.run.source)),
+                ..Default::default()
+            },
+            involved_object: ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("PersistentVolumeClaim".into()),
+                name: pvc.metadata.name.clone(),
+                namespace: Some(self.run.namespace.to_owned()),
+                uid: pvc.metadata.uid.clone(),
+                resource_version: pvc.metadata.resource_version.clone(),
+                ..Default::default()
+            },
+            reason: Some(reason_only.to_owned()),
+            message: Some(message),
+            type_: Some(type_.to_owned()),
+            count: Some(1),
+            first_timestamp: Some(Time(to_jiff(now))),
+            last_timestamp: Some(Time(to_jiff(now))),
+            event_time: Some(MicroTime(to_jiff(now))),
+            reporting_component: Some("snapgate-agent".into()),
+            reporting_instance: Some("snapgate-agent".into()),
+            action: Some(reason_only.to_owned()),
+            source: Some(EventSource {
+                component: Some("snapgate-agent".into()),
+                host: None,
+            }),
+            ..Default::default()
+        }))
+    }
+}
+
+/// `key` when it is a valid object name (a DNS-1123 subdomain), else a deterministic label.
+fn event_name(key: &str) -> String {
+    let valid = key.len() <= 253 && key.split('.').all(names::is_dns_label) && !key.is_empty();
+    if valid {
+        key.to_owned()
+    } else {
+        names::dns_label(key)
+    }
+}
+
+/// Which attempt a mover Job is (its [`ATTEMPT`] annotation; 1 when absent).
+pub fn job_attempt(job: &Job) -> u32 {
+    job.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ATTEMPT))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+}
+
+/// When a Job failed: its `Failed` condition's transition time.
+fn failed_at(job: &Job) -> Option<DateTime<Utc>> {
+    job.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Failed" && c.status == "True")
+        .and_then(|c| c.last_transition_time.as_ref())
+        .map(|t| from_jiff(t.0))
+}
+
+fn created(pvc: &PersistentVolumeClaim) -> Time {
+    pvc.metadata
+        .creation_timestamp
+        .clone()
+        .unwrap_or(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH))
+}
+
+fn created_snapshot(s: &VolumeSnapshot) -> Time {
+    s.metadata
+        .creation_timestamp
+        .clone()
+        .unwrap_or(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH))
+}
+
+fn to_jiff(t: DateTime<Utc>) -> k8s_openapi::jiff::Timestamp {
+    k8s_openapi::jiff::Timestamp::new(
+        t.timestamp(),
+        i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
+    )
+    .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)
+}
+
+fn from_jiff(t: k8s_openapi::jiff::Timestamp) -> DateTime<Utc> {
+    DateTime::from_timestamp(t.as_second(), t.subsec_nanosecond().max(0).unsigned_abs())
+        .unwrap_or_default()
+}
+
+fn error(reason: &str, message: String, retryable: bool) -> Observation {
+    Observation::Error(v1::AgentError {
+        reason: reason.to_owned(),
+        message,
+        retryable,
+    })
+}
+
+fn to_datetime(t: prost_types::Timestamp) -> DateTime<Utc> {
+    DateTime::from_timestamp(t.seconds, t.nanos.clamp(0, 999_999_999).unsigned_abs())
+        .unwrap_or_default()
+}
+
+fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+fn v1_timestamp(t: &Time) -> prost_types::Timestamp {
+    timestamp(from_jiff(t.0))
+}
+
+/// The report for a mover's outcome, with the log tail the shell read.
+pub fn mover_report(outcome: MoverOutcome, logs: String) -> Observation {
+    match outcome {
+        MoverOutcome::Succeeded => Observation::MoverFinished(v1::MoverFinished {
+            succeeded: true,
+            logs,
+        }),
+        MoverOutcome::Failed { attempt } => {
+            Observation::MoverFailed(v1::MoverFailed { attempt, logs })
+        }
+    }
+}
+
+/// The log tail of a mover's pod log, filtered as movers.md says for the outcome.
+pub fn log_tail(mover: Mover, outcome: MoverOutcome, full_log: &str) -> String {
+    match outcome {
+        MoverOutcome::Succeeded => classify::mover_log_tail(mover, full_log),
+        MoverOutcome::Failed { .. } => classify::mover_failure_log_tail(mover, full_log),
+    }
+}
+
+/// A short name of an observation, for logs.
+pub fn observation_name(o: &Observation) -> &'static str {
+    match o {
+        Observation::Pvc(_) => "PvcObserved",
+        Observation::CopyCompleted(_) => "CopyCompleted",
+        Observation::MoverFinished(_) => "MoverFinished",
+        Observation::MoverFailed(_) => "MoverFailed",
+        Observation::CleanedUp(_) => "CleanedUp",
+        Observation::Error(_) => "AgentError",
+    }
+}

@@ -1,0 +1,75 @@
+//! The agent's one config surface: flags, each with an environment variable.
+
+use std::net::SocketAddr;
+
+use clap::{Parser, ValueEnum};
+
+/// snapgate-agent: does the Kubernetes work of its namespaces for the snapgate scheduler.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "snapgate-agent", version, about)]
+pub struct Args {
+    /// The scheduler's gRPC URL.
+    #[arg(
+        long,
+        env = "SNAPGATE_SCHEDULER",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub scheduler: String,
+
+    /// Namespaces this agent serves (repeat the flag, or comma-separate).
+    #[arg(
+        long = "namespace",
+        env = "SNAPGATE_NAMESPACES",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub namespaces: Vec<String>,
+
+    /// This agent's name, as the scheduler logs it (default: the host name).
+    #[arg(long, env = "SNAPGATE_AGENT_ID")]
+    pub agent_id: Option<String>,
+
+    /// Mover image for restic.
+    #[arg(long, env = "SNAPGATE_RESTIC_IMAGE", default_value = DEFAULT_MOVER_IMAGE)]
+    pub restic_image: String,
+
+    /// Mover image for rclone.
+    #[arg(long, env = "SNAPGATE_RCLONE_IMAGE", default_value = DEFAULT_MOVER_IMAGE)]
+    pub rclone_image: String,
+
+    /// Mover image for rsync (ssh).
+    #[arg(long, env = "SNAPGATE_RSYNC_IMAGE", default_value = DEFAULT_MOVER_IMAGE)]
+    pub rsync_image: String,
+
+    /// Mover image for rsync-tls.
+    #[arg(long, env = "SNAPGATE_RSYNC_TLS_IMAGE", default_value = DEFAULT_MOVER_IMAGE)]
+    pub rsync_tls_image: String,
+
+    /// Prometheus metrics listen address.
+    #[arg(
+        long,
+        env = "SNAPGATE_METRICS_LISTEN",
+        default_value = "127.0.0.1:9091"
+    )]
+    pub metrics_listen: SocketAddr,
+
+    /// Log format.
+    #[arg(long, env = "SNAPGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
+    pub log_format: LogFormat,
+
+    /// Log filter, in tracing's EnvFilter syntax.
+    #[arg(long, env = "SNAPGATE_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// VolSync's published mover image, pinned (never `latest`).
+pub use snapgate_agent_core::resources::DEFAULT_MOVER_IMAGE;
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Plain,
+    /// One JSON object per line.
+    Json,
+}

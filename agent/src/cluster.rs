@@ -1,0 +1,215 @@
+//! The one seam between the agent and the Kubernetes API: the only module that names
+//! `kube::Api`. Every call carries the field manager `snapgate`; errors are sorted into what
+//! the executor can act on.
+
+use std::{collections::BTreeSet, fmt::Debug};
+
+use snapgate_agent_core::classify::MOVER_LOG_TAIL_LINES;
+
+use k8s_openapi::{
+    NamespaceResourceScope,
+    api::core::v1::{Event, Namespace, Pod, Secret},
+};
+use kube::{
+    Api, Client, Resource,
+    api::{DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams, PropagationPolicy},
+};
+use serde::{Serialize, de::DeserializeOwned};
+
+/// The field manager of every write.
+pub const FIELD_MANAGER: &str = "snapgate";
+
+/// A failed API call, sorted by what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// 404.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// 409 AlreadyExists on create.
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
+    /// 403: the agent's RBAC does not allow it.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// 409 Conflict, 429, 5xx, transport errors: try again later.
+    #[error("transient: {0}")]
+    Transient(String),
+    /// Anything else (422 and the like): the request itself is wrong.
+    #[error("refused: {0}")]
+    Refused(String),
+}
+
+impl From<kube::Error> for ClusterError {
+    fn from(e: kube::Error) -> Self {
+        match &e {
+            kube::Error::Api(s) => match (s.code, s.reason.as_str()) {
+                (404, _) => Self::NotFound(s.message.clone()),
+                (409, "AlreadyExists") => Self::AlreadyExists(s.message.clone()),
+                (403, _) => Self::Forbidden(s.message.clone()),
+                (409 | 429, _) | (500..=599, _) => {
+                    Self::Transient(format!("{} {}", s.code, s.message))
+                }
+                _ => Self::Refused(format!("{} {}: {}", s.code, s.reason, s.message)),
+            },
+            _ => Self::Transient(e.to_string()),
+        }
+    }
+}
+
+/// A namespaced resource kind the agent reads and writes.
+pub trait Namespaced:
+    Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + Debug
+    + Serialize
+    + DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Namespaced for K where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// The agent's access to the cluster.
+#[derive(Clone)]
+pub struct Cluster {
+    client: Client,
+}
+
+impl Cluster {
+    /// Wraps a kube client.
+    pub fn new(client: Client) -> Self {
+        Self { client }
+    }
+
+    /// The kube client (for watchers).
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    fn api<K: Namespaced>(&self, ns: &str) -> Api<K> {
+        Api::namespaced(self.client.clone(), ns)
+    }
+
+    /// Creates an object.
+    pub async fn create<K: Namespaced>(&self, ns: &str, obj: &K) -> Result<K, ClusterError> {
+        let pp = PostParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        Ok(self.api::<K>(ns).create(&pp, obj).await?)
+    }
+
+    /// Creates an object; when one of that name already exists (a retried create whose answer
+    /// was lost, or a watch that has not caught up), reads it instead.
+    pub async fn create_or_get<K: Namespaced>(&self, ns: &str, obj: &K) -> Result<K, ClusterError> {
+        match self.create(ns, obj).await {
+            Err(ClusterError::AlreadyExists(msg)) => {
+                let name = obj.meta().name.clone().unwrap_or_default();
+                self.get::<K>(ns, &name)
+                    .await?
+                    .ok_or(ClusterError::Transient(format!("{msg}, then gone")))
+            }
+            other => other,
+        }
+    }
+
+    /// Applies a JSON merge patch that names only the fields snapgate owns.
+    pub async fn merge_patch<K: Namespaced>(
+        &self,
+        ns: &str,
+        name: &str,
+        patch: &serde_json::Value,
+    ) -> Result<K, ClusterError> {
+        let pp = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        Ok(self
+            .api::<K>(ns)
+            .patch(name, &pp, &Patch::Merge(patch))
+            .await?)
+    }
+
+    /// Deletes an object (dependents in the background); a missing object is not an error.
+    pub async fn delete<K: Namespaced>(&self, ns: &str, name: &str) -> Result<(), ClusterError> {
+        let dp = DeleteParams {
+            propagation_policy: Some(PropagationPolicy::Background),
+            ..Default::default()
+        };
+        match self.api::<K>(ns).delete(name, &dp).await {
+            Ok(_) => Ok(()),
+            Err(e) => match ClusterError::from(e) {
+                ClusterError::NotFound(_) => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+
+    /// Reads one object, `None` when it does not exist.
+    pub async fn get<K: Namespaced>(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Result<Option<K>, ClusterError> {
+        Ok(self.api::<K>(ns).get_opt(name).await?)
+    }
+
+    /// The keys of a Secret, `None` when it does not exist (names come from the source spec;
+    /// the agent may only `get` Secrets, never list or watch them).
+    pub async fn secret_keys(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Result<Option<BTreeSet<String>>, ClusterError> {
+        Ok(self.get::<Secret>(ns, name).await?.map(|s| {
+            let mut keys: BTreeSet<String> = s.data.unwrap_or_default().into_keys().collect();
+            keys.extend(s.string_data.unwrap_or_default().into_keys());
+            keys
+        }))
+    }
+
+    /// The namespace's `volsync.backube/privileged-movers` annotation is `"true"`.
+    pub async fn privileged_movers(&self, ns: &str) -> Result<bool, ClusterError> {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let nsobj = api.get_opt(ns).await?;
+        Ok(nsobj
+            .and_then(|n| n.metadata.annotations)
+            .and_then(|a| a.get("volsync.backube/privileged-movers").cloned())
+            .is_some_and(|v| v == "true"))
+    }
+
+    /// The pods of a Job (by the `batch.kubernetes.io/job-name` label Kubernetes sets).
+    pub async fn job_pods(&self, ns: &str, job: &str) -> Result<Vec<Pod>, ClusterError> {
+        let lp = ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}"));
+        Ok(self.api::<Pod>(ns).list(&lp).await?.items)
+    }
+
+    /// The last lines of a pod's log (as many as movers.md filters from).
+    pub async fn pod_log_tail(&self, ns: &str, pod: &str) -> Result<String, ClusterError> {
+        let lp = LogParams {
+            tail_lines: Some(MOVER_LOG_TAIL_LINES),
+            ..Default::default()
+        };
+        Ok(self.api::<Pod>(ns).logs(pod, &lp).await?)
+    }
+
+    /// Records a Kubernetes Event; an event of the same name already recorded is not an error.
+    pub async fn record_event(&self, ns: &str, event: &Event) -> Result<(), ClusterError> {
+        match self.create(ns, event).await {
+            Ok(_) | Err(ClusterError::AlreadyExists(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}

@@ -1,0 +1,502 @@
+//! The executor: holds the directives of the runs in flight, keeps the cache of what it sees,
+//! and after every change plans (pure, in `snapgate-agent-core`) and applies the actions.
+//!
+//! ```text
+//!   link events ──┐                       ┌──► Cluster writes (results back into the cache)
+//!   watch events ─┼──► cache ──► plan() ──┼──► Events
+//!   retry timer ──┘    (per run)          └──► reports to the scheduler (deduplicated)
+//! ```
+//!
+//! One task, one run at a time: plans see a consistent cache, and an action's result is in
+//! the cache before the next plan, so nothing is written twice.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    time::Duration,
+};
+
+use chrono::Utc;
+use k8s_openapi::api::{batch::v1::Job, core::v1::PersistentVolumeClaim};
+use kube::runtime::watcher;
+use snapgate_agent_core::{
+    classify,
+    plan::{self, Action, MoverOutcome, Observed, PlanConfig},
+    resources::VolumeSnapshot,
+};
+use snapgate_proto::v1::{self, report::Observation};
+use tokio::{sync::mpsc, time::Instant};
+use tracing::{debug, info, warn};
+
+use crate::{
+    cache::Cache,
+    cluster::{Cluster, ClusterError},
+    link::LinkEvent,
+    metrics::Metrics,
+};
+
+/// How soon a run whose action failed transiently is planned again (default).
+pub const RETRY_AFTER: Duration = Duration::from_secs(5);
+/// How often every held run is planned again even without events (missing Secrets, …).
+const RESYNC_EVERY: Duration = Duration::from_secs(60);
+
+/// A change seen by a watch.
+#[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "each change is moved once through a channel; boxing would allocate anyway"
+)]
+pub enum Change {
+    /// A PVC changed.
+    Pvc(String, watcher::Event<PersistentVolumeClaim>),
+    /// A VolumeSnapshot changed.
+    Snapshot(String, watcher::Event<VolumeSnapshot>),
+    /// A Job changed.
+    Job(String, watcher::Event<Job>),
+}
+
+struct Held {
+    directive: v1::Directive,
+    /// The last observation reported for this run, to send each one once.
+    last_report: Option<Observation>,
+    retry_at: Option<Instant>,
+    /// The keys of the run's required Secrets, once read (missing ones are left out).
+    secrets: Option<BTreeMap<String, BTreeSet<String>>>,
+    /// The highest failed mover attempt reported.
+    failed_attempts: u32,
+    /// The Jobs (uid) whose outcome was reported on this connection.
+    reported_jobs: HashSet<String>,
+}
+
+impl Held {
+    fn new(directive: v1::Directive) -> Self {
+        Self {
+            directive,
+            last_report: None,
+            retry_at: None,
+            secrets: None,
+            failed_attempts: 0,
+            reported_jobs: HashSet::new(),
+        }
+    }
+}
+
+/// The executor's state.
+pub struct Executor {
+    cluster: Cluster,
+    config: PlanConfig,
+    pvcs: Cache<PersistentVolumeClaim>,
+    snapshots: Cache<VolumeSnapshot>,
+    jobs: Cache<Job>,
+    runs: BTreeMap<String, Held>,
+    reports: Option<mpsc::Sender<v1::Report>>,
+    privileged: HashMap<String, bool>,
+    /// Events already recorded, by their deterministic name.
+    events: HashSet<String>,
+    metrics: Metrics,
+    retry_after: Duration,
+}
+
+fn apply_event<K: kube::Resource + Clone>(cache: &mut Cache<K>, ns: &str, e: watcher::Event<K>) {
+    match e {
+        watcher::Event::Apply(o) | watcher::Event::InitApply(o) => cache.apply(o),
+        watcher::Event::Delete(o) => {
+            cache.delete(ns, o.meta().name.as_deref().unwrap_or_default());
+        }
+        watcher::Event::Init => cache.relist_started(ns),
+        watcher::Event::InitDone => cache.relist_done(ns),
+    }
+}
+
+impl Executor {
+    /// An executor acting through `cluster`; a failed action is retried after `retry_after`.
+    pub fn new(
+        cluster: Cluster,
+        config: PlanConfig,
+        metrics: Metrics,
+        retry_after: Duration,
+    ) -> Self {
+        Self {
+            cluster,
+            config,
+            pvcs: Cache::default(),
+            snapshots: Cache::default(),
+            jobs: Cache::default(),
+            runs: BTreeMap::new(),
+            reports: None,
+            privileged: HashMap::new(),
+            events: HashSet::new(),
+            metrics,
+            retry_after,
+        }
+    }
+
+    /// Runs until both inputs close.
+    pub async fn run(
+        mut self,
+        mut link: mpsc::Receiver<LinkEvent>,
+        mut changes: mpsc::Receiver<Change>,
+    ) {
+        let mut resync = tokio::time::interval(RESYNC_EVERY);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let next_retry = self
+                .runs
+                .values()
+                .filter_map(|h| h.retry_at)
+                .min()
+                .unwrap_or_else(|| Instant::now() + RESYNC_EVERY);
+            tokio::select! {
+                event = link.recv() => match event {
+                    Some(e) => self.on_link(e).await,
+                    None => return,
+                },
+                change = changes.recv() => match change {
+                    Some(c) => {
+                        let ns = self.on_change(c);
+                        self.plan_namespace(&ns).await;
+                    }
+                    None => return,
+                },
+                () = tokio::time::sleep_until(next_retry) => {
+                    let due: Vec<String> = self
+                        .runs
+                        .iter()
+                        .filter(|(_, h)| h.retry_at.is_some_and(|t| t <= Instant::now()))
+                        .map(|(id, _)| id.clone())
+                        .collect();
+                    for id in due {
+                        self.plan_run(&id).await;
+                    }
+                }
+                _ = resync.tick() => {
+                    let all: Vec<String> = self.runs.keys().cloned().collect();
+                    for id in all {
+                        self.plan_run(&id).await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_link(&mut self, event: LinkEvent) {
+        match event {
+            LinkEvent::Connected { reports, .. } => {
+                self.reports = Some(reports);
+                self.metrics.connected.set(1);
+                // The scheduler resends every directive in flight; report afresh for each.
+                for held in self.runs.values_mut() {
+                    held.last_report = None;
+                    held.reported_jobs.clear();
+                }
+            }
+            LinkEvent::Directive(d) => {
+                let id = d.run_id.clone();
+                let held = self
+                    .runs
+                    .entry(id.clone())
+                    .or_insert_with(|| Held::new((*d).clone()));
+                if held.directive.generation != d.generation || held.directive.phase != d.phase {
+                    held.last_report = None;
+                }
+                held.directive = *d;
+                self.plan_run(&id).await;
+            }
+            LinkEvent::Forget(id) => {
+                self.runs.remove(&id);
+            }
+            LinkEvent::Disconnected => {
+                self.reports = None;
+                self.metrics.connected.set(0);
+            }
+        }
+    }
+
+    fn on_change(&mut self, change: Change) -> String {
+        match change {
+            Change::Pvc(ns, e) => {
+                apply_event(&mut self.pvcs, &ns, e);
+                ns
+            }
+            Change::Snapshot(ns, e) => {
+                apply_event(&mut self.snapshots, &ns, e);
+                ns
+            }
+            Change::Job(ns, e) => {
+                apply_event(&mut self.jobs, &ns, e);
+                ns
+            }
+        }
+    }
+
+    async fn plan_namespace(&mut self, ns: &str) {
+        let ids: Vec<String> = self
+            .runs
+            .iter()
+            .filter(|(_, h)| {
+                h.directive
+                    .source
+                    .as_ref()
+                    .is_some_and(|s| s.namespace == ns)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ids {
+            self.plan_run(&id).await;
+        }
+    }
+
+    /// Plans one run against the cache and applies the actions; repeats while actions changed
+    /// the cache (bounded), so one event converges as far as the cluster allows.
+    async fn plan_run(&mut self, id: &str) {
+        for _ in 0..8 {
+            let Some(held) = self.runs.get_mut(id) else {
+                return;
+            };
+            held.retry_at = None;
+            let directive = held.directive.clone();
+            let Some(source) = directive.source.clone() else {
+                return;
+            };
+            let ns = source.namespace.clone();
+            let privileged = match self.privileged_movers(&ns).await {
+                Ok(p) => p,
+                Err(e) => {
+                    self.retry(id, &e);
+                    return;
+                }
+            };
+            let held = &self.runs[id];
+            let names = plan::object_names(&directive);
+            let observed = Observed {
+                pvc: self.pvcs.get(&ns, &names.source_pvc),
+                snapshot: self.snapshots.get(&ns, &names.snapshot),
+                copy_pvc: self.pvcs.get(&ns, &names.copy_pvc),
+                cache_pvc: self.pvcs.get(&ns, &names.cache_pvc),
+                job: names.job.as_deref().and_then(|j| self.jobs.get(&ns, j)),
+                secrets: held.secrets.as_ref(),
+                privileged,
+                failed_attempts: held.failed_attempts,
+                now: Utc::now(),
+            };
+            let actions = match plan::plan(&directive, &observed, &self.config) {
+                Ok(a) => a,
+                Err(e) => {
+                    self.report(
+                        id,
+                        Observation::Error(v1::AgentError {
+                            reason: "InvalidSpec".into(),
+                            message: e.to_string(),
+                            retryable: false,
+                        }),
+                    )
+                    .await;
+                    return;
+                }
+            };
+            let mut wrote = false;
+            for action in actions {
+                match self.apply(id, &ns, action).await {
+                    Ok(w) => wrote |= w,
+                    Err(e) => {
+                        self.retry(id, &e);
+                        return;
+                    }
+                }
+            }
+            if !wrote {
+                return;
+            }
+        }
+    }
+
+    fn retry(&mut self, id: &str, e: &ClusterError) {
+        warn!(run = id, error = %e, "action failed; retrying");
+        self.metrics.api_errors.inc();
+        if let Some(h) = self.runs.get_mut(id) {
+            h.retry_at = Some(Instant::now() + self.retry_after);
+        }
+    }
+
+    async fn privileged_movers(&mut self, ns: &str) -> Result<bool, ClusterError> {
+        if let Some(p) = self.privileged.get(ns) {
+            return Ok(*p);
+        }
+        let p = self.cluster.privileged_movers(ns).await?;
+        self.privileged.insert(ns.to_owned(), p);
+        Ok(p)
+    }
+
+    /// Applies one action; `Ok(true)` when it changed what the next plan sees.
+    async fn apply(&mut self, id: &str, ns: &str, action: Action) -> Result<bool, ClusterError> {
+        debug!(run = id, ?action, "applying");
+        self.metrics.action(&action);
+        match action {
+            Action::PatchPvc { name, patch } => {
+                let pvc = self
+                    .cluster
+                    .merge_patch::<PersistentVolumeClaim>(ns, &name, &patch)
+                    .await?;
+                self.pvcs.apply(pvc);
+                Ok(true)
+            }
+            Action::PatchJob { name, patch } => {
+                let job = self.cluster.merge_patch::<Job>(ns, &name, &patch).await?;
+                self.jobs.apply(job);
+                Ok(true)
+            }
+            Action::CreateSnapshot(s) => {
+                let made = self.cluster.create_or_get(ns, s.as_ref()).await?;
+                self.snapshots.apply(made);
+                Ok(true)
+            }
+            Action::CreatePvc(p) => {
+                let made = self.cluster.create_or_get(ns, p.as_ref()).await?;
+                self.pvcs.apply(made);
+                Ok(true)
+            }
+            Action::CreateJob(j) => {
+                let made = self.cluster.create_or_get(ns, j.as_ref()).await?;
+                self.jobs.apply(made);
+                Ok(true)
+            }
+            Action::DeleteSnapshot(name) => {
+                self.cluster.delete::<VolumeSnapshot>(ns, &name).await?;
+                self.snapshots.delete(ns, &name);
+                Ok(true)
+            }
+            Action::DeletePvc(name) => {
+                self.cluster
+                    .delete::<PersistentVolumeClaim>(ns, &name)
+                    .await?;
+                self.pvcs.delete(ns, &name);
+                Ok(true)
+            }
+            Action::DeleteJob(name) => {
+                self.cluster.delete::<Job>(ns, &name).await?;
+                self.jobs.delete(ns, &name);
+                Ok(true)
+            }
+            Action::ReadSecrets(names) => {
+                let mut found = BTreeMap::new();
+                for name in names {
+                    if let Some(keys) = self.cluster.secret_keys(ns, &name).await? {
+                        found.insert(name, keys);
+                    }
+                }
+                let missing = self.runs.get_mut(id).map(|held| {
+                    let wanted = plan::required_secrets(
+                        held.directive.spec.as_ref().unwrap_or(&Default::default()),
+                    );
+                    let missing = wanted.iter().any(|n| !found.contains_key(n));
+                    held.secrets = Some(found);
+                    missing
+                });
+                if missing == Some(true) {
+                    // Secrets cannot be watched with the agent's RBAC: read them again later.
+                    if let Some(held) = self.runs.get_mut(id) {
+                        held.retry_at = Some(Instant::now() + self.retry_after);
+                    }
+                }
+                Ok(true)
+            }
+            Action::Event(event) => {
+                let name = event.metadata.name.clone().unwrap_or_default();
+                if !self.events.contains(&name) {
+                    self.cluster.record_event(ns, event.as_ref()).await?;
+                    self.events.insert(name);
+                }
+                Ok(false)
+            }
+            Action::ReportMover {
+                job,
+                uid,
+                outcome,
+                mover,
+            } => {
+                let Some(held) = self.runs.get(id) else {
+                    return Ok(false);
+                };
+                if held.reported_jobs.contains(&uid) {
+                    return Ok(false);
+                }
+                let failed = matches!(outcome, MoverOutcome::Failed { .. });
+                // A log read error never fails the run: the report says why there is no log.
+                let logs = match self.cluster.job_pods(ns, &job).await {
+                    Ok(pods) => match classify::log_pod(&pods, failed) {
+                        Some(pod) => {
+                            let pod = pod.metadata.name.clone().unwrap_or_default();
+                            match self.cluster.pod_log_tail(ns, &pod).await {
+                                Ok(text) => plan::log_tail(mover, outcome, &text),
+                                Err(e) => format!("(log unavailable: {e})"),
+                            }
+                        }
+                        None => String::new(),
+                    },
+                    Err(e) => format!("(log unavailable: {e})"),
+                };
+                let sent = self.report(id, plan::mover_report(outcome, logs)).await;
+                if let Some(held) = self.runs.get_mut(id) {
+                    if sent {
+                        held.reported_jobs.insert(uid);
+                    }
+                    if let MoverOutcome::Failed { attempt } = outcome {
+                        held.failed_attempts = held.failed_attempts.max(attempt);
+                    }
+                }
+                Ok(false)
+            }
+            Action::Report(o) => {
+                let retry = matches!(&o, Observation::Error(e) if e.retryable);
+                self.report(id, o).await;
+                if retry && let Some(held) = self.runs.get_mut(id) {
+                    // Missing Secrets are read again on the next try.
+                    held.secrets = None;
+                    held.retry_at = Some(Instant::now() + self.retry_after);
+                }
+                Ok(false)
+            }
+            Action::WakeAt(at) => {
+                let wait = (at - Utc::now()).to_std().unwrap_or_default();
+                if let Some(held) = self.runs.get_mut(id) {
+                    held.retry_at = Some(Instant::now() + wait);
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    /// Sends a report unless the same one was already sent for this run; whether it was sent
+    /// (or had been).
+    async fn report(&mut self, id: &str, observation: Observation) -> bool {
+        let Some(held) = self.runs.get_mut(id) else {
+            return false;
+        };
+        if held.last_report.as_ref() == Some(&observation) {
+            return true;
+        }
+        let Some(tx) = &self.reports else {
+            debug!(
+                run = id,
+                "not connected; the report is resent after reconnecting"
+            );
+            return false;
+        };
+        let report = v1::Report {
+            run_id: id.to_owned(),
+            generation: held.directive.generation,
+            observation: Some(observation.clone()),
+        };
+        if tx.send(report).await.is_ok() {
+            info!(
+                run = id,
+                report = plan::observation_name(&observation),
+                "reported"
+            );
+            self.metrics.report(&observation);
+            held.last_report = Some(observation);
+            true
+        } else {
+            false
+        }
+    }
+}

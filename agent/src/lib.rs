@@ -1,0 +1,121 @@
+//! The snapgate agent: the IO shell around `snapgate-agent-core`.
+//!
+//! ```text
+//!   scheduler ◄──AgentService.Connect── link ──► executor ◄── watches (PVCs, snapshots, Jobs)
+//!                                                   │
+//!                                                   └──► Cluster (kube::Api): patches, creates,
+//!                                                        deletes, Events, pod logs
+//! ```
+//!
+//! The agent keeps nothing that cannot be rebuilt: directives come from the scheduler (resent
+//! on every reconnect), and what it knows of the cluster comes from its watches.
+
+pub mod args;
+pub mod cache;
+pub mod cluster;
+pub mod executor;
+pub mod link;
+pub mod metrics;
+pub mod watch;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::{batch::v1::Job, core::v1::PersistentVolumeClaim};
+use snapgate_agent_core::{plan::PlanConfig, resources::VolumeSnapshot};
+use snapgate_proto::v1;
+use tokio::sync::mpsc;
+use tonic::transport::Endpoint;
+
+use crate::{
+    cluster::Cluster,
+    executor::{Change, Executor},
+    link::Backoff,
+    metrics::Metrics,
+};
+
+/// What an agent runs with.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The scheduler's URL.
+    pub scheduler: String,
+    /// This agent's name.
+    pub agent_id: String,
+    /// The namespaces it serves.
+    pub namespaces: Vec<String>,
+    /// Images, proxies.
+    pub plan: PlanConfig,
+    /// Reconnect back-off.
+    pub backoff: Backoff,
+    /// How soon a failed Kubernetes call (or a missing Secret) is tried again.
+    pub retry_after: std::time::Duration,
+    /// Where the agent counts what it does.
+    pub metrics: Metrics,
+}
+
+/// The proxy variables of this process, to pass on to mover Jobs.
+pub fn proxy_env() -> BTreeMap<String, String> {
+    [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "no_proxy",
+    ]
+    .into_iter()
+    .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_owned(), v)))
+    .collect()
+}
+
+/// Runs the agent until the task is dropped.
+pub async fn run(config: AgentConfig, client: kube::Client) -> anyhow::Result<()> {
+    let endpoint = Endpoint::from_shared(config.scheduler.clone())?
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .http2_keep_alive_interval(std::time::Duration::from_secs(30))
+        .keep_alive_while_idle(true);
+    let (change_tx, change_rx) = mpsc::channel(1024);
+    let mut watches = Vec::new();
+    for ns in &config.namespaces {
+        watches.push(watch::spawn::<PersistentVolumeClaim, _>(
+            client.clone(),
+            ns,
+            None,
+            change_tx.clone(),
+            Change::Pvc,
+        ));
+        watches.push(watch::spawn::<VolumeSnapshot, _>(
+            client.clone(),
+            ns,
+            Some(watch::CREATED_BY_SELECTOR),
+            change_tx.clone(),
+            Change::Snapshot,
+        ));
+        watches.push(watch::spawn::<Job, _>(
+            client.clone(),
+            ns,
+            Some(watch::CREATED_BY_SELECTOR),
+            change_tx.clone(),
+            Change::Job,
+        ));
+    }
+    drop(change_tx);
+    let (link_tx, link_rx) = mpsc::channel(1024);
+    let hello = v1::AgentHello {
+        agent_id: config.agent_id.clone(),
+        namespaces: config.namespaces.clone(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    };
+    let link = tokio::spawn(link::run(endpoint, hello, config.backoff, link_tx));
+    let executor = Executor::new(
+        Cluster::new(client),
+        config.plan,
+        config.metrics,
+        config.retry_after,
+    );
+    executor.run(link_rx, change_rx).await;
+    link.abort();
+    for w in watches {
+        w.abort();
+    }
+    Ok(())
+}

@@ -1,0 +1,180 @@
+//! The agent's link to the scheduler: connect out, say hello, hold the stream, reconnect.
+//!
+//! ```text
+//!  connect ──► hello ──► welcome ──► directives / forgets ──► executor
+//!     ▲                                   reports ◄────────── executor
+//!     └── capped exponential back-off with jitter ◄── stream ends or fails
+//! ```
+//!
+//! The link keeps no state of its own: after every (re)connect the scheduler resends every
+//! directive in flight, and the executor re-reports what it observes for them.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use rand::Rng;
+use snapgate_proto::v1::{
+    self, agent_message, agent_service_client::AgentServiceClient,
+    scheduler_message::Message as FromScheduler,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Endpoint;
+use tracing::{info, warn};
+
+/// What the link hands to the executor.
+#[derive(Debug)]
+pub enum LinkEvent {
+    /// A new connection: the directives in flight follow (`active_runs` of them).
+    Connected {
+        /// How many directives the scheduler is about to resend.
+        active_runs: u32,
+        /// Where reports go for this connection.
+        reports: mpsc::Sender<v1::Report>,
+    },
+    /// A run's desired state.
+    Directive(Box<v1::Directive>),
+    /// A run is over.
+    Forget(String),
+    /// The connection is gone; reports are not delivered until the next `Connected`.
+    Disconnected,
+}
+
+/// Back-off between connection attempts.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    /// The first delay.
+    pub initial: Duration,
+    /// The cap.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_millis(200),
+            max: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay before attempt `n` (0-based): doubling, capped, with ±25% jitter.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let base = self
+            .initial
+            .saturating_mul(2u32.saturating_pow(attempt.min(16)))
+            .min(self.max);
+        let jitter = rand::rng().random_range(0.75..1.25);
+        base.mul_f64(jitter).min(self.max)
+    }
+}
+
+/// Holds the link open for ever, sending what arrives to `events`. Returns when `events`
+/// is closed.
+pub async fn run(
+    endpoint: Endpoint,
+    hello: v1::AgentHello,
+    backoff: Backoff,
+    events: mpsc::Sender<LinkEvent>,
+) {
+    let mut attempt = 0u32;
+    loop {
+        match session(&endpoint, &hello, &events).await {
+            Ok(()) => {
+                info!("scheduler closed the link; reconnecting");
+                attempt = 0;
+            }
+            Err(e) => warn!(error = %e, attempt, "scheduler link failed"),
+        }
+        if events.send(LinkEvent::Disconnected).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(backoff.delay(attempt)).await;
+        attempt = attempt.saturating_add(1);
+    }
+}
+
+async fn session(
+    endpoint: &Endpoint,
+    hello: &v1::AgentHello,
+    events: &mpsc::Sender<LinkEvent>,
+) -> anyhow::Result<()> {
+    let channel = endpoint.connect().await?;
+    let (out_tx, out_rx) = mpsc::channel::<v1::AgentMessage>(256);
+    out_tx
+        .send(v1::AgentMessage {
+            message: Some(agent_message::Message::Hello(hello.clone())),
+        })
+        .await?;
+    let mut inbound = AgentServiceClient::new(channel)
+        .connect(ReceiverStream::new(out_rx))
+        .await?
+        .into_inner();
+    let (report_tx, mut report_rx) = mpsc::channel::<v1::Report>(256);
+    let forward = tokio::spawn(async move {
+        while let Some(report) = report_rx.recv().await {
+            let msg = v1::AgentMessage {
+                message: Some(agent_message::Message::Report(report)),
+            };
+            if out_tx.send(msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut reports = Some(report_tx);
+    let result = async {
+        while let Some(msg) = inbound.next().await {
+            let event = match msg?.message {
+                Some(FromScheduler::Welcome(w)) => {
+                    info!(active_runs = w.active_runs, "connected to the scheduler");
+                    LinkEvent::Connected {
+                        active_runs: w.active_runs,
+                        reports: reports
+                            .take()
+                            .ok_or_else(|| anyhow::anyhow!("second welcome"))?,
+                    }
+                }
+                Some(FromScheduler::Directive(d)) => LinkEvent::Directive(Box::new(d)),
+                Some(FromScheduler::Forget(f)) => LinkEvent::Forget(f.run_id),
+                None => continue,
+            };
+            if events.send(event).await.is_err() {
+                break;
+            }
+        }
+        Ok(())
+    }
+    .await;
+    forward.abort();
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn back_off_doubles_up_to_its_cap_with_bounded_jitter() {
+        let b = Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(5),
+        };
+        for (attempt, base_ms) in [
+            (0, 100.0),
+            (1, 200.0),
+            (3, 800.0),
+            (10, 5000.0),
+            (40, 5000.0),
+        ] {
+            for _ in 0..50 {
+                let d = b.delay(attempt).as_secs_f64() * 1000.0;
+                assert!(d >= base_ms * 0.75 - 1e-6, "attempt {attempt}: {d}");
+                assert!(
+                    d <= (base_ms * 1.25).min(5000.0) + 1e-6,
+                    "attempt {attempt}: {d}"
+                );
+            }
+        }
+    }
+}

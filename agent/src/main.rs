@@ -1,0 +1,88 @@
+//! `snapgate-agent`: see `snapgate_agent` for the design.
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use snapgate_agent::{
+    AgentConfig,
+    args::{Args, LogFormat},
+    link::Backoff,
+    metrics::Metrics,
+    proxy_env, run,
+};
+use snapgate_agent_core::{plan::PlanConfig, resources::MoverImages};
+use tracing::info;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)?;
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Plain => fmt.init(),
+        LogFormat::Json => fmt.json().init(),
+    }
+    let client = kube::Client::try_default()
+        .await
+        .context("no Kubernetes configuration (in-cluster or kubeconfig)")?;
+    let agent_id = args
+        .agent_id
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "snapgate-agent".into());
+    let metrics = tokio::net::TcpListener::bind(args.metrics_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (--metrics-listen)",
+                args.metrics_listen
+            )
+        })?;
+    let registry = Metrics::new();
+    let served = registry.clone();
+    tokio::spawn(async move {
+        let app = axum::Router::new()
+            .route("/healthz", axum::routing::get(|| async { "ok" }))
+            .route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let m = served.clone();
+                    async move {
+                        (
+                            [(
+                                http::header::CONTENT_TYPE,
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            )],
+                            m.encode(),
+                        )
+                    }
+                }),
+            );
+        let _ = axum::serve(metrics, app).await;
+    });
+    info!(scheduler = %args.scheduler, namespaces = ?args.namespaces, "starting");
+    let config = AgentConfig {
+        scheduler: args.scheduler,
+        agent_id,
+        namespaces: args.namespaces,
+        plan: PlanConfig {
+            images: MoverImages {
+                restic: args.restic_image,
+                rclone: args.rclone_image,
+                rsync: args.rsync_image,
+                rsync_tls: args.rsync_tls_image,
+            },
+            proxy: proxy_env(),
+            ..PlanConfig::default()
+        },
+        backoff: Backoff::default(),
+        retry_after: snapgate_agent::executor::RETRY_AFTER,
+        metrics: registry,
+    };
+    tokio::select! {
+        r = run(config, client) => r,
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    }
+}

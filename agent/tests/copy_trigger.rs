@@ -1,0 +1,308 @@
+//! The spec's acceptance scenarios 1-8 (copy-trigger.md section 8), for Clone and Snapshot,
+//! through the annotation path and the Trigger RPC path: a real scheduler over gRPC, the
+//! agent's real code, and the simulated API server, with the PVC annotations read back from
+//! the API server exactly.
+
+mod support;
+
+use std::time::Duration;
+
+use snapgate_kube_sim::{PvcBehaviour, SnapshotBehaviour, Verb};
+use snapgate_proto::v1::{self, CopyMethod, CopyState};
+use support::*;
+
+const COPY: &str = "volsync-db-src";
+const CACHE: &str = "volsync-src-db-cache";
+const TIMEOUT_TEXT: &str = "Timed out waiting for copy-trigger to be modified for pvc data";
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Path {
+    Annotation,
+    Rpc,
+}
+
+async fn trigger(w: &mut World, path: Path, value: &str) {
+    match path {
+        Path::Annotation => w.annotate_trigger(value).await,
+        Path::Rpc => {
+            let status = w.copy_status().await;
+            assert_eq!(status.state(), CopyState::WaitingForTrigger);
+            let answer = w
+                .triggers
+                .trigger(v1::TriggerRequest {
+                    target: Some(target()),
+                    value: value.into(),
+                    run_id: status.run_id.clone(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(answer.run_id, status.run_id);
+        }
+    }
+}
+
+fn waiting(w: &World) -> Option<std::collections::BTreeMap<String, String>> {
+    let a = w.copy_annotations();
+    (a.get(STATUS).map(String::as_str) == Some("WaitingForTrigger") && a.contains_key(SINCE))
+        .then_some(a)
+}
+
+fn copies(w: &World, method: CopyMethod) -> usize {
+    match method {
+        CopyMethod::Snapshot => w.snapshots().len(),
+        _ => w.pvc_names().iter().filter(|n| *n == COPY).count(),
+    }
+}
+
+/// Makes the held-back copy ready the way the cluster's controllers would.
+async fn make_copy_ready(w: &World, method: CopyMethod, readiness_unset: bool) {
+    match method {
+        CopyMethod::Snapshot => {
+            // The sim's controller bound it with readyToUse=false (scenario 8's "not ready").
+            eventually("the snapshot is bound but not ready", || {
+                w.snapshots().first().and_then(|s| {
+                    s.status
+                        .as_ref()
+                        .filter(|st| {
+                            st.bound_volume_snapshot_content_name.is_some()
+                                && st.ready_to_use == Some(false)
+                        })
+                        .map(|_| ())
+                })
+            })
+            .await;
+            // readyToUse=false is not the copy point.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert_eq!(
+                w.copy_annotations().get(STATUS).map(String::as_str),
+                Some("InProgress"),
+                "readyToUse=false must not complete the copy"
+            );
+            let ready = if readiness_unset {
+                serde_json::json!({ "readyToUse": null })
+            } else {
+                serde_json::json!({ "readyToUse": true, "restoreSize": "1Gi" })
+            };
+            w.patch_snapshot_status(COPY, ready).await;
+        }
+        _ => {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert_eq!(
+                w.copy_annotations().get(STATUS).map(String::as_str),
+                Some("InProgress"),
+                "an unbound clone must not complete the copy"
+            );
+            w.patch_pvc_status(COPY, serde_json::json!({ "phase": "Bound" }))
+                .await;
+        }
+    }
+}
+
+async fn wait_successful_runs(w: &mut World, n: usize) -> v1::Source {
+    eventually_async!(format!("{n} successful run(s)"), {
+        let runs = w.runs(SOURCE).await;
+        let ok = runs
+            .iter()
+            .filter(|r| r.result() == v1::RunResult::Successful)
+            .count();
+        if ok >= n {
+            Some(w.source(SOURCE).await)
+        } else {
+            None
+        }
+    })
+}
+
+async fn replay(method: CopyMethod, path: Path) {
+    let mut w = World::start().await;
+    match method {
+        CopyMethod::Snapshot => w
+            .sim
+            .snapshot_behaviour(NS, COPY, SnapshotBehaviour::NeverReady),
+        _ => w.sim.pvc_behaviour(NS, COPY, PvcBehaviour::NeverBind),
+    }
+    w.create_pvc(true);
+    w.apply(SOURCE, restic_spec(method, Duration::from_secs(2)))
+        .await;
+
+    // 1. WaitingForTrigger + waiting-since, no copy, no latest-copy-trigger.
+    let a = eventually("scenario 1: WaitingForTrigger", || waiting(&w)).await;
+    assert!(!a.contains_key(LATEST), "{a:?}");
+    assert!(!a.contains_key(TRIGGER), "{a:?}");
+    let since = &a[SINCE];
+    assert!(
+        since.ends_with('Z') && since.len() == "2026-01-02T03:04:05Z".len(),
+        "waiting-since is RFC 3339 UTC in seconds: {since}"
+    );
+    assert_eq!(copies(&w, method), 0, "no copy before the trigger");
+    eventually("the waiting Event", || {
+        w.event_reasons()
+            .contains(&"SrcPVCWaitingForCopyTrigger".to_owned())
+            .then_some(())
+    })
+    .await;
+
+    // 2. The timeout passes: Failed with VolSync's text, still waiting, no copy.
+    let source = eventually_async!("scenario 2: the timeout is reported", {
+        let s = w.source(SOURCE).await;
+        s.status
+            .as_ref()
+            .and_then(|st| st.latest_mover_status.as_ref())
+            .is_some_and(|m| m.result == "Failed" && m.logs == TIMEOUT_TEXT)
+            .then_some(s)
+    });
+    assert!(source.status.unwrap().last_sync_time.is_none());
+    eventually("the timeout Warning Event", || {
+        w.event_reasons()
+            .contains(&"SrcPVCTimeoutWaitingForCopyTrigger".to_owned())
+            .then_some(())
+    })
+    .await;
+    let a = waiting(&w).expect("still WaitingForTrigger after the timeout");
+    assert_eq!(a[SINCE], *since, "waiting-since is not rewritten");
+    assert_eq!(copies(&w, method), 0);
+
+    // 3. Trigger `first`: InProgress, waiting-since gone, exactly one copy.
+    trigger(&mut w, path, "first").await;
+    let a = eventually("scenario 3: InProgress", || {
+        let a = w.copy_annotations();
+        (a.get(STATUS).map(String::as_str) == Some("InProgress")).then_some(a)
+    })
+    .await;
+    assert!(!a.contains_key(SINCE), "{a:?}");
+    assert!(!a.contains_key(LATEST), "{a:?}");
+    if path == Path::Rpc {
+        assert_eq!(
+            a[TRIGGER], "first",
+            "the Trigger RPC writes copy-trigger: {a:?}"
+        );
+    }
+    eventually("exactly one copy", || {
+        (copies(&w, method) == 1).then_some(())
+    })
+    .await;
+
+    // 8 (and 4). Not ready is not the copy point; ready (readyToUse unset counts) is.
+    make_copy_ready(&w, method, true).await;
+    let a = eventually("scenario 4: Completed", || {
+        let a = w.copy_annotations();
+        (a.get(STATUS).map(String::as_str) == Some("Completed")).then_some(a)
+    })
+    .await;
+    assert_eq!(a[LATEST], "first");
+    assert!(!a.contains_key(SINCE));
+    let source = wait_successful_runs(&mut w, 1).await;
+    let status = source.status.unwrap();
+    let mover = status.latest_mover_status.unwrap();
+    assert_eq!(mover.result, "Successful");
+    assert_eq!(
+        mover.logs,
+        "using parent snapshot 4f2a\nprocessed 12 files, 3.4 MiB in 0:01\nsnapshot 9c1d77ab saved\nRestic completed in 2s",
+        "the log tail keeps restic's summary lines only"
+    );
+    assert!(status.last_sync_time.is_some());
+    eventually("the temporary objects are cleaned up", || {
+        (w.snapshots().is_empty()
+            && w.jobs().is_empty()
+            && w.pvc_names() == vec![PVC.to_owned(), CACHE.to_owned()])
+        .then_some(())
+    })
+    .await;
+    let reasons = w.event_reasons();
+    for r in [
+        "SrcPVCCopyTriggerReceived",
+        "SrcPVCCopyUsingCopyTriggerCompleted",
+        "TransferStarted",
+    ] {
+        assert!(reasons.contains(&r.to_owned()), "{r} in {reasons:?}");
+    }
+
+    // 5. The next run waits again; latest-copy-trigger is still `first`; no new copy.
+    w.sync_now(SOURCE, "second-run").await;
+    let a = eventually("scenario 5: WaitingForTrigger again", || waiting(&w)).await;
+    assert_eq!(a[LATEST], "first");
+    assert_eq!(copies(&w, method), 0);
+
+    // 6. Trigger `second`: a second copy, then Completed with latest-copy-trigger=second.
+    trigger(&mut w, path, "second").await;
+    eventually("the second copy", || {
+        (copies(&w, method) == 1).then_some(())
+    })
+    .await;
+    make_copy_ready(&w, method, false).await;
+    let a = eventually("scenario 6: Completed with second", || {
+        let a = w.copy_annotations();
+        (a.get(STATUS).map(String::as_str) == Some("Completed")
+            && a.get(LATEST).map(String::as_str) == Some("second"))
+        .then_some(a)
+    })
+    .await;
+    assert!(!a.contains_key(SINCE));
+    wait_successful_runs(&mut w, 2).await;
+    let runs = w.runs(SOURCE).await;
+    let triggers: Vec<&str> = runs.iter().map(|r| r.trigger.as_str()).collect();
+    assert!(
+        triggers.contains(&"first") && triggers.contains(&"second"),
+        "each run records the value that released it: {triggers:?}"
+    );
+}
+
+#[tokio::test]
+async fn clone_scenarios_1_to_6_and_8_through_annotations() {
+    replay(CopyMethod::Clone, Path::Annotation).await;
+}
+
+#[tokio::test]
+async fn clone_scenarios_1_to_6_and_8_through_the_trigger_rpc() {
+    replay(CopyMethod::Clone, Path::Rpc).await;
+}
+
+#[tokio::test]
+async fn snapshot_scenarios_1_to_6_and_8_through_annotations() {
+    replay(CopyMethod::Snapshot, Path::Annotation).await;
+}
+
+#[tokio::test]
+async fn snapshot_scenarios_1_to_6_and_8_through_the_trigger_rpc() {
+    replay(CopyMethod::Snapshot, Path::Rpc).await;
+}
+
+async fn ungated(method: CopyMethod) {
+    let mut w = World::start().await;
+    w.create_pvc(false);
+    w.apply(SOURCE, restic_spec(method, Duration::from_secs(60)))
+        .await;
+    wait_successful_runs(&mut w, 1).await;
+    assert!(
+        w.copy_annotations().is_empty(),
+        "no copy-trigger annotation on an ungated PVC: {:?}",
+        w.copy_annotations()
+    );
+    let patches = w.sim.requests().count(|r| {
+        r.verb == Some(Verb::Patch)
+            && r.resource == "persistentvolumeclaims"
+            && r.name.as_deref() == Some(PVC)
+    });
+    assert_eq!(patches, 0, "the agent never patched the ungated PVC");
+    let made = match method {
+        CopyMethod::Snapshot => w.sim.requests().count_verb(Verb::Create, "volumesnapshots"),
+        _ => {
+            w.sim
+                .requests()
+                .count(|r| r.verb == Some(Verb::Create) && r.resource == "persistentvolumeclaims")
+                - 1
+        } // the restic cache
+    };
+    assert_eq!(made, 1, "exactly one copy was made");
+}
+
+#[tokio::test]
+async fn scenario_7_an_ungated_clone_is_copied_and_moved_without_copy_trigger_annotations() {
+    ungated(CopyMethod::Clone).await;
+}
+
+#[tokio::test]
+async fn scenario_7_an_ungated_snapshot_is_copied_and_moved_without_copy_trigger_annotations() {
+    ungated(CopyMethod::Snapshot).await;
+}

@@ -1,0 +1,394 @@
+//! A world for agent tests: the simulated API server, a real scheduler over gRPC on loopback,
+//! and the agent's real code path (`snapgate_agent::run`) between them.
+
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use k8s_openapi::{
+    api::{
+        batch::v1::Job,
+        core::v1::{Event, PersistentVolumeClaim, Secret},
+    },
+    apimachinery::pkg::api::resource::Quantity,
+};
+use kube::{
+    Api,
+    api::{ObjectMeta, Patch, PatchParams},
+};
+use snapgate_agent::{AgentConfig, link::Backoff, metrics::Metrics as AgentMetrics};
+use snapgate_agent_core::{plan::PlanConfig, resources::VolumeSnapshot};
+use snapgate_kube_sim::KubeSim;
+use snapgate_proto::v1::{
+    self, source_service_client::SourceServiceClient, trigger_service_client::TriggerServiceClient,
+};
+use snapgate_scheduler::{
+    Config, clock::SystemClock, identity::Authorizer, metrics::Metrics, serve, store::RedbStore,
+};
+use tokio::{net::TcpListener, task::JoinHandle};
+use tonic::transport::Channel;
+
+pub const NS: &str = "app";
+pub const PVC: &str = "data";
+pub const SOURCE: &str = "db";
+
+pub const RESTIC_LOG: [&str; 5] = [
+    "using parent snapshot 4f2a",
+    "processed 12 files, 3.4 MiB in 0:01",
+    "snapshot 9c1d77ab saved",
+    "some noise that is filtered out",
+    "Restic completed in 2s",
+];
+
+pub struct World {
+    pub sim: KubeSim,
+    pub sources: SourceServiceClient<Channel>,
+    pub triggers: TriggerServiceClient<Channel>,
+    pub agent_metrics: AgentMetrics,
+    scheduler: JoinHandle<anyhow::Result<()>>,
+    agent: JoinHandle<anyhow::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        self.agent.abort();
+        self.scheduler.abort();
+    }
+}
+
+pub fn plan_config() -> PlanConfig {
+    PlanConfig {
+        mover_backoff: Duration::from_millis(200),
+        mover_backoff_max: Duration::from_secs(1),
+        ..PlanConfig::default()
+    }
+}
+
+impl World {
+    /// Everything running, with namespace `app`, the restic Secret, and no PVC yet.
+    pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// As [`World::start`]; the agent talks to the simulator as `token`'s user when given.
+    pub async fn start_with(token: Option<&str>) -> Self {
+        let sim = KubeSim::new();
+        sim.ensure_namespace(NS);
+        sim.controllers()
+            .default_job_behaviour(snapgate_kube_sim::JobBehaviour::succeed(RESTIC_LOG));
+        sim.create(&secret(
+            "restic-config",
+            &["RESTIC_REPOSITORY", "RESTIC_PASSWORD"],
+        ))
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config = Config {
+            store: Box::new(RedbStore::open(dir.path()).unwrap()),
+            clock: Arc::new(SystemClock),
+            metrics: Metrics::new(),
+            authorizer: Authorizer,
+        };
+        let scheduler = tokio::spawn(serve(config, listener, std::future::pending()));
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let client = match token {
+            Some(t) => sim.client_as(t),
+            None => sim.client(),
+        };
+        let agent_metrics = AgentMetrics::new();
+        let agent = tokio::spawn(snapgate_agent::run(
+            AgentConfig {
+                scheduler: format!("http://{addr}"),
+                agent_id: "test-agent".into(),
+                namespaces: vec![NS.into()],
+                plan: plan_config(),
+                backoff: Backoff {
+                    initial: Duration::from_millis(20),
+                    max: Duration::from_millis(200),
+                },
+                retry_after: Duration::from_millis(200),
+                metrics: agent_metrics.clone(),
+            },
+            client,
+        ));
+        Self {
+            sim,
+            sources: SourceServiceClient::new(channel.clone()),
+            triggers: TriggerServiceClient::new(channel),
+            agent_metrics,
+            scheduler,
+            agent,
+            _dir: dir,
+        }
+    }
+
+    /// Creates the source PVC (bound), gated or not.
+    pub fn create_pvc(&self, gated: bool) {
+        let mut annotations = BTreeMap::new();
+        if gated {
+            annotations.insert("volsync.backube/use-copy-trigger".to_owned(), String::new());
+        }
+        let pvc = PersistentVolumeClaim {
+            metadata: ObjectMeta {
+                name: Some(PVC.into()),
+                namespace: Some(NS.into()),
+                annotations: Some(annotations),
+                ..Default::default()
+            },
+            spec: Some(k8s_openapi::api::core::v1::PersistentVolumeClaimSpec {
+                access_modes: Some(vec!["ReadWriteOnce".into()]),
+                storage_class_name: Some("standard".into()),
+                resources: Some(k8s_openapi::api::core::v1::VolumeResourceRequirements {
+                    requests: Some(BTreeMap::from([(
+                        "storage".to_owned(),
+                        Quantity("1Gi".into()),
+                    )])),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            status: None,
+        };
+        self.sim.create(&pvc).unwrap();
+    }
+
+    pub async fn apply(&mut self, name: &str, spec: v1::SourceSpec) -> v1::Source {
+        self.sources
+            .apply_source(v1::ApplySourceRequest {
+                namespace: NS.into(),
+                name: name.into(),
+                spec: Some(spec),
+                expected_version: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    pub async fn source(&mut self, name: &str) -> v1::Source {
+        self.sources
+            .get_source(v1::GetSourceRequest {
+                namespace: NS.into(),
+                name: name.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    pub async fn runs(&mut self, name: &str) -> Vec<v1::Run> {
+        self.sources
+            .list_runs(v1::ListRunsRequest {
+                namespace: NS.into(),
+                name: name.into(),
+                limit: 50,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .runs
+    }
+
+    pub async fn sync_now(&mut self, name: &str, request_id: &str) -> String {
+        self.sources
+            .sync_now(v1::SyncNowRequest {
+                namespace: NS.into(),
+                name: name.into(),
+                request_id: request_id.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .run_id
+    }
+
+    pub async fn copy_status(&mut self) -> v1::CopyStatus {
+        self.triggers
+            .get_copy_status(v1::GetCopyStatusRequest {
+                target: Some(target()),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// The source PVC's annotations, as the API server has them.
+    pub fn annotations(&self) -> BTreeMap<String, String> {
+        self.sim
+            .get::<PersistentVolumeClaim>(Some(NS), PVC)
+            .unwrap()
+            .metadata
+            .annotations
+            .unwrap_or_default()
+    }
+
+    /// The snapgate-owned and user copy-trigger annotations only.
+    pub fn copy_annotations(&self) -> BTreeMap<String, String> {
+        self.annotations()
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("volsync.backube/") && k != USE)
+            .collect()
+    }
+
+    pub fn snapshots(&self) -> Vec<VolumeSnapshot> {
+        self.sim.list::<VolumeSnapshot>(Some(NS)).unwrap()
+    }
+
+    pub fn pvc_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .sim
+            .list::<PersistentVolumeClaim>(Some(NS))
+            .unwrap()
+            .into_iter()
+            .filter_map(|p| p.metadata.name)
+            .collect();
+        names.sort();
+        names
+    }
+
+    pub fn jobs(&self) -> Vec<Job> {
+        self.sim.list::<Job>(Some(NS)).unwrap()
+    }
+
+    pub fn event_reasons(&self) -> Vec<String> {
+        self.sim
+            .list::<Event>(Some(NS))
+            .unwrap()
+            .into_iter()
+            .filter_map(|e| e.reason)
+            .collect()
+    }
+
+    /// Writes `copy-trigger` the way a user or application does: a merge patch as its own
+    /// field manager.
+    pub async fn annotate_trigger(&self, value: &str) {
+        let api: Api<PersistentVolumeClaim> = Api::namespaced(self.sim.client(), NS);
+        api.patch(
+            PVC,
+            &PatchParams::apply("kubectl-annotate"),
+            &Patch::Merge(serde_json::json!({
+                "metadata": {"annotations": {"volsync.backube/copy-trigger": value}}
+            })),
+        )
+        .await
+        .unwrap();
+    }
+
+    /// Sets a status on an object through the status subresource, as a controller does.
+    pub async fn patch_snapshot_status(&self, name: &str, status: serde_json::Value) {
+        let api: Api<VolumeSnapshot> = Api::namespaced(self.sim.client(), NS);
+        api.patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "status": status })),
+        )
+        .await
+        .unwrap();
+    }
+
+    pub async fn patch_pvc_status(&self, name: &str, status: serde_json::Value) {
+        let api: Api<PersistentVolumeClaim> = Api::namespaced(self.sim.client(), NS);
+        api.patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "status": status })),
+        )
+        .await
+        .unwrap();
+    }
+}
+
+pub const USE: &str = "volsync.backube/use-copy-trigger";
+pub const STATUS: &str = "volsync.backube/latest-copy-status";
+pub const LATEST: &str = "volsync.backube/latest-copy-trigger";
+pub const SINCE: &str = "volsync.backube/latest-copy-trigger-waiting-since";
+pub const TRIGGER: &str = "volsync.backube/copy-trigger";
+
+pub fn target() -> v1::CopyTarget {
+    v1::CopyTarget {
+        namespace: NS.into(),
+        pvc: PVC.into(),
+        source: String::new(),
+    }
+}
+
+pub fn secret(name: &str, keys: &[&str]) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(NS.into()),
+            ..Default::default()
+        },
+        string_data: Some(
+            keys.iter()
+                .map(|k| ((*k).to_owned(), "x".to_owned()))
+                .collect(),
+        ),
+        ..Default::default()
+    }
+}
+
+/// A restic source of `PVC` with this copy method, manual trigger `m1` (one run), and a
+/// short wait timeout.
+pub fn restic_spec(method: v1::CopyMethod, wait_timeout: Duration) -> v1::SourceSpec {
+    v1::SourceSpec {
+        source_pvc: PVC.into(),
+        trigger: Some(v1::ReplicationSourceTrigger {
+            schedule: None,
+            manual: Some("m1".into()),
+        }),
+        restic: Some(v1::ReplicationSourceResticSpec {
+            copy_method: method as i32,
+            repository: "restic-config".into(),
+            ..Default::default()
+        }),
+        copy_trigger: Some(v1::CopyTriggerOptions {
+            wait_timeout: Some(prost_types::Duration {
+                seconds: i64::try_from(wait_timeout.as_secs()).unwrap(),
+                nanos: 0,
+            }),
+            on_timeout: v1::TimeoutPolicy::KeepWaiting as i32,
+        }),
+        ..Default::default()
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics naming `what` after 20 s.
+pub async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// As [`eventually`], for checks that call the scheduler.
+#[macro_export]
+macro_rules! eventually_async {
+    ($what:expr, $body:expr) => {{
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            if let Some(v) = $body {
+                break v;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for: {}",
+                $what
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }};
+}
