@@ -74,6 +74,28 @@ impl<K: Resource + Clone> Cache<K> {
         }
     }
 
+    /// Records a deletion seen by a watch. A late event about an earlier object of the same
+    /// name (another uid, or an older version) leaves the newer object alone.
+    pub fn delete_seen(&mut self, obj: &K) {
+        let k = key(obj);
+        let Some(cached) = self.objects.get(&k) else {
+            return;
+        };
+        let same_uid = match (&cached.meta().uid, &obj.meta().uid) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        };
+        let not_newer = match (version(cached), version(obj)) {
+            (Some(c), Some(o)) => c <= o,
+            _ => true,
+        };
+        if same_uid && not_newer {
+            let rv = version(obj).or_else(|| version(cached)).unwrap_or(0);
+            self.objects.remove(&k);
+            self.gone.insert(k, rv);
+        }
+    }
+
     /// A watch of `namespace` restarted: a full listing follows.
     pub fn relist_started(&mut self, namespace: &str) {
         self.relisting.insert(namespace.to_owned(), BTreeSet::new());
@@ -146,6 +168,22 @@ mod tests {
         assert!(c.get("ns", "a").is_none());
         c.apply(pvc("a", "9", "recreated"));
         assert_eq!(note(&c, "a").as_deref(), Some("recreated"));
+    }
+
+    #[test]
+    fn a_late_delete_event_of_an_earlier_object_of_the_same_name_keeps_the_new_one() {
+        let mut c = Cache::default();
+        let mut old = pvc("a", "5", "first");
+        old.metadata.uid = Some("u1".into());
+        let mut new = pvc("a", "8", "second");
+        new.metadata.uid = Some("u2".into());
+        c.apply(new);
+        c.delete_seen(&old);
+        assert_eq!(note(&c, "a").as_deref(), Some("second"));
+        let mut gone = pvc("a", "9", "second");
+        gone.metadata.uid = Some("u2".into());
+        c.delete_seen(&gone);
+        assert!(c.get("ns", "a").is_none());
     }
 
     #[test]

@@ -99,9 +99,7 @@ pub struct Executor {
 fn apply_event<K: kube::Resource + Clone>(cache: &mut Cache<K>, ns: &str, e: watcher::Event<K>) {
     match e {
         watcher::Event::Apply(o) | watcher::Event::InitApply(o) => cache.apply(o),
-        watcher::Event::Delete(o) => {
-            cache.delete(ns, o.meta().name.as_deref().unwrap_or_default());
-        }
+        watcher::Event::Delete(o) => cache.delete_seen(&o),
         watcher::Event::Init => cache.relist_started(ns),
         watcher::Event::InitDone => cache.relist_done(ns),
     }

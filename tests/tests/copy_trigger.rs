@@ -3,13 +3,11 @@
 //! agent's real code, and the simulated API server, with the PVC annotations read back from
 //! the API server exactly.
 
-mod support;
-
 use std::time::Duration;
 
+use snapgate_e2e::{eventually_async, *};
 use snapgate_kube_sim::{PvcBehaviour, SnapshotBehaviour, Verb};
 use snapgate_proto::v1::{self, CopyMethod, CopyState};
-use support::*;
 
 const COPY: &str = "volsync-db-src";
 const CACHE: &str = "volsync-src-db-cache";

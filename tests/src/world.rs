@@ -1,7 +1,7 @@
-//! A world for agent tests: the simulated API server, a real scheduler over gRPC on loopback,
-//! and the agent's real code path (`snapgate_agent::run`) between them.
+//! A world for end-to-end tests: the simulated API server, a real scheduler over gRPC on
+//! loopback, and the agent's real code path (`snapgate_agent::run`) between them.
 
-#![allow(dead_code, unreachable_pub, missing_docs)]
+#![allow(missing_docs)]
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -29,6 +29,8 @@ use tokio::{net::TcpListener, task::JoinHandle};
 use tonic::transport::Channel;
 
 pub const NS: &str = "app";
+/// The user of the agent's ServiceAccount token in the simulator.
+pub const AGENT_USER: &str = "system:serviceaccount:app:snapgate-agent";
 pub const PVC: &str = "data";
 pub const SOURCE: &str = "db";
 
@@ -74,6 +76,9 @@ impl World {
     /// As [`World::start`]; the agent talks to the simulator as `token`'s user when given.
     pub async fn start_with(token: Option<&str>) -> Self {
         let sim = KubeSim::new();
+        if let Some(t) = token {
+            sim.add_token(t, AGENT_USER);
+        }
         sim.ensure_namespace(NS);
         sim.controllers()
             .default_job_behaviour(snapgate_kube_sim::JobBehaviour::succeed(RESTIC_LOG));

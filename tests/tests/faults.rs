@@ -1,0 +1,279 @@
+//! What goes wrong in a cluster, and how the agent answers: failed mover Jobs replaced with
+//! back-off and every failure reported, missing Secrets and PVCs as a clear status, API
+//! errors retried without a wrong annotation or a lost report, paused sources.
+
+use std::time::Duration;
+
+use snapgate_e2e::{eventually_async, *};
+use snapgate_kube_sim::{FaultKind, FaultRule, JobBehaviour, SnapshotBehaviour, Verb};
+use snapgate_proto::v1::{self, CopyMethod};
+
+fn rclone_direct() -> v1::SourceSpec {
+    v1::SourceSpec {
+        source_pvc: PVC.into(),
+        trigger: Some(v1::ReplicationSourceTrigger {
+            schedule: None,
+            manual: Some("m1".into()),
+        }),
+        rclone: Some(v1::ReplicationSourceRcloneSpec {
+            copy_method: CopyMethod::Direct as i32,
+            rclone_config: "rclone-secret".into(),
+            rclone_config_section: "s3".into(),
+            rclone_dest_path: "bucket/db".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+async fn condition_message(w: &mut World) -> String {
+    let s = w.source(SOURCE).await;
+    s.status
+        .and_then(|st| {
+            st.conditions
+                .into_iter()
+                .find(|c| c.r#type == "Synchronizing")
+        })
+        .map(|c| format!("{} {}", c.reason, c.message))
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_failed_mover_job_is_reported_with_its_log_and_replaced_after_a_back_off() {
+    let mut w = World::start().await;
+    w.sim
+        .create(&secret("rclone-secret", &["rclone.conf"]))
+        .unwrap();
+    let job = "volsync-rclone-src-db";
+    w.sim.job_behaviour(
+        NS,
+        job,
+        JobBehaviour::fail(["Transferred: 0 B", "ERROR : bucket not found"]),
+    );
+    w.create_pvc(false);
+    w.apply(SOURCE, rclone_direct()).await;
+    let status = eventually_async!("the failure is reported", {
+        let s = w.source(SOURCE).await;
+        s.status
+            .and_then(|st| st.latest_mover_status)
+            .filter(|m| m.result == "Failed")
+    });
+    assert!(
+        status.logs.contains("ERROR : bucket not found"),
+        "the failure carries the log tail: {status:?}"
+    );
+    // The next Job succeeds; it is attempt 2, made after the back-off.
+    w.sim.job_behaviour(
+        NS,
+        job,
+        JobBehaviour::succeed(["Transferred: 1.2 MiB", "Rclone completed in 1s"]),
+    );
+    let second = eventually("the replacement Job", || {
+        w.jobs().into_iter().find(|j| {
+            j.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("snapgate.io/attempt"))
+                .is_some_and(|v| v == "2")
+        })
+    })
+    .await;
+    assert_eq!(second.metadata.name.as_deref(), Some(job));
+    let s = eventually_async!("the run succeeds on the second attempt", {
+        let s = w.source(SOURCE).await;
+        s.status
+            .and_then(|st| st.latest_mover_status)
+            .filter(|m| m.result == "Successful")
+    });
+    assert_eq!(s.logs, "Transferred: 1.2 MiB\nRclone completed in 1s");
+    let runs = w.runs(SOURCE).await;
+    let run = &runs[0];
+    assert_eq!(run.result(), v1::RunResult::Successful);
+    assert_eq!(run.mover_failures, 1, "each failure reported once: {run:?}");
+    assert!(w.event_reasons().contains(&"TransferFailed".to_owned()));
+    assert_eq!(
+        w.sim.requests().count_verb(Verb::Create, "jobs"),
+        2,
+        "one Job per attempt"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_secret_is_a_clear_status_and_the_run_goes_on_once_it_exists() {
+    let mut w = World::start().await;
+    w.create_pvc(false);
+    w.apply(SOURCE, rclone_direct()).await;
+    let msg = eventually_async!("the missing Secret on the source", {
+        let m = condition_message(&mut w).await;
+        m.contains("SecretNotFound").then_some(m)
+    });
+    assert!(msg.contains("app/rclone-secret"), "names the Secret: {msg}");
+    assert!(w.jobs().is_empty(), "no Job without its Secret");
+    w.sim
+        .create(&secret("rclone-secret", &["rclone.conf"]))
+        .unwrap();
+    eventually_async!("the run succeeds once the Secret exists", {
+        let runs = w.runs(SOURCE).await;
+        runs.iter()
+            .any(|r| r.result() == v1::RunResult::Successful)
+            .then_some(())
+    });
+}
+
+#[tokio::test]
+async fn a_missing_source_pvc_is_a_clear_status_and_the_run_starts_once_it_exists() {
+    let mut w = World::start().await;
+    w.apply(
+        SOURCE,
+        restic_spec(CopyMethod::Snapshot, Duration::from_secs(600)),
+    )
+    .await;
+    let msg = eventually_async!("the missing PVC on the source", {
+        let m = condition_message(&mut w).await;
+        m.contains("not found").then_some(m)
+    });
+    assert!(msg.contains(PVC), "{msg}");
+    w.create_pvc(true);
+    eventually("WaitingForTrigger once the PVC exists", || {
+        (w.copy_annotations().get(STATUS).map(String::as_str) == Some("WaitingForTrigger"))
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_snapshot_class_error_is_shown_on_the_source_and_the_pvc_stays_in_progress() {
+    let mut w = World::start().await;
+    w.sim.snapshot_behaviour(
+        NS,
+        "volsync-db-src",
+        SnapshotBehaviour::Fail("volumesnapshotclass \"fast\" not found".into()),
+    );
+    w.create_pvc(true);
+    w.apply(
+        SOURCE,
+        restic_spec(CopyMethod::Snapshot, Duration::from_secs(600)),
+    )
+    .await;
+    eventually("WaitingForTrigger", || {
+        (w.copy_annotations().get(STATUS).map(String::as_str) == Some("WaitingForTrigger"))
+            .then_some(())
+    })
+    .await;
+    w.annotate_trigger("first").await;
+    let msg = eventually_async!("the snapshot error on the source", {
+        let m = condition_message(&mut w).await;
+        m.contains("SnapshotFailed").then_some(m)
+    });
+    assert!(
+        msg.contains("volumesnapshotclass \"fast\" not found"),
+        "{msg}"
+    );
+    assert_eq!(
+        w.copy_annotations().get(STATUS).map(String::as_str),
+        Some("InProgress"),
+        "never Completed without a ready copy"
+    );
+}
+
+#[tokio::test]
+async fn api_errors_are_retried_without_a_wrong_annotation_or_a_lost_report() {
+    let mut w = World::start().await;
+    let faults = w.sim.faults();
+    faults.fail(
+        FaultRule::new(FaultKind::Status(500))
+            .verb(Verb::Patch)
+            .resource("persistentvolumeclaims")
+            .times(2),
+    );
+    faults.fail(
+        FaultRule::new(FaultKind::Status(409))
+            .verb(Verb::Patch)
+            .resource("persistentvolumeclaims")
+            .times(1),
+    );
+    faults.fail(
+        FaultRule::new(FaultKind::Status(429))
+            .verb(Verb::Create)
+            .resource("volumesnapshots")
+            .times(2),
+    );
+    faults.fail(
+        FaultRule::new(FaultKind::Status(503))
+            .verb(Verb::Create)
+            .resource("jobs")
+            .times(1),
+    );
+    faults.fail(
+        FaultRule::new(FaultKind::CloseWatch)
+            .resource("persistentvolumeclaims")
+            .times(1),
+    );
+    w.create_pvc(true);
+    w.apply(
+        SOURCE,
+        restic_spec(CopyMethod::Snapshot, Duration::from_secs(600)),
+    )
+    .await;
+    eventually("WaitingForTrigger despite failed patches", || {
+        (w.copy_annotations().get(STATUS).map(String::as_str) == Some("WaitingForTrigger"))
+            .then_some(())
+    })
+    .await;
+    w.annotate_trigger("first").await;
+    eventually_async!("the run ends", {
+        let runs = w.runs(SOURCE).await;
+        runs.iter()
+            .any(|r| r.result() == v1::RunResult::Successful)
+            .then_some(())
+    });
+    let a = w.copy_annotations();
+    assert_eq!(a.get(STATUS).map(String::as_str), Some("Completed"));
+    assert_eq!(a.get(LATEST).map(String::as_str), Some("first"));
+    assert!(!a.contains_key(SINCE));
+    assert_eq!(
+        w.sim.requests().count(|r| r.verb == Some(Verb::Create)
+            && r.resource == "volumesnapshots"
+            && r.code < 300),
+        1,
+        "one snapshot despite the retries"
+    );
+    let metrics = w.agent_metrics.encode();
+    assert!(
+        metrics.contains("snapgate_agent_api_errors_total 6")
+            || metrics.contains("snapgate_agent_api_errors_total 7"),
+        "the failed calls are counted: {metrics}"
+    );
+}
+
+#[tokio::test]
+async fn pausing_a_source_scales_its_running_mover_job_to_zero() {
+    let mut w = World::start().await;
+    w.sim
+        .create(&secret("rclone-secret", &["rclone.conf"]))
+        .unwrap();
+    w.sim
+        .job_behaviour(NS, "volsync-rclone-src-db", JobBehaviour::hang());
+    w.create_pvc(false);
+    w.apply(SOURCE, rclone_direct()).await;
+    eventually("the Job runs", || {
+        w.jobs()
+            .into_iter()
+            .find(|j| j.spec.as_ref().and_then(|s| s.parallelism) == Some(1))
+    })
+    .await;
+    w.sources
+        .pause_source(v1::PauseSourceRequest {
+            namespace: NS.into(),
+            name: SOURCE.into(),
+            note: "maintenance".into(),
+        })
+        .await
+        .unwrap();
+    eventually("parallelism 0 while paused", || {
+        w.jobs()
+            .into_iter()
+            .find(|j| j.spec.as_ref().and_then(|s| s.parallelism) == Some(0))
+    })
+    .await;
+}

@@ -1,0 +1,455 @@
+//! The mover Job of each mover, as it reaches the API server, against movers.md; and the
+//! agent's requests for one gated run, counted by the simulator.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use k8s_openapi::api::{
+    batch::v1::Job,
+    core::v1::{Container, EnvVar, PodSpec},
+};
+use snapgate_e2e::{eventually_async, *};
+use snapgate_kube_sim::{JobBehaviour, RequestRecord, Verb};
+use snapgate_proto::v1::{self, CopyMethod};
+
+const IMAGE: &str = "quay.io/backube/volsync:0.14.0";
+
+fn direct(spec: impl FnOnce(&mut v1::SourceSpec)) -> v1::SourceSpec {
+    let mut s = v1::SourceSpec {
+        source_pvc: PVC.into(),
+        trigger: Some(v1::ReplicationSourceTrigger {
+            schedule: None,
+            manual: Some("m1".into()),
+        }),
+        ..Default::default()
+    };
+    spec(&mut s);
+    s
+}
+
+async fn job_for(spec: v1::SourceSpec, job: &str, secrets: &[(&str, &[&str])]) -> (World, Job) {
+    let mut w = World::start().await;
+    for (name, keys) in secrets {
+        w.sim.create(&secret(name, keys)).unwrap();
+    }
+    w.sim.job_behaviour(NS, job, JobBehaviour::hang());
+    w.create_pvc(false);
+    w.apply(SOURCE, spec).await;
+    let found = eventually("the mover Job", || {
+        w.jobs()
+            .into_iter()
+            .find(|j| j.metadata.name.as_deref() == Some(job))
+    })
+    .await;
+    (w, found)
+}
+
+fn pod(job: &Job) -> &PodSpec {
+    job.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
+}
+
+fn container(job: &Job) -> &Container {
+    &pod(job).containers[0]
+}
+
+fn env(c: &Container) -> BTreeMap<String, EnvVar> {
+    c.env
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| (e.name.clone(), e))
+        .collect()
+}
+
+fn value(env: &BTreeMap<String, EnvVar>, name: &str) -> String {
+    env.get(name)
+        .unwrap_or_else(|| panic!("env {name} missing: {:?}", env.keys()))
+        .value
+        .clone()
+        .unwrap_or_default()
+}
+
+fn secret_ref(env: &BTreeMap<String, EnvVar>, name: &str) -> (String, String, bool) {
+    let r = env[name]
+        .value_from
+        .as_ref()
+        .and_then(|v| v.secret_key_ref.as_ref())
+        .unwrap_or_else(|| panic!("{name} is not a secretKeyRef"));
+    (r.name.clone(), r.key.clone(), r.optional.unwrap_or(false))
+}
+
+fn mounts(c: &Container) -> BTreeMap<String, (String, bool)> {
+    c.volume_mounts
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|m| (m.mount_path, (m.name, m.read_only.unwrap_or(false))))
+        .collect()
+}
+
+/// What every mover Job shares (movers.md, "Common to every mover Job").
+fn assert_common(job: &Job, name: &str, backoff: i32, runs_as_root: bool) {
+    assert_eq!(job.metadata.name.as_deref(), Some(name));
+    let labels = job.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(labels["app.kubernetes.io/created-by"], "snapgate");
+    assert_eq!(labels["snapgate.io/source"], SOURCE);
+    let spec = job.spec.as_ref().unwrap();
+    assert_eq!(spec.backoff_limit, Some(backoff));
+    assert_eq!(spec.parallelism, Some(1));
+    let template_labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    assert_eq!(template_labels["app.kubernetes.io/created-by"], "snapgate");
+    assert_eq!(template_labels["snapgate.io/source"], SOURCE);
+    let p = pod(job);
+    assert_eq!(p.restart_policy.as_deref(), Some("Never"));
+    let c = container(job);
+    assert_eq!(c.image.as_deref(), Some(IMAGE));
+    let sc = c.security_context.as_ref().unwrap();
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(
+        sc.capabilities.as_ref().unwrap().drop.as_deref(),
+        Some(&["ALL".to_owned()][..])
+    );
+    assert_eq!(sc.run_as_user, runs_as_root.then_some(0));
+    let m = mounts(c);
+    assert!(!m["/data"].1, "the RWO data volume is writable");
+    let tmp = &m["/tmp"].0;
+    let vol = p
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| &v.name == tmp)
+        .unwrap();
+    assert_eq!(
+        vol.empty_dir.as_ref().unwrap().medium.as_deref(),
+        Some("Memory"),
+        "/tmp is an in-memory emptyDir"
+    );
+    let data = &m["/data"].0;
+    let vol = p
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| &v.name == data)
+        .unwrap();
+    assert_eq!(
+        vol.persistent_volume_claim.as_ref().unwrap().claim_name,
+        PVC,
+        "Direct: the mover reads the source PVC"
+    );
+}
+
+#[tokio::test]
+async fn the_restic_job_reaching_the_api_server_is_as_movers_md_says() {
+    let spec = direct(|s| {
+        s.restic = Some(v1::ReplicationSourceResticSpec {
+            copy_method: CopyMethod::Direct as i32,
+            repository: "restic-config".into(),
+            retain: Some(v1::ResticRetainPolicy {
+                daily: Some(7),
+                last: Some(3),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    });
+    let (w, job) = job_for(spec, "volsync-src-db", &[]).await;
+    assert_common(&job, "volsync-src-db", 8, false);
+    let c = container(&job);
+    assert_eq!(
+        c.command.as_deref(),
+        Some(&["/mover-restic/entry.sh".to_owned()][..])
+    );
+    // A new source's first run prunes (none recorded yet).
+    let args = c.args.clone().unwrap_or_default();
+    assert_eq!(args[0], "backup", "{args:?}");
+    let e = env(c);
+    assert_eq!(value(&e, "DATA_DIR"), "/data");
+    assert_eq!(value(&e, "RESTIC_CACHE_DIR"), "/cache");
+    assert_eq!(value(&e, "FORGET_OPTIONS"), "--keep-daily 7 --keep-last 3");
+    assert_eq!(value(&e, "PRIVILEGED_MOVER"), "0");
+    assert_eq!(
+        secret_ref(&e, "RESTIC_REPOSITORY"),
+        ("restic-config".into(), "RESTIC_REPOSITORY".into(), false)
+    );
+    assert_eq!(
+        secret_ref(&e, "RESTIC_PASSWORD"),
+        ("restic-config".into(), "RESTIC_PASSWORD".into(), false)
+    );
+    assert!(
+        secret_ref(&e, "AWS_ACCESS_KEY_ID").2,
+        "backend keys are optional refs"
+    );
+    let m = mounts(c);
+    assert!(m.contains_key("/cache"), "{m:?}");
+    assert!(
+        w.pvc_names().contains(&"volsync-src-db-cache".to_owned()),
+        "the restic cache PVC persists across runs"
+    );
+}
+
+#[tokio::test]
+async fn the_rclone_job_reaching_the_api_server_is_as_movers_md_says() {
+    let spec = direct(|s| {
+        s.rclone = Some(v1::ReplicationSourceRcloneSpec {
+            copy_method: CopyMethod::Direct as i32,
+            rclone_config: "rclone-secret".into(),
+            rclone_config_section: "s3".into(),
+            rclone_dest_path: "bucket/db".into(),
+            ..Default::default()
+        })
+    });
+    let (_w, job) = job_for(
+        spec,
+        "volsync-rclone-src-db",
+        &[("rclone-secret", &["rclone.conf", "RCLONE_S3_REGION"])],
+    )
+    .await;
+    assert_common(&job, "volsync-rclone-src-db", 2, false);
+    let c = container(&job);
+    assert_eq!(
+        c.command.as_deref(),
+        Some(
+            &[
+                "/bin/bash".to_owned(),
+                "-c".to_owned(),
+                "/mover-rclone/active.sh".to_owned()
+            ][..]
+        )
+    );
+    let e = env(c);
+    assert_eq!(value(&e, "RCLONE_CONFIG"), "/rclone-config/rclone.conf");
+    assert_eq!(value(&e, "RCLONE_DEST_PATH"), "bucket/db");
+    assert_eq!(value(&e, "RCLONE_CONFIG_SECTION"), "s3");
+    assert_eq!(value(&e, "DIRECTION"), "source");
+    assert_eq!(value(&e, "MOUNT_PATH"), "/data");
+    assert_eq!(value(&e, "PRIVILEGED_MOVER"), "0");
+    assert_eq!(
+        secret_ref(&e, "RCLONE_S3_REGION").0,
+        "rclone-secret",
+        "RCLONE_* keys of the secret become env"
+    );
+    let m = mounts(c);
+    let (vol_name, _) = &m["/rclone-config/"];
+    let vol = pod(&job)
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| &v.name == vol_name)
+        .unwrap();
+    let secret = vol.secret.as_ref().unwrap();
+    assert_eq!(secret.secret_name.as_deref(), Some("rclone-secret"));
+    assert_eq!(secret.default_mode, Some(0o600));
+}
+
+#[tokio::test]
+async fn the_rsync_job_reaching_the_api_server_is_as_movers_md_says() {
+    let spec = direct(|s| {
+        s.rsync = Some(v1::ReplicationSourceRsyncSpec {
+            copy_method: CopyMethod::Direct as i32,
+            ssh_keys: "rsync-keys".into(),
+            address: "backup.example.com".into(),
+            ..Default::default()
+        })
+    });
+    let (_w, job) = job_for(
+        spec,
+        "volsync-rsync-src-db",
+        &[("rsync-keys", &["source", "source.pub", "destination.pub"])],
+    )
+    .await;
+    assert_common(&job, "volsync-rsync-src-db", 2, true);
+    let c = container(&job);
+    assert_eq!(
+        c.command.as_deref(),
+        Some(
+            &[
+                "/bin/bash".to_owned(),
+                "-c".to_owned(),
+                "/mover-rsync/source.sh".to_owned()
+            ][..]
+        )
+    );
+    let e = env(c);
+    assert_eq!(value(&e, "DESTINATION_ADDRESS"), "backup.example.com");
+    assert_eq!(value(&e, "DESTINATION_PORT"), "22");
+    let caps = c
+        .security_context
+        .as_ref()
+        .unwrap()
+        .capabilities
+        .as_ref()
+        .unwrap()
+        .add
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        caps.contains(&"SYS_CHROOT".to_owned()) && caps.contains(&"SETUID".to_owned()),
+        "rsync (ssh) always runs with sshd's capabilities: {caps:?}"
+    );
+    let m = mounts(c);
+    let (vol_name, _) = &m["/keys"];
+    let vol = pod(&job)
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| &v.name == vol_name)
+        .unwrap();
+    let secret = vol.secret.as_ref().unwrap();
+    assert_eq!(secret.secret_name.as_deref(), Some("rsync-keys"));
+    assert_eq!(secret.default_mode, Some(0o600));
+}
+
+#[tokio::test]
+async fn the_rsync_tls_job_reaching_the_api_server_is_as_movers_md_says() {
+    let spec = direct(|s| {
+        s.rsync_tls = Some(v1::ReplicationSourceRsyncTlsSpec {
+            copy_method: CopyMethod::Direct as i32,
+            key_secret: "tls-key".into(),
+            address: "10.0.0.9".into(),
+            ..Default::default()
+        })
+    });
+    let (_w, job) = job_for(
+        spec,
+        "volsync-rsync-tls-src-db",
+        &[("tls-key", &["psk.txt"])],
+    )
+    .await;
+    assert_common(&job, "volsync-rsync-tls-src-db", 2, false);
+    let c = container(&job);
+    assert_eq!(
+        c.command.as_deref(),
+        Some(
+            &[
+                "/bin/bash".to_owned(),
+                "-c".to_owned(),
+                "/mover-rsync-tls/client.sh".to_owned()
+            ][..]
+        )
+    );
+    let e = env(c);
+    assert_eq!(value(&e, "DESTINATION_ADDRESS"), "10.0.0.9");
+    assert_eq!(value(&e, "DESTINATION_PORT"), "8000");
+    assert_eq!(value(&e, "PRIVILEGED_MOVER"), "0");
+    let m = mounts(c);
+    assert!(m.contains_key("/keys"), "{m:?}");
+}
+
+fn agent_requests(w: &World) -> Vec<RequestRecord> {
+    w.sim.requests().filter(|r| r.user == AGENT_USER)
+}
+
+#[tokio::test]
+async fn one_gated_run_costs_a_fixed_count_of_requests_with_no_polling_and_no_repeated_writes() {
+    let token = "agent-token";
+    let mut w = World::start_with(Some(token)).await;
+    w.create_pvc(true);
+    w.apply(
+        SOURCE,
+        restic_spec(CopyMethod::Snapshot, Duration::from_secs(600)),
+    )
+    .await;
+    eventually("WaitingForTrigger", || {
+        (w.copy_annotations().get(STATUS).map(String::as_str) == Some("WaitingForTrigger"))
+            .then_some(())
+    })
+    .await;
+    // Idle while waiting: a quiet second must cost no request at all.
+    let before = agent_requests(&w).len();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle: Vec<_> = agent_requests(&w).into_iter().skip(before).collect();
+    assert!(
+        idle.iter().all(|r| r.verb == Some(Verb::Watch)),
+        "no request while waiting but watches: {idle:?}"
+    );
+    w.annotate_trigger("first").await;
+    eventually_async!("the run ends", {
+        let runs = w.runs(SOURCE).await;
+        runs.iter()
+            .any(|r| r.result() == v1::RunResult::Successful)
+            .then_some(())
+    });
+    eventually("cleanup", || w.snapshots().is_empty().then_some(())).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let reqs = agent_requests(&w);
+    let count = |verb: Verb, resource: &str| {
+        reqs.iter()
+            .filter(|r| r.verb == Some(verb) && r.resource == resource)
+            .count()
+    };
+    let mut table = BTreeMap::new();
+    for r in &reqs {
+        let key = format!(
+            "{:?} {}{}",
+            r.verb,
+            r.resource,
+            r.subresource
+                .as_ref()
+                .map(|s| format!("/{s}"))
+                .unwrap_or_default()
+        );
+        *table.entry(key).or_insert(0usize) += 1;
+    }
+    println!("requests of one gated Snapshot run: {table:#?}");
+    let source_patches = reqs
+        .iter()
+        .filter(|r| {
+            r.verb == Some(Verb::Patch)
+                && r.resource == "persistentvolumeclaims"
+                && r.name.as_deref() == Some(PVC)
+        })
+        .count();
+    assert_eq!(
+        source_patches, 3,
+        "exactly WaitingForTrigger, InProgress, Completed: {table:#?}"
+    );
+    assert_eq!(
+        count(Verb::List, "persistentvolumeclaims"),
+        1,
+        "one list per watch"
+    );
+    assert_eq!(count(Verb::List, "volumesnapshots"), 1);
+    assert_eq!(count(Verb::List, "jobs"), 1);
+    assert_eq!(
+        count(Verb::List, "pods"),
+        1,
+        "pods are listed once, for the log"
+    );
+    assert_eq!(count(Verb::Get, "pods"), 1, "one log read");
+    assert_eq!(
+        count(Verb::Get, "secrets"),
+        1,
+        "the repository secret, once"
+    );
+    assert_eq!(count(Verb::Get, "namespaces"), 1, "privileged-movers, once");
+    assert_eq!(count(Verb::Create, "volumesnapshots"), 1);
+    assert_eq!(
+        count(Verb::Create, "persistentvolumeclaims"),
+        2,
+        "restored PVC + restic cache"
+    );
+    assert_eq!(count(Verb::Create, "jobs"), 1);
+    assert_eq!(count(Verb::Delete, "volumesnapshots"), 1);
+    assert_eq!(count(Verb::Delete, "persistentvolumeclaims"), 1);
+    assert_eq!(count(Verb::Delete, "jobs"), 1);
+    assert!(
+        reqs.iter().all(|r| r.code < 400),
+        "no failed request: {:?}",
+        reqs.iter().filter(|r| r.code >= 400).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        count(Verb::Get, "persistentvolumeclaims"),
+        0,
+        "PVCs are read from the watch, never polled"
+    );
+}
