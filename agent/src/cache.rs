@@ -18,6 +18,8 @@ pub struct Cache<K> {
     gone: BTreeMap<Key, u64>,
     /// Keys listed since the last watch restart, per namespace.
     relisting: BTreeMap<String, BTreeSet<String>>,
+    /// Namespaces whose first listing is complete: only then does absence mean "absent".
+    synced: BTreeSet<String>,
 }
 
 impl<K> Default for Cache<K> {
@@ -26,6 +28,7 @@ impl<K> Default for Cache<K> {
             objects: BTreeMap::new(),
             gone: BTreeMap::new(),
             relisting: BTreeMap::new(),
+            synced: BTreeSet::new(),
         }
     }
 }
@@ -103,6 +106,7 @@ impl<K: Resource + Clone> Cache<K> {
 
     /// The listing is complete: whatever it did not contain is gone.
     pub fn relist_done(&mut self, namespace: &str) {
+        self.synced.insert(namespace.to_owned());
         let Some(seen) = self.relisting.remove(namespace) else {
             return;
         };
@@ -115,6 +119,12 @@ impl<K: Resource + Clone> Cache<K> {
         for (ns, name) in stale {
             self.delete(&ns, &name);
         }
+    }
+
+    /// Whether the watch of `namespace` has listed it completely at least once. Before that, a
+    /// missing object may merely not be listed yet.
+    pub fn is_synced(&self, namespace: &str) -> bool {
+        self.synced.contains(namespace)
     }
 
     /// The object, if it exists.
@@ -184,6 +194,18 @@ mod tests {
         gone.metadata.uid = Some("u2".into());
         c.delete_seen(&gone);
         assert!(c.get("ns", "a").is_none());
+    }
+
+    #[test]
+    fn a_namespace_is_synced_only_once_its_first_listing_is_complete() {
+        let mut c: Cache<PersistentVolumeClaim> = Cache::default();
+        assert!(!c.is_synced("ns"));
+        c.relist_started("ns");
+        c.apply(pvc("a", "1", "x"));
+        assert!(!c.is_synced("ns"));
+        c.relist_done("ns");
+        assert!(c.is_synced("ns"));
+        assert!(!c.is_synced("other"));
     }
 
     #[test]

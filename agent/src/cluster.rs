@@ -111,20 +111,6 @@ impl Cluster {
         Ok(self.api::<K>(ns).create(&pp, obj).await?)
     }
 
-    /// Creates an object; when one of that name already exists (a retried create whose answer
-    /// was lost, or a watch that has not caught up), reads it instead.
-    pub async fn create_or_get<K: Namespaced>(&self, ns: &str, obj: &K) -> Result<K, ClusterError> {
-        match self.create(ns, obj).await {
-            Err(ClusterError::AlreadyExists(msg)) => {
-                let name = obj.meta().name.clone().unwrap_or_default();
-                self.get::<K>(ns, &name)
-                    .await?
-                    .ok_or(ClusterError::Transient(format!("{msg}, then gone")))
-            }
-            other => other,
-        }
-    }
-
     /// Applies a JSON merge patch that names only the fields snapgate owns.
     pub async fn merge_patch<K: Namespaced>(
         &self,
@@ -157,15 +143,6 @@ impl Cluster {
         }
     }
 
-    /// Reads one object, `None` when it does not exist.
-    pub async fn get<K: Namespaced>(
-        &self,
-        ns: &str,
-        name: &str,
-    ) -> Result<Option<K>, ClusterError> {
-        Ok(self.api::<K>(ns).get_opt(name).await?)
-    }
-
     /// The keys of a Secret, `None` when it does not exist (names come from the source spec;
     /// the agent may only `get` Secrets, never list or watch them).
     pub async fn secret_keys(
@@ -173,7 +150,8 @@ impl Cluster {
         ns: &str,
         name: &str,
     ) -> Result<Option<BTreeSet<String>>, ClusterError> {
-        Ok(self.get::<Secret>(ns, name).await?.map(|s| {
+        let secrets: Api<Secret> = self.api(ns);
+        Ok(secrets.get_opt(name).await?.map(|s| {
             let mut keys: BTreeSet<String> = s.data.unwrap_or_default().into_keys().collect();
             keys.extend(s.string_data.unwrap_or_default().into_keys());
             keys

@@ -29,9 +29,10 @@ use tracing::{debug, info, warn};
 
 use crate::{
     cache::Cache,
-    cluster::{Cluster, ClusterError},
+    cluster::{Cluster, ClusterError, Namespaced},
     link::LinkEvent,
     metrics::Metrics,
+    watch,
 };
 
 /// How soon a run whose action failed transiently is planned again (default).
@@ -256,6 +257,16 @@ impl Executor {
                 return;
             };
             let ns = source.namespace.clone();
+            if !(self.pvcs.is_synced(&ns)
+                && self.snapshots.is_synced(&ns)
+                && self.jobs.is_synced(&ns))
+            {
+                // Until every watch has listed the namespace, a missing object may only be
+                // unlisted: planning now could report a PVC missing or a cleanup done. The
+                // end of the listing plans the namespace.
+                debug!(run = id, namespace = ns, "watches not synced yet");
+                return;
+            }
             let privileged = match self.privileged_movers(&ns).await {
                 Ok(p) => p,
                 Err(e) => {
@@ -343,17 +354,17 @@ impl Executor {
                 Ok(true)
             }
             Action::CreateSnapshot(s) => {
-                let made = self.cluster.create_or_get(ns, s.as_ref()).await?;
+                let made = self.create(id, ns, s.as_ref()).await?;
                 self.snapshots.apply(made);
                 Ok(true)
             }
             Action::CreatePvc(p) => {
-                let made = self.cluster.create_or_get(ns, p.as_ref()).await?;
+                let made = self.create(id, ns, p.as_ref()).await?;
                 self.pvcs.apply(made);
                 Ok(true)
             }
             Action::CreateJob(j) => {
-                let made = self.cluster.create_or_get(ns, j.as_ref()).await?;
+                let made = self.create(id, ns, j.as_ref()).await?;
                 self.jobs.apply(made);
                 Ok(true)
             }
@@ -460,6 +471,39 @@ impl Executor {
                 }
                 Ok(false)
             }
+        }
+    }
+
+    /// Creates an object. One of that name may already exist that the watch has not shown:
+    /// a create whose answer was lost (the watch delivers it shortly), or an object snapgate
+    /// did not make (its watches only see its own label). The agent never reads or takes over
+    /// the latter; the run waits, and the source says why.
+    async fn create<K: Namespaced>(
+        &mut self,
+        id: &str,
+        ns: &str,
+        obj: &K,
+    ) -> Result<K, ClusterError> {
+        match self.cluster.create(ns, obj).await {
+            Err(ClusterError::AlreadyExists(msg)) => {
+                let name = obj.meta().name.clone().unwrap_or_default();
+                self.report(
+                    id,
+                    Observation::Error(v1::AgentError {
+                        reason: "AlreadyExists".into(),
+                        message: format!(
+                            "{} {ns}/{name} exists but snapgate's watch does not show it (it \
+                             lacks the label {}?); snapgate will not use or delete it: {msg}",
+                            K::kind(&()),
+                            watch::CREATED_BY_SELECTOR,
+                        ),
+                        retryable: true,
+                    }),
+                )
+                .await;
+                Err(ClusterError::AlreadyExists(msg))
+            }
+            other => other,
         }
     }
 

@@ -75,6 +75,12 @@ impl World {
 
     /// As [`World::start`]; the agent talks to the simulator as `token`'s user when given.
     pub async fn start_with(token: Option<&str>) -> Self {
+        Self::start_after(token, |_| {}).await
+    }
+
+    /// As [`World::start_with`], with `setup` run on the simulator before the agent starts
+    /// (RBAC objects, enforcement, faults).
+    pub async fn start_after(token: Option<&str>, setup: impl FnOnce(&KubeSim)) -> Self {
         let sim = KubeSim::new();
         if let Some(t) = token {
             sim.add_token(t, AGENT_USER);
@@ -87,6 +93,7 @@ impl World {
             &["RESTIC_REPOSITORY", "RESTIC_PASSWORD"],
         ))
         .unwrap();
+        setup(&sim);
         let dir = tempfile::tempdir().unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

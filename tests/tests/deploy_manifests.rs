@@ -1235,22 +1235,23 @@ fn no_role_grants_exec_secret_listing_or_wildcards() {
 
 #[test]
 fn the_agent_role_grants_what_movers_md_lists_and_nothing_more() {
-    // movers.md "RBAC the agent needs", less what the agent never does (`get` on pods: it
-    // lists a Job's pods and reads `pods/log`; `patch` on events: it creates each Event once),
+    // movers.md "RBAC the agent needs", less what the agent never does: `get` on PVCs,
+    // snapshots, Jobs and pods (it reads them from its watches and lists a Job's pods),
+    // `patch` on events (it creates each Event once);
     // plus `patch` on Jobs: a paused source's mover Job is patched to parallelism 0 (movers.md
     // "Common to every mover Job"). tests/tests/rbac.rs proves each verb is used.
     let expected: BTreeSet<(String, String, String)> = [
         (
             "",
             "persistentvolumeclaims",
-            "get list watch patch create delete",
+            "list watch patch create delete",
         ),
         (
             "snapshot.storage.k8s.io",
             "volumesnapshots",
-            "get list watch create delete",
+            "list watch create delete",
         ),
-        ("batch", "jobs", "get list watch create delete patch"),
+        ("batch", "jobs", "list watch create delete patch"),
         ("", "pods", "list"),
         ("", "pods/log", "get"),
         ("", "secrets", "get"),
