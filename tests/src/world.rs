@@ -3,7 +3,7 @@
 
 #![allow(missing_docs)]
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use k8s_openapi::{
     api::{
@@ -25,7 +25,7 @@ use snapgate_proto::v1::{
 use snapgate_scheduler::{
     Config, clock::SystemClock, identity::Authorizer, metrics::Metrics, serve, store::RedbStore,
 };
-use tokio::{net::TcpListener, task::JoinHandle};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
 
 pub const NS: &str = "app";
@@ -47,16 +47,60 @@ pub struct World {
     pub sources: SourceServiceClient<Channel>,
     pub triggers: TriggerServiceClient<Channel>,
     pub agent_metrics: AgentMetrics,
-    scheduler: JoinHandle<anyhow::Result<()>>,
+    scheduler: Option<JoinHandle<anyhow::Result<()>>>,
+    stop_scheduler: Option<oneshot::Sender<()>>,
     agent: JoinHandle<anyhow::Result<()>>,
+    addr: SocketAddr,
+    agent_client: kube::Client,
     _dir: tempfile::TempDir,
 }
 
 impl Drop for World {
     fn drop(&mut self) {
         self.agent.abort();
-        self.scheduler.abort();
+        if let Some(s) = &self.scheduler {
+            s.abort();
+        }
     }
+}
+
+fn spawn_scheduler(
+    dir: &std::path::Path,
+    listener: TcpListener,
+) -> (JoinHandle<anyhow::Result<()>>, oneshot::Sender<()>) {
+    let config = Config {
+        store: Box::new(RedbStore::open(dir).unwrap()),
+        clock: Arc::new(SystemClock),
+        metrics: Metrics::new(),
+        authorizer: Authorizer,
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(serve(config, listener, async {
+        let _ = stopped.await;
+    }));
+    (task, stop)
+}
+
+fn spawn_agent(
+    addr: SocketAddr,
+    client: kube::Client,
+    metrics: AgentMetrics,
+) -> JoinHandle<anyhow::Result<()>> {
+    tokio::spawn(snapgate_agent::run(
+        AgentConfig {
+            scheduler: format!("http://{addr}"),
+            agent_id: "test-agent".into(),
+            namespaces: vec![NS.into()],
+            plan: plan_config(),
+            backoff: Backoff {
+                initial: Duration::from_millis(20),
+                max: Duration::from_millis(200),
+            },
+            retry_after: Duration::from_millis(200),
+            metrics,
+        },
+        client,
+    ))
 }
 
 pub fn plan_config() -> PlanConfig {
@@ -97,47 +141,62 @@ impl World {
         let dir = tempfile::tempdir().unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let config = Config {
-            store: Box::new(RedbStore::open(dir.path()).unwrap()),
-            clock: Arc::new(SystemClock),
-            metrics: Metrics::new(),
-            authorizer: Authorizer,
-        };
-        let scheduler = tokio::spawn(serve(config, listener, std::future::pending()));
+        let (scheduler, stop_scheduler) = spawn_scheduler(dir.path(), listener);
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .unwrap()
             .connect()
             .await
             .unwrap();
-        let client = match token {
+        let agent_client = match token {
             Some(t) => sim.client_as(t),
             None => sim.client(),
         };
         let agent_metrics = AgentMetrics::new();
-        let agent = tokio::spawn(snapgate_agent::run(
-            AgentConfig {
-                scheduler: format!("http://{addr}"),
-                agent_id: "test-agent".into(),
-                namespaces: vec![NS.into()],
-                plan: plan_config(),
-                backoff: Backoff {
-                    initial: Duration::from_millis(20),
-                    max: Duration::from_millis(200),
-                },
-                retry_after: Duration::from_millis(200),
-                metrics: agent_metrics.clone(),
-            },
-            client,
-        ));
+        let agent = spawn_agent(addr, agent_client.clone(), agent_metrics.clone());
         Self {
             sim,
             sources: SourceServiceClient::new(channel.clone()),
             triggers: TriggerServiceClient::new(channel),
             agent_metrics,
-            scheduler,
+            scheduler: Some(scheduler),
+            stop_scheduler: Some(stop_scheduler),
             agent,
+            addr,
+            agent_client,
             _dir: dir,
         }
+    }
+
+    /// Stops the scheduler (as SIGTERM does) and starts it again on the same address and
+    /// store; the agent reconnects by itself.
+    pub async fn restart_scheduler(&mut self) {
+        if let Some(stop) = self.stop_scheduler.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.scheduler.take() {
+            task.await.unwrap().unwrap();
+        }
+        let listener = TcpListener::bind(self.addr).await.unwrap();
+        let (task, stop) = spawn_scheduler(self._dir.path(), listener);
+        self.scheduler = Some(task);
+        self.stop_scheduler = Some(stop);
+    }
+
+    /// Kills the agent task (its link drops, its watches end).
+    pub async fn stop_agent(&mut self) {
+        self.agent.abort();
+        let _ = (&mut self.agent).await;
+    }
+
+    /// Starts a new agent: it keeps nothing, so it rebuilds its view from its watches and the
+    /// scheduler's directives.
+    pub fn start_agent(&mut self) {
+        self.agent_metrics = AgentMetrics::new();
+        self.agent = spawn_agent(
+            self.addr,
+            self.agent_client.clone(),
+            self.agent_metrics.clone(),
+        );
     }
 
     /// Creates the source PVC (bound), gated or not.

@@ -929,3 +929,331 @@ pub fn observation_name(o: &Observation) -> &'static str {
         Observation::Error(_) => "AgentError",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::{
+        api::{
+            batch::v1::{JobCondition, JobStatus},
+            core::v1::PersistentVolumeClaimStatus,
+        },
+        jiff::Timestamp,
+    };
+    use pretty_assertions::assert_eq;
+
+    use super::*;
+    use crate::resources::VolumeSnapshotStatus;
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-03-04T05:06:07Z")
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    fn directive(phase: DirectivePhase, method: v1::CopyMethod) -> v1::Directive {
+        v1::Directive {
+            run_id: "run-7".into(),
+            source: Some(v1::SourceRef {
+                namespace: "app".into(),
+                name: "db".into(),
+            }),
+            spec: Some(v1::SourceSpec {
+                source_pvc: "data".into(),
+                restic: Some(v1::ReplicationSourceResticSpec {
+                    copy_method: method as i32,
+                    repository: "repo".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            phase: phase as i32,
+            generation: 1,
+            waiting_since: Some(timestamp(now())),
+            trigger: "first".into(),
+            gated: true,
+            ..Default::default()
+        }
+    }
+
+    fn pvc(name: &str, annotations: &[(&str, &str)], run: Option<&str>) -> PersistentVolumeClaim {
+        PersistentVolumeClaim {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("app".into()),
+                annotations: Some(
+                    annotations
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                        .collect(),
+                ),
+                labels: run.map(|r| names::temporary_labels("db", r)),
+                creation_timestamp: Some(Time(Timestamp::UNIX_EPOCH)),
+                ..Default::default()
+            },
+            spec: Some(Default::default()),
+            status: Some(PersistentVolumeClaimStatus {
+                phase: Some("Bound".into()),
+                capacity: Some(
+                    [(
+                        "storage".to_owned(),
+                        k8s_openapi::apimachinery::pkg::api::resource::Quantity("1Gi".into()),
+                    )]
+                    .into(),
+                ),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn seen<'a>(pvc: Option<&'a PersistentVolumeClaim>) -> Observed<'a> {
+        Observed {
+            pvc,
+            snapshot: None,
+            copy_pvc: None,
+            cache_pvc: None,
+            job: None,
+            secrets: None,
+            privileged: false,
+            failed_attempts: 0,
+            now: now(),
+        }
+    }
+
+    fn kinds(actions: &[Action]) -> Vec<String> {
+        actions
+            .iter()
+            .map(|a| match a {
+                Action::PatchPvc { name, .. } => format!("PatchPvc {name}"),
+                Action::PatchJob { name, .. } => format!("PatchJob {name}"),
+                Action::CreateSnapshot(s) => {
+                    format!("CreateSnapshot {}", s.metadata.name.clone().unwrap())
+                }
+                Action::CreatePvc(p) => format!("CreatePvc {}", p.metadata.name.clone().unwrap()),
+                Action::CreateJob(j) => format!("CreateJob {}", j.metadata.name.clone().unwrap()),
+                Action::DeleteSnapshot(n) => format!("DeleteSnapshot {n}"),
+                Action::DeletePvc(n) => format!("DeletePvc {n}"),
+                Action::DeleteJob(n) => format!("DeleteJob {n}"),
+                Action::ReadSecrets(n) => format!("ReadSecrets {}", n.join(",")),
+                Action::Event(e) => format!("Event {}", e.reason.clone().unwrap()),
+                Action::ReportMover { outcome, .. } => format!("ReportMover {outcome:?}"),
+                Action::Report(o) => format!("Report {}", observation_name(o)),
+                Action::WakeAt(t) => format!("WakeAt {t}"),
+            })
+            .collect()
+    }
+
+    const USE: (&str, &str) = (annotations::USE_COPY_TRIGGER, "");
+
+    #[test]
+    fn waiting_marks_the_pvc_once_then_only_reports_it() {
+        let d = directive(DirectivePhase::Wait, v1::CopyMethod::Snapshot);
+        let fresh = pvc("data", &[USE], None);
+        let a = plan(&d, &seen(Some(&fresh)), &PlanConfig::default()).unwrap();
+        assert_eq!(
+            kinds(&a),
+            ["PatchPvc data", "Event SrcPVCWaitingForCopyTrigger"]
+        );
+        let Action::PatchPvc { patch, .. } = &a[0] else {
+            unreachable!()
+        };
+        assert_eq!(
+            patch,
+            &serde_json::json!({"metadata": {"annotations": {
+                annotations::LATEST_COPY_STATUS: "WaitingForTrigger",
+                annotations::LATEST_COPY_TRIGGER_WAITING_SINCE: "2026-03-04T05:06:07Z",
+            }}})
+        );
+        let marked = pvc(
+            "data",
+            &[
+                USE,
+                (annotations::LATEST_COPY_STATUS, "WaitingForTrigger"),
+                (
+                    annotations::LATEST_COPY_TRIGGER_WAITING_SINCE,
+                    "2026-03-04T05:06:07Z",
+                ),
+            ],
+            None,
+        );
+        let a = plan(&d, &seen(Some(&marked)), &PlanConfig::default()).unwrap();
+        assert_eq!(kinds(&a), ["Report PvcObserved"]);
+    }
+
+    #[test]
+    fn a_gated_copy_is_marked_in_progress_before_the_copy_is_made() {
+        let d = directive(DirectivePhase::Copy, v1::CopyMethod::Snapshot);
+        let waiting = pvc(
+            "data",
+            &[USE, (annotations::LATEST_COPY_STATUS, "WaitingForTrigger")],
+            None,
+        );
+        let a = plan(&d, &seen(Some(&waiting)), &PlanConfig::default()).unwrap();
+        assert_eq!(
+            kinds(&a),
+            [
+                "PatchPvc data",
+                "Event SrcPVCCopyTriggerReceived",
+                "CreateSnapshot volsync-db-src"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_copy_left_by_an_earlier_run_is_deleted_not_taken_for_this_runs_copy() {
+        let d = directive(DirectivePhase::Copy, v1::CopyMethod::Clone);
+        let source = pvc(
+            "data",
+            &[USE, (annotations::LATEST_COPY_STATUS, "InProgress")],
+            None,
+        );
+        let stale = pvc("volsync-db-src", &[], Some("run-6"));
+        let mut s = seen(Some(&source));
+        s.copy_pvc = Some(&stale);
+        let a = plan(&d, &s, &PlanConfig::default()).unwrap();
+        assert_eq!(kinds(&a), ["DeletePvc volsync-db-src"]);
+    }
+
+    #[test]
+    fn a_ready_copy_is_marked_completed_with_the_bound_trigger_then_reported() {
+        let d = directive(DirectivePhase::Copy, v1::CopyMethod::Snapshot);
+        let source = pvc(
+            "data",
+            &[USE, (annotations::LATEST_COPY_STATUS, "InProgress")],
+            None,
+        );
+        let snap = VolumeSnapshot {
+            metadata: ObjectMeta {
+                name: Some("volsync-db-src".into()),
+                labels: Some(names::temporary_labels("db", "run-7")),
+                ..Default::default()
+            },
+            spec: Default::default(),
+            status: Some(VolumeSnapshotStatus {
+                bound_volume_snapshot_content_name: Some("content".into()),
+                ready_to_use: None,
+                creation_time: Some(Time(to_jiff(now()))),
+                ..Default::default()
+            }),
+        };
+        let mut s = seen(Some(&source));
+        s.snapshot = Some(&snap);
+        let a = plan(&d, &s, &PlanConfig::default()).unwrap();
+        assert_eq!(
+            kinds(&a),
+            ["PatchPvc data", "Event SrcPVCCopyUsingCopyTriggerCompleted"]
+        );
+        let Action::PatchPvc { patch, .. } = &a[0] else {
+            unreachable!()
+        };
+        assert_eq!(
+            patch["metadata"]["annotations"][annotations::LATEST_COPY_TRIGGER],
+            "first"
+        );
+        let completed = pvc(
+            "data",
+            &[
+                USE,
+                (annotations::LATEST_COPY_STATUS, "Completed"),
+                (annotations::LATEST_COPY_TRIGGER, "first"),
+            ],
+            None,
+        );
+        s.pvc = Some(&completed);
+        let a = plan(&d, &s, &PlanConfig::default()).unwrap();
+        assert_eq!(
+            a,
+            [Action::Report(Observation::CopyCompleted(
+                v1::CopyCompleted {
+                    copy_name: "volsync-db-src".into(),
+                    time: Some(timestamp(now())),
+                }
+            ))]
+        );
+    }
+
+    fn failed_job(at: DateTime<Utc>) -> Job {
+        Job {
+            metadata: ObjectMeta {
+                name: Some("volsync-src-db".into()),
+                uid: Some("u1".into()),
+                labels: Some(names::temporary_labels("db", "run-7")),
+                annotations: Some([(ATTEMPT.to_owned(), "2".to_owned())].into()),
+                ..Default::default()
+            },
+            spec: Some(Default::default()),
+            status: Some(JobStatus {
+                failed: Some(9),
+                conditions: Some(vec![JobCondition {
+                    type_: "Failed".into(),
+                    status: "True".into(),
+                    last_transition_time: Some(Time(to_jiff(at))),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn a_failed_job_is_reported_and_replaced_only_after_its_doubled_back_off() {
+        let d = directive(DirectivePhase::Transfer, v1::CopyMethod::Direct);
+        let source = pvc("data", &[], None);
+        let config = PlanConfig::default(); // 10 s, doubled per attempt: 20 s for attempt 2
+        let job = failed_job(now() - chrono::Duration::seconds(5));
+        let mut s = seen(Some(&source));
+        s.job = Some(&job);
+        let a = plan(&d, &s, &config).unwrap();
+        assert_eq!(
+            kinds(&a),
+            [
+                "Event TransferFailed",
+                "ReportMover Failed { attempt: 2 }",
+                "WakeAt 2026-03-04 05:06:22 UTC"
+            ]
+        );
+        let job = failed_job(now() - chrono::Duration::seconds(20));
+        s.job = Some(&job);
+        let a = plan(&d, &s, &config).unwrap();
+        assert_eq!(a.last(), Some(&Action::DeleteJob("volsync-src-db".into())));
+    }
+
+    #[test]
+    fn cleanup_deletes_what_the_source_made_and_reports_only_when_nothing_is_left() {
+        let mut d = directive(DirectivePhase::Cleanup, v1::CopyMethod::Snapshot);
+        d.clear_waiting = true;
+        let source = pvc(
+            "data",
+            &[
+                USE,
+                (annotations::LATEST_COPY_STATUS, "WaitingForTrigger"),
+                (annotations::LATEST_COPY_TRIGGER_WAITING_SINCE, "x"),
+            ],
+            None,
+        );
+        let restored = pvc("volsync-db-src", &[], Some("run-7"));
+        let mut s = seen(Some(&source));
+        s.copy_pvc = Some(&restored);
+        let a = plan(&d, &s, &PlanConfig::default()).unwrap();
+        assert_eq!(kinds(&a), ["PatchPvc data", "DeletePvc volsync-db-src"]);
+        let clean = pvc("data", &[USE], None);
+        let a = plan(&d, &seen(Some(&clean)), &PlanConfig::default()).unwrap();
+        assert_eq!(kinds(&a), ["Report CleanedUp"]);
+    }
+
+    #[test]
+    fn a_missing_secret_is_reported_and_no_job_is_made() {
+        let d = directive(DirectivePhase::Transfer, v1::CopyMethod::Direct);
+        let source = pvc("data", &[], None);
+        let cache = pvc("volsync-src-db-cache", &[], None);
+        let secrets = BTreeMap::new();
+        let mut s = seen(Some(&source));
+        s.cache_pvc = Some(&cache);
+        assert_eq!(
+            kinds(&plan(&d, &s, &PlanConfig::default()).unwrap()),
+            ["ReadSecrets repo"]
+        );
+        s.secrets = Some(&secrets);
+        let a = plan(&d, &s, &PlanConfig::default()).unwrap();
+        assert_eq!(kinds(&a), ["Report AgentError"]);
+    }
+}
