@@ -289,6 +289,34 @@ impl World {
             .into_inner()
     }
 
+    /// Waits until the source PVC's `latest-copy-status` is `want`.
+    pub async fn wait_copy_status(&self, want: &str) {
+        eventually(&format!("latest-copy-status {want}"), || {
+            (self.copy_annotations().get(STATUS).map(String::as_str) == Some(want)).then_some(())
+        })
+        .await;
+    }
+
+    /// Waits until `n` runs of `source` ended Successful; the source as it is then.
+    pub async fn wait_successful_runs(&mut self, source: &str, n: usize) -> v1::Source {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let runs = self.runs(source).await;
+            let ok = runs
+                .iter()
+                .filter(|r| r.result() == v1::RunResult::Successful)
+                .count();
+            if ok >= n {
+                return self.source(source).await;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {n} successful run(s) of {source}: {runs:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The source PVC's annotations, as the API server has them.
     pub fn annotations(&self) -> BTreeMap<String, String> {
         self.sim
@@ -401,6 +429,26 @@ pub fn secret(name: &str, keys: &[&str]) -> Secret {
                 .map(|k| ((*k).to_owned(), "x".to_owned()))
                 .collect(),
         ),
+        ..Default::default()
+    }
+}
+
+/// An rclone source of `PVC` with this copy method and manual trigger `m1` (one run), its
+/// config in the Secret `rclone-secret`.
+pub fn rclone_spec(method: v1::CopyMethod) -> v1::SourceSpec {
+    v1::SourceSpec {
+        source_pvc: PVC.into(),
+        trigger: Some(v1::ReplicationSourceTrigger {
+            schedule: None,
+            manual: Some("m1".into()),
+        }),
+        rclone: Some(v1::ReplicationSourceRcloneSpec {
+            copy_method: method as i32,
+            rclone_config: "rclone-secret".into(),
+            rclone_config_section: "s3".into(),
+            rclone_dest_path: "bucket/db".into(),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }

@@ -97,21 +97,6 @@ async fn make_copy_ready(w: &World, method: CopyMethod, readiness_unset: bool) {
     }
 }
 
-async fn wait_successful_runs(w: &mut World, n: usize) -> v1::Source {
-    eventually_async!(format!("{n} successful run(s)"), {
-        let runs = w.runs(SOURCE).await;
-        let ok = runs
-            .iter()
-            .filter(|r| r.result() == v1::RunResult::Successful)
-            .count();
-        if ok >= n {
-            Some(w.source(SOURCE).await)
-        } else {
-            None
-        }
-    })
-}
-
 async fn replay(method: CopyMethod, path: Path) {
     let mut w = World::start().await;
     match method {
@@ -190,7 +175,7 @@ async fn replay(method: CopyMethod, path: Path) {
     .await;
     assert_eq!(a[LATEST], "first");
     assert!(!a.contains_key(SINCE));
-    let source = wait_successful_runs(&mut w, 1).await;
+    let source = w.wait_successful_runs(SOURCE, 1).await;
     let status = source.status.unwrap();
     let mover = status.latest_mover_status.unwrap();
     assert_eq!(mover.result, "Successful");
@@ -237,7 +222,7 @@ async fn replay(method: CopyMethod, path: Path) {
     })
     .await;
     assert!(!a.contains_key(SINCE));
-    wait_successful_runs(&mut w, 2).await;
+    w.wait_successful_runs(SOURCE, 2).await;
     let runs = w.runs(SOURCE).await;
     let triggers: Vec<&str> = runs.iter().map(|r| r.trigger.as_str()).collect();
     assert!(
@@ -271,7 +256,7 @@ async fn ungated(method: CopyMethod) {
     w.create_pvc(false);
     w.apply(SOURCE, restic_spec(method, Duration::from_secs(60)))
         .await;
-    wait_successful_runs(&mut w, 1).await;
+    w.wait_successful_runs(SOURCE, 1).await;
     assert!(
         w.copy_annotations().is_empty(),
         "no copy-trigger annotation on an ungated PVC: {:?}",

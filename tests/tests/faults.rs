@@ -8,24 +8,6 @@ use snapgate_e2e::{eventually_async, *};
 use snapgate_kube_sim::{FaultKind, FaultRule, JobBehaviour, SnapshotBehaviour, Verb};
 use snapgate_proto::v1::{self, CopyMethod};
 
-fn rclone_direct() -> v1::SourceSpec {
-    v1::SourceSpec {
-        source_pvc: PVC.into(),
-        trigger: Some(v1::ReplicationSourceTrigger {
-            schedule: None,
-            manual: Some("m1".into()),
-        }),
-        rclone: Some(v1::ReplicationSourceRcloneSpec {
-            copy_method: CopyMethod::Direct as i32,
-            rclone_config: "rclone-secret".into(),
-            rclone_config_section: "s3".into(),
-            rclone_dest_path: "bucket/db".into(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
 async fn condition_message(w: &mut World) -> String {
     let s = w.source(SOURCE).await;
     s.status
@@ -51,7 +33,7 @@ async fn a_failed_mover_job_is_reported_with_its_log_and_replaced_after_a_back_o
         JobBehaviour::fail(["Transferred: 0 B", "ERROR : bucket not found"]),
     );
     w.create_pvc(false);
-    w.apply(SOURCE, rclone_direct()).await;
+    w.apply(SOURCE, rclone_spec(CopyMethod::Direct)).await;
     let status = eventually_async!("the failure is reported", {
         let s = w.source(SOURCE).await;
         s.status
@@ -102,7 +84,7 @@ async fn a_failed_mover_job_is_reported_with_its_log_and_replaced_after_a_back_o
 async fn a_missing_secret_is_a_clear_status_and_the_run_goes_on_once_it_exists() {
     let mut w = World::start().await;
     w.create_pvc(false);
-    w.apply(SOURCE, rclone_direct()).await;
+    w.apply(SOURCE, rclone_spec(CopyMethod::Direct)).await;
     let msg = eventually_async!("the missing Secret on the source", {
         let m = condition_message(&mut w).await;
         m.contains("SecretNotFound").then_some(m)
@@ -112,12 +94,7 @@ async fn a_missing_secret_is_a_clear_status_and_the_run_goes_on_once_it_exists()
     w.sim
         .create(&secret("rclone-secret", &["rclone.conf"]))
         .unwrap();
-    eventually_async!("the run succeeds once the Secret exists", {
-        let runs = w.runs(SOURCE).await;
-        runs.iter()
-            .any(|r| r.result() == v1::RunResult::Successful)
-            .then_some(())
-    });
+    w.wait_successful_runs(SOURCE, 1).await;
 }
 
 #[tokio::test]
@@ -134,11 +111,7 @@ async fn a_missing_source_pvc_is_a_clear_status_and_the_run_starts_once_it_exist
     });
     assert!(msg.contains(PVC), "{msg}");
     w.create_pvc(true);
-    eventually("WaitingForTrigger once the PVC exists", || {
-        (w.copy_annotations().get(STATUS).map(String::as_str) == Some("WaitingForTrigger"))
-            .then_some(())
-    })
-    .await;
+    w.wait_copy_status("WaitingForTrigger").await;
 }
 
 #[tokio::test]
@@ -155,11 +128,7 @@ async fn a_snapshot_class_error_is_shown_on_the_source_and_the_pvc_stays_in_prog
         restic_spec(CopyMethod::Snapshot, Duration::from_secs(600)),
     )
     .await;
-    eventually("WaitingForTrigger", || {
-        (w.copy_annotations().get(STATUS).map(String::as_str) == Some("WaitingForTrigger"))
-            .then_some(())
-    })
-    .await;
+    w.wait_copy_status("WaitingForTrigger").await;
     w.annotate_trigger("first").await;
     let msg = eventually_async!("the snapshot error on the source", {
         let m = condition_message(&mut w).await;
@@ -215,18 +184,9 @@ async fn api_errors_are_retried_without_a_wrong_annotation_or_a_lost_report() {
         restic_spec(CopyMethod::Snapshot, Duration::from_secs(600)),
     )
     .await;
-    eventually("WaitingForTrigger despite failed patches", || {
-        (w.copy_annotations().get(STATUS).map(String::as_str) == Some("WaitingForTrigger"))
-            .then_some(())
-    })
-    .await;
+    w.wait_copy_status("WaitingForTrigger").await;
     w.annotate_trigger("first").await;
-    eventually_async!("the run ends", {
-        let runs = w.runs(SOURCE).await;
-        runs.iter()
-            .any(|r| r.result() == v1::RunResult::Successful)
-            .then_some(())
-    });
+    w.wait_successful_runs(SOURCE, 1).await;
     let a = w.copy_annotations();
     assert_eq!(a.get(STATUS).map(String::as_str), Some("Completed"));
     assert_eq!(a.get(LATEST).map(String::as_str), Some("first"));
@@ -255,7 +215,7 @@ async fn pausing_a_source_scales_its_running_mover_job_to_zero() {
     w.sim
         .job_behaviour(NS, "volsync-rclone-src-db", JobBehaviour::hang());
     w.create_pvc(false);
-    w.apply(SOURCE, rclone_direct()).await;
+    w.apply(SOURCE, rclone_spec(CopyMethod::Direct)).await;
     eventually("the Job runs", || {
         w.jobs()
             .into_iter()

@@ -7,7 +7,7 @@ use k8s_openapi::api::{
     batch::v1::Job,
     core::v1::{Container, EnvVar, PodSpec},
 };
-use snapgate_e2e::{eventually_async, *};
+use snapgate_e2e::*;
 use snapgate_kube_sim::{JobBehaviour, RequestRecord, Verb};
 use snapgate_proto::v1::{self, CopyMethod};
 
@@ -84,6 +84,14 @@ fn mounts(c: &Container) -> BTreeMap<String, (String, bool)> {
         .into_iter()
         .map(|m| (m.mount_path, (m.name, m.read_only.unwrap_or(false))))
         .collect()
+}
+
+fn assert_bash(c: &Container, script: &str) {
+    assert_eq!(
+        c.command.clone().unwrap_or_default(),
+        ["/bin/bash", "-c", script],
+        "the mover's entry script"
+    );
 }
 
 /// What every mover Job shares (movers.md, "Common to every mover Job").
@@ -213,16 +221,7 @@ async fn the_rclone_job_reaching_the_api_server_is_as_movers_md_says() {
     .await;
     assert_common(&job, "volsync-rclone-src-db", 2, false);
     let c = container(&job);
-    assert_eq!(
-        c.command.as_deref(),
-        Some(
-            &[
-                "/bin/bash".to_owned(),
-                "-c".to_owned(),
-                "/mover-rclone/active.sh".to_owned()
-            ][..]
-        )
-    );
+    assert_bash(c, "/mover-rclone/active.sh");
     let e = env(c);
     assert_eq!(value(&e, "RCLONE_CONFIG"), "/rclone-config/rclone.conf");
     assert_eq!(value(&e, "RCLONE_DEST_PATH"), "bucket/db");
@@ -267,16 +266,7 @@ async fn the_rsync_job_reaching_the_api_server_is_as_movers_md_says() {
     .await;
     assert_common(&job, "volsync-rsync-src-db", 2, true);
     let c = container(&job);
-    assert_eq!(
-        c.command.as_deref(),
-        Some(
-            &[
-                "/bin/bash".to_owned(),
-                "-c".to_owned(),
-                "/mover-rsync/source.sh".to_owned()
-            ][..]
-        )
-    );
+    assert_bash(c, "/mover-rsync/source.sh");
     let e = env(c);
     assert_eq!(value(&e, "DESTINATION_ADDRESS"), "backup.example.com");
     assert_eq!(value(&e, "DESTINATION_PORT"), "22");
@@ -326,16 +316,7 @@ async fn the_rsync_tls_job_reaching_the_api_server_is_as_movers_md_says() {
     .await;
     assert_common(&job, "volsync-rsync-tls-src-db", 2, false);
     let c = container(&job);
-    assert_eq!(
-        c.command.as_deref(),
-        Some(
-            &[
-                "/bin/bash".to_owned(),
-                "-c".to_owned(),
-                "/mover-rsync-tls/client.sh".to_owned()
-            ][..]
-        )
-    );
+    assert_bash(c, "/mover-rsync-tls/client.sh");
     let e = env(c);
     assert_eq!(value(&e, "DESTINATION_ADDRESS"), "10.0.0.9");
     assert_eq!(value(&e, "DESTINATION_PORT"), "8000");
@@ -358,11 +339,7 @@ async fn one_gated_run_costs_a_fixed_count_of_requests_with_no_polling_and_no_re
         restic_spec(CopyMethod::Snapshot, Duration::from_secs(600)),
     )
     .await;
-    eventually("WaitingForTrigger", || {
-        (w.copy_annotations().get(STATUS).map(String::as_str) == Some("WaitingForTrigger"))
-            .then_some(())
-    })
-    .await;
+    w.wait_copy_status("WaitingForTrigger").await;
     // Idle while waiting: a quiet second must cost no request at all.
     let before = agent_requests(&w).len();
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -372,12 +349,7 @@ async fn one_gated_run_costs_a_fixed_count_of_requests_with_no_polling_and_no_re
         "no request while waiting but watches: {idle:?}"
     );
     w.annotate_trigger("first").await;
-    eventually_async!("the run ends", {
-        let runs = w.runs(SOURCE).await;
-        runs.iter()
-            .any(|r| r.result() == v1::RunResult::Successful)
-            .then_some(())
-    });
+    w.wait_successful_runs(SOURCE, 1).await;
     eventually("cleanup", || w.snapshots().is_empty().then_some(())).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 

@@ -7,7 +7,7 @@
 use std::{collections::BTreeSet, time::Duration};
 
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
-use snapgate_e2e::{eventually_async, *};
+use snapgate_e2e::*;
 use snapgate_kube_sim::{JobBehaviour, KubeSim, RequestRecord, rbac};
 use snapgate_proto::v1::{self, CopyMethod};
 
@@ -160,18 +160,9 @@ async fn the_agent_needs_every_verb_of_the_deploy_role_and_nothing_more() {
         restic_spec(CopyMethod::Snapshot, Duration::from_secs(600)),
     )
     .await;
-    eventually("WaitingForTrigger", || {
-        (w.copy_annotations().get(STATUS).map(String::as_str) == Some("WaitingForTrigger"))
-            .then_some(())
-    })
-    .await;
+    w.wait_copy_status("WaitingForTrigger").await;
     w.annotate_trigger("first").await;
-    eventually_async!("the gated run succeeds", {
-        let runs = w.runs(SOURCE).await;
-        runs.iter()
-            .any(|r| r.result() == v1::RunResult::Successful)
-            .then_some(())
-    });
+    w.wait_successful_runs(SOURCE, 1).await;
     eventually("its cleanup", || w.snapshots().is_empty().then_some(())).await;
 
     // A second source whose mover is running when it is paused.
@@ -180,25 +171,7 @@ async fn the_agent_needs_every_verb_of_the_deploy_role_and_nothing_more() {
         .unwrap();
     w.sim
         .job_behaviour(NS, "volsync-rclone-src-other", JobBehaviour::hang());
-    w.apply(
-        "other",
-        v1::SourceSpec {
-            source_pvc: PVC.into(),
-            trigger: Some(v1::ReplicationSourceTrigger {
-                schedule: None,
-                manual: Some("m1".into()),
-            }),
-            rclone: Some(v1::ReplicationSourceRcloneSpec {
-                copy_method: CopyMethod::Clone as i32,
-                rclone_config: "rclone-secret".into(),
-                rclone_config_section: "s3".into(),
-                rclone_dest_path: "bucket/db".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-    )
-    .await;
+    w.apply("other", rclone_spec(CopyMethod::Clone)).await;
     w.annotate_trigger("second").await;
     eventually("the rclone Job runs", || {
         w.jobs()

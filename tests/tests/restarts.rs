@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use snapgate_e2e::{eventually_async, *};
+use snapgate_e2e::*;
 use snapgate_kube_sim::{SnapshotBehaviour, Verb};
-use snapgate_proto::v1::{self, CopyMethod};
+use snapgate_proto::v1::CopyMethod;
 
 const COPY: &str = "volsync-db-src";
 
@@ -24,13 +24,6 @@ fn source_patches(w: &World) -> usize {
     })
 }
 
-async fn status_is(w: &World, want: &str) {
-    eventually(want, || {
-        (w.copy_annotations().get(STATUS).map(String::as_str) == Some(want)).then_some(())
-    })
-    .await;
-}
-
 async fn finish(w: &mut World) {
     eventually("the snapshot is bound, not ready", || {
         w.snapshots().first().and_then(|s| {
@@ -42,12 +35,7 @@ async fn finish(w: &mut World) {
     .await;
     w.patch_snapshot_status(COPY, serde_json::json!({ "readyToUse": true }))
         .await;
-    eventually_async!("the run succeeds", {
-        let runs = w.runs(SOURCE).await;
-        runs.iter()
-            .any(|r| r.result() == v1::RunResult::Successful)
-            .then_some(())
-    });
+    w.wait_successful_runs(SOURCE, 1).await;
     let a = w.copy_annotations();
     assert_eq!(a.get(STATUS).map(String::as_str), Some("Completed"));
     assert_eq!(a.get(LATEST).map(String::as_str), Some("first"));
@@ -63,7 +51,7 @@ async fn gated_run_in_progress() -> World {
         restic_spec(CopyMethod::Snapshot, Duration::from_secs(600)),
     )
     .await;
-    status_is(&w, "WaitingForTrigger").await;
+    w.wait_copy_status("WaitingForTrigger").await;
     w
 }
 
@@ -71,7 +59,7 @@ async fn gated_run_in_progress() -> World {
 async fn a_scheduler_restart_mid_copy_resumes_the_run_without_a_second_copy() {
     let mut w = gated_run_in_progress().await;
     w.annotate_trigger("first").await;
-    status_is(&w, "InProgress").await;
+    w.wait_copy_status("InProgress").await;
     eventually("the snapshot", || (w.snapshots().len() == 1).then_some(())).await;
     let patches = source_patches(&w);
 
@@ -104,7 +92,7 @@ async fn an_agent_restart_while_waiting_rewrites_nothing_and_a_trigger_set_while
     // The application quiesces and triggers while no agent runs.
     w.annotate_trigger("first").await;
     w.start_agent();
-    status_is(&w, "InProgress").await;
+    w.wait_copy_status("InProgress").await;
     assert_eq!(
         source_patches(&w),
         patches + 1,
@@ -121,7 +109,7 @@ async fn an_agent_restart_while_waiting_rewrites_nothing_and_a_trigger_set_while
 async fn an_agent_restart_mid_copy_rebuilds_from_the_cluster_and_makes_no_second_copy() {
     let mut w = gated_run_in_progress().await;
     w.annotate_trigger("first").await;
-    status_is(&w, "InProgress").await;
+    w.wait_copy_status("InProgress").await;
     eventually("the snapshot", || (w.snapshots().len() == 1).then_some(())).await;
     w.stop_agent().await;
     w.start_agent();
