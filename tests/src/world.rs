@@ -433,6 +433,107 @@ pub fn secret(name: &str, keys: &[&str]) -> Secret {
     }
 }
 
+/// The four movers, each with what its source needs and what its Job logs in the simulator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MoverKind {
+    Restic,
+    Rclone,
+    Rsync,
+    RsyncTls,
+}
+
+impl MoverKind {
+    pub const ALL: [MoverKind; 4] = [Self::Restic, Self::Rclone, Self::Rsync, Self::RsyncTls];
+
+    /// The mover Job's name for source `SOURCE`.
+    pub fn job(self) -> &'static str {
+        match self {
+            Self::Restic => "volsync-src-db",
+            Self::Rclone => "volsync-rclone-src-db",
+            Self::Rsync => "volsync-rsync-src-db",
+            Self::RsyncTls => "volsync-rsync-tls-src-db",
+        }
+    }
+
+    /// A source of `PVC` with this mover and copy method, manual trigger `m1`, and this wait
+    /// timeout (keep waiting).
+    pub fn spec(self, method: v1::CopyMethod, wait_timeout: Duration) -> v1::SourceSpec {
+        let mut spec = match self {
+            Self::Restic => return restic_spec(method, wait_timeout),
+            Self::Rclone => rclone_spec(method),
+            Self::Rsync => v1::SourceSpec {
+                rsync: Some(v1::ReplicationSourceRsyncSpec {
+                    copy_method: method as i32,
+                    ssh_keys: "rsync-keys".into(),
+                    address: "backup.example.com".into(),
+                    ..Default::default()
+                }),
+                ..rclone_spec(method)
+            },
+            Self::RsyncTls => v1::SourceSpec {
+                rsync_tls: Some(v1::ReplicationSourceRsyncTlsSpec {
+                    copy_method: method as i32,
+                    key_secret: "tls-key".into(),
+                    address: "10.0.0.9".into(),
+                    ..Default::default()
+                }),
+                ..rclone_spec(method)
+            },
+        };
+        if self != Self::Rclone {
+            spec.rclone = None;
+        }
+        spec.copy_trigger = restic_spec(method, wait_timeout).copy_trigger;
+        spec
+    }
+
+    /// The Secret the mover needs (restic's exists in every World).
+    pub fn secret(self) -> Option<Secret> {
+        match self {
+            Self::Restic => None,
+            Self::Rclone => Some(secret("rclone-secret", &["rclone.conf"])),
+            Self::Rsync => Some(secret(
+                "rsync-keys",
+                &["source", "source.pub", "destination.pub"],
+            )),
+            Self::RsyncTls => Some(secret("tls-key", &["psk.txt"])),
+        }
+    }
+
+    /// What the mover's pod logs in the simulator: its summary lines and some noise.
+    pub fn log(self) -> Vec<&'static str> {
+        match self {
+            Self::Restic => RESTIC_LOG.to_vec(),
+            Self::Rclone => vec![
+                "Transferred:   1.2 MiB / 1.2 MiB, 100%",
+                "some noise that is filtered out",
+                "Elapsed time:  1.0s",
+                "Rclone completed in 1s",
+            ],
+            Self::Rsync | Self::RsyncTls => vec![
+                "some noise that is filtered out",
+                "sent 1,234 bytes  received 56 bytes  2,580.00 bytes/sec",
+                "total size is 10,000  speedup is 7.75",
+                "rsync completed in 2s",
+            ],
+        }
+    }
+
+    /// The log tail `latestMoverStatus.logs` must hold: the summary lines only.
+    pub fn tail(self) -> String {
+        self.log()
+            .into_iter()
+            .filter(|l| !l.contains("noise"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Whether the mover keeps a cache PVC (restic).
+    pub fn cache(self) -> Option<&'static str> {
+        (self == Self::Restic).then_some("volsync-src-db-cache")
+    }
+}
+
 /// An rclone source of `PVC` with this copy method and manual trigger `m1` (one run), its
 /// config in the Secret `rclone-secret`.
 pub fn rclone_spec(method: v1::CopyMethod) -> v1::SourceSpec {

@@ -1,16 +1,15 @@
-//! The spec's acceptance scenarios 1-8 (copy-trigger.md section 8), for Clone and Snapshot,
-//! through the annotation path and the Trigger RPC path: a real scheduler over gRPC, the
+//! The spec's acceptance scenarios 1-8 (copy-trigger.md section 8), for each of the four
+//! movers, for Clone and Snapshot, through the annotation path and the Trigger RPC path: a real scheduler over gRPC, the
 //! agent's real code, and the simulated API server, with the PVC annotations read back from
 //! the API server exactly.
 
 use std::time::Duration;
 
 use snapgate_e2e::{eventually_async, *};
-use snapgate_kube_sim::{PvcBehaviour, SnapshotBehaviour, Verb};
+use snapgate_kube_sim::{JobBehaviour, PvcBehaviour, SnapshotBehaviour, Verb};
 use snapgate_proto::v1::{self, CopyMethod, CopyState};
 
 const COPY: &str = "volsync-db-src";
-const CACHE: &str = "volsync-src-db-cache";
 const TIMEOUT_TEXT: &str = "Timed out waiting for copy-trigger to be modified for pvc data";
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -97,8 +96,13 @@ async fn make_copy_ready(w: &World, method: CopyMethod, readiness_unset: bool) {
     }
 }
 
-async fn replay(method: CopyMethod, path: Path) {
+async fn replay(mover: MoverKind, method: CopyMethod, path: Path) {
     let mut w = World::start().await;
+    if let Some(secret) = mover.secret() {
+        w.sim.create(&secret).unwrap();
+    }
+    w.sim
+        .job_behaviour(NS, mover.job(), JobBehaviour::succeed(mover.log()));
     match method {
         CopyMethod::Snapshot => w
             .sim
@@ -106,7 +110,7 @@ async fn replay(method: CopyMethod, path: Path) {
         _ => w.sim.pvc_behaviour(NS, COPY, PvcBehaviour::NeverBind),
     }
     w.create_pvc(true);
-    w.apply(SOURCE, restic_spec(method, Duration::from_secs(2)))
+    w.apply(SOURCE, mover.spec(method, Duration::from_secs(2)))
         .await;
 
     // 1. WaitingForTrigger + waiting-since, no copy, no latest-copy-trigger.
@@ -177,18 +181,23 @@ async fn replay(method: CopyMethod, path: Path) {
     assert!(!a.contains_key(SINCE));
     let source = w.wait_successful_runs(SOURCE, 1).await;
     let status = source.status.unwrap();
-    let mover = status.latest_mover_status.unwrap();
-    assert_eq!(mover.result, "Successful");
+    let mover_status = status.latest_mover_status.unwrap();
+    assert_eq!(mover_status.result, "Successful");
     assert_eq!(
-        mover.logs,
-        "using parent snapshot 4f2a\nprocessed 12 files, 3.4 MiB in 0:01\nsnapshot 9c1d77ab saved\nRestic completed in 2s",
-        "the log tail keeps restic's summary lines only"
+        mover_status.logs,
+        mover.tail(),
+        "the log tail keeps the mover's summary lines only"
     );
     assert!(status.last_sync_time.is_some());
     eventually("the temporary objects are cleaned up", || {
         (w.snapshots().is_empty()
             && w.jobs().is_empty()
-            && w.pvc_names() == vec![PVC.to_owned(), CACHE.to_owned()])
+            && w.pvc_names()
+                == [Some(PVC), mover.cache()]
+                    .into_iter()
+                    .flatten()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>())
         .then_some(())
     })
     .await;
@@ -231,24 +240,32 @@ async fn replay(method: CopyMethod, path: Path) {
     );
 }
 
-#[tokio::test]
-async fn clone_scenarios_1_to_6_and_8_through_annotations() {
-    replay(CopyMethod::Clone, Path::Annotation).await;
+macro_rules! scenarios {
+    ($($name:ident: $mover:ident, $method:ident, $path:ident;)*) => {$(
+        #[tokio::test]
+        async fn $name() {
+            replay(MoverKind::$mover, CopyMethod::$method, Path::$path).await;
+        }
+    )*};
 }
 
-#[tokio::test]
-async fn clone_scenarios_1_to_6_and_8_through_the_trigger_rpc() {
-    replay(CopyMethod::Clone, Path::Rpc).await;
-}
-
-#[tokio::test]
-async fn snapshot_scenarios_1_to_6_and_8_through_annotations() {
-    replay(CopyMethod::Snapshot, Path::Annotation).await;
-}
-
-#[tokio::test]
-async fn snapshot_scenarios_1_to_6_and_8_through_the_trigger_rpc() {
-    replay(CopyMethod::Snapshot, Path::Rpc).await;
+scenarios! {
+    restic_clone_scenarios_1_to_6_and_8_through_annotations: Restic, Clone, Annotation;
+    restic_clone_scenarios_1_to_6_and_8_through_the_trigger_rpc: Restic, Clone, Rpc;
+    restic_snapshot_scenarios_1_to_6_and_8_through_annotations: Restic, Snapshot, Annotation;
+    restic_snapshot_scenarios_1_to_6_and_8_through_the_trigger_rpc: Restic, Snapshot, Rpc;
+    rclone_clone_scenarios_1_to_6_and_8_through_annotations: Rclone, Clone, Annotation;
+    rclone_clone_scenarios_1_to_6_and_8_through_the_trigger_rpc: Rclone, Clone, Rpc;
+    rclone_snapshot_scenarios_1_to_6_and_8_through_annotations: Rclone, Snapshot, Annotation;
+    rclone_snapshot_scenarios_1_to_6_and_8_through_the_trigger_rpc: Rclone, Snapshot, Rpc;
+    rsync_clone_scenarios_1_to_6_and_8_through_annotations: Rsync, Clone, Annotation;
+    rsync_clone_scenarios_1_to_6_and_8_through_the_trigger_rpc: Rsync, Clone, Rpc;
+    rsync_snapshot_scenarios_1_to_6_and_8_through_annotations: Rsync, Snapshot, Annotation;
+    rsync_snapshot_scenarios_1_to_6_and_8_through_the_trigger_rpc: Rsync, Snapshot, Rpc;
+    rsync_tls_clone_scenarios_1_to_6_and_8_through_annotations: RsyncTls, Clone, Annotation;
+    rsync_tls_clone_scenarios_1_to_6_and_8_through_the_trigger_rpc: RsyncTls, Clone, Rpc;
+    rsync_tls_snapshot_scenarios_1_to_6_and_8_through_annotations: RsyncTls, Snapshot, Annotation;
+    rsync_tls_snapshot_scenarios_1_to_6_and_8_through_the_trigger_rpc: RsyncTls, Snapshot, Rpc;
 }
 
 async fn ungated(method: CopyMethod) {

@@ -1,0 +1,101 @@
+//! `snapgate`: the operator's CLI for the snapgate scheduler, and `quiesce-exec`, the
+//! copy-trigger sidecar for applications that cannot link the SDK.
+//!
+//! ```text
+//!  args (clap, SNAPGATE_* env) ─► Client (token, TLS) ─► one command ─► table | JSON | YAML on stdout
+//!                                                                    └─► errors on stderr, exit 1
+//! ```
+
+mod args;
+mod commands;
+mod quiesce_exec;
+mod table;
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use snapgate_sdk::Client;
+use tracing_subscriber::EnvFilter;
+
+use crate::args::{Cli, Command};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("warn")))
+        .init();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn client(cli: &Cli, lazy: bool) -> anyhow::Result<Client> {
+    let mut builder = Client::builder(cli.server.clone());
+    if let Some(token) = &cli.token {
+        builder = builder.token(token.clone());
+    }
+    if let Some(path) = &cli.ca_file {
+        let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        builder = builder.ca_certificate_pem(pem);
+    }
+    if let Some(domain) = &cli.tls_domain {
+        builder = builder.tls_domain(domain.clone());
+    }
+    let client = if lazy {
+        builder.connect_lazy()?
+    } else {
+        builder.connect().await?
+    };
+    Ok(client)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    // The sidecar and watch outlive a scheduler restart, so they may also start before it.
+    let lazy = matches!(cli.command, Command::QuiesceExec(_) | Command::Watch { .. });
+    // A file with a mistake is refused before the scheduler is even asked.
+    let documents = match &cli.command {
+        Command::Apply { files } => commands::read_documents(&cli.namespace, files)?,
+        _ => Vec::new(),
+    };
+    let client = client(&cli, lazy).await?;
+    let ns = cli.namespace.as_str();
+    let out = cli.output;
+    match &cli.command {
+        Command::Apply { .. } => commands::apply(&client, &documents, out).await,
+        Command::Get { name } => commands::get(&client, ns, name, out).await,
+        Command::List { all_namespaces } => commands::list(&client, ns, *all_namespaces, out).await,
+        Command::Delete { name } => commands::delete(&client, ns, name, out).await,
+        Command::SyncNow { name, request_id } => {
+            commands::sync_now(&client, ns, name, request_id.clone(), out).await
+        }
+        Command::Pause { name, note } => {
+            commands::pause_or_resume(&client, ns, name, note.clone(), true, out).await
+        }
+        Command::Resume { name, note } => {
+            commands::pause_or_resume(&client, ns, name, note.clone(), false, out).await
+        }
+        Command::Runs { name, limit } => commands::runs(&client, ns, name, *limit, out).await,
+        Command::Preview { name, count } => commands::preview(&client, ns, name, *count, out).await,
+        Command::Trigger {
+            target,
+            value,
+            run_id,
+        } => {
+            let target = commands::target(ns, target);
+            commands::trigger(&client, &target, value, run_id.as_deref(), out).await
+        }
+        Command::Watch { target } => {
+            commands::watch(&client, commands::target(ns, target), out).await
+        }
+        Command::QuiesceExec(args) => {
+            quiesce_exec::run(&client, commands::target(ns, &args.target), args).await
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! The SDK's one error type: each variant names a cause the caller can act on.
+//!
+//! | variant | what to do |
+//! |---|---|
+//! | [`Error::Unavailable`] | the scheduler cannot be reached; retry later |
+//! | [`Error::Refused`] | the scheduler said no; the gRPC code says why, retrying the same request will not help |
+//! | [`Error::CopyFailed`] | the run ended without a copy (Failed, TimedOut, Aborted); wait for the next request |
+//! | [`Error::HoldLimitExceeded`] | the application stayed quiesced too long and was released |
+//! | [`Error::QuiesceFailed`] / [`Error::UnquiesceFailed`] | the application's own step failed |
+
+use std::time::Duration;
+
+use tonic::{Code, Status};
+
+use crate::{guard::GuardedCopy, handshake::Outcome};
+
+/// A boxed error from the application's own quiesce or unquiesce step.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Everything that can go wrong talking to the scheduler or guarding a copy.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The endpoint URL or the TLS settings cannot be used.
+    #[error("invalid endpoint {endpoint:?}: {message}")]
+    InvalidEndpoint {
+        /// The endpoint as given.
+        endpoint: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The bearer token cannot be sent as a gRPC metadata value.
+    #[error("the bearer token is not a valid header value (printable ASCII only)")]
+    InvalidToken,
+    /// The scheduler cannot be reached (connection refused or lost, shutting down).
+    #[error("the scheduler is unavailable: {message}")]
+    Unavailable {
+        /// What the transport or the scheduler said.
+        message: String,
+    },
+    /// The scheduler refused the request; the code says why (`INVALID_ARGUMENT`,
+    /// `FAILED_PRECONDITION`, `NOT_FOUND`, `PERMISSION_DENIED`, ...).
+    #[error("the scheduler refused the request: {code:?}: {message}")]
+    Refused {
+        /// The gRPC status code.
+        code: Code,
+        /// The scheduler's message, naming the field or the rule.
+        message: String,
+    },
+    /// The run ended without reaching its copy point.
+    #[error("copy of {run_id} ended {outcome}: {reason}")]
+    CopyFailed {
+        /// The run.
+        run_id: String,
+        /// Failed, TimedOut or Aborted.
+        outcome: Outcome,
+        /// Why, as the scheduler recorded it.
+        reason: String,
+    },
+    /// The application was quiesced for longer than the caller allowed; it was unquiesced.
+    #[error(
+        "hold limit of {limit:?} expired for {run_id} ({}); the application was unquiesced",
+        if *triggered { "after the trigger: the copy may not be consistent" } else { "before the trigger" }
+    )]
+    HoldLimitExceeded {
+        /// The limit that expired.
+        limit: Duration,
+        /// The run that was being copied.
+        run_id: String,
+        /// Whether the trigger had been accepted: if so the copy may still be made, from an
+        /// unquiesced volume.
+        triggered: bool,
+    },
+    /// The application's quiesce step failed. The unquiesce step was still run; the run keeps
+    /// waiting for a trigger.
+    #[error("quiesce failed for {run_id}: {source}")]
+    QuiesceFailed {
+        /// The run that was waiting.
+        run_id: String,
+        /// The application's error.
+        #[source]
+        source: BoxError,
+    },
+    /// The application's unquiesce step failed: the application may still be quiesced.
+    #[error("unquiesce failed for {run_id}: {source}")]
+    UnquiesceFailed {
+        /// The run that was being copied.
+        run_id: String,
+        /// What happened to the copy before unquiescing.
+        copy: Box<Result<GuardedCopy, Error>>,
+        /// The application's error.
+        #[source]
+        source: BoxError,
+    },
+    /// The run was no longer known to the scheduler before its outcome was seen (for example
+    /// its source was deleted and its history with it).
+    #[error("run {run_id} is gone; its outcome is unknown")]
+    RunLost {
+        /// The run.
+        run_id: String,
+    },
+}
+
+impl Error {
+    /// The gRPC code behind this error, if it came from the scheduler or the transport.
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            Error::Refused { code, .. } => Some(*code),
+            Error::Unavailable { .. } => Some(Code::Unavailable),
+            _ => None,
+        }
+    }
+
+    /// Whether the same call may succeed later without anyone changing anything.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Unavailable { .. })
+    }
+
+    /// The copy's outcome for [`Error::CopyFailed`].
+    pub fn outcome(&self) -> Option<Outcome> {
+        match self {
+            Error::CopyFailed { outcome, .. } => Some(*outcome),
+            _ => None,
+        }
+    }
+}
+
+/// Codes that mean "the scheduler or the connection to it is not there right now".
+pub(crate) fn is_transient_code(code: Code) -> bool {
+    matches!(code, Code::Unavailable | Code::Unknown | Code::Cancelled)
+}
+
+impl From<Status> for Error {
+    fn from(status: Status) -> Self {
+        if is_transient_code(status.code()) {
+            let message = if status.message().is_empty() {
+                format!("{:?}", status.code())
+            } else {
+                status.message().to_owned()
+            };
+            Error::Unavailable { message }
+        } else {
+            Error::Refused {
+                code: status.code(),
+                message: status.message().to_owned(),
+            }
+        }
+    }
+}

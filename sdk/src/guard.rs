@@ -1,0 +1,279 @@
+//! The guarded copy: quiesce, trigger, wait, and unquiesce whatever happens.
+//!
+//! ```text
+//!  wait for WaitingForTrigger ─► quiesce ─► Trigger ─► wait for the outcome ─► unquiesce ─► Ok(GuardedCopy)
+//!                                  │           │               │
+//!                                  └───────────┴───────────────┴─ error / hold limit / lost connection
+//!                                                                   ─► unquiesce ─► Err(..)
+//!  the future dropped while quiesced ─► unquiesce is spawned on the runtime
+//! ```
+//!
+//! The hold limit counts from the start of quiesce; the lost-connection grace counts from the
+//! moment the scheduler stopped answering.
+
+use std::{
+    fmt,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use futures::{FutureExt, future::BoxFuture};
+use snapgate_proto::v1::CopyTarget;
+use tokio::time::Instant;
+use tonic::Code;
+use tracing::{debug, info, warn};
+
+use crate::{
+    client::Client,
+    error::{BoxError, Error},
+    handshake::{CopyRequest, Outcome, find_run, next_outcome, next_request},
+    watch::{Backoff, describe},
+};
+
+/// Makes the trigger value for a request.
+pub type TriggerValue = Arc<dyn Fn(&CopyRequest) -> String + Send + Sync>;
+
+/// How a guarded copy behaves.
+#[derive(Clone)]
+pub struct GuardOptions {
+    /// The longest the application stays quiesced (default 5 minutes), from the start of
+    /// quiesce to the outcome.
+    pub hold_limit: Duration,
+    /// How long a lost connection to the scheduler is retried before giving up (default 30 s).
+    pub disconnect_grace: Duration,
+    /// The trigger value for a request (default `sdk-<run id>-<unix millis>`, unique per run).
+    pub trigger_value: TriggerValue,
+}
+
+impl Default for GuardOptions {
+    fn default() -> Self {
+        Self {
+            hold_limit: Duration::from_secs(5 * 60),
+            disconnect_grace: Duration::from_secs(30),
+            trigger_value: Arc::new(default_trigger_value),
+        }
+    }
+}
+
+impl fmt::Debug for GuardOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GuardOptions")
+            .field("hold_limit", &self.hold_limit)
+            .field("disconnect_grace", &self.disconnect_grace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GuardOptions {
+    /// Sets [`GuardOptions::hold_limit`].
+    pub fn hold_limit(mut self, limit: Duration) -> Self {
+        self.hold_limit = limit;
+        self
+    }
+
+    /// Sets [`GuardOptions::disconnect_grace`].
+    pub fn disconnect_grace(mut self, grace: Duration) -> Self {
+        self.disconnect_grace = grace;
+        self
+    }
+
+    /// Sets [`GuardOptions::trigger_value`].
+    pub fn trigger_value(
+        mut self,
+        value: impl Fn(&CopyRequest) -> String + Send + Sync + 'static,
+    ) -> Self {
+        self.trigger_value = Arc::new(value);
+        self
+    }
+}
+
+/// `sdk-<run id>-<unix millis>`: never equal to an earlier value on the same PVC.
+pub fn default_trigger_value(request: &CopyRequest) -> String {
+    format!(
+        "sdk-{}-{}",
+        request.run_id,
+        chrono::Utc::now().timestamp_millis()
+    )
+}
+
+/// A copy made while the application was quiesced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuardedCopy {
+    /// The run.
+    pub run_id: String,
+    /// Its source.
+    pub source: String,
+    /// The trigger value that released it.
+    pub trigger: String,
+    /// How long the application was quiesced (until the copy point).
+    pub held: Duration,
+}
+
+/// The application's unquiesce step, type-erased.
+type UnquiesceStep = Box<dyn FnOnce() -> BoxFuture<'static, Result<(), BoxError>> + Send>;
+
+/// The unquiesce step, run exactly once: explicitly, or spawned if the guard is dropped.
+struct Unquiesce {
+    step: Option<UnquiesceStep>,
+    run_id: String,
+}
+
+impl Unquiesce {
+    async fn run(&mut self) -> Result<(), BoxError> {
+        match self.step.take() {
+            Some(step) => step().await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Unquiesce {
+    fn drop(&mut self) {
+        let Some(step) = self.step.take() else {
+            return;
+        };
+        let run_id = std::mem::take(&mut self.run_id);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                warn!(run_id, "guarded copy dropped while quiesced; unquiescing");
+                runtime.spawn(async move {
+                    if let Err(e) = step().await {
+                        warn!(run_id, error = %e, "unquiesce after a dropped guard failed");
+                    }
+                });
+            }
+            Err(_) => warn!(
+                run_id,
+                "guarded copy dropped outside a runtime; cannot unquiesce"
+            ),
+        }
+    }
+}
+
+impl Client {
+    /// Waits for a copy request on `target`, runs `quiesce`, triggers, waits for the copy
+    /// point, and runs `unquiesce` in every case once `quiesce` has started: on Completed, on
+    /// Failed / TimedOut / Aborted, on an error or a connection lost for longer than
+    /// [`GuardOptions::disconnect_grace`], when [`GuardOptions::hold_limit`] expires, when
+    /// quiesce itself fails, and (spawned) when this future is dropped.
+    ///
+    /// Errors before the request arrives ([`Error::Unavailable`], [`Error::Refused`]) leave the
+    /// application untouched.
+    pub async fn quiesced_copy<Q, QF, QE, U, UF, UE>(
+        &self,
+        target: CopyTarget,
+        quiesce: Q,
+        unquiesce: U,
+        options: GuardOptions,
+    ) -> Result<GuardedCopy, Error>
+    where
+        Q: FnOnce(CopyRequest) -> QF,
+        QF: Future<Output = Result<(), QE>>,
+        QE: Into<BoxError>,
+        U: FnOnce() -> UF + Send + 'static,
+        UF: Future<Output = Result<(), UE>> + Send + 'static,
+        UE: Into<BoxError>,
+    {
+        let backoff = Backoff {
+            give_up_after: Some(options.disconnect_grace),
+            ..Backoff::default()
+        };
+        let mut watch = self.watch_copy_with(target.clone(), backoff);
+        let request = next_request(&mut watch).await?;
+        let run_id = request.run_id.clone();
+        let source = request.source.clone();
+        let value = (options.trigger_value)(&request);
+        info!(run_id, target = %describe(&target), "copy requested; quiescing");
+
+        let mut unquiesce = Unquiesce {
+            step: Some(Box::new(move || {
+                async move { unquiesce().await.map_err(Into::into) }.boxed()
+            })),
+            run_id: run_id.clone(),
+        };
+        let started = Instant::now();
+        let triggered = AtomicBool::new(false);
+        let held = async {
+            quiesce(request.clone())
+                .await
+                .map_err(|e| Error::QuiesceFailed {
+                    run_id: run_id.clone(),
+                    source: e.into(),
+                })?;
+            debug!(run_id, value, "quiesced; triggering");
+            self.trigger_within(&target, &run_id, &source, &value, options.disconnect_grace)
+                .await?;
+            triggered.store(true, Ordering::SeqCst);
+            next_outcome(self, &mut watch, &target, &run_id, Some(&source))
+                .await?
+                .into_result()
+        };
+        let result = match tokio::time::timeout(options.hold_limit, held).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::HoldLimitExceeded {
+                limit: options.hold_limit,
+                run_id: run_id.clone(),
+                triggered: triggered.load(Ordering::SeqCst),
+            }),
+        };
+        let result = result.map(|outcome| GuardedCopy {
+            run_id: run_id.clone(),
+            source: source.clone(),
+            trigger: outcome.trigger,
+            held: started.elapsed(),
+        });
+        match &result {
+            Ok(copy) => info!(run_id, held = ?copy.held, "copy point reached; unquiescing"),
+            Err(e) => warn!(run_id, error = %e, "guarded copy did not complete; unquiescing"),
+        }
+        match unquiesce.run().await {
+            Ok(()) => result,
+            Err(source) => Err(Error::UnquiesceFailed {
+                run_id,
+                copy: Box::new(result),
+                source,
+            }),
+        }
+    }
+
+    /// Trigger, retried while the scheduler is unreachable (an accepted trigger repeated is
+    /// idempotent). A run that stopped waiting answers with its outcome.
+    async fn trigger_within(
+        &self,
+        target: &CopyTarget,
+        run_id: &str,
+        source: &str,
+        value: &str,
+        grace: Duration,
+    ) -> Result<(), Error> {
+        let since = Instant::now();
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.trigger(target, Some(run_id), value).await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.is_transient() && since.elapsed() < grace => {
+                    tokio::time::sleep(delay.min(grace.saturating_sub(since.elapsed()))).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                Err(e) if e.code() == Some(Code::FailedPrecondition) => {
+                    let run = find_run(self, target, Some(source), run_id).await;
+                    if let Ok(Some(run)) = run
+                        && let Some(outcome) = Outcome::of_run(&run)
+                        && outcome != Outcome::Completed
+                    {
+                        return Err(Error::CopyFailed {
+                            run_id: run_id.to_owned(),
+                            outcome,
+                            reason: run.message,
+                        });
+                    }
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}

@@ -1,0 +1,352 @@
+//! The guarded copy against the real scheduler and a stand-in agent: unquiesce runs on every
+//! way a copy can end.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use snapgate_proto::v1::{self, CopyState, DirectivePhase, TimeoutPolicy};
+use snapgate_sdk::{Client, Error, GuardOptions, Outcome, pvc};
+use support::{Agent, Journal, OnCopy, Scheduler, create, restic};
+
+/// Runs a guarded copy of `apps/data` whose quiesce and unquiesce write to `journal`, with the
+/// copy state the scheduler shows at each step.
+async fn guarded(
+    client: &Client,
+    journal: &Journal,
+    options: GuardOptions,
+) -> Result<snapgate_sdk::GuardedCopy, Error> {
+    let (q, u) = (journal.clone(), journal.clone());
+    let (qc, uc) = (client.clone(), client.clone());
+    client
+        .quiesced_copy(
+            pvc("apps", "data"),
+            move |request| async move {
+                let state = qc.copy_status(&pvc("apps", "data")).await?.state;
+                q.push(format!(
+                    "quiesce {} {}",
+                    request.run_id,
+                    snapgate_sdk::json::copy_state(state)
+                ));
+                Ok::<_, Error>(())
+            },
+            move || async move {
+                let state = uc.copy_status(&pvc("apps", "data")).await.map(|s| s.state);
+                u.push(format!(
+                    "unquiesce {}",
+                    state.map_or("unreachable".into(), snapgate_sdk::json::copy_state)
+                ));
+                Ok::<_, Error>(())
+            },
+            options,
+        )
+        .await
+}
+
+#[tokio::test]
+async fn the_guard_quiesces_triggers_and_unquiesces_when_the_copy_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Scheduler::start(dir.path(), 0).await;
+    let _agent = Agent::start(&s.endpoint(), "apps", OnCopy::Complete).await;
+    let client = s.client().await;
+    create(&client, "apps", "db", restic("data")).await;
+
+    let journal = Journal::default();
+    let copy = guarded(&client, &journal, GuardOptions::default())
+        .await
+        .unwrap();
+
+    assert_eq!(copy.run_id, "run-1");
+    assert_eq!(copy.source, "db");
+    assert!(copy.trigger.starts_with("sdk-run-1-"), "{}", copy.trigger);
+    assert_eq!(
+        journal.entries(),
+        ["quiesce run-1 WaitingForTrigger", "unquiesce Completed"]
+    );
+    let runs = client
+        .sources()
+        .list_runs(v1::ListRunsRequest {
+            namespace: "apps".into(),
+            name: "db".into(),
+            limit: 5,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .runs;
+    assert_eq!(runs[0].trigger, copy.trigger);
+    assert_eq!(runs[0].released_by, "rpc");
+    assert!(runs[0].copy_time.is_some());
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn the_guard_unquiesces_and_reports_failed_when_the_agent_cannot_make_the_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Scheduler::start(dir.path(), 0).await;
+    let _agent = Agent::start(&s.endpoint(), "apps", OnCopy::Fail("SnapshotFailed")).await;
+    let client = s.client().await;
+    create(&client, "apps", "db", restic("data")).await;
+
+    let journal = Journal::default();
+    let err = guarded(&client, &journal, GuardOptions::default())
+        .await
+        .unwrap_err();
+
+    let Error::CopyFailed {
+        run_id,
+        outcome,
+        reason,
+    } = &err
+    else {
+        panic!("expected CopyFailed, got {err:?}")
+    };
+    assert_eq!(run_id, "run-1");
+    assert_eq!(*outcome, Outcome::Failed);
+    assert!(reason.contains("SnapshotFailed"), "{reason}");
+    assert_eq!(
+        journal.entries(),
+        ["quiesce run-1 WaitingForTrigger", "unquiesce Failed"]
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn the_guard_unquiesces_and_reports_aborted_when_the_source_is_deleted_mid_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Scheduler::start(dir.path(), 0).await;
+    let mut agent = Agent::start(&s.endpoint(), "apps", OnCopy::Hang).await;
+    let client = s.client().await;
+    create(&client, "apps", "db", restic("data")).await;
+
+    let journal = Journal::default();
+    let guard = tokio::spawn({
+        let (client, journal) = (client.clone(), journal.clone());
+        async move { guarded(&client, &journal, GuardOptions::default()).await }
+    });
+    // The copy was released and the agent is making it: delete the source now.
+    agent.wait_for(DirectivePhase::Copy).await;
+    client
+        .sources()
+        .delete_source(v1::DeleteSourceRequest {
+            namespace: "apps".into(),
+            name: "db".into(),
+            expected_version: 0,
+        })
+        .await
+        .unwrap();
+
+    let err = tokio::time::timeout(Duration::from_secs(20), guard)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.outcome(), Some(Outcome::Aborted), "{err:?}");
+    assert!(err.to_string().contains("source deleted"), "{err}");
+    let entries = journal.entries();
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    assert_eq!(entries[0], "quiesce run-1 WaitingForTrigger");
+    assert!(entries[1].starts_with("unquiesce"), "{entries:?}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn the_guard_unquiesces_and_reports_timed_out_when_the_wait_expires_under_the_skip_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Scheduler::start(dir.path(), 0).await;
+    let _agent = Agent::start(&s.endpoint(), "apps", OnCopy::Complete).await;
+    let client = s.client().await;
+    let mut spec = restic("data");
+    spec.copy_trigger = Some(v1::CopyTriggerOptions {
+        wait_timeout: Some(prost_types::Duration {
+            seconds: 1,
+            nanos: 0,
+        }),
+        on_timeout: TimeoutPolicy::Skip as i32,
+    });
+    create(&client, "apps", "db", spec).await;
+
+    // The application takes longer to quiesce than the source waits for a trigger.
+    let journal = Journal::default();
+    let (q, u) = (journal.clone(), journal.clone());
+    let err = client
+        .quiesced_copy(
+            pvc("apps", "data"),
+            move |request| async move {
+                q.push(format!("quiesce {}", request.run_id));
+                tokio::time::sleep(Duration::from_millis(2500)).await;
+                Ok::<_, Error>(())
+            },
+            move || async move {
+                u.push("unquiesce");
+                Ok::<_, Error>(())
+            },
+            GuardOptions::default(),
+        )
+        .await
+        .unwrap_err();
+
+    let Error::CopyFailed {
+        outcome, reason, ..
+    } = &err
+    else {
+        panic!("expected CopyFailed, got {err:?}")
+    };
+    assert_eq!(*outcome, Outcome::TimedOut);
+    assert!(
+        reason.contains("Timed out waiting for copy-trigger"),
+        "{reason}"
+    );
+    assert_eq!(journal.entries(), ["quiesce run-1", "unquiesce"]);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn the_guard_unquiesces_when_the_hold_limit_expires_before_the_copy_point() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Scheduler::start(dir.path(), 0).await;
+    let _agent = Agent::start(&s.endpoint(), "apps", OnCopy::Hang).await;
+    let client = s.client().await;
+    create(&client, "apps", "db", restic("data")).await;
+
+    let journal = Journal::default();
+    let started = Instant::now();
+    let err = guarded(
+        &client,
+        &journal,
+        GuardOptions::default().hold_limit(Duration::from_secs(1)),
+    )
+    .await
+    .unwrap_err();
+
+    let Error::HoldLimitExceeded {
+        limit,
+        run_id,
+        triggered,
+    } = &err
+    else {
+        panic!("expected HoldLimitExceeded, got {err:?}")
+    };
+    assert_eq!(*limit, Duration::from_secs(1));
+    assert_eq!(run_id, "run-1");
+    assert!(*triggered, "the trigger was accepted before the limit");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(
+        journal.entries(),
+        ["quiesce run-1 WaitingForTrigger", "unquiesce InProgress"]
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn the_guard_unquiesces_when_the_scheduler_goes_away_while_quiesced() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Scheduler::start(dir.path(), 0).await;
+    let mut agent = Agent::start(&s.endpoint(), "apps", OnCopy::Hang).await;
+    let client = s.client().await;
+    create(&client, "apps", "db", restic("data")).await;
+
+    let journal = Journal::default();
+    let started = Instant::now();
+    let guard = tokio::spawn({
+        let (client, journal) = (client.clone(), journal.clone());
+        async move {
+            guarded(
+                &client,
+                &journal,
+                GuardOptions::default()
+                    .hold_limit(Duration::from_secs(60))
+                    .disconnect_grace(Duration::from_secs(1)),
+            )
+            .await
+        }
+    });
+    agent.wait_for(DirectivePhase::Copy).await;
+    drop(agent);
+    s.stop().await;
+
+    let err = tokio::time::timeout(Duration::from_secs(30), guard)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+    assert!(err.is_transient());
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "gave up long before the hold limit"
+    );
+    assert_eq!(
+        journal.entries(),
+        ["quiesce run-1 WaitingForTrigger", "unquiesce unreachable"]
+    );
+}
+
+#[tokio::test]
+async fn a_failed_quiesce_is_unquiesced_and_leaves_the_run_waiting() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Scheduler::start(dir.path(), 0).await;
+    let _agent = Agent::start(&s.endpoint(), "apps", OnCopy::Complete).await;
+    let client = s.client().await;
+    create(&client, "apps", "db", restic("data")).await;
+
+    let journal = Journal::default();
+    let u = journal.clone();
+    let err = client
+        .quiesced_copy(
+            pvc("apps", "data"),
+            |_| async { Err::<(), _>("fsfreeze: device busy") },
+            move || async move {
+                u.push("unquiesce");
+                Ok::<_, Error>(())
+            },
+            GuardOptions::default(),
+        )
+        .await
+        .unwrap_err();
+
+    assert!(
+        matches!(&err, Error::QuiesceFailed { run_id, .. } if run_id == "run-1"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("device busy"), "{err}");
+    assert_eq!(journal.entries(), ["unquiesce"]);
+    let status = client.copy_status(&pvc("apps", "data")).await.unwrap();
+    assert_eq!(status.state, CopyState::WaitingForTrigger as i32);
+    assert_eq!(status.run_id, "run-1");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_guard_dropped_while_quiesced_still_unquiesces() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Scheduler::start(dir.path(), 0).await;
+    let _agent = Agent::start(&s.endpoint(), "apps", OnCopy::Hang).await;
+    let client = s.client().await;
+    create(&client, "apps", "db", restic("data")).await;
+
+    let (quiesced_tx, quiesced) = tokio::sync::oneshot::channel();
+    let (unquiesced_tx, unquiesced) = tokio::sync::oneshot::channel();
+    let guard = client.quiesced_copy(
+        pvc("apps", "data"),
+        move |_| async move {
+            let _ = quiesced_tx.send(());
+            Ok::<_, Error>(())
+        },
+        move || async move {
+            let _ = unquiesced_tx.send(());
+            Ok::<_, Error>(())
+        },
+        GuardOptions::default(),
+    );
+    // The application gives up on the copy (say it is shutting down) once quiesced.
+    tokio::select! {
+        _ = guard => panic!("the copy cannot complete: the agent never makes it"),
+        _ = quiesced => {}
+    }
+    tokio::time::timeout(Duration::from_secs(5), unquiesced)
+        .await
+        .expect("unquiesce ran after the guard was dropped")
+        .unwrap();
+    s.stop().await;
+}
