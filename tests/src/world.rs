@@ -46,6 +46,8 @@ pub struct World {
     pub sim: KubeSim,
     pub sources: SourceServiceClient<Channel>,
     pub triggers: TriggerServiceClient<Channel>,
+    /// What an application links, connected to the scheduler.
+    pub sdk: snapgate_sdk::Client,
     pub agent_metrics: AgentMetrics,
     scheduler: Option<JoinHandle<anyhow::Result<()>>>,
     stop_scheduler: Option<oneshot::Sender<()>>,
@@ -147,6 +149,9 @@ impl World {
             .connect()
             .await
             .unwrap();
+        let sdk = snapgate_sdk::Client::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
         let agent_client = match token {
             Some(t) => sim.client_as(t),
             None => sim.client(),
@@ -157,6 +162,7 @@ impl World {
             sim,
             sources: SourceServiceClient::new(channel.clone()),
             triggers: TriggerServiceClient::new(channel),
+            sdk,
             agent_metrics,
             scheduler: Some(scheduler),
             stop_scheduler: Some(stop_scheduler),

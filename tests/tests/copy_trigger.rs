@@ -22,19 +22,15 @@ async fn trigger(w: &mut World, path: Path, value: &str) {
     match path {
         Path::Annotation => w.annotate_trigger(value).await,
         Path::Rpc => {
-            let status = w.copy_status().await;
-            assert_eq!(status.state(), CopyState::WaitingForTrigger);
+            // What an application does through the SDK: wait for the request, trigger it.
+            let request = w.sdk.wait_for_copy_request(&target()).await.unwrap();
+            assert_eq!(request.status.state(), CopyState::WaitingForTrigger);
             let answer = w
-                .triggers
-                .trigger(v1::TriggerRequest {
-                    target: Some(target()),
-                    value: value.into(),
-                    run_id: status.run_id.clone(),
-                })
+                .sdk
+                .trigger(&target(), Some(&request.run_id), value)
                 .await
-                .unwrap()
-                .into_inner();
-            assert_eq!(answer.run_id, status.run_id);
+                .unwrap();
+            assert_eq!(answer.run_id, request.run_id);
         }
     }
 }
