@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use snapgate_e2e::{eventually_async, *};
 use snapgate_kube_sim::{JobBehaviour, PvcBehaviour, SnapshotBehaviour, Verb};
-use snapgate_proto::v1::{self, CopyMethod, CopyState};
+use snapgate_proto::v1::{CopyMethod, CopyState};
 
 const COPY: &str = "volsync-db-src";
 const TIMEOUT_TEXT: &str = "Timed out waiting for copy-trigger to be modified for pvc data";
