@@ -1,0 +1,65 @@
+//! The README's demo command, run as a user would (with free ports and a temp dir): it prints
+//! the copy-trigger timeline WaitingForTrigger → InProgress → Completed, the application's
+//! quiesce and unquiesce around it, and the mover's result.
+
+use std::process::Command;
+
+#[test]
+fn the_demo_prints_the_copy_trigger_timeline_and_the_movers_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_snapgate-demo"))
+        .args(["--runs", "1"])
+        .args([
+            "--kube-listen",
+            "127.0.0.1:0",
+            "--grpc-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let position = |needle: &str| {
+        text.find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} not in the demo's output:\n{text}"))
+    };
+    // The PVC's states, as its watch printed them, in order.
+    let pvc = [
+        position("latest-copy-status=WaitingForTrigger"),
+        position("latest-copy-status=InProgress"),
+        position("latest-copy-status=Completed"),
+    ];
+    // The application's steps (printed from the SDK's guard), in order; the trigger comes after
+    // the quiesce, so InProgress follows it too.
+    let app = [
+        position("app: copy requested for run-1"),
+        position("app: unquiesced at the copy point"),
+    ];
+    let end = [
+        position("run run-1 ended Successful"),
+        position("snapshot 9c1d77ab saved"),
+        position("demo done: 1 runs"),
+    ];
+    for seq in [
+        &pvc[..],
+        &app[..],
+        &end[..],
+        &[app[0], pvc[1]],
+        &[pvc[2], end[0]],
+    ] {
+        assert!(
+            seq.windows(2).all(|w| w[0] < w[1]),
+            "the timeline is out of order:\n{text}"
+        );
+    }
+    assert!(
+        dir.path().join("kubeconfig").exists(),
+        "kubectl's kubeconfig"
+    );
+}
