@@ -66,6 +66,8 @@ struct Held {
     failed_attempts: u32,
     /// The Jobs (uid) whose outcome was reported on this connection.
     reported_jobs: HashSet<String>,
+    /// The Events recorded for this run, by their deterministic name.
+    events: HashSet<String>,
 }
 
 impl Held {
@@ -77,6 +79,7 @@ impl Held {
             secrets: None,
             failed_attempts: 0,
             reported_jobs: HashSet::new(),
+            events: HashSet::new(),
         }
     }
 }
@@ -91,8 +94,9 @@ pub struct Executor {
     runs: BTreeMap<String, Held>,
     reports: Option<mpsc::Sender<v1::Report>>,
     privileged: HashMap<String, bool>,
-    /// Events already recorded, by their deterministic name.
-    events: HashSet<String>,
+    /// After a (re)connect: how many resent directives are still to come, and the runs resent
+    /// so far. Only those are acted on meanwhile.
+    confirming: Option<(u32, HashSet<String>)>,
     metrics: Metrics,
     retry_after: Duration,
 }
@@ -123,7 +127,7 @@ impl Executor {
             runs: BTreeMap::new(),
             reports: None,
             privileged: HashMap::new(),
-            events: HashSet::new(),
+            confirming: None,
             metrics,
             retry_after,
         }
@@ -179,17 +183,50 @@ impl Executor {
 
     async fn on_link(&mut self, event: LinkEvent) {
         match event {
-            LinkEvent::Connected { reports, .. } => {
+            LinkEvent::Connected {
+                reports,
+                active_runs,
+            } => {
                 self.reports = Some(reports);
                 self.metrics.connected.set(1);
-                // The scheduler resends every directive in flight; report afresh for each.
+                // The scheduler resends every directive in flight, `active_runs` of them, right
+                // after its welcome; report afresh for each. A run it does not resend ended
+                // while the link was down (its Forget was lost): it is dropped, and no run is
+                // acted on until the scheduler has confirmed it.
                 for held in self.runs.values_mut() {
                     held.last_report = None;
                     held.reported_jobs.clear();
                 }
+                self.confirming = None;
+                if active_runs == 0 {
+                    self.runs.clear();
+                } else {
+                    self.confirming = Some((active_runs, HashSet::new()));
+                }
             }
             LinkEvent::Directive(d) => {
                 let id = d.run_id.clone();
+                if let Some((remaining, resent)) = &mut self.confirming {
+                    resent.insert(id.clone());
+                    *remaining -= 1;
+                    if *remaining == 0 {
+                        let resent = std::mem::take(resent);
+                        self.confirming = None;
+                        let before = self.runs.len();
+                        self.runs.retain(|id, _| resent.contains(id));
+                        if self.runs.len() < before {
+                            info!(
+                                dropped = before - self.runs.len(),
+                                "runs the scheduler no longer has"
+                            );
+                        }
+                        // Runs held back while confirming are planned now.
+                        let held: Vec<String> = self.runs.keys().cloned().collect();
+                        for other in held.into_iter().filter(|o| *o != id) {
+                            self.plan_run(&other).await;
+                        }
+                    }
+                }
                 let held = self
                     .runs
                     .entry(id.clone())
@@ -247,6 +284,14 @@ impl Executor {
     /// Plans one run against the cache and applies the actions; repeats while actions changed
     /// the cache (bounded), so one event converges as far as the cluster allows.
     async fn plan_run(&mut self, id: &str) {
+        if self
+            .confirming
+            .as_ref()
+            .is_some_and(|(_, resent)| !resent.contains(id))
+        {
+            debug!(run = id, "not acted on until the scheduler resends it");
+            return;
+        }
         for _ in 0..8 {
             let Some(held) = self.runs.get_mut(id) else {
                 return;
@@ -410,9 +455,11 @@ impl Executor {
             }
             Action::Event(event) => {
                 let name = event.metadata.name.clone().unwrap_or_default();
-                if !self.events.contains(&name) {
+                if self.runs.get(id).is_some_and(|h| !h.events.contains(&name)) {
                     self.cluster.record_event(ns, event.as_ref()).await?;
-                    self.events.insert(name);
+                    if let Some(held) = self.runs.get_mut(id) {
+                        held.events.insert(name);
+                    }
                 }
                 Ok(false)
             }

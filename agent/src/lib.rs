@@ -67,6 +67,40 @@ pub fn proxy_env() -> BTreeMap<String, String> {
     .collect()
 }
 
+/// Starts the watches of PVCs (all), VolumeSnapshots and Jobs (snapgate's) in `namespaces`,
+/// sending every change to `changes`.
+pub fn spawn_watches(
+    client: &kube::Client,
+    namespaces: &[String],
+    changes: &mpsc::Sender<Change>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut watches = Vec::new();
+    for ns in namespaces {
+        watches.push(watch::spawn::<PersistentVolumeClaim, _>(
+            client.clone(),
+            ns,
+            None,
+            changes.clone(),
+            Change::Pvc,
+        ));
+        watches.push(watch::spawn::<VolumeSnapshot, _>(
+            client.clone(),
+            ns,
+            Some(watch::CREATED_BY_SELECTOR),
+            changes.clone(),
+            Change::Snapshot,
+        ));
+        watches.push(watch::spawn::<Job, _>(
+            client.clone(),
+            ns,
+            Some(watch::CREATED_BY_SELECTOR),
+            changes.clone(),
+            Change::Job,
+        ));
+    }
+    watches
+}
+
 /// Runs the agent until the task is dropped.
 pub async fn run(config: AgentConfig, client: kube::Client) -> anyhow::Result<()> {
     let endpoint = Endpoint::from_shared(config.scheduler.clone())?
@@ -74,30 +108,7 @@ pub async fn run(config: AgentConfig, client: kube::Client) -> anyhow::Result<()
         .http2_keep_alive_interval(std::time::Duration::from_secs(30))
         .keep_alive_while_idle(true);
     let (change_tx, change_rx) = mpsc::channel(1024);
-    let mut watches = Vec::new();
-    for ns in &config.namespaces {
-        watches.push(watch::spawn::<PersistentVolumeClaim, _>(
-            client.clone(),
-            ns,
-            None,
-            change_tx.clone(),
-            Change::Pvc,
-        ));
-        watches.push(watch::spawn::<VolumeSnapshot, _>(
-            client.clone(),
-            ns,
-            Some(watch::CREATED_BY_SELECTOR),
-            change_tx.clone(),
-            Change::Snapshot,
-        ));
-        watches.push(watch::spawn::<Job, _>(
-            client.clone(),
-            ns,
-            Some(watch::CREATED_BY_SELECTOR),
-            change_tx.clone(),
-            Change::Job,
-        ));
-    }
+    let watches = spawn_watches(&client, &config.namespaces, &change_tx);
     drop(change_tx);
     let (link_tx, link_rx) = mpsc::channel(1024);
     let hello = v1::AgentHello {

@@ -205,34 +205,9 @@ impl World {
         );
     }
 
-    /// Creates the source PVC (bound), gated or not.
+    /// Creates the source PVC, gated or not.
     pub fn create_pvc(&self, gated: bool) {
-        let mut annotations = BTreeMap::new();
-        if gated {
-            annotations.insert("volsync.backube/use-copy-trigger".to_owned(), String::new());
-        }
-        let pvc = PersistentVolumeClaim {
-            metadata: ObjectMeta {
-                name: Some(PVC.into()),
-                namespace: Some(NS.into()),
-                annotations: Some(annotations),
-                ..Default::default()
-            },
-            spec: Some(k8s_openapi::api::core::v1::PersistentVolumeClaimSpec {
-                access_modes: Some(vec!["ReadWriteOnce".into()]),
-                storage_class_name: Some("standard".into()),
-                resources: Some(k8s_openapi::api::core::v1::VolumeResourceRequirements {
-                    requests: Some(BTreeMap::from([(
-                        "storage".to_owned(),
-                        Quantity("1Gi".into()),
-                    )])),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            status: None,
-        };
-        self.sim.create(&pvc).unwrap();
+        self.sim.create(&source_pvc(gated)).unwrap();
     }
 
     pub async fn apply(&mut self, name: &str, spec: v1::SourceSpec) -> v1::Source {
@@ -414,6 +389,35 @@ pub const STATUS: &str = "volsync.backube/latest-copy-status";
 pub const LATEST: &str = "volsync.backube/latest-copy-trigger";
 pub const SINCE: &str = "volsync.backube/latest-copy-trigger-waiting-since";
 pub const TRIGGER: &str = "volsync.backube/copy-trigger";
+
+/// The source PVC `NS/PVC`, 1Gi ReadWriteOnce, gated (`use-copy-trigger`) or not.
+pub fn source_pvc(gated: bool) -> PersistentVolumeClaim {
+    let mut annotations = BTreeMap::new();
+    if gated {
+        annotations.insert("volsync.backube/use-copy-trigger".to_owned(), String::new());
+    }
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(PVC.into()),
+            namespace: Some(NS.into()),
+            annotations: Some(annotations),
+            ..Default::default()
+        },
+        spec: Some(k8s_openapi::api::core::v1::PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: Some("standard".into()),
+            resources: Some(k8s_openapi::api::core::v1::VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_owned(),
+                    Quantity("1Gi".into()),
+                )])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
 
 pub fn target() -> v1::CopyTarget {
     v1::CopyTarget {

@@ -302,3 +302,60 @@ async fn scenario_7_an_ungated_clone_is_copied_and_moved_without_copy_trigger_an
 async fn scenario_7_an_ungated_snapshot_is_copied_and_moved_without_copy_trigger_annotations() {
     ungated(CopyMethod::Snapshot).await;
 }
+
+#[tokio::test]
+async fn under_the_skip_policy_a_timed_out_run_ends_and_its_waiting_annotations_are_cleared() {
+    let mut w = World::start().await;
+    w.create_pvc(true);
+    let mut spec = restic_spec(CopyMethod::Snapshot, Duration::from_secs(1));
+    spec.copy_trigger.as_mut().unwrap().on_timeout = snapgate_proto::v1::TimeoutPolicy::Skip as i32;
+    w.apply(SOURCE, spec).await;
+    w.wait_copy_status("WaitingForTrigger").await;
+    let runs = eventually_async!("the run times out", {
+        let runs = w.runs(SOURCE).await;
+        runs.iter()
+            .any(|r| r.result() == snapgate_proto::v1::RunResult::TimedOut)
+            .then_some(runs)
+    });
+    assert_eq!(runs.len(), 1);
+    eventually("the waiting annotations are cleared", || {
+        w.copy_annotations().is_empty().then_some(())
+    })
+    .await;
+    assert_eq!(copies(&w, CopyMethod::Snapshot), 0, "no copy was made");
+    assert_eq!(
+        w.annotations().get(USE).map(String::as_str),
+        Some(""),
+        "the user's use-copy-trigger is left alone"
+    );
+}
+
+#[tokio::test]
+async fn removing_use_copy_trigger_while_waiting_releases_the_run_and_removes_the_stale_annotations()
+ {
+    let mut w = World::start().await;
+    w.create_pvc(true);
+    w.apply(
+        SOURCE,
+        restic_spec(CopyMethod::Clone, Duration::from_secs(600)),
+    )
+    .await;
+    w.wait_copy_status("WaitingForTrigger").await;
+    let api: kube::Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+        kube::Api::namespaced(w.sim.client(), NS);
+    api.patch(
+        PVC,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(serde_json::json!({
+            "metadata": {"annotations": {USE: null}}
+        })),
+    )
+    .await
+    .unwrap();
+    w.wait_successful_runs(SOURCE, 1).await;
+    assert!(
+        w.copy_annotations().is_empty() && !w.annotations().contains_key(USE),
+        "no copy-trigger annotation left: {:?}",
+        w.annotations()
+    );
+}
