@@ -38,6 +38,22 @@ fn directive(run_id: &str, source: &str, phase: DirectivePhase) -> Box<v1::Direc
     })
 }
 
+/// A (re)connection on which the scheduler resends one directive.
+async fn connect(
+    link: &mpsc::Sender<LinkEvent>,
+    directive: Box<v1::Directive>,
+) -> mpsc::Receiver<v1::Report> {
+    let (reports, rx) = mpsc::channel(64);
+    link.send(LinkEvent::Connected {
+        active_runs: 1,
+        reports,
+    })
+    .await
+    .unwrap();
+    link.send(LinkEvent::Directive(directive)).await.unwrap();
+    rx
+}
+
 async fn next_report(rx: &mut mpsc::Receiver<v1::Report>) -> v1::Report {
     tokio::time::timeout(Duration::from_secs(10), rx.recv())
         .await
@@ -72,22 +88,7 @@ async fn a_resent_directive_is_answered_not_redone_and_a_run_not_resent_is_dropp
     sim.create(&source_pvc(true)).unwrap();
 
     // First connection: run-1 waits.
-    let (reports, mut rx) = mpsc::channel(64);
-    link_tx
-        .send(LinkEvent::Connected {
-            active_runs: 1,
-            reports,
-        })
-        .await
-        .unwrap();
-    link_tx
-        .send(LinkEvent::Directive(directive(
-            "run-1",
-            "db",
-            DirectivePhase::Wait,
-        )))
-        .await
-        .unwrap();
+    let mut rx = connect(&link_tx, directive("run-1", "db", DirectivePhase::Wait)).await;
     let r = next_report(&mut rx).await;
     assert_eq!(r.run_id, "run-1");
     let Some(Observation::Pvc(p)) = r.observation else {
@@ -98,44 +99,14 @@ async fn a_resent_directive_is_answered_not_redone_and_a_run_not_resent_is_dropp
 
     // Reconnect: the scheduler resends run-1 as it was. It is reported again, not re-marked.
     link_tx.send(LinkEvent::Disconnected).await.unwrap();
-    let (reports, mut rx) = mpsc::channel(64);
-    link_tx
-        .send(LinkEvent::Connected {
-            active_runs: 1,
-            reports,
-        })
-        .await
-        .unwrap();
-    link_tx
-        .send(LinkEvent::Directive(directive(
-            "run-1",
-            "db",
-            DirectivePhase::Wait,
-        )))
-        .await
-        .unwrap();
+    let mut rx = connect(&link_tx, directive("run-1", "db", DirectivePhase::Wait)).await;
     let r = next_report(&mut rx).await;
     assert_eq!(r.run_id, "run-1", "re-reported after the reconnect");
     assert_eq!(pvc_patches(&sim), 1, "answered, not redone");
 
     // Reconnect again: run-1 ended meanwhile (its Forget was lost); only run-2 is resent.
     link_tx.send(LinkEvent::Disconnected).await.unwrap();
-    let (reports, mut rx) = mpsc::channel(64);
-    link_tx
-        .send(LinkEvent::Connected {
-            active_runs: 1,
-            reports,
-        })
-        .await
-        .unwrap();
-    link_tx
-        .send(LinkEvent::Directive(directive(
-            "run-2",
-            "other",
-            DirectivePhase::Gate,
-        )))
-        .await
-        .unwrap();
+    let mut rx = connect(&link_tx, directive("run-2", "other", DirectivePhase::Gate)).await;
     let r = next_report(&mut rx).await;
     assert_eq!(r.run_id, "run-2");
     // A change of the PVC replans every held run: only run-2 answers.

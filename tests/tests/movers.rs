@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use k8s_openapi::api::{
     batch::v1::Job,
-    core::v1::{Container, EnvVar, PodSpec},
+    core::v1::{Container, EnvVar, PodSpec, Volume},
 };
 use snapgate_e2e::*;
 use snapgate_kube_sim::{JobBehaviour, RequestRecord, Verb};
@@ -94,6 +94,27 @@ fn assert_bash(c: &Container, script: &str) {
     );
 }
 
+/// The volume mounted at `path` in the mover container.
+fn volume_at<'a>(job: &'a Job, path: &str) -> &'a Volume {
+    let (name, _) = mounts(container(job))
+        .remove(path)
+        .unwrap_or_else(|| panic!("nothing mounted at {path}"));
+    pod(job)
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == name)
+        .unwrap_or_else(|| panic!("no volume {name}"))
+}
+
+/// `path` holds the Secret `secret`, readable by its owner only.
+fn assert_secret_mount(job: &Job, path: &str, secret: &str) {
+    let s = volume_at(job, path).secret.as_ref().unwrap();
+    assert_eq!(s.secret_name.as_deref(), Some(secret));
+    assert_eq!(s.default_mode, Some(0o600), "{path} is 0600");
+}
+
 /// What every mover Job shares (movers.md, "Common to every mover Job").
 fn assert_common(job: &Job, name: &str, backoff: i32, runs_as_root: bool) {
     assert_eq!(job.metadata.name.as_deref(), Some(name));
@@ -125,29 +146,22 @@ fn assert_common(job: &Job, name: &str, backoff: i32, runs_as_root: bool) {
     assert_eq!(sc.run_as_user, runs_as_root.then_some(0));
     let m = mounts(c);
     assert!(!m["/data"].1, "the RWO data volume is writable");
-    let tmp = &m["/tmp"].0;
-    let vol = p
-        .volumes
-        .as_ref()
-        .unwrap()
-        .iter()
-        .find(|v| &v.name == tmp)
-        .unwrap();
     assert_eq!(
-        vol.empty_dir.as_ref().unwrap().medium.as_deref(),
+        volume_at(job, "/tmp")
+            .empty_dir
+            .as_ref()
+            .unwrap()
+            .medium
+            .as_deref(),
         Some("Memory"),
         "/tmp is an in-memory emptyDir"
     );
-    let data = &m["/data"].0;
-    let vol = p
-        .volumes
-        .as_ref()
-        .unwrap()
-        .iter()
-        .find(|v| &v.name == data)
-        .unwrap();
     assert_eq!(
-        vol.persistent_volume_claim.as_ref().unwrap().claim_name,
+        volume_at(job, "/data")
+            .persistent_volume_claim
+            .as_ref()
+            .unwrap()
+            .claim_name,
         PVC,
         "Direct: the mover reads the source PVC"
     );
@@ -234,18 +248,7 @@ async fn the_rclone_job_reaching_the_api_server_is_as_movers_md_says() {
         "rclone-secret",
         "RCLONE_* keys of the secret become env"
     );
-    let m = mounts(c);
-    let (vol_name, _) = &m["/rclone-config/"];
-    let vol = pod(&job)
-        .volumes
-        .as_ref()
-        .unwrap()
-        .iter()
-        .find(|v| &v.name == vol_name)
-        .unwrap();
-    let secret = vol.secret.as_ref().unwrap();
-    assert_eq!(secret.secret_name.as_deref(), Some("rclone-secret"));
-    assert_eq!(secret.default_mode, Some(0o600));
+    assert_secret_mount(&job, "/rclone-config/", "rclone-secret");
 }
 
 #[tokio::test]
@@ -284,18 +287,7 @@ async fn the_rsync_job_reaching_the_api_server_is_as_movers_md_says() {
         caps.contains(&"SYS_CHROOT".to_owned()) && caps.contains(&"SETUID".to_owned()),
         "rsync (ssh) always runs with sshd's capabilities: {caps:?}"
     );
-    let m = mounts(c);
-    let (vol_name, _) = &m["/keys"];
-    let vol = pod(&job)
-        .volumes
-        .as_ref()
-        .unwrap()
-        .iter()
-        .find(|v| &v.name == vol_name)
-        .unwrap();
-    let secret = vol.secret.as_ref().unwrap();
-    assert_eq!(secret.secret_name.as_deref(), Some("rsync-keys"));
-    assert_eq!(secret.default_mode, Some(0o600));
+    assert_secret_mount(&job, "/keys", "rsync-keys");
 }
 
 #[tokio::test]
