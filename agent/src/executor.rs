@@ -329,7 +329,7 @@ impl Executor {
                 job: names.job.as_deref().and_then(|j| self.jobs.get(&ns, j)),
                 secrets: held.secrets.as_ref(),
                 privileged,
-                failed_attempts: held.failed_attempts,
+                failed_attempts: held.failed_attempts.max(directive.mover_failures),
                 now: Utc::now(),
             };
             let actions = match plan::plan(&directive, &observed, &self.config) {

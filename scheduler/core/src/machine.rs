@@ -945,6 +945,10 @@ impl Scheduler {
         let key = run_key(&self.active[&id]);
         let mover = self.sources[&key].admitted.mover;
         let run = self.active.get_mut(&id).expect("checked");
+        if f.attempt != 0 && f.attempt <= run.mover_failures {
+            // Re-reported after a reconnect: this attempt is already counted.
+            return;
+        }
         run.mover_failures += 1;
         let status = v1::MoverStatus {
             result: "Failed".into(),
@@ -1345,6 +1349,7 @@ impl Scheduler {
                 _ => false,
             },
             restic_prune: run.restic_prune,
+            mover_failures: run.mover_failures,
         })
     }
 

@@ -366,7 +366,7 @@ impl Cluster {
                     vec![report(
                         d,
                         Observation::MoverFailed(v1::MoverFailed {
-                            attempt: 1,
+                            attempt: d.mover_failures + 1,
                             logs: "Fatal: repository locked".into(),
                         }),
                     )]
@@ -1145,6 +1145,37 @@ fn a_failed_mover_attempt_is_reported_and_the_run_keeps_transferring() {
         "Fatal: repository locked"
     );
     assert_eq!(w.current("db").mover_failures, 1);
+}
+
+#[test]
+fn a_failed_attempt_reported_again_after_a_reconnect_is_counted_once() {
+    let mut w = World::new();
+    w.cluster.mover_succeeds = false;
+    w.pvc("data", false);
+    w.apply("db", spec("data", CopyMethod::Clone, schedule("@daily")));
+    let run = w.current("db");
+    assert_eq!(run.mover_failures, 1);
+    let again = |attempt| Report {
+        run_id: run.id.clone(),
+        generation: 0,
+        observation: Some(Observation::MoverFailed(v1::MoverFailed {
+            attempt,
+            logs: "Fatal: repository locked".into(),
+        })),
+    };
+    w.core.handle_report(&apps(), again(1), w.now);
+    assert_eq!(
+        w.current("db").mover_failures,
+        1,
+        "attempt 1 is already counted"
+    );
+    let directive = &w.core.directives_for(&apps())[0];
+    assert_eq!(
+        directive.mover_failures, 1,
+        "the agent's next Job is attempt 2"
+    );
+    w.core.handle_report(&apps(), again(2), w.now);
+    assert_eq!(w.current("db").mover_failures, 2);
 }
 
 #[test]
