@@ -82,6 +82,13 @@ impl<K: Resource + Clone> Cache<K> {
     pub fn delete_seen(&mut self, obj: &K) {
         let k = key(obj);
         let Some(cached) = self.objects.get(&k) else {
+            // Deleted by us and now confirmed by the watch: events are ordered, so nothing
+            // older can follow and the tombstone is no longer needed.
+            if let (Some(dead), Some(v)) = (self.gone.get(&k), version(obj))
+                && *dead <= v
+            {
+                self.gone.remove(&k);
+            }
             return;
         };
         let same_uid = match (&cached.meta().uid, &obj.meta().uid) {
@@ -93,9 +100,9 @@ impl<K: Resource + Clone> Cache<K> {
             _ => true,
         };
         if same_uid && not_newer {
-            let rv = version(obj).or_else(|| version(cached)).unwrap_or(0);
+            // The watch reported the deletion: no tombstone is needed (see above).
             self.objects.remove(&k);
-            self.gone.insert(k, rv);
+            self.gone.remove(&k);
         }
     }
 
@@ -125,6 +132,14 @@ impl<K: Resource + Clone> Cache<K> {
     /// missing object may merely not be listed yet.
     pub fn is_synced(&self, namespace: &str) -> bool {
         self.synced.contains(namespace)
+    }
+
+    /// Every object of `namespace`.
+    pub fn in_namespace<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a K> + 'a {
+        self.objects
+            .iter()
+            .filter(move |((ns, _), _)| ns == namespace)
+            .map(|(_, o)| o)
     }
 
     /// The object, if it exists.

@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeSet, fmt::Debug};
 
-use snapgate_agent_core::classify::MOVER_LOG_TAIL_LINES;
+use snapgate_agent_core::{annotations, classify::MOVER_LOG_TAIL_LINES};
 
 use k8s_openapi::{
     NamespaceResourceScope,
@@ -129,15 +129,24 @@ impl Cluster {
     }
 
     /// Deletes an object (dependents in the background); a missing object is not an error.
-    pub async fn delete<K: Namespaced>(&self, ns: &str, name: &str) -> Result<(), ClusterError> {
+    /// `Some(object)` when it still exists, terminating (finalizers, PVC protection).
+    pub async fn delete<K: Namespaced>(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Result<Option<K>, ClusterError> {
         let dp = DeleteParams {
             propagation_policy: Some(PropagationPolicy::Background),
             ..Default::default()
         };
         match self.api::<K>(ns).delete(name, &dp).await {
-            Ok(_) => Ok(()),
+            // The API server answers with the object (or a Status); the object is still there
+            // only if it carries a deletionTimestamp (finalizers, PVC protection).
+            Ok(either) => Ok(either
+                .left()
+                .filter(|o| o.meta().deletion_timestamp.is_some())),
             Err(e) => match ClusterError::from(e) {
-                ClusterError::NotFound(_) => Ok(()),
+                ClusterError::NotFound(_) => Ok(None),
                 other => Err(other),
             },
         }
@@ -158,14 +167,14 @@ impl Cluster {
         }))
     }
 
-    /// The namespace's `volsync.backube/privileged-movers` annotation is `"true"`.
+    /// Whether the namespace allows privileged movers (its `volsync.backube/privileged-movers`
+    /// annotation, read as VolSync reads it).
     pub async fn privileged_movers(&self, ns: &str) -> Result<bool, ClusterError> {
         let api: Api<Namespace> = Api::all(self.client.clone());
-        let nsobj = api.get_opt(ns).await?;
-        Ok(nsobj
-            .and_then(|n| n.metadata.annotations)
-            .and_then(|a| a.get("volsync.backube/privileged-movers").cloned())
-            .is_some_and(|v| v == "true"))
+        Ok(api
+            .get_opt(ns)
+            .await?
+            .is_some_and(|n| annotations::privileged_movers_allowed(&n)))
     }
 
     /// The pods of a Job (by the `batch.kubernetes.io/job-name` label Kubernetes sets).

@@ -11,7 +11,7 @@
 //! the cache before the next plan, so nothing is written twice.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashSet},
     time::Duration,
 };
 
@@ -20,7 +20,7 @@ use k8s_openapi::api::{batch::v1::Job, core::v1::PersistentVolumeClaim};
 use kube::runtime::watcher;
 use snapgate_agent_core::{
     classify,
-    plan::{self, Action, MoverOutcome, Observed, PlanConfig},
+    plan::{self, Action, MoverOutcome, Observed, PlanConfig, Temporary, TemporaryKind},
     resources::VolumeSnapshot,
 };
 use snapgate_proto::v1::{self, report::Observation};
@@ -68,6 +68,8 @@ struct Held {
     reported_jobs: HashSet<String>,
     /// The Events recorded for this run, by their deterministic name.
     events: HashSet<String>,
+    /// The namespace allows privileged movers (read when the run's first Job is made).
+    privileged: Option<bool>,
 }
 
 impl Held {
@@ -80,8 +82,36 @@ impl Held {
             failed_attempts: 0,
             reported_jobs: HashSet::new(),
             events: HashSet::new(),
+            privileged: None,
         }
     }
+}
+
+/// Every temporary object of `source` in `ns` (by its cleanup label), from the caches.
+fn temporaries_of(
+    pvcs: &Cache<PersistentVolumeClaim>,
+    snapshots: &Cache<VolumeSnapshot>,
+    jobs: &Cache<Job>,
+    ns: &str,
+    source: &str,
+) -> Vec<Temporary> {
+    fn of<'a, K: kube::Resource + 'a>(
+        objects: impl Iterator<Item = &'a K>,
+        kind: TemporaryKind,
+        source: &str,
+    ) -> impl Iterator<Item = Temporary> {
+        objects
+            .filter(move |o| plan::is_temporary_of(o.meta().labels.as_ref(), source))
+            .map(move |o| Temporary {
+                kind,
+                name: o.meta().name.clone().unwrap_or_default(),
+                terminating: o.meta().deletion_timestamp.is_some(),
+            })
+    }
+    of(snapshots.in_namespace(ns), TemporaryKind::Snapshot, source)
+        .chain(of(pvcs.in_namespace(ns), TemporaryKind::Pvc, source))
+        .chain(of(jobs.in_namespace(ns), TemporaryKind::Job, source))
+        .collect()
 }
 
 /// The executor's state.
@@ -93,7 +123,6 @@ pub struct Executor {
     jobs: Cache<Job>,
     runs: BTreeMap<String, Held>,
     reports: Option<mpsc::Sender<v1::Report>>,
-    privileged: HashMap<String, bool>,
     /// After a (re)connect: how many resent directives are still to come, and the runs resent
     /// so far. Only those are acted on meanwhile.
     confirming: Option<(u32, HashSet<String>)>,
@@ -126,7 +155,6 @@ impl Executor {
             jobs: Cache::default(),
             runs: BTreeMap::new(),
             reports: None,
-            privileged: HashMap::new(),
             confirming: None,
             metrics,
             retry_after,
@@ -290,6 +318,9 @@ impl Executor {
             .is_some_and(|(_, resent)| !resent.contains(id))
         {
             debug!(run = id, "not acted on until the scheduler resends it");
+            if let Some(held) = self.runs.get_mut(id) {
+                held.retry_at = None;
+            }
             return;
         }
         for _ in 0..8 {
@@ -312,24 +343,43 @@ impl Executor {
                 debug!(run = id, namespace = ns, "watches not synced yet");
                 return;
             }
-            let privileged = match self.privileged_movers(&ns).await {
-                Ok(p) => p,
-                Err(e) => {
-                    self.retry(id, &e);
-                    return;
-                }
-            };
-            let held = &self.runs[id];
             let names = plan::object_names(&directive);
+            let job = names.job.as_deref().and_then(|j| self.jobs.get(&ns, j));
+            // The namespace's privileged-movers annotation matters only when a Job is made: it
+            // is read then, once per run, so an admin's change applies to the next run.
+            let needs_privileged = directive.phase == v1::DirectivePhase::Transfer as i32
+                && job.is_none()
+                && self.runs[id].privileged.is_none();
+            if needs_privileged {
+                match self.cluster.privileged_movers(&ns).await {
+                    Ok(p) => {
+                        if let Some(held) = self.runs.get_mut(id) {
+                            held.privileged = Some(p);
+                        }
+                    }
+                    Err(e) => {
+                        self.retry(id, &e);
+                        return;
+                    }
+                }
+            }
+            let held = &self.runs[id];
+            let temporaries: Vec<Temporary> =
+                temporaries_of(&self.pvcs, &self.snapshots, &self.jobs, &ns, &source.name);
+            let job = names.job.as_deref().and_then(|j| self.jobs.get(&ns, j));
             let observed = Observed {
                 pvc: self.pvcs.get(&ns, &names.source_pvc),
                 snapshot: self.snapshots.get(&ns, &names.snapshot),
                 copy_pvc: self.pvcs.get(&ns, &names.copy_pvc),
                 cache_pvc: self.pvcs.get(&ns, &names.cache_pvc),
-                job: names.job.as_deref().and_then(|j| self.jobs.get(&ns, j)),
+                job,
                 secrets: held.secrets.as_ref(),
-                privileged,
+                privileged: held.privileged.unwrap_or(false),
                 failed_attempts: held.failed_attempts.max(directive.mover_failures),
+                job_reported: job
+                    .and_then(|j| j.metadata.uid.as_ref())
+                    .is_some_and(|uid| held.reported_jobs.contains(uid)),
+                temporaries: &temporaries,
                 now: Utc::now(),
             };
             let actions = match plan::plan(&directive, &observed, &self.config) {
@@ -371,15 +421,6 @@ impl Executor {
         }
     }
 
-    async fn privileged_movers(&mut self, ns: &str) -> Result<bool, ClusterError> {
-        if let Some(p) = self.privileged.get(ns) {
-            return Ok(*p);
-        }
-        let p = self.cluster.privileged_movers(ns).await?;
-        self.privileged.insert(ns.to_owned(), p);
-        Ok(p)
-    }
-
     /// Applies one action; `Ok(true)` when it changed what the next plan sees.
     async fn apply(&mut self, id: &str, ns: &str, action: Action) -> Result<bool, ClusterError> {
         debug!(run = id, ?action, "applying");
@@ -414,20 +455,34 @@ impl Executor {
                 Ok(true)
             }
             Action::DeleteSnapshot(name) => {
-                self.cluster.delete::<VolumeSnapshot>(ns, &name).await?;
-                self.snapshots.delete(ns, &name);
+                // An object still terminating (finalizers, PVC protection) stays in view until
+                // its watch says it is gone: cleanup is not done before that.
+                match self.cluster.delete::<VolumeSnapshot>(ns, &name).await? {
+                    Some(terminating) => self.snapshots.apply(terminating),
+                    None => self.snapshots.delete(ns, &name),
+                }
                 Ok(true)
             }
             Action::DeletePvc(name) => {
-                self.cluster
+                // An object still terminating (finalizers, PVC protection) stays in view until
+                // its watch says it is gone: cleanup is not done before that.
+                match self
+                    .cluster
                     .delete::<PersistentVolumeClaim>(ns, &name)
-                    .await?;
-                self.pvcs.delete(ns, &name);
+                    .await?
+                {
+                    Some(terminating) => self.pvcs.apply(terminating),
+                    None => self.pvcs.delete(ns, &name),
+                }
                 Ok(true)
             }
             Action::DeleteJob(name) => {
-                self.cluster.delete::<Job>(ns, &name).await?;
-                self.jobs.delete(ns, &name);
+                // An object still terminating (finalizers, PVC protection) stays in view until
+                // its watch says it is gone: cleanup is not done before that.
+                match self.cluster.delete::<Job>(ns, &name).await? {
+                    Some(terminating) => self.jobs.apply(terminating),
+                    None => self.jobs.delete(ns, &name),
+                }
                 Ok(true)
             }
             Action::ReadSecrets(names) => {
@@ -456,9 +511,17 @@ impl Executor {
             Action::Event(event) => {
                 let name = event.metadata.name.clone().unwrap_or_default();
                 if self.runs.get(id).is_some_and(|h| !h.events.contains(&name)) {
-                    self.cluster.record_event(ns, event.as_ref()).await?;
-                    if let Some(held) = self.runs.get_mut(id) {
-                        held.events.insert(name);
+                    // Events are best effort: a failure to record one never holds up a run.
+                    match self.cluster.record_event(ns, event.as_ref()).await {
+                        Ok(()) => {
+                            if let Some(held) = self.runs.get_mut(id) {
+                                held.events.insert(name);
+                            }
+                        }
+                        Err(e) => {
+                            warn!(run = id, event = name, error = %e, "cannot record an Event");
+                            self.metrics.api_errors.inc();
+                        }
                     }
                 }
                 Ok(false)

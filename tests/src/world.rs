@@ -107,7 +107,7 @@ fn spawn_agent(
 
 pub fn plan_config() -> PlanConfig {
     PlanConfig {
-        mover_backoff: Duration::from_millis(200),
+        mover_backoff: Duration::from_millis(500),
         mover_backoff_max: Duration::from_secs(1),
         ..PlanConfig::default()
     }

@@ -359,3 +359,45 @@ async fn removing_use_copy_trigger_while_waiting_releases_the_run_and_removes_th
         w.annotations()
     );
 }
+
+#[tokio::test]
+async fn editing_a_sources_pvc_mid_run_leaves_the_run_on_the_pvc_it_started_on() {
+    let mut w = World::start().await;
+    w.create_pvc(true);
+    let mut other = source_pvc(true);
+    other.metadata.name = Some("other".into());
+    w.sim.create(&other).unwrap();
+    let source = w
+        .apply(
+            SOURCE,
+            restic_spec(CopyMethod::Snapshot, Duration::from_secs(600)),
+        )
+        .await;
+    w.wait_copy_status("WaitingForTrigger").await;
+    let mut edited = restic_spec(CopyMethod::Snapshot, Duration::from_secs(600));
+    edited.source_pvc = "other".into();
+    w.sources
+        .apply_source(snapgate_proto::v1::ApplySourceRequest {
+            namespace: NS.into(),
+            name: SOURCE.into(),
+            spec: Some(edited),
+            expected_version: source.version,
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let other_annotations = w
+        .sim
+        .get::<k8s_openapi::api::core::v1::PersistentVolumeClaim>(Some(NS), "other")
+        .unwrap()
+        .metadata
+        .annotations
+        .unwrap_or_default();
+    assert!(
+        !other_annotations.contains_key(STATUS),
+        "the new PVC is not touched by the run in flight: {other_annotations:?}"
+    );
+    w.annotate_trigger("first").await;
+    w.wait_successful_runs(SOURCE, 1).await;
+    assert_eq!(w.copy_annotations()[LATEST], "first");
+}

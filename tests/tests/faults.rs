@@ -34,6 +34,25 @@ async fn a_failed_mover_job_is_reported_with_its_log_and_replaced_after_a_back_o
     );
     w.create_pvc(false);
     w.apply(SOURCE, rclone_spec(CopyMethod::Direct)).await;
+    // As soon as the first Job has failed, the next one is scripted to succeed: the agent
+    // replaces a failed Job only after its back-off (500 ms for attempt 1 here).
+    eventually("the first Job fails", || {
+        w.jobs()
+            .into_iter()
+            .find(|j| {
+                j.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Failed"))
+            })
+            .map(|_| ())
+    })
+    .await;
+    w.sim.job_behaviour(
+        NS,
+        job,
+        JobBehaviour::succeed(["Transferred: 1.2 MiB", "Rclone completed in 1s"]),
+    );
     let status = eventually_async!("the failure is reported", {
         let s = w.source(SOURCE).await;
         s.status
@@ -45,11 +64,6 @@ async fn a_failed_mover_job_is_reported_with_its_log_and_replaced_after_a_back_o
         "the failure carries the log tail: {status:?}"
     );
     // The next Job succeeds; it is attempt 2, made after the back-off.
-    w.sim.job_behaviour(
-        NS,
-        job,
-        JobBehaviour::succeed(["Transferred: 1.2 MiB", "Rclone completed in 1s"]),
-    );
     let second = eventually("the replacement Job", || {
         w.jobs().into_iter().find(|j| {
             j.metadata

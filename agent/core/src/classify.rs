@@ -85,7 +85,9 @@ pub fn clone_readiness(pvc: &PersistentVolumeClaim) -> CloneReadiness {
     }
 }
 
-/// Classifies a mover Job (VolSync's rule: failure is `status.failed >= backoffLimit`).
+/// Classifies a mover Job as Kubernetes decides it: failed on a `Failed` condition or once
+/// `status.failed` exceeds `backoffLimit` (VolSync acts at `>=`, while the last retry pod may
+/// still be running and succeed; snapgate waits for it).
 pub fn job_state(job: &Job) -> JobState {
     let status = job.status.as_ref();
     let failed_pods = status
@@ -112,7 +114,9 @@ pub fn job_state(job: &Job) -> JobState {
         .unwrap_or(6)
         .max(0)
         .unsigned_abs();
-    if condition("Failed") || failed_pods >= backoff_limit {
+    // Kubernetes fails a Job once more pods failed than its back-off limit (and says so in a
+    // `Failed` condition); at exactly the limit one more pod still runs, and may succeed.
+    if condition("Failed") || failed_pods > backoff_limit {
         JobState::Failed { failed_pods }
     } else {
         JobState::Running { failed_pods }
@@ -358,7 +362,7 @@ mod tests {
     }
 
     #[test]
-    fn a_job_fails_when_failed_pods_reach_the_backoff_limit_or_it_has_a_failed_condition() {
+    fn a_job_fails_when_failed_pods_exceed_the_backoff_limit_or_it_has_a_failed_condition() {
         let cases = [
             (Job::default(), JobState::Running { failed_pods: 0 }),
             (
@@ -371,11 +375,15 @@ mod tests {
             ),
             (
                 job(Some(8), 0, 8, None),
-                JobState::Failed { failed_pods: 8 },
+                JobState::Running { failed_pods: 8 },
             ),
             (
-                job(Some(2), 0, 2, None),
-                JobState::Failed { failed_pods: 2 },
+                job(Some(8), 0, 9, None),
+                JobState::Failed { failed_pods: 9 },
+            ),
+            (
+                job(Some(2), 0, 3, None),
+                JobState::Failed { failed_pods: 3 },
             ),
             (
                 job(Some(2), 0, 1, Some("Failed")),
@@ -383,8 +391,8 @@ mod tests {
             ),
             (job(Some(2), 1, 1, None), JobState::Succeeded),
             (job(Some(2), 0, 0, Some("Complete")), JobState::Succeeded),
-            (job(None, 0, 5, None), JobState::Running { failed_pods: 5 }),
-            (job(None, 0, 6, None), JobState::Failed { failed_pods: 6 }),
+            (job(None, 0, 6, None), JobState::Running { failed_pods: 6 }),
+            (job(None, 0, 7, None), JobState::Failed { failed_pods: 7 }),
         ];
         for (j, want) in cases {
             assert_eq!(job_state(&j), want, "{:?}", j.status);

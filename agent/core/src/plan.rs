@@ -127,6 +127,35 @@ pub fn required_secrets(spec: &v1::SourceSpec) -> Vec<String> {
     out
 }
 
+/// The kinds of temporary objects a run makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TemporaryKind {
+    /// A VolumeSnapshot.
+    Snapshot,
+    /// A clone PVC or a PVC restored from a snapshot.
+    Pvc,
+    /// A mover Job.
+    Job,
+}
+
+/// A temporary object of a source (labelled [`names::CLEANUP`] with it), as the watches see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Temporary {
+    /// Its kind.
+    pub kind: TemporaryKind,
+    /// Its name.
+    pub name: String,
+    /// It is being deleted (has a deletionTimestamp).
+    pub terminating: bool,
+}
+
+/// Whether labels mark an object as a temporary of `source` made by snapgate.
+pub fn is_temporary_of(labels: Option<&BTreeMap<String, String>>, source: &str) -> bool {
+    let label = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
+    label(names::CREATED_BY) == Some(names::CREATED_BY_VALUE)
+        && label(names::CLEANUP) == Some(names::label_value(source).as_str())
+}
+
 /// What the agent sees of one run's objects, from its watches and reads.
 #[derive(Clone, Copy, Debug)]
 pub struct Observed<'a> {
@@ -146,6 +175,10 @@ pub struct Observed<'a> {
     pub privileged: bool,
     /// The highest failed mover attempt of this run the shell has reported (0: none).
     pub failed_attempts: u32,
+    /// Whether the outcome of the observed Job (by uid) has reached the scheduler.
+    pub job_reported: bool,
+    /// Every temporary object of the source (see [`is_temporary_of`]).
+    pub temporaries: &'a [Temporary],
     /// The time of this plan.
     pub now: DateTime<Utc>,
 }
@@ -332,6 +365,9 @@ impl Ctx<'_> {
                 ))]);
             }
             CopyMethod::Clone => match self.seen.copy_pvc {
+                Some(c) if !self.ours(c) => {
+                    return Ok(vec![self.not_ours("PersistentVolumeClaim", c)]);
+                }
                 Some(c) if !names::made_by_run(c.metadata.labels.as_ref(), self.run.run_id) => {
                     // Left behind by an earlier run: it is not this run's copy point.
                     return Ok(self.before_copy(gated, &observed, pvc, |out| {
@@ -434,7 +470,10 @@ impl Ctx<'_> {
             && let Some(patch) = annotations::mark_in_progress(
                 observed,
                 &self.directive.trigger,
-                self.directive.write_copy_trigger,
+                // Only in the patch that starts the copy: a value the user writes afterwards
+                // (to release the next run ahead of time) is theirs.
+                self.directive.write_copy_trigger
+                    && observed.latest_copy_status != annotations::CopyStatus::InProgress.as_str(),
             )
         {
             out.push(self.patch_source(patch));
@@ -539,15 +578,21 @@ impl Ctx<'_> {
                             ),
                         ));
                     }
-                    out.push(Action::ReportMover {
-                        job: job_name.clone(),
-                        uid,
-                        outcome: MoverOutcome::Failed { attempt },
-                        mover: self.mover.mover(),
-                    });
-                    let retry_at = failed_at(job).unwrap_or(self.seen.now)
+                    let retry_at = failed_at(job).unwrap_or_else(|| created_job(job))
                         + chrono::Duration::from_std(self.backoff(attempt))
                             .unwrap_or_else(|_| chrono::Duration::seconds(300));
+                    if !self.seen.job_reported {
+                        // The failure (and its log) reaches the scheduler before the Job that
+                        // holds the log is replaced.
+                        out.push(Action::ReportMover {
+                            job: job_name.clone(),
+                            uid,
+                            outcome: MoverOutcome::Failed { attempt },
+                            mover: self.mover.mover(),
+                        });
+                        out.push(Action::WakeAt(retry_at.max(self.seen.now)));
+                        return Ok(out);
+                    }
                     if self.seen.now >= retry_at {
                         out.push(Action::DeleteJob(job_name));
                     } else {
@@ -579,6 +624,10 @@ impl Ctx<'_> {
         let data: &PersistentVolumeClaim = match self.method {
             CopyMethod::Direct => source_pvc.expect("checked by the caller"),
             CopyMethod::Clone => match self.seen.copy_pvc {
+                Some(c) if !self.ours(c) => {
+                    out.push(self.not_ours("PersistentVolumeClaim", c));
+                    return Ok(out);
+                }
                 Some(c) if names::made_by_run(c.metadata.labels.as_ref(), self.run.run_id) => c,
                 _ => {
                     out.push(Action::Report(error(
@@ -590,6 +639,10 @@ impl Ctx<'_> {
                 }
             },
             CopyMethod::Snapshot => match self.seen.copy_pvc {
+                Some(c) if !self.ours(c) => {
+                    out.push(self.not_ours("PersistentVolumeClaim", c));
+                    return Ok(out);
+                }
                 Some(c) if names::made_by_run(c.metadata.labels.as_ref(), self.run.run_id) => c,
                 Some(_) => {
                     out.push(Action::DeletePvc(self.names.copy_pvc.clone()));
@@ -711,31 +764,44 @@ impl Ctx<'_> {
         {
             out.push(self.patch_source(patch));
         }
-        let mut pending = false;
-        if let Some(job) = self.seen.job {
-            pending = true;
-            if job.metadata.deletion_timestamp.is_none()
-                && let Some(name) = self.names.job.clone()
-            {
-                out.push(Action::DeleteJob(name));
-            }
-        }
-        if let Some(s) = self.seen.snapshot {
-            pending = true;
-            if s.metadata.deletion_timestamp.is_none() {
-                out.push(Action::DeleteSnapshot(self.names.snapshot.clone()));
-            }
-        }
-        if let Some(c) = self.seen.copy_pvc {
-            pending = true;
-            if c.metadata.deletion_timestamp.is_none() {
-                out.push(Action::DeletePvc(self.names.copy_pvc.clone()));
-            }
+        // Everything of this source's runs, found by its cleanup label: this run's objects and
+        // any an earlier run (or an earlier mover of the source) left behind. Caches are not
+        // temporary and carry no cleanup label.
+        let pending = !self.seen.temporaries.is_empty();
+        for t in self.seen.temporaries.iter().filter(|t| !t.terminating) {
+            out.push(match t.kind {
+                TemporaryKind::Snapshot => Action::DeleteSnapshot(t.name.clone()),
+                TemporaryKind::Pvc => Action::DeletePvc(t.name.clone()),
+                TemporaryKind::Job => Action::DeleteJob(t.name.clone()),
+            });
         }
         if !pending && out.is_empty() {
             out.push(Action::Report(Observation::CleanedUp(v1::CleanedUp {})));
         }
         out
+    }
+
+    /// Whether snapgate made `pvc` for this source (PVCs are watched without a label filter,
+    /// so a user's PVC of the same name is seen too; it is never used or deleted).
+    fn ours(&self, pvc: &PersistentVolumeClaim) -> bool {
+        let labels = pvc.metadata.labels.as_ref();
+        let label = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
+        label(names::CREATED_BY) == Some(names::CREATED_BY_VALUE)
+            && label(names::SOURCE) == Some(names::label_value(self.run.source).as_str())
+    }
+
+    fn not_ours(&self, kind: &str, pvc: &PersistentVolumeClaim) -> Action {
+        Action::Report(error(
+            "NameTaken",
+            format!(
+                "{kind} {}/{} exists but snapgate did not make it for source {}; snapgate will \
+                 not use or delete it: rename or remove it",
+                self.run.namespace,
+                pvc.metadata.name.as_deref().unwrap_or_default(),
+                self.run.source
+            ),
+            true,
+        ))
     }
 
     fn pvc_missing(&self) -> Action {
@@ -832,6 +898,15 @@ pub fn job_attempt(job: &Job) -> u32 {
         .and_then(|a| a.get(ATTEMPT))
         .and_then(|v| v.parse().ok())
         .unwrap_or(1)
+}
+
+/// When a Job was created (the fallback for when it failed).
+fn created_job(job: &Job) -> DateTime<Utc> {
+    job.metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| from_jiff(t.0))
+        .unwrap_or(DateTime::<Utc>::UNIX_EPOCH)
 }
 
 /// When a Job failed: its `Failed` condition's transition time.
@@ -1015,6 +1090,8 @@ mod tests {
             secrets: None,
             privileged: false,
             failed_attempts: 0,
+            job_reported: false,
+            temporaries: &[],
             now: now(),
         }
     }
@@ -1199,18 +1276,29 @@ mod tests {
         let d = directive(DirectivePhase::Transfer, v1::CopyMethod::Direct);
         let source = pvc("data", &[], None);
         let config = PlanConfig::default(); // 10 s, doubled per attempt: 20 s for attempt 2
-        let job = failed_job(now() - chrono::Duration::seconds(5));
+        let job = failed_job(now() - chrono::Duration::seconds(25));
         let mut s = seen(Some(&source));
         s.job = Some(&job);
+        // Not reported yet: report it first, even though the back-off is over.
         let a = plan(&d, &s, &config).unwrap();
         assert_eq!(
             kinds(&a),
             [
                 "Event TransferFailed",
                 "ReportMover Failed { attempt: 2 }",
-                "WakeAt 2026-03-04 05:06:22 UTC"
+                "WakeAt 2026-03-04 05:06:07 UTC"
             ]
         );
+        // Reported, within the back-off: wait for its end.
+        s.job_reported = true;
+        let job = failed_job(now() - chrono::Duration::seconds(5));
+        s.job = Some(&job);
+        let a = plan(&d, &s, &config).unwrap();
+        assert_eq!(
+            kinds(&a),
+            ["Event TransferFailed", "WakeAt 2026-03-04 05:06:22 UTC"]
+        );
+        // Reported, back-off over: replace it.
         let job = failed_job(now() - chrono::Duration::seconds(20));
         s.job = Some(&job);
         let a = plan(&d, &s, &config).unwrap();
@@ -1230,14 +1318,105 @@ mod tests {
             ],
             None,
         );
-        let restored = pvc("volsync-db-src", &[], Some("run-7"));
+        let temporaries = [
+            Temporary {
+                kind: TemporaryKind::Pvc,
+                name: "volsync-db-src".into(),
+                terminating: false,
+            },
+            Temporary {
+                kind: TemporaryKind::Job,
+                name: "volsync-rclone-src-db".into(),
+                terminating: false,
+            },
+            Temporary {
+                kind: TemporaryKind::Snapshot,
+                name: "volsync-db-src".into(),
+                terminating: true,
+            },
+        ];
         let mut s = seen(Some(&source));
-        s.copy_pvc = Some(&restored);
+        s.temporaries = &temporaries;
         let a = plan(&d, &s, &PlanConfig::default()).unwrap();
-        assert_eq!(kinds(&a), ["PatchPvc data", "DeletePvc volsync-db-src"]);
+        assert_eq!(
+            kinds(&a),
+            [
+                "PatchPvc data",
+                "DeletePvc volsync-db-src",
+                "DeleteJob volsync-rclone-src-db"
+            ],
+            "an earlier mover's Job too; a terminating snapshot is waited for"
+        );
+        s.temporaries = &temporaries[2..];
         let clean = pvc("data", &[USE], None);
-        let a = plan(&d, &seen(Some(&clean)), &PlanConfig::default()).unwrap();
+        s.pvc = Some(&clean);
+        assert!(plan(&d, &s, &PlanConfig::default()).unwrap().is_empty());
+        s.temporaries = &[];
+        let a = plan(&d, &s, &PlanConfig::default()).unwrap();
         assert_eq!(kinds(&a), ["Report CleanedUp"]);
+    }
+
+    #[test]
+    fn a_pvc_of_the_copys_name_that_snapgate_did_not_make_is_never_used_or_deleted() {
+        let d = directive(DirectivePhase::Copy, v1::CopyMethod::Clone);
+        let source = pvc(
+            "data",
+            &[USE, (annotations::LATEST_COPY_STATUS, "InProgress")],
+            None,
+        );
+        let users = pvc("volsync-db-src", &[], None);
+        let mut s = seen(Some(&source));
+        s.copy_pvc = Some(&users);
+        let a = plan(&d, &s, &PlanConfig::default()).unwrap();
+        assert_eq!(kinds(&a), ["Report AgentError"]);
+        let Action::Report(Observation::Error(e)) = &a[0] else {
+            unreachable!()
+        };
+        assert_eq!(e.reason, "NameTaken");
+    }
+
+    #[test]
+    fn copy_trigger_is_written_with_the_first_in_progress_only() {
+        let mut d = directive(DirectivePhase::Copy, v1::CopyMethod::Snapshot);
+        d.write_copy_trigger = true;
+        let waiting = pvc(
+            "data",
+            &[USE, (annotations::LATEST_COPY_STATUS, "WaitingForTrigger")],
+            None,
+        );
+        let a = plan(&d, &seen(Some(&waiting)), &PlanConfig::default()).unwrap();
+        let Action::PatchPvc { patch, .. } = &a[0] else {
+            unreachable!()
+        };
+        assert_eq!(
+            patch["metadata"]["annotations"][annotations::COPY_TRIGGER],
+            "first"
+        );
+        // The user writes the next value ahead of time while the copy is being made.
+        let ahead = pvc(
+            "data",
+            &[
+                USE,
+                (annotations::LATEST_COPY_STATUS, "InProgress"),
+                (annotations::COPY_TRIGGER, "third"),
+            ],
+            None,
+        );
+        let snap = VolumeSnapshot {
+            metadata: ObjectMeta {
+                name: Some("volsync-db-src".into()),
+                labels: Some(names::temporary_labels("db", "run-7")),
+                ..Default::default()
+            },
+            spec: Default::default(),
+            status: None,
+        };
+        let mut s = seen(Some(&ahead));
+        s.snapshot = Some(&snap);
+        assert!(
+            plan(&d, &s, &PlanConfig::default()).unwrap().is_empty(),
+            "the user's value is left alone"
+        );
     }
 
     #[test]

@@ -803,6 +803,15 @@ impl Scheduler {
         let Some(observation) = report.observation else {
             return ReportOutcome::Stale("empty report".into());
         };
+        if matches!(observation, ReportObservation::Error(_)) && report.generation < run.generation
+        {
+            // An error about a directive that has since changed (the agent re-reports against
+            // the current one): it must not fail a run that has moved on.
+            return ReportOutcome::Stale(format!(
+                "{id}: error report for generation {} < {}",
+                report.generation, run.generation
+            ));
+        }
         match (current, observation) {
             (RunPhase::Gating | RunPhase::WaitingForTrigger, ReportObservation::Pvc(pvc)) => {
                 self.on_pvc_observed(id, pvc, now)
@@ -1332,7 +1341,12 @@ impl Scheduler {
         Some(Directive {
             run_id: run.id.clone(),
             source: run.source.clone(),
-            spec: Some(entry.spec().clone()),
+            // The live spec, but the PVC the run started on: a run never moves to another PVC
+            // (runs are serialised per PVC on it), even if the source is edited meanwhile.
+            spec: Some(v1::SourceSpec {
+                source_pvc: run.pvc.clone(),
+                ..entry.spec().clone()
+            }),
             phase: phase as i32,
             generation: run.generation,
             waiting_since: run.waiting_since,

@@ -1185,9 +1185,26 @@ fn a_non_retryable_agent_error_fails_the_run_and_cleans_up() {
     w.pvc("data", false);
     w.apply("db", spec("data", CopyMethod::Snapshot, schedule("@daily")));
     let id = w.current("db").id;
+    let generation = w.core.directives_for(&apps())[0].generation;
+    let stale = Report {
+        run_id: id.clone(),
+        generation: generation - 1,
+        observation: Some(Observation::Error(v1::AgentError {
+            reason: "CloneLost".into(),
+            message: "about an earlier directive".into(),
+            retryable: false,
+        })),
+    };
+    assert!(
+        matches!(
+            w.core.handle_report(&apps(), stale, w.now),
+            ReportOutcome::Stale(_)
+        ),
+        "an error about an earlier directive does not fail the run"
+    );
     let r = Report {
         run_id: id,
-        generation: 0,
+        generation,
         observation: Some(Observation::Error(v1::AgentError {
             reason: "VolumeSnapshotClassNotFound".into(),
             message: "no class fast".into(),
