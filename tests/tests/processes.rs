@@ -63,15 +63,35 @@ fn spawn(cmd: &mut Command) -> Proc {
     )
 }
 
-fn agent(kubeconfig: &Path, scheduler: &str) -> Proc {
-    spawn(
+/// An agent process; its metrics listen on the returned address.
+fn agent(kubeconfig: &Path, scheduler: &str) -> (Proc, String) {
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let proc = spawn(
         Command::new(binary("snapgate-agent"))
             .env("KUBECONFIG", kubeconfig)
             .args(["--scheduler", scheduler])
             .args(["--namespace", "app"])
-            .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port())])
+            .args(["--metrics-listen", &metrics])
             .args(["--agent-id", "process-test"]),
+    );
+    (proc, metrics)
+}
+
+/// `GET path` over plain HTTP/1.1; the body.
+fn http_get(addr: &str, path: &str) -> Option<String> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response
+        .starts_with("HTTP/1.1 200")
+        .then(|| response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()))
+        .flatten()
 }
 
 async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
@@ -193,7 +213,7 @@ async fn scheduler_agent_and_simulated_cluster_as_separate_processes_complete_a_
     .unwrap();
 
     let url = format!("http://{grpc}");
-    let mut first_agent = agent(&kubeconfig, &url);
+    let (mut first_agent, _) = agent(&kubeconfig, &url);
     let channel = eventually("the scheduler", || {
         let url = url.clone();
         async move {
@@ -251,7 +271,7 @@ async fn scheduler_agent_and_simulated_cluster_as_separate_processes_complete_a_
     )
     .await
     .unwrap();
-    let _second_agent = agent(&kubeconfig, &url);
+    let (_second_agent, metrics) = agent(&kubeconfig, &url);
     eventually("the run succeeds", || {
         let mut sources = sources.clone();
         async move {
@@ -284,4 +304,13 @@ async fn scheduler_agent_and_simulated_cluster_as_separate_processes_complete_a_
         Some("first")
     );
     assert!(!a.contains_key("volsync.backube/latest-copy-trigger-waiting-since"));
+
+    // The agent's own endpoints.
+    assert_eq!(http_get(&metrics, "/healthz").as_deref(), Some("ok"));
+    let text = http_get(&metrics, "/metrics").expect("agent metrics");
+    assert!(text.contains("snapgate_agent_connected 1"), "{text}");
+    assert!(
+        text.contains("snapgate_agent_reports_total{kind=\"MoverFinished\"} 1"),
+        "{text}"
+    );
 }
