@@ -34,17 +34,13 @@ async fn a_failed_mover_job_is_reported_with_its_log_and_replaced_after_a_back_o
     );
     w.create_pvc(false);
     w.apply(SOURCE, rclone_spec(CopyMethod::Direct)).await;
-    // As soon as the first Job has failed, the next one is scripted to succeed: the agent
-    // replaces a failed Job only after its back-off (500 ms for attempt 1 here).
-    eventually("the first Job fails", || {
+    // The simulator reads a Job's script when it starts the Job: once the first Job's first
+    // pod has failed (it is scripted to fail), every later Job is scripted to succeed.
+    eventually("the first Job's first failed pod", || {
         w.jobs()
-            .into_iter()
-            .find(|j| {
-                j.status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Failed"))
-            })
+            .first()
+            .and_then(|j| j.status.as_ref()?.failed)
+            .filter(|f| *f >= 1)
             .map(|_| ())
     })
     .await;
