@@ -10,7 +10,8 @@ use std::{collections::HashMap, sync::Arc, time::Duration as StdDuration};
 use chrono::{DateTime, Utc};
 use snapgate_proto::v1::{self, SchedulerMessage, scheduler_message::Message as ToAgent};
 use snapgate_scheduler_core::{
-    CoreError, Effect, ReportOutcome, RunId, Scheduler, SourceKey, TriggerAccepted, schedule::Tz,
+    CoreError, Effect, ReportOutcome, RunId, Scheduler, SourceKey, Target, TriggerAccepted,
+    schedule::Tz,
 };
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
@@ -156,8 +157,8 @@ struct AgentConn {
 }
 
 struct Watcher {
-    namespace: String,
-    pvc: String,
+    /// The PVC watched, or one source's runs on it.
+    target: Target,
     tx: mpsc::Sender<Result<v1::CopyStatus, Status>>,
     last: Option<v1::CopyStatus>,
 }
@@ -330,15 +331,21 @@ impl Driver {
     }
 
     fn send_to_watchers(&mut self, status: &v1::CopyStatus) {
+        let core = &self.core;
         self.watchers.retain_mut(|w| {
-            if w.namespace != status.namespace || w.pvc != status.pvc {
+            if w.target.namespace != status.namespace || w.target.pvc != status.pvc {
                 return !w.tx.is_closed();
             }
-            if w.last.as_ref() == Some(status) {
+            // A source's watcher sees that source's runs only.
+            let status = match &w.target.source {
+                None => status.clone(),
+                Some(_) => core.target_status(&w.target),
+            };
+            if w.last.as_ref() == Some(&status) {
                 return true;
             }
             w.last = Some(status.clone());
-            w.tx.try_send(Ok(status.clone())).is_ok()
+            w.tx.try_send(Ok(status)).is_ok()
         });
     }
 
@@ -425,16 +432,15 @@ impl Driver {
                 let r = self
                     .core
                     .resolve_target(&target)
-                    .map(|(ns, pvc)| self.core.copy_status(&ns, &pvc));
+                    .map(|t| self.core.target_status(&t));
                 let _ = reply.send(r.map_err(Into::into));
             }
             Command::WatchCopy { target, tx, reply } => match self.core.resolve_target(&target) {
-                Ok((namespace, pvc)) => {
-                    let current = self.core.copy_status(&namespace, &pvc);
+                Ok(target) => {
+                    let current = self.core.target_status(&target);
                     let _ = tx.try_send(Ok(current.clone()));
                     self.watchers.push(Watcher {
-                        namespace,
-                        pvc,
+                        target,
                         tx,
                         last: Some(current),
                     });

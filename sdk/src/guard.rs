@@ -123,9 +123,14 @@ struct Unquiesce {
 
 impl Unquiesce {
     async fn run(&mut self) -> Result<(), BoxError> {
-        match self.step.take() {
-            Some(step) => step().await,
-            None => Ok(()),
+        let Some(step) = self.step.take() else {
+            return Ok(());
+        };
+        // Spawned, then awaited: if the caller drops this future (a timeout, a select!) while
+        // the application unquiesces, the unquiesce still runs to its end.
+        match tokio::spawn(step()).await {
+            Ok(result) => result,
+            Err(e) => Err(format!("the unquiesce step panicked or was cancelled: {e}").into()),
         }
     }
 }
@@ -260,15 +265,21 @@ impl Client {
                 }
                 Err(e) if e.code() == Some(Code::FailedPrecondition) => {
                     let run = find_run(self, target, Some(source), run_id).await;
-                    if let Ok(Some(run)) = run
-                        && let Some(outcome) = Outcome::of_run(&run)
-                        && outcome != Outcome::Completed
-                    {
-                        return Err(Error::CopyFailed {
-                            run_id: run_id.to_owned(),
-                            outcome,
-                            reason: run.message,
-                        });
+                    if let Ok(Some(run)) = run {
+                        match Outcome::of_run(&run) {
+                            Some(outcome) if outcome != Outcome::Completed => {
+                                return Err(Error::CopyFailed {
+                                    run_id: run_id.to_owned(),
+                                    outcome,
+                                    reason: run.message,
+                                });
+                            }
+                            // Released already: by this call (its answer was lost) or by an
+                            // annotation written meanwhile. The application is quiesced, so
+                            // the copy is good: wait for its copy point.
+                            _ if !run.trigger.is_empty() => return Ok(()),
+                            _ => {}
+                        }
                     }
                     return Err(e);
                 }

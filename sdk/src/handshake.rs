@@ -12,6 +12,7 @@
 //! history (`ListRuns`) instead of being missed.
 
 use std::fmt;
+use std::time::Duration;
 
 use futures::StreamExt;
 use snapgate_proto::v1::{self, CopyState, CopyStatus, CopyTarget, RunResult};
@@ -164,7 +165,19 @@ pub(crate) async fn next_outcome(
             continue;
         }
         // The PVC shows another run (or none): ours may have ended while we were not looking.
-        match find_run(client, target, source.as_deref(), run_id).await {
+        // Ask its history now (retrying while the scheduler is unreachable): the PVC's next
+        // change may be a long time away.
+        let mut delay = Duration::from_millis(100);
+        let found = loop {
+            match find_run(client, target, source.as_deref(), run_id).await {
+                Err(e) if e.is_transient() => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                other => break other,
+            }
+        };
+        match found {
             Ok(Some(run)) => {
                 if let Some(outcome) = Outcome::of_run(&run) {
                     return Ok(CopyOutcome {
@@ -180,7 +193,6 @@ pub(crate) async fn next_outcome(
                     run_id: run_id.to_owned(),
                 });
             }
-            Err(e) if e.is_transient() => {}
             Err(e) => return Err(e),
         }
     }

@@ -248,3 +248,62 @@ async fn the_annotation_and_trigger_paths_on_one_pvc_in_successive_runs_stay_con
         ]
     );
 }
+
+#[tokio::test]
+async fn the_guard_waits_for_the_copy_point_when_someone_else_released_the_run_during_its_quiesce()
+{
+    let mut w = World::start().await;
+    w.create_pvc(true);
+    w.apply(
+        SOURCE,
+        restic_spec(CopyMethod::Snapshot, Duration::from_secs(600)),
+    )
+    .await;
+    let client = w.sim.client();
+    let status = Arc::new(Mutex::new(None));
+    let at_unquiesce = status.clone();
+    let sim = w.sim.client();
+    let result = w
+        .sdk
+        .quiesced_copy(
+            target(),
+            move |_request| async move {
+                // While the application quiesces, a user annotates the PVC by hand.
+                let pvcs: kube::Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+                    kube::Api::namespaced(client, NS);
+                pvcs.patch(
+                    PVC,
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(serde_json::json!({
+                        "metadata": {"annotations": {TRIGGER: "by-hand"}}
+                    })),
+                )
+                .await
+                .unwrap();
+                loop {
+                    let a = pvcs.get(PVC).await.unwrap().metadata.annotations.unwrap();
+                    if a.get(STATUS).map(String::as_str) != Some("WaitingForTrigger") {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Ok::<_, Error>(())
+            },
+            move || async move {
+                let pvcs: kube::Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+                    kube::Api::namespaced(sim, NS);
+                let a = pvcs.get(PVC).await.unwrap().metadata.annotations.unwrap();
+                *at_unquiesce.lock().unwrap() = a.get(STATUS).cloned();
+                Ok::<_, Error>(())
+            },
+            GuardOptions::default(),
+        )
+        .await;
+    let copy = result.expect("the copy completed");
+    assert_eq!(copy.trigger, "by-hand", "the value that released the run");
+    assert_eq!(
+        status.lock().unwrap().as_deref(),
+        Some("Completed"),
+        "unquiesced only at the copy point"
+    );
+}

@@ -27,7 +27,7 @@ use std::fmt;
 
 pub use machine::{
     CoreError, Effect, HISTORY_PER_SOURCE, Observation, ReportOutcome, Scheduler, SourceRecord,
-    TIMEOUT_TEXT, TriggerAccepted, timestamp, to_datetime,
+    TIMEOUT_TEXT, Target, TriggerAccepted, timestamp, to_datetime,
 };
 
 /// A source's identity: namespace and name.

@@ -155,6 +155,17 @@ pub enum ReportOutcome {
     Stale(String),
 }
 
+/// What a copy target names: a PVC, and when given by source, that source.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// The namespace.
+    pub namespace: String,
+    /// The PVC.
+    pub pvc: String,
+    /// Only this source's runs (a target given by source).
+    pub source: Option<String>,
+}
+
 /// An accepted Trigger call.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TriggerAccepted {
@@ -621,29 +632,47 @@ impl Scheduler {
 
     // ---------------------------------------------------------------- triggers
 
-    /// Resolves a copy target (a PVC, or a source's PVC) to namespace and PVC.
-    pub fn resolve_target(&self, target: &v1::CopyTarget) -> Result<(String, String), CoreError> {
+    /// Resolves a copy target: a PVC (every run on it), or a source (its runs only, on its PVC).
+    pub fn resolve_target(&self, target: &v1::CopyTarget) -> Result<Target, CoreError> {
         validate::dns_label("target.namespace", &target.namespace)?;
         match (target.pvc.is_empty(), target.source.is_empty()) {
             (false, true) => {
                 validate::dns_subdomain("target.pvc", &target.pvc)?;
-                Ok((target.namespace.clone(), target.pvc.clone()))
+                Ok(Target {
+                    namespace: target.namespace.clone(),
+                    pvc: target.pvc.clone(),
+                    source: None,
+                })
             }
             (true, false) => {
                 let key = SourceKey::new(&target.namespace, &target.source);
-                Ok((
-                    target.namespace.clone(),
-                    self.entry(&key)?.spec().source_pvc.clone(),
-                ))
+                Ok(Target {
+                    namespace: target.namespace.clone(),
+                    pvc: self.entry(&key)?.spec().source_pvc.clone(),
+                    source: Some(target.source.clone()),
+                })
             }
             _ => Err(InvalidField::new("target", "set exactly one of pvc and source").into()),
         }
     }
 
+    /// The copy status of a target: see [`Scheduler::copy_status`]; a source target sees only
+    /// that source's runs.
+    pub fn target_status(&self, target: &Target) -> CopyStatus {
+        self.copy_status_of(&target.namespace, &target.pvc, target.source.as_deref())
+    }
+
     /// The copy status of a PVC: the run holding it, else its newest run, else idle.
     pub fn copy_status(&self, namespace: &str, pvc: &str) -> CopyStatus {
+        self.copy_status_of(namespace, pvc, None)
+    }
+
+    fn copy_status_of(&self, namespace: &str, pvc: &str, source: Option<&str>) -> CopyStatus {
         let on_pvc = |r: &&v1::Run| {
-            r.pvc == pvc && r.source.as_ref().is_some_and(|s| s.namespace == namespace)
+            r.pvc == pvc
+                && r.source.as_ref().is_some_and(|s| {
+                    s.namespace == namespace && source.is_none_or(|name| s.name == name)
+                })
         };
         let run = self
             .active
@@ -693,7 +722,8 @@ impl Scheduler {
         expected_run: &str,
         now: DateTime<Utc>,
     ) -> Result<TriggerAccepted, CoreError> {
-        let (namespace, pvc) = self.resolve_target(target)?;
+        let resolved = self.resolve_target(target)?;
+        let (namespace, pvc) = (resolved.namespace.clone(), resolved.pvc.clone());
         validate::printable("value", value, true)?;
         let expected: Option<RunId> = if expected_run.is_empty() {
             None
@@ -706,17 +736,29 @@ impl Scheduler {
             })?)
         };
         let on_pvc = |r: &v1::Run| {
-            r.pvc == pvc && r.source.as_ref().is_some_and(|s| s.namespace == namespace)
+            r.pvc == pvc
+                && r.source.as_ref().is_some_and(|s| {
+                    s.namespace == namespace
+                        && resolved.source.as_deref().is_none_or(|name| s.name == name)
+                })
         };
-        // An accepted call repeated: same answer, nothing new. Only the newest run on the PVC
-        // can be the one it released; a run started since must be triggered afresh.
-        let newest = self
-            .active
-            .values()
-            .chain(self.history.values())
-            .filter(|r| on_pvc(r))
-            .max_by_key(|r| run_id(r));
-        if let Some(run) = newest
+        // An accepted call repeated: same answer, nothing new. With a run id, that run is the
+        // one to compare (a newer run queued on the PVC meanwhile does not matter); without,
+        // only the newest run on the PVC can be the one it released.
+        let candidate = match expected {
+            Some(e) => self
+                .active
+                .get(&e)
+                .or_else(|| self.history.get(&e))
+                .filter(|r| on_pvc(r)),
+            None => self
+                .active
+                .values()
+                .chain(self.history.values())
+                .filter(|r| on_pvc(r))
+                .max_by_key(|r| run_id(r)),
+        };
+        if let Some(run) = candidate
             && run.released_by == "rpc"
             && run.trigger == value
             && expected.is_none_or(|e| e == run_id(run))
@@ -724,7 +766,7 @@ impl Scheduler {
             let id = run_id(run);
             return Ok(TriggerAccepted {
                 run_id: id,
-                status: self.copy_status(&namespace, &pvc),
+                status: self.target_status(&resolved),
                 repeated: true,
             });
         }
@@ -734,7 +776,7 @@ impl Scheduler {
             .find(|r| on_pvc(r) && phase(r) == RunPhase::WaitingForTrigger)
             .map(run_id);
         let Some(id) = waiting else {
-            let status = self.copy_status(&namespace, &pvc);
+            let status = self.target_status(&resolved);
             let state = CopyState::try_from(status.state).unwrap_or(CopyState::Unspecified);
             return Err(CoreError::FailedPrecondition(format!(
                 "no run is waiting for a copy trigger on pvc {namespace}/{pvc} (copy state {})",
@@ -759,7 +801,7 @@ impl Scheduler {
         self.release(id, value.to_owned(), "rpc", now);
         Ok(TriggerAccepted {
             run_id: id,
-            status: self.copy_status(&namespace, &pvc),
+            status: self.target_status(&resolved),
             repeated: false,
         })
     }

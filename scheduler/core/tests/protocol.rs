@@ -906,6 +906,51 @@ fn two_sources_on_one_pvc_never_overlap_their_copy_phases() {
 }
 
 #[test]
+fn a_target_named_by_source_sees_and_releases_only_that_sources_run_on_a_shared_pvc() {
+    let mut w = World::new();
+    w.cluster.copies_get_ready = false;
+    w.pvc("data", true);
+    w.apply("a", spec("data", CopyMethod::Clone, schedule("@daily")));
+    let mut b = spec("data", CopyMethod::Clone, schedule("@daily"));
+    b.restic.as_mut().unwrap().repository = "other".into();
+    w.apply("b", b);
+    assert_eq!(w.phase("a"), RunPhase::WaitingForTrigger);
+    assert_eq!(w.phase("b"), RunPhase::Queued);
+    let by_source = |name: &str| v1::CopyTarget {
+        namespace: "apps".into(),
+        pvc: String::new(),
+        source: name.into(),
+    };
+    let target_b = w.core.resolve_target(&by_source("b")).unwrap();
+    let status_b = w.core.target_status(&target_b);
+    assert_eq!(status_b.source, "b");
+    assert_eq!(status_b.state(), CopyState::Pending, "b's own run, not a's");
+    let refused = w.core.trigger(&by_source("b"), "one", "", w.now);
+    assert!(
+        matches!(refused, Err(CoreError::FailedPrecondition(_))),
+        "naming source b never releases a's run: {refused:?}"
+    );
+    assert_eq!(w.phase("a"), RunPhase::WaitingForTrigger);
+    // Released by naming a; the answer repeated for a's run id even though b's run is newer.
+    let a_run = w.current("a").id;
+    let first = w
+        .core
+        .trigger(&by_source("a"), "one", &a_run, w.now)
+        .unwrap();
+    assert!(!first.repeated);
+    w.settle();
+    let again = w
+        .core
+        .trigger(&by_source("a"), "one", &a_run, w.now)
+        .unwrap();
+    assert!(
+        again.repeated,
+        "a repeated Trigger for the named run is idempotent"
+    );
+    assert_eq!(again.run_id.to_string(), a_run);
+}
+
+#[test]
 fn direct_copy_runs_without_gating_and_says_why_in_the_status() {
     let mut w = World::new();
     w.pvc("data", true);

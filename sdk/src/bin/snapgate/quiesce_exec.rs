@@ -63,6 +63,9 @@ async fn run_shell(command: &str, env: &CopyEnv, limit: Duration) -> Result<(), 
         .env("SNAPGATE_SOURCE", &env.source)
         .env("SNAPGATE_RUN_ID", &env.run_id)
         .stdin(Stdio::null())
+        // Its own process group, so that a timeout stops the whole command (pipelines, and
+        // what it started), not only `sh`.
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .map_err(|source| CommandError::Spawn {
@@ -75,6 +78,13 @@ async fn run_shell(command: &str, env: &CopyEnv, limit: Duration) -> Result<(), 
             source,
         })?,
         Err(_) => {
+            if let Some(pid) = child.id() {
+                // The group's id is the shell's pid (process_group(0) above).
+                let _ = Command::new("kill")
+                    .args(["-KILL", "--", &format!("-{pid}")])
+                    .status()
+                    .await;
+            }
             let _ = child.kill().await;
             return Err(CommandError::TimedOut {
                 command: command.to_owned(),
@@ -103,7 +113,21 @@ struct Unquiescer {
 }
 
 impl Unquiescer {
+    /// Runs the unquiesce command in a task of its own: if the caller is dropped meanwhile
+    /// (SIGTERM arriving during the unquiesce), it still runs to its end, holding the lock, and
+    /// the shutdown path then finds nothing left to do instead of killing and repeating it.
     async fn run(&self) -> Result<(), CommandError> {
+        let this = self.clone();
+        match tokio::spawn(async move { this.run_once().await }).await {
+            Ok(result) => result,
+            Err(e) => Err(CommandError::Spawn {
+                command: self.command.clone(),
+                source: std::io::Error::other(e.to_string()),
+            }),
+        }
+    }
+
+    async fn run_once(&self) -> Result<(), CommandError> {
         let mut pending = self.pending.lock().await;
         let Some(env) = pending.clone() else {
             return Ok(());
