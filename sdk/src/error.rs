@@ -133,10 +133,11 @@ pub(crate) fn is_transient_code(code: Code) -> bool {
 impl From<Status> for Error {
     fn from(status: Status) -> Self {
         if is_transient_code(status.code()) {
-            let message = if status.message().is_empty() {
-                format!("{:?}", status.code())
-            } else {
-                status.message().to_owned()
+            // Unknown and Cancelled are what a stream cut mid-way answers; say which it was.
+            let message = match (status.code(), status.message()) {
+                (code, "") => format!("{code:?}"),
+                (Code::Unavailable, m) => m.to_owned(),
+                (code, m) => format!("{code:?}: {m}"),
             };
             Error::Unavailable { message }
         } else {

@@ -229,6 +229,7 @@ pub(crate) async fn find_run(
     Ok(None)
 }
 
+/// The sources of `namespace`, those whose `sourcePVC` is `pvc` first.
 async fn sources_of_pvc(client: &Client, namespace: &str, pvc: &str) -> Result<Vec<String>, Error> {
     let mut names = Vec::new();
     let mut page_token = String::new();
@@ -242,14 +243,15 @@ async fn sources_of_pvc(client: &Client, namespace: &str, pvc: &str) -> Result<V
             })
             .await?
             .into_inner();
-        names.extend(
-            page.sources
-                .into_iter()
-                .filter(|s| s.spec.as_ref().is_some_and(|spec| spec.source_pvc == pvc))
-                .map(|s| s.name),
-        );
+        names.extend(page.sources.into_iter().map(|s| {
+            let on_pvc = s.spec.as_ref().is_some_and(|spec| spec.source_pvc == pvc);
+            (!on_pvc, s.name)
+        }));
         if page.next_page_token.is_empty() {
-            return Ok(names);
+            // The sources on the PVC first; then the others, since a source edited to another
+            // PVC keeps its runs in flight on the old one.
+            names.sort();
+            return Ok(names.into_iter().map(|(_, name)| name).collect());
         }
         page_token = page.next_page_token;
     }

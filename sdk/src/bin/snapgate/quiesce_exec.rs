@@ -6,8 +6,10 @@
 //!  loop: quiesced_copy(sh -c QUIESCE, sh -c UNQUIESCE)
 //!          ├─ Completed ───────────────────────────────► next request
 //!          ├─ copy failed / quiesce failed / hold limit / unavailable ─► log, back off, next request
-//!          └─ unquiesce failed after retries, refused (bad target, not allowed),
+//!          └─ unquiesce failed after retries, refused (invalid target, not allowed),
 //!             shell not startable ─────────────────────► exit non-zero
+//!  a --source that does not exist (yet) is retried: the sidecar may start before the source
+//!  is applied; the log says NotFound each time
 //!  SIGTERM / Ctrl-C while quiesced ─► unquiesce, then exit 0
 //! ```
 //!
