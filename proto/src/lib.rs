@@ -25,3 +25,22 @@ pub mod v1 {
 }
 
 pub use prost_types::{Duration, Timestamp};
+
+/// Conversions between protobuf timestamps and chrono times, for every crate of the workspace.
+pub mod time {
+    use chrono::{DateTime, Utc};
+
+    /// A chrono time as a protobuf timestamp.
+    pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
+        prost_types::Timestamp {
+            seconds: t.timestamp(),
+            nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
+        }
+    }
+
+    /// A protobuf timestamp as a chrono time (out-of-range values clamp to the epoch).
+    pub fn to_datetime(t: &prost_types::Timestamp) -> DateTime<Utc> {
+        DateTime::from_timestamp(t.seconds, t.nanos.clamp(0, 999_999_999).unsigned_abs())
+            .unwrap_or_default()
+    }
+}

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::SecondsFormat;
 use serde_json::{Map, Number, Value, json};
 use snapgate_proto::v1::{
     self, CopyMethod, CopyState, CustomCa, MoverVolume, RunPhase, RunReason, RunResult, SourceSpec,
@@ -90,10 +90,7 @@ pub fn timestamp(t: &prost_types::Timestamp) -> String {
     to_datetime(t).to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
-/// A protobuf timestamp as a chrono one.
-pub fn to_datetime(t: &prost_types::Timestamp) -> DateTime<Utc> {
-    DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32).unwrap_or_default()
-}
+pub use snapgate_proto::time::to_datetime;
 
 /// `COPY_STATE_WAITING_FOR_TRIGGER` → `WaitingForTrigger`.
 pub fn enum_word(proto_name: &str, prefix: &str) -> String {

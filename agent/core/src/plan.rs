@@ -31,7 +31,10 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time},
 };
 use serde_json::Value;
-use snapgate_proto::v1::{self, DirectivePhase, report::Observation};
+use snapgate_proto::{
+    time::{timestamp, to_datetime},
+    v1::{self, DirectivePhase, report::Observation},
+};
 
 use crate::{
     CopyMethod, Mover, MoverSpec, SpecError, annotations,
@@ -309,6 +312,7 @@ impl Ctx<'_> {
             let since = self
                 .directive
                 .waiting_since
+                .as_ref()
                 .map(to_datetime)
                 .unwrap_or(self.seen.now);
             if let Some(patch) = annotations::mark_waiting(&observed, since) {
@@ -954,18 +958,6 @@ fn error(reason: &str, message: String, retryable: bool) -> Observation {
         message,
         retryable,
     })
-}
-
-fn to_datetime(t: prost_types::Timestamp) -> DateTime<Utc> {
-    DateTime::from_timestamp(t.seconds, t.nanos.clamp(0, 999_999_999).unsigned_abs())
-        .unwrap_or_default()
-}
-
-fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
-    }
 }
 
 fn v1_timestamp(t: &Time) -> prost_types::Timestamp {

@@ -223,18 +223,7 @@ pub struct Scheduler {
     effects: Vec<Effect>,
 }
 
-/// A chrono time as a protobuf timestamp.
-pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: t.timestamp_subsec_nanos() as i32,
-    }
-}
-
-/// A protobuf timestamp as a chrono time (out-of-range values clamp to the epoch).
-pub fn to_datetime(t: &prost_types::Timestamp) -> DateTime<Utc> {
-    DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32).unwrap_or_default()
-}
+pub use snapgate_proto::time::{timestamp, to_datetime};
 
 fn duration_proto(d: Duration) -> prost_types::Duration {
     prost_types::Duration {
