@@ -77,6 +77,15 @@ impl<K: Resource + Clone> Cache<K> {
         }
     }
 
+    /// Records the answer to our own delete: the object is gone, or `left` is what is left of
+    /// it (terminating), which stays in view until its watch says it is gone.
+    pub fn deleted(&mut self, namespace: &str, name: &str, left: Option<K>) {
+        match left {
+            Some(terminating) => self.apply(terminating),
+            None => self.delete(namespace, name),
+        }
+    }
+
     /// Records a deletion seen by a watch. A late event about an earlier object of the same
     /// name (another uid, or an older version) leaves the newer object alone.
     pub fn delete_seen(&mut self, obj: &K) {

@@ -19,7 +19,7 @@ use chrono::Utc;
 use k8s_openapi::api::{batch::v1::Job, core::v1::PersistentVolumeClaim};
 use kube::runtime::watcher;
 use snapgate_agent_core::{
-    classify,
+    classify, names,
     plan::{self, Action, MoverOutcome, Observed, PlanConfig, Temporary, TemporaryKind},
     resources::VolumeSnapshot,
 };
@@ -32,7 +32,6 @@ use crate::{
     cluster::{Cluster, ClusterError, Namespaced},
     link::LinkEvent,
     metrics::Metrics,
-    watch,
 };
 
 /// How soon a run whose action failed transiently is planned again (default).
@@ -101,7 +100,7 @@ fn temporaries_of(
         source: &str,
     ) -> impl Iterator<Item = Temporary> {
         objects
-            .filter(move |o| plan::is_temporary_of(o.meta().labels.as_ref(), source))
+            .filter(move |o| names::is_temporary_of(o.meta().labels.as_ref(), source))
             .map(move |o| Temporary {
                 kind,
                 name: o.meta().name.clone().unwrap_or_default(),
@@ -344,11 +343,11 @@ impl Executor {
                 return;
             }
             let names = plan::object_names(&directive);
-            let job = names.job.as_deref().and_then(|j| self.jobs.get(&ns, j));
+            let job_name = names.job.as_deref().unwrap_or_default();
             // The namespace's privileged-movers annotation matters only when a Job is made: it
             // is read then, once per run, so an admin's change applies to the next run.
             let needs_privileged = directive.phase == v1::DirectivePhase::Transfer as i32
-                && job.is_none()
+                && self.jobs.get(&ns, job_name).is_none()
                 && self.runs[id].privileged.is_none();
             if needs_privileged {
                 match self.cluster.privileged_movers(&ns).await {
@@ -366,11 +365,11 @@ impl Executor {
             let held = &self.runs[id];
             let temporaries: Vec<Temporary> =
                 temporaries_of(&self.pvcs, &self.snapshots, &self.jobs, &ns, &source.name);
-            let job = names.job.as_deref().and_then(|j| self.jobs.get(&ns, j));
+            let job = self.jobs.get(&ns, job_name);
             let observed = Observed {
                 pvc: self.pvcs.get(&ns, &names.source_pvc),
-                snapshot: self.snapshots.get(&ns, &names.snapshot),
-                copy_pvc: self.pvcs.get(&ns, &names.copy_pvc),
+                snapshot: self.snapshots.get(&ns, &names.copy),
+                copy_pvc: self.pvcs.get(&ns, &names.copy),
                 cache_pvc: self.pvcs.get(&ns, &names.cache_pvc),
                 job,
                 secrets: held.secrets.as_ref(),
@@ -457,54 +456,37 @@ impl Executor {
             Action::DeleteSnapshot(name) => {
                 // An object still terminating (finalizers, PVC protection) stays in view until
                 // its watch says it is gone: cleanup is not done before that.
-                match self.cluster.delete::<VolumeSnapshot>(ns, &name).await? {
-                    Some(terminating) => self.snapshots.apply(terminating),
-                    None => self.snapshots.delete(ns, &name),
-                }
+                let left = self.cluster.delete::<VolumeSnapshot>(ns, &name).await?;
+                self.snapshots.deleted(ns, &name, left);
                 Ok(true)
             }
             Action::DeletePvc(name) => {
-                // An object still terminating (finalizers, PVC protection) stays in view until
-                // its watch says it is gone: cleanup is not done before that.
-                match self
+                let left = self
                     .cluster
                     .delete::<PersistentVolumeClaim>(ns, &name)
-                    .await?
-                {
-                    Some(terminating) => self.pvcs.apply(terminating),
-                    None => self.pvcs.delete(ns, &name),
-                }
+                    .await?;
+                self.pvcs.deleted(ns, &name, left);
                 Ok(true)
             }
             Action::DeleteJob(name) => {
-                // An object still terminating (finalizers, PVC protection) stays in view until
-                // its watch says it is gone: cleanup is not done before that.
-                match self.cluster.delete::<Job>(ns, &name).await? {
-                    Some(terminating) => self.jobs.apply(terminating),
-                    None => self.jobs.delete(ns, &name),
-                }
+                let left = self.cluster.delete::<Job>(ns, &name).await?;
+                self.jobs.deleted(ns, &name, left);
                 Ok(true)
             }
             Action::ReadSecrets(names) => {
+                let wanted = names.len();
                 let mut found = BTreeMap::new();
                 for name in names {
                     if let Some(keys) = self.cluster.secret_keys(ns, &name).await? {
                         found.insert(name, keys);
                     }
                 }
-                let missing = self.runs.get_mut(id).map(|held| {
-                    let wanted = plan::required_secrets(
-                        held.directive.spec.as_ref().unwrap_or(&Default::default()),
-                    );
-                    let missing = wanted.iter().any(|n| !found.contains_key(n));
-                    held.secrets = Some(found);
-                    missing
-                });
-                if missing == Some(true) {
-                    // Secrets cannot be watched with the agent's RBAC: read them again later.
-                    if let Some(held) = self.runs.get_mut(id) {
+                if let Some(held) = self.runs.get_mut(id) {
+                    if found.len() < wanted {
+                        // Secrets cannot be watched with the agent's RBAC: read them again later.
                         held.retry_at = Some(Instant::now() + self.retry_after);
                     }
+                    held.secrets = Some(found);
                 }
                 Ok(true)
             }
@@ -605,7 +587,7 @@ impl Executor {
                             "{} {ns}/{name} exists but snapgate's watch does not show it (it \
                              lacks the label {}?); snapgate will not use or delete it: {msg}",
                             K::kind(&()),
-                            watch::CREATED_BY_SELECTOR,
+                            names::CREATED_BY_SELECTOR,
                         ),
                         retryable: true,
                     }),

@@ -21,7 +21,11 @@ pub mod watch;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::{batch::v1::Job, core::v1::PersistentVolumeClaim};
-use snapgate_agent_core::{plan::PlanConfig, resources::VolumeSnapshot};
+use snapgate_agent_core::{
+    names,
+    plan::PlanConfig,
+    resources::{PROXY_VARIABLES, VolumeSnapshot},
+};
 use snapgate_proto::v1;
 use tokio::sync::mpsc;
 use tonic::transport::Endpoint;
@@ -54,17 +58,11 @@ pub struct AgentConfig {
 
 /// The proxy variables of this process, to pass on to mover Jobs.
 pub fn proxy_env() -> BTreeMap<String, String> {
-    [
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "NO_PROXY",
-        "http_proxy",
-        "https_proxy",
-        "no_proxy",
-    ]
-    .into_iter()
-    .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_owned(), v)))
-    .collect()
+    PROXY_VARIABLES
+        .into_iter()
+        .flat_map(|(upper, lower)| [upper, lower])
+        .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_owned(), v)))
+        .collect()
 }
 
 /// Starts the watches of PVCs (all), VolumeSnapshots and Jobs (snapgate's) in `namespaces`,
@@ -86,14 +84,14 @@ pub fn spawn_watches(
         watches.push(watch::spawn::<VolumeSnapshot, _>(
             client.clone(),
             ns,
-            Some(watch::CREATED_BY_SELECTOR),
+            Some(names::CREATED_BY_SELECTOR),
             changes.clone(),
             Change::Snapshot,
         ));
         watches.push(watch::spawn::<Job, _>(
             client.clone(),
             ns,
-            Some(watch::CREATED_BY_SELECTOR),
+            Some(names::CREATED_BY_SELECTOR),
             changes.clone(),
             Change::Job,
         ));

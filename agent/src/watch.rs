@@ -16,9 +16,6 @@ use tracing::warn;
 
 use crate::cluster::Namespaced;
 
-/// The label selector of everything snapgate creates.
-pub const CREATED_BY_SELECTOR: &str = "app.kubernetes.io/created-by=snapgate";
-
 /// Spawns a watch of `K` in `namespace`, sending `wrap(event)` to `tx` until it is closed.
 pub fn spawn<K, M>(
     client: Client,

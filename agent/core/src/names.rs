@@ -160,12 +160,22 @@ pub fn temporary_labels(source: &str, run_id: &str) -> BTreeMap<String, String> 
     labels
 }
 
-/// The label selector that finds every temporary object of `source` (and only those).
-pub fn cleanup_selector(source: &str) -> String {
-    format!(
-        "{CREATED_BY}={CREATED_BY_VALUE},{CLEANUP}={}",
-        label_value(source)
-    )
+/// The label selector of everything snapgate creates (the agent watches snapshots and Jobs
+/// with it): `CREATED_BY=CREATED_BY_VALUE`.
+pub const CREATED_BY_SELECTOR: &str = "app.kubernetes.io/created-by=snapgate";
+
+/// Whether an object carrying `labels` was made by snapgate for `source` (the restic cache
+/// too).
+pub fn made_for_source(labels: Option<&BTreeMap<String, String>>, source: &str) -> bool {
+    let label = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
+    label(CREATED_BY) == Some(CREATED_BY_VALUE) && label(SOURCE) == Some(&label_value(source))
+}
+
+/// Whether an object carrying `labels` is a temporary object of `source` (what cleanup
+/// deletes: the copies and Jobs of its runs, not its cache).
+pub fn is_temporary_of(labels: Option<&BTreeMap<String, String>>, source: &str) -> bool {
+    made_for_source(labels, source)
+        && labels.and_then(|l| l.get(CLEANUP)) == Some(&label_value(source))
 }
 
 /// Whether an object carrying `labels` was made by `run_id` (a copy left behind by an earlier
@@ -259,10 +269,17 @@ mod tests {
             ])
         );
         assert_eq!(
-            cleanup_selector("db"),
-            "app.kubernetes.io/created-by=snapgate,snapgate.io/cleanup=db"
+            CREATED_BY_SELECTOR,
+            format!("{CREATED_BY}={CREATED_BY_VALUE}")
         );
         assert!(made_by_run(Some(&labels), "run-7"));
+        assert!(made_for_source(Some(&labels), "db"));
+        assert!(!made_for_source(Some(&labels), "other"));
+        assert!(is_temporary_of(Some(&labels), "db"));
+        assert!(
+            !is_temporary_of(Some(&source_labels("db")), "db"),
+            "a cache is not temporary"
+        );
         assert!(!made_by_run(Some(&labels), "run-8"));
         assert!(!made_by_run(None, "run-7"));
         assert!(!source_labels("db").contains_key(CLEANUP));

@@ -24,6 +24,7 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use k8s_openapi::{
+    Metadata, Resource,
     api::{
         batch::v1::Job,
         core::v1::{Event, EventSource, ObjectReference, PersistentVolumeClaim},
@@ -75,10 +76,9 @@ impl Default for PlanConfig {
 pub struct ObjectNames {
     /// The source PVC.
     pub source_pvc: String,
-    /// The VolumeSnapshot (Snapshot).
-    pub snapshot: String,
-    /// The clone PVC (Clone) or the PVC restored from the snapshot (Snapshot).
-    pub copy_pvc: String,
+    /// The copy: the VolumeSnapshot (Snapshot), the clone PVC (Clone), and the PVC restored
+    /// from the snapshot (Snapshot) share it; they are different kinds.
+    pub copy: String,
     /// The restic cache PVC.
     pub cache_pvc: String,
     /// The mover Job (`None` when the spec names no single mover).
@@ -95,8 +95,7 @@ pub fn object_names(directive: &v1::Directive) -> ObjectNames {
     let spec = directive.spec.as_ref();
     ObjectNames {
         source_pvc: spec.map(|s| s.source_pvc.clone()).unwrap_or_default(),
-        snapshot: names::copy_name(source),
-        copy_pvc: names::copy_name(source),
+        copy: names::copy_name(source),
         cache_pvc: names::cache_name(source),
         job: spec
             .and_then(|s| MoverSpec::of(s).ok())
@@ -152,11 +151,16 @@ pub struct Temporary {
     pub terminating: bool,
 }
 
-/// Whether labels mark an object as a temporary of `source` made by snapgate.
-pub fn is_temporary_of(labels: Option<&BTreeMap<String, String>>, source: &str) -> bool {
-    let label = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
-    label(names::CREATED_BY) == Some(names::CREATED_BY_VALUE)
-        && label(names::CLEANUP) == Some(names::label_value(source).as_str())
+/// How an object found under one of a run's names stands to the run.
+enum Owned<'o, K> {
+    /// Nothing of that name.
+    Absent,
+    /// Something snapgate did not make for this source.
+    Foreign(&'o K),
+    /// Made for an earlier run of the source.
+    Earlier,
+    /// Made for this run.
+    ThisRun(&'o K),
 }
 
 /// What the agent sees of one run's objects, from its watches and reads.
@@ -180,7 +184,7 @@ pub struct Observed<'a> {
     pub failed_attempts: u32,
     /// Whether the outcome of the observed Job (by uid) has reached the scheduler.
     pub job_reported: bool,
-    /// Every temporary object of the source (see [`is_temporary_of`]).
+    /// Every temporary object of the source (see [`names::is_temporary_of`]).
     pub temporaries: &'a [Temporary],
     /// The time of this plan.
     pub now: DateTime<Utc>,
@@ -320,6 +324,7 @@ impl Ctx<'_> {
                 out.push(self.event(
                     pvc,
                     "SrcPVCWaitingForCopyTrigger",
+                    None,
                     "Normal",
                     format!(
                         "waiting for a new copy-trigger value on PVC {} (run {})",
@@ -332,6 +337,7 @@ impl Ctx<'_> {
                 out.push(self.event(
                     pvc,
                     "SrcPVCTimeoutWaitingForCopyTrigger",
+                    None,
                     "Warning",
                     format!(
                         "Timed out waiting for copy-trigger to be modified for pvc {}",
@@ -349,16 +355,14 @@ impl Ctx<'_> {
         let Some(pvc) = self.seen.pvc else {
             return Ok(vec![self.pvc_missing()]);
         };
-        let gated = self.directive.gated;
-        let mut out = Vec::new();
-        if !gated
+        if !self.directive.gated
             && self.directive.clear_waiting
             && let Some(patch) = annotations::clear_waiting(&observed)
         {
             return Ok(vec![self.patch_source(patch)]);
         }
-        // Where the copy stands: (its name, the copy-point time) once ready.
-        let ready: Option<(String, Time)> = match self.method {
+        // Where the copy stands: once ready, its copy-point time.
+        let ready: Option<DateTime<Utc>> = match self.method {
             CopyMethod::Direct => {
                 // The scheduler never asks a Direct source for a copy; answer anyway.
                 return Ok(vec![Action::Report(Observation::CopyCompleted(
@@ -368,63 +372,67 @@ impl Ctx<'_> {
                     },
                 ))]);
             }
-            CopyMethod::Clone => match self.seen.copy_pvc {
-                Some(c) if !self.ours(c) => {
-                    return Ok(vec![self.not_ours("PersistentVolumeClaim", c)]);
+            CopyMethod::Clone => match self.owned(self.seen.copy_pvc) {
+                Owned::Foreign(c) => return Ok(vec![self.foreign(c)]),
+                // Left behind by an earlier run: it is not this run's copy point.
+                Owned::Earlier => {
+                    return Ok(self.before_copy(
+                        &observed,
+                        pvc,
+                        Action::DeletePvc(self.copy_name()),
+                    ));
                 }
-                Some(c) if !names::made_by_run(c.metadata.labels.as_ref(), self.run.run_id) => {
-                    // Left behind by an earlier run: it is not this run's copy point.
-                    return Ok(self.before_copy(gated, &observed, pvc, |out| {
-                        out.push(Action::DeletePvc(self.names.copy_pvc.clone()));
-                    }));
-                }
-                None => {
+                Owned::Absent => {
                     let clone = resources::clone_pvc(&self.run, self.mover, pvc)?;
-                    return Ok(self.before_copy(gated, &observed, pvc, |out| {
-                        out.push(Action::CreatePvc(Box::new(clone)));
-                    }));
+                    return Ok(self.before_copy(
+                        &observed,
+                        pvc,
+                        Action::CreatePvc(Box::new(clone)),
+                    ));
                 }
-                Some(c) => match classify::clone_readiness(c) {
-                    CloneReadiness::Bound => Some((self.names.copy_pvc.clone(), created(c))),
+                Owned::ThisRun(c) => match classify::clone_readiness(c) {
+                    CloneReadiness::Bound => Some(created(&c.metadata)),
                     CloneReadiness::Pending => None,
                     CloneReadiness::Lost => {
-                        out.push(Action::Report(error(
+                        return Ok(vec![Action::Report(error(
                             "CloneLost",
-                            format!("the clone PVC {} lost its volume", self.names.copy_pvc),
+                            format!("the clone PVC {} lost its volume", self.copy_name()),
                             false,
-                        )));
-                        return Ok(out);
+                        ))]);
                     }
                 },
             },
-            CopyMethod::Snapshot => match self.seen.snapshot {
-                Some(s) if !names::made_by_run(s.metadata.labels.as_ref(), self.run.run_id) => {
-                    return Ok(self.before_copy(gated, &observed, pvc, |out| {
-                        out.push(Action::DeleteSnapshot(self.names.snapshot.clone()));
-                    }));
+            CopyMethod::Snapshot => match self.owned(self.seen.snapshot) {
+                Owned::Foreign(s) => return Ok(vec![self.foreign(s)]),
+                Owned::Earlier => {
+                    return Ok(self.before_copy(
+                        &observed,
+                        pvc,
+                        Action::DeleteSnapshot(self.copy_name()),
+                    ));
                 }
-                None => {
+                Owned::Absent => {
                     let snap =
                         resources::volume_snapshot(&self.run, self.mover, &self.names.source_pvc);
-                    return Ok(self.before_copy(gated, &observed, pvc, |out| {
-                        out.push(Action::CreateSnapshot(Box::new(snap)));
-                    }));
+                    return Ok(self.before_copy(
+                        &observed,
+                        pvc,
+                        Action::CreateSnapshot(Box::new(snap)),
+                    ));
                 }
-                Some(s) => match classify::copy_readiness(s) {
-                    CopyReadiness::Ready => {
-                        let time = s
-                            .status
+                Owned::ThisRun(s) => match classify::copy_readiness(s) {
+                    CopyReadiness::Ready => Some(
+                        s.status
                             .as_ref()
-                            .and_then(|st| st.creation_time.clone())
-                            .unwrap_or_else(|| created_snapshot(s));
-                        Some((self.names.snapshot.clone(), time))
-                    }
+                            .and_then(|st| st.creation_time.as_ref())
+                            .map_or_else(|| created(&s.metadata), |t| from_jiff(t.0)),
+                    ),
                     CopyReadiness::Pending => None,
                     CopyReadiness::Failed(message) => {
-                        out.extend(self.in_progress(gated, &observed, pvc));
+                        let mut out = self.in_progress(&observed, pvc);
                         out.push(Action::Report(error(
                             "SnapshotFailed",
-                            format!("VolumeSnapshot {}: {message}", self.names.snapshot),
+                            format!("VolumeSnapshot {}: {message}", self.copy_name()),
                             true,
                         )));
                         return Ok(out);
@@ -432,45 +440,59 @@ impl Ctx<'_> {
                 },
             },
         };
-        match ready {
-            None => Ok(self.in_progress(gated, &observed, pvc)),
-            Some((copy_name, time)) => {
-                if gated
-                    && let Some(patch) =
-                        annotations::mark_completed(&observed, &self.directive.trigger)
-                {
-                    out.push(self.patch_source(patch));
-                    out.push(self.event(
-                        pvc,
-                        "SrcPVCCopyUsingCopyTriggerCompleted",
-                        "Normal",
-                        format!(
-                            "copy {copy_name} of PVC {} completed with copy-trigger {:?}",
-                            self.names.source_pvc, self.directive.trigger
-                        ),
-                    ));
-                    return Ok(out);
-                }
-                out.push(Action::Report(Observation::CopyCompleted(
-                    v1::CopyCompleted {
-                        copy_name,
-                        time: Some(v1_timestamp(&time)),
-                    },
-                )));
-                Ok(out)
+        let Some(time) = ready else {
+            return Ok(self.in_progress(&observed, pvc));
+        };
+        if self.directive.gated
+            && let Some(patch) = annotations::mark_completed(&observed, &self.directive.trigger)
+        {
+            return Ok(vec![
+                self.patch_source(patch),
+                self.event(
+                    pvc,
+                    "SrcPVCCopyUsingCopyTriggerCompleted",
+                    None,
+                    "Normal",
+                    format!(
+                        "copy {} of PVC {} completed with copy-trigger {:?}",
+                        self.copy_name(),
+                        self.names.source_pvc,
+                        self.directive.trigger
+                    ),
+                ),
+            ]);
+        }
+        Ok(vec![Action::Report(Observation::CopyCompleted(
+            v1::CopyCompleted {
+                copy_name: self.copy_name(),
+                time: Some(timestamp(time)),
+            },
+        ))])
+    }
+
+    /// The name of the run's copy: the VolumeSnapshot, the clone, the restored PVC.
+    fn copy_name(&self) -> String {
+        self.names.copy.clone()
+    }
+
+    /// How an object found under one of this run's names stands to the run.
+    fn owned<'o, K: Metadata<Ty = ObjectMeta>>(&self, object: Option<&'o K>) -> Owned<'o, K> {
+        match object {
+            None => Owned::Absent,
+            Some(o) if !names::made_for_source(o.metadata().labels.as_ref(), self.run.source) => {
+                Owned::Foreign(o)
             }
+            Some(o) if names::made_by_run(o.metadata().labels.as_ref(), self.run.run_id) => {
+                Owned::ThisRun(o)
+            }
+            Some(_) => Owned::Earlier,
         }
     }
 
     /// The InProgress mark (gated PVCs), which must be on the PVC before the copy is made.
-    fn in_progress(
-        &self,
-        gated: bool,
-        observed: &v1::PvcObserved,
-        pvc: &PersistentVolumeClaim,
-    ) -> Vec<Action> {
+    fn in_progress(&self, observed: &v1::PvcObserved, pvc: &PersistentVolumeClaim) -> Vec<Action> {
         let mut out = Vec::new();
-        if gated
+        if self.directive.gated
             && let Some(patch) = annotations::mark_in_progress(
                 observed,
                 &self.directive.trigger,
@@ -484,6 +506,7 @@ impl Ctx<'_> {
             out.push(self.event(
                 pvc,
                 "SrcPVCCopyTriggerReceived",
+                None,
                 "Normal",
                 format!(
                     "copy-trigger {:?} received on PVC {}: copying",
@@ -494,16 +517,15 @@ impl Ctx<'_> {
         out
     }
 
-    /// Marks InProgress first; only once the PVC says so does the copy step run.
+    /// The InProgress mark first, then `step` (making or clearing the way for the copy).
     fn before_copy(
         &self,
-        gated: bool,
         observed: &v1::PvcObserved,
         pvc: &PersistentVolumeClaim,
-        step: impl FnOnce(&mut Vec<Action>),
+        step: Action,
     ) -> Vec<Action> {
-        let mut out = self.in_progress(gated, observed, pvc);
-        step(&mut out);
+        let mut out = self.in_progress(observed, pvc);
+        out.push(step);
         out
     }
 
@@ -521,6 +543,7 @@ impl Ctx<'_> {
                 self.event(
                     pvc,
                     "CopyTriggerNotSupported",
+                    None,
                     "Warning",
                     "use-copy-trigger needs copyMethod Snapshot or Clone: syncing without gating"
                         .into(),
@@ -574,7 +597,8 @@ impl Ctx<'_> {
                     if let Some(pvc) = self.seen.pvc {
                         out.push(self.event(
                             pvc,
-                            &format!("TransferFailed-{attempt}"),
+                            "TransferFailed",
+                            Some(attempt),
                             "Warning",
                             format!(
                                 "mover Job {job_name} failed (attempt {attempt}); it is replaced \
@@ -582,7 +606,7 @@ impl Ctx<'_> {
                             ),
                         ));
                     }
-                    let retry_at = failed_at(job).unwrap_or_else(|| created_job(job))
+                    let retry_at = failed_at(job).unwrap_or_else(|| created(&job.metadata))
                         + chrono::Duration::from_std(self.backoff(attempt))
                             .unwrap_or_else(|_| chrono::Duration::seconds(300));
                     if !self.seen.job_reported {
@@ -627,49 +651,31 @@ impl Ctx<'_> {
     ) -> Result<Vec<Action>, SpecError> {
         let data: &PersistentVolumeClaim = match self.method {
             CopyMethod::Direct => source_pvc.expect("checked by the caller"),
-            CopyMethod::Clone => match self.seen.copy_pvc {
-                Some(c) if !self.ours(c) => {
-                    out.push(self.not_ours("PersistentVolumeClaim", c));
+            CopyMethod::Clone => match self.owned(self.seen.copy_pvc) {
+                Owned::ThisRun(c) => c,
+                Owned::Foreign(c) => {
+                    out.push(self.foreign(c));
                     return Ok(out);
                 }
-                Some(c) if names::made_by_run(c.metadata.labels.as_ref(), self.run.run_id) => c,
-                _ => {
-                    out.push(Action::Report(error(
-                        "CopyNotFound",
-                        format!("the clone PVC {} of this run is gone", self.names.copy_pvc),
-                        false,
-                    )));
+                Owned::Absent | Owned::Earlier => {
+                    out.push(self.copy_gone("the clone PVC"));
                     return Ok(out);
                 }
             },
-            CopyMethod::Snapshot => match self.seen.copy_pvc {
-                Some(c) if !self.ours(c) => {
-                    out.push(self.not_ours("PersistentVolumeClaim", c));
+            CopyMethod::Snapshot => match self.owned(self.seen.copy_pvc) {
+                Owned::ThisRun(c) => c,
+                Owned::Foreign(c) => {
+                    out.push(self.foreign(c));
                     return Ok(out);
                 }
-                Some(c) if names::made_by_run(c.metadata.labels.as_ref(), self.run.run_id) => c,
-                Some(_) => {
-                    out.push(Action::DeletePvc(self.names.copy_pvc.clone()));
+                Owned::Earlier => {
+                    out.push(Action::DeletePvc(self.copy_name()));
                     return Ok(out);
                 }
-                None => {
-                    let snap = match self.seen.snapshot {
-                        Some(s)
-                            if names::made_by_run(s.metadata.labels.as_ref(), self.run.run_id) =>
-                        {
-                            s
-                        }
-                        _ => {
-                            out.push(Action::Report(error(
-                                "CopyNotFound",
-                                format!(
-                                    "the VolumeSnapshot {} of this run is gone",
-                                    self.names.snapshot
-                                ),
-                                false,
-                            )));
-                            return Ok(out);
-                        }
+                Owned::Absent => {
+                    let Owned::ThisRun(snap) = self.owned(self.seen.snapshot) else {
+                        out.push(self.copy_gone("the VolumeSnapshot"));
+                        return Ok(out);
                     };
                     let source_pvc = source_pvc.expect("checked by the caller");
                     let restored =
@@ -736,7 +742,8 @@ impl Ctx<'_> {
         if let Some(pvc) = source_pvc.or(self.seen.copy_pvc) {
             out.push(self.event(
                 pvc,
-                &format!("TransferStarted-{attempt}"),
+                "TransferStarted",
+                Some(attempt),
                 "Normal",
                 format!(
                     "mover Job {job_name} started (attempt {attempt})",
@@ -785,26 +792,30 @@ impl Ctx<'_> {
         out
     }
 
-    /// Whether snapgate made `pvc` for this source (PVCs are watched without a label filter,
-    /// so a user's PVC of the same name is seen too; it is never used or deleted).
-    fn ours(&self, pvc: &PersistentVolumeClaim) -> bool {
-        let labels = pvc.metadata.labels.as_ref();
-        let label = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
-        label(names::CREATED_BY) == Some(names::CREATED_BY_VALUE)
-            && label(names::SOURCE) == Some(names::label_value(self.run.source).as_str())
-    }
-
-    fn not_ours(&self, kind: &str, pvc: &PersistentVolumeClaim) -> Action {
+    /// An object of one of this run's names that snapgate did not make for this source (PVCs
+    /// are watched without a label filter, so a user's PVC of the same name is seen too): it
+    /// is never used or deleted.
+    fn foreign<K: Resource + Metadata<Ty = ObjectMeta>>(&self, object: &K) -> Action {
         Action::Report(error(
             "NameTaken",
             format!(
-                "{kind} {}/{} exists but snapgate did not make it for source {}; snapgate will \
+                "{} {}/{} exists but snapgate did not make it for source {}; snapgate will \
                  not use or delete it: rename or remove it",
+                K::KIND,
                 self.run.namespace,
-                pvc.metadata.name.as_deref().unwrap_or_default(),
+                object.metadata().name.as_deref().unwrap_or_default(),
                 self.run.source
             ),
             true,
+        ))
+    }
+
+    /// The copy this run made is gone before its mover ran: the run fails.
+    fn copy_gone(&self, what: &str) -> Action {
+        Action::Report(error(
+            "CopyNotFound",
+            format!("{what} {} of this run is gone", self.copy_name()),
+            false,
         ))
     }
 
@@ -826,27 +837,22 @@ impl Ctx<'_> {
         }
     }
 
-    /// A Kubernetes Event about `pvc`, named deterministically per run and reason so that a
-    /// replanned step never records it twice.
+    /// A Kubernetes Event about `pvc`, named deterministically per run, reason and (for mover
+    /// Jobs) attempt, so that a replanned step never records it twice.
     fn event(
         &self,
         pvc: &PersistentVolumeClaim,
         reason: &str,
+        attempt: Option<u32>,
         type_: &str,
         message: String,
     ) -> Action {
-        // "TransferStarted-2" → reason TransferStarted, one Event per attempt.
-        let (reason_only, suffix) = reason.split_once('-').unwrap_or((reason, ""));
         let key = format!(
             "{}.{}.{}{}",
             pvc.metadata.name.as_deref().unwrap_or_default(),
             self.run.run_id,
-            reason_only.to_ascii_lowercase(),
-            if suffix.is_empty() {
-                String::new()
-            } else {
-                format!("-{suffix}")
-            }
+            reason.to_ascii_lowercase(),
+            attempt.map(|a| format!("-{a}")).unwrap_or_default()
         );
         let now = self.seen.now;
         Action::Event(Box::new(Event {
@@ -865,7 +871,7 @@ impl Ctx<'_> {
                 resource_version: pvc.metadata.resource_version.clone(),
                 ..Default::default()
             },
-            reason: Some(reason_only.to_owned()),
+            reason: Some(reason.to_owned()),
             message: Some(message),
             type_: Some(type_.to_owned()),
             count: Some(1),
@@ -874,7 +880,7 @@ impl Ctx<'_> {
             event_time: Some(MicroTime(to_jiff(now))),
             reporting_component: Some("snapgate-agent".into()),
             reporting_instance: Some("snapgate-agent".into()),
-            action: Some(reason_only.to_owned()),
+            action: Some(reason.to_owned()),
             source: Some(EventSource {
                 component: Some("snapgate-agent".into()),
                 host: None,
@@ -904,13 +910,11 @@ pub fn job_attempt(job: &Job) -> u32 {
         .unwrap_or(1)
 }
 
-/// When a Job was created (the fallback for when it failed).
-fn created_job(job: &Job) -> DateTime<Utc> {
-    job.metadata
-        .creation_timestamp
+/// When an object was created (the epoch if the API server did not say).
+fn created(meta: &ObjectMeta) -> DateTime<Utc> {
+    meta.creation_timestamp
         .as_ref()
-        .map(|t| from_jiff(t.0))
-        .unwrap_or(DateTime::<Utc>::UNIX_EPOCH)
+        .map_or(DateTime::<Utc>::UNIX_EPOCH, |t| from_jiff(t.0))
 }
 
 /// When a Job failed: its `Failed` condition's transition time.
@@ -923,20 +927,6 @@ fn failed_at(job: &Job) -> Option<DateTime<Utc>> {
         .find(|c| c.type_ == "Failed" && c.status == "True")
         .and_then(|c| c.last_transition_time.as_ref())
         .map(|t| from_jiff(t.0))
-}
-
-fn created(pvc: &PersistentVolumeClaim) -> Time {
-    pvc.metadata
-        .creation_timestamp
-        .clone()
-        .unwrap_or(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH))
-}
-
-fn created_snapshot(s: &VolumeSnapshot) -> Time {
-    s.metadata
-        .creation_timestamp
-        .clone()
-        .unwrap_or(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH))
 }
 
 fn to_jiff(t: DateTime<Utc>) -> k8s_openapi::jiff::Timestamp {
@@ -958,10 +948,6 @@ fn error(reason: &str, message: String, retryable: bool) -> Observation {
         message,
         retryable,
     })
-}
-
-fn v1_timestamp(t: &Time) -> prost_types::Timestamp {
-    timestamp(from_jiff(t.0))
 }
 
 /// The report for a mover's outcome, with the log tail the shell read.
