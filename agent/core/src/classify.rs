@@ -191,11 +191,8 @@ fn summary_line(mover: Mover, line: &str) -> bool {
                 || word(l, "total size")
                 || word(l, "rsync completed in")
         }
-        Mover::RsyncTls => anywhere(line, |s| {
-            seq(s, &["sent", "bytes", "received", "bytes"])
-                || word(s, "total size")
-                || word(s, "rsync completed in")
-        }),
+        // rsync-tls prefixes rsync's lines: the same lines, anywhere in the line.
+        Mover::RsyncTls => anywhere(line, |s| summary_line(Mover::Rsync, s)),
     }
 }
 

@@ -363,7 +363,14 @@ fn rsync_tls(r: &ReplicationSourceRsyncTlsSpec) -> Result<CopyMethod> {
 fn custom_ca(field: &str, ca: Option<&CustomCa>) -> Result {
     let Some(ca) = ca else { return Ok(()) };
     match (ca.secret_name.is_empty(), ca.config_map_name.is_empty()) {
-        (true, true) => return Ok(()),
+        // A key alone names no CA: the agent could not mount it.
+        (true, true) if ca.key.is_empty() => return Ok(()),
+        (true, true) => {
+            return Err(InvalidField::new(
+                format!("{field}.secretName"),
+                "required with key (or set configMapName)",
+            ));
+        }
         (false, false) => {
             return Err(InvalidField::new(
                 field,
@@ -644,6 +651,15 @@ mod tests {
         };
         type Mutation<'a> = Box<dyn Fn(&mut SourceSpec) + 'a>;
         let cases: Vec<(&str, Mutation<'_>)> = vec![
+            (
+                "spec.restic.customCA.secretName",
+                Box::new(|s| {
+                    s.restic.as_mut().unwrap().custom_ca = Some(CustomCa {
+                        key: "ca.crt".into(),
+                        ..Default::default()
+                    })
+                }),
+            ),
             (
                 "spec.trigger.schedule",
                 Box::new(|s| s.trigger = Some(trig(Some("not a cron"), None))),
