@@ -300,12 +300,7 @@ impl World {
 
     /// The source PVC's annotations, as the API server has them.
     pub fn annotations(&self) -> BTreeMap<String, String> {
-        self.sim
-            .get::<PersistentVolumeClaim>(Some(NS), PVC)
-            .unwrap()
-            .metadata
-            .annotations
-            .unwrap_or_default()
+        pvc_annotations(&self.sim)
     }
 
     /// The snapgate-owned and user copy-trigger annotations only.
@@ -348,21 +343,18 @@ impl World {
     /// Writes `copy-trigger` the way a user or application does: a merge patch as its own
     /// field manager.
     pub async fn annotate_trigger(&self, value: &str) {
-        let api: Api<PersistentVolumeClaim> = Api::namespaced(self.sim.client(), NS);
-        api.patch(
-            PVC,
-            &PatchParams::apply("kubectl-annotate"),
-            &Patch::Merge(serde_json::json!({
-                "metadata": {"annotations": {"volsync.backube/copy-trigger": value}}
-            })),
-        )
-        .await
-        .unwrap();
+        annotate_pvc(&self.sim, serde_json::json!({ TRIGGER: value })).await;
     }
 
     /// Sets a status on an object through the status subresource, as a controller does.
-    pub async fn patch_snapshot_status(&self, name: &str, status: serde_json::Value) {
-        let api: Api<VolumeSnapshot> = Api::namespaced(self.sim.client(), NS);
+    pub async fn patch_status<K>(&self, name: &str, status: serde_json::Value)
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let api: Api<K> = Api::namespaced(self.sim.client(), NS);
         api.patch_status(
             name,
             &PatchParams::default(),
@@ -371,17 +363,28 @@ impl World {
         .await
         .unwrap();
     }
+}
 
-    pub async fn patch_pvc_status(&self, name: &str, status: serde_json::Value) {
-        let api: Api<PersistentVolumeClaim> = Api::namespaced(self.sim.client(), NS);
-        api.patch_status(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({ "status": status })),
-        )
-        .await
-        .unwrap();
-    }
+/// The source PVC's annotations, as the API server has them.
+pub fn pvc_annotations(sim: &KubeSim) -> BTreeMap<String, String> {
+    sim.get::<PersistentVolumeClaim>(Some(NS), PVC)
+        .unwrap()
+        .metadata
+        .annotations
+        .unwrap_or_default()
+}
+
+/// Merge-patches the source PVC's annotations (`null` removes one) as a user does, through the
+/// API server, under its own field manager.
+pub async fn annotate_pvc(sim: &KubeSim, annotations: serde_json::Value) {
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(sim.client(), NS);
+    api.patch(
+        PVC,
+        &PatchParams::apply("kubectl-annotate"),
+        &Patch::Merge(serde_json::json!({ "metadata": { "annotations": annotations } })),
+    )
+    .await
+    .unwrap();
 }
 
 pub const USE: &str = "volsync.backube/use-copy-trigger";

@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use snapgate_agent_core::resources::VolumeSnapshot;
 use snapgate_e2e::{eventually_async, *};
 use snapgate_kube_sim::{JobBehaviour, PvcBehaviour, SnapshotBehaviour, Verb};
 use snapgate_proto::v1::{CopyMethod, CopyState};
@@ -77,7 +79,7 @@ async fn make_copy_ready(w: &World, method: CopyMethod, readiness_unset: bool) {
             } else {
                 serde_json::json!({ "readyToUse": true, "restoreSize": "1Gi" })
             };
-            w.patch_snapshot_status(COPY, ready).await;
+            w.patch_status::<VolumeSnapshot>(COPY, ready).await;
         }
         _ => {
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -86,7 +88,7 @@ async fn make_copy_ready(w: &World, method: CopyMethod, readiness_unset: bool) {
                 Some("InProgress"),
                 "an unbound clone must not complete the copy"
             );
-            w.patch_pvc_status(COPY, serde_json::json!({ "phase": "Bound" }))
+            w.patch_status::<PersistentVolumeClaim>(COPY, serde_json::json!({ "phase": "Bound" }))
                 .await;
         }
     }
@@ -341,17 +343,7 @@ async fn removing_use_copy_trigger_while_waiting_releases_the_run_and_removes_th
     )
     .await;
     w.wait_copy_status("WaitingForTrigger").await;
-    let api: kube::Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
-        kube::Api::namespaced(w.sim.client(), NS);
-    api.patch(
-        PVC,
-        &kube::api::PatchParams::default(),
-        &kube::api::Patch::Merge(serde_json::json!({
-            "metadata": {"annotations": {USE: null}}
-        })),
-    )
-    .await
-    .unwrap();
+    annotate_pvc(&w.sim, serde_json::json!({ USE: null })).await;
     w.wait_successful_runs(SOURCE, 1).await;
     assert!(
         w.copy_annotations().is_empty() && !w.annotations().contains_key(USE),

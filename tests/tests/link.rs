@@ -110,7 +110,7 @@ async fn a_resent_directive_is_answered_not_redone_and_a_run_not_resent_is_dropp
     let r = next_report(&mut rx).await;
     assert_eq!(r.run_id, "run-2");
     // A change of the PVC replans every held run: only run-2 answers.
-    w_annotate(&sim).await;
+    annotate_pvc(&sim, serde_json::json!({ TRIGGER: "x" })).await;
     let r = next_report(&mut rx).await;
     assert_eq!(r.run_id, "run-2", "run-1 was dropped: {r:?}");
     let extra = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await;
@@ -118,18 +118,4 @@ async fn a_resent_directive_is_answered_not_redone_and_a_run_not_resent_is_dropp
         extra.is_err(),
         "nothing reported for the dropped run: {extra:?}"
     );
-}
-
-async fn w_annotate(sim: &KubeSim) {
-    let api: kube::Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
-        kube::Api::namespaced(sim.client(), NS);
-    api.patch(
-        PVC,
-        &kube::api::PatchParams::default(),
-        &kube::api::Patch::Merge(serde_json::json!({
-            "metadata": {"annotations": {"volsync.backube/copy-trigger": "x"}}
-        })),
-    )
-    .await
-    .unwrap();
 }

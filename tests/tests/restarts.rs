@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use snapgate_agent_core::resources::VolumeSnapshot;
 use snapgate_e2e::*;
 use snapgate_kube_sim::{SnapshotBehaviour, Verb};
 use snapgate_proto::v1::CopyMethod;
@@ -33,7 +34,7 @@ async fn finish(w: &mut World) {
         })
     })
     .await;
-    w.patch_snapshot_status(COPY, serde_json::json!({ "readyToUse": true }))
+    w.patch_status::<VolumeSnapshot>(COPY, serde_json::json!({ "readyToUse": true }))
         .await;
     w.wait_successful_runs(SOURCE, 1).await;
     let a = w.copy_annotations();

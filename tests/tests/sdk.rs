@@ -7,6 +7,7 @@ use std::{
     time::Duration,
 };
 
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use snapgate_e2e::*;
 use snapgate_kube_sim::{PvcBehaviour, SnapshotBehaviour};
 use snapgate_proto::v1::{self, CopyMethod};
@@ -27,19 +28,10 @@ async fn guarded(
     options: GuardOptions,
 ) -> (Result<snapgate_sdk::GuardedCopy, Error>, Seen) {
     let seen = Arc::new(Mutex::new(Seen::default()));
-    let sim_q = w.sim.client();
-    let sim_u = w.sim.client();
+    let (sim_q, sim_u) = (w.sim.clone(), w.sim.clone());
     let (q, u) = (seen.clone(), seen.clone());
-    let status_of = |client: kube::Client| async move {
-        let pvcs: kube::Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
-            kube::Api::namespaced(client, NS);
-        let a = pvcs
-            .get(PVC)
-            .await
-            .unwrap()
-            .metadata
-            .annotations
-            .unwrap_or_default();
+    let status_of = |sim: &snapgate_kube_sim::KubeSim| {
+        let a = pvc_annotations(sim);
         (a.get(STATUS).cloned(), a.get(LATEST).cloned())
     };
     let result = w
@@ -47,12 +39,12 @@ async fn guarded(
         .quiesced_copy(
             target(),
             move |_request| async move {
-                let (status, _) = status_of(sim_q).await;
+                let (status, _) = status_of(&sim_q);
                 q.lock().unwrap().at_quiesce = status;
                 Ok::<_, Error>(())
             },
             move || async move {
-                let seen = status_of(sim_u).await;
+                let seen = status_of(&sim_u);
                 u.lock().unwrap().at_unquiesce = Some(seen);
                 Ok::<_, Error>(())
             },
@@ -128,7 +120,7 @@ async fn the_guard_unquiesces_when_the_run_fails_because_the_clone_lost_its_volu
             w.pvc_names().contains(&COPY.to_owned()).then_some(())
         })
         .await;
-        w.patch_pvc_status(COPY, serde_json::json!({"phase": "Lost"}))
+        w.patch_status::<PersistentVolumeClaim>(COPY, serde_json::json!({"phase": "Lost"}))
             .await;
     };
     let ((result, seen), ()) = tokio::join!(guard, lose);
@@ -259,41 +251,25 @@ async fn the_guard_waits_for_the_copy_point_when_someone_else_released_the_run_d
         restic_spec(CopyMethod::Snapshot, Duration::from_secs(600)),
     )
     .await;
-    let client = w.sim.client();
     let status = Arc::new(Mutex::new(None));
     let at_unquiesce = status.clone();
-    let sim = w.sim.client();
+    let sim = w.sim.clone();
     let result = w
         .sdk
         .quiesced_copy(
             target(),
-            move |_request| async move {
+            |_request| async {
                 // While the application quiesces, a user annotates the PVC by hand.
-                let pvcs: kube::Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
-                    kube::Api::namespaced(client, NS);
-                pvcs.patch(
-                    PVC,
-                    &kube::api::PatchParams::default(),
-                    &kube::api::Patch::Merge(serde_json::json!({
-                        "metadata": {"annotations": {TRIGGER: "by-hand"}}
-                    })),
-                )
-                .await
-                .unwrap();
-                loop {
-                    let a = pvcs.get(PVC).await.unwrap().metadata.annotations.unwrap();
-                    if a.get(STATUS).map(String::as_str) != Some("WaitingForTrigger") {
-                        break;
-                    }
+                annotate_pvc(&w.sim, serde_json::json!({ TRIGGER: "by-hand" })).await;
+                while pvc_annotations(&w.sim).get(STATUS).map(String::as_str)
+                    == Some("WaitingForTrigger")
+                {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 Ok::<_, Error>(())
             },
             move || async move {
-                let pvcs: kube::Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
-                    kube::Api::namespaced(sim, NS);
-                let a = pvcs.get(PVC).await.unwrap().metadata.annotations.unwrap();
-                *at_unquiesce.lock().unwrap() = a.get(STATUS).cloned();
+                *at_unquiesce.lock().unwrap() = pvc_annotations(&sim).get(STATUS).cloned();
                 Ok::<_, Error>(())
             },
             GuardOptions::default(),
