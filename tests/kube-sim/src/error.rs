@@ -34,7 +34,8 @@ pub struct ErrorDetails {
     pub name: Option<String>,
     /// `details.group`.
     pub group: Option<String>,
-    /// `details.kind` (the resource plural, as the real server does).
+    /// `details.kind`: the resource plural for most errors (as the real server says it), the
+    /// Kind for a 422 Invalid.
     pub kind: Option<String>,
     /// `details.causes`.
     pub causes: Vec<StatusCause>,

@@ -190,7 +190,10 @@ impl Faults {
     /// Find and consume a matching rule.
     pub(crate) fn take(&self, r: &RequestRecord) -> Option<FaultKind> {
         let mut rules = self.rules.lock().unwrap_or_else(|e| e.into_inner());
-        let pos = rules.iter().position(|rule| rule.matches(r))?;
+        // A CloseWatch rule only means something for a watch: other requests leave it alone.
+        let pos = rules.iter().position(|rule| {
+            rule.matches(r) && (rule.kind != FaultKind::CloseWatch || r.verb == Some(Verb::Watch))
+        })?;
         let kind = rules[pos].kind.clone();
         if let Some(c) = rules[pos].count.as_mut() {
             *c = c.saturating_sub(1);

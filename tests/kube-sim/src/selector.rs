@@ -97,11 +97,6 @@ impl Selector {
         Ok(Self { reqs, fields })
     }
 
-    /// Whether the selector has no requirements.
-    pub fn is_empty(&self) -> bool {
-        self.reqs.is_empty()
-    }
-
     fn lookup(&self, obj: &Value, key: &str) -> Option<String> {
         let v = if self.fields {
             key.split('.').try_fold(obj, |v, k| v.get(k))?

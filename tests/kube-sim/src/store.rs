@@ -83,7 +83,8 @@ pub struct DeleteOptions {
     pub uid: Option<String>,
     /// `preconditions.resourceVersion`.
     pub resource_version: Option<String>,
-    /// `propagationPolicy`: `Orphan`, `Background` (default) or `Foreground`.
+    /// `propagationPolicy`: `Orphan` keeps dependents; anything else (`Background`, the
+    /// default, and `Foreground`, which is served like it) deletes them.
     pub propagation: Option<String>,
 }
 
@@ -741,7 +742,8 @@ impl Inner {
         }
     }
 
-    /// Persist (or remove, when `obj` is `None`... see `remove`) and notify.
+    /// Stores `obj` under `key` at the next resourceVersion (with `obj` `None`: removes the
+    /// stored object), records the change for watch resumption, and notifies watchers.
     fn commit(
         &mut self,
         res: &'static ResourceDef,

@@ -57,11 +57,12 @@ impl WatchRequest {
         let now = self.matches(&change.object);
         let before = change.previous.as_ref().is_some_and(|p| self.matches(p));
         match change.change_type {
-            ChangeType::Added if now => Some("ADDED"),
-            ChangeType::Deleted if now || before => Some("DELETED"),
-            ChangeType::Modified if now && before => Some("MODIFIED"),
-            ChangeType::Modified if now => Some("ADDED"),
-            ChangeType::Modified if before => Some("DELETED"),
+            ChangeType::Added if now => Some(ChangeType::Added.as_str()),
+            ChangeType::Deleted if now || before => Some(ChangeType::Deleted.as_str()),
+            ChangeType::Modified if now && before => Some(ChangeType::Modified.as_str()),
+            // A selector transition: the object enters or leaves the watched set.
+            ChangeType::Modified if now => Some(ChangeType::Added.as_str()),
+            ChangeType::Modified if before => Some(ChangeType::Deleted.as_str()),
             _ => None,
         }
     }
@@ -124,7 +125,11 @@ async fn run(state: Arc<SimState>, req: WatchRequest, tx: mpsc::Sender<Bytes>) {
     };
     let mut last_rv = start.current_rv;
     for obj in start.initial.iter().filter(|o| req.matches(o)) {
-        if tx.send(req.line("ADDED", obj)).await.is_err() {
+        if tx
+            .send(req.line(ChangeType::Added.as_str(), obj))
+            .await
+            .is_err()
+        {
             return;
         }
     }

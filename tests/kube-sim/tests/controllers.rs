@@ -40,10 +40,13 @@ async fn a_pvc_binds_after_the_configured_delay_and_gets_a_provisioned_pv() {
     );
 
     pvcs.delete("data", &DeleteParams::default()).await.unwrap();
-    assert!(
-        pvs.get_opt(&volume).await.unwrap().is_none(),
-        "the Delete reclaim policy removes the PV"
-    );
+    // The Delete reclaim policy removes the PV (the controller does it after the delete).
+    fixtures::eventually(Duration::from_secs(5), || {
+        let pvs = pvs.clone();
+        let volume = volume.clone();
+        async move { pvs.get_opt(&volume).await.unwrap().is_none().then_some(()) }
+    })
+    .await;
 }
 
 #[tokio::test]
