@@ -44,3 +44,81 @@ pub mod time {
             .unwrap_or_default()
     }
 }
+
+/// `google.protobuf.Struct` and JSON, both ways (the free-form Kubernetes objects of a spec:
+/// moverSecurityContext, moverResources, moverAffinity, volume sources).
+pub mod json {
+    use prost_types::{ListValue, Struct, Value, value::Kind};
+    use serde_json::{Map, Number};
+
+    /// 2^53: up to there every integer is exact in a double.
+    const EXACT_INTEGERS: f64 = 9_007_199_254_740_992.0;
+
+    /// A JSON object as a `Struct`.
+    pub fn json_to_struct(map: &Map<String, serde_json::Value>) -> Struct {
+        Struct {
+            fields: map.iter().map(|(k, v)| (k.clone(), to_value(v))).collect(),
+        }
+    }
+
+    fn to_value(v: &serde_json::Value) -> Value {
+        let kind = match v {
+            serde_json::Value::Null => Kind::NullValue(0),
+            serde_json::Value::Bool(b) => Kind::BoolValue(*b),
+            serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+            serde_json::Value::String(s) => Kind::StringValue(s.clone()),
+            serde_json::Value::Array(items) => Kind::ListValue(ListValue {
+                values: items.iter().map(to_value).collect(),
+            }),
+            serde_json::Value::Object(m) => Kind::StructValue(json_to_struct(m)),
+        };
+        Value { kind: Some(kind) }
+    }
+
+    /// A `Struct` as the JSON object it carries. Protobuf numbers are doubles, but Kubernetes
+    /// integer fields (`runAsUser`, `weight`, `defaultMode`) only read JSON integers, so
+    /// integral values come back as integers.
+    pub fn struct_to_json(s: &Struct) -> serde_json::Value {
+        serde_json::Value::Object(
+            s.fields
+                .iter()
+                .map(|(k, v)| (k.clone(), from_value(v)))
+                .collect(),
+        )
+    }
+
+    fn from_value(v: &Value) -> serde_json::Value {
+        match &v.kind {
+            None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
+            Some(Kind::BoolValue(b)) => serde_json::Value::Bool(*b),
+            Some(Kind::StringValue(s)) => serde_json::Value::String(s.clone()),
+            Some(Kind::NumberValue(n)) if n.fract() == 0.0 && n.abs() <= EXACT_INTEGERS => {
+                serde_json::Value::from(*n as i64)
+            }
+            Some(Kind::NumberValue(n)) => {
+                Number::from_f64(*n).map_or(serde_json::Value::Null, serde_json::Value::Number)
+            }
+            Some(Kind::StructValue(s)) => struct_to_json(s),
+            Some(Kind::ListValue(l)) => {
+                serde_json::Value::Array(l.values.iter().map(from_value).collect())
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn integral_numbers_become_integers_and_the_rest_stay_doubles() {
+            let json = serde_json::json!({
+                "runAsUser": 1000, "neg": -3, "half": 1.5, "huge": 1e300,
+                "nested": {"list": [1, "a", null, true]},
+            });
+            let serde_json::Value::Object(map) = &json else {
+                unreachable!()
+            };
+            assert_eq!(struct_to_json(&json_to_struct(map)), json);
+        }
+    }
+}

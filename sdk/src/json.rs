@@ -8,7 +8,8 @@
 use std::collections::BTreeMap;
 
 use chrono::SecondsFormat;
-use serde_json::{Map, Number, Value, json};
+use serde_json::{Map, Value, json};
+use snapgate_proto::json::struct_to_json;
 use snapgate_proto::v1::{
     self, CopyMethod, CopyState, CustomCa, MoverVolume, RunPhase, RunReason, RunResult, SourceSpec,
     TimeoutPolicy,
@@ -75,7 +76,7 @@ impl Obj {
     }
     fn structure(&mut self, key: &str, value: Option<&prost_types::Struct>) -> &mut Self {
         if let Some(s) = value {
-            self.put(key, from_struct(s));
+            self.put(key, struct_to_json(s));
         }
         self
     }
@@ -90,7 +91,7 @@ pub fn timestamp(t: &prost_types::Timestamp) -> String {
     to_datetime(t).to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
-pub use snapgate_proto::time::to_datetime;
+use snapgate_proto::time::to_datetime;
 
 /// `COPY_STATE_WAITING_FOR_TRIGGER` → `WaitingForTrigger`.
 pub fn enum_word(proto_name: &str, prefix: &str) -> String {
@@ -134,59 +135,6 @@ pub fn run_result(result: i32) -> String {
 pub fn run_reason(reason: i32) -> String {
     let reason = RunReason::try_from(reason).unwrap_or(RunReason::Unspecified);
     enum_word(reason.as_str_name(), "RUN_REASON_")
-}
-
-/// A free-form JSON object as a protobuf Struct.
-pub fn to_struct(map: &Map<String, Value>) -> prost_types::Struct {
-    prost_types::Struct {
-        fields: map
-            .iter()
-            .map(|(k, v)| (k.clone(), to_value(v)))
-            .collect::<BTreeMap<_, _>>(),
-    }
-}
-
-fn to_value(v: &Value) -> prost_types::Value {
-    use prost_types::value::Kind;
-    let kind = match v {
-        Value::Null => Kind::NullValue(0),
-        Value::Bool(b) => Kind::BoolValue(*b),
-        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
-        Value::String(s) => Kind::StringValue(s.clone()),
-        Value::Array(items) => Kind::ListValue(prost_types::ListValue {
-            values: items.iter().map(to_value).collect(),
-        }),
-        Value::Object(m) => Kind::StructValue(to_struct(m)),
-    };
-    prost_types::Value { kind: Some(kind) }
-}
-
-/// A protobuf Struct as JSON; whole numbers come back as integers.
-pub fn from_struct(s: &prost_types::Struct) -> Value {
-    Value::Object(
-        s.fields
-            .iter()
-            .map(|(k, v)| (k.clone(), from_value(v)))
-            .collect(),
-    )
-}
-
-fn from_value(v: &prost_types::Value) -> Value {
-    use prost_types::value::Kind;
-    match &v.kind {
-        None | Some(Kind::NullValue(_)) => Value::Null,
-        Some(Kind::BoolValue(b)) => Value::Bool(*b),
-        Some(Kind::NumberValue(n)) => {
-            if n.fract() == 0.0 && n.abs() < 9.0e15 {
-                Value::Number(Number::from(*n as i64))
-            } else {
-                Number::from_f64(*n).map_or(Value::Null, Value::Number)
-            }
-        }
-        Some(Kind::StringValue(s)) => Value::String(s.clone()),
-        Some(Kind::ListValue(l)) => Value::Array(l.values.iter().map(from_value).collect()),
-        Some(Kind::StructValue(s)) => from_struct(s),
-    }
 }
 
 fn copy_method(m: i32) -> Option<&'static str> {
@@ -483,7 +431,9 @@ mod tests {
             "privileged": false,
             "nothing": null
         });
-        let back = from_struct(&to_struct(value.as_object().unwrap()));
+        let back = struct_to_json(&snapgate_proto::json::json_to_struct(
+            value.as_object().unwrap(),
+        ));
         assert_eq!(back, value);
     }
 }

@@ -23,7 +23,7 @@ use snapgate_proto::v1::{
     ReplicationSourceTrigger, ResticRetainPolicy, SourceSpec, TimeoutPolicy,
 };
 
-use crate::{duration, json};
+use crate::duration;
 
 /// The `apiVersion` of a VolSync ReplicationSource.
 pub const API_VERSION: &str = "volsync.backube/v1alpha1";
@@ -564,7 +564,7 @@ impl<'a> Obj<'a> {
     fn structure(&mut self, key: &str) -> Result<Option<prost_types::Struct>, FieldError> {
         match self.take(key) {
             None => Ok(None),
-            Some(Value::Object(m)) => Ok(Some(json::to_struct(m))),
+            Some(Value::Object(m)) => Ok(Some(snapgate_proto::json::json_to_struct(m))),
             Some(other) => Err(self.wrong(key, "an object", other)),
         }
     }
@@ -729,7 +729,7 @@ mod tests {
         assert_eq!(r.unlock.as_deref(), Some("now"));
 
         // And the JSON shape gives the same spec back.
-        let again = json::spec(spec);
+        let again = crate::json::spec(spec);
         let original: Value = serde_yaml::from_str::<Value>(&yaml).unwrap()["spec"].clone();
         let mut expected = original.clone();
         expected["jitter"] = "5m0s".into();

@@ -237,43 +237,7 @@ impl<'a> MoverSpec<'a> {
     }
 }
 
-/// A `google.protobuf.Struct` as the JSON object it carries.
-pub fn struct_to_json(s: &prost_types::Struct) -> serde_json::Value {
-    serde_json::Value::Object(
-        s.fields
-            .iter()
-            .map(|(k, v)| (k.clone(), value_to_json(v)))
-            .collect(),
-    )
-}
-
-fn value_to_json(v: &prost_types::Value) -> serde_json::Value {
-    use prost_types::value::Kind;
-    match &v.kind {
-        None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
-        Some(Kind::BoolValue(b)) => serde_json::Value::Bool(*b),
-        Some(Kind::StringValue(s)) => serde_json::Value::String(s.clone()),
-        Some(Kind::NumberValue(n)) => number_to_json(*n),
-        Some(Kind::StructValue(s)) => struct_to_json(s),
-        Some(Kind::ListValue(l)) => {
-            serde_json::Value::Array(l.values.iter().map(value_to_json).collect())
-        }
-    }
-}
-
-/// Protobuf JSON numbers are doubles; Kubernetes integer fields (`runAsUser`, `weight`,
-/// `defaultMode`) only deserialise from JSON integers, so integral values become integers.
-fn number_to_json(n: f64) -> serde_json::Value {
-    // 2^53: the largest range in which every integer is exact in a double.
-    const EXACT: f64 = 9_007_199_254_740_992.0;
-    if n.fract() == 0.0 && n.abs() <= EXACT {
-        serde_json::Value::from(n as i64)
-    } else {
-        serde_json::Number::from_f64(n)
-            .map(serde_json::Value::Number)
-            .unwrap_or(serde_json::Value::Null)
-    }
-}
+pub use snapgate_proto::json::struct_to_json;
 
 /// Converts an optional `Struct` field into the Kubernetes type `T`, naming the field (and
 /// the expected `kind`) when the object does not fit.
@@ -297,26 +261,11 @@ pub(crate) mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{Affinity, PodSecurityContext};
     use pretty_assertions::assert_eq;
-    use prost_types::{ListValue, Struct, Value, value::Kind};
+    use prost_types::Struct;
 
     pub(crate) fn to_struct(json: serde_json::Value) -> Struct {
-        fn value(v: serde_json::Value) -> Value {
-            let kind = match v {
-                serde_json::Value::Null => Kind::NullValue(0),
-                serde_json::Value::Bool(b) => Kind::BoolValue(b),
-                serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap()),
-                serde_json::Value::String(s) => Kind::StringValue(s),
-                serde_json::Value::Array(a) => Kind::ListValue(ListValue {
-                    values: a.into_iter().map(value).collect(),
-                }),
-                serde_json::Value::Object(_) => Kind::StructValue(to_struct(v)),
-            };
-            Value { kind: Some(kind) }
-        }
         match json {
-            serde_json::Value::Object(o) => Struct {
-                fields: o.into_iter().map(|(k, v)| (k, value(v))).collect(),
-            },
+            serde_json::Value::Object(o) => snapgate_proto::json::json_to_struct(&o),
             other => panic!("not an object: {other}"),
         }
     }
@@ -357,13 +306,6 @@ pub(crate) mod tests {
                 .unwrap()
                 .is_none()
         );
-    }
-
-    #[test]
-    fn fractional_and_huge_numbers_stay_doubles() {
-        assert_eq!(number_to_json(1.5), serde_json::json!(1.5));
-        assert_eq!(number_to_json(-3.0), serde_json::json!(-3));
-        assert_eq!(number_to_json(1e300), serde_json::json!(1e300));
     }
 
     #[test]
