@@ -254,37 +254,36 @@ impl Client {
         value: &str,
         grace: Duration,
     ) -> Result<(), Error> {
-        let since = Instant::now();
-        let mut delay = Duration::from_millis(100);
-        loop {
-            match self.trigger(target, Some(run_id), value).await {
-                Ok(_) => return Ok(()),
-                Err(e) if e.is_transient() && since.elapsed() < grace => {
-                    tokio::time::sleep(delay.min(grace.saturating_sub(since.elapsed()))).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                }
-                Err(e) if e.code() == Some(Code::FailedPrecondition) => {
-                    let run = find_run(self, target, Some(source), run_id).await;
-                    if let Ok(Some(run)) = run {
-                        match Outcome::of_run(&run) {
-                            Some(outcome) if outcome != Outcome::Completed => {
-                                return Err(Error::CopyFailed {
-                                    run_id: run_id.to_owned(),
-                                    outcome,
-                                    reason: run.message,
-                                });
-                            }
-                            // Released already: by this call (its answer was lost) or by an
-                            // annotation written meanwhile. The application is quiesced, so
-                            // the copy is good: wait for its copy point.
-                            _ if !run.trigger.is_empty() => return Ok(()),
-                            _ => {}
+        let backoff = Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(2),
+            give_up_after: Some(grace),
+        };
+        match backoff
+            .retry(|| self.trigger(target, Some(run_id), value))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some(Code::FailedPrecondition) => {
+                if let Ok(Some(run)) = find_run(self, target, Some(source), run_id).await {
+                    match Outcome::of_run(&run) {
+                        Some(outcome) if outcome != Outcome::Completed => {
+                            return Err(Error::CopyFailed {
+                                run_id: run_id.to_owned(),
+                                outcome,
+                                reason: run.message,
+                            });
                         }
+                        // Released already: by this call (its answer was lost) or by an
+                        // annotation written meanwhile. The application is quiesced, so the
+                        // copy is good: wait for its copy point.
+                        _ if !run.trigger.is_empty() => return Ok(()),
+                        _ => {}
                     }
-                    return Err(e);
                 }
-                Err(e) => return Err(e),
+                Err(e)
             }
+            Err(e) => Err(e),
         }
     }
 }

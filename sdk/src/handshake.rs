@@ -12,7 +12,6 @@
 //! history (`ListRuns`) instead of being missed.
 
 use std::fmt;
-use std::time::Duration;
 
 use futures::StreamExt;
 use snapgate_proto::v1::{self, CopyState, CopyStatus, CopyTarget, RunResult};
@@ -167,16 +166,10 @@ pub(crate) async fn next_outcome(
         // The PVC shows another run (or none): ours may have ended while we were not looking.
         // Ask its history now (retrying while the scheduler is unreachable): the PVC's next
         // change may be a long time away.
-        let mut delay = Duration::from_millis(100);
-        let found = loop {
-            match find_run(client, target, source.as_deref(), run_id).await {
-                Err(e) if e.is_transient() => {
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-                other => break other,
-            }
-        };
+        let backoff = watch.backoff().clone();
+        let found = backoff
+            .retry(|| find_run(client, target, source.as_deref(), run_id))
+            .await;
         match found {
             Ok(Some(run)) => {
                 if let Some(outcome) = Outcome::of_run(&run) {

@@ -51,10 +51,45 @@ impl Default for Backoff {
     }
 }
 
+impl Backoff {
+    /// Runs `call` until it succeeds or fails for good, waiting between attempts while the
+    /// scheduler is unavailable; gives up (with the last error) after `give_up_after`.
+    pub(crate) async fn retry<T, F, Fut>(&self, mut call: F) -> Result<T, Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, Error>>,
+    {
+        let since = Instant::now();
+        let mut delay = self.initial;
+        loop {
+            match call().await {
+                Err(e) if e.is_transient() => {
+                    let wait = match self.give_up_after {
+                        Some(limit) if since.elapsed() >= limit => return Err(e),
+                        Some(limit) => delay.min(limit - since.elapsed()),
+                        None => delay,
+                    };
+                    tokio::time::sleep(wait).await;
+                    delay = (delay * 2).min(self.max);
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
 /// The copy statuses of one target: the current one first, then every change. Ends only with
 /// an error (see the module docs).
 pub struct CopyWatch {
     inner: BoxStream<'static, Result<CopyStatus, Error>>,
+    backoff: Backoff,
+}
+
+impl CopyWatch {
+    /// How this watch reconnects (and so how long its user keeps retrying other calls).
+    pub(crate) fn backoff(&self) -> &Backoff {
+        &self.backoff
+    }
 }
 
 impl std::fmt::Debug for CopyWatch {
@@ -192,7 +227,7 @@ impl Client {
             client: self.clone(),
             target,
             delay: backoff.initial,
-            backoff,
+            backoff: backoff.clone(),
             stream: None,
             last: None,
             lost_since: None,
@@ -203,6 +238,6 @@ impl Client {
             Some((item, state))
         })
         .boxed();
-        CopyWatch { inner }
+        CopyWatch { inner, backoff }
     }
 }

@@ -5,6 +5,8 @@ mod support;
 
 use std::{path::Path, time::Duration};
 
+use tokio::io::AsyncBufReadExt as _;
+
 use serde_json::Value;
 use snapgate_proto::v1::DirectivePhase;
 use support::{Agent, OnCopy, Scheduler};
@@ -557,6 +559,60 @@ async fn quiesce_exec_exits_non_zero_when_the_unquiesce_command_keeps_failing() 
         std::fs::read_to_string(&journal).unwrap(),
         "quiesce\nunquiesce-failed\nunquiesce-failed\nunquiesce-failed\n",
         "three attempts"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_follows_the_copy_status_and_trigger_releases_the_waiting_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Scheduler::start(dir.path(), 0).await;
+    let server = s.endpoint();
+    let mut agent = Agent::start(&server, "apps", OnCopy::Complete).await;
+    let mut watch = tokio::process::Command::new(env!("CARGO_BIN_EXE_snapgate"))
+        .args(["--server", &server, "-n", "apps", "watch", "--pvc", "data"])
+        .env_remove("SNAPGATE_NAMESPACE")
+        .env_remove("SNAPGATE_OUTPUT")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    support::create(&s.client().await, "apps", "db", support::restic("data")).await;
+    agent.wait_for(DirectivePhase::Wait).await;
+
+    // The latest-copy-trigger rule holds for the CLI too; a new value releases the run.
+    let refused = snapgate(&server, &["-n", "apps", "trigger", "--pvc", "data", ""]).await;
+    assert_ne!(refused.code, 0, "an empty value is refused");
+    let out = ok(
+        &server,
+        &["-n", "apps", "trigger", "--pvc", "data", "first"],
+    )
+    .await;
+    assert!(out.contains("run-1"), "{out}");
+    agent.wait_for(DirectivePhase::Cleanup).await;
+
+    // The watch printed the whole handshake, in order, and is still running.
+    let stdout = watch.stdout.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !seen.iter().any(|l: &String| l.contains("Completed")) {
+        let line = tokio::time::timeout_at(deadline, lines.next_line())
+            .await
+            .expect("the watch printed Completed in time")
+            .unwrap()
+            .expect("the watch is still running");
+        seen.push(line);
+    }
+    let at = |word: &str| {
+        seen.iter()
+            .position(|l| l.contains(word))
+            .unwrap_or_else(|| panic!("{word} not in {seen:#?}"))
+    };
+    assert!(at("WaitingForTrigger") < at("Completed"), "{seen:#?}");
+    assert!(
+        watch.try_wait().unwrap().is_none(),
+        "watch keeps following until interrupted"
     );
     s.stop().await;
 }

@@ -99,7 +99,5 @@ async fn the_guarded_writer_example_pauses_its_writes_around_two_copies() {
     let (first, second) = (paused_at(lines[0]), paused_at(lines[2]));
     assert!(first > 0, "it wrote before the first copy");
     assert!(second > first, "writes resumed between the copies");
-    let written = std::fs::read_to_string(&journal).unwrap().lines().count() as u64;
-    assert!(written >= second, "{written} records on disk");
     s.stop().await;
 }

@@ -124,7 +124,7 @@ pub(crate) enum Command {
         #[arg(long, default_value = "")]
         note: String,
     },
-    /// Recent runs of a source, newest first, with their copy-trigger timeline.
+    /// Recent runs of a source, newest first (`-o json|yaml` adds each copy-trigger timeline).
     Runs {
         /// The source's name.
         name: String,

@@ -115,21 +115,10 @@ struct Unquiescer {
 }
 
 impl Unquiescer {
-    /// Runs the unquiesce command in a task of its own: if the caller is dropped meanwhile
-    /// (SIGTERM arriving during the unquiesce), it still runs to its end, holding the lock, and
-    /// the shutdown path then finds nothing left to do instead of killing and repeating it.
+    /// Runs the unquiesce command if the application may be quiesced. The guard runs this in
+    /// a task of its own, so SIGTERM arriving meanwhile does not cut it short: the shutdown
+    /// path waits for the lock and then finds nothing left to do.
     async fn run(&self) -> Result<(), CommandError> {
-        let this = self.clone();
-        match tokio::spawn(async move { this.run_once().await }).await {
-            Ok(result) => result,
-            Err(e) => Err(CommandError::Spawn {
-                command: self.command.clone(),
-                source: std::io::Error::other(e.to_string()),
-            }),
-        }
-    }
-
-    async fn run_once(&self) -> Result<(), CommandError> {
         let mut pending = self.pending.lock().await;
         let Some(env) = pending.clone() else {
             return Ok(());
