@@ -241,6 +241,28 @@ impl Client {
         Ok(status)
     }
 
+    /// Every source of `namespace` (every namespace when it is empty), all pages.
+    pub async fn list_sources(&self, namespace: &str) -> Result<Vec<v1::Source>, Error> {
+        let mut sources = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = self
+                .sources()
+                .list_sources(v1::ListSourcesRequest {
+                    namespace: namespace.to_owned(),
+                    page_size: 1000,
+                    page_token,
+                })
+                .await?
+                .into_inner();
+            sources.extend(page.sources);
+            if page.next_page_token.is_empty() {
+                return Ok(sources);
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
     /// Releases the run waiting on `target` with `value` (1-253 printable characters, not the
     /// PVC's `latest-copy-trigger`). With a `run_id`, only that run is released: any other
     /// answers [`Error::Refused`] with `FAILED_PRECONDITION`. Repeating an accepted trigger is

@@ -92,8 +92,13 @@ impl GuardOptions {
 
 /// `sdk-<run id>-<unix millis>`: never equal to an earlier value on the same PVC.
 pub fn default_trigger_value(request: &CopyRequest) -> String {
+    prefixed_trigger_value("sdk", request)
+}
+
+/// `<prefix>-<run id>-<unix millis>`: never equal to an earlier value on the same PVC.
+pub fn prefixed_trigger_value(prefix: &str, request: &CopyRequest) -> String {
     format!(
-        "sdk-{}-{}",
+        "{prefix}-{}-{}",
         request.run_id,
         chrono::Utc::now().timestamp_millis()
     )

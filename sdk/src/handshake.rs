@@ -224,30 +224,19 @@ pub(crate) async fn find_run(
 
 /// The sources of `namespace`, those whose `sourcePVC` is `pvc` first.
 async fn sources_of_pvc(client: &Client, namespace: &str, pvc: &str) -> Result<Vec<String>, Error> {
-    let mut names = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = client
-            .sources()
-            .list_sources(v1::ListSourcesRequest {
-                namespace: namespace.to_owned(),
-                page_size: 1000,
-                page_token,
-            })
-            .await?
-            .into_inner();
-        names.extend(page.sources.into_iter().map(|s| {
+    let mut names: Vec<(bool, String)> = client
+        .list_sources(namespace)
+        .await?
+        .into_iter()
+        .map(|s| {
             let on_pvc = s.spec.as_ref().is_some_and(|spec| spec.source_pvc == pvc);
             (!on_pvc, s.name)
-        }));
-        if page.next_page_token.is_empty() {
-            // The sources on the PVC first; then the others, since a source edited to another
-            // PVC keeps its runs in flight on the old one.
-            names.sort();
-            return Ok(names.into_iter().map(|(_, name)| name).collect());
-        }
-        page_token = page.next_page_token;
-    }
+        })
+        .collect();
+    // The sources on the PVC first; then the others, since a source edited to another PVC
+    // keeps its runs in flight on the old one.
+    names.sort();
+    Ok(names.into_iter().map(|(_, name)| name).collect())
 }
 
 impl Client {

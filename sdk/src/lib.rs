@@ -72,7 +72,7 @@ pub mod watch;
 
 pub use client::{BearerToken, Client, ClientBuilder, pvc, source};
 pub use error::{BoxError, Error};
-pub use guard::{GuardOptions, GuardedCopy, default_trigger_value};
+pub use guard::{GuardOptions, GuardedCopy, default_trigger_value, prefixed_trigger_value};
 pub use handshake::{CopyOutcome, CopyRequest, Outcome};
 pub use snapgate_proto::v1 as proto;
 pub use snapgate_proto::v1::{CopyState, CopyStatus, CopyTarget};

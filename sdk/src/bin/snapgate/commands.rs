@@ -252,25 +252,9 @@ pub(crate) async fn list(
     all: bool,
     output: Output,
 ) -> anyhow::Result<()> {
-    let mut sources = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = client
-            .sources()
-            .list_sources(v1::ListSourcesRequest {
-                namespace: if all { String::new() } else { namespace.into() },
-                page_size: 1000,
-                page_token,
-            })
-            .await
-            .map_err(Error::from)?
-            .into_inner();
-        sources.extend(page.sources);
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        page_token = page.next_page_token;
-    }
+    let sources = client
+        .list_sources(if all { "" } else { namespace })
+        .await?;
     match output {
         Output::Table if sources.is_empty() => eprintln!("no sources found"),
         Output::Table => print!("{}", source_table(&sources)),

@@ -19,7 +19,9 @@
 use std::{process::Stdio, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use snapgate_sdk::{Client, CopyRequest, CopyTarget, Error, GuardOptions, duration};
+use snapgate_sdk::{
+    Client, CopyRequest, CopyTarget, Error, GuardOptions, duration, prefixed_trigger_value,
+};
 use tokio::{process::Command, sync::Mutex};
 use tonic::Code;
 use tracing::{error, info, warn};
@@ -199,13 +201,7 @@ pub(crate) async fn run(
     let options = GuardOptions::default()
         .hold_limit(hold_limit)
         .disconnect_grace(grace)
-        .trigger_value(move |r: &CopyRequest| {
-            format!(
-                "{prefix}-{}-{}",
-                r.run_id,
-                chrono::Utc::now().timestamp_millis()
-            )
-        });
+        .trigger_value(move |r: &CopyRequest| prefixed_trigger_value(&prefix, r));
     let unquiescer = Unquiescer {
         command: args.unquiesce.clone(),
         limit: hold_limit.max(Duration::from_secs(30)),
