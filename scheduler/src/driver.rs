@@ -10,8 +10,8 @@ use std::{collections::HashMap, sync::Arc, time::Duration as StdDuration};
 use chrono::{DateTime, Utc};
 use snapgate_proto::v1::{self, SchedulerMessage, scheduler_message::Message as ToAgent};
 use snapgate_scheduler_core::{
-    CoreError, Effect, ReportOutcome, RunId, Scheduler, SourceKey, Target, TriggerAccepted,
-    schedule::Tz,
+    CoreError, Effect, Quarantined, ReportOutcome, RunId, Scheduler, SourceKey, Target,
+    TriggerAccepted, schedule::Tz,
 };
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
@@ -27,6 +27,10 @@ use crate::{
 pub(crate) const AGENT_QUEUE: usize = 1024;
 /// Statuses queued for one WatchCopy stream before it is dropped (the client re-watches).
 pub(crate) const WATCH_QUEUE: usize = 64;
+/// The most WatchCopy streams open at once, in all.
+pub(crate) const MAX_WATCHERS: usize = 10_000;
+/// The most WatchCopy streams open at once on one PVC.
+pub(crate) const MAX_WATCHERS_PER_PVC: usize = 64;
 /// The longest the driver sleeps without looking at the clock again.
 const MAX_SLEEP: StdDuration = StdDuration::from_secs(30);
 /// How long to wait before retrying timer work whose commit failed.
@@ -44,6 +48,9 @@ pub enum DriverError {
     /// The driver has stopped (shutting down).
     #[error("the scheduler is shutting down")]
     Stopped,
+    /// A bounded resource is full.
+    #[error("{0}")]
+    Exhausted(String),
 }
 
 type Reply<T> = oneshot::Sender<Result<T, DriverError>>;
@@ -108,10 +115,17 @@ pub(crate) enum Command {
         tx: mpsc::Sender<Result<v1::CopyStatus, Status>>,
         reply: Reply<()>,
     },
+    /// Registers an agent; the driver makes its outbound queue, large enough for the resync
+    /// of every run in flight in its namespaces plus [`AGENT_QUEUE`] more.
     AgentConnect {
         hello: v1::AgentHello,
-        tx: mpsc::Sender<Result<SchedulerMessage, Status>>,
-        reply: Reply<u64>,
+        reply: Reply<(u64, mpsc::Receiver<Result<SchedulerMessage, Status>>)>,
+    },
+    /// A WatchCopy stream ended: forget watchers whose streams are closed.
+    ReapWatchers,
+    /// The stored records left out at start.
+    ListQuarantined {
+        reply: Reply<Vec<Quarantined>>,
     },
     AgentReport {
         conn: u64,
@@ -172,6 +186,7 @@ pub(crate) struct Driver {
     agents: HashMap<u64, AgentConn>,
     next_conn: u64,
     watchers: Vec<Watcher>,
+    quarantined: Vec<Quarantined>,
     rx: mpsc::Receiver<Command>,
 }
 
@@ -182,7 +197,10 @@ impl Driver {
         clock: Arc<dyn Clock>,
         metrics: Metrics,
     ) -> Result<(Self, DriverHandle), anyhow::Error> {
-        let core = restore(store.as_ref())?;
+        let (core, quarantined) = restore(store.as_ref())?;
+        metrics
+            .quarantined_records
+            .set(i64::try_from(quarantined.len()).unwrap_or(i64::MAX));
         let (tx, rx) = mpsc::channel(1024);
         Ok((
             Self {
@@ -193,6 +211,7 @@ impl Driver {
                 agents: HashMap::new(),
                 next_conn: 1,
                 watchers: Vec::new(),
+                quarantined,
                 rx,
             },
             DriverHandle { tx },
@@ -216,6 +235,8 @@ impl Driver {
                     None => break,
                 },
                 () = tokio::time::sleep(sleep) => {
+                    // Streams whose clients went away, on quiet PVCs too.
+                    self.reap_watchers();
                     let now = self.clock.now();
                     self.core.handle_timeout(now);
                     retry_at = match self.flush() {
@@ -253,10 +274,14 @@ impl Driver {
             next_run: self.core.next_run_counter(),
         };
         let mut rest = Vec::new();
+        let mut removed = Vec::new();
         for e in effects {
             match e {
                 Effect::PutSource(r) => batch.writes.push(Write::PutSource(r)),
-                Effect::RemoveSource(k) => batch.writes.push(Write::RemoveSource(k.to_string())),
+                Effect::RemoveSource(k) => {
+                    batch.writes.push(Write::RemoveSource(k.to_string()));
+                    removed.push(k);
+                }
                 Effect::PutRun(r) => batch.writes.push(Write::PutRun(r)),
                 Effect::RemoveRun(id) => batch.writes.push(Write::RemoveRun(id.to_string())),
                 other => rest.push(other),
@@ -267,10 +292,13 @@ impl Driver {
         {
             self.metrics.store_errors.inc();
             match restore(self.store.as_ref()) {
-                Ok(core) => self.core = core,
+                Ok((core, _)) => self.core = core,
                 Err(reload) => warn!(error = %reload, "store reload failed; keeping memory state"),
             }
             return Err(e);
+        }
+        for key in removed {
+            self.metrics.forget_source(&key);
         }
         for e in rest {
             self.deliver(e);
@@ -347,6 +375,17 @@ impl Driver {
             w.last = Some(status.clone());
             w.tx.try_send(Ok(status)).is_ok()
         });
+    }
+
+    fn reap_watchers(&mut self) {
+        self.watchers.retain(|w| !w.tx.is_closed());
+        self.count_watchers();
+    }
+
+    fn count_watchers(&self) {
+        self.metrics
+            .watch_streams
+            .set(i64::try_from(self.watchers.len()).unwrap_or(i64::MAX));
     }
 
     fn drop_agent(&mut self, id: u64) {
@@ -437,6 +476,21 @@ impl Driver {
             }
             Command::WatchCopy { target, tx, reply } => match self.core.resolve_target(&target) {
                 Ok(target) => {
+                    self.reap_watchers();
+                    let on_pvc = self
+                        .watchers
+                        .iter()
+                        .filter(|w| {
+                            w.target.namespace == target.namespace && w.target.pvc == target.pvc
+                        })
+                        .count();
+                    if self.watchers.len() >= MAX_WATCHERS || on_pvc >= MAX_WATCHERS_PER_PVC {
+                        let _ = reply.send(Err(DriverError::Exhausted(format!(
+                            "too many WatchCopy streams open ({on_pvc} on pvc {}/{}, at most {MAX_WATCHERS_PER_PVC}; {} in all, at most {MAX_WATCHERS}); close some and retry",
+                            target.namespace, target.pvc, self.watchers.len()
+                        ))));
+                        return;
+                    }
                     let current = self.core.target_status(&target);
                     let _ = tx.try_send(Ok(current.clone()));
                     self.watchers.push(Watcher {
@@ -444,16 +498,23 @@ impl Driver {
                         tx,
                         last: Some(current),
                     });
+                    self.count_watchers();
                     let _ = reply.send(Ok(()));
                 }
                 Err(e) => {
                     let _ = reply.send(Err(e.into()));
                 }
             },
-            Command::AgentConnect { hello, tx, reply } => {
+            Command::ReapWatchers => self.reap_watchers(),
+            Command::ListQuarantined { reply } => {
+                let _ = reply.send(Ok(self.quarantined.clone()));
+            }
+            Command::AgentConnect { hello, reply } => {
                 let id = self.next_conn;
                 self.next_conn += 1;
                 let directives = self.core.directives_for(&hello.namespaces);
+                // Room for the whole resync, however many runs are in flight.
+                let (tx, rx) = mpsc::channel(directives.len().saturating_add(1 + AGENT_QUEUE));
                 let welcome = SchedulerMessage {
                     message: Some(ToAgent::Welcome(v1::Welcome {
                         active_runs: directives.len() as u32,
@@ -468,10 +529,9 @@ impl Driver {
                         .is_ok();
                 }
                 if !ok {
-                    warn!(agent = %hello.agent_id, "agent link full during resync; closing it");
-                    let _ = reply.send(Err(DriverError::Core(CoreError::FailedPrecondition(
-                        "too many runs in flight to resync this agent at once".into(),
-                    ))));
+                    // Cannot happen: the queue was made to hold the resync.
+                    warn!(agent = %hello.agent_id, "agent link closed during resync");
+                    let _ = reply.send(Err(DriverError::Stopped));
                     return;
                 }
                 info!(agent = %hello.agent_id, namespaces = ?hello.namespaces, "agent connected");
@@ -484,7 +544,7 @@ impl Driver {
                     },
                 );
                 self.metrics.agents_connected.set(self.agents.len() as i64);
-                let _ = reply.send(Ok(id));
+                let _ = reply.send(Ok((id, rx)));
             }
             Command::AgentReport { conn, report } => {
                 let Some(agent) = self.agents.get(&conn) else {
@@ -507,6 +567,7 @@ impl Driver {
                 // Dropping the senders ends the response streams, so connections can drain.
                 self.agents.clear();
                 self.watchers.clear();
+                self.count_watchers();
                 self.metrics.agents_connected.set(0);
             }
         }
@@ -522,7 +583,7 @@ impl Driver {
                 if !self.core.drain_effects().is_empty() {
                     warn!(error = %e, "a refused request had effects; reloading from the store");
                     match restore(self.store.as_ref()) {
-                        Ok(core) => self.core = core,
+                        Ok((core, _)) => self.core = core,
                         Err(reload) => warn!(error = %reload, "store reload failed"),
                     }
                 }
@@ -533,11 +594,18 @@ impl Driver {
     }
 }
 
-fn restore(store: &dyn Store) -> Result<Scheduler, anyhow::Error> {
+/// Rebuilds the core from the store. Records that cannot be decoded or run are left in the
+/// store, logged and returned; they never stop the scheduler from starting.
+fn restore(store: &dyn Store) -> Result<(Scheduler, Vec<Quarantined>), anyhow::Error> {
     let loaded = store.load()?;
-    Ok(Scheduler::restore(
-        loaded.sources,
-        loaded.runs,
-        loaded.next_run,
-    )?)
+    let restored = Scheduler::restore(loaded.sources, loaded.runs, loaded.next_run);
+    let mut quarantined = loaded.corrupt;
+    quarantined.extend(restored.quarantined);
+    for q in &quarantined {
+        warn!(kind = q.kind, key = %q.key, reason = %q.reason, "stored record quarantined: kept in the store, not loaded");
+    }
+    for w in &restored.warnings {
+        warn!(kind = w.kind, key = %w.key, reason = %w.reason, "stored source breaks a rule of this version; loaded as stored");
+    }
+    Ok((restored.scheduler, quarantined))
 }

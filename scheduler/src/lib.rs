@@ -15,6 +15,7 @@ pub mod args;
 pub mod clock;
 mod driver;
 pub mod grpc;
+pub mod handshake;
 pub mod identity;
 pub mod metrics;
 mod status;
@@ -23,13 +24,14 @@ pub mod store;
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use anyhow::Context as _;
+use futures::StreamExt as _;
 use snapgate_proto::v1::{
     agent_service_server::AgentServiceServer, source_service_server::SourceServiceServer,
     trigger_service_server::TriggerServiceServer,
 };
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-use tracing::info;
+use tracing::{error, info};
 
 pub use driver::{DriverError, DriverHandle};
 
@@ -53,7 +55,14 @@ pub struct Config {
     pub authorizer: Authorizer,
 }
 
+/// How long a connection in-flight requests may take to drain once the driver has died.
+const DRAIN_AFTER_DRIVER_DIED: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Serves snapgate.v1, health and reflection on `listener` until `shutdown` resolves.
+///
+/// Supervised: if the driver task ever stops while serving (a panic), every service turns
+/// `NOT_SERVING`, the server drains briefly and this returns an error, so the process exits
+/// non-zero and is restarted rather than answering `UNAVAILABLE` while looking healthy.
 pub async fn serve(
     config: Config,
     listener: TcpListener,
@@ -61,7 +70,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let (driver, handle) = driver::Driver::start(config.store, config.clock, config.metrics)
         .context("loading the store")?;
-    let driver_task = tokio::spawn(driver.run());
+    let mut driver_task = tokio::spawn(driver.run());
 
     let (health, health_service) = tonic_health::server::health_reporter();
     let sources = SourceServiceServer::with_interceptor(
@@ -91,36 +100,60 @@ pub async fn serve(
         .context("building reflection v1alpha")?;
 
     info!(addr = %listener.local_addr()?, "serving snapgate.v1");
+    let not_serving = |health: tonic_health::server::HealthReporter| async move {
+        for name in [
+            "",
+            "snapgate.v1.SourceService",
+            "snapgate.v1.TriggerService",
+            "snapgate.v1.AgentService",
+        ] {
+            health
+                .set_service_status(name, tonic_health::ServingStatus::NotServing)
+                .await;
+        }
+    };
     let shutdown_health = health.clone();
     let closer = handle.clone();
-    tonic::transport::Server::builder()
+    let (died_tx, died_rx) = tokio::sync::oneshot::channel::<()>();
+    // Every connection must send its HTTP/2 preface within the handshake timeout.
+    let incoming =
+        TcpListenerStream::new(listener).map(|conn| conn.map(handshake::HandshakeDeadline::new));
+    let server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(sources)
         .add_service(triggers)
         .add_service(agents)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            shutdown.await;
-            info!("shutting down");
-            for name in [
-                "",
-                "snapgate.v1.SourceService",
-                "snapgate.v1.TriggerService",
-                "snapgate.v1.AgentService",
-            ] {
-                shutdown_health
-                    .set_service_status(name, tonic_health::ServingStatus::NotServing)
-                    .await;
+        .serve_with_incoming_shutdown(incoming, async move {
+            tokio::select! {
+                () = shutdown => info!("shutting down"),
+                _ = died_rx => {}
             }
+            not_serving(shutdown_health).await;
             closer.tell(driver::Command::CloseStreams).await;
-        })
-        .await
-        .context("gRPC server")?;
-    drop(handle);
-    // Streams still open hold handles; give the driver a moment to finish what it has.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), driver_task).await;
-    Ok(())
+        });
+    tokio::pin!(server);
+    tokio::select! {
+        served = &mut server => {
+            served.context("gRPC server")?;
+            drop(handle);
+            // Streams still open hold handles; give the driver a moment to finish what it has.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), driver_task).await;
+            Ok(())
+        }
+        joined = &mut driver_task => {
+            let why = match joined {
+                Err(e) if e.is_panic() => "panicked",
+                _ => "stopped",
+            };
+            error!(why, "the scheduler's driver task {why}; reporting NOT_SERVING and exiting");
+            not_serving(health).await;
+            let _ = died_tx.send(());
+            let _ = tokio::time::timeout(DRAIN_AFTER_DRIVER_DIED, &mut server).await;
+            anyhow::bail!("the scheduler's driver task {why}; exiting so that it is restarted")
+        }
+    }
 }
 
 /// Serves `/metrics` in the Prometheus text format until `shutdown` resolves.

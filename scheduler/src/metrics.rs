@@ -61,6 +61,10 @@ pub struct Metrics {
     pub agents_connected: Gauge,
     /// Store commits that failed.
     pub store_errors: Counter,
+    /// Stored records left out at start (see `ListQuarantined`).
+    pub quarantined_records: Gauge,
+    /// Open WatchCopy streams.
+    pub watch_streams: Gauge,
 }
 
 impl Default for Metrics {
@@ -84,6 +88,8 @@ impl Metrics {
             runs: Family::default(),
             agents_connected: Gauge::default(),
             store_errors: Counter::default(),
+            quarantined_records: Gauge::default(),
+            watch_streams: Gauge::default(),
         };
         registry.register(
             "volsync_missed_intervals",
@@ -126,9 +132,41 @@ impl Metrics {
             "Store commits that failed (the request was refused)",
             m.store_errors.clone(),
         );
+        registry.register(
+            "snapgate_store_quarantined_records",
+            "Stored records left out at start because they cannot be decoded or run",
+            m.quarantined_records.clone(),
+        );
+        registry.register(
+            "snapgate_watch_streams",
+            "Open WatchCopy streams",
+            m.watch_streams.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             ..m
+        }
+    }
+
+    /// Removes every series of a deleted source, whatever mover it used.
+    pub fn forget_source(&self, key: &SourceKey) {
+        for mover in [Mover::Restic, Mover::Rclone, Mover::Rsync, Mover::RsyncTls] {
+            let l = SourceLabels::new(key, mover);
+            self.missed_intervals.remove(&l);
+            self.out_of_sync.remove(&l);
+            self.sync_duration.remove(&l);
+            self.trigger_wait.remove(&l);
+            self.trigger_timeouts.remove(&l);
+            self.mover_failures.remove(&l);
+            for result in ["Successful", "Failed", "TimedOut", "Aborted", "Unknown"] {
+                self.runs.remove(&ResultLabels {
+                    obj_name: l.obj_name.clone(),
+                    obj_namespace: l.obj_namespace.clone(),
+                    role: l.role.clone(),
+                    method: l.method.clone(),
+                    result: result.into(),
+                });
+            }
         }
     }
 
@@ -196,5 +234,43 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deleted_sources_series_are_removed_whatever_its_mover() {
+        let m = Metrics::new();
+        let gone = SourceKey::new("apps", "gone");
+        let kept = SourceKey::new("apps", "kept");
+        for (key, mover) in [
+            (&gone, Mover::Restic),
+            (&gone, Mover::Rclone),
+            (&kept, Mover::Restic),
+        ] {
+            m.observe(&Observation::RunFinished {
+                source: key.clone(),
+                mover,
+                result: RunResult::Successful,
+                duration: chrono::Duration::seconds(3),
+                missed: true,
+            });
+            m.observe(&Observation::MoverFailure {
+                source: key.clone(),
+                mover,
+            });
+            m.observe(&Observation::TriggerTimeout {
+                source: key.clone(),
+                mover,
+            });
+        }
+        assert!(m.encode().contains("obj_name=\"gone\""));
+        m.forget_source(&gone);
+        let text = m.encode();
+        assert!(!text.contains("obj_name=\"gone\""), "{text}");
+        assert!(text.contains("obj_name=\"kept\""));
     }
 }

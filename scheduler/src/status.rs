@@ -1,6 +1,6 @@
 //! Every error the scheduler answers with, mapped to a gRPC status in one place.
 
-use snapgate_scheduler_core::CoreError;
+use snapgate_scheduler_core::{CoreError, bounded_text};
 use tonic::{Code, Status};
 
 use crate::driver::DriverError;
@@ -13,6 +13,7 @@ impl From<DriverError> for Status {
                 "the scheduler could not persist the change, nothing was applied; retry: {store}"
             )),
             DriverError::Stopped => Status::unavailable("the scheduler is shutting down"),
+            DriverError::Exhausted(why) => Status::resource_exhausted(why),
         }
     }
 }
@@ -25,10 +26,14 @@ fn core_status(e: CoreError) -> Status {
         CoreError::VersionConflict { .. } => Code::Aborted,
         CoreError::FailedPrecondition(_) => Code::FailedPrecondition,
     };
-    Status::new(code, e.to_string())
+    Status::new(code, bounded_text(&e.to_string(), MAX_STATUS_BYTES))
 }
+
+/// The longest status message: errors quote at most a prefix of a value, and this bounds the
+/// rest, so an answer never exceeds a client's metadata limit.
+const MAX_STATUS_BYTES: usize = 2048;
 
 /// A request field that breaks a rule, before it reaches the core.
 pub(crate) fn invalid(field: &str, rule: &str) -> Status {
-    Status::invalid_argument(format!("{field}: {rule}"))
+    Status::invalid_argument(bounded_text(&format!("{field}: {rule}"), MAX_STATUS_BYTES))
 }

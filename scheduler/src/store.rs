@@ -16,7 +16,7 @@ use std::{
 use prost::Message;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use snapgate_proto::v1;
-use snapgate_scheduler_core::SourceRecord;
+use snapgate_scheduler_core::{Quarantined, SourceRecord};
 
 /// Why the store could not load or commit.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +35,9 @@ pub enum StoreError {
         #[source]
         source: prost::DecodeError,
     },
+    /// A write the store refuses.
+    #[error("refused write: {0}")]
+    Invalid(&'static str),
     /// An injected fault (tests).
     #[error("injected store fault")]
     Injected,
@@ -49,6 +52,10 @@ pub struct Loaded {
     pub runs: Vec<v1::Run>,
     /// The next run number.
     pub next_run: u64,
+    /// Records that do not decode: left in the store, not loaded.
+    pub corrupt: Vec<Quarantined>,
+    /// The lowest next run number that reuses no stored run's number, corrupt ones included.
+    pub next_run_floor: u64,
 }
 
 /// One write of a batch.
@@ -107,6 +114,26 @@ impl RedbStore {
     }
 }
 
+/// Brings a record written by an earlier version to today's form.
+///
+/// - snapgate 0.1 stored `restic.retain.last` as an integer (field 7); it is a string now, as
+///   in VolSync's API.
+#[allow(deprecated)]
+fn migrate(mut record: SourceRecord) -> SourceRecord {
+    let retain = record
+        .source
+        .as_mut()
+        .and_then(|s| s.spec.as_mut())
+        .and_then(|s| s.restic.as_mut())
+        .and_then(|r| r.retain.as_mut());
+    if let Some(retain) = retain
+        && let Some(old) = retain.last_int32.take()
+    {
+        retain.last.get_or_insert_with(|| old.to_string());
+    }
+    record
+}
+
 fn decode<M: Message + Default>(
     what: &'static str,
     key: &str,
@@ -124,21 +151,43 @@ impl Store for RedbStore {
         let tx = self.db.begin_read().map_err(redb::Error::from)?;
         let mut loaded = Loaded::default();
         let sources = tx.open_table(SOURCES).map_err(redb::Error::from)?;
+        // A record that does not decode is quarantined, not fatal: everything else loads.
         for row in sources.iter().map_err(redb::Error::from)? {
             let (k, v) = row.map_err(redb::Error::from)?;
-            loaded.sources.push(decode("source", k.value(), v.value())?);
+            match decode("source", k.value(), v.value()) {
+                Ok(record) => loaded.sources.push(migrate(record)),
+                Err(e) => loaded
+                    .corrupt
+                    .push(Quarantined::source(k.value(), &e.to_string())),
+            }
         }
         let runs = tx.open_table(RUNS).map_err(redb::Error::from)?;
         for row in runs.iter().map_err(redb::Error::from)? {
             let (k, v) = row.map_err(redb::Error::from)?;
-            loaded.runs.push(decode("run", k.value(), v.value())?);
+            match decode::<v1::Run>("run", k.value(), v.value()) {
+                Ok(run) => loaded.runs.push(run),
+                Err(e) => {
+                    // Its number stays taken, so no new run overwrites the record.
+                    if let Some(n) = k
+                        .value()
+                        .strip_prefix("run-")
+                        .and_then(|n| n.parse::<u64>().ok())
+                    {
+                        loaded.next_run_floor = loaded.next_run_floor.max(n.saturating_add(1));
+                    }
+                    loaded
+                        .corrupt
+                        .push(Quarantined::run(k.value(), &e.to_string()));
+                }
+            }
         }
         let meta = tx.open_table(META).map_err(redb::Error::from)?;
         loaded.next_run = meta
             .get(NEXT_RUN)
             .map_err(redb::Error::from)?
             .map(|v| v.value())
-            .unwrap_or(1);
+            .unwrap_or(1)
+            .max(loaded.next_run_floor);
         Ok(loaded)
     }
 
@@ -151,7 +200,10 @@ impl Store for RedbStore {
             for w in batch.writes {
                 match w {
                     Write::PutSource(r) => {
-                        let s = r.source.as_ref().expect("records hold a source");
+                        let Some(s) = r.source.as_ref() else {
+                            // The core never writes one; refuse rather than store it.
+                            return Err(StoreError::Invalid("a source record without its source"));
+                        };
                         let key = format!("{}/{}", s.namespace, s.name);
                         sources
                             .insert(key.as_str(), r.encode_to_vec().as_slice())
@@ -255,6 +307,40 @@ mod tests {
         assert_eq!(loaded.sources, vec![record("a", "x")]);
         assert_eq!(loaded.runs.len(), 1);
         assert_eq!(loaded.next_run, 8);
+    }
+
+    #[test]
+    #[allow(deprecated)]
+    fn a_retain_last_stored_as_an_integer_by_an_earlier_version_loads_as_a_string() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut old = record("a", "x");
+        old.source.as_mut().unwrap().spec = Some(v1::SourceSpec {
+            restic: Some(v1::ReplicationSourceResticSpec {
+                retain: Some(v1::ResticRetainPolicy {
+                    last_int32: Some(10),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let mut s = RedbStore::open(dir.path()).unwrap();
+        s.commit(Batch {
+            writes: vec![Write::PutSource(Box::new(old))],
+            next_run: 1,
+        })
+        .unwrap();
+        let loaded = s.load().unwrap();
+        let retain = loaded.sources[0]
+            .source
+            .as_ref()
+            .unwrap()
+            .spec
+            .as_ref()
+            .unwrap();
+        let retain = retain.restic.as_ref().unwrap().retain.as_ref().unwrap();
+        assert_eq!(retain.last.as_deref(), Some("10"));
+        assert_eq!(retain.last_int32, None);
     }
 
     #[test]

@@ -217,7 +217,7 @@ pub fn spec(s: &SourceSpec) -> Value {
                 .opt_int("monthly", retain.monthly)
                 .opt_int("yearly", retain.yearly)
                 .opt_text("within", retain.within.as_ref())
-                .opt_int("last", retain.last);
+                .opt_text("last", retain.last.as_ref());
             m.object("retain", Some(k));
         }
         m.opt_int("pruneIntervalDays", r.prune_interval_days)

@@ -10,13 +10,26 @@
 //!
 //! The keys are VolSync's (`sourcePVC`, `trigger.schedule`, `restic.copyMethod`, ...), plus
 //! snapgate's own spec additions: `timeZone`, `jitter`, `copyTrigger {waitTimeout, onTimeout}`,
-//! `skipInitialRun`. Kubernetes metadata other than name and namespace, and a `status`, are not
-//! stored: each is reported as a warning.
+//! `skipInitialRun`. What `snapgate get -o yaml` writes besides the spec (`metadata.generation`,
+//! `metadata.creationTimestamp`, `status`: the scheduler's own record of the source, which a
+//! Kubernetes API server also discards on write) is read silently, so that output applies again
+//! as it is. Any other Kubernetes metadata (labels, annotations, uid, resourceVersion, ...) is
+//! not stored and is reported as a warning.
+//!
+//! A key repeated within one mapping is refused with its line (as kubectl does), wherever it is:
+//! the text is read by `Strict`, not into a map that would keep the last value silently.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::{
+    cell::RefCell,
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    fmt,
+};
 
-use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde::{
+    Deserialize as _,
+    de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor},
+};
+use serde_json::{Map, Number, Value};
 use snapgate_proto::v1::{
     self, CopyMethod, CopyTriggerOptions, CustomCa, MoverVolume, ReplicationSourceRcloneSpec,
     ReplicationSourceResticSpec, ReplicationSourceRsyncSpec, ReplicationSourceRsyncTlsSpec,
@@ -69,11 +82,29 @@ pub fn parse_documents(
     let mut number = 0;
     for document in serde_yaml::Deserializer::from_str(text) {
         number += 1;
-        let value = Value::deserialize(document).map_err(|e| ParseError {
-            document: number,
-            path: ".".into(),
-            message: format!("not a YAML/JSON object: {e}"),
-        })?;
+        let duplicate = RefCell::new(None);
+        let strict = Strict {
+            path: "",
+            duplicate: &duplicate,
+        };
+        let value = strict
+            .deserialize(document)
+            .map_err(|e| match duplicate.take() {
+                // serde_yaml's lines count from the start of the file, across documents.
+                Some(path) => ParseError {
+                    document: number,
+                    path,
+                    message: format!(
+                        "line {}: duplicate key (a key may appear only once in a mapping)",
+                        e.location().map_or(0, |l| l.line())
+                    ),
+                },
+                None => ParseError {
+                    document: number,
+                    path: ".".into(),
+                    message: format!("not a YAML/JSON object: {e}"),
+                },
+            })?;
         if value.is_null() {
             number -= 1;
             continue;
@@ -128,11 +159,14 @@ pub fn parse_value(
             ));
         }
     }
+    // What `snapgate get` writes (the scheduler's version and creation time of the source):
+    // read, so that its output applies again without a word, and not stored.
+    for key in ["generation", "creationTimestamp"] {
+        metadata.take(key);
+    }
     for key in [
         "uid",
         "resourceVersion",
-        "generation",
-        "creationTimestamp",
         "managedFields",
         "selfLink",
         "finalizers",
@@ -145,9 +179,9 @@ pub fn parse_value(
         }
     }
     metadata.finish(&[])?;
-    if doc.take("status").is_some() {
-        warnings.push("status: ignored (the scheduler owns a source's status)".into());
-    }
+    // The scheduler owns a source's status; `snapgate get` prints it, and an API server ignores
+    // a status given with a spec too.
+    doc.take("status");
     let mut spec_obj = doc
         .object("spec")?
         .ok_or_else(|| ("spec".to_owned(), "required".to_owned()))?;
@@ -344,7 +378,8 @@ fn restic(o: &mut Obj<'_>) -> Result<ReplicationSourceResticSpec, FieldError> {
                 monthly: r.i32("monthly")?,
                 yearly: r.i32("yearly")?,
                 within: r.string("within")?,
-                last: r.i32("last")?,
+                last: r.count("last")?,
+                ..Default::default()
             };
             r.finish(&[])?;
             Some(retain)
@@ -449,11 +484,7 @@ impl<'a> Obj<'a> {
     }
 
     fn path_of(&self, key: &str) -> String {
-        if self.path.is_empty() {
-            key.to_owned()
-        } else {
-            format!("{}.{key}", self.path)
-        }
+        join(&self.path, key)
     }
 
     /// The value of a key (absent or `null`: `None`), marked as read.
@@ -506,6 +537,22 @@ impl<'a> Obj<'a> {
                 .map(Some)
                 .ok_or_else(|| (self.path_of(key), format!("{n}: expected a 32-bit integer"))),
             Some(other) => Err(self.wrong(key, "an integer", other)),
+        }
+    }
+
+    /// A count written as a string, as VolSync's `retain.last` (`"10"`); a bare integer (what
+    /// snapgate 0.1 required) reads as its decimal string. Whether the string holds a
+    /// non-negative integer is the scheduler's rule.
+    fn count(&mut self, key: &str) -> Result<Option<String>, FieldError> {
+        match self.take(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Ok(Some(n.to_string())),
+            Some(other) => Err(self.wrong(
+                key,
+                "a string holding a count such as \"10\" (or an integer)",
+                other,
+            )),
         }
     }
 
@@ -591,11 +638,7 @@ impl<'a> Obj<'a> {
         let Some((key, _)) = left.into_iter().next() else {
             return Ok(());
         };
-        let path = if self.path.is_empty() {
-            key.to_owned()
-        } else {
-            format!("{}.{key}", self.path)
-        };
+        let path = self.path_of(key);
         match unsupported.iter().find(|(k, _)| *k == key) {
             Some((_, why)) => Err((path, format!("not supported: {why}"))),
             None => {
@@ -609,6 +652,153 @@ impl<'a> Obj<'a> {
                 ))
             }
         }
+    }
+}
+
+/// Reads one YAML/JSON document into a JSON value as `serde_json::Value`'s own `Deserialize`
+/// does, except that a key repeated within a mapping is refused (a map keeps the last value
+/// silently; kubectl refuses such a file). The refusal is raised while the repeated key itself is
+/// read, so serde_yaml's error carries that key's line, and `duplicate` gets its path.
+struct Strict<'a> {
+    /// Where the value is, e.g. `spec.restic` (empty for the document).
+    path: &'a str,
+    duplicate: &'a RefCell<Option<String>>,
+}
+
+impl<'de> DeserializeSeed<'de> for Strict<'_> {
+    type Value = Value;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Strict<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any YAML/JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+
+    fn visit_i128<E: de::Error>(self, v: i128) -> Result<Value, E> {
+        Number::deserialize(de::value::I128Deserializer::new(v)).map(Value::Number)
+    }
+
+    fn visit_u128<E: de::Error>(self, v: u128) -> Result<Value, E> {
+        Number::deserialize(de::value::U128Deserializer::new(v)).map(Value::Number)
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_some<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        self.deserialize(deserializer)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        loop {
+            let path = format!("{}[{}]", self.path, items.len());
+            let item = Strict {
+                path: &path,
+                duplicate: self.duplicate,
+            };
+            match seq.next_element_seed(item)? {
+                Some(v) => items.push(v),
+                None => return Ok(Value::Array(items)),
+            }
+        }
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        loop {
+            let key = NewKey {
+                path: self.path,
+                seen: &out,
+                duplicate: self.duplicate,
+            };
+            let Some(key) = map.next_key_seed(key)? else {
+                return Ok(Value::Object(out));
+            };
+            let path = join(self.path, &key);
+            let value = map.next_value_seed(Strict {
+                path: &path,
+                duplicate: self.duplicate,
+            })?;
+            out.insert(key, value);
+        }
+    }
+}
+
+/// A mapping's next key, refused if the mapping already has it.
+struct NewKey<'a> {
+    path: &'a str,
+    seen: &'a Map<String, Value>,
+    duplicate: &'a RefCell<Option<String>>,
+}
+
+impl<'de> DeserializeSeed<'de> for NewKey<'_> {
+    type Value = String;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<String, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for NewKey<'_> {
+    type Value = String;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string key")
+    }
+
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<String, E> {
+        if self.seen.contains_key(key) {
+            let path = join(self.path, key);
+            let message = format!("duplicate key {path}");
+            *self.duplicate.borrow_mut() = Some(path);
+            return Err(E::custom(message));
+        }
+        Ok(key.to_owned())
+    }
+}
+
+/// `spec` + `restic` → `spec.restic`.
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
     }
 }
 
@@ -673,7 +863,7 @@ mod tests {
       - mountPath: extra
         volumeSource: {{secret: {{secretName: s}}}}
     repository: restic-config
-    retain: {{hourly: 1, daily: 2, weekly: 3, monthly: 4, yearly: 5, within: 3d, last: 6}}
+    retain: {{hourly: 1, daily: 2, weekly: 3, monthly: 4, yearly: 5, within: 3d, last: \"6\"}}
     pruneIntervalDays: 7
     cacheCapacity: 1Gi
     cacheStorageClassName: slow
@@ -717,9 +907,10 @@ mod tests {
         assert_eq!(r.repository, "restic-config");
         let k = r.retain.as_ref().unwrap();
         assert_eq!(
-            (k.hourly, k.daily, k.weekly, k.monthly, k.yearly, k.last),
-            (Some(1), Some(2), Some(3), Some(4), Some(5), Some(6))
+            (k.hourly, k.daily, k.weekly, k.monthly, k.yearly),
+            (Some(1), Some(2), Some(3), Some(4), Some(5))
         );
+        assert_eq!(k.last.as_deref(), Some("6"));
         assert_eq!(k.within.as_deref(), Some("3d"));
         assert_eq!(r.prune_interval_days, Some(7));
         assert_eq!(r.cache_capacity.as_deref(), Some("1Gi"));
@@ -802,14 +993,150 @@ mod tests {
     }
 
     #[test]
-    fn kubernetes_metadata_and_status_are_reported_not_stored_and_the_namespace_defaults() {
+    fn kubernetes_metadata_is_reported_not_stored_and_the_namespace_defaults() {
         let yaml = format!(
-            "{HEAD}  labels: {{a: b}}\n  uid: 123\nspec: {{sourcePVC: d}}\nstatus: {{lastSyncTime: x}}\n---\n"
+            "{HEAD}  labels: {{a: b}}\n  uid: 123\n  resourceVersion: '7'\nspec: {{sourcePVC: d}}\n---\n"
         );
         let s = one(&yaml).unwrap();
         assert_eq!(s.namespace, "default");
         assert_eq!(s.warnings.len(), 3, "{:?}", s.warnings);
         assert!(s.warnings.iter().any(|w| w.starts_with("metadata.labels")));
-        assert!(s.warnings.iter().any(|w| w.starts_with("status")));
+        assert!(s.warnings.iter().any(|w| w.starts_with("metadata.uid")));
+        assert!(
+            s.warnings
+                .iter()
+                .any(|w| w.starts_with("metadata.resourceVersion"))
+        );
+    }
+
+    #[test]
+    fn what_get_prints_reads_back_as_the_same_spec_without_a_warning() {
+        let yaml = format!(
+            "{HEAD}spec:\n  sourcePVC: d\n  trigger: {{schedule: '@daily'}}\n  restic: {{copyMethod: Clone, repository: r, retain: {{last: '3'}}}}\n"
+        );
+        let spec = one(&yaml).unwrap().spec;
+        let source = v1::Source {
+            namespace: "apps".into(),
+            name: "db".into(),
+            spec: Some(spec.clone()),
+            status: Some(v1::SourceStatus {
+                last_sync_time: Some(prost_types::Timestamp {
+                    seconds: 1_700_000_000,
+                    nanos: 0,
+                }),
+                pause_note: "maintenance".into(),
+                missed_intervals: 2,
+                ..Default::default()
+            }),
+            version: 4,
+            create_time: Some(prost_types::Timestamp {
+                seconds: 1_600_000_000,
+                nanos: 0,
+            }),
+        };
+        let printed = serde_yaml::to_string(&crate::json::source(&source)).unwrap();
+        for written in ["generation: 4", "creationTimestamp:", "status:"] {
+            assert!(printed.contains(written), "{printed}");
+        }
+        let again = one(&printed).unwrap();
+        assert_eq!(again.warnings, Vec::<String>::new(), "{printed}");
+        assert_eq!(again.spec, spec);
+    }
+
+    #[test]
+    fn retain_last_is_a_string_and_a_bare_integer_reads_as_that_string() {
+        let last = |v: &str| {
+            one(&format!(
+                "{HEAD}spec:\n  restic:\n    retain:\n      last: {v}\n"
+            ))
+            .map(|s| s.spec.restic.unwrap().retain.unwrap().last)
+        };
+        assert_eq!(last("\"10\"").unwrap().as_deref(), Some("10"));
+        assert_eq!(last("'0'").unwrap().as_deref(), Some("0"));
+        assert_eq!(last("10").unwrap().as_deref(), Some("10"));
+        for wrong in ["[1]", "true", "1.5", "{n: 1}"] {
+            let e = last(wrong).unwrap_err();
+            assert_eq!(e.path, "spec.restic.retain.last", "{wrong}: {e}");
+            assert!(e.message.contains("\"10\""), "{wrong}: {e}");
+        }
+        // What get prints for it is a string again.
+        let spec = SourceSpec {
+            restic: Some(ReplicationSourceResticSpec {
+                retain: Some(ResticRetainPolicy {
+                    last: Some("10".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let printed = serde_yaml::to_string(&crate::json::spec(&spec)).unwrap();
+        assert!(printed.contains("last: '10'"), "{printed}");
+    }
+
+    #[test]
+    fn a_duplicate_key_is_refused_with_its_line_and_path_wherever_it_is() {
+        let file = format!(
+            "{HEAD}spec:
+  sourcePVC: d
+  trigger:
+    schedule: '@daily'
+  restic:
+    repository: r
+    retain: {{daily: 1}}
+    moverResources:
+      limits:
+        cpu: '1'
+    moverPodLabels:
+      team: db
+    moverVolumes:
+      - mountPath: m
+        volumeSource: {{secret: {{secretName: s}}}}
+"
+        );
+        let lines: Vec<&str> = file.lines().collect();
+        assert_eq!(lines.len(), 19);
+        // (line number the repeated key gets, its text, the key path).
+        let cases = [
+            (20, "kind: ReplicationSource", "kind"),
+            (5, "  name: other", "metadata.name"),
+            (7, "  sourcePVC: x", "spec.sourcePVC"),
+            (9, "    schedule: x", "spec.trigger.schedule"),
+            (
+                15,
+                "        cpu: '2'",
+                "spec.restic.moverResources.limits.cpu",
+            ),
+            (17, "      team: web", "spec.restic.moverPodLabels.team"),
+            (
+                19,
+                "        mountPath: n",
+                "spec.restic.moverVolumes[0].mountPath",
+            ),
+        ];
+        for (at, text, path) in cases {
+            let mut with = lines.clone();
+            with.insert(at - 1, text);
+            let yaml = with.join("\n");
+            let e = one(&yaml).unwrap_err();
+            assert_eq!((e.document, e.path.as_str()), (1, path), "{yaml}\n{e}");
+            assert_eq!(
+                e.message,
+                format!("line {at}: duplicate key (a key may appear only once in a mapping)"),
+                "{yaml}"
+            );
+        }
+        let flow = file.replace("{daily: 1}", "{daily: 1, daily: 2}");
+        let e = one(&flow).unwrap_err();
+        assert_eq!(e.path, "spec.restic.retain.daily");
+        assert!(e.message.starts_with("line 11: duplicate key"), "{e}");
+
+        // JSON too; and lines count from the top of the file in a later document.
+        let two = format!(
+            "{HEAD}spec: {{sourcePVC: a}}\n---\n{{\"apiVersion\": \"volsync.backube/v1alpha1\",\n \"kind\": \"ReplicationSource\",\n \"metadata\": {{\"name\": \"b\"}},\n \"spec\": {{\"sourcePVC\": \"b\",\n  \"sourcePVC\": \"c\"}}}}\n"
+        );
+        let e = parse_documents(&two, "default").unwrap_err();
+        assert_eq!((e.document, e.path.as_str()), (2, "spec.sourcePVC"), "{e}");
+        assert!(e.message.starts_with("line 11:"), "{two}\n{e}");
     }
 }

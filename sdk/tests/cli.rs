@@ -8,7 +8,7 @@ use std::{path::Path, time::Duration};
 use tokio::io::AsyncBufReadExt as _;
 
 use serde_json::Value;
-use snapgate_proto::v1::DirectivePhase;
+use snapgate_proto::v1::{self, DirectivePhase};
 use support::{Agent, OnCopy, Scheduler};
 
 struct Run {
@@ -105,7 +105,7 @@ async fn the_volsync_docs_restic_example_applies_unchanged_and_round_trips_throu
         run.stdout,
         "replicationsource backups/mydata-backup unchanged\n"
     );
-    assert!(run.stderr.contains("status: ignored"), "{}", run.stderr);
+    assert_eq!(run.stderr, "", "what get printed applies without a warning");
 
     let table = ok(&server, &["-n", "backups", "get", "mydata-backup"]).await;
     let lines: Vec<&str> = table.lines().collect();
@@ -114,6 +114,78 @@ async fn the_volsync_docs_restic_example_applies_unchanged_and_round_trips_throu
     assert!(lines[1].contains("restic"), "{table}");
     assert!(lines[1].contains("Clone"), "{table}");
     assert!(lines[1].contains("*/30 * * * *"), "{table}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_field_of_every_mover_round_trips_through_get_yaml_and_applies_again_silently() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Scheduler::start(dir.path(), 0).await;
+    let server = s.endpoint();
+    let file = data("every-field.yaml");
+    let names = [
+        "every-restic",
+        "every-rclone",
+        "every-rsync",
+        "every-rsync-tls",
+    ];
+
+    let run = snapgate(&server, &["apply", "-f", &file]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        run.stderr, "",
+        "a file of supported fields applies without a warning"
+    );
+    let created: String = names
+        .iter()
+        .map(|n| format!("replicationsource roundtrip/{n} created\n"))
+        .collect();
+    assert_eq!(run.stdout, created);
+
+    // What get -o yaml prints, every source in one file.
+    async fn get_all(server: &str, names: &[&str]) -> String {
+        let mut all = String::new();
+        for name in names {
+            all += "---\n";
+            all += &ok(server, &["-n", "roundtrip", "get", name, "-o", "yaml"]).await;
+        }
+        all
+    }
+    let first = get_all(&server, &names).await;
+    assert!(
+        first.contains("last: '10'"),
+        "retain.last prints as a string: {first}"
+    );
+    let printed = dir.path().join("printed.yaml");
+    std::fs::write(&printed, &first).unwrap();
+    let printed = printed.to_str().unwrap();
+    // Every field comes back as written.
+    let specs = specs_of(&file);
+    for (i, spec) in specs_of(printed).iter().enumerate() {
+        assert_eq!(spec, &specs[i], "{}", names[i]);
+    }
+
+    let run = snapgate(&server, &["apply", "-f", printed]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stderr, "", "get's own output applies without a warning");
+    let unchanged: String = names
+        .iter()
+        .map(|n| format!("replicationsource roundtrip/{n} unchanged\n"))
+        .collect();
+    assert_eq!(run.stdout, unchanged);
+
+    // Read back again: the same sources, same versions (only the status may move on).
+    let without_status = |text: &str| -> Vec<Value> {
+        serde_yaml::Deserializer::from_str(text)
+            .map(|d| {
+                let mut v: Value = serde::Deserialize::deserialize(d).unwrap();
+                v.as_object_mut().unwrap().remove("status");
+                v
+            })
+            .collect()
+    };
+    let second = get_all(&server, &names).await;
+    assert_eq!(without_status(&second), without_status(&first));
     s.stop().await;
 }
 
@@ -258,6 +330,77 @@ async fn an_unknown_key_is_refused_naming_it_and_nothing_in_the_file_is_applied(
         "{}",
         run.stderr
     );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_key_is_refused_with_its_line_and_path_and_nothing_is_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Scheduler::start(dir.path(), 0).await;
+    let server = s.endpoint();
+    let good = std::fs::read_to_string(data("volsync-docs-restic.yaml")).unwrap();
+    // Line 11 of the docs example is the schedule; a second one (which a plain YAML map would
+    // keep silently) follows it on line 12.
+    assert_eq!(
+        good.lines().nth(10).unwrap().trim(),
+        "schedule: \"*/30 * * * *\""
+    );
+    let twice = good.replace(
+        "    schedule: \"*/30 * * * *\"\n",
+        "    schedule: \"*/30 * * * *\"\n    schedule: \"0 0 1 1 *\"\n",
+    );
+    let file = dir.path().join("twice.yaml");
+    std::fs::write(&file, twice).unwrap();
+
+    let run = snapgate(&server, &["apply", "-f", file.to_str().unwrap()]).await;
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert!(
+        run.stderr
+            .contains("document 1: spec.trigger.schedule: line 12: duplicate key"),
+        "{}",
+        run.stderr
+    );
+    let run = snapgate(&server, &["list", "-A"]).await;
+    assert!(run.stderr.contains("no sources found"), "{}", run.stderr);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quarantined_lists_the_stored_records_the_scheduler_left_out() {
+    use snapgate_scheduler::store::{Batch, RedbStore, Store, Write};
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // A source this version cannot run (no mover), as a damaged store could hold.
+        let mut store = RedbStore::open(dir.path()).unwrap();
+        let mut spec = support::restic("data");
+        spec.restic = None;
+        store
+            .commit(Batch {
+                writes: vec![Write::PutSource(Box::new(
+                    snapgate_scheduler_core::SourceRecord {
+                        source: Some(v1::Source {
+                            namespace: "apps".into(),
+                            name: "broken".into(),
+                            spec: Some(spec),
+                            version: 1,
+                            ..Default::default()
+                        }),
+                        deleting: false,
+                    },
+                ))],
+                next_run: 1,
+            })
+            .unwrap();
+    }
+    let s = Scheduler::start(dir.path(), 0).await;
+    let server = s.endpoint();
+    let table = ok(&server, &["quarantined"]).await;
+    assert!(table.contains("KIND"), "{table}");
+    assert!(table.contains("apps/broken"), "{table}");
+    assert!(table.contains("exactly one mover"), "{table}");
+    let json = ok(&server, &["quarantined", "-o", "json"]).await;
+    let v: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["records"][0]["kind"], "source");
     s.stop().await;
 }
 

@@ -175,7 +175,7 @@ async fn the_restic_job_reaching_the_api_server_is_as_movers_md_says() {
             repository: "restic-config".into(),
             retain: Some(v1::ResticRetainPolicy {
                 daily: Some(7),
-                last: Some(3),
+                last: Some("3".into()),
                 ..Default::default()
             }),
             ..Default::default()

@@ -27,6 +27,98 @@ const CONTINUOUS_RETRY: Duration = Duration::seconds(60);
 /// The text VolSync writes into latestMoverStatus.logs when waiting times out.
 pub const TIMEOUT_TEXT: &str = "Timed out waiting for copy-trigger to be modified for pvc";
 
+/// The longest message kept from a report, a condition or a timeline entry; longer ones are
+/// cut on a character boundary with a marker.
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+/// The most bytes of a mover log kept (the end of it): a tail, not the whole log.
+pub const MAX_LOG_BYTES: usize = 4096;
+/// The longest annotation value taken from a PVC (`copy-trigger`, `latest-copy-trigger`).
+pub const MAX_ANNOTATION_BYTES: usize = 1024;
+/// The largest `ListSources` or `ListRuns` answer, encoded: well inside a gRPC client's
+/// default 4 MiB message limit.
+pub const MAX_PAGE_BYTES: usize = 3 * 1024 * 1024;
+
+/// A stored record that was not loaded, or loaded with a warning: which, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Quarantined {
+    /// `source` or `run`.
+    pub kind: &'static str,
+    /// `namespace/name` of a source, or a run id.
+    pub key: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl Quarantined {
+    /// A source record.
+    pub fn source(key: &str, reason: &str) -> Self {
+        Self {
+            kind: "source",
+            key: key.to_owned(),
+            reason: reason.to_owned(),
+        }
+    }
+    /// A run record.
+    pub fn run(key: &str, reason: &str) -> Self {
+        Self {
+            kind: "run",
+            key: key.to_owned(),
+            reason: reason.to_owned(),
+        }
+    }
+}
+
+/// What [`Scheduler::restore`] rebuilt from the store.
+pub struct Restored {
+    /// The state.
+    pub scheduler: Scheduler,
+    /// Records left out: kept in the store, not acted on.
+    pub quarantined: Vec<Quarantined>,
+    /// Sources loaded although they break a rule of this version.
+    pub warnings: Vec<Quarantined>,
+}
+
+/// `text` cut to at most `max` bytes on a character boundary, marked when cut.
+pub fn bounded_text(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let marker = format!("... (cut at {max} of {} bytes)", text.len());
+    let mut cut = max.saturating_sub(marker.len());
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}{marker}", &text[..cut])
+}
+
+/// The last `max` bytes of a log at most, from a character boundary, marked when cut.
+fn log_tail(log: &str, max: usize) -> String {
+    if log.len() <= max {
+        return log.to_owned();
+    }
+    let marker = format!("({} earlier bytes cut)\n", log.len() - max);
+    let mut start = log.len() - max.saturating_sub(marker.len());
+    while !log.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("{marker}{}", &log[start..])
+}
+
+/// A timestamp an agent sent, if it is one protobuf admits (0001-01-01 to 9999-12-31, nanos
+/// within a second) and no later than `now`.
+fn valid_agent_time(
+    t: Option<prost_types::Timestamp>,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    const MIN_SECONDS: i64 = -62_135_596_800; // 0001-01-01T00:00:00Z
+    const MAX_SECONDS: i64 = 253_402_300_799; // 9999-12-31T23:59:59Z
+    let t = t?;
+    if !(MIN_SECONDS..=MAX_SECONDS).contains(&t.seconds) || !(0..1_000_000_000).contains(&t.nanos) {
+        return None;
+    }
+    DateTime::from_timestamp(t.seconds, t.nanos.unsigned_abs()).filter(|t| *t <= now)
+}
+
 /// What the store keeps per source.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct SourceRecord {
@@ -262,7 +354,7 @@ fn note(run: &mut v1::Run, now: DateTime<Utc>, event: &str, message: impl Into<S
     run.timeline.push(v1::TimelineEntry {
         time: Some(timestamp(now)),
         event: event.to_owned(),
-        message: message.into(),
+        message: bounded_text(&message.into(), MAX_MESSAGE_BYTES),
     });
 }
 
@@ -297,33 +389,84 @@ impl Scheduler {
     }
 
     /// Rebuilds the state from what the store holds. Runs in flight resume where they were.
-    pub fn restore(
-        records: Vec<SourceRecord>,
-        runs: Vec<v1::Run>,
-        next_run: u64,
-    ) -> Result<Self, CoreError> {
+    ///
+    /// Never fails and never panics on what it reads: a record it cannot run is left out and
+    /// reported as [`Restored::quarantined`] (the shell keeps it in the store); a source whose
+    /// spec breaks a rule tightened since it was stored loads as stored, with the rule in its
+    /// status message and in [`Restored::warnings`].
+    pub fn restore(records: Vec<SourceRecord>, runs: Vec<v1::Run>, next_run: u64) -> Restored {
         let mut s = Self::new();
         s.next_run = next_run.max(1);
-        for record in records {
-            let src = record.source.as_ref().ok_or_else(|| {
-                CoreError::FailedPrecondition("stored source without body".into())
-            })?;
+        let mut quarantined = Vec::new();
+        let mut warnings = Vec::new();
+        for mut record in records {
+            let Some(src) = record.source.as_mut() else {
+                quarantined.push(Quarantined::source(
+                    "?",
+                    "a source record without its source",
+                ));
+                continue;
+            };
             let key = SourceKey::new(&src.namespace, &src.name);
-            let admitted = validate::admit(&key, src.spec.as_ref().unwrap_or(&Default::default()))?;
-            s.sources.insert(key, SourceEntry { record, admitted });
+            let Some(spec) = src.spec.as_ref() else {
+                quarantined.push(Quarantined::source(&key.to_string(), "no spec"));
+                continue;
+            };
+            match validate::admit_stored(&key, spec) {
+                Ok((admitted, broken)) => {
+                    if let Some(rule) = broken {
+                        let status = src.status.get_or_insert_with(Default::default);
+                        status.message = bounded_text(
+                            &format!(
+                                "the stored spec breaks a rule of this version ({rule}); it runs as stored until a corrected spec is applied"
+                            ),
+                            MAX_MESSAGE_BYTES,
+                        );
+                        warnings.push(Quarantined::source(&key.to_string(), &rule.to_string()));
+                    }
+                    s.sources.insert(key, SourceEntry { record, admitted });
+                }
+                Err(rule) => quarantined.push(Quarantined::source(
+                    &key.to_string(),
+                    &format!("cannot be run: {rule}"),
+                )),
+            }
         }
         for run in runs {
-            let id = run.id.parse::<RunId>().map_err(|()| {
-                CoreError::FailedPrecondition(format!("stored run with bad id {:?}", run.id))
-            })?;
-            s.next_run = s.next_run.max(id.0 + 1);
-            if phase(&run) == RunPhase::Finished {
+            let Ok(id) = run.id.parse::<RunId>() else {
+                quarantined.push(Quarantined::run(
+                    &validate::quoted(&run.id),
+                    "not a run id such as run-42",
+                ));
+                continue;
+            };
+            // Even a run left out keeps its number: no new run may overwrite its record.
+            s.next_run = s.next_run.max(id.0.saturating_add(1));
+            let why = match (&run.source, RunPhase::try_from(run.phase)) {
+                (None, _) => Some("names no source".to_owned()),
+                (_, Err(_) | Ok(RunPhase::Unspecified)) => {
+                    Some(format!("unknown phase {}", run.phase))
+                }
+                (Some(r), Ok(p)) if p != RunPhase::Finished => {
+                    let key = SourceKey::new(&r.namespace, &r.name);
+                    (!s.sources.contains_key(&key))
+                        .then(|| format!("in flight, but its source {key} is not loaded"))
+                }
+                _ => None,
+            };
+            if let Some(why) = why {
+                quarantined.push(Quarantined::run(&id.to_string(), &why));
+            } else if phase(&run) == RunPhase::Finished {
                 s.history.insert(id, run);
             } else {
                 s.active.insert(id, run);
             }
         }
-        Ok(s)
+        Restored {
+            scheduler: s,
+            quarantined,
+            warnings,
+        }
     }
 
     /// Takes the effects recorded since the last call: persistence first, then the rest.
@@ -458,7 +601,9 @@ impl Scheduler {
         }
     }
 
-    /// Sources in key order, optionally in one namespace, starting after `after`.
+    /// Sources in key order, optionally in one namespace, starting after `after`: at most
+    /// `limit`, and fewer when more would exceed [`MAX_PAGE_BYTES`] (the page then ends early
+    /// and the next starts where it ended).
     pub fn list_sources(
         &self,
         namespace: Option<&str>,
@@ -471,13 +616,19 @@ impl Scheduler {
         };
         let mut out = Vec::new();
         let mut last = None;
+        let mut bytes = 0usize;
         for (k, e) in self.sources.range((start, std::ops::Bound::Unbounded)) {
             if e.record.deleting || namespace.is_some_and(|ns| ns != k.namespace) {
                 continue;
             }
-            if out.len() == limit {
+            // Field tag and length prefix included, as in the response message.
+            let size = prost::Message::encoded_len(e.source()).saturating_add(8);
+            if out.len() == limit
+                || (!out.is_empty() && bytes.saturating_add(size) > MAX_PAGE_BYTES)
+            {
                 return (out, last);
             }
+            bytes = bytes.saturating_add(size);
             out.push(e.source().clone());
             last = Some(k.clone());
         }
@@ -601,6 +752,15 @@ impl Scheduler {
             .collect();
         runs.sort_by_key(|r| std::cmp::Reverse(run_id(r)));
         runs.truncate(limit);
+        let mut bytes = 0usize;
+        let fit = runs
+            .iter()
+            .take_while(|r| {
+                bytes = bytes.saturating_add(prost::Message::encoded_len(*r).saturating_add(8));
+                bytes <= MAX_PAGE_BYTES
+            })
+            .count();
+        runs.truncate(fit.max(1));
         Ok(runs)
     }
 
@@ -720,7 +880,10 @@ impl Scheduler {
             Some(expected_run.parse().map_err(|()| {
                 InvalidField::new(
                     "runId",
-                    format!("{expected_run:?} is not a run id such as run-42"),
+                    format!(
+                        "{} is not a run id such as run-42",
+                        validate::quoted(expected_run)
+                    ),
                 )
             })?)
         };
@@ -818,7 +981,10 @@ impl Scheduler {
         now: DateTime<Utc>,
     ) -> ReportOutcome {
         let Ok(id) = report.run_id.parse::<RunId>() else {
-            return ReportOutcome::Stale(format!("unknown run id {:?}", report.run_id));
+            return ReportOutcome::Stale(format!(
+                "unknown run id {}",
+                validate::quoted(&report.run_id)
+            ));
         };
         let Some(run) = self.active.get(&id) else {
             return ReportOutcome::Stale(format!("{id} is not in flight"));
@@ -885,6 +1051,26 @@ impl Scheduler {
             }
             return;
         }
+        if let Some((which, len)) = [
+            ("copy-trigger", pvc.copy_trigger.len()),
+            ("latest-copy-trigger", pvc.latest_copy_trigger.len()),
+        ]
+        .into_iter()
+        .find(|(_, len)| *len > MAX_ANNOTATION_BYTES)
+        {
+            let msg = format!(
+                "the {which} annotation of PVC {} is {len} bytes; at most {MAX_ANNOTATION_BYTES} are accepted: write a shorter value",
+                run.pvc
+            );
+            if run.message != msg {
+                run.message = msg.clone();
+                note(run, now, "Error", msg.clone());
+                self.put_run(id);
+                self.set_condition(&key, "True", "Error", &msg, now);
+                self.put_source(&key);
+            }
+            return;
+        }
         run.message.clear();
         run.latest_trigger = pvc.latest_copy_trigger.clone();
         if copy_method == CopyMethod::Direct {
@@ -933,7 +1119,8 @@ impl Scheduler {
             let timeout = self.sources[&key].admitted.wait_timeout;
             let run = self.active.get_mut(&id).expect("checked");
             run.waiting_since = Some(timestamp(since));
-            run.wait_deadline = Some(timestamp(since + timeout));
+            // No deadline past the end of the calendar: the run keeps waiting.
+            run.wait_deadline = since.checked_add_signed(timeout).map(timestamp);
             note(
                 run,
                 now,
@@ -968,14 +1155,23 @@ impl Scheduler {
 
     fn on_copy_completed(&mut self, id: RunId, c: v1::CopyCompleted, now: DateTime<Utc>) {
         let run = self.active.get_mut(&id).expect("checked");
-        run.copy_time = Some(c.time.unwrap_or_else(|| timestamp(now)));
+        let time = valid_agent_time(c.time, now);
+        if c.time.is_some() && time.is_none() {
+            note(
+                run,
+                now,
+                "AgentTimeRefused",
+                "the agent's copy time is not a valid time before now; using the time of the report",
+            );
+        }
+        run.copy_time = Some(timestamp(time.unwrap_or(now)));
         if run.gated {
             run.latest_trigger = run.trigger.clone();
         }
         let msg = if c.copy_name.is_empty() {
             "copy point reached".to_owned()
         } else {
-            format!("copy point reached: {}", c.copy_name)
+            format!("copy point reached: {}", validate::quoted(&c.copy_name))
         };
         note(run, now, "Completed", msg);
         self.set_phase(id, RunPhase::Transferring, now);
@@ -989,10 +1185,10 @@ impl Scheduler {
             // Re-reported after a reconnect: this attempt is already counted.
             return;
         }
-        run.mover_failures += 1;
+        run.mover_failures = run.mover_failures.saturating_add(1);
         let status = v1::MoverStatus {
             result: "Failed".into(),
-            logs: f.logs,
+            logs: log_tail(&f.logs, MAX_LOG_BYTES),
         };
         run.mover_status = Some(status.clone());
         note(
@@ -1025,7 +1221,7 @@ impl Scheduler {
         run.result = result as i32;
         let status = v1::MoverStatus {
             result: text.into(),
-            logs: f.logs,
+            logs: log_tail(&f.logs, MAX_LOG_BYTES),
         };
         run.mover_status = Some(status.clone());
         note(run, now, "MoverFinished", text);
@@ -1039,7 +1235,10 @@ impl Scheduler {
 
     fn on_agent_error(&mut self, id: RunId, e: v1::AgentError, now: DateTime<Utc>) {
         let key = run_key(&self.active[&id]);
-        let msg = format!("{}: {}", e.reason, e.message);
+        let msg = bounded_text(
+            &format!("{}: {}", bounded_text(&e.reason, 128), e.message),
+            MAX_MESSAGE_BYTES,
+        );
         let run = self.active.get_mut(&id).expect("checked");
         if run.message == msg && e.retryable {
             return;
@@ -1162,7 +1361,7 @@ impl Scheduler {
         now: DateTime<Utc>,
     ) -> RunId {
         let id = RunId(self.next_run);
-        self.next_run += 1;
+        self.next_run = self.next_run.saturating_add(1);
         let entry = self.sources.get_mut(key).expect("caller checked");
         let pvc = entry.spec().source_pvc.clone();
         let prune = match entry.admitted.prune_interval {
@@ -1170,7 +1369,12 @@ impl Scheduler {
                 .status()
                 .last_pruned
                 .as_ref()
-                .is_some_and(|t| to_datetime(t) + every <= now),
+                // Saturating: an interval past the end of the calendar never comes due.
+                .is_some_and(|t| {
+                    to_datetime(t)
+                        .checked_add_signed(every)
+                        .is_some_and(|due| due <= now)
+                }),
             None => false,
         };
         let status = entry.status_mut();
@@ -1248,7 +1452,7 @@ impl Scheduler {
     /// A new directive generation for a run: persist it and send it.
     fn bump(&mut self, id: RunId) {
         let run = self.active.get_mut(&id).expect("in flight");
-        run.generation += 1;
+        run.generation = run.generation.saturating_add(1);
         self.put_run(id);
         self.send_directive(id);
     }
@@ -1321,7 +1525,7 @@ impl Scheduler {
                     None
                 }
                 SyncTrigger::Continuous if result == RunResult::Successful => None,
-                SyncTrigger::Continuous => Some(timestamp(now + CONTINUOUS_RETRY)),
+                SyncTrigger::Continuous => now.checked_add_signed(CONTINUOUS_RETRY).map(timestamp),
             };
             self.effects.push(Effect::Observe(Observation::RunFinished {
                 source: key.clone(),

@@ -31,9 +31,12 @@ pub enum ScheduleError {
     #[error("not a valid 5-field cron expression or @descriptor: {0}")]
     Cron(String),
     /// The time zone is not in the IANA database.
-    #[error("unknown IANA time zone {0:?}")]
+    #[error("unknown IANA time zone {}", crate::validate::quoted(.0))]
     TimeZone(String),
 }
+
+/// The longest cron expression admitted.
+const MAX_EXPR_LEN: usize = 253;
 
 const DESCRIPTORS: [&str; 6] = [
     "@hourly",
@@ -53,8 +56,35 @@ impl Schedule {
         jitter: Duration,
         key: &SourceKey,
     ) -> Result<Self, ScheduleError> {
+        let schedule = Self::parse_pattern(expr, tz, jitter, key)?;
+        // Every pattern that fires at all fires within one 400-year Gregorian cycle of any
+        // instant: one that has no time after a fixed reference can never fire.
+        let reference = DateTime::<Utc>::UNIX_EPOCH;
+        if schedule.next_after(reference).is_none() {
+            return Err(ScheduleError::Cron(format!(
+                "{:?} never fires (no such date, e.g. February 31)",
+                expr.trim()
+            )));
+        }
+        Ok(schedule)
+    }
+
+    /// Parses like [`Schedule::parse`] without refusing a pattern that never fires (a stored
+    /// source from a version that admitted one loads, and simply never runs).
+    pub fn parse_pattern(
+        expr: &str,
+        tz: &str,
+        jitter: Duration,
+        key: &SourceKey,
+    ) -> Result<Self, ScheduleError> {
         let tz = parse_time_zone(tz)?;
         let trimmed = expr.trim();
+        if trimmed.len() > MAX_EXPR_LEN {
+            return Err(ScheduleError::Cron(format!(
+                "at most {MAX_EXPR_LEN} characters, got {}",
+                trimmed.len()
+            )));
+        }
         if trimmed.starts_with('@') && !DESCRIPTORS.contains(&trimmed.to_ascii_lowercase().as_str())
         {
             return Err(ScheduleError::Cron(format!(
@@ -81,11 +111,12 @@ impl Schedule {
         })
     }
 
-    /// The first schedule time strictly after `t`, jitter included.
+    /// The first schedule time strictly after `t`, jitter included; `None` when there is
+    /// none within chrono's range of dates (`t` near its end, or a pattern that never fires).
     pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let base = (t - self.offset).with_timezone(&self.tz);
+        let base = t.checked_sub_signed(self.offset)?.with_timezone(&self.tz);
         let next = self.cron.find_next_occurrence(&base, false).ok()?;
-        Some(next.with_timezone(&Utc) + self.offset)
+        next.with_timezone(&Utc).checked_add_signed(self.offset)
     }
 
     /// The next `n` schedule times strictly after `t`.
@@ -124,8 +155,9 @@ fn jitter_offset(key: &SourceKey, jitter: Duration) -> Duration {
     let digest = Sha256::digest(format!("{}/{}", key.namespace, key.name).as_bytes());
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
-    let n = u64::from_be_bytes(first) % bound as u64;
-    Duration::seconds(n as i64)
+    let n = u64::from_be_bytes(first) % bound.unsigned_abs();
+    // n < bound, a valid number of seconds.
+    Duration::try_seconds(i64::try_from(n).unwrap_or(0)).unwrap_or_else(Duration::zero)
 }
 
 /// What starts a source's runs.
@@ -237,6 +269,32 @@ mod tests {
             let err = Schedule::parse(expr, "", Duration::zero(), &key()).unwrap_err();
             assert!(matches!(err, ScheduleError::Cron(_)), "{expr}: {err:?}");
         }
+    }
+
+    #[test]
+    fn a_pattern_that_can_never_fire_is_refused() {
+        for expr in ["0 0 31 2 *", "0 0 30 2 *", "0 0 31 4,6,9,11 *"] {
+            let err = Schedule::parse(expr, "", Duration::zero(), &key()).unwrap_err();
+            assert!(
+                matches!(&err, ScheduleError::Cron(m) if m.contains("never fires")),
+                "{expr}: {err:?}"
+            );
+        }
+        // Rare is not never: February 29 fires in leap years.
+        let leap = sched("0 0 29 2 *", "");
+        assert_eq!(
+            leap.next_after(utc("2026-01-01T00:00:00Z")),
+            Some(utc("2028-02-29T00:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn times_near_the_ends_of_the_calendar_give_no_time_instead_of_overflowing() {
+        let s = Schedule::parse("@hourly", "", Duration::days(1), &key()).unwrap();
+        assert!(s.offset() > Duration::zero());
+        assert_eq!(s.next_after(DateTime::<Utc>::MIN_UTC), None);
+        assert_eq!(s.next_after(DateTime::<Utc>::MAX_UTC), None);
+        assert!(s.preview(DateTime::<Utc>::MAX_UTC, 5).is_empty());
     }
 
     #[test]

@@ -41,6 +41,14 @@ type Result<T = ()> = std::result::Result<T, InvalidField>;
 pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::minutes(10);
 /// The longest value of a free-form string (trigger values, manual tags).
 pub const MAX_VALUE_LEN: usize = 253;
+/// The largest spec, protobuf-encoded: a page of `ListSources` holds dozens of the largest.
+pub const MAX_SPEC_BYTES: usize = 64 * 1024;
+/// The largest free-form Kubernetes object in a spec (moverResources, moverSecurityContext,
+/// moverAffinity, a mover volume's source), protobuf-encoded.
+pub const MAX_OBJECT_BYTES: usize = 16 * 1024;
+/// The most entries of `moverPodLabels` and of `moverVolumes`.
+const MAX_LABELS: usize = 64;
+const MAX_MOVER_VOLUMES: usize = 16;
 const MAX_JITTER: Duration = Duration::days(1);
 const MAX_WAIT_TIMEOUT: Duration = Duration::days(7);
 const ACCESS_MODES: [&str; 4] = [
@@ -73,6 +81,16 @@ impl Mover {
             Self::RsyncTls => "rsync-tls",
         }
     }
+
+    /// The mover's field in a spec, in its JSON spelling.
+    pub fn spec_field(self) -> &'static str {
+        match self {
+            Self::Restic => "restic",
+            Self::Rclone => "rclone",
+            Self::Rsync => "rsync",
+            Self::RsyncTls => "rsyncTLS",
+        }
+    }
 }
 
 /// What the scheduler needs from an admitted spec, parsed once.
@@ -94,6 +112,13 @@ pub struct Admitted {
 
 /// Checks a source's identity and spec; on success returns the parsed scheduling facts.
 pub fn admit(key: &SourceKey, spec: &SourceSpec) -> Result<Admitted> {
+    let size = prost::Message::encoded_len(spec);
+    if size > MAX_SPEC_BYTES {
+        return Err(InvalidField::new(
+            "spec",
+            format!("at most {MAX_SPEC_BYTES} bytes encoded, got {size}"),
+        ));
+    }
     dns_label("namespace", &key.namespace)?;
     dns_subdomain("name", &key.name)?;
     dns_subdomain("spec.sourcePVC", &spec.source_pvc)?;
@@ -184,6 +209,104 @@ pub fn admit(key: &SourceKey, spec: &SourceSpec) -> Result<Admitted> {
     })
 }
 
+/// Admission of a spec read back from the store. A spec that meets today's rules is admitted as
+/// usual. One stored by a version with looser rules (a rule tightened since) still loads when
+/// the scheduler can run it: the first broken rule is returned beside it, to be shown on the
+/// source, and out-of-range durations are clamped. Only a spec the scheduler cannot run at all
+/// (no mover, no copy method, a schedule that does not parse) is refused.
+pub fn admit_stored(
+    key: &SourceKey,
+    spec: &SourceSpec,
+) -> std::result::Result<(Admitted, Option<InvalidField>), InvalidField> {
+    match admit(key, spec) {
+        Ok(admitted) => Ok((admitted, None)),
+        Err(broken) => admit_leniently(key, spec).map(|a| (a, Some(broken))),
+    }
+}
+
+fn clamped(d: Option<&prost_types::Duration>, min: Duration, max: Duration) -> Option<Duration> {
+    let d = d?;
+    let v = Duration::try_seconds(d.seconds)
+        .and_then(|s| {
+            s.checked_add(&Duration::nanoseconds(
+                d.nanos.clamp(-999_999_999, 999_999_999).into(),
+            ))
+        })
+        .unwrap_or(if d.seconds < 0 { min } else { max });
+    Some(v.clamp(min, max))
+}
+
+fn admit_leniently(key: &SourceKey, spec: &SourceSpec) -> Result<Admitted> {
+    let tz = crate::schedule::parse_time_zone(&spec.time_zone)
+        .map(|_| spec.time_zone.as_str())
+        .unwrap_or("");
+    let jitter =
+        clamped(spec.jitter.as_ref(), Duration::zero(), MAX_JITTER).unwrap_or_else(Duration::zero);
+    let trigger = match spec.trigger.as_ref() {
+        Some(t) => match (t.schedule.as_deref(), t.manual.as_deref()) {
+            (Some(expr), _) => SyncTrigger::Schedule(Box::new(
+                Schedule::parse_pattern(expr, tz, jitter, key)
+                    .map_err(|e| InvalidField::new("spec.trigger.schedule", e.to_string()))?,
+            )),
+            (None, Some(tag)) => SyncTrigger::Manual(tag.to_owned()),
+            (None, None) => SyncTrigger::Continuous,
+        },
+        None => SyncTrigger::Continuous,
+    };
+    let (wait_timeout, on_timeout) = match spec.copy_trigger.as_ref() {
+        None => (DEFAULT_WAIT_TIMEOUT, TimeoutPolicy::KeepWaiting),
+        Some(ct) => (
+            clamped(
+                ct.wait_timeout.as_ref(),
+                Duration::seconds(1),
+                MAX_WAIT_TIMEOUT,
+            )
+            .unwrap_or(DEFAULT_WAIT_TIMEOUT),
+            TimeoutPolicy::try_from(ct.on_timeout).unwrap_or(TimeoutPolicy::KeepWaiting),
+        ),
+    };
+    let movers = [
+        spec.restic.as_ref().map(|r| (Mover::Restic, r.copy_method)),
+        spec.rclone.as_ref().map(|r| (Mover::Rclone, r.copy_method)),
+        spec.rsync.as_ref().map(|r| (Mover::Rsync, r.copy_method)),
+        spec.rsync_tls
+            .as_ref()
+            .map(|r| (Mover::RsyncTls, r.copy_method)),
+    ];
+    let mut set = movers.into_iter().flatten();
+    let (Some((mover, method)), None) = (set.next(), set.next()) else {
+        return Err(InvalidField::new(
+            "spec",
+            "exactly one mover of restic, rclone, rsync, rsyncTLS is required",
+        ));
+    };
+    let copy_method = match CopyMethod::try_from(method) {
+        Ok(CopyMethod::None) => CopyMethod::Direct,
+        Ok(CopyMethod::Unspecified) | Err(_) => {
+            return Err(InvalidField::new(
+                format!("spec.{}.copyMethod", mover.spec_field()),
+                "required, one of Direct, None, Clone, Snapshot",
+            ));
+        }
+        Ok(m) => m,
+    };
+    let prune_interval = match (&spec.restic, mover) {
+        (Some(r), Mover::Restic) => match r.prune_interval_days {
+            Some(d) if d >= 1 => Duration::try_days(d.into()),
+            _ => Some(Duration::days(7)),
+        },
+        _ => None,
+    };
+    Ok(Admitted {
+        trigger,
+        mover,
+        copy_method,
+        wait_timeout,
+        on_timeout,
+        prune_interval,
+    })
+}
+
 /// The volume options every mover carries, borrowed from one of them.
 struct VolumeOptions<'a> {
     prefix: &'a str,
@@ -195,6 +318,7 @@ struct VolumeOptions<'a> {
     mover_service_account: Option<&'a str>,
     mover_pod_labels: &'a std::collections::HashMap<String, String>,
     mover_volumes: &'a [MoverVolume],
+    objects: [(&'static str, Option<&'a prost_types::Struct>); 3],
 }
 
 macro_rules! volume_options {
@@ -209,6 +333,14 @@ macro_rules! volume_options {
             mover_service_account: $spec.mover_service_account.as_deref(),
             mover_pod_labels: &$spec.mover_pod_labels,
             mover_volumes: &$spec.mover_volumes,
+            objects: [
+                (
+                    "moverSecurityContext",
+                    $spec.mover_security_context.as_ref(),
+                ),
+                ("moverResources", $spec.mover_resources.as_ref()),
+                ("moverAffinity", $spec.mover_affinity.as_ref()),
+            ],
         }
     };
 }
@@ -238,6 +370,27 @@ fn volume_options(o: VolumeOptions<'_>) -> Result<CopyMethod> {
     if let Some(s) = o.mover_service_account {
         dns_subdomain(&format!("{p}.moverServiceAccount"), s)?;
     }
+    for (name, object) in o.objects {
+        object_size(&format!("{p}.{name}"), object)?;
+    }
+    if o.mover_pod_labels.len() > MAX_LABELS {
+        return Err(InvalidField::new(
+            format!("{p}.moverPodLabels"),
+            format!(
+                "at most {MAX_LABELS} labels, got {}",
+                o.mover_pod_labels.len()
+            ),
+        ));
+    }
+    if o.mover_volumes.len() > MAX_MOVER_VOLUMES {
+        return Err(InvalidField::new(
+            format!("{p}.moverVolumes"),
+            format!(
+                "at most {MAX_MOVER_VOLUMES} volumes, got {}",
+                o.mover_volumes.len()
+            ),
+        ));
+    }
     for (k, v) in o.mover_pod_labels {
         label_key(&format!("{p}.moverPodLabels"), k)?;
         label_value(&format!("{p}.moverPodLabels[{k}]"), v)?;
@@ -245,6 +398,7 @@ fn volume_options(o: VolumeOptions<'_>) -> Result<CopyMethod> {
     for (i, v) in o.mover_volumes.iter().enumerate() {
         let f = format!("{p}.moverVolumes[{i}]");
         dns_label(&format!("{f}.mountPath"), &v.mount_path)?;
+        object_size(&format!("{f}.volumeSource"), v.volume_source.as_ref())?;
         let kinds: Vec<&String> = v
             .volume_source
             .as_ref()
@@ -278,7 +432,6 @@ fn restic(r: &ReplicationSourceResticSpec) -> Result<CopyMethod> {
             ("weekly", retain.weekly),
             ("monthly", retain.monthly),
             ("yearly", retain.yearly),
-            ("last", retain.last),
         ] {
             if v.is_some_and(|v| v < 0) {
                 return Err(InvalidField::new(
@@ -289,6 +442,9 @@ fn restic(r: &ReplicationSourceResticSpec) -> Result<CopyMethod> {
         }
         if let Some(w) = &retain.within {
             restic_duration("spec.restic.retain.within", w)?;
+        }
+        if let Some(last) = &retain.last {
+            retain_last("spec.restic.retain.last", last)?;
         }
     }
     if let Some(c) = &r.cache_capacity {
@@ -308,7 +464,9 @@ fn restic(r: &ReplicationSourceResticSpec) -> Result<CopyMethod> {
 fn prune_interval(r: &ReplicationSourceResticSpec) -> Result<Option<Duration>> {
     match r.prune_interval_days {
         None => Ok(Some(Duration::days(7))),
-        Some(d) if d >= 1 => Ok(Some(Duration::days(d.into()))),
+        // VolSync admits the whole int32 range; i32::MAX days is within chrono's range for a
+        // duration (not for a date: the prune decision adds it with checked arithmetic).
+        Some(d) if d >= 1 => Ok(Duration::try_days(d.into())),
         Some(_) => Err(InvalidField::new(
             "spec.restic.pruneIntervalDays",
             "must be at least 1",
@@ -420,11 +578,21 @@ fn port(field: &str, v: Option<i32>) -> Result {
 }
 
 fn access_modes(field: &str, modes: &[String]) -> Result {
+    if modes.len() > ACCESS_MODES.len() {
+        return Err(InvalidField::new(
+            field,
+            format!(
+                "at most {} access modes, got {}",
+                ACCESS_MODES.len(),
+                modes.len()
+            ),
+        ));
+    }
     for m in modes {
         if !ACCESS_MODES.contains(&m.as_str()) {
             return Err(InvalidField::new(
                 field,
-                format!("{m:?} is not one of {}", ACCESS_MODES.join(", ")),
+                format!("{} is not one of {}", quoted(m), ACCESS_MODES.join(", ")),
             ));
         }
     }
@@ -439,20 +607,57 @@ fn duration(
 ) -> Result<Option<Duration>> {
     let Some(d) = d else { return Ok(None) };
     if d.nanos.abs() >= 1_000_000_000 || (d.seconds < 0) != (d.nanos < 0) && d.nanos != 0 {
-        return Err(InvalidField::new(field, "not a valid duration"));
-    }
-    let v = Duration::seconds(d.seconds) + Duration::nanoseconds(d.nanos.into());
-    if v < min || v > max {
         return Err(InvalidField::new(
+            field,
+            "not a valid duration (nanos must be within ±999999999 and have the sign of seconds)",
+        ));
+    }
+    let out_of_range = || {
+        InvalidField::new(
             field,
             format!(
                 "must be between {}s and {}s",
                 min.num_seconds(),
                 max.num_seconds()
             ),
-        ));
+        )
+    };
+    // Checked: the wire allows any i64 of seconds, chrono only about ±2^63 milliseconds.
+    let v = Duration::try_seconds(d.seconds)
+        .and_then(|s| s.checked_add(&Duration::nanoseconds(d.nanos.into())))
+        .ok_or_else(out_of_range)?;
+    if v < min || v > max {
+        return Err(out_of_range());
     }
     Ok(Some(v))
+}
+
+fn object_size(field: &str, object: Option<&prost_types::Struct>) -> Result {
+    let size = object.map_or(0, prost::Message::encoded_len);
+    if size > MAX_OBJECT_BYTES {
+        return Err(InvalidField::new(
+            field,
+            format!("at most {MAX_OBJECT_BYTES} bytes encoded, got {size}"),
+        ));
+    }
+    Ok(())
+}
+
+/// restic's `--keep-last`: a string holding a non-negative integer (VolSync's API type).
+fn retain_last(field: &str, v: &str) -> Result {
+    if v.is_empty() || v.len() > 10 || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(InvalidField::new(
+            field,
+            format!("{} is not a non-negative integer such as \"10\"", quoted(v)),
+        ));
+    }
+    if v.parse::<i32>().is_err() {
+        return Err(InvalidField::new(
+            field,
+            format!("{} is above {}", quoted(v), i32::MAX),
+        ));
+    }
+    Ok(())
 }
 
 /// A Kubernetes resource quantity such as `10Gi`, `500M` or `1.5`.
@@ -471,7 +676,7 @@ fn quantity(field: &str, v: &str) -> Result {
     if !num_ok || !suffixes.contains(&suffix) {
         return Err(InvalidField::new(
             field,
-            format!("{v:?} is not a positive quantity such as 10Gi"),
+            format!("{} is not a positive quantity such as 10Gi", quoted(v)),
         ));
     }
     Ok(())
@@ -495,52 +700,71 @@ fn restic_duration(field: &str, v: &str) -> Result {
     if !saw_unit || digits != 0 {
         return Err(InvalidField::new(
             field,
-            format!("{v:?} is not a restic duration such as 3d12h"),
+            format!("{} is not a restic duration such as 3d12h", quoted(v)),
         ));
     }
     Ok(())
 }
 
-/// A DNS-1123 label: at most 63 lower-case alphanumerics or '-', alphanumeric at both ends.
+/// A DNS-1123 label as apimachinery defines it: at most 63 lower-case alphanumerics or '-',
+/// alphanumeric at both ends.
 pub fn dns_label(field: &str, v: &str) -> Result {
     if v.is_empty() {
         return Err(InvalidField::new(field, "required"));
     }
-    if v.len() > 63 || !is_label(v) {
+    if v.len() > 63 || !is_label_part(v) {
         return Err(InvalidField::new(
             field,
             format!(
-                "{v:?} is not a valid DNS-1123 label (at most 63 lower-case letters, digits or '-', starting and ending with a letter or digit)"
+                "{} is not a valid DNS-1123 label (at most 63 lower-case letters, digits or '-', starting and ending with a letter or digit)",
+                quoted(v)
             ),
         ));
     }
     Ok(())
 }
 
-/// A DNS-1123 subdomain: at most 253 characters, dot-separated labels.
+/// A DNS-1123 subdomain as apimachinery defines it (`IsDNS1123Subdomain`): at most 253
+/// characters, dot-separated parts of lower-case alphanumerics or '-', each alphanumeric at
+/// both ends. Unlike a label, a part may be longer than 63.
 pub fn dns_subdomain(field: &str, v: &str) -> Result {
     if v.is_empty() {
         return Err(InvalidField::new(field, "required"));
     }
-    if v.len() > 253 || !v.split('.').all(is_label) {
+    if v.len() > 253 {
         return Err(InvalidField::new(
             field,
             format!(
-                "{v:?} is not a valid Kubernetes name (DNS-1123 subdomain: at most 253 lower-case letters, digits, '-' or '.', starting and ending with a letter or digit)"
+                "{} is not a valid Kubernetes name: at most 253 characters, got {}",
+                quoted(v),
+                v.len()
+            ),
+        ));
+    }
+    if !v.split('.').all(is_label_part) {
+        return Err(InvalidField::new(
+            field,
+            format!(
+                "{} is not a valid Kubernetes name (DNS-1123 subdomain: lower-case letters, digits, '-' or '.', each dot-separated part starting and ending with a letter or digit)",
+                quoted(v)
             ),
         ));
     }
     Ok(())
 }
 
-fn is_label(v: &str) -> bool {
+/// One part of a DNS-1123 name, without a length limit: `[a-z0-9]([-a-z0-9]*[a-z0-9])?`.
+fn is_label_part(v: &str) -> bool {
     let b = v.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-'
+    match (b.first(), b.last()) {
+        (Some(first), Some(last)) => {
+            b.iter()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+                && *first != b'-'
+                && *last != b'-'
+        }
+        _ => false,
+    }
 }
 
 fn label_key(field: &str, k: &str) -> Result {
@@ -554,7 +778,7 @@ fn label_key(field: &str, k: &str) -> Result {
     if !label_value_ok(name) || name.is_empty() {
         return Err(InvalidField::new(
             field,
-            format!("{k:?} is not a valid label key"),
+            format!("{} is not a valid label key", quoted(k)),
         ));
     }
     Ok(())
@@ -565,7 +789,8 @@ fn label_value(field: &str, v: &str) -> Result {
         return Err(InvalidField::new(
             field,
             format!(
-                "{v:?} is not a valid label value (at most 63 alphanumerics, '-', '_' or '.', starting and ending with an alphanumeric)"
+                "{} is not a valid label value (at most 63 alphanumerics, '-', '_' or '.', starting and ending with an alphanumeric)",
+                quoted(v)
             ),
         ));
     }
@@ -574,32 +799,85 @@ fn label_value(field: &str, v: &str) -> Result {
 
 fn label_value_ok(v: &str) -> bool {
     let b = v.as_bytes();
-    b.is_empty()
-        || (b.len() <= 63
-            && b.iter()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
-            && b[0].is_ascii_alphanumeric()
-            && b[b.len() - 1].is_ascii_alphanumeric())
+    match (b.first(), b.last()) {
+        (None, _) | (_, None) => true,
+        (Some(first), Some(last)) => {
+            b.len() <= 63
+                && b.iter()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+                && first.is_ascii_alphanumeric()
+                && last.is_ascii_alphanumeric()
+        }
+    }
 }
 
-/// A free-form value: at most 253 characters, none of them control characters.
+/// A free-form value that may reach a PVC annotation, a label, an Event or a log line: at
+/// most [`MAX_VALUE_LEN`] characters, and no control, format, line- or paragraph-separator
+/// characters (Unicode categories Cc, Cf, Zl, Zp: newlines, bidi overrides such as U+202E,
+/// zero-width characters such as U+200B).
 pub fn printable(field: &str, v: &str, required: bool) -> Result {
     if required && v.is_empty() {
         return Err(InvalidField::new(field, "required, must not be empty"));
     }
-    if v.chars().count() > MAX_VALUE_LEN {
+    let count = v.chars().count();
+    if count > MAX_VALUE_LEN {
         return Err(InvalidField::new(
             field,
-            format!("at most {MAX_VALUE_LEN} characters"),
+            format!("at most {MAX_VALUE_LEN} characters, got {count}"),
         ));
     }
-    if v.chars().any(char::is_control) {
+    if let Some((at, c)) = v.char_indices().find(|(_, c)| is_invisible(*c)) {
         return Err(InvalidField::new(
             field,
-            "must be printable (no control characters)",
+            format!(
+                "must be printable: U+{:04X} at byte {at} is a control, format or separator character",
+                u32::from(c)
+            ),
         ));
     }
     Ok(())
+}
+
+/// Unicode's Cc (controls), Cf (format: bidi controls, zero-width characters, the BOM,
+/// tags), Zl and Zp, as of Unicode 16.
+pub fn is_invisible(c: char) -> bool {
+    const FORMAT: &[(u32, u32)] = &[
+        (0x00AD, 0x00AD),
+        (0x0600, 0x0605),
+        (0x061C, 0x061C),
+        (0x06DD, 0x06DD),
+        (0x070F, 0x070F),
+        (0x0890, 0x0891),
+        (0x08E2, 0x08E2),
+        (0x180E, 0x180E),
+        (0x200B, 0x200F),
+        (0x2028, 0x202E),
+        (0x2060, 0x2064),
+        (0x2066, 0x206F),
+        (0xFEFF, 0xFEFF),
+        (0xFFF9, 0xFFFB),
+        (0x110BD, 0x110BD),
+        (0x110CD, 0x110CD),
+        (0x13430, 0x1343F),
+        (0x1BCA0, 0x1BCA3),
+        (0x1D173, 0x1D17A),
+        (0xE0001, 0xE0001),
+        (0xE0020, 0xE007F),
+    ];
+    let u = u32::from(c);
+    c.is_control() || FORMAT.iter().any(|(lo, hi)| (*lo..=*hi).contains(&u))
+}
+
+/// The longest prefix of a refused value an error message quotes.
+const QUOTE_CHARS: usize = 64;
+
+/// A refused value as an error quotes it: debug-quoted, at most [`QUOTE_CHARS`] characters,
+/// so that a megabyte of input never becomes a megabyte of error (or of gRPC metadata).
+pub fn quoted(v: &str) -> String {
+    match v.char_indices().nth(QUOTE_CHARS) {
+        None => format!("{v:?}"),
+        Some((cut, _)) => format!("{:?}... ({} bytes)", &v[..cut], v.len()),
+    }
 }
 
 #[cfg(test)]

@@ -256,9 +256,10 @@ impl World {
             self.stored_sources.values().cloned().collect(),
             self.stored_runs.values().cloned().collect(),
             self.core.next_run_counter(),
-        )
-        .unwrap();
-        self.core = core;
+        );
+        assert!(core.quarantined.is_empty(), "{:?}", core.quarantined);
+        assert!(core.warnings.is_empty(), "{:?}", core.warnings);
+        self.core = core.scheduler;
         // The agent reconnects and is handed every directive in flight.
         let directives = self.core.directives_for(&["apps".to_owned()]);
         let mut reports = Vec::new();

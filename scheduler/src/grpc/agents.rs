@@ -12,13 +12,12 @@ use snapgate_proto::v1::{
     self, agent_message::Message as FromAgent, agent_service_server::AgentService,
 };
 use snapgate_scheduler_core::validate;
-use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::{
-    driver::{AGENT_QUEUE, Command, DriverHandle},
+    driver::{Command, DriverHandle},
     identity::{Action, Authorizer, caller},
     status::invalid,
 };
@@ -36,6 +35,9 @@ impl Agents {
     }
 }
 
+/// The most namespaces one agent may serve.
+pub(crate) const MAX_AGENT_NAMESPACES: usize = 1000;
+
 type ToAgentStream = Pin<Box<dyn Stream<Item = Result<v1::SchedulerMessage, Status>> + Send>>;
 
 fn check_hello(hello: &v1::AgentHello) -> Result<(), Status> {
@@ -43,6 +45,15 @@ fn check_hello(hello: &v1::AgentHello) -> Result<(), Status> {
         .map_err(|e| invalid(&e.field, &e.rule))?;
     if hello.namespaces.is_empty() {
         return Err(invalid("hello.namespaces", "at least one namespace"));
+    }
+    if hello.namespaces.len() > MAX_AGENT_NAMESPACES {
+        return Err(invalid(
+            "hello.namespaces",
+            &format!(
+                "at most {MAX_AGENT_NAMESPACES} namespaces per agent, got {}",
+                hello.namespaces.len()
+            ),
+        ));
     }
     for ns in &hello.namespaces {
         validate::dns_label("hello.namespaces", ns).map_err(|e| invalid(&e.field, &e.rule))?;
@@ -71,11 +82,10 @@ impl AgentService for Agents {
         for ns in &hello.namespaces {
             self.auth.check(&caller, ns, Action::Agent)?;
         }
-        let (tx, rx) = mpsc::channel(AGENT_QUEUE);
         let agent_id = hello.agent_id.clone();
-        let conn = self
+        let (conn, rx) = self
             .driver
-            .ask(|reply| Command::AgentConnect { hello, tx, reply })
+            .ask(|reply| Command::AgentConnect { hello, reply })
             .await?;
         let driver = self.driver.clone();
         tokio::spawn(

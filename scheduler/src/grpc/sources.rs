@@ -30,6 +30,26 @@ impl Sources {
 
 #[tonic::async_trait]
 impl SourceService for Sources {
+    async fn list_quarantined(
+        &self,
+        req: Request<v1::ListQuarantinedRequest>,
+    ) -> Result<Response<v1::ListQuarantinedResponse>, Status> {
+        // Records of any namespace: an operator's question.
+        self.allow(&req, "", Action::Manage)?;
+        let records = self
+            .driver
+            .ask(|reply| Command::ListQuarantined { reply })
+            .await?
+            .into_iter()
+            .map(|q| v1::QuarantinedRecord {
+                kind: q.kind.to_owned(),
+                key: q.key,
+                reason: q.reason,
+            })
+            .collect();
+        Ok(Response::new(v1::ListQuarantinedResponse { records }))
+    }
+
     async fn apply_source(
         &self,
         req: Request<v1::ApplySourceRequest>,

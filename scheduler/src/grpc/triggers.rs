@@ -2,7 +2,7 @@
 
 use std::pin::Pin;
 
-use futures::Stream;
+use futures::{Stream, StreamExt as _};
 use snapgate_proto::v1::{self, trigger_service_server::TriggerService};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -48,7 +48,15 @@ impl TriggerService for Triggers {
         self.driver
             .ask(|reply| Command::WatchCopy { target, tx, reply })
             .await?;
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let closed = WatchClosed(self.driver.clone());
+        // The guard lives as long as the stream: when the client goes away, the driver forgets
+        // the watcher at once, on a quiet PVC too.
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(
+            move |status| {
+                let _ = &closed;
+                status
+            },
+        ))))
     }
 
     async fn trigger(
@@ -89,5 +97,17 @@ impl TriggerService for Triggers {
             .ask(|reply| Command::CopyStatus { target, reply })
             .await?;
         Ok(Response::new(status))
+    }
+}
+
+/// Tells the driver a WatchCopy stream ended, when dropped with it.
+struct WatchClosed(DriverHandle);
+
+impl Drop for WatchClosed {
+    fn drop(&mut self) {
+        let driver = self.0.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move { driver.tell(Command::ReapWatchers).await });
+        }
     }
 }

@@ -351,7 +351,7 @@ pub fn forget_options(retain: Option<&v1::ResticRetainPolicy>) -> String {
     if let Some(w) = &p.within {
         parts.push(format!("--keep-within {w}"));
     }
-    if let Some(l) = p.last {
+    if let Some(l) = &p.last {
         parts.push(format!("--keep-last {l}"));
     }
     if parts.is_empty() {

@@ -132,6 +132,9 @@ pub(crate) enum Command {
         #[arg(long, default_value_t = 20)]
         limit: u32,
     },
+    /// Stored records the scheduler left out when it started (they do not decode, or this
+    /// version cannot run them); they stay in its store untouched.
+    Quarantined,
     /// The next times a source's schedule fires.
     Preview {
         /// The source's name.

@@ -454,6 +454,34 @@ pub(crate) async fn preview(
     Ok(())
 }
 
+/// `quarantined`.
+pub(crate) async fn quarantined(client: &Client, output: Output) -> anyhow::Result<()> {
+    let records = client
+        .sources()
+        .list_quarantined(v1::ListQuarantinedRequest {})
+        .await
+        .map_err(Error::from)?
+        .into_inner()
+        .records;
+    if output != Output::Table {
+        let items: Vec<serde_json::Value> = records
+            .iter()
+            .map(|r| json!({ "kind": r.kind, "key": r.key, "reason": r.reason }))
+            .collect();
+        return print_value(output, &json!({ "records": items }));
+    }
+    if records.is_empty() {
+        println!("no quarantined records");
+        return Ok(());
+    }
+    let mut t = Table::new(&["KIND", "KEY", "REASON"]);
+    for r in records {
+        t.row(vec![r.kind, r.key, r.reason]);
+    }
+    print!("{}", t.render());
+    Ok(())
+}
+
 /// `trigger VALUE`.
 pub(crate) async fn trigger(
     client: &Client,

@@ -83,6 +83,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Runs { name, limit } => commands::runs(&client, ns, name, *limit, out).await,
         Command::Preview { name, count } => commands::preview(&client, ns, name, *count, out).await,
+        Command::Quarantined => commands::quarantined(&client, out).await,
         Command::Trigger {
             target,
             value,

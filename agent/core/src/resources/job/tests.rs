@@ -522,7 +522,8 @@ fn forget_options_follow_the_retain_policy_in_volsync_order() {
                 monthly: Some(3),
                 yearly: Some(2),
                 within: Some("3d4h".into()),
-                last: Some(10),
+                last: Some("10".into()),
+                ..Default::default()
             }),
             "--keep-hourly 6 --keep-daily 5 --keep-weekly 4 --keep-monthly 3 --keep-yearly 2 --keep-within 3d4h --keep-last 10",
         ),
