@@ -104,8 +104,11 @@ fn log_tail(log: &str, max: usize) -> String {
     format!("{marker}{}", &log[start..])
 }
 
+/// How far ahead of the scheduler's clock an agent's clock may be.
+const MAX_AGENT_CLOCK_AHEAD: Duration = Duration::minutes(1);
+
 /// A timestamp an agent sent, if it is one protobuf admits (0001-01-01 to 9999-12-31, nanos
-/// within a second) and no later than `now`.
+/// within a second) and no later than `now` plus [`MAX_AGENT_CLOCK_AHEAD`].
 fn valid_agent_time(
     t: Option<prost_types::Timestamp>,
     now: DateTime<Utc>,
@@ -116,7 +119,8 @@ fn valid_agent_time(
     if !(MIN_SECONDS..=MAX_SECONDS).contains(&t.seconds) || !(0..1_000_000_000).contains(&t.nanos) {
         return None;
     }
-    DateTime::from_timestamp(t.seconds, t.nanos.unsigned_abs()).filter(|t| *t <= now)
+    let latest = now.checked_add_signed(MAX_AGENT_CLOCK_AHEAD).unwrap_or(now);
+    DateTime::from_timestamp(t.seconds, t.nanos.unsigned_abs()).filter(|t| *t <= latest)
 }
 
 /// What the store keeps per source.
@@ -1161,7 +1165,7 @@ impl Scheduler {
                 run,
                 now,
                 "AgentTimeRefused",
-                "the agent's copy time is not a valid time before now; using the time of the report",
+                "the agent's copy time is not a valid time before now (clock skew up to 1 minute allowed); using the time of the report",
             );
         }
         run.copy_time = Some(timestamp(time.unwrap_or(now)));

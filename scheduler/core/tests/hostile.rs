@@ -293,8 +293,9 @@ fn an_agents_out_of_range_copy_time_is_replaced_by_the_time_of_the_report() {
             seconds: i64::MIN,
             nanos: 0,
         },
-        // In the future of the scheduler: not a copy point that happened.
+        // Far in the future of the scheduler: not a copy point that happened.
         timestamp(t0() + Duration::days(1)),
+        timestamp(t0() + Duration::seconds(5 + 61)),
     ] {
         let mut core = Scheduler::new();
         core.apply_source(key("db"), restic_spec(), 0, t0())
@@ -323,6 +324,27 @@ fn an_agents_out_of_range_copy_time_is_replaced_by_the_time_of_the_report() {
         assert_eq!(run.copy_time, Some(timestamp(later)), "{bad:?}");
         assert!(run.timeline.iter().any(|e| e.event == "AgentTimeRefused"));
     }
+}
+
+#[test]
+fn an_agents_clock_a_little_ahead_is_trusted() {
+    let mut core = Scheduler::new();
+    core.apply_source(key("db"), restic_spec(), 0, t0())
+        .unwrap();
+    let run = current(&core, "db");
+    let pvc = Observation::Pvc(v1::PvcObserved {
+        exists: true,
+        ..Default::default()
+    });
+    core.handle_report(&apps(), report(&run.id, run.generation, pvc), t0());
+    let g = current(&core, "db").generation;
+    let ahead = timestamp(t0() + Duration::seconds(30));
+    let o = Observation::CopyCompleted(v1::CopyCompleted {
+        copy_name: "snap".into(),
+        time: Some(ahead),
+    });
+    core.handle_report(&apps(), report(&run.id, g, o), t0());
+    assert_eq!(current(&core, "db").copy_time, Some(ahead));
 }
 
 #[test]
