@@ -4,7 +4,11 @@
 
 use std::{collections::BTreeSet, fmt::Debug};
 
-use snapgate_agent_core::{annotations, classify::MOVER_LOG_TAIL_LINES};
+use futures::{AsyncRead, AsyncReadExt as _};
+use snapgate_agent_core::{
+    annotations,
+    classify::{MOVER_LOG_KEEP_BYTES, MOVER_LOG_READ_MAX_BYTES, MOVER_LOG_TAIL_LINES},
+};
 
 use k8s_openapi::{
     NamespaceResourceScope,
@@ -15,6 +19,27 @@ use kube::{
     api::{DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams, PropagationPolicy},
 };
 use serde::{Serialize, de::DeserializeOwned};
+
+/// The last `keep` bytes of what `reader` yields, holding at most twice that at any time.
+pub async fn last_bytes(
+    mut reader: impl AsyncRead + Unpin,
+    keep: usize,
+) -> std::io::Result<Vec<u8>> {
+    let mut kept = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = reader.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        kept.extend_from_slice(chunk.get(..n).unwrap_or_default());
+        if kept.len() > keep.saturating_mul(2) {
+            kept.drain(..kept.len().saturating_sub(keep));
+        }
+    }
+    kept.drain(..kept.len().saturating_sub(keep));
+    Ok(kept)
+}
 
 /// The field manager of every write.
 pub const FIELD_MANAGER: &str = "snapgate";
@@ -183,13 +208,20 @@ impl Cluster {
         Ok(self.api::<Pod>(ns).list(&lp).await?.items)
     }
 
-    /// The last lines of a pod's log (as many as movers.md filters from).
+    /// The last lines of a pod's log (as many as movers.md filters from), bounded: the API
+    /// server sends at most [`MOVER_LOG_READ_MAX_BYTES`] of them, of which the last
+    /// [`MOVER_LOG_KEEP_BYTES`] are kept; bytes that are not UTF-8 read as U+FFFD.
     pub async fn pod_log_tail(&self, ns: &str, pod: &str) -> Result<String, ClusterError> {
         let lp = LogParams {
             tail_lines: Some(MOVER_LOG_TAIL_LINES),
+            limit_bytes: Some(MOVER_LOG_READ_MAX_BYTES),
             ..Default::default()
         };
-        Ok(self.api::<Pod>(ns).logs(pod, &lp).await?)
+        let stream = self.api::<Pod>(ns).log_stream(pod, &lp).await?;
+        let bytes = last_bytes(Box::pin(stream), MOVER_LOG_KEEP_BYTES)
+            .await
+            .map_err(|e| ClusterError::Transient(format!("reading the log of pod {pod}: {e}")))?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
     /// Records a Kubernetes Event; an event of the same name already recorded is not an error.
@@ -198,5 +230,27 @@ impl Cluster {
             Ok(_) | Err(ClusterError::AlreadyExists(_)) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn only_the_last_bytes_of_a_long_log_are_kept() {
+        let log: Vec<u8> = (0..100_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        let kept = last_bytes(futures::io::Cursor::new(log.clone()), 1000)
+            .await
+            .unwrap();
+        assert_eq!(kept.as_slice(), log.get(log.len() - 1000..).unwrap());
+        let short = last_bytes(futures::io::Cursor::new(b"short".to_vec()), 1000)
+            .await
+            .unwrap();
+        assert_eq!(short, b"short");
+        let none = last_bytes(futures::io::Cursor::new(Vec::new()), 0)
+            .await
+            .unwrap();
+        assert!(none.is_empty());
     }
 }

@@ -19,7 +19,7 @@ use chrono::Utc;
 use k8s_openapi::api::{batch::v1::Job, core::v1::PersistentVolumeClaim};
 use kube::runtime::watcher;
 use snapgate_agent_core::{
-    classify, names,
+    bounds, classify, names,
     plan::{self, Action, MoverOutcome, Observed, PlanConfig, Temporary, TemporaryKind},
     resources::VolumeSnapshot,
 };
@@ -38,6 +38,18 @@ use crate::{
 pub const RETRY_AFTER: Duration = Duration::from_secs(5);
 /// How often every held run is planned again even without events (missing Secrets, …).
 const RESYNC_EVERY: Duration = Duration::from_secs(60);
+
+/// When a run that asked to wake at `at` (a plan's time, from cluster data and settings) is
+/// planned again, on the monotonic clock: at most [`RESYNC_EVERY`] from `now`, since every
+/// run is planned again that often anyway and a far time must not overflow an `Instant`.
+fn wake_at(now: Instant, at: chrono::DateTime<Utc>, wall: chrono::DateTime<Utc>) -> Instant {
+    let wait = at
+        .signed_duration_since(wall)
+        .to_std()
+        .unwrap_or_default()
+        .min(RESYNC_EVERY);
+    now.checked_add(wait).unwrap_or(now)
+}
 
 /// A change seen by a watch.
 #[derive(Debug)]
@@ -348,7 +360,7 @@ impl Executor {
             // is read then, once per run, so an admin's change applies to the next run.
             let needs_privileged = directive.phase == v1::DirectivePhase::Transfer as i32
                 && self.jobs.get(&ns, job_name).is_none()
-                && self.runs[id].privileged.is_none();
+                && held.privileged.is_none();
             if needs_privileged {
                 match self.cluster.privileged_movers(&ns).await {
                     Ok(p) => {
@@ -362,7 +374,9 @@ impl Executor {
                     }
                 }
             }
-            let held = &self.runs[id];
+            let Some(held) = self.runs.get(id) else {
+                return;
+            };
             let temporaries: Vec<Temporary> =
                 temporaries_of(&self.pvcs, &self.snapshots, &self.jobs, &ns, &source.name);
             let job = self.jobs.get(&ns, job_name);
@@ -557,9 +571,8 @@ impl Executor {
                 Ok(false)
             }
             Action::WakeAt(at) => {
-                let wait = (at - Utc::now()).to_std().unwrap_or_default();
                 if let Some(held) = self.runs.get_mut(id) {
-                    held.retry_at = Some(Instant::now() + wait);
+                    held.retry_at = Some(wake_at(Instant::now(), at, Utc::now()));
                 }
                 Ok(false)
             }
@@ -600,8 +613,9 @@ impl Executor {
     }
 
     /// Sends a report unless the same one was already sent for this run; whether it was sent
-    /// (or had been).
+    /// (or had been). Every report is first put within the agent's bounds (sizes, times).
     async fn report(&mut self, id: &str, observation: Observation) -> bool {
+        let observation = bounds::bound(observation, Utc::now());
         let Some(held) = self.runs.get_mut(id) else {
             return false;
         };
@@ -631,6 +645,26 @@ impl Executor {
             true
         } else {
             false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wake_time_at_the_end_of_time_waits_no_longer_than_a_resync() {
+        let now = Instant::now();
+        let wall = Utc::now();
+        let cases = [
+            (chrono::DateTime::<Utc>::MAX_UTC, RESYNC_EVERY),
+            (chrono::DateTime::<Utc>::MIN_UTC, Duration::ZERO),
+            (wall, Duration::ZERO),
+            (wall + chrono::Duration::seconds(5), Duration::from_secs(5)),
+        ];
+        for (at, want) in cases {
+            assert_eq!(wake_at(now, at, wall) - now, want, "{at}");
         }
     }
 }

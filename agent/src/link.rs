@@ -66,7 +66,10 @@ impl Backoff {
             .saturating_mul(2u32.saturating_pow(attempt.min(16)))
             .min(self.max);
         let jitter = rand::rng().random_range(0.75..1.25);
-        base.mul_f64(jitter).min(self.max)
+        // `mul_f64` panics past `Duration::MAX`; a cap that large is the cap.
+        Duration::try_from_secs_f64(base.as_secs_f64() * jitter)
+            .unwrap_or(self.max)
+            .min(self.max)
     }
 }
 
@@ -153,6 +156,17 @@ async fn session(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_back_off_capped_at_duration_max_never_panics() {
+        let b = Backoff {
+            initial: Duration::MAX,
+            max: Duration::MAX,
+        };
+        for attempt in [0, 1, 16, u32::MAX] {
+            assert!(b.delay(attempt) <= Duration::MAX);
+        }
+    }
 
     #[test]
     fn back_off_doubles_up_to_its_cap_with_bounded_jitter() {

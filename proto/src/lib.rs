@@ -26,15 +26,113 @@ pub mod v1 {
 
 pub use prost_types::{Duration, Timestamp};
 
+/// Free-form text from the wire, the store or the cluster, made safe to keep and to show.
+pub mod text {
+    /// What ends a string that was cut.
+    pub const TRUNCATED: &str = "… (truncated)";
+
+    /// `s` when it has at most `max` bytes; otherwise its longest prefix that ends on a char
+    /// boundary and leaves room for [`TRUNCATED`], followed by it. The result has at most `max`
+    /// bytes (when `max` is shorter than the marker, just the prefix).
+    pub fn truncate(s: &str, max: usize) -> String {
+        if s.len() <= max {
+            return s.to_owned();
+        }
+        let (room, marker) = match max.checked_sub(TRUNCATED.len()) {
+            Some(room) => (room, TRUNCATED),
+            None => (max, ""),
+        };
+        let mut cut = room;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let mut out = String::with_capacity(cut + marker.len());
+        out.push_str(s.get(..cut).unwrap_or_default());
+        out.push_str(marker);
+        out
+    }
+
+    /// `s` when it has at most `max` bytes; otherwise its longest suffix of at most `max` bytes
+    /// that starts on a char boundary (log tails keep their end).
+    pub fn tail(s: &str, max: usize) -> &str {
+        let mut start = s.len().saturating_sub(max);
+        while !s.is_char_boundary(start) {
+            start += 1;
+        }
+        s.get(start..).unwrap_or_default()
+    }
+
+    /// Unicode's Cc (controls), Cf (format: bidi controls such as U+202E, zero-width characters
+    /// such as U+200B, the BOM U+FEFF, tags), Zl and Zp, as of Unicode 16: characters that must
+    /// not reach an annotation, an Event or a log line from a directive. Both the scheduler
+    /// (at admission) and the agent (before writing) refuse them.
+    pub fn is_invisible(c: char) -> bool {
+        const FORMAT: &[(u32, u32)] = &[
+            (0x00AD, 0x00AD),
+            (0x0600, 0x0605),
+            (0x061C, 0x061C),
+            (0x06DD, 0x06DD),
+            (0x070F, 0x070F),
+            (0x0890, 0x0891),
+            (0x08E2, 0x08E2),
+            (0x180E, 0x180E),
+            (0x200B, 0x200F),
+            (0x2028, 0x202E),
+            (0x2060, 0x2064),
+            (0x2066, 0x206F),
+            (0xFEFF, 0xFEFF),
+            (0xFFF9, 0xFFFB),
+            (0x110BD, 0x110BD),
+            (0x110CD, 0x110CD),
+            (0x13430, 0x1343F),
+            (0x1BCA0, 0x1BCA3),
+            (0x1D173, 0x1D17A),
+            (0xE0001, 0xE0001),
+            (0xE0020, 0xE007F),
+        ];
+        let u = u32::from(c);
+        c.is_control() || FORMAT.iter().any(|(lo, hi)| (*lo..=*hi).contains(&u))
+    }
+
+    /// A short, escaped quotation of a value for an error message (at most 64 characters of it).
+    pub fn quoted(v: &str) -> String {
+        const QUOTE_CHARS: usize = 64;
+        match v.char_indices().nth(QUOTE_CHARS) {
+            None => format!("{v:?}"),
+            Some((cut, _)) => format!(
+                "{:?}… ({} bytes)",
+                v.get(..cut).unwrap_or_default(),
+                v.len()
+            ),
+        }
+    }
+}
+
 /// Conversions between protobuf timestamps and chrono times, for every crate of the workspace.
 pub mod time {
     use chrono::{DateTime, Utc};
+
+    /// The earliest time a protobuf `Timestamp` can carry: 0001-01-01T00:00:00Z.
+    pub const MIN_PROTO_SECONDS: i64 = -62_135_596_800;
+    /// The latest second a protobuf `Timestamp` can carry: 9999-12-31T23:59:59Z.
+    pub const MAX_PROTO_SECONDS: i64 = 253_402_300_799;
+
+    /// The time a protobuf `Timestamp` stands for, when it is one a protobuf `Timestamp` may
+    /// carry (seconds within 0001-01-01..=9999-12-31, nanos within `0..1e9`); `None` otherwise.
+    pub fn proto_time(t: &prost_types::Timestamp) -> Option<DateTime<Utc>> {
+        if !(MIN_PROTO_SECONDS..=MAX_PROTO_SECONDS).contains(&t.seconds) {
+            return None;
+        }
+        let nanos = u32::try_from(t.nanos).ok().filter(|n| *n < 1_000_000_000)?;
+        DateTime::from_timestamp(t.seconds, nanos)
+    }
 
     /// A chrono time as a protobuf timestamp.
     pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
         prost_types::Timestamp {
             seconds: t.timestamp(),
-            nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
+            // chrono represents a leap second as nanos of 1e9 and more; protobuf does not.
+            nanos: i32::try_from(t.timestamp_subsec_nanos().min(999_999_999)).unwrap_or(0),
         }
     }
 
@@ -42,6 +140,21 @@ pub mod time {
     pub fn to_datetime(t: &prost_types::Timestamp) -> DateTime<Utc> {
         DateTime::from_timestamp(t.seconds, t.nanos.clamp(0, 999_999_999).unsigned_abs())
             .unwrap_or_default()
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn a_leap_second_becomes_a_valid_timestamp() {
+            let leap = DateTime::parse_from_rfc3339("2016-12-31T23:59:60.5Z")
+                .unwrap()
+                .with_timezone(&Utc);
+            let t = timestamp(leap);
+            assert_eq!(t.nanos, 999_999_999);
+            assert!(proto_time(&t).is_some());
+        }
     }
 }
 

@@ -12,6 +12,8 @@ use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim};
 use serde_json::{Map, Value};
 use snapgate_proto::v1;
 
+use crate::bounds;
+
 /// Enables gating for the PVC when present, with any value (also `""`). Owned by the user.
 pub const USE_COPY_TRIGGER: &str = "volsync.backube/use-copy-trigger";
 /// The user's trigger value. Written by snapgate only for a Trigger RPC.
@@ -62,13 +64,21 @@ impl CopyStatus {
 }
 
 /// The copy-trigger annotations of a source PVC; `None` (not found) reads as `exists: false`.
+///
+/// Each value is reported as read up to [`bounds::MAX_VALUE_BYTES`]; a longer one (anyone may
+/// write a PVC's annotations) is cut and ends with [`bounds::TRUNCATED`], so it is still longer
+/// than any value the scheduler accepts and the scheduler refuses it as too long.
 pub fn observe(pvc: Option<&PersistentVolumeClaim>) -> v1::PvcObserved {
     let Some(pvc) = pvc else {
         return v1::PvcObserved::default();
     };
     let empty = BTreeMap::new();
     let a = pvc.metadata.annotations.as_ref().unwrap_or(&empty);
-    let get = |k: &str| a.get(k).cloned().unwrap_or_default();
+    let get = |k: &str| {
+        a.get(k)
+            .map(|v| bounds::truncate(v, bounds::MAX_VALUE_BYTES))
+            .unwrap_or_default()
+    };
     v1::PvcObserved {
         exists: true,
         use_copy_trigger: a.contains_key(USE_COPY_TRIGGER),
@@ -79,9 +89,11 @@ pub fn observe(pvc: Option<&PersistentVolumeClaim>) -> v1::PvcObserved {
     }
 }
 
-/// `t` as written in [`LATEST_COPY_TRIGGER_WAITING_SINCE`]: `2026-01-02T03:04:05Z`.
+/// `t` as written in [`LATEST_COPY_TRIGGER_WAITING_SINCE`]: `2026-01-02T03:04:05Z`. RFC 3339
+/// has four-digit years: a time outside 0001..=9999 is first moved into that range, so what is
+/// written always reads back.
 pub fn format_waiting_since(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+    bounds::clamp_to_proto_range(t).to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
 /// The time in a [`LATEST_COPY_TRIGGER_WAITING_SINCE`] value; `None` when absent or not RFC
@@ -351,6 +363,55 @@ mod tests {
         let sub = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap()
             + chrono::Duration::milliseconds(900);
         assert_eq!(format_waiting_since(sub), "2026-01-02T03:04:05Z");
+    }
+
+    #[test]
+    fn a_copy_trigger_over_a_kibibyte_is_reported_cut_yet_still_too_long_for_the_scheduler() {
+        for unit in ["x", "é", "😀"] {
+            let huge = unit.repeat(300_000);
+            let o = observe(Some(&pvc(&[
+                (COPY_TRIGGER, &huge),
+                (LATEST_COPY_TRIGGER, &huge),
+                (LATEST_COPY_STATUS, &huge),
+                (LATEST_COPY_TRIGGER_WAITING_SINCE, &huge),
+            ])));
+            for v in [
+                &o.copy_trigger,
+                &o.latest_copy_trigger,
+                &o.latest_copy_status,
+                &o.waiting_since,
+            ] {
+                assert!(
+                    v.len() <= bounds::MAX_VALUE_BYTES,
+                    "{unit}: {} bytes",
+                    v.len()
+                );
+                assert!(v.ends_with(bounds::TRUNCATED));
+                assert!(v.chars().count() > bounds::MAX_VALUE_CHARS, "{unit}");
+            }
+        }
+        let exactly = "x".repeat(bounds::MAX_VALUE_BYTES);
+        assert_eq!(
+            observe(Some(&pvc(&[(COPY_TRIGGER, &exactly)]))).copy_trigger,
+            exactly
+        );
+    }
+
+    #[test]
+    fn a_waiting_since_outside_years_1_to_9999_is_written_clamped_so_it_reads_back() {
+        let cases = [
+            (DateTime::<Utc>::MAX_UTC, "9999-12-31T23:59:59Z"),
+            (DateTime::<Utc>::MIN_UTC, "0001-01-01T00:00:00Z"),
+        ];
+        for (t, want) in cases {
+            assert_eq!(format_waiting_since(t), want);
+            assert!(parse_waiting_since(want).is_some());
+            let patch = mark_waiting(&obs("", "", "", ""), t).unwrap();
+            assert_eq!(
+                patch["metadata"]["annotations"][LATEST_COPY_TRIGGER_WAITING_SINCE],
+                want
+            );
+        }
     }
 
     #[test]

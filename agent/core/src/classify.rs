@@ -3,13 +3,18 @@
 
 use k8s_openapi::api::{batch::v1::Job, core::v1::PersistentVolumeClaim, core::v1::Pod};
 
-use crate::{resources::VolumeSnapshot, spec::Mover};
+use crate::{bounds, resources::VolumeSnapshot, spec::Mover};
 
 /// The most bytes of filtered mover log kept (VolSync's `MOVER_LOG_MAX_BYTES` default).
 pub const MOVER_LOG_MAX_BYTES: usize = 1024;
 /// How many lines to read from the end of a mover pod's log (VolSync's
 /// `MOVER_LOG_TAIL_LINES` default), before filtering.
 pub const MOVER_LOG_TAIL_LINES: i64 = 100;
+/// The most bytes of those lines the API server is asked to send (its `limitBytes`): a pod
+/// that writes huge lines cannot make the agent read without end.
+pub const MOVER_LOG_READ_MAX_BYTES: i64 = 4 << 20;
+/// The most bytes of the end of what was read that the agent keeps and filters.
+pub const MOVER_LOG_KEEP_BYTES: usize = 64 << 10;
 
 /// Whether a VolumeSnapshot is the copy point yet.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -154,16 +159,20 @@ pub fn mover_failure_log_tail(mover: Mover, full_log: &str) -> String {
 }
 
 fn tail(full_log: &str, keep: impl Fn(&str) -> bool) -> String {
-    let kept: Vec<&str> = full_log.lines().filter(|l| keep(l)).collect();
+    // From the end: only the lines that can reach the last MOVER_LOG_MAX_BYTES are filtered
+    // and copied, however long the log.
+    let mut kept: Vec<&str> = Vec::new();
+    let mut len = 0usize;
+    for line in full_log.lines().rev().filter(|l| keep(l)) {
+        kept.push(line);
+        len = len.saturating_add(line.len()).saturating_add(1);
+        if len > MOVER_LOG_MAX_BYTES {
+            break;
+        }
+    }
+    kept.reverse();
     let joined = kept.join("\n");
-    if joined.len() <= MOVER_LOG_MAX_BYTES {
-        return joined;
-    }
-    let mut start = joined.len() - MOVER_LOG_MAX_BYTES;
-    while !joined.is_char_boundary(start) {
-        start += 1;
-    }
-    joined[start..].to_owned()
+    bounds::tail(&joined, MOVER_LOG_MAX_BYTES).to_owned()
 }
 
 fn summary_line(mover: Mover, line: &str) -> bool {
@@ -187,14 +196,20 @@ fn summary_line(mover: Mover, line: &str) -> bool {
                 || l.starts_with("Rclone completed in")
         }
         Mover::Rsync => {
-            seq(l, &["sent", "bytes", "received", "bytes"])
-                || word(l, "total size")
-                || word(l, "rsync completed in")
+            seq(l, RSYNC_SENT) || word(l, "total size") || word(l, "rsync completed in")
         }
         // rsync-tls prefixes rsync's lines: the same lines, anywhere in the line.
-        Mover::RsyncTls => anywhere(line, |s| summary_line(Mover::Rsync, s)),
+        Mover::RsyncTls => {
+            seq_anywhere(line, RSYNC_SENT)
+                || anywhere(line, |s| {
+                    word(s, "total size") || word(s, "rsync completed in")
+                })
+        }
     }
 }
+
+/// rsync's transfer summary, `sent … bytes … received … bytes`.
+const RSYNC_SENT: &[&str] = &["sent", "bytes", "received", "bytes"];
 
 fn rsync_tls_failure_line(line: &str) -> bool {
     let l = line.trim_start();
@@ -218,6 +233,10 @@ fn word(s: &str, w: &str) -> bool {
 
 /// Whether `s` starts with `words[0]`, then for each next word: a whitespace, at least one
 /// character, and the word (VolSync's `word\s.+word`).
+///
+/// Linear in `s`: each next word is taken at the earliest place where it can go on (followed
+/// by a whitespace unless it is the last); any later match of the rest also follows that one,
+/// so nothing is tried twice (a backtracking match of a hostile line is cubic).
 fn seq(s: &str, words: &[&str]) -> bool {
     let Some((first, rest)) = words.split_first() else {
         return true;
@@ -225,25 +244,58 @@ fn seq(s: &str, words: &[&str]) -> bool {
     if !word(s, first) {
         return false;
     }
-    if rest.is_empty() {
-        return true;
+    let mut after = s.get(first.len()..).unwrap_or_default();
+    for (k, w) in rest.iter().enumerate() {
+        let last = k + 1 == rest.len();
+        let mut chars = after.chars();
+        if !chars.next().is_some_and(char::is_whitespace) {
+            return false;
+        }
+        let after_space = chars.as_str();
+        // `.+`: at least one character before the next word.
+        let found = after_space
+            .char_indices()
+            .skip(1)
+            .map(|(i, _)| i)
+            .find(|&i| {
+                let at = after_space.get(i..).unwrap_or_default();
+                word(at, w) && (last || space_after(at, w))
+            });
+        let Some(i) = found else {
+            return false;
+        };
+        after = after_space
+            .get(i.saturating_add(w.len())..)
+            .unwrap_or_default();
     }
-    let after = &s[first.len()..];
-    let mut chars = after.chars();
-    if !chars.next().is_some_and(char::is_whitespace) {
-        return false;
-    }
-    let after_space = chars.as_str();
-    // `.+`: at least one character before the next word.
-    after_space
-        .char_indices()
-        .skip(1)
-        .any(|(i, _)| seq(&after_space[i..], rest))
+    true
 }
 
-/// Whether `matches` holds at any char position of `s` (an unanchored pattern).
+/// Whether [`seq`] holds at any char position of `s`, in linear time: only the earliest
+/// position where the first word (and, if more follow, a whitespace) starts needs trying, since
+/// a match from any later position also continues from it.
+fn seq_anywhere(s: &str, words: &[&str]) -> bool {
+    let Some((first, rest)) = words.split_first() else {
+        return true;
+    };
+    s.char_indices()
+        .map(|(i, _)| s.get(i..).unwrap_or_default())
+        .find(|at| word(at, first) && (rest.is_empty() || space_after(at, first)))
+        .is_some_and(|at| seq(at, words))
+}
+
+/// Whether `s`, which starts with the word `w` (see [`word`]), has a whitespace right after it.
+fn space_after(s: &str, w: &str) -> bool {
+    s.get(w.len()..)
+        .and_then(|r| r.chars().next())
+        .is_some_and(char::is_whitespace)
+}
+
+/// Whether `matches` holds at any char position of `s` (an unanchored pattern). `matches` must
+/// cost O(1) per position (a [`word`]), or the whole is quadratic.
 fn anywhere(s: &str, matches: impl Fn(&str) -> bool) -> bool {
-    s.char_indices().any(|(i, _)| matches(&s[i..]))
+    s.char_indices()
+        .any(|(i, _)| matches(s.get(i..).unwrap_or_default()))
 }
 
 #[cfg(test)]
@@ -549,5 +601,107 @@ rsync completed in 4s"
 
     fn tail_all(s: &str) -> String {
         mover_failure_log_tail(Mover::Restic, s)
+    }
+
+    #[test]
+    fn a_quarter_megabyte_line_of_repeated_pattern_words_is_filtered_in_linear_time() {
+        // A backtracking `sent\s.+bytes\s.+received\s.+bytes` tried at every position of
+        // these lines takes hours (it was cubic); each now takes one pass.
+        for (mover, unit, end) in [
+            (Mover::RsyncTls, "sent ", "x bytes  received x bytes"),
+            (Mover::RsyncTls, "sent x bytes ", "x  received x bytes"),
+            (Mover::Rsync, "sent x bytes ", "x  received x bytes"),
+            (Mover::Restic, "processed ", "x files"),
+        ] {
+            let line = unit.repeat((1 << 18) / unit.len());
+            assert_eq!(mover_log_tail(mover, &line), "", "{mover:?} {unit:?}");
+            let kept = format!("{line}{end}");
+            assert_eq!(
+                mover_log_tail(mover, &kept).len(),
+                MOVER_LOG_MAX_BYTES,
+                "{mover:?} {unit:?}: matches, cut to the last 1024 bytes"
+            );
+        }
+    }
+
+    #[test]
+    fn a_mover_log_of_any_size_is_cut_to_its_last_1024_bytes() {
+        let huge_line = "é".repeat(1 << 18);
+        let tail = mover_failure_log_tail(Mover::Rclone, &huge_line);
+        assert_eq!(tail, "é".repeat(512));
+        let many_lines: Vec<String> = (0..100_000).map(|i| format!("line {i}")).collect();
+        let tail = mover_failure_log_tail(Mover::Restic, &many_lines.join("\n"));
+        assert_eq!(tail.len(), MOVER_LOG_MAX_BYTES);
+        assert!(tail.ends_with("\nline 99998\nline 99999"), "{tail}");
+        let invalid_then_valid = "\u{FFFD}\u{202E}x\r\nRclone completed in 1s\r\n";
+        assert_eq!(
+            mover_log_tail(Mover::Rclone, invalid_then_valid),
+            "Rclone completed in 1s"
+        );
+    }
+
+    /// VolSync's patterns as a plain backtracking matcher (the earlier implementation), to
+    /// check the linear one against.
+    fn seq_backtracking(s: &str, words: &[&str]) -> bool {
+        let Some((first, rest)) = words.split_first() else {
+            return true;
+        };
+        if !word(s, first) {
+            return false;
+        }
+        if rest.is_empty() {
+            return true;
+        }
+        let after = &s[first.len()..];
+        let mut chars = after.chars();
+        if !chars.next().is_some_and(char::is_whitespace) {
+            return false;
+        }
+        let after_space = chars.as_str();
+        after_space
+            .char_indices()
+            .skip(1)
+            .any(|(i, _)| seq_backtracking(&after_space[i..], rest))
+    }
+
+    /// The same cases on every run, so CI is deterministic; `PROPTEST_RNG_SEED=<n>` explores others.
+    fn seed() -> proptest::test_runner::RngSeed {
+        let env = std::env::var("PROPTEST_RNG_SEED").ok();
+        proptest::test_runner::RngSeed::Fixed(env.and_then(|s| s.parse().ok()).unwrap_or(0x5eed))
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 256,
+            failure_persistence: None,
+            rng_seed: seed(),
+            ..Default::default()
+        })]
+
+        #[test]
+        fn the_linear_matcher_agrees_with_backtracking_on_any_line(
+            parts in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "sent", "Sent", "bytes", "received", "x", " ", "  ", "\t", "é", "sentbytes",
+                    "\u{202E}", "total size", "rsync completed in",
+                ]),
+                0..16,
+            ),
+        ) {
+            let line: String = parts.concat();
+            let anchored = seq_backtracking(&line, RSYNC_SENT);
+            proptest::prop_assert_eq!(seq(&line, RSYNC_SENT), anchored, "{:?}", line);
+            let unanchored = line
+                .char_indices()
+                .any(|(i, _)| seq_backtracking(&line[i..], RSYNC_SENT));
+            proptest::prop_assert_eq!(seq_anywhere(&line, RSYNC_SENT), unanchored, "{:?}", line);
+            for words in [&["processed", "files"][..], &["snapshot", "saved"], &["x"]] {
+                proptest::prop_assert_eq!(
+                    seq(&line, words),
+                    seq_backtracking(&line, words),
+                    "{:?} {:?}", line, words
+                );
+            }
+        }
     }
 }

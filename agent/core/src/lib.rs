@@ -24,8 +24,10 @@
 //! - [`spec`]: the source spec as the agent reads it; typed errors naming the field.
 //! - [`resources`]: k8s-openapi objects, including the mover Jobs of movers.md.
 //! - [`classify`]: observed objects reduced to small enums, and mover log tails.
+//! - [`bounds`]: the sizes, times and characters the agent reports and writes, checked.
 
 pub mod annotations;
+pub mod bounds;
 pub mod classify;
 pub mod names;
 pub mod plan;

@@ -79,7 +79,8 @@ pub fn dns_label(name: &str) -> String {
         })
         .collect();
     let room = MAX_LABEL - 1 - HASH_LEN;
-    let prefix = cleaned[..cleaned.len().min(room)].trim_matches('-');
+    // `cleaned` is ASCII: any byte offset is a char boundary.
+    let prefix = cleaned.get(..room).unwrap_or(&cleaned).trim_matches('-');
     let hash = short_hash(name);
     if prefix.is_empty() {
         hash
@@ -91,12 +92,11 @@ pub fn dns_label(name: &str) -> String {
 /// Whether `s` is a DNS-1123 label: 1-63 of `a-z 0-9 -`, alphanumeric at both ends.
 pub fn is_dns_label(s: &str) -> bool {
     let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= MAX_LABEL
+    b.len() <= MAX_LABEL
         && b.iter()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-'
+        && b.first().is_some_and(|c| *c != b'-')
+        && b.last().is_some_and(|c| *c != b'-')
 }
 
 /// `value` itself when it is a valid label value, otherwise a deterministic valid one (the
@@ -116,8 +116,11 @@ pub fn label_value(value: &str) -> String {
         })
         .collect();
     let room = MAX_LABEL - 1 - HASH_LEN;
-    let prefix =
-        cleaned[..cleaned.len().min(room)].trim_matches(|c: char| !c.is_ascii_alphanumeric());
+    // `cleaned` is ASCII: any byte offset is a char boundary.
+    let prefix = cleaned
+        .get(..room)
+        .unwrap_or(&cleaned)
+        .trim_matches(|c: char| !c.is_ascii_alphanumeric());
     let hash = short_hash(value);
     if prefix.is_empty() {
         hash
@@ -134,13 +137,15 @@ pub fn is_label_value(s: &str) -> bool {
         || (b.len() <= MAX_LABEL
             && b.iter()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
-            && b[0].is_ascii_alphanumeric()
-            && b[b.len() - 1].is_ascii_alphanumeric())
+            && b.first().is_some_and(u8::is_ascii_alphanumeric)
+            && b.last().is_some_and(u8::is_ascii_alphanumeric))
 }
 
 fn short_hash(s: &str) -> String {
     let digest = Sha256::digest(s.as_bytes());
-    hex::encode(digest)[..HASH_LEN].to_owned()
+    let mut hex = hex::encode(digest);
+    hex.truncate(HASH_LEN);
+    hex
 }
 
 /// Labels of every object made for `source` (the restic cache too).

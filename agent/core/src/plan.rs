@@ -22,7 +22,7 @@ use std::{
     time::Duration,
 };
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use k8s_openapi::{
     Metadata, Resource,
     api::{
@@ -33,12 +33,12 @@ use k8s_openapi::{
 };
 use serde_json::Value;
 use snapgate_proto::{
-    time::{timestamp, to_datetime},
+    time::timestamp,
     v1::{self, DirectivePhase, report::Observation},
 };
 
 use crate::{
-    CopyMethod, Mover, MoverSpec, SpecError, annotations,
+    CopyMethod, Mover, MoverSpec, SpecError, annotations, bounds,
     classify::{self, CloneReadiness, CopyReadiness, JobState},
     names,
     resources::{self, MoverImages, MoverJobInput, ResticActions, RunRef, VolumeSnapshot},
@@ -313,11 +313,13 @@ impl Ctx<'_> {
         // Only a gated PVC is marked; a PVC whose gate was removed is reported, and the
         // scheduler releases the run.
         if observed.use_copy_trigger {
+            // A time a protobuf Timestamp cannot carry (seconds out of range, bad nanos) is not
+            // the scheduler's: the wait begins now.
             let since = self
                 .directive
                 .waiting_since
                 .as_ref()
-                .map(to_datetime)
+                .and_then(bounds::proto_time)
                 .unwrap_or(self.seen.now);
             if let Some(patch) = annotations::mark_waiting(&observed, since) {
                 out.push(self.patch_source(patch));
@@ -355,6 +357,22 @@ impl Ctx<'_> {
         let Some(pvc) = self.seen.pvc else {
             return Ok(vec![self.pvc_missing()]);
         };
+        // The trigger is written to the PVC's annotations and quoted in Events: the scheduler
+        // refuses unprintable values at admission, and the agent does not write one either.
+        if self.directive.gated
+            && let Some(why) = bounds::unwritable(&self.directive.trigger)
+        {
+            return Ok(vec![Action::Report(error(
+                "InvalidTrigger",
+                format!(
+                    "the trigger value {} of run {} is not written to PVC {}: {why}",
+                    bounds::quoted(&self.directive.trigger),
+                    bounds::quoted(self.run.run_id),
+                    self.names.source_pvc
+                ),
+                false,
+            ))]);
+        }
         if !self.directive.gated
             && self.directive.clear_waiting
             && let Some(patch) = annotations::clear_waiting(&observed)
@@ -368,7 +386,7 @@ impl Ctx<'_> {
                 return Ok(vec![Action::Report(Observation::CopyCompleted(
                     v1::CopyCompleted {
                         copy_name: String::new(),
-                        time: Some(timestamp(self.seen.now)),
+                        time: Some(timestamp(bounds::clamp_to_proto_range(self.seen.now))),
                     },
                 ))]);
             }
@@ -462,10 +480,12 @@ impl Ctx<'_> {
                 ),
             ]);
         }
+        // The copy point comes from the cluster (a creationTime, a creationTimestamp): one a
+        // protobuf Timestamp cannot carry is reported as now.
         Ok(vec![Action::Report(Observation::CopyCompleted(
             v1::CopyCompleted {
                 copy_name: self.copy_name(),
-                time: Some(timestamp(time)),
+                time: Some(timestamp(bounds::reported_time(time, self.seen.now))),
             },
         ))])
     }
@@ -533,6 +553,12 @@ impl Ctx<'_> {
         let Some(job_name) = self.names.job.clone() else {
             return Err(SpecError::NoMover);
         };
+        // `unlock` is written to the cache PVC's annotations after a successful Job.
+        if let MoverSpec::Restic(r) = self.mover
+            && let Some(why) = r.unlock.as_deref().and_then(bounds::unwritable)
+        {
+            return Err(SpecError::invalid("restic.unlock", why));
+        }
         let mut out = Vec::new();
         let observed = annotations::observe(self.seen.pvc);
         if self.method == CopyMethod::Direct
@@ -606,9 +632,15 @@ impl Ctx<'_> {
                             ),
                         ));
                     }
-                    let retry_at = failed_at(job).unwrap_or_else(|| created(&job.metadata))
-                        + chrono::Duration::from_std(self.backoff(attempt))
-                            .unwrap_or_else(|_| chrono::Duration::seconds(300));
+                    // A failure time from the future (a hostile or skewed clock) counts from now;
+                    // a back-off past the end of time is never over.
+                    let failed = failed_at(job)
+                        .unwrap_or_else(|| created(&job.metadata))
+                        .min(self.seen.now);
+                    let retry_at = TimeDelta::from_std(self.backoff(attempt))
+                        .ok()
+                        .and_then(|b| failed.checked_add_signed(b))
+                        .unwrap_or(DateTime::<Utc>::MAX_UTC);
                     if !self.seen.job_reported {
                         // The failure (and its log) reaches the scheduler before the Job that
                         // holds the log is replaced.
@@ -650,7 +682,13 @@ impl Ctx<'_> {
         job_name: String,
     ) -> Result<Vec<Action>, SpecError> {
         let data: &PersistentVolumeClaim = match self.method {
-            CopyMethod::Direct => source_pvc.expect("checked by the caller"),
+            CopyMethod::Direct => {
+                let Some(source_pvc) = source_pvc else {
+                    out.push(self.pvc_missing());
+                    return Ok(out);
+                };
+                source_pvc
+            }
             CopyMethod::Clone => match self.owned(self.seen.copy_pvc) {
                 Owned::ThisRun(c) => c,
                 Owned::Foreign(c) => {
@@ -677,7 +715,10 @@ impl Ctx<'_> {
                         out.push(self.copy_gone("the VolumeSnapshot"));
                         return Ok(out);
                     };
-                    let source_pvc = source_pvc.expect("checked by the caller");
+                    let Some(source_pvc) = source_pvc else {
+                        out.push(self.pvc_missing());
+                        return Ok(out);
+                    };
                     let restored =
                         resources::pvc_from_snapshot(&self.run, self.mover, source_pvc, snap)?;
                     out.push(Action::CreatePvc(Box::new(restored)));
@@ -732,7 +773,17 @@ impl Ctx<'_> {
             secret_keys: main_secret.unwrap_or(&empty),
             restic,
         })?;
-        let attempt = self.seen.failed_attempts + 1;
+        let Some(attempt) = self.seen.failed_attempts.checked_add(1) else {
+            out.push(Action::Report(error(
+                "TooManyAttempts",
+                format!(
+                    "the run's mover failed {} times: no further attempt can be counted",
+                    self.seen.failed_attempts
+                ),
+                false,
+            )));
+            return Ok(out);
+        };
         job.metadata
             .annotations
             .get_or_insert_with(BTreeMap::new)
@@ -854,7 +905,7 @@ impl Ctx<'_> {
             reason.to_ascii_lowercase(),
             attempt.map(|a| format!("-{a}")).unwrap_or_default()
         );
-        let now = self.seen.now;
+        let now = bounds::clamp_to_proto_range(self.seen.now);
         Action::Event(Box::new(Event {
             metadata: ObjectMeta {
                 name: Some(event_name(&key)),
@@ -872,7 +923,10 @@ impl Ctx<'_> {
                 ..Default::default()
             },
             reason: Some(reason.to_owned()),
-            message: Some(message),
+            message: Some(bounds::truncate(
+                &bounds::escape_invisible(&message),
+                bounds::MAX_MESSAGE_BYTES,
+            )),
             type_: Some(type_.to_owned()),
             count: Some(1),
             first_timestamp: Some(Time(to_jiff(now))),
@@ -943,15 +997,17 @@ fn from_jiff(t: k8s_openapi::jiff::Timestamp) -> DateTime<Utc> {
 }
 
 fn error(reason: &str, message: String, retryable: bool) -> Observation {
-    Observation::Error(v1::AgentError {
-        reason: reason.to_owned(),
-        message,
-        retryable,
-    })
+    Observation::Error(bounds::agent_error(reason, &message, retryable))
 }
 
-/// The report for a mover's outcome, with the log tail the shell read.
+/// The report for a mover's outcome, with the log tail the shell read (or why there is none),
+/// cut to [`classify::MOVER_LOG_MAX_BYTES`].
 pub fn mover_report(outcome: MoverOutcome, logs: String) -> Observation {
+    let logs = if logs.len() <= classify::MOVER_LOG_MAX_BYTES {
+        logs
+    } else {
+        bounds::truncate(&logs, classify::MOVER_LOG_MAX_BYTES)
+    };
     match outcome {
         MoverOutcome::Succeeded => Observation::MoverFinished(v1::MoverFinished {
             succeeded: true,
@@ -1412,5 +1468,275 @@ mod tests {
         s.secrets = Some(&secrets);
         let a = plan(&d, &s, &PlanConfig::default()).unwrap();
         assert_eq!(kinds(&a), ["Report AgentError"]);
+    }
+
+    fn only_error(actions: &[Action]) -> &v1::AgentError {
+        match actions {
+            [Action::Report(Observation::Error(e))] => e,
+            other => panic!("not one error: {:?}", kinds(other)),
+        }
+    }
+
+    #[test]
+    fn a_mover_failure_count_of_u32_max_is_refused_not_overflowed() {
+        let d = directive(DirectivePhase::Transfer, v1::CopyMethod::Direct);
+        let source = pvc("data", &[], None);
+        let cache = pvc("volsync-src-db-cache", &[], None);
+        let secrets = BTreeMap::from([("repo".to_owned(), BTreeSet::new())]);
+        let mut s = seen(Some(&source));
+        s.cache_pvc = Some(&cache);
+        s.secrets = Some(&secrets);
+        s.failed_attempts = u32::MAX;
+        let a = plan(&d, &s, &PlanConfig::default()).unwrap();
+        let e = only_error(&a);
+        assert_eq!((e.reason.as_str(), e.retryable), ("TooManyAttempts", false));
+        s.failed_attempts = u32::MAX - 1;
+        let a = plan(&d, &s, &PlanConfig::default()).unwrap();
+        let Some(Action::CreateJob(job)) = a.first() else {
+            panic!("{:?}", kinds(&a))
+        };
+        assert_eq!(job_attempt(job), u32::MAX);
+    }
+
+    #[test]
+    fn a_back_off_past_the_end_of_time_waits_for_ever_instead_of_panicking() {
+        let d = directive(DirectivePhase::Transfer, v1::CopyMethod::Direct);
+        let source = pvc("data", &[], None);
+        let config = PlanConfig {
+            mover_backoff: Duration::from_secs(1 << 50),
+            mover_backoff_max: Duration::from_secs(1 << 52),
+            ..PlanConfig::default()
+        };
+        let job = failed_job(now());
+        let mut s = seen(Some(&source));
+        s.job = Some(&job);
+        s.job_reported = true;
+        let a = plan(&d, &s, &config).unwrap();
+        assert_eq!(a.last(), Some(&Action::WakeAt(DateTime::<Utc>::MAX_UTC)));
+    }
+
+    #[test]
+    fn a_job_failure_time_in_the_future_counts_its_back_off_from_now() {
+        let d = directive(DirectivePhase::Transfer, v1::CopyMethod::Direct);
+        let source = pvc("data", &[], None);
+        let job = failed_job(from_jiff(Timestamp::MAX));
+        let mut s = seen(Some(&source));
+        s.job = Some(&job);
+        s.job_reported = true;
+        let a = plan(&d, &s, &PlanConfig::default()).unwrap();
+        assert_eq!(
+            a.last(),
+            Some(&Action::WakeAt(now() + chrono::Duration::seconds(20))),
+            "attempt 2: 20 s from now, not from the year 9999"
+        );
+    }
+
+    fn ready_snapshot(creation: Timestamp) -> VolumeSnapshot {
+        VolumeSnapshot {
+            metadata: ObjectMeta {
+                name: Some("volsync-db-src".into()),
+                labels: Some(names::temporary_labels("db", "run-7")),
+                ..Default::default()
+            },
+            spec: Default::default(),
+            status: Some(VolumeSnapshotStatus {
+                bound_volume_snapshot_content_name: Some("content".into()),
+                creation_time: Some(Time(creation)),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn a_snapshot_creation_time_a_protobuf_timestamp_cannot_carry_is_reported_as_now() {
+        let d = directive(DirectivePhase::Copy, v1::CopyMethod::Snapshot);
+        let completed = pvc(
+            "data",
+            &[
+                USE,
+                (annotations::LATEST_COPY_STATUS, "Completed"),
+                (annotations::LATEST_COPY_TRIGGER, "first"),
+            ],
+            None,
+        );
+        for (creation, want) in [
+            (Timestamp::MIN, now()),
+            (Timestamp::new(-62_135_596_801, 0).unwrap(), now()),
+            (Timestamp::MAX, from_jiff(Timestamp::MAX)),
+            (Timestamp::UNIX_EPOCH, DateTime::<Utc>::UNIX_EPOCH),
+        ] {
+            let snap = ready_snapshot(creation);
+            let mut s = seen(Some(&completed));
+            s.snapshot = Some(&snap);
+            let a = plan(&d, &s, &PlanConfig::default()).unwrap();
+            assert_eq!(
+                a,
+                [Action::Report(Observation::CopyCompleted(
+                    v1::CopyCompleted {
+                        copy_name: "volsync-db-src".into(),
+                        time: Some(timestamp(want)),
+                    }
+                ))],
+                "{creation}"
+            );
+        }
+    }
+
+    #[test]
+    fn now_at_chronos_extremes_still_gives_valid_timestamps_and_waiting_since() {
+        let d = directive(DirectivePhase::Copy, v1::CopyMethod::Direct);
+        let source = pvc("data", &[], None);
+        for (t, seconds) in [
+            (DateTime::<Utc>::MAX_UTC, bounds::MAX_PROTO_SECONDS),
+            (DateTime::<Utc>::MIN_UTC, bounds::MIN_PROTO_SECONDS),
+        ] {
+            let mut s = seen(Some(&source));
+            s.now = t;
+            let a = plan(&d, &s, &PlanConfig::default()).unwrap();
+            let [Action::Report(Observation::CopyCompleted(c))] = a.as_slice() else {
+                panic!("{:?}", kinds(&a))
+            };
+            assert_eq!(c.time.map(|t| t.seconds), Some(seconds));
+        }
+    }
+
+    #[test]
+    fn a_directive_waiting_since_a_protobuf_timestamp_cannot_carry_is_written_as_now() {
+        let fresh = pvc("data", &[USE], None);
+        for (seconds, nanos) in [
+            (i64::MAX, 0),
+            (i64::MIN, 0),
+            (bounds::MAX_PROTO_SECONDS + 1, 0),
+            (0, -1),
+            (0, 1_000_000_000),
+        ] {
+            let mut d = directive(DirectivePhase::Wait, v1::CopyMethod::Snapshot);
+            d.waiting_since = Some(prost_types::Timestamp { seconds, nanos });
+            let a = plan(&d, &seen(Some(&fresh)), &PlanConfig::default()).unwrap();
+            let Some(Action::PatchPvc { patch, .. }) = a.first() else {
+                panic!("{:?}", kinds(&a))
+            };
+            assert_eq!(
+                patch["metadata"]["annotations"][annotations::LATEST_COPY_TRIGGER_WAITING_SINCE],
+                "2026-03-04T05:06:07Z",
+                "{seconds} {nanos}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_trigger_with_invisible_characters_or_over_253_characters_is_refused_not_written() {
+        let waiting = pvc(
+            "data",
+            &[USE, (annotations::LATEST_COPY_STATUS, "WaitingForTrigger")],
+            None,
+        );
+        for trigger in [
+            "evil\u{202E}gnp.exe".to_owned(),
+            "zero\u{200B}width".to_owned(),
+            "\u{FEFF}bom".to_owned(),
+            "line\nbreak".to_owned(),
+            "x".repeat(254),
+        ] {
+            let mut d = directive(DirectivePhase::Copy, v1::CopyMethod::Snapshot);
+            d.write_copy_trigger = true;
+            d.trigger = trigger.clone();
+            let a = plan(&d, &seen(Some(&waiting)), &PlanConfig::default()).unwrap();
+            let e = only_error(&a);
+            assert_eq!((e.reason.as_str(), e.retryable), ("InvalidTrigger", false));
+            assert!(
+                !e.message.chars().any(bounds::is_invisible),
+                "{}",
+                e.message
+            );
+            assert!(e.message.len() < 300, "quotes a prefix only: {}", e.message);
+        }
+        let mut d = directive(DirectivePhase::Copy, v1::CopyMethod::Snapshot);
+        d.trigger = "é".repeat(253);
+        let a = plan(&d, &seen(Some(&waiting)), &PlanConfig::default()).unwrap();
+        assert!(
+            matches!(a.first(), Some(Action::PatchPvc { .. })),
+            "253 are fine"
+        );
+    }
+
+    #[test]
+    fn a_restic_unlock_value_that_cannot_be_written_to_the_cache_pvc_is_refused() {
+        let mut d = directive(DirectivePhase::Transfer, v1::CopyMethod::Direct);
+        if let Some(r) = d.spec.as_mut().and_then(|s| s.restic.as_mut()) {
+            r.unlock = Some("u\u{202E}1".into());
+        }
+        let source = pvc("data", &[], None);
+        let err = plan(&d, &seen(Some(&source)), &PlanConfig::default()).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("restic.unlock is invalid: U+202E at byte 1"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_snapshot_error_of_a_megabyte_is_reported_cut_to_a_kibibyte() {
+        let d = directive(DirectivePhase::Copy, v1::CopyMethod::Snapshot);
+        let source = pvc(
+            "data",
+            &[USE, (annotations::LATEST_COPY_STATUS, "InProgress")],
+            None,
+        );
+        let mut snap = ready_snapshot(Timestamp::UNIX_EPOCH);
+        if let Some(st) = snap.status.as_mut() {
+            st.ready_to_use = Some(false);
+            st.error = Some(crate::resources::VolumeSnapshotError {
+                message: Some("no\u{202E}".repeat(1 << 18)),
+                time: None,
+            });
+        }
+        let mut s = seen(Some(&source));
+        s.snapshot = Some(&snap);
+        let a = plan(&d, &s, &PlanConfig::default()).unwrap();
+        let e = only_error(&a);
+        assert_eq!(e.reason, "SnapshotFailed");
+        assert!(e.message.len() <= bounds::MAX_MESSAGE_BYTES);
+        assert!(e.message.ends_with(bounds::TRUNCATED));
+        assert!(
+            e.message
+                .starts_with("VolumeSnapshot volsync-db-src: no\\u{202e}no")
+        );
+    }
+
+    #[test]
+    fn event_messages_escape_invisible_characters_and_stay_under_a_kibibyte() {
+        let mut d = directive(DirectivePhase::Wait, v1::CopyMethod::Snapshot);
+        d.run_id = format!("run-\u{202E}{}", "7".repeat(5000));
+        let fresh = pvc("data", &[USE], None);
+        let a = plan(&d, &seen(Some(&fresh)), &PlanConfig::default()).unwrap();
+        let Some(Action::Event(e)) = a.get(1) else {
+            panic!("{:?}", kinds(&a))
+        };
+        let message = e.message.as_deref().unwrap_or_default();
+        assert!(
+            message.len() <= bounds::MAX_MESSAGE_BYTES,
+            "{}",
+            message.len()
+        );
+        assert!(message.contains("run-\\u{202e}777"), "{message}");
+        assert!(is_dns_subdomain(
+            e.metadata.name.as_deref().unwrap_or_default()
+        ));
+    }
+
+    fn is_dns_subdomain(s: &str) -> bool {
+        !s.is_empty() && s.len() <= 253 && s.split('.').all(names::is_dns_label)
+    }
+
+    #[test]
+    fn a_log_unavailable_message_of_any_length_is_reported_cut() {
+        let long = format!("(log unavailable: {})", "e".repeat(10_000));
+        let Observation::MoverFailed(m) = mover_report(MoverOutcome::Failed { attempt: 1 }, long)
+        else {
+            unreachable!()
+        };
+        assert!(m.logs.len() <= classify::MOVER_LOG_MAX_BYTES);
+        assert!(m.logs.starts_with("(log unavailable: eee"));
     }
 }

@@ -184,9 +184,9 @@ impl<'a> MoverSpec<'a> {
         if let Some(r) = &spec.rsync_tls {
             found.push(Self::RsyncTls(r));
         }
-        match found.len() {
-            0 => Err(SpecError::NoMover),
-            1 => Ok(found[0]),
+        match found.as_slice() {
+            [] => Err(SpecError::NoMover),
+            [one] => Ok(*one),
             _ => Err(SpecError::SeveralMovers(
                 found
                     .iter()

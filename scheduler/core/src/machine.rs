@@ -80,15 +80,7 @@ pub struct Restored {
 
 /// `text` cut to at most `max` bytes on a character boundary, marked when cut.
 pub fn bounded_text(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_owned();
-    }
-    let marker = format!("... (cut at {max} of {} bytes)", text.len());
-    let mut cut = max.saturating_sub(marker.len());
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    format!("{}{marker}", &text[..cut])
+    snapgate_proto::text::truncate(text, max)
 }
 
 /// The last `max` bytes of a log at most, from a character boundary, marked when cut.
@@ -96,12 +88,9 @@ fn log_tail(log: &str, max: usize) -> String {
     if log.len() <= max {
         return log.to_owned();
     }
-    let marker = format!("({} earlier bytes cut)\n", log.len() - max);
-    let mut start = log.len() - max.saturating_sub(marker.len());
-    while !log.is_char_boundary(start) {
-        start += 1;
-    }
-    format!("{marker}{}", &log[start..])
+    let marker = format!("({} earlier bytes cut)\n", log.len().saturating_sub(max));
+    let kept = snapgate_proto::text::tail(log, max.saturating_sub(marker.len()));
+    format!("{marker}{kept}")
 }
 
 /// How far ahead of the scheduler's clock an agent's clock may be.
@@ -113,14 +102,8 @@ fn valid_agent_time(
     t: Option<prost_types::Timestamp>,
     now: DateTime<Utc>,
 ) -> Option<DateTime<Utc>> {
-    const MIN_SECONDS: i64 = -62_135_596_800; // 0001-01-01T00:00:00Z
-    const MAX_SECONDS: i64 = 253_402_300_799; // 9999-12-31T23:59:59Z
-    let t = t?;
-    if !(MIN_SECONDS..=MAX_SECONDS).contains(&t.seconds) || !(0..1_000_000_000).contains(&t.nanos) {
-        return None;
-    }
     let latest = now.checked_add_signed(MAX_AGENT_CLOCK_AHEAD).unwrap_or(now);
-    DateTime::from_timestamp(t.seconds, t.nanos.unsigned_abs()).filter(|t| *t <= latest)
+    snapgate_proto::time::proto_time(&t?).filter(|t| *t <= latest)
 }
 
 /// What the store keeps per source.

@@ -838,47 +838,7 @@ pub fn printable(field: &str, v: &str, required: bool) -> Result {
     Ok(())
 }
 
-/// Unicode's Cc (controls), Cf (format: bidi controls, zero-width characters, the BOM,
-/// tags), Zl and Zp, as of Unicode 16.
-pub fn is_invisible(c: char) -> bool {
-    const FORMAT: &[(u32, u32)] = &[
-        (0x00AD, 0x00AD),
-        (0x0600, 0x0605),
-        (0x061C, 0x061C),
-        (0x06DD, 0x06DD),
-        (0x070F, 0x070F),
-        (0x0890, 0x0891),
-        (0x08E2, 0x08E2),
-        (0x180E, 0x180E),
-        (0x200B, 0x200F),
-        (0x2028, 0x202E),
-        (0x2060, 0x2064),
-        (0x2066, 0x206F),
-        (0xFEFF, 0xFEFF),
-        (0xFFF9, 0xFFFB),
-        (0x110BD, 0x110BD),
-        (0x110CD, 0x110CD),
-        (0x13430, 0x1343F),
-        (0x1BCA0, 0x1BCA3),
-        (0x1D173, 0x1D17A),
-        (0xE0001, 0xE0001),
-        (0xE0020, 0xE007F),
-    ];
-    let u = u32::from(c);
-    c.is_control() || FORMAT.iter().any(|(lo, hi)| (*lo..=*hi).contains(&u))
-}
-
-/// The longest prefix of a refused value an error message quotes.
-const QUOTE_CHARS: usize = 64;
-
-/// A refused value as an error quotes it: debug-quoted, at most [`QUOTE_CHARS`] characters,
-/// so that a megabyte of input never becomes a megabyte of error (or of gRPC metadata).
-pub fn quoted(v: &str) -> String {
-    match v.char_indices().nth(QUOTE_CHARS) {
-        None => format!("{v:?}"),
-        Some((cut, _)) => format!("{:?}... ({} bytes)", &v[..cut], v.len()),
-    }
-}
+pub use snapgate_proto::text::{is_invisible, quoted};
 
 #[cfg(test)]
 mod tests {

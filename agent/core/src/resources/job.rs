@@ -63,6 +63,8 @@ pub const DEFAULT_RSYNC_TLS_PORT: i32 = 8000;
 pub const DEFAULT_FORGET_OPTIONS: &str = "--keep-last 1";
 
 const SECRET_MODE_0600: i32 = 0o600;
+/// The longest `retain.within` passed to restic.
+const MAX_RETAIN_LEN: usize = 64;
 const CUSTOM_CA_FILE: &str = "ca.crt";
 const GCS_CREDENTIALS_KEY: &str = "GOOGLE_APPLICATION_CREDENTIALS";
 const GCS_CREDENTIALS_DIR: &str = "/credentials";
@@ -438,7 +440,8 @@ impl DataVolume {
             status_modes.or_else(|| pvc.spec.as_ref().and_then(|s| s.access_modes.as_ref()));
         Self {
             name: pvc.metadata.name.clone().unwrap_or_default(),
-            read_only: modes.is_some_and(|m| m.len() == 1 && m[0] == "ReadOnlyMany"),
+            read_only: modes
+                .is_some_and(|m| matches!(m.as_slice(), [only] if only == "ReadOnlyMany")),
             block: pvc.spec.as_ref().and_then(|s| s.volume_mode.as_deref()) == Some("Block"),
         }
     }
@@ -451,6 +454,9 @@ fn restic(
     data: &DataVolume,
 ) -> Result<(), SpecError> {
     let repo = required("restic.repository", &r.repository)?;
+    if let Some(retain) = &r.retain {
+        retain_values(retain)?;
+    }
     pod.env.extend([
         value_env("FORGET_OPTIONS", &forget_options(r.retain.as_ref())),
         value_env("DATA_DIR", DATA_MOUNT),
@@ -498,6 +504,52 @@ fn restic(
                 ..Default::default()
             },
         );
+    }
+    Ok(())
+}
+
+/// The free-form values of a retain policy go into `FORGET_OPTIONS`, which the mover splits
+/// into restic's arguments: only what restic reads as a duration or a count is passed on.
+fn retain_values(retain: &v1::ResticRetainPolicy) -> Result<(), SpecError> {
+    if let Some(w) = &retain.within {
+        // restic's duration: numbers with y, m, d, h units, e.g. `1y6m3d12h`.
+        let mut digits = 0usize;
+        let mut units = 0usize;
+        for c in w.chars() {
+            match c {
+                '0'..='9' => digits = digits.saturating_add(1),
+                'y' | 'm' | 'd' | 'h' if digits > 0 => {
+                    digits = 0;
+                    units = units.saturating_add(1);
+                }
+                _ => {
+                    units = 0;
+                    break;
+                }
+            }
+        }
+        if units == 0 || digits != 0 || w.len() > MAX_RETAIN_LEN {
+            return Err(SpecError::invalid(
+                "restic.retain.within",
+                format!(
+                    "{} is not a restic duration such as 3d12h (at most {MAX_RETAIN_LEN} \
+                     characters, MAX_RETAIN_LEN)",
+                    crate::bounds::quoted(w)
+                ),
+            ));
+        }
+    }
+    if let Some(l) = &retain.last
+        && (l.is_empty() || !l.bytes().all(|b| b.is_ascii_digit()) || l.parse::<i32>().is_err())
+    {
+        return Err(SpecError::invalid(
+            "restic.retain.last",
+            format!(
+                "{} is not a non-negative integer up to {} such as \"10\"",
+                crate::bounds::quoted(l),
+                i32::MAX
+            ),
+        ));
     }
     Ok(())
 }
@@ -653,7 +705,7 @@ fn mover_volumes(pod: &mut PodParts, o: &VolumeOptions<'_>) -> Result<(), SpecEr
             .as_object()
             .map(|m| m.keys().collect())
             .unwrap_or_default();
-        if kinds.len() != 1 || !KINDS.contains(&kinds[0].as_str()) {
+        if !matches!(kinds.as_slice(), [kind] if KINDS.contains(&kind.as_str())) {
             return Err(SpecError::invalid(
                 format!("{field}.volumeSource"),
                 format!("must be exactly one of {}", KINDS.join(", ")),

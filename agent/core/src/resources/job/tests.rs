@@ -1016,3 +1016,46 @@ fn images_come_from_the_configured_set_and_default_to_a_pinned_release() {
         "registry.example/volsync:0.14.0@sha256:abc"
     );
 }
+
+#[test]
+fn only_a_restic_duration_and_a_count_reach_forget_options() {
+    let retain = |within: Option<&str>, last: Option<&str>| {
+        restic_spec(|r| {
+            r.retain = Some(v1::ResticRetainPolicy {
+                within: within.map(str::to_owned),
+                last: last.map(str::to_owned),
+                ..Default::default()
+            });
+        })
+    };
+    for (within, last) in [(Some("1y6m3d12h"), Some("10")), (None, Some("0"))] {
+        assert!(
+            Case::new(retain(within, last)).build().is_ok(),
+            "{within:?} {last:?}"
+        );
+    }
+    let cases = [
+        (
+            Some("3d --keep-last 0"),
+            None,
+            "restic.retain.within is invalid",
+        ),
+        (Some("forever"), None, "restic.retain.within is invalid"),
+        (Some("3d12"), None, "restic.retain.within is invalid"),
+        (Some(""), None, "restic.retain.within is invalid"),
+        (
+            Some(&*"1d".repeat(40)),
+            None,
+            "restic.retain.within is invalid",
+        ),
+        (None, Some("10 --prune"), "restic.retain.last is invalid"),
+        (None, Some("-1"), "restic.retain.last is invalid"),
+        (None, Some(""), "restic.retain.last is invalid"),
+        (None, Some("2147483648"), "restic.retain.last is invalid"),
+        (None, Some("1\u{202E}"), "restic.retain.last is invalid"),
+    ];
+    for (within, last, want) in cases {
+        let err = Case::new(retain(within, last)).build().unwrap_err();
+        assert!(err.to_string().starts_with(want), "{err}");
+    }
+}
