@@ -32,8 +32,6 @@ pub const TIMEOUT_TEXT: &str = "Timed out waiting for copy-trigger to be modifie
 pub const MAX_MESSAGE_BYTES: usize = 1024;
 /// The most bytes of a mover log kept (the end of it): a tail, not the whole log.
 pub const MAX_LOG_BYTES: usize = 4096;
-/// The longest annotation value taken from a PVC (`copy-trigger`, `latest-copy-trigger`).
-pub const MAX_ANNOTATION_BYTES: usize = 1024;
 /// The largest `ListSources` or `ListRuns` answer, encoded: well inside a gRPC client's
 /// default 4 MiB message limit.
 pub const MAX_PAGE_BYTES: usize = 3 * 1024 * 1024;
@@ -1038,16 +1036,18 @@ impl Scheduler {
             }
             return;
         }
-        if let Some((which, len)) = [
-            ("copy-trigger", pvc.copy_trigger.len()),
-            ("latest-copy-trigger", pvc.latest_copy_trigger.len()),
+        // A value written to the PVC by anyone: the same rule as a Trigger's value, so that
+        // nothing unprintable or overlong releases a run or is written back.
+        if let Some(broken) = [
+            ("copy-trigger", &pvc.copy_trigger),
+            ("latest-copy-trigger", &pvc.latest_copy_trigger),
         ]
         .into_iter()
-        .find(|(_, len)| *len > MAX_ANNOTATION_BYTES)
+        .find_map(|(which, v)| validate::printable(which, v, false).err())
         {
             let msg = format!(
-                "the {which} annotation of PVC {} is {len} bytes; at most {MAX_ANNOTATION_BYTES} are accepted: write a shorter value",
-                run.pvc
+                "the {} annotation of PVC {}: {}; the run waits for a valid value",
+                broken.field, run.pvc, broken.rule
             );
             if run.message != msg {
                 run.message = msg.clone();

@@ -327,6 +327,43 @@ fn an_agents_out_of_range_copy_time_is_replaced_by_the_time_of_the_report() {
 }
 
 #[test]
+fn an_overlong_or_unprintable_copy_trigger_annotation_never_releases_a_run() {
+    for bad in [
+        "x".repeat(254),
+        "v\u{202E}1".to_owned(),
+        format!("{}... (truncated)", "y".repeat(1000)),
+    ] {
+        let mut core = Scheduler::new();
+        core.apply_source(key("db"), restic_spec(), 0, t0())
+            .unwrap();
+        let run = current(&core, "db");
+        let pvc = Observation::Pvc(v1::PvcObserved {
+            exists: true,
+            use_copy_trigger: true,
+            copy_trigger: bad.clone(),
+            ..Default::default()
+        });
+        core.handle_report(&apps(), report(&run.id, run.generation, pvc), t0());
+        let run = current(&core, "db");
+        assert_eq!(
+            run.phase,
+            RunPhase::Gating as i32,
+            "not released by {bad:?}"
+        );
+        assert!(run.trigger.is_empty());
+        assert!(
+            run.message.contains("copy-trigger annotation"),
+            "{}",
+            run.message
+        );
+        assert!(
+            run.message.len() < 512,
+            "the value is quoted by a prefix only"
+        );
+    }
+}
+
+#[test]
 fn an_agents_clock_a_little_ahead_is_trusted() {
     let mut core = Scheduler::new();
     core.apply_source(key("db"), restic_spec(), 0, t0())
