@@ -1,85 +1,21 @@
 //! The scheduler over real gRPC on loopback: every service, the agent link, the store's
 //! durability and its faults.
 
-use std::{
-    path::Path,
-    sync::{Arc, atomic::Ordering},
-    time::Duration,
-};
+mod support;
+
+use std::{sync::atomic::Ordering, time::Duration};
 
 use futures::StreamExt;
 use snapgate_proto::v1::{
     self, CopyMethod, CopyState, DirectivePhase, agent_message,
     agent_service_client::AgentServiceClient, report::Observation,
-    scheduler_message::Message as ToAgent, source_service_client::SourceServiceClient,
-    trigger_service_client::TriggerServiceClient,
+    scheduler_message::Message as ToAgent,
 };
-use snapgate_scheduler::{
-    Config,
-    clock::SystemClock,
-    identity::Authorizer,
-    metrics::Metrics,
-    serve,
-    store::{FaultyStore, RedbStore, Store},
-};
-use tokio::{net::TcpListener, sync::mpsc, task::JoinHandle};
+use snapgate_scheduler::store::{FaultyStore, RedbStore};
+use support::Running;
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, transport::Channel};
-
-struct Running {
-    channel: Channel,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: JoinHandle<anyhow::Result<()>>,
-}
-
-impl Running {
-    async fn start(store: Box<dyn Store>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let config = Config {
-            store,
-            clock: Arc::new(SystemClock),
-            metrics: Metrics::new(),
-            authorizer: Authorizer,
-        };
-        let task = tokio::spawn(serve(config, listener, async {
-            let _ = stopped.await;
-        }));
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        Self {
-            channel,
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    async fn open(dir: &Path) -> Self {
-        Self::start(Box::new(RedbStore::open(dir).unwrap())).await
-    }
-
-    fn sources(&self) -> SourceServiceClient<Channel> {
-        SourceServiceClient::new(self.channel.clone())
-    }
-
-    fn triggers(&self) -> TriggerServiceClient<Channel> {
-        TriggerServiceClient::new(self.channel.clone())
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        drop(self.channel);
-        tokio::time::timeout(Duration::from_secs(10), self.task)
-            .await
-            .expect("the scheduler stops")
-            .unwrap()
-            .unwrap();
-    }
-}
 
 fn restic(pvc: &str, schedule: &str) -> v1::SourceSpec {
     v1::SourceSpec {

@@ -1,6 +1,8 @@
 //! The scheduler survives any request: a dead driver is reported and exits, a store with bad
 //! records still starts, and every stream, queue and answer is bounded.
 
+mod support;
+
 use std::{collections::BTreeMap, path::Path, sync::Arc, time::Duration};
 
 use futures::StreamExt;
@@ -8,108 +10,19 @@ use prost::Message as _;
 use redb::ReadableDatabase as _;
 use snapgate_proto::v1::{
     self, CopyMethod, agent_message, agent_service_client::AgentServiceClient,
-    scheduler_message::Message as ToAgent, source_service_client::SourceServiceClient,
-    trigger_service_client::TriggerServiceClient,
+    scheduler_message::Message as ToAgent,
 };
-use snapgate_scheduler::{
-    Config,
-    clock::SystemClock,
-    identity::Authorizer,
-    metrics::Metrics,
-    serve,
-    store::{Batch, Loaded, RedbStore, Store, StoreError, Write},
-};
+use snapgate_scheduler::store::{Batch, Loaded, RedbStore, Store, StoreError, Write};
 use snapgate_scheduler_core::SourceRecord;
+use support::Running;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
     sync::mpsc,
-    task::JoinHandle,
 };
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Code, transport::Channel};
+use tonic::Code;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
-
-struct Running {
-    channel: Channel,
-    addr: std::net::SocketAddr,
-    metrics: Metrics,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: JoinHandle<anyhow::Result<()>>,
-}
-
-impl Running {
-    async fn start(store: Box<dyn Store>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let metrics = Metrics::new();
-        let config = Config {
-            store,
-            clock: Arc::new(SystemClock),
-            metrics: metrics.clone(),
-            authorizer: Authorizer,
-        };
-        let task = tokio::spawn(serve(config, listener, async {
-            let _ = stopped.await;
-        }));
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        Self {
-            channel,
-            addr,
-            metrics,
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    async fn open(dir: &Path) -> Self {
-        Self::start(Box::new(RedbStore::open(dir).unwrap())).await
-    }
-
-    fn sources(&self) -> SourceServiceClient<Channel> {
-        SourceServiceClient::new(self.channel.clone())
-    }
-
-    fn triggers(&self) -> TriggerServiceClient<Channel> {
-        TriggerServiceClient::new(self.channel.clone())
-    }
-
-    /// The value of a metric without labels, from the exposition.
-    fn gauge(&self, name: &str) -> i64 {
-        self.metrics
-            .encode()
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in the metrics"))
-    }
-
-    /// Waits (bounded) until a metric reaches a value: the event, not a sleep.
-    async fn until_gauge(&self, name: &str, want: i64) {
-        tokio::time::timeout(Duration::from_secs(10), async {
-            while self.gauge(name) != want {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("{name} stayed at {} (want {want})", self.gauge(name)));
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        drop(self.channel);
-        tokio::time::timeout(Duration::from_secs(10), self.task)
-            .await
-            .expect("the scheduler stops")
-            .unwrap()
-            .unwrap();
-    }
-}
 
 fn restic(pvc: &str) -> v1::SourceSpec {
     v1::SourceSpec {

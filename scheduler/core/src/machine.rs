@@ -1027,13 +1027,7 @@ impl Scheduler {
         let was_waiting = phase(run) == RunPhase::WaitingForTrigger;
         if !pvc.exists {
             let msg = format!("source PVC {} not found; waiting for it", run.pvc);
-            if run.message != msg {
-                run.message = msg.clone();
-                note(run, now, "Error", msg.clone());
-                self.put_run(id);
-                self.set_condition(&key, "True", "Error", &msg, now);
-                self.put_source(&key);
-            }
+            self.keep_waiting_with_error(id, &key, msg, now);
             return;
         }
         // A value written to the PVC by anyone: the same rule as a Trigger's value, so that
@@ -1049,13 +1043,7 @@ impl Scheduler {
                 "the {} annotation of PVC {}: {}; the run waits for a valid value",
                 broken.field, run.pvc, broken.rule
             );
-            if run.message != msg {
-                run.message = msg.clone();
-                note(run, now, "Error", msg.clone());
-                self.put_run(id);
-                self.set_condition(&key, "True", "Error", &msg, now);
-                self.put_source(&key);
-            }
+            self.keep_waiting_with_error(id, &key, msg, now);
             return;
         }
         run.message.clear();
@@ -1119,6 +1107,28 @@ impl Scheduler {
             // Still waiting; keep what we know of latest-copy-trigger.
             self.put_run(id);
         }
+    }
+
+    /// A run that cannot go on until the cluster changes: the error on the run and the source,
+    /// recorded once however often it is reported.
+    fn keep_waiting_with_error(
+        &mut self,
+        id: RunId,
+        key: &SourceKey,
+        msg: String,
+        now: DateTime<Utc>,
+    ) {
+        let Some(run) = self.active.get_mut(&id) else {
+            return;
+        };
+        if run.message == msg {
+            return;
+        }
+        run.message = msg.clone();
+        note(run, now, "Error", msg.clone());
+        self.put_run(id);
+        self.set_condition(key, "True", "Error", &msg, now);
+        self.put_source(key);
     }
 
     fn release(&mut self, id: RunId, value: String, by: &str, now: DateTime<Utc>) {

@@ -49,6 +49,19 @@ fn seconds(s: i64, nanos: i32) -> Option<prost_types::Duration> {
     Some(prost_types::Duration { seconds: s, nanos })
 }
 
+/// A free-form object of about `bytes` bytes.
+fn big_object(bytes: usize) -> prost_types::Struct {
+    prost_types::Struct {
+        fields: [(
+            "x".to_owned(),
+            prost_types::Value {
+                kind: Some(prost_types::value::Kind::StringValue("y".repeat(bytes))),
+            },
+        )]
+        .into(),
+    }
+}
+
 fn invalid(r: Result<v1::Source, CoreError>) -> validate::InvalidField {
     match r {
         Err(CoreError::Invalid(f)) => f,
@@ -477,26 +490,17 @@ fn retain_last_is_a_string_holding_a_non_negative_integer_as_in_volsync() {
 #[test]
 fn free_form_objects_and_the_whole_spec_are_bounded_with_the_bound_in_the_error() {
     let mut core = Scheduler::new();
-    let big = |bytes: usize| prost_types::Struct {
-        fields: [(
-            "x".to_owned(),
-            prost_types::Value {
-                kind: Some(prost_types::value::Kind::StringValue("y".repeat(bytes))),
-            },
-        )]
-        .into(),
-    };
     let mut s = restic_spec();
-    s.restic.as_mut().unwrap().mover_affinity = Some(big(20_000));
+    s.restic.as_mut().unwrap().mover_affinity = Some(big_object(20_000));
     let e = invalid(core.apply_source(key("db"), s, 0, t0()));
     assert_eq!(e.field, "spec.restic.moverAffinity");
     assert!(e.rule.contains("16384"), "{}", e.rule);
 
     let mut s = restic_spec();
     let r = s.restic.as_mut().unwrap();
-    r.mover_affinity = Some(big(15_000));
-    r.mover_resources = Some(big(15_000));
-    r.mover_security_context = Some(big(15_000));
+    r.mover_affinity = Some(big_object(15_000));
+    r.mover_resources = Some(big_object(15_000));
+    r.mover_security_context = Some(big_object(15_000));
     s.rclone = None;
     for i in 0..16 {
         s.restic
@@ -533,15 +537,7 @@ fn a_page_of_sources_always_fits_a_clients_default_message_limit() {
         &mut r.mover_resources,
         &mut r.mover_security_context,
     ] {
-        *field = Some(prost_types::Struct {
-            fields: [(
-                "x".to_owned(),
-                prost_types::Value {
-                    kind: Some(prost_types::value::Kind::StringValue("y".repeat(16_000))),
-                },
-            )]
-            .into(),
-        });
+        *field = Some(big_object(16_000));
     }
     for i in 0..300 {
         core.apply_source(key(&format!("s{i:03}")), s.clone(), 0, t0())

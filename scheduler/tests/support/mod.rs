@@ -1,0 +1,101 @@
+//! The scheduler served on loopback for the integration tests: start on a store, clients,
+//! metrics, a clean stop.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::{path::Path, sync::Arc, time::Duration};
+
+use snapgate_proto::v1::{
+    source_service_client::SourceServiceClient, trigger_service_client::TriggerServiceClient,
+};
+use snapgate_scheduler::{
+    Config,
+    clock::SystemClock,
+    identity::Authorizer,
+    metrics::Metrics,
+    serve,
+    store::{RedbStore, Store},
+};
+use tokio::{net::TcpListener, task::JoinHandle};
+use tonic::transport::Channel;
+
+pub struct Running {
+    pub channel: Channel,
+    pub addr: std::net::SocketAddr,
+    pub metrics: Metrics,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    pub task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    pub async fn start(store: Box<dyn Store>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let metrics = Metrics::new();
+        let config = Config {
+            store,
+            clock: Arc::new(SystemClock),
+            metrics: metrics.clone(),
+            authorizer: Authorizer,
+        };
+        let task = tokio::spawn(serve(config, listener, async {
+            let _ = stopped.await;
+        }));
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        Self {
+            channel,
+            addr,
+            metrics,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    pub async fn open(dir: &Path) -> Self {
+        Self::start(Box::new(RedbStore::open(dir).unwrap())).await
+    }
+
+    pub fn sources(&self) -> SourceServiceClient<Channel> {
+        SourceServiceClient::new(self.channel.clone())
+    }
+
+    pub fn triggers(&self) -> TriggerServiceClient<Channel> {
+        TriggerServiceClient::new(self.channel.clone())
+    }
+
+    /// The value of a metric without labels, from the exposition.
+    pub fn gauge(&self, name: &str) -> i64 {
+        self.metrics
+            .encode()
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in the metrics"))
+    }
+
+    /// Waits (bounded) until a metric reaches a value: the event, not a sleep.
+    pub async fn until_gauge(&self, name: &str, want: i64) {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while self.gauge(name) != want {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{name} stayed at {} (want {want})", self.gauge(name)));
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        drop(self.channel);
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("the scheduler stops")
+            .unwrap()
+            .unwrap();
+    }
+}
