@@ -124,6 +124,21 @@ fn current(core: &Scheduler, name: &str) -> v1::Run {
     core.list_runs(&key(name), 1).unwrap().remove(0)
 }
 
+/// A source whose first run (ungated) is copying.
+fn copying() -> (Scheduler, v1::Run) {
+    let mut core = Scheduler::new();
+    core.apply_source(key("db"), restic_spec(), 0, t0())
+        .unwrap();
+    let run = current(&core, "db");
+    let pvc = Observation::Pvc(v1::PvcObserved {
+        exists: true,
+        ..Default::default()
+    });
+    core.handle_report(&apps(), report(&run.id, run.generation, pvc), t0());
+    assert_eq!(current(&core, "db").phase, RunPhase::Copying as i32);
+    (core, run)
+}
+
 /// Drives the current run of `name` (ungated) through a successful copy and mover.
 fn succeed(core: &mut Scheduler, name: &str, now: DateTime<Utc>) {
     let run = current(core, name);
@@ -310,15 +325,7 @@ fn an_agents_out_of_range_copy_time_is_replaced_by_the_time_of_the_report() {
         timestamp(t0() + Duration::days(1)),
         timestamp(t0() + Duration::seconds(5 + 61)),
     ] {
-        let mut core = Scheduler::new();
-        core.apply_source(key("db"), restic_spec(), 0, t0())
-            .unwrap();
-        let run = current(&core, "db");
-        let pvc = Observation::Pvc(v1::PvcObserved {
-            exists: true,
-            ..Default::default()
-        });
-        core.handle_report(&apps(), report(&run.id, run.generation, pvc), t0());
+        let (mut core, run) = copying();
         let g = current(&core, "db").generation;
         let later = t0() + Duration::seconds(5);
         core.handle_report(
@@ -378,15 +385,7 @@ fn an_overlong_or_unprintable_copy_trigger_annotation_never_releases_a_run() {
 
 #[test]
 fn an_agents_clock_a_little_ahead_is_trusted() {
-    let mut core = Scheduler::new();
-    core.apply_source(key("db"), restic_spec(), 0, t0())
-        .unwrap();
-    let run = current(&core, "db");
-    let pvc = Observation::Pvc(v1::PvcObserved {
-        exists: true,
-        ..Default::default()
-    });
-    core.handle_report(&apps(), report(&run.id, run.generation, pvc), t0());
+    let (mut core, run) = copying();
     let g = current(&core, "db").generation;
     let ahead = timestamp(t0() + Duration::seconds(30));
     let o = Observation::CopyCompleted(v1::CopyCompleted {
