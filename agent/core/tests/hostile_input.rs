@@ -587,6 +587,7 @@ fn directive() -> BoxedStrategy<v1::Directive> {
                 (run_id, namespace, name, spec, phase, generation),
                 (waiting_since, timeout_reported, trigger, flags, mover_failures),
             )| {
+                let trigger_copy = trigger.clone();
                 v1::Directive {
                     run_id,
                     source: Some(v1::SourceRef { namespace, name }),
@@ -601,6 +602,11 @@ fn directive() -> BoxedStrategy<v1::Directive> {
                     clear_waiting: flags[2],
                     restic_prune: flags[3],
                     mover_failures,
+                    consumed_trigger: if flags[0] {
+                        trigger_copy
+                    } else {
+                        String::new()
+                    },
                 }
             },
         )

@@ -24,6 +24,9 @@ pub const HISTORY_PER_SOURCE: usize = 20;
 const TIMELINE_LIMIT: usize = 64;
 /// How long a continuous source waits after a run that did not succeed.
 const CONTINUOUS_RETRY: Duration = Duration::seconds(60);
+/// Why a paused source's run asks for no copy trigger.
+const PAUSED_TEXT: &str =
+    "source paused: no copy is made and no application is asked to quiesce until it is resumed";
 /// The text VolSync writes into latestMoverStatus.logs when waiting times out.
 pub const TIMEOUT_TEXT: &str = "Timed out waiting for copy-trigger to be modified for pvc";
 
@@ -667,10 +670,10 @@ impl Scheduler {
         &mut self,
         key: &SourceKey,
         paused: bool,
-        note: String,
+        pause_note: String,
         now: DateTime<Utc>,
     ) -> Result<v1::Source, CoreError> {
-        validate::printable("note", &note, false)?;
+        validate::printable("note", &pause_note, false)?;
         let entry = self.entry_mut(key)?;
         let src = entry.source_mut();
         let spec = src.spec.as_mut().expect("admitted");
@@ -678,11 +681,31 @@ impl Scheduler {
             spec.paused = paused;
             src.version += 1;
         }
-        entry.status_mut().pause_note = note;
+        entry.status_mut().pause_note = pause_note;
         self.put_source(key);
         if let Some(id) = self.current_run(key) {
-            // The agent scales the mover Job to zero (or back) from the directive's spec.
-            self.send_directive(id);
+            match (paused, self.active.get(&id).map(phase)) {
+                // No application is asked to quiesce while paused: back to reading the PVC,
+                // with snapgate's waiting annotations removed; the wait starts anew on resume.
+                (true, Some(RunPhase::WaitingForTrigger)) => {
+                    if let Some(run) = self.active.get_mut(&id) {
+                        run.message = PAUSED_TEXT.to_owned();
+                        note(run, now, "Paused", PAUSED_TEXT);
+                    }
+                    self.set_phase(id, RunPhase::Gating, now);
+                }
+                // Read the PVC again: a trigger written meanwhile releases it then.
+                (false, Some(RunPhase::Gating)) => {
+                    if let Some(run) = self.active.get_mut(&id) {
+                        run.message.clear();
+                        note(run, now, "Resumed", "reading the source PVC again");
+                    }
+                    self.bump(id);
+                    self.notify_copy(id);
+                }
+                // The agent scales the mover Job to zero (or back) from the directive's spec.
+                _ => self.send_directive(id),
+            }
         }
         self.refresh_idle_condition(key, now);
         self.start_due_runs(now);
@@ -780,9 +803,15 @@ impl Scheduler {
             }
             (true, false) => {
                 let key = SourceKey::new(&target.namespace, &target.source);
+                let live = self.entry(&key)?.spec().source_pvc.clone();
+                // A run stays on the PVC it started on, even if the source was edited since.
+                let pvc = self
+                    .current_run(&key)
+                    .and_then(|id| self.active.get(&id))
+                    .map_or(live, |r| r.pvc.clone());
                 Ok(Target {
                     namespace: target.namespace.clone(),
-                    pvc: self.entry(&key)?.spec().source_pvc.clone(),
+                    pvc,
                     source: Some(target.source.clone()),
                 })
             }
@@ -906,6 +935,21 @@ impl Scheduler {
                 status: self.target_status(&resolved),
                 repeated: true,
             });
+        }
+        let paused = self.active.values().find(|r| {
+            on_pvc(r)
+                && phase(r) == RunPhase::Gating
+                && self
+                    .sources
+                    .get(&run_key(r))
+                    .is_some_and(|e| e.spec().paused)
+        });
+        if let Some(run) = paused {
+            return Err(CoreError::FailedPrecondition(format!(
+                "source {} is paused: its run {} on pvc {namespace}/{pvc} takes no copy trigger until the source is resumed",
+                run_key(run),
+                run.id
+            )));
         }
         let waiting = self
             .active
@@ -1046,8 +1090,19 @@ impl Scheduler {
             self.keep_waiting_with_error(id, &key, msg, now);
             return;
         }
-        run.message.clear();
         run.latest_trigger = pvc.latest_copy_trigger.clone();
+        if self.sources.get(&key).is_some_and(|e| e.spec().paused) {
+            // Pause means no new copy: the run holds here (in Gating, so nobody is asked to
+            // quiesce) and reads the PVC again when the source is resumed.
+            run.gated = pvc.use_copy_trigger;
+            if run.message != PAUSED_TEXT {
+                run.message = PAUSED_TEXT.to_owned();
+                note(run, now, "Paused", PAUSED_TEXT);
+            }
+            self.put_run(id);
+            return;
+        }
+        run.message.clear();
         if copy_method == CopyMethod::Direct {
             if pvc.use_copy_trigger {
                 self.entry_mut(&key).expect("exists").status_mut().message =
@@ -1360,7 +1415,8 @@ impl Scheduler {
         let id = RunId(self.next_run);
         self.next_run = self.next_run.saturating_add(1);
         let entry = self.sources.get_mut(key).expect("caller checked");
-        let pvc = entry.spec().source_pvc.clone();
+        let spec = entry.spec().clone();
+        let pvc = spec.source_pvc.clone();
         let prune = match entry.admitted.prune_interval {
             Some(every) => entry
                 .status()
@@ -1390,6 +1446,7 @@ impl Scheduler {
             start_time: Some(timestamp(now)),
             request_id: request_id.to_owned(),
             restic_prune: prune,
+            spec: Some(spec),
             ..Default::default()
         };
         note(&mut run, now, "Queued", reason.as_str_name());
@@ -1570,15 +1627,18 @@ impl Scheduler {
         };
         let entry = self.sources.get(&run_key(run))?;
         let waited = run.waiting_since.is_some();
+        let paused = entry.spec().paused;
+        // The spec the run started with (PVC, mover, destination): an edit applies from the
+        // next run. Only `paused` is live, so that pausing scales a running mover Job to zero.
+        // A run stored by 0.1 has no snapshot and follows the live spec on its own PVC.
+        let spec = run.spec.clone().unwrap_or_else(|| v1::SourceSpec {
+            source_pvc: run.pvc.clone(),
+            ..entry.spec().clone()
+        });
         Some(Directive {
             run_id: run.id.clone(),
             source: run.source.clone(),
-            // The live spec, but the PVC the run started on: a run never moves to another PVC
-            // (runs are serialised per PVC on it), even if the source is edited meanwhile.
-            spec: Some(v1::SourceSpec {
-                source_pvc: run.pvc.clone(),
-                ..entry.spec().clone()
-            }),
+            spec: Some(v1::SourceSpec { paused, ..spec }),
             phase: phase as i32,
             generation: run.generation,
             waiting_since: run.waiting_since,
@@ -1587,12 +1647,21 @@ impl Scheduler {
             write_copy_trigger: run.released_by == "rpc",
             gated: run.gated,
             clear_waiting: match phase {
+                // Paused: no application may be asked to quiesce.
+                DirectivePhase::Gate => paused && waited,
                 // Gating was removed while waiting: drop the stale snapgate annotations.
                 DirectivePhase::Copy => waited && !run.gated,
                 DirectivePhase::Cleanup => {
                     waited && run.copy_time.is_none() && run.trigger.is_empty()
                 }
                 _ => false,
+            },
+            // Released but never cut: the value is spent, and the PVC must say so.
+            consumed_trigger: match phase {
+                DirectivePhase::Cleanup if run.copy_time.is_none() && run.gated => {
+                    run.trigger.clone()
+                }
+                _ => String::new(),
             },
             restic_prune: run.restic_prune,
             mover_failures: run.mover_failures,
