@@ -1539,6 +1539,12 @@ impl Scheduler {
         let started = run.start_time.as_ref().map(to_datetime).unwrap_or(now);
         let prune = run.restic_prune;
         let pvc = run.pvc.clone();
+        // The manual tag this run was started for (an edit meanwhile asks for another run).
+        let run_tag = run
+            .spec
+            .as_ref()
+            .and_then(|s| s.trigger.as_ref())
+            .and_then(|t| t.manual.clone());
         self.effects.push(Effect::PutRun(Box::new(run.clone())));
         self.history.insert(id, run);
         self.effects.push(Effect::Forget {
@@ -1575,7 +1581,7 @@ impl Scheduler {
             status.next_sync_time = match &trigger {
                 SyncTrigger::Schedule(s) => s.next_after(now).map(timestamp),
                 SyncTrigger::Manual(tag) => {
-                    status.last_manual_sync = tag.clone();
+                    status.last_manual_sync = run_tag.unwrap_or_else(|| tag.clone());
                     None
                 }
                 SyncTrigger::Continuous if result == RunResult::Successful => None,

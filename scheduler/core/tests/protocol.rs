@@ -312,7 +312,18 @@ impl Cluster {
     fn act(&mut self, d: &Directive, now: DateTime<Utc>) -> Vec<Report> {
         let pvc = Self::pvc_of(d);
         match DirectivePhase::try_from(d.phase).unwrap() {
-            DirectivePhase::Gate => vec![report(d, Observation::Pvc(self.observe(&pvc)))],
+            DirectivePhase::Gate => {
+                // Paused while waiting: nobody is asked to quiesce any more.
+                if d.clear_waiting
+                    && let Some(a) = self.pvcs.get_mut(&pvc)
+                {
+                    if a.get(STATUS).map(String::as_str) == Some("WaitingForTrigger") {
+                        a.remove(STATUS);
+                    }
+                    a.remove(SINCE);
+                }
+                vec![report(d, Observation::Pvc(self.observe(&pvc)))]
+            }
             DirectivePhase::Wait => {
                 let a = self.pvcs.get_mut(&pvc).unwrap();
                 if a.get(STATUS).map(String::as_str) != Some("WaitingForTrigger") {
@@ -374,6 +385,15 @@ impl Cluster {
                 }
             }
             DirectivePhase::Cleanup => {
+                // A value that released the run but was never cut is spent.
+                if !d.consumed_trigger.is_empty()
+                    && let Some(a) = self.pvcs.get_mut(&pvc)
+                {
+                    a.insert(LATEST.into(), d.consumed_trigger.clone());
+                    if a.get(STATUS).map(String::as_str) == Some("InProgress") {
+                        a.remove(STATUS);
+                    }
+                }
                 self.copies.remove(&Self::copy_name(d));
                 if d.clear_waiting {
                     let a = self.pvcs.get_mut(&pvc).unwrap();
@@ -1021,6 +1041,110 @@ fn paused_sources_start_no_run_until_resumed_and_then_catch_up_once() {
         .unwrap();
     w.settle();
     assert_eq!(w.runs("db").len(), 1);
+}
+
+#[test]
+fn a_paused_source_asks_nobody_to_quiesce_and_takes_no_trigger_until_resumed() {
+    let mut w = World::new();
+    w.pvc("data", true);
+    w.apply("db", spec("data", CopyMethod::Snapshot, manual("first")));
+    assert_eq!(w.phase("db"), RunPhase::WaitingForTrigger);
+    assert_eq!(w.ann("data")[STATUS], "WaitingForTrigger");
+
+    w.core
+        .set_paused(&key("db"), true, "disk swap".into(), w.now)
+        .unwrap();
+    w.settle();
+    assert_eq!(w.phase("db"), RunPhase::Gating);
+    assert!(!w.ann("data").contains_key(STATUS), "{:?}", w.ann("data"));
+    assert!(!w.ann("data").contains_key(SINCE));
+    let status = w.core.copy_status("apps", "data");
+    assert_eq!(status.state(), CopyState::Pending);
+    assert!(status.reason.contains("paused"), "{}", status.reason);
+    let run = w.current("db").id;
+    match w.rpc_trigger("data", "v1", &run) {
+        Err(CoreError::FailedPrecondition(m)) => assert!(m.contains("paused"), "{m}"),
+        other => panic!("a paused run takes no trigger: {other:?}"),
+    }
+    // An annotation written while paused waits for the resume; no copy is made meanwhile,
+    // however long the pause.
+    w.user_sets_trigger("data", "v1");
+    w.advance(Duration::hours(2));
+    assert_eq!(w.phase("db"), RunPhase::Gating);
+    assert!(w.cluster.copies_made.is_empty());
+
+    w.core
+        .set_paused(&key("db"), false, String::new(), w.now)
+        .unwrap();
+    w.settle();
+    assert!(w.cluster.copies_made.len() == 1, "released at resume");
+    assert_eq!(w.ann("data")[LATEST], "v1");
+    assert_eq!(w.runs("db")[0].released_by, "ahead");
+}
+
+#[test]
+fn an_edit_while_a_run_waits_applies_from_the_next_run() {
+    let mut w = World::new();
+    w.pvc("data", true);
+    w.pvc("data2", true);
+    w.apply("db", spec("data", CopyMethod::Snapshot, manual("first")));
+    assert_eq!(w.phase("db"), RunPhase::WaitingForTrigger);
+    let mut edited = spec("data2", CopyMethod::Clone, manual("second"));
+    edited.restic.as_mut().unwrap().repository = "elsewhere".into();
+    w.apply("db", edited);
+    // The waiting run keeps its PVC, copy method and destination.
+    let run = w.current("db");
+    assert_eq!(run.pvc, "data");
+    let held = &w.cluster.held[&run.id];
+    let spec_held = held.spec.as_ref().unwrap();
+    assert_eq!(spec_held.source_pvc, "data");
+    let restic = spec_held.restic.as_ref().unwrap();
+    assert_eq!(restic.repository, "restic-secret");
+    assert_eq!(restic.copy_method, CopyMethod::Snapshot as i32);
+    // Found and released by naming the source, on the PVC it waits on.
+    let target = v1::CopyTarget {
+        namespace: "apps".into(),
+        pvc: String::new(),
+        source: "db".into(),
+    };
+    assert_eq!(w.core.resolve_target(&target).unwrap().pvc, "data");
+    let status = w
+        .core
+        .target_status(&w.core.resolve_target(&target).unwrap());
+    assert_eq!(status.state(), CopyState::WaitingForTrigger);
+    w.core.trigger(&target, "v1", &run.id, w.now).unwrap();
+    w.settle();
+    let done = w.runs("db").into_iter().find(|r| r.id == run.id).unwrap();
+    assert_eq!(done.result(), RunResult::Successful);
+    assert_eq!(done.pvc, "data");
+    // The next run follows the edit.
+    let next = w.current("db");
+    assert_eq!(next.pvc, "data2");
+    let spec_next = w.cluster.held[&next.id].spec.clone().unwrap();
+    assert_eq!(spec_next.restic.unwrap().repository, "elsewhere");
+}
+
+#[test]
+fn a_value_that_released_a_run_never_cut_can_release_no_later_run() {
+    let mut w = World::new();
+    w.cluster.copies_get_ready = false;
+    w.pvc("data", true);
+    w.apply("db", spec("data", CopyMethod::Snapshot, manual("first")));
+    let run = w.current("db").id;
+    w.rpc_trigger("data", "v1", &run).unwrap();
+    assert_eq!(w.phase("db"), RunPhase::Copying);
+    assert_eq!(w.ann("data")[STATUS], "InProgress");
+    // Deleted before its copy point: the cleanup hands the value back as consumed.
+    w.core.delete_source(&key("db"), 0, w.now).unwrap();
+    w.settle();
+    assert!(w.core.get_source(&key("db")).is_err());
+    assert_eq!(w.ann("data")[LATEST], "v1");
+    assert!(!w.ann("data").contains_key(STATUS), "no stale InProgress");
+    assert_eq!(w.ann("data")[TRIGGER], "v1");
+    // A new source on the PVC waits for a new value instead of being released "ahead".
+    w.apply("next", spec("data", CopyMethod::Snapshot, manual("first")));
+    assert_eq!(w.phase("next"), RunPhase::WaitingForTrigger);
+    assert_eq!(w.cluster.copies_made.len(), 1);
 }
 
 #[test]
