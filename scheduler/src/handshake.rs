@@ -21,7 +21,7 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const PREFACE_LEN: usize = 24;
 
 /// A connection that fails its reads once [`HANDSHAKE_TIMEOUT`] passes before the first
-/// [`PREFACE_LEN`] bytes arrived; after that it is the connection itself.
+/// 24 bytes (the HTTP/2 preface) arrived; after that it is the connection itself.
 pub struct HandshakeDeadline<IO> {
     io: IO,
     /// Until the preface is in.
