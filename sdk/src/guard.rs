@@ -15,7 +15,7 @@ use std::{
     fmt,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -44,7 +44,7 @@ pub struct GuardOptions {
     pub hold_limit: Duration,
     /// How long a lost connection to the scheduler is retried before giving up (default 30 s).
     pub disconnect_grace: Duration,
-    /// The trigger value for a request (default `sdk-<run id>-<unix millis>`, unique per run).
+    /// The trigger value for a request (default [`default_trigger_value`]: unique per call).
     pub trigger_value: TriggerValue,
 }
 
@@ -90,18 +90,34 @@ impl GuardOptions {
     }
 }
 
-/// `sdk-<run id>-<unix millis>`: never equal to an earlier value on the same PVC.
+/// `sdk-<run id>-<unix millis>-<16 random hex digits>`: see [`prefixed_trigger_value`].
 pub fn default_trigger_value(request: &CopyRequest) -> String {
     prefixed_trigger_value("sdk", request)
 }
 
-/// `<prefix>-<run id>-<unix millis>`: never equal to an earlier value on the same PVC.
+/// `<prefix>-<run id>-<unix millis>-<16 random hex digits>`: never equal to an earlier value on
+/// the same PVC, nor to the value another guard (in this process or another) makes for the same
+/// run in the same millisecond. That matters: the scheduler answers a Trigger whose value is
+/// already bound to the run as a repeat of the caller's own, so two applications sharing a
+/// value could both take the copy for theirs.
 pub fn prefixed_trigger_value(prefix: &str, request: &CopyRequest) -> String {
     format!(
-        "{prefix}-{}-{}",
+        "{prefix}-{}-{}-{:016x}",
         request.run_id,
-        chrono::Utc::now().timestamp_millis()
+        chrono::Utc::now().timestamp_millis(),
+        nonce()
     )
+}
+
+/// A random 64-bit number, different on every call: a counter hashed with the standard
+/// library's randomly keyed hasher (keys from the OS, fresh per process).
+fn nonce() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(CALLS.fetch_add(1, Ordering::Relaxed));
+    hasher.finish()
 }
 
 /// A copy made while the application was quiesced.

@@ -3,10 +3,13 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashSet,
+    time::{Duration, Instant},
+};
 
 use snapgate_proto::v1::{self, CopyState, DirectivePhase, TimeoutPolicy};
-use snapgate_sdk::{Client, Error, GuardOptions, Outcome, pvc};
+use snapgate_sdk::{Client, CopyRequest, Error, GuardOptions, Outcome, default_trigger_value, pvc};
 use support::{Agent, Journal, OnCopy, Scheduler, create, restic};
 
 /// Runs a guarded copy of `apps/data` whose quiesce and unquiesce write to `journal`, with the
@@ -349,4 +352,22 @@ async fn a_guard_dropped_while_quiesced_still_unquiesces() {
         .expect("unquiesce ran after the guard was dropped")
         .unwrap();
     s.stop().await;
+}
+
+#[test]
+fn default_trigger_values_for_one_run_all_differ_even_within_one_millisecond() {
+    // Two applications guarding one PVC must never send the same value: the scheduler takes a
+    // value already bound to the run for a repeat of the caller's own trigger.
+    let request = CopyRequest {
+        run_id: "run-1".into(),
+        source: "db".into(),
+        status: Default::default(),
+    };
+    let values: HashSet<String> = (0..1000).map(|_| default_trigger_value(&request)).collect();
+    assert_eq!(values.len(), 1000);
+    assert!(
+        values
+            .iter()
+            .all(|v| v.starts_with("sdk-run-1-") && v.len() <= 253)
+    );
 }

@@ -192,7 +192,7 @@ pub(crate) struct QuiesceExecArgs {
     /// How long a lost connection is retried while quiesced before unquiescing.
     #[arg(long, env = "SNAPGATE_DISCONNECT_GRACE", default_value = "30s")]
     pub(crate) disconnect_grace: String,
-    /// Prefix of the trigger values (`<prefix>-<run id>-<unix millis>`).
+    /// Prefix of the trigger values (`<prefix>-<run id>-<unix millis>-<random hex>`).
     #[arg(long, env = "SNAPGATE_TRIGGER_PREFIX", default_value = "quiesce-exec")]
     pub(crate) trigger_prefix: String,
     /// Handle one copy request, then exit (0 if its copy completed).
