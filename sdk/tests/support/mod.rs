@@ -82,6 +82,7 @@ pub enum OnCopy {
 /// succeeds, Cleanup: cleaned up). Every directive received is sent on `seen`.
 pub struct Agent {
     pub seen: mpsc::UnboundedReceiver<(String, DirectivePhase)>,
+    writes: mpsc::UnboundedSender<String>,
     task: JoinHandle<()>,
 }
 
@@ -108,14 +109,48 @@ impl Agent {
             .unwrap()
             .into_inner();
         let (seen_tx, seen) = mpsc::unbounded_channel();
+        let (writes, mut written) = mpsc::unbounded_channel::<String>();
         let task = tokio::spawn(async move {
             let mut latest = String::new();
-            while let Some(Ok(msg)) = inbound.next().await {
+            // The run whose PVC is being read (its last Gate or Wait directive), if any.
+            let mut gating: Option<(String, u64)> = None;
+            loop {
+                let msg = tokio::select! {
+                    msg = inbound.next() => match msg {
+                        Some(Ok(msg)) => msg,
+                        _ => return,
+                    },
+                    Some(value) = written.recv() => {
+                        // Someone wrote copy-trigger on the PVC: report what the watch sees.
+                        let Some((run_id, generation)) = gating.clone() else {
+                            continue;
+                        };
+                        let report = v1::AgentMessage {
+                            message: Some(agent_message::Message::Report(v1::Report {
+                                run_id,
+                                generation,
+                                observation: Some(Observation::Pvc(v1::PvcObserved {
+                                    exists: true,
+                                    use_copy_trigger: true,
+                                    copy_trigger: value,
+                                    latest_copy_trigger: latest.clone(),
+                                    ..Default::default()
+                                })),
+                            })),
+                        };
+                        if tx.send(report).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                };
                 let Some(ToAgent::Directive(d)) = msg.message else {
                     continue;
                 };
                 let phase = DirectivePhase::try_from(d.phase).unwrap();
                 let _ = seen_tx.send((d.run_id.clone(), phase));
+                gating = matches!(phase, DirectivePhase::Gate | DirectivePhase::Wait)
+                    .then(|| (d.run_id.clone(), d.generation));
                 let observation = match phase {
                     DirectivePhase::Gate | DirectivePhase::Wait => {
                         Observation::Pvc(v1::PvcObserved {
@@ -160,7 +195,14 @@ impl Agent {
                 }
             }
         });
-        Self { seen, task }
+        Self { seen, writes, task }
+    }
+
+    /// An operator (or another tool) writes `value` to the PVC's copy-trigger annotation: the
+    /// agent reports it for the run whose PVC it last read. The release it causes is
+    /// asynchronous; watch the copy status to know when it happened.
+    pub fn write_copy_trigger(&self, value: &str) {
+        self.writes.send(value.to_owned()).expect("agent running");
     }
 
     /// Waits until a directive of `phase` arrives, returning its run id.
@@ -225,5 +267,141 @@ impl Journal {
     }
     pub fn entries(&self) -> Vec<String> {
         self.0.lock().unwrap().clone()
+    }
+}
+
+/// A gRPC proxy in front of a scheduler that can lose the answer to a Trigger call: the call
+/// reaches the scheduler, which acts on it, and the caller gets UNAVAILABLE as if the
+/// connection had dropped just before the answer arrived. Everything else passes through.
+pub struct LossyProxy {
+    pub port: u16,
+    state: Arc<ProxyState>,
+    task: JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    /// How many Trigger answers are still to be lost.
+    lose: std::sync::atomic::AtomicUsize,
+    /// Trigger calls that reached the scheduler.
+    triggers: std::sync::atomic::AtomicUsize,
+}
+
+impl LossyProxy {
+    /// Listens on 127.0.0.1 and forwards to `upstream`.
+    pub async fn start(upstream: &str) -> Self {
+        let channel = tonic::transport::Endpoint::from_shared(upstream.to_owned())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = Arc::new(ProxyState::default());
+        let triggers = Forward::<true> {
+            upstream: channel.clone(),
+            state: state.clone(),
+        };
+        let sources = Forward::<false> {
+            upstream: channel,
+            state: state.clone(),
+        };
+        let task = tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(triggers)
+                .add_service(sources)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await
+                .unwrap();
+        });
+        Self { port, state, task }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The answers to the next `n` Trigger calls are lost.
+    pub fn lose_trigger_answers(&self, n: usize) {
+        self.state
+            .lose
+            .store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// How many Trigger calls reached the scheduler.
+    pub fn triggers(&self) -> usize {
+        self.state
+            .triggers
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for LossyProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Forwards one service's calls (`TRIGGERS`: TriggerService, else SourceService).
+#[derive(Clone)]
+struct Forward<const TRIGGERS: bool> {
+    upstream: tonic::transport::Channel,
+    state: Arc<ProxyState>,
+}
+
+impl tonic::server::NamedService for Forward<true> {
+    const NAME: &'static str = "snapgate.v1.TriggerService";
+}
+
+impl tonic::server::NamedService for Forward<false> {
+    const NAME: &'static str = "snapgate.v1.SourceService";
+}
+
+impl<const TRIGGERS: bool> tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>>
+    for Forward<TRIGGERS>
+{
+    type Response = tonic::codegen::http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
+        use std::sync::atomic::Ordering::SeqCst;
+
+        let mut upstream = self.upstream.clone();
+        let state = self.state.clone();
+        Box::pin(async move {
+            let trigger = request.uri().path() == "/snapgate.v1.TriggerService/Trigger";
+            let unavailable = |e: &dyn std::fmt::Display| {
+                Ok(tonic::Status::unavailable(format!("proxy: {e}")).into_http())
+            };
+            if let Err(e) = futures::future::poll_fn(|cx| upstream.poll_ready(cx)).await {
+                return unavailable(&e);
+            }
+            // A unary answer's headers come once the scheduler's handler has returned: by
+            // then the Trigger was accepted or refused.
+            let response = match upstream.call(request).await {
+                Ok(response) => response,
+                Err(e) => return unavailable(&e),
+            };
+            if trigger {
+                state.triggers.fetch_add(1, SeqCst);
+                let lost = state
+                    .lose
+                    .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+                    .is_ok();
+                if lost {
+                    drop(response);
+                    return unavailable(&"the connection dropped before the answer arrived");
+                }
+            }
+            Ok(response)
+        })
     }
 }
