@@ -185,7 +185,9 @@ async fn main() -> anyhow::Result<()> {
                 };
                 println!("{run_id}: copy {what} ({outcome}: {reason}); writes resumed");
             }
-            Err(e @ Error::HoldLimitExceeded { .. }) => println!("{e}"),
+            Err(e @ (Error::HoldLimitExceeded { .. } | Error::ReleasedByAnother { .. })) => {
+                println!("{e}")
+            }
             Err(e) if e.is_transient() => {
                 println!("scheduler unavailable ({e}); retrying in {backoff:?}");
                 tokio::time::sleep(backoff).await;

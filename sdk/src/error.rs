@@ -5,6 +5,7 @@
 //! | [`Error::Unavailable`] | the scheduler cannot be reached; retry later |
 //! | [`Error::Refused`] | the scheduler said no; the gRPC code says why, retrying the same request will not help |
 //! | [`Error::CopyFailed`] | the run ended without a copy (Failed, TimedOut, Aborted); wait for the next request |
+//! | [`Error::ReleasedByAnother`] | someone else's trigger value released the run: the copy is not inside this application's hold; wait for the next request |
 //! | [`Error::HoldLimitExceeded`] | the application stayed quiesced too long and was released |
 //! | [`Error::QuiesceFailed`] / [`Error::UnquiesceFailed`] | the application's own step failed |
 
@@ -56,6 +57,24 @@ pub enum Error {
         outcome: Outcome,
         /// Why, as the scheduler recorded it.
         reason: String,
+    },
+    /// The run was released by a trigger value other than this application's: another
+    /// application's Trigger, or the PVC's `copy-trigger` annotation written by someone else.
+    /// Whatever the timing, the copy is not known to lie inside this application's hold, so it
+    /// is not reported as a consistent copy. The application was unquiesced (without waiting
+    /// for that copy); wait for the next request.
+    #[error(
+        "run {run_id} was released by {} with copy-trigger {value:?}, not by this application's trigger: the copy was not made inside this application's hold",
+        if released_by.is_empty() { "another party" } else { released_by.as_str() }
+    )]
+    ReleasedByAnother {
+        /// The run.
+        run_id: String,
+        /// The trigger value that released it.
+        value: String,
+        /// How it was released, as the scheduler recorded it: `rpc` (another Trigger call) or
+        /// `annotation` (the PVC's `copy-trigger`).
+        released_by: String,
     },
     /// The application was quiesced for longer than the caller allowed; it was unquiesced.
     #[error(

@@ -3,10 +3,18 @@
 //! ```text
 //!  wait for WaitingForTrigger ─► quiesce ─► Trigger ─► wait for the outcome ─► unquiesce ─► Ok(GuardedCopy)
 //!                                  │           │               │
-//!                                  └───────────┴───────────────┴─ error / hold limit / lost connection
-//!                                                                   ─► unquiesce ─► Err(..)
+//!                                  │           │               └─ Failed / TimedOut / Aborted ─► unquiesce ─► Err(CopyFailed)
+//!                                  │           └─ refused: another value released the run ────► unquiesce ─► Err(ReleasedByAnother)
+//!                                  └─ (at any step) error / hold limit / lost connection ─────► unquiesce ─► Err(..)
 //!  the future dropped while quiesced ─► unquiesce is spawned on the runtime
 //! ```
+//!
+//! A consistent copy (`Ok`) is one whose run was released by this guard's own Trigger: the
+//! scheduler accepted this guard's value for this run (a retried Trigger answered as a repeat
+//! of it counts), and that happened after quiesce returned, so the copy point lies inside the
+//! hold. A run released by any other value (another application's Trigger, the `copy-trigger`
+//! annotation) is [`Error::ReleasedByAnother`], even when it was released after this
+//! application had quiesced: nothing ties that release to this hold.
 //!
 //! The hold limit counts from the start of quiesce; the lost-connection grace counts from the
 //! moment the scheduler stopped answering.
@@ -32,6 +40,9 @@ use crate::{
     handshake::{CopyRequest, Outcome, find_run, next_outcome, next_request},
     watch::{Backoff, describe},
 };
+
+/// `Run.released_by` for a run released through the Trigger RPC.
+const RELEASED_BY_RPC: &str = "rpc";
 
 /// Makes the trigger value for a request.
 pub type TriggerValue = Arc<dyn Fn(&CopyRequest) -> String + Send + Sync>;
@@ -120,14 +131,15 @@ fn nonce() -> u64 {
     hasher.finish()
 }
 
-/// A copy made while the application was quiesced.
+/// A copy made while the application was quiesced: its run was released by this guard's own
+/// trigger value, after quiesce returned and before unquiesce ran.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GuardedCopy {
     /// The run.
     pub run_id: String,
     /// Its source.
     pub source: String,
-    /// The trigger value that released it.
+    /// The trigger value that released it (this guard's own).
     pub trigger: String,
     /// How long the application was quiesced (until the copy point).
     pub held: Duration,
@@ -184,7 +196,15 @@ impl Client {
     /// point, and runs `unquiesce` in every case once `quiesce` has started: on Completed, on
     /// Failed / TimedOut / Aborted, on an error or a connection lost for longer than
     /// [`GuardOptions::disconnect_grace`], when [`GuardOptions::hold_limit`] expires, when
-    /// quiesce itself fails, and (spawned) when this future is dropped.
+    /// quiesce itself fails, when the run was released by someone else, and (spawned) when
+    /// this future is dropped.
+    ///
+    /// `Ok` means a consistent copy: the run was released by this call's own Trigger (the
+    /// scheduler accepted [`GuardOptions::trigger_value`]'s value for this run, possibly as a
+    /// repeat of an attempt whose answer was lost) and reached its copy point. If anything
+    /// else released the run — another application's Trigger, the PVC's `copy-trigger`
+    /// annotation — before or after this application quiesced, the result is
+    /// [`Error::ReleasedByAnother`]: the copy is not inside this application's hold.
     ///
     /// Errors before the request arrives ([`Error::Unavailable`], [`Error::Refused`]) leave the
     /// application untouched.
@@ -253,6 +273,14 @@ impl Client {
         });
         match &result {
             Ok(copy) => info!(run_id, held = ?copy.held, "copy point reached; unquiescing"),
+            Err(Error::ReleasedByAnother {
+                value, released_by, ..
+            }) => warn!(
+                run_id,
+                value,
+                released_by,
+                "the run was released by another trigger value, not inside this hold; unquiescing"
+            ),
             Err(e) => warn!(run_id, error = %e, "guarded copy did not complete; unquiescing"),
         }
         match unquiesce.run().await {
@@ -266,7 +294,9 @@ impl Client {
     }
 
     /// Trigger, retried while the scheduler is unreachable (an accepted trigger repeated is
-    /// idempotent). A run that stopped waiting answers with its outcome.
+    /// idempotent: the scheduler accepts it again). `Ok` only when the run was released by
+    /// `value` through the RPC; a run released by another value is
+    /// [`Error::ReleasedByAnother`], one that ended without a copy [`Error::CopyFailed`].
     async fn trigger_within(
         &self,
         target: &CopyTarget,
@@ -285,24 +315,30 @@ impl Client {
             .await
         {
             Ok(_) => Ok(()),
+            // Nothing of ours is waiting any more: see what became of the run.
             Err(e) if e.code() == Some(Code::FailedPrecondition) => {
-                if let Ok(Some(run)) = find_run(self, target, Some(source), run_id).await {
-                    match Outcome::of_run(&run) {
-                        Some(outcome) if outcome != Outcome::Completed => {
-                            return Err(Error::CopyFailed {
-                                run_id: run_id.to_owned(),
-                                outcome,
-                                reason: run.message,
-                            });
-                        }
-                        // Released already: by this call (its answer was lost) or by an
-                        // annotation written meanwhile. The application is quiesced, so the
-                        // copy is good: wait for its copy point.
-                        _ if !run.trigger.is_empty() => return Ok(()),
-                        _ => {}
-                    }
+                let Ok(Some(run)) = find_run(self, target, Some(source), run_id).await else {
+                    return Err(e);
+                };
+                match Outcome::of_run(&run) {
+                    Some(outcome) if outcome != Outcome::Completed => Err(Error::CopyFailed {
+                        run_id: run_id.to_owned(),
+                        outcome,
+                        reason: run.message,
+                    }),
+                    _ if run.trigger.is_empty() => Err(e),
+                    // Bound to this very value through the RPC: an earlier attempt was accepted
+                    // and its answer lost. (The scheduler normally accepts such a retry again
+                    // as a repeat; a refusal for a run bound to our value is still ours.)
+                    _ if run.trigger == value && run.released_by == RELEASED_BY_RPC => Ok(()),
+                    // Released by someone else (another application, an annotation), before or
+                    // after this application quiesced: the copy is not inside this hold.
+                    _ => Err(Error::ReleasedByAnother {
+                        run_id: run_id.to_owned(),
+                        value: run.trigger,
+                        released_by: run.released_by,
+                    }),
                 }
-                Err(e)
             }
             Err(e) => Err(e),
         }

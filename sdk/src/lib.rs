@@ -11,7 +11,10 @@
 //!  unquiesce()                          (always: also on failure, lost connection, hold limit)
 //! ```
 //!
-//! [`Client::quiesced_copy`] does all of it and guarantees the unquiesce; the pieces
+//! [`Client::quiesced_copy`] does all of it and guarantees the unquiesce. It reports a copy as
+//! consistent only when the run was released by its own trigger value (so after quiesce and
+//! before unquiesce); a run released by anyone else's value (another application on the same
+//! PVC, the `copy-trigger` annotation) is [`Error::ReleasedByAnother`]. The pieces
 //! ([`Client::watch_copy`], [`Client::wait_for_copy_request`], [`Client::trigger`],
 //! [`Client::wait_for_outcome`]) are there for applications that need them separately. Every
 //! failure is an [`Error`] variant the caller can act on.
@@ -50,6 +53,8 @@
 //!     match result {
 //!         Ok(copy) => println!("{} copied, writes paused for {:?}", copy.run_id, copy.held),
 //!         Err(Error::CopyFailed { outcome: Outcome::TimedOut, .. }) => println!("skipped"),
+//!         // Someone else's trigger released the run: not a copy of ours; wait for the next.
+//!         Err(e @ Error::ReleasedByAnother { .. }) => println!("{e}"),
 //!         Err(e) if e.is_transient() => tokio::time::sleep(Duration::from_secs(5)).await,
 //!         Err(e) => return Err(e),
 //!     }

@@ -5,12 +5,15 @@ mod support;
 
 use std::{
     collections::HashSet,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
+use futures::StreamExt;
+
 use snapgate_proto::v1::{self, CopyState, DirectivePhase, TimeoutPolicy};
 use snapgate_sdk::{Client, CopyRequest, Error, GuardOptions, Outcome, default_trigger_value, pvc};
-use support::{Agent, Journal, OnCopy, Scheduler, create, restic};
+use support::{Agent, Journal, LossyProxy, OnCopy, Scheduler, create, restic};
 
 /// Runs a guarded copy of `apps/data` whose quiesce and unquiesce write to `journal`, with the
 /// copy state the scheduler shows at each step.
@@ -351,6 +354,188 @@ async fn a_guard_dropped_while_quiesced_still_unquiesces() {
         .await
         .expect("unquiesce ran after the guard was dropped")
         .unwrap();
+    s.stop().await;
+}
+
+/// The runs of source `apps/db`, newest first.
+async fn runs_of_db(client: &Client) -> Vec<v1::Run> {
+    client
+        .sources()
+        .list_runs(v1::ListRunsRequest {
+            namespace: "apps".into(),
+            name: "db".into(),
+            limit: 5,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .runs
+}
+
+#[tokio::test]
+async fn a_run_released_by_the_annotation_while_the_application_quiesces_is_not_reported_as_its_copy()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Scheduler::start(dir.path(), 0).await;
+    let agent = Agent::start(&s.endpoint(), "apps", OnCopy::Complete).await;
+    let client = s.client().await;
+    create(&client, "apps", "db", restic("data")).await;
+
+    let journal = Journal::default();
+    let (q, u) = (journal.clone(), journal.clone());
+    let (agent, watcher) = (&agent, client.clone());
+    let err = client
+        .quiesced_copy(
+            pvc("apps", "data"),
+            move |request| async move {
+                q.push(format!("quiesce {}", request.run_id));
+                // While the application quiesces, an operator writes copy-trigger on the PVC.
+                agent.write_copy_trigger("ops-1");
+                let mut watch = watcher.watch_copy(pvc("apps", "data"));
+                tokio::time::timeout(Duration::from_secs(20), async {
+                    while watch.next().await.unwrap()?.trigger != "ops-1" {}
+                    Ok::<_, Error>(())
+                })
+                .await
+                .expect("the annotation releases the run")
+            },
+            move || async move {
+                u.push("unquiesce");
+                Ok::<_, Error>(())
+            },
+            GuardOptions::default(),
+        )
+        .await
+        .unwrap_err();
+
+    let Error::ReleasedByAnother {
+        run_id,
+        value,
+        released_by,
+    } = &err
+    else {
+        panic!("expected ReleasedByAnother, got {err:?}")
+    };
+    assert_eq!(
+        (run_id.as_str(), value.as_str(), released_by.as_str()),
+        ("run-1", "ops-1", "annotation")
+    );
+    assert!(
+        err.to_string()
+            .contains("not made inside this application's hold"),
+        "{err}"
+    );
+    assert_eq!(journal.entries(), ["quiesce run-1", "unquiesce"]);
+    let runs = runs_of_db(&client).await;
+    assert_eq!(
+        (runs[0].trigger.as_str(), runs[0].released_by.as_str()),
+        ("ops-1", "annotation")
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_guards_on_one_pvc_both_unquiesce_and_only_the_one_whose_trigger_released_the_run_reports_a_copy()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Scheduler::start(dir.path(), 0).await;
+    let _agent = Agent::start(&s.endpoint(), "apps", OnCopy::Complete).await;
+    let client = s.client().await;
+    create(&client, "apps", "db", restic("data")).await;
+
+    // Both applications are quiesced before either triggers.
+    let both_quiesced = Arc::new(tokio::sync::Barrier::new(2));
+    let journal = Journal::default();
+    let app = |name: &'static str, client: Client| {
+        let (q, u, barrier) = (journal.clone(), journal.clone(), both_quiesced.clone());
+        async move {
+            client
+                .quiesced_copy(
+                    pvc("apps", "data"),
+                    move |request| async move {
+                        q.push(format!("{name} quiesce {}", request.run_id));
+                        barrier.wait().await;
+                        Ok::<_, Error>(())
+                    },
+                    move || async move {
+                        u.push(format!("{name} unquiesce"));
+                        Ok::<_, Error>(())
+                    },
+                    GuardOptions::default(),
+                )
+                .await
+        }
+    };
+    let (a, b) = tokio::time::timeout(
+        Duration::from_secs(30),
+        futures::future::join(app("a", s.client().await), app("b", s.client().await)),
+    )
+    .await
+    .expect("both guards return");
+
+    let (copy, err) = match (a, b) {
+        (Ok(copy), Err(err)) | (Err(err), Ok(copy)) => (copy, err),
+        other => panic!("expected exactly one copy, got {other:?}"),
+    };
+    let Error::ReleasedByAnother {
+        run_id,
+        value,
+        released_by,
+    } = &err
+    else {
+        panic!("expected ReleasedByAnother, got {err:?}")
+    };
+    assert_eq!(run_id, "run-1");
+    assert_eq!(value, &copy.trigger, "released by the winner's value");
+    assert_eq!(released_by, "rpc");
+    let mut entries = journal.entries();
+    entries.sort();
+    assert_eq!(
+        entries,
+        [
+            "a quiesce run-1",
+            "a unquiesce",
+            "b quiesce run-1",
+            "b unquiesce"
+        ]
+    );
+    assert_eq!(runs_of_db(&client).await[0].trigger, copy.trigger);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_trigger_whose_answer_was_lost_still_counts_as_the_applications_own_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Scheduler::start(dir.path(), 0).await;
+    let _agent = Agent::start(&s.endpoint(), "apps", OnCopy::Complete).await;
+    let client = s.client().await;
+    create(&client, "apps", "db", restic("data")).await;
+    // The application reaches the scheduler through a connection that drops the answer to its
+    // first Trigger after the scheduler accepted it.
+    let proxy = LossyProxy::start(&s.endpoint()).await;
+    proxy.lose_trigger_answers(1);
+    let app = Client::connect(proxy.endpoint()).await.unwrap();
+
+    let journal = Journal::default();
+    let copy = guarded(&app, &journal, GuardOptions::default())
+        .await
+        .unwrap();
+
+    assert_eq!(
+        proxy.triggers(),
+        2,
+        "the lost trigger was sent again and answered as a repeat"
+    );
+    assert_eq!(copy.run_id, "run-1");
+    assert_eq!(
+        journal.entries(),
+        ["quiesce run-1 WaitingForTrigger", "unquiesce Completed"]
+    );
+    let runs = runs_of_db(&client).await;
+    assert_eq!(
+        (runs[0].trigger.as_str(), runs[0].released_by.as_str()),
+        (copy.trigger.as_str(), "rpc")
+    );
     s.stop().await;
 }
 
