@@ -586,6 +586,25 @@ async fn apply_docs_example_on(server: &str, dir: &Path) {
     .await;
 }
 
+/// Starts a SyncNow run of the docs example once its run-1 has finished; returns its id.
+async fn sync_now_once_run_1_finished(server: &str) -> String {
+    let mut waited = 0;
+    loop {
+        let out = ok(
+            server,
+            &["-n", "apps", "sync-now", "mydata-backup", "-o", "json"],
+        )
+        .await;
+        let v: Value = serde_json::from_str(&out).unwrap();
+        if v["started"] == true {
+            return v["runId"].as_str().unwrap().to_owned();
+        }
+        waited += 1;
+        assert!(waited < 100, "run-1 never finished");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quiesce_exec_survives_a_failed_quiesce_serves_every_copy_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
@@ -616,22 +635,7 @@ async fn quiesce_exec_survives_a_failed_quiesce_serves_every_copy_and_stops_on_s
         ]
     );
     // The next run of the source is served by the same loop.
-    let mut waited = 0;
-    loop {
-        let out = ok(
-            &server,
-            &["-n", "apps", "sync-now", "mydata-backup", "-o", "json"],
-        )
-        .await;
-        let v: Value = serde_json::from_str(&out).unwrap();
-        if v["started"] == true {
-            assert_eq!(v["runId"], "run-2");
-            break;
-        }
-        waited += 1;
-        assert!(waited < 100, "run-1 never finished");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    assert_eq!(sync_now_once_run_1_finished(&server).await, "run-2");
     let all = journal_has(&journal, 6).await;
     assert_eq!(&all[4..], ["quiesce run-2", "unquiesce run-2"]);
 
@@ -640,6 +644,78 @@ async fn quiesce_exec_survives_a_failed_quiesce_serves_every_copy_and_stops_on_s
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiesce_exec_logs_a_run_released_by_another_client_as_not_inside_its_hold_and_serves_the_next_request()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Scheduler::start(dir.path(), 0).await;
+    let server = s.endpoint();
+    let _agent = Agent::start(&server, "apps", OnCopy::Complete).await;
+    apply_docs_example_on(&server, dir.path()).await;
+
+    let journal = dir.path().join("journal");
+    let (go, released) = (dir.path().join("go"), dir.path().join("released"));
+    let status = std::process::Command::new("mkfifo")
+        .arg(&go)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (j, g, r) = (journal.display(), go.display(), released.display());
+    // The first quiesce holds until the test says go; once run-1 is released, none does.
+    let child = quiesce_exec(
+        &server,
+        &format!("echo \"quiesce $SNAPGATE_RUN_ID\" >> {j}; [ -f {r} ] || read line < {g}"),
+        &format!("echo \"unquiesce $SNAPGATE_RUN_ID\" >> {j}"),
+    );
+    assert_eq!(journal_has(&journal, 1).await, ["quiesce run-1"]);
+    // While the sidecar's application is still quiescing, another client releases run-1.
+    ok(
+        &server,
+        &["-n", "apps", "trigger", "--pvc", "data", "ops-1"],
+    )
+    .await;
+    std::fs::write(&released, "").unwrap();
+    tokio::task::spawn_blocking(move || std::fs::write(go, "go\n").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        journal_has(&journal, 2).await,
+        ["quiesce run-1", "unquiesce run-1"]
+    );
+    // The loop goes on: the next run is quiesced for, triggered and completed as its own.
+    assert_eq!(sync_now_once_run_1_finished(&server).await, "run-2");
+    assert_eq!(
+        &journal_has(&journal, 4).await[2..],
+        ["quiesce run-2", "unquiesce run-2"]
+    );
+
+    let out = terminate(child).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("copy not made inside this hold")
+                && l.contains("\"run-1\"")
+                && l.contains("ops-1")),
+        "{stderr}"
+    );
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("copy completed") && l.contains("\"run-1\"")),
+        "{stderr}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("copy completed") && l.contains("\"run-2\"")),
+        "{stderr}"
     );
     s.stop().await;
 }

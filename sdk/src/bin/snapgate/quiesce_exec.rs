@@ -4,7 +4,9 @@
 //!
 //! ```text
 //!  loop: quiesced_copy(sh -c QUIESCE, sh -c UNQUIESCE)
-//!          ├─ Completed ───────────────────────────────► next request
+//!          ├─ Completed, released by our own trigger ──► "copy completed", next request
+//!          ├─ released by another value (another app, the annotation) ─► "copy not made inside
+//!          │    this hold" (never "copy completed"), back off, next request
 //!          ├─ copy failed / quiesce failed / hold limit / unavailable ─► log, back off, next request
 //!          └─ unquiesce failed after retries, refused (invalid target, not allowed),
 //!             shell not startable ─────────────────────► exit non-zero
@@ -175,6 +177,21 @@ fn classify(e: Error) -> Next {
         Error::InvalidEndpoint { .. } | Error::InvalidToken => Next::Stop(e.into()),
         Error::CopyFailed { .. } => {
             warn!(error = %e, "copy did not complete; waiting for the next request");
+            Next::Continue(Duration::from_millis(200))
+        }
+        // A copy, maybe, but not one this sidecar held the application quiesced for: as good
+        // as no copy from here.
+        Error::ReleasedByAnother {
+            ref run_id,
+            ref value,
+            ref released_by,
+        } => {
+            warn!(
+                run_id,
+                value,
+                released_by,
+                "copy not made inside this hold: another trigger value released the run; not counted, waiting for the next request"
+            );
             Next::Continue(Duration::from_millis(200))
         }
         other => {
