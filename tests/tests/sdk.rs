@@ -242,8 +242,7 @@ async fn the_annotation_and_trigger_paths_on_one_pvc_in_successive_runs_stay_con
 }
 
 #[tokio::test]
-async fn the_guard_waits_for_the_copy_point_when_someone_else_released_the_run_during_its_quiesce()
-{
+async fn a_run_released_by_hand_during_the_quiesce_is_not_reported_as_the_applications_copy() {
     let mut w = World::start().await;
     w.create_pvc(true);
     w.apply(
@@ -251,15 +250,15 @@ async fn the_guard_waits_for_the_copy_point_when_someone_else_released_the_run_d
         restic_spec(CopyMethod::Snapshot, Duration::from_secs(600)),
     )
     .await;
-    let status = Arc::new(Mutex::new(None));
-    let at_unquiesce = status.clone();
-    let sim = w.sim.clone();
+    let unquiesced = Arc::new(Mutex::new(0));
+    let counter = unquiesced.clone();
     let result = w
         .sdk
         .quiesced_copy(
             target(),
             |_request| async {
-                // While the application quiesces, a user annotates the PVC by hand.
+                // While the application quiesces, a user annotates the PVC by hand: that copy
+                // is not inside this application's hold, whatever the timing.
                 annotate_pvc(&w.sim, serde_json::json!({ TRIGGER: "by-hand" })).await;
                 while pvc_annotations(&w.sim).get(STATUS).map(String::as_str)
                     == Some("WaitingForTrigger")
@@ -269,17 +268,20 @@ async fn the_guard_waits_for_the_copy_point_when_someone_else_released_the_run_d
                 Ok::<_, Error>(())
             },
             move || async move {
-                *at_unquiesce.lock().unwrap() = pvc_annotations(&sim).get(STATUS).cloned();
+                *counter.lock().unwrap() += 1;
                 Ok::<_, Error>(())
             },
             GuardOptions::default(),
         )
         .await;
-    let copy = result.expect("the copy completed");
-    assert_eq!(copy.trigger, "by-hand", "the value that released the run");
-    assert_eq!(
-        status.lock().unwrap().as_deref(),
-        Some("Completed"),
-        "unquiesced only at the copy point"
-    );
+    match result {
+        Err(Error::ReleasedByAnother {
+            value, released_by, ..
+        }) => {
+            assert_eq!(value, "by-hand", "the value that released the run");
+            assert_eq!(released_by, "annotation");
+        }
+        other => panic!("not this application's copy: {other:?}"),
+    }
+    assert_eq!(*unquiesced.lock().unwrap(), 1, "unquiesced once, always");
 }
