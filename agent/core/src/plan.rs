@@ -4,7 +4,7 @@
 //! nothing that writes.
 //!
 //! ```text
-//!   GATE      report the PVC's annotations
+//!   GATE      (paused: clear waiting annotations) ─► report the PVC's annotations
 //!   WAIT      mark WaitingForTrigger (once) ─► report the PVC on every change
 //!   COPY      mark InProgress ─► create the copy ─► copy ready? mark Completed ─► report
 //!   TRANSFER  (restore PVC from snapshot) (restic cache) ─► mover Job ─► succeeded / failed
@@ -282,9 +282,7 @@ pub fn plan(
     let phase = DirectivePhase::try_from(directive.phase).unwrap_or(DirectivePhase::Unspecified);
     Ok(match phase {
         DirectivePhase::Unspecified => Vec::new(),
-        DirectivePhase::Gate => vec![Action::Report(Observation::Pvc(annotations::observe(
-            seen.pvc,
-        )))],
+        DirectivePhase::Gate => ctx.gate(),
         DirectivePhase::Wait => ctx.wait(),
         DirectivePhase::Copy => ctx.copy()?,
         DirectivePhase::Transfer => ctx.transfer()?,
@@ -304,6 +302,19 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    fn gate(&self) -> Vec<Action> {
+        let observed = annotations::observe(self.seen.pvc);
+        // The source was paused while its run waited: no application may be asked to quiesce,
+        // so snapgate's waiting annotations go first; the cleared PVC is reported next.
+        if self.directive.clear_waiting
+            && self.seen.pvc.is_some()
+            && let Some(patch) = annotations::clear_waiting(&observed)
+        {
+            return vec![self.patch_source(patch)];
+        }
+        vec![Action::Report(Observation::Pvc(observed))]
+    }
+
     fn wait(&self) -> Vec<Action> {
         let observed = annotations::observe(self.seen.pvc);
         let Some(pvc) = self.seen.pvc else {
@@ -1388,6 +1399,84 @@ mod tests {
         s.temporaries = &[];
         let a = plan(&d, &s, &PlanConfig::default()).unwrap();
         assert_eq!(kinds(&a), ["Report CleanedUp"]);
+    }
+
+    fn patch_of(a: &Action) -> &Value {
+        match a {
+            Action::PatchPvc { patch, .. } => patch,
+            other => panic!("not a PVC patch: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_paused_sources_gate_removes_the_waiting_annotations_before_it_reports_the_pvc() {
+        let waiting = pvc(
+            "data",
+            &[
+                USE,
+                (annotations::COPY_TRIGGER, "old"),
+                (annotations::LATEST_COPY_TRIGGER, "old"),
+                (annotations::LATEST_COPY_STATUS, "WaitingForTrigger"),
+                (
+                    annotations::LATEST_COPY_TRIGGER_WAITING_SINCE,
+                    "2026-03-04T05:00:00Z",
+                ),
+            ],
+            None,
+        );
+        let cleared = pvc(
+            "data",
+            &[
+                USE,
+                (annotations::COPY_TRIGGER, "old"),
+                (annotations::LATEST_COPY_TRIGGER, "old"),
+            ],
+            None,
+        );
+        let completed = pvc(
+            "data",
+            &[USE, (annotations::LATEST_COPY_STATUS, "Completed")],
+            None,
+        );
+        let cases: [(bool, Option<&PersistentVolumeClaim>, &[&str]); 6] = [
+            // Paused while waiting: the annotations go first, in one patch.
+            (true, Some(&waiting), &["PatchPvc data"]),
+            // Then the cleared PVC is reported, as on any GATE.
+            (true, Some(&cleared), &["Report PvcObserved"]),
+            // Nothing snapgate-owned to clear: a Completed copy is left alone.
+            (true, Some(&completed), &["Report PvcObserved"]),
+            (true, None, &["Report PvcObserved"]),
+            // Resumed (or never paused): the PVC is reported as it is.
+            (false, Some(&waiting), &["Report PvcObserved"]),
+            (false, Some(&cleared), &["Report PvcObserved"]),
+        ];
+        for (clear, source, want) in cases {
+            let mut d = directive(DirectivePhase::Gate, v1::CopyMethod::Snapshot);
+            d.clear_waiting = clear;
+            let a = plan(&d, &seen(source), &PlanConfig::default()).unwrap();
+            assert_eq!(kinds(&a), want, "clear_waiting {clear}, {source:?}");
+        }
+        let mut d = directive(DirectivePhase::Gate, v1::CopyMethod::Snapshot);
+        d.clear_waiting = true;
+        let a = plan(&d, &seen(Some(&waiting)), &PlanConfig::default()).unwrap();
+        assert_eq!(
+            patch_of(&a[0]),
+            &serde_json::json!({"metadata": {"annotations": {
+                annotations::LATEST_COPY_STATUS: null,
+                annotations::LATEST_COPY_TRIGGER_WAITING_SINCE: null,
+            }}})
+        );
+        let a = plan(&d, &seen(Some(&cleared)), &PlanConfig::default()).unwrap();
+        assert_eq!(
+            a,
+            [Action::Report(Observation::Pvc(v1::PvcObserved {
+                exists: true,
+                use_copy_trigger: true,
+                copy_trigger: "old".into(),
+                latest_copy_trigger: "old".into(),
+                ..Default::default()
+            }))]
+        );
     }
 
     #[test]
