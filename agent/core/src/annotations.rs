@@ -222,15 +222,48 @@ pub fn mark_completed(observed: &v1::PvcObserved, trigger: &str) -> Option<Value
 /// without a copy or gating was removed. Any other status (InProgress, Completed) and
 /// `latest-copy-trigger` are left alone: they describe a copy that did happen.
 pub fn clear_waiting(observed: &v1::PvcObserved) -> Option<Value> {
+    end_run(observed, "", true)
+}
+
+/// The patch that ends a run on its source PVC, in one merge patch (`None` when the PVC
+/// already says all of it):
+///
+/// - `consumed`: the value that released the run, which never reached its copy point (its
+///   source was deleted, or it failed). It is written as `latest-copy-trigger`, and a stale
+///   `InProgress` is removed, so that the value can never release a later run on the PVC. Only
+///   while the value still stands as `copy-trigger` and is not yet recorded: once a different
+///   `copy-trigger` was written (a value written ahead for the next run, or a later run's),
+///   the PVC belongs to that value and is left alone, so a cleanup that lasts (a finalizer)
+///   never undoes a later run's marks. A value that cannot be written (empty, over 253
+///   characters, unprintable) never released a run and is not written.
+/// - `clear_waiting`: the waiting state is removed (status `WaitingForTrigger` and
+///   waiting-since), as [`clear_waiting`].
+pub fn end_run(observed: &v1::PvcObserved, consumed: &str, clear_waiting: bool) -> Option<Value> {
     let mut c = Changes::default();
-    c.remove(
-        LATEST_COPY_STATUS,
-        status_is(observed, CopyStatus::WaitingForTrigger),
-    );
-    c.remove(
-        LATEST_COPY_TRIGGER_WAITING_SINCE,
-        !observed.waiting_since.is_empty(),
-    );
+    let stale_in_progress = status_is(observed, CopyStatus::InProgress);
+    let consume = !consumed.is_empty()
+        && bounds::unwritable(consumed).is_none()
+        && observed.copy_trigger == consumed
+        && (observed.latest_copy_trigger != consumed || stale_in_progress);
+    if consume {
+        c.set(
+            LATEST_COPY_TRIGGER,
+            &observed.latest_copy_trigger,
+            consumed,
+            !observed.latest_copy_trigger.is_empty(),
+        );
+        c.remove(LATEST_COPY_STATUS, stale_in_progress);
+    }
+    if clear_waiting {
+        c.remove(
+            LATEST_COPY_STATUS,
+            status_is(observed, CopyStatus::WaitingForTrigger),
+        );
+        c.remove(
+            LATEST_COPY_TRIGGER_WAITING_SINCE,
+            !observed.waiting_since.is_empty(),
+        );
+    }
     c.finish()
 }
 
@@ -541,6 +574,82 @@ mod tests {
     }
 
     #[test]
+    fn a_consumed_value_is_recorded_and_a_stale_in_progress_removed_in_one_patch_once() {
+        let consumed = |latest: &str| {
+            Some(json!({"metadata": {"annotations": {LATEST_COPY_TRIGGER: latest}}}))
+        };
+        let cases = [
+            // Released by `v`, never cut: today's leftovers.
+            (
+                obs("InProgress", "", "v", ""),
+                "v",
+                false,
+                Some(json!({"metadata": {"annotations": {
+                    LATEST_COPY_TRIGGER: "v",
+                    LATEST_COPY_STATUS: null,
+                }}})),
+            ),
+            (
+                obs("InProgress", "", "v", "old"),
+                "v",
+                false,
+                Some(json!({"metadata": {"annotations": {
+                    LATEST_COPY_TRIGGER: "v",
+                    LATEST_COPY_STATUS: null,
+                }}})),
+            ),
+            // Released but not yet marked InProgress: the value alone.
+            (
+                obs("WaitingForTrigger", "", "v", "old"),
+                "v",
+                false,
+                consumed("v"),
+            ),
+            (obs("Completed", "", "v", "old"), "v", false, consumed("v")),
+            // Already so: nothing.
+            (obs("", "", "v", "v"), "v", false, None),
+            (obs("Completed", "", "v", "v"), "v", false, None),
+            (
+                obs("InProgress", "", "v", "v"),
+                "v",
+                false,
+                Some(json!({"metadata": {"annotations": {LATEST_COPY_STATUS: null}}})),
+            ),
+            // The PVC has moved on to another value: a later run's marks are never undone.
+            (obs("InProgress", "", "w", "old"), "v", false, None),
+            (obs("Completed", "", "w", "w"), "v", false, None),
+            (obs("", "", "", ""), "v", false, None),
+            // Nothing consumed.
+            (obs("InProgress", "", "v", ""), "", false, None),
+            // A value that cannot be written never released a run.
+            (
+                obs("InProgress", "", "a\u{202E}b", ""),
+                "a\u{202E}b",
+                false,
+                None,
+            ),
+            // With clear_waiting too, still one patch.
+            (
+                obs("WaitingForTrigger", "2026-01-01T00:00:00Z", "v", "old"),
+                "v",
+                true,
+                Some(json!({"metadata": {"annotations": {
+                    LATEST_COPY_TRIGGER: "v",
+                    LATEST_COPY_STATUS: null,
+                    LATEST_COPY_TRIGGER_WAITING_SINCE: null,
+                }}})),
+            ),
+        ];
+        for (observed, value, clear, want) in cases {
+            assert_eq!(
+                end_run(&observed, value, clear),
+                want,
+                "{observed:?} {value:?} {clear}"
+            );
+        }
+    }
+
+    #[test]
     fn patches_never_touch_user_keys_unless_told() {
         let o = obs("WaitingForTrigger", "2026-01-01T00:00:00Z", "a", "b");
         let patches = [
@@ -548,6 +657,7 @@ mod tests {
             mark_in_progress(&o, "a", false),
             mark_completed(&o, "a"),
             clear_waiting(&o),
+            end_run(&obs("InProgress", "x", "a", "b"), "a", true),
         ];
         for p in patches.into_iter().flatten() {
             let keys = p["metadata"]["annotations"].as_object().unwrap();

@@ -9,7 +9,8 @@
 //!   COPY      mark InProgress ─► create the copy ─► copy ready? mark Completed ─► report
 //!   TRANSFER  (restore PVC from snapshot) (restic cache) ─► mover Job ─► succeeded / failed
 //!             ─► report; a failed Job is replaced after a back-off, each failure reported
-//!   CLEANUP   (clear waiting annotations) ─► delete copy, restored PVC, Job ─► report
+//!   CLEANUP   (record a consumed trigger, clear waiting annotations: one patch)
+//!             ─► delete copy, restored PVC, Job ─► report
 //! ```
 //!
 //! Idempotent by construction: every object has a deterministic name, a plan never creates
@@ -831,9 +832,15 @@ impl Ctx<'_> {
     fn cleanup(&self) -> Vec<Action> {
         let mut out = Vec::new();
         let observed = annotations::observe(self.seen.pvc);
-        if self.directive.clear_waiting
-            && self.seen.pvc.is_some()
-            && let Some(patch) = annotations::clear_waiting(&observed)
+        // Before anything else, in one patch: a value that released the run but never reached
+        // its copy point is recorded as consumed (it can never release a later run on the
+        // PVC), and the waiting annotations of a run that ended without a copy are removed.
+        if self.seen.pvc.is_some()
+            && let Some(patch) = annotations::end_run(
+                &observed,
+                &self.directive.consumed_trigger,
+                self.directive.clear_waiting,
+            )
         {
             out.push(self.patch_source(patch));
         }
@@ -1476,6 +1483,80 @@ mod tests {
                 latest_copy_trigger: "old".into(),
                 ..Default::default()
             }))]
+        );
+    }
+
+    #[test]
+    fn cleanup_records_a_consumed_trigger_in_one_patch_before_anything_else() {
+        let mut d = directive(DirectivePhase::Cleanup, v1::CopyMethod::Snapshot);
+        d.consumed_trigger = "first".into();
+        let stale = pvc(
+            "data",
+            &[
+                USE,
+                (annotations::COPY_TRIGGER, "first"),
+                (annotations::LATEST_COPY_STATUS, "InProgress"),
+            ],
+            None,
+        );
+        let consumed = pvc(
+            "data",
+            &[
+                USE,
+                (annotations::COPY_TRIGGER, "first"),
+                (annotations::LATEST_COPY_TRIGGER, "first"),
+            ],
+            None,
+        );
+        // A later run's InProgress, released by its own value while this cleanup lasts.
+        let later = pvc(
+            "data",
+            &[
+                USE,
+                (annotations::COPY_TRIGGER, "second"),
+                (annotations::LATEST_COPY_TRIGGER, "first"),
+                (annotations::LATEST_COPY_STATUS, "InProgress"),
+            ],
+            None,
+        );
+        let snapshot = [Temporary {
+            kind: TemporaryKind::Snapshot,
+            name: "volsync-db-src".into(),
+            terminating: false,
+        }];
+        let cases: [(Option<&PersistentVolumeClaim>, &[Temporary], &[&str]); 6] = [
+            (
+                Some(&stale),
+                &snapshot,
+                &["PatchPvc data", "DeleteSnapshot volsync-db-src"],
+            ),
+            (Some(&stale), &[], &["PatchPvc data"]),
+            (
+                Some(&consumed),
+                &snapshot,
+                &["DeleteSnapshot volsync-db-src"],
+            ),
+            (Some(&consumed), &[], &["Report CleanedUp"]),
+            (Some(&later), &[], &["Report CleanedUp"]),
+            // The PVC is gone: nothing to record.
+            (None, &snapshot, &["DeleteSnapshot volsync-db-src"]),
+        ];
+        for (source, temporaries, want) in cases {
+            let mut s = seen(source);
+            s.temporaries = temporaries;
+            let a = plan(&d, &s, &PlanConfig::default()).unwrap();
+            assert_eq!(kinds(&a), want, "{source:?} {temporaries:?}");
+        }
+        let mut s = seen(Some(&stale));
+        s.temporaries = &snapshot;
+        let a = plan(&d, &s, &PlanConfig::default()).unwrap();
+        assert_eq!(
+            patch_of(&a[0]),
+            &serde_json::json!({"metadata": {"annotations": {
+                annotations::LATEST_COPY_TRIGGER: "first",
+                annotations::LATEST_COPY_STATUS: null,
+            }}}),
+            "the value is spent and the stale InProgress is gone, in one patch"
         );
     }
 
