@@ -8,7 +8,7 @@
 //! | annotation | values |
 //! |---|---|
 //! | `sim.snapgate.io/pvc` | `never-bind`, `bind-after=2s` |
-//! | `sim.snapgate.io/snapshot` | `never-ready`, `ready-unset`, `ready-after=500ms`, `fail=<message>` |
+//! | `sim.snapgate.io/snapshot` | `never-ready`, `cut-never-ready`, `ready-unset`, `ready-after=500ms`, `fail=<message>` |
 //! | `sim.snapgate.io/job` | `succeed`, `fail`, `hang` |
 
 use std::collections::HashMap;
@@ -40,13 +40,19 @@ pub enum PvcBehaviour {
 }
 
 /// How the snapshot controller treats a VolumeSnapshot.
+///
+/// A CSI snapshot is cut (`status.creationTime`) and then, for drivers that upload it
+/// elsewhere, made ready (`readyToUse: true`) later.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SnapshotBehaviour {
-    /// Bind a VolumeSnapshotContent at once, `readyToUse: true` after the delay.
+    /// Bind a VolumeSnapshotContent and cut it at once, `readyToUse: true` after the delay.
     ReadyAfter(Duration),
-    /// Bind a content but keep `readyToUse: false`.
+    /// Bind a content but never cut it: no `creationTime`, `readyToUse: false`.
     NeverReady,
-    /// Bind a content and never set `readyToUse` at all.
+    /// Bind a content and cut it at once, but keep `readyToUse: false` (a driver whose upload
+    /// after the cut does not end until the test sets `readyToUse` itself).
+    CutNeverReady,
+    /// Bind a content, cut it, and never set `readyToUse` at all.
     ReadyToUseUnset,
     /// Set `status.error.message` and `readyToUse: false`.
     Fail(String),
@@ -259,6 +265,7 @@ impl Controllers {
         if let Some(a) = annotation(obj, SNAPSHOT_ANNOTATION) {
             match a {
                 "never-ready" => return SnapshotBehaviour::NeverReady,
+                "cut-never-ready" => return SnapshotBehaviour::CutNeverReady,
                 "ready-unset" => return SnapshotBehaviour::ReadyToUseUnset,
                 _ => {}
             }
@@ -543,6 +550,12 @@ async fn run_snapshot(
     });
     if b == SnapshotBehaviour::ReadyToUseUnset {
         status.as_object_mut().expect("object").remove("readyToUse");
+    }
+    if b == SnapshotBehaviour::NeverReady {
+        status
+            .as_object_mut()
+            .expect("object")
+            .remove("creationTime");
     }
     let _ = s.store.patch(
         snapshots(),

@@ -150,9 +150,10 @@ async fn a_snapshot_binds_content_and_becomes_ready_after_its_delay_and_a_clone_
 }
 
 #[tokio::test(start_paused = true)]
-async fn snapshots_can_stay_unready_leave_ready_to_use_unset_or_fail() {
+async fn snapshots_can_stay_uncut_or_cut_but_unready_leave_ready_to_use_unset_or_fail() {
     let sim = KubeSim::new();
     sim.snapshot_behaviour("ns", "never", SnapshotBehaviour::NeverReady);
+    sim.snapshot_behaviour("ns", "cut", SnapshotBehaviour::CutNeverReady);
     sim.snapshot_behaviour("ns", "unset", SnapshotBehaviour::ReadyToUseUnset);
     sim.snapshot_behaviour(
         "ns",
@@ -161,7 +162,7 @@ async fn snapshots_can_stay_unready_leave_ready_to_use_unset_or_fail() {
     );
     let snaps: Api<DynamicObject> =
         Api::namespaced_with(sim.client(), "ns", &fixtures::snapshot_resource());
-    for n in ["never", "unset", "broken"] {
+    for n in ["never", "cut", "unset", "broken"] {
         snaps
             .create(&PostParams::default(), &fixtures::snapshot("ns", n, "data"))
             .await
@@ -184,6 +185,11 @@ async fn snapshots_can_stay_unready_leave_ready_to_use_unset_or_fail() {
     let never = snap_status(&snaps.get("never").await.unwrap());
     assert_eq!(never["readyToUse"], false);
     assert!(never["boundVolumeSnapshotContentName"].is_string());
+    assert!(never.get("creationTime").is_none(), "never cut: {never}");
+    let cut = snap_status(&snaps.get("cut").await.unwrap());
+    assert_eq!(cut["readyToUse"], false);
+    assert!(cut["creationTime"].is_string(), "cut at once: {cut}");
+    assert!(cut["boundVolumeSnapshotContentName"].is_string());
     let unset = snap_status(&snaps.get("unset").await.unwrap());
     assert!(unset.get("readyToUse").is_none(), "{unset}");
     assert!(unset["boundVolumeSnapshotContentName"].is_string());
