@@ -16,13 +16,22 @@ pub const MOVER_LOG_READ_MAX_BYTES: i64 = 4 << 20;
 /// The most bytes of the end of what was read that the agent keeps and filters.
 pub const MOVER_LOG_KEEP_BYTES: usize = 64 << 10;
 
-/// Whether a VolumeSnapshot is the copy point yet.
+/// Where a VolumeSnapshot stands: whether it is the copy point yet, and whether it can be
+/// restored from.
+///
+/// The copy point is the cut, not the upload: a CSI driver that cuts and then uploads sets
+/// `status.creationTime` at the cut and `readyToUse: true` only once the upload is done, which
+/// can be minutes later. The application is released at the cut ([`CopyReadiness::Cut`]);
+/// a PVC is restored from the snapshot only once it is [`CopyReadiness::Ready`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CopyReadiness {
-    /// Not bound yet, `readyToUse: false`, or being deleted.
+    /// Not cut and not ready yet, or being deleted.
     Pending,
+    /// Cut (`status.creationTime` set, no `status.error`) but not ready to restore from yet:
+    /// the copy point, and nothing more.
+    Cut,
     /// Bound to a VolumeSnapshotContent, and `readyToUse` is not `false` (unset counts as
-    /// ready, as in VolSync).
+    /// ready, as in VolSync): the copy point, and it can be restored from.
     Ready,
     /// Not ready, and the snapshot controller reports an error (it keeps retrying; the caller
     /// decides how long to wait).
@@ -74,6 +83,7 @@ pub fn copy_readiness(snap: &VolumeSnapshot) -> CopyReadiness {
     }
     match status.error.as_ref().and_then(|e| e.message.as_deref()) {
         Some(m) if !m.is_empty() => CopyReadiness::Failed(m.to_owned()),
+        _ if status.creation_time.is_some() && status.error.is_none() => CopyReadiness::Cut,
         _ => CopyReadiness::Pending,
     }
 }
@@ -360,6 +370,49 @@ mod tests {
             assert_eq!(copy_readiness(&s), want, "{:?}", s.status);
         }
         let mut deleting = snap(Some("content"), None, None);
+        deleting.metadata.deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
+        assert_eq!(copy_readiness(&deleting), CopyReadiness::Pending);
+    }
+
+    fn cut(mut s: VolumeSnapshot) -> VolumeSnapshot {
+        if let Some(st) = s.status.as_mut() {
+            st.creation_time = Some(Time(Timestamp::UNIX_EPOCH));
+        }
+        s
+    }
+
+    #[test]
+    fn a_snapshot_is_the_copy_point_once_cut_and_restorable_only_once_ready() {
+        let cases = [
+            // Cut, the upload still running: the copy point, not yet restorable.
+            (
+                cut(snap(Some("content"), Some(false), None)),
+                CopyReadiness::Cut,
+            ),
+            (cut(snap(None, None, None)), CopyReadiness::Cut),
+            (
+                cut(snap(Some("content"), Some(true), None)),
+                CopyReadiness::Ready,
+            ),
+            (cut(snap(Some("content"), None, None)), CopyReadiness::Ready),
+            // An error is never a cut.
+            (
+                cut(snap(Some("content"), Some(false), Some("upload failed"))),
+                CopyReadiness::Failed("upload failed".into()),
+            ),
+            (
+                cut(snap(None, Some(false), Some(""))),
+                CopyReadiness::Pending,
+            ),
+            (
+                snap(Some("content"), Some(false), None),
+                CopyReadiness::Pending,
+            ),
+        ];
+        for (s, want) in cases {
+            assert_eq!(copy_readiness(&s), want, "{:?}", s.status);
+        }
+        let mut deleting = cut(snap(Some("content"), Some(false), None));
         deleting.metadata.deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
         assert_eq!(copy_readiness(&deleting), CopyReadiness::Pending);
     }

@@ -6,9 +6,11 @@
 //! ```text
 //!   GATE      (paused: clear waiting annotations) ─► report the PVC's annotations
 //!   WAIT      mark WaitingForTrigger (once) ─► report the PVC on every change
-//!   COPY      mark InProgress ─► create the copy ─► copy ready? mark Completed ─► report
-//!   TRANSFER  (restore PVC from snapshot) (restic cache) ─► mover Job ─► succeeded / failed
-//!             ─► report; a failed Job is replaced after a back-off, each failure reported
+//!   COPY      mark InProgress ─► create the copy ─► cut (snapshot) or bound (clone)?
+//!             mark Completed ─► report
+//!   TRANSFER  (snapshot readyToUse? restore PVC from it) (restic cache) ─► mover Job
+//!             ─► succeeded / failed ─► report; a failed Job is replaced after a back-off,
+//!             each failure reported
 //!   CLEANUP   (record a consumed trigger, clear waiting annotations: one patch)
 //!             ─► delete copy, restored PVC, Job ─► report
 //! ```
@@ -450,8 +452,10 @@ impl Ctx<'_> {
                         Action::CreateSnapshot(Box::new(snap)),
                     ));
                 }
+                // The copy point is the cut (creationTime), not the end of the upload
+                // (readyToUse): the application is not held through the upload.
                 Owned::ThisRun(s) => match classify::copy_readiness(s) {
-                    CopyReadiness::Ready => Some(
+                    CopyReadiness::Cut | CopyReadiness::Ready => Some(
                         s.status
                             .as_ref()
                             .and_then(|st| st.creation_time.as_ref())
@@ -727,6 +731,20 @@ impl Ctx<'_> {
                         out.push(self.copy_gone("the VolumeSnapshot"));
                         return Ok(out);
                     };
+                    // The copy point was the cut; a PVC is restored from the snapshot (and the
+                    // mover reads it) only once its upload is done: readyToUse.
+                    match classify::copy_readiness(snap) {
+                        CopyReadiness::Ready => {}
+                        CopyReadiness::Cut | CopyReadiness::Pending => return Ok(out),
+                        CopyReadiness::Failed(message) => {
+                            out.push(Action::Report(error(
+                                "SnapshotFailed",
+                                format!("VolumeSnapshot {}: {message}", self.copy_name()),
+                                true,
+                            )));
+                            return Ok(out);
+                        }
+                    }
                     let Some(source_pvc) = source_pvc else {
                         out.push(self.pvc_missing());
                         return Ok(out);
@@ -1557,6 +1575,137 @@ mod tests {
                 annotations::LATEST_COPY_STATUS: null,
             }}}),
             "the value is spent and the stale InProgress is gone, in one patch"
+        );
+    }
+
+    fn snapshot_status(
+        creation: Option<DateTime<Utc>>,
+        ready: Option<bool>,
+        error: Option<&str>,
+    ) -> VolumeSnapshot {
+        VolumeSnapshot {
+            metadata: ObjectMeta {
+                name: Some("volsync-db-src".into()),
+                labels: Some(names::temporary_labels("db", "run-7")),
+                creation_timestamp: Some(Time(Timestamp::UNIX_EPOCH)),
+                ..Default::default()
+            },
+            spec: Default::default(),
+            status: Some(VolumeSnapshotStatus {
+                bound_volume_snapshot_content_name: Some("content".into()),
+                creation_time: creation.map(|t| Time(to_jiff(t))),
+                ready_to_use: ready,
+                error: error.map(|m| crate::resources::VolumeSnapshotError {
+                    message: Some(m.into()),
+                    time: None,
+                }),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn a_snapshot_is_the_copy_point_at_its_cut_and_is_restored_only_once_ready() {
+        let cut_at = now() - chrono::Duration::seconds(90);
+        let in_progress = pvc(
+            "data",
+            &[
+                USE,
+                (annotations::COPY_TRIGGER, "first"),
+                (annotations::LATEST_COPY_STATUS, "InProgress"),
+            ],
+            None,
+        );
+        let completed = pvc(
+            "data",
+            &[
+                USE,
+                (annotations::COPY_TRIGGER, "first"),
+                (annotations::LATEST_COPY_TRIGGER, "first"),
+                (annotations::LATEST_COPY_STATUS, "Completed"),
+            ],
+            None,
+        );
+        let not_cut = snapshot_status(None, Some(false), None);
+        let cut = snapshot_status(Some(cut_at), Some(false), None);
+        let ready = snapshot_status(Some(cut_at), Some(true), None);
+        let upload_failed = snapshot_status(Some(cut_at), Some(false), Some("upload failed"));
+        let copy = directive(DirectivePhase::Copy, v1::CopyMethod::Snapshot);
+        let transfer = directive(DirectivePhase::Transfer, v1::CopyMethod::Snapshot);
+        let cases: [(
+            &v1::Directive,
+            &PersistentVolumeClaim,
+            &VolumeSnapshot,
+            &[&str],
+        ); 9] = [
+            // COPY: not cut yet, the application is still held.
+            (&copy, &in_progress, &not_cut, &[]),
+            // Cut, upload still running: Completed now, then reported.
+            (
+                &copy,
+                &in_progress,
+                &cut,
+                &["PatchPvc data", "Event SrcPVCCopyUsingCopyTriggerCompleted"],
+            ),
+            (&copy, &completed, &cut, &["Report CopyCompleted"]),
+            (&copy, &completed, &ready, &["Report CopyCompleted"]),
+            (&copy, &in_progress, &upload_failed, &["Report AgentError"]),
+            // TRANSFER: nothing is restored from a snapshot still uploading.
+            (&transfer, &completed, &cut, &[]),
+            (&transfer, &completed, &not_cut, &[]),
+            (&transfer, &completed, &ready, &["CreatePvc volsync-db-src"]),
+            (
+                &transfer,
+                &completed,
+                &upload_failed,
+                &["Report AgentError"],
+            ),
+        ];
+        for (d, source, snap, want) in cases {
+            let mut s = seen(Some(source));
+            s.snapshot = Some(snap);
+            let a = plan(d, &s, &PlanConfig::default()).unwrap();
+            assert_eq!(
+                kinds(&a),
+                want,
+                "{:?} {:?}",
+                DirectivePhase::try_from(d.phase),
+                snap.status
+            );
+        }
+        let mut s = seen(Some(&in_progress));
+        s.snapshot = Some(&cut);
+        let a = plan(&copy, &s, &PlanConfig::default()).unwrap();
+        assert_eq!(
+            patch_of(&a[0]),
+            &serde_json::json!({"metadata": {"annotations": {
+                annotations::LATEST_COPY_STATUS: "Completed",
+                annotations::LATEST_COPY_TRIGGER: "first",
+            }}})
+        );
+        s.pvc = Some(&completed);
+        let a = plan(&copy, &s, &PlanConfig::default()).unwrap();
+        assert_eq!(
+            a,
+            [Action::Report(Observation::CopyCompleted(
+                v1::CopyCompleted {
+                    copy_name: "volsync-db-src".into(),
+                    time: Some(timestamp(cut_at)),
+                }
+            ))],
+            "the copy point is the cut's time"
+        );
+        s.snapshot = Some(&upload_failed);
+        s.pvc = Some(&completed);
+        let a = plan(&transfer, &s, &PlanConfig::default()).unwrap();
+        let e = only_error(&a);
+        assert_eq!(
+            (e.reason.as_str(), e.retryable, e.message.as_str()),
+            (
+                "SnapshotFailed",
+                true,
+                "VolumeSnapshot volsync-db-src: upload failed"
+            )
         );
     }
 
