@@ -50,10 +50,12 @@ pub struct Backoff {
 }
 
 impl Default for Backoff {
+    /// 100 ms, doubling to 3 s: while the link is down no run moves on, and an application
+    /// held for its copy point may be holding its writes, so the agent retries promptly.
     fn default() -> Self {
         Self {
-            initial: Duration::from_millis(200),
-            max: Duration::from_secs(30),
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(3),
         }
     }
 }
@@ -83,12 +85,15 @@ pub async fn run(
 ) {
     let mut attempt = 0u32;
     loop {
-        match session(&endpoint, &hello, &events).await {
-            Ok(()) => {
-                info!("scheduler closed the link; reconnecting");
-                attempt = 0;
-            }
+        let mut welcomed = false;
+        match session(&endpoint, &hello, &events, &mut welcomed).await {
+            Ok(()) => info!("scheduler closed the link; reconnecting"),
             Err(e) => warn!(error = %e, attempt, "scheduler link failed"),
+        }
+        // A link that was up (however it ended) starts the back-off afresh: the next
+        // attempt comes after the first delay, not after the cap reached by earlier failures.
+        if welcomed {
+            attempt = 0;
         }
         if events.send(LinkEvent::Disconnected).await.is_err() {
             return;
@@ -98,10 +103,12 @@ pub async fn run(
     }
 }
 
+/// One connection, until it ends; `welcomed` is set once the scheduler has welcomed the agent.
 async fn session(
     endpoint: &Endpoint,
     hello: &v1::AgentHello,
     events: &mpsc::Sender<LinkEvent>,
+    welcomed: &mut bool,
 ) -> anyhow::Result<()> {
     let channel = endpoint.connect().await?;
     let (out_tx, out_rx) = mpsc::channel::<v1::AgentMessage>(256);
@@ -131,6 +138,7 @@ async fn session(
             let event = match msg?.message {
                 Some(FromScheduler::Welcome(w)) => {
                     info!(active_runs = w.active_runs, "connected to the scheduler");
+                    *welcomed = true;
                     LinkEvent::Connected {
                         active_runs: w.active_runs,
                         reports: reports
@@ -166,6 +174,21 @@ mod tests {
         for attempt in [0, 1, 16, u32::MAX] {
             assert!(b.delay(attempt) <= Duration::MAX);
         }
+    }
+
+    #[test]
+    fn by_default_a_lost_link_is_retried_within_a_tenth_of_a_second_and_never_after_3_s() {
+        let b = Backoff::default();
+        for _ in 0..50 {
+            assert!(b.delay(0) <= Duration::from_millis(125), "{:?}", b.delay(0));
+            for attempt in [1, 4, 5, 10, u32::MAX] {
+                let d = b.delay(attempt);
+                assert!(d <= Duration::from_secs(3), "attempt {attempt}: {d:?}");
+            }
+        }
+        // Jitter: agents that lost the link together do not all come back at once.
+        let spread: std::collections::BTreeSet<Duration> = (0..50).map(|_| b.delay(10)).collect();
+        assert!(spread.len() > 1, "{spread:?}");
     }
 
     #[test]
