@@ -33,6 +33,8 @@ pub const NS: &str = "app";
 pub const AGENT_USER: &str = "system:serviceaccount:app:snapgate-agent";
 pub const PVC: &str = "data";
 pub const SOURCE: &str = "db";
+/// The probe's PVC and source (see [`World::start_probe`]).
+pub const PROBE: &str = "probe";
 
 pub const RESTIC_LOG: [&str; 5] = [
     "using parent snapshot 4f2a",
@@ -270,6 +272,96 @@ impl World {
             .into_inner()
     }
 
+    pub async fn pause(&mut self, name: &str) {
+        self.sources
+            .pause_source(v1::PauseSourceRequest {
+                namespace: NS.into(),
+                name: name.into(),
+                note: "maintenance".into(),
+            })
+            .await
+            .unwrap();
+    }
+
+    pub async fn resume(&mut self, name: &str) {
+        self.sources
+            .resume_source(v1::ResumeSourceRequest {
+                namespace: NS.into(),
+                name: name.into(),
+                note: String::new(),
+            })
+            .await
+            .unwrap();
+    }
+
+    pub async fn delete_source(&mut self, name: &str) {
+        self.sources
+            .delete_source(v1::DeleteSourceRequest {
+                namespace: NS.into(),
+                name: name.into(),
+                expected_version: 0,
+            })
+            .await
+            .unwrap();
+    }
+
+    /// The newest run of `source`, once there is one and `ready` holds for it.
+    pub async fn run_when(
+        &mut self,
+        source: &str,
+        what: &str,
+        ready: impl Fn(&v1::Run) -> bool,
+    ) -> v1::Run {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let runs = self.runs(source).await;
+            if let Some(run) = runs.first().filter(|r| ready(r)) {
+                return run.clone();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for the newest run of {source}: {what}: {runs:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Starts the probe: the gated PVC [`PROBE`] and a source of that name on it, its run
+    /// waiting for a trigger. See [`World::round_trip`].
+    pub async fn start_probe(&mut self) {
+        let mut pvc = source_pvc(true);
+        pvc.metadata.name = Some(PROBE.into());
+        self.sim.create(&pvc).unwrap();
+        let mut spec = restic_spec(v1::CopyMethod::Clone, Duration::from_secs(600));
+        spec.source_pvc = PROBE.into();
+        self.apply(PROBE, spec).await;
+        eventually("the probe waits for a trigger", || {
+            (annotations_of(&self.sim, PROBE)
+                .get(STATUS)
+                .map(String::as_str)
+                == Some("WaitingForTrigger"))
+            .then_some(())
+        })
+        .await;
+    }
+
+    /// Releases the probe (once per [`World::start_probe`]) and waits until the agent has
+    /// marked it InProgress: a round trip through the agent's PVC watch, its reports, the
+    /// scheduler and its directives, each in order. When it returns, the agent has handled
+    /// every PVC change made before the call and every directive the scheduler sent before it
+    /// took the probe's report: what it did not do by then, it did not do for those.
+    pub async fn round_trip(&self) {
+        annotate(&self.sim, PROBE, serde_json::json!({ TRIGGER: "probe" })).await;
+        eventually("the probe's round trip through the agent", || {
+            (annotations_of(&self.sim, PROBE)
+                .get(STATUS)
+                .map(String::as_str)
+                != Some("WaitingForTrigger"))
+            .then_some(())
+        })
+        .await;
+    }
+
     /// Waits until the source PVC's `latest-copy-status` is `want`.
     pub async fn wait_copy_status(&self, want: &str) {
         eventually(&format!("latest-copy-status {want}"), || {
@@ -367,7 +459,12 @@ impl World {
 
 /// The source PVC's annotations, as the API server has them.
 pub fn pvc_annotations(sim: &KubeSim) -> BTreeMap<String, String> {
-    sim.get::<PersistentVolumeClaim>(Some(NS), PVC)
+    annotations_of(sim, PVC)
+}
+
+/// The annotations of PVC `NS/name`, as the API server has them.
+pub fn annotations_of(sim: &KubeSim, name: &str) -> BTreeMap<String, String> {
+    sim.get::<PersistentVolumeClaim>(Some(NS), name)
         .unwrap()
         .metadata
         .annotations
@@ -377,9 +474,14 @@ pub fn pvc_annotations(sim: &KubeSim) -> BTreeMap<String, String> {
 /// Merge-patches the source PVC's annotations (`null` removes one) as a user does, through the
 /// API server, under its own field manager.
 pub async fn annotate_pvc(sim: &KubeSim, annotations: serde_json::Value) {
+    annotate(sim, PVC, annotations).await;
+}
+
+/// As [`annotate_pvc`], for PVC `NS/name`.
+pub async fn annotate(sim: &KubeSim, name: &str, annotations: serde_json::Value) {
     let api: Api<PersistentVolumeClaim> = Api::namespaced(sim.client(), NS);
     api.patch(
-        PVC,
+        name,
         &PatchParams::apply("kubectl-annotate"),
         &Patch::Merge(serde_json::json!({ "metadata": { "annotations": annotations } })),
     )
