@@ -327,12 +327,16 @@ fn phase(run: &v1::Run) -> RunPhase {
     RunPhase::try_from(run.phase).unwrap_or(RunPhase::Unspecified)
 }
 
-/// The phases in which a run owns its PVC's copy-trigger annotations.
+/// The phases in which a run owns its PVC's copy-trigger annotations: its copy phase, and its
+/// cleanup while that still has annotations to set right (a run that ended before its copy
+/// point clears its waiting annotations and records a spent value): the next run on the PVC
+/// must not read them first.
 fn holds_pvc(run: &v1::Run) -> bool {
-    matches!(
-        phase(run),
-        RunPhase::Gating | RunPhase::WaitingForTrigger | RunPhase::Copying
-    )
+    match phase(run) {
+        RunPhase::Gating | RunPhase::WaitingForTrigger | RunPhase::Copying => true,
+        RunPhase::CleaningUp => run.gated && run.copy_time.is_none(),
+        _ => false,
+    }
 }
 
 fn note(run: &mut v1::Run, now: DateTime<Utc>, event: &str, message: impl Into<String>) {
@@ -1657,9 +1661,8 @@ impl Scheduler {
                 DirectivePhase::Gate => paused && waited,
                 // Gating was removed while waiting: drop the stale snapgate annotations.
                 DirectivePhase::Copy => waited && !run.gated,
-                DirectivePhase::Cleanup => {
-                    waited && run.copy_time.is_none() && run.trigger.is_empty()
-                }
+                // Also when released but ended before the agent marked it InProgress.
+                DirectivePhase::Cleanup => waited && run.copy_time.is_none(),
                 _ => false,
             },
             // Released but never cut: the value is spent, and the PVC must say so.

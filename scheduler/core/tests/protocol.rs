@@ -1148,6 +1148,43 @@ fn a_value_that_released_a_run_never_cut_can_release_no_later_run() {
 }
 
 #[test]
+fn the_next_run_on_a_pvc_waits_until_a_run_that_ended_before_its_copy_point_has_set_the_annotations_right()
+ {
+    let mut w = World::new();
+    w.cluster.copies_get_ready = false;
+    w.pvc("data", true);
+    w.apply("db", spec("data", CopyMethod::Snapshot, manual("first")));
+    let run = w.current("db").id;
+    w.rpc_trigger("data", "v1", &run).unwrap();
+    // Deleted while copying; its cleanup (recording v1 as spent) has not been acted on yet.
+    w.core.delete_source(&key("db"), 0, w.now).unwrap();
+    w.core
+        .apply_source(
+            key("next"),
+            spec("data", CopyMethod::Snapshot, manual("first")),
+            0,
+            w.now,
+        )
+        .unwrap();
+    assert_eq!(
+        w.current("next").phase,
+        RunPhase::Queued as i32,
+        "the PVC is still held by the cleanup"
+    );
+    let cleanup = w.core.directives_for(&apps());
+    let old = cleanup.iter().find(|d| d.run_id == run).unwrap();
+    assert_eq!(old.phase(), DirectivePhase::Cleanup);
+    assert_eq!(old.consumed_trigger, "v1");
+    assert!(
+        old.clear_waiting,
+        "released before InProgress: the waiting marks go too"
+    );
+    w.settle();
+    assert_eq!(w.phase("next"), RunPhase::WaitingForTrigger);
+    assert_eq!(w.cluster.copies_made.len(), 1);
+}
+
+#[test]
 fn sync_now_with_the_same_request_id_starts_no_second_run() {
     let mut w = World::new();
     w.pvc("data", true);
