@@ -1,0 +1,527 @@
+//! The real binaries as separate processes, for the process tests: `snapgate-kube-sim` (or,
+//! where a test must script the snapshot controller, the same server hosted in the test and
+//! served over loopback with its kubeconfig), `snapgate-scheduler` on its redb store,
+//! `snapgate-agent` reading the kubeconfig, and the `snapgate` CLI (also as
+//! `snapgate quiesce-exec`). The test talks to the API server with kube's client from the same
+//! kubeconfig.
+
+#![allow(dead_code)]
+
+use std::{
+    collections::BTreeMap,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::Stdio,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures::StreamExt as _;
+use k8s_openapi::{
+    api::core::v1::{Namespace, PersistentVolumeClaim, Secret},
+    apimachinery::pkg::api::resource::Quantity,
+};
+use kube::{
+    Api,
+    api::{
+        ApiResource, DynamicObject, GroupVersionKind, ObjectMeta, Patch, PatchParams, PostParams,
+    },
+    config::{KubeConfigOptions, Kubeconfig},
+    runtime::watcher,
+};
+use serde_json::Value;
+use tokio::process::{Child, Command};
+
+/// The namespace every process test works in.
+pub(crate) const NS: &str = "app";
+
+/// A binary of the workspace, built next to this test's own executable.
+pub(crate) fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo build --workspace --bins` (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+pub(crate) fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process, killed when dropped.
+pub(crate) struct Proc(pub(crate) Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.start_kill();
+    }
+}
+
+/// Spawns `cmd` with its stderr in `log` (for the failure messages).
+pub(crate) fn spawn(cmd: &mut Command, log: &Path) -> Proc {
+    let err = std::fs::File::create(log).unwrap();
+    Proc(
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Polls `check` every 50 ms until it yields, for at most `secs` seconds; then fails with
+/// `what` and what `seen` says.
+pub(crate) async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    secs: u64,
+    mut check: impl FnMut() -> F,
+) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {secs} s waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The output of one CLI call.
+#[derive(Debug)]
+pub(crate) struct Out {
+    pub(crate) code: i32,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+}
+
+impl Out {
+    pub(crate) fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
+    }
+}
+
+/// How the API server runs.
+pub(crate) enum Sim {
+    /// The `snapgate-kube-sim` binary.
+    Process(Proc),
+    /// The same server in the test's runtime, so that the test can script its controllers.
+    Hosted(snapgate_kube_sim::KubeSim),
+}
+
+/// kube-sim, the scheduler and one agent, each a process (but see [`Sim`]).
+pub(crate) struct Cluster {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) kubeconfig: PathBuf,
+    pub(crate) sim: Sim,
+    pub(crate) client: kube::Client,
+    pub(crate) url: String,
+    scheduler: Proc,
+    agent: Proc,
+}
+
+impl Cluster {
+    /// Everything as separate processes.
+    pub(crate) async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        let sim = Sim::Process(spawn(
+            Command::new(binary("snapgate-kube-sim"))
+                .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+                .arg("--kubeconfig")
+                .arg(&kubeconfig),
+            &dir.path().join("kube-sim.log"),
+        ));
+        Self::with_sim(dir, kubeconfig, sim).await
+    }
+
+    /// kube-sim hosted in the test (served over loopback HTTP with its kubeconfig, as the
+    /// binary does), the scheduler, the agent and the CLI as processes.
+    pub(crate) async fn start_hosted(script: impl FnOnce(&snapgate_kube_sim::KubeSim)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        let sim = snapgate_kube_sim::KubeSim::new();
+        script(&sim);
+        sim.add_token(
+            snapgate_kube_sim::ADMIN_TOKEN,
+            snapgate_kube_sim::ADMIN_USER,
+        );
+        sim.serve("127.0.0.1:0").await.unwrap();
+        sim.write_kubeconfig(&kubeconfig, snapgate_kube_sim::ADMIN_TOKEN)
+            .unwrap();
+        Self::with_sim(dir, kubeconfig, Sim::Hosted(sim)).await
+    }
+
+    async fn with_sim(dir: tempfile::TempDir, kubeconfig: PathBuf, sim: Sim) -> Self {
+        let grpc = format!("127.0.0.1:{}", free_port());
+        let scheduler = spawn(
+            Command::new(binary("snapgate-scheduler"))
+                .args(["--listen", &grpc])
+                .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port())])
+                .arg("--data-dir")
+                .arg(dir.path().join("data")),
+            &dir.path().join("scheduler.log"),
+        );
+        let config = eventually("the kubeconfig", 15, || {
+            let path = kubeconfig.clone();
+            async move { Kubeconfig::read_from(&path).ok() }
+        })
+        .await;
+        let client = kube::Client::try_from(
+            kube::Config::from_custom_kubeconfig(config, &KubeConfigOptions::default())
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        eventually("the API server", 15, || {
+            let namespaces = namespaces.clone();
+            async move {
+                namespaces
+                    .create(
+                        &PostParams::default(),
+                        &Namespace {
+                            metadata: ObjectMeta {
+                                name: Some(NS.into()),
+                                ..Default::default()
+                            },
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .ok()
+            }
+        })
+        .await;
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+        for (name, keys) in [
+            (
+                "restic-config",
+                &[("RESTIC_REPOSITORY", "s3:x"), ("RESTIC_PASSWORD", "x")][..],
+            ),
+            ("rclone-secret", &[("rclone.conf", "[s3]\ntype = s3\n")][..]),
+        ] {
+            secrets
+                .create(
+                    &PostParams::default(),
+                    &Secret {
+                        metadata: ObjectMeta {
+                            name: Some(name.into()),
+                            ..Default::default()
+                        },
+                        string_data: Some(
+                            keys.iter()
+                                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                                .collect(),
+                        ),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+        }
+        let url = format!("http://{grpc}");
+        let agent = spawn(
+            Command::new(binary("snapgate-agent"))
+                .env("KUBECONFIG", &kubeconfig)
+                .args(["--scheduler", &url])
+                .args(["--namespace", NS])
+                .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port())])
+                .args(["--agent-id", "process-test"]),
+            &dir.path().join("agent.log"),
+        );
+        let cluster = Self {
+            dir,
+            kubeconfig,
+            sim,
+            client,
+            url,
+            scheduler,
+            agent,
+        };
+        eventually("the scheduler answers the CLI", 15, || async {
+            (cluster.cli(&["list"]).await.code == 0).then_some(())
+        })
+        .await;
+        cluster
+    }
+
+    /// A file in the test's directory.
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The logs of the scheduler and the agent, for failure messages.
+    pub(crate) fn logs(&self) -> String {
+        ["scheduler.log", "agent.log"]
+            .iter()
+            .map(|f| {
+                let text = std::fs::read_to_string(self.path(f)).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                format!(
+                    "--- {f} (last 30 lines)\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// `snapgate --server <scheduler> -n app <args>`.
+    pub(crate) fn cli_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(binary("snapgate"));
+        cmd.args(["--server", &self.url, "-n", NS])
+            .args(args)
+            .env_remove("SNAPGATE_OUTPUT")
+            .kill_on_drop(true);
+        cmd
+    }
+
+    /// Runs the CLI to its end.
+    pub(crate) async fn cli(&self, args: &[&str]) -> Out {
+        let out = self
+            .cli_command(args)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .unwrap();
+        Out {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Runs the CLI, which must succeed.
+    pub(crate) async fn cli_ok(&self, args: &[&str]) -> Out {
+        let out = self.cli(args).await;
+        assert_eq!(out.code, 0, "snapgate {args:?}: {out:?}\n{}", self.logs());
+        out
+    }
+
+    /// `snapgate apply -f <file>` with this ReplicationSource YAML.
+    pub(crate) async fn apply(&self, yaml: &str) {
+        let file = self.path(&format!("source-{}.yaml", free_port()));
+        std::fs::write(&file, yaml).unwrap();
+        self.cli_ok(&["apply", "-f", file.to_str().unwrap()]).await;
+    }
+
+    /// `snapgate runs <source> -o json`: the runs, newest first.
+    pub(crate) async fn runs(&self, source: &str) -> Vec<Value> {
+        let out = self.cli_ok(&["runs", source, "-o", "json"]).await;
+        out.json()["items"].as_array().cloned().unwrap_or_default()
+    }
+
+    pub(crate) fn pvcs(&self) -> Api<PersistentVolumeClaim> {
+        Api::namespaced(self.client.clone(), NS)
+    }
+
+    /// A 1Gi PVC, gated (`use-copy-trigger`) or not.
+    pub(crate) async fn create_pvc(&self, name: &str, gated: bool) {
+        let annotations = gated.then(|| {
+            BTreeMap::from([("volsync.backube/use-copy-trigger".to_owned(), String::new())])
+        });
+        self.pvcs()
+            .create(
+                &PostParams::default(),
+                &PersistentVolumeClaim {
+                    metadata: ObjectMeta {
+                        name: Some(name.into()),
+                        annotations,
+                        ..Default::default()
+                    },
+                    spec: Some(k8s_openapi::api::core::v1::PersistentVolumeClaimSpec {
+                        access_modes: Some(vec!["ReadWriteOnce".into()]),
+                        resources: Some(k8s_openapi::api::core::v1::VolumeResourceRequirements {
+                            requests: Some(BTreeMap::from([(
+                                "storage".into(),
+                                Quantity("1Gi".into()),
+                            )])),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    status: None,
+                },
+            )
+            .await
+            .unwrap();
+    }
+
+    /// The PVC's annotations (empty if it cannot be read).
+    pub(crate) async fn annotations(&self, pvc: &str) -> BTreeMap<String, String> {
+        self.pvcs()
+            .get(pvc)
+            .await
+            .ok()
+            .and_then(|p| p.metadata.annotations)
+            .unwrap_or_default()
+    }
+
+    /// Writes `copy-trigger` on the PVC with kube's client, as an application would.
+    pub(crate) async fn write_copy_trigger(&self, pvc: &str, value: &str) {
+        self.pvcs()
+            .patch(
+                pvc,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({
+                    "metadata": {"annotations": {"volsync.backube/copy-trigger": value}}
+                })),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Waits until the PVC's annotations satisfy `ok`.
+    pub(crate) async fn wait_annotations(
+        &self,
+        pvc: &str,
+        what: &str,
+        ok: impl Fn(&BTreeMap<String, String>) -> bool,
+    ) -> BTreeMap<String, String> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let a = self.annotations(pvc).await;
+            if ok(&a) {
+                return a;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {pvc}: {what}; its annotations: {a:?}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until the newest run of `source` satisfies `ok`; returns it.
+    pub(crate) async fn wait_run(
+        &self,
+        source: &str,
+        what: &str,
+        ok: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let runs = self.runs(source).await;
+            if let Some(r) = runs.first().filter(|r| ok(r)) {
+                return r.clone();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for the newest run of {source}: {what}; its runs: {runs:#?}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Records every VolumeSnapshot the API server ever shows from now on.
+    pub(crate) async fn record_snapshots(&self) -> Recorder {
+        Recorder::start(
+            self.client.clone(),
+            ApiResource::from_gvk_with_plural(
+                &GroupVersionKind::gvk("snapshot.storage.k8s.io", "v1", "VolumeSnapshot"),
+                "volumesnapshots",
+            ),
+        )
+        .await
+    }
+
+    /// Records every Job the API server ever shows from now on.
+    pub(crate) async fn record_jobs(&self) -> Recorder {
+        Recorder::start(
+            self.client.clone(),
+            ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("batch", "v1", "Job"), "jobs"),
+        )
+        .await
+    }
+}
+
+/// Every version of the objects of one kind in [`NS`] that a watch delivered, in order.
+pub(crate) struct Recorder {
+    seen: Arc<Mutex<Vec<Value>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Recorder {
+    async fn start(client: kube::Client, ar: ApiResource) -> Self {
+        let api: Api<DynamicObject> = Api::namespaced_with(client, NS, &ar);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn({
+            let seen = seen.clone();
+            async move {
+                let mut ready = Some(ready_tx);
+                let mut events = std::pin::pin!(watcher(api, watcher::Config::default()));
+                while let Some(event) = events.next().await {
+                    match event {
+                        Ok(watcher::Event::InitDone) => {
+                            if let Some(tx) = ready.take() {
+                                let _ = tx.send(());
+                            }
+                        }
+                        Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
+                            seen.lock().unwrap().push(serde_json::to_value(&o).unwrap());
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(15), ready_rx)
+            .await
+            .expect("the watch started")
+            .unwrap();
+        Self { seen, task }
+    }
+
+    /// Every version seen so far of the object `name`.
+    pub(crate) fn versions(&self, name: &str) -> Vec<Value> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|o| o["metadata"]["name"] == name)
+            .cloned()
+            .collect()
+    }
+
+    /// The names seen so far.
+    pub(crate) fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|o| o["metadata"]["name"].as_str().map(str::to_owned))
+            .collect();
+        names.dedup();
+        names
+    }
+
+    /// Waits until a version of `name` satisfies `ok`; returns it.
+    pub(crate) async fn wait(&self, name: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+        eventually(what, 15, || async {
+            self.versions(name).into_iter().find(|o| ok(o))
+        })
+        .await
+    }
+}
