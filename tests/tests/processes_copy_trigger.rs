@@ -1,0 +1,484 @@
+//! The copy-trigger invariant with the real binaries as separate processes: the scheduler on
+//! its redb store, the agent reading a kubeconfig, the `snapgate` CLI (and
+//! `snapgate quiesce-exec` as the application, journaling its hold with timestamps), against
+//! kube-sim serving the Kubernetes REST API.
+//!
+//! > Every copy point of a gated run lies inside the hold of every application that took part
+//! > in releasing it, and no trigger value releases more than one run.
+//!
+//! The first test needs a snapshot that is never cut. kube-sim scripts that per object (the
+//! annotation `sim.snapgate.io/snapshot` on the VolumeSnapshot, or its Rust API), and the
+//! agent makes the VolumeSnapshot without that annotation, so that test hosts the same
+//! kube-sim server in the test process (served over loopback HTTP with its kubeconfig, as the
+//! binary does) and scripts it there; the scheduler, the agent and the CLI are processes.
+
+mod support;
+
+use serde_json::Value;
+use snapgate_kube_sim::SnapshotBehaviour;
+use support::{Cluster, NS};
+
+const STATUS: &str = "volsync.backube/latest-copy-status";
+const LATEST: &str = "volsync.backube/latest-copy-trigger";
+const TRIGGER: &str = "volsync.backube/copy-trigger";
+const SINCE: &str = "volsync.backube/latest-copy-trigger-waiting-since";
+
+fn restic_source(name: &str, pvc: &str, tag: &str) -> String {
+    format!(
+        "apiVersion: volsync.backube/v1alpha1
+kind: ReplicationSource
+metadata: {{name: {name}, namespace: {NS}}}
+spec:
+  sourcePVC: {pvc}
+  trigger: {{manual: {tag}}}
+  restic: {{copyMethod: Snapshot, repository: restic-config}}
+"
+    )
+}
+
+fn rclone_source(name: &str, pvc: &str, tag: &str) -> String {
+    format!(
+        "apiVersion: volsync.backube/v1alpha1
+kind: ReplicationSource
+metadata: {{name: {name}, namespace: {NS}}}
+spec:
+  sourcePVC: {pvc}
+  trigger: {{manual: {tag}}}
+  rclone: {{copyMethod: Snapshot, rcloneConfig: rclone-secret, rcloneConfigSection: s3, rcloneDestPath: bucket/db}}
+"
+    )
+}
+
+fn status_is(a: &std::collections::BTreeMap<String, String>, status: &str) -> bool {
+    a.get(STATUS).map(String::as_str) == Some(status)
+}
+
+fn s(v: &Value) -> &str {
+    v.as_str().unwrap_or("")
+}
+
+fn finished(r: &Value) -> bool {
+    r["phase"] == "Finished"
+}
+
+/// A run released by a value whose snapshot is never cut, then its source deleted, spends that
+/// value: another source applied on the same PVC waits for a new one and makes no snapshot
+/// until it comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_consumed_by_a_deleted_sources_uncut_run_never_releases_the_next_sources_run() {
+    let c = Cluster::start_hosted(|sim| {
+        sim.snapshot_behaviour(NS, "volsync-a-src", SnapshotBehaviour::NeverReady);
+    })
+    .await;
+    let snapshots = c.record_snapshots().await;
+    c.create_pvc("data", true).await;
+    c.apply(&restic_source("a", "data", "once")).await;
+    c.wait_annotations("data", "a's run waits", |a| {
+        status_is(a, "WaitingForTrigger")
+    })
+    .await;
+
+    c.cli_ok(&["trigger", "--pvc", "data", "value-a"]).await;
+    c.wait_annotations("data", "a's run released", |a| status_is(a, "InProgress"))
+        .await;
+    snapshots
+        .wait("volsync-a-src", "a's VolumeSnapshot (never cut)", |_| true)
+        .await;
+    c.wait_run("a", "a's run released by value-a", |r| {
+        r["trigger"] == "value-a" && r["phase"] == "Copying"
+    })
+    .await;
+
+    c.cli_ok(&["delete", "a"]).await;
+    // a's cleanup hands value-a back as spent before it lets the PVC go.
+    let a = c
+        .wait_annotations("data", "value-a recorded as spent, InProgress gone", |a| {
+            a.get(LATEST).map(String::as_str) == Some("value-a") && !a.contains_key(STATUS)
+        })
+        .await;
+    assert_eq!(a.get(TRIGGER).map(String::as_str), Some("value-a"));
+
+    c.apply(&restic_source("b", "data", "once")).await;
+    let a = c
+        .wait_annotations("data", "b's run waits (not released by value-a)", |a| {
+            a.contains_key(STATUS)
+        })
+        .await;
+    assert_eq!(
+        a.get(STATUS).map(String::as_str),
+        Some("WaitingForTrigger"),
+        "b's run was released by a's spent value: {a:?}"
+    );
+    assert_eq!(a.get(LATEST).map(String::as_str), Some("value-a"), "{a:?}");
+    assert!(a.contains_key(SINCE), "{a:?}");
+    let run = c
+        .wait_run("b", "b's run waiting", |r| {
+            r["phase"] == "WaitingForTrigger"
+        })
+        .await;
+    assert_eq!(s(&run["trigger"]), "", "{run:#}");
+    assert!(
+        snapshots.versions("volsync-b-src").is_empty(),
+        "b made a VolumeSnapshot before any new value: {:?}",
+        snapshots.versions("volsync-b-src")
+    );
+
+    // A new value releases b, once.
+    c.write_copy_trigger("data", "value-b").await;
+    let run = c.wait_run("b", "b's run finished", finished).await;
+    assert_eq!(run["result"], "Successful", "{run:#}");
+    assert_eq!(run["trigger"], "value-b", "{run:#}");
+    let first_b = snapshots
+        .wait("volsync-b-src", "b's VolumeSnapshot", |_| true)
+        .await;
+    assert_eq!(
+        first_b["spec"]["source"]["persistentVolumeClaimName"], "data",
+        "{first_b:#}"
+    );
+    let a = c.annotations("data").await;
+    assert_eq!(
+        a.get(STATUS).map(String::as_str),
+        Some("Completed"),
+        "{a:?}"
+    );
+    assert_eq!(a.get(LATEST).map(String::as_str), Some("value-b"), "{a:?}");
+    let runs = c.runs("b").await;
+    assert_eq!(runs.len(), 1, "{runs:#?}");
+}
+
+/// A journal line's timestamp (`<event> <unix seconds>.<nanos>`), the first with `event`.
+fn journal_time(journal: &str, event: &str) -> f64 {
+    journal
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(event)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no {event} line in the journal:\n{journal}"))
+}
+
+/// An RFC 3339 time from the API server, in unix seconds.
+fn kube_time(v: &Value) -> f64 {
+    let t = chrono::DateTime::parse_from_rfc3339(s(v))
+        .unwrap_or_else(|e| panic!("not an RFC 3339 time ({e}): {v}"));
+    t.timestamp() as f64 + f64::from(t.timestamp_subsec_nanos()) / 1e9
+}
+
+/// `sh -c` steps that append `<event> <date +%s.%N>` lines to `journal`.
+fn journaled(journal: &std::path::Path, steps: &[&str]) -> String {
+    let j = journal.display();
+    steps
+        .iter()
+        .map(|step| match step.strip_prefix('!') {
+            Some(command) => command.to_owned(),
+            None => format!("echo \"{step} $(date +%s.%N)\" >> {j}"),
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Waits (bounded) for a `quiesce-exec --once` to exit: its exit code and its log.
+async fn exit(p: &mut support::Proc, log: &std::path::Path) -> (Option<i32>, String) {
+    let status = tokio::time::timeout(std::time::Duration::from_secs(15), p.0.wait())
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "quiesce-exec did not exit: {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            )
+        })
+        .unwrap();
+    (status.code(), std::fs::read_to_string(log).unwrap())
+}
+
+/// Two `quiesce-exec --once` applications on one PVC: the second quiesces slowly, the first
+/// triggers once the second is quiescing. Only the first counts the copy; the second says the
+/// copy was not inside its hold and unquiesces; the cut lies inside the first one's hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_applications_quiescing_one_pvc_only_the_one_whose_trigger_released_the_run_counts_the_copy()
+ {
+    let c = Cluster::start().await;
+    let snapshots = c.record_snapshots().await;
+    c.create_pvc("data", true).await;
+    c.apply(&restic_source("db", "data", "once")).await;
+    c.wait_annotations("data", "the run waits", |a| {
+        status_is(a, "WaitingForTrigger")
+    })
+    .await;
+    let (j1, j2) = (c.path("journal-1"), c.path("journal-2"));
+    let (e1, e2) = (c.path("app-1.log"), c.path("app-2.log"));
+    // The first application triggers only once the second has started quiescing.
+    let wait_for_second = format!(
+        "!until grep -q quiesce-start {} 2>/dev/null; do sleep 0.02; done",
+        j2.display()
+    );
+    let app = |prefix: &str, journal: &std::path::Path, quiesce: &[&str], log: &std::path::Path| {
+        support::spawn(
+            c.cli_command(&[
+                "quiesce-exec",
+                "--pvc",
+                "data",
+                "--once",
+                "--trigger-prefix",
+                prefix,
+                "--quiesce",
+                &journaled(journal, quiesce),
+                "--unquiesce",
+                &journaled(journal, &["unquiesce-start", "unquiesce-done"]),
+            ])
+            .env("SNAPGATE_LOG", "info"),
+            log,
+        )
+    };
+    let mut first = app(
+        "app1",
+        &j1,
+        &["quiesce-start", &wait_for_second, "quiesce-done"],
+        &e1,
+    );
+    let mut second = app(
+        "app2",
+        &j2,
+        &["quiesce-start", "!sleep 1", "quiesce-done"],
+        &e2,
+    );
+
+    let (code1, log1) = exit(&mut first, &e1).await;
+    let (code2, log2) = exit(&mut second, &e2).await;
+    let (journal1, journal2) = (
+        std::fs::read_to_string(&j1).unwrap(),
+        std::fs::read_to_string(&j2).unwrap(),
+    );
+
+    // Exactly one consistent copy: the first application's.
+    assert_eq!(code1, Some(0), "{log1}\n{}", c.logs());
+    assert!(log1.contains("copy completed"), "{log1}");
+    assert_eq!(code2, Some(1), "{log2}");
+    assert!(!log2.contains("copy completed"), "{log2}");
+    assert!(
+        log2.contains("the copy was not made inside this application's hold"),
+        "{log2}"
+    );
+    for (journal, name) in [(&journal1, "first"), (&journal2, "second")] {
+        assert!(
+            journal_time(journal, "unquiesce-done") >= journal_time(journal, "quiesce-done"),
+            "the {name} application did not unquiesce after its hold:\n{journal}"
+        );
+    }
+
+    // One run, released by the first application's value through the RPC, once.
+    let runs = c.runs("db").await;
+    assert_eq!(runs.len(), 1, "{runs:#?}");
+    let run = &runs[0];
+    assert!(s(&run["trigger"]).starts_with("app1-"), "{run:#}");
+    assert_eq!(run["releasedBy"], "rpc", "{run:#}");
+    let a = c.annotations("data").await;
+    assert_eq!(a.get(LATEST), a.get(TRIGGER), "{a:?}");
+    assert_eq!(a.get(LATEST).map(String::as_str), Some(s(&run["trigger"])));
+
+    // The cut lies inside the first application's hold (the API server's times are whole
+    // seconds: the cut's second is not before the second of quiesce-done).
+    let snap = snapshots
+        .wait("volsync-db-src", "the run's VolumeSnapshot, cut", |o| {
+            !o["status"]["creationTime"].is_null()
+        })
+        .await;
+    let (done, unquiesce) = (
+        journal_time(&journal1, "quiesce-done"),
+        journal_time(&journal1, "unquiesce-start"),
+    );
+    for field in [
+        &snap["metadata"]["creationTimestamp"],
+        &snap["status"]["creationTime"],
+    ] {
+        let cut = kube_time(field);
+        assert!(
+            done.floor() <= cut && cut <= unquiesce,
+            "the snapshot ({field}) is not inside the hold {done}..{unquiesce}:\n{journal1}"
+        );
+    }
+}
+
+/// A waiting restic run on data2 keeps its PVC and mover when the source is edited to data3
+/// with rclone; released by naming the source, it copies data2 with restic; the next run is
+/// on data3 with rclone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_does_not_move_a_waiting_run_to_the_new_pvc_or_mover() {
+    let c = Cluster::start().await;
+    let snapshots = c.record_snapshots().await;
+    let jobs = c.record_jobs().await;
+    c.create_pvc("data2", true).await;
+    c.create_pvc("data3", true).await;
+    c.apply(&restic_source("db", "data2", "one")).await;
+    c.wait_annotations("data2", "the run waits on data2", |a| {
+        status_is(a, "WaitingForTrigger")
+    })
+    .await;
+    let first = c
+        .wait_run("db", "the first run waiting", |r| {
+            r["phase"] == "WaitingForTrigger"
+        })
+        .await;
+    let first_id = s(&first["id"]).to_owned();
+
+    c.apply(&rclone_source("db", "data3", "two")).await;
+    c.cli_ok(&["trigger", "--source", "db", "v1"]).await;
+    let run = eventually_run(&c, "db", &first_id, finished).await;
+    assert_eq!(run["result"], "Successful", "{run:#}");
+    assert_eq!(run["trigger"], "v1", "{run:#}");
+    assert_eq!(run["pvc"], "data2", "{run:#}");
+    let a = c.annotations("data2").await;
+    assert_eq!(a.get(LATEST).map(String::as_str), Some("v1"), "{a:?}");
+
+    let of_run = |objects: &support::Recorder, name: &str, id: &str| -> Vec<Value> {
+        objects
+            .versions(name)
+            .into_iter()
+            .filter(|o| o["metadata"]["labels"]["snapgate.io/run"] == id)
+            .collect()
+    };
+    let snap = of_run(&snapshots, "volsync-db-src", &first_id);
+    assert!(
+        !snap.is_empty(),
+        "no snapshot of the first run: {:?}",
+        snapshots.names()
+    );
+    assert_eq!(
+        snap[0]["spec"]["source"]["persistentVolumeClaimName"], "data2",
+        "{:#}",
+        snap[0]
+    );
+    let restic = of_run(&jobs, "volsync-src-db", &first_id);
+    assert!(
+        !restic.is_empty(),
+        "no restic Job of the first run: {:?}",
+        jobs.names()
+    );
+    let container =
+        serde_json::to_string(&restic[0]["spec"]["template"]["spec"]["containers"]).unwrap();
+    assert!(
+        container.contains("restic") && !container.contains("rclone"),
+        "{container}"
+    );
+    assert!(
+        of_run(&jobs, "volsync-rclone-src-db", &first_id).is_empty(),
+        "the first run ran rclone: {:?}",
+        jobs.names()
+    );
+
+    // The edit applies from the next run: data3, rclone.
+    let second = c
+        .wait_run("db", "the next run waiting on data3", |r| {
+            r["id"] != first_id.as_str() && r["phase"] == "WaitingForTrigger"
+        })
+        .await;
+    assert_eq!(second["pvc"], "data3", "{second:#}");
+    let second_id = s(&second["id"]).to_owned();
+    c.wait_annotations("data3", "the next run waits on data3", |a| {
+        status_is(a, "WaitingForTrigger")
+    })
+    .await;
+    c.cli_ok(&["trigger", "--source", "db", "v2"]).await;
+    let run = eventually_run(&c, "db", &second_id, finished).await;
+    assert_eq!(run["result"], "Successful", "{run:#}");
+    let snap = of_run(&snapshots, "volsync-db-src", &second_id);
+    assert!(!snap.is_empty(), "no snapshot of the next run");
+    assert_eq!(
+        snap[0]["spec"]["source"]["persistentVolumeClaimName"],
+        "data3"
+    );
+    assert!(
+        !of_run(&jobs, "volsync-rclone-src-db", &second_id).is_empty(),
+        "no rclone Job of the next run: {:?}",
+        jobs.names()
+    );
+    assert_eq!(
+        c.annotations("data2").await.get(LATEST).map(String::as_str),
+        Some("v1"),
+        "v2 reached data2"
+    );
+}
+
+/// Waits until the run `id` of `source` satisfies `ok`.
+async fn eventually_run(c: &Cluster, source: &str, id: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let runs = c.runs(source).await;
+        if let Some(r) = runs.iter().find(|r| r["id"] == id && ok(r)) {
+            return r.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for run {id} of {source}: {runs:#?}\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Pausing a source whose run waits removes the waiting marks, refuses a Trigger and leaves a
+/// value written meanwhile unused (another PVC's later value is copied first); on resume that
+/// value releases the run, which completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_takes_back_a_waiting_run_and_resume_releases_it_with_the_value_written_meanwhile() {
+    let c = Cluster::start().await;
+    let snapshots = c.record_snapshots().await;
+    c.create_pvc("data", true).await;
+    c.create_pvc("other", true).await;
+    c.apply(&restic_source("db", "data", "once")).await;
+    c.apply(&restic_source("probe", "other", "once")).await;
+    for pvc in ["data", "other"] {
+        c.wait_annotations(pvc, "a run waits", |a| status_is(a, "WaitingForTrigger"))
+            .await;
+    }
+
+    c.cli_ok(&["pause", "db"]).await;
+    c.wait_annotations("data", "WaitingForTrigger and waiting-since removed", |a| {
+        !a.contains_key(STATUS) && !a.contains_key(SINCE)
+    })
+    .await;
+    let refused = c.cli(&["trigger", "--pvc", "data", "v0"]).await;
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(
+        refused.stderr.contains("FailedPrecondition") && refused.stderr.contains("paused"),
+        "{refused:?}"
+    );
+
+    // Written during the pause; then, later on the same watch, a value for another PVC.
+    c.write_copy_trigger("data", "v1").await;
+    c.write_copy_trigger("other", "p1").await;
+    let probe = c.wait_run("probe", "probe's run finished", finished).await;
+    assert_eq!(probe["trigger"], "p1", "{probe:#}");
+    assert!(
+        !snapshots.versions("volsync-probe-src").is_empty(),
+        "{:?}",
+        snapshots.names()
+    );
+    assert!(
+        snapshots.versions("volsync-db-src").is_empty(),
+        "a paused source's run was cut: {:?}",
+        snapshots.versions("volsync-db-src")
+    );
+    let a = c.annotations("data").await;
+    assert!(!a.contains_key(STATUS), "{a:?}");
+    assert_eq!(a.get(LATEST), None, "{a:?}");
+    let run = c.runs("db").await[0].clone();
+    assert_eq!(s(&run["trigger"]), "", "{run:#}");
+    assert_ne!(run["phase"], "Copying", "{run:#}");
+
+    c.cli_ok(&["resume", "db"]).await;
+    let run = c.wait_run("db", "db's run finished", finished).await;
+    assert_eq!(run["result"], "Successful", "{run:#}");
+    assert_eq!(run["trigger"], "v1", "{run:#}");
+    let a = c.annotations("data").await;
+    assert_eq!(
+        a.get(STATUS).map(String::as_str),
+        Some("Completed"),
+        "{a:?}"
+    );
+    assert_eq!(a.get(LATEST).map(String::as_str), Some("v1"), "{a:?}");
+    assert_eq!(c.runs("db").await.len(), 1);
+}
