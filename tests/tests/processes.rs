@@ -7,8 +7,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::TcpListener,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     time::Duration,
 };
@@ -23,27 +22,9 @@ use kube::{
     config::{KubeConfigOptions, Kubeconfig},
 };
 use snapgate_proto::v1::{self, source_service_client::SourceServiceClient};
+use support::{binary, free_port};
 
-/// A binary of the workspace, built next to this test's own executable.
-fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is not built: run `cargo build --workspace --bins` (scripts/test does)",
-        path.display()
-    );
-    path
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod support;
 
 struct Proc(Child);
 
