@@ -490,6 +490,7 @@ impl Scheduler {
         now: DateTime<Utc>,
     ) -> Result<v1::Source, CoreError> {
         let admitted = validate::admit(&key, &spec)?;
+        let mut pause_changed = false;
         match self.sources.get_mut(&key) {
             Some(entry) if entry.record.deleting => {
                 return Err(CoreError::FailedPrecondition(format!(
@@ -511,6 +512,7 @@ impl Scheduler {
                 let schedule_changed = entry.spec().trigger != spec.trigger
                     || entry.spec().time_zone != spec.time_zone
                     || entry.spec().jitter != spec.jitter;
+                pause_changed = entry.spec().paused != spec.paused;
                 let src = entry.source_mut();
                 src.spec = Some(spec);
                 src.version += 1;
@@ -577,8 +579,11 @@ impl Scheduler {
         }
         self.refresh_idle_condition(&key, now);
         self.put_source(&key);
-        // A changed spec reaches the agent with the run's directive.
-        if let Some(id) = self.current_run(&key) {
+        if pause_changed {
+            // Paused or resumed by an apply: the same as PauseSource / ResumeSource.
+            let paused = self.entry(&key).is_ok_and(|e| e.spec().paused);
+            self.on_pause_changed(&key, paused, now);
+        } else if let Some(id) = self.current_run(&key) {
             self.send_directive(id);
         }
         self.start_due_runs(now);
@@ -687,6 +692,14 @@ impl Scheduler {
         }
         entry.status_mut().pause_note = pause_note;
         self.put_source(key);
+        self.on_pause_changed(key, paused, now);
+        self.refresh_idle_condition(key, now);
+        self.start_due_runs(now);
+        self.get_source(key)
+    }
+
+    /// What pausing or resuming does to the run in flight.
+    fn on_pause_changed(&mut self, key: &SourceKey, paused: bool, now: DateTime<Utc>) {
         if let Some(id) = self.current_run(key) {
             match (paused, self.active.get(&id).map(phase)) {
                 // No application is asked to quiesce while paused: back to reading the PVC,
@@ -711,9 +724,6 @@ impl Scheduler {
                 _ => self.send_directive(id),
             }
         }
-        self.refresh_idle_condition(key, now);
-        self.start_due_runs(now);
-        self.get_source(key)
     }
 
     /// Starts a run now. The same `request_id` again answers the same run.

@@ -1083,6 +1083,27 @@ fn a_paused_source_asks_nobody_to_quiesce_and_takes_no_trigger_until_resumed() {
 }
 
 #[test]
+fn pausing_by_applying_a_paused_spec_takes_back_a_waiting_run_too() {
+    let mut w = World::new();
+    w.pvc("data", true);
+    let s = spec("data", CopyMethod::Snapshot, manual("first"));
+    w.apply("db", s.clone());
+    assert_eq!(w.phase("db"), RunPhase::WaitingForTrigger);
+    w.apply(
+        "db",
+        SourceSpec {
+            paused: true,
+            ..s.clone()
+        },
+    );
+    assert_eq!(w.phase("db"), RunPhase::Gating);
+    assert!(!w.ann("data").contains_key(STATUS));
+    w.apply("db", s);
+    assert_eq!(w.phase("db"), RunPhase::WaitingForTrigger);
+    assert_eq!(w.ann("data")[STATUS], "WaitingForTrigger");
+}
+
+#[test]
 fn an_edit_while_a_run_waits_applies_from_the_next_run() {
     let mut w = World::new();
     w.pvc("data", true);
