@@ -236,8 +236,9 @@ impl World {
             .into_inner()
     }
 
-    pub async fn runs(&mut self, name: &str) -> Vec<v1::Run> {
+    pub async fn runs(&self, name: &str) -> Vec<v1::Run> {
         self.sources
+            .clone()
             .list_runs(v1::ListRunsRequest {
                 namespace: NS.into(),
                 name: name.into(),
@@ -312,18 +313,18 @@ impl World {
         what: &str,
         ready: impl Fn(&v1::Run) -> bool,
     ) -> v1::Run {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let runs = self.runs(source).await;
-            if let Some(run) = runs.first().filter(|r| ready(r)) {
-                return run.clone();
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for the newest run of {source}: {what}: {runs:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        poll_until(
+            &format!("the newest run of {source}: {what}"),
+            Duration::from_secs(20),
+            || async {
+                let runs = self.runs(source).await;
+                match runs.first().filter(|r| ready(r)) {
+                    Some(run) => Ok(run.clone()),
+                    None => Err(format!("{runs:#?}")),
+                }
+            },
+        )
+        .await
     }
 
     /// Starts the probe: the gated PVC [`PROBE`] and a source of that name on it, its run
@@ -705,6 +706,26 @@ pub async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> 
             tokio::time::Instant::now() < deadline,
             "timed out waiting for: {what}"
         );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls the async `check` until it yields `Ok`, or panics after `within` naming `what` and the
+/// last `Err` (what was seen instead). The one bounded wait of the process and World tests.
+pub async fn poll_until<T, F: std::future::Future<Output = Result<T, String>>>(
+    what: &str,
+    within: Duration,
+    mut check: impl FnMut() -> F,
+) -> T {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match check().await {
+            Ok(v) => return v,
+            Err(seen) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out after {within:?} waiting for: {what}; last seen: {seen}"
+            ),
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

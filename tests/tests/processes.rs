@@ -9,7 +9,6 @@ use std::{
     collections::BTreeMap,
     path::Path,
     process::{Child, Command, Stdio},
-    time::Duration,
 };
 
 use k8s_openapi::{
@@ -22,7 +21,7 @@ use kube::{
     config::{KubeConfigOptions, Kubeconfig},
 };
 use snapgate_proto::v1::{self, source_service_client::SourceServiceClient};
-use support::{binary, free_port};
+use support::{binary, eventually, free_port};
 
 mod support;
 
@@ -75,23 +74,6 @@ fn http_get(addr: &str, path: &str) -> Option<String> {
         .flatten()
 }
 
-async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
-    what: &str,
-    mut check: impl FnMut() -> F,
-) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn annotations(pvcs: &Api<PersistentVolumeClaim>) -> BTreeMap<String, String> {
     pvcs.get("data")
         .await
@@ -118,7 +100,7 @@ async fn scheduler_agent_and_simulated_cluster_as_separate_processes_complete_a_
             .arg("--data-dir")
             .arg(dir.path().join("data")),
     );
-    let config = eventually("the kubeconfig", || {
+    let config = eventually("the kubeconfig", 60, || {
         let path = kubeconfig.clone();
         async move { Kubeconfig::read_from(&path).ok() }
     })
@@ -130,7 +112,7 @@ async fn scheduler_agent_and_simulated_cluster_as_separate_processes_complete_a_
     )
     .unwrap();
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    eventually("the API server", || {
+    eventually("the API server", 60, || {
         let namespaces = namespaces.clone();
         async move {
             namespaces
@@ -195,7 +177,7 @@ async fn scheduler_agent_and_simulated_cluster_as_separate_processes_complete_a_
 
     let url = format!("http://{grpc}");
     let (mut first_agent, _) = agent(&kubeconfig, &url);
-    let channel = eventually("the scheduler", || {
+    let channel = eventually("the scheduler", 60, || {
         let url = url.clone();
         async move {
             tonic::transport::Endpoint::from_shared(url)
@@ -228,16 +210,20 @@ async fn scheduler_agent_and_simulated_cluster_as_separate_processes_complete_a_
         })
         .await
         .unwrap();
-    eventually("WaitingForTrigger, written by the agent process", || {
-        let pvcs = pvcs.clone();
-        async move {
-            let a = annotations(&pvcs).await;
-            (a.get("volsync.backube/latest-copy-status")
-                .map(String::as_str)
-                == Some("WaitingForTrigger"))
-            .then_some(())
-        }
-    })
+    eventually(
+        "WaitingForTrigger, written by the agent process",
+        60,
+        || {
+            let pvcs = pvcs.clone();
+            async move {
+                let a = annotations(&pvcs).await;
+                (a.get("volsync.backube/latest-copy-status")
+                    .map(String::as_str)
+                    == Some("WaitingForTrigger"))
+                .then_some(())
+            }
+        },
+    )
     .await;
 
     // SIGKILL the agent; the application confirms meanwhile; a new agent process carries on.
@@ -253,7 +239,7 @@ async fn scheduler_agent_and_simulated_cluster_as_separate_processes_complete_a_
     .await
     .unwrap();
     let (_second_agent, metrics) = agent(&kubeconfig, &url);
-    eventually("the run succeeds", || {
+    eventually("the run succeeds", 60, || {
         let mut sources = sources.clone();
         async move {
             let s = sources

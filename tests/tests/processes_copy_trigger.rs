@@ -404,19 +404,10 @@ async fn an_edit_does_not_move_a_waiting_run_to_the_new_pvc_or_mover() {
 
 /// Waits until the run `id` of `source` satisfies `ok`.
 async fn eventually_run(c: &Cluster, source: &str, id: &str, ok: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
-    loop {
-        let runs = c.runs(source).await;
-        if let Some(r) = runs.iter().find(|r| r["id"] == id && ok(r)) {
-            return r.clone();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for run {id} of {source}: {runs:#?}\n{}",
-            c.logs()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    c.wait_run_where(&format!("run {id} of {source}"), source, |runs| {
+        runs.iter().find(|r| r["id"] == id && ok(r)).cloned()
+    })
+    .await
 }
 
 /// Pausing a source whose run waits removes the waiting marks, refuses a Trigger and leaves a

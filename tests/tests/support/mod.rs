@@ -78,24 +78,17 @@ pub(crate) fn spawn(cmd: &mut Command, log: &Path) -> Proc {
     )
 }
 
-/// Polls `check` every 50 ms until it yields, for at most `secs` seconds; then fails with
-/// `what` and what `seen` says.
+/// Polls `check` until it yields, for at most `secs` seconds; then fails naming `what`.
 pub(crate) async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
     what: &str,
     secs: u64,
     mut check: impl FnMut() -> F,
 ) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {secs} s waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    snapgate_e2e::poll_until(what, Duration::from_secs(secs), || {
+        let f = check();
+        async move { f.await.ok_or_else(|| "nothing yet".to_owned()) }
+    })
+    .await
 }
 
 /// The output of one CLI call.
@@ -390,19 +383,19 @@ impl Cluster {
         what: &str,
         ok: impl Fn(&BTreeMap<String, String>) -> bool,
     ) -> BTreeMap<String, String> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        loop {
-            let a = self.annotations(pvc).await;
-            if ok(&a) {
-                return a;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {pvc}: {what}; its annotations: {a:?}\n{}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        snapgate_e2e::poll_until(
+            &format!("{pvc}: {what}"),
+            Duration::from_secs(15),
+            || async {
+                let a = self.annotations(pvc).await;
+                if ok(&a) {
+                    Ok(a)
+                } else {
+                    Err(format!("annotations {a:?}\n{}", self.logs()))
+                }
+            },
+        )
+        .await
     }
 
     /// Waits until the newest run of `source` satisfies `ok`; returns it.
@@ -412,19 +405,26 @@ impl Cluster {
         what: &str,
         ok: impl Fn(&Value) -> bool,
     ) -> Value {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        loop {
+        self.wait_run_where(
+            &format!("the newest run of {source}: {what}"),
+            source,
+            |runs| runs.first().filter(|r| ok(r)).cloned(),
+        )
+        .await
+    }
+
+    /// Waits until `pick` finds a run among the runs of `source`; returns it.
+    pub(crate) async fn wait_run_where(
+        &self,
+        what: &str,
+        source: &str,
+        pick: impl Fn(&[Value]) -> Option<Value>,
+    ) -> Value {
+        snapgate_e2e::poll_until(what, Duration::from_secs(15), || async {
             let runs = self.runs(source).await;
-            if let Some(r) = runs.first().filter(|r| ok(r)) {
-                return r.clone();
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for the newest run of {source}: {what}; its runs: {runs:#?}\n{}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            pick(&runs).ok_or_else(|| format!("runs {runs:#?}\n{}", self.logs()))
+        })
+        .await
     }
 
     /// Records every VolumeSnapshot the API server ever shows from now on.
