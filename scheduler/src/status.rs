@@ -1,6 +1,7 @@
 //! Every error the scheduler answers with, mapped to a gRPC status in one place.
 
-use snapgate_scheduler_core::{CoreError, bounded_text};
+use snapgate_proto::text::truncate;
+use snapgate_scheduler_core::CoreError;
 use tonic::{Code, Status};
 
 use crate::driver::DriverError;
@@ -26,7 +27,7 @@ fn core_status(e: CoreError) -> Status {
         CoreError::VersionConflict { .. } => Code::Aborted,
         CoreError::FailedPrecondition(_) => Code::FailedPrecondition,
     };
-    Status::new(code, bounded_text(&e.to_string(), MAX_STATUS_BYTES))
+    Status::new(code, truncate(&e.to_string(), MAX_STATUS_BYTES))
 }
 
 /// The longest status message: errors quote at most a prefix of a value, and this bounds the
@@ -35,5 +36,5 @@ const MAX_STATUS_BYTES: usize = 2048;
 
 /// A request field that breaks a rule, before it reaches the core.
 pub(crate) fn invalid(field: &str, rule: &str) -> Status {
-    Status::invalid_argument(bounded_text(&format!("{field}: {rule}"), MAX_STATUS_BYTES))
+    Status::invalid_argument(truncate(&format!("{field}: {rule}"), MAX_STATUS_BYTES))
 }

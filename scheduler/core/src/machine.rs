@@ -12,6 +12,8 @@ use snapgate_proto::v1::{
     RunReason, RunResult, SourceSpec, TimeoutPolicy, report::Observation as ReportObservation,
 };
 
+use snapgate_proto::text::truncate;
+
 use crate::{
     RunId, SourceKey,
     schedule::SyncTrigger,
@@ -77,11 +79,6 @@ pub struct Restored {
     pub quarantined: Vec<Quarantined>,
     /// Sources loaded although they break a rule of this version.
     pub warnings: Vec<Quarantined>,
-}
-
-/// `text` cut to at most `max` bytes on a character boundary, marked when cut.
-pub fn bounded_text(text: &str, max: usize) -> String {
-    snapgate_proto::text::truncate(text, max)
 }
 
 /// The last `max` bytes of a log at most, from a character boundary, marked when cut.
@@ -346,7 +343,7 @@ fn note(run: &mut v1::Run, now: DateTime<Utc>, event: &str, message: impl Into<S
     run.timeline.push(v1::TimelineEntry {
         time: Some(timestamp(now)),
         event: event.to_owned(),
-        message: bounded_text(&message.into(), MAX_MESSAGE_BYTES),
+        message: truncate(&message.into(), MAX_MESSAGE_BYTES),
     });
 }
 
@@ -408,7 +405,7 @@ impl Scheduler {
                 Ok((admitted, broken)) => {
                     if let Some(rule) = broken {
                         let status = src.status.get_or_insert_with(Default::default);
-                        status.message = bounded_text(
+                        status.message = truncate(
                             &format!(
                                 "the stored spec breaks a rule of this version ({rule}); it runs as stored until a corrected spec is applied"
                             ),
@@ -686,13 +683,16 @@ impl Scheduler {
         let entry = self.entry_mut(key)?;
         let src = entry.source_mut();
         let spec = src.spec.as_mut().expect("admitted");
-        if spec.paused != paused {
+        let changed = spec.paused != paused;
+        if changed {
             spec.paused = paused;
             src.version += 1;
         }
         entry.status_mut().pause_note = pause_note;
         self.put_source(key);
-        self.on_pause_changed(key, paused, now);
+        if changed {
+            self.on_pause_changed(key, paused, now);
+        }
         self.refresh_idle_condition(key, now);
         self.start_due_runs(now);
         self.get_source(key)
@@ -1080,7 +1080,12 @@ impl Scheduler {
 
     fn on_pvc_observed(&mut self, id: RunId, pvc: v1::PvcObserved, now: DateTime<Utc>) {
         let key = run_key(&self.active[&id]);
-        let copy_method = self.sources[&key].admitted.copy_method;
+        // The copy method the run started with, as its directive carries it to the agent.
+        let copy_method = self.active[&id]
+            .spec
+            .as_ref()
+            .and_then(|s| validate::mover_and_copy_method(s).ok())
+            .map_or(self.sources[&key].admitted.copy_method, |(_, m)| m);
         let run = self.active.get_mut(&id).expect("checked");
         let was_waiting = phase(run) == RunPhase::WaitingForTrigger;
         if !pvc.exists {
@@ -1104,16 +1109,21 @@ impl Scheduler {
             self.keep_waiting_with_error(id, &key, msg, now);
             return;
         }
+        let latest_changed = run.latest_trigger != pvc.latest_copy_trigger;
         run.latest_trigger = pvc.latest_copy_trigger.clone();
         if self.sources.get(&key).is_some_and(|e| e.spec().paused) {
             // Pause means no new copy: the run holds here (in Gating, so nobody is asked to
             // quiesce) and reads the PVC again when the source is resumed.
+            let changed =
+                latest_changed || run.gated != pvc.use_copy_trigger || run.message != PAUSED_TEXT;
             run.gated = pvc.use_copy_trigger;
             if run.message != PAUSED_TEXT {
                 run.message = PAUSED_TEXT.to_owned();
                 note(run, now, "Paused", PAUSED_TEXT);
             }
-            self.put_run(id);
+            if changed {
+                self.put_run(id);
+            }
             return;
         }
         run.message.clear();
@@ -1301,8 +1311,8 @@ impl Scheduler {
 
     fn on_agent_error(&mut self, id: RunId, e: v1::AgentError, now: DateTime<Utc>) {
         let key = run_key(&self.active[&id]);
-        let msg = bounded_text(
-            &format!("{}: {}", bounded_text(&e.reason, 128), e.message),
+        let msg = truncate(
+            &format!("{}: {}", truncate(&e.reason, 128), e.message),
             MAX_MESSAGE_BYTES,
         );
         let run = self.active.get_mut(&id).expect("checked");

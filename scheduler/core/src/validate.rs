@@ -224,16 +224,50 @@ pub fn admit_stored(
     }
 }
 
+/// A wire duration as chrono's, checked: the wire allows any i64 of seconds, chrono only
+/// about ±2^63 milliseconds.
+fn chrono_duration(d: &prost_types::Duration) -> Option<Duration> {
+    Duration::try_seconds(d.seconds)?.checked_add(&Duration::nanoseconds(d.nanos.into()))
+}
+
 fn clamped(d: Option<&prost_types::Duration>, min: Duration, max: Duration) -> Option<Duration> {
     let d = d?;
-    let v = Duration::try_seconds(d.seconds)
-        .and_then(|s| {
-            s.checked_add(&Duration::nanoseconds(
-                d.nanos.clamp(-999_999_999, 999_999_999).into(),
-            ))
-        })
-        .unwrap_or(if d.seconds < 0 { min } else { max });
+    let v = chrono_duration(d).unwrap_or(if d.seconds < 0 { min } else { max });
     Some(v.clamp(min, max))
+}
+
+/// The spec's one mover and its copy method (`None` folded into `Direct`).
+pub fn mover_and_copy_method(spec: &SourceSpec) -> Result<(Mover, CopyMethod)> {
+    let movers = [
+        spec.restic.as_ref().map(|r| (Mover::Restic, r.copy_method)),
+        spec.rclone.as_ref().map(|r| (Mover::Rclone, r.copy_method)),
+        spec.rsync.as_ref().map(|r| (Mover::Rsync, r.copy_method)),
+        spec.rsync_tls
+            .as_ref()
+            .map(|r| (Mover::RsyncTls, r.copy_method)),
+    ];
+    let mut set = movers.into_iter().flatten();
+    let (Some((mover, method)), None) = (set.next(), set.next()) else {
+        return Err(InvalidField::new(
+            "spec",
+            "exactly one mover of restic, rclone, rsync, rsyncTLS is required",
+        ));
+    };
+    Ok((
+        mover,
+        copy_method(&format!("spec.{}.copyMethod", mover.spec_field()), method)?,
+    ))
+}
+
+fn copy_method(field: &str, raw: i32) -> Result<CopyMethod> {
+    match CopyMethod::try_from(raw) {
+        Ok(CopyMethod::Unspecified) | Err(_) => Err(InvalidField::new(
+            field,
+            "required, one of Direct, None, Clone, Snapshot",
+        )),
+        Ok(CopyMethod::None) => Ok(CopyMethod::Direct),
+        Ok(m) => Ok(m),
+    }
 }
 
 fn admit_leniently(key: &SourceKey, spec: &SourceSpec) -> Result<Admitted> {
@@ -265,31 +299,7 @@ fn admit_leniently(key: &SourceKey, spec: &SourceSpec) -> Result<Admitted> {
             TimeoutPolicy::try_from(ct.on_timeout).unwrap_or(TimeoutPolicy::KeepWaiting),
         ),
     };
-    let movers = [
-        spec.restic.as_ref().map(|r| (Mover::Restic, r.copy_method)),
-        spec.rclone.as_ref().map(|r| (Mover::Rclone, r.copy_method)),
-        spec.rsync.as_ref().map(|r| (Mover::Rsync, r.copy_method)),
-        spec.rsync_tls
-            .as_ref()
-            .map(|r| (Mover::RsyncTls, r.copy_method)),
-    ];
-    let mut set = movers.into_iter().flatten();
-    let (Some((mover, method)), None) = (set.next(), set.next()) else {
-        return Err(InvalidField::new(
-            "spec",
-            "exactly one mover of restic, rclone, rsync, rsyncTLS is required",
-        ));
-    };
-    let copy_method = match CopyMethod::try_from(method) {
-        Ok(CopyMethod::None) => CopyMethod::Direct,
-        Ok(CopyMethod::Unspecified) | Err(_) => {
-            return Err(InvalidField::new(
-                format!("spec.{}.copyMethod", mover.spec_field()),
-                "required, one of Direct, None, Clone, Snapshot",
-            ));
-        }
-        Ok(m) => m,
-    };
+    let (mover, copy_method) = mover_and_copy_method(spec)?;
     let prune_interval = match (&spec.restic, mover) {
         (Some(r), Mover::Restic) => match r.prune_interval_days {
             Some(d) if d >= 1 => Duration::try_days(d.into()),
@@ -347,16 +357,7 @@ macro_rules! volume_options {
 
 fn volume_options(o: VolumeOptions<'_>) -> Result<CopyMethod> {
     let p = o.prefix;
-    let method = match CopyMethod::try_from(o.copy_method) {
-        Ok(CopyMethod::Unspecified) | Err(_) => {
-            return Err(InvalidField::new(
-                format!("{p}.copyMethod"),
-                "required, one of Direct, None, Clone, Snapshot",
-            ));
-        }
-        Ok(CopyMethod::None) => CopyMethod::Direct,
-        Ok(m) => m,
-    };
+    let method = copy_method(&format!("{p}.copyMethod"), o.copy_method)?;
     if let Some(c) = o.capacity {
         quantity(&format!("{p}.capacity"), c)?;
     }
@@ -622,10 +623,7 @@ fn duration(
             ),
         )
     };
-    // Checked: the wire allows any i64 of seconds, chrono only about ±2^63 milliseconds.
-    let v = Duration::try_seconds(d.seconds)
-        .and_then(|s| s.checked_add(&Duration::nanoseconds(d.nanos.into())))
-        .ok_or_else(out_of_range)?;
+    let v = chrono_duration(d).ok_or_else(out_of_range)?;
     if v < min || v > max {
         return Err(out_of_range());
     }

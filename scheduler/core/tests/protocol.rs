@@ -1146,6 +1146,27 @@ fn an_edit_while_a_run_waits_applies_from_the_next_run() {
 }
 
 #[test]
+fn a_queued_run_keeps_the_copy_method_it_started_with_when_the_source_is_edited() {
+    let mut w = World::new();
+    w.pvc("data", true);
+    w.apply("a", spec("data", CopyMethod::Clone, manual("first")));
+    w.apply("b", spec("data", CopyMethod::Snapshot, manual("first")));
+    assert_eq!(w.phase("b"), RunPhase::Queued, "behind a's copy phase");
+    // b is edited to Direct while its run is queued: the run stays a gated Snapshot run.
+    w.apply("b", spec("data", CopyMethod::Direct, manual("first")));
+    let a_run = w.current("a").id;
+    w.rpc_trigger("data", "v1", &a_run).unwrap();
+    assert_eq!(w.phase("b"), RunPhase::WaitingForTrigger);
+    let b_run = w.current("b");
+    assert!(b_run.gated);
+    let held = w.cluster.held[&b_run.id].spec.clone().unwrap();
+    assert_eq!(
+        held.restic.unwrap().copy_method,
+        CopyMethod::Snapshot as i32
+    );
+}
+
+#[test]
 fn a_value_that_released_a_run_never_cut_can_release_no_later_run() {
     let mut w = World::new();
     w.cluster.copies_get_ready = false;
