@@ -54,8 +54,6 @@ pub struct Loaded {
     pub next_run: u64,
     /// Records that do not decode: left in the store, not loaded.
     pub corrupt: Vec<Quarantined>,
-    /// The lowest next run number that reuses no stored run's number, corrupt ones included.
-    pub next_run_floor: u64,
 }
 
 /// One write of a batch.
@@ -162,6 +160,8 @@ impl Store for RedbStore {
             }
         }
         let runs = tx.open_table(RUNS).map_err(redb::Error::from)?;
+        // The lowest next run number that reuses no stored run's number, corrupt ones included.
+        let mut next_run_floor = 1;
         for row in runs.iter().map_err(redb::Error::from)? {
             let (k, v) = row.map_err(redb::Error::from)?;
             match decode::<v1::Run>("run", k.value(), v.value()) {
@@ -173,7 +173,7 @@ impl Store for RedbStore {
                         .strip_prefix("run-")
                         .and_then(|n| n.parse::<u64>().ok())
                     {
-                        loaded.next_run_floor = loaded.next_run_floor.max(n.saturating_add(1));
+                        next_run_floor = next_run_floor.max(n.saturating_add(1));
                     }
                     loaded
                         .corrupt
@@ -187,7 +187,7 @@ impl Store for RedbStore {
             .map_err(redb::Error::from)?
             .map(|v| v.value())
             .unwrap_or(1)
-            .max(loaded.next_run_floor);
+            .max(next_run_floor);
         Ok(loaded)
     }
 
@@ -341,6 +341,23 @@ mod tests {
         let retain = retain.restic.as_ref().unwrap().retain.as_ref().unwrap();
         assert_eq!(retain.last.as_deref(), Some("10"));
         assert_eq!(retain.last_int32, None);
+    }
+
+    #[test]
+    fn a_run_record_that_does_not_decode_is_reported_and_keeps_its_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RedbStore::open(dir.path()).unwrap();
+        let tx = s.db.begin_write().unwrap();
+        tx.open_table(RUNS)
+            .unwrap()
+            .insert("run-9", b"\xff\xff not a run".as_slice())
+            .unwrap();
+        tx.commit().unwrap();
+        let loaded = s.load().unwrap();
+        assert!(loaded.runs.is_empty());
+        assert_eq!(loaded.corrupt.len(), 1);
+        assert_eq!(loaded.corrupt[0].key, "run-9");
+        assert_eq!(loaded.next_run, 10, "no new run overwrites run-9");
     }
 
     #[test]
