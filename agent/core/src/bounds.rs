@@ -111,20 +111,8 @@ pub fn valid_timestamp(t: &prost_types::Timestamp, now: DateTime<Utc>) -> prost_
 /// `observation` within every bound of this module, whatever built it: the last check before
 /// a report leaves the agent.
 pub fn bound(observation: Observation, now: DateTime<Utc>) -> Observation {
-    let value = |s: String| {
-        if s.len() <= MAX_VALUE_BYTES {
-            s
-        } else {
-            truncate(&s, MAX_VALUE_BYTES)
-        }
-    };
-    let logs = |s: String| {
-        if s.len() <= MOVER_LOG_MAX_BYTES {
-            s
-        } else {
-            truncate(&s, MOVER_LOG_MAX_BYTES)
-        }
-    };
+    let value = |s: String| cut(s, MAX_VALUE_BYTES);
+    let logs = |s: String| cut(s, MOVER_LOG_MAX_BYTES);
     match observation {
         Observation::Pvc(p) => Observation::Pvc(v1::PvcObserved {
             exists: p.exists,
@@ -151,6 +139,11 @@ pub fn bound(observation: Observation, now: DateTime<Utc>) -> Observation {
             Observation::Error(agent_error(&e.reason, &e.message, e.retryable))
         }
     }
+}
+
+/// `s` itself when it has at most `max` bytes (no copy), else [`truncate`]d.
+pub fn cut(s: String, max: usize) -> String {
+    if s.len() <= max { s } else { truncate(&s, max) }
 }
 
 /// An [`v1::AgentError`] with invisible characters escaped ([`escape_invisible`]) and its

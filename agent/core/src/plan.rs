@@ -1039,11 +1039,7 @@ fn error(reason: &str, message: String, retryable: bool) -> Observation {
 /// The report for a mover's outcome, with the log tail the shell read (or why there is none),
 /// cut to [`classify::MOVER_LOG_MAX_BYTES`].
 pub fn mover_report(outcome: MoverOutcome, logs: String) -> Observation {
-    let logs = if logs.len() <= classify::MOVER_LOG_MAX_BYTES {
-        logs
-    } else {
-        bounds::truncate(&logs, classify::MOVER_LOG_MAX_BYTES)
-    };
+    let logs = bounds::cut(logs, classify::MOVER_LOG_MAX_BYTES);
     match outcome {
         MoverOutcome::Succeeded => Observation::MoverFinished(v1::MoverFinished {
             succeeded: true,
