@@ -148,6 +148,7 @@ async fn session(
                 }
                 Some(FromScheduler::Directive(d)) => LinkEvent::Directive(Box::new(d)),
                 Some(FromScheduler::Forget(f)) => LinkEvent::Forget(f.run_id),
+                Some(FromScheduler::Lease(_)) => continue,
                 None => continue,
             };
             if events.send(event).await.is_err() {

@@ -10,8 +10,8 @@ use std::{collections::HashMap, sync::Arc, time::Duration as StdDuration};
 use chrono::{DateTime, Utc};
 use snapgate_proto::v1::{self, SchedulerMessage, scheduler_message::Message as ToAgent};
 use snapgate_scheduler_core::{
-    CoreError, Effect, Quarantined, ReportOutcome, RunId, Scheduler, SourceKey, Target,
-    TriggerAccepted, schedule::Tz,
+    CoreError, Effect, LeaseAnswer, LeasePolicy, Quarantined, ReportOutcome, RunId, Scheduler,
+    SourceKey, Target, TriggerAccepted, schedule::Tz,
 };
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
@@ -104,7 +104,14 @@ pub(crate) enum Command {
         target: v1::CopyTarget,
         value: String,
         run_id: String,
+        hold: Option<prost_types::Duration>,
         reply: Reply<TriggerAccepted>,
+    },
+    EndHold {
+        target: v1::CopyTarget,
+        run_id: String,
+        value: String,
+        reply: Reply<v1::CopyStatus>,
     },
     CopyStatus {
         target: v1::CopyTarget,
@@ -130,6 +137,11 @@ pub(crate) enum Command {
     AgentReport {
         conn: u64,
         report: v1::Report,
+    },
+    /// An agent asks for a run's hold lease; the answer goes back on its link.
+    AgentLease {
+        conn: u64,
+        request: v1::LeaseRequest,
     },
     AgentGone {
         conn: u64,
@@ -167,6 +179,8 @@ impl DriverHandle {
 struct AgentConn {
     agent_id: String,
     namespaces: Vec<String>,
+    /// It honours hold leases (sent lease-gated COPY directives).
+    leases: bool,
     tx: mpsc::Sender<Result<SchedulerMessage, Status>>,
 }
 
@@ -187,6 +201,7 @@ pub(crate) struct Driver {
     next_conn: u64,
     watchers: Vec<Watcher>,
     quarantined: Vec<Quarantined>,
+    lease_policy: LeasePolicy,
     rx: mpsc::Receiver<Command>,
 }
 
@@ -196,8 +211,9 @@ impl Driver {
         store: Box<dyn Store>,
         clock: Arc<dyn Clock>,
         metrics: Metrics,
+        lease_policy: LeasePolicy,
     ) -> Result<(Self, DriverHandle), anyhow::Error> {
-        let (core, quarantined) = restore(store.as_ref())?;
+        let (core, quarantined) = restore(store.as_ref(), lease_policy)?;
         metrics
             .quarantined_records
             .set(i64::try_from(quarantined.len()).unwrap_or(i64::MAX));
@@ -212,6 +228,7 @@ impl Driver {
                 next_conn: 1,
                 watchers: Vec::new(),
                 quarantined,
+                lease_policy,
                 rx,
             },
             DriverHandle { tx },
@@ -291,7 +308,7 @@ impl Driver {
             && let Err(e) = self.store.commit(batch)
         {
             self.metrics.store_errors.inc();
-            match restore(self.store.as_ref()) {
+            match restore(self.store.as_ref(), self.lease_policy) {
                 Ok((core, _)) => self.core = core,
                 Err(reload) => warn!(error = %reload, "store reload failed; keeping memory state"),
             }
@@ -334,6 +351,14 @@ impl Driver {
         let mut delivered = false;
         for (id, conn) in &self.agents {
             if !conn.namespaces.iter().any(|n| n == namespace) {
+                continue;
+            }
+            if let ToAgent::Directive(d) = &message
+                && d.lease
+                && !conn.leases
+            {
+                // An agent that does not honour leases would copy without one.
+                debug!(agent = %conn.agent_id, run = d.run_id, "lease-gated directive withheld from an agent without leases");
                 continue;
             }
             let msg = SchedulerMessage {
@@ -462,9 +487,21 @@ impl Driver {
                 target,
                 value,
                 run_id,
+                hold,
                 reply,
             } => {
-                let r = self.core.trigger(&target, &value, &run_id, now);
+                let r = self
+                    .core
+                    .trigger(&target, &value, &run_id, hold.as_ref(), now);
+                self.answer(reply, r);
+            }
+            Command::EndHold {
+                target,
+                run_id,
+                value,
+                reply,
+            } => {
+                let r = self.core.end_hold(&target, &run_id, &value, now);
                 self.answer(reply, r);
             }
             Command::CopyStatus { target, reply } => {
@@ -512,7 +549,14 @@ impl Driver {
             Command::AgentConnect { hello, reply } => {
                 let id = self.next_conn;
                 self.next_conn += 1;
-                let directives = self.core.directives_for(&hello.namespaces);
+                // A lease-gated copy is never sent to an agent that does not honour leases
+                // (an older agent during an upgrade): the run waits for one that does.
+                let directives: Vec<v1::Directive> = self
+                    .core
+                    .directives_for(&hello.namespaces)
+                    .into_iter()
+                    .filter(|d| hello.leases || !d.lease)
+                    .collect();
                 // Room for the whole resync, however many runs are in flight.
                 let (tx, rx) = mpsc::channel(directives.len().saturating_add(1 + AGENT_QUEUE));
                 let welcome = SchedulerMessage {
@@ -540,6 +584,7 @@ impl Driver {
                     AgentConn {
                         agent_id: hello.agent_id,
                         namespaces: hello.namespaces,
+                        leases: hello.leases,
                         tx,
                     },
                 );
@@ -562,6 +607,38 @@ impl Driver {
                     ReportOutcome::Stale(why) => debug!(run = %run_id, why, "stale report ignored"),
                 }
             }
+            Command::AgentLease { conn, request } => {
+                let Some(agent) = self.agents.get(&conn) else {
+                    return;
+                };
+                let grant = match self.core.lease(&agent.namespaces, &request, now) {
+                    LeaseAnswer::Granted(left) => v1::LeaseGrant {
+                        run_id: request.run_id,
+                        request_id: request.request_id,
+                        remaining: Some(prost_types::Duration {
+                            seconds: left.num_seconds(),
+                            nanos: left.subsec_nanos(),
+                        }),
+                        refused: String::new(),
+                    },
+                    LeaseAnswer::Refused(why) => {
+                        debug!(agent = %agent.agent_id, run = request.run_id, why, "lease refused");
+                        v1::LeaseGrant {
+                            run_id: request.run_id,
+                            request_id: request.request_id,
+                            remaining: None,
+                            refused: why,
+                        }
+                    }
+                };
+                let msg = SchedulerMessage {
+                    message: Some(ToAgent::Lease(grant)),
+                };
+                if agent.tx.try_send(Ok(msg)).is_err() {
+                    warn!(agent = %agent.agent_id, "agent not keeping up; dropping its link (it resyncs on reconnect)");
+                    self.drop_agent(conn);
+                }
+            }
             Command::AgentGone { conn } => self.drop_agent(conn),
             Command::CloseStreams => {
                 // Dropping the senders ends the response streams, so connections can drain.
@@ -582,7 +659,7 @@ impl Driver {
                 // store is the truth.
                 if !self.core.drain_effects().is_empty() {
                     warn!(error = %e, "a refused request had effects; reloading from the store");
-                    match restore(self.store.as_ref()) {
+                    match restore(self.store.as_ref(), self.lease_policy) {
                         Ok((core, _)) => self.core = core,
                         Err(reload) => warn!(error = %reload, "store reload failed"),
                     }
@@ -596,7 +673,10 @@ impl Driver {
 
 /// Rebuilds the core from the store. Records that cannot be decoded or run are left in the
 /// store, logged and returned; they never stop the scheduler from starting.
-fn restore(store: &dyn Store) -> Result<(Scheduler, Vec<Quarantined>), anyhow::Error> {
+fn restore(
+    store: &dyn Store,
+    lease_policy: LeasePolicy,
+) -> Result<(Scheduler, Vec<Quarantined>), anyhow::Error> {
     let loaded = store.load()?;
     let restored = Scheduler::restore(loaded.sources, loaded.runs, loaded.next_run);
     let mut quarantined = loaded.corrupt;
@@ -607,5 +687,7 @@ fn restore(store: &dyn Store) -> Result<(Scheduler, Vec<Quarantined>), anyhow::E
     for w in &restored.warnings {
         warn!(kind = w.kind, key = %w.key, reason = %w.reason, "stored source breaks a rule of this version; loaded as stored");
     }
-    Ok((restored.scheduler, quarantined))
+    let mut core = restored.scheduler;
+    core.set_lease_policy(lease_policy);
+    Ok((core, quarantined))
 }

@@ -34,6 +34,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tracing::{error, info};
 
 pub use driver::{DriverError, DriverHandle};
+pub use snapgate_scheduler_core::LeasePolicy;
 
 use crate::{
     clock::Clock,
@@ -53,6 +54,8 @@ pub struct Config {
     pub metrics: Metrics,
     /// Who may do what.
     pub authorizer: Authorizer,
+    /// The bounds of a Trigger's hold lease.
+    pub lease_policy: LeasePolicy,
 }
 
 /// How long a connection in-flight requests may take to drain once the driver has died.
@@ -68,8 +71,13 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let (driver, handle) = driver::Driver::start(config.store, config.clock, config.metrics)
-        .context("loading the store")?;
+    let (driver, handle) = driver::Driver::start(
+        config.store,
+        config.clock,
+        config.metrics,
+        config.lease_policy,
+    )
+    .context("loading the store")?;
     let mut driver_task = tokio::spawn(driver.run());
 
     let (health, health_service) = tonic_health::server::health_reporter();

@@ -50,6 +50,7 @@ async fn main() -> anyhow::Result<()> {
         clock: Arc::new(SystemClock),
         metrics,
         authorizer: Authorizer,
+        lease_policy: args.lease_policy()?,
     };
     serve(config, grpc, stopped(stop_rx)).await?;
     metrics_task.await??;

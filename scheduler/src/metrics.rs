@@ -56,6 +56,7 @@ pub struct Metrics {
     trigger_wait: Family<SourceLabels, Histogram, fn() -> Histogram>,
     trigger_timeouts: Family<SourceLabels, Counter>,
     mover_failures: Family<SourceLabels, Counter>,
+    lease_expirations: Family<SourceLabels, Counter>,
     runs: Family<ResultLabels, Counter>,
     /// Agents with a live link.
     pub agents_connected: Gauge,
@@ -85,6 +86,7 @@ impl Metrics {
             trigger_wait: Family::new_with_constructor(histogram_seconds),
             trigger_timeouts: Family::default(),
             mover_failures: Family::default(),
+            lease_expirations: Family::default(),
             runs: Family::default(),
             agents_connected: Gauge::default(),
             store_errors: Counter::default(),
@@ -120,6 +122,11 @@ impl Metrics {
             "snapgate_mover_failures",
             "Failed mover Job attempts",
             m.mover_failures.clone(),
+        );
+        registry.register(
+            "snapgate_copy_lease_expirations",
+            "Released runs whose hold lease ran out before the copy point (no copy counted; the run waited again)",
+            m.lease_expirations.clone(),
         );
         registry.register("snapgate_runs", "Runs ended, by result", m.runs.clone());
         registry.register(
@@ -158,6 +165,7 @@ impl Metrics {
             self.trigger_wait.remove(&l);
             self.trigger_timeouts.remove(&l);
             self.mover_failures.remove(&l);
+            self.lease_expirations.remove(&l);
             for result in ["Successful", "Failed", "TimedOut", "Aborted", "Unknown"] {
                 self.runs.remove(&ResultLabels {
                     obj_name: l.obj_name.clone(),
@@ -222,6 +230,11 @@ impl Metrics {
             }
             Observation::MoverFailure { source, mover } => {
                 self.mover_failures
+                    .get_or_create(&SourceLabels::new(source, *mover))
+                    .inc();
+            }
+            Observation::LeaseExpired { source, mover } => {
+                self.lease_expirations
                     .get_or_create(&SourceLabels::new(source, *mover))
                     .inc();
             }

@@ -282,12 +282,25 @@ async fn gated_agent(
     mpsc::Sender<v1::AgentMessage>,
     tonic::Streaming<v1::SchedulerMessage>,
 ) {
+    agent_link(channel, namespace, true).await
+}
+
+/// An agent link; `leases`: whether it says it honours hold leases.
+async fn agent_link(
+    channel: Channel,
+    namespace: &str,
+    leases: bool,
+) -> (
+    mpsc::Sender<v1::AgentMessage>,
+    tonic::Streaming<v1::SchedulerMessage>,
+) {
     let (tx, rx) = mpsc::channel(64);
     tx.send(v1::AgentMessage {
         message: Some(agent_message::Message::Hello(v1::AgentHello {
             agent_id: "test-agent".into(),
             namespaces: vec![namespace.into()],
             version: "test".into(),
+            leases,
         })),
     })
     .await
@@ -363,16 +376,41 @@ async fn a_run_goes_from_waiting_to_completed_over_the_agent_link_and_the_trigge
         .await
         .unwrap();
 
-    // The agent answers every directive; the test plays the application through the SDK path.
+    // The agent answers every directive (a lease-gated copy once it holds the lease); the
+    // test plays the application through the SDK path.
     let agent = tokio::spawn(async move {
         let mut phases = Vec::new();
+        let mut leased = None;
         while let Some(Ok(msg)) = inbound.next().await {
             match msg.message {
                 Some(ToAgent::Directive(d)) => {
                     phases.push(DirectivePhase::try_from(d.phase).unwrap());
+                    if d.lease {
+                        let ask = v1::LeaseRequest {
+                            run_id: d.run_id.clone(),
+                            generation: d.generation,
+                            request_id: 1,
+                        };
+                        agent_tx
+                            .send(v1::AgentMessage {
+                                message: Some(agent_message::Message::LeaseRequest(ask)),
+                            })
+                            .await
+                            .unwrap();
+                        leased = Some(d);
+                        continue;
+                    }
                     if let Some(reply) = answer(&d, "") {
                         agent_tx.send(reply).await.unwrap();
                     }
+                }
+                Some(ToAgent::Lease(grant)) => {
+                    assert_eq!(grant.refused, "", "{grant:?}");
+                    assert_eq!(grant.request_id, 1);
+                    let left = grant.remaining.unwrap();
+                    assert!(left.seconds > 0 && left.seconds <= 60, "{left:?}");
+                    let d = leased.take().expect("a lease answers a request");
+                    agent_tx.send(answer(&d, "").unwrap()).await.unwrap();
                 }
                 Some(ToAgent::Forget(_)) => return phases,
                 _ => {}
@@ -394,6 +432,10 @@ async fn a_run_goes_from_waiting_to_completed_over_the_agent_link_and_the_trigge
                     target: Some(target.clone()),
                     value: "quiesced-1".into(),
                     run_id: run_id.clone(),
+                    hold: Some(prost_types::Duration {
+                        seconds: 60,
+                        nanos: 0,
+                    }),
                 })
                 .await
                 .unwrap()
@@ -406,6 +448,10 @@ async fn a_run_goes_from_waiting_to_completed_over_the_agent_link_and_the_trigge
                     target: Some(target.clone()),
                     value: "quiesced-1".into(),
                     run_id: run_id.clone(),
+                    hold: Some(prost_types::Duration {
+                        seconds: 60,
+                        nanos: 0,
+                    }),
                 })
                 .await
                 .unwrap()
@@ -500,6 +546,7 @@ async fn an_agent_must_say_hello_with_valid_namespaces() {
             agent_id: "a".into(),
             namespaces: vec!["Not_A_Namespace".into()],
             version: String::new(),
+            leases: true,
         })),
     })
     .await
@@ -647,5 +694,60 @@ async fn sync_now_is_idempotent_per_request_id_and_preview_lists_times() {
         "{:?}",
         p.local_times
     );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_lease_gated_copy_is_never_sent_to_an_agent_that_does_not_honour_leases() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Running::open(dir.path()).await;
+    s.sources()
+        .apply_source(apply("apps", "db", restic("data", "@daily"), 0))
+        .await
+        .unwrap();
+    let (agent_tx, mut inbound) = agent_link(s.channel.clone(), "apps", false).await;
+    // Gate and wait are sent to it as to any agent.
+    loop {
+        if let Some(ToAgent::Directive(d)) = inbound.next().await.unwrap().unwrap().message {
+            if d.phase == DirectivePhase::Gate as i32 {
+                agent_tx.send(answer(&d, "").unwrap()).await.unwrap();
+            }
+            if d.phase == DirectivePhase::Wait as i32 {
+                break;
+            }
+        }
+    }
+    let target = v1::CopyTarget {
+        namespace: "apps".into(),
+        pvc: "data".into(),
+        source: String::new(),
+    };
+    s.triggers()
+        .trigger(v1::TriggerRequest {
+            target: Some(target),
+            value: "v1".into(),
+            run_id: "run-1".into(),
+            hold: None,
+        })
+        .await
+        .unwrap();
+    // A fresh link of the same old agent is handed nothing: its only run copies under a lease.
+    let (old_tx, mut old) = agent_link(s.channel.clone(), "apps", false).await;
+    assert!(matches!(
+        old.next().await.unwrap().unwrap().message,
+        Some(ToAgent::Welcome(v1::Welcome { active_runs: 0 }))
+    ));
+    // An agent that honours leases is handed the copy, marked as lease-gated.
+    let (new_tx, mut new) = agent_link(s.channel.clone(), "apps", true).await;
+    assert!(matches!(
+        new.next().await.unwrap().unwrap().message,
+        Some(ToAgent::Welcome(v1::Welcome { active_runs: 1 }))
+    ));
+    let Some(ToAgent::Directive(d)) = new.next().await.unwrap().unwrap().message else {
+        panic!("the copy directive follows the welcome")
+    };
+    assert_eq!(d.phase(), DirectivePhase::Copy);
+    assert!(d.lease);
+    drop((agent_tx, inbound, old_tx, old, new_tx, new));
     s.stop().await;
 }

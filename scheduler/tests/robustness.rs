@@ -187,6 +187,7 @@ async fn an_agent_hello_is_bounded_and_a_resync_carries_every_run_in_flight() {
             agent_id: "agent".into(),
             namespaces,
             version: "test".into(),
+            leases: true,
         })),
     };
     let (tx, rx) = mpsc::channel(1);

@@ -279,6 +279,7 @@ impl Client {
                 target: Some(target.clone()),
                 value: value.to_owned(),
                 run_id: run_id.unwrap_or_default().to_owned(),
+                hold: None,
             })
             .await?
             .into_inner();

@@ -77,6 +77,7 @@ fn spawn_scheduler(
         clock: Arc::new(SystemClock),
         metrics: Metrics::new(),
         authorizer: Authorizer,
+        lease_policy: Default::default(),
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(serve(config, listener, async {

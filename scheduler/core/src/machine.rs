@@ -29,6 +29,10 @@ const CONTINUOUS_RETRY: Duration = Duration::seconds(60);
 /// Why a paused source's run asks for no copy trigger.
 const PAUSED_TEXT: &str =
     "source paused: no copy is made and no application is asked to quiesce until it is resumed";
+/// Why a run waits again after its lease ran out.
+const LEASE_EXPIRED_TEXT: &str = "the hold lease ran out before the copy point: no copy was counted; waiting for a new copy trigger";
+/// Spent values remembered per run (see `Run.spent_triggers`).
+const SPENT_PER_RUN: usize = 16;
 /// The text VolSync writes into latestMoverStatus.logs when waiting times out.
 pub const TIMEOUT_TEXT: &str = "Timed out waiting for copy-trigger to be modified for pvc";
 
@@ -214,6 +218,13 @@ pub enum Observation {
         /// Its mover.
         mover: Mover,
     },
+    /// A released run's hold lease ran out before its copy point.
+    LeaseExpired {
+        /// The source.
+        source: SourceKey,
+        /// Its mover.
+        mover: Mover,
+    },
     /// A mover Job attempt failed.
     MoverFailure {
         /// The source.
@@ -252,6 +263,36 @@ pub struct TriggerAccepted {
     pub status: CopyStatus,
     /// True when it repeated an earlier accepted call (nothing changed).
     pub repeated: bool,
+    /// The end of the hold lease: no copy point after it counts.
+    pub lease_deadline: Option<DateTime<Utc>>,
+}
+
+/// How long a Trigger's hold lease lasts: what the caller says, within bounds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeasePolicy {
+    /// The hold of a Trigger that names none.
+    pub default_hold: Duration,
+    /// The longest hold: a longer one is cut to it (an earlier deadline is always safe).
+    pub max_hold: Duration,
+}
+
+impl Default for LeasePolicy {
+    /// 10 minutes by default, at most 1 hour.
+    fn default() -> Self {
+        Self {
+            default_hold: Duration::minutes(10),
+            max_hold: Duration::hours(1),
+        }
+    }
+}
+
+/// The scheduler's answer to an agent's lease request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeaseAnswer {
+    /// The lease lasts this long from now.
+    Granted(Duration),
+    /// No lease, and why.
+    Refused(String),
 }
 
 struct SourceEntry {
@@ -298,6 +339,7 @@ pub struct Scheduler {
     history: BTreeMap<RunId, v1::Run>,
     next_run: u64,
     effects: Vec<Effect>,
+    lease_policy: LeasePolicy,
 }
 
 pub use snapgate_proto::time::{timestamp, to_datetime};
@@ -334,6 +376,16 @@ fn holds_pvc(run: &v1::Run) -> bool {
         RunPhase::CleaningUp => run.gated && run.copy_time.is_none(),
         _ => false,
     }
+}
+
+/// A released run whose hold lease has run out, by the scheduler's clock, before its copy point.
+fn lease_over(run: &v1::Run, now: DateTime<Utc>) -> bool {
+    phase(run) == RunPhase::Copying
+        && run.copy_time.is_none()
+        && run
+            .lease_deadline
+            .as_ref()
+            .is_some_and(|d| to_datetime(d) <= now)
 }
 
 fn note(run: &mut v1::Run, now: DateTime<Utc>, event: &str, message: impl Into<String>) {
@@ -375,6 +427,11 @@ impl Scheduler {
             next_run: 1,
             ..Self::default()
         }
+    }
+
+    /// The hold lease bounds for Triggers from now on.
+    pub fn set_lease_policy(&mut self, policy: LeasePolicy) {
+        self.lease_policy = policy;
     }
 
     /// Rebuilds the state from what the store holds. Runs in flight resume where they were.
@@ -887,21 +944,31 @@ impl Scheduler {
             status.trigger = run.trigger.clone();
             status.gated = run.gated;
             status.time = run.timeline.last().and_then(|t| t.time);
+            if phase(run) == RunPhase::Copying && run.copy_time.is_none() {
+                status.lease_deadline = run.lease_deadline;
+            }
         }
         status
     }
 
     /// Releases the run waiting on a PVC with `value` (the SDK's Trigger).
+    /// The caller holds its quiesce for `hold` from now (`None`: the default hold); the run's
+    /// copy point must be reached before that, or the run waits for a new trigger.
     pub fn trigger(
         &mut self,
         target: &v1::CopyTarget,
         value: &str,
         expected_run: &str,
+        hold: Option<&prost_types::Duration>,
         now: DateTime<Utc>,
     ) -> Result<TriggerAccepted, CoreError> {
         let resolved = self.resolve_target(target)?;
         let (namespace, pvc) = (resolved.namespace.clone(), resolved.pvc.clone());
         validate::printable("value", value, true)?;
+        let hold = match hold {
+            None => self.lease_policy.default_hold,
+            Some(d) => validate::positive_hold(d, self.lease_policy.max_hold)?,
+        };
         let expected: Option<RunId> = if expected_run.is_empty() {
             None
         } else {
@@ -944,10 +1011,12 @@ impl Scheduler {
             && expected.is_none_or(|e| e == run_id(run))
         {
             let id = run_id(run);
+            let lease_deadline = run.lease_deadline.as_ref().map(to_datetime);
             return Ok(TriggerAccepted {
                 run_id: id,
                 status: self.target_status(&resolved),
                 repeated: true,
+                lease_deadline,
             });
         }
         let paused = self.active.values().find(|r| {
@@ -993,12 +1062,122 @@ impl Scheduler {
             )
             .into());
         }
-        self.release(id, value.to_owned(), "rpc", now);
+        if run.spent_triggers.iter().any(|v| v == value) {
+            return Err(InvalidField::new(
+                "value",
+                format!(
+                    "{value:?} already released {id} and its hold lease ran out before the copy point; a new copy needs a new value"
+                ),
+            )
+            .into());
+        }
+        // Past the end of the calendar: the longest hold there is (the clamp keeps it sane).
+        let deadline = now
+            .checked_add_signed(hold)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        self.release(id, value.to_owned(), "rpc", Some(deadline), now);
         Ok(TriggerAccepted {
             run_id: id,
             status: self.target_status(&resolved),
             repeated: false,
+            lease_deadline: Some(deadline),
         })
+    }
+
+    /// The caller of an accepted Trigger stops holding before its lease ran out: the run it
+    /// released goes back to waiting unless its copy point was reached already.
+    pub fn end_hold(
+        &mut self,
+        target: &v1::CopyTarget,
+        run: &str,
+        value: &str,
+        now: DateTime<Utc>,
+    ) -> Result<CopyStatus, CoreError> {
+        let resolved = self.resolve_target(target)?;
+        let id: RunId = run.parse().map_err(|()| {
+            InvalidField::new(
+                "runId",
+                format!("{} is not a run id such as run-42", validate::quoted(run)),
+            )
+        })?;
+        validate::printable("value", value, true)?;
+        let found = self
+            .active
+            .get(&id)
+            .or_else(|| self.history.get(&id))
+            .filter(|r| {
+                r.pvc == resolved.pvc
+                    && r.source.as_ref().is_some_and(|s| {
+                        s.namespace == resolved.namespace
+                            && resolved.source.as_deref().is_none_or(|n| s.name == n)
+                    })
+            });
+        let Some(r) = found else {
+            return Err(CoreError::FailedPrecondition(format!(
+                "{id} is not a run on pvc {}/{}",
+                resolved.namespace, resolved.pvc
+            )));
+        };
+        let mine = r.released_by == "rpc" && r.trigger == value
+            || r.spent_triggers.iter().any(|v| v == value);
+        if !mine {
+            return Err(CoreError::FailedPrecondition(format!(
+                "{id} was not released by the value {value:?}: its hold is not the caller's to end"
+            )));
+        }
+        if self.active.contains_key(&id)
+            && phase(r) == RunPhase::Copying
+            && r.copy_time.is_none()
+            && r.lease_deadline.is_some()
+        {
+            let run = self.active.get_mut(&id).expect("checked");
+            note(
+                run,
+                now,
+                "HoldEnded",
+                "the application stopped holding before the copy point",
+            );
+            self.on_lease_expired(id, now);
+        }
+        Ok(self.target_status(&resolved))
+    }
+
+    /// Answers an agent's lease request for a run in one of its `namespaces`.
+    pub fn lease(
+        &self,
+        namespaces: &[String],
+        request: &v1::LeaseRequest,
+        now: DateTime<Utc>,
+    ) -> LeaseAnswer {
+        let refuse = |why: String| LeaseAnswer::Refused(why);
+        let Ok(id) = request.run_id.parse::<RunId>() else {
+            return refuse(format!(
+                "unknown run id {}",
+                validate::quoted(&request.run_id)
+            ));
+        };
+        let Some(run) = self.active.get(&id).filter(|r| {
+            r.source
+                .as_ref()
+                .is_some_and(|s| namespaces.contains(&s.namespace))
+        }) else {
+            return refuse(format!("{id} is not in flight in the agent's namespaces"));
+        };
+        if request.generation != run.generation || phase(run) != RunPhase::Copying {
+            return refuse(format!(
+                "{id}: generation {} is not current ({} is, {})",
+                request.generation,
+                run.generation,
+                phase(run).as_str_name()
+            ));
+        }
+        let Some(deadline) = run.lease_deadline.as_ref().map(to_datetime) else {
+            return refuse(format!("{id} was not released with a hold lease"));
+        };
+        match deadline.signed_duration_since(now) {
+            left if left > Duration::zero() => LeaseAnswer::Granted(left),
+            _ => refuse(format!("{id}: the hold lease ran out")),
+        }
     }
 
     // ---------------------------------------------------------------- agents
@@ -1039,6 +1218,15 @@ impl Scheduler {
         {
             return ReportOutcome::Stale(format!("{id} is not in the agent's namespaces"));
         }
+        if lease_over(run, now) {
+            // The deadline passed by the scheduler's clock: no report can count a copy point
+            // now, whenever the agent saw it.
+            self.on_lease_expired(id, now);
+            return ReportOutcome::Stale(format!("{id}: the hold lease ran out"));
+        }
+        let Some(run) = self.active.get(&id) else {
+            return ReportOutcome::Stale(format!("{id} is not in flight"));
+        };
         let current = phase(run);
         let Some(observation) = report.observation else {
             return ReportOutcome::Stale("empty report".into());
@@ -1158,10 +1346,14 @@ impl Scheduler {
         }
         let run = self.active.get_mut(&id).expect("checked");
         run.gated = true;
-        let fresh = !pvc.copy_trigger.is_empty() && pvc.copy_trigger != pvc.latest_copy_trigger;
+        // A value spent by this run's expired lease is not fresh, even before the agent has
+        // recorded it as latest-copy-trigger.
+        let fresh = !pvc.copy_trigger.is_empty()
+            && pvc.copy_trigger != pvc.latest_copy_trigger
+            && !run.spent_triggers.contains(&pvc.copy_trigger);
         if fresh {
             let by = if was_waiting { "annotation" } else { "ahead" };
-            self.release(id, pvc.copy_trigger, by, now);
+            self.release(id, pvc.copy_trigger, by, None, now);
         } else if !was_waiting {
             // Resume an earlier wait on this PVC if its timestamp is valid; else it starts now.
             let since = (pvc.latest_copy_status == "WaitingForTrigger")
@@ -1210,7 +1402,16 @@ impl Scheduler {
         self.put_source(key);
     }
 
-    fn release(&mut self, id: RunId, value: String, by: &str, now: DateTime<Utc>) {
+    /// Releases a waiting run with `value`; with a `lease` deadline (a Trigger's hold), the
+    /// directive asks the agent to copy only under that lease.
+    fn release(
+        &mut self,
+        id: RunId,
+        value: String,
+        by: &str,
+        lease: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) {
         let key = run_key(&self.active[&id]);
         let mover = self.sources[&key].admitted.mover;
         let run = self.active.get_mut(&id).expect("in flight");
@@ -1223,8 +1424,16 @@ impl Scheduler {
         }
         run.trigger = value;
         run.released_by = by.to_owned();
+        run.lease_deadline = lease.map(timestamp);
         run.message.clear();
-        let msg = format!("released by {by} with copy-trigger {:?}", run.trigger);
+        let msg = match lease {
+            None => format!("released by {by} with copy-trigger {:?}", run.trigger),
+            Some(deadline) => format!(
+                "released by {by} with copy-trigger {:?}, held until {}: no copy point after that counts",
+                run.trigger,
+                deadline.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            ),
+        };
         note(run, now, "InProgress", msg);
         self.set_phase(id, RunPhase::Copying, now);
     }
@@ -1341,6 +1550,11 @@ impl Scheduler {
             .values()
             .filter(|r| phase(r) == RunPhase::WaitingForTrigger && !r.timeout_reported)
             .filter_map(|r| r.wait_deadline.as_ref().map(to_datetime));
+        let leases = self
+            .active
+            .values()
+            .filter(|r| phase(r) == RunPhase::Copying && r.copy_time.is_none())
+            .filter_map(|r| r.lease_deadline.as_ref().map(to_datetime));
         let starts = self
             .sources
             .values()
@@ -1348,7 +1562,7 @@ impl Scheduler {
                 !e.record.deleting && !e.spec().paused && e.status().current_run_id.is_empty()
             })
             .filter_map(|e| e.status().next_sync_time.as_ref().map(to_datetime));
-        waits.chain(starts).min()
+        waits.chain(leases).chain(starts).min()
     }
 
     /// Acts on every deadline that has passed: wait timeouts, then due runs.
@@ -1368,7 +1582,52 @@ impl Scheduler {
         for id in expired {
             self.on_wait_timeout(id, now);
         }
+        let leases: Vec<RunId> = self
+            .active
+            .iter()
+            .filter(|(_, r)| lease_over(r, now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in leases {
+            self.on_lease_expired(id, now);
+        }
         self.start_due_runs(now);
+    }
+
+    /// A released run's hold lease ran out before its copy point: the value is spent and the
+    /// run waits for a new trigger. The agent deletes any copy it made and records the value
+    /// as latest-copy-trigger before the PVC says WaitingForTrigger again.
+    fn on_lease_expired(&mut self, id: RunId, now: DateTime<Utc>) {
+        let key = run_key(&self.active[&id]);
+        let (mover, timeout) = {
+            let a = &self.sources[&key].admitted;
+            (a.mover, a.wait_timeout)
+        };
+        let run = self.active.get_mut(&id).expect("in flight");
+        let spent = std::mem::take(&mut run.trigger);
+        if run.spent_triggers.len() >= SPENT_PER_RUN {
+            run.spent_triggers.remove(0);
+        }
+        run.spent_triggers.push(spent.clone());
+        run.latest_trigger = spent.clone();
+        run.released_by.clear();
+        run.lease_deadline = None;
+        run.timeout_reported = false;
+        run.waiting_since = Some(timestamp(now));
+        run.wait_deadline = now.checked_add_signed(timeout).map(timestamp);
+        run.message = LEASE_EXPIRED_TEXT.to_owned();
+        note(
+            run,
+            now,
+            "LeaseExpired",
+            format!("copy-trigger {spent:?}: {LEASE_EXPIRED_TEXT}"),
+        );
+        self.effects
+            .push(Effect::Observe(Observation::LeaseExpired {
+                source: key,
+                mover,
+            }));
+        self.set_phase(id, RunPhase::WaitingForTrigger, now);
     }
 
     fn on_wait_timeout(&mut self, id: RunId, now: DateTime<Utc>) {
@@ -1688,12 +1947,18 @@ impl Scheduler {
             // Released but never cut: the value is spent, and the PVC must say so.
             consumed_trigger: match phase {
                 DirectivePhase::Cleanup if run.copy_time.is_none() && run.gated => {
-                    run.trigger.clone()
+                    if run.trigger.is_empty() {
+                        run.spent_triggers.last().cloned().unwrap_or_default()
+                    } else {
+                        run.trigger.clone()
+                    }
                 }
+                DirectivePhase::Wait => run.spent_triggers.last().cloned().unwrap_or_default(),
                 _ => String::new(),
             },
             restic_prune: run.restic_prune,
             mover_failures: run.mover_failures,
+            lease: phase == DirectivePhase::Copy && run.lease_deadline.is_some(),
         })
     }
 

@@ -641,6 +641,24 @@ fn object_size(field: &str, object: Option<&prost_types::Struct>) -> Result {
     Ok(())
 }
 
+/// A Trigger's `hold`: a valid, positive duration; one longer than `max` is cut to `max` (an
+/// earlier lease deadline is always safe).
+pub fn positive_hold(d: &prost_types::Duration, max: Duration) -> Result<Duration> {
+    if d.nanos.abs() >= 1_000_000_000 || (d.seconds < 0) != (d.nanos < 0) && d.nanos != 0 {
+        return Err(InvalidField::new(
+            "hold",
+            "not a valid duration (nanos must be within ±999999999 and have the sign of seconds)",
+        ));
+    }
+    if d.seconds < 0 || d.seconds == 0 && d.nanos <= 0 {
+        return Err(InvalidField::new(
+            "hold",
+            "must be positive: how long the caller holds its quiesce from now",
+        ));
+    }
+    Ok(chrono_duration(d).map_or(max, |v| v.min(max)))
+}
+
 /// restic's `--keep-last`: a string holding a non-negative integer (VolSync's API type).
 fn retain_last(field: &str, v: &str) -> Result {
     if v.is_empty() || v.len() > 10 || !v.bytes().all(|b| b.is_ascii_digit()) {

@@ -450,7 +450,9 @@ fn invisible_characters_never_reach_an_annotation_or_a_log_line() {
         pvc: "data".into(),
         source: String::new(),
     };
-    let e = core.trigger(&target, "v\u{202E}", "", t0()).unwrap_err();
+    let e = core
+        .trigger(&target, "v\u{202E}", "", None, t0())
+        .unwrap_err();
     assert!(matches!(e, CoreError::Invalid(f) if f.field == "value"));
 }
 

@@ -95,6 +95,9 @@ impl AgentService for Agents {
                         Ok(v1::AgentMessage {
                             message: Some(FromAgent::Report(report)),
                         }) => driver.tell(Command::AgentReport { conn, report }).await,
+                        Ok(v1::AgentMessage {
+                            message: Some(FromAgent::LeaseRequest(request)),
+                        }) => driver.tell(Command::AgentLease { conn, request }).await,
                         Ok(other) => debug!(?other, "ignoring unexpected agent message"),
                         Err(e) => {
                             warn!(error = %e, "agent link failed");

@@ -4,6 +4,7 @@ use std::pin::Pin;
 
 use futures::{Stream, StreamExt as _};
 use snapgate_proto::v1::{self, trigger_service_server::TriggerService};
+use snapgate_scheduler_core::timestamp;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -75,6 +76,7 @@ impl TriggerService for Triggers {
                 target,
                 value: r.value,
                 run_id: r.run_id,
+                hold: r.hold,
                 reply,
             })
             .await?;
@@ -82,6 +84,30 @@ impl TriggerService for Triggers {
             run_id: accepted.run_id.to_string(),
             value,
             status: Some(accepted.status),
+            lease_deadline: accepted.lease_deadline.map(timestamp),
+        }))
+    }
+
+    async fn end_hold(
+        &self,
+        req: Request<v1::EndHoldRequest>,
+    ) -> Result<Response<v1::EndHoldResponse>, Status> {
+        let caller = caller(&req)?;
+        let r = req.into_inner();
+        let target = target(r.target)?;
+        self.auth
+            .check(&caller, &target.namespace, Action::Trigger)?;
+        let status = self
+            .driver
+            .ask(|reply| Command::EndHold {
+                target,
+                run_id: r.run_id,
+                value: r.value,
+                reply,
+            })
+            .await?;
+        Ok(Response::new(v1::EndHoldResponse {
+            status: Some(status),
         }))
     }
 

@@ -38,6 +38,7 @@ impl Running {
             clock: Arc::new(SystemClock),
             metrics: metrics.clone(),
             authorizer: Authorizer,
+            lease_policy: Default::default(),
         };
         let task = tokio::spawn(serve(config, listener, async {
             let _ = stopped.await;

@@ -34,6 +34,7 @@ impl Scheduler {
             clock: Arc::new(SystemClock),
             metrics: Metrics::new(),
             authorizer: Authorizer,
+            lease_policy: Default::default(),
         };
         let task = tokio::spawn(serve(config, listener, async {
             let _ = stopped.await;

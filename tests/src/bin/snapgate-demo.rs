@@ -121,6 +121,7 @@ async fn main() -> anyhow::Result<()> {
         clock: Arc::new(SystemClock),
         metrics: Metrics::new(),
         authorizer: Authorizer,
+        lease_policy: Default::default(),
     };
     let scheduler = tokio::spawn(serve(config, listener, std::future::pending()));
     let url = format!("http://{grpc_addr}");
