@@ -267,23 +267,66 @@ impl Client {
     /// PVC's `latest-copy-trigger`). With a `run_id`, only that run is released: any other
     /// answers [`Error::Refused`] with `FAILED_PRECONDITION`. Repeating an accepted trigger is
     /// idempotent.
+    ///
+    /// The run's copy point must be reached within the scheduler's default hold (10 minutes
+    /// unless configured otherwise); see [`Client::trigger_held`] to say how long you hold.
     pub async fn trigger(
         &self,
         target: &CopyTarget,
         run_id: Option<&str>,
         value: &str,
     ) -> Result<v1::TriggerResponse, Error> {
+        self.trigger_held(target, run_id, value, None).await
+    }
+
+    /// [`Client::trigger`], saying how long the caller holds its quiesce from now (`None`: the
+    /// scheduler's default). That is the run's hold lease: a copy point not reached within it
+    /// is not counted, and the run waits for a new trigger (the response's `lease_deadline`).
+    /// A hold longer than the scheduler's maximum is cut to it; a zero hold is refused.
+    pub async fn trigger_held(
+        &self,
+        target: &CopyTarget,
+        run_id: Option<&str>,
+        value: &str,
+        hold: Option<Duration>,
+    ) -> Result<v1::TriggerResponse, Error> {
+        let hold = hold.map(|h| prost_types::Duration {
+            seconds: i64::try_from(h.as_secs()).unwrap_or(i64::MAX),
+            nanos: i32::try_from(h.subsec_nanos()).unwrap_or(0),
+        });
         let response = self
             .triggers()
             .trigger(v1::TriggerRequest {
                 target: Some(target.clone()),
                 value: value.to_owned(),
                 run_id: run_id.unwrap_or_default().to_owned(),
-                hold: None,
+                hold,
             })
             .await?
             .into_inner();
         Ok(response)
+    }
+
+    /// Tells the scheduler this caller no longer holds its quiesce for the run it released
+    /// with `value`: if the copy point is not reached yet, the run goes back to waiting and the
+    /// value is spent. Best effort by nature (the hold lease is the guarantee); the answer is
+    /// the copy status after it (COMPLETED: the copy point was reached inside the hold).
+    pub async fn end_hold(
+        &self,
+        target: &CopyTarget,
+        run_id: &str,
+        value: &str,
+    ) -> Result<v1::CopyStatus, Error> {
+        let response = self
+            .triggers()
+            .end_hold(v1::EndHoldRequest {
+                target: Some(target.clone()),
+                run_id: run_id.to_owned(),
+                value: value.to_owned(),
+            })
+            .await?
+            .into_inner();
+        Ok(response.status.unwrap_or_default())
     }
 }
 

@@ -6,6 +6,7 @@
 //! | [`Error::Refused`] | the scheduler said no; the gRPC code says why, retrying the same request will not help |
 //! | [`Error::CopyFailed`] | the run ended without a copy (Failed, TimedOut, Aborted); wait for the next request |
 //! | [`Error::ReleasedByAnother`] | someone else's trigger value released the run: the copy is not inside this application's hold; wait for the next request |
+//! | [`Error::LeaseExpired`] | this application's hold ran out (or was ended) before the copy point: no copy was counted, the run waits for a new trigger |
 //! | [`Error::HoldLimitExceeded`] | the application stayed quiesced too long and was released |
 //! | [`Error::QuiesceFailed`] / [`Error::UnquiesceFailed`] | the application's own step failed |
 
@@ -76,6 +77,18 @@ pub enum Error {
         /// `annotation` (the PVC's `copy-trigger`).
         released_by: String,
     },
+    /// This application released the run, but its hold lease ran out (or it ended its hold)
+    /// before the copy point: the scheduler counted no copy, the value is spent, and the run
+    /// waits for a new trigger. The application was unquiesced.
+    #[error(
+        "the hold lease of {run_id} (copy-trigger {value:?}) ran out before the copy point: no copy was counted; the run waits for a new trigger"
+    )]
+    LeaseExpired {
+        /// The run.
+        run_id: String,
+        /// This application's trigger value, now spent.
+        value: String,
+    },
     /// The application was quiesced for longer than the caller allowed; it was unquiesced.
     #[error(
         "hold limit of {limit:?} expired for {run_id} ({}); the application was unquiesced",
@@ -86,8 +99,8 @@ pub enum Error {
         limit: Duration,
         /// The run that was being copied.
         run_id: String,
-        /// Whether the trigger had been accepted: if so the copy may still be made, from an
-        /// unquiesced volume.
+        /// Whether the trigger had been accepted. Its hold lease ended before this limit, so no
+        /// copy point after the unquiesce is counted as consistent.
         triggered: bool,
     },
     /// The application's quiesce step failed. The unquiesce step was still run; the run keeps

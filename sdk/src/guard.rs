@@ -18,6 +18,14 @@
 //!
 //! The hold limit counts from the start of quiesce; the lost-connection grace counts from the
 //! moment the scheduler stopped answering.
+//!
+//! Every Trigger carries what is left of the hold limit, less a transit allowance (a tenth of
+//! it, at most 500 ms), as the run's hold lease: the scheduler measures the lease from when
+//! the Trigger arrives, so the allowance keeps the lease's end before this hold's end as long
+//! as the Trigger takes less than that to arrive. No copy point after the lease counts: a run
+//! still copying when it ends goes back to waiting ([`Error::LeaseExpired`]). A guard that
+//! gives up after its Trigger for any other reason also ends its hold (EndHold, best effort,
+//! bounded by [`END_HOLD_TIMEOUT`]) before it unquiesces.
 
 use std::{
     fmt,
@@ -43,6 +51,20 @@ use crate::{
 
 /// `Run.released_by` for a run released through the Trigger RPC.
 const RELEASED_BY_RPC: &str = "rpc";
+/// The longest a guard that gives up after its Trigger waits for the scheduler to take note
+/// (EndHold) before it unquiesces.
+pub const END_HOLD_TIMEOUT: Duration = Duration::from_secs(1);
+/// The most of a hold set aside for the Trigger's way to the scheduler.
+const MAX_TRANSIT_ALLOWANCE: Duration = Duration::from_millis(500);
+
+/// The hold lease a Trigger sent now asks for: what is left of `limit` since `started`, less
+/// the transit allowance (a tenth of what is left, at most [`MAX_TRANSIT_ALLOWANCE`]).
+/// `None` when nothing is left.
+pub fn lease_for(limit: Duration, held: Duration) -> Option<Duration> {
+    let left = limit.checked_sub(held)?;
+    let lease = left.saturating_sub((left / 10).min(MAX_TRANSIT_ALLOWANCE));
+    (!lease.is_zero()).then_some(lease)
+}
 
 /// Makes the trigger value for a request.
 pub type TriggerValue = Arc<dyn Fn(&CopyRequest) -> String + Send + Sync>;
@@ -250,12 +272,26 @@ impl Client {
                     source: e.into(),
                 })?;
             debug!(run_id, value, "quiesced; triggering");
-            self.trigger_within(&target, &run_id, &source, &value, options.disconnect_grace)
-                .await?;
+            self.trigger_within(
+                &target,
+                &run_id,
+                &source,
+                &value,
+                (options.hold_limit, started),
+                options.disconnect_grace,
+            )
+            .await?;
             triggered.store(true, Ordering::SeqCst);
-            next_outcome(self, &mut watch, &target, &run_id, Some(&source))
-                .await?
-                .into_result()
+            next_outcome(
+                self,
+                &mut watch,
+                &target,
+                &run_id,
+                Some(&source),
+                Some(&value),
+            )
+            .await?
+            .into_result()
         };
         let result = match tokio::time::timeout(options.hold_limit, held).await {
             Ok(result) => result,
@@ -271,6 +307,25 @@ impl Client {
             trigger: outcome.trigger,
             held: started.elapsed(),
         });
+        let gave_up = matches!(
+            &result,
+            Err(e) if !matches!(
+                e,
+                Error::LeaseExpired { .. } | Error::CopyFailed { .. } | Error::ReleasedByAnother { .. }
+            )
+        );
+        if gave_up && triggered.load(Ordering::SeqCst) {
+            // Tell the scheduler before unquiescing, so that a copy not cut yet is not cut now.
+            match tokio::time::timeout(END_HOLD_TIMEOUT, self.end_hold(&target, &run_id, &value))
+                .await
+            {
+                Ok(Ok(status)) => debug!(run_id, state = status.state, "hold ended"),
+                Ok(Err(e)) => {
+                    debug!(run_id, error = %e, "ending the hold failed; the lease ends it")
+                }
+                Err(_) => debug!(run_id, "ending the hold timed out; the lease ends it"),
+            }
+        }
         match &result {
             Ok(copy) => info!(run_id, held = ?copy.held, "copy point reached; unquiescing"),
             Err(Error::ReleasedByAnother {
@@ -297,12 +352,14 @@ impl Client {
     /// idempotent: the scheduler accepts it again). `Ok` only when the run was released by
     /// `value` through the RPC; a run released by another value is
     /// [`Error::ReleasedByAnother`], one that ended without a copy [`Error::CopyFailed`].
+    /// Each attempt asks for what is left of the hold (`limit` since `started`) as its lease.
     async fn trigger_within(
         &self,
         target: &CopyTarget,
         run_id: &str,
         source: &str,
         value: &str,
+        (limit, started): (Duration, Instant),
         grace: Duration,
     ) -> Result<(), Error> {
         let backoff = Backoff {
@@ -310,10 +367,19 @@ impl Client {
             max: Duration::from_secs(2),
             give_up_after: Some(grace),
         };
-        match backoff
-            .retry(|| self.trigger(target, Some(run_id), value))
-            .await
-        {
+        let attempt = || async {
+            // Nothing left of the hold: no Trigger (the hold limit ends the guard).
+            let Some(lease) = lease_for(limit, started.elapsed()) else {
+                return Err(Error::HoldLimitExceeded {
+                    limit,
+                    run_id: run_id.to_owned(),
+                    triggered: false,
+                });
+            };
+            self.trigger_held(target, Some(run_id), value, Some(lease))
+                .await
+        };
+        match backoff.retry(attempt).await {
             Ok(_) => Ok(()),
             // Nothing of ours is waiting any more: see what became of the run.
             Err(e) if e.code() == Some(Code::FailedPrecondition) => {
@@ -341,6 +407,39 @@ impl Client {
                 }
             }
             Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trigger_asks_for_what_is_left_of_the_hold_less_the_transit_allowance() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        for (limit, held, want) in [
+            // A tenth of what is left, at most 500 ms, is set aside for the way there.
+            (s(20), s(0), Some(ms(19_500))),
+            (s(20), s(5), Some(ms(14_500))),
+            (s(2), s(1), Some(ms(900))),
+            (s(1), ms(0), Some(ms(900))),
+            // Nothing left: no Trigger.
+            (s(1), s(1), None),
+            (s(1), s(2), None),
+            (Duration::ZERO, Duration::ZERO, None),
+        ] {
+            assert_eq!(
+                lease_for(limit, held),
+                want,
+                "limit {limit:?}, held {held:?}"
+            );
+        }
+        // Never longer than what is left, whatever the numbers.
+        for limit in [ms(1), ms(9), s(3), Duration::MAX] {
+            let left = lease_for(limit, ms(0));
+            assert!(left.is_none_or(|l| l < limit), "{limit:?}: {left:?}");
         }
     }
 }

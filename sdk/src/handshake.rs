@@ -139,12 +139,16 @@ async fn next_status(watch: &mut CopyWatch) -> Result<CopyStatus, Error> {
 }
 
 /// Waits on a watch for the outcome of `run_id`.
+///
+/// `released_with`: the value this caller released the run with. The run shown waiting again
+/// with that value spent means the hold lease ran out: [`Error::LeaseExpired`].
 pub(crate) async fn next_outcome(
     client: &Client,
     watch: &mut CopyWatch,
     target: &CopyTarget,
     run_id: &str,
     source: Option<&str>,
+    released_with: Option<&str>,
 ) -> Result<CopyOutcome, Error> {
     let mut source = source.filter(|s| !s.is_empty()).map(str::to_owned);
     loop {
@@ -152,6 +156,23 @@ pub(crate) async fn next_outcome(
         if status.run_id == run_id {
             if source.is_none() && !status.source.is_empty() {
                 source = Some(status.source.clone());
+            }
+            // Waiting again after our release, or a status from before it: the run's record
+            // says which.
+            if let Some(value) = released_with
+                && state(&status) == CopyState::WaitingForTrigger
+            {
+                let backoff = watch.backoff().clone();
+                let run = backoff
+                    .retry(|| find_run(client, target, source.as_deref(), run_id))
+                    .await?;
+                if run.is_some_and(|r| r.spent_triggers.iter().any(|v| v == value)) {
+                    return Err(Error::LeaseExpired {
+                        run_id: run_id.to_owned(),
+                        value: value.to_owned(),
+                    });
+                }
+                continue;
             }
             if let Some(outcome) = Outcome::of_state(state(&status)) {
                 return Ok(CopyOutcome {
@@ -256,6 +277,6 @@ impl Client {
         run_id: &str,
     ) -> Result<CopyOutcome, Error> {
         let mut watch = self.watch_copy(target.clone());
-        next_outcome(self, &mut watch, target, run_id, None).await
+        next_outcome(self, &mut watch, target, run_id, None, None).await
     }
 }

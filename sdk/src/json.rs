@@ -367,9 +367,13 @@ pub fn run(r: &v1::Run) -> Value {
         .text("message", &r.message)
         .object("moverStatus", mover_status(r.mover_status.as_ref()))
         .text("latestTrigger", &r.latest_trigger)
-        .flag("resticPrune", r.restic_prune);
+        .flag("resticPrune", r.restic_prune)
+        .time("leaseDeadline", r.lease_deadline.as_ref());
     if r.mover_failures > 0 {
         o.put("moverFailures", r.mover_failures);
+    }
+    if !r.spent_triggers.is_empty() {
+        o.put("spentTriggers", r.spent_triggers.clone());
     }
     let timeline: Vec<Value> = r
         .timeline
@@ -400,6 +404,7 @@ pub fn copy_status(s: &v1::CopyStatus) -> Value {
         .time("waitDeadline", s.wait_deadline.as_ref())
         .text("trigger", &s.trigger)
         .text("latestTrigger", &s.latest_trigger)
+        .time("leaseDeadline", s.lease_deadline.as_ref())
         .time("time", s.time.as_ref());
     o.done()
 }

@@ -272,6 +272,13 @@ impl TriggerService for Echo {
         Err(Status::unimplemented("echo"))
     }
 
+    async fn end_hold(
+        &self,
+        _: Request<v1::EndHoldRequest>,
+    ) -> Result<Response<v1::EndHoldResponse>, Status> {
+        Err(Status::unimplemented("echo"))
+    }
+
     async fn get_copy_status(
         &self,
         req: Request<v1::GetCopyStatusRequest>,

@@ -207,8 +207,11 @@ async fn the_guard_unquiesces_and_reports_timed_out_when_the_wait_expires_under_
     s.stop().await;
 }
 
+/// The hold lease: the guard's Trigger asks for what is left of its hold limit (less the
+/// transit allowance), so a copy that is not cut in time is never counted, and the guard learns
+/// it before its limit.
 #[tokio::test]
-async fn the_guard_unquiesces_when_the_hold_limit_expires_before_the_copy_point() {
+async fn a_copy_not_cut_within_the_guards_hold_is_not_counted_and_the_run_waits_again() {
     let dir = tempfile::tempdir().unwrap();
     let s = Scheduler::start(dir.path(), 0).await;
     let _agent = Agent::start(&s.endpoint(), "apps", OnCopy::Hang).await;
@@ -217,29 +220,92 @@ async fn the_guard_unquiesces_when_the_hold_limit_expires_before_the_copy_point(
 
     let journal = Journal::default();
     let started = Instant::now();
-    let err = guarded(
-        &client,
-        &journal,
-        GuardOptions::default().hold_limit(Duration::from_secs(1)),
-    )
-    .await
-    .unwrap_err();
+    let limit = Duration::from_secs(5);
+    let err = guarded(&client, &journal, GuardOptions::default().hold_limit(limit))
+        .await
+        .unwrap_err();
 
+    let Error::LeaseExpired { run_id, value } = &err else {
+        panic!("expected LeaseExpired, got {err:?}")
+    };
+    assert_eq!(run_id, "run-1");
+    assert!(value.starts_with("sdk-run-1-"), "{value}");
+    assert!(
+        started.elapsed() < limit,
+        "unquiesced when the lease ran out, before the hold limit: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        journal.entries(),
+        [
+            "quiesce run-1 WaitingForTrigger",
+            "unquiesce WaitingForTrigger"
+        ]
+    );
+    // The run waits for a new trigger; the guard's value is spent.
+    let runs = client
+        .sources()
+        .list_runs(v1::ListRunsRequest {
+            namespace: "apps".into(),
+            name: "db".into(),
+            limit: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .runs;
+    assert_eq!(runs[0].id, "run-1");
+    assert_eq!(runs[0].phase(), v1::RunPhase::WaitingForTrigger);
+    assert_eq!(runs[0].spent_triggers, std::slice::from_ref(value));
+    assert!(runs[0].copy_time.is_none());
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn the_guard_unquiesces_when_the_hold_limit_expires_before_the_trigger() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Scheduler::start(dir.path(), 0).await;
+    let _agent = Agent::start(&s.endpoint(), "apps", OnCopy::Hang).await;
+    let client = s.client().await;
+    create(&client, "apps", "db", restic("data")).await;
+
+    let (q, u) = (Journal::default(), Journal::default());
+    let limit = Duration::from_millis(300);
+    let err = client
+        .quiesced_copy(
+            pvc("apps", "data"),
+            move |request| async move {
+                q.push(request.run_id);
+                // Quiescing takes longer than the whole hold.
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                Ok::<_, Error>(())
+            },
+            {
+                let u = u.clone();
+                move || async move {
+                    u.push("unquiesce");
+                    Ok::<_, Error>(())
+                }
+            },
+            GuardOptions::default().hold_limit(limit),
+        )
+        .await
+        .unwrap_err();
     let Error::HoldLimitExceeded {
-        limit,
+        limit: l,
         run_id,
         triggered,
     } = &err
     else {
         panic!("expected HoldLimitExceeded, got {err:?}")
     };
-    assert_eq!(*limit, Duration::from_secs(1));
-    assert_eq!(run_id, "run-1");
-    assert!(*triggered, "the trigger was accepted before the limit");
-    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!((*l, run_id.as_str(), *triggered), (limit, "run-1", false));
+    assert_eq!(u.entries(), ["unquiesce"]);
+    let status = client.copy_status(&pvc("apps", "data")).await.unwrap();
     assert_eq!(
-        journal.entries(),
-        ["quiesce run-1 WaitingForTrigger", "unquiesce InProgress"]
+        status.state(),
+        CopyState::WaitingForTrigger,
+        "nothing released"
     );
     s.stop().await;
 }

@@ -100,6 +100,7 @@ impl Agent {
                 agent_id: "sdk-test-agent".into(),
                 namespaces: vec![namespace.into()],
                 version: "test".into(),
+                leases: true,
             })),
         })
         .await
@@ -115,6 +116,8 @@ impl Agent {
             let mut latest = String::new();
             // The run whose PVC is being read (its last Gate or Wait directive), if any.
             let mut gating: Option<(String, u64)> = None;
+            // A lease-gated COPY directive waiting for its lease.
+            let mut leasing: Option<v1::Directive> = None;
             loop {
                 let msg = tokio::select! {
                     msg = inbound.next() => match msg {
@@ -145,11 +148,37 @@ impl Agent {
                         continue;
                     }
                 };
-                let Some(ToAgent::Directive(d)) = msg.message else {
-                    continue;
+                let (d, leased) = match msg.message {
+                    Some(ToAgent::Directive(d)) => (d, false),
+                    // The lease arrived: the copy is made (or not) now. A refused lease (it ran
+                    // out) makes nothing: the scheduler sends the run back to WAIT.
+                    Some(ToAgent::Lease(grant)) => match leasing.take() {
+                        Some(d) if grant.refused.is_empty() && grant.run_id == d.run_id => {
+                            (d, true)
+                        }
+                        _ => continue,
+                    },
+                    _ => continue,
                 };
                 let phase = DirectivePhase::try_from(d.phase).unwrap();
-                let _ = seen_tx.send((d.run_id.clone(), phase));
+                if d.lease && phase == DirectivePhase::Copy && !leased {
+                    let _ = seen_tx.send((d.run_id.clone(), phase));
+                    let ask = v1::AgentMessage {
+                        message: Some(agent_message::Message::LeaseRequest(v1::LeaseRequest {
+                            run_id: d.run_id.clone(),
+                            generation: d.generation,
+                            request_id: d.generation,
+                        })),
+                    };
+                    leasing = Some(d);
+                    if tx.send(ask).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                if !leased {
+                    let _ = seen_tx.send((d.run_id.clone(), phase));
+                }
                 gating = matches!(phase, DirectivePhase::Gate | DirectivePhase::Wait)
                     .then(|| (d.run_id.clone(), d.generation));
                 let observation = match phase {

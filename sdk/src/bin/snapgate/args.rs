@@ -152,6 +152,11 @@ pub(crate) enum Command {
         /// Release only this run (refused if another run is waiting).
         #[arg(long)]
         run_id: Option<String>,
+        /// How long the application stays quiesced from now (e.g. 90s, 5m): the copy point
+        /// must be reached within it, or the run waits for a new value. Default: the
+        /// scheduler's default hold.
+        #[arg(long)]
+        hold: Option<String>,
     },
     /// Follow the copy status of a PVC (or source); reconnects until interrupted.
     Watch {

@@ -488,13 +488,20 @@ pub(crate) async fn trigger(
     target: &CopyTarget,
     value: &str,
     run_id: Option<&str>,
+    hold: Option<std::time::Duration>,
     output: Output,
 ) -> anyhow::Result<()> {
-    let r = client.trigger(target, run_id, value).await?;
+    let r = client.trigger_held(target, run_id, value, hold).await?;
     let status = r.status.unwrap_or_default();
+    let lease = r
+        .lease_deadline
+        .as_ref()
+        .and_then(snapgate_proto::time::proto_time)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default();
     match output {
         Output::Table => println!(
-            "{} released on pvc {}/{} with {:?} ({})",
+            "{} released on pvc {}/{} with {:?} ({}); hold until {lease}",
             r.run_id,
             status.namespace,
             status.pvc,
@@ -503,7 +510,7 @@ pub(crate) async fn trigger(
         ),
         _ => print_value(
             output,
-            &json!({ "runId": r.run_id, "value": r.value, "status": as_json::copy_status(&status) }),
+            &json!({ "runId": r.run_id, "value": r.value, "leaseDeadline": lease, "status": as_json::copy_status(&status) }),
         )?,
     }
     Ok(())

@@ -88,9 +88,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             target,
             value,
             run_id,
+            hold,
         } => {
             let target = commands::target(ns, target);
-            commands::trigger(&client, &target, value, run_id.as_deref(), out).await
+            let hold = hold
+                .as_deref()
+                .map(snapgate_sdk::duration::parse)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--hold: {e}"))?;
+            commands::trigger(&client, &target, value, run_id.as_deref(), hold, out).await
         }
         Command::Watch { target } => {
             commands::watch(&client, commands::target(ns, target), out).await

@@ -194,6 +194,19 @@ fn classify(e: Error) -> Next {
             );
             Next::Continue(Duration::from_millis(200))
         }
+        // No copy point inside this hold: nothing was counted, and the run waits for a new
+        // trigger (this sidecar's next request).
+        Error::LeaseExpired {
+            ref run_id,
+            ref value,
+        } => {
+            warn!(
+                run_id,
+                value,
+                "the hold lease ran out before the copy point: no copy counted; waiting for the next request"
+            );
+            Next::Continue(Duration::from_millis(200))
+        }
         other => {
             warn!(error = %other, "guarded copy failed; retrying");
             Next::Continue(Duration::from_secs(1))
