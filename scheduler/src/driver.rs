@@ -105,6 +105,7 @@ pub(crate) enum Command {
         value: String,
         run_id: String,
         hold: Option<prost_types::Duration>,
+        holder: String,
         reply: Reply<TriggerAccepted>,
     },
     EndHold {
@@ -488,11 +489,12 @@ impl Driver {
                 value,
                 run_id,
                 hold,
+                holder,
                 reply,
             } => {
                 let r = self
                     .core
-                    .trigger(&target, &value, &run_id, hold.as_ref(), now);
+                    .trigger(&target, &value, &run_id, hold.as_ref(), &holder, now);
                 self.answer(reply, r);
             }
             Command::EndHold {

@@ -276,19 +276,24 @@ impl Client {
         run_id: Option<&str>,
         value: &str,
     ) -> Result<v1::TriggerResponse, Error> {
-        self.trigger_held(target, run_id, value, None).await
+        self.trigger_held(target, run_id, value, None, None).await
     }
 
     /// [`Client::trigger`], saying how long the caller holds its quiesce from now (`None`: the
     /// scheduler's default). That is the run's hold lease: a copy point not reached within it
     /// is not counted, and the run waits for a new trigger (the response's `lease_deadline`).
     /// A hold longer than the scheduler's maximum is cut to it; a zero hold is refused.
+    ///
+    /// `holder` names the caller when the source lists holders (`spec.copyTrigger.holders`):
+    /// the run is released once every holder has triggered (until then the response shows it
+    /// waiting, with the holders still to come in `holders_pending`).
     pub async fn trigger_held(
         &self,
         target: &CopyTarget,
         run_id: Option<&str>,
         value: &str,
         hold: Option<Duration>,
+        holder: Option<&str>,
     ) -> Result<v1::TriggerResponse, Error> {
         let hold = hold.map(|h| prost_types::Duration {
             seconds: i64::try_from(h.as_secs()).unwrap_or(i64::MAX),
@@ -301,6 +306,7 @@ impl Client {
                 value: value.to_owned(),
                 run_id: run_id.unwrap_or_default().to_owned(),
                 hold,
+                holder: holder.unwrap_or_default().to_owned(),
             })
             .await?
             .into_inner();

@@ -79,6 +79,9 @@ pub struct GuardOptions {
     pub disconnect_grace: Duration,
     /// The trigger value for a request (default [`default_trigger_value`]: unique per call).
     pub trigger_value: TriggerValue,
+    /// This application's name among the source's `spec.copyTrigger.holders` (required when
+    /// the source lists holders; then the run is released once every holder has triggered).
+    pub holder: Option<String>,
 }
 
 impl Default for GuardOptions {
@@ -87,6 +90,7 @@ impl Default for GuardOptions {
             hold_limit: Duration::from_secs(5 * 60),
             disconnect_grace: Duration::from_secs(30),
             trigger_value: Arc::new(default_trigger_value),
+            holder: None,
         }
     }
 }
@@ -96,6 +100,7 @@ impl fmt::Debug for GuardOptions {
         f.debug_struct("GuardOptions")
             .field("hold_limit", &self.hold_limit)
             .field("disconnect_grace", &self.disconnect_grace)
+            .field("holder", &self.holder)
             .finish_non_exhaustive()
     }
 }
@@ -110,6 +115,12 @@ impl GuardOptions {
     /// Sets [`GuardOptions::disconnect_grace`].
     pub fn disconnect_grace(mut self, grace: Duration) -> Self {
         self.disconnect_grace = grace;
+        self
+    }
+
+    /// Sets [`GuardOptions::holder`].
+    pub fn holder(mut self, name: impl Into<String>) -> Self {
+        self.holder = Some(name.into());
         self
     }
 
@@ -278,6 +289,7 @@ impl Client {
                 &source,
                 &value,
                 (options.hold_limit, started),
+                options.holder.as_deref(),
                 options.disconnect_grace,
             )
             .await?;
@@ -360,6 +372,7 @@ impl Client {
         source: &str,
         value: &str,
         (limit, started): (Duration, Instant),
+        holder: Option<&str>,
         grace: Duration,
     ) -> Result<(), Error> {
         let backoff = Backoff {
@@ -376,7 +389,7 @@ impl Client {
                     triggered: false,
                 });
             };
-            self.trigger_held(target, Some(run_id), value, Some(lease))
+            self.trigger_held(target, Some(run_id), value, Some(lease), holder)
                 .await
         };
         match backoff.retry(attempt).await {
@@ -397,6 +410,8 @@ impl Client {
                     // and its answer lost. (The scheduler normally accepts such a retry again
                     // as a repeat; a refusal for a run bound to our value is still ours.)
                     _ if run.trigger == value && run.released_by == RELEASED_BY_RPC => Ok(()),
+                    // One of several holders' values, recorded for this run: ours.
+                    _ if run.holds.iter().any(|h| h.value == value) => Ok(()),
                     // Released by someone else (another application, an annotation), before or
                     // after this application quiesced: the copy is not inside this hold.
                     _ => Err(Error::ReleasedByAnother {

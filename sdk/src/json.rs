@@ -262,7 +262,8 @@ pub fn spec(s: &SourceSpec) -> Value {
         let policy = TimeoutPolicy::try_from(c.on_timeout).unwrap_or(TimeoutPolicy::KeepWaiting);
         let mut ct = Obj::default();
         ct.duration("waitTimeout", c.wait_timeout.as_ref())
-            .put("onTimeout", policy.as_str_name());
+            .put("onTimeout", policy.as_str_name())
+            .list("holders", &c.holders);
         o.object("copyTrigger", Some(ct));
     }
     o.flag("skipInitialRun", s.skip_initial_run);
@@ -405,6 +406,7 @@ pub fn copy_status(s: &v1::CopyStatus) -> Value {
         .text("trigger", &s.trigger)
         .text("latestTrigger", &s.latest_trigger)
         .time("leaseDeadline", s.lease_deadline.as_ref())
+        .list("holdersPending", &s.holders_pending)
         .time("time", s.time.as_ref());
     o.done()
 }

@@ -691,6 +691,7 @@ pub fn restic_spec(method: v1::CopyMethod, wait_timeout: Duration) -> v1::Source
                 nanos: 0,
             }),
             on_timeout: v1::TimeoutPolicy::KeepWaiting as i32,
+            holders: Vec::new(),
         }),
         ..Default::default()
     }

@@ -378,6 +378,26 @@ fn holds_pvc(run: &v1::Run) -> bool {
     }
 }
 
+/// Records `value` as spent by `run` (the newest [`SPENT_PER_RUN`] are kept).
+fn spend(run: &mut v1::Run, value: String) {
+    if value.is_empty() || run.spent_triggers.contains(&value) {
+        return;
+    }
+    if run.spent_triggers.len() >= SPENT_PER_RUN {
+        run.spent_triggers.remove(0);
+    }
+    run.spent_triggers.push(value);
+}
+
+/// The holders of `holders` that have no hold on `run`.
+fn pending_holders(run: &v1::Run, holders: &[String]) -> Vec<String> {
+    holders
+        .iter()
+        .filter(|h| !run.holds.iter().any(|x| x.holder == **h))
+        .cloned()
+        .collect()
+}
+
 /// A released run whose hold lease has run out, by the scheduler's clock, before its copy point.
 fn lease_over(run: &v1::Run, now: DateTime<Utc>) -> bool {
     phase(run) == RunPhase::Copying
@@ -947,6 +967,9 @@ impl Scheduler {
             if phase(run) == RunPhase::Copying && run.copy_time.is_none() {
                 status.lease_deadline = run.lease_deadline;
             }
+            if phase(run) == RunPhase::WaitingForTrigger {
+                status.holders_pending = pending_holders(run, &self.holders_of(run));
+            }
         }
         status
     }
@@ -954,17 +977,25 @@ impl Scheduler {
     /// Releases the run waiting on a PVC with `value` (the SDK's Trigger).
     /// The caller holds its quiesce for `hold` from now (`None`: the default hold); the run's
     /// copy point must be reached before that, or the run waits for a new trigger.
+    ///
+    /// `holder` names the caller when the source lists holders (`spec.copyTrigger.holders`):
+    /// the run is released once every holder has triggered, and its lease ends with the
+    /// earliest hold. A source without holders ignores it.
     pub fn trigger(
         &mut self,
         target: &v1::CopyTarget,
         value: &str,
         expected_run: &str,
         hold: Option<&prost_types::Duration>,
+        holder: &str,
         now: DateTime<Utc>,
     ) -> Result<TriggerAccepted, CoreError> {
         let resolved = self.resolve_target(target)?;
         let (namespace, pvc) = (resolved.namespace.clone(), resolved.pvc.clone());
         validate::printable("value", value, true)?;
+        if !holder.is_empty() {
+            validate::dns_label("holder", holder)?;
+        }
         let hold = match hold {
             None => self.lease_policy.default_hold,
             Some(d) => validate::positive_hold(d, self.lease_policy.max_hold)?,
@@ -1005,9 +1036,14 @@ impl Scheduler {
                 .filter(|r| on_pvc(r))
                 .max_by_key(|r| run_id(r)),
         };
+        let ours = |r: &v1::Run| {
+            (r.released_by == "rpc" && r.trigger == value)
+                || r.holds
+                    .iter()
+                    .any(|h| h.value == value && h.holder == holder)
+        };
         if let Some(run) = candidate
-            && run.released_by == "rpc"
-            && run.trigger == value
+            && ours(run)
             && expected.is_none_or(|e| e == run_id(run))
         {
             let id = run_id(run);
@@ -1042,6 +1078,12 @@ impl Scheduler {
         let Some(id) = waiting else {
             let status = self.target_status(&resolved);
             let state = CopyState::try_from(status.state).unwrap_or(CopyState::Unspecified);
+            if !holder.is_empty() && state == CopyState::InProgress {
+                return Err(CoreError::FailedPrecondition(format!(
+                    "run {} on pvc {namespace}/{pvc} was released before holder {holder} triggered: its copy is not inside this hold",
+                    status.run_id
+                )));
+            }
             return Err(CoreError::FailedPrecondition(format!(
                 "no run is waiting for a copy trigger on pvc {namespace}/{pvc} (copy state {})",
                 state.as_str_name()
@@ -1071,10 +1113,35 @@ impl Scheduler {
             )
             .into());
         }
+        // A value bound to an earlier run of the PVC releases no other.
+        if let Some(earlier) = self
+            .active
+            .values()
+            .chain(self.history.values())
+            .filter(|r| on_pvc(r) && run_id(r) != id)
+            .find(|r| {
+                r.trigger == value
+                    || r.spent_triggers.iter().any(|v| v == value)
+                    || r.holds.iter().any(|h| h.value == value)
+            })
+        {
+            return Err(InvalidField::new(
+                "value",
+                format!(
+                    "{value:?} was already used for {}; a new copy needs a new value",
+                    earlier.id
+                ),
+            )
+            .into());
+        }
         // Past the end of the calendar: the longest hold there is (the clamp keeps it sane).
         let deadline = now
             .checked_add_signed(hold)
             .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        let holders = self.run_holders(id);
+        if !holders.is_empty() {
+            return self.hold(id, &holders, holder, value, deadline, &resolved, now);
+        }
         self.release(id, value.to_owned(), "rpc", Some(deadline), now);
         Ok(TriggerAccepted {
             run_id: id,
@@ -1082,6 +1149,161 @@ impl Scheduler {
             repeated: false,
             lease_deadline: Some(deadline),
         })
+    }
+
+    /// The holders a run must be released by: those of the spec it started with (a run stored
+    /// by 0.1 has none of its own and follows the live spec).
+    fn run_holders(&self, id: RunId) -> Vec<String> {
+        self.holders_of(&self.active[&id])
+    }
+
+    fn holders_of(&self, run: &v1::Run) -> Vec<String> {
+        match run.spec.as_ref() {
+            Some(spec) => spec
+                .copy_trigger
+                .as_ref()
+                .map(|c| c.holders.clone())
+                .unwrap_or_default(),
+            None => self
+                .sources
+                .get(&run_key(run))
+                .map(|e| e.admitted.holders.clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// One holder's Trigger of a waiting run: recorded; the run is released with the earliest
+    /// hold as its lease once every holder has a hold that has not ended.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call site, each argument distinct"
+    )]
+    fn hold(
+        &mut self,
+        id: RunId,
+        holders: &[String],
+        holder: &str,
+        value: &str,
+        deadline: DateTime<Utc>,
+        resolved: &Target,
+        now: DateTime<Utc>,
+    ) -> Result<TriggerAccepted, CoreError> {
+        let key = run_key(&self.active[&id]);
+        let list = holders.join(", ");
+        if holder.is_empty() {
+            return Err(InvalidField::new(
+                "holder",
+                format!("required: source {key} lists holders ({list}); name the one calling"),
+            )
+            .into());
+        }
+        if !holders.iter().any(|h| h == holder) {
+            return Err(InvalidField::new(
+                "holder",
+                format!("{holder:?} is not one of the holders of source {key} ({list})"),
+            )
+            .into());
+        }
+        let run = self.active.get_mut(&id).expect("waiting");
+        if let Some(other) = run
+            .holds
+            .iter()
+            .find(|h| h.value == value && h.holder != holder)
+        {
+            return Err(InvalidField::new(
+                "value",
+                format!(
+                    "{value:?} is holder {}'s value for {id}; each holder needs its own",
+                    other.holder
+                ),
+            )
+            .into());
+        }
+        // A holder triggering again replaces its hold; its earlier value is spent.
+        if let Some(at) = run.holds.iter().position(|h| h.holder == holder) {
+            let old = run.holds.remove(at);
+            spend(run, old.value);
+        }
+        run.holds.push(v1::Hold {
+            holder: holder.to_owned(),
+            value: value.to_owned(),
+            deadline: Some(timestamp(deadline)),
+        });
+        note(
+            run,
+            now,
+            "HolderTriggered",
+            format!(
+                "holder {holder} triggered with {value:?}, held until {}",
+                deadline.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            ),
+        );
+        let pending = pending_holders(run, holders);
+        if pending.is_empty() {
+            let lease = run
+                .holds
+                .iter()
+                .filter_map(|h| h.deadline.as_ref().map(to_datetime))
+                .min()
+                .unwrap_or(deadline);
+            self.release(id, value.to_owned(), "rpc", Some(lease), now);
+            return Ok(TriggerAccepted {
+                run_id: id,
+                status: self.target_status(resolved),
+                repeated: false,
+                lease_deadline: Some(lease),
+            });
+        }
+        run.message = format!("waiting for holders: {}", pending.join(", "));
+        self.put_run(id);
+        self.notify_copy(id);
+        Ok(TriggerAccepted {
+            run_id: id,
+            status: self.target_status(resolved),
+            repeated: false,
+            lease_deadline: Some(deadline),
+        })
+    }
+
+    /// Holds of waiting runs that ended before every holder triggered: their values are spent.
+    fn expire_holds(&mut self, now: DateTime<Utc>) {
+        let due: Vec<RunId> = self
+            .active
+            .iter()
+            .filter(|(_, r)| phase(r) == RunPhase::WaitingForTrigger)
+            .filter(|(_, r)| {
+                r.holds
+                    .iter()
+                    .any(|h| h.deadline.as_ref().is_some_and(|d| to_datetime(d) <= now))
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let holders = self.run_holders(id);
+            let run = self.active.get_mut(&id).expect("found");
+            let (ended, kept): (Vec<v1::Hold>, Vec<v1::Hold>) = std::mem::take(&mut run.holds)
+                .into_iter()
+                .partition(|h| h.deadline.as_ref().is_some_and(|d| to_datetime(d) <= now));
+            run.holds = kept;
+            for h in ended {
+                note(
+                    run,
+                    now,
+                    "HoldExpired",
+                    format!(
+                        "holder {}'s hold ended before every holder triggered; its value {:?} is spent",
+                        h.holder, h.value
+                    ),
+                );
+                spend(run, h.value);
+            }
+            run.message = format!(
+                "waiting for holders: {}",
+                pending_holders(run, &holders).join(", ")
+            );
+            self.put_run(id);
+            self.notify_copy(id);
+        }
     }
 
     /// The caller of an accepted Trigger stops holding before its lease ran out: the run it
@@ -1119,13 +1341,35 @@ impl Scheduler {
             )));
         };
         let mine = r.released_by == "rpc" && r.trigger == value
-            || r.spent_triggers.iter().any(|v| v == value);
+            || r.spent_triggers.iter().any(|v| v == value)
+            || r.holds.iter().any(|h| h.value == value);
         if !mine {
             return Err(CoreError::FailedPrecondition(format!(
                 "{id} was not released by the value {value:?}: its hold is not the caller's to end"
             )));
         }
         if self.active.contains_key(&id)
+            && phase(r) == RunPhase::WaitingForTrigger
+            && let Some(at) = r.holds.iter().position(|h| h.value == value)
+        {
+            // A holder gives up before the others triggered: its hold ends, its value is spent.
+            let holders = self.run_holders(id);
+            let run = self.active.get_mut(&id).expect("checked");
+            let h = run.holds.remove(at);
+            note(
+                run,
+                now,
+                "HoldEnded",
+                format!("holder {} stopped holding before the release", h.holder),
+            );
+            spend(run, h.value);
+            run.message = format!(
+                "waiting for holders: {}",
+                pending_holders(run, &holders).join(", ")
+            );
+            self.put_run(id);
+            self.notify_copy(id);
+        } else if self.active.contains_key(&id)
             && phase(r) == RunPhase::Copying
             && r.copy_time.is_none()
             && r.lease_deadline.is_some()
@@ -1351,6 +1595,21 @@ impl Scheduler {
         let fresh = !pvc.copy_trigger.is_empty()
             && pvc.copy_trigger != pvc.latest_copy_trigger
             && !run.spent_triggers.contains(&pvc.copy_trigger);
+        let holders = self.run_holders(id);
+        let run = self.active.get_mut(&id).expect("checked");
+        if fresh && !holders.is_empty() {
+            // Only the listed holders' Triggers release this run.
+            let msg = format!(
+                "copy-trigger {:?} on the PVC is ignored: the source lists holders ({}), whose Triggers release its runs",
+                pvc.copy_trigger,
+                holders.join(", ")
+            );
+            if run.message != msg {
+                run.message = msg.clone();
+                note(run, now, "AnnotationIgnored", msg);
+            }
+        }
+        let fresh = fresh && holders.is_empty();
         if fresh {
             let by = if was_waiting { "annotation" } else { "ahead" };
             self.release(id, pvc.copy_trigger, by, None, now);
@@ -1555,6 +1814,12 @@ impl Scheduler {
             .values()
             .filter(|r| phase(r) == RunPhase::Copying && r.copy_time.is_none())
             .filter_map(|r| r.lease_deadline.as_ref().map(to_datetime));
+        let holds = self
+            .active
+            .values()
+            .filter(|r| phase(r) == RunPhase::WaitingForTrigger)
+            .flat_map(|r| r.holds.iter())
+            .filter_map(|h| h.deadline.as_ref().map(to_datetime));
         let starts = self
             .sources
             .values()
@@ -1562,7 +1827,7 @@ impl Scheduler {
                 !e.record.deleting && !e.spec().paused && e.status().current_run_id.is_empty()
             })
             .filter_map(|e| e.status().next_sync_time.as_ref().map(to_datetime));
-        waits.chain(leases).chain(starts).min()
+        waits.chain(leases).chain(holds).chain(starts).min()
     }
 
     /// Acts on every deadline that has passed: wait timeouts, then due runs.
@@ -1582,6 +1847,7 @@ impl Scheduler {
         for id in expired {
             self.on_wait_timeout(id, now);
         }
+        self.expire_holds(now);
         let leases: Vec<RunId> = self
             .active
             .iter()
@@ -1605,10 +1871,14 @@ impl Scheduler {
         };
         let run = self.active.get_mut(&id).expect("in flight");
         let spent = std::mem::take(&mut run.trigger);
-        if run.spent_triggers.len() >= SPENT_PER_RUN {
-            run.spent_triggers.remove(0);
+        // Every holder's value took part in the release: all are spent, the releasing one
+        // last (it is the one written as latest-copy-trigger).
+        for h in std::mem::take(&mut run.holds) {
+            if h.value != spent {
+                spend(run, h.value);
+            }
         }
-        run.spent_triggers.push(spent.clone());
+        spend(run, spent.clone());
         run.latest_trigger = spent.clone();
         run.released_by.clear();
         run.lease_deadline = None;

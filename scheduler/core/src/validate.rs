@@ -108,6 +108,8 @@ pub struct Admitted {
     pub on_timeout: TimeoutPolicy,
     /// restic: prune every this many days.
     pub prune_interval: Option<Duration>,
+    /// The applications that must all trigger a run (`spec.copyTrigger.holders`).
+    pub holders: Vec<String>,
 }
 
 /// Checks a source's identity and spec; on success returns the parsed scheduling facts.
@@ -168,6 +170,7 @@ pub fn admit(key: &SourceKey, spec: &SourceSpec) -> Result<Admitted> {
             let policy = TimeoutPolicy::try_from(ct.on_timeout).map_err(|_| {
                 InvalidField::new("spec.copyTrigger.onTimeout", "must be KeepWaiting or Skip")
             })?;
+            holders(&ct.holders)?;
             (timeout, policy)
         }
     };
@@ -206,7 +209,36 @@ pub fn admit(key: &SourceKey, spec: &SourceSpec) -> Result<Admitted> {
         wait_timeout,
         on_timeout,
         prune_interval,
+        holders: spec
+            .copy_trigger
+            .as_ref()
+            .map(|c| c.holders.clone())
+            .unwrap_or_default(),
     })
+}
+
+/// The most holders a source may list.
+pub const MAX_HOLDERS: usize = 16;
+
+/// `spec.copyTrigger.holders`: at most [`MAX_HOLDERS`] DNS-1123 labels, each once.
+fn holders(list: &[String]) -> Result {
+    if list.len() > MAX_HOLDERS {
+        return Err(InvalidField::new(
+            "spec.copyTrigger.holders",
+            format!("at most {MAX_HOLDERS} holders, got {}", list.len()),
+        ));
+    }
+    for (i, h) in list.iter().enumerate() {
+        let field = format!("spec.copyTrigger.holders[{i}]");
+        dns_label(&field, h)?;
+        if list[..i].contains(h) {
+            return Err(InvalidField::new(
+                &field,
+                format!("{} is listed twice", quoted(h)),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Admission of a spec read back from the store. A spec that meets today's rules is admitted as
@@ -314,6 +346,11 @@ fn admit_leniently(key: &SourceKey, spec: &SourceSpec) -> Result<Admitted> {
         wait_timeout,
         on_timeout,
         prune_interval,
+        holders: spec
+            .copy_trigger
+            .as_ref()
+            .map(|c| c.holders.clone())
+            .unwrap_or_default(),
     })
 }
 
@@ -1009,6 +1046,7 @@ mod tests {
                             nanos: 0,
                         }),
                         on_timeout: 0,
+                        holders: Vec::new(),
                     })
                 }),
             ),
@@ -1018,6 +1056,34 @@ mod tests {
                     s.copy_trigger = Some(CopyTriggerOptions {
                         wait_timeout: None,
                         on_timeout: 9,
+                        holders: Vec::new(),
+                    })
+                }),
+            ),
+            (
+                "spec.copyTrigger.holders[1]",
+                Box::new(|s| {
+                    s.copy_trigger = Some(CopyTriggerOptions {
+                        holders: vec!["app".into(), "App".into()],
+                        ..Default::default()
+                    })
+                }),
+            ),
+            (
+                "spec.copyTrigger.holders[2]",
+                Box::new(|s| {
+                    s.copy_trigger = Some(CopyTriggerOptions {
+                        holders: vec!["app".into(), "db".into(), "app".into()],
+                        ..Default::default()
+                    })
+                }),
+            ),
+            (
+                "spec.copyTrigger.holders",
+                Box::new(|s| {
+                    s.copy_trigger = Some(CopyTriggerOptions {
+                        holders: (0..17).map(|i| format!("app-{i}")).collect(),
+                        ..Default::default()
                     })
                 }),
             ),

@@ -183,6 +183,7 @@ fn durations_beyond_chronos_range_are_refused_naming_the_field_not_a_panic() {
     s.copy_trigger = Some(CopyTriggerOptions {
         wait_timeout: seconds(i64::MIN, -999_999_999),
         on_timeout: 0,
+        holders: Vec::new(),
     });
     let e = invalid(core.apply_source(key("db"), s, 0, t0()));
     assert_eq!(e.field, "spec.copyTrigger.waitTimeout");
@@ -451,7 +452,7 @@ fn invisible_characters_never_reach_an_annotation_or_a_log_line() {
         source: String::new(),
     };
     let e = core
-        .trigger(&target, "v\u{202E}", "", None, t0())
+        .trigger(&target, "v\u{202E}", "", None, "", t0())
         .unwrap_err();
     assert!(matches!(e, CoreError::Invalid(f) if f.field == "value"));
 }
@@ -714,6 +715,7 @@ fn any_spec() -> impl Strategy<Value = SourceSpec> {
                 copy_trigger: Some(CopyTriggerOptions {
                     wait_timeout: wait,
                     on_timeout: method % 3,
+                    holders: Vec::new(),
                 }),
                 skip_initial_run: skip,
                 restic: Some(ReplicationSourceResticSpec {

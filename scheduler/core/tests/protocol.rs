@@ -260,7 +260,7 @@ impl World {
             pvc: pvc.into(),
             source: String::new(),
         };
-        let out = self.core.trigger(&target, value, run, None, self.now);
+        let out = self.core.trigger(&target, value, run, None, "", self.now);
         self.settle();
         out.map(|a| a.run_id)
     }
@@ -876,6 +876,7 @@ fn the_skip_policy_ends_the_run_as_timed_out_and_clears_the_waiting_annotations(
             nanos: 0,
         }),
         on_timeout: v1::TimeoutPolicy::Skip as i32,
+        holders: Vec::new(),
     });
     w.apply("db", s);
     w.advance(Duration::minutes(5));
@@ -991,7 +992,7 @@ fn a_target_named_by_source_sees_and_releases_only_that_sources_run_on_a_shared_
     let status_b = w.core.target_status(&target_b);
     assert_eq!(status_b.source, "b");
     assert_eq!(status_b.state(), CopyState::Pending, "b's own run, not a's");
-    let refused = w.core.trigger(&by_source("b"), "one", "", None, w.now);
+    let refused = w.core.trigger(&by_source("b"), "one", "", None, "", w.now);
     assert!(
         matches!(refused, Err(CoreError::FailedPrecondition(_))),
         "naming source b never releases a's run: {refused:?}"
@@ -1001,13 +1002,13 @@ fn a_target_named_by_source_sees_and_releases_only_that_sources_run_on_a_shared_
     let a_run = w.current("a").id;
     let first = w
         .core
-        .trigger(&by_source("a"), "one", &a_run, None, w.now)
+        .trigger(&by_source("a"), "one", &a_run, None, "", w.now)
         .unwrap();
     assert!(!first.repeated);
     w.settle();
     let again = w
         .core
-        .trigger(&by_source("a"), "one", &a_run, None, w.now)
+        .trigger(&by_source("a"), "one", &a_run, None, "", w.now)
         .unwrap();
     assert!(
         again.repeated,
@@ -1178,7 +1179,9 @@ fn an_edit_while_a_run_waits_applies_from_the_next_run() {
         .core
         .target_status(&w.core.resolve_target(&target).unwrap());
     assert_eq!(status.state(), CopyState::WaitingForTrigger);
-    w.core.trigger(&target, "v1", &run.id, None, w.now).unwrap();
+    w.core
+        .trigger(&target, "v1", &run.id, None, "", w.now)
+        .unwrap();
     w.settle();
     let done = w.runs("db").into_iter().find(|r| r.id == run.id).unwrap();
     assert_eq!(done.result(), RunResult::Successful);
@@ -1591,7 +1594,7 @@ fn a_release_by_trigger_carries_its_hold_as_a_lease_and_one_by_annotation_does_n
     let run = w.current("db").id;
     let accepted = w
         .core
-        .trigger(&by_pvc("data"), "v1", &run, Some(&hold(20)), w.now)
+        .trigger(&by_pvc("data"), "v1", &run, Some(&hold(20)), "", w.now)
         .unwrap();
     w.settle();
     assert_eq!(accepted.lease_deadline, Some(w.now + Duration::seconds(20)));
@@ -1636,7 +1639,7 @@ fn a_hold_is_checked_defaulted_and_cut_to_the_maximum() {
     ] {
         let e = w
             .core
-            .trigger(&by_pvc("data"), "v1", &run, Some(&bad), w.now)
+            .trigger(&by_pvc("data"), "v1", &run, Some(&bad), "", w.now)
             .unwrap_err();
         let CoreError::Invalid(f) = e else {
             panic!("{e:?}")
@@ -1650,7 +1653,7 @@ fn a_hold_is_checked_defaulted_and_cut_to_the_maximum() {
     );
     let accepted = w
         .core
-        .trigger(&by_pvc("data"), "v1", &run, Some(&hold(7200)), w.now)
+        .trigger(&by_pvc("data"), "v1", &run, Some(&hold(7200)), "", w.now)
         .unwrap();
     assert_eq!(
         accepted.lease_deadline,
@@ -1664,7 +1667,7 @@ fn a_hold_is_checked_defaulted_and_cut_to_the_maximum() {
     let run = w.current("db").id;
     let accepted = w
         .core
-        .trigger(&by_pvc("data"), "v1", &run, None, w.now)
+        .trigger(&by_pvc("data"), "v1", &run, None, "", w.now)
         .unwrap();
     assert_eq!(
         accepted.lease_deadline,
@@ -1682,7 +1685,7 @@ fn a_lease_that_runs_out_before_the_copy_point_sends_the_run_back_to_waiting_wit
     w.apply("db", spec("data", CopyMethod::Snapshot, manual("first")));
     let run = w.current("db").id;
     w.core
-        .trigger(&by_pvc("data"), "v1", &run, Some(&hold(20)), w.now)
+        .trigger(&by_pvc("data"), "v1", &run, Some(&hold(20)), "", w.now)
         .unwrap();
     w.settle();
     assert_eq!(w.cluster.copies_made.len(), 1, "copying under the lease");
@@ -1723,7 +1726,7 @@ fn a_lease_that_runs_out_before_the_copy_point_sends_the_run_back_to_waiting_wit
     // A new value with a new hold releases it, and this copy is counted.
     w.cluster.copies_get_ready = true;
     w.core
-        .trigger(&by_pvc("data"), "v2", &run, Some(&hold(20)), w.now)
+        .trigger(&by_pvc("data"), "v2", &run, Some(&hold(20)), "", w.now)
         .unwrap();
     w.settle();
     let r = w.runs("db").into_iter().find(|r| r.id == run).unwrap();
@@ -1740,7 +1743,7 @@ fn a_copy_reported_after_the_lease_ran_out_is_not_counted_whenever_the_agent_saw
     w.apply("db", spec("data", CopyMethod::Snapshot, manual("first")));
     let run = w.current("db").id;
     w.core
-        .trigger(&by_pvc("data"), "v1", &run, Some(&hold(20)), w.now)
+        .trigger(&by_pvc("data"), "v1", &run, Some(&hold(20)), "", w.now)
         .unwrap();
     w.settle();
     let d = w.cluster.held[&run].clone();
@@ -1791,7 +1794,7 @@ fn a_lease_is_granted_for_what_is_left_of_it_and_only_for_the_current_copy_direc
         "not released"
     );
     w.core
-        .trigger(&by_pvc("data"), "v1", &run, Some(&hold(20)), w.now)
+        .trigger(&by_pvc("data"), "v1", &run, Some(&hold(20)), "", w.now)
         .unwrap();
     w.settle();
     let g = w.cluster.held[&run].generation;
@@ -1824,7 +1827,7 @@ fn ending_a_hold_before_the_copy_point_sends_the_run_back_to_waiting_and_after_i
     w.apply("db", spec("data", CopyMethod::Snapshot, manual("first")));
     let run = w.current("db").id;
     w.core
-        .trigger(&by_pvc("data"), "v1", &run, Some(&hold(20)), w.now)
+        .trigger(&by_pvc("data"), "v1", &run, Some(&hold(20)), "", w.now)
         .unwrap();
     w.settle();
     let e = w
@@ -1850,7 +1853,7 @@ fn ending_a_hold_before_the_copy_point_sends_the_run_back_to_waiting_and_after_i
     // After the copy point, ending the hold changes nothing.
     w.cluster.copies_get_ready = true;
     w.core
-        .trigger(&by_pvc("data"), "v2", &run, Some(&hold(20)), w.now)
+        .trigger(&by_pvc("data"), "v2", &run, Some(&hold(20)), "", w.now)
         .unwrap();
     w.settle();
     let status = w.core.end_hold(&by_pvc("data"), &run, "v2", w.now).unwrap();
@@ -1870,7 +1873,7 @@ fn a_release_that_outlives_the_hold_is_never_copied_across_a_restart() {
     let run = w.current("db").id;
     w.cluster.offline = true;
     w.core
-        .trigger(&by_pvc("data"), "v1", &run, Some(&hold(20)), w.now)
+        .trigger(&by_pvc("data"), "v1", &run, Some(&hold(20)), "", w.now)
         .unwrap();
     w.settle();
     assert!(w.cluster.copies_made.is_empty(), "the agent is away");
@@ -1892,7 +1895,7 @@ fn a_directive_that_needs_a_lease_is_not_acted_on_by_the_model_agent_without_one
     w.apply("db", spec("data", CopyMethod::Snapshot, manual("first")));
     let run = w.current("db").id;
     w.core
-        .trigger(&by_pvc("data"), "v1", &run, Some(&hold(20)), w.now)
+        .trigger(&by_pvc("data"), "v1", &run, Some(&hold(20)), "", w.now)
         .unwrap();
     let d = w
         .core
@@ -1904,4 +1907,196 @@ fn a_directive_that_needs_a_lease_is_not_acted_on_by_the_model_agent_without_one
     assert!(!w.leased(&d));
     assert!(w.cluster.act(&d, false, w.now).is_empty());
     assert!(w.cluster.copies_made.is_empty());
+}
+
+// ------------------------------------------------------------------ several holders
+
+fn with_holders(pvc: &str, holders: &[&str]) -> SourceSpec {
+    SourceSpec {
+        copy_trigger: Some(v1::CopyTriggerOptions {
+            holders: holders.iter().map(|h| (*h).to_owned()).collect(),
+            ..Default::default()
+        }),
+        ..spec(pvc, CopyMethod::Snapshot, manual("first"))
+    }
+}
+
+fn as_holder(
+    w: &mut World,
+    holder: &str,
+    value: &str,
+    seconds: i64,
+) -> Result<snapgate_scheduler_core::TriggerAccepted, CoreError> {
+    let run = w.current("db").id;
+    let out = w.core.trigger(
+        &by_pvc("data"),
+        value,
+        &run,
+        Some(&hold(seconds)),
+        holder,
+        w.now,
+    );
+    w.settle();
+    out
+}
+
+#[test]
+fn a_run_of_a_source_with_holders_is_released_once_every_holder_triggered_under_the_earliest_hold()
+{
+    let mut w = World::new();
+    w.cluster.copies_get_ready = false;
+    w.pvc("data", true);
+    w.apply("db", with_holders("data", &["app", "search"]));
+    let t0 = w.now;
+    let first = as_holder(&mut w, "app", "a1", 20).unwrap();
+    assert_eq!(first.lease_deadline, Some(t0 + Duration::seconds(20)));
+    assert_eq!(
+        w.phase("db"),
+        RunPhase::WaitingForTrigger,
+        "search has not held yet"
+    );
+    assert_eq!(first.status.holders_pending, ["search"]);
+    assert!(w.cluster.copies_made.is_empty());
+    // The annotation releases nothing for a source with holders.
+    w.user_sets_trigger("data", "by-hand");
+    assert_eq!(w.phase("db"), RunPhase::WaitingForTrigger);
+    assert!(
+        w.current("db").message.contains("ignored"),
+        "{}",
+        w.current("db").message
+    );
+
+    w.now += Duration::seconds(10);
+    let second = as_holder(&mut w, "search", "s1", 60).unwrap();
+    assert_eq!(w.phase("db"), RunPhase::Copying);
+    let r = w.current("db");
+    assert_eq!(r.trigger, "s1");
+    assert_eq!(r.holds.len(), 2);
+    assert_eq!(
+        second.lease_deadline,
+        Some(t0 + Duration::seconds(20)),
+        "the earliest hold ends the lease"
+    );
+    assert_eq!(w.cluster.copies_made.len(), 1);
+    // Repeated by a holder whose answer was lost: the same answer.
+    let again = as_holder(&mut w, "app", "a1", 20).unwrap();
+    assert!(again.repeated);
+    // A holder triggering anew after the release is told the copy is not inside its hold.
+    let late = as_holder(&mut w, "app", "a2", 20).unwrap_err();
+    let CoreError::FailedPrecondition(why) = late else {
+        panic!("{late:?}")
+    };
+    assert!(why.contains("released before holder app"), "{why}");
+    // The lease runs out with app's hold: both values are spent, the run waits again.
+    w.advance(Duration::seconds(10));
+    assert_eq!(w.phase("db"), RunPhase::WaitingForTrigger);
+    let r = w.current("db");
+    assert_eq!(r.spent_triggers, ["a1", "s1"]);
+    assert!(r.holds.is_empty());
+    assert!(w.cluster.copies.is_empty());
+    for (holder, value) in [("app", "a1"), ("search", "s1")] {
+        let e = as_holder(&mut w, holder, value, 20).unwrap_err();
+        assert!(
+            matches!(e, CoreError::Invalid(ref f) if f.field == "value"),
+            "{e:?}"
+        );
+    }
+    // Both hold again, copies are ready: the run completes.
+    w.cluster.copies_get_ready = true;
+    as_holder(&mut w, "app", "a3", 20).unwrap();
+    as_holder(&mut w, "search", "s3", 20).unwrap();
+    let done = w.runs("db").into_iter().next().unwrap();
+    assert_eq!(done.result(), RunResult::Successful);
+    assert_eq!(done.trigger, "s3");
+}
+
+#[test]
+fn a_holders_trigger_names_a_listed_holder_and_its_own_value() {
+    let mut w = World::new();
+    w.pvc("data", true);
+    w.apply("db", with_holders("data", &["app", "search"]));
+    for (holder, value, field, rule) in [
+        ("", "v", "holder", "required"),
+        ("other", "v", "holder", "not one of the holders"),
+        ("Not_A_Label", "v", "holder", "DNS-1123"),
+    ] {
+        let e = as_holder(&mut w, holder, value, 20).unwrap_err();
+        let CoreError::Invalid(f) = e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(f.field, field, "{holder:?}");
+        assert!(f.rule.contains(rule), "{holder:?}: {}", f.rule);
+    }
+    as_holder(&mut w, "app", "v", 20).unwrap();
+    let e = as_holder(&mut w, "search", "v", 20).unwrap_err();
+    assert!(
+        matches!(e, CoreError::Invalid(ref f) if f.field == "value" && f.rule.contains("holder app")),
+        "{e:?}"
+    );
+    assert_eq!(w.phase("db"), RunPhase::WaitingForTrigger);
+    assert!(w.current("db").holds.iter().all(|h| h.holder == "app"));
+}
+
+#[test]
+fn a_hold_that_ends_before_every_holder_triggered_is_spent_and_must_be_renewed() {
+    let mut w = World::new();
+    w.pvc("data", true);
+    w.apply("db", with_holders("data", &["app", "search"]));
+    as_holder(&mut w, "app", "a1", 20).unwrap();
+    w.advance(Duration::seconds(25));
+    let r = w.current("db");
+    assert!(r.holds.is_empty(), "{:?}", r.holds);
+    assert_eq!(r.spent_triggers, ["a1"]);
+    assert!(timeline(&r).contains(&"HoldExpired".to_owned()));
+    assert_eq!(
+        w.core.copy_status("apps", "data").holders_pending,
+        ["app", "search"]
+    );
+    as_holder(&mut w, "search", "s1", 60).unwrap();
+    assert_eq!(
+        w.phase("db"),
+        RunPhase::WaitingForTrigger,
+        "app's hold is over"
+    );
+    // A holder that gives up (EndHold) before the others also leaves nothing behind.
+    let run = w.current("db").id;
+    w.core.end_hold(&by_pvc("data"), &run, "s1", w.now).unwrap();
+    w.settle();
+    assert!(w.current("db").holds.is_empty());
+    as_holder(&mut w, "app", "a2", 60).unwrap();
+    as_holder(&mut w, "search", "s2", 60).unwrap();
+    let done = w.runs("db").into_iter().next().unwrap();
+    assert_eq!(done.result(), RunResult::Successful);
+    assert_eq!(done.spent_triggers, ["a1", "s1"]);
+}
+
+#[test]
+fn a_value_used_for_one_run_of_a_pvc_is_refused_for_the_next() {
+    let mut w = World::new();
+    w.pvc("data", true);
+    w.apply("db", spec("data", CopyMethod::Snapshot, manual("first")));
+    let first = w.current("db").id;
+    w.rpc_trigger("data", "v1", &first).unwrap();
+    assert_eq!(
+        w.runs("db")[0].result(),
+        RunResult::Successful,
+        "the first run is done"
+    );
+    w.apply("db", spec("data", CopyMethod::Snapshot, manual("second")));
+    let second = w.current("db").id;
+    assert_ne!(first, second);
+    // The PVC's latest-copy-trigger says v1 too; with another value in between the run
+    // history still remembers it.
+    w.cluster
+        .pvcs
+        .get_mut("data")
+        .unwrap()
+        .insert(LATEST.into(), "something-else".into());
+    w.user_sets_trigger("data", "something-else");
+    let e = w.rpc_trigger("data", "v1", &second).unwrap_err();
+    let CoreError::Invalid(f) = e else {
+        panic!("{e:?}")
+    };
+    assert_eq!(f.field, "value");
+    assert!(f.rule.contains(&first), "{}", f.rule);
 }

@@ -77,6 +77,7 @@ impl TriggerService for Triggers {
                 value: r.value,
                 run_id: r.run_id,
                 hold: r.hold,
+                holder: r.holder,
                 reply,
             })
             .await?;

@@ -157,6 +157,9 @@ pub(crate) enum Command {
         /// scheduler's default hold.
         #[arg(long)]
         hold: Option<String>,
+        /// Who holds, when the source lists holders (`spec.copyTrigger.holders`).
+        #[arg(long)]
+        holder: Option<String>,
     },
     /// Follow the copy status of a PVC (or source); reconnects until interrupted.
     Watch {
@@ -200,6 +203,10 @@ pub(crate) struct QuiesceExecArgs {
     /// Prefix of the trigger values (`<prefix>-<run id>-<unix millis>-<random hex>`).
     #[arg(long, env = "SNAPGATE_TRIGGER_PREFIX", default_value = "quiesce-exec")]
     pub(crate) trigger_prefix: String,
+    /// This application's name among the source's `spec.copyTrigger.holders` (when it lists
+    /// several applications that must all hold the PVC quiesced).
+    #[arg(long, env = "SNAPGATE_HOLDER")]
+    pub(crate) holder: Option<String>,
     /// Handle one copy request, then exit (0 if its copy completed).
     #[arg(long)]
     pub(crate) once: bool,

@@ -482,16 +482,24 @@ pub(crate) async fn quarantined(client: &Client, output: Output) -> anyhow::Resu
     Ok(())
 }
 
+/// How `trigger` holds: `--hold` and `--holder`.
+pub(crate) struct TriggerHow<'a> {
+    pub(crate) hold: Option<std::time::Duration>,
+    pub(crate) holder: Option<&'a str>,
+}
+
 /// `trigger VALUE`.
 pub(crate) async fn trigger(
     client: &Client,
     target: &CopyTarget,
     value: &str,
     run_id: Option<&str>,
-    hold: Option<std::time::Duration>,
+    how: TriggerHow<'_>,
     output: Output,
 ) -> anyhow::Result<()> {
-    let r = client.trigger_held(target, run_id, value, hold).await?;
+    let r = client
+        .trigger_held(target, run_id, value, how.hold, how.holder)
+        .await?;
     let status = r.status.unwrap_or_default();
     let lease = r
         .lease_deadline
@@ -500,6 +508,14 @@ pub(crate) async fn trigger(
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_default();
     match output {
+        Output::Table if !status.holders_pending.is_empty() => println!(
+            "{} on pvc {}/{}: trigger {:?} recorded, held until {lease}; not released until holders {} trigger too",
+            r.run_id,
+            status.namespace,
+            status.pvc,
+            r.value,
+            status.holders_pending.join(", ")
+        ),
         Output::Table => println!(
             "{} released on pvc {}/{} with {:?} ({}); hold until {lease}",
             r.run_id,

@@ -89,6 +89,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             value,
             run_id,
             hold,
+            holder,
         } => {
             let target = commands::target(ns, target);
             let hold = hold
@@ -96,7 +97,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .map(snapgate_sdk::duration::parse)
                 .transpose()
                 .map_err(|e| anyhow::anyhow!("--hold: {e}"))?;
-            commands::trigger(&client, &target, value, run_id.as_deref(), hold, out).await
+            let how = commands::TriggerHow {
+                hold,
+                holder: holder.as_deref(),
+            };
+            commands::trigger(&client, &target, value, run_id.as_deref(), how, out).await
         }
         Command::Watch { target } => {
             commands::watch(&client, commands::target(ns, target), out).await

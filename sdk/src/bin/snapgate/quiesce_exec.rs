@@ -228,10 +228,11 @@ pub(crate) async fn run(
         .map_err(anyhow::Error::msg)
         .context("--disconnect-grace")?;
     let prefix = args.trigger_prefix.clone();
-    let options = GuardOptions::default()
+    let mut options = GuardOptions::default()
         .hold_limit(hold_limit)
         .disconnect_grace(grace)
         .trigger_value(move |r: &CopyRequest| prefixed_trigger_value(&prefix, r));
+    options.holder = args.holder.clone();
     let unquiescer = Unquiescer {
         command: args.unquiesce.clone(),
         limit: hold_limit.max(Duration::from_secs(30)),
