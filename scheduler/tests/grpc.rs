@@ -436,6 +436,7 @@ async fn a_run_goes_from_waiting_to_completed_over_the_agent_link_and_the_trigge
                         seconds: 60,
                         nanos: 0,
                     }),
+                    holder: String::new(),
                 })
                 .await
                 .unwrap()
@@ -452,6 +453,7 @@ async fn a_run_goes_from_waiting_to_completed_over_the_agent_link_and_the_trigge
                         seconds: 60,
                         nanos: 0,
                     }),
+                    holder: String::new(),
                 })
                 .await
                 .unwrap()
@@ -728,6 +730,7 @@ async fn a_lease_gated_copy_is_never_sent_to_an_agent_that_does_not_honour_lease
             value: "v1".into(),
             run_id: "run-1".into(),
             hold: None,
+            holder: String::new(),
         })
         .await
         .unwrap();

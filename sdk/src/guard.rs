@@ -288,9 +288,8 @@ impl Client {
                 &run_id,
                 &source,
                 &value,
-                (options.hold_limit, started),
-                options.holder.as_deref(),
-                options.disconnect_grace,
+                &options,
+                started,
             )
             .await?;
             triggered.store(true, Ordering::SeqCst);
@@ -364,21 +363,22 @@ impl Client {
     /// idempotent: the scheduler accepts it again). `Ok` only when the run was released by
     /// `value` through the RPC; a run released by another value is
     /// [`Error::ReleasedByAnother`], one that ended without a copy [`Error::CopyFailed`].
-    /// Each attempt asks for what is left of the hold (`limit` since `started`) as its lease.
+    /// Each attempt asks for what is left of the hold (the hold limit since `started`) as its
+    /// lease, as `options.holder`; attempts stop after the disconnect grace.
     async fn trigger_within(
         &self,
         target: &CopyTarget,
         run_id: &str,
         source: &str,
         value: &str,
-        (limit, started): (Duration, Instant),
-        holder: Option<&str>,
-        grace: Duration,
+        options: &GuardOptions,
+        started: Instant,
     ) -> Result<(), Error> {
+        let (limit, holder) = (options.hold_limit, options.holder.as_deref());
         let backoff = Backoff {
             initial: Duration::from_millis(100),
             max: Duration::from_secs(2),
-            give_up_after: Some(grace),
+            give_up_after: Some(options.disconnect_grace),
         };
         let attempt = || async {
             // Nothing left of the hold: no Trigger (the hold limit ends the guard).

@@ -886,7 +886,7 @@ mod tests {
         assert!(spec.paused && spec.skip_initial_run);
         assert_eq!(spec.time_zone, "Europe/Paris");
         assert_eq!(spec.jitter.unwrap().seconds, 300);
-        let ct = spec.copy_trigger.unwrap();
+        let ct = spec.copy_trigger.as_ref().unwrap();
         assert_eq!(ct.wait_timeout.unwrap().seconds, 90);
         assert_eq!(ct.on_timeout, TimeoutPolicy::Skip as i32);
         assert_eq!(ct.holders, ["db", "search"]);

@@ -169,6 +169,7 @@ async fn the_guard_unquiesces_and_reports_timed_out_when_the_wait_expires_under_
             nanos: 0,
         }),
         on_timeout: TimeoutPolicy::Skip as i32,
+        holders: Vec::new(),
     });
     create(&client, "apps", "db", spec).await;
 
