@@ -393,6 +393,7 @@ impl Executor {
                     .and_then(|j| j.metadata.uid.as_ref())
                     .is_some_and(|uid| held.reported_jobs.contains(uid)),
                 temporaries: &temporaries,
+                lease: plan::Lease::NotNeeded,
                 now: Utc::now(),
             };
             let actions = match plan::plan(&directive, &observed, &self.config) {
@@ -570,6 +571,9 @@ impl Executor {
                 }
                 Ok(false)
             }
+            // Not yet: this agent's hello says it honours no leases, so no directive needs one
+            // (a plan for a leased directive asks for it and waits).
+            Action::RequestLease => Ok(false),
             Action::WakeAt(at) => {
                 if let Some(held) = self.runs.get_mut(id) {
                     held.retry_at = Some(wake_at(Instant::now(), at, Utc::now()));

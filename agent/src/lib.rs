@@ -110,10 +110,11 @@ pub async fn run(config: AgentConfig, client: kube::Client) -> anyhow::Result<()
     drop(change_tx);
     let (link_tx, link_rx) = mpsc::channel(1024);
     let hello = v1::AgentHello {
-        leases: false,
         agent_id: config.agent_id.clone(),
         namespaces: config.namespaces.clone(),
         version: env!("CARGO_PKG_VERSION").into(),
+        // Not yet: the executor does not request leases, so no leased directive may be sent.
+        leases: false,
     };
     let link = tokio::spawn(link::run(endpoint, hello, config.backoff, link_tx));
     let executor = Executor::new(

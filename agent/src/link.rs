@@ -148,8 +148,8 @@ async fn session(
                 }
                 Some(FromScheduler::Directive(d)) => LinkEvent::Directive(Box::new(d)),
                 Some(FromScheduler::Forget(f)) => LinkEvent::Forget(f.run_id),
-                Some(FromScheduler::Lease(_)) => continue,
-                None => continue,
+                // This agent requests no leases (its hello says so): no grant is awaited.
+                Some(FromScheduler::Lease(_)) | None => continue,
             };
             if events.send(event).await.is_err() {
                 break;

@@ -93,6 +93,7 @@ impl Metrics {
             Action::ReportMover { .. } => "ReportMover",
             Action::Report(_) => "Report",
             Action::WakeAt(_) => "WakeAt",
+            Action::RequestLease => "RequestLease",
         };
         self.actions
             .get_or_create(&KindLabel { kind: kind.into() })

@@ -144,8 +144,29 @@ fn status_is(observed: &v1::PvcObserved, status: CopyStatus) -> bool {
 
 /// Mark the PVC WaitingForTrigger since `since`, unless it already is: an existing parseable
 /// waiting-since is kept (the wait began then); a missing or unparseable one is (re)written.
+/// Any other status (InProgress of a run sent back to wait, Completed) is replaced.
 pub fn mark_waiting(observed: &v1::PvcObserved, since: DateTime<Utc>) -> Option<Value> {
+    mark_waiting_spent(observed, since, "")
+}
+
+/// [`mark_waiting`], and in the same patch `latest-copy-trigger = spent`: the value that
+/// released the run before its hold lease ran out, so that it never releases it (or another
+/// run) again. `spent` is written only when it is not empty, can be written (see
+/// [`bounds::unwritable`]) and is not already the latest value.
+pub fn mark_waiting_spent(
+    observed: &v1::PvcObserved,
+    since: DateTime<Utc>,
+    spent: &str,
+) -> Option<Value> {
     let mut c = Changes::default();
+    if !spent.is_empty() && bounds::unwritable(spent).is_none() {
+        c.set(
+            LATEST_COPY_TRIGGER,
+            &observed.latest_copy_trigger,
+            spent,
+            !observed.latest_copy_trigger.is_empty(),
+        );
+    }
     let waiting = status_is(observed, CopyStatus::WaitingForTrigger);
     if !waiting {
         c.set(
@@ -448,6 +469,64 @@ mod tests {
     }
 
     #[test]
+    fn marking_waiting_with_a_spent_value_records_it_with_the_waiting_state_in_one_patch() {
+        let since = "2026-01-02T03:04:05Z";
+        let cases = [
+            // A run whose lease ran out: InProgress, released by `v`.
+            (
+                obs("InProgress", "", "v", "old"),
+                "v",
+                Some(json!({"metadata": {"annotations": {
+                    LATEST_COPY_TRIGGER: "v",
+                    LATEST_COPY_STATUS: "WaitingForTrigger",
+                    LATEST_COPY_TRIGGER_WAITING_SINCE: since,
+                }}})),
+            ),
+            (
+                obs("InProgress", "", "v", ""),
+                "v",
+                Some(json!({"metadata": {"annotations": {
+                    LATEST_COPY_TRIGGER: "v",
+                    LATEST_COPY_STATUS: "WaitingForTrigger",
+                    LATEST_COPY_TRIGGER_WAITING_SINCE: since,
+                }}})),
+            ),
+            // Already waiting, the value not yet recorded: only the value.
+            (
+                obs("WaitingForTrigger", since, "v", "old"),
+                "v",
+                Some(json!({"metadata": {"annotations": {LATEST_COPY_TRIGGER: "v"}}})),
+            ),
+            // Already recorded and waiting: nothing.
+            (obs("WaitingForTrigger", since, "v", "v"), "v", None),
+            // No spent value, or one that cannot be written: the waiting state only.
+            (
+                obs("InProgress", "", "v", "old"),
+                "",
+                Some(json!({"metadata": {"annotations": {
+                    LATEST_COPY_STATUS: "WaitingForTrigger",
+                    LATEST_COPY_TRIGGER_WAITING_SINCE: since,
+                }}})),
+            ),
+            (
+                obs("InProgress", "", "v", "old"),
+                "bad\u{202E}",
+                Some(json!({"metadata": {"annotations": {
+                    LATEST_COPY_STATUS: "WaitingForTrigger",
+                    LATEST_COPY_TRIGGER_WAITING_SINCE: since,
+                }}})),
+            ),
+        ];
+        for (observed, spent, want) in cases {
+            assert_eq!(
+                mark_waiting_spent(&observed, t0(), spent),
+                want,
+                "{observed:?} {spent:?}"
+            );
+        }
+    }
+
+    #[test]
     fn marking_waiting_writes_status_and_since_only_when_not_already_waiting() {
         let since = "2026-01-02T03:04:05Z";
         let cases = [
@@ -460,6 +539,13 @@ mod tests {
             ),
             (
                 obs("Completed", "", "first", "first"),
+                Some(json!({"metadata": {"annotations": {
+                    LATEST_COPY_STATUS: "WaitingForTrigger",
+                    LATEST_COPY_TRIGGER_WAITING_SINCE: since,
+                }}})),
+            ),
+            (
+                obs("InProgress", "", "second", "first"),
                 Some(json!({"metadata": {"annotations": {
                     LATEST_COPY_STATUS: "WaitingForTrigger",
                     LATEST_COPY_TRIGGER_WAITING_SINCE: since,

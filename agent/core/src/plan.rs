@@ -5,15 +5,23 @@
 //!
 //! ```text
 //!   GATE      (paused: clear waiting annotations) ─► report the PVC's annotations
-//!   WAIT      mark WaitingForTrigger (once) ─► report the PVC on every change
-//!   COPY      mark InProgress ─► create the copy ─► cut (snapshot) or bound (clone)?
-//!             mark Completed ─► report
+//!   WAIT      delete a copy left behind (wait until gone) ─► mark WaitingForTrigger and
+//!             record a spent trigger (one patch, once) ─► report the PVC on every change
+//!   COPY      mark InProgress ─► (lease: request it, wait) ─► create the copy (lease held)
+//!             ─► cut (snapshot) or bound (clone)? ─► (lease held) mark Completed ─► report;
+//!             lease run out: make, count and report nothing (a Warning Event), wait
 //!   TRANSFER  (snapshot readyToUse? restore PVC from it) (restic cache) ─► mover Job
 //!             ─► succeeded / failed ─► report; a failed Job is replaced after a back-off,
 //!             each failure reported
 //!   CLEANUP   (record a consumed trigger, clear waiting annotations: one patch)
 //!             ─► delete copy, restored PVC, Job ─► report
 //! ```
+//!
+//! A COPY directive with `lease` set (released by a Trigger call, whose caller holds its
+//! quiesce for a while) is acted on only under the run's hold lease ([`Lease`], which the
+//! shell keeps on its monotonic clock): the copy is made, and its copy point counted, only
+//! while the lease is held at the plan's time; without one the plan asks for it
+//! ([`Action::RequestLease`]); past it, nothing more is done for the run.
 //!
 //! Idempotent by construction: every object has a deterministic name, a plan never creates
 //! what the cache already holds, an annotation patch is only planned when it changes
@@ -166,6 +174,38 @@ enum Owned<'o, K> {
     ThisRun(&'o K),
 }
 
+/// Where the run's hold lease stands at the plan's time, as the shell keeps it (on its
+/// monotonic clock: the deadline is the time it sent its request plus the lease's remaining
+/// time, so it is never later than the scheduler's).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Lease {
+    /// The directive carries no lease (`Directive.lease` is false).
+    #[default]
+    NotNeeded,
+    /// No lease is held and none is asked for.
+    None,
+    /// Asked for; no answer yet.
+    Requested,
+    /// Held, and its deadline is after this plan's time: what the plan sees was observed
+    /// inside the hold.
+    Held,
+    /// Held but its deadline has passed, or refused: no copy is made or counted.
+    Expired,
+}
+
+/// What a directive's lease lets a step that makes or counts the copy do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LeaseGate {
+    /// Go on: no lease needed, or one is held.
+    Go,
+    /// Ask for a lease first.
+    Ask,
+    /// Wait for the answer.
+    Wait,
+    /// The lease ran out (or was refused): nothing more.
+    Expired,
+}
+
 /// What the agent sees of one run's objects, from its watches and reads.
 #[derive(Clone, Copy, Debug)]
 pub struct Observed<'a> {
@@ -189,6 +229,8 @@ pub struct Observed<'a> {
     pub job_reported: bool,
     /// Every temporary object of the source (see [`names::is_temporary_of`]).
     pub temporaries: &'a [Temporary],
+    /// The run's hold lease at this plan's time (COPY with `Directive.lease`).
+    pub lease: Lease,
     /// The time of this plan.
     pub now: DateTime<Utc>,
 }
@@ -251,6 +293,10 @@ pub enum Action {
     },
     /// Send this observation to the scheduler (the shell sends each one once).
     Report(Observation),
+    /// Ask the scheduler for the run's hold lease: the shell sends a `LeaseRequest` for the
+    /// run and its directive's generation with a fresh request id, noting the time before it
+    /// sends it (the lease's deadline is counted from then).
+    RequestLease,
     /// Nothing more until this time, unless something changes (a back-off).
     WakeAt(DateTime<Utc>),
 }
@@ -319,6 +365,12 @@ impl Ctx<'_> {
     }
 
     fn wait(&self) -> Vec<Action> {
+        // A waiting run has no copy of its own: one under the copy's name was made for this run
+        // before its lease ran out, or left by an earlier run. It goes first, and the run waits
+        // until it is gone (a copy cut after the hold must never be taken for this run's).
+        if let Some(step) = self.leftover_copy() {
+            return step.into_iter().collect();
+        }
         let observed = annotations::observe(self.seen.pvc);
         let Some(pvc) = self.seen.pvc else {
             return vec![Action::Report(Observation::Pvc(observed))];
@@ -335,7 +387,11 @@ impl Ctx<'_> {
                 .as_ref()
                 .and_then(bounds::proto_time)
                 .unwrap_or(self.seen.now);
-            if let Some(patch) = annotations::mark_waiting(&observed, since) {
+            // A run sent back to wait (its lease ran out) records its spent value in the patch
+            // that marks it waiting, before the PVC is reported: the value never releases again.
+            if let Some(patch) =
+                annotations::mark_waiting_spent(&observed, since, &self.directive.consumed_trigger)
+            {
                 out.push(self.patch_source(patch));
                 out.push(self.event(
                     pvc,
@@ -393,9 +449,17 @@ impl Ctx<'_> {
         {
             return Ok(vec![self.patch_source(patch)]);
         }
+        // Past its hold lease a run makes nothing and counts nothing: the scheduler sends it
+        // back to wait.
+        if self.lease_gate() == LeaseGate::Expired {
+            return Ok(self.lease_expired(&observed, pvc));
+        }
         // Where the copy stands: once ready, its copy-point time.
         let ready: Option<DateTime<Utc>> = match self.method {
             CopyMethod::Direct => {
+                if let Some(step) = self.under_lease() {
+                    return Ok(step.into_iter().collect());
+                }
                 // The scheduler never asks a Direct source for a copy; answer anyway.
                 return Ok(vec![Action::Report(Observation::CopyCompleted(
                     v1::CopyCompleted {
@@ -416,7 +480,7 @@ impl Ctx<'_> {
                 }
                 Owned::Absent => {
                     let clone = resources::clone_pvc(&self.run, self.mover, pvc)?;
-                    return Ok(self.before_copy(
+                    return Ok(self.before_leased_copy(
                         &observed,
                         pvc,
                         Action::CreatePvc(Box::new(clone)),
@@ -446,7 +510,7 @@ impl Ctx<'_> {
                 Owned::Absent => {
                     let snap =
                         resources::volume_snapshot(&self.run, self.mover, &self.names.source_pvc);
-                    return Ok(self.before_copy(
+                    return Ok(self.before_leased_copy(
                         &observed,
                         pvc,
                         Action::CreateSnapshot(Box::new(snap)),
@@ -477,6 +541,12 @@ impl Ctx<'_> {
         let Some(time) = ready else {
             return Ok(self.in_progress(&observed, pvc));
         };
+        // The copy point is counted (marked Completed, reported) only under a lease held now:
+        // it was observed before the lease's deadline. An agent that restarted finds this
+        // run's copy and counts it only under a lease it holds itself.
+        if let Some(step) = self.under_lease() {
+            return Ok(step.into_iter().collect());
+        }
         if self.directive.gated
             && let Some(patch) = annotations::mark_completed(&observed, &self.directive.trigger)
         {
@@ -551,6 +621,99 @@ impl Ctx<'_> {
             ));
         }
         out
+    }
+
+    /// Where the directive's lease lets a step that makes or counts the copy go.
+    fn lease_gate(&self) -> LeaseGate {
+        if !self.directive.lease {
+            return LeaseGate::Go;
+        }
+        match self.seen.lease {
+            Lease::Held => LeaseGate::Go,
+            Lease::Requested => LeaseGate::Wait,
+            Lease::Expired => LeaseGate::Expired,
+            // A directive with a lease is never acted on without one, whatever the shell says.
+            Lease::None | Lease::NotNeeded => LeaseGate::Ask,
+        }
+    }
+
+    /// `None` when a step that makes or counts the copy may go on; else what to do instead:
+    /// ask for the lease (`Some(Some(RequestLease))`), or wait (`Some(None)`).
+    fn under_lease(&self) -> Option<Option<Action>> {
+        match self.lease_gate() {
+            LeaseGate::Go => None,
+            LeaseGate::Ask => Some(Some(Action::RequestLease)),
+            LeaseGate::Wait | LeaseGate::Expired => Some(None),
+        }
+    }
+
+    /// The InProgress mark first (harmless before the lease), then `create` when the lease
+    /// allows it, else the request for the lease (or nothing while it is asked for).
+    fn before_leased_copy(
+        &self,
+        observed: &v1::PvcObserved,
+        pvc: &PersistentVolumeClaim,
+        create: Action,
+    ) -> Vec<Action> {
+        let mut out = self.in_progress(observed, pvc);
+        match self.under_lease() {
+            None => out.push(create),
+            Some(step) => out.extend(step),
+        }
+        out
+    }
+
+    /// The run's lease ran out (or was refused) before its copy point was counted: nothing is
+    /// made, counted or reported, and a Warning Event (once per directive generation) says
+    /// so. A PVC already marked Completed with this run's value was counted under the lease:
+    /// nothing is said then.
+    fn lease_expired(
+        &self,
+        observed: &v1::PvcObserved,
+        pvc: &PersistentVolumeClaim,
+    ) -> Vec<Action> {
+        let counted = self.directive.gated
+            && observed.latest_copy_status == annotations::CopyStatus::Completed.as_str()
+            && observed.latest_copy_trigger == self.directive.trigger;
+        if counted {
+            return Vec::new();
+        }
+        vec![self.event(
+            pvc,
+            "CopyLeaseExpired",
+            Some(self.directive.generation),
+            "Warning",
+            format!(
+                "the hold lease of run {} ran out before its copy point: the copy is not \
+                 counted, and the run waits for a new copy-trigger",
+                self.run.run_id
+            ),
+        )]
+    }
+
+    /// A waiting run's step for a copy left under the copy's name (made for this run or an
+    /// earlier one of the source): delete it (`Some(Some(_))`), or wait while it terminates
+    /// (`Some(None)`). `None` when there is none (or only an object snapgate did not make,
+    /// which it never touches).
+    fn leftover_copy(&self) -> Option<Option<Action>> {
+        let (meta, delete) = match self.method {
+            CopyMethod::Snapshot => match self.owned(self.seen.snapshot) {
+                Owned::Absent | Owned::Foreign(_) => return None,
+                Owned::ThisRun(_) | Owned::Earlier => (
+                    self.seen.snapshot.map(|s| &s.metadata)?,
+                    Action::DeleteSnapshot(self.copy_name()),
+                ),
+            },
+            CopyMethod::Clone => match self.owned(self.seen.copy_pvc) {
+                Owned::Absent | Owned::Foreign(_) => return None,
+                Owned::ThisRun(_) | Owned::Earlier => (
+                    self.seen.copy_pvc.map(|c| &c.metadata)?,
+                    Action::DeletePvc(self.copy_name()),
+                ),
+            },
+            CopyMethod::Direct => return None,
+        };
+        Some(meta.deletion_timestamp.is_none().then_some(delete))
     }
 
     /// The InProgress mark first, then `step` (making or clearing the way for the copy).
@@ -640,7 +803,7 @@ impl Ctx<'_> {
                         out.push(self.event(
                             pvc,
                             "TransferFailed",
-                            Some(attempt),
+                            Some(attempt.into()),
                             "Warning",
                             format!(
                                 "mover Job {job_name} failed (attempt {attempt}); it is replaced \
@@ -824,7 +987,7 @@ impl Ctx<'_> {
             out.push(self.event(
                 pvc,
                 "TransferStarted",
-                Some(attempt),
+                Some(attempt.into()),
                 "Normal",
                 format!(
                     "mover Job {job_name} started (attempt {attempt})",
@@ -925,12 +1088,13 @@ impl Ctx<'_> {
     }
 
     /// A Kubernetes Event about `pvc`, named deterministically per run, reason and (for mover
-    /// Jobs) attempt, so that a replanned step never records it twice.
+    /// Jobs) attempt or (for a lease) directive generation, so that a replanned step never
+    /// records it twice.
     fn event(
         &self,
         pvc: &PersistentVolumeClaim,
         reason: &str,
-        attempt: Option<u32>,
+        attempt: Option<u64>,
         type_: &str,
         message: String,
     ) -> Action {
@@ -1158,6 +1322,7 @@ mod tests {
             failed_attempts: 0,
             job_reported: false,
             temporaries: &[],
+            lease: Lease::NotNeeded,
             now: now(),
         }
     }
@@ -1181,6 +1346,7 @@ mod tests {
                 Action::ReportMover { outcome, .. } => format!("ReportMover {outcome:?}"),
                 Action::Report(o) => format!("Report {}", observation_name(o)),
                 Action::WakeAt(t) => format!("WakeAt {t}"),
+                Action::RequestLease => "RequestLease".to_owned(),
             })
             .collect()
     }
@@ -2042,6 +2208,383 @@ mod tests {
 
     fn is_dns_subdomain(s: &str) -> bool {
         !s.is_empty() && s.len() <= 253 && s.split('.').all(names::is_dns_label)
+    }
+
+    fn leased(phase: DirectivePhase, method: v1::CopyMethod) -> v1::Directive {
+        let mut d = directive(phase, method);
+        d.lease = true;
+        d.generation = 3;
+        d
+    }
+
+    const LEASES: [Lease; 5] = [
+        Lease::NotNeeded,
+        Lease::None,
+        Lease::Requested,
+        Lease::Held,
+        Lease::Expired,
+    ];
+
+    #[test]
+    fn a_leased_copy_is_made_only_under_a_held_lease_and_a_lease_is_asked_for_once() {
+        let in_progress = pvc(
+            "data",
+            &[USE, (annotations::LATEST_COPY_STATUS, "InProgress")],
+            None,
+        );
+        let waiting = pvc(
+            "data",
+            &[USE, (annotations::LATEST_COPY_STATUS, "WaitingForTrigger")],
+            None,
+        );
+        let released = ["PatchPvc data", "Event SrcPVCCopyTriggerReceived"];
+        let cases: [(v1::CopyMethod, &PersistentVolumeClaim, Lease, &[&str]); 12] = [
+            (
+                v1::CopyMethod::Snapshot,
+                &in_progress,
+                Lease::None,
+                &["RequestLease"],
+            ),
+            // A directive with a lease is never acted on as if none were needed.
+            (
+                v1::CopyMethod::Snapshot,
+                &in_progress,
+                Lease::NotNeeded,
+                &["RequestLease"],
+            ),
+            (
+                v1::CopyMethod::Snapshot,
+                &in_progress,
+                Lease::Requested,
+                &[],
+            ),
+            (
+                v1::CopyMethod::Snapshot,
+                &in_progress,
+                Lease::Held,
+                &["CreateSnapshot volsync-db-src"],
+            ),
+            (
+                v1::CopyMethod::Snapshot,
+                &in_progress,
+                Lease::Expired,
+                &["Event CopyLeaseExpired"],
+            ),
+            (
+                v1::CopyMethod::Clone,
+                &in_progress,
+                Lease::None,
+                &["RequestLease"],
+            ),
+            (v1::CopyMethod::Clone, &in_progress, Lease::Requested, &[]),
+            (
+                v1::CopyMethod::Clone,
+                &in_progress,
+                Lease::Held,
+                &["CreatePvc volsync-db-src"],
+            ),
+            (
+                v1::CopyMethod::Clone,
+                &in_progress,
+                Lease::Expired,
+                &["Event CopyLeaseExpired"],
+            ),
+            // The InProgress mark does not wait for the lease; the copy does.
+            (
+                v1::CopyMethod::Snapshot,
+                &waiting,
+                Lease::None,
+                &[released[0], released[1], "RequestLease"],
+            ),
+            (
+                v1::CopyMethod::Snapshot,
+                &waiting,
+                Lease::Requested,
+                &released,
+            ),
+            // Past the lease, not even the InProgress mark.
+            (
+                v1::CopyMethod::Snapshot,
+                &waiting,
+                Lease::Expired,
+                &["Event CopyLeaseExpired"],
+            ),
+        ];
+        for (method, source, lease, want) in cases {
+            let d = leased(DirectivePhase::Copy, method);
+            let mut s = seen(Some(source));
+            s.lease = lease;
+            let a = plan(&d, &s, &PlanConfig::default()).unwrap();
+            assert_eq!(kinds(&a), want, "{method:?} {lease:?}");
+        }
+        let d = leased(DirectivePhase::Copy, v1::CopyMethod::Snapshot);
+        let mut s = seen(Some(&in_progress));
+        s.lease = Lease::Expired;
+        let a = plan(&d, &s, &PlanConfig::default()).unwrap();
+        let [Action::Event(e)] = a.as_slice() else {
+            panic!("{:?}", kinds(&a))
+        };
+        assert_eq!(e.type_.as_deref(), Some("Warning"));
+        assert_eq!(
+            e.metadata.name.as_deref(),
+            Some("data.run-7.copyleaseexpired-3"),
+            "once per directive generation"
+        );
+        assert!(
+            e.message
+                .as_deref()
+                .is_some_and(|m| m.starts_with("the hold lease of run run-7 ran out")),
+            "{:?}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn a_copy_point_is_counted_only_under_a_lease_held_at_the_plans_time() {
+        let in_progress = pvc(
+            "data",
+            &[USE, (annotations::LATEST_COPY_STATUS, "InProgress")],
+            None,
+        );
+        let completed = pvc(
+            "data",
+            &[
+                USE,
+                (annotations::LATEST_COPY_STATUS, "Completed"),
+                (annotations::LATEST_COPY_TRIGGER, "first"),
+            ],
+            None,
+        );
+        let cut = ready_snapshot(Timestamp::UNIX_EPOCH);
+        let bound = pvc("volsync-db-src", &[], Some("run-7"));
+        let marked = ["PatchPvc data", "Event SrcPVCCopyUsingCopyTriggerCompleted"];
+        let cases: [(v1::CopyMethod, &PersistentVolumeClaim, Lease, &[&str]); 12] = [
+            (v1::CopyMethod::Snapshot, &in_progress, Lease::Held, &marked),
+            // An agent finding the cut copy without a lease (it restarted) asks for one first.
+            (
+                v1::CopyMethod::Snapshot,
+                &in_progress,
+                Lease::None,
+                &["RequestLease"],
+            ),
+            (
+                v1::CopyMethod::Snapshot,
+                &in_progress,
+                Lease::Requested,
+                &[],
+            ),
+            (
+                v1::CopyMethod::Snapshot,
+                &in_progress,
+                Lease::Expired,
+                &["Event CopyLeaseExpired"],
+            ),
+            (
+                v1::CopyMethod::Snapshot,
+                &completed,
+                Lease::Held,
+                &["Report CopyCompleted"],
+            ),
+            (
+                v1::CopyMethod::Snapshot,
+                &completed,
+                Lease::None,
+                &["RequestLease"],
+            ),
+            (v1::CopyMethod::Snapshot, &completed, Lease::Requested, &[]),
+            // Marked Completed under a lease but not reported before it ran out: not reported
+            // now, and nothing is said (the copy point was inside the hold).
+            (v1::CopyMethod::Snapshot, &completed, Lease::Expired, &[]),
+            (v1::CopyMethod::Clone, &in_progress, Lease::Held, &marked),
+            (
+                v1::CopyMethod::Clone,
+                &in_progress,
+                Lease::None,
+                &["RequestLease"],
+            ),
+            (
+                v1::CopyMethod::Clone,
+                &in_progress,
+                Lease::Expired,
+                &["Event CopyLeaseExpired"],
+            ),
+            (
+                v1::CopyMethod::Clone,
+                &completed,
+                Lease::Held,
+                &["Report CopyCompleted"],
+            ),
+        ];
+        for (method, source, lease, want) in cases {
+            let d = leased(DirectivePhase::Copy, method);
+            let mut s = seen(Some(source));
+            s.snapshot = Some(&cut);
+            s.copy_pvc = Some(&bound);
+            s.lease = lease;
+            let a = plan(&d, &s, &PlanConfig::default()).unwrap();
+            assert_eq!(
+                kinds(&a),
+                want,
+                "{method:?} {lease:?} {:?}",
+                source.metadata
+            );
+        }
+    }
+
+    #[test]
+    fn without_a_lease_in_the_directive_the_lease_state_changes_nothing() {
+        let in_progress = pvc(
+            "data",
+            &[USE, (annotations::LATEST_COPY_STATUS, "InProgress")],
+            None,
+        );
+        let completed = pvc(
+            "data",
+            &[
+                USE,
+                (annotations::LATEST_COPY_STATUS, "Completed"),
+                (annotations::LATEST_COPY_TRIGGER, "first"),
+            ],
+            None,
+        );
+        let cut = ready_snapshot(Timestamp::UNIX_EPOCH);
+        let cases: [(&PersistentVolumeClaim, Option<&VolumeSnapshot>, &[&str]); 3] = [
+            (&in_progress, None, &["CreateSnapshot volsync-db-src"]),
+            (
+                &in_progress,
+                Some(&cut),
+                &["PatchPvc data", "Event SrcPVCCopyUsingCopyTriggerCompleted"],
+            ),
+            (&completed, Some(&cut), &["Report CopyCompleted"]),
+        ];
+        let d = directive(DirectivePhase::Copy, v1::CopyMethod::Snapshot);
+        assert!(!d.lease);
+        for (source, snapshot, want) in cases {
+            for lease in LEASES {
+                let mut s = seen(Some(source));
+                s.snapshot = snapshot;
+                s.lease = lease;
+                let a = plan(&d, &s, &PlanConfig::default()).unwrap();
+                assert_eq!(kinds(&a), want, "{lease:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn waiting_deletes_a_leftover_copy_of_the_run_first_and_waits_until_it_is_gone() {
+        let in_progress = pvc(
+            "data",
+            &[
+                USE,
+                (annotations::LATEST_COPY_STATUS, "InProgress"),
+                (annotations::COPY_TRIGGER, "first"),
+                (annotations::LATEST_COPY_TRIGGER, "old"),
+            ],
+            None,
+        );
+        let this_run = ready_snapshot(Timestamp::UNIX_EPOCH);
+        let mut earlier = ready_snapshot(Timestamp::UNIX_EPOCH);
+        earlier.metadata.labels = Some(names::temporary_labels("db", "run-6"));
+        let mut terminating = ready_snapshot(Timestamp::UNIX_EPOCH);
+        terminating.metadata.deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
+        let clone = pvc("volsync-db-src", &[], Some("run-7"));
+        let mut clone_terminating = clone.clone();
+        clone_terminating.metadata.deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
+        let users = pvc("volsync-db-src", &[], None);
+        let mark = ["PatchPvc data", "Event SrcPVCWaitingForCopyTrigger"];
+        type Case<'a> = (
+            v1::CopyMethod,
+            Option<&'a VolumeSnapshot>,
+            Option<&'a PersistentVolumeClaim>,
+            &'a [&'a str],
+        );
+        let cases: [Case<'_>; 7] = [
+            (
+                v1::CopyMethod::Snapshot,
+                Some(&this_run),
+                None,
+                &["DeleteSnapshot volsync-db-src"],
+            ),
+            (
+                v1::CopyMethod::Snapshot,
+                Some(&earlier),
+                None,
+                &["DeleteSnapshot volsync-db-src"],
+            ),
+            (v1::CopyMethod::Snapshot, Some(&terminating), None, &[]),
+            (v1::CopyMethod::Snapshot, None, None, &mark),
+            (
+                v1::CopyMethod::Clone,
+                None,
+                Some(&clone),
+                &["DeletePvc volsync-db-src"],
+            ),
+            (v1::CopyMethod::Clone, None, Some(&clone_terminating), &[]),
+            // A PVC of that name snapgate did not make is never touched.
+            (v1::CopyMethod::Clone, None, Some(&users), &mark),
+        ];
+        for (method, snapshot, copy_pvc, want) in cases {
+            let mut d = directive(DirectivePhase::Wait, method);
+            d.consumed_trigger = "first".into();
+            let mut s = seen(Some(&in_progress));
+            s.snapshot = snapshot;
+            s.copy_pvc = copy_pvc;
+            let a = plan(&d, &s, &PlanConfig::default()).unwrap();
+            assert_eq!(kinds(&a), want, "{method:?} {snapshot:?} {copy_pvc:?}");
+        }
+    }
+
+    #[test]
+    fn a_run_sent_back_to_wait_records_its_spent_value_with_the_waiting_mark_then_reports() {
+        let mut d = directive(DirectivePhase::Wait, v1::CopyMethod::Snapshot);
+        d.consumed_trigger = "first".into();
+        let in_progress = pvc(
+            "data",
+            &[
+                USE,
+                (annotations::LATEST_COPY_STATUS, "InProgress"),
+                (annotations::COPY_TRIGGER, "first"),
+                (annotations::LATEST_COPY_TRIGGER, "old"),
+            ],
+            None,
+        );
+        let a = plan(&d, &seen(Some(&in_progress)), &PlanConfig::default()).unwrap();
+        assert_eq!(
+            kinds(&a),
+            ["PatchPvc data", "Event SrcPVCWaitingForCopyTrigger"],
+            "no report before the patch landed"
+        );
+        assert_eq!(
+            patch_of(&a[0]),
+            &serde_json::json!({"metadata": {"annotations": {
+                annotations::LATEST_COPY_TRIGGER: "first",
+                annotations::LATEST_COPY_STATUS: "WaitingForTrigger",
+                annotations::LATEST_COPY_TRIGGER_WAITING_SINCE: "2026-03-04T05:06:07Z",
+            }}})
+        );
+        let marked = pvc(
+            "data",
+            &[
+                USE,
+                (annotations::LATEST_COPY_STATUS, "WaitingForTrigger"),
+                (annotations::COPY_TRIGGER, "first"),
+                (annotations::LATEST_COPY_TRIGGER, "first"),
+                (
+                    annotations::LATEST_COPY_TRIGGER_WAITING_SINCE,
+                    "2026-03-04T05:06:07Z",
+                ),
+            ],
+            None,
+        );
+        let a = plan(&d, &seen(Some(&marked)), &PlanConfig::default()).unwrap();
+        let [Action::Report(Observation::Pvc(p))] = a.as_slice() else {
+            panic!("{:?}", kinds(&a))
+        };
+        assert_eq!(
+            (p.copy_trigger.as_str(), p.latest_copy_trigger.as_str()),
+            ("first", "first"),
+            "the spent value no longer reads as a new one"
+        );
     }
 
     #[test]

@@ -32,7 +32,7 @@ use proptest::prelude::*;
 use serde_json::Value;
 use snapgate_agent_core::{
     Mover, annotations, bounds, classify, names,
-    plan::{self, Action, MoverOutcome, Observed, PlanConfig, Temporary, TemporaryKind},
+    plan::{self, Action, Lease, MoverOutcome, Observed, PlanConfig, Temporary, TemporaryKind},
     resources::{VolumeSnapshot, VolumeSnapshotError, VolumeSnapshotStatus},
 };
 use snapgate_proto::v1::{self, report::Observation};
@@ -578,7 +578,7 @@ fn directive() -> BoxedStrategy<v1::Directive> {
             prop::option::of(proto_timestamp()),
             any::<bool>(),
             prop_oneof![2 => Just("first".to_owned()), 1 => text()],
-            any::<[bool; 4]>(),
+            any::<[bool; 5]>(),
             count_u32(),
         ),
     )
@@ -601,6 +601,7 @@ fn directive() -> BoxedStrategy<v1::Directive> {
                     gated: flags[1],
                     clear_waiting: flags[2],
                     restic_prune: flags[3],
+                    lease: flags[4],
                     mover_failures,
                     consumed_trigger: if flags[0] {
                         trigger_copy
@@ -649,6 +650,7 @@ struct World {
     failed_attempts: u32,
     job_reported: bool,
     temporaries: Vec<Temporary>,
+    lease: Lease,
     now: DateTime<Utc>,
 }
 
@@ -665,6 +667,7 @@ impl World {
             failed_attempts: self.failed_attempts,
             job_reported: self.job_reported,
             temporaries: &self.temporaries,
+            lease: self.lease,
             now: self.now,
         }
     }
@@ -722,13 +725,14 @@ fn world() -> BoxedStrategy<World> {
             count_u32(),
             any::<bool>(),
             prop_oneof![Just(Vec::new()), prop::collection::vec(temporary(), 1..4)],
+            lease(),
             chrono_time(),
         ),
     )
         .prop_map(
             |(
                 (pvc, snapshot, copy_pvc, cache_pvc, job, secrets),
-                (privileged, failed_attempts, job_reported, temporaries, now),
+                (privileged, failed_attempts, job_reported, temporaries, lease, now),
             )| World {
                 pvc,
                 snapshot,
@@ -740,10 +744,21 @@ fn world() -> BoxedStrategy<World> {
                 failed_attempts,
                 job_reported,
                 temporaries,
+                lease,
                 now,
             },
         )
         .boxed()
+}
+
+fn lease() -> impl Strategy<Value = Lease> {
+    prop::sample::select(vec![
+        Lease::NotNeeded,
+        Lease::None,
+        Lease::Requested,
+        Lease::Held,
+        Lease::Expired,
+    ])
 }
 
 fn mover() -> impl Strategy<Value = Mover> {
@@ -907,6 +922,7 @@ fn check_action(a: &Action) -> Result<(), TestCaseError> {
         | Action::DeleteJob(_)
         | Action::ReadSecrets(_)
         | Action::ReportMover { .. }
+        | Action::RequestLease
         | Action::WakeAt(_) => {}
     }
     Ok(())
@@ -1065,6 +1081,45 @@ proptest! {
         if let Ok(actions) = plan::plan(&d, &w.observed(), &config) {
             for a in &actions {
                 check_action(a)?;
+            }
+        }
+    }
+
+    /// A COPY directive with a lease, whatever is observed: unless the lease is held at the
+    /// plan's time, the plan makes no copy, marks nothing Completed and reports no copy point;
+    /// it asks for a lease only when none is held or asked for.
+    #[test]
+    fn a_leased_copy_is_never_made_or_counted_without_a_held_lease(
+        mut d in directive(),
+        w in world(),
+        config in plan_config(),
+    ) {
+        d.phase = v1::DirectivePhase::Copy as i32;
+        d.lease = true;
+        let copy = plan::object_names(&d).copy;
+        if let Ok(actions) = plan::plan(&d, &w.observed(), &config) {
+            for a in &actions {
+                check_action(a)?;
+                if w.lease == Lease::Held {
+                    continue;
+                }
+                let made = match a {
+                    Action::CreateSnapshot(_) => true,
+                    Action::CreatePvc(p) => p.metadata.name.as_deref() == Some(copy.as_str()),
+                    Action::PatchPvc { patch, .. } => patched_values(patch).iter().any(|(k, v)| {
+                        k == annotations::LATEST_COPY_STATUS && v == "Completed"
+                    }),
+                    Action::Report(Observation::CopyCompleted(_)) => true,
+                    Action::RequestLease => {
+                        prop_assert!(
+                            matches!(w.lease, Lease::None | Lease::NotNeeded),
+                            "asked again while {:?}", w.lease
+                        );
+                        false
+                    }
+                    _ => false,
+                };
+                prop_assert!(!made, "{a:?} while the lease is {:?}", w.lease);
             }
         }
     }
