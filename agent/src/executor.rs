@@ -4,11 +4,19 @@
 //! ```text
 //!   link events ──┐                       ┌──► Cluster writes (results back into the cache)
 //!   watch events ─┼──► cache ──► plan() ──┼──► Events
-//!   retry timer ──┘    (per run)          └──► reports to the scheduler (deduplicated)
+//!   retry timer ──┘    (per run)          └──► reports (deduplicated), lease requests
+//!   lease grants ────► lease per run ─┘ (held / requested / …, at the plan's time)
 //! ```
 //!
 //! One task, one run at a time: plans see a consistent cache, and an action's result is in
 //! the cache before the next plan, so nothing is written twice.
+//!
+//! A run's hold lease is kept on the monotonic clock (tokio's `Instant`): its deadline is the
+//! time noted just before the request was put on the link plus the `remaining` of the answer,
+//! so it can only be earlier than the scheduler's however late the answer comes. A lease is
+//! for one directive generation; a held one outlives a lost link (it was anchored before the
+//! request, so it stays safe), a requested one does not (it is asked again on the next link).
+//! The run is planned again at its deadline.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
@@ -23,7 +31,7 @@ use snapgate_agent_core::{
     plan::{self, Action, MoverOutcome, Observed, PlanConfig, Temporary, TemporaryKind},
     resources::VolumeSnapshot,
 };
-use snapgate_proto::v1::{self, report::Observation};
+use snapgate_proto::v1::{self, agent_message, report::Observation};
 use tokio::{sync::mpsc, time::Instant};
 use tracing::{debug, info, warn};
 
@@ -66,6 +74,131 @@ pub enum Change {
     Job(String, watcher::Event<Job>),
 }
 
+/// The hold lease of a held run, for one directive generation.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+enum LeaseState {
+    /// None held, none asked for.
+    #[default]
+    None,
+    /// Asked for with `request_id`, for `generation`; the request was sent at `sent_at` or
+    /// later (noted before it was put on the link).
+    Requested {
+        request_id: u64,
+        generation: u64,
+        sent_at: Instant,
+    },
+    /// Held for `generation` until `deadline` (excluded).
+    Held { generation: u64, deadline: Instant },
+    /// Refused for `generation`: nothing is made or counted under this directive.
+    Refused { generation: u64, why: String },
+}
+
+impl LeaseState {
+    /// What a plan of `directive` at `now` sees of the lease.
+    fn at(&self, directive: &v1::Directive, now: Instant) -> plan::Lease {
+        if !directive.lease {
+            return plan::Lease::NotNeeded;
+        }
+        let current = directive.generation;
+        match self {
+            Self::Requested { generation, .. } if *generation == current => plan::Lease::Requested,
+            Self::Held {
+                generation,
+                deadline,
+            } if *generation == current => {
+                if now < *deadline {
+                    plan::Lease::Held
+                } else {
+                    plan::Lease::Expired
+                }
+            }
+            Self::Refused { generation, .. } if *generation == current => plan::Lease::Expired,
+            _ => plan::Lease::None,
+        }
+    }
+
+    /// Takes the answer to the outstanding request: `false` (and nothing changes) when `grant`
+    /// does not answer it (another request id, or none outstanding).
+    fn grant(&mut self, grant: &v1::LeaseGrant) -> bool {
+        let Self::Requested {
+            request_id,
+            generation,
+            sent_at,
+        } = *self
+        else {
+            return false;
+        };
+        if grant.request_id != request_id {
+            return false;
+        }
+        *self = if !grant.refused.is_empty() {
+            Self::Refused {
+                generation,
+                why: bounds::cut(grant.refused.clone(), bounds::MAX_MESSAGE_BYTES),
+            }
+        } else {
+            match grant.remaining {
+                None => Self::Refused {
+                    generation,
+                    why: "granted without a remaining time".into(),
+                },
+                Some(remaining) => Self::Held {
+                    generation,
+                    deadline: anchored(sent_at, remaining),
+                },
+            }
+        };
+        true
+    }
+
+    /// When the run must be planned again for its lease: at the deadline of a held lease that
+    /// has not run out at `now` (no later than a resync from `now`).
+    fn wake(&self, now: Instant) -> Option<Instant> {
+        match self {
+            Self::Held { deadline, .. } if *deadline > now => {
+                Some((*deadline).min(now.checked_add(RESYNC_EVERY).unwrap_or(*deadline)))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The deadline of a lease whose request was sent at `sent_at` with `remaining` left: a
+/// negative remaining is none; one past what an `Instant` can hold is the latest instant
+/// that can be computed (halving it until it fits).
+fn anchored(sent_at: Instant, remaining: prost_types::Duration) -> Instant {
+    let mut left = Duration::try_from(remaining).unwrap_or(Duration::ZERO);
+    loop {
+        if let Some(deadline) = sent_at.checked_add(left) {
+            return deadline;
+        }
+        left /= 2;
+    }
+}
+
+/// Sends a lease request for `run_id` at its directive's `generation` on `outbox`, noting the
+/// time before the request is put on the link: the lease's deadline counts from then. `None`
+/// when the link is gone.
+async fn send_lease_request(
+    outbox: &mpsc::Sender<agent_message::Message>,
+    run_id: &str,
+    generation: u64,
+    request_id: u64,
+) -> Option<LeaseState> {
+    let sent_at = Instant::now();
+    let request = agent_message::Message::LeaseRequest(v1::LeaseRequest {
+        run_id: run_id.to_owned(),
+        generation,
+        request_id,
+    });
+    outbox.send(request).await.ok()?;
+    Some(LeaseState::Requested {
+        request_id,
+        generation,
+        sent_at,
+    })
+}
+
 struct Held {
     directive: v1::Directive,
     /// The last observation reported for this run, to send each one once.
@@ -81,6 +214,8 @@ struct Held {
     events: HashSet<String>,
     /// The namespace allows privileged movers (read when the run's first Job is made).
     privileged: Option<bool>,
+    /// The run's hold lease (for directives with `lease`).
+    lease: LeaseState,
 }
 
 impl Held {
@@ -94,6 +229,19 @@ impl Held {
             reported_jobs: HashSet::new(),
             events: HashSet::new(),
             privileged: None,
+            lease: LeaseState::None,
+        }
+    }
+
+    /// Plan the run again no later than `at`.
+    fn wake(&mut self, at: Instant) {
+        self.retry_at = Some(self.retry_at.map_or(at, |r| r.min(at)));
+    }
+
+    /// A request not answered on the link it was sent on is never answered: it is asked again.
+    fn forget_lease_request(&mut self) {
+        if matches!(self.lease, LeaseState::Requested { .. }) {
+            self.lease = LeaseState::None;
         }
     }
 }
@@ -133,7 +281,10 @@ pub struct Executor {
     snapshots: Cache<VolumeSnapshot>,
     jobs: Cache<Job>,
     runs: BTreeMap<String, Held>,
-    reports: Option<mpsc::Sender<v1::Report>>,
+    /// Where reports and lease requests go, while connected.
+    outbox: Option<mpsc::Sender<agent_message::Message>>,
+    /// The id of the next lease request.
+    next_request_id: u64,
     /// After a (re)connect: how many resent directives are still to come, and the runs resent
     /// so far. Only those are acted on meanwhile.
     confirming: Option<(u32, HashSet<String>)>,
@@ -165,7 +316,8 @@ impl Executor {
             snapshots: Cache::default(),
             jobs: Cache::default(),
             runs: BTreeMap::new(),
-            reports: None,
+            outbox: None,
+            next_request_id: 1,
             confirming: None,
             metrics,
             retry_after,
@@ -223,10 +375,10 @@ impl Executor {
     async fn on_link(&mut self, event: LinkEvent) {
         match event {
             LinkEvent::Connected {
-                reports,
+                outbox,
                 active_runs,
             } => {
-                self.reports = Some(reports);
+                self.outbox = Some(outbox);
                 self.metrics.connected.set(1);
                 // The scheduler resends every directive in flight, `active_runs` of them, right
                 // after its welcome; report afresh for each. A run it does not resend ended
@@ -235,6 +387,7 @@ impl Executor {
                 for held in self.runs.values_mut() {
                     held.last_report = None;
                     held.reported_jobs.clear();
+                    held.forget_lease_request();
                 }
                 self.confirming = None;
                 if active_runs == 0 {
@@ -272,6 +425,8 @@ impl Executor {
                     .or_insert_with(|| Held::new((*d).clone()));
                 if held.directive.generation != d.generation || held.directive.phase != d.phase {
                     held.last_report = None;
+                    // A lease is for one directive generation (and its COPY phase).
+                    held.lease = LeaseState::None;
                 }
                 held.directive = *d;
                 self.plan_run(&id).await;
@@ -279,9 +434,34 @@ impl Executor {
             LinkEvent::Forget(id) => {
                 self.runs.remove(&id);
             }
+            LinkEvent::Lease(grant) => {
+                let id = grant.run_id.clone();
+                let Some(held) = self.runs.get_mut(&id) else {
+                    debug!(run = id, "a lease for a run not held: ignored");
+                    return;
+                };
+                if !held.lease.grant(&grant) {
+                    debug!(
+                        run = id,
+                        request = grant.request_id,
+                        "a lease answer to no outstanding request: ignored"
+                    );
+                    return;
+                }
+                match &held.lease {
+                    LeaseState::Refused { why, .. } => {
+                        warn!(run = id, why = %why, "lease refused: the copy is not made or counted");
+                    }
+                    _ => info!(run = id, "lease held"),
+                }
+                self.plan_run(&id).await;
+            }
             LinkEvent::Disconnected => {
-                self.reports = None;
+                self.outbox = None;
                 self.metrics.connected.set(0);
+                for held in self.runs.values_mut() {
+                    held.forget_lease_request();
+                }
             }
         }
     }
@@ -338,7 +518,8 @@ impl Executor {
             let Some(held) = self.runs.get_mut(id) else {
                 return;
             };
-            held.retry_at = None;
+            // A held lease wakes the run at its deadline: past it, the copy point is not counted.
+            held.retry_at = held.lease.wake(Instant::now());
             let directive = held.directive.clone();
             let Some(source) = directive.source.clone() else {
                 return;
@@ -393,7 +574,9 @@ impl Executor {
                     .and_then(|j| j.metadata.uid.as_ref())
                     .is_some_and(|uid| held.reported_jobs.contains(uid)),
                 temporaries: &temporaries,
-                lease: plan::Lease::NotNeeded,
+                // At the plan's time, after the cache received what the plan sees: a lease held
+                // now was held when it was observed.
+                lease: held.lease.at(&directive, Instant::now()),
                 now: Utc::now(),
             };
             let actions = match plan::plan(&directive, &observed, &self.config) {
@@ -431,7 +614,7 @@ impl Executor {
         warn!(run = id, error = %e, "action failed; retrying");
         self.metrics.api_errors.inc();
         if let Some(h) = self.runs.get_mut(id) {
-            h.retry_at = Some(Instant::now() + self.retry_after);
+            h.wake(Instant::now() + self.retry_after);
         }
     }
 
@@ -499,7 +682,7 @@ impl Executor {
                 if let Some(held) = self.runs.get_mut(id) {
                     if found.len() < wanted {
                         // Secrets cannot be watched with the agent's RBAC: read them again later.
-                        held.retry_at = Some(Instant::now() + self.retry_after);
+                        held.wake(Instant::now() + self.retry_after);
                     }
                     held.secrets = Some(found);
                 }
@@ -567,16 +750,43 @@ impl Executor {
                 if retry && let Some(held) = self.runs.get_mut(id) {
                     // Missing Secrets are read again on the next try.
                     held.secrets = None;
-                    held.retry_at = Some(Instant::now() + self.retry_after);
+                    held.wake(Instant::now() + self.retry_after);
                 }
                 Ok(false)
             }
-            // Not yet: this agent's hello says it honours no leases, so no directive needs one
-            // (a plan for a leased directive asks for it and waits).
-            Action::RequestLease => Ok(false),
+            Action::RequestLease => {
+                let Some(outbox) = &self.outbox else {
+                    debug!(
+                        run = id,
+                        "not connected; the lease is asked for after reconnecting"
+                    );
+                    return Ok(false);
+                };
+                let Some(held) = self.runs.get_mut(id) else {
+                    return Ok(false);
+                };
+                if matches!(held.lease, LeaseState::Requested { .. }) {
+                    return Ok(false);
+                }
+                let request_id = self.next_request_id;
+                self.next_request_id = request_id.wrapping_add(1);
+                let generation = held.directive.generation;
+                if let Some(requested) =
+                    send_lease_request(outbox, id, generation, request_id).await
+                {
+                    info!(
+                        run = id,
+                        generation,
+                        request = request_id,
+                        "lease requested"
+                    );
+                    held.lease = requested;
+                }
+                Ok(false)
+            }
             Action::WakeAt(at) => {
                 if let Some(held) = self.runs.get_mut(id) {
-                    held.retry_at = Some(wake_at(Instant::now(), at, Utc::now()));
+                    held.wake(wake_at(Instant::now(), at, Utc::now()));
                 }
                 Ok(false)
             }
@@ -626,7 +836,7 @@ impl Executor {
         if held.last_report.as_ref() == Some(&observation) {
             return true;
         }
-        let Some(tx) = &self.reports else {
+        let Some(tx) = &self.outbox else {
             debug!(
                 run = id,
                 "not connected; the report is resent after reconnecting"
@@ -638,7 +848,11 @@ impl Executor {
             generation: held.directive.generation,
             observation: Some(observation.clone()),
         };
-        if tx.send(report).await.is_ok() {
+        if tx
+            .send(agent_message::Message::Report(report))
+            .await
+            .is_ok()
+        {
             info!(
                 run = id,
                 report = plan::observation_name(&observation),
@@ -656,6 +870,161 @@ impl Executor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn leased(generation: u64) -> v1::Directive {
+        v1::Directive {
+            run_id: "run-7".into(),
+            phase: v1::DirectivePhase::Copy as i32,
+            generation,
+            lease: true,
+            ..Default::default()
+        }
+    }
+
+    fn grant(request_id: u64, remaining: Option<Duration>, refused: &str) -> v1::LeaseGrant {
+        v1::LeaseGrant {
+            run_id: "run-7".into(),
+            request_id,
+            remaining: remaining.map(|d| prost_types::Duration::try_from(d).unwrap()),
+            refused: refused.into(),
+        }
+    }
+
+    /// The request is anchored when it is put on the link, before it waits there; the answer
+    /// arrives late; the deadline is still the anchor plus the remaining time, and an answer
+    /// to another request changes nothing.
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_deadline_is_the_request_time_plus_remaining_however_late_the_answer() {
+        let (tx, mut rx) = mpsc::channel(1);
+        // The link is busy: the request waits 2 s to be taken.
+        tx.send(agent_message::Message::Report(v1::Report::default()))
+            .await
+            .unwrap();
+        let anchor = Instant::now();
+        let request = tokio::spawn(async move { send_lease_request(&tx, "run-7", 3, 11).await });
+        // The request task runs until the full link holds it up.
+        tokio::task::yield_now().await;
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(matches!(
+            rx.recv().await,
+            Some(agent_message::Message::Report(_))
+        ));
+        let Some(agent_message::Message::LeaseRequest(sent)) = rx.recv().await else {
+            panic!("no lease request")
+        };
+        assert_eq!(
+            (sent.run_id.as_str(), sent.generation, sent.request_id),
+            ("run-7", 3, 11)
+        );
+        let mut lease = request.await.unwrap().unwrap();
+        assert_eq!(
+            lease,
+            LeaseState::Requested {
+                request_id: 11,
+                generation: 3,
+                sent_at: anchor,
+            },
+            "noted before the request waited on the link"
+        );
+        let d = leased(3);
+        assert_eq!(lease.at(&d, Instant::now()), plan::Lease::Requested);
+        // The answer comes 5 s later.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let remaining = Duration::from_secs(30);
+        assert!(
+            !lease.grant(&grant(12, Some(remaining), "")),
+            "another request's answer"
+        );
+        assert_eq!(lease.at(&d, Instant::now()), plan::Lease::Requested);
+        assert!(lease.grant(&grant(11, Some(remaining), "")));
+        let deadline = anchor + remaining;
+        assert_eq!(
+            lease,
+            LeaseState::Held {
+                generation: 3,
+                deadline,
+            }
+        );
+        assert!(
+            !lease.grant(&grant(11, Some(Duration::from_secs(3600)), "")),
+            "a second answer to the same request"
+        );
+        let nano = Duration::from_nanos(1);
+        assert_eq!(lease.at(&d, deadline - nano), plan::Lease::Held);
+        assert_eq!(lease.at(&d, deadline), plan::Lease::Expired);
+        assert_eq!(
+            lease.at(&leased(4), deadline - nano),
+            plan::Lease::None,
+            "another generation"
+        );
+        let mut unleased = leased(3);
+        unleased.lease = false;
+        assert_eq!(lease.at(&unleased, deadline), plan::Lease::NotNeeded);
+        // The run is planned again at the deadline, and no more for the lease after it.
+        let now = Instant::now();
+        assert_eq!(lease.wake(now), Some(deadline));
+        assert_eq!(lease.wake(deadline), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_absent_negative_or_endless_lease_is_never_held_past_what_is_safe() {
+        let anchor = Instant::now();
+        let requested = LeaseState::Requested {
+            request_id: 1,
+            generation: 3,
+            sent_at: anchor,
+        };
+        let d = leased(3);
+        let cases = [
+            (grant(1, None, "the lease ran out"), plan::Lease::Expired),
+            (grant(1, None, ""), plan::Lease::Expired),
+            (
+                v1::LeaseGrant {
+                    remaining: Some(prost_types::Duration {
+                        seconds: -5,
+                        nanos: 0,
+                    }),
+                    ..grant(1, None, "")
+                },
+                plan::Lease::Expired,
+            ),
+            (
+                v1::LeaseGrant {
+                    remaining: Some(prost_types::Duration {
+                        seconds: i64::MAX,
+                        nanos: 999_999_999,
+                    }),
+                    ..grant(1, None, "")
+                },
+                plan::Lease::Held,
+            ),
+        ];
+        for (g, want) in cases {
+            let mut lease = requested.clone();
+            assert!(lease.grant(&g), "{g:?}");
+            assert_eq!(lease.at(&d, anchor), want, "{g:?}");
+        }
+    }
+
+    #[test]
+    fn a_lease_request_outlives_no_link_and_a_held_lease_outlives_a_lost_one() {
+        let anchor = Instant::now();
+        let mut held = Held::new(leased(3));
+        held.lease = LeaseState::Requested {
+            request_id: 1,
+            generation: 3,
+            sent_at: anchor,
+        };
+        held.forget_lease_request();
+        assert_eq!(held.lease, LeaseState::None);
+        let kept = LeaseState::Held {
+            generation: 3,
+            deadline: anchor + Duration::from_secs(9),
+        };
+        held.lease = kept.clone();
+        held.forget_lease_request();
+        assert_eq!(held.lease, kept);
+    }
 
     #[test]
     fn a_wake_time_at_the_end_of_time_waits_no_longer_than_a_resync() {

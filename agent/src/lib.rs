@@ -113,8 +113,8 @@ pub async fn run(config: AgentConfig, client: kube::Client) -> anyhow::Result<()
         agent_id: config.agent_id.clone(),
         namespaces: config.namespaces.clone(),
         version: env!("CARGO_PKG_VERSION").into(),
-        // Not yet: the executor does not request leases, so no leased directive may be sent.
-        leases: false,
+        // The executor acts on a leased directive only under a lease it requested.
+        leases: true,
     };
     let link = tokio::spawn(link::run(endpoint, hello, config.backoff, link_tx));
     let executor = Executor::new(

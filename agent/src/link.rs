@@ -1,8 +1,8 @@
 //! The agent's link to the scheduler: connect out, say hello, hold the stream, reconnect.
 //!
 //! ```text
-//!  connect ──► hello ──► welcome ──► directives / forgets ──► executor
-//!     ▲                                   reports ◄────────── executor
+//!  connect ──► hello ──► welcome ──► directives / forgets / lease grants ──► executor
+//!     ▲                          reports, lease requests ◄────────────────── executor
 //!     └── capped exponential back-off with jitter ◄── stream ends or fails
 //! ```
 //!
@@ -29,14 +29,17 @@ pub enum LinkEvent {
     Connected {
         /// How many directives the scheduler is about to resend.
         active_runs: u32,
-        /// Where reports go for this connection.
-        reports: mpsc::Sender<v1::Report>,
+        /// Where the executor's messages (reports, lease requests) go for this connection.
+        outbox: mpsc::Sender<agent_message::Message>,
     },
     /// A run's desired state.
     Directive(Box<v1::Directive>),
     /// A run is over.
     Forget(String),
-    /// The connection is gone; reports are not delivered until the next `Connected`.
+    /// The answer to a lease request sent on this connection.
+    Lease(v1::LeaseGrant),
+    /// The connection is gone; nothing is delivered until the next `Connected`, and no lease
+    /// request of the connection is answered any more.
     Disconnected,
 }
 
@@ -121,18 +124,18 @@ async fn session(
         .connect(ReceiverStream::new(out_rx))
         .await?
         .into_inner();
-    let (report_tx, mut report_rx) = mpsc::channel::<v1::Report>(256);
+    let (outbox_tx, mut outbox_rx) = mpsc::channel::<agent_message::Message>(256);
     let forward = tokio::spawn(async move {
-        while let Some(report) = report_rx.recv().await {
+        while let Some(message) = outbox_rx.recv().await {
             let msg = v1::AgentMessage {
-                message: Some(agent_message::Message::Report(report)),
+                message: Some(message),
             };
             if out_tx.send(msg).await.is_err() {
                 break;
             }
         }
     });
-    let mut reports = Some(report_tx);
+    let mut outbox = Some(outbox_tx);
     let result = async {
         while let Some(msg) = inbound.next().await {
             let event = match msg?.message {
@@ -141,15 +144,15 @@ async fn session(
                     *welcomed = true;
                     LinkEvent::Connected {
                         active_runs: w.active_runs,
-                        reports: reports
+                        outbox: outbox
                             .take()
                             .ok_or_else(|| anyhow::anyhow!("second welcome"))?,
                     }
                 }
                 Some(FromScheduler::Directive(d)) => LinkEvent::Directive(Box::new(d)),
                 Some(FromScheduler::Forget(f)) => LinkEvent::Forget(f.run_id),
-                // This agent requests no leases (its hello says so): no grant is awaited.
-                Some(FromScheduler::Lease(_)) | None => continue,
+                Some(FromScheduler::Lease(l)) => LinkEvent::Lease(l),
+                None => continue,
             };
             if events.send(event).await.is_err() {
                 break;
