@@ -283,15 +283,8 @@ impl Client {
                     source: e.into(),
                 })?;
             debug!(run_id, value, "quiesced; triggering");
-            self.trigger_within(
-                &target,
-                &run_id,
-                &source,
-                &value,
-                &options,
-                started,
-            )
-            .await?;
+            self.trigger_within(&target, &run_id, &source, &value, &options, started)
+                .await?;
             triggered.store(true, Ordering::SeqCst);
             next_outcome(
                 self,

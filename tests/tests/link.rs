@@ -14,7 +14,7 @@ use snapgate_agent::{
 };
 use snapgate_e2e::*;
 use snapgate_kube_sim::{KubeSim, Verb};
-use snapgate_proto::v1::{self, DirectivePhase, report::Observation};
+use snapgate_proto::v1::{self, DirectivePhase, agent_message::Message, report::Observation};
 use tokio::sync::mpsc;
 
 fn directive(run_id: &str, source: &str, phase: DirectivePhase) -> Box<v1::Directive> {
@@ -42,11 +42,11 @@ fn directive(run_id: &str, source: &str, phase: DirectivePhase) -> Box<v1::Direc
 async fn connect(
     link: &mpsc::Sender<LinkEvent>,
     directive: Box<v1::Directive>,
-) -> mpsc::Receiver<v1::Report> {
-    let (reports, rx) = mpsc::channel(64);
+) -> mpsc::Receiver<Message> {
+    let (outbox, rx) = mpsc::channel(64);
     link.send(LinkEvent::Connected {
         active_runs: 1,
-        reports,
+        outbox,
     })
     .await
     .unwrap();
@@ -54,11 +54,18 @@ async fn connect(
     rx
 }
 
-async fn next_report(rx: &mut mpsc::Receiver<v1::Report>) -> v1::Report {
+async fn next_message(rx: &mut mpsc::Receiver<Message>) -> Message {
     tokio::time::timeout(Duration::from_secs(10), rx.recv())
         .await
-        .expect("a report in time")
-        .expect("the report channel is open")
+        .expect("a message in time")
+        .expect("the link's outbox is open")
+}
+
+async fn next_report(rx: &mut mpsc::Receiver<Message>) -> v1::Report {
+    match next_message(rx).await {
+        Message::Report(r) => r,
+        other => panic!("expected a report, got {other:?}"),
+    }
 }
 
 fn pvc_patches(sim: &KubeSim) -> usize {

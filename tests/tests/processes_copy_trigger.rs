@@ -473,3 +473,153 @@ async fn pause_takes_back_a_waiting_run_and_resume_releases_it_with_the_value_wr
     assert_eq!(a.get(LATEST).map(String::as_str), Some("v1"), "{a:?}");
     assert_eq!(c.runs("db").await.len(), 1);
 }
+
+/// Scenario 1 of the hold lease: the application triggers with a 3 s hold while the agent is
+/// stalled (SIGSTOP) and the scheduler is then killed (SIGKILL) and restarted. By the time the
+/// agent runs again the hold is over: no VolumeSnapshot is ever made for that release, the run
+/// waits again with the value spent (recorded on the PVC), and only a new trigger copies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_that_outlives_the_hold_is_never_copied_across_a_stalled_agent_and_a_restart() {
+    let mut c = Cluster::start().await;
+    let snapshots = c.record_snapshots().await;
+    c.create_pvc("data", true).await;
+    c.apply(&restic_source("db", "data", "once")).await;
+    c.wait_annotations("data", "the run waits", |a| {
+        status_is(a, "WaitingForTrigger")
+    })
+    .await;
+
+    c.freeze_agent();
+    let out = c
+        .cli_ok(&["trigger", "--pvc", "data", "--hold", "3s", "held-3s"])
+        .await;
+    assert!(out.stdout.contains("hold until"), "{out:?}");
+    c.restart_scheduler().await;
+    // The lease ends 3 s after the Trigger; the restarted scheduler sends the run back.
+    let run = c
+        .wait_run("db", "waiting again after the lease ran out", |r| {
+            r["phase"] == "WaitingForTrigger"
+                && r["spentTriggers"].as_array().is_some_and(|v| v.len() == 1)
+        })
+        .await;
+    assert_eq!(run["spentTriggers"][0], "held-3s", "{run:#}");
+    assert!(run["copyTime"].is_null(), "{run:#}");
+    assert!(
+        run["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["event"] == "LeaseExpired"),
+        "{run:#}"
+    );
+
+    c.thaw_agent();
+    let a = c
+        .wait_annotations("data", "the spent value recorded, waiting again", |a| {
+            a.get(LATEST).map(String::as_str) == Some("held-3s")
+                && status_is(a, "WaitingForTrigger")
+        })
+        .await;
+    assert!(a.contains_key(SINCE), "{a:?}");
+    assert!(
+        snapshots.names().is_empty(),
+        "a VolumeSnapshot was made for a release whose hold was over: {:?}",
+        snapshots.names()
+    );
+    // The spent value is refused; a new one, held long enough, copies once.
+    let refused = c
+        .cli(&["trigger", "--pvc", "data", "--hold", "60s", "held-3s"])
+        .await;
+    assert_ne!(refused.code, 0, "{refused:?}");
+    assert!(refused.stderr.contains("value"), "{refused:?}");
+    c.cli_ok(&["trigger", "--pvc", "data", "--hold", "60s", "held-60s"])
+        .await;
+    let run = c.wait_run("db", "finished", finished).await;
+    assert_eq!(run["result"], "Successful", "{run:#}\n{}", c.logs());
+    assert_eq!(run["trigger"], "held-60s", "{run:#}");
+    assert_eq!(snapshots.names(), ["volsync-db-src"]);
+}
+
+/// Slow readiness beyond the lease: the snapshot is never cut, so the application's hold (3 s)
+/// ends first. quiesce-exec reports no copy (the lease ran out), the run waits again with the
+/// value spent, and the uncut snapshot is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_not_cut_within_the_hold_is_never_reported_as_a_consistent_copy() {
+    let c = Cluster::start_hosted(|sim| {
+        sim.snapshot_behaviour(NS, "volsync-db-src", SnapshotBehaviour::NeverReady);
+    })
+    .await;
+    let snapshots = c.record_snapshots().await;
+    c.create_pvc("data", true).await;
+    c.apply(&restic_source("db", "data", "once")).await;
+    c.wait_annotations("data", "the run waits", |a| {
+        status_is(a, "WaitingForTrigger")
+    })
+    .await;
+    let (journal, log) = (c.path("journal"), c.path("app.log"));
+    let mut app = support::spawn(
+        c.cli_command(&[
+            "quiesce-exec",
+            "--pvc",
+            "data",
+            "--once",
+            "--hold-limit",
+            "3s",
+            "--trigger-prefix",
+            "app",
+            "--quiesce",
+            &journaled(&journal, &["quiesce-start", "quiesce-done"]),
+            "--unquiesce",
+            &journaled(&journal, &["unquiesce-start", "unquiesce-done"]),
+        ])
+        .env("SNAPGATE_LOG", "info"),
+        &log,
+    );
+    let (code, log) = exit(&mut app, &log).await;
+    assert_eq!(code, Some(1), "{log}\n{}", c.logs());
+    assert!(!log.contains("copy completed"), "{log}");
+    assert!(log.contains("ran out before the copy point"), "{log}");
+    let journal = std::fs::read_to_string(&journal).unwrap();
+    let held = journal_time(&journal, "unquiesce-start") - journal_time(&journal, "quiesce-done");
+    assert!(
+        held < 3.0,
+        "unquiesced within the hold limit: {held}s\n{journal}"
+    );
+
+    let run = c
+        .wait_run("db", "waiting again with the value spent", |r| {
+            r["phase"] == "WaitingForTrigger" && r["spentTriggers"].is_array()
+        })
+        .await;
+    let spent = s(&run["spentTriggers"][0]);
+    assert!(spent.starts_with("app-"), "{run:#}");
+    assert!(run["copyTime"].is_null(), "{run:#}");
+    c.wait_annotations("data", "the spent value recorded", |a| {
+        a.get(LATEST).map(String::as_str) == Some(spent) && status_is(a, "WaitingForTrigger")
+    })
+    .await;
+    // The snapshot made under the lease (never cut) is deleted before the run waits again.
+    let versions = snapshots.versions("volsync-db-src");
+    assert!(
+        !versions.is_empty(),
+        "the copy was attempted under the lease"
+    );
+    assert!(
+        versions
+            .iter()
+            .all(|v| v["status"]["creationTime"].is_null()),
+        "never cut: {versions:#?}"
+    );
+    let snaps: kube::Api<kube::api::DynamicObject> = kube::Api::namespaced_with(
+        c.client.clone(),
+        NS,
+        &kube::api::ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk("snapshot.storage.k8s.io", "v1", "VolumeSnapshot"),
+            "volumesnapshots",
+        ),
+    );
+    assert!(
+        snaps.get_opt("volsync-db-src").await.unwrap().is_none(),
+        "the uncut snapshot is gone"
+    );
+}

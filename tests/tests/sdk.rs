@@ -77,8 +77,11 @@ async fn the_guard_quiesces_while_waiting_and_unquiesces_once_the_copy_is_comple
     w.wait_successful_runs(SOURCE, 1).await;
 }
 
+/// The snapshot is never cut: the guard's hold lease (what is left of its 1 s hold limit)
+/// runs out first. No copy is counted, the guard unquiesces with LeaseExpired before its limit,
+/// and the run waits again with the guard's value spent and its uncut snapshot deleted.
 #[tokio::test]
-async fn the_guard_unquiesces_when_the_copy_never_becomes_ready_and_its_hold_limit_expires() {
+async fn the_guard_unquiesces_when_the_copy_is_never_cut_within_its_hold_and_no_copy_is_counted() {
     let mut w = World::start().await;
     w.sim
         .snapshot_behaviour(NS, COPY, SnapshotBehaviour::NeverReady);
@@ -93,15 +96,27 @@ async fn the_guard_unquiesces_when_the_copy_never_becomes_ready_and_its_hold_lim
         GuardOptions::default().hold_limit(Duration::from_secs(1)),
     )
     .await;
-    match result {
-        Err(Error::HoldLimitExceeded { triggered, .. }) => assert!(triggered),
-        other => panic!("expected HoldLimitExceeded, got {other:?}"),
-    }
+    let value = match result {
+        Err(Error::LeaseExpired { value, .. }) => value,
+        other => panic!("expected LeaseExpired, got {other:?}"),
+    };
     assert_eq!(
         seen.at_unquiesce.map(|s| s.0),
-        Some(Some("InProgress".into())),
-        "unquiesced while the copy was still in progress"
+        Some(Some("WaitingForTrigger".into())),
+        "unquiesced once the run was sent back to waiting"
     );
+    let annotations = eventually("the spent value on the PVC", || {
+        let a = pvc_annotations(&w.sim);
+        (a.get(LATEST) == Some(&value)
+            && a.get(STATUS).map(String::as_str) == Some("WaitingForTrigger"))
+        .then_some(a)
+    })
+    .await;
+    assert!(annotations.contains_key(SINCE), "{annotations:?}");
+    eventually("the uncut snapshot deleted", || {
+        w.snapshots().is_empty().then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]

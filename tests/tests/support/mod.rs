@@ -78,6 +78,29 @@ pub(crate) fn spawn(cmd: &mut Command, log: &Path) -> Proc {
     )
 }
 
+/// The scheduler on `grpc`, its store in `dir/data`, its stderr in `dir/log`.
+fn spawn_scheduler(grpc: &str, dir: &Path, log: &str) -> Proc {
+    spawn(
+        Command::new(binary("snapgate-scheduler"))
+            .args(["--listen", grpc])
+            .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port())])
+            .arg("--data-dir")
+            .arg(dir.join("data")),
+        &dir.join(log),
+    )
+}
+
+/// Sends a signal (`-STOP`, `-CONT`, `-KILL`) to a child process.
+fn signal(p: &Proc, which: &str) {
+    let pid = p.0.id().expect("the process is running").to_string();
+    let ok = std::process::Command::new("kill")
+        .args([which, &pid])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {which} {pid} failed");
+}
+
 /// Polls `check` until it yields, for at most `secs` seconds; then fails naming `what`.
 pub(crate) async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
     what: &str,
@@ -120,6 +143,7 @@ pub(crate) struct Cluster {
     pub(crate) sim: Sim,
     pub(crate) client: kube::Client,
     pub(crate) url: String,
+    grpc: String,
     scheduler: Proc,
     agent: Proc,
 }
@@ -158,14 +182,7 @@ impl Cluster {
 
     async fn with_sim(dir: tempfile::TempDir, kubeconfig: PathBuf, sim: Sim) -> Self {
         let grpc = format!("127.0.0.1:{}", free_port());
-        let scheduler = spawn(
-            Command::new(binary("snapgate-scheduler"))
-                .args(["--listen", &grpc])
-                .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port())])
-                .arg("--data-dir")
-                .arg(dir.path().join("data")),
-            &dir.path().join("scheduler.log"),
-        );
+        let scheduler = spawn_scheduler(&grpc, dir.path(), "scheduler.log");
         let config = eventually("the kubeconfig", 15, || {
             let path = kubeconfig.clone();
             async move { Kubeconfig::read_from(&path).ok() }
@@ -240,6 +257,7 @@ impl Cluster {
             sim,
             client,
             url,
+            grpc,
             scheduler,
             agent,
         };
@@ -250,6 +268,28 @@ impl Cluster {
         cluster
     }
 
+    /// Stops the agent where it is (SIGSTOP): a stalled process, its sockets open.
+    pub(crate) fn freeze_agent(&self) {
+        signal(&self.agent, "-STOP");
+    }
+
+    /// Lets a frozen agent go on (SIGCONT).
+    pub(crate) fn thaw_agent(&self) {
+        signal(&self.agent, "-CONT");
+    }
+
+    /// Kills the scheduler with SIGKILL and starts it again on the same store and address
+    /// (its log goes on in `scheduler-2.log`); returns once it answers the CLI.
+    pub(crate) async fn restart_scheduler(&mut self) {
+        signal(&self.scheduler, "-KILL");
+        let _ = self.scheduler.0.wait().await;
+        self.scheduler = spawn_scheduler(&self.grpc, self.dir.path(), "scheduler-2.log");
+        eventually("the restarted scheduler answers the CLI", 15, || async {
+            (self.cli(&["list"]).await.code == 0).then_some(())
+        })
+        .await;
+    }
+
     /// A file in the test's directory.
     pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
@@ -257,7 +297,7 @@ impl Cluster {
 
     /// The logs of the scheduler and the agent, for failure messages.
     pub(crate) fn logs(&self) -> String {
-        ["scheduler.log", "agent.log"]
+        ["scheduler.log", "scheduler-2.log", "agent.log"]
             .iter()
             .map(|f| {
                 let text = std::fs::read_to_string(self.path(f)).unwrap_or_default();
