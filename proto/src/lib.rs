@@ -16,6 +16,8 @@
 )]
 
 /// `snapgate.v1`: sources, runs, copy status and the agent link.
+pub mod duration;
+
 pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/snapgate.v1.rs"));
 

@@ -67,40 +67,9 @@ impl Args {
     }
 }
 
-/// `90s`, `10m`, `1h`, `1h30m`: a number and a unit (s, m, h), repeated.
+/// A flag's duration: `90s`, `10m`, `1h30m` (Go's syntax, as the CLI reads it).
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let mut total: u64 = 0;
-    let mut digits = String::new();
-    for c in s.chars() {
-        if c.is_ascii_digit() {
-            digits.push(c);
-            continue;
-        }
-        let unit: u64 = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            _ => {
-                return Err(format!(
-                    "{s:?}: unknown unit {c:?} (use s, m or h, e.g. 10m)"
-                ));
-            }
-        };
-        let n: u64 = digits
-            .parse()
-            .map_err(|_| format!("{s:?}: a number must come before each unit (e.g. 10m)"))?;
-        digits.clear();
-        total = n
-            .checked_mul(unit)
-            .and_then(|v| total.checked_add(v))
-            .ok_or_else(|| format!("{s:?}: too long"))?;
-    }
-    if !digits.is_empty() || s.is_empty() {
-        return Err(format!(
-            "{s:?}: each number needs a unit (s, m or h, e.g. 10m)"
-        ));
-    }
-    Ok(std::time::Duration::from_secs(total))
+    snapgate_proto::duration::parse(s)
 }
 
 /// How log lines are written.
@@ -124,4 +93,37 @@ pub fn init_tracing(format: LogFormat, filter: &str) -> anyhow::Result<()> {
         LogFormat::Json => builder.json().try_init(),
     }
     .map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(args: &[&str]) -> anyhow::Result<LeasePolicy> {
+        let mut all = vec!["snapgate-scheduler"];
+        all.extend_from_slice(args);
+        Args::try_parse_from(all)?.lease_policy()
+    }
+
+    #[test]
+    fn hold_flags_default_to_ten_minutes_and_one_hour_and_are_checked() {
+        let p = policy(&[]).unwrap();
+        assert_eq!(p.default_hold, chrono::Duration::minutes(10));
+        assert_eq!(p.max_hold, chrono::Duration::hours(1));
+        let p = policy(&["--default-hold", "90s", "--max-hold", "1h30m"]).unwrap();
+        assert_eq!(p.default_hold, chrono::Duration::seconds(90));
+        assert_eq!(p.max_hold, chrono::Duration::minutes(90));
+        for (args, says) in [
+            (&["--default-hold", "2h"][..], "longer than --max-hold"),
+            (&["--max-hold", "0"][..], "--max-hold: must be positive"),
+            (
+                &["--default-hold", "0"][..],
+                "--default-hold: must be positive",
+            ),
+            (&["--default-hold", "ten"][..], "expected a number"),
+        ] {
+            let e = policy(args).unwrap_err().to_string();
+            assert!(e.contains(says), "{args:?}: {e}");
+        }
+    }
 }

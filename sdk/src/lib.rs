@@ -67,7 +67,7 @@
 //! on every call.
 
 pub mod client;
-pub mod duration;
+pub use snapgate_proto::duration;
 pub mod error;
 pub mod guard;
 pub mod handshake;

@@ -7,6 +7,8 @@
 //!          ├─ Completed, released by our own trigger ──► "copy completed", next request
 //!          ├─ released by another value (another app, the annotation) ─► "copy not made inside
 //!          │    this hold" (never "copy completed"), back off, next request
+//!          ├─ not cut before the hold lease (what was left of --hold-limit) ran out ─► "the
+//!          │    hold lease ran out before the copy point" (never "copy completed"), next request
 //!          ├─ copy failed / quiesce failed / hold limit / unavailable ─► log, back off, next request
 //!          └─ unquiesce failed after retries, refused (invalid target, not allowed),
 //!             shell not startable ─────────────────────► exit non-zero
