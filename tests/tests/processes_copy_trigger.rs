@@ -623,3 +623,86 @@ async fn a_snapshot_not_cut_within_the_hold_is_never_reported_as_a_consistent_co
         "the uncut snapshot is gone"
     );
 }
+
+/// Several holders, explicitly: a source listing `app1` and `app2` is released only once both
+/// `quiesce-exec --holder` applications have triggered; both count the copy, and the cut lies
+/// inside both holds. The second application quiesces a second later than the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_with_two_holders_is_copied_inside_both_holds_and_both_count_it() {
+    let c = Cluster::start().await;
+    let snapshots = c.record_snapshots().await;
+    c.create_pvc("data", true).await;
+    c.apply(&format!(
+        "apiVersion: volsync.backube/v1alpha1
+kind: ReplicationSource
+metadata: {{name: db, namespace: {NS}}}
+spec:
+  sourcePVC: data
+  trigger: {{manual: once}}
+  copyTrigger: {{holders: [app1, app2]}}
+  restic: {{copyMethod: Snapshot, repository: restic-config}}
+"
+    ))
+    .await;
+    c.wait_annotations("data", "the run waits", |a| {
+        status_is(a, "WaitingForTrigger")
+    })
+    .await;
+    let app = |holder: &str, quiesce: &[&str]| {
+        let journal = c.path(&format!("journal-{holder}"));
+        let log = c.path(&format!("{holder}.log"));
+        let p = support::spawn(
+            c.cli_command(&[
+                "quiesce-exec",
+                "--pvc",
+                "data",
+                "--once",
+                "--holder",
+                holder,
+                "--trigger-prefix",
+                holder,
+                "--quiesce",
+                &journaled(&journal, quiesce),
+                "--unquiesce",
+                &journaled(&journal, &["unquiesce-start", "unquiesce-done"]),
+            ])
+            .env("SNAPGATE_LOG", "info"),
+            &log,
+        );
+        (p, journal, log)
+    };
+    let (mut first, j1, l1) = app("app1", &["quiesce-start", "quiesce-done"]);
+    let (mut second, j2, l2) = app("app2", &["quiesce-start", "!sleep 1", "quiesce-done"]);
+    let (code1, log1) = exit(&mut first, &l1).await;
+    let (code2, log2) = exit(&mut second, &l2).await;
+    assert_eq!(code1, Some(0), "{log1}\n{}", c.logs());
+    assert_eq!(code2, Some(0), "{log2}\n{}", c.logs());
+    assert!(log1.contains("copy completed"), "{log1}");
+    assert!(log2.contains("copy completed"), "{log2}");
+
+    let runs = c.runs("db").await;
+    assert_eq!(runs.len(), 1, "{runs:#?}");
+    let run = &runs[0];
+    assert!(
+        s(&run["trigger"]).starts_with("app2-"),
+        "the last holder released it: {run:#}"
+    );
+    let snap = snapshots
+        .wait("volsync-db-src", "the run's VolumeSnapshot, cut", |o| {
+            !o["status"]["creationTime"].is_null()
+        })
+        .await;
+    let cut = kube_time(&snap["status"]["creationTime"]);
+    for journal in [&j1, &j2] {
+        let journal = std::fs::read_to_string(journal).unwrap();
+        let (done, unquiesce) = (
+            journal_time(&journal, "quiesce-done"),
+            journal_time(&journal, "unquiesce-start"),
+        );
+        // The API server's times are whole seconds.
+        assert!(
+            done.floor() <= cut && cut <= unquiesce,
+            "the cut {cut} is not inside the hold {done}..{unquiesce}:\n{journal}"
+        );
+    }
+}
