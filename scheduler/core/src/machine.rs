@@ -1464,9 +1464,10 @@ impl Scheduler {
         }
         if lease_over(run, now) {
             // The deadline passed by the scheduler's clock: no report can count a copy point
-            // now, whenever the agent saw it.
+            // now, whenever the agent saw it. The run goes back to waiting (that change is
+            // what this report applied), and the report itself is dropped.
             self.on_lease_expired(id, now);
-            return ReportOutcome::Stale(format!("{id}: the hold lease ran out"));
+            return ReportOutcome::Applied;
         }
         let Some(run) = self.active.get(&id) else {
             return ReportOutcome::Stale(format!("{id} is not in flight"));

@@ -773,12 +773,13 @@ proptest! {
         }
     }
 
-    /// Reports with any timestamps, strings and counts, at any time, leave every stored
-    /// timestamp valid and every kept text bounded.
+    /// Reports, Triggers with any hold, lease requests and EndHold calls with any timestamps,
+    /// strings and counts, at any time, leave every stored timestamp valid and every kept text
+    /// bounded.
     #[test]
     fn any_report_at_any_time_keeps_the_run_valid_and_bounded(
         steps in proptest::collection::vec(
-            (0u8..7, any::<String>(), any::<i64>(), any::<i32>(), any::<u32>(), any::<bool>()),
+            (0u8..10, any::<String>(), any::<i64>(), any::<i32>(), any::<u32>(), any::<bool>()),
             1..12,
         ),
         start in any_time(),
@@ -815,6 +816,39 @@ proptest! {
                     message: text,
                     retryable: flag,
                 }),
+                6 => {
+                    let target = v1::CopyTarget {
+                        namespace: "apps".into(),
+                        pvc: "data".into(),
+                        source: String::new(),
+                    };
+                    let hold = seconds(secs, nanos);
+                    let holder = if flag { text.as_str() } else { "" };
+                    let _ = core.trigger(&target, &text, &run.id, hold.as_ref(), holder, now);
+                    continue;
+                }
+                7 => {
+                    let request = v1::LeaseRequest {
+                        run_id: run.id.clone(),
+                        generation: if flag { run.generation } else { u64::from(count) },
+                        request_id: u64::from(count),
+                    };
+                    if let snapgate_scheduler_core::LeaseAnswer::Granted(left) =
+                        core.lease(&apps(), &request, now)
+                    {
+                        prop_assert!(left > Duration::zero());
+                    }
+                    continue;
+                }
+                8 => {
+                    let target = v1::CopyTarget {
+                        namespace: "apps".into(),
+                        pvc: "data".into(),
+                        source: String::new(),
+                    };
+                    let _ = core.end_hold(&target, &run.id, &text, now);
+                    continue;
+                }
                 _ => {
                     core.handle_timeout(now);
                     continue;
@@ -825,9 +859,16 @@ proptest! {
             let _ = core.poll_timeout();
         }
         for run in core.list_runs(&key("db"), 100).unwrap() {
-            for t in [run.copy_time, run.waiting_since, run.wait_deadline, run.start_time]
-                .into_iter()
-                .flatten()
+            for t in [
+                run.copy_time,
+                run.waiting_since,
+                run.wait_deadline,
+                run.start_time,
+                run.lease_deadline,
+            ]
+            .into_iter()
+            .chain(run.holds.iter().map(|h| h.deadline))
+            .flatten()
             {
                 prop_assert!((0..1_000_000_000).contains(&t.nanos));
                 prop_assert_eq!(timestamp(to_datetime(&t)), t);
@@ -865,6 +906,13 @@ proptest! {
             r.waiting_since = Some(timestamp(waiting));
             r.wait_deadline = Some(timestamp(waiting));
             r.generation = generation;
+            if generation % 2 == 0 {
+                // Released by a Trigger, with a lease of any time.
+                r.phase = RunPhase::Copying as i32;
+                r.released_by = "rpc".into();
+                r.trigger = "v".into();
+                r.lease_deadline = Some(timestamp(waiting));
+            }
         }
         let r = Scheduler::restore(
             stored.sources.values().cloned().collect(),

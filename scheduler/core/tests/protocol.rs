@@ -1763,7 +1763,11 @@ fn a_copy_reported_after_the_lease_ran_out_is_not_counted_whenever_the_agent_saw
         },
         w.now,
     );
-    assert!(matches!(out, ReportOutcome::Stale(_)), "{out:?}");
+    assert_eq!(
+        out,
+        ReportOutcome::Applied,
+        "the run went back to waiting: the shell must persist that"
+    );
     w.settle();
     let r = w.current("db");
     assert_eq!(w.phase("db"), RunPhase::WaitingForTrigger);
