@@ -28,7 +28,8 @@ use std::fmt;
 pub use machine::{
     CoreError, Effect, HISTORY_PER_SOURCE, LeaseAnswer, LeasePolicy, MAX_LOG_BYTES,
     MAX_MESSAGE_BYTES, MAX_PAGE_BYTES, Observation, Quarantined, ReportOutcome, Restored,
-    Scheduler, SourceRecord, TIMEOUT_TEXT, Target, TriggerAccepted, timestamp, to_datetime,
+    SPENT_PER_RUN, Scheduler, SourceRecord, TIMEOUT_TEXT, Target, TriggerAccepted, timestamp,
+    to_datetime,
 };
 
 /// A source's identity: namespace and name.

@@ -31,8 +31,9 @@ const PAUSED_TEXT: &str =
     "source paused: no copy is made and no application is asked to quiesce until it is resumed";
 /// Why a run waits again after its lease ran out.
 const LEASE_EXPIRED_TEXT: &str = "the hold lease ran out before the copy point: no copy was counted; waiting for a new copy trigger";
-/// Spent values remembered per run (see `Run.spent_triggers`).
-const SPENT_PER_RUN: usize = 16;
+/// The most values a run may spend without a copy (expired leases, ended holds): past it the
+/// run fails rather than forget one, since a forgotten value could release it again.
+pub const SPENT_PER_RUN: usize = 64;
 /// The text VolSync writes into latestMoverStatus.logs when waiting times out.
 pub const TIMEOUT_TEXT: &str = "Timed out waiting for copy-trigger to be modified for pvc";
 
@@ -378,13 +379,11 @@ fn holds_pvc(run: &v1::Run) -> bool {
     }
 }
 
-/// Records `value` as spent by `run` (the newest [`SPENT_PER_RUN`] are kept).
+/// Records `value` as spent by `run`. Never forgets one: a run that reaches [`SPENT_PER_RUN`]
+/// is failed by [`Scheduler::fail_if_spent_out`].
 fn spend(run: &mut v1::Run, value: String) {
     if value.is_empty() || run.spent_triggers.contains(&value) {
         return;
-    }
-    if run.spent_triggers.len() >= SPENT_PER_RUN {
-        run.spent_triggers.remove(0);
     }
     run.spent_triggers.push(value);
 }
@@ -785,8 +784,13 @@ impl Scheduler {
                     if let Some(run) = self.active.get_mut(&id) {
                         run.message = PAUSED_TEXT.to_owned();
                         note(run, now, "Paused", PAUSED_TEXT);
+                        // Nobody holds for a paused source: the holders' values are spent.
+                        for h in std::mem::take(&mut run.holds) {
+                            spend(run, h.value);
+                        }
                     }
                     self.set_phase(id, RunPhase::Gating, now);
+                    self.fail_if_spent_out(id, now);
                 }
                 // Read the PVC again: a trigger written meanwhile releases it then.
                 (false, Some(RunPhase::Gating)) => {
@@ -996,6 +1000,8 @@ impl Scheduler {
         if !holder.is_empty() {
             validate::dns_label("holder", holder)?;
         }
+        // A hold that has ended counts towards no release, even before the timer saw it.
+        self.expire_holds(now);
         let hold = match hold {
             None => self.lease_policy.default_hold,
             Some(d) => validate::positive_hold(d, self.lease_policy.max_hold)?,
@@ -1047,7 +1053,17 @@ impl Scheduler {
             && expected.is_none_or(|e| e == run_id(run))
         {
             let id = run_id(run);
-            let lease_deadline = run.lease_deadline.as_ref().map(to_datetime);
+            // Released: the run's lease; still waiting for other holders: this holder's hold.
+            let lease_deadline = run
+                .lease_deadline
+                .as_ref()
+                .or_else(|| {
+                    run.holds
+                        .iter()
+                        .find(|h| h.value == value)
+                        .and_then(|h| h.deadline.as_ref())
+                })
+                .map(to_datetime);
             return Ok(TriggerAccepted {
                 run_id: id,
                 status: self.target_status(&resolved),
@@ -1223,7 +1239,13 @@ impl Scheduler {
         if let Some(at) = run.holds.iter().position(|h| h.holder == holder) {
             let old = run.holds.remove(at);
             spend(run, old.value);
+            if self.fail_if_spent_out(id, now) {
+                return Err(CoreError::FailedPrecondition(format!(
+                    "{id} spent {SPENT_PER_RUN} trigger values without a copy and failed"
+                )));
+            }
         }
+        let run = self.active.get_mut(&id).expect("waiting");
         run.holds.push(v1::Hold {
             holder: holder.to_owned(),
             value: value.to_owned(),
@@ -1303,7 +1325,28 @@ impl Scheduler {
             );
             self.put_run(id);
             self.notify_copy(id);
+            self.fail_if_spent_out(id, now);
         }
+    }
+
+    /// A run that has spent [`SPENT_PER_RUN`] values without a copy fails (and cleans up)
+    /// rather than forget one. True when it did.
+    fn fail_if_spent_out(&mut self, id: RunId, now: DateTime<Utc>) -> bool {
+        let Some(run) = self.active.get_mut(&id) else {
+            return false;
+        };
+        if run.spent_triggers.len() < SPENT_PER_RUN || phase(run) == RunPhase::CleaningUp {
+            return false;
+        }
+        let msg = format!(
+            "{} trigger values spent without a copy (expired leases, ended holds): the run fails rather than forget one",
+            run.spent_triggers.len()
+        );
+        run.result = RunResult::Failed as i32;
+        run.message = msg.clone();
+        note(run, now, "Failed", msg);
+        self.set_phase(id, RunPhase::CleaningUp, now);
+        true
     }
 
     /// The caller of an accepted Trigger stops holding before its lease ran out: the run it
@@ -1323,6 +1366,7 @@ impl Scheduler {
             )
         })?;
         validate::printable("value", value, true)?;
+        self.expire_holds(now);
         let found = self
             .active
             .get(&id)
@@ -1349,7 +1393,7 @@ impl Scheduler {
             )));
         }
         if self.active.contains_key(&id)
-            && phase(r) == RunPhase::WaitingForTrigger
+            && phase(r) != RunPhase::Copying
             && let Some(at) = r.holds.iter().position(|h| h.value == value)
         {
             // A holder gives up before the others triggered: its hold ends, its value is spent.
@@ -1369,10 +1413,13 @@ impl Scheduler {
             );
             self.put_run(id);
             self.notify_copy(id);
+            self.fail_if_spent_out(id, now);
         } else if self.active.contains_key(&id)
             && phase(r) == RunPhase::Copying
             && r.copy_time.is_none()
             && r.lease_deadline.is_some()
+            // Only a hold of this release: an old spent value ends nobody's current hold.
+            && (r.trigger == value || r.holds.iter().any(|h| h.value == value))
         {
             let run = self.active.get_mut(&id).expect("checked");
             note(
@@ -1488,6 +1535,16 @@ impl Scheduler {
         match (current, observation) {
             (RunPhase::Gating | RunPhase::WaitingForTrigger, ReportObservation::Pvc(pvc)) => {
                 self.on_pvc_observed(id, pvc, now)
+            }
+            // Only for the current release: a copy point seen under an earlier one (whose lease
+            // ran out, the run since released again) is not this release's.
+            (RunPhase::Copying, ReportObservation::CopyCompleted(_))
+                if report.generation != self.active[&id].generation =>
+            {
+                return ReportOutcome::Stale(format!(
+                    "{id}: copy completed for generation {} < {}",
+                    report.generation, self.active[&id].generation
+                ));
             }
             (RunPhase::Copying, ReportObservation::CopyCompleted(c)) => {
                 self.on_copy_completed(id, c, now)
@@ -1899,6 +1956,7 @@ impl Scheduler {
                 mover,
             }));
         self.set_phase(id, RunPhase::WaitingForTrigger, now);
+        self.fail_if_spent_out(id, now);
     }
 
     fn on_wait_timeout(&mut self, id: RunId, now: DateTime<Utc>) {

@@ -2104,3 +2104,176 @@ fn a_value_used_for_one_run_of_a_pvc_is_refused_for_the_next() {
     assert_eq!(f.field, "value");
     assert!(f.rule.contains(&first), "{}", f.rule);
 }
+
+// ------------------------------------------------------------------ review: lease edge cases
+
+/// A copy point seen under a release whose lease ran out, reported only after the run was
+/// released again, is not the new release's copy point.
+#[test]
+fn a_copy_completed_from_an_expired_release_does_not_count_for_the_next_release() {
+    let mut w = World::new();
+    w.cluster.copies_get_ready = false;
+    w.pvc("data", true);
+    w.apply("db", spec("data", CopyMethod::Snapshot, manual("first")));
+    let run = w.current("db").id;
+    w.core
+        .trigger(&by_pvc("data"), "v1", &run, Some(&hold(10)), "", w.now)
+        .unwrap();
+    w.settle();
+    let gen_v1 = w.cluster.held[&run].generation;
+    let cut = w.now + Duration::seconds(9);
+    w.advance(Duration::seconds(10));
+    assert_eq!(w.phase("db"), RunPhase::WaitingForTrigger);
+    w.advance(Duration::seconds(1));
+    w.core
+        .trigger(&by_pvc("data"), "v2", &run, Some(&hold(10)), "", w.now)
+        .unwrap();
+    w.settle();
+    let late = w.core.handle_report(
+        &apps(),
+        Report {
+            run_id: run.clone(),
+            generation: gen_v1,
+            observation: Some(Observation::CopyCompleted(v1::CopyCompleted {
+                copy_name: format!("db-{run}"),
+                time: Some(snapgate_scheduler_core::timestamp(cut)),
+            })),
+        },
+        w.now,
+    );
+    assert!(matches!(late, ReportOutcome::Stale(_)), "{late:?}");
+    let r = w.current("db");
+    assert_eq!(w.phase("db"), RunPhase::Copying);
+    assert!(r.copy_time.is_none(), "{:?}", r.copy_time);
+}
+
+#[test]
+fn a_holders_end_hold_while_the_source_is_paused_spends_its_hold() {
+    let mut w = World::new();
+    w.pvc("data", true);
+    w.apply("db", with_holders("data", &["a", "b"]));
+    as_holder(&mut w, "a", "va", 600).unwrap();
+    w.core
+        .set_paused(&key("db"), true, String::new(), w.now)
+        .unwrap();
+    w.settle();
+    assert_eq!(w.phase("db"), RunPhase::Gating);
+    let r = w.current("db");
+    assert!(
+        r.holds.is_empty(),
+        "pausing spends the holds: {:?}",
+        r.holds
+    );
+    assert_eq!(r.spent_triggers, ["va"]);
+    // EndHold meanwhile answers without reviving anything.
+    w.core
+        .end_hold(&by_pvc("data"), &r.id, "va", w.now)
+        .unwrap();
+    w.core
+        .set_paused(&key("db"), false, String::new(), w.now)
+        .unwrap();
+    w.settle();
+    assert_eq!(w.phase("db"), RunPhase::WaitingForTrigger);
+    as_holder(&mut w, "b", "vb", 600).unwrap();
+    assert_eq!(
+        w.phase("db"),
+        RunPhase::WaitingForTrigger,
+        "a's hold from before the pause releases nothing"
+    );
+    assert_eq!(w.core.copy_status("apps", "data").holders_pending, ["a"]);
+}
+
+#[test]
+fn end_hold_with_an_old_spent_value_leaves_another_release_alone() {
+    let mut w = World::new();
+    w.cluster.copies_get_ready = false;
+    w.pvc("data", true);
+    w.apply("db", spec("data", CopyMethod::Snapshot, manual("first")));
+    let run = w.current("db").id;
+    w.core
+        .trigger(&by_pvc("data"), "v1", &run, Some(&hold(10)), "", w.now)
+        .unwrap();
+    w.advance(Duration::seconds(10));
+    w.core
+        .trigger(&by_pvc("data"), "v2", &run, Some(&hold(600)), "", w.now)
+        .unwrap();
+    w.settle();
+    w.core.end_hold(&by_pvc("data"), &run, "v1", w.now).unwrap();
+    w.settle();
+    assert_eq!(w.phase("db"), RunPhase::Copying);
+    assert_eq!(w.current("db").spent_triggers, ["v1"]);
+}
+
+#[test]
+fn a_spent_value_never_releases_its_run_again_and_a_run_that_spends_too_many_fails() {
+    let mut w = World::new();
+    w.cluster.copies_get_ready = false;
+    w.pvc("data", true);
+    w.apply("db", spec("data", CopyMethod::Snapshot, manual("first")));
+    let run = w.current("db").id;
+    for i in 0..20 {
+        w.core
+            .trigger(
+                &by_pvc("data"),
+                &format!("v{i}"),
+                &run,
+                Some(&hold(1)),
+                "",
+                w.now,
+            )
+            .unwrap();
+        w.advance(Duration::seconds(1));
+    }
+    let e = w
+        .core
+        .trigger(&by_pvc("data"), "v0", &run, Some(&hold(60)), "", w.now)
+        .unwrap_err();
+    assert!(
+        matches!(e, CoreError::Invalid(ref f) if f.field == "value"),
+        "{e:?}"
+    );
+    for i in 20..snapgate_scheduler_core::SPENT_PER_RUN {
+        w.core
+            .trigger(
+                &by_pvc("data"),
+                &format!("v{i}"),
+                &run,
+                Some(&hold(1)),
+                "",
+                w.now,
+            )
+            .unwrap();
+        w.advance(Duration::seconds(1));
+    }
+    let r = w.runs("db").into_iter().find(|r| r.id == run).unwrap();
+    assert_eq!(r.result(), RunResult::Failed, "{}", r.message);
+    assert!(r.message.contains("spent without a copy"), "{}", r.message);
+    assert_eq!(
+        r.spent_triggers.len(),
+        snapgate_scheduler_core::SPENT_PER_RUN
+    );
+}
+
+#[test]
+fn a_hold_that_has_ended_counts_towards_no_release_even_before_the_timer() {
+    let mut w = World::new();
+    w.pvc("data", true);
+    w.apply("db", with_holders("data", &["a", "b"]));
+    as_holder(&mut w, "a", "va", 5).unwrap();
+    // No timer has fired; b triggers after a's hold ended.
+    w.now += Duration::seconds(6);
+    let accepted = as_holder(&mut w, "b", "vb", 600).unwrap();
+    assert_eq!(w.phase("db"), RunPhase::WaitingForTrigger);
+    assert_eq!(accepted.status.holders_pending, ["a"]);
+    assert_eq!(
+        accepted.lease_deadline,
+        Some(w.now + Duration::seconds(600))
+    );
+    let again = as_holder(&mut w, "b", "vb", 600).unwrap();
+    assert!(again.repeated);
+    assert_eq!(
+        again.lease_deadline,
+        Some(w.now + Duration::seconds(600)),
+        "a repeat answers with the holder's own hold"
+    );
+}
