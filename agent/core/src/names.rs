@@ -40,6 +40,10 @@ pub const SOURCE: &str = "snapgate.io/source";
 pub const CLEANUP: &str = "snapgate.io/cleanup";
 /// The run that made a temporary object.
 pub const RUN: &str = "snapgate.io/run";
+/// The annotation on a gated run's copy (VolumeSnapshot or clone PVC): the copy-trigger value
+/// of the release it was made for. A run released again (its lease ran out) never counts a
+/// copy made for an earlier release.
+pub const RELEASE: &str = "snapgate.io/copy-trigger";
 
 /// The mover Job of a source.
 pub fn job_name(mover: Mover, source: &str) -> String {

@@ -478,8 +478,17 @@ impl Ctx<'_> {
                         Action::DeletePvc(self.copy_name()),
                     ));
                 }
+                // Made for an earlier release of this run: not this release's copy point.
+                Owned::ThisRun(c) if !self.of_this_release(&c.metadata) => {
+                    return Ok(self.before_copy(
+                        &observed,
+                        pvc,
+                        Action::DeletePvc(self.copy_name()),
+                    ));
+                }
                 Owned::Absent => {
-                    let clone = resources::clone_pvc(&self.run, self.mover, pvc)?;
+                    let mut clone = resources::clone_pvc(&self.run, self.mover, pvc)?;
+                    self.mark_release(&mut clone.metadata);
                     return Ok(self.before_leased_copy(
                         &observed,
                         pvc,
@@ -507,9 +516,17 @@ impl Ctx<'_> {
                         Action::DeleteSnapshot(self.copy_name()),
                     ));
                 }
+                Owned::ThisRun(s) if !self.of_this_release(&s.metadata) => {
+                    return Ok(self.before_copy(
+                        &observed,
+                        pvc,
+                        Action::DeleteSnapshot(self.copy_name()),
+                    ));
+                }
                 Owned::Absent => {
-                    let snap =
+                    let mut snap =
                         resources::volume_snapshot(&self.run, self.mover, &self.names.source_pvc);
+                    self.mark_release(&mut snap.metadata);
                     return Ok(self.before_leased_copy(
                         &observed,
                         pvc,
@@ -574,6 +591,26 @@ impl Ctx<'_> {
                 time: Some(timestamp(bounds::reported_time(time, self.seen.now))),
             },
         ))])
+    }
+
+    /// Whether this run's copy was made for the release the directive names (the value that
+    /// released it). An ungated run has no release to tell apart.
+    fn of_this_release(&self, meta: &ObjectMeta) -> bool {
+        !self.directive.gated
+            || meta
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(names::RELEASE))
+                .is_some_and(|v| *v == self.directive.trigger)
+    }
+
+    /// Records on a new copy the release it is made for.
+    fn mark_release(&self, meta: &mut ObjectMeta) {
+        if self.directive.gated {
+            meta.annotations
+                .get_or_insert_with(Default::default)
+                .insert(names::RELEASE.to_owned(), self.directive.trigger.clone());
+        }
     }
 
     /// The name of the run's copy: the VolumeSnapshot, the clone, the restored PVC.
@@ -1434,6 +1471,7 @@ mod tests {
             metadata: ObjectMeta {
                 name: Some("volsync-db-src".into()),
                 labels: Some(names::temporary_labels("db", "run-7")),
+                annotations: Some(this_release()),
                 ..Default::default()
             },
             spec: Default::default(),
@@ -1749,6 +1787,7 @@ mod tests {
             metadata: ObjectMeta {
                 name: Some("volsync-db-src".into()),
                 labels: Some(names::temporary_labels("db", "run-7")),
+                annotations: Some(this_release()),
                 creation_timestamp: Some(Time(Timestamp::UNIX_EPOCH)),
                 ..Default::default()
             },
@@ -1921,6 +1960,7 @@ mod tests {
             metadata: ObjectMeta {
                 name: Some("volsync-db-src".into()),
                 labels: Some(names::temporary_labels("db", "run-7")),
+                annotations: Some(this_release()),
                 ..Default::default()
             },
             spec: Default::default(),
@@ -2012,11 +2052,17 @@ mod tests {
         );
     }
 
+    /// The release annotation of a copy made for the test directive's release ("first").
+    fn this_release() -> BTreeMap<String, String> {
+        BTreeMap::from([(names::RELEASE.to_owned(), "first".to_owned())])
+    }
+
     fn ready_snapshot(creation: Timestamp) -> VolumeSnapshot {
         VolumeSnapshot {
             metadata: ObjectMeta {
                 name: Some("volsync-db-src".into()),
                 labels: Some(names::temporary_labels("db", "run-7")),
+                annotations: Some(this_release()),
                 ..Default::default()
             },
             spec: Default::default(),
@@ -2356,7 +2402,11 @@ mod tests {
             None,
         );
         let cut = ready_snapshot(Timestamp::UNIX_EPOCH);
-        let bound = pvc("volsync-db-src", &[], Some("run-7"));
+        let bound = pvc(
+            "volsync-db-src",
+            &[(names::RELEASE, "first")],
+            Some("run-7"),
+        );
         let marked = ["PatchPvc data", "Event SrcPVCCopyUsingCopyTriggerCompleted"];
         let cases: [(v1::CopyMethod, &PersistentVolumeClaim, Lease, &[&str]); 12] = [
             (v1::CopyMethod::Snapshot, &in_progress, Lease::Held, &marked),
@@ -2596,5 +2646,62 @@ mod tests {
         };
         assert!(m.logs.len() <= classify::MOVER_LOG_MAX_BYTES);
         assert!(m.logs.starts_with("(log unavailable: eee"));
+    }
+
+    /// A copy of this run made for an earlier release (its lease ran out; the WAIT that would
+    /// have deleted it never reached this agent) is not the new release's copy point: it is
+    /// deleted, never marked Completed, whatever lease is held now. A new copy carries the
+    /// value of the release it is made for.
+    #[test]
+    fn a_copy_made_for_an_earlier_release_is_deleted_not_counted_under_a_later_lease() {
+        let source = pvc(
+            "data",
+            &[
+                USE,
+                (annotations::LATEST_COPY_STATUS, "InProgress"),
+                (annotations::COPY_TRIGGER, "v2"),
+            ],
+            None,
+        );
+        let mut old_cut = ready_snapshot(Timestamp::UNIX_EPOCH);
+        old_cut.metadata.annotations = Some(BTreeMap::from([(
+            names::RELEASE.to_owned(),
+            "first".to_owned(),
+        )]));
+        let old_clone = pvc(
+            "volsync-db-src",
+            &[(names::RELEASE, "first")],
+            Some("run-7"),
+        );
+        for method in [v1::CopyMethod::Snapshot, v1::CopyMethod::Clone] {
+            let mut d = leased(DirectivePhase::Copy, method);
+            d.trigger = "v2".into();
+            let mut s = seen(Some(&source));
+            s.snapshot = Some(&old_cut);
+            s.copy_pvc = Some(&old_clone);
+            s.lease = Lease::Held;
+            let a = plan(&d, &s, &PlanConfig::default()).unwrap();
+            let want = match method {
+                v1::CopyMethod::Snapshot => "DeleteSnapshot volsync-db-src",
+                _ => "DeletePvc volsync-db-src",
+            };
+            assert_eq!(kinds(&a), [want], "{method:?}");
+
+            // Once it is gone, the new copy is made for v2 (under the lease).
+            let mut s = seen(Some(&source));
+            s.lease = Lease::Held;
+            let a = plan(&d, &s, &PlanConfig::default()).unwrap();
+            let made = a.iter().find_map(|a| match a {
+                Action::CreateSnapshot(v) => v.metadata.annotations.clone(),
+                Action::CreatePvc(p) => p.metadata.annotations.clone(),
+                _ => None,
+            });
+            assert_eq!(
+                made.and_then(|m| m.get(names::RELEASE).cloned()).as_deref(),
+                Some("v2"),
+                "{method:?}: {:?}",
+                kinds(&a)
+            );
+        }
     }
 }
