@@ -5,6 +5,11 @@ use std::{net::SocketAddr, path::PathBuf};
 use clap::{Parser, ValueEnum};
 use snapgate_scheduler_core::LeasePolicy;
 
+use crate::{
+    auth::{IssuerConfig, JwksSource},
+    identity::{Policy, parse_grant},
+};
+
 /// snapgate-scheduler: owns replication sources, their schedules and copy-trigger state.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "snapgate-scheduler", version, about)]
@@ -41,9 +46,137 @@ pub struct Args {
     /// The longest hold lease: a Trigger asking for more gets this.
     #[arg(long, env = "SNAPGATE_MAX_HOLD", default_value = "1h", value_parser = parse_duration)]
     pub max_hold: std::time::Duration,
+
+    /// Authentication: the token issuer's key set, a JWKS file or URL (the cluster's
+    /// `https://kubernetes.default.svc/openid/v1/jwks`). With it every caller must present a
+    /// valid bearer token (a ServiceAccount token made for --auth-audience).
+    #[arg(long, env = "SNAPGATE_AUTH_JWKS")]
+    pub auth_jwks: Option<String>,
+
+    /// The `iss` of valid tokens (`kubectl get --raw /.well-known/openid-configuration`).
+    #[arg(long, env = "SNAPGATE_AUTH_ISSUER")]
+    pub auth_issuer: Option<String>,
+
+    /// The audience tokens must be made for.
+    #[arg(long, env = "SNAPGATE_AUTH_AUDIENCE", default_value = "snapgate")]
+    pub auth_audience: String,
+
+    /// A bearer token file sent when fetching a JWKS URL (the scheduler's own projected token).
+    #[arg(long, env = "SNAPGATE_AUTH_JWKS_TOKEN_FILE")]
+    pub auth_jwks_token_file: Option<PathBuf>,
+
+    /// A CA bundle for an `https://` JWKS URL (else the system roots).
+    #[arg(long, env = "SNAPGATE_AUTH_JWKS_CA_FILE")]
+    pub auth_jwks_ca_file: Option<PathBuf>,
+
+    /// A subject (`system:serviceaccount:<ns>:<name>`) that may do everything; repeatable.
+    #[arg(long = "admin", env = "SNAPGATE_ADMINS", value_delimiter = ' ')]
+    pub admins: Vec<String>,
+
+    /// `SUBJECT=ns1,ns2`: may manage the sources of those namespaces; repeatable.
+    #[arg(
+        long = "namespace-admin",
+        env = "SNAPGATE_NAMESPACE_ADMINS",
+        value_delimiter = ' '
+    )]
+    pub namespace_admins: Vec<String>,
+
+    /// The agents' ServiceAccount name: that ServiceAccount of a namespace may serve it.
+    #[arg(
+        long,
+        env = "SNAPGATE_AGENT_SERVICE_ACCOUNT",
+        default_value = "snapgate-agent"
+    )]
+    pub agent_service_account: String,
+
+    /// `SUBJECT=ns1,ns2`: may serve those namespaces as their agent; repeatable.
+    #[arg(
+        long = "agent-namespaces",
+        env = "SNAPGATE_AGENT_NAMESPACES",
+        value_delimiter = ' '
+    )]
+    pub agent_namespaces: Vec<String>,
+
+    /// Serve without authentication on a non-loopback address (anyone who reaches the port
+    /// can do anything). Without it such a start is refused.
+    #[arg(long, env = "SNAPGATE_INSECURE_ANONYMOUS")]
+    pub insecure_anonymous: bool,
+
+    /// Append the audit trail (one JSON line per mutating call, Trigger and denial) to this
+    /// file instead of the log.
+    #[arg(long, env = "SNAPGATE_AUDIT_LOG")]
+    pub audit_log: Option<PathBuf>,
+}
+
+/// How callers are authenticated and authorised, from the flags.
+#[derive(Debug)]
+pub struct Security {
+    /// The token issuer (`None`: authentication off).
+    pub issuer: Option<IssuerConfig>,
+    /// Who may do what.
+    pub policy: Policy,
 }
 
 impl Args {
+    /// The security setup, checked: `--auth-jwks` and `--auth-issuer` together, grants well
+    /// formed, and no unauthenticated service on a non-loopback address unless
+    /// `--insecure-anonymous` says so.
+    pub fn security(&self) -> anyhow::Result<Security> {
+        let issuer = match (&self.auth_jwks, &self.auth_issuer) {
+            (Some(jwks), Some(issuer)) => Some(IssuerConfig {
+                cluster: String::new(),
+                issuer: issuer.clone(),
+                audience: self.auth_audience.clone(),
+                jwks: JwksSource::parse(
+                    jwks,
+                    self.auth_jwks_token_file.clone(),
+                    self.auth_jwks_ca_file.clone(),
+                ),
+            }),
+            (None, None) => None,
+            (Some(_), None) => anyhow::bail!("--auth-jwks needs --auth-issuer"),
+            (None, Some(_)) => anyhow::bail!("--auth-issuer needs --auth-jwks"),
+        };
+        if issuer.is_none() && !self.listen.ip().is_loopback() && !self.insecure_anonymous {
+            anyhow::bail!(
+                "refusing to serve {} without authentication: anyone who reaches it could read every namespace's sources and forge backups. Configure --auth-jwks and --auth-issuer (see docs/security.md), listen on a loopback address, or pass --insecure-anonymous",
+                self.listen
+            );
+        }
+        if issuer.is_none()
+            && (!self.admins.is_empty()
+                || !self.namespace_admins.is_empty()
+                || !self.agent_namespaces.is_empty())
+        {
+            anyhow::bail!(
+                "--admin, --namespace-admin and --agent-namespaces need authentication (--auth-jwks, --auth-issuer)"
+            );
+        }
+        let mut policy = Policy {
+            admins: self.admins.iter().cloned().collect(),
+            agent_service_account: self.agent_service_account.clone(),
+            ..Policy::default()
+        };
+        for (flag, grants, into) in [
+            (
+                "namespace-admin",
+                &self.namespace_admins,
+                &mut policy.namespace_admins,
+            ),
+            (
+                "agent-namespaces",
+                &self.agent_namespaces,
+                &mut policy.agent_namespaces,
+            ),
+        ] {
+            for g in grants {
+                let (subject, namespaces) = parse_grant(flag, g).map_err(anyhow::Error::msg)?;
+                into.entry(subject).or_default().extend(namespaces);
+            }
+        }
+        Ok(Security { issuer, policy })
+    }
+
     /// The hold lease bounds, checked: both positive, the default within the maximum.
     pub fn lease_policy(&self) -> anyhow::Result<LeasePolicy> {
         let convert = |flag: &str, d: std::time::Duration| {
@@ -123,6 +256,56 @@ mod tests {
             (&["--default-hold", "ten"][..], "expected a number"),
         ] {
             let e = policy(args).unwrap_err().to_string();
+            assert!(e.contains(says), "{args:?}: {e}");
+        }
+    }
+
+    fn security(args: &[&str]) -> anyhow::Result<Security> {
+        let mut all = vec!["snapgate-scheduler"];
+        all.extend_from_slice(args);
+        Args::try_parse_from(all)?.security()
+    }
+
+    #[test]
+    fn serving_beyond_loopback_without_authentication_is_refused_unless_said_insecure() {
+        assert!(security(&[]).unwrap().issuer.is_none(), "loopback: fine");
+        let e = security(&["--listen", "0.0.0.0:50051"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("without authentication") && e.contains("--insecure-anonymous"),
+            "{e}"
+        );
+        assert!(security(&["--listen", "0.0.0.0:50051", "--insecure-anonymous"]).is_ok());
+        let secure = security(&[
+            "--listen",
+            "0.0.0.0:50051",
+            "--auth-jwks",
+            "https://kubernetes.default.svc/openid/v1/jwks",
+            "--auth-issuer",
+            "https://kubernetes.default.svc.cluster.local",
+            "--admin",
+            "system:serviceaccount:snapgate:admin",
+            "--namespace-admin",
+            "system:serviceaccount:ops:team=apps,web",
+        ])
+        .unwrap();
+        let issuer = secure.issuer.unwrap();
+        assert_eq!(issuer.audience, "snapgate");
+        assert!(matches!(issuer.jwks, JwksSource::Url { .. }));
+        assert_eq!(secure.policy.namespace_admins.len(), 1);
+        for (args, says) in [
+            (
+                &["--auth-jwks", "/jwks.json"][..],
+                "--auth-jwks needs --auth-issuer",
+            ),
+            (
+                &["--auth-issuer", "x"][..],
+                "--auth-issuer needs --auth-jwks",
+            ),
+            (&["--admin", "x"][..], "need authentication"),
+        ] {
+            let e = security(args).unwrap_err().to_string();
             assert!(e.contains(says), "{args:?}: {e}");
         }
     }

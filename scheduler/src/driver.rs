@@ -106,20 +106,26 @@ pub(crate) enum Command {
         run_id: String,
         hold: Option<prost_types::Duration>,
         holder: String,
+        /// The caller's ServiceAccount when it acts as an application (held to the sources'
+        /// `copyTrigger.allowedServiceAccounts`).
+        application: Option<String>,
         reply: Reply<TriggerAccepted>,
     },
     EndHold {
         target: v1::CopyTarget,
         run_id: String,
         value: String,
+        application: Option<String>,
         reply: Reply<v1::CopyStatus>,
     },
     CopyStatus {
         target: v1::CopyTarget,
+        application: Option<String>,
         reply: Reply<v1::CopyStatus>,
     },
     WatchCopy {
         target: v1::CopyTarget,
+        application: Option<String>,
         tx: mpsc::Sender<Result<v1::CopyStatus, Status>>,
         reply: Reply<()>,
     },
@@ -490,30 +496,48 @@ impl Driver {
                 run_id,
                 hold,
                 holder,
+                application,
                 reply,
             } => {
-                let r = self
-                    .core
-                    .trigger(&target, &value, &run_id, hold.as_ref(), &holder, now);
+                let r = self.admit(&target, application.as_deref()).and_then(|()| {
+                    self.core
+                        .trigger(&target, &value, &run_id, hold.as_ref(), &holder, now)
+                });
                 self.answer(reply, r);
             }
             Command::EndHold {
                 target,
                 run_id,
                 value,
+                application,
                 reply,
             } => {
-                let r = self.core.end_hold(&target, &run_id, &value, now);
+                let r = self
+                    .admit(&target, application.as_deref())
+                    .and_then(|()| self.core.end_hold(&target, &run_id, &value, now));
                 self.answer(reply, r);
             }
-            Command::CopyStatus { target, reply } => {
-                let r = self
-                    .core
-                    .resolve_target(&target)
-                    .map(|t| self.core.target_status(&t));
+            Command::CopyStatus {
+                target,
+                application,
+                reply,
+            } => {
+                let r = self.admit(&target, application.as_deref()).and_then(|()| {
+                    self.core
+                        .resolve_target(&target)
+                        .map(|t| self.core.target_status(&t))
+                });
                 let _ = reply.send(r.map_err(Into::into));
             }
-            Command::WatchCopy { target, tx, reply } => match self.core.resolve_target(&target) {
+            Command::WatchCopy {
+                target,
+                application,
+                tx,
+                reply,
+            } => match self
+                .admit(&target, application.as_deref())
+                .and_then(|()| self.core.resolve_target(&target))
+            {
                 Ok(target) => {
                     self.reap_watchers();
                     let on_pvc = self
@@ -579,6 +603,20 @@ impl Driver {
                     warn!(agent = %hello.agent_id, "agent link closed during resync");
                     let _ = reply.send(Err(DriverError::Stopped));
                     return;
+                }
+                // One agent per namespace: the newer link replaces an older one serving any of
+                // the same namespaces (a restarted agent whose old link is not yet known dead).
+                let replaced: Vec<u64> = self
+                    .agents
+                    .iter()
+                    .filter(|(_, a)| a.namespaces.iter().any(|n| hello.namespaces.contains(n)))
+                    .map(|(id, _)| *id)
+                    .collect();
+                for old in replaced {
+                    if let Some(a) = self.agents.get(&old) {
+                        warn!(old = %a.agent_id, new = %hello.agent_id, namespaces = ?a.namespaces, "a newer agent link replaces one serving the same namespaces");
+                    }
+                    self.drop_agent(old);
                 }
                 info!(agent = %hello.agent_id, namespaces = ?hello.namespaces, "agent connected");
                 self.agents.insert(
@@ -650,6 +688,22 @@ impl Driver {
                 self.metrics.agents_connected.set(0);
             }
         }
+    }
+
+    /// Refuses an application (a ServiceAccount acting in its own namespace) that a source of
+    /// the target does not list in `copyTrigger.allowedServiceAccounts`.
+    fn admit(&self, target: &v1::CopyTarget, application: Option<&str>) -> Result<(), CoreError> {
+        let Some(sa) = application else {
+            return Ok(());
+        };
+        let resolved = self.core.resolve_target(target)?;
+        if self.core.application_allowed(&resolved, sa) {
+            return Ok(());
+        }
+        Err(CoreError::PermissionDenied(format!(
+            "ServiceAccount {sa} may not act on pvc {}/{}: a source of it lists other copyTrigger.allowedServiceAccounts",
+            resolved.namespace, resolved.pvc
+        )))
     }
 
     /// Commits what a mutating call did, then replies: the reply never precedes durability.

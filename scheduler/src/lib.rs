@@ -12,6 +12,8 @@
 //! committed to the store before its request is answered or its directive sent.
 
 pub mod args;
+pub mod audit;
+pub mod auth;
 pub mod clock;
 mod driver;
 pub mod grpc;
@@ -39,7 +41,7 @@ pub use snapgate_scheduler_core::LeasePolicy;
 use crate::{
     clock::Clock,
     grpc::{Agents, Sources, Triggers},
-    identity::{Authorizer, identify},
+    identity::{Authorizer, Identify, RpcName},
     metrics::Metrics,
     store::Store,
 };
@@ -52,10 +54,21 @@ pub struct Config {
     pub clock: Arc<dyn Clock>,
     /// The metrics registry.
     pub metrics: Metrics,
-    /// Who may do what.
+    /// Who may do what (and the audit trail).
     pub authorizer: Authorizer,
+    /// Who is calling: `None` when authentication is off (every caller anonymous).
+    pub authenticator: Option<Arc<auth::Authenticator>>,
     /// The bounds of a Trigger's hold lease.
     pub lease_policy: LeasePolicy,
+}
+
+/// Aborts a background task when dropped (the key-set refresh ends with the server).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// How long a connection in-flight requests may take to drain once the driver has died.
@@ -80,18 +93,26 @@ pub async fn serve(
     .context("loading the store")?;
     let mut driver_task = tokio::spawn(driver.run());
 
+    let identify = Identify::new(
+        config.authenticator.clone(),
+        config.authorizer.audit().clone(),
+    );
+    let _refresh = config
+        .authenticator
+        .as_ref()
+        .map(|a| AbortOnDrop(a.spawn_refresh()));
     let (health, health_service) = tonic_health::server::health_reporter();
     let sources = SourceServiceServer::with_interceptor(
         Sources::new(handle.clone(), config.authorizer.clone()),
-        identify,
+        identify.clone(),
     );
     let triggers = TriggerServiceServer::with_interceptor(
         Triggers::new(handle.clone(), config.authorizer.clone()),
-        identify,
+        identify.clone(),
     );
     let agents = AgentServiceServer::with_interceptor(
         Agents::new(handle.clone(), config.authorizer.clone()),
-        identify,
+        identify.clone(),
     );
     health.set_serving::<SourceServiceServer<Sources>>().await;
     health.set_serving::<TriggerServiceServer<Triggers>>().await;
@@ -127,6 +148,8 @@ pub async fn serve(
     let incoming =
         TcpListenerStream::new(listener).map(|conn| conn.map(handshake::HandshakeDeadline::new));
     let server = tonic::transport::Server::builder()
+        // Every request carries its RPC's name, for the identity check and the audit trail.
+        .layer(tower::util::MapRequestLayer::new(RpcName::tag))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

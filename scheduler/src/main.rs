@@ -7,6 +7,8 @@ use clap::Parser as _;
 use snapgate_scheduler::{
     Config,
     args::{Args, init_tracing},
+    audit::Audit,
+    auth::Authenticator,
     bind,
     clock::SystemClock,
     identity::Authorizer,
@@ -15,12 +17,36 @@ use snapgate_scheduler::{
     store::RedbStore,
 };
 use tokio::sync::watch;
-use tracing::info;
+use tracing::{info, warn};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_tracing(args.log_format, &args.log)?;
+    let security = args.security()?;
+    let lease_policy = args.lease_policy()?;
+    let audit = match &args.audit_log {
+        Some(path) => Audit::to_file(path)
+            .with_context(|| format!("opening the audit log {} (--audit-log)", path.display()))?,
+        None => Audit::to_log(),
+    };
+    let (authenticator, authorizer) = match security.issuer {
+        Some(issuer) => {
+            info!(
+                issuer = issuer.issuer,
+                audience = issuer.audience,
+                "authentication on"
+            );
+            (
+                Some(Authenticator::load(vec![issuer]).await),
+                Authorizer::with_policy(security.policy, audit),
+            )
+        }
+        None => {
+            warn!("authentication off: every caller may do everything");
+            (None, Authorizer::open(audit))
+        }
+    };
     let store = RedbStore::open(&args.data_dir).with_context(|| {
         format!(
             "opening the store in {} (--data-dir)",
@@ -49,8 +75,9 @@ async fn main() -> anyhow::Result<()> {
         store: Box::new(store),
         clock: Arc::new(SystemClock),
         metrics,
-        authorizer: Authorizer,
-        lease_policy: args.lease_policy()?,
+        authorizer,
+        authenticator,
+        lease_policy,
     };
     serve(config, grpc, stopped(stop_rx)).await?;
     metrics_task.await??;

@@ -26,6 +26,7 @@ fn core_status(e: CoreError) -> Status {
         CoreError::AlreadyExists { .. } => Code::AlreadyExists,
         CoreError::VersionConflict { .. } => Code::Aborted,
         CoreError::FailedPrecondition(_) => Code::FailedPrecondition,
+        CoreError::PermissionDenied(_) => Code::PermissionDenied,
     };
     Status::new(code, truncate(&e.to_string(), MAX_STATUS_BYTES))
 }

@@ -263,7 +263,8 @@ pub fn spec(s: &SourceSpec) -> Value {
         let mut ct = Obj::default();
         ct.duration("waitTimeout", c.wait_timeout.as_ref())
             .put("onTimeout", policy.as_str_name())
-            .list("holders", &c.holders);
+            .list("holders", &c.holders)
+            .list("allowedServiceAccounts", &c.allowed_service_accounts);
         o.object("copyTrigger", Some(ct));
     }
     o.flag("skipInitialRun", s.skip_initial_run);

@@ -10,7 +10,7 @@
 //!
 //! The keys are VolSync's (`sourcePVC`, `trigger.schedule`, `restic.copyMethod`, ...), plus
 //! snapgate's own spec additions: `timeZone`, `jitter`, `copyTrigger {waitTimeout, onTimeout,
-//! holders}`, `skipInitialRun`. What `snapgate get -o yaml` writes besides the spec (`metadata.generation`,
+//! holders, allowedServiceAccounts}`, `skipInitialRun`. What `snapgate get -o yaml` writes besides the spec (`metadata.generation`,
 //! `metadata.creationTimestamp`, `status`: the scheduler's own record of the source, which a
 //! Kubernetes API server also discards on write) is read silently, so that output applies again
 //! as it is. Any other Kubernetes metadata (labels, annotations, uid, resourceVersion, ...) is
@@ -248,11 +248,13 @@ fn spec(o: &mut Obj<'_>) -> Result<SourceSpec, FieldError> {
                 })?,
             };
             let holders = c.strings("holders")?;
+            let allowed_service_accounts = c.strings("allowedServiceAccounts")?;
             c.finish(&[])?;
             Some(CopyTriggerOptions {
                 wait_timeout,
                 on_timeout: on_timeout as i32,
                 holders,
+                allowed_service_accounts,
             })
         }
     };
@@ -849,7 +851,7 @@ mod tests {
   timeZone: Europe/Paris
   jitter: 5m
   skipInitialRun: true
-  copyTrigger: {{waitTimeout: 90s, onTimeout: Skip, holders: [db, search]}}
+  copyTrigger: {{waitTimeout: 90s, onTimeout: Skip, holders: [db, search], allowedServiceAccounts: [db]}}
   restic:
     copyMethod: Snapshot
     capacity: 10Gi
@@ -890,6 +892,7 @@ mod tests {
         assert_eq!(ct.wait_timeout.unwrap().seconds, 90);
         assert_eq!(ct.on_timeout, TimeoutPolicy::Skip as i32);
         assert_eq!(ct.holders, ["db", "search"]);
+        assert_eq!(ct.allowed_service_accounts, ["db"]);
         let r = spec.restic.as_ref().unwrap();
         assert_eq!(r.copy_method, CopyMethod::Snapshot as i32);
         assert_eq!(r.capacity.as_deref(), Some("10Gi"));

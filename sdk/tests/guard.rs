@@ -170,6 +170,7 @@ async fn the_guard_unquiesces_and_reports_timed_out_when_the_wait_expires_under_
         }),
         on_timeout: TimeoutPolicy::Skip as i32,
         holders: Vec::new(),
+        allowed_service_accounts: Vec::new(),
     });
     create(&client, "apps", "db", spec).await;
 

@@ -76,7 +76,8 @@ fn spawn_scheduler(
         store: Box::new(RedbStore::open(dir).unwrap()),
         clock: Arc::new(SystemClock),
         metrics: Metrics::new(),
-        authorizer: Authorizer,
+        authorizer: Authorizer::default(),
+        authenticator: None,
         lease_policy: Default::default(),
     };
     let (stop, stopped) = oneshot::channel::<()>();
@@ -692,6 +693,7 @@ pub fn restic_spec(method: v1::CopyMethod, wait_timeout: Duration) -> v1::Source
             }),
             on_timeout: v1::TimeoutPolicy::KeepWaiting as i32,
             holders: Vec::new(),
+            allowed_service_accounts: Vec::new(),
         }),
         ..Default::default()
     }

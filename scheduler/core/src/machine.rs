@@ -154,6 +154,9 @@ pub enum CoreError {
     /// The request is valid but the state does not allow it.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The caller may not act on this target.
+    #[error("{0}")]
+    PermissionDenied(String),
 }
 
 /// Something the shell must do after a call into the core.
@@ -976,6 +979,35 @@ impl Scheduler {
             }
         }
         status
+    }
+
+    /// Whether the ServiceAccount `service_account` may act as an application on `target`:
+    /// every source of the target (by name, or naming its PVC, or with a run on it) that lists
+    /// `copyTrigger.allowedServiceAccounts` lists it.
+    pub fn application_allowed(&self, target: &Target, service_account: &str) -> bool {
+        let runs_on_pvc: Vec<SourceKey> = self
+            .active
+            .values()
+            .filter(|r| r.pvc == target.pvc)
+            .map(run_key)
+            .filter(|k| k.namespace == target.namespace)
+            .collect();
+        self.sources
+            .iter()
+            .filter(|(k, _)| k.namespace == target.namespace)
+            .filter(|(k, e)| match &target.source {
+                Some(name) => k.name == *name,
+                None => e.spec().source_pvc == target.pvc || runs_on_pvc.contains(k),
+            })
+            .all(|(_, e)| {
+                let allowed = e
+                    .spec()
+                    .copy_trigger
+                    .as_ref()
+                    .map(|c| c.allowed_service_accounts.as_slice())
+                    .unwrap_or_default();
+                allowed.is_empty() || allowed.iter().any(|a| a == service_account)
+            })
     }
 
     /// Releases the run waiting on a PVC with `value` (the SDK's Trigger).

@@ -171,6 +171,7 @@ pub fn admit(key: &SourceKey, spec: &SourceSpec) -> Result<Admitted> {
                 InvalidField::new("spec.copyTrigger.onTimeout", "must be KeepWaiting or Skip")
             })?;
             holders(&ct.holders)?;
+            allowed_service_accounts(&ct.allowed_service_accounts)?;
             (timeout, policy)
         }
     };
@@ -219,6 +220,24 @@ pub fn admit(key: &SourceKey, spec: &SourceSpec) -> Result<Admitted> {
 
 /// The most holders a source may list.
 pub const MAX_HOLDERS: usize = 16;
+
+/// `spec.copyTrigger.allowedServiceAccounts`: at most [`MAX_HOLDERS`] ServiceAccount names
+/// (DNS-1123 subdomains).
+fn allowed_service_accounts(list: &[String]) -> Result {
+    if list.len() > MAX_HOLDERS {
+        return Err(InvalidField::new(
+            "spec.copyTrigger.allowedServiceAccounts",
+            format!("at most {MAX_HOLDERS} names, got {}", list.len()),
+        ));
+    }
+    for (i, name) in list.iter().enumerate() {
+        dns_subdomain(
+            &format!("spec.copyTrigger.allowedServiceAccounts[{i}]"),
+            name,
+        )?;
+    }
+    Ok(())
+}
 
 /// `spec.copyTrigger.holders`: at most [`MAX_HOLDERS`] DNS-1123 labels, each once.
 fn holders(list: &[String]) -> Result {
@@ -1047,6 +1066,7 @@ mod tests {
                         }),
                         on_timeout: 0,
                         holders: Vec::new(),
+                        allowed_service_accounts: Vec::new(),
                     })
                 }),
             ),
@@ -1057,6 +1077,7 @@ mod tests {
                         wait_timeout: None,
                         on_timeout: 9,
                         holders: Vec::new(),
+                        allowed_service_accounts: Vec::new(),
                     })
                 }),
             ),

@@ -184,6 +184,7 @@ fn durations_beyond_chronos_range_are_refused_naming_the_field_not_a_panic() {
         wait_timeout: seconds(i64::MIN, -999_999_999),
         on_timeout: 0,
         holders: Vec::new(),
+        allowed_service_accounts: Vec::new(),
     });
     let e = invalid(core.apply_source(key("db"), s, 0, t0()));
     assert_eq!(e.field, "spec.copyTrigger.waitTimeout");
@@ -716,6 +717,7 @@ fn any_spec() -> impl Strategy<Value = SourceSpec> {
                     wait_timeout: wait,
                     on_timeout: method % 3,
                     holders: Vec::new(),
+                    allowed_service_accounts: Vec::new(),
                 }),
                 skip_initial_run: skip,
                 restic: Some(ReplicationSourceResticSpec {

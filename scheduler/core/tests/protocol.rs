@@ -877,6 +877,7 @@ fn the_skip_policy_ends_the_run_as_timed_out_and_clears_the_waiting_annotations(
         }),
         on_timeout: v1::TimeoutPolicy::Skip as i32,
         holders: Vec::new(),
+        allowed_service_accounts: Vec::new(),
     });
     w.apply("db", s);
     w.advance(Duration::minutes(5));

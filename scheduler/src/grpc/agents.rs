@@ -18,7 +18,7 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use crate::{
     driver::{Command, DriverHandle},
-    identity::{Action, Authorizer, caller},
+    identity::{Action, Audited, Authorizer, caller, rpc_of},
     status::invalid,
 };
 
@@ -69,7 +69,7 @@ impl AgentService for Agents {
         &self,
         req: Request<Streaming<v1::AgentMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
-        let caller = caller(&req)?;
+        let (caller, rpc) = (caller(&req)?, rpc_of(&req));
         let mut inbound = req.into_inner();
         let hello = match inbound.next().await {
             Some(Ok(v1::AgentMessage {
@@ -80,8 +80,13 @@ impl AgentService for Agents {
         };
         check_hello(&hello)?;
         for ns in &hello.namespaces {
-            self.auth.check(&caller, ns, Action::Agent)?;
+            self.auth.check(&caller, &rpc, ns, Action::Agent)?;
         }
+        Audited::new(&caller, &rpc, &hello.namespaces.join(","), "").finish(
+            self.auth.audit(),
+            &Ok::<(), Status>(()),
+            "",
+        );
         let agent_id = hello.agent_id.clone();
         let (conn, rx) = self
             .driver

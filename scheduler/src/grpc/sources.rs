@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 use super::{bounded, source_key};
 use crate::{
     driver::{Command, DriverHandle},
-    identity::{Action, Authorizer, caller},
+    identity::{Action, Audited, Authorizer, caller, rpc_of},
     status::invalid,
 };
 
@@ -24,7 +24,19 @@ impl Sources {
     }
 
     fn allow<T>(&self, req: &Request<T>, namespace: &str, action: Action) -> Result<(), Status> {
-        self.auth.check(&caller(req)?, namespace, action)
+        self.auth
+            .check(&caller(req)?, &rpc_of(req), namespace, action)
+    }
+
+    /// Allows a mutating call and starts its audit record.
+    fn allow_audited<T>(
+        &self,
+        req: &Request<T>,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Audited, Status> {
+        self.allow(req, namespace, Action::Manage)?;
+        Ok(Audited::new(&caller(req)?, &rpc_of(req), namespace, name))
     }
 }
 
@@ -54,20 +66,25 @@ impl SourceService for Sources {
         &self,
         req: Request<v1::ApplySourceRequest>,
     ) -> Result<Response<v1::Source>, Status> {
-        self.allow(&req, &req.get_ref().namespace, Action::Manage)?;
-        let r = req.into_inner();
-        let key = source_key(&r.namespace, &r.name)?;
-        let spec = r.spec.ok_or_else(|| invalid("spec", "required"))?;
-        let source = self
-            .driver
-            .ask(|reply| Command::Apply {
-                key,
-                spec: Box::new(spec),
-                expected_version: r.expected_version,
-                reply,
-            })
-            .await?;
-        Ok(Response::new(source))
+        let audited = self.allow_audited(&req, &req.get_ref().namespace, &req.get_ref().name)?;
+        let out: Result<Response<v1::Source>, Status> = async {
+            let r = req.into_inner();
+            let key = source_key(&r.namespace, &r.name)?;
+            let spec = r.spec.ok_or_else(|| invalid("spec", "required"))?;
+            let source = self
+                .driver
+                .ask(|reply| Command::Apply {
+                    key,
+                    spec: Box::new(spec),
+                    expected_version: r.expected_version,
+                    reply,
+                })
+                .await?;
+            Ok(Response::new(source))
+        }
+        .await;
+        audited.finish(self.auth.audit(), &out, "");
+        out
     }
 
     async fn get_source(
@@ -128,76 +145,96 @@ impl SourceService for Sources {
         &self,
         req: Request<v1::DeleteSourceRequest>,
     ) -> Result<Response<v1::DeleteSourceResponse>, Status> {
-        self.allow(&req, &req.get_ref().namespace, Action::Manage)?;
-        let r = req.into_inner();
-        let key = source_key(&r.namespace, &r.name)?;
-        self.driver
-            .ask(|reply| Command::Delete {
-                key,
-                expected_version: r.expected_version,
-                reply,
-            })
-            .await?;
-        Ok(Response::new(v1::DeleteSourceResponse {}))
+        let audited = self.allow_audited(&req, &req.get_ref().namespace, &req.get_ref().name)?;
+        let out: Result<Response<v1::DeleteSourceResponse>, Status> = async {
+            let r = req.into_inner();
+            let key = source_key(&r.namespace, &r.name)?;
+            self.driver
+                .ask(|reply| Command::Delete {
+                    key,
+                    expected_version: r.expected_version,
+                    reply,
+                })
+                .await?;
+            Ok(Response::new(v1::DeleteSourceResponse {}))
+        }
+        .await;
+        audited.finish(self.auth.audit(), &out, "");
+        out
     }
 
     async fn sync_now(
         &self,
         req: Request<v1::SyncNowRequest>,
     ) -> Result<Response<v1::SyncNowResponse>, Status> {
-        self.allow(&req, &req.get_ref().namespace, Action::Manage)?;
-        let r = req.into_inner();
-        let key = source_key(&r.namespace, &r.name)?;
-        let (run, started) = self
-            .driver
-            .ask(|reply| Command::SyncNow {
-                key,
-                request_id: r.request_id,
-                reply,
-            })
-            .await?;
-        Ok(Response::new(v1::SyncNowResponse {
-            run_id: run.to_string(),
-            started,
-        }))
+        let audited = self.allow_audited(&req, &req.get_ref().namespace, &req.get_ref().name)?;
+        let out: Result<Response<v1::SyncNowResponse>, Status> = async {
+            let r = req.into_inner();
+            let key = source_key(&r.namespace, &r.name)?;
+            let (run, started) = self
+                .driver
+                .ask(|reply| Command::SyncNow {
+                    key,
+                    request_id: r.request_id,
+                    reply,
+                })
+                .await?;
+            Ok(Response::new(v1::SyncNowResponse {
+                run_id: run.to_string(),
+                started,
+            }))
+        }
+        .await;
+        audited.finish(self.auth.audit(), &out, run_of(&out));
+        out
     }
 
     async fn pause_source(
         &self,
         req: Request<v1::PauseSourceRequest>,
     ) -> Result<Response<v1::Source>, Status> {
-        self.allow(&req, &req.get_ref().namespace, Action::Manage)?;
-        let r = req.into_inner();
-        let key = source_key(&r.namespace, &r.name)?;
-        let source = self
-            .driver
-            .ask(|reply| Command::SetPaused {
-                key,
-                paused: true,
-                note: r.note,
-                reply,
-            })
-            .await?;
-        Ok(Response::new(source))
+        let audited = self.allow_audited(&req, &req.get_ref().namespace, &req.get_ref().name)?;
+        let out: Result<Response<v1::Source>, Status> = async {
+            let r = req.into_inner();
+            let key = source_key(&r.namespace, &r.name)?;
+            let source = self
+                .driver
+                .ask(|reply| Command::SetPaused {
+                    key,
+                    paused: true,
+                    note: r.note,
+                    reply,
+                })
+                .await?;
+            Ok(Response::new(source))
+        }
+        .await;
+        audited.finish(self.auth.audit(), &out, "");
+        out
     }
 
     async fn resume_source(
         &self,
         req: Request<v1::ResumeSourceRequest>,
     ) -> Result<Response<v1::Source>, Status> {
-        self.allow(&req, &req.get_ref().namespace, Action::Manage)?;
-        let r = req.into_inner();
-        let key = source_key(&r.namespace, &r.name)?;
-        let source = self
-            .driver
-            .ask(|reply| Command::SetPaused {
-                key,
-                paused: false,
-                note: r.note,
-                reply,
-            })
-            .await?;
-        Ok(Response::new(source))
+        let audited = self.allow_audited(&req, &req.get_ref().namespace, &req.get_ref().name)?;
+        let out: Result<Response<v1::Source>, Status> = async {
+            let r = req.into_inner();
+            let key = source_key(&r.namespace, &r.name)?;
+            let source = self
+                .driver
+                .ask(|reply| Command::SetPaused {
+                    key,
+                    paused: false,
+                    note: r.note,
+                    reply,
+                })
+                .await?;
+            Ok(Response::new(source))
+        }
+        .await;
+        audited.finish(self.auth.audit(), &out, "");
+        out
     }
 
     async fn list_runs(
@@ -241,4 +278,11 @@ impl SourceService for Sources {
             times: times.into_iter().map(timestamp).collect(),
         }))
     }
+}
+
+/// The run a SyncNow answered with, for its audit record.
+fn run_of(out: &Result<Response<v1::SyncNowResponse>, Status>) -> &str {
+    out.as_ref()
+        .map(|r| r.get_ref().run_id.as_str())
+        .unwrap_or_default()
 }

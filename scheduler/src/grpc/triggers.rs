@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     driver::{Command, DriverHandle, WATCH_QUEUE},
-    identity::{Action, Authorizer, caller},
+    identity::{Action, Audited, Authorizer, caller, rpc_of},
     status::invalid,
 };
 
@@ -25,6 +25,19 @@ impl Triggers {
     /// A service over the driver.
     pub fn new(driver: DriverHandle, auth: Authorizer) -> Self {
         Self { driver, auth }
+    }
+}
+
+impl Triggers {
+    /// The caller's ServiceAccount when it acts as an application of the target's namespace.
+    fn application(
+        &self,
+        caller: &crate::identity::Caller,
+        target: &v1::CopyTarget,
+    ) -> Option<String> {
+        self.auth
+            .application_of(caller, &target.namespace)
+            .map(str::to_owned)
     }
 }
 
@@ -42,12 +55,19 @@ impl TriggerService for Triggers {
         &self,
         req: Request<v1::WatchCopyRequest>,
     ) -> Result<Response<Self::WatchCopyStream>, Status> {
-        let caller = caller(&req)?;
+        let (caller, rpc) = (caller(&req)?, rpc_of(&req));
         let target = target(req.into_inner().target)?;
-        self.auth.check(&caller, &target.namespace, Action::Read)?;
+        self.auth
+            .check(&caller, &rpc, &target.namespace, Action::ReadCopy)?;
+        let application = self.application(&caller, &target);
         let (tx, rx) = mpsc::channel(WATCH_QUEUE);
         self.driver
-            .ask(|reply| Command::WatchCopy { target, tx, reply })
+            .ask(|reply| Command::WatchCopy {
+                target,
+                application,
+                tx,
+                reply,
+            })
             .await?;
         let closed = WatchClosed(self.driver.clone());
         // The guard lives as long as the stream: when the client goes away, the driver forgets
@@ -64,11 +84,13 @@ impl TriggerService for Triggers {
         &self,
         req: Request<v1::TriggerRequest>,
     ) -> Result<Response<v1::TriggerResponse>, Status> {
-        let caller = caller(&req)?;
+        let (caller, rpc) = (caller(&req)?, rpc_of(&req));
         let r = req.into_inner();
         let target = target(r.target)?;
         self.auth
-            .check(&caller, &target.namespace, Action::Trigger)?;
+            .check(&caller, &rpc, &target.namespace, Action::Trigger)?;
+        let audited = Audited::new(&caller, &rpc, &target.namespace, &target.source);
+        let application = self.application(&caller, &target);
         let value = r.value.clone();
         let accepted = self
             .driver
@@ -78,9 +100,17 @@ impl TriggerService for Triggers {
                 run_id: r.run_id,
                 hold: r.hold,
                 holder: r.holder,
+                application,
                 reply,
             })
-            .await?;
+            .await
+            .map_err(Status::from);
+        let run = accepted
+            .as_ref()
+            .map(|a| a.run_id.to_string())
+            .unwrap_or_default();
+        audited.finish(self.auth.audit(), &accepted, &run);
+        let accepted = accepted?;
         Ok(Response::new(v1::TriggerResponse {
             run_id: accepted.run_id.to_string(),
             value,
@@ -93,22 +123,28 @@ impl TriggerService for Triggers {
         &self,
         req: Request<v1::EndHoldRequest>,
     ) -> Result<Response<v1::EndHoldResponse>, Status> {
-        let caller = caller(&req)?;
+        let (caller, rpc) = (caller(&req)?, rpc_of(&req));
         let r = req.into_inner();
         let target = target(r.target)?;
         self.auth
-            .check(&caller, &target.namespace, Action::Trigger)?;
+            .check(&caller, &rpc, &target.namespace, Action::Trigger)?;
+        let audited = Audited::new(&caller, &rpc, &target.namespace, &target.source);
+        let application = self.application(&caller, &target);
+        let run = r.run_id.clone();
         let status = self
             .driver
             .ask(|reply| Command::EndHold {
                 target,
                 run_id: r.run_id,
                 value: r.value,
+                application,
                 reply,
             })
-            .await?;
+            .await
+            .map_err(Status::from);
+        audited.finish(self.auth.audit(), &status, &run);
         Ok(Response::new(v1::EndHoldResponse {
-            status: Some(status),
+            status: Some(status?),
         }))
     }
 
@@ -116,12 +152,18 @@ impl TriggerService for Triggers {
         &self,
         req: Request<v1::GetCopyStatusRequest>,
     ) -> Result<Response<v1::CopyStatus>, Status> {
-        let caller = caller(&req)?;
+        let (caller, rpc) = (caller(&req)?, rpc_of(&req));
         let target = target(req.into_inner().target)?;
-        self.auth.check(&caller, &target.namespace, Action::Read)?;
+        self.auth
+            .check(&caller, &rpc, &target.namespace, Action::ReadCopy)?;
+        let application = self.application(&caller, &target);
         let status = self
             .driver
-            .ask(|reply| Command::CopyStatus { target, reply })
+            .ask(|reply| Command::CopyStatus {
+                target,
+                application,
+                reply,
+            })
             .await?;
         Ok(Response::new(status))
     }

@@ -29,6 +29,15 @@ pub struct Running {
 
 impl Running {
     pub async fn start(store: Box<dyn Store>) -> Self {
+        Self::start_with(store, Authorizer::default(), None).await
+    }
+
+    /// A scheduler that authenticates with `authenticator` and decides with `authorizer`.
+    pub async fn start_with(
+        store: Box<dyn Store>,
+        authorizer: Authorizer,
+        authenticator: Option<Arc<snapgate_scheduler::auth::Authenticator>>,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -37,7 +46,8 @@ impl Running {
             store,
             clock: Arc::new(SystemClock),
             metrics: metrics.clone(),
-            authorizer: Authorizer,
+            authorizer,
+            authenticator,
             lease_policy: Default::default(),
         };
         let task = tokio::spawn(serve(config, listener, async {

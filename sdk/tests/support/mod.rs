@@ -33,7 +33,8 @@ impl Scheduler {
             store: Box::new(RedbStore::open(dir).unwrap()),
             clock: Arc::new(SystemClock),
             metrics: Metrics::new(),
-            authorizer: Authorizer,
+            authorizer: Authorizer::default(),
+            authenticator: None,
             lease_policy: Default::default(),
         };
         let task = tokio::spawn(serve(config, listener, async {

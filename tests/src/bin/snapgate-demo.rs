@@ -120,7 +120,8 @@ async fn main() -> anyhow::Result<()> {
         store: Box::new(RedbStore::open(&store_dir)?),
         clock: Arc::new(SystemClock),
         metrics: Metrics::new(),
-        authorizer: Authorizer,
+        authorizer: Authorizer::default(),
+        authenticator: None,
         lease_policy: Default::default(),
     };
     let scheduler = tokio::spawn(serve(config, listener, std::future::pending()));
