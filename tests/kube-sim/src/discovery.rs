@@ -89,13 +89,26 @@ pub(crate) fn resource_list(group: &str, version: &str) -> Option<Value> {
             }));
         }
         for sub in r.extra_subresources {
-            entries.push(json!({
-                "name": format!("{}/{sub}", r.plural),
-                "singularName": "",
-                "namespaced": r.namespaced,
-                "kind": if *sub == "log" { "Pod" } else { r.kind },
-                "verbs": ["get"],
-            }));
+            let name = format!("{}/{sub}", r.plural);
+            entries.push(match *sub {
+                // the TokenRequest API: a create-only subresource of another group's kind
+                "token" => json!({
+                    "name": name,
+                    "singularName": "",
+                    "namespaced": r.namespaced,
+                    "group": "authentication.k8s.io",
+                    "version": "v1",
+                    "kind": "TokenRequest",
+                    "verbs": ["create"],
+                }),
+                _ => json!({
+                    "name": name,
+                    "singularName": "",
+                    "namespaced": r.namespaced,
+                    "kind": if *sub == "log" { "Pod" } else { r.kind },
+                    "verbs": ["get"],
+                }),
+            });
         }
     }
     let gv = if group.is_empty() {

@@ -36,6 +36,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use kube::Resource;
 use serde::Serialize;
@@ -53,6 +54,7 @@ pub mod selector;
 pub mod serve;
 pub mod store;
 mod table;
+pub mod tokens;
 mod watch;
 
 pub use controllers::{Controllers, JobBehaviour, PodOutcome, PvcBehaviour, SnapshotBehaviour};
@@ -61,6 +63,7 @@ pub use faults::{FaultKind, FaultRule, Faults, RequestLog, RequestRecord, Verb};
 pub use resources::ResourceDef;
 pub use serve::SimService;
 pub use store::{Change, ChangeType, Store, WriteOptions};
+pub use tokens::{DEFAULT_ISSUER, TokenSigner};
 
 /// Token of the built-in administrator (bypasses RBAC).
 pub const ADMIN_TOKEN: &str = "kube-sim-admin-token";
@@ -77,6 +80,9 @@ pub(crate) struct SimState {
     pub(crate) controllers: Controllers,
     pod_logs: Mutex<HashMap<(String, String, String), String>>,
     served: Mutex<Option<SocketAddr>>,
+    /// The key ServiceAccount tokens are signed with.
+    pub(crate) signer: TokenSigner,
+    issuer: Mutex<String>,
 }
 
 impl SimState {
@@ -86,6 +92,26 @@ impl SimState {
 
     pub(crate) fn is_admin(&self, user: &str) -> bool {
         user == ADMIN_USER
+    }
+
+    pub(crate) fn issuer(&self) -> String {
+        self.issuer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn server_url(&self) -> Option<String> {
+        self.served
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map(|a| format!("http://{a}"))
+    }
+
+    /// `<server url>/openid/v1/jwks` once serving, else `<issuer>/openid/v1/jwks`.
+    pub(crate) fn jwks_uri(&self) -> String {
+        let base = self.server_url().unwrap_or_else(|| self.issuer());
+        format!("{}{}", base.trim_end_matches('/'), tokens::JWKS_PATH)
     }
 
     pub(crate) fn set_pod_log(&self, ns: &str, pod: &str, container: &str, text: &str) {
@@ -207,6 +233,8 @@ impl KubeSim {
             controllers: Controllers::default(),
             pod_logs: Mutex::new(HashMap::new()),
             served: Mutex::new(None),
+            signer: TokenSigner::generate(),
+            issuer: Mutex::new(DEFAULT_ISSUER.to_string()),
         });
         controllers::spawn(&state);
         let sim = Self { state };
@@ -354,11 +382,76 @@ impl KubeSim {
 
     /// The URL of the served endpoint, once [`KubeSim::serve`] has run.
     pub fn server_url(&self) -> Option<String> {
-        self.state
-            .served
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .map(|a| format!("http://{a}"))
+        self.state.server_url()
+    }
+
+    /// The issuer (`iss`) of the ServiceAccount tokens this simulator signs and accepts;
+    /// [`DEFAULT_ISSUER`] unless [`KubeSim::set_issuer`] changed it.
+    pub fn issuer(&self) -> String {
+        self.state.issuer()
+    }
+
+    /// Sign and accept tokens with issuer `issuer` from now on (e.g. the
+    /// [`KubeSim::server_url`] once serving). Tokens issued under the old issuer stop
+    /// authenticating here, as on a real API server whose `--service-account-issuer`
+    /// changed; the issuer is also the default audience of TokenRequests and the only
+    /// audience the simulator accepts for its own authentication.
+    pub fn set_issuer(&self, issuer: &str) {
+        *self.state.issuer.lock().unwrap_or_else(|e| e.into_inner()) = issuer.to_string();
+    }
+
+    /// The key this simulator signs ServiceAccount tokens with.
+    pub fn token_signer(&self) -> &TokenSigner {
+        &self.state.signer
+    }
+
+    /// The JSON Web Key Set served at `/openid/v1/jwks`.
+    pub fn jwks(&self) -> Value {
+        self.state.signer.jwks()
+    }
+
+    /// The claims of a ServiceAccount token for `ns/sa` as the TokenRequest API would
+    /// make them (`iss`, `sub`, `aud`, `exp`, `iat`, `nbf`, `jti`, `kubernetes.io`), valid
+    /// from now for `ttl`. Empty `audiences` means the issuer. Creates the namespace
+    /// and the ServiceAccount if missing (the `uid` claim is the ServiceAccount's).
+    /// Edit them and [`KubeSim::sign_claims`] for a deliberately odd token.
+    pub fn service_account_claims(
+        &self,
+        ns: &str,
+        sa: &str,
+        audiences: &[&str],
+        ttl: Duration,
+    ) -> Value {
+        let uid = tokens::ensure_service_account(&self.state, ns, sa);
+        let issuer = self.issuer();
+        let audiences: Vec<String> = if audiences.is_empty() {
+            vec![issuer.clone()]
+        } else {
+            audiences.iter().map(|a| a.to_string()).collect()
+        };
+        tokens::service_account_claims(
+            &issuer,
+            ns,
+            sa,
+            &uid,
+            &audiences,
+            tokens::unix_now(),
+            tokens::ttl_seconds(ttl),
+        )
+    }
+
+    /// A ServiceAccount token for `ns/sa`, signed by this simulator, valid from now for
+    /// `ttl` (any length: no 10-minute minimum here), for `audiences` (empty means the
+    /// issuer, which is what the simulator itself accepts). For test setup: no RBAC, no
+    /// request log; creates the namespace and the ServiceAccount if missing.
+    pub fn issue_token(&self, ns: &str, sa: &str, audiences: &[&str], ttl: Duration) -> String {
+        self.sign_claims(self.service_account_claims(ns, sa, audiences, ttl))
+    }
+
+    /// Sign any claims with this simulator's key (ES256, its `kid`): for expired tokens,
+    /// wrong issuers or audiences, and other deliberately odd tokens.
+    pub fn sign_claims(&self, claims: Value) -> String {
+        self.state.signer.sign(&claims)
     }
 
     /// Write a kubeconfig for the served endpoint using `token`. Call [`KubeSim::serve`] first.

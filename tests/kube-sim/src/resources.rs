@@ -20,7 +20,7 @@ pub struct ResourceDef {
     pub namespaced: bool,
     /// Whether the resource has a `status` subresource (main-resource writes ignore `.status`).
     pub status_subresource: bool,
-    /// Extra subresources other than `status` (e.g. `log` for pods).
+    /// Extra subresources other than `status` (`log` for pods, `token` for serviceaccounts).
     pub extra_subresources: &'static [&'static str],
     /// kubectl short names.
     pub short_names: &'static [&'static str],
@@ -98,16 +98,19 @@ static RESOURCES: &[ResourceDef] = &[
         &["pv"],
     ),
     def("", "v1", "secrets", "secret", "Secret", true, false, &[]),
-    def(
-        "",
-        "v1",
-        "serviceaccounts",
-        "serviceaccount",
-        "ServiceAccount",
-        true,
-        false,
-        &["sa"],
-    ),
+    ResourceDef {
+        extra_subresources: &["token"],
+        ..def(
+            "",
+            "v1",
+            "serviceaccounts",
+            "serviceaccount",
+            "ServiceAccount",
+            true,
+            false,
+            &["sa"],
+        )
+    },
     def(
         "",
         "v1",

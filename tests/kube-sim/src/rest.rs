@@ -19,6 +19,7 @@ use crate::resources::{self, ResourceDef};
 use crate::selector::Selector;
 use crate::store::{DeleteOptions, PatchType, WriteOptions};
 use crate::table;
+use crate::tokens;
 use crate::watch::{self, WatchRequest};
 
 /// Response body type of the simulator (buffered JSON or a watch stream).
@@ -82,10 +83,14 @@ impl Query {
 }
 
 pub(crate) fn json_response(code: u16, body: &Value) -> Response<SimBody> {
+    typed_json_response(code, "application/json", body)
+}
+
+fn typed_json_response(code: u16, content_type: &str, body: &Value) -> Response<SimBody> {
     let bytes = serde_json::to_vec(body).expect("serializable");
     Response::builder()
         .status(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
-        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONTENT_TYPE, content_type)
         .body(Full::new(Bytes::from(bytes)).boxed_unsync())
         .expect("valid response")
 }
@@ -165,8 +170,23 @@ fn parse_target(path: &str) -> Result<Target, ApiError> {
     Ok(target)
 }
 
+fn method_not_allowed(method: &Method) -> ApiError {
+    ApiError::new(
+        405,
+        "MethodNotAllowed",
+        format!("the server does not allow this method on the requested resource ({method})"),
+    )
+}
+
 fn verb_of(method: &Method, target: &Target, query: &Query) -> Result<Verb, ApiError> {
     let has_name = target.name.is_some();
+    // subresources with their own verbs: `token` is create-only, `log` is get-only
+    match (target.sub.as_deref(), method.as_str()) {
+        (Some("token"), "POST") => return Ok(Verb::Create),
+        (Some("log"), "GET") => return Ok(Verb::Get),
+        (Some("token" | "log"), _) => return Err(method_not_allowed(method)),
+        _ => {}
+    }
     Ok(match (method.as_str(), has_name) {
         ("GET", true) if query.flag("watch") => Verb::Watch,
         ("GET", true) => Verb::Get,
@@ -177,19 +197,13 @@ fn verb_of(method: &Method, target: &Target, query: &Query) -> Result<Verb, ApiE
         ("PATCH", true) => Verb::Patch,
         ("DELETE", true) => Verb::Delete,
         ("DELETE", false) => Verb::DeleteCollection,
-        _ => {
-            return Err(ApiError::new(
-                405,
-                "MethodNotAllowed",
-                format!(
-                    "the server does not allow this method on the requested resource ({method})"
-                ),
-            ));
-        }
+        _ => return Err(method_not_allowed(method)),
     })
 }
 
-/// Authenticate from the `Authorization` header.
+/// Authenticate from the `Authorization` header: no header is `system:anonymous`; a
+/// static token is its user; a ServiceAccount token this simulator signed is its
+/// ServiceAccount (see [`crate::tokens`]); anything else is 401.
 fn authenticate(state: &SimState, headers: &HeaderMap) -> Result<String, ApiError> {
     let Some(auth) = headers.get(header::AUTHORIZATION) else {
         return Ok("system:anonymous".into());
@@ -206,6 +220,7 @@ fn authenticate(state: &SimState, headers: &HeaderMap) -> Result<String, ApiErro
         .unwrap_or_else(|e| e.into_inner())
         .get(token)
         .cloned()
+        .or_else(|| tokens::authenticate(state, token))
         .ok_or_else(|| ApiError::new(401, "Unauthorized", "Unauthorized"))
 }
 
@@ -230,7 +245,10 @@ pub(crate) async fn handle(state: Arc<SimState>, req: Request<Bytes>) -> Respons
         Err(e) => error_response(&e),
         Ok(user) => {
             record.user = user.clone();
-            match non_resource(&path) {
+            match non_resource(&state, &path) {
+                Some(Ok(v)) if path == tokens::JWKS_PATH => {
+                    typed_json_response(200, "application/jwk-set+json", &v)
+                }
                 Some(Ok(v)) => json_response(200, &v),
                 Some(Err(e)) => error_response(&e),
                 None => {
@@ -254,7 +272,7 @@ pub(crate) async fn handle(state: Arc<SimState>, req: Request<Bytes>) -> Respons
     response
 }
 
-fn non_resource(path: &str) -> Option<Result<Value, ApiError>> {
+fn non_resource(state: &SimState, path: &str) -> Option<Result<Value, ApiError>> {
     let not_found = || {
         ApiError::new(
             404,
@@ -271,6 +289,8 @@ fn non_resource(path: &str) -> Option<Result<Value, ApiError>> {
         ["apis", g] => discovery::group(g).ok_or_else(not_found),
         ["apis", g, v] => discovery::resource_list(g, v).ok_or_else(not_found),
         ["healthz" | "livez" | "readyz"] => Ok(json!("ok")),
+        [".well-known", "openid-configuration"] => Ok(tokens::openid_configuration(state)),
+        ["openid", "v1", "jwks"] => Ok(state.signer.jwks()),
         ["api", ..] | ["apis", ..] => return None,
         _ => Err(not_found()),
     })
@@ -373,6 +393,12 @@ async fn resource_request(
     let existed = verb != Verb::Patch || state.store.get(res, ns, name).is_ok();
 
     let result: Result<Value, ApiError> = match verb {
+        Verb::Create if target.sub.as_deref() == Some("token") => {
+            return match tokens::token_request(state, ns.unwrap_or(""), name, &body) {
+                Ok(v) => json_response(201, &v),
+                Err(e) => error_response(&e),
+            };
+        }
         Verb::Get if target.sub.as_deref() == Some("log") => {
             return match state.pod_log(ns.unwrap_or(""), name, query) {
                 Ok(text) => text_response(text),
