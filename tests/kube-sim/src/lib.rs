@@ -7,7 +7,13 @@
 //!   kubectl ──────(HTTP/1, plain, bearer token: serve)─────┤
 //!                                                          ▼
 //!                 rest: authn ─► rbac ─► faults ─► handlers ──► request log
-//!                                                   │   ▲
+//!                        │                          │   ▲
+//!                        ▼                          │   │
+//!                 tokens: TokenSigner ◄─────────────┤   │
+//!                   (ES256 key + issuer: verifies   │   │
+//!                   its ServiceAccount tokens,      │   │
+//!                   signs TokenRequests, serves     │   │
+//!                   OIDC discovery and the JWKS)    │   │
 //!                       discovery / table / watch ◄─┘   │
 //!                                                       ▼
 //!                 store: JSON objects, one resourceVersion sequence,
@@ -15,6 +21,35 @@
 //!                                                       │
 //!                 controllers (PVC binding, snapshots, Jobs) ◄─┘
 //! ```
+//!
+//! # ServiceAccount tokens
+//!
+//! Like a real API server, each simulator signs ServiceAccount tokens (ES256 JWTs)
+//! with its own ECDSA P-256 key ([`TokenSigner`]) under an issuer ([`KubeSim::issuer`],
+//! default [`DEFAULT_ISSUER`], changed with [`KubeSim::set_issuer`]), so an offline
+//! validator checks them exactly as it would a real cluster's:
+//!
+//! * `GET /.well-known/openid-configuration`: `issuer`, `jwks_uri` (the served URL +
+//!   `/openid/v1/jwks` once [`KubeSim::serve`] has run, else the issuer's), ES256;
+//! * `GET /openid/v1/jwks`: the public key (`kty` EC, `crv` P-256, `kid`, `alg` ES256);
+//!   both served to anyone, token or not, as a cluster does to
+//!   `system:service-account-issuer-discovery`;
+//! * `POST /api/v1/namespaces/{ns}/serviceaccounts/{name}/token` (the TokenRequest API,
+//!   RBAC `create` on `serviceaccounts/token`): 201 with `status.token` and
+//!   `status.expirationTimestamp`; 404 for a missing ServiceAccount; 422 Invalid for
+//!   `expirationSeconds` under 600 or over 2^32; default audience the issuer, default
+//!   lifetime 3600 s. Claims: `iss`, `sub` (`system:serviceaccount:<ns>:<name>`), `aud`,
+//!   `exp`, `iat`, `nbf`, `jti`, `kubernetes.io` (`namespace`, `serviceaccount.name`,
+//!   `serviceaccount.uid`);
+//! * its own tokens as bearer tokens: valid now, current issuer, audience including the
+//!   issuer, ServiceAccount still there with the same uid, they authenticate as
+//!   `system:serviceaccount:<ns>:<name>` (in the groups `system:serviceaccounts` and
+//!   `system:serviceaccounts:<ns>` for RBAC). Static tokens ([`KubeSim::add_token`])
+//!   keep working.
+//!
+//! For test setup, [`KubeSim::issue_token`] signs a token without HTTP or RBAC,
+//! [`KubeSim::service_account_claims`] + [`KubeSim::sign_claims`] make deliberately odd
+//! ones, and [`TokenSigner::generate`] gives "some other key". See [`tokens`].
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -28,7 +63,9 @@
 //! let _ = pvcs.list(&Default::default()).await?;
 //! let addr = sim.serve("127.0.0.1:0").await?;
 //! sim.write_kubeconfig("/tmp/kubeconfig".as_ref(), snapgate_kube_sim::ADMIN_TOKEN)?;
-//! # let _ = addr; Ok(()) }
+//! // a token for ServiceAccount ns/agent (created if missing), for audience "snapgate"
+//! let token = sim.issue_token("ns", "agent", &["snapgate"], std::time::Duration::from_secs(3600));
+//! # let _ = (addr, token); Ok(()) }
 //! ```
 
 use std::collections::HashMap;

@@ -18,6 +18,10 @@ struct Args {
     /// Bearer token written into the kubeconfig (mapped to the admin user).
     #[arg(long, default_value = snapgate_kube_sim::ADMIN_TOKEN)]
     token: String,
+    /// Issuer (`iss`) of the ServiceAccount tokens the server signs and accepts;
+    /// `url` means the served URL (e.g. `http://127.0.0.1:6443`).
+    #[arg(long, default_value = snapgate_kube_sim::DEFAULT_ISSUER)]
+    issuer: String,
 }
 
 #[tokio::main]
@@ -29,11 +33,20 @@ async fn main() -> anyhow::Result<()> {
     let sim = snapgate_kube_sim::KubeSim::new();
     sim.add_token(&args.token, snapgate_kube_sim::ADMIN_USER);
     let addr = sim.serve(&args.listen).await?;
+    if args.issuer == "url" {
+        sim.set_issuer(&format!("http://{addr}"));
+    } else {
+        sim.set_issuer(&args.issuer);
+    }
     if let Some(path) = &args.kubeconfig {
         sim.write_kubeconfig(path, &args.token)?;
         eprintln!("kubeconfig written to {}", path.display());
     }
     eprintln!("kube-sim listening on http://{addr}");
+    eprintln!(
+        "ServiceAccount tokens: issuer {}, JWKS at http://{addr}/openid/v1/jwks",
+        sim.issuer()
+    );
     tokio::signal::ctrl_c().await?;
     Ok(())
 }
