@@ -55,7 +55,7 @@ const RELEASED_BY_RPC: &str = "rpc";
 /// (EndHold) before it unquiesces.
 pub const END_HOLD_TIMEOUT: Duration = Duration::from_secs(1);
 /// The most of a hold set aside for the Trigger's way to the scheduler.
-const MAX_TRANSIT_ALLOWANCE: Duration = Duration::from_millis(500);
+pub const MAX_TRANSIT_ALLOWANCE: Duration = Duration::from_millis(500);
 
 /// The hold lease a Trigger sent now asks for: what is left of `limit` since `started`, less
 /// the transit allowance (a tenth of what is left, at most [`MAX_TRANSIT_ALLOWANCE`]).
