@@ -263,6 +263,13 @@ fn binaries() -> Vec<Binary> {
             command: snapgate_scheduler::args::Args::command,
             parse: |argv| {
                 let a = snapgate_scheduler::args::Args::try_parse_from(argv)?;
+                // The deployed flags must also pass the checks made at start (authentication
+                // on a non-loopback address, well-formed grants, the hold bounds).
+                let refused = |e: anyhow::Error| {
+                    clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{e:#}"))
+                };
+                a.security().map_err(refused)?;
+                a.lease_policy().map_err(refused)?;
                 Ok(Listening {
                     grpc: Some(a.listen),
                     metrics: a.metrics_listen,
