@@ -106,6 +106,40 @@ pub struct Args {
     /// file instead of the log.
     #[arg(long, env = "SNAPGATE_AUDIT_LOG")]
     pub audit_log: Option<PathBuf>,
+
+    /// PEM certificate chain for TLS on --listen (with --tls-key): the port then accepts TLS
+    /// only. Re-read when the file changes (cert-manager rotation).
+    #[arg(
+        long,
+        env = "SNAPGATE_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert. Re-read when the file changes.
+    #[arg(
+        long,
+        env = "SNAPGATE_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA that client certificates must chain to (mutual TLS; needs --tls-cert). Without
+    /// it no client certificate is asked for.
+    #[arg(
+        long,
+        env = "SNAPGATE_CLIENT_CA",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub client_ca: Option<PathBuf>,
+
+    /// Plaintext listen address serving only grpc.health.v1.Health, for kubelet's gRPC probes
+    /// (which speak no TLS): deployments with --tls-cert set it. Default: off.
+    #[arg(long, env = "SNAPGATE_HEALTH_LISTEN", value_name = "ADDR")]
+    pub health_listen: Option<SocketAddr>,
 }
 
 /// How callers are authenticated and authorised, from the flags.
@@ -198,6 +232,17 @@ impl Args {
         }
         Ok(policy)
     }
+
+    /// The TLS settings of the gRPC port, loaded and checked; `None` without --tls-cert.
+    pub fn server_tls(&self) -> anyhow::Result<Option<crate::tls::ServerTls>> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                crate::tls::ServerTls::load(cert, key, self.client_ca.as_deref()).map(Some)
+            }
+            (None, None) => Ok(None),
+            _ => anyhow::bail!("--tls-cert and --tls-key go together"),
+        }
+    }
 }
 
 /// A flag's duration: `90s`, `10m`, `1h30m` (Go's syntax, as the CLI reads it).
@@ -236,6 +281,28 @@ mod tests {
         let mut all = vec!["snapgate-scheduler"];
         all.extend_from_slice(args);
         Args::try_parse_from(all)?.lease_policy()
+    }
+
+    #[test]
+    fn tls_flags_go_together() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["snapgate-scheduler"];
+            all.extend_from_slice(args);
+            Args::try_parse_from(all)
+        };
+        for args in [
+            &["--tls-cert", "c.pem"][..],
+            &["--tls-key", "k.pem"][..],
+            &["--client-ca", "ca.pem"][..],
+        ] {
+            let e = parse(args).unwrap_err().to_string();
+            assert!(e.contains("required"), "{args:?}: {e}");
+        }
+        let a = parse(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]).unwrap();
+        let e = format!("{:#}", a.server_tls().unwrap_err());
+        assert!(e.contains("--tls-cert c.pem: cannot read"), "{e}");
+        assert!(parse(&[]).unwrap().server_tls().unwrap().is_none());
+        assert!(parse(&[]).unwrap().health_listen.is_none());
     }
 
     #[test]

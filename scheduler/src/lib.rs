@@ -22,6 +22,7 @@ pub mod identity;
 pub mod metrics;
 mod status;
 pub mod store;
+pub mod tls;
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
@@ -74,14 +75,37 @@ impl Drop for AbortOnDrop {
 /// How long a connection in-flight requests may take to drain once the driver has died.
 const DRAIN_AFTER_DRIVER_DIED: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Serves snapgate.v1, health and reflection on `listener` until `shutdown` resolves.
+/// How [`serve_with`] listens, beyond the gRPC listener itself.
+#[derive(Debug, Default)]
+pub struct Listening {
+    /// TLS on the gRPC listener (only TLS is then accepted there); `None`: plaintext.
+    pub tls: Option<tls::ServerTls>,
+    /// A second, plaintext listener serving only `grpc.health.v1.Health` (for kubelet's gRPC
+    /// probes, which speak no TLS), with the same statuses as the main one.
+    pub health: Option<TcpListener>,
+}
+
+/// Serves snapgate.v1, health and reflection on `listener` (plaintext) until `shutdown`
+/// resolves: [`serve_with`] with no TLS and no separate health listener.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    serve_with(config, listener, Listening::default(), shutdown).await
+}
+
+/// Serves snapgate.v1, health and reflection on `listener` until `shutdown` resolves, over TLS
+/// when `listening.tls` is set, and health alone on `listening.health` when set (that server
+/// stops with the main one).
 ///
 /// Supervised: if the driver task ever stops while serving (a panic), every service turns
 /// `NOT_SERVING`, the server drains briefly and this returns an error, so the process exits
 /// non-zero and is restarted rather than answering `UNAVAILABLE` while looking healthy.
-pub async fn serve(
+pub async fn serve_with(
     config: Config,
     listener: TcpListener,
+    listening: Listening,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (driver, handle) = driver::Driver::start(
@@ -128,7 +152,11 @@ pub async fn serve(
         .build_v1alpha()
         .context("building reflection v1alpha")?;
 
-    info!(addr = %listener.local_addr()?, "serving snapgate.v1");
+    info!(
+        addr = %listener.local_addr()?,
+        tls = listening.tls.is_some(),
+        "serving snapgate.v1"
+    );
     let not_serving = |health: tonic_health::server::HealthReporter| async move {
         for name in [
             "",
@@ -144,10 +172,21 @@ pub async fn serve(
     let shutdown_health = health.clone();
     let closer = handle.clone();
     let (died_tx, died_rx) = tokio::sync::oneshot::channel::<()>();
-    // Every connection must send its HTTP/2 preface within the handshake timeout.
-    let incoming =
-        TcpListenerStream::new(listener).map(|conn| conn.map(handshake::HandshakeDeadline::new));
-    let server = tonic::transport::Server::builder()
+    let (health_stop, health_stopped) = tokio::sync::oneshot::channel::<()>();
+    let health_server = match listening.health {
+        None => None,
+        Some(health_listener) => {
+            info!(addr = %health_listener.local_addr()?, "serving grpc.health.v1 (plaintext)");
+            Some(tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(health_service.clone())
+                    .serve_with_incoming_shutdown(plaintext(health_listener), async {
+                        let _ = health_stopped.await;
+                    }),
+            ))
+        }
+    };
+    let router = tonic::transport::Server::builder()
         // Every request carries its RPC's name, for the identity check and the audit trail.
         .layer(tower::util::MapRequestLayer::new(RpcName::tag))
         .add_service(health_service)
@@ -155,23 +194,36 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(sources)
         .add_service(triggers)
-        .add_service(agents)
-        .serve_with_incoming_shutdown(incoming, async move {
-            tokio::select! {
-                () = shutdown => info!("shutting down"),
-                _ = died_rx => {}
-            }
-            not_serving(shutdown_health).await;
-            closer.tell(driver::Command::CloseStreams).await;
-        });
-    tokio::pin!(server);
-    tokio::select! {
+        .add_service(agents);
+    let stop = async move {
+        tokio::select! {
+            () = shutdown => info!("shutting down"),
+            _ = died_rx => {}
+        }
+        not_serving(shutdown_health).await;
+        closer.tell(driver::Command::CloseStreams).await;
+    };
+    // Every connection must send its HTTP/2 preface (after its TLS handshake, if any) within
+    // the handshake timeout.
+    let server: std::pin::Pin<
+        Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>,
+    > = match listening.tls {
+        None => Box::pin(router.serve_with_incoming_shutdown(plaintext(listener), stop)),
+        Some(tls) => Box::pin(router.serve_with_incoming_shutdown(tls.incoming(listener), stop)),
+    };
+    let mut server = server;
+    let result = tokio::select! {
         served = &mut server => {
-            served.context("gRPC server")?;
-            drop(handle);
-            // Streams still open hold handles; give the driver a moment to finish what it has.
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), driver_task).await;
-            Ok(())
+            match served.context("gRPC server") {
+                Ok(()) => {
+                    drop(handle);
+                    // Streams still open hold handles; give the driver a moment to finish.
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), driver_task)
+                        .await;
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }
         }
         joined = &mut driver_task => {
             let why = match joined {
@@ -182,9 +234,30 @@ pub async fn serve(
             not_serving(health).await;
             let _ = died_tx.send(());
             let _ = tokio::time::timeout(DRAIN_AFTER_DRIVER_DIED, &mut server).await;
-            anyhow::bail!("the scheduler's driver task {why}; exiting so that it is restarted")
+            Err(anyhow::anyhow!(
+                "the scheduler's driver task {why}; exiting so that it is restarted"
+            ))
+        }
+    };
+    if let Some(mut task) = health_server {
+        let _ = health_stop.send(());
+        // A probe's Check is over at once; a Watch would hold a graceful stop for ever.
+        match tokio::time::timeout(std::time::Duration::from_secs(2), &mut task).await {
+            Ok(Ok(Err(e))) => error!(error = %e, "the health server failed"),
+            Ok(_) => {}
+            Err(_) => task.abort(),
         }
     }
+    result
+}
+
+/// A plaintext listener's connections, each bound to send its HTTP/2 preface in time.
+fn plaintext(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<handshake::HandshakeDeadline<tokio::net::TcpStream>>>
++ Send
++ 'static {
+    TcpListenerStream::new(listener).map(|conn| conn.map(handshake::HandshakeDeadline::new))
 }
 
 /// Serves `/metrics` in the Prometheus text format until `shutdown` resolves.

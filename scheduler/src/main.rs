@@ -5,7 +5,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Parser as _;
 use snapgate_scheduler::{
-    Config,
+    Config, Listening,
     args::{Args, init_tracing},
     audit::Audit,
     auth::Authenticator,
@@ -13,7 +13,7 @@ use snapgate_scheduler::{
     clock::SystemClock,
     identity::Authorizer,
     metrics::Metrics,
-    serve, serve_metrics,
+    serve_metrics, serve_with,
     store::RedbStore,
 };
 use tokio::sync::watch;
@@ -54,7 +54,12 @@ async fn main() -> anyhow::Result<()> {
         )
     })?;
     info!(data_dir = %args.data_dir.display(), "store opened");
+    let tls = args.server_tls()?;
     let grpc = bind(args.listen, "listen").await?;
+    let health = match args.health_listen {
+        Some(addr) => Some(bind(addr, "health-listen").await?),
+        None => None,
+    };
     let metrics_listener = bind(args.metrics_listen, "metrics-listen").await?;
     let metrics = Metrics::new();
 
@@ -79,7 +84,7 @@ async fn main() -> anyhow::Result<()> {
         authenticator,
         lease_policy,
     };
-    serve(config, grpc, stopped(stop_rx)).await?;
+    serve_with(config, grpc, Listening { tls, health }, stopped(stop_rx)).await?;
     metrics_task.await??;
     info!("stopped");
     Ok(())

@@ -1,0 +1,293 @@
+//! TLS on the gRPC port, on loopback: only clients trusting the CA are served, a rotated
+//! certificate is picked up by new connections without a restart, `--client-ca` asks for a
+//! client certificate, a client that starts no handshake is dropped in time, and the plaintext
+//! health port answers while the TLS port serves.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use snapgate_scheduler::{
+    Config, Listening, clock::SystemClock, handshake::HANDSHAKE_TIMEOUT, identity::Authorizer,
+    metrics::Metrics, serve_with, store::RedbStore, tls::ServerTls,
+};
+use snapgate_sdk::{Client, Error};
+use tokio::{io::AsyncReadExt as _, io::AsyncWriteExt as _, net::TcpListener, task::JoinHandle};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+fn data(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../sdk/tests/data/tls")
+        .join(name)
+}
+
+fn read(name: &str) -> Vec<u8> {
+    std::fs::read(data(name)).unwrap()
+}
+
+/// Replaces `to` with `from` the way a Secret volume does: a new file renamed over the old.
+fn replace(from: &str, to: &Path) {
+    let tmp = to.with_extension("new");
+    std::fs::copy(data(from), &tmp).unwrap();
+    std::fs::rename(&tmp, to).unwrap();
+}
+
+struct Tls {
+    port: u16,
+    health_port: u16,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Tls {
+    async fn start(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let health = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let health_port = health.local_addr().unwrap().port();
+        let config = Config {
+            store: Box::new(RedbStore::open(dir.path()).unwrap()),
+            clock: Arc::new(SystemClock),
+            metrics: Metrics::new(),
+            authorizer: Authorizer,
+            lease_policy: Default::default(),
+        };
+        let listening = Listening {
+            tls: Some(ServerTls::load(cert, key, client_ca).unwrap()),
+            health: Some(health),
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve_with(config, listener, listening, async {
+            let _ = stopped.await;
+        }));
+        Self {
+            port,
+            health_port,
+            stop: Some(stop),
+            task,
+            _dir: dir,
+        }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("the scheduler stops")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// Lists sources with an SDK client trusting `ca` (none: the system roots only).
+async fn list(port: u16, ca: Option<&str>) -> Result<(), Error> {
+    let mut builder = Client::builder(format!("https://localhost:{port}"));
+    if let Some(ca) = ca {
+        builder = builder.ca_certificate_pem(read(ca));
+    }
+    builder.connect().await?.list_sources("").await.map(|_| ())
+}
+
+fn assert_untrusted(r: Result<(), Error>) {
+    let err = r.expect_err("refused");
+    assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+    assert!(err.to_string().contains("certificate"), "{err}");
+}
+
+#[tokio::test]
+async fn a_tls_scheduler_serves_clients_trusting_its_ca_and_no_others() {
+    let s = Tls::start(&data("server.pem"), &data("server.key"), None).await;
+    list(s.port, Some("ca.pem")).await.unwrap();
+    assert_untrusted(list(s.port, None).await);
+    assert_untrusted(list(s.port, Some("ca2.pem")).await);
+
+    // Plaintext on the TLS port gets nothing.
+    let plain = async {
+        Client::connect(format!("http://127.0.0.1:{}", s.port))
+            .await?
+            .list_sources("")
+            .await
+    };
+    let err = tokio::time::timeout(Duration::from_secs(20), plain)
+        .await
+        .expect("refused at once, not hung")
+        .unwrap_err();
+    assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn the_plaintext_health_port_answers_serving_while_the_tls_port_serves_and_stops_with_it() {
+    let s = Tls::start(&data("server.pem"), &data("server.key"), None).await;
+    let url = format!("http://127.0.0.1:{}", s.health_port);
+    let channel = Endpoint::from_shared(url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel.clone());
+    for service in ["", "snapgate.v1.SourceService", "snapgate.v1.AgentService"] {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(status, ServingStatus::Serving as i32, "{service:?}");
+    }
+    list(s.port, Some("ca.pem")).await.unwrap();
+    // Health only: the plaintext port serves nothing else.
+    let err = Client::connect(url.clone())
+        .await
+        .unwrap()
+        .list_sources("")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Refused {
+                code: tonic::Code::Unimplemented,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    drop((health, channel));
+    s.stop().await;
+    let gone = Endpoint::from_shared(url).unwrap().connect().await;
+    assert!(gone.is_err(), "the health port closes with the scheduler");
+}
+
+#[tokio::test]
+async fn a_replaced_certificate_is_served_to_new_connections_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    replace("server.pem", &cert);
+    replace("server.key", &key);
+    let s = Tls::start(&cert, &key, None).await;
+    list(s.port, Some("ca.pem")).await.unwrap();
+    assert_untrusted(list(s.port, Some("ca2.pem")).await);
+
+    // A connection made before the rotation keeps working.
+    let before = Client::builder(format!("https://localhost:{}", s.port))
+        .ca_certificate_pem(read("ca.pem"))
+        .connect()
+        .await
+        .unwrap();
+
+    // cert-manager rotates the pair (a new CA, even).
+    replace("server2.pem", &cert);
+    replace("server2.key", &key);
+    list(s.port, Some("ca2.pem")).await.unwrap();
+    assert_untrusted(list(s.port, Some("ca.pem")).await);
+    before.list_sources("").await.unwrap();
+
+    // A bad new pair is refused and the last good one kept.
+    std::fs::write(&cert, "not a certificate").unwrap();
+    list(s.port, Some("ca2.pem")).await.unwrap();
+    s.stop().await;
+}
+
+/// A raw tonic client trusting `ca.pem`, presenting `identity` (certificate, key) if any.
+async fn health_check(port: u16, identity: Option<(&str, &str)>) -> Result<(), String> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read("ca.pem")))
+        .domain_name("localhost");
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(read(cert), read(key)));
+    }
+    let channel = Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    HealthClient::new(channel)
+        .check(HealthCheckRequest::default())
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("{e:?}"))
+}
+
+#[tokio::test]
+async fn with_a_client_ca_only_clients_with_a_certificate_from_it_are_served() {
+    let s = Tls::start(
+        &data("server.pem"),
+        &data("server.key"),
+        Some(&data("client-ca.pem")),
+    )
+    .await;
+    health_check(s.port, Some(("client.pem", "client.key")))
+        .await
+        .unwrap();
+    let without = health_check(s.port, None).await.unwrap_err();
+    assert!(
+        without.contains("Certificate") || without.contains("certificate"),
+        "{without}"
+    );
+    // A certificate from another CA is refused too.
+    health_check(s.port, Some(("server2.pem", "server2.key")))
+        .await
+        .unwrap_err();
+    // The SDK client (no client certificate) is refused.
+    list(s.port, Some("ca.pem")).await.unwrap_err();
+    // The plaintext health port asks for nothing.
+    let mut health = HealthClient::new(
+        Endpoint::from_shared(format!("http://127.0.0.1:{}", s.health_port))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    health.check(HealthCheckRequest::default()).await.unwrap();
+    drop(health);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_connection_that_never_completes_tls_is_closed_within_the_handshake_deadline() {
+    tokio::time::pause();
+    let s = Tls::start(&data("server.pem"), &data("server.key"), None).await;
+    let addr = format!("127.0.0.1:{}", s.port);
+    let started = tokio::time::Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // The first bytes of a ClientHello, and nothing more.
+    let mut half = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    half.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .await
+        .unwrap();
+    for conn in [&mut silent, &mut half] {
+        let mut buf = [0u8; 64];
+        let closed = tokio::time::timeout(Duration::from_secs(60), async {
+            loop {
+                match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => continue,
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "still open a minute after connecting");
+    }
+    assert!(
+        started.elapsed() <= HANDSHAKE_TIMEOUT + Duration::from_secs(1),
+        "closed after {:?}",
+        started.elapsed()
+    );
+    drop((silent, half));
+    tokio::time::resume();
+    // A real client is unaffected.
+    list(s.port, Some("ca.pem")).await.unwrap();
+    s.stop().await;
+}
