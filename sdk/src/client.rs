@@ -1,5 +1,6 @@
 //! The connection to the scheduler: plain HTTP/2 or TLS, with an optional bearer token sent on
-//! every call.
+//! every call: a fixed one, or one read from a file and re-read whenever the file changes
+//! (projected ServiceAccount tokens rotate).
 //!
 //! ```text
 //!  Client ──(BearerToken interceptor: authorization: Bearer <token>)──► tonic Channel ──► scheduler
@@ -9,7 +10,12 @@
 //!
 //! The channel reconnects by itself: a call made after the scheduler came back goes through.
 
-use std::{fmt, time::Duration};
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, SystemTime},
+};
 
 use snapgate_proto::v1::{
     self, CopyTarget, source_service_client::SourceServiceClient,
@@ -47,58 +53,186 @@ pub fn source(namespace: &str, name: &str) -> CopyTarget {
 
 /// Adds `authorization: Bearer <token>` to every request when a token is set.
 #[derive(Clone, Default)]
-pub struct BearerToken(Option<MetadataValue<Ascii>>);
+pub struct BearerToken(Token);
+
+#[derive(Clone, Default)]
+enum Token {
+    #[default]
+    None,
+    Fixed(MetadataValue<Ascii>),
+    File(Arc<TokenFile>),
+}
 
 impl BearerToken {
     /// A token to send; `None` sends nothing.
     pub fn new(token: Option<&str>) -> Result<Self, Error> {
         match token {
-            None => Ok(Self(None)),
-            Some(t) => {
-                let value = format!("Bearer {}", t.trim())
-                    .parse::<MetadataValue<Ascii>>()
-                    .map_err(|_| Error::InvalidToken)?;
-                Ok(Self(Some(value)))
-            }
+            None => Ok(Self(Token::None)),
+            Some(t) => Ok(Self(Token::Fixed(
+                header_value(t).ok_or(Error::InvalidToken)?,
+            ))),
+        }
+    }
+
+    /// The token in `path`, read now and re-read on a later call whenever the file has
+    /// changed (its size, modification time or inode: a projected ServiceAccount token is
+    /// replaced in place). A changed file that cannot be read or holds no valid token is
+    /// logged and the last good token kept.
+    pub fn from_file(path: impl Into<PathBuf>) -> Result<Self, Error> {
+        let path = path.into();
+        let stamp = FileStamp::of(&path);
+        let value = read_token(&path).map_err(|message| Error::TokenFile {
+            path: path.clone(),
+            message,
+        })?;
+        Ok(Self(Token::File(Arc::new(TokenFile {
+            path,
+            current: Mutex::new((stamp, value)),
+        }))))
+    }
+
+    /// The header value to send now, if any.
+    fn value(&self) -> Option<MetadataValue<Ascii>> {
+        match &self.0 {
+            Token::None => None,
+            Token::Fixed(v) => Some(v.clone()),
+            Token::File(f) => Some(f.current()),
         }
     }
 }
 
+/// `Bearer <token>` as a header value; `None` if the token cannot be one.
+fn header_value(token: &str) -> Option<MetadataValue<Ascii>> {
+    format!("Bearer {}", token.trim()).parse().ok()
+}
+
+/// A token file, read again when it changes.
+struct TokenFile {
+    path: PathBuf,
+    /// The file as last read, and the token it held (or the one before, if it did not load).
+    current: Mutex<(Option<FileStamp>, MetadataValue<Ascii>)>,
+}
+
+impl TokenFile {
+    fn current(&self) -> MetadataValue<Ascii> {
+        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        let stamp = FileStamp::of(&self.path);
+        if stamp != current.0 {
+            current.0 = stamp;
+            match read_token(&self.path) {
+                Ok(value) => current.1 = value,
+                Err(message) => tracing::warn!(
+                    path = %self.path.display(),
+                    error = %message,
+                    "the token file changed but holds no usable token; sending the previous one"
+                ),
+            }
+        }
+        current.1.clone()
+    }
+}
+
+/// What identifies a version of a file without reading it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct FileStamp {
+    len: u64,
+    modified: Option<SystemTime>,
+    inode: u64,
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> Option<Self> {
+        // Follows symlinks: a projected volume swaps its `..data` link.
+        let meta = std::fs::metadata(path).ok()?;
+        #[cfg(unix)]
+        let inode = std::os::unix::fs::MetadataExt::ino(&meta);
+        #[cfg(not(unix))]
+        let inode = 0;
+        Some(Self {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            inode,
+        })
+    }
+}
+
+/// Reads a token file; the error says why without quoting the token.
+fn read_token(path: &Path) -> Result<MetadataValue<Ascii>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?;
+    if text.trim().is_empty() {
+        return Err("empty".into());
+    }
+    header_value(&text).ok_or_else(|| "not a valid header value (printable ASCII only)".into())
+}
+
 impl fmt::Debug for BearerToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let shown = if self.0.is_some() {
-            "<redacted>"
-        } else {
-            "none"
-        };
-        f.debug_tuple("BearerToken").field(&shown).finish()
+        match &self.0 {
+            Token::None => f.debug_tuple("BearerToken").field(&"none").finish(),
+            Token::Fixed(_) => f.debug_tuple("BearerToken").field(&"<redacted>").finish(),
+            Token::File(file) => f
+                .debug_struct("BearerToken")
+                .field("file", &file.path)
+                .finish_non_exhaustive(),
+        }
     }
 }
 
 impl Interceptor for BearerToken {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(value) = &self.0 {
-            req.metadata_mut().insert("authorization", value.clone());
+        if let Some(value) = self.value() {
+            req.metadata_mut().insert("authorization", value);
         }
         Ok(req)
     }
 }
 
 /// How to reach the scheduler. Start with [`Client::builder`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ClientBuilder {
     endpoint: String,
     token: Option<String>,
+    token_file: Option<PathBuf>,
     ca_pem: Option<Vec<u8>>,
     domain: Option<String>,
     connect_timeout: Duration,
 }
 
+impl fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("endpoint", &self.endpoint)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_file", &self.token_file)
+            .field("ca_pem", &self.ca_pem.is_some())
+            .field("domain", &self.domain)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
 impl ClientBuilder {
-    /// Sends `authorization: Bearer <token>` on every call.
+    /// Sends `authorization: Bearer <token>` on every call (replacing any [`Self::token_file`]).
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
+        self.token_file = None;
         self
+    }
+
+    /// Sends the token held in `path` on every call, re-reading the file whenever it changes
+    /// (replacing any [`Self::token`]). Connecting fails with [`Error::TokenFile`] if the file
+    /// cannot be read or is empty; a later change that does not load keeps the last token.
+    pub fn token_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.token_file = Some(path.into());
+        self.token = None;
+        self
+    }
+
+    fn auth(&self) -> Result<BearerToken, Error> {
+        match &self.token_file {
+            Some(path) => BearerToken::from_file(path.clone()),
+            None => BearerToken::new(self.token.as_deref()),
+        }
     }
 
     /// Trusts this PEM CA (in addition to the system roots) for an `https://` endpoint.
@@ -161,7 +295,7 @@ impl ClientBuilder {
 
     /// Connects now; fails with [`Error::Unavailable`] when the scheduler cannot be reached.
     pub async fn connect(self) -> Result<Client, Error> {
-        let auth = BearerToken::new(self.token.as_deref())?;
+        let auth = self.auth()?;
         let channel = self
             .endpoint()?
             .connect()
@@ -179,7 +313,7 @@ impl ClientBuilder {
     /// Connects on the first call (and reconnects after any failure); never fails on a
     /// scheduler that is not up yet.
     pub fn connect_lazy(self) -> Result<Client, Error> {
-        let auth = BearerToken::new(self.token.as_deref())?;
+        let auth = self.auth()?;
         let channel = self.endpoint()?.connect_lazy();
         Ok(Client {
             channel,
@@ -208,6 +342,7 @@ impl Client {
         ClientBuilder {
             endpoint: endpoint.into(),
             token: None,
+            token_file: None,
             ca_pem: None,
             domain: None,
             connect_timeout: Duration::from_secs(5),
@@ -217,6 +352,12 @@ impl Client {
     /// The endpoint this client talks to.
     pub fn endpoint(&self) -> &str {
         &self.endpoint
+    }
+
+    /// The connection with its bearer token, for a generated client of another snapgate.v1
+    /// service (the agent's `AgentServiceClient`).
+    pub fn channel(&self) -> AuthChannel {
+        InterceptedService::new(self.channel.clone(), self.auth.clone())
     }
 
     /// The generated TriggerService client on this connection.

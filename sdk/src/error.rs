@@ -34,6 +34,14 @@ pub enum Error {
     /// The bearer token cannot be sent as a gRPC metadata value.
     #[error("the bearer token is not a valid header value (printable ASCII only)")]
     InvalidToken,
+    /// The bearer token file cannot be read, is empty or holds an invalid token.
+    #[error("token file {path}: {message}")]
+    TokenFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it (never the token itself).
+        message: String,
+    },
     /// The scheduler cannot be reached (connection refused or lost, shutting down).
     #[error("the scheduler is unavailable: {message}")]
     Unavailable {

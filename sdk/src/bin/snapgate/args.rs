@@ -21,6 +21,17 @@ pub(crate) struct Cli {
     #[arg(long, global = true, env = "SNAPGATE_TOKEN", hide_env_values = true)]
     pub(crate) token: Option<String>,
 
+    /// File holding the bearer token, re-read whenever it changes (e.g. a projected
+    /// ServiceAccount token). Not with --token.
+    #[arg(
+        long,
+        global = true,
+        env = "SNAPGATE_TOKEN_FILE",
+        value_name = "FILE",
+        conflicts_with = "token"
+    )]
+    pub(crate) token_file: Option<PathBuf>,
+
     /// PEM file of a CA to trust for an https:// server (in addition to the system roots).
     #[arg(long, global = true, env = "SNAPGATE_CA_FILE")]
     pub(crate) ca_file: Option<PathBuf>,

@@ -41,6 +41,9 @@ async fn client(cli: &Cli, lazy: bool) -> anyhow::Result<Client> {
     if let Some(token) = &cli.token {
         builder = builder.token(token.clone());
     }
+    if let Some(path) = &cli.token_file {
+        builder = builder.token_file(path.clone());
+    }
     if let Some(path) = &cli.ca_file {
         let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         builder = builder.ca_certificate_pem(pem);
