@@ -1,6 +1,6 @@
 //! The agent's one config surface: flags, each with an environment variable.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Parser, ValueEnum};
 
@@ -8,13 +8,22 @@ use clap::{Parser, ValueEnum};
 #[derive(Debug, Clone, Parser)]
 #[command(name = "snapgate-agent", version, about)]
 pub struct Args {
-    /// The scheduler's gRPC URL.
+    /// The scheduler's gRPC URL (http:// or https://).
     #[arg(
         long,
         env = "SNAPGATE_SCHEDULER",
         default_value = "http://127.0.0.1:50051"
     )]
     pub scheduler: String,
+
+    /// PEM file of the CA to verify an https:// scheduler against (default: the system roots).
+    #[arg(long, env = "SNAPGATE_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+
+    /// File holding a bearer token sent on every call to the scheduler, re-read whenever it
+    /// changes (a projected ServiceAccount token).
+    #[arg(long, env = "SNAPGATE_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
 
     /// Namespaces this agent serves (repeat the flag, or comma-separate).
     #[arg(

@@ -18,7 +18,9 @@ pub mod link;
 pub mod metrics;
 pub mod watch;
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, path::PathBuf};
+
+use anyhow::Context as _;
 
 use k8s_openapi::api::{batch::v1::Job, core::v1::PersistentVolumeClaim};
 use snapgate_agent_core::{
@@ -27,8 +29,8 @@ use snapgate_agent_core::{
     resources::{PROXY_VARIABLES, VolumeSnapshot},
 };
 use snapgate_proto::v1;
+use snapgate_sdk::{Client, ClientBuilder};
 use tokio::sync::mpsc;
-use tonic::transport::Endpoint;
 
 use crate::{
     cluster::Cluster,
@@ -54,6 +56,37 @@ pub struct AgentConfig {
     pub retry_after: std::time::Duration,
     /// Where the agent counts what it does.
     pub metrics: Metrics,
+}
+
+/// How the agent proves itself to the scheduler and checks the scheduler, beyond its URL.
+#[derive(Debug, Clone, Default)]
+pub struct SchedulerAccess {
+    /// PEM CA to verify an `https://` scheduler against (else the system roots).
+    pub ca_file: Option<PathBuf>,
+    /// A bearer token file, read on every (re)connect and re-read when it changes.
+    pub token_file: Option<PathBuf>,
+}
+
+impl SchedulerAccess {
+    /// The SDK client settings for the scheduler at `url`: checked now (the URL, the CA file,
+    /// the token file), with errors naming the flag and the file.
+    pub fn client_builder(&self, url: &str) -> anyhow::Result<ClientBuilder> {
+        let mut builder = Client::builder(url).connect_timeout(std::time::Duration::from_secs(10));
+        if let Some(path) = &self.ca_file {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("--ca-file {}: cannot read", path.display()))?;
+            builder = builder.ca_certificate_pem(pem);
+        }
+        if let Some(path) = &self.token_file {
+            builder = builder.token_file(path.clone());
+        }
+        // Checks the URL and the TLS settings, and reads the token once.
+        builder
+            .clone()
+            .connect_lazy()
+            .with_context(|| format!("--scheduler {url}"))?;
+        Ok(builder)
+    }
 }
 
 /// The proxy variables of this process, to pass on to mover Jobs.
@@ -99,12 +132,19 @@ pub fn spawn_watches(
     watches
 }
 
-/// Runs the agent until the task is dropped.
+/// Runs the agent until the task is dropped: plaintext (or TLS with the system roots) and no
+/// token; see [`run_with`].
 pub async fn run(config: AgentConfig, client: kube::Client) -> anyhow::Result<()> {
-    let endpoint = Endpoint::from_shared(config.scheduler.clone())?
-        .connect_timeout(std::time::Duration::from_secs(10))
-        .http2_keep_alive_interval(std::time::Duration::from_secs(30))
-        .keep_alive_while_idle(true);
+    run_with(config, SchedulerAccess::default(), client).await
+}
+
+/// Runs the agent until the task is dropped, reaching the scheduler with `access`.
+pub async fn run_with(
+    config: AgentConfig,
+    access: SchedulerAccess,
+    client: kube::Client,
+) -> anyhow::Result<()> {
+    let scheduler = access.client_builder(&config.scheduler)?;
     let (change_tx, change_rx) = mpsc::channel(1024);
     let watches = spawn_watches(&client, &config.namespaces, &change_tx);
     drop(change_tx);
@@ -116,7 +156,7 @@ pub async fn run(config: AgentConfig, client: kube::Client) -> anyhow::Result<()
         // The executor acts on a leased directive only under a lease it requested.
         leases: true,
     };
-    let link = tokio::spawn(link::run(endpoint, hello, config.backoff, link_tx));
+    let link = tokio::spawn(link::run(scheduler, hello, config.backoff, link_tx));
     let executor = Executor::new(
         Cluster::new(client),
         config.plan,

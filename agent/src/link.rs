@@ -17,9 +17,9 @@ use snapgate_proto::v1::{
     self, agent_message, agent_service_client::AgentServiceClient,
     scheduler_message::Message as FromScheduler,
 };
+use snapgate_sdk::ClientBuilder;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
 use tracing::{info, warn};
 
 /// What the link hands to the executor.
@@ -79,9 +79,10 @@ impl Backoff {
 }
 
 /// Holds the link open for ever, sending what arrives to `events`. Returns when `events`
-/// is closed.
+/// is closed. Every attempt makes a new connection with `scheduler`'s settings (TLS, and the
+/// bearer token as its file holds it then).
 pub async fn run(
-    endpoint: Endpoint,
+    scheduler: ClientBuilder,
     hello: v1::AgentHello,
     backoff: Backoff,
     events: mpsc::Sender<LinkEvent>,
@@ -89,7 +90,7 @@ pub async fn run(
     let mut attempt = 0u32;
     loop {
         let mut welcomed = false;
-        match session(&endpoint, &hello, &events, &mut welcomed).await {
+        match session(&scheduler, &hello, &events, &mut welcomed).await {
             Ok(()) => info!("scheduler closed the link; reconnecting"),
             Err(e) => warn!(error = %e, attempt, "scheduler link failed"),
         }
@@ -108,12 +109,12 @@ pub async fn run(
 
 /// One connection, until it ends; `welcomed` is set once the scheduler has welcomed the agent.
 async fn session(
-    endpoint: &Endpoint,
+    scheduler: &ClientBuilder,
     hello: &v1::AgentHello,
     events: &mpsc::Sender<LinkEvent>,
     welcomed: &mut bool,
 ) -> anyhow::Result<()> {
-    let channel = endpoint.connect().await?;
+    let channel = scheduler.clone().connect().await?.channel();
     let (out_tx, out_rx) = mpsc::channel::<v1::AgentMessage>(256);
     out_tx
         .send(v1::AgentMessage {

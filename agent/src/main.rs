@@ -3,11 +3,11 @@
 use anyhow::Context as _;
 use clap::Parser as _;
 use snapgate_agent::{
-    AgentConfig,
+    AgentConfig, SchedulerAccess,
     args::{Args, LogFormat},
     link::Backoff,
     metrics::Metrics,
-    proxy_env, run,
+    proxy_env, run_with,
 };
 use snapgate_agent_core::{plan::PlanConfig, resources::MoverImages};
 use tracing::info;
@@ -63,6 +63,10 @@ async fn main() -> anyhow::Result<()> {
         let _ = axum::serve(metrics, app).await;
     });
     info!(scheduler = %args.scheduler, namespaces = ?args.namespaces, "starting");
+    let access = SchedulerAccess {
+        ca_file: args.ca_file,
+        token_file: args.token_file,
+    };
     let config = AgentConfig {
         scheduler: args.scheduler,
         agent_id,
@@ -82,7 +86,7 @@ async fn main() -> anyhow::Result<()> {
         metrics: registry,
     };
     tokio::select! {
-        r = run(config, client) => r,
+        r = run_with(config, access, client) => r,
         _ = tokio::signal::ctrl_c() => Ok(()),
     }
 }
