@@ -205,13 +205,12 @@ pub async fn serve_with(
     };
     // Every connection must send its HTTP/2 preface (after its TLS handshake, if any) within
     // the handshake timeout.
-    let server: std::pin::Pin<
+    let mut server: std::pin::Pin<
         Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>,
     > = match listening.tls {
         None => Box::pin(router.serve_with_incoming_shutdown(plaintext(listener), stop)),
         Some(tls) => Box::pin(router.serve_with_incoming_shutdown(tls.incoming(listener), stop)),
     };
-    let mut server = server;
     let result = tokio::select! {
         served = &mut server => {
             match served.context("gRPC server") {

@@ -10,8 +10,14 @@ use std::{
 };
 
 use snapgate_scheduler::{
-    Config, Listening, clock::SystemClock, handshake::HANDSHAKE_TIMEOUT, identity::Authorizer,
-    metrics::Metrics, serve_with, store::RedbStore, tls::ServerTls,
+    Config, Listening,
+    clock::SystemClock,
+    handshake::HANDSHAKE_TIMEOUT,
+    identity::Authorizer,
+    metrics::Metrics,
+    serve_with,
+    store::{Batch, Loaded, RedbStore, Store, StoreError},
+    tls::ServerTls,
 };
 use snapgate_sdk::{Client, Error};
 use tokio::{io::AsyncReadExt as _, io::AsyncWriteExt as _, net::TcpListener, task::JoinHandle};
@@ -290,4 +296,145 @@ async fn a_connection_that_never_completes_tls_is_closed_within_the_handshake_de
     // A real client is unaffected.
     list(s.port, Some("ca.pem")).await.unwrap();
     s.stop().await;
+}
+
+/// A store whose commits panic once armed: a stand-in for any bug in the driver.
+struct PanickingStore {
+    inner: RedbStore,
+    armed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Store for PanickingStore {
+    fn load(&self) -> Result<Loaded, StoreError> {
+        self.inner.load()
+    }
+    fn commit(&mut self, batch: Batch) -> Result<(), StoreError> {
+        assert!(
+            !self.armed.load(std::sync::atomic::Ordering::SeqCst),
+            "injected driver panic"
+        );
+        self.inner.commit(batch)
+    }
+}
+
+#[tokio::test]
+async fn a_driver_failure_shows_not_serving_on_the_health_port_which_stops_with_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let health = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let health_url = format!("http://{}", health.local_addr().unwrap());
+    let config = Config {
+        store: Box::new(PanickingStore {
+            inner: RedbStore::open(dir.path()).unwrap(),
+            armed: armed.clone(),
+        }),
+        clock: Arc::new(SystemClock),
+        metrics: Metrics::new(),
+        authorizer: Authorizer,
+        lease_policy: Default::default(),
+    };
+    let listening = Listening {
+        tls: Some(ServerTls::load(&data("server.pem"), &data("server.key"), None).unwrap()),
+        health: Some(health),
+    };
+    let task = tokio::spawn(serve_with(
+        config,
+        listener,
+        listening,
+        std::future::pending(),
+    ));
+    let channel = Endpoint::from_shared(health_url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let check = |service: &'static str| {
+        let mut health = HealthClient::new(channel.clone());
+        async move {
+            health
+                .check(HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .status
+        }
+    };
+    assert_eq!(
+        check("snapgate.v1.SourceService").await,
+        ServingStatus::Serving as i32
+    );
+
+    armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let client = Client::builder(format!("https://localhost:{port}"))
+        .ca_certificate_pem(read("ca.pem"))
+        .connect()
+        .await
+        .unwrap();
+    let apply = snapgate_proto::v1::ApplySourceRequest {
+        namespace: "apps".into(),
+        name: "db".into(),
+        spec: Some(snapgate_proto::v1::SourceSpec {
+            source_pvc: "data".into(),
+            trigger: Some(snapgate_proto::v1::ReplicationSourceTrigger {
+                schedule: None,
+                manual: Some("first".into()),
+            }),
+            restic: Some(snapgate_proto::v1::ReplicationSourceResticSpec {
+                copy_method: snapgate_proto::v1::CopyMethod::Snapshot as i32,
+                repository: "restic-config".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        expected_version: 0,
+    };
+    let err = client.sources().apply_source(apply).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    // NOT_SERVING on the plaintext port too, while the server drains.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while check("snapgate.v1.SourceService").await != ServingStatus::NotServing as i32 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("NOT_SERVING on the health port");
+    drop(channel);
+    let exit = tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("serve returns once the driver died")
+        .unwrap();
+    assert!(exit.is_err());
+    let gone = Endpoint::from_shared(health_url).unwrap().connect().await;
+    assert!(gone.is_err(), "the health port closes with the scheduler");
+}
+
+#[test]
+fn the_binary_refuses_a_bad_tls_file_naming_the_flag_and_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("tls.crt");
+    std::fs::write(&empty, "").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_snapgate-scheduler"))
+        .arg("--tls-cert")
+        .arg(&empty)
+        .arg("--tls-key")
+        .arg(data("server.key"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .env_remove("SNAPGATE_CLIENT_CA")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "--tls-cert {}: no certificate found in the PEM",
+            empty.display()
+        )),
+        "{stderr}"
+    );
 }
