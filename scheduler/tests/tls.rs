@@ -62,7 +62,8 @@ impl Tls {
             store: Box::new(RedbStore::open(dir.path()).unwrap()),
             clock: Arc::new(SystemClock),
             metrics: Metrics::new(),
-            authorizer: Authorizer,
+            authorizer: Authorizer::default(),
+            authenticator: None,
             lease_policy: Default::default(),
         };
         let listening = Listening {
@@ -332,7 +333,8 @@ async fn a_driver_failure_shows_not_serving_on_the_health_port_which_stops_with_
         }),
         clock: Arc::new(SystemClock),
         metrics: Metrics::new(),
-        authorizer: Authorizer,
+        authorizer: Authorizer::default(),
+        authenticator: None,
         lease_policy: Default::default(),
     };
     let listening = Listening {
