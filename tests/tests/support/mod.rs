@@ -79,15 +79,25 @@ pub(crate) fn spawn(cmd: &mut Command, log: &Path) -> Proc {
 }
 
 /// The scheduler on `grpc`, its store in `dir/data`, its stderr in `dir/log`.
-fn spawn_scheduler(grpc: &str, dir: &Path, log: &str) -> Proc {
+fn spawn_scheduler(grpc: &str, dir: &Path, log: &str, extra: &[String]) -> Proc {
     spawn(
         Command::new(binary("snapgate-scheduler"))
             .args(["--listen", grpc])
             .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port())])
             .arg("--data-dir")
-            .arg(dir.join("data")),
+            .arg(dir.join("data"))
+            .args(extra),
         &dir.join(log),
     )
+}
+
+/// Authentication for a cluster of processes: flags for the scheduler, token files for the
+/// agent and the CLI.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Secure {
+    pub(crate) scheduler_args: Vec<String>,
+    pub(crate) agent_token: Option<PathBuf>,
+    pub(crate) cli_token: Option<PathBuf>,
 }
 
 /// Sends a signal (`-STOP`, `-CONT`, `-KILL`) to a child process.
@@ -144,6 +154,7 @@ pub(crate) struct Cluster {
     pub(crate) client: kube::Client,
     pub(crate) url: String,
     grpc: String,
+    secure: Secure,
     scheduler: Proc,
     agent: Proc,
 }
@@ -160,7 +171,7 @@ impl Cluster {
                 .arg(&kubeconfig),
             &dir.path().join("kube-sim.log"),
         ));
-        Self::with_sim(dir, kubeconfig, sim).await
+        Self::with_sim(dir, kubeconfig, sim, Secure::default()).await
     }
 
     /// kube-sim hosted in the test (served over loopback HTTP with its kubeconfig, as the
@@ -177,12 +188,59 @@ impl Cluster {
         sim.serve("127.0.0.1:0").await.unwrap();
         sim.write_kubeconfig(&kubeconfig, snapgate_kube_sim::ADMIN_TOKEN)
             .unwrap();
-        Self::with_sim(dir, kubeconfig, Sim::Hosted(sim)).await
+        Self::with_sim(dir, kubeconfig, Sim::Hosted(sim), Secure::default()).await
     }
 
-    async fn with_sim(dir: tempfile::TempDir, kubeconfig: PathBuf, sim: Sim) -> Self {
+    /// As a cluster runs it: kube-sim hosted in the test issues ServiceAccount tokens (audience
+    /// `snapgate`) and serves its key set; the scheduler authenticates callers against that
+    /// URL, with `system:serviceaccount:snapgate:admin` as admin; the agent presents the token
+    /// of `snapgate-agent` in its namespace, the CLI the admin's.
+    pub(crate) async fn start_secured() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        let sim = snapgate_kube_sim::KubeSim::new();
+        sim.add_token(
+            snapgate_kube_sim::ADMIN_TOKEN,
+            snapgate_kube_sim::ADMIN_USER,
+        );
+        sim.serve("127.0.0.1:0").await.unwrap();
+        sim.write_kubeconfig(&kubeconfig, snapgate_kube_sim::ADMIN_TOKEN)
+            .unwrap();
+        let token = |ns: &str, sa: &str| {
+            let path = dir.path().join(format!("token-{ns}-{sa}"));
+            std::fs::write(
+                &path,
+                sim.issue_token(ns, sa, &["snapgate"], Duration::from_secs(3600)),
+            )
+            .unwrap();
+            path
+        };
+        let secure = Secure {
+            scheduler_args: vec![
+                "--auth-jwks".into(),
+                format!("{}/openid/v1/jwks", sim.server_url().unwrap()),
+                "--auth-issuer".into(),
+                sim.issuer(),
+                "--admin".into(),
+                "system:serviceaccount:snapgate:admin".into(),
+            ],
+            agent_token: Some(token(NS, "snapgate-agent")),
+            cli_token: Some(token("snapgate", "admin")),
+        };
+        // Tokens for the tests' applications.
+        token(NS, "db-app");
+        token("web", "db-app");
+        Self::with_sim(dir, kubeconfig, Sim::Hosted(sim), secure).await
+    }
+
+    async fn with_sim(
+        dir: tempfile::TempDir,
+        kubeconfig: PathBuf,
+        sim: Sim,
+        secure: Secure,
+    ) -> Self {
         let grpc = format!("127.0.0.1:{}", free_port());
-        let scheduler = spawn_scheduler(&grpc, dir.path(), "scheduler.log");
+        let scheduler = spawn_scheduler(&grpc, dir.path(), "scheduler.log", &secure.scheduler_args);
         let config = eventually("the kubeconfig", 15, || {
             let path = kubeconfig.clone();
             async move { Kubeconfig::read_from(&path).ok() }
@@ -210,6 +268,12 @@ impl Cluster {
                         },
                     )
                     .await
+                    .map(drop)
+                    .or_else(|e| match e {
+                        // Made already (issuing a token makes its namespace).
+                        kube::Error::Api(s) if s.code == 409 => Ok(()),
+                        other => Err(other),
+                    })
                     .ok()
             }
         })
@@ -242,8 +306,12 @@ impl Cluster {
                 .unwrap();
         }
         let url = format!("http://{grpc}");
+        let mut agent_cmd = Command::new(binary("snapgate-agent"));
+        if let Some(token) = &secure.agent_token {
+            agent_cmd.arg("--token-file").arg(token);
+        }
         let agent = spawn(
-            Command::new(binary("snapgate-agent"))
+            agent_cmd
                 .env("KUBECONFIG", &kubeconfig)
                 .args(["--scheduler", &url])
                 .args(["--namespace", NS])
@@ -258,6 +326,7 @@ impl Cluster {
             client,
             url,
             grpc,
+            secure,
             scheduler,
             agent,
         };
@@ -283,7 +352,12 @@ impl Cluster {
     pub(crate) async fn restart_scheduler(&mut self) {
         signal(&self.scheduler, "-KILL");
         let _ = self.scheduler.0.wait().await;
-        self.scheduler = spawn_scheduler(&self.grpc, self.dir.path(), "scheduler-2.log");
+        self.scheduler = spawn_scheduler(
+            &self.grpc,
+            self.dir.path(),
+            "scheduler-2.log",
+            &self.secure.scheduler_args,
+        );
         eventually("the restarted scheduler answers the CLI", 15, || async {
             (self.cli(&["list"]).await.code == 0).then_some(())
         })
@@ -313,10 +387,22 @@ impl Cluster {
 
     /// `snapgate --server <scheduler> -n app <args>`.
     pub(crate) fn cli_command(&self, args: &[&str]) -> Command {
+        let mut cmd = self.cli_command_as(self.secure.cli_token.as_deref(), args);
+        cmd.kill_on_drop(true);
+        cmd
+    }
+
+    /// `snapgate --server <scheduler> -n app [--token-file <token>] <args>`.
+    pub(crate) fn cli_command_as(&self, token: Option<&Path>, args: &[&str]) -> Command {
         let mut cmd = Command::new(binary("snapgate"));
-        cmd.args(["--server", &self.url, "-n", NS])
-            .args(args)
+        cmd.args(["--server", &self.url, "-n", NS]);
+        if let Some(t) = token {
+            cmd.arg("--token-file").arg(t);
+        }
+        cmd.args(args)
             .env_remove("SNAPGATE_OUTPUT")
+            .env_remove("SNAPGATE_TOKEN")
+            .env_remove("SNAPGATE_TOKEN_FILE")
             .kill_on_drop(true);
         cmd
     }
