@@ -229,6 +229,10 @@ fn compare(original: &Value, back: &Value, path: &str, lost: &mut Vec<String>) {
 /// Where a binary listens, from its parsed flags.
 struct Listening {
     grpc: Option<SocketAddr>,
+    /// The plaintext gRPC health port (kubelet's probes speak no TLS).
+    health: Option<SocketAddr>,
+    /// The gRPC port speaks TLS only.
+    tls: bool,
     metrics: SocketAddr,
     data_dir: Option<PathBuf>,
     scheduler_url: Option<String>,
@@ -272,6 +276,8 @@ fn binaries() -> Vec<Binary> {
                 a.lease_policy().map_err(refused)?;
                 Ok(Listening {
                     grpc: Some(a.listen),
+                    health: a.health_listen,
+                    tls: a.tls_cert.is_some(),
                     metrics: a.metrics_listen,
                     data_dir: Some(a.data_dir),
                     scheduler_url: None,
@@ -287,6 +293,8 @@ fn binaries() -> Vec<Binary> {
                 let a = snapgate_agent::args::Args::try_parse_from(argv)?;
                 Ok(Listening {
                     grpc: None,
+                    health: None,
+                    tls: false,
                     metrics: a.metrics_listen,
                     data_dir: None,
                     scheduler_url: Some(a.scheduler),
@@ -615,6 +623,14 @@ fn every_container_port_and_probe_is_where_the_binary_listens() {
         if let Some(grpc) = listening.grpc {
             expected.insert("grpc", grpc);
         }
+        if let Some(health) = listening.health {
+            expected.insert("health", health);
+        }
+        if listening.tls && listening.health.is_none() {
+            errors.push(format!(
+                "{at}: TLS on the gRPC port without --health-listen: kubelet's gRPC probes speak no TLS"
+            ));
+        }
         let declared: BTreeMap<String, i32> = run
             .container
             .ports
@@ -674,9 +690,11 @@ fn check_probe(run: &Run<'_>, listening: &Listening, kind: &str, probe: &Probe) 
     let mut errors = Vec::new();
     match (listening.grpc, &probe.grpc, &probe.http_get) {
         (Some(grpc), Some(action), None) => {
-            if action.port != i32::from(grpc.port()) {
+            // With a plaintext health port, probes go there (the gRPC port may speak TLS).
+            let health = listening.health.unwrap_or(grpc);
+            if action.port != i32::from(health.port()) {
                 errors.push(format!(
-                    "{at}: gRPC probe on port {}, the binary serves gRPC health on {grpc}",
+                    "{at}: gRPC probe on port {}, the binary serves plaintext gRPC health on {health}",
                     action.port
                 ));
             }
