@@ -2,7 +2,7 @@
 //! caller, with the code each must get; the forged-report attack; the audit trail.
 //!
 //! Tokens are real JWTs (ES256) signed here with a key whose JWKS the scheduler reads from a
-//! file, exactly as it reads a cluster's.
+//! file, exactly as it reads a cluster's; every call goes over real TLS on loopback.
 
 mod support;
 
@@ -197,6 +197,7 @@ async fn secured() -> Secured {
         Box::new(RedbStore::open(&dir.path().join("data")).unwrap()),
         authorizer,
         Some(authenticator),
+        true,
     )
     .await;
     let s = Secured {

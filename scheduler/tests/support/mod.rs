@@ -13,7 +13,6 @@ use snapgate_scheduler::{
     clock::SystemClock,
     identity::Authorizer,
     metrics::Metrics,
-    serve,
     store::{RedbStore, Store},
 };
 use tokio::{net::TcpListener, task::JoinHandle};
@@ -29,14 +28,17 @@ pub struct Running {
 
 impl Running {
     pub async fn start(store: Box<dyn Store>) -> Self {
-        Self::start_with(store, Authorizer::default(), None).await
+        Self::start_with(store, Authorizer::default(), None, false).await
     }
 
-    /// A scheduler that authenticates with `authenticator` and decides with `authorizer`.
+    /// A scheduler that authenticates with `authenticator` and decides with `authorizer`;
+    /// with `tls`, it serves TLS only (the test certificate for `localhost`) and the channel
+    /// trusts the test CA.
     pub async fn start_with(
         store: Box<dyn Store>,
         authorizer: Authorizer,
         authenticator: Option<Arc<snapgate_scheduler::auth::Authenticator>>,
+        tls: bool,
     ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -50,14 +52,46 @@ impl Running {
             authenticator,
             lease_policy: Default::default(),
         };
-        let task = tokio::spawn(serve(config, listener, async {
-            let _ = stopped.await;
-        }));
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk/tests/data/tls");
+        let listening = snapgate_scheduler::Listening {
+            tls: tls.then(|| {
+                snapgate_scheduler::tls::ServerTls::load(
+                    &data.join("server.pem"),
+                    &data.join("server.key"),
+                    None,
+                )
+                .unwrap()
+            }),
+            health: None,
+        };
+        let task = tokio::spawn(snapgate_scheduler::serve_with(
+            config,
+            listener,
+            listening,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let channel = if tls {
+            let ca = std::fs::read(data.join("ca.pem")).unwrap();
+            tonic::transport::Endpoint::from_shared(format!("https://localhost:{}", addr.port()))
+                .unwrap()
+                .tls_config(
+                    tonic::transport::ClientTlsConfig::new()
+                        .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+                        .domain_name("localhost"),
+                )
+                .unwrap()
+                .connect()
+                .await
+                .unwrap()
+        } else {
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap()
+        };
         Self {
             channel,
             addr,
