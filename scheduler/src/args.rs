@@ -171,6 +171,14 @@ impl Args {
             (Some(_), None) => anyhow::bail!("--auth-jwks needs --auth-issuer"),
             (None, Some(_)) => anyhow::bail!("--auth-issuer needs --auth-jwks"),
         };
+        if let Some(jwks) = &self.auth_jwks
+            && jwks.starts_with("http://")
+            && self.auth_jwks_token_file.is_some()
+        {
+            anyhow::bail!(
+                "--auth-jwks-token-file would send the scheduler's token in clear text to {jwks}: use https://"
+            );
+        }
         if issuer.is_none() && !self.listen.ip().is_loopback() && !self.insecure_anonymous {
             anyhow::bail!(
                 "refusing to serve {} without authentication: anyone who reaches it could read every namespace's sources and forge backups. Configure --auth-jwks and --auth-issuer (see docs/security.md), listen on a loopback address, or pass --insecure-anonymous",
@@ -261,7 +269,9 @@ pub enum LogFormat {
 
 /// Installs the global tracing subscriber.
 pub fn init_tracing(format: LogFormat, filter: &str) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)?;
+    // The audit trail is never filtered out by the log level.
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)?
+        .add_directive("snapgate::audit=info".parse()?);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -371,6 +381,17 @@ mod tests {
                 "--auth-issuer needs --auth-jwks",
             ),
             (&["--admin", "x"][..], "need authentication"),
+            (
+                &[
+                    "--auth-jwks",
+                    "http://api.example/openid/v1/jwks",
+                    "--auth-issuer",
+                    "x",
+                    "--auth-jwks-token-file",
+                    "/token",
+                ][..],
+                "in clear text",
+            ),
         ] {
             let e = security(args).unwrap_err().to_string();
             assert!(e.contains(says), "{args:?}: {e}");

@@ -33,6 +33,10 @@ pub const JWKS_REFRESH_MIN_GAP: Duration = Duration::from_secs(10);
 pub const LEEWAY_SECONDS: u64 = 60;
 /// The largest bearer token read.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+/// The longest a key-set fetch may take, headers and body.
+pub const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(20);
+/// The longest-lived token accepted (`exp` - `iat`): a leaked token is not valid for ever.
+pub const MAX_TOKEN_LIFETIME_SECONDS: i64 = 24 * 3600;
 /// The largest key set read.
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
 
@@ -122,6 +126,9 @@ pub enum AuthError {
 #[derive(Deserialize)]
 struct Claims {
     sub: String,
+    exp: i64,
+    #[serde(default)]
+    iat: Option<i64>,
     #[serde(rename = "kubernetes.io", default)]
     kubernetes: Option<KubernetesClaims>,
 }
@@ -306,6 +313,13 @@ fn verify(
         })
     })?;
     let claims = data.claims;
+    let issued = claims.iat.unwrap_or_else(|| chrono::Utc::now().timestamp());
+    if claims.exp.saturating_sub(issued) > MAX_TOKEN_LIFETIME_SECONDS {
+        return Err(AuthError::Invalid(format!(
+            "it lives longer than {} hours; ask for a shorter expirationSeconds",
+            MAX_TOKEN_LIFETIME_SECONDS / 3600
+        )));
+    }
     let service_account = claims.kubernetes.and_then(|k| {
         let name = k.serviceaccount?.name;
         // The subject must be the ServiceAccount the claims name.
@@ -325,11 +339,18 @@ async fn fetch(source: &JwksSource) -> anyhow::Result<JwkSet> {
         // Small files, read now and then: blocking reads are fine.
         JwksSource::File(path) => std::fs::read(path)
             .with_context(|| format!("reading the key set {}", path.display()))?,
+        // The whole exchange, body included, is bounded: a server that stalls after its
+        // headers must not hang the start or the refresh task.
         JwksSource::Url {
             url,
             token_file,
             ca_file,
-        } => get(url, token_file.as_ref(), ca_file.as_ref()).await?,
+        } => tokio::time::timeout(
+            JWKS_FETCH_TIMEOUT,
+            get(url, token_file.as_ref(), ca_file.as_ref()),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("GET {url}: not done within {JWKS_FETCH_TIMEOUT:?}"))??,
     };
     if bytes.len() > MAX_JWKS_BYTES {
         anyhow::bail!("the key set is over {MAX_JWKS_BYTES} bytes");

@@ -133,6 +133,8 @@ pub(crate) enum Command {
     /// of every run in flight in its namespaces plus [`AGENT_QUEUE`] more.
     AgentConnect {
         hello: v1::AgentHello,
+        /// Who connected (the token's subject, or `anonymous`).
+        subject: String,
         reply: Reply<(u64, mpsc::Receiver<Result<SchedulerMessage, Status>>)>,
     },
     /// A WatchCopy stream ended: forget watchers whose streams are closed.
@@ -185,6 +187,8 @@ impl DriverHandle {
 
 struct AgentConn {
     agent_id: String,
+    /// Who connected: only the same identity may take its namespaces over.
+    subject: String,
     namespaces: Vec<String>,
     /// It honours hold leases (sent lease-gated COPY directives).
     leases: bool,
@@ -196,6 +200,9 @@ struct Watcher {
     target: Target,
     tx: mpsc::Sender<Result<v1::CopyStatus, Status>>,
     last: Option<v1::CopyStatus>,
+    /// The watching application's ServiceAccount, held to `copyTrigger.allowedServiceAccounts`
+    /// on every status (a source may narrow the list while the stream is open).
+    application: Option<String>,
 }
 
 /// The driver task's state.
@@ -396,6 +403,16 @@ impl Driver {
             if w.target.namespace != status.namespace || w.target.pvc != status.pvc {
                 return !w.tx.is_closed();
             }
+            if let Some(sa) = &w.application
+                && !core.application_allowed(&w.target, sa)
+            {
+                // Narrowed since the stream opened: it ends here.
+                let _ = w.tx.try_send(Err(Status::permission_denied(format!(
+                    "ServiceAccount {sa} may no longer watch pvc {}/{}: a source of it lists other copyTrigger.allowedServiceAccounts",
+                    w.target.namespace, w.target.pvc
+                ))));
+                return false;
+            }
             // A source's watcher sees that source's runs only.
             let status = match &w.target.source {
                 None => status.clone(),
@@ -560,6 +577,7 @@ impl Driver {
                         target,
                         tx,
                         last: Some(current),
+                        application,
                     });
                     self.count_watchers();
                     let _ = reply.send(Ok(()));
@@ -572,7 +590,26 @@ impl Driver {
             Command::ListQuarantined { reply } => {
                 let _ = reply.send(Ok(self.quarantined.clone()));
             }
-            Command::AgentConnect { hello, reply } => {
+            Command::AgentConnect {
+                hello,
+                subject,
+                reply,
+            } => {
+                // One agent identity per namespace: a link of another identity serving any of
+                // these namespaces keeps them (first come), so that one namespace's agent can
+                // never cut off an agent serving others.
+                if let Some(ns) = self
+                    .agents
+                    .values()
+                    .filter(|a| a.subject != subject)
+                    .flat_map(|a| a.namespaces.iter())
+                    .find(|n| hello.namespaces.contains(n))
+                {
+                    let _ = reply.send(Err(DriverError::Core(CoreError::FailedPrecondition(
+                        format!("namespace {ns} is served by another agent identity; one agent identity per namespace"),
+                    ))));
+                    return;
+                }
                 let id = self.next_conn;
                 self.next_conn += 1;
                 // A lease-gated copy is never sent to an agent that does not honour leases
@@ -604,7 +641,7 @@ impl Driver {
                     let _ = reply.send(Err(DriverError::Stopped));
                     return;
                 }
-                // One agent per namespace: the newer link replaces an older one serving any of
+                // The same identity again: the newer link replaces an older one serving any of
                 // the same namespaces (a restarted agent whose old link is not yet known dead).
                 let replaced: Vec<u64> = self
                     .agents
@@ -623,6 +660,7 @@ impl Driver {
                     id,
                     AgentConn {
                         agent_id: hello.agent_id,
+                        subject,
                         namespaces: hello.namespaces,
                         leases: hello.leases,
                         tx,

@@ -75,6 +75,7 @@ impl ServerTls {
             provider: provider.clone(),
             current: RwLock::new(Arc::new(first)),
             seen: Mutex::new(fingerprint),
+            failed: Mutex::new(None),
         });
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
@@ -219,9 +220,15 @@ struct ReloadingCert {
     key_path: PathBuf,
     provider: Arc<CryptoProvider>,
     current: RwLock<Arc<CertifiedKey>>,
-    /// The files as last looked at (loaded or not).
+    /// The files of the pair served.
     seen: Mutex<Fingerprint>,
+    /// The files of the last pair that did not load, and when: retried at most every
+    /// [`RETRY_FAILED_LOAD`].
+    failed: Mutex<Option<(Fingerprint, std::time::Instant)>>,
 }
+
+/// How often a changed pair that did not load is read again (while it stays as it is).
+const RETRY_FAILED_LOAD: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl fmt::Debug for ReloadingCert {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -243,14 +250,25 @@ impl ReloadingCert {
     fn reload_if_changed(&self) -> bool {
         let now = Fingerprint::of(&self.cert_path, &self.key_path);
         {
-            let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+            let seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
             if *seen == now {
                 return false;
             }
-            *seen = now;
+        }
+        {
+            let failed = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
+            if failed
+                .as_ref()
+                .is_some_and(|(f, at)| *f == now && at.elapsed() < RETRY_FAILED_LOAD)
+            {
+                return false;
+            }
         }
         match load_pair(&self.cert_path, &self.key_path, &self.provider) {
             Ok(pair) => {
+                // Only a pair that loaded counts as seen: a read that failed (a half-written
+                // rotation, a transient error) is tried again on the next connection.
+                *self.seen.lock().unwrap_or_else(PoisonError::into_inner) = now;
                 *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(pair);
                 info!(
                     cert = %self.cert_path.display(),
@@ -260,6 +278,8 @@ impl ReloadingCert {
                 true
             }
             Err(e) => {
+                *self.failed.lock().unwrap_or_else(PoisonError::into_inner) =
+                    Some((now, std::time::Instant::now()));
                 warn!(
                     error = %format!("{e:#}"),
                     "the changed TLS certificate or key does not load; still serving the previous one"

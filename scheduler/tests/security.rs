@@ -189,7 +189,11 @@ async fn secured() -> Secured {
         )]
         .into(),
         agent_service_account: "snapgate-agent".into(),
-        agent_namespaces: Default::default(),
+        agent_namespaces: [(
+            "system:serviceaccount:snapgate:central".to_owned(),
+            [NS.to_owned(), "web".to_owned()].into(),
+        )]
+        .into(),
     };
     let audit_log = dir.path().join("audit.jsonl");
     let authorizer = Authorizer::with_policy(policy, Audit::to_file(&audit_log).unwrap());
@@ -836,4 +840,190 @@ async fn tokens_signed_with_a_shared_secret_or_claiming_another_subject_are_refu
     // Garbage and oversized tokens.
     assert!(auth.authenticate("not-a-jwt").is_err());
     assert!(auth.authenticate(&"a".repeat(20_000)).is_err());
+}
+
+async fn agent_link(
+    s: &Secured,
+    token: Option<&str>,
+    namespaces: &[&str],
+) -> Result<
+    (
+        mpsc::Sender<v1::AgentMessage>,
+        tonic::Streaming<v1::SchedulerMessage>,
+    ),
+    tonic::Status,
+> {
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(v1::AgentMessage {
+        message: Some(agent_message::Message::Hello(v1::AgentHello {
+            agent_id: "agent".into(),
+            namespaces: namespaces.iter().map(|n| (*n).to_owned()).collect(),
+            version: "test".into(),
+            leases: true,
+        })),
+    })
+    .await
+    .unwrap();
+    let inbound = AgentServiceClient::new(s.running.channel.clone())
+        .connect(with(token, ReceiverStream::new(rx)))
+        .await?
+        .into_inner();
+    Ok((tx, inbound))
+}
+
+/// One namespace's agent cannot cut off an agent of another identity that serves it (and
+/// others): the newer link of another identity is refused, the first one keeps serving.
+#[tokio::test]
+async fn an_agent_of_another_identity_cannot_take_over_a_namespace_already_served() {
+    let s = secured().await;
+    let central = s.tokens.key.sign(&sa_claims("snapgate", "central"));
+    let (ctx, mut central_link) = agent_link(&s, Some(&central), &[NS, "web"]).await.unwrap();
+    assert!(matches!(
+        central_link.next().await.unwrap().unwrap().message,
+        Some(ToAgent::Welcome(_))
+    ));
+    let local = s.tokens.token(Who::Agent);
+    let e = agent_link(&s, local.as_deref(), &[NS]).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message().contains("another agent identity"),
+        "{}",
+        e.message()
+    );
+    assert!(
+        !e.message().contains("central"),
+        "names no identity: {}",
+        e.message()
+    );
+    // The central link still serves: a new run in web reaches it.
+    let admin = s.tokens.token(Who::Admin);
+    let mut req = apply_request("w");
+    req.namespace = "web".into();
+    s.sources()
+        .apply_source(with(admin.as_deref(), req))
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Some(ToAgent::Directive(d)) = central_link.next().await.unwrap().unwrap().message
+                && d.source.as_ref().is_some_and(|x| x.namespace == "web")
+            {
+                return d;
+            }
+        }
+    })
+    .await
+    .expect("the central agent still gets web's directives");
+    assert_eq!(got.phase(), v1::DirectivePhase::Gate);
+    drop((ctx, central_link));
+    s.running.stop().await;
+}
+
+/// With authentication an application holds as its own ServiceAccount; a source narrowed to
+/// other ServiceAccounts while an application watches ends that watch; a token that lives
+/// longer than a day is refused.
+#[tokio::test]
+async fn holders_are_service_accounts_narrowing_ends_open_watches_and_long_lived_tokens_are_refused()
+ {
+    let s = secured().await;
+    let app = s.tokens.token(Who::App);
+    let e = s
+        .triggers()
+        .trigger(with(
+            app.as_deref(),
+            v1::TriggerRequest {
+                target: pvc_target(),
+                value: "v1".into(),
+                holder: "cache".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(
+        e.message().contains("only as holder db-app"),
+        "{}",
+        e.message()
+    );
+
+    // cron is not among data's allowedServiceAccounts: refused, and audited.
+    let e = s
+        .triggers()
+        .get_copy_status(with(
+            s.tokens.token(Who::AppNotAllowed).as_deref(),
+            v1::GetCopyStatusRequest {
+                target: pvc_target(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(
+        s.audit()
+            .iter()
+            .any(|r| r["rpc"] == "snapgate.v1.TriggerService/GetCopyStatus"
+                && r["code"] == "PermissionDenied"
+                && r["identity"] == "system:serviceaccount:apps:cron"),
+        "{:#?}",
+        s.audit()
+    );
+
+    // cron may watch pvc other (no source restricts it) until one does.
+    let cron = s.tokens.token(Who::AppNotAllowed);
+    let other = Some(v1::CopyTarget {
+        namespace: NS.into(),
+        pvc: "other".into(),
+        source: String::new(),
+    });
+    let mut watch = s
+        .triggers()
+        .watch_copy(with(
+            cron.as_deref(),
+            v1::WatchCopyRequest { target: other },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        watch.next().await.unwrap().is_ok(),
+        "the current status first"
+    );
+    let admin = s.tokens.token(Who::Admin);
+    let mut narrowed = apply_request("narrow");
+    narrowed.spec.as_mut().unwrap().source_pvc = "other".into();
+    s.sources()
+        .apply_source(with(admin.as_deref(), narrowed))
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .expect("the watch ends")
+        .expect("with a status");
+    assert_eq!(ended.unwrap_err().code(), Code::PermissionDenied);
+    let audited = s.audit().into_iter().any(|r| {
+        r["rpc"] == "snapgate.v1.TriggerService/Trigger"
+            && r["code"] == "PermissionDenied"
+            && r["identity"] == "system:serviceaccount:apps:db-app"
+    });
+    assert!(audited, "{:#?}", s.audit());
+
+    let mut long = sa_claims(NS, "db-app");
+    long["exp"] = json!(now() + 48 * 3600);
+    let e = s
+        .sources()
+        .list_sources(with(
+            Some(&s.tokens.key.sign(&long)),
+            v1::ListSourcesRequest::default(),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    assert!(
+        e.message().contains("longer than 24 hours"),
+        "{}",
+        e.message()
+    );
+    drop(watch);
+    s.running.stop().await;
 }

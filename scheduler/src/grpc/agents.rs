@@ -82,16 +82,21 @@ impl AgentService for Agents {
         for ns in &hello.namespaces {
             self.auth.check(&caller, &rpc, ns, Action::Agent)?;
         }
-        Audited::new(&caller, &rpc, &hello.namespaces.join(","), "").finish(
-            self.auth.audit(),
-            &Ok::<(), Status>(()),
-            "",
-        );
+
         let agent_id = hello.agent_id.clone();
-        let (conn, rx) = self
+        let audited = Audited::new(&caller, &rpc, &hello.namespaces.join(","), "");
+        let subject = caller.name().to_owned();
+        let connected = self
             .driver
-            .ask(|reply| Command::AgentConnect { hello, reply })
-            .await?;
+            .ask(|reply| Command::AgentConnect {
+                hello,
+                subject,
+                reply,
+            })
+            .await
+            .map_err(Status::from);
+        audited.finish(self.auth.audit(), &connected, "");
+        let (conn, rx) = connected?;
         let driver = self.driver.clone();
         tokio::spawn(
             async move {

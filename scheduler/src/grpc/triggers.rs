@@ -29,6 +29,24 @@ impl Triggers {
 }
 
 impl Triggers {
+    /// Audits a refusal by `copyTrigger.allowedServiceAccounts` (other errors pass as they are).
+    fn denied(
+        &self,
+        caller: &crate::identity::Caller,
+        rpc: &str,
+        namespace: &str,
+        status: Status,
+    ) -> Status {
+        if status.code() == tonic::Code::PermissionDenied {
+            Audited::new(caller, rpc, namespace, "").finish(
+                self.auth.audit(),
+                &Err::<(), _>(status.clone()),
+                "",
+            );
+        }
+        status
+    }
+
     /// The caller's ServiceAccount when it acts as an application of the target's namespace.
     fn application(
         &self,
@@ -60,6 +78,7 @@ impl TriggerService for Triggers {
         self.auth
             .check(&caller, &rpc, &target.namespace, Action::ReadCopy)?;
         let application = self.application(&caller, &target);
+        let namespace = target.namespace.clone();
         let (tx, rx) = mpsc::channel(WATCH_QUEUE);
         self.driver
             .ask(|reply| Command::WatchCopy {
@@ -68,7 +87,8 @@ impl TriggerService for Triggers {
                 tx,
                 reply,
             })
-            .await?;
+            .await
+            .map_err(|e| self.denied(&caller, &rpc, &namespace, e.into()))?;
         let closed = WatchClosed(self.driver.clone());
         // The guard lives as long as the stream: when the client goes away, the driver forgets
         // the watcher at once, on a quiet PVC too.
@@ -91,6 +111,19 @@ impl TriggerService for Triggers {
             .check(&caller, &rpc, &target.namespace, Action::Trigger)?;
         let audited = Audited::new(&caller, &rpc, &target.namespace, &target.source);
         let application = self.application(&caller, &target);
+        // With authentication, an application holds as its own ServiceAccount: it cannot
+        // trigger in another holder's name.
+        if let Some(sa) = &application
+            && !r.holder.is_empty()
+            && r.holder != *sa
+        {
+            let denied = Err(Status::permission_denied(format!(
+                "ServiceAccount {sa} may trigger only as holder {sa}, not {}",
+                snapgate_proto::text::quoted(&r.holder)
+            )));
+            audited.finish(self.auth.audit(), &denied, "");
+            return denied;
+        }
         let value = r.value.clone();
         let accepted = self
             .driver
@@ -157,6 +190,7 @@ impl TriggerService for Triggers {
         self.auth
             .check(&caller, &rpc, &target.namespace, Action::ReadCopy)?;
         let application = self.application(&caller, &target);
+        let namespace = target.namespace.clone();
         let status = self
             .driver
             .ask(|reply| Command::CopyStatus {
@@ -164,7 +198,8 @@ impl TriggerService for Triggers {
                 application,
                 reply,
             })
-            .await?;
+            .await
+            .map_err(|e| self.denied(&caller, &rpc, &namespace, e.into()))?;
         Ok(Response::new(status))
     }
 }
