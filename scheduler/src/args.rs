@@ -102,6 +102,15 @@ pub struct Args {
     #[arg(long, env = "SNAPGATE_INSECURE_ANONYMOUS")]
     pub insecure_anonymous: bool,
 
+    /// With authentication: requests per second allowed to each identity (and to each address
+    /// whose credentials failed); more are refused with RESOURCE_EXHAUSTED. 0: no limit.
+    #[arg(long, env = "SNAPGATE_RATE_LIMIT", default_value_t = 50)]
+    pub rate_limit: u32,
+
+    /// The burst each identity may make above --rate-limit.
+    #[arg(long, env = "SNAPGATE_RATE_BURST", default_value_t = 100)]
+    pub rate_burst: u32,
+
     /// Append the audit trail (one JSON line per mutating call, Trigger and denial) to this
     /// file instead of the log.
     #[arg(long, env = "SNAPGATE_AUDIT_LOG")]

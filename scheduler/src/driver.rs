@@ -31,6 +31,8 @@ pub(crate) const WATCH_QUEUE: usize = 64;
 pub(crate) const MAX_WATCHERS: usize = 10_000;
 /// The most WatchCopy streams open at once on one PVC.
 pub(crate) const MAX_WATCHERS_PER_PVC: usize = 64;
+/// The most WatchCopy streams one authenticated identity holds open at once.
+pub(crate) const MAX_WATCHERS_PER_IDENTITY: usize = 64;
 /// The longest the driver sleeps without looking at the clock again.
 const MAX_SLEEP: StdDuration = StdDuration::from_secs(30);
 /// How long to wait before retrying timer work whose commit failed.
@@ -126,6 +128,8 @@ pub(crate) enum Command {
     WatchCopy {
         target: v1::CopyTarget,
         application: Option<String>,
+        /// The authenticated caller (`None`: authentication off), for its stream cap.
+        identity: Option<String>,
         tx: mpsc::Sender<Result<v1::CopyStatus, Status>>,
         reply: Reply<()>,
     },
@@ -203,6 +207,8 @@ struct Watcher {
     /// The watching application's ServiceAccount, held to `copyTrigger.allowedServiceAccounts`
     /// on every status (a source may narrow the list while the stream is open).
     application: Option<String>,
+    /// Who watches (authenticated callers only).
+    identity: Option<String>,
 }
 
 /// The driver task's state.
@@ -549,6 +555,7 @@ impl Driver {
             Command::WatchCopy {
                 target,
                 application,
+                identity,
                 tx,
                 reply,
             } => match self
@@ -564,6 +571,18 @@ impl Driver {
                             w.target.namespace == target.namespace && w.target.pvc == target.pvc
                         })
                         .count();
+                    let mine = identity.as_ref().map_or(0, |who| {
+                        self.watchers
+                            .iter()
+                            .filter(|w| w.identity.as_ref() == Some(who))
+                            .count()
+                    });
+                    if mine >= MAX_WATCHERS_PER_IDENTITY {
+                        let _ = reply.send(Err(DriverError::Exhausted(format!(
+                            "this caller holds {mine} WatchCopy streams open, at most {MAX_WATCHERS_PER_IDENTITY}; close some and retry"
+                        ))));
+                        return;
+                    }
                     if self.watchers.len() >= MAX_WATCHERS || on_pvc >= MAX_WATCHERS_PER_PVC {
                         let _ = reply.send(Err(DriverError::Exhausted(format!(
                             "too many WatchCopy streams open ({on_pvc} on pvc {}/{}, at most {MAX_WATCHERS_PER_PVC}; {} in all, at most {MAX_WATCHERS}); close some and retry",
@@ -578,6 +597,7 @@ impl Driver {
                         tx,
                         last: Some(current),
                         application,
+                        identity,
                     });
                     self.count_watchers();
                     let _ = reply.send(Ok(()));

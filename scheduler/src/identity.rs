@@ -29,6 +29,7 @@ use tonic::{Code, Request, Status, service::Interceptor};
 use crate::{
     audit::{Audit, Record, code_name},
     auth::{Authenticator, Subject},
+    limits::RateLimits,
 };
 
 /// The RPC a request is for (its path, `/snapgate.v1.SourceService/ApplySource`), put in the
@@ -274,17 +275,32 @@ impl Authorizer {
     }
 }
 
-/// The interceptor of every snapgate service: resolves the caller from the bearer token.
+/// The interceptor of every snapgate service: resolves the caller from the bearer token and,
+/// with authentication on, holds each identity to its request rate.
 #[derive(Clone)]
 pub struct Identify {
     auth: Option<Arc<Authenticator>>,
     audit: Audit,
+    limits: Arc<RateLimits>,
 }
 
 impl Identify {
-    /// Resolves callers with `auth` (`None`: everyone is [`Caller::Anonymous`]).
-    pub fn new(auth: Option<Arc<Authenticator>>, audit: Audit) -> Self {
-        Self { auth, audit }
+    /// Resolves callers with `auth` (`None`: everyone is [`Caller::Anonymous`], unlimited).
+    pub fn new(auth: Option<Arc<Authenticator>>, audit: Audit, limits: Arc<RateLimits>) -> Self {
+        Self {
+            auth,
+            audit,
+            limits,
+        }
+    }
+
+    fn over_rate(&self, key: &str) -> Option<Status> {
+        (!self.limits.allow(key, std::time::Instant::now())).then(|| {
+            Status::resource_exhausted(format!(
+                "more than {} requests per second from this caller; slow down",
+                self.limits.rate()
+            ))
+        })
     }
 }
 
@@ -309,8 +325,21 @@ impl Interceptor for Identify {
                         .map_err(|e| Status::unauthenticated(e.to_string())),
                 };
                 match result {
-                    Ok(c) => c,
+                    Ok(c) => {
+                        if let Some(status) = self.over_rate(c.name()) {
+                            return Err(status);
+                        }
+                        c
+                    }
                     Err(status) => {
+                        // Failed credentials are counted by address (no name to trust), and a
+                        // flood of them is refused unaudited.
+                        let peer = req
+                            .remote_addr()
+                            .map_or_else(|| "unknown".to_owned(), |a| a.ip().to_string());
+                        if let Some(limited) = self.over_rate(&format!("unauthenticated:{peer}")) {
+                            return Err(limited);
+                        }
                         self.audit.record(Record {
                             identity: "unauthenticated",
                             rpc: &rpc_of(&req),

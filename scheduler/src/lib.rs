@@ -19,6 +19,7 @@ mod driver;
 pub mod grpc;
 pub mod handshake;
 pub mod identity;
+pub mod limits;
 pub mod metrics;
 mod status;
 pub mod store;
@@ -59,6 +60,8 @@ pub struct Config {
     pub authorizer: Authorizer,
     /// Who is calling: `None` when authentication is off (every caller anonymous).
     pub authenticator: Option<Arc<auth::Authenticator>>,
+    /// Requests per second and burst per identity, with authentication on (0: no limit).
+    pub rate: (u32, u32),
     /// The bounds of a Trigger's hold lease.
     pub lease_policy: LeasePolicy,
 }
@@ -120,6 +123,7 @@ pub async fn serve_with(
     let identify = Identify::new(
         config.authenticator.clone(),
         config.authorizer.audit().clone(),
+        Arc::new(limits::RateLimits::new(config.rate.0, config.rate.1)),
     );
     let _refresh = config
         .authenticator

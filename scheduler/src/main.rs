@@ -82,6 +82,7 @@ async fn main() -> anyhow::Result<()> {
         metrics,
         authorizer,
         authenticator,
+        rate: (args.rate_limit, args.rate_burst),
         lease_policy,
     };
     serve_with(config, grpc, Listening { tls, health }, stopped(stop_rx)).await?;

@@ -168,6 +168,11 @@ struct Secured {
 }
 
 async fn secured() -> Secured {
+    secured_at((100, 200)).await
+}
+
+/// [`secured`] with `rate` requests per second and burst per identity.
+async fn secured_at(rate: (u32, u32)) -> Secured {
     let dir = tempfile::tempdir().unwrap();
     let tokens = Tokens {
         key: Signer::generate("cluster-key-1"),
@@ -202,6 +207,7 @@ async fn secured() -> Secured {
         authorizer,
         Some(authenticator),
         true,
+        rate,
     )
     .await;
     let s = Secured {
@@ -1025,5 +1031,100 @@ async fn holders_are_service_accounts_narrowing_ends_open_watches_and_long_lived
         e.message()
     );
     drop(watch);
+    s.running.stop().await;
+}
+
+/// One caller over its rate is refused with RESOURCE_EXHAUSTED while others go on; a flood of
+/// bad credentials is refused by address and not audited line by line; an identity holds at
+/// most 64 WatchCopy streams.
+#[tokio::test]
+async fn an_abusive_caller_is_held_to_its_rate_and_streams_without_starving_others() {
+    // The setup's ApplySource spends one of the admin's three.
+    let s = secured_at((1, 3)).await;
+    let app = s.tokens.token(Who::App);
+    let status = |token: Option<String>| {
+        let mut t = s.triggers();
+        async move {
+            t.get_copy_status(with(
+                token.as_deref(),
+                v1::GetCopyStatusRequest {
+                    target: pvc_target(),
+                },
+            ))
+            .await
+            .map(drop)
+            .map_err(|e| e.code())
+        }
+    };
+    let mut codes = Vec::new();
+    for _ in 0..5 {
+        codes.push(status(app.clone()).await);
+    }
+    assert_eq!(&codes[..3], [Ok(()), Ok(()), Ok(())], "{codes:?}");
+    assert_eq!(codes[4], Err(Code::ResourceExhausted), "{codes:?}");
+    // Another identity is untouched.
+    assert_eq!(status(s.tokens.token(Who::NamespaceAdmin)).await, Ok(()));
+    // Bad credentials: counted by address; past the burst refused and not audited.
+    let mut bad = Vec::new();
+    for _ in 0..6 {
+        bad.push(status(Some("not-a-token".into())).await);
+    }
+    assert_eq!(bad[0], Err(Code::Unauthenticated));
+    assert_eq!(bad[5], Err(Code::ResourceExhausted), "{bad:?}");
+    let unauthenticated = s
+        .audit()
+        .iter()
+        .filter(|r| r["identity"] == "unauthenticated")
+        .count();
+    assert!(
+        unauthenticated <= 4,
+        "{unauthenticated} lines for one flood"
+    );
+    s.running.stop().await;
+
+    // Streams: 64 per identity.
+    let s = secured().await;
+    let app = s.tokens.token(Who::App);
+    let mut open = Vec::new();
+    for _ in 0..64 {
+        let w = s
+            .triggers()
+            .watch_copy(with(
+                app.as_deref(),
+                v1::WatchCopyRequest {
+                    target: Some(v1::CopyTarget {
+                        namespace: NS.into(),
+                        pvc: format!("pvc-{}", open.len()),
+                        source: String::new(),
+                    }),
+                },
+            ))
+            .await
+            .unwrap();
+        open.push(w);
+    }
+    let e = s
+        .triggers()
+        .watch_copy(with(
+            app.as_deref(),
+            v1::WatchCopyRequest {
+                target: pvc_target(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted);
+    assert!(e.message().contains("at most 64"), "{}", e.message());
+    let admin = s.tokens.token(Who::NamespaceAdmin);
+    s.triggers()
+        .watch_copy(with(
+            admin.as_deref(),
+            v1::WatchCopyRequest {
+                target: pvc_target(),
+            },
+        ))
+        .await
+        .expect("another identity may still watch");
+    drop(open);
     s.running.stop().await;
 }

@@ -64,6 +64,7 @@ impl Tls {
             metrics: Metrics::new(),
             authorizer: Authorizer::default(),
             authenticator: None,
+            rate: (0, 0),
             lease_policy: Default::default(),
         };
         let listening = Listening {
@@ -335,6 +336,7 @@ async fn a_driver_failure_shows_not_serving_on_the_health_port_which_stops_with_
         metrics: Metrics::new(),
         authorizer: Authorizer::default(),
         authenticator: None,
+        rate: (0, 0),
         lease_policy: Default::default(),
     };
     let listening = Listening {

@@ -78,6 +78,7 @@ fn spawn_scheduler(
         metrics: Metrics::new(),
         authorizer: Authorizer::default(),
         authenticator: None,
+        rate: (0, 0),
         lease_policy: Default::default(),
     };
     let (stop, stopped) = oneshot::channel::<()>();

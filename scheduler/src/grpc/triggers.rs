@@ -84,6 +84,10 @@ impl TriggerService for Triggers {
             .ask(|reply| Command::WatchCopy {
                 target,
                 application,
+                identity: match &caller {
+                    crate::identity::Caller::Anonymous => None,
+                    c => Some(c.name().to_owned()),
+                },
                 tx,
                 reply,
             })

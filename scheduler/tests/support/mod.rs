@@ -28,7 +28,7 @@ pub struct Running {
 
 impl Running {
     pub async fn start(store: Box<dyn Store>) -> Self {
-        Self::start_with(store, Authorizer::default(), None, false).await
+        Self::start_with(store, Authorizer::default(), None, false, (0, 0)).await
     }
 
     /// A scheduler that authenticates with `authenticator` and decides with `authorizer`;
@@ -39,6 +39,7 @@ impl Running {
         authorizer: Authorizer,
         authenticator: Option<Arc<snapgate_scheduler::auth::Authenticator>>,
         tls: bool,
+        rate: (u32, u32),
     ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -50,6 +51,7 @@ impl Running {
             metrics: metrics.clone(),
             authorizer,
             authenticator,
+            rate,
             lease_policy: Default::default(),
         };
         let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk/tests/data/tls");

@@ -35,6 +35,7 @@ impl Scheduler {
             metrics: Metrics::new(),
             authorizer: Authorizer::default(),
             authenticator: None,
+            rate: (0, 0),
             lease_policy: Default::default(),
         };
         let task = tokio::spawn(serve(config, listener, async {

@@ -122,6 +122,7 @@ async fn main() -> anyhow::Result<()> {
         metrics: Metrics::new(),
         authorizer: Authorizer::default(),
         authenticator: None,
+        rate: (0, 0),
         lease_policy: Default::default(),
     };
     let scheduler = tokio::spawn(serve(config, listener, std::future::pending()));
