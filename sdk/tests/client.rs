@@ -6,14 +6,11 @@ mod support;
 use std::time::Duration;
 
 use futures::StreamExt;
-use snapgate_proto::v1::{
-    self, CopyState,
-    trigger_service_server::{TriggerService, TriggerServiceServer},
-};
+use snapgate_proto::v1::{self, CopyState};
 use snapgate_sdk::{Backoff, Client, Error, Outcome, pvc, source};
-use support::{Agent, OnCopy, Scheduler, create, restic};
+use support::{Agent, EchoServer, OnCopy, Scheduler, create, restic};
 use tokio::net::TcpListener;
-use tonic::{Code, Request, Response, Status};
+use tonic::Code;
 
 fn state(s: &v1::CopyStatus) -> CopyState {
     CopyState::try_from(s.state).unwrap()
@@ -250,67 +247,10 @@ async fn wait_for_copy_request_and_wait_for_outcome_work_on_their_own() {
     s.stop().await;
 }
 
-/// A TriggerService that answers GetCopyStatus with the authorization header it received.
-struct Echo;
-
-#[tonic::async_trait]
-impl TriggerService for Echo {
-    type WatchCopyStream =
-        std::pin::Pin<Box<dyn futures::Stream<Item = Result<v1::CopyStatus, Status>> + Send>>;
-
-    async fn watch_copy(
-        &self,
-        _: Request<v1::WatchCopyRequest>,
-    ) -> Result<Response<Self::WatchCopyStream>, Status> {
-        Err(Status::unimplemented("echo"))
-    }
-
-    async fn trigger(
-        &self,
-        _: Request<v1::TriggerRequest>,
-    ) -> Result<Response<v1::TriggerResponse>, Status> {
-        Err(Status::unimplemented("echo"))
-    }
-
-    async fn end_hold(
-        &self,
-        _: Request<v1::EndHoldRequest>,
-    ) -> Result<Response<v1::EndHoldResponse>, Status> {
-        Err(Status::unimplemented("echo"))
-    }
-
-    async fn get_copy_status(
-        &self,
-        req: Request<v1::GetCopyStatusRequest>,
-    ) -> Result<Response<v1::CopyStatus>, Status> {
-        let auth = req
-            .metadata()
-            .get("authorization")
-            .map(|v| v.to_str().unwrap().to_owned())
-            .unwrap_or_default();
-        Ok(Response::new(v1::CopyStatus {
-            reason: auth,
-            ..Default::default()
-        }))
-    }
-}
-
 #[tokio::test]
 async fn every_call_carries_the_bearer_token_and_none_without_one() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TriggerServiceServer::new(Echo))
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                async {
-                    let _ = stopped.await;
-                },
-            ),
-    );
-    let with = Client::builder(format!("http://{addr}"))
+    let server = EchoServer::start().await;
+    let with = Client::builder(&server.url)
         .token("s3cr3t")
         .connect()
         .await
@@ -324,11 +264,10 @@ async fn every_call_carries_the_bearer_token_and_none_without_one() {
         "the token is never logged"
     );
 
-    let without = Client::connect(format!("http://{addr}")).await.unwrap();
+    let without = Client::connect(&server.url).await.unwrap();
     let seen = without.copy_status(&pvc("apps", "data")).await.unwrap();
     assert_eq!(seen.reason, "");
-    let _ = stop.send(());
-    server.await.unwrap().unwrap();
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -336,21 +275,8 @@ async fn a_tls_endpoint_is_verified_against_the_given_ca_and_still_carries_the_t
     let tls = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tls");
     let read = |f: &str| std::fs::read(tls.join(f)).unwrap();
     let identity = tonic::transport::Identity::from_pem(read("server.pem"), read("server.key"));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
-            .unwrap()
-            .add_service(TriggerServiceServer::new(Echo))
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                async {
-                    let _ = stopped.await;
-                },
-            ),
-    );
+    let server = EchoServer::start_with(Some(identity)).await;
+    let port = server.port;
 
     let client = Client::builder(format!("https://localhost:{port}"))
         .ca_certificate_pem(read("ca.pem"))
@@ -395,6 +321,5 @@ async fn a_tls_endpoint_is_verified_against_the_given_ca_and_still_carries_the_t
         .connect_lazy()
         .unwrap_err();
     assert!(matches!(err, Error::InvalidEndpoint { .. }), "{err:?}");
-    let _ = stop.send(());
-    server.await.unwrap().unwrap();
+    server.stop().await;
 }

@@ -2,93 +2,12 @@
 //! the file when it changes, keeps the last good token when a change does not load, never
 //! shows it; the CLI's `--token-file` sends it and refuses to be combined with `--token`.
 
+mod support;
+
 use std::path::Path;
 
-use snapgate_proto::v1::{
-    self,
-    trigger_service_server::{TriggerService, TriggerServiceServer},
-};
 use snapgate_sdk::{Client, Error, pvc};
-use tokio::net::TcpListener;
-use tonic::{Request, Response, Status};
-
-/// Answers GetCopyStatus with the authorization header it received (in `reason`), and
-/// refuses Trigger quoting it (for the CLI, which prints refusals).
-struct Echo;
-
-fn auth<T>(req: &Request<T>) -> String {
-    req.metadata()
-        .get("authorization")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default()
-}
-
-#[tonic::async_trait]
-impl TriggerService for Echo {
-    type WatchCopyStream =
-        std::pin::Pin<Box<dyn futures::Stream<Item = Result<v1::CopyStatus, Status>> + Send>>;
-
-    async fn watch_copy(
-        &self,
-        _: Request<v1::WatchCopyRequest>,
-    ) -> Result<Response<Self::WatchCopyStream>, Status> {
-        Err(Status::unimplemented("echo"))
-    }
-
-    async fn trigger(
-        &self,
-        req: Request<v1::TriggerRequest>,
-    ) -> Result<Response<v1::TriggerResponse>, Status> {
-        Err(Status::permission_denied(format!("saw [{}]", auth(&req))))
-    }
-
-    async fn end_hold(
-        &self,
-        _: Request<v1::EndHoldRequest>,
-    ) -> Result<Response<v1::EndHoldResponse>, Status> {
-        Err(Status::unimplemented("echo"))
-    }
-
-    async fn get_copy_status(
-        &self,
-        req: Request<v1::GetCopyStatusRequest>,
-    ) -> Result<Response<v1::CopyStatus>, Status> {
-        Ok(Response::new(v1::CopyStatus {
-            reason: auth(&req),
-            ..Default::default()
-        }))
-    }
-}
-
-struct EchoServer {
-    url: String,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
-}
-
-impl EchoServer {
-    async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(TriggerServiceServer::new(Echo))
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
-                    async {
-                        let _ = stopped.await;
-                    },
-                ),
-        );
-        Self { url, stop, task }
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        self.task.await.unwrap().unwrap();
-    }
-}
+use support::EchoServer;
 
 /// Rewrites a token file the way kubelet does: a new file renamed over the old.
 fn rotate(path: &Path, token: &str) {

@@ -6,6 +6,7 @@
 use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
+use snapgate_proto::v1::trigger_service_server::{TriggerService, TriggerServiceServer};
 use snapgate_proto::v1::{
     self, CopyMethod, DirectivePhase, agent_message, agent_service_client::AgentServiceClient,
     report::Observation, scheduler_message::Message as ToAgent,
@@ -15,6 +16,7 @@ use snapgate_scheduler::{
 };
 use tokio::{net::TcpListener, sync::mpsc, task::JoinHandle};
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
 
 /// A scheduler serving on 127.0.0.1.
 pub struct Scheduler {
@@ -435,5 +437,108 @@ impl<const TRIGGERS: bool> tonic::codegen::Service<tonic::codegen::http::Request
             }
             Ok(response)
         })
+    }
+}
+
+// ------------------------------------------------------------------ a stand-in TriggerService
+
+/// Answers GetCopyStatus with the authorization header it received (in `reason`), and
+/// refuses Trigger quoting it (for the CLI, which prints refusals).
+pub struct Echo;
+
+fn auth<T>(req: &Request<T>) -> String {
+    req.metadata()
+        .get("authorization")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+#[tonic::async_trait]
+impl TriggerService for Echo {
+    type WatchCopyStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<v1::CopyStatus, Status>> + Send>>;
+
+    async fn watch_copy(
+        &self,
+        _: Request<v1::WatchCopyRequest>,
+    ) -> Result<Response<Self::WatchCopyStream>, Status> {
+        Err(Status::unimplemented("echo"))
+    }
+
+    async fn trigger(
+        &self,
+        req: Request<v1::TriggerRequest>,
+    ) -> Result<Response<v1::TriggerResponse>, Status> {
+        Err(Status::permission_denied(format!("saw [{}]", auth(&req))))
+    }
+
+    async fn end_hold(
+        &self,
+        _: Request<v1::EndHoldRequest>,
+    ) -> Result<Response<v1::EndHoldResponse>, Status> {
+        Err(Status::unimplemented("echo"))
+    }
+
+    async fn get_copy_status(
+        &self,
+        req: Request<v1::GetCopyStatusRequest>,
+    ) -> Result<Response<v1::CopyStatus>, Status> {
+        Ok(Response::new(v1::CopyStatus {
+            reason: auth(&req),
+            ..Default::default()
+        }))
+    }
+}
+
+/// An [`Echo`] server on loopback.
+pub struct EchoServer {
+    pub url: String,
+    pub port: u16,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl EchoServer {
+    /// Plain HTTP/2 on 127.0.0.1.
+    pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// TLS with `identity` (`url` then names `localhost`) or plain HTTP/2.
+    pub async fn start_with(identity: Option<tonic::transport::Identity>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let url = match identity {
+            Some(_) => format!("https://localhost:{port}"),
+            None => format!("http://127.0.0.1:{port}"),
+        };
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(identity) = identity {
+            builder = builder
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                .unwrap();
+        }
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(
+            builder
+                .add_service(TriggerServiceServer::new(Echo))
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    async {
+                        let _ = stopped.await;
+                    },
+                ),
+        );
+        Self {
+            url,
+            port,
+            stop,
+            task,
+        }
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().unwrap();
     }
 }
