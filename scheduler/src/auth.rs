@@ -287,7 +287,7 @@ fn verify(
     config: &IssuerConfig,
 ) -> Result<Subject, AuthError> {
     if let Some(key_alg) = jwk.common.key_algorithm
-        && format!("{key_alg:?}") != format!("{alg:?}")
+        && jsonwebtoken::jwk::KeyAlgorithm::from(alg) != key_alg
     {
         return Err(AuthError::Invalid(format!(
             "the token's algorithm {alg:?} is not its key's ({key_alg:?})"

@@ -49,6 +49,16 @@ spec:
     )
 }
 
+/// The gated PVC `data`, a restic source `db` on it, and its run waiting for a trigger.
+async fn db_waits_on_data(c: &Cluster) {
+    c.create_pvc("data", true).await;
+    c.apply(&restic_source("db", "data", "once")).await;
+    c.wait_annotations("data", "the run waits", |a| {
+        status_is(a, "WaitingForTrigger")
+    })
+    .await;
+}
+
 fn status_is(a: &std::collections::BTreeMap<String, String>, status: &str) -> bool {
     a.get(STATUS).map(String::as_str) == Some(status)
 }
@@ -202,12 +212,7 @@ async fn of_two_applications_quiescing_one_pvc_only_the_one_whose_trigger_releas
  {
     let c = Cluster::start().await;
     let snapshots = c.record_snapshots().await;
-    c.create_pvc("data", true).await;
-    c.apply(&restic_source("db", "data", "once")).await;
-    c.wait_annotations("data", "the run waits", |a| {
-        status_is(a, "WaitingForTrigger")
-    })
-    .await;
+    db_waits_on_data(&c).await;
     let (j1, j2) = (c.path("journal-1"), c.path("journal-2"));
     let (e1, e2) = (c.path("app-1.log"), c.path("app-2.log"));
     // The first application triggers only once the second has started quiescing.
@@ -482,12 +487,7 @@ async fn pause_takes_back_a_waiting_run_and_resume_releases_it_with_the_value_wr
 async fn a_release_that_outlives_the_hold_is_never_copied_across_a_stalled_agent_and_a_restart() {
     let mut c = Cluster::start().await;
     let snapshots = c.record_snapshots().await;
-    c.create_pvc("data", true).await;
-    c.apply(&restic_source("db", "data", "once")).await;
-    c.wait_annotations("data", "the run waits", |a| {
-        status_is(a, "WaitingForTrigger")
-    })
-    .await;
+    db_waits_on_data(&c).await;
 
     c.freeze_agent();
     let out = c
@@ -550,12 +550,7 @@ async fn a_snapshot_not_cut_within_the_hold_is_never_reported_as_a_consistent_co
     })
     .await;
     let snapshots = c.record_snapshots().await;
-    c.create_pvc("data", true).await;
-    c.apply(&restic_source("db", "data", "once")).await;
-    c.wait_annotations("data", "the run waits", |a| {
-        status_is(a, "WaitingForTrigger")
-    })
-    .await;
+    db_waits_on_data(&c).await;
     let (journal, log) = (c.path("journal"), c.path("app.log"));
     let mut app = support::spawn(
         c.cli_command(&[

@@ -28,6 +28,33 @@ impl Sources {
             .check(&caller(req)?, &rpc_of(req), namespace, action)
     }
 
+    /// PauseSource and ResumeSource, once allowed: the change, audited.
+    async fn set_paused(
+        &self,
+        audited: Audited,
+        namespace: &str,
+        name: &str,
+        paused: bool,
+        note: String,
+    ) -> Result<Response<v1::Source>, Status> {
+        let out = match source_key(namespace, name) {
+            Ok(key) => self
+                .driver
+                .ask(|reply| Command::SetPaused {
+                    key,
+                    paused,
+                    note,
+                    reply,
+                })
+                .await
+                .map(Response::new)
+                .map_err(Status::from),
+            Err(e) => Err(e),
+        };
+        audited.finish(self.auth.audit(), &out, "");
+        out
+    }
+
     /// Allows a mutating call and starts its audit record.
     fn allow_audited<T>(
         &self,
@@ -194,23 +221,9 @@ impl SourceService for Sources {
         req: Request<v1::PauseSourceRequest>,
     ) -> Result<Response<v1::Source>, Status> {
         let audited = self.allow_audited(&req, &req.get_ref().namespace, &req.get_ref().name)?;
-        let out: Result<Response<v1::Source>, Status> = async {
-            let r = req.into_inner();
-            let key = source_key(&r.namespace, &r.name)?;
-            let source = self
-                .driver
-                .ask(|reply| Command::SetPaused {
-                    key,
-                    paused: true,
-                    note: r.note,
-                    reply,
-                })
-                .await?;
-            Ok(Response::new(source))
-        }
-        .await;
-        audited.finish(self.auth.audit(), &out, "");
-        out
+        let r = req.into_inner();
+        self.set_paused(audited, &r.namespace, &r.name, true, r.note)
+            .await
     }
 
     async fn resume_source(
@@ -218,23 +231,9 @@ impl SourceService for Sources {
         req: Request<v1::ResumeSourceRequest>,
     ) -> Result<Response<v1::Source>, Status> {
         let audited = self.allow_audited(&req, &req.get_ref().namespace, &req.get_ref().name)?;
-        let out: Result<Response<v1::Source>, Status> = async {
-            let r = req.into_inner();
-            let key = source_key(&r.namespace, &r.name)?;
-            let source = self
-                .driver
-                .ask(|reply| Command::SetPaused {
-                    key,
-                    paused: false,
-                    note: r.note,
-                    reply,
-                })
-                .await?;
-            Ok(Response::new(source))
-        }
-        .await;
-        audited.finish(self.auth.audit(), &out, "");
-        out
+        let r = req.into_inner();
+        self.set_paused(audited, &r.namespace, &r.name, false, r.note)
+            .await
     }
 
     async fn list_runs(
