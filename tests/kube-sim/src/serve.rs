@@ -127,6 +127,11 @@ users:
 }
 
 /// Write a kubeconfig file.
+/// Writes the kubeconfig whole or not at all (a temporary file renamed over `path`): a reader
+/// polling for it never reads half of one.
 pub(crate) fn write_kubeconfig(path: &Path, server: &str, token: &str) -> std::io::Result<()> {
-    std::fs::write(path, kubeconfig_yaml(server, token, "default"))
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".partial");
+    std::fs::write(&partial, kubeconfig_yaml(server, token, "default"))?;
+    std::fs::rename(&partial, path)
 }
