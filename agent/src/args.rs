@@ -54,6 +54,19 @@ pub struct Args {
     #[arg(long, env = "SNAPGATE_RSYNC_TLS_IMAGE", default_value = DEFAULT_MOVER_IMAGE)]
     pub rsync_tls_image: String,
 
+    /// Whose rights the agent acts with: `review` asks the API server (a
+    /// LocalSubjectAccessReview) whether each run's author, as the scheduler authenticated
+    /// them, may create Jobs in the namespace and impersonate the spec's moverServiceAccount,
+    /// and fails the run if not (or if it has no author); `trust` acts on the scheduler's word,
+    /// for a scheduler without authentication whose every caller is trusted.
+    #[arg(
+        long,
+        env = "SNAPGATE_SOURCE_AUTHORS",
+        value_enum,
+        default_value_t = SourceAuthorsArg::Review
+    )]
+    pub source_authors: SourceAuthorsArg,
+
     /// Prometheus metrics listen address.
     #[arg(
         long,
@@ -73,6 +86,24 @@ pub struct Args {
 
 /// VolSync's published mover image, pinned (never `latest`).
 pub use snapgate_agent_core::resources::DEFAULT_MOVER_IMAGE;
+
+/// `--source-authors`: see [`snapgate_agent_core::review`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SourceAuthorsArg {
+    /// Review every run's author with the API server.
+    Review,
+    /// Act on the scheduler's word.
+    Trust,
+}
+
+impl From<SourceAuthorsArg> for snapgate_agent_core::review::SourceAuthors {
+    fn from(a: SourceAuthorsArg) -> Self {
+        match a {
+            SourceAuthorsArg::Review => Self::Review,
+            SourceAuthorsArg::Trust => Self::Trust,
+        }
+    }
+}
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

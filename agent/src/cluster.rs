@@ -8,11 +8,17 @@ use futures::{AsyncRead, AsyncReadExt as _};
 use snapgate_agent_core::{
     annotations,
     classify::{MOVER_LOG_KEEP_BYTES, MOVER_LOG_READ_MAX_BYTES, MOVER_LOG_TAIL_LINES},
+    review::{self, AuthorReview},
 };
 
 use k8s_openapi::{
     NamespaceResourceScope,
-    api::core::v1::{Event, Namespace, Pod, Secret},
+    api::{
+        authorization::v1::{
+            LocalSubjectAccessReview, ResourceAttributes, SubjectAccessReviewSpec,
+        },
+        core::v1::{Event, Namespace, Pod, Secret},
+    },
 };
 use kube::{
     Api, Client, Resource,
@@ -222,6 +228,53 @@ impl Cluster {
             .await
             .map_err(|e| ClusterError::Transient(format!("reading the log of pod {pod}: {e}")))?;
         Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// Asks the API server whether the review's author may do each of its checks in `ns`
+    /// (one `LocalSubjectAccessReview` each, in order): `None` when every one is allowed,
+    /// else why the first refused one is (see [`review::denial`]).
+    pub async fn review_author(
+        &self,
+        ns: &str,
+        r: &AuthorReview,
+    ) -> Result<Option<String>, ClusterError> {
+        for check in &r.checks {
+            let ask = LocalSubjectAccessReview {
+                metadata: kube::api::ObjectMeta {
+                    namespace: Some(ns.to_owned()),
+                    ..Default::default()
+                },
+                spec: SubjectAccessReviewSpec {
+                    user: Some(r.user.clone()),
+                    groups: Some(r.groups.clone()),
+                    resource_attributes: Some(ResourceAttributes {
+                        namespace: Some(ns.to_owned()),
+                        verb: Some(check.verb.to_owned()),
+                        group: Some(check.group.to_owned()),
+                        resource: Some(check.resource.to_owned()),
+                        name: check.name.clone(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                status: None,
+            };
+            let answer = self
+                .api::<LocalSubjectAccessReview>(ns)
+                .create(&PostParams::default(), &ask)
+                .await?;
+            let status = answer.status.unwrap_or_default();
+            if !status.allowed {
+                let reason = [status.reason, status.evaluation_error]
+                    .into_iter()
+                    .flatten()
+                    .filter(|s| !s.is_empty())
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                return Ok(Some(review::denial(&r.user, check, ns, &reason)));
+            }
+        }
+        Ok(None)
     }
 
     /// Records a Kubernetes Event; an event of the same name already recorded is not an error.

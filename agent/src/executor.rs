@@ -17,6 +17,9 @@
 //! for one directive generation; a held one outlives a lost link (it was anchored before the
 //! request, so it stays safe), a requested one does not (it is asked again on the next link).
 //! The run is planned again at its deadline.
+//!
+//! Before it acts on a run the executor asks the API server about the run's author (see
+//! `snapgate_agent_core::review`), once per run: the answer is kept with the run.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
@@ -30,6 +33,7 @@ use snapgate_agent_core::{
     bounds, classify, names,
     plan::{self, Action, MoverOutcome, Observed, PlanConfig, Temporary, TemporaryKind},
     resources::VolumeSnapshot,
+    review::Review,
 };
 use snapgate_proto::v1::{self, agent_message, report::Observation};
 use tokio::{sync::mpsc, time::Instant};
@@ -216,6 +220,9 @@ struct Held {
     privileged: Option<bool>,
     /// The run's hold lease (for directives with `lease`).
     lease: LeaseState,
+    /// The API server's answer to the review of the run's author (a run's author never
+    /// changes: asked once per run).
+    review: Option<Result<(), String>>,
 }
 
 impl Held {
@@ -230,6 +237,7 @@ impl Held {
             events: HashSet::new(),
             privileged: None,
             lease: LeaseState::None,
+            review: None,
         }
     }
 
@@ -577,6 +585,11 @@ impl Executor {
                 // At the plan's time, after the cache received what the plan sees: a lease held
                 // now was held when it was observed.
                 lease: held.lease.at(&directive, Instant::now()),
+                review: match &held.review {
+                    None => Review::Pending,
+                    Some(Ok(())) => Review::Allowed,
+                    Some(Err(why)) => Review::Denied(why),
+                },
                 now: Utc::now(),
             };
             let actions = match plan::plan(&directive, &observed, &self.config) {
@@ -783,6 +796,41 @@ impl Executor {
                     held.lease = requested;
                 }
                 Ok(false)
+            }
+            Action::ReviewAuthor(r) => {
+                let answer = match self.cluster.review_author(ns, &r).await {
+                    Ok(None) => {
+                        info!(run = id, author = r.user, "author allowed");
+                        Ok(())
+                    }
+                    Ok(Some(why)) => {
+                        warn!(run = id, author = r.user, why = %why, "author refused");
+                        Err(why)
+                    }
+                    Err(ClusterError::Forbidden(message)) => {
+                        // The agent's own Role lacks the review: said on the run, where the
+                        // user looks, and asked again later.
+                        let error = bounds::agent_error(
+                            "ReviewForbidden",
+                            &format!(
+                                "the agent may not ask the API server about the source's \
+                                 author: grant it create on localsubjectaccessreviews in \
+                                 namespace {ns}, as deploy/agent's Role does ({message})"
+                            ),
+                            true,
+                        );
+                        self.report(id, Observation::Error(error)).await;
+                        if let Some(held) = self.runs.get_mut(id) {
+                            held.wake(Instant::now() + self.retry_after);
+                        }
+                        return Ok(false);
+                    }
+                    Err(e) => return Err(e),
+                };
+                if let Some(held) = self.runs.get_mut(id) {
+                    held.review = Some(answer);
+                }
+                Ok(true)
             }
             Action::WakeAt(at) => {
                 if let Some(held) = self.runs.get_mut(id) {

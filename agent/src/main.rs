@@ -62,7 +62,12 @@ async fn main() -> anyhow::Result<()> {
             );
         let _ = axum::serve(metrics, app).await;
     });
-    info!(scheduler = %args.scheduler, namespaces = ?args.namespaces, "starting");
+    info!(
+        scheduler = %args.scheduler,
+        namespaces = ?args.namespaces,
+        source_authors = ?args.source_authors,
+        "starting"
+    );
     let access = SchedulerAccess {
         ca_file: args.ca_file,
         token_file: args.token_file,
@@ -79,6 +84,7 @@ async fn main() -> anyhow::Result<()> {
                 rsync_tls: args.rsync_tls_image,
             },
             proxy: proxy_env(),
+            source_authors: args.source_authors.into(),
             ..PlanConfig::default()
         },
         backoff: Backoff::default(),

@@ -94,6 +94,7 @@ impl Metrics {
             Action::Report(_) => "Report",
             Action::WakeAt(_) => "WakeAt",
             Action::RequestLease => "RequestLease",
+            Action::ReviewAuthor(_) => "ReviewAuthor",
         };
         self.actions
             .get_or_create(&KindLabel { kind: kind.into() })

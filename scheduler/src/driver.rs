@@ -63,6 +63,8 @@ pub(crate) enum Command {
         key: SourceKey,
         spec: Box<v1::SourceSpec>,
         expected_version: u64,
+        /// The caller, as authentication identified it (`None` without authentication).
+        author: Option<v1::Author>,
         reply: Reply<v1::Source>,
     },
     Get {
@@ -457,9 +459,12 @@ impl Driver {
                 key,
                 spec,
                 expected_version,
+                author,
                 reply,
             } => {
-                let r = self.core.apply_source(key, *spec, expected_version, now);
+                let r = self
+                    .core
+                    .apply_source_by(key, *spec, expected_version, author, now);
                 self.answer(reply, r);
             }
             Command::Get { key, reply } => {

@@ -72,6 +72,25 @@ impl Caller {
         }
     }
 
+    /// The caller as a source's author: its user name and the groups the API server gives
+    /// that user (a ServiceAccount's token carries no groups; Kubernetes derives them from the
+    /// name the same way). `None` without authentication: there is no one to review.
+    pub fn author(&self) -> Option<snapgate_proto::v1::Author> {
+        let Caller::Subject(subject) = self else {
+            return None;
+        };
+        let mut groups = Vec::new();
+        if let Some((namespace, _)) = &subject.service_account {
+            groups.push("system:serviceaccounts".to_owned());
+            groups.push(format!("system:serviceaccounts:{namespace}"));
+        }
+        groups.push("system:authenticated".to_owned());
+        Some(snapgate_proto::v1::Author {
+            user: subject.name.clone(),
+            groups,
+        })
+    }
+
     /// The ServiceAccount name when the caller is one of `namespace`.
     pub fn service_account_in(&self, namespace: &str) -> Option<&str> {
         match self {

@@ -285,6 +285,7 @@ fn record(name: &str, spec: v1::SourceSpec, status: v1::SourceStatus) -> SourceR
             status: Some(status),
             version: 1,
             create_time: None,
+            author: None,
         }),
         deleting: false,
     }

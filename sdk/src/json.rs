@@ -337,7 +337,15 @@ pub fn source(s: &v1::Source) -> Value {
                 .unwrap_or_else(|| Value::Object(Map::new())),
         );
     if let Some(st) = &s.status {
-        o.put("status", status(st));
+        let mut st = status(st);
+        // Who last applied the spec (with authentication on): the scheduler's record, read
+        // back and not stored, as the rest of the status.
+        if let (Some(a), Some(map)) = (&s.author, st.as_object_mut())
+            && !a.user.is_empty()
+        {
+            map.insert("author".into(), a.user.as_str().into());
+        }
+        o.put("status", st);
     }
     o.done()
 }
@@ -358,6 +366,13 @@ pub fn run(r: &v1::Run) -> Value {
         .text("result", &run_result(r.result))
         .text("trigger", &r.trigger)
         .text("releasedBy", &r.released_by)
+        .text(
+            "author",
+            r.author
+                .as_ref()
+                .map(|a| a.user.as_str())
+                .unwrap_or_default(),
+        )
         .text("requestId", &r.request_id)
         .put("gated", r.gated)
         .flag("timeoutReported", r.timeout_reported)

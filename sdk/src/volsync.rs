@@ -1034,6 +1034,10 @@ mod tests {
                 missed_intervals: 2,
                 ..Default::default()
             }),
+            author: Some(v1::Author {
+                user: "system:serviceaccount:apps:ops".into(),
+                groups: vec!["system:authenticated".into()],
+            }),
             version: 4,
             create_time: Some(prost_types::Timestamp {
                 seconds: 1_600_000_000,
@@ -1041,7 +1045,12 @@ mod tests {
             }),
         };
         let printed = serde_yaml::to_string(&crate::json::source(&source)).unwrap();
-        for written in ["generation: 4", "creationTimestamp:", "status:"] {
+        for written in [
+            "generation: 4",
+            "creationTimestamp:",
+            "status:",
+            "author: system:serviceaccount:apps:ops",
+        ] {
             assert!(printed.contains(written), "{printed}");
         }
         let again = one(&printed).unwrap();

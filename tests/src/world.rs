@@ -16,17 +16,26 @@ use kube::{
     Api,
     api::{ObjectMeta, Patch, PatchParams},
 };
-use snapgate_agent::{AgentConfig, link::Backoff, metrics::Metrics as AgentMetrics};
-use snapgate_agent_core::{plan::PlanConfig, resources::VolumeSnapshot};
+use snapgate_agent::{
+    AgentConfig, SchedulerAccess, link::Backoff, metrics::Metrics as AgentMetrics,
+};
+use snapgate_agent_core::{plan::PlanConfig, resources::VolumeSnapshot, review::SourceAuthors};
 use snapgate_kube_sim::KubeSim;
 use snapgate_proto::v1::{
     self, source_service_client::SourceServiceClient, trigger_service_client::TriggerServiceClient,
 };
 use snapgate_scheduler::{
-    Config, clock::SystemClock, identity::Authorizer, metrics::Metrics, serve, store::RedbStore,
+    Config,
+    audit::Audit,
+    auth::{Authenticator, IssuerConfig, JwksSource},
+    clock::SystemClock,
+    identity::{Authorizer, Policy},
+    metrics::Metrics,
+    serve,
+    store::RedbStore,
 };
+use snapgate_sdk::client::AuthChannel;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
-use tonic::transport::Channel;
 
 pub const NS: &str = "app";
 /// The user of the agent's ServiceAccount token in the simulator.
@@ -35,6 +44,12 @@ pub const PVC: &str = "data";
 pub const SOURCE: &str = "db";
 /// The probe's PVC and source (see [`World::start_probe`]).
 pub const PROBE: &str = "probe";
+/// In a secured world ([`World::start_secured_after`]): the operator the tests call as, an
+/// admin of the scheduler.
+pub const ADMIN: (&str, &str) = ("snapgate", "admin");
+/// In a secured world: a namespace admin of [`NS`] in the scheduler, with no rights in
+/// Kubernetes unless a test grants them.
+pub const OPS: (&str, &str) = (NS, "ops");
 
 pub const RESTIC_LOG: [&str; 5] = [
     "using parent snapshot 4f2a",
@@ -46,8 +61,8 @@ pub const RESTIC_LOG: [&str; 5] = [
 
 pub struct World {
     pub sim: KubeSim,
-    pub sources: SourceServiceClient<Channel>,
-    pub triggers: TriggerServiceClient<Channel>,
+    pub sources: SourceServiceClient<AuthChannel>,
+    pub triggers: TriggerServiceClient<AuthChannel>,
     /// What an application links, connected to the scheduler.
     pub sdk: snapgate_sdk::Client,
     pub agent_metrics: AgentMetrics,
@@ -56,7 +71,60 @@ pub struct World {
     agent: JoinHandle<anyhow::Result<()>>,
     addr: SocketAddr,
     agent_client: kube::Client,
+    secured: Option<Secured>,
     _dir: tempfile::TempDir,
+}
+
+/// Authentication in a world: the scheduler checks callers' ServiceAccount tokens (audience
+/// `snapgate`) against the simulator's key set, as on a cluster.
+#[derive(Clone, Debug)]
+struct Secured {
+    /// The simulator's key set, as a file.
+    jwks: std::path::PathBuf,
+    /// The agent's token for the scheduler.
+    agent_token: std::path::PathBuf,
+}
+
+impl Secured {
+    fn new(sim: &KubeSim, dir: &std::path::Path) -> Self {
+        let jwks = dir.join("jwks.json");
+        std::fs::write(&jwks, sim.jwks().to_string()).unwrap();
+        let agent_token = dir.join("agent-token");
+        std::fs::write(
+            &agent_token,
+            sim.issue_token(
+                NS,
+                "snapgate-agent",
+                &["snapgate"],
+                Duration::from_secs(3600),
+            ),
+        )
+        .unwrap();
+        Self { jwks, agent_token }
+    }
+
+    /// The scheduler's check of tokens, and who may do what: [`ADMIN`] everything, [`OPS`]
+    /// the sources of [`NS`], `snapgate-agent` serves its namespace.
+    async fn scheduler(&self, sim: &KubeSim) -> (Authorizer, std::sync::Arc<Authenticator>) {
+        let authenticator = Authenticator::load(vec![IssuerConfig {
+            cluster: String::new(),
+            issuer: sim.issuer(),
+            audience: "snapgate".into(),
+            jwks: JwksSource::File(self.jwks.clone()),
+        }])
+        .await;
+        let subject = |(ns, sa): (&str, &str)| format!("system:serviceaccount:{ns}:{sa}");
+        let policy = Policy {
+            admins: [subject(ADMIN)].into(),
+            namespace_admins: [(subject(OPS), [NS.to_owned()].into())].into(),
+            agent_service_account: "snapgate-agent".into(),
+            agent_namespaces: Default::default(),
+        };
+        (
+            Authorizer::with_policy(policy, Audit::to_log()),
+            authenticator,
+        )
+    }
 }
 
 impl Drop for World {
@@ -68,16 +136,24 @@ impl Drop for World {
     }
 }
 
-fn spawn_scheduler(
+async fn spawn_scheduler(
     dir: &std::path::Path,
     listener: TcpListener,
+    secured: Option<(&Secured, &KubeSim)>,
 ) -> (JoinHandle<anyhow::Result<()>>, oneshot::Sender<()>) {
+    let (authorizer, authenticator) = match secured {
+        Some((s, sim)) => {
+            let (authorizer, authenticator) = s.scheduler(sim).await;
+            (authorizer, Some(authenticator))
+        }
+        None => (Authorizer::default(), None),
+    };
     let config = Config {
         store: Box::new(RedbStore::open(dir).unwrap()),
         clock: Arc::new(SystemClock),
         metrics: Metrics::new(),
-        authorizer: Authorizer::default(),
-        authenticator: None,
+        authorizer,
+        authenticator,
         rate: (0, 0),
         lease_policy: Default::default(),
     };
@@ -92,13 +168,23 @@ fn spawn_agent(
     addr: SocketAddr,
     client: kube::Client,
     metrics: AgentMetrics,
+    secured: Option<&Secured>,
 ) -> JoinHandle<anyhow::Result<()>> {
-    tokio::spawn(snapgate_agent::run(
+    let mut plan = plan_config();
+    if secured.is_some() {
+        // Sources have authors: the agent acts with their rights only.
+        plan.source_authors = SourceAuthors::Review;
+    }
+    let access = SchedulerAccess {
+        token_file: secured.map(|s| s.agent_token.clone()),
+        ..SchedulerAccess::default()
+    };
+    tokio::spawn(snapgate_agent::run_with(
         AgentConfig {
             scheduler: format!("http://{addr}"),
             agent_id: "test-agent".into(),
             namespaces: vec![NS.into()],
-            plan: plan_config(),
+            plan,
             backoff: Backoff {
                 initial: Duration::from_millis(20),
                 max: Duration::from_millis(200),
@@ -106,14 +192,71 @@ fn spawn_agent(
             retry_after: Duration::from_millis(200),
             metrics,
         },
+        access,
         client,
     ))
 }
 
+/// Grants the ServiceAccount `who`, in [`NS`], what a source's author needs for the agent to
+/// act on the source: `create` on Jobs and, when given, `impersonate` on that one
+/// ServiceAccount (a Role and a RoleBinding named after `who`).
+pub fn grant_author(sim: &KubeSim, who: (&str, &str), impersonate: Option<&str>) {
+    use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+    let name = format!("author-{}-{}", who.0, who.1);
+    let mut rules = vec![PolicyRule {
+        api_groups: Some(vec!["batch".into()]),
+        resources: Some(vec!["jobs".into()]),
+        verbs: vec!["create".into()],
+        ..Default::default()
+    }];
+    if let Some(sa) = impersonate {
+        rules.push(PolicyRule {
+            api_groups: Some(vec![String::new()]),
+            resources: Some(vec!["serviceaccounts".into()]),
+            resource_names: Some(vec![sa.into()]),
+            verbs: vec!["impersonate".into()],
+            ..Default::default()
+        });
+    }
+    let meta = ObjectMeta {
+        name: Some(name.clone()),
+        namespace: Some(NS.into()),
+        ..Default::default()
+    };
+    sim.create(&Role {
+        metadata: meta.clone(),
+        rules: Some(rules),
+    })
+    .unwrap();
+    sim.create(&RoleBinding {
+        metadata: meta,
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "Role".into(),
+            name,
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: who.1.into(),
+            namespace: Some(who.0.into()),
+            ..Default::default()
+        }]),
+    })
+    .unwrap();
+}
+
+/// A ServiceAccount token for the scheduler, signed by the simulator.
+fn token_of(sim: &KubeSim, (ns, sa): (&str, &str)) -> String {
+    sim.issue_token(ns, sa, &["snapgate"], Duration::from_secs(3600))
+}
+
+/// The plan settings of a world's agent; without authentication it trusts the scheduler.
 pub fn plan_config() -> PlanConfig {
     PlanConfig {
         mover_backoff: Duration::from_millis(500),
         mover_backoff_max: Duration::from_secs(1),
+        // The world's scheduler runs without authentication: its sources have no author.
+        source_authors: SourceAuthors::Trust,
         ..PlanConfig::default()
     }
 }
@@ -132,6 +275,18 @@ impl World {
     /// As [`World::start_with`], with `setup` run on the simulator before the agent starts
     /// (RBAC objects, enforcement, faults).
     pub async fn start_after(token: Option<&str>, setup: impl FnOnce(&KubeSim)) -> Self {
+        Self::start_inner(token, setup, false).await
+    }
+
+    /// As [`World::start_after`], with authentication on as on a cluster: the scheduler
+    /// checks ServiceAccount tokens the simulator signs; the world's clients call as
+    /// [`ADMIN`], the agent as `snapgate-agent` of [`NS`]; the agent reviews every source's
+    /// author with the simulator (see [`World::sources_as`] for other callers).
+    pub async fn start_secured_after(token: Option<&str>, setup: impl FnOnce(&KubeSim)) -> Self {
+        Self::start_inner(token, setup, true).await
+    }
+
+    async fn start_inner(token: Option<&str>, setup: impl FnOnce(&KubeSim), secure: bool) -> Self {
         let sim = KubeSim::new();
         if let Some(t) = token {
             sim.add_token(t, AGENT_USER);
@@ -146,27 +301,31 @@ impl World {
         .unwrap();
         setup(&sim);
         let dir = tempfile::tempdir().unwrap();
+        let secured = secure.then(|| Secured::new(&sim, dir.path()));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (scheduler, stop_scheduler) = spawn_scheduler(dir.path(), listener);
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let sdk = snapgate_sdk::Client::connect(format!("http://{addr}"))
-            .await
-            .unwrap();
+        let (scheduler, stop_scheduler) =
+            spawn_scheduler(dir.path(), listener, secured.as_ref().map(|s| (s, &sim))).await;
+        let mut sdk = snapgate_sdk::Client::builder(format!("http://{addr}"));
+        if secured.is_some() {
+            sdk = sdk.token(token_of(&sim, ADMIN));
+        }
+        let sdk = sdk.connect().await.unwrap();
         let agent_client = match token {
             Some(t) => sim.client_as(t),
             None => sim.client(),
         };
         let agent_metrics = AgentMetrics::new();
-        let agent = spawn_agent(addr, agent_client.clone(), agent_metrics.clone());
+        let agent = spawn_agent(
+            addr,
+            agent_client.clone(),
+            agent_metrics.clone(),
+            secured.as_ref(),
+        );
         Self {
             sim,
-            sources: SourceServiceClient::new(channel.clone()),
-            triggers: TriggerServiceClient::new(channel),
+            sources: sdk.sources(),
+            triggers: sdk.triggers(),
             sdk,
             agent_metrics,
             scheduler: Some(scheduler),
@@ -174,8 +333,20 @@ impl World {
             agent,
             addr,
             agent_client,
+            secured,
             _dir: dir,
         }
+    }
+
+    /// The SourceService as the ServiceAccount `(namespace, name)` (a secured world only).
+    pub async fn sources_as(&self, who: (&str, &str)) -> SourceServiceClient<AuthChannel> {
+        assert!(self.secured.is_some(), "a world without authentication");
+        snapgate_sdk::Client::builder(format!("http://{}", self.addr))
+            .token(token_of(&self.sim, who))
+            .connect()
+            .await
+            .unwrap()
+            .sources()
     }
 
     /// Stops the scheduler (as SIGTERM does) and starts it again on the same address and
@@ -188,7 +359,12 @@ impl World {
             task.await.unwrap().unwrap();
         }
         let listener = TcpListener::bind(self.addr).await.unwrap();
-        let (task, stop) = spawn_scheduler(self._dir.path(), listener);
+        let (task, stop) = spawn_scheduler(
+            self._dir.path(),
+            listener,
+            self.secured.as_ref().map(|s| (s, &self.sim)),
+        )
+        .await;
         self.scheduler = Some(task);
         self.stop_scheduler = Some(stop);
     }
@@ -207,6 +383,7 @@ impl World {
             self.addr,
             self.agent_client.clone(),
             self.agent_metrics.clone(),
+            self.secured.as_ref(),
         );
     }
 

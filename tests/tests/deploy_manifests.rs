@@ -1264,7 +1264,9 @@ fn the_agent_role_grants_what_movers_md_lists_and_nothing_more() {
     // snapshots, Jobs and pods (it reads them from its watches and lists a Job's pods),
     // `patch` on events (it creates each Event once);
     // plus `patch` on Jobs: a paused source's mover Job is patched to parallelism 0 (movers.md
-    // "Common to every mover Job"). tests/tests/rbac.rs proves each verb is used.
+    // "Common to every mover Job"); plus `create` on localsubjectaccessreviews: the review of
+    // each run's author (docs/security.md, "No confused deputy").
+    // tests/tests/rbac.rs proves each verb is used.
     let expected: BTreeSet<(String, String, String)> = [
         (
             "",
@@ -1281,6 +1283,11 @@ fn the_agent_role_grants_what_movers_md_lists_and_nothing_more() {
         ("", "pods/log", "get"),
         ("", "secrets", "get"),
         ("", "events", "create"),
+        (
+            "authorization.k8s.io",
+            "localsubjectaccessreviews",
+            "create",
+        ),
     ]
     .into_iter()
     .flat_map(|(group, resource, verbs)| {

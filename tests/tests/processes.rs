@@ -51,6 +51,8 @@ fn agent(kubeconfig: &Path, scheduler: &str) -> (Proc, String) {
             .env("KUBECONFIG", kubeconfig)
             .args(["--scheduler", scheduler])
             .args(["--namespace", "app"])
+            // The scheduler runs without authentication: sources have no author.
+            .arg("--source-authors=trust")
             .args(["--metrics-listen", &metrics])
             .args(["--agent-id", "process-test"]),
     );

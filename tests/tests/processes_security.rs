@@ -120,4 +120,24 @@ spec:
     );
     let raw = std::fs::read_to_string(c.path("scheduler.log")).unwrap();
     assert!(!raw.contains("eyJ"), "a token reached the scheduler's log");
+
+    // The agent binary reviews authors by default: before acting it asked the API server
+    // whether the admin who applied the source may create Jobs in the namespace.
+    let support::Sim::Hosted(sim) = &c.sim else {
+        unreachable!("a secured cluster hosts its API server")
+    };
+    let reviews = sim
+        .requests()
+        .filter(|r| r.resource == "localsubjectaccessreviews" && r.code == 201);
+    assert!(
+        reviews.iter().all(|r| r.namespace.as_deref() == Some(NS)) && !reviews.is_empty(),
+        "{reviews:#?}\n{}",
+        c.logs()
+    );
+    let agent_log = std::fs::read_to_string(c.path("agent.log")).unwrap();
+    assert!(
+        agent_log.contains("author allowed")
+            && agent_log.contains("system:serviceaccount:snapgate:admin"),
+        "{agent_log}"
+    );
 }

@@ -1,8 +1,9 @@
 //! The agent's RBAC, proven: the agent runs a gated Snapshot run, a paused mover and its
 //! cleanups against the simulated API server with RBAC enforced and exactly the Role,
 //! RoleBinding, ClusterRole and ClusterRoleBinding of `deploy/agent` bound to its
-//! ServiceAccount's token. No request is refused, every verb the manifests grant is used by
-//! some request, and removing any one verb would refuse a request the agent made.
+//! ServiceAccount's token, the scheduler authenticating callers so that the agent reviews each
+//! source's author. No request is refused, every verb the manifests grant is used by some
+//! request, and removing any one verb would refuse a request the agent made.
 
 use std::{collections::BTreeSet, time::Duration};
 
@@ -147,8 +148,11 @@ async fn the_agent_needs_every_verb_of_the_deploy_role_and_nothing_more() {
         AGENT_USER,
         "the RoleBinding binds the agent's ServiceAccount"
     );
-    let mut w = World::start_after(Some(token), |sim| {
+    // Authentication on, so that sources have an author and the agent reviews them; the
+    // author (the world's admin) may create Jobs in the namespace.
+    let mut w = World::start_secured_after(Some(token), |sim| {
         install(sim, &objects);
+        grant_author(sim, ADMIN, None);
         sim.enforce_rbac(true);
     })
     .await;
@@ -265,4 +269,55 @@ async fn the_agent_needs_every_verb_of_the_deploy_role_and_nothing_more() {
             .all(|r| rbac::allowed(w.sim.store(), &attributes(r))),
         "the deployed Role allows every request the agent made"
     );
+}
+
+#[tokio::test]
+async fn an_agent_whose_role_lacks_the_author_review_says_so_on_the_run_and_goes_on_once_granted() {
+    let token = "snapgate-agent-sa-token";
+    let objects = deploy_rbac();
+    let review = (
+        "authorization.k8s.io".to_owned(),
+        "localsubjectaccessreviews".to_owned(),
+        "create".to_owned(),
+    );
+    let rules = objects.role.rules.clone().unwrap_or_default();
+    assert!(
+        grants(&rules).contains(&review),
+        "the deploy Role grants the review"
+    );
+    let mut narrower = objects.role.clone();
+    narrower.rules = Some(without(&rules, &review));
+    let mut w = World::start_secured_after(Some(token), |sim| {
+        install(
+            sim,
+            &RbacObjects {
+                role: narrower,
+                role_binding: objects.role_binding.clone(),
+                cluster_role: objects.cluster_role.clone(),
+                cluster_role_binding: objects.cluster_role_binding.clone(),
+            },
+        );
+        grant_author(sim, ADMIN, None);
+        sim.enforce_rbac(true);
+    })
+    .await;
+    w.create_pvc(true);
+    w.apply(
+        SOURCE,
+        restic_spec(CopyMethod::Snapshot, Duration::from_secs(600)),
+    )
+    .await;
+    let run = w
+        .run_when(SOURCE, "the refused review on the run", |r| {
+            r.message.contains("localsubjectaccessreviews")
+        })
+        .await;
+    assert!(run.message.contains("ReviewForbidden"), "{}", run.message);
+    assert!(!w.annotations().contains_key(STATUS), "nothing was done");
+
+    // Granted: the same run goes on (the agent asks again) and waits for its trigger.
+    w.sim.delete::<Role>(Some(NS), "snapgate-agent").unwrap();
+    w.sim.create(&objects.role).unwrap();
+    w.wait_copy_status("WaitingForTrigger").await;
+    assert_eq!(w.runs(SOURCE).await.len(), 1, "the same run");
 }

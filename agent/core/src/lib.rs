@@ -32,6 +32,7 @@ pub mod classify;
 pub mod names;
 pub mod plan;
 pub mod resources;
+pub mod review;
 pub mod spec;
 
 pub use spec::{CopyMethod, Mover, MoverSpec, SpecError};

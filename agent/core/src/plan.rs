@@ -53,6 +53,7 @@ use crate::{
     classify::{self, CloneReadiness, CopyReadiness, JobState},
     names,
     resources::{self, MoverImages, MoverJobInput, ResticActions, RunRef, VolumeSnapshot},
+    review::{self, AuthorReview, Review, SourceAuthors},
 };
 
 /// The annotation on a mover Job counting which attempt of the run it is (1, 2, …).
@@ -69,6 +70,8 @@ pub struct PlanConfig {
     pub mover_backoff: Duration,
     /// The longest wait before replacing a failed mover Job.
     pub mover_backoff_max: Duration,
+    /// Whether runs' authors are reviewed before the agent acts (see [`crate::review`]).
+    pub source_authors: SourceAuthors,
 }
 
 impl Default for PlanConfig {
@@ -78,6 +81,7 @@ impl Default for PlanConfig {
             proxy: BTreeMap::new(),
             mover_backoff: Duration::from_secs(10),
             mover_backoff_max: Duration::from_secs(300),
+            source_authors: SourceAuthors::Review,
         }
     }
 }
@@ -231,6 +235,8 @@ pub struct Observed<'a> {
     pub temporaries: &'a [Temporary],
     /// The run's hold lease at this plan's time (COPY with `Directive.lease`).
     pub lease: Lease,
+    /// Where the review of the run's author stands (see [`crate::review`]).
+    pub review: Review<'a>,
     /// The time of this plan.
     pub now: DateTime<Utc>,
 }
@@ -297,6 +303,10 @@ pub enum Action {
     /// run and its directive's generation with a fresh request id, noting the time before it
     /// sends it (the lease's deadline is counted from then).
     RequestLease,
+    /// Ask the API server whether the run's author may do each of the review's checks in the
+    /// run's namespace (a `LocalSubjectAccessReview` each), keep the answer for the run, and
+    /// plan again.
+    ReviewAuthor(Box<AuthorReview>),
     /// Nothing more until this time, unless something changes (a back-off).
     WakeAt(DateTime<Utc>),
 }
@@ -329,6 +339,14 @@ pub fn plan(
         spec,
     };
     let phase = DirectivePhase::try_from(directive.phase).unwrap_or(DirectivePhase::Unspecified);
+    // Nothing is done for a run whose author Kubernetes would not let do it; cleanup only
+    // removes what the agent made, and is never held up.
+    if config.source_authors == SourceAuthors::Review
+        && !matches!(phase, DirectivePhase::Unspecified | DirectivePhase::Cleanup)
+        && let Some(step) = ctx.review()
+    {
+        return Ok(step);
+    }
     Ok(match phase {
         DirectivePhase::Unspecified => Vec::new(),
         DirectivePhase::Gate => ctx.gate(),
@@ -351,6 +369,29 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// Until the author is reviewed and allowed, the review or the run's failure.
+    fn review(&self) -> Option<Vec<Action>> {
+        let (reason, why) = match self.seen.review {
+            Review::Allowed => return None,
+            Review::Pending => match review::request(
+                self.directive.author.as_ref(),
+                self.mover.volume_options().mover_service_account,
+                self.run.namespace,
+                self.run.source,
+            ) {
+                Ok(r) => return Some(vec![Action::ReviewAuthor(Box::new(r))]),
+                Err(why) => ("NoAuthor", why),
+            },
+            Review::Denied(why) => ("AuthorForbidden", why.to_owned()),
+        };
+        let mut out = Vec::new();
+        if let Some(pvc) = self.seen.pvc {
+            out.push(self.event(pvc, reason, None, "Warning", why.clone()));
+        }
+        out.push(Action::Report(error(reason, why, false)));
+        Some(out)
+    }
+
     fn gate(&self) -> Vec<Action> {
         let observed = annotations::observe(self.seen.pvc);
         // The source was paused while its run waited: no application may be asked to quiesce,
@@ -1360,6 +1401,7 @@ mod tests {
             job_reported: false,
             temporaries: &[],
             lease: Lease::NotNeeded,
+            review: Review::Allowed,
             now: now(),
         }
     }
@@ -1384,8 +1426,115 @@ mod tests {
                 Action::Report(o) => format!("Report {}", observation_name(o)),
                 Action::WakeAt(t) => format!("WakeAt {t}"),
                 Action::RequestLease => "RequestLease".to_owned(),
+                Action::ReviewAuthor(r) => format!("ReviewAuthor {}", r.user),
             })
             .collect()
+    }
+
+    #[test]
+    fn no_phase_but_cleanup_acts_before_the_author_is_reviewed_and_allowed() {
+        let author = v1::Author {
+            user: "system:serviceaccount:app:ops".into(),
+            groups: vec!["system:serviceaccounts".into()],
+        };
+        let source = pvc("data", &[USE], None);
+        let denied = "the source's author may not create jobs.batch";
+        let acting = [
+            DirectivePhase::Gate,
+            DirectivePhase::Wait,
+            DirectivePhase::Copy,
+            DirectivePhase::Transfer,
+        ];
+        for phase in acting.into_iter().chain([DirectivePhase::Cleanup]) {
+            let mut d = directive(phase, v1::CopyMethod::Snapshot);
+            d.author = Some(author.clone());
+            let mut s = seen(Some(&source));
+            let acts = phase != DirectivePhase::Cleanup;
+            let trusting = PlanConfig {
+                source_authors: SourceAuthors::Trust,
+                ..PlanConfig::default()
+            };
+            let cases: [(Review<'_>, &PlanConfig, &[&str]); 5] = [
+                (
+                    Review::Pending,
+                    &PlanConfig::default(),
+                    &["ReviewAuthor system:serviceaccount:app:ops"],
+                ),
+                (
+                    Review::Denied(denied),
+                    &PlanConfig::default(),
+                    &["Event AuthorForbidden", "Report AgentError"],
+                ),
+                (Review::Allowed, &PlanConfig::default(), &[]),
+                // An agent that trusts the scheduler asks nothing and refuses nothing.
+                (Review::Pending, &trusting, &[]),
+                (Review::Denied(denied), &trusting, &[]),
+            ];
+            for (review, config, first) in cases {
+                s.review = review;
+                let a = kinds(&plan(&d, &s, config).unwrap());
+                if acts && !first.is_empty() {
+                    assert_eq!(a, first, "{phase:?} {review:?}");
+                } else {
+                    // The phase's own steps: never a review, never the run's failure.
+                    assert!(
+                        !a.iter()
+                            .any(|k| k.starts_with("ReviewAuthor") || k.contains("Author")),
+                        "{phase:?} {review:?}: {a:?}"
+                    );
+                }
+            }
+            // A denial is reported as the run's failure, with the agent's text.
+            s.review = Review::Denied(denied);
+            if acts {
+                let a = plan(&d, &s, &PlanConfig::default()).unwrap();
+                let Some(Action::Report(Observation::Error(e))) = a.last() else {
+                    panic!("{a:?}");
+                };
+                assert_eq!(
+                    (e.reason.as_str(), e.message.as_str(), e.retryable),
+                    ("AuthorForbidden", denied, false)
+                );
+            }
+            // No author: the run fails rather than act for no one.
+            d.author = None;
+            s.review = Review::Pending;
+            let a = plan(&d, &s, &PlanConfig::default()).unwrap();
+            if acts {
+                assert_eq!(
+                    kinds(&a),
+                    ["Event NoAuthor", "Report AgentError"],
+                    "{phase:?}"
+                );
+            } else {
+                assert!(!kinds(&a).iter().any(|k| k.contains("Author")), "{a:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_named_mover_service_account_is_part_of_the_review() {
+        let mut d = directive(DirectivePhase::Transfer, v1::CopyMethod::Snapshot);
+        d.author = Some(v1::Author {
+            user: "alice".into(),
+            groups: vec![],
+        });
+        if let Some(r) = d.spec.as_mut().and_then(|s| s.restic.as_mut()) {
+            r.mover_service_account = Some("backup-mover".into());
+        }
+        let mut s = seen(None);
+        s.review = Review::Pending;
+        let a = plan(&d, &s, &PlanConfig::default()).unwrap();
+        let [Action::ReviewAuthor(r)] = a.as_slice() else {
+            panic!("{a:?}");
+        };
+        assert_eq!(r.checks, review::checks(Some("backup-mover")));
+        // Without the PVC there is nothing to attach an Event to; the failure is reported.
+        s.review = Review::Denied("no");
+        assert_eq!(
+            kinds(&plan(&d, &s, &PlanConfig::default()).unwrap()),
+            ["Report AgentError"]
+        );
     }
 
     const USE: (&str, &str) = (annotations::USE_COPY_TRIGGER, "");

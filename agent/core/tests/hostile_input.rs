@@ -34,6 +34,7 @@ use snapgate_agent_core::{
     Mover, annotations, bounds, classify, names,
     plan::{self, Action, Lease, MoverOutcome, Observed, PlanConfig, Temporary, TemporaryKind},
     resources::{VolumeSnapshot, VolumeSnapshotError, VolumeSnapshotStatus},
+    review::{self, Review, SourceAuthors},
 };
 use snapgate_proto::v1::{self, report::Observation};
 
@@ -580,12 +581,13 @@ fn directive() -> BoxedStrategy<v1::Directive> {
             prop_oneof![2 => Just("first".to_owned()), 1 => text()],
             any::<[bool; 5]>(),
             count_u32(),
+            author(),
         ),
     )
         .prop_map(
             |(
                 (run_id, namespace, name, spec, phase, generation),
-                (waiting_since, timeout_reported, trigger, flags, mover_failures),
+                (waiting_since, timeout_reported, trigger, flags, mover_failures, author),
             )| {
                 let trigger_copy = trigger.clone();
                 v1::Directive {
@@ -608,10 +610,27 @@ fn directive() -> BoxedStrategy<v1::Directive> {
                     } else {
                         String::new()
                     },
+                    author,
                 }
             },
         )
         .boxed()
+}
+
+/// No author, an ordinary one, or one past the bounds the agent keeps.
+fn author() -> BoxedStrategy<Option<v1::Author>> {
+    let huge = || "u".repeat(review::MAX_NAME_BYTES + 1);
+    prop_oneof![
+        1 => Just(None),
+        3 => (text(), prop::collection::vec(text(), 0..3))
+            .prop_map(|(user, groups)| Some(v1::Author { user, groups })),
+        1 => Just(Some(v1::Author { user: huge(), groups: vec![] })),
+        1 => Just(Some(v1::Author {
+            user: "alice".into(),
+            groups: vec![String::new(); review::MAX_GROUPS + 1],
+        })),
+    ]
+    .boxed()
 }
 
 fn duration() -> BoxedStrategy<Duration> {
@@ -628,6 +647,10 @@ fn duration() -> BoxedStrategy<Duration> {
 fn plan_config() -> BoxedStrategy<PlanConfig> {
     prop_oneof![
         1 => Just(PlanConfig::default()),
+        1 => Just(PlanConfig {
+            source_authors: SourceAuthors::Trust,
+            ..PlanConfig::default()
+        }),
         2 => (duration(), duration()).prop_map(|(mover_backoff, mover_backoff_max)| PlanConfig {
             mover_backoff,
             mover_backoff_max,
@@ -651,6 +674,8 @@ struct World {
     job_reported: bool,
     temporaries: Vec<Temporary>,
     lease: Lease,
+    /// The answer to the author's review, as the shell keeps it (`None`: not asked).
+    review: Option<Result<(), String>>,
     now: DateTime<Utc>,
 }
 
@@ -668,6 +693,11 @@ impl World {
             job_reported: self.job_reported,
             temporaries: &self.temporaries,
             lease: self.lease,
+            review: match &self.review {
+                None => Review::Pending,
+                Some(Ok(())) => Review::Allowed,
+                Some(Err(why)) => Review::Denied(why),
+            },
             now: self.now,
         }
     }
@@ -727,12 +757,17 @@ fn world() -> BoxedStrategy<World> {
             prop_oneof![Just(Vec::new()), prop::collection::vec(temporary(), 1..4)],
             lease(),
             chrono_time(),
+            prop_oneof![
+                Just(None),
+                Just(Some(Ok(()))),
+                text().prop_map(|t| Some(Err(t))),
+            ],
         ),
     )
         .prop_map(
             |(
                 (pvc, snapshot, copy_pvc, cache_pvc, job, secrets),
-                (privileged, failed_attempts, job_reported, temporaries, lease, now),
+                (privileged, failed_attempts, job_reported, temporaries, lease, now, review),
             )| World {
                 pvc,
                 snapshot,
@@ -745,6 +780,7 @@ fn world() -> BoxedStrategy<World> {
                 job_reported,
                 temporaries,
                 lease,
+                review,
                 now,
             },
         )
@@ -864,6 +900,13 @@ fn check_labels(labels: Option<&BTreeMap<String, String>>) -> Result<(), TestCas
 
 fn check_action(a: &Action) -> Result<(), TestCaseError> {
     match a {
+        Action::ReviewAuthor(r) => {
+            // Only a named author within the bounds reaches the API server.
+            prop_assert!(!r.user.is_empty() && r.user.len() <= review::MAX_NAME_BYTES);
+            prop_assert!(r.groups.len() <= review::MAX_GROUPS);
+            prop_assert!(r.groups.iter().all(|g| g.len() <= review::MAX_NAME_BYTES));
+            prop_assert!(!r.checks.is_empty());
+        }
         Action::PatchPvc { patch, .. } => {
             prop_assert_eq!(patch.as_object().map(|m| m.len()), Some(1));
             for (key, value) in patched_values(patch) {

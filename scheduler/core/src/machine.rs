@@ -557,12 +557,27 @@ impl Scheduler {
 
     // ---------------------------------------------------------------- sources
 
-    /// Creates a source (`expected_version == 0`) or replaces its spec.
+    /// Creates a source (`expected_version == 0`) or replaces its spec, with no author (as a
+    /// scheduler without authentication does).
     pub fn apply_source(
         &mut self,
         key: SourceKey,
         spec: SourceSpec,
         expected_version: u64,
+        now: DateTime<Utc>,
+    ) -> Result<v1::Source, CoreError> {
+        self.apply_source_by(key, spec, expected_version, None, now)
+    }
+
+    /// Creates a source (`expected_version == 0`) or replaces its spec; `author` (the caller,
+    /// as authentication identified it) becomes the source's author, whose rights in
+    /// Kubernetes the agent reviews before it acts on the source's runs.
+    pub fn apply_source_by(
+        &mut self,
+        key: SourceKey,
+        spec: SourceSpec,
+        expected_version: u64,
+        author: Option<v1::Author>,
         now: DateTime<Utc>,
     ) -> Result<v1::Source, CoreError> {
         let admitted = validate::admit(&key, &spec)?;
@@ -591,6 +606,7 @@ impl Scheduler {
                 pause_changed = entry.spec().paused != spec.paused;
                 let src = entry.source_mut();
                 src.spec = Some(spec);
+                src.author = author;
                 src.version += 1;
                 entry.admitted = admitted;
                 if schedule_changed && entry.status().current_run_id.is_empty() {
@@ -640,6 +656,7 @@ impl Scheduler {
                     status: Some(status),
                     version: 1,
                     create_time: Some(timestamp(now)),
+                    author,
                 };
                 self.sources.insert(
                     key.clone(),
@@ -2060,6 +2077,7 @@ impl Scheduler {
         self.next_run = self.next_run.saturating_add(1);
         let entry = self.sources.get_mut(key).expect("caller checked");
         let spec = entry.spec().clone();
+        let author = entry.source().author.clone();
         let pvc = spec.source_pvc.clone();
         let prune = match entry.admitted.prune_interval {
             Some(every) => entry
@@ -2091,6 +2109,7 @@ impl Scheduler {
             request_id: request_id.to_owned(),
             restic_prune: prune,
             spec: Some(spec),
+            author,
             ..Default::default()
         };
         note(&mut run, now, "Queued", reason.as_str_name());
@@ -2281,10 +2300,16 @@ impl Scheduler {
         // The spec the run started with (PVC, mover, destination): an edit applies from the
         // next run. Only `paused` is live, so that pausing scales a running mover Job to zero.
         // A run stored by 0.1 has no snapshot and follows the live spec on its own PVC.
-        let spec = run.spec.clone().unwrap_or_else(|| v1::SourceSpec {
-            source_pvc: run.pvc.clone(),
-            ..entry.spec().clone()
-        });
+        let (spec, author) = match &run.spec {
+            Some(spec) => (spec.clone(), run.author.clone()),
+            None => (
+                v1::SourceSpec {
+                    source_pvc: run.pvc.clone(),
+                    ..entry.spec().clone()
+                },
+                entry.source().author.clone(),
+            ),
+        };
         Some(Directive {
             run_id: run.id.clone(),
             source: run.source.clone(),
@@ -2320,6 +2345,7 @@ impl Scheduler {
             restic_prune: run.restic_prune,
             mover_failures: run.mover_failures,
             lease: phase == DirectivePhase::Copy && run.lease_deadline.is_some(),
+            author,
         })
     }
 

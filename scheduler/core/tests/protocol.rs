@@ -746,6 +746,72 @@ fn scenario_10_a_manual_tag_runs_exactly_once_until_it_changes() {
     );
 }
 
+#[test]
+fn a_run_carries_the_author_of_the_spec_it_started_with_to_the_agent() {
+    let author = |user: &str| v1::Author {
+        user: user.into(),
+        groups: vec!["system:authenticated".into()],
+    };
+    let mut w = World::new();
+    w.pvc("data", true);
+    w.core
+        .apply_source_by(
+            key("db"),
+            spec("data", CopyMethod::Snapshot, manual("once")),
+            0,
+            Some(author("alice")),
+            w.now,
+        )
+        .unwrap();
+    w.settle();
+    assert_eq!(w.phase("db"), RunPhase::WaitingForTrigger);
+    let first = w.current("db").id;
+    let sent = |w: &World, id: &str| w.cluster.held[id].author.clone();
+    assert_eq!(sent(&w, &first), Some(author("alice")));
+    assert_eq!(w.source("db").author, Some(author("alice")));
+
+    // Bob edits the source while the run waits: the source is his, the run stays Alice's
+    // (it carries the spec she applied), and so does every directive of it.
+    let version = w.source("db").version;
+    w.core
+        .apply_source_by(
+            key("db"),
+            spec("data", CopyMethod::Snapshot, manual("twice")),
+            version,
+            Some(author("bob")),
+            w.now,
+        )
+        .unwrap();
+    w.settle();
+    assert_eq!(w.source("db").author, Some(author("bob")));
+    assert_eq!(w.current("db").author, Some(author("alice")));
+    // Stored as such: a restarted scheduler sends the same.
+    assert_eq!(
+        w.stored_sources["apps/db"].source.as_ref().unwrap().author,
+        Some(author("bob"))
+    );
+    assert_eq!(w.stored_runs[&first].author, Some(author("alice")));
+    release(&mut w, Path::Annotation, "data", "v1");
+    let done = w.runs("db").into_iter().find(|r| r.id == first).unwrap();
+    assert_eq!(RunResult::try_from(done.result), Ok(RunResult::Successful));
+    assert_eq!(done.author, Some(author("alice")));
+
+    // The next run is Bob's; a pause by someone else changes no author.
+    let second = w.current("db").id;
+    assert_ne!(second, first);
+    assert_eq!(sent(&w, &second), Some(author("bob")));
+    w.core
+        .set_paused(&key("db"), true, "maintenance".into(), w.now)
+        .unwrap();
+    w.settle();
+    assert_eq!(w.source("db").author, Some(author("bob")));
+    assert_eq!(sent(&w, &second), Some(author("bob")));
+
+    // Without authentication there is no author.
+    w.apply("web", spec("data", CopyMethod::Snapshot, manual("once")));
+    assert_eq!(w.source("web").author, None);
+}
+
 // ------------------------------------------------------------------ transitions and refusals
 
 #[test]

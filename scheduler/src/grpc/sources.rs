@@ -95,6 +95,7 @@ impl SourceService for Sources {
     ) -> Result<Response<v1::Source>, Status> {
         let audited = self.allow_audited(&req, &req.get_ref().namespace, &req.get_ref().name)?;
         let out: Result<Response<v1::Source>, Status> = async {
+            let author = caller(&req)?.author();
             let r = req.into_inner();
             let key = source_key(&r.namespace, &r.name)?;
             let spec = r.spec.ok_or_else(|| invalid("spec", "required"))?;
@@ -104,6 +105,7 @@ impl SourceService for Sources {
                     key,
                     spec: Box::new(spec),
                     expected_version: r.expected_version,
+                    author,
                     reply,
                 })
                 .await?;

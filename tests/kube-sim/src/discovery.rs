@@ -57,12 +57,26 @@ pub(crate) fn group(group: &str) -> Option<Value> {
 }
 
 fn resource_entry(r: &ResourceDef) -> Value {
+    let verbs: &[&str] = if r.review {
+        &["create"]
+    } else {
+        &[
+            "create",
+            "delete",
+            "deletecollection",
+            "get",
+            "list",
+            "patch",
+            "update",
+            "watch",
+        ]
+    };
     json!({
         "name": r.plural,
         "singularName": r.singular,
         "namespaced": r.namespaced,
         "kind": r.kind,
-        "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
+        "verbs": verbs,
         "shortNames": r.short_names,
     })
 }

@@ -3,6 +3,8 @@
 
 use serde_json::Value;
 
+use crate::SimState;
+use crate::error::ApiError;
 use crate::resources;
 use crate::store::Store;
 
@@ -99,7 +101,13 @@ fn role_rules(store: &Store, role_ref: &Value, binding_ns: Option<&str>) -> Vec<
 
 /// Whether the request is allowed by some binding.
 pub fn allowed(store: &Store, a: &Attributes<'_>) -> bool {
-    let groups = groups_of(a.user);
+    allowed_in_groups(store, a, &[])
+}
+
+/// As [`allowed`], the user also a member of `groups` (as a review's `spec.groups` says).
+pub fn allowed_in_groups(store: &Store, a: &Attributes<'_>, extra: &[String]) -> bool {
+    let mut groups = groups_of(a.user);
+    groups.extend(extra.iter().cloned());
     let Some(crb) = resources::find_plural("rbac.authorization.k8s.io", "clusterrolebindings")
     else {
         return false;
@@ -154,4 +162,61 @@ pub(crate) fn forbidden_message(a: &Attributes<'_>) -> String {
         "{subject}: User \"{}\" cannot {} {qualified}{scope}",
         a.user, a.verb
     )
+}
+
+/// Answers a `LocalSubjectAccessReview` posted in `namespace`, as the API server does: the
+/// review's resource attributes must name that namespace; the answer is the review with
+/// `status.allowed` (an admin user, or every user while RBAC is not enforced, is allowed).
+pub(crate) fn review(state: &SimState, namespace: &str, body: Value) -> Result<Value, ApiError> {
+    let spec = &body["spec"];
+    let attrs = &spec["resourceAttributes"];
+    if !attrs.is_object() {
+        return Err(ApiError::bad_request(
+            "spec.resourceAttributes: Required value: a LocalSubjectAccessReview names resource attributes",
+        ));
+    }
+    let attr_ns = attrs["namespace"].as_str().unwrap_or("");
+    if attr_ns != namespace {
+        return Err(ApiError::bad_request(format!(
+            "spec.resourceAttributes.namespace must match namespace: {namespace}"
+        )));
+    }
+    let user = spec["user"].as_str().unwrap_or("");
+    let groups: Vec<String> = spec["groups"]
+        .as_array()
+        .map(|g| {
+            g.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    if user.is_empty() && groups.is_empty() {
+        return Err(ApiError::bad_request(
+            "spec.user: Invalid value: \"\": at least one of user or group must be specified",
+        ));
+    }
+    let field = |k: &str| attrs[k].as_str().filter(|s| !s.is_empty());
+    let a = Attributes {
+        user,
+        verb: field("verb").unwrap_or(""),
+        group: field("group").unwrap_or(""),
+        resource: field("resource").unwrap_or(""),
+        subresource: field("subresource"),
+        namespace: Some(namespace),
+        name: field("name"),
+    };
+    let allowed = !state.rbac_enforced()
+        || state.is_admin(user)
+        || allowed_in_groups(&state.store, &a, &groups);
+    let mut out = body;
+    out["apiVersion"] = "authorization.k8s.io/v1".into();
+    out["kind"] = "LocalSubjectAccessReview".into();
+    out["metadata"]["namespace"] = namespace.into();
+    out["status"] = if allowed {
+        serde_json::json!({"allowed": true, "reason": "allowed by the simulator's RBAC"})
+    } else {
+        serde_json::json!({"allowed": false})
+    };
+    Ok(out)
 }

@@ -24,6 +24,8 @@ pub struct ResourceDef {
     pub extra_subresources: &'static [&'static str],
     /// kubectl short names.
     pub short_names: &'static [&'static str],
+    /// A create-only review (`LocalSubjectAccessReview`): answered, never stored.
+    pub review: bool,
 }
 
 impl ResourceDef {
@@ -63,6 +65,7 @@ const fn def(
         status_subresource,
         extra_subresources: &[],
         short_names,
+        review: false,
     }
 }
 
@@ -177,6 +180,19 @@ static RESOURCES: &[ResourceDef] = &[
         false,
         &["sc"],
     ),
+    ResourceDef {
+        review: true,
+        ..def(
+            "authorization.k8s.io",
+            "v1",
+            "localsubjectaccessreviews",
+            "localsubjectaccessreview",
+            "LocalSubjectAccessReview",
+            true,
+            false,
+            &[],
+        )
+    },
     def(
         "rbac.authorization.k8s.io",
         "v1",

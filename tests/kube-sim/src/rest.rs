@@ -392,6 +392,17 @@ async fn resource_request(
     let status_only = target.sub.as_deref() == Some("status");
     let existed = verb != Verb::Patch || state.store.get(res, ns, name).is_ok();
 
+    if target.res.review {
+        return match (verb, ns) {
+            (Verb::Create, Some(ns)) if target.name.is_none() && target.sub.is_none() => {
+                match parse_body(&body).and_then(|b| rbac::review(state, ns, b)) {
+                    Ok(v) => json_response(201, &v),
+                    Err(e) => error_response(&e),
+                }
+            }
+            _ => error_response(&method_not_allowed(method)),
+        };
+    }
     let result: Result<Value, ApiError> = match verb {
         Verb::Create if target.sub.as_deref() == Some("token") => {
             return match tokens::token_request(state, ns.unwrap_or(""), name, &body) {

@@ -520,7 +520,8 @@ async fn label_selectors_field_selectors_and_pagination_filter_lists() {
 async fn every_simulated_resource_supports_create_get_list_and_delete() {
     let sim = KubeSim::new();
     let client = sim.client();
-    for def in resources::all() {
+    // Reviews are answered, never stored (faults_and_rbac.rs tests them).
+    for def in resources::all().iter().filter(|d| !d.review) {
         let ar = ApiResource {
             group: def.group.into(),
             version: def.version.into(),

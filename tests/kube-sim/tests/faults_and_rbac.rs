@@ -313,3 +313,106 @@ async fn cluster_role_bindings_grant_across_namespaces() {
         403
     );
 }
+
+/// A LocalSubjectAccessReview as the agent posts one.
+fn review(ns: &str, user: &str, groups: &[&str], verb: &str, resource: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "LocalSubjectAccessReview",
+        "metadata": {"namespace": ns},
+        "spec": {
+            "user": user,
+            "groups": groups,
+            "resourceAttributes": {
+                "namespace": ns, "verb": verb, "group": "batch", "resource": resource,
+            },
+        },
+    })
+}
+
+#[tokio::test]
+async fn a_local_subject_access_review_answers_from_rbac_for_the_user_and_its_groups() {
+    use k8s_openapi::api::authorization::v1::LocalSubjectAccessReview;
+    let sim = KubeSim::new();
+    sim.ensure_namespace("app");
+    sim.create(
+        &serde_json::from_value::<Role>(json!({
+            "metadata": {"name": "jobs", "namespace": "app"},
+            "rules": [{"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["create"]}],
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    sim.create(
+        &serde_json::from_value::<RoleBinding>(json!({
+            "metadata": {"name": "jobs", "namespace": "app"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "jobs"},
+            "subjects": [
+                {"kind": "ServiceAccount", "name": "ops", "namespace": "app"},
+                {"kind": "Group", "name": "team-a"},
+            ],
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    sim.enforce_rbac(true);
+    let api: Api<LocalSubjectAccessReview> = Api::namespaced(sim.client(), "app");
+    let ask = |v: serde_json::Value| {
+        let api = api.clone();
+        async move {
+            api.create(&PostParams::default(), &serde_json::from_value(v).unwrap())
+                .await
+                .map(|r| r.status.unwrap().allowed)
+        }
+    };
+    let ops = "system:serviceaccount:app:ops";
+    assert!(
+        ask(review("app", ops, &[], "create", "jobs"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !ask(review("app", ops, &[], "delete", "jobs"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !ask(review("app", "alice", &[], "create", "jobs"))
+            .await
+            .unwrap()
+    );
+    // The groups the review names count, as the API server's do.
+    assert!(
+        ask(review("app", "alice", &["team-a"], "create", "jobs"))
+            .await
+            .unwrap()
+    );
+    // Another namespace: no binding there.
+    sim.ensure_namespace("web");
+    let web: Api<LocalSubjectAccessReview> = Api::namespaced(sim.client(), "web");
+    let answer = web
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(review("web", ops, &[], "create", "jobs")).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert!(!answer.status.unwrap().allowed);
+    // The review's namespace must be the one it is posted in; reviews are never stored.
+    let e = ask(review("web", ops, &[], "create", "jobs"))
+        .await
+        .unwrap_err();
+    assert_eq!(code(e), 400);
+    assert_eq!(code(api.get("anything").await.unwrap_err()), 405);
+    // Who may post a review is RBAC's business too.
+    let anon: Api<LocalSubjectAccessReview> = Api::namespaced(sim.client_as("nobody"), "app");
+    sim.add_token("nobody", "system:serviceaccount:app:nobody");
+    let e = anon
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(review("app", ops, &[], "create", "jobs")).unwrap(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(e), 403);
+}

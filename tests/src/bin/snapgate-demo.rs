@@ -35,7 +35,7 @@ use kube::{
     runtime::{WatchStreamExt, watcher},
 };
 use snapgate_agent::{AgentConfig, link::Backoff, metrics::Metrics as AgentMetrics};
-use snapgate_agent_core::plan::PlanConfig;
+use snapgate_agent_core::{plan::PlanConfig, review::SourceAuthors};
 use snapgate_kube_sim::{JobBehaviour, KubeSim, PodOutcome};
 use snapgate_proto::v1;
 use snapgate_scheduler::{
@@ -134,7 +134,11 @@ async fn main() -> anyhow::Result<()> {
             scheduler: url.clone(),
             agent_id: "demo-agent".into(),
             namespaces: vec![NS.into()],
-            plan: PlanConfig::default(),
+            // The demo's scheduler runs without authentication: sources have no author.
+            plan: PlanConfig {
+                source_authors: SourceAuthors::Trust,
+                ..PlanConfig::default()
+            },
             backoff: Backoff::default(),
             retry_after: Duration::from_secs(1),
             metrics: AgentMetrics::new(),
