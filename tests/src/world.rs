@@ -27,7 +27,7 @@ use snapgate_proto::v1::{
 use snapgate_scheduler::{
     Config,
     audit::Audit,
-    auth::{Authenticator, IssuerConfig, JwksSource},
+    auth::Authenticator,
     clock::SystemClock,
     identity::{Authorizer, Policy},
     metrics::Metrics,
@@ -36,6 +36,8 @@ use snapgate_scheduler::{
 };
 use snapgate_sdk::client::AuthChannel;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+
+use crate::secure;
 
 pub const NS: &str = "app";
 /// The user of the agent's ServiceAccount token in the simulator.
@@ -75,75 +77,48 @@ pub struct World {
     _dir: tempfile::TempDir,
 }
 
-/// Authentication in a world: the scheduler checks callers' ServiceAccount tokens (audience
-/// `snapgate`) against the simulator's key set, as on a cluster.
+/// Authentication in a world: the scheduler checks callers' ServiceAccount tokens against the
+/// simulator's key set, as on a cluster (see [`crate::secure`]).
 #[derive(Clone, Debug)]
 struct Secured {
-    /// The simulator's key set, as a file.
-    jwks: std::path::PathBuf,
     /// The agent's token for the scheduler.
     agent_token: std::path::PathBuf,
 }
 
 impl Secured {
     fn new(sim: &KubeSim, dir: &std::path::Path) -> Self {
-        let jwks = dir.join("jwks.json");
-        std::fs::write(&jwks, sim.jwks().to_string()).unwrap();
-        let agent_token = dir.join("agent-token");
-        std::fs::write(
-            &agent_token,
-            sim.issue_token(
-                NS,
-                "snapgate-agent",
-                &["snapgate"],
-                Duration::from_secs(3600),
-            ),
-        )
-        .unwrap();
-        Self { jwks, agent_token }
+        Self {
+            agent_token: secure::write_token(sim, dir, (NS, "snapgate-agent")),
+        }
     }
 
     /// The scheduler's check of tokens, and who may do what: [`ADMIN`] everything, [`OPS`]
     /// the sources of [`NS`], `snapgate-agent` serves its namespace.
-    async fn scheduler(&self, sim: &KubeSim) -> (Authorizer, std::sync::Arc<Authenticator>) {
-        let authenticator = Authenticator::load(vec![IssuerConfig {
-            cluster: String::new(),
-            issuer: sim.issuer(),
-            audience: "snapgate".into(),
-            jwks: JwksSource::File(self.jwks.clone()),
-        }])
-        .await;
-        let subject = |(ns, sa): (&str, &str)| format!("system:serviceaccount:{ns}:{sa}");
+    async fn scheduler(
+        sim: &KubeSim,
+        dir: &std::path::Path,
+    ) -> (Authorizer, std::sync::Arc<Authenticator>) {
         let policy = Policy {
-            admins: [subject(ADMIN)].into(),
-            namespace_admins: [(subject(OPS), [NS.to_owned()].into())].into(),
+            admins: [secure::subject(ADMIN)].into(),
+            namespace_admins: [(secure::subject(OPS), [NS.to_owned()].into())].into(),
             agent_service_account: "snapgate-agent".into(),
             agent_namespaces: Default::default(),
         };
         (
             Authorizer::with_policy(policy, Audit::to_log()),
-            authenticator,
+            secure::authenticator(sim, dir).await,
         )
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        self.agent.abort();
-        if let Some(s) = &self.scheduler {
-            s.abort();
-        }
     }
 }
 
 async fn spawn_scheduler(
     dir: &std::path::Path,
     listener: TcpListener,
-    secured: Option<(&Secured, &KubeSim)>,
+    secured: Option<&KubeSim>,
 ) -> (JoinHandle<anyhow::Result<()>>, oneshot::Sender<()>) {
     let (authorizer, authenticator) = match secured {
-        Some((s, sim)) => {
-            let (authorizer, authenticator) = s.scheduler(sim).await;
+        Some(sim) => {
+            let (authorizer, authenticator) = Secured::scheduler(sim, dir).await;
             (authorizer, Some(authenticator))
         }
         None => (Authorizer::default(), None),
@@ -245,11 +220,6 @@ pub fn grant_author(sim: &KubeSim, who: (&str, &str), impersonate: Option<&str>)
     .unwrap();
 }
 
-/// A ServiceAccount token for the scheduler, signed by the simulator.
-fn token_of(sim: &KubeSim, (ns, sa): (&str, &str)) -> String {
-    sim.issue_token(ns, sa, &["snapgate"], Duration::from_secs(3600))
-}
-
 /// The plan settings of a world's agent; without authentication it trusts the scheduler.
 pub fn plan_config() -> PlanConfig {
     PlanConfig {
@@ -286,7 +256,11 @@ impl World {
         Self::start_inner(token, setup, true).await
     }
 
-    async fn start_inner(token: Option<&str>, setup: impl FnOnce(&KubeSim), secure: bool) -> Self {
+    async fn start_inner(
+        token: Option<&str>,
+        setup: impl FnOnce(&KubeSim),
+        authenticated: bool,
+    ) -> Self {
         let sim = KubeSim::new();
         if let Some(t) = token {
             sim.add_token(t, AGENT_USER);
@@ -301,14 +275,14 @@ impl World {
         .unwrap();
         setup(&sim);
         let dir = tempfile::tempdir().unwrap();
-        let secured = secure.then(|| Secured::new(&sim, dir.path()));
+        let secured = authenticated.then(|| Secured::new(&sim, dir.path()));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (scheduler, stop_scheduler) =
-            spawn_scheduler(dir.path(), listener, secured.as_ref().map(|s| (s, &sim))).await;
+            spawn_scheduler(dir.path(), listener, secured.as_ref().map(|_| &sim)).await;
         let mut sdk = snapgate_sdk::Client::builder(format!("http://{addr}"));
         if secured.is_some() {
-            sdk = sdk.token(token_of(&sim, ADMIN));
+            sdk = sdk.token_file(secure::write_token(&sim, dir.path(), ADMIN));
         }
         let sdk = sdk.connect().await.unwrap();
         let agent_client = match token {
@@ -342,7 +316,7 @@ impl World {
     pub async fn sources_as(&self, who: (&str, &str)) -> SourceServiceClient<AuthChannel> {
         assert!(self.secured.is_some(), "a world without authentication");
         snapgate_sdk::Client::builder(format!("http://{}", self.addr))
-            .token(token_of(&self.sim, who))
+            .token_file(secure::write_token(&self.sim, self._dir.path(), who))
             .connect()
             .await
             .unwrap()
@@ -362,7 +336,7 @@ impl World {
         let (task, stop) = spawn_scheduler(
             self._dir.path(),
             listener,
-            self.secured.as_ref().map(|s| (s, &self.sim)),
+            self.secured.as_ref().map(|_| &self.sim),
         )
         .await;
         self.scheduler = Some(task);

@@ -63,3 +63,70 @@ fn the_demo_prints_the_copy_trigger_timeline_and_the_movers_result() {
         "kubectl's kubeconfig"
     );
 }
+
+/// The grpcurl command the demo prints works as printed, with the operator's token, and the
+/// scheduler refuses the same call without it.
+#[test]
+fn the_demos_grpcurl_command_works_as_printed_and_only_with_its_token() {
+    use std::io::{BufRead as _, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_snapgate-demo"))
+        .args(["--runs", "0"])
+        .args([
+            "--kube-listen",
+            "127.0.0.1:0",
+            "--grpc-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut lines = BufReader::new(demo.stdout.take().unwrap()).lines();
+    let _demo = Kill(demo);
+    // The command spans two lines; the demo has applied its source once it says so.
+    let mut command = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(rest) = line.trim().strip_prefix("drive it:") {
+            command = rest.trim().trim_end_matches('\\').to_owned();
+        } else if !command.is_empty() && !command.contains("ListRuns") {
+            command.push(' ');
+            command.push_str(line.trim());
+        }
+        if line.contains("ops: applied source") {
+            break;
+        }
+    }
+    assert!(command.contains("authorization: Bearer"), "{command}");
+    let out = Command::new("sh").arg("-c").arg(&command).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("\"runs\""),
+        "{command}\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let anonymous = command.replace(
+        &command[command.find("-H").unwrap()..command.find("-d ").unwrap()],
+        "",
+    );
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(&anonymous)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{anonymous}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Unauthenticated"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -7,7 +7,12 @@
 //! ```
 //!
 //! The application writes all the time and, through the SDK's guard, pauses its writes from
-//! WaitingForTrigger to Completed of every copy. The demo prints what the PVC's annotations
+//! WaitingForTrigger to Completed of every copy.
+//!
+//! Secured as on a cluster: the simulated API server issues ServiceAccount tokens (written to
+//! `--dir`) and the scheduler checks every caller's against its key set. The operator is
+//! `snapgate/admin`, the application `demo/db-app`, the agent `demo/snapgate-agent`, and the
+//! agent reviews the source's author with the API server before it acts. The demo prints what the PVC's annotations
 //! say (read by a watch, as `kubectl get pvc -w` would), what the application does, and how
 //! each run ends. `kubectl --kubeconfig <dir>/kubeconfig -n demo get pvc data -w` shows the same.
 
@@ -34,12 +39,21 @@ use kube::{
     config::{KubeConfigOptions, Kubeconfig},
     runtime::{WatchStreamExt, watcher},
 };
-use snapgate_agent::{AgentConfig, link::Backoff, metrics::Metrics as AgentMetrics};
-use snapgate_agent_core::{plan::PlanConfig, review::SourceAuthors};
+use snapgate_agent::{
+    AgentConfig, SchedulerAccess, link::Backoff, metrics::Metrics as AgentMetrics,
+};
+use snapgate_agent_core::plan::PlanConfig;
+use snapgate_e2e::secure;
 use snapgate_kube_sim::{JobBehaviour, KubeSim, PodOutcome};
 use snapgate_proto::v1;
 use snapgate_scheduler::{
-    Config, clock::SystemClock, identity::Authorizer, metrics::Metrics, serve, store::RedbStore,
+    Config,
+    audit::Audit,
+    clock::SystemClock,
+    identity::{Authorizer, Policy},
+    metrics::Metrics,
+    serve,
+    store::RedbStore,
 };
 use snapgate_sdk::{Client, Error, GuardOptions};
 use tokio::sync::{Mutex, RwLock};
@@ -51,6 +65,12 @@ const STATUS: &str = "volsync.backube/latest-copy-status";
 const LATEST: &str = "volsync.backube/latest-copy-trigger";
 const TRIGGER: &str = "volsync.backube/copy-trigger";
 const SINCE: &str = "volsync.backube/latest-copy-trigger-waiting-since";
+/// The operator, an admin of the scheduler.
+const OPS: (&str, &str) = ("snapgate", "admin");
+/// The application.
+const APP: (&str, &str) = (NS, "db-app");
+/// The agent of the namespace.
+const AGENT: (&str, &str) = (NS, "snapgate-agent");
 
 /// snapgate demo: scheduler, agent, simulated cluster and an application, on loopback.
 #[derive(Debug, Parser)]
@@ -113,35 +133,46 @@ async fn main() -> anyhow::Result<()> {
     )?;
     cluster_objects(&client).await?;
 
-    // The scheduler.
+    // Every caller's ServiceAccount token, as projected into its pod.
+    let ops_token = secure::write_token(&sim, &args.dir, OPS);
+    let app_token = secure::write_token(&sim, &args.dir, APP);
+    let agent_token = secure::write_token(&sim, &args.dir, AGENT);
+
+    // The scheduler: tokens checked against the simulator's key set.
     let listener = snapgate_scheduler::bind(args.grpc_listen.parse()?, "--grpc-listen").await?;
     let grpc_addr = listener.local_addr()?;
+    let policy = Policy {
+        admins: [secure::subject(OPS)].into(),
+        agent_service_account: AGENT.1.into(),
+        ..Policy::default()
+    };
     let config = Config {
         store: Box::new(RedbStore::open(&store_dir)?),
         clock: Arc::new(SystemClock),
         metrics: Metrics::new(),
-        authorizer: Authorizer::default(),
-        authenticator: None,
+        authorizer: Authorizer::with_policy(policy, Audit::to_log()),
+        authenticator: Some(secure::authenticator(&sim, &args.dir).await),
         rate: (0, 0),
         lease_policy: Default::default(),
     };
     let scheduler = tokio::spawn(serve(config, listener, std::future::pending()));
     let url = format!("http://{grpc_addr}");
 
-    // The agent, talking to the served API server with the kubeconfig, as in a cluster.
-    let agent = tokio::spawn(snapgate_agent::run(
+    // The agent, talking to the served API server with the kubeconfig, as in a cluster, and
+    // to the scheduler with its token; it reviews the source's author before it acts.
+    let agent = tokio::spawn(snapgate_agent::run_with(
         AgentConfig {
             scheduler: url.clone(),
             agent_id: "demo-agent".into(),
             namespaces: vec![NS.into()],
-            // The demo's scheduler runs without authentication: sources have no author.
-            plan: PlanConfig {
-                source_authors: SourceAuthors::Trust,
-                ..PlanConfig::default()
-            },
+            plan: PlanConfig::default(),
             backoff: Backoff::default(),
             retry_after: Duration::from_secs(1),
             metrics: AgentMetrics::new(),
+        },
+        SchedulerAccess {
+            token_file: Some(agent_token.clone()),
+            ..SchedulerAccess::default()
         },
         client.clone(),
     ));
@@ -154,11 +185,25 @@ async fn main() -> anyhow::Result<()> {
         kubeconfig.display()
     );
     println!(
-        "  drive it:             grpcurl -plaintext {grpc_addr} snapgate.v1.SourceService/ListRuns -d '{{\"namespace\":\"{NS}\",\"name\":\"db\"}}'"
+        "  drive it:             grpcurl -plaintext -H \"authorization: Bearer $(cat {})\" \\\n                          -d '{{\"namespace\":\"{NS}\",\"name\":\"db\"}}' {grpc_addr} snapgate.v1.SourceService/ListRuns",
+        ops_token.display()
+    );
+    println!(
+        "  ServiceAccount tokens (audience snapgate, checked by the scheduler):\n                          {} (operator, admin)\n                          {} (application)\n                          {} (agent)",
+        ops_token.display(),
+        app_token.display(),
+        agent_token.display(),
     );
     println!();
 
-    let sdk = Client::connect(url.clone()).await?;
+    let sdk = Client::builder(url.clone())
+        .token_file(&ops_token)
+        .connect()
+        .await?;
+    let app_sdk = Client::builder(url.clone())
+        .token_file(&app_token)
+        .connect()
+        .await?;
     sdk.sources()
         .apply_source(v1::ApplySourceRequest {
             namespace: NS.into(),
@@ -183,7 +228,7 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let pvc_watch = tokio::spawn(print_pvc_timeline(client.clone(), start));
-    let app = tokio::spawn(application(sdk.clone(), start));
+    let app = tokio::spawn(application(app_sdk, start));
     let done = print_runs(sdk, start, args.runs);
     tokio::select! {
         r = done => r?,
