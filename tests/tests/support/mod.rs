@@ -206,15 +206,8 @@ impl Cluster {
         sim.serve("127.0.0.1:0").await.unwrap();
         sim.write_kubeconfig(&kubeconfig, snapgate_kube_sim::ADMIN_TOKEN)
             .unwrap();
-        let token = |ns: &str, sa: &str| {
-            let path = dir.path().join(format!("token-{ns}-{sa}"));
-            std::fs::write(
-                &path,
-                sim.issue_token(ns, sa, &["snapgate"], Duration::from_secs(3600)),
-            )
-            .unwrap();
-            path
-        };
+        let token =
+            |ns: &str, sa: &str| snapgate_e2e::secure::write_token(&sim, dir.path(), (ns, sa));
         let secure = Secure {
             scheduler_args: vec![
                 "--auth-jwks".into(),
