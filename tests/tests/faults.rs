@@ -108,6 +108,35 @@ async fn a_missing_secret_is_a_clear_status_and_the_run_goes_on_once_it_exists()
 }
 
 #[tokio::test]
+async fn a_secret_without_a_key_its_mover_needs_is_named_and_the_run_goes_on_once_it_has_it() {
+    let mut w = World::start().await;
+    w.sim
+        .create(&secret("rclone-secret", &["RCLONE_CONFIG_PASS"]))
+        .unwrap();
+    w.create_pvc(false);
+    w.apply(SOURCE, rclone_spec(CopyMethod::Direct)).await;
+    let msg = eventually_async!("the missing key on the source", {
+        let m = condition_message(&mut w).await;
+        m.contains("SecretKeyMissing").then_some(m)
+    });
+    assert!(
+        msg.contains("Secret app/rclone-secret has no key \"rclone.conf\""),
+        "names the Secret and the key: {msg}"
+    );
+    let run = w.runs(SOURCE).await.remove(0);
+    assert!(run.message.contains("rclone.conf"), "{}", run.message);
+    assert!(w.jobs().is_empty(), "no Job whose pod could not start");
+    // Fixed: the agent reads the Secret again and the run goes on.
+    w.sim
+        .delete::<k8s_openapi::api::core::v1::Secret>(Some(NS), "rclone-secret")
+        .unwrap();
+    w.sim
+        .create(&secret("rclone-secret", &["rclone.conf"]))
+        .unwrap();
+    w.wait_successful_runs(SOURCE, 1).await;
+}
+
+#[tokio::test]
 async fn a_missing_source_pvc_is_a_clear_status_and_the_run_starts_once_it_exists() {
     let mut w = World::start().await;
     w.apply(

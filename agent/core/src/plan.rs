@@ -118,6 +118,39 @@ pub fn object_names(directive: &v1::Directive) -> ObjectNames {
     }
 }
 
+/// The keys each of a source's Secrets must hold before its mover Job is made, as VolSync
+/// checks them up front: without one the Job's pod would wait in CreateContainerConfigError
+/// (a key its env names) or the mover would fail at once (a file it reads). `(secret, key)`
+/// pairs, in the order they are checked. A customCA from a ConfigMap is not checked (the
+/// agent may not read ConfigMaps).
+pub fn required_secret_keys(spec: &v1::SourceSpec) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut need = |secret: &str, keys: &[&str]| {
+        if !secret.is_empty() {
+            out.extend(keys.iter().map(|k| (secret.to_owned(), (*k).to_owned())));
+        }
+    };
+    let ca = |ca: &Option<v1::CustomCa>| {
+        ca.as_ref()
+            .filter(|c| !c.secret_name.is_empty() && !c.key.is_empty())
+            .map(|c| (c.secret_name.clone(), c.key.clone()))
+    };
+    match MoverSpec::of(spec) {
+        Ok(MoverSpec::Restic(r)) => {
+            need(&r.repository, &["RESTIC_REPOSITORY", "RESTIC_PASSWORD"]);
+            out.extend(ca(&r.custom_ca));
+        }
+        Ok(MoverSpec::Rclone(r)) => {
+            need(&r.rclone_config, &["rclone.conf"]);
+            out.extend(ca(&r.custom_ca));
+        }
+        Ok(MoverSpec::Rsync(r)) => need(&r.ssh_keys, &["source", "source.pub", "destination.pub"]),
+        Ok(MoverSpec::RsyncTls(r)) => need(&r.key_secret, &["psk.txt"]),
+        Err(_) => {}
+    }
+    out
+}
+
 /// The Secrets a source's mover needs before its Job can run.
 pub fn required_secrets(spec: &v1::SourceSpec) -> Vec<String> {
     let mut out = Vec::new();
@@ -1014,6 +1047,23 @@ impl Ctx<'_> {
                 "SecretNotFound",
                 format!(
                     "Secret {}/{missing} (named by the source's {} settings) not found",
+                    self.run.namespace,
+                    self.mover.mover().as_str()
+                ),
+                true,
+            )));
+            return Ok(out);
+        }
+        // Every key the mover needs: a missing one is said at once, naming the Secret and the
+        // key, and the run waits (the Secrets are read again) until it is there.
+        if let Some((secret, key)) = required_secret_keys(self.spec)
+            .into_iter()
+            .find(|(secret, key)| secrets.get(secret).is_none_or(|keys| !keys.contains(key)))
+        {
+            out.push(Action::Report(error(
+                "SecretKeyMissing",
+                format!(
+                    "Secret {}/{secret} has no key {key:?}, which the {} mover needs",
                     self.run.namespace,
                     self.mover.mover().as_str()
                 ),
@@ -2140,6 +2190,124 @@ mod tests {
         assert_eq!(kinds(&a), ["Report AgentError"]);
     }
 
+    /// The restic repository Secret `repo` with the keys the mover needs.
+    fn restic_secrets() -> BTreeMap<String, BTreeSet<String>> {
+        BTreeMap::from([(
+            "repo".to_owned(),
+            BTreeSet::from(["RESTIC_REPOSITORY".to_owned(), "RESTIC_PASSWORD".to_owned()]),
+        )])
+    }
+
+    #[test]
+    fn every_key_a_mover_needs_is_checked_before_its_job_and_a_missing_one_is_named() {
+        let ca = |secret: &str| {
+            Some(v1::CustomCa {
+                secret_name: secret.into(),
+                key: "ca.crt".into(),
+                ..Default::default()
+            })
+        };
+        let keys = |s: &[&str]| s.iter().map(|k| (*k).to_owned()).collect::<BTreeSet<_>>();
+        let mut restic = directive(DirectivePhase::Transfer, v1::CopyMethod::Direct);
+        if let Some(r) = restic.spec.as_mut().and_then(|s| s.restic.as_mut()) {
+            r.custom_ca = ca("tls");
+        }
+        let mut rclone = restic.clone();
+        rclone.spec = Some(v1::SourceSpec {
+            source_pvc: "data".into(),
+            rclone: Some(v1::ReplicationSourceRcloneSpec {
+                copy_method: v1::CopyMethod::Direct as i32,
+                rclone_config: "rc".into(),
+                rclone_config_section: "s3".into(),
+                rclone_dest_path: "b/p".into(),
+                custom_ca: ca("rc"),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let mut rsync = restic.clone();
+        rsync.spec = Some(v1::SourceSpec {
+            source_pvc: "data".into(),
+            rsync: Some(v1::ReplicationSourceRsyncSpec {
+                copy_method: v1::CopyMethod::Direct as i32,
+                ssh_keys: "ssh".into(),
+                address: "dest.example".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let mut rsync_tls = restic.clone();
+        rsync_tls.spec = Some(v1::SourceSpec {
+            source_pvc: "data".into(),
+            rsync_tls: Some(v1::ReplicationSourceRsyncTlsSpec {
+                copy_method: v1::CopyMethod::Direct as i32,
+                key_secret: "psk".into(),
+                address: "dest.example".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let cases: [(&v1::Directive, BTreeMap<String, BTreeSet<String>>); 4] = [
+            (
+                &restic,
+                BTreeMap::from([
+                    (
+                        "repo".into(),
+                        keys(&["RESTIC_REPOSITORY", "RESTIC_PASSWORD"]),
+                    ),
+                    ("tls".into(), keys(&["ca.crt"])),
+                ]),
+            ),
+            (
+                &rclone,
+                BTreeMap::from([("rc".into(), keys(&["rclone.conf", "ca.crt"]))]),
+            ),
+            (
+                &rsync,
+                BTreeMap::from([(
+                    "ssh".into(),
+                    keys(&["source", "source.pub", "destination.pub"]),
+                )]),
+            ),
+            (
+                &rsync_tls,
+                BTreeMap::from([("psk".into(), keys(&["psk.txt"]))]),
+            ),
+        ];
+        let source = pvc("data", &[], None);
+        let cache = pvc("volsync-src-db-cache", &[], None);
+        for (d, complete) in cases {
+            let mut s = seen(Some(&source));
+            s.cache_pvc = Some(&cache);
+            s.secrets = Some(&complete);
+            let a = plan(d, &s, &PlanConfig::default()).unwrap();
+            assert!(
+                matches!(a.first(), Some(Action::CreateJob(_))),
+                "{:?}",
+                kinds(&a)
+            );
+            // Each key missing in turn: no Job, the Secret and the key named, the run waits.
+            for (secret, key) in complete
+                .iter()
+                .flat_map(|(s, ks)| ks.iter().map(move |k| (s.clone(), k.clone())))
+            {
+                let mut less = complete.clone();
+                less.get_mut(&secret).unwrap().remove(&key);
+                let mut s = s;
+                s.secrets = Some(&less);
+                let a = plan(d, &s, &PlanConfig::default()).unwrap();
+                let e = only_error(&a);
+                assert_eq!((e.reason.as_str(), e.retryable), ("SecretKeyMissing", true));
+                assert!(
+                    e.message
+                        .contains(&format!("Secret app/{secret} has no key {key:?}")),
+                    "{}",
+                    e.message
+                );
+            }
+        }
+    }
+
     fn only_error(actions: &[Action]) -> &v1::AgentError {
         match actions {
             [Action::Report(Observation::Error(e))] => e,
@@ -2152,7 +2320,7 @@ mod tests {
         let d = directive(DirectivePhase::Transfer, v1::CopyMethod::Direct);
         let source = pvc("data", &[], None);
         let cache = pvc("volsync-src-db-cache", &[], None);
-        let secrets = BTreeMap::from([("repo".to_owned(), BTreeSet::new())]);
+        let secrets = restic_secrets();
         let mut s = seen(Some(&source));
         s.cache_pvc = Some(&cache);
         s.secrets = Some(&secrets);
