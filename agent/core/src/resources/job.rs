@@ -247,7 +247,11 @@ pub fn mover_job(input: &MoverJobInput<'_>) -> Result<Job, SpecError> {
         &format!("{}.moverSecurityContext", o.prefix),
         "PodSecurityContext",
         o.mover_security_context,
-    )?;
+    )?
+    // rsync over ssh runs as root (see `container_security`): a pod security context such as
+    // `runAsNonRoot: true` would make the kubelet refuse its container, so, as VolSync does,
+    // it is never applied there (still checked, so a typo is not silently kept).
+    .filter(|_| mover != Mover::Rsync);
 
     let job_name = names::job_name(mover, input.run.source);
     let labels = names::temporary_labels(input.run.source, input.run.run_id);

@@ -697,6 +697,29 @@ fn block_volumes_are_attached_as_dev_block_for_rsync_movers_and_refused_by_the_o
 }
 
 #[test]
+fn rsync_over_ssh_runs_as_root_whatever_mover_security_context_says() {
+    let context = || {
+        Some(to_struct(json!({
+            "runAsUser": 1000, "runAsNonRoot": true, "fsGroup": 1000,
+        })))
+    };
+    let job = Case::new(rsync_spec(|r| r.mover_security_context = context())).json();
+    let pod = &job["spec"]["template"]["spec"];
+    assert_eq!(pod.get("securityContext"), None, "{pod:#}");
+    assert_eq!(container(&job)["securityContext"]["runAsUser"], json!(0));
+    // The other movers apply it.
+    let job = Case::new(rsync_tls_spec(|r| r.mover_security_context = context())).json();
+    assert_eq!(
+        job["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"],
+        json!(true)
+    );
+    // A context that is not one is still refused, as for every mover.
+    let bad =
+        rsync_spec(|r| r.mover_security_context = Some(to_struct(json!({"runAsUser": "root"}))));
+    assert!(Case::new(bad).build().is_err());
+}
+
+#[test]
 fn mover_config_security_context_resources_affinity_labels_and_service_account_are_honoured() {
     let spec = rclone_spec(|r| {
         r.mover_security_context = Some(to_struct(json!({
