@@ -62,7 +62,10 @@ pub enum ClusterError {
     /// 403: the agent's RBAC does not allow it.
     #[error("forbidden: {0}")]
     Forbidden(String),
-    /// 409 Conflict, 429, 5xx, transport errors: try again later.
+    /// 409 Conflict (another writer changed the object): try again later.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// 429, 5xx, transport errors: try again later.
     #[error("transient: {0}")]
     Transient(String),
     /// Anything else (422 and the like): the request itself is wrong.
@@ -77,13 +80,32 @@ impl From<kube::Error> for ClusterError {
                 (404, _) => Self::NotFound(s.message.clone()),
                 (409, "AlreadyExists") => Self::AlreadyExists(s.message.clone()),
                 (403, _) => Self::Forbidden(s.message.clone()),
-                (409 | 429, _) | (500..=599, _) => {
-                    Self::Transient(format!("{} {}", s.code, s.message))
-                }
+                (409, _) => Self::Conflict(s.message.clone()),
+                (429, _) | (500..=599, _) => Self::Transient(format!("{} {}", s.code, s.message)),
                 _ => Self::Refused(format!("{} {}: {}", s.code, s.reason, s.message)),
             },
             _ => Self::Transient(e.to_string()),
         }
+    }
+}
+
+impl ClusterError {
+    /// The class of the failure, as the metric labels it.
+    pub fn class(&self) -> &'static str {
+        match self {
+            Self::NotFound(_) => "not_found",
+            Self::AlreadyExists(_) => "already_exists",
+            Self::Forbidden(_) => "forbidden",
+            Self::Conflict(_) => "conflict",
+            Self::Transient(_) => "transient",
+            Self::Refused(_) => "invalid",
+        }
+    }
+
+    /// Whether trying again can help without anyone acting: a forbidden or invalid request
+    /// fails the same way until the RBAC or the object is fixed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Conflict(_) | Self::Transient(_))
     }
 }
 

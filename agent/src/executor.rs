@@ -254,6 +254,47 @@ impl Held {
     }
 }
 
+/// The Kubernetes API call an action makes, as failures are logged, counted and reported.
+struct ApiCall {
+    verb: &'static str,
+    resource: &'static str,
+    name: String,
+}
+
+impl ApiCall {
+    fn new(verb: &'static str, resource: &'static str, name: &str) -> Self {
+        Self {
+            verb,
+            resource,
+            name: name.to_owned(),
+        }
+    }
+
+    fn of(action: &Action) -> Self {
+        let named =
+            |verb, resource, meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+                Self::new(verb, resource, meta.name.as_deref().unwrap_or_default())
+            };
+        match action {
+            Action::PatchPvc { name, .. } => Self::new("patch", "persistentvolumeclaims", name),
+            Action::CreateSnapshot(o) => named("create", "volumesnapshots", &o.metadata),
+            Action::CreatePvc(o) => named("create", "persistentvolumeclaims", &o.metadata),
+            Action::CreateJob(o) => named("create", "jobs", &o.metadata),
+            Action::PatchJob { name, .. } => Self::new("patch", "jobs", name),
+            Action::DeleteSnapshot(name) => Self::new("delete", "volumesnapshots", name),
+            Action::DeletePvc(name) => Self::new("delete", "persistentvolumeclaims", name),
+            Action::DeleteJob(name) => Self::new("delete", "jobs", name),
+            Action::ReadSecrets(names) => Self::new("get", "secrets", &names.join(",")),
+            Action::Event(e) => named("create", "events", &e.metadata),
+            Action::ReportMover { job, .. } => Self::new("list", "pods", job),
+            Action::ReviewAuthor(_) => Self::new("create", "localsubjectaccessreviews", ""),
+            Action::Report(_) | Action::RequestLease | Action::WakeAt(_) => {
+                Self::new("none", "none", "")
+            }
+        }
+    }
+}
+
 /// Every temporary object of `source` in `ns` (by its cleanup label), from the caches.
 fn temporaries_of(
     pvcs: &Cache<PersistentVolumeClaim>,
@@ -558,7 +599,8 @@ impl Executor {
                         }
                     }
                     Err(e) => {
-                        self.retry(id, &e);
+                        self.failed(id, &ns, &ApiCall::new("get", "namespaces", &ns), &e)
+                            .await;
                         return;
                     }
                 }
@@ -609,10 +651,11 @@ impl Executor {
             };
             let mut wrote = false;
             for action in actions {
+                let call = ApiCall::of(&action);
                 match self.apply(id, &ns, action).await {
                     Ok(w) => wrote |= w,
                     Err(e) => {
-                        self.retry(id, &e);
+                        self.failed(id, &ns, &call, &e).await;
                         return;
                     }
                 }
@@ -623,9 +666,46 @@ impl Executor {
         }
     }
 
-    fn retry(&mut self, id: &str, e: &ClusterError) {
-        warn!(run = id, error = %e, "action failed; retrying");
-        self.metrics.api_errors.inc();
+    /// A Kubernetes API call failed: counted, logged and tried again after `retry_after`. One
+    /// that fails the same way until someone acts (forbidden: the agent's RBAC; invalid: the
+    /// request) is also reported on the run, so that the source says why it does not go on.
+    async fn failed(&mut self, id: &str, ns: &str, call: &ApiCall, e: &ClusterError) {
+        warn!(
+            run = id,
+            verb = call.verb,
+            resource = call.resource,
+            name = call.name,
+            class = e.class(),
+            error = %e,
+            "API call failed; retrying"
+        );
+        self.metrics.api_error(call.verb, call.resource, e.class());
+        let reason = match e {
+            ClusterError::Forbidden(_) => Some("ApiForbidden"),
+            ClusterError::Refused(_) => Some("ApiInvalid"),
+            _ => None,
+        };
+        if let Some(reason) = reason {
+            let hint = match e {
+                ClusterError::Forbidden(_) => format!(
+                    "; grant the agent's Role {} on {} (as deploy/agent's does)",
+                    call.verb, call.resource
+                ),
+                _ => String::new(),
+            };
+            let message = format!(
+                "{} {} {:?} in namespace {ns} failed: {e}{hint}; tried again every {}s",
+                call.verb,
+                call.resource,
+                call.name,
+                self.retry_after.as_secs().max(1)
+            );
+            self.report(
+                id,
+                Observation::Error(bounds::agent_error(reason, &message, true)),
+            )
+            .await;
+        }
         if let Some(h) = self.runs.get_mut(id) {
             h.wake(Instant::now() + self.retry_after);
         }
@@ -713,7 +793,7 @@ impl Executor {
                         }
                         Err(e) => {
                             warn!(run = id, event = name, error = %e, "cannot record an Event");
-                            self.metrics.api_errors.inc();
+                            self.metrics.api_error("create", "events", e.class());
                         }
                     }
                 }
@@ -798,34 +878,15 @@ impl Executor {
                 Ok(false)
             }
             Action::ReviewAuthor(r) => {
-                let answer = match self.cluster.review_author(ns, &r).await {
-                    Ok(None) => {
+                let answer = match self.cluster.review_author(ns, &r).await? {
+                    None => {
                         info!(run = id, author = r.user, "author allowed");
                         Ok(())
                     }
-                    Ok(Some(why)) => {
+                    Some(why) => {
                         warn!(run = id, author = r.user, why = %why, "author refused");
                         Err(why)
                     }
-                    Err(ClusterError::Forbidden(message)) => {
-                        // The agent's own Role lacks the review: said on the run, where the
-                        // user looks, and asked again later.
-                        let error = bounds::agent_error(
-                            "ReviewForbidden",
-                            &format!(
-                                "the agent may not ask the API server about the source's \
-                                 author: grant it create on localsubjectaccessreviews in \
-                                 namespace {ns}, as deploy/agent's Role does ({message})"
-                            ),
-                            true,
-                        );
-                        self.report(id, Observation::Error(error)).await;
-                        if let Some(held) = self.runs.get_mut(id) {
-                            held.wake(Instant::now() + self.retry_after);
-                        }
-                        return Ok(false);
-                    }
-                    Err(e) => return Err(e),
                 };
                 if let Some(held) = self.runs.get_mut(id) {
                     held.review = Some(answer);

@@ -16,14 +16,21 @@ struct KindLabel {
     kind: String,
 }
 
+/// A failed Kubernetes API call: what it was and how it failed.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ApiErrorLabels {
+    verb: String,
+    resource: String,
+    class: String,
+}
+
 /// The agent's metrics (cheap to clone; clones share the values).
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
     actions: Family<KindLabel, Counter>,
     reports: Family<KindLabel, Counter>,
-    /// Failed Kubernetes API calls (each is retried).
-    pub api_errors: Counter,
+    api_errors: Family<ApiErrorLabels, Counter>,
     /// 1 while the link to the scheduler is up.
     pub connected: Gauge<i64, AtomicI64>,
 }
@@ -46,7 +53,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("snapgate_agent");
         let actions = Family::<KindLabel, Counter>::default();
         let reports = Family::<KindLabel, Counter>::default();
-        let api_errors = Counter::default();
+        let api_errors = Family::<ApiErrorLabels, Counter>::default();
         let connected = Gauge::<i64, AtomicI64>::default();
         registry.register(
             "actions",
@@ -60,7 +67,7 @@ impl Metrics {
         );
         registry.register(
             "api_errors",
-            "Kubernetes API calls that failed and were retried",
+            "Kubernetes API calls that failed, by verb, resource and class (forbidden, invalid, conflict, transient, not_found, already_exists)",
             api_errors.clone(),
         );
         registry.register(
@@ -75,6 +82,17 @@ impl Metrics {
             api_errors,
             connected,
         }
+    }
+
+    /// Counts a failed Kubernetes API call.
+    pub fn api_error(&self, verb: &str, resource: &str, class: &str) {
+        self.api_errors
+            .get_or_create(&ApiErrorLabels {
+                verb: verb.into(),
+                resource: resource.into(),
+                class: class.into(),
+            })
+            .inc();
     }
 
     /// Counts an applied action.

@@ -237,12 +237,83 @@ async fn api_errors_are_retried_without_a_wrong_annotation_or_a_lost_report() {
         1,
         "one snapshot despite the retries"
     );
+    // Counted by verb, resource and class. (The 429 and 503 of Create are each one failed
+    // call; the PVC patch's faults may meet a status patch too, so at least their count.)
     let metrics = w.agent_metrics.encode();
-    assert!(
-        metrics.contains("snapgate_agent_api_errors_total 6")
-            || metrics.contains("snapgate_agent_api_errors_total 7"),
-        "the failed calls are counted: {metrics}"
+    let count = |labels: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("snapgate_agent_api_errors_total{{{labels}}}")))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        count(r#"verb="create",resource="volumesnapshots",class="transient""#),
+        2,
+        "{metrics}"
     );
+    assert_eq!(
+        count(r#"verb="create",resource="jobs",class="transient""#),
+        1,
+        "{metrics}"
+    );
+    assert!(
+        count(r#"verb="patch",resource="persistentvolumeclaims",class="transient""#) >= 2
+            && count(r#"verb="patch",resource="persistentvolumeclaims",class="conflict""#) >= 1,
+        "{metrics}"
+    );
+    // Transient failures are retried in silence: nothing about them on the run.
+    let run = w.runs(SOURCE).await.remove(0);
+    assert!(!run.message.contains("Api"), "{}", run.message);
+}
+
+#[tokio::test]
+async fn a_forbidden_or_invalid_api_call_is_said_on_the_run_and_the_run_goes_on_once_it_passes() {
+    let mut w = World::start().await;
+    w.sim
+        .create(&secret("rclone-secret", &["rclone.conf"]))
+        .unwrap();
+    // The Job's create is refused: first as a missing RBAC verb would be, then as an invalid
+    // object; each stays until the rule is used up, as until someone fixes it.
+    w.sim.faults().fail(
+        FaultRule::new(FaultKind::Status(403))
+            .verb(Verb::Create)
+            .resource("jobs")
+            .times(3),
+    );
+    w.create_pvc(false);
+    w.apply(SOURCE, rclone_spec(CopyMethod::Direct)).await;
+    let msg = eventually_async!("the forbidden create on the source", {
+        let m = condition_message(&mut w).await;
+        m.contains("ApiForbidden").then_some(m)
+    });
+    assert!(
+        msg.contains("create jobs \"volsync-rclone-src-db\" in namespace app failed")
+            && msg.contains("grant the agent's Role create on jobs"),
+        "{msg}"
+    );
+    let run = w.runs(SOURCE).await.remove(0);
+    assert!(run.message.contains("ApiForbidden"), "{}", run.message);
+    w.sim.faults().fail(
+        FaultRule::new(FaultKind::Status(422))
+            .verb(Verb::Create)
+            .resource("jobs")
+            .times(3),
+    );
+    eventually_async!("the invalid create on the source", {
+        let m = condition_message(&mut w).await;
+        m.contains("ApiInvalid").then_some(m)
+    });
+    w.wait_successful_runs(SOURCE, 1).await;
+    let metrics = w.agent_metrics.encode();
+    for class in ["forbidden", "invalid"] {
+        assert!(
+            metrics.contains(&format!(
+                "snapgate_agent_api_errors_total{{verb=\"create\",resource=\"jobs\",class=\"{class}\"}} 3"
+            )),
+            "{metrics}"
+        );
+    }
 }
 
 #[tokio::test]

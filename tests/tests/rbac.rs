@@ -312,7 +312,14 @@ async fn an_agent_whose_role_lacks_the_author_review_says_so_on_the_run_and_goes
             r.message.contains("localsubjectaccessreviews")
         })
         .await;
-    assert!(run.message.contains("ReviewForbidden"), "{}", run.message);
+    assert!(
+        run.message.contains("ApiForbidden")
+            && run
+                .message
+                .contains("grant the agent's Role create on localsubjectaccessreviews"),
+        "{}",
+        run.message
+    );
     assert!(!w.annotations().contains_key(STATUS), "nothing was done");
 
     // Granted: the same run goes on (the agent asks again) and waits for its trigger.
