@@ -11,7 +11,9 @@ use chrono::{DateTime, Utc};
 use snapgate_proto::v1::{self, SchedulerMessage, scheduler_message::Message as ToAgent};
 use snapgate_scheduler_core::{
     CoreError, Effect, LeaseAnswer, LeasePolicy, Quarantined, ReportOutcome, RunId, Scheduler,
-    SourceKey, Target, TriggerAccepted, schedule::Tz,
+    SourceKey, Target, TriggerAccepted,
+    presence::{self, Absence, NO_AGENT_GRACE},
+    schedule::Tz,
 };
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
@@ -221,6 +223,10 @@ pub(crate) struct Driver {
     metrics: Metrics,
     agents: HashMap<u64, AgentConn>,
     next_conn: u64,
+    /// The last agent that served each namespace no agent serves now, and when it left.
+    agents_left: HashMap<String, (String, DateTime<Utc>)>,
+    /// When this scheduler started: since then, a namespace never served has had no agent.
+    started: DateTime<Utc>,
     watchers: Vec<Watcher>,
     quarantined: Vec<Quarantined>,
     lease_policy: LeasePolicy,
@@ -240,6 +246,7 @@ impl Driver {
             .quarantined_records
             .set(i64::try_from(quarantined.len()).unwrap_or(i64::MAX));
         let (tx, rx) = mpsc::channel(1024);
+        let started = clock.now();
         Ok((
             Self {
                 core,
@@ -248,6 +255,8 @@ impl Driver {
                 metrics,
                 agents: HashMap::new(),
                 next_conn: 1,
+                agents_left: HashMap::new(),
+                started,
                 watchers: Vec::new(),
                 quarantined,
                 lease_policy,
@@ -259,6 +268,10 @@ impl Driver {
 
     /// Runs until every handle is dropped.
     pub(crate) async fn run(mut self) {
+        // No agent is connected yet: every namespace's sources are without one.
+        for (namespace, count) in self.core.sources_per_namespace() {
+            self.metrics.set_sources_without_agent(&namespace, count);
+        }
         // Catch up with whatever came due while we were down.
         let now = self.clock.now();
         self.core.handle_timeout(now);
@@ -449,7 +462,55 @@ impl Driver {
         if let Some(conn) = self.agents.remove(&id) {
             info!(agent = %conn.agent_id, namespaces = ?conn.namespaces, "agent disconnected");
             self.metrics.agents_connected.set(self.agents.len() as i64);
+            let now = self.clock.now();
+            for namespace in &conn.namespaces {
+                if self.absence(namespace).is_some() {
+                    self.agents_left
+                        .insert(namespace.clone(), (conn.agent_id.clone(), now));
+                    self.count_sources_without_agent(namespace);
+                }
+            }
         }
+    }
+
+    /// Since when no agent has served `namespace`, and the last one that did; `None` while
+    /// one does.
+    fn absence(&self, namespace: &str) -> Option<Absence> {
+        if self
+            .agents
+            .values()
+            .any(|a| a.namespaces.iter().any(|n| n == namespace))
+        {
+            return None;
+        }
+        let left = self.agents_left.get(namespace).cloned();
+        Some(Absence {
+            since: left.as_ref().map_or(self.started, |(_, at)| *at),
+            last_agent: left,
+        })
+    }
+
+    /// `source` as a reader sees it: with the `NoAgent` condition when no agent has served its
+    /// namespace for `grace` while a run is in flight.
+    fn with_presence(
+        &self,
+        mut source: v1::Source,
+        grace: chrono::Duration,
+        now: DateTime<Utc>,
+    ) -> v1::Source {
+        if let Some(absence) = self.absence(&source.namespace) {
+            presence::mark_source(&mut source, &absence, grace, now);
+        }
+        source
+    }
+
+    /// Updates `snapgate_sources_without_agent` for `namespace`.
+    fn count_sources_without_agent(&self, namespace: &str) {
+        let count = match self.absence(namespace) {
+            Some(_) => self.core.source_count(namespace),
+            None => 0,
+        };
+        self.metrics.set_sources_without_agent(namespace, count);
     }
 
     fn handle(&mut self, cmd: Command) {
@@ -462,13 +523,21 @@ impl Driver {
                 author,
                 reply,
             } => {
+                let namespace = key.namespace.clone();
+                // The caller is told at once when no agent serves the namespace.
                 let r = self
                     .core
-                    .apply_source_by(key, *spec, expected_version, author, now);
+                    .apply_source_by(key, *spec, expected_version, author, now)
+                    .map(|s| self.with_presence(s, chrono::Duration::zero(), now));
+                self.count_sources_without_agent(&namespace);
                 self.answer(reply, r);
             }
             Command::Get { key, reply } => {
-                let _ = reply.send(self.core.get_source(&key).map_err(Into::into));
+                let r = self
+                    .core
+                    .get_source(&key)
+                    .map(|s| self.with_presence(s, NO_AGENT_GRACE, now));
+                let _ = reply.send(r.map_err(Into::into));
             }
             Command::List {
                 namespace,
@@ -476,10 +545,14 @@ impl Driver {
                 limit,
                 reply,
             } => {
-                let page = self
-                    .core
-                    .list_sources(namespace.as_deref(), after.as_ref(), limit);
-                let _ = reply.send(Ok(page));
+                let (sources, next) =
+                    self.core
+                        .list_sources(namespace.as_deref(), after.as_ref(), limit);
+                let sources = sources
+                    .into_iter()
+                    .map(|s| self.with_presence(s, NO_AGENT_GRACE, now))
+                    .collect();
+                let _ = reply.send(Ok((sources, next)));
             }
             Command::Delete {
                 key,
@@ -487,6 +560,7 @@ impl Driver {
                 reply,
             } => {
                 let r = self.core.delete_source(&key, expected_version, now);
+                self.count_sources_without_agent(&key.namespace);
                 self.answer(reply, r);
             }
             Command::SyncNow {
@@ -507,7 +581,16 @@ impl Driver {
                 self.answer(reply, r);
             }
             Command::ListRuns { key, limit, reply } => {
-                let _ = reply.send(self.core.list_runs(&key, limit).map_err(Into::into));
+                let absence = self.absence(&key.namespace);
+                let r = self.core.list_runs(&key, limit).map(|mut runs| {
+                    if let Some(absence) = &absence {
+                        for run in &mut runs {
+                            presence::mark_run(run, absence, NO_AGENT_GRACE, now);
+                        }
+                    }
+                    runs
+                });
+                let _ = reply.send(r.map_err(Into::into));
             }
             Command::Preview {
                 key,
@@ -692,6 +775,12 @@ impl Driver {
                     },
                 );
                 self.metrics.agents_connected.set(self.agents.len() as i64);
+                if let Some(conn) = self.agents.get(&id) {
+                    for namespace in conn.namespaces.clone() {
+                        self.agents_left.remove(&namespace);
+                        self.count_sources_without_agent(&namespace);
+                    }
+                }
                 let _ = reply.send(Ok((id, rx)));
             }
             Command::AgentReport { conn, report } => {

@@ -46,6 +46,12 @@ fn histogram_seconds() -> Histogram {
     ])
 }
 
+/// A namespace.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NamespaceLabels {
+    namespace: String,
+}
+
 /// Every metric the scheduler exports.
 #[derive(Clone)]
 pub struct Metrics {
@@ -60,6 +66,7 @@ pub struct Metrics {
     runs: Family<ResultLabels, Counter>,
     /// Agents with a live link.
     pub agents_connected: Gauge,
+    sources_without_agent: Family<NamespaceLabels, Gauge>,
     /// Store commits that failed.
     pub store_errors: Counter,
     /// Stored records left out at start (see `ListQuarantined`).
@@ -75,6 +82,15 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Sets how many of `namespace`'s sources no connected agent serves.
+    pub fn set_sources_without_agent(&self, namespace: &str, count: usize) {
+        self.sources_without_agent
+            .get_or_create(&NamespaceLabels {
+                namespace: namespace.to_owned(),
+            })
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
     /// Registers every metric in a fresh registry.
     pub fn new() -> Self {
         let mut registry = Registry::default();
@@ -89,6 +105,7 @@ impl Metrics {
             lease_expirations: Family::default(),
             runs: Family::default(),
             agents_connected: Gauge::default(),
+            sources_without_agent: Family::default(),
             store_errors: Counter::default(),
             quarantined_records: Gauge::default(),
             watch_streams: Gauge::default(),
@@ -133,6 +150,11 @@ impl Metrics {
             "snapgate_agents_connected",
             "Agents with a live link to the scheduler",
             m.agents_connected.clone(),
+        );
+        registry.register(
+            "snapgate_sources_without_agent",
+            "Sources in a namespace that no connected agent serves (their runs cannot move)",
+            m.sources_without_agent.clone(),
         );
         registry.register(
             "snapgate_store_errors",

@@ -754,3 +754,136 @@ async fn a_lease_gated_copy_is_never_sent_to_an_agent_that_does_not_honour_lease
     drop((agent_tx, inbound, old_tx, old, new_tx, new));
     s.stop().await;
 }
+
+/// A clock the test sets: the driver reads it on every command.
+struct SetClock(std::sync::Mutex<chrono::DateTime<chrono::Utc>>);
+
+impl snapgate_scheduler::clock::Clock for SetClock {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        *self.0.lock().unwrap()
+    }
+}
+
+impl SetClock {
+    fn advance(&self, by: chrono::Duration) {
+        let mut t = self.0.lock().unwrap();
+        *t += by;
+    }
+}
+
+fn no_agent(source: &v1::Source) -> Option<String> {
+    source
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.r#type == "Synchronizing" && c.reason == "NoAgent")
+        .map(|c| c.message.clone())
+}
+
+/// The value of `snapgate_sources_without_agent` for `namespace`.
+fn without_agent(s: &Running, namespace: &str) -> Option<i64> {
+    let line = format!("snapgate_sources_without_agent{{namespace=\"{namespace}\"}} ");
+    s.metrics
+        .encode()
+        .lines()
+        .find_map(|l| l.strip_prefix(&line)?.parse().ok())
+}
+
+#[tokio::test]
+async fn a_source_whose_namespace_no_agent_serves_says_so_since_when_and_the_last_agent_seen() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = chrono::DateTime::parse_from_rfc3339("2026-03-02T10:00:00Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let clock = std::sync::Arc::new(SetClock(std::sync::Mutex::new(start)));
+    let s = Running::start_clocked(
+        Box::new(RedbStore::open(dir.path()).unwrap()),
+        clock.clone(),
+    )
+    .await;
+    let get = || async {
+        s.sources()
+            .get_source(v1::GetSourceRequest {
+                namespace: "apps".into(),
+                name: "db".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    let run_message = || async {
+        s.sources()
+            .list_runs(v1::ListRunsRequest {
+                namespace: "apps".into(),
+                name: "db".into(),
+                limit: 1,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .runs
+            .remove(0)
+            .message
+    };
+
+    // Applied with no agent anywhere: the answer says so at once (the CLI warns with it).
+    let applied = s
+        .sources()
+        .apply_source(v1::ApplySourceRequest {
+            namespace: "apps".into(),
+            name: "db".into(),
+            spec: Some(restic("data", "@daily")),
+            expected_version: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let said = no_agent(&applied).expect("the apply answer names the missing agent");
+    assert!(
+        said.starts_with("no agent serves namespace apps since 2026-03-02T10:00:00Z (none has connected since the scheduler started)"),
+        "{said}"
+    );
+    assert_eq!(without_agent(&s, "apps"), Some(1));
+    // Reads wait out the grace (an agent reconnecting after a restart is not reported)...
+    assert_eq!(no_agent(&get().await), None);
+    assert!(run_message().await.is_empty());
+    // ...and then say it, on the source and on the run in flight.
+    clock.advance(chrono::Duration::seconds(30));
+    assert!(no_agent(&get().await).is_some());
+    assert!(
+        run_message()
+            .await
+            .starts_with("no agent serves namespace apps")
+    );
+
+    // An agent connects: nothing is said any more, the count is 0.
+    let (tx, inbound) = agent_link(s.channel.clone(), "apps", true).await;
+    assert_eq!(no_agent(&get().await), None);
+    assert!(!run_message().await.contains("no agent"));
+    assert_eq!(without_agent(&s, "apps"), Some(0));
+
+    // It goes away: after the grace the source names it and when it left.
+    drop((tx, inbound));
+    s.until_gauge("snapgate_agents_connected", 0).await;
+    assert_eq!(without_agent(&s, "apps"), Some(1));
+    clock.advance(chrono::Duration::seconds(29));
+    assert_eq!(no_agent(&get().await), None, "within the grace");
+    clock.advance(chrono::Duration::seconds(1));
+    let said = no_agent(&get().await).unwrap();
+    assert!(
+        said.contains("since 2026-03-02T10:00:30Z (the last one, \"test-agent\", left at 2026-03-02T10:00:30Z)"),
+        "{said}"
+    );
+    let listed = s
+        .sources()
+        .list_sources(v1::ListSourcesRequest {
+            namespace: "apps".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(no_agent(&listed.sources[0]).is_some());
+    s.stop().await;
+}

@@ -66,8 +66,20 @@ async fn the_volsync_docs_restic_example_applies_unchanged_and_round_trips_throu
     let server = s.endpoint();
     let file = data("volsync-docs-restic.yaml");
 
-    let out = ok(&server, &["-n", "backups", "apply", "-f", &file]).await;
-    assert_eq!(out, "replicationsource backups/mydata-backup created\n");
+    let first = snapgate(&server, &["-n", "backups", "apply", "-f", &file]).await;
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    assert_eq!(
+        first.stdout,
+        "replicationsource backups/mydata-backup created\n"
+    );
+    // No agent serves the namespace here: its first run cannot move, and apply says so.
+    assert!(
+        first.stderr.contains(
+            "warning: replicationsource backups/mydata-backup: no agent serves namespace backups since"
+        ),
+        "{}",
+        first.stderr
+    );
     let again = ok(&server, &["-n", "backups", "apply", "-f", &file]).await;
     assert_eq!(again, "replicationsource backups/mydata-backup unchanged\n");
 

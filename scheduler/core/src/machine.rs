@@ -683,6 +683,28 @@ impl Scheduler {
         self.get_source(&key)
     }
 
+    /// How many sources (not being deleted) each namespace has.
+    pub fn sources_per_namespace(&self) -> BTreeMap<String, usize> {
+        let mut out = BTreeMap::new();
+        for (k, e) in &self.sources {
+            if !e.record.deleting {
+                *out.entry(k.namespace.clone()).or_default() += 1;
+            }
+        }
+        out
+    }
+
+    /// How many sources (not being deleted) `namespace` has: a range of the key order, not a
+    /// scan of every source.
+    pub fn source_count(&self, namespace: &str) -> usize {
+        let from = SourceKey::new(namespace, "");
+        self.sources
+            .range(from..)
+            .take_while(|(k, _)| k.namespace == namespace)
+            .filter(|(_, e)| !e.record.deleting)
+            .count()
+    }
+
     /// The source with its status.
     pub fn get_source(&self, key: &SourceKey) -> Result<v1::Source, CoreError> {
         match self.sources.get(key) {

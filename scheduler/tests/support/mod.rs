@@ -10,7 +10,7 @@ use snapgate_proto::v1::{
 };
 use snapgate_scheduler::{
     Config,
-    clock::SystemClock,
+    clock::{Clock, SystemClock},
     identity::Authorizer,
     metrics::Metrics,
     store::{RedbStore, Store},
@@ -41,13 +41,37 @@ impl Running {
         tls: bool,
         rate: (u32, u32),
     ) -> Self {
+        Self::start_full(
+            store,
+            authorizer,
+            authenticator,
+            tls,
+            rate,
+            Arc::new(SystemClock),
+        )
+        .await
+    }
+
+    /// As [`Running::start`], reading the time from `clock`.
+    pub async fn start_clocked(store: Box<dyn Store>, clock: Arc<dyn Clock>) -> Self {
+        Self::start_full(store, Authorizer::default(), None, false, (0, 0), clock).await
+    }
+
+    async fn start_full(
+        store: Box<dyn Store>,
+        authorizer: Authorizer,
+        authenticator: Option<Arc<snapgate_scheduler::auth::Authenticator>>,
+        tls: bool,
+        rate: (u32, u32),
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let metrics = Metrics::new();
         let config = Config {
             store,
-            clock: Arc::new(SystemClock),
+            clock,
             metrics: metrics.clone(),
             authorizer,
             authenticator,

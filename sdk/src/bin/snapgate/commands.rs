@@ -129,6 +129,14 @@ pub(crate) async fn apply(
         if output == Output::Table {
             println!("replicationsource {key} {verb}");
         }
+        // Its run cannot move without an agent in the namespace: said at once, on stderr.
+        if let Some(c) = source.status.as_ref().and_then(|st| {
+            st.conditions
+                .iter()
+                .find(|c| c.r#type == "Synchronizing" && c.reason == "NoAgent")
+        }) {
+            eprintln!("warning: replicationsource {key}: {}", c.message);
+        }
         applied.push(as_json::source(&source));
     }
     if output != Output::Table {
