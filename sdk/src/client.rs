@@ -1,6 +1,7 @@
-//! The connection to the scheduler: plain HTTP/2 or TLS, with an optional bearer token sent on
-//! every call: a fixed one, or one read from a file and re-read whenever the file changes
-//! (projected ServiceAccount tokens rotate).
+//! The connection to the scheduler: plain HTTP/2 or TLS (optionally presenting a client
+//! certificate, for a scheduler with `--client-ca`), with an optional bearer token sent on every
+//! call: a fixed one, or one read from a file and re-read whenever the file changes (projected
+//! ServiceAccount tokens rotate).
 //!
 //! ```text
 //!  Client ──(BearerToken interceptor: authorization: Bearer <token>)──► tonic Channel ──► scheduler
@@ -25,10 +26,10 @@ use tonic::{
     Request, Status,
     metadata::{Ascii, MetadataValue},
     service::{Interceptor, interceptor::InterceptedService},
-    transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
 };
 
-use crate::error::Error;
+use crate::{error::Error, tls};
 
 /// The channel every generated client of this crate runs on.
 pub type AuthChannel = InterceptedService<Channel, BearerToken>;
@@ -194,6 +195,8 @@ pub struct ClientBuilder {
     token: Option<String>,
     token_file: Option<PathBuf>,
     ca_pem: Option<Vec<u8>>,
+    /// The client certificate chain and its key (PEM).
+    identity: Option<(Vec<u8>, Vec<u8>)>,
     domain: Option<String>,
     connect_timeout: Duration,
 }
@@ -205,6 +208,7 @@ impl fmt::Debug for ClientBuilder {
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("token_file", &self.token_file)
             .field("ca_pem", &self.ca_pem.is_some())
+            .field("client_identity", &self.identity.is_some())
             .field("domain", &self.domain)
             .field("connect_timeout", &self.connect_timeout)
             .finish()
@@ -236,8 +240,25 @@ impl ClientBuilder {
     }
 
     /// Trusts this PEM CA (in addition to the system roots) for an `https://` endpoint.
+    /// Connecting fails with [`Error::InvalidEndpoint`] if it holds no usable certificate
+    /// (see [`tls::check_ca`]).
     pub fn ca_certificate_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.ca_pem = Some(pem.into());
+        self
+    }
+
+    /// Presents this client certificate to an `https://` scheduler that asks for one (mutual
+    /// TLS: the scheduler's `--client-ca`). `cert_pem` is the PEM certificate chain, leaf first;
+    /// `key_pem` its PEM private key (PKCS#8, PKCS#1 or SEC1). Connecting fails with
+    /// [`Error::InvalidEndpoint`] naming the client certificate or the client key when either
+    /// cannot be used or the key is not the certificate's (see [`tls::check_client_identity`]).
+    /// The pair is read as given: a program that wants a rotated pair builds a new client.
+    pub fn client_identity(
+        mut self,
+        cert_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.identity = Some((cert_pem.into(), key_pem.into()));
         self
     }
 
@@ -267,14 +288,19 @@ impl ClientBuilder {
             .keep_alive_while_idle(true);
         match endpoint.uri().scheme_str() {
             Some("http") => {
-                if self.ca_pem.is_some() || self.domain.is_some() {
+                if self.ca_pem.is_some() || self.identity.is_some() || self.domain.is_some() {
                     return Err(invalid("TLS settings need an https:// endpoint".into()));
                 }
             }
             Some("https") => {
                 let mut tls = ClientTlsConfig::new().with_native_roots();
                 if let Some(pem) = &self.ca_pem {
+                    tls::check_ca(pem).map_err(|e| invalid(e.to_string()))?;
                     tls = tls.ca_certificate(Certificate::from_pem(pem));
+                }
+                if let Some((cert, key)) = &self.identity {
+                    tls::check_client_identity(cert, key).map_err(|e| invalid(e.to_string()))?;
+                    tls = tls.identity(Identity::from_pem(cert, key));
                 }
                 if let Some(domain) = &self.domain {
                     tls = tls.domain_name(domain.clone());
@@ -344,6 +370,7 @@ impl Client {
             token: None,
             token_file: None,
             ca_pem: None,
+            identity: None,
             domain: None,
             connect_timeout: Duration::from_secs(5),
         }

@@ -63,8 +63,9 @@
 //! ```
 //!
 //! Connections are plain HTTP/2 (`http://`) or TLS (`https://`, rustls with ring, system roots
-//! plus an optional CA); a bearer token, when set, is sent as `authorization: Bearer <token>`
-//! on every call.
+//! plus an optional CA, and optionally a client certificate for a scheduler that asks for one:
+//! [`ClientBuilder::client_identity`]); a bearer token, when set, is sent as
+//! `authorization: Bearer <token>` on every call.
 
 pub mod client;
 pub use snapgate_proto::duration;
@@ -72,6 +73,7 @@ pub mod error;
 pub mod guard;
 pub mod handshake;
 pub mod json;
+pub mod tls;
 pub mod volsync;
 pub mod watch;
 

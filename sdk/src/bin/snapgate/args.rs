@@ -36,6 +36,27 @@ pub(crate) struct Cli {
     #[arg(long, global = true, env = "SNAPGATE_CA_FILE")]
     pub(crate) ca_file: Option<PathBuf>,
 
+    /// PEM client certificate (chain, leaf first) presented to an https:// server that asks for
+    /// one (mutual TLS: the scheduler's --client-ca). With --client-key.
+    #[arg(
+        long,
+        global = true,
+        env = "SNAPGATE_CLIENT_CERT",
+        value_name = "FILE",
+        requires = "client_key"
+    )]
+    pub(crate) client_cert: Option<PathBuf>,
+
+    /// PEM private key of --client-cert.
+    #[arg(
+        long,
+        global = true,
+        env = "SNAPGATE_CLIENT_KEY",
+        value_name = "FILE",
+        requires = "client_cert"
+    )]
+    pub(crate) client_key: Option<PathBuf>,
+
     /// The name to verify the server's certificate against, if not the host of --server.
     #[arg(long, global = true, env = "SNAPGATE_TLS_DOMAIN")]
     pub(crate) tls_domain: Option<String>,

@@ -45,8 +45,27 @@ async fn client(cli: &Cli, lazy: bool) -> anyhow::Result<Client> {
         builder = builder.token_file(path.clone());
     }
     if let Some(path) = &cli.ca_file {
-        let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let pem = read_flag_file("ca-file", path)?;
+        snapgate_sdk::tls::check_ca(&pem)
+            .map_err(|e| anyhow::anyhow!("--ca-file {}: {}", path.display(), e.message))?;
         builder = builder.ca_certificate_pem(pem);
+    }
+    match (&cli.client_cert, &cli.client_key) {
+        (Some(cert_path), Some(key_path)) => {
+            let cert = read_flag_file("client-cert", cert_path)?;
+            let key = read_flag_file("client-key", key_path)?;
+            snapgate_sdk::tls::check_client_identity(&cert, &key).map_err(|e| {
+                let (flag, path) = match e.input {
+                    snapgate_sdk::tls::PemInput::ClientCert => ("client-cert", cert_path),
+                    _ => ("client-key", key_path),
+                };
+                anyhow::anyhow!("--{flag} {}: {}", path.display(), e.message)
+            })?;
+            builder = builder.client_identity(cert, key);
+        }
+        (None, None) => {}
+        // clap's `requires` refuses these first; kept for the message.
+        _ => anyhow::bail!("--client-cert and --client-key go together"),
     }
     if let Some(domain) = &cli.tls_domain {
         builder = builder.tls_domain(domain.clone());
@@ -57,6 +76,11 @@ async fn client(cli: &Cli, lazy: bool) -> anyhow::Result<Client> {
         builder.connect().await?
     };
     Ok(client)
+}
+
+/// The contents of the file a flag names; the error names both.
+fn read_flag_file(flag: &str, path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("--{flag} {}: cannot read", path.display()))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
