@@ -16,7 +16,8 @@ pub struct Args {
     )]
     pub scheduler: String,
 
-    /// PEM file of the CA to verify an https:// scheduler against (default: the system roots).
+    /// PEM file of the CA to verify an https:// scheduler against (default: the system roots);
+    /// re-read when it changes, at the next (re)connect.
     #[arg(long, env = "SNAPGATE_CA_FILE", value_name = "FILE")]
     pub ca_file: Option<PathBuf>,
 
@@ -24,6 +25,26 @@ pub struct Args {
     /// changes (a projected ServiceAccount token).
     #[arg(long, env = "SNAPGATE_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+
+    /// PEM client certificate (chain, leaf first) presented to an https:// scheduler that asks
+    /// for one (its --client-ca). With --client-key; both re-read when they change, at the next
+    /// (re)connect.
+    #[arg(
+        long,
+        env = "SNAPGATE_CLIENT_CERT",
+        value_name = "FILE",
+        requires = "client_key"
+    )]
+    pub client_cert: Option<PathBuf>,
+
+    /// PEM private key of --client-cert.
+    #[arg(
+        long,
+        env = "SNAPGATE_CLIENT_KEY",
+        value_name = "FILE",
+        requires = "client_cert"
+    )]
+    pub client_key: Option<PathBuf>,
 
     /// Namespaces this agent serves (repeat the flag, or comma-separate).
     #[arg(
@@ -112,4 +133,30 @@ pub enum LogFormat {
     Plain,
     /// One JSON object per line.
     Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[test]
+    fn client_cert_and_client_key_go_together() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["snapgate-agent", "--namespace", "apps"];
+            all.extend_from_slice(args);
+            Args::try_parse_from(all)
+        };
+        for (args, names) in [
+            (&["--client-cert", "c.pem"][..], "--client-key <FILE>"),
+            (&["--client-key", "k.pem"][..], "--client-cert <FILE>"),
+        ] {
+            let e = parse(args).unwrap_err().to_string();
+            assert!(e.contains("required") && e.contains(names), "{args:?}: {e}");
+        }
+        let a = parse(&["--client-cert", "c.pem", "--client-key", "k.pem"]).unwrap();
+        assert_eq!(a.client_cert, Some(PathBuf::from("c.pem")));
+        assert_eq!(a.client_key, Some(PathBuf::from("k.pem")));
+    }
 }

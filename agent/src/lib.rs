@@ -10,6 +10,7 @@
 //! The agent keeps nothing that cannot be rebuilt: directives come from the scheduler (resent
 //! on every reconnect), and what it knows of the cluster comes from its watches.
 
+pub mod access;
 pub mod args;
 pub mod cache;
 pub mod cluster;
@@ -18,9 +19,7 @@ pub mod link;
 pub mod metrics;
 pub mod watch;
 
-use std::{collections::BTreeMap, path::PathBuf};
-
-use anyhow::Context as _;
+use std::collections::BTreeMap;
 
 use k8s_openapi::api::{batch::v1::Job, core::v1::PersistentVolumeClaim};
 use snapgate_agent_core::{
@@ -29,8 +28,9 @@ use snapgate_agent_core::{
     resources::{PROXY_VARIABLES, VolumeSnapshot},
 };
 use snapgate_proto::v1;
-use snapgate_sdk::{Client, ClientBuilder};
 use tokio::sync::mpsc;
+
+pub use crate::access::{Connector, SchedulerAccess};
 
 use crate::{
     cluster::Cluster,
@@ -56,37 +56,6 @@ pub struct AgentConfig {
     pub retry_after: std::time::Duration,
     /// Where the agent counts what it does.
     pub metrics: Metrics,
-}
-
-/// How the agent proves itself to the scheduler and checks the scheduler, beyond its URL.
-#[derive(Debug, Clone, Default)]
-pub struct SchedulerAccess {
-    /// PEM CA to verify an `https://` scheduler against (else the system roots).
-    pub ca_file: Option<PathBuf>,
-    /// A bearer token file, read on every (re)connect and re-read when it changes.
-    pub token_file: Option<PathBuf>,
-}
-
-impl SchedulerAccess {
-    /// The SDK client settings for the scheduler at `url`: checked now (the URL, the CA file,
-    /// the token file), with errors naming the flag and the file.
-    pub fn client_builder(&self, url: &str) -> anyhow::Result<ClientBuilder> {
-        let mut builder = Client::builder(url).connect_timeout(std::time::Duration::from_secs(10));
-        if let Some(path) = &self.ca_file {
-            let pem = std::fs::read(path)
-                .with_context(|| format!("--ca-file {}: cannot read", path.display()))?;
-            builder = builder.ca_certificate_pem(pem);
-        }
-        if let Some(path) = &self.token_file {
-            builder = builder.token_file(path.clone());
-        }
-        // Checks the URL and the TLS settings, and reads the token once.
-        builder
-            .clone()
-            .connect_lazy()
-            .with_context(|| format!("--scheduler {url}"))?;
-        Ok(builder)
-    }
 }
 
 /// The proxy variables of this process, to pass on to mover Jobs.
@@ -144,7 +113,7 @@ pub async fn run_with(
     access: SchedulerAccess,
     client: kube::Client,
 ) -> anyhow::Result<()> {
-    let scheduler = access.client_builder(&config.scheduler)?;
+    let scheduler = access.connector(&config.scheduler)?;
     let (change_tx, change_rx) = mpsc::channel(1024);
     let watches = spawn_watches(&client, &config.namespaces, &change_tx);
     drop(change_tx);

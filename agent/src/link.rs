@@ -17,10 +17,11 @@ use snapgate_proto::v1::{
     self, agent_message, agent_service_client::AgentServiceClient,
     scheduler_message::Message as FromScheduler,
 };
-use snapgate_sdk::ClientBuilder;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{info, warn};
+
+use crate::access::Connector;
 
 /// What the link hands to the executor.
 #[derive(Debug)]
@@ -79,10 +80,11 @@ impl Backoff {
 }
 
 /// Holds the link open for ever, sending what arrives to `events`. Returns when `events`
-/// is closed. Every attempt makes a new connection with `scheduler`'s settings (TLS, and the
-/// bearer token as its file holds it then).
+/// is closed. Every attempt makes a new connection with `scheduler`'s settings: TLS (the CA
+/// and client certificate files re-read if they changed) and the bearer token as its file
+/// holds it then.
 pub async fn run(
-    scheduler: ClientBuilder,
+    scheduler: Connector,
     hello: v1::AgentHello,
     backoff: Backoff,
     events: mpsc::Sender<LinkEvent>,
@@ -109,12 +111,12 @@ pub async fn run(
 
 /// One connection, until it ends; `welcomed` is set once the scheduler has welcomed the agent.
 async fn session(
-    scheduler: &ClientBuilder,
+    scheduler: &Connector,
     hello: &v1::AgentHello,
     events: &mpsc::Sender<LinkEvent>,
     welcomed: &mut bool,
 ) -> anyhow::Result<()> {
-    let channel = scheduler.clone().connect().await?.channel();
+    let channel = scheduler.builder().connect().await?.channel();
     let (out_tx, out_rx) = mpsc::channel::<v1::AgentMessage>(256);
     out_tx
         .send(v1::AgentMessage {

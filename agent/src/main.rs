@@ -71,6 +71,8 @@ async fn main() -> anyhow::Result<()> {
     let access = SchedulerAccess {
         ca_file: args.ca_file,
         token_file: args.token_file,
+        client_cert: args.client_cert,
+        client_key: args.client_key,
     };
     let config = AgentConfig {
         scheduler: args.scheduler,

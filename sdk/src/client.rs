@@ -133,16 +133,20 @@ impl TokenFile {
     }
 }
 
-/// What identifies a version of a file without reading it.
+/// What identifies a version of a file without reading it: its size, modification time and
+/// inode (following symlinks). A file replaced in place or renamed over (a projected volume, a
+/// Secret or ConfigMap volume swapping its `..data` link) gets a new stamp. The token file is
+/// re-read when its stamp changes; the agent does the same with its TLS files.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct FileStamp {
+pub struct FileStamp {
     len: u64,
     modified: Option<SystemTime>,
     inode: u64,
 }
 
 impl FileStamp {
-    fn of(path: &Path) -> Option<Self> {
+    /// The stamp of the file at `path` now; `None` if it cannot be stat'ed.
+    pub fn of(path: &Path) -> Option<Self> {
         // Follows symlinks: a projected volume swaps its `..data` link.
         let meta = std::fs::metadata(path).ok()?;
         #[cfg(unix)]
