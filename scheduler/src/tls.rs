@@ -1,17 +1,19 @@
-//! TLS on the gRPC port: rustls (ring), ALPN `h2`, the certificate re-read when its files
-//! change, and optionally mutual TLS.
+//! TLS on the gRPC port: rustls (ring), ALPN `h2`, and the certificate and the client CA re-read
+//! when their files change.
 //!
 //! ```text
-//!  TcpListener ─accept─► reload_if_changed (stat cert + key) ─► handshake task ─┐
-//!                                    │                       (HANDSHAKE_TIMEOUT) │
-//!                     ReloadingCert ◄┘ (RwLock<Arc<CertifiedKey>>)               ▼
+//!  TcpListener ─accept─► reload_if_changed (stat cert + key, client CA) ─► handshake task ─┐
+//!                                                              (HANDSHAKE_TIMEOUT)        │
+//!        │ cert: ReloadingCert (RwLock<Arc<CertifiedKey>>)                              │
+//!        │ client CA: a new TlsAcceptor with the new verifier                           ▼
 //!  tonic ◄── HandshakeDeadline(TlsStream) ◄── (the rest of the deadline for the HTTP/2 preface)
 //! ```
 //!
 //! cert-manager rotates a certificate in place through a Secret volume; every new connection
-//! stats the two files first (two `stat` calls) and, when either changed, reads and checks the
-//! new pair. A bad pair (half-written, mismatched) is logged and the old one kept; connections
-//! already open keep the certificate they were made with.
+//! stats the files first (two `stat` calls, three with a client CA) and, when one changed, reads
+//! and checks it again. A bad new file (half-written, a mismatched pair, no certificate) is
+//! logged and the old one kept; connections already open keep the certificate they were made
+//! with and the verification they passed.
 
 use std::{
     fmt, io,
@@ -27,7 +29,7 @@ use rustls::{
     RootCertStore, ServerConfig,
     crypto::CryptoProvider,
     pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _},
-    server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier},
+    server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier, danger::ClientCertVerifier},
     sign::CertifiedKey,
 };
 use tokio::{
@@ -45,11 +47,13 @@ use crate::handshake::{HANDSHAKE_TIMEOUT, HandshakeDeadline};
 pub type TlsConnection = HandshakeDeadline<TlsStream<TcpStream>>;
 
 /// The scheduler's TLS settings: a server certificate that follows its files, and optionally
-/// the CA that client certificates must chain to. Cheap to clone.
+/// the CA that client certificates must chain to, also followed. Cheap to clone.
 #[derive(Clone)]
 pub struct ServerTls {
-    acceptor: TlsAcceptor,
+    /// The acceptor for new connections: rebuilt when the client CA changes.
+    acceptor: Arc<RwLock<TlsAcceptor>>,
     cert: Arc<ReloadingCert>,
+    client_ca: Option<Arc<ClientCa>>,
 }
 
 impl fmt::Debug for ServerTls {
@@ -57,6 +61,7 @@ impl fmt::Debug for ServerTls {
         f.debug_struct("ServerTls")
             .field("cert", &self.cert.cert_path)
             .field("key", &self.cert.key_path)
+            .field("client_ca", &self.client_ca.as_ref().map(|ca| &ca.path))
             .finish_non_exhaustive()
     }
 }
@@ -67,53 +72,80 @@ impl ServerTls {
     /// chaining to that CA; without it, none is asked for. Errors name the flag and the file.
     pub fn load(cert: &Path, key: &Path, client_ca: Option<&Path>) -> anyhow::Result<Self> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let fingerprint = Fingerprint::of(cert, key);
+        let watched = Watched::new(vec![cert.to_owned(), key.to_owned()]);
         let first = load_pair(cert, key, &provider)?;
         let resolver = Arc::new(ReloadingCert {
             cert_path: cert.to_owned(),
             key_path: key.to_owned(),
             provider: provider.clone(),
             current: RwLock::new(Arc::new(first)),
-            seen: Mutex::new(fingerprint),
-            failed: Mutex::new(None),
+            watched,
         });
-        let builder = ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .context("TLS protocol versions")?;
-        let builder = match client_ca {
-            None => builder.with_no_client_auth(),
+        let (client_ca, verifier) = match client_ca {
+            None => (None, None),
             Some(path) => {
-                let mut roots = RootCertStore::empty();
-                for cert in read_certs("client-ca", path)? {
-                    roots.add(cert).map_err(|e| {
-                        anyhow::anyhow!("--client-ca {}: not a usable CA: {e}", path.display())
-                    })?;
-                }
-                let verifier =
-                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                        .build()
-                        .map_err(|e| anyhow::anyhow!("--client-ca {}: {e}", path.display()))?;
-                builder.with_client_cert_verifier(verifier)
+                let watched = Watched::new(vec![path.to_owned()]);
+                let verifier = load_client_verifier(path, &provider)?;
+                let ca = ClientCa {
+                    path: path.to_owned(),
+                    provider: provider.clone(),
+                    watched,
+                };
+                (Some(Arc::new(ca)), Some(verifier))
             }
         };
-        let mut config = builder.with_cert_resolver(resolver.clone());
-        config.alpn_protocols = vec![b"h2".to_vec()];
+        let acceptor = acceptor(&provider, verifier, resolver.clone())?;
         Ok(Self {
-            acceptor: TlsAcceptor::from(Arc::new(config)),
+            acceptor: Arc::new(RwLock::new(acceptor)),
             cert: resolver,
+            client_ca,
         })
     }
 
     /// Re-reads the certificate and key if either file changed since last looked at (size,
-    /// modification time, inode). Returns whether a new pair is now served; a pair that does
-    /// not load is logged once and the old one kept.
+    /// modification time, inode), and the client CA likewise. Returns whether something new
+    /// is now used for new connections; a file that does not load is logged and the old one
+    /// kept (and read again after 10 s if it stays as it is).
     pub fn reload_if_changed(&self) -> bool {
-        self.cert.reload_if_changed()
+        let cert = self.cert.reload_if_changed();
+        let ca = match self
+            .client_ca
+            .as_ref()
+            .and_then(|ca| ca.reload_if_changed())
+        {
+            None => false,
+            Some(verifier) => {
+                match acceptor(&self.cert.provider, Some(verifier), self.cert.clone()) {
+                    Ok(acceptor) => {
+                        *self
+                            .acceptor
+                            .write()
+                            .unwrap_or_else(PoisonError::into_inner) = acceptor;
+                        true
+                    }
+                    Err(e) => {
+                        warn!(
+                            error = %format!("{e:#}"),
+                            "cannot use the new client CA; still using the previous one"
+                        );
+                        false
+                    }
+                }
+            }
+        };
+        cert || ca
     }
 
     /// The certificate chain served to new connections (leaf first).
     pub fn current_chain(&self) -> Vec<CertificateDer<'static>> {
         self.cert.current().cert.clone()
+    }
+
+    fn current_acceptor(&self) -> TlsAcceptor {
+        self.acceptor
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The connections of `listener`, each through its TLS handshake. Handshakes run
@@ -139,7 +171,7 @@ impl ServerTls {
                     accepted = st.listener.accept() => match accepted {
                         Ok((tcp, peer)) => {
                             st.tls.reload_if_changed();
-                            st.handshakes.spawn(handshake(st.tls.acceptor.clone(), tcp, peer));
+                            st.handshakes.spawn(handshake(st.tls.current_acceptor(), tcp, peer));
                         }
                         Err(e) => return Some((Err(e), st)),
                     },
@@ -181,9 +213,27 @@ async fn handshake(
     }
 }
 
-/// What identifies a version of the two files without reading them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Fingerprint(Option<FileStamp>, Option<FileStamp>);
+/// The acceptor of new connections: the certificate from `resolver`, client certificates
+/// checked by `verifier` (none asked for without one), ALPN `h2`.
+fn acceptor(
+    provider: &Arc<CryptoProvider>,
+    verifier: Option<Arc<dyn ClientCertVerifier>>,
+    resolver: Arc<ReloadingCert>,
+) -> anyhow::Result<TlsAcceptor> {
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?;
+    let builder = match verifier {
+        None => builder.with_no_client_auth(),
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+    };
+    let mut config = builder.with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// What identifies a version of some files without reading them.
+type Fingerprint = Vec<Option<FileStamp>>;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct FileStamp {
@@ -208,9 +258,64 @@ impl FileStamp {
     }
 }
 
-impl Fingerprint {
-    fn of(cert: &Path, key: &Path) -> Self {
-        Self(FileStamp::of(cert), FileStamp::of(key))
+/// Files read together, and the versions of them loaded and last failed.
+#[derive(Debug)]
+struct Watched {
+    paths: Vec<PathBuf>,
+    /// The files of what is in use.
+    seen: Mutex<Fingerprint>,
+    /// The files of the last version that did not load, and when: retried at most every
+    /// [`RETRY_FAILED_LOAD`].
+    failed: Mutex<Option<(Fingerprint, std::time::Instant)>>,
+}
+
+/// How often a changed file that did not load is read again (while it stays as it is).
+const RETRY_FAILED_LOAD: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Watched {
+    /// Stamps the files now, before they are first read: a change made meanwhile is read
+    /// again at the next look.
+    fn new(paths: Vec<PathBuf>) -> Self {
+        let seen = Self::stamp(&paths);
+        Self {
+            paths,
+            seen: Mutex::new(seen),
+            failed: Mutex::new(None),
+        }
+    }
+
+    fn stamp(paths: &[PathBuf]) -> Fingerprint {
+        paths.iter().map(|p| FileStamp::of(p)).collect()
+    }
+
+    /// The files' fingerprint if they changed since what is in use was read and should be
+    /// read now (not a version that failed less than [`RETRY_FAILED_LOAD`] ago).
+    fn changed(&self) -> Option<Fingerprint> {
+        let now = Self::stamp(&self.paths);
+        if *self.seen.lock().unwrap_or_else(PoisonError::into_inner) == now {
+            return None;
+        }
+        let failed = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
+        if failed
+            .as_ref()
+            .is_some_and(|(f, at)| *f == now && at.elapsed() < RETRY_FAILED_LOAD)
+        {
+            return None;
+        }
+        Some(now)
+    }
+
+    /// The files of `fingerprint` are now in use.
+    fn loaded(&self, fingerprint: Fingerprint) {
+        *self.seen.lock().unwrap_or_else(PoisonError::into_inner) = fingerprint;
+        *self.failed.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    /// The files of `fingerprint` did not load. Only what loaded counts as seen: a read that
+    /// failed (a half-written rotation, a transient error) is tried again later.
+    fn failed(&self, fingerprint: Fingerprint) {
+        *self.failed.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some((fingerprint, std::time::Instant::now()));
     }
 }
 
@@ -220,15 +325,8 @@ struct ReloadingCert {
     key_path: PathBuf,
     provider: Arc<CryptoProvider>,
     current: RwLock<Arc<CertifiedKey>>,
-    /// The files of the pair served.
-    seen: Mutex<Fingerprint>,
-    /// The files of the last pair that did not load, and when: retried at most every
-    /// [`RETRY_FAILED_LOAD`].
-    failed: Mutex<Option<(Fingerprint, std::time::Instant)>>,
+    watched: Watched,
 }
-
-/// How often a changed pair that did not load is read again (while it stays as it is).
-const RETRY_FAILED_LOAD: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl fmt::Debug for ReloadingCert {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -248,27 +346,12 @@ impl ReloadingCert {
     }
 
     fn reload_if_changed(&self) -> bool {
-        let now = Fingerprint::of(&self.cert_path, &self.key_path);
-        {
-            let seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-            if *seen == now {
-                return false;
-            }
-        }
-        {
-            let failed = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
-            if failed
-                .as_ref()
-                .is_some_and(|(f, at)| *f == now && at.elapsed() < RETRY_FAILED_LOAD)
-            {
-                return false;
-            }
-        }
+        let Some(now) = self.watched.changed() else {
+            return false;
+        };
         match load_pair(&self.cert_path, &self.key_path, &self.provider) {
             Ok(pair) => {
-                // Only a pair that loaded counts as seen: a read that failed (a half-written
-                // rotation, a transient error) is tried again on the next connection.
-                *self.seen.lock().unwrap_or_else(PoisonError::into_inner) = now;
+                self.watched.loaded(now);
                 *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(pair);
                 info!(
                     cert = %self.cert_path.display(),
@@ -278,8 +361,7 @@ impl ReloadingCert {
                 true
             }
             Err(e) => {
-                *self.failed.lock().unwrap_or_else(PoisonError::into_inner) =
-                    Some((now, std::time::Instant::now()));
+                self.watched.failed(now);
                 warn!(
                     error = %format!("{e:#}"),
                     "the changed TLS certificate or key does not load; still serving the previous one"
@@ -294,6 +376,52 @@ impl ResolvesServerCert for ReloadingCert {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.current())
     }
+}
+
+/// The `--client-ca` file, followed.
+struct ClientCa {
+    path: PathBuf,
+    provider: Arc<CryptoProvider>,
+    watched: Watched,
+}
+
+impl ClientCa {
+    /// A verifier of the changed CA, if it changed and loads (a CA that does not load is
+    /// logged and `None` returned: the previous one stays in use).
+    fn reload_if_changed(&self) -> Option<Arc<dyn ClientCertVerifier>> {
+        let now = self.watched.changed()?;
+        match load_client_verifier(&self.path, &self.provider) {
+            Ok(verifier) => {
+                self.watched.loaded(now);
+                info!(client_ca = %self.path.display(), "client CA reloaded");
+                Some(verifier)
+            }
+            Err(e) => {
+                self.watched.failed(now);
+                warn!(
+                    error = %format!("{e:#}"),
+                    "the changed client CA does not load; still using the previous one"
+                );
+                None
+            }
+        }
+    }
+}
+
+/// A verifier of client certificates chaining to the CA in `path` (`--client-ca`).
+fn load_client_verifier(
+    path: &Path,
+    provider: &Arc<CryptoProvider>,
+) -> anyhow::Result<Arc<dyn ClientCertVerifier>> {
+    let mut roots = RootCertStore::empty();
+    for cert in read_certs("client-ca", path)? {
+        roots
+            .add(cert)
+            .map_err(|e| anyhow::anyhow!("--client-ca {}: not a usable CA: {e}", path.display()))?;
+    }
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| anyhow::anyhow!("--client-ca {}: {e}", path.display()))
 }
 
 /// Every certificate of a PEM file; at least one.
@@ -418,5 +546,37 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(tls.current_chain()[0], want);
+    }
+
+    /// Replaces `to` with the test file `from`: a new file renamed over the old.
+    fn replace(from: &str, to: &Path) {
+        let tmp = to.with_extension("new");
+        std::fs::copy(data(from), &tmp).unwrap();
+        std::fs::rename(&tmp, to).unwrap();
+    }
+
+    #[test]
+    fn a_changed_client_ca_is_used_and_a_bad_one_keeps_the_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("client-ca.crt");
+        replace("client-ca.pem", &ca);
+        let tls = ServerTls::load(&data("server.pem"), &data("server.key"), Some(&ca)).unwrap();
+        assert!(!tls.reload_if_changed(), "nothing changed");
+        let before = tls.current_acceptor();
+
+        std::fs::write(&ca, "").unwrap();
+        assert!(!tls.reload_if_changed(), "an empty CA is not used");
+        assert!(Arc::ptr_eq(
+            before.config(),
+            tls.current_acceptor().config()
+        ));
+
+        replace("client-ca2.pem", &ca);
+        assert!(tls.reload_if_changed(), "a new CA is used");
+        assert!(!Arc::ptr_eq(
+            before.config(),
+            tls.current_acceptor().config()
+        ));
+        assert!(!tls.reload_if_changed(), "and read once");
     }
 }

@@ -1,7 +1,8 @@
 //! TLS on the gRPC port, on loopback: only clients trusting the CA are served, a rotated
 //! certificate is picked up by new connections without a restart, `--client-ca` asks for a
-//! client certificate, a client that starts no handshake is dropped in time, and the plaintext
-//! health port answers while the TLS port serves.
+//! client certificate (and a rotated client CA is used for new connections), a client that
+//! starts no handshake is dropped in time, and the plaintext health port answers while the TLS
+//! port serves.
 
 use std::{
     path::{Path, PathBuf},
@@ -101,6 +102,24 @@ async fn list(port: u16, ca: Option<&str>) -> Result<(), Error> {
         builder = builder.ca_certificate_pem(read(ca));
     }
     builder.connect().await?.list_sources("").await.map(|_| ())
+}
+
+/// An SDK client trusting `ca.pem` and presenting the client certificate `cert` with `key`.
+async fn client_with(port: u16, cert: &str, key: &str) -> Result<Client, Error> {
+    Client::builder(format!("https://localhost:{port}"))
+        .ca_certificate_pem(read("ca.pem"))
+        .client_identity(read(cert), read(key))
+        .connect()
+        .await
+}
+
+/// Lists sources on a new connection presenting the client certificate `cert` with `key`.
+async fn list_as(port: u16, cert: &str, key: &str) -> Result<(), Error> {
+    client_with(port, cert, key)
+        .await?
+        .list_sources("")
+        .await
+        .map(|_| ())
 }
 
 fn assert_untrusted(r: Result<(), Error>) {
@@ -245,11 +264,15 @@ async fn with_a_client_ca_only_clients_with_a_certificate_from_it_are_served() {
         "{without}"
     );
     // A certificate from another CA is refused too.
-    health_check(s.port, Some(("server2.pem", "server2.key")))
+    health_check(s.port, Some(("client2.pem", "client2.key")))
         .await
         .unwrap_err();
-    // The SDK client (no client certificate) is refused.
+    // The SDK: served with a certificate from the client CA, refused without or with another.
+    list_as(s.port, "client.pem", "client.key").await.unwrap();
     list(s.port, Some("ca.pem")).await.unwrap_err();
+    list_as(s.port, "client2.pem", "client2.key")
+        .await
+        .unwrap_err();
     // The plaintext health port asks for nothing.
     let mut health = HealthClient::new(
         Endpoint::from_shared(format!("http://127.0.0.1:{}", s.health_port))
@@ -260,6 +283,39 @@ async fn with_a_client_ca_only_clients_with_a_certificate_from_it_are_served() {
     );
     health.check(HealthCheckRequest::default()).await.unwrap();
     drop(health);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_replaced_client_ca_is_used_for_new_connections_and_a_broken_one_keeps_the_old() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("client-ca.crt");
+    replace("client-ca.pem", &ca);
+    let s = Tls::start(&data("server.pem"), &data("server.key"), Some(&ca)).await;
+    list_as(s.port, "client.pem", "client.key").await.unwrap();
+    list_as(s.port, "client2.pem", "client2.key")
+        .await
+        .unwrap_err();
+    // A connection made before the rotation keeps working.
+    let before = client_with(s.port, "client.pem", "client.key")
+        .await
+        .unwrap();
+    before.list_sources("").await.unwrap();
+
+    // The client CA is rotated: new connections need a certificate from the new CA.
+    replace("client-ca2.pem", &ca);
+    list_as(s.port, "client2.pem", "client2.key").await.unwrap();
+    list_as(s.port, "client.pem", "client.key")
+        .await
+        .unwrap_err();
+    before.list_sources("").await.unwrap();
+
+    // A bad new CA is refused (logged) and the last good one kept.
+    std::fs::write(&ca, "not a certificate").unwrap();
+    list_as(s.port, "client2.pem", "client2.key").await.unwrap();
+    list_as(s.port, "client.pem", "client.key")
+        .await
+        .unwrap_err();
     s.stop().await;
 }
 
