@@ -111,6 +111,7 @@ pub async fn serve_with(
     listening: Listening,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let metrics = config.metrics.clone();
     let (driver, handle) = driver::Driver::start(
         config.store,
         config.clock,
@@ -213,7 +214,9 @@ pub async fn serve_with(
         Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>,
     > = match listening.tls {
         None => Box::pin(router.serve_with_incoming_shutdown(plaintext(listener), stop)),
-        Some(tls) => Box::pin(router.serve_with_incoming_shutdown(tls.incoming(listener), stop)),
+        Some(tls) => {
+            Box::pin(router.serve_with_incoming_shutdown(tls.incoming(listener, metrics), stop))
+        }
     };
     let result = tokio::select! {
         served = &mut server => {

@@ -73,6 +73,11 @@ pub struct Metrics {
     pub quarantined_records: Gauge,
     /// Open WatchCopy streams.
     pub watch_streams: Gauge,
+    /// TLS handshakes in flight on the gRPC port.
+    pub tls_handshakes: Gauge,
+    /// Connections closed before their TLS handshake: their peer address had
+    /// `tls::MAX_HANDSHAKES_PER_IP` handshakes in flight already.
+    pub tls_handshakes_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -109,6 +114,8 @@ impl Metrics {
             store_errors: Counter::default(),
             quarantined_records: Gauge::default(),
             watch_streams: Gauge::default(),
+            tls_handshakes: Gauge::default(),
+            tls_handshakes_refused: Counter::default(),
         };
         registry.register(
             "volsync_missed_intervals",
@@ -170,6 +177,16 @@ impl Metrics {
             "snapgate_watch_streams",
             "Open WatchCopy streams",
             m.watch_streams.clone(),
+        );
+        registry.register(
+            "snapgate_tls_handshakes",
+            "TLS handshakes in flight on the gRPC port",
+            m.tls_handshakes.clone(),
+        );
+        registry.register(
+            "snapgate_tls_handshakes_refused",
+            "Connections closed before their TLS handshake because their address had 16 (MAX_HANDSHAKES_PER_IP) handshakes in flight",
+            m.tls_handshakes_refused.clone(),
         );
         Self {
             registry: Arc::new(registry),

@@ -1,9 +1,12 @@
-//! TLS on the gRPC port: rustls (ring), ALPN `h2`, and the certificate and the client CA re-read
-//! when their files change.
+//! TLS on the gRPC port: rustls (ring), ALPN `h2`, the certificate and the client CA re-read
+//! when their files change, and a bound on the handshakes in flight.
 //!
 //! ```text
-//!  TcpListener ─accept─► reload_if_changed (stat cert + key, client CA) ─► handshake task ─┐
-//!                                                              (HANDSHAKE_TIMEOUT)        │
+//!  TcpListener ─accept (paused while MAX_HANDSHAKES are in flight)─► peer's IP has
+//!      MAX_HANDSHAKES_PER_IP in flight? ── yes: closed at once (debug log, a metric)
+//!          │ no
+//!          ▼
+//!  reload_if_changed (stat cert + key, client CA) ─► handshake task (HANDSHAKE_TIMEOUT) ─┐
 //!        │ cert: ReloadingCert (RwLock<Arc<CertifiedKey>>)                              │
 //!        │ client CA: a new TlsAcceptor with the new verifier                           ▼
 //!  tonic ◄── HandshakeDeadline(TlsStream) ◄── (the rest of the deadline for the HTTP/2 preface)
@@ -14,10 +17,17 @@
 //! and checks it again. A bad new file (half-written, a mismatched pair, no certificate) is
 //! logged and the old one kept; connections already open keep the certificate they were made
 //! with and the verification they passed.
+//!
+//! A client that connects and sends nothing holds a handshake for [`HANDSHAKE_TIMEOUT`]. At most
+//! [`MAX_HANDSHAKES_PER_IP`] of them are in flight per peer address (more are closed at once,
+//! counted in `snapgate_tls_handshakes_refused_total`), so one peer cannot take every one of
+//! the [`MAX_HANDSHAKES`] in flight at once; past that, accepting pauses until a handshake ends
+//! and the kernel's listen backlog holds the connections meanwhile.
 
 use std::{
+    collections::HashMap,
     fmt, io,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError, RwLock},
     time::SystemTime,
@@ -40,7 +50,20 @@ use tokio::{
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tracing::{debug, info, warn};
 
-use crate::handshake::{HANDSHAKE_TIMEOUT, HandshakeDeadline};
+use crate::{
+    handshake::{HANDSHAKE_TIMEOUT, HandshakeDeadline},
+    metrics::Metrics,
+};
+
+/// The most TLS handshakes in flight at once. Past it the listener is not accepted from until
+/// one ends (done, failed, or timed out after [`HANDSHAKE_TIMEOUT`]); the kernel's listen
+/// backlog holds new connections meanwhile.
+pub const MAX_HANDSHAKES: usize = 256;
+
+/// The most TLS handshakes in flight from one peer IP address: a connection past it is closed
+/// at once, so that one peer holding idle connections cannot take [`MAX_HANDSHAKES`] for
+/// itself.
+pub const MAX_HANDSHAKES_PER_IP: usize = 16;
 
 /// A TLS connection that completed its handshake, with what is left of its deadline for the
 /// HTTP/2 preface.
@@ -149,33 +172,55 @@ impl ServerTls {
     }
 
     /// The connections of `listener`, each through its TLS handshake. Handshakes run
-    /// concurrently; one that has not finished within [`HANDSHAKE_TIMEOUT`] of the connection
+    /// concurrently, at most [`MAX_HANDSHAKES`] at once and [`MAX_HANDSHAKES_PER_IP`] from one
+    /// peer address; one that has not finished within [`HANDSHAKE_TIMEOUT`] of the connection
     /// is dropped, and the HTTP/2 preface must then arrive within what is left of it.
+    /// `metrics` counts the handshakes in flight and the connections refused.
     pub fn incoming(
         self,
         listener: TcpListener,
+        metrics: Metrics,
     ) -> impl Stream<Item = io::Result<TlsConnection>> + Send + 'static {
         struct State {
             listener: TcpListener,
             tls: ServerTls,
             handshakes: JoinSet<Option<TlsConnection>>,
+            per_peer: PerPeer,
+            metrics: Metrics,
         }
         let state = State {
             listener,
             tls: self,
             handshakes: JoinSet::new(),
+            per_peer: PerPeer::default(),
+            metrics,
         };
         futures::stream::unfold(state, |mut st| async move {
             loop {
                 tokio::select! {
-                    accepted = st.listener.accept() => match accepted {
-                        Ok((tcp, peer)) => {
-                            st.tls.reload_if_changed();
-                            st.handshakes.spawn(handshake(st.tls.current_acceptor(), tcp, peer));
+                    // Past the bound nothing is accepted until a handshake ends.
+                    accepted = st.listener.accept(), if st.handshakes.len() < MAX_HANDSHAKES => {
+                        match accepted {
+                            Ok((tcp, peer)) => {
+                                let Some(slot) = st.per_peer.take(peer.ip()) else {
+                                    drop(tcp);
+                                    st.metrics.tls_handshakes_refused.inc();
+                                    debug!(
+                                        %peer,
+                                        "{MAX_HANDSHAKES_PER_IP} TLS handshakes in flight from this address already; connection closed"
+                                    );
+                                    continue;
+                                };
+                                st.tls.reload_if_changed();
+                                st.handshakes
+                                    .spawn(handshake(st.tls.current_acceptor(), tcp, peer, slot));
+                                st.metrics.tls_handshakes.set(count(st.handshakes.len()));
+                            }
+                            Err(e) => return Some((Err(e), st)),
                         }
-                        Err(e) => return Some((Err(e), st)),
-                    },
+                    }
                     Some(done) = st.handshakes.join_next(), if !st.handshakes.is_empty() => {
+                        st.metrics.tls_handshakes.set(count(st.handshakes.len()));
                         if let Ok(Some(conn)) = done {
                             return Some((Ok(conn), st));
                         }
@@ -186,11 +231,57 @@ impl ServerTls {
     }
 }
 
-/// One TLS handshake, bounded by the connection's deadline.
+fn count(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// The TLS handshakes in flight per peer address.
+#[derive(Clone, Default)]
+struct PerPeer(Arc<Mutex<HashMap<IpAddr, usize>>>);
+
+impl PerPeer {
+    /// A slot for one more handshake from `ip`, or `None` when it has
+    /// [`MAX_HANDSHAKES_PER_IP`] in flight.
+    fn take(&self, ip: IpAddr) -> Option<PeerSlot> {
+        // An IPv4 client of a dual-stack listener is the same peer as over IPv4.
+        let ip = ip.to_canonical();
+        let mut counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = counts.entry(ip).or_insert(0);
+        if *n >= MAX_HANDSHAKES_PER_IP {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot {
+            peers: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// One handshake in flight from a peer; given back when dropped (the handshake ended, however).
+struct PeerSlot {
+    peers: PerPeer,
+    ip: IpAddr,
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut counts = self.peers.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = counts.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// One TLS handshake, bounded by the connection's deadline; `_slot` is held until it ends.
 async fn handshake(
     acceptor: TlsAcceptor,
     tcp: TcpStream,
     peer: SocketAddr,
+    _slot: PeerSlot,
 ) -> Option<TlsConnection> {
     let started = Instant::now();
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -578,5 +669,30 @@ mod tests {
             tls.current_acceptor().config()
         ));
         assert!(!tls.reload_if_changed(), "and read once");
+    }
+
+    #[test]
+    fn handshakes_are_counted_per_peer_address_and_given_back() {
+        let peers = PerPeer::default();
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let slots: Vec<_> = (0..MAX_HANDSHAKES_PER_IP)
+            .map(|_| peers.take(a).expect("under the bound"))
+            .collect();
+        assert!(peers.take(a).is_none(), "past the bound");
+        // The same address over a dual-stack listener is the same peer.
+        assert!(peers.take("::ffff:10.0.0.1".parse().unwrap()).is_none());
+        let other = peers.take("10.0.0.2".parse().unwrap());
+        assert!(other.is_some(), "another address is not affected");
+        drop(slots);
+        assert!(
+            peers.take(a).is_some(),
+            "given back when the handshakes end"
+        );
+        drop(other);
+        assert_eq!(
+            peers.0.lock().unwrap().len(),
+            0,
+            "no address kept for nothing"
+        );
     }
 }

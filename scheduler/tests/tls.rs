@@ -1,8 +1,8 @@
 //! TLS on the gRPC port, on loopback: only clients trusting the CA are served, a rotated
 //! certificate is picked up by new connections without a restart, `--client-ca` asks for a
 //! client certificate (and a rotated client CA is used for new connections), a client that
-//! starts no handshake is dropped in time, and the plaintext health port answers while the TLS
-//! port serves.
+//! starts no handshake is dropped in time, one peer holding idle connections cannot keep
+//! another from being served, and the plaintext health port answers while the TLS port serves.
 
 use std::{
     path::{Path, PathBuf},
@@ -18,7 +18,7 @@ use snapgate_scheduler::{
     metrics::Metrics,
     serve_with,
     store::{Batch, Loaded, RedbStore, Store, StoreError},
-    tls::ServerTls,
+    tls::{MAX_HANDSHAKES, MAX_HANDSHAKES_PER_IP, ServerTls},
 };
 use snapgate_sdk::{Client, Error};
 use tokio::{io::AsyncReadExt as _, io::AsyncWriteExt as _, net::TcpListener, task::JoinHandle};
@@ -47,6 +47,7 @@ fn replace(from: &str, to: &Path) {
 struct Tls {
     port: u16,
     health_port: u16,
+    metrics: Metrics,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: JoinHandle<anyhow::Result<()>>,
     _dir: tempfile::TempDir,
@@ -59,10 +60,11 @@ impl Tls {
         let health = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let health_port = health.local_addr().unwrap().port();
+        let metrics = Metrics::new();
         let config = Config {
             store: Box::new(RedbStore::open(dir.path()).unwrap()),
             clock: Arc::new(SystemClock),
-            metrics: Metrics::new(),
+            metrics: metrics.clone(),
             authorizer: Authorizer::default(),
             authenticator: None,
             rate: (0, 0),
@@ -79,6 +81,7 @@ impl Tls {
         Self {
             port,
             health_port,
+            metrics,
             stop: Some(stop),
             task,
             _dir: dir,
@@ -92,6 +95,27 @@ impl Tls {
             .expect("the scheduler stops")
             .unwrap()
             .unwrap();
+    }
+
+    /// The value of a metric without labels.
+    fn metric(&self, name: &str) -> i64 {
+        self.metrics
+            .encode()
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in the metrics"))
+    }
+
+    /// Waits (bounded) until a metric reaches a value: the event, not a sleep.
+    async fn until_metric(&self, name: &str, want: i64) {
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while self.metric(name) != want {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{name} stayed at {} (want {want})", self.metric(name)));
     }
 }
 
@@ -316,6 +340,135 @@ async fn a_replaced_client_ca_is_used_for_new_connections_and_a_broken_one_keeps
     list_as(s.port, "client.pem", "client.key")
         .await
         .unwrap_err();
+    s.stop().await;
+}
+
+/// A TCP connection to the scheduler from the local address `ip` (any of 127.0.0.0/8).
+async fn connect_from(ip: &str, port: u16) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+    socket
+        .connect(format!("127.0.0.1:{port}").parse().unwrap())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_peer_holding_idle_connections_gets_only_its_share_of_handshakes_and_others_are_served() {
+    let s = Tls::start(&data("server.pem"), &data("server.key"), None).await;
+    // One peer opens more idle connections than there are handshake slots in all, and never
+    // sends a ClientHello.
+    let opened = MAX_HANDSHAKES + 44;
+    let mut idle = Vec::new();
+    for _ in 0..opened {
+        idle.push(connect_from("127.0.0.2", s.port).await);
+    }
+    let refused = opened - MAX_HANDSHAKES_PER_IP;
+    s.until_metric(
+        "snapgate_tls_handshakes_refused_total",
+        i64::try_from(refused).unwrap(),
+    )
+    .await;
+    assert_eq!(
+        s.metric("snapgate_tls_handshakes"),
+        i64::try_from(MAX_HANDSHAKES_PER_IP).unwrap()
+    );
+    // Those past its bound are closed at once (their reads end), well before the handshake
+    // deadline that closes the others.
+    let started = tokio::time::Instant::now();
+    let mut reads: futures::stream::FuturesUnordered<_> = idle
+        .iter_mut()
+        .map(|conn| async move {
+            let mut buf = [0u8; 1];
+            let _ = conn.read(&mut buf).await;
+        })
+        .collect();
+    for _ in 0..refused {
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            futures::StreamExt::next(&mut reads),
+        )
+        .await
+        .expect("the refused connections are closed")
+        .unwrap();
+    }
+    assert!(
+        started.elapsed() < HANDSHAKE_TIMEOUT,
+        "{:?}",
+        started.elapsed()
+    );
+    drop(reads);
+
+    // Another peer's TLS call goes through while every handshake the first one holds is still
+    // in flight: it waited for none of them to time out.
+    list(s.port, Some("ca.pem")).await.unwrap();
+    assert_eq!(
+        s.metric("snapgate_tls_handshakes"),
+        i64::try_from(MAX_HANDSHAKES_PER_IP).unwrap()
+    );
+    drop(idle);
+    s.until_metric("snapgate_tls_handshakes", 0).await;
+    s.stop().await;
+}
+
+/// A TLS handshake as a client trusting `ca.pem` (no HTTP/2 on top).
+async fn tls_handshake(port: u16) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&read("ca.pem")) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn past_the_bound_on_handshakes_in_flight_a_new_connection_waits_for_one_to_end() {
+    tokio::time::pause();
+    let s = Tls::start(&data("server.pem"), &data("server.key"), None).await;
+    // Peers each holding their share of idle connections take every handshake slot.
+    let mut idle = Vec::new();
+    for peer in 0..MAX_HANDSHAKES / MAX_HANDSHAKES_PER_IP {
+        let ip = format!("127.0.0.{}", peer + 2);
+        for _ in 0..MAX_HANDSHAKES_PER_IP {
+            idle.push(connect_from(&ip, s.port).await);
+        }
+    }
+    s.until_metric(
+        "snapgate_tls_handshakes",
+        i64::try_from(MAX_HANDSHAKES).unwrap(),
+    )
+    .await;
+    assert_eq!(s.metric("snapgate_tls_handshakes_refused_total"), 0);
+
+    // A new client is not refused: its connection waits in the listen backlog until a slot
+    // is free. Paused time moves on only once nothing else can happen, so the handshake
+    // completes when the idle ones reach their deadline, not before.
+    let started = tokio::time::Instant::now();
+    let tls = tokio::time::timeout(Duration::from_secs(60), tls_handshake(s.port))
+        .await
+        .expect("served once a handshake slot is free");
+    let waited = started.elapsed();
+    assert!(
+        waited >= HANDSHAKE_TIMEOUT - Duration::from_secs(1)
+            && waited <= HANDSHAKE_TIMEOUT + Duration::from_secs(1),
+        "served after {waited:?}"
+    );
+    drop((tls, idle));
+    tokio::time::resume();
     s.stop().await;
 }
 
