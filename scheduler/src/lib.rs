@@ -184,6 +184,7 @@ pub async fn serve_with(
             info!(addr = %health_listener.local_addr()?, "serving grpc.health.v1 (plaintext)");
             Some(tokio::spawn(
                 tonic::transport::Server::builder()
+                    .max_concurrent_streams(limits::MAX_STREAMS_PER_CONNECTION)
                     .add_service(health_service.clone())
                     .serve_with_incoming_shutdown(plaintext(health_listener), async {
                         let _ = health_stopped.await;
@@ -192,6 +193,7 @@ pub async fn serve_with(
         }
     };
     let router = tonic::transport::Server::builder()
+        .max_concurrent_streams(limits::MAX_STREAMS_PER_CONNECTION)
         // Every request carries its RPC's name, for the identity check and the audit trail.
         .layer(tower::util::MapRequestLayer::new(RpcName::tag))
         .add_service(health_service)

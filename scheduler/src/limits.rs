@@ -1,8 +1,12 @@
 //! Request rates per identity: a token bucket each, so that one abusive caller is refused with
-//! `RESOURCE_EXHAUSTED` and cannot starve the others.
+//! `RESOURCE_EXHAUSTED` and cannot starve the others; and the bound on calls in flight on one
+//! connection.
 //!
 //! Keys are verified identities (a token's subject) or, for requests whose credentials failed,
 //! the peer's address: a caller cannot spend someone else's budget by claiming their name.
+//!
+//! The other bounds live where they are enforced: TLS handshakes in flight in
+//! [`crate::tls`], WatchCopy streams (per PVC, per identity, in all) in the driver.
 
 use std::{
     collections::HashMap,
@@ -12,6 +16,12 @@ use std::{
 
 /// The most keys remembered; past it, idle (full) buckets are forgotten first.
 pub const MAX_KEYS: usize = 10_000;
+
+/// The most HTTP/2 streams (calls in flight, WatchCopy and agent links included) one connection
+/// may hold open at once, advertised as `SETTINGS_MAX_CONCURRENT_STREAMS`: a client opening
+/// more has them refused (`RST_STREAM REFUSED_STREAM`; well-behaved clients queue them
+/// instead). Without it hyper allows 200.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 128;
 
 /// Requests per second and burst for each key; `rate` 0 turns limiting off.
 #[derive(Debug)]

@@ -178,6 +178,156 @@ async fn closed_watch_streams_are_forgotten_at_once_and_open_ones_are_bounded() 
     s.stop().await;
 }
 
+/// An HTTP/2 frame: type, flags, stream id, payload.
+struct Frame {
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    payload: Vec<u8>,
+}
+
+const SETTINGS: u8 = 0x4;
+const HEADERS: u8 = 0x1;
+const DATA: u8 = 0x0;
+const RST_STREAM: u8 = 0x3;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
+const REFUSED_STREAM: u32 = 0x7;
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+    let mut out = vec![len[1], len[2], len[3], kind, flags];
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+async fn read_frame(conn: &mut TcpStream) -> Frame {
+    let mut head = [0u8; 9];
+    conn.read_exact(&mut head).await.unwrap();
+    let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+    let mut payload = vec![0u8; len];
+    conn.read_exact(&mut payload).await.unwrap();
+    Frame {
+        kind: head[3],
+        flags: head[4],
+        stream: u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff,
+        payload,
+    }
+}
+
+/// The HPACK block of a gRPC call to `path` (literals, no Huffman, no dynamic table).
+fn grpc_headers(path: &str) -> Vec<u8> {
+    let literal = |out: &mut Vec<u8>, value: &str| {
+        out.push(u8::try_from(value.len()).unwrap());
+        out.extend_from_slice(value.as_bytes());
+    };
+    // :method POST, :scheme http (static table 3 and 6).
+    let mut block = vec![0x83, 0x86];
+    // :path (name 4), :authority (name 1), content-type (name 31), without indexing.
+    block.push(0x04);
+    literal(&mut block, path);
+    block.push(0x01);
+    literal(&mut block, "localhost");
+    block.extend_from_slice(&[0x0f, 0x10]);
+    literal(&mut block, "application/grpc");
+    block.push(0x00);
+    literal(&mut block, "te");
+    literal(&mut block, "trailers");
+    block
+}
+
+#[tokio::test]
+async fn a_connection_holds_at_most_its_bound_of_streams_and_one_past_it_is_refused() {
+    use snapgate_scheduler::limits::MAX_STREAMS_PER_CONNECTION;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Running::open(dir.path()).await;
+    let mut conn = TcpStream::connect(s.addr).await.unwrap();
+    conn.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    conn.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
+    // The server says its bound in its first SETTINGS.
+    let settings = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let f = read_frame(&mut conn).await;
+            if f.kind == SETTINGS && f.flags & 0x1 == 0 {
+                return f;
+            }
+        }
+    })
+    .await
+    .expect("the server's SETTINGS");
+    let advertised = settings.payload.chunks(6).find_map(|entry| {
+        (u16::from_be_bytes([entry[0], entry[1]]) == SETTINGS_MAX_CONCURRENT_STREAMS)
+            .then(|| u32::from_be_bytes([entry[2], entry[3], entry[4], entry[5]]))
+    });
+    assert_eq!(advertised, Some(MAX_STREAMS_PER_CONNECTION));
+    conn.write_all(&frame(SETTINGS, 0x1, 0, &[])).await.unwrap();
+
+    // A client that ignores it opens one stream more than allowed: health watches whose
+    // request never comes, so every stream stays open.
+    let watch = grpc_headers("/grpc.health.v1.Health/Watch");
+    let streams: Vec<u32> = (0..=MAX_STREAMS_PER_CONNECTION)
+        .map(|i| 2 * i + 1)
+        .collect();
+    for id in &streams {
+        conn.write_all(&frame(HEADERS, END_HEADERS, *id, &watch))
+            .await
+            .unwrap();
+    }
+    let last = *streams.last().unwrap();
+    let refused = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut refused = Vec::new();
+        loop {
+            let f = read_frame(&mut conn).await;
+            if f.kind == RST_STREAM {
+                let code = u32::from_be_bytes(f.payload[..4].try_into().unwrap());
+                assert_eq!(code, REFUSED_STREAM, "stream {}", f.stream);
+                refused.push(f.stream);
+                if f.stream == last {
+                    return refused;
+                }
+            }
+        }
+    })
+    .await
+    .expect("the stream past the bound is refused");
+    assert_eq!(refused, [last], "only the stream past the bound is refused");
+
+    // One ended (the client cancels it): a new call on the connection is served.
+    let cancel = 0x8u32.to_be_bytes();
+    conn.write_all(&frame(RST_STREAM, 0, 1, &cancel))
+        .await
+        .unwrap();
+    let check = grpc_headers("/grpc.health.v1.Health/Check");
+    let next = last + 2;
+    conn.write_all(&frame(HEADERS, END_HEADERS, next, &check))
+        .await
+        .unwrap();
+    // An empty HealthCheckRequest: no compression, length 0.
+    conn.write_all(&frame(DATA, END_STREAM, next, &[0, 0, 0, 0, 0]))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let f = read_frame(&mut conn).await;
+            assert!(
+                !(f.kind == RST_STREAM && f.stream == next),
+                "the new call was refused"
+            );
+            if f.kind == HEADERS && f.stream == next {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the new call is answered");
+    drop(conn);
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn an_agent_hello_is_bounded_and_a_resync_carries_every_run_in_flight() {
     let dir = tempfile::tempdir().unwrap();

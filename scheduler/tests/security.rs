@@ -1128,3 +1128,53 @@ async fn an_abusive_caller_is_held_to_its_rate_and_streams_without_starving_othe
     drop(open);
     s.running.stop().await;
 }
+
+#[tokio::test]
+async fn the_watch_streams_on_one_pvc_are_bounded_whoever_opens_them() {
+    let s = secured().await;
+    let (app, admin) = (
+        s.tokens.token(Who::App),
+        s.tokens.token(Who::NamespaceAdmin),
+    );
+    let watch = |token: Option<String>, pvc: &'static str| {
+        let mut triggers = s.triggers();
+        async move {
+            triggers
+                .watch_copy(with(
+                    token.as_deref(),
+                    v1::WatchCopyRequest {
+                        target: Some(v1::CopyTarget {
+                            namespace: NS.into(),
+                            pvc: pvc.into(),
+                            source: String::new(),
+                        }),
+                    },
+                ))
+                .await
+        }
+    };
+    // Two identities, each under its own bound of 64, fill the PVC's 64 together.
+    let mut open = Vec::new();
+    for i in 0..64 {
+        let who = if i < 40 { app.clone() } else { admin.clone() };
+        open.push(watch(who, "data").await.expect("under every bound"));
+    }
+    for who in [app.clone(), admin.clone()] {
+        let e = watch(who, "data").await.unwrap_err();
+        assert_eq!(e.code(), Code::ResourceExhausted);
+        assert!(
+            e.message().contains("64 on pvc apps/data, at most 64"),
+            "{}",
+            e.message()
+        );
+    }
+    // Another PVC is not affected.
+    let other = watch(admin.clone(), "other").await.unwrap();
+    s.running.until_gauge("snapgate_watch_streams", 65).await;
+    // A stream that ends gives its place back, to any identity.
+    drop(open.pop());
+    s.running.until_gauge("snapgate_watch_streams", 64).await;
+    watch(app.clone(), "data").await.unwrap();
+    drop((open, other));
+    s.running.stop().await;
+}
