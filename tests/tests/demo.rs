@@ -107,6 +107,24 @@ fn the_demos_grpcurl_command_works_as_printed_and_only_with_its_token() {
         }
     }
     assert!(command.contains("authorization: Bearer"), "{command}");
+    // The README shows the same command, for the demo's default directory and address.
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let words = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    let port = command
+        .split_whitespace()
+        .find(|w| w.starts_with("127.0.0.1:"))
+        .unwrap()
+        .to_owned();
+    let as_documented = words(
+        &command
+            .replace(&format!("{}/", dir.path().display()), "snapgate-demo/")
+            .replace(&port, "127.0.0.1:50051"),
+    );
+    assert!(
+        words(&readme.replace("\\\n", " ")).contains(&as_documented),
+        "the README does not show the demo's command:\n{as_documented}"
+    );
     let out = Command::new("sh").arg("-c").arg(&command).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
