@@ -71,9 +71,10 @@ const GCS_CREDENTIALS_DIR: &str = "/credentials";
 const GCS_CREDENTIALS_FILE: &str = "gcs.json";
 
 /// Restic backend keys passed from the repository secret when present (optional
-/// `secretKeyRef`s), after the required `RESTIC_REPOSITORY` and `RESTIC_PASSWORD`. Any
-/// `RCLONE_*` key of the secret follows.
-pub const RESTIC_OPTIONAL_KEYS: &[&str] = &[
+/// `secretKeyRef`s), after the required `RESTIC_REPOSITORY` and `RESTIC_PASSWORD`: VolSync's
+/// 44, in its order (S3 with a profile or an assumed role, Swift, OpenStack, B2, Azure, GCS,
+/// REST). Any `RCLONE_*` key of the secret follows.
+pub const RESTIC_OPTIONAL_KEYS: &[&str; 44] = &[
     "RESTIC_COMPRESSION",
     "RESTIC_PACK_SIZE",
     "RESTIC_READ_CONCURRENCY",
@@ -81,6 +82,13 @@ pub const RESTIC_OPTIONAL_KEYS: &[&str] = &[
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
     "AWS_DEFAULT_REGION",
+    "AWS_PROFILE",
+    "RESTIC_AWS_ASSUME_ROLE_ARN",
+    "RESTIC_AWS_ASSUME_ROLE_SESSION_NAME",
+    "RESTIC_AWS_ASSUME_ROLE_EXTERNAL_ID",
+    "RESTIC_AWS_ASSUME_ROLE_POLICY",
+    "RESTIC_AWS_ASSUME_ROLE_REGION",
+    "RESTIC_AWS_ASSUME_ROLE_STS_ENDPOINT",
     "ST_AUTH",
     "ST_USER",
     "ST_KEY",
