@@ -7,7 +7,7 @@ use std::{collections::BTreeSet, fmt::Debug};
 use futures::{AsyncRead, AsyncReadExt as _};
 use snapgate_agent_core::{
     annotations,
-    classify::{MOVER_LOG_KEEP_BYTES, MOVER_LOG_READ_MAX_BYTES, MOVER_LOG_TAIL_LINES},
+    classify::{LogTail, MOVER_LOG_MAX_LINE_BYTES, MOVER_LOG_READ_MAX_BYTES, MOVER_LOG_TAIL_LINES},
     review::{self, AuthorReview},
 };
 
@@ -26,25 +26,57 @@ use kube::{
 };
 use serde::{Serialize, de::DeserializeOwned};
 
-/// The last `keep` bytes of what `reader` yields, holding at most twice that at any time.
-pub async fn last_bytes(
+/// Feeds `tail` the lines `reader` yields, split as `str::lines` splits them, holding one
+/// line of at most `max_line` bytes at a time (the rest of a longer line is skipped) and
+/// reading at most `max_total` bytes; whether it stopped there. Bytes that are not UTF-8 read
+/// as U+FFFD.
+pub async fn feed_lines(
     mut reader: impl AsyncRead + Unpin,
-    keep: usize,
-) -> std::io::Result<Vec<u8>> {
-    let mut kept = Vec::new();
+    tail: &mut LogTail,
+    max_line: usize,
+    max_total: usize,
+) -> std::io::Result<bool> {
+    let mut line: Vec<u8> = Vec::new();
     let mut chunk = [0u8; 8192];
+    let mut total = 0usize;
+    let push = |tail: &mut LogTail, line: &[u8]| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        tail.push(&String::from_utf8_lossy(line));
+    };
     loop {
         let n = reader.read(&mut chunk).await?;
         if n == 0 {
             break;
         }
-        kept.extend_from_slice(chunk.get(..n).unwrap_or_default());
-        if kept.len() > keep.saturating_mul(2) {
-            kept.drain(..kept.len().saturating_sub(keep));
+        total = total.saturating_add(n);
+        for part in chunk
+            .get(..n)
+            .unwrap_or_default()
+            .split_inclusive(|b| *b == b'\n')
+        {
+            let (body, ended) = match part.strip_suffix(b"\n") {
+                Some(body) => (body, true),
+                None => (part, false),
+            };
+            let room = max_line.saturating_sub(line.len());
+            line.extend_from_slice(body.get(..room.min(body.len())).unwrap_or_default());
+            if ended {
+                push(tail, &line);
+                line.clear();
+            }
+        }
+        if total >= max_total {
+            if !line.is_empty() {
+                push(tail, &line);
+            }
+            return Ok(true);
         }
     }
-    kept.drain(..kept.len().saturating_sub(keep));
-    Ok(kept)
+    if !line.is_empty() {
+        // The last line, without a line end: kept as it is (a bare `\r` too, as `lines`).
+        tail.push(&String::from_utf8_lossy(&line));
+    }
+    Ok(false)
 }
 
 /// The field manager of every write.
@@ -236,20 +268,34 @@ impl Cluster {
         Ok(self.api::<Pod>(ns).list(&lp).await?.items)
     }
 
-    /// The last lines of a pod's log (as many as movers.md filters from), bounded: the API
-    /// server sends at most [`MOVER_LOG_READ_MAX_BYTES`] of them, of which the last
-    /// [`MOVER_LOG_KEEP_BYTES`] are kept; bytes that are not UTF-8 read as U+FFFD.
-    pub async fn pod_log_tail(&self, ns: &str, pod: &str) -> Result<String, ClusterError> {
+    /// A pod's log (its last [`MOVER_LOG_TAIL_LINES`] lines, at most
+    /// [`MOVER_LOG_READ_MAX_BYTES`] of them) read line by line into `tail`, so the whole log
+    /// is filtered while only what can be kept is held.
+    pub async fn pod_log_into(
+        &self,
+        ns: &str,
+        pod: &str,
+        mut tail: LogTail,
+    ) -> Result<String, ClusterError> {
         let lp = LogParams {
             tail_lines: Some(MOVER_LOG_TAIL_LINES),
-            limit_bytes: Some(MOVER_LOG_READ_MAX_BYTES),
             ..Default::default()
         };
         let stream = self.api::<Pod>(ns).log_stream(pod, &lp).await?;
-        let bytes = last_bytes(Box::pin(stream), MOVER_LOG_KEEP_BYTES)
-            .await
-            .map_err(|e| ClusterError::Transient(format!("reading the log of pod {pod}: {e}")))?;
-        Ok(String::from_utf8_lossy(&bytes).into_owned())
+        let cut = feed_lines(
+            Box::pin(stream),
+            &mut tail,
+            MOVER_LOG_MAX_LINE_BYTES,
+            MOVER_LOG_READ_MAX_BYTES,
+        )
+        .await
+        .map_err(|e| ClusterError::Transient(format!("reading the log of pod {pod}: {e}")))?;
+        let text = tail.finish();
+        Ok(if cut {
+            format!("(log read up to {MOVER_LOG_READ_MAX_BYTES} bytes)\n{text}")
+        } else {
+            text
+        })
     }
 
     /// Asks the API server whether the review's author may do each of its checks in `ns`
@@ -312,20 +358,50 @@ impl Cluster {
 mod tests {
     use super::*;
 
+    use snapgate_agent_core::{Mover, classify};
+
+    async fn fed(log: &[u8], max_line: usize, max_total: usize) -> (String, bool) {
+        let mut tail = LogTail::new(Mover::Restic, true);
+        let cut = feed_lines(
+            futures::io::Cursor::new(log.to_vec()),
+            &mut tail,
+            max_line,
+            max_total,
+        )
+        .await
+        .unwrap();
+        (tail.finish(), cut)
+    }
+
     #[tokio::test]
-    async fn only_the_last_bytes_of_a_long_log_are_kept() {
-        let log: Vec<u8> = (0..100_000u32).flat_map(|i| i.to_le_bytes()).collect();
-        let kept = last_bytes(futures::io::Cursor::new(log.clone()), 1000)
-            .await
-            .unwrap();
-        assert_eq!(kept.as_slice(), log.get(log.len() - 1000..).unwrap());
-        let short = last_bytes(futures::io::Cursor::new(b"short".to_vec()), 1000)
-            .await
-            .unwrap();
-        assert_eq!(short, b"short");
-        let none = last_bytes(futures::io::Cursor::new(Vec::new()), 0)
-            .await
-            .unwrap();
-        assert!(none.is_empty());
+    async fn a_log_is_fed_line_by_line_as_lines_splits_it() {
+        for log in ["a\nb\r\nc", "a\n\nb\n", "x\r", "", "\n", "é\r\n¡\r"] {
+            let (got, cut) = fed(log.as_bytes(), 1 << 20, 1 << 20).await;
+            assert!(!cut);
+            assert_eq!(
+                got,
+                classify::mover_failure_log_tail(Mover::Restic, log),
+                "{log:?}"
+            );
+        }
+        // Over chunk boundaries: 100,000 lines.
+        let many: String = (0..100_000).map(|i| format!("line {i}\n")).collect();
+        let (got, _) = fed(many.as_bytes(), 1 << 20, 1 << 30).await;
+        assert_eq!(got, classify::mover_failure_log_tail(Mover::Restic, &many));
+        assert!(got.ends_with("line 99999"));
+    }
+
+    #[tokio::test]
+    async fn a_long_line_is_held_only_to_its_bound_and_a_long_log_only_to_its() {
+        let mut log = vec![b'x'; 100_000];
+        log.extend_from_slice(b"\nend\n");
+        let (got, cut) = fed(&log, 10, 1 << 20).await;
+        assert!(!cut);
+        assert_eq!(got, "xxxxxxxxxx\nend");
+        let (_, cut) = fed(&log, 10, 50_000).await;
+        assert!(cut, "stopped at the bound");
+        // Not UTF-8: read as U+FFFD.
+        let (got, _) = fed(b"\xff\xfeok\n", 100, 100).await;
+        assert_eq!(got, "\u{FFFD}\u{FFFD}ok");
     }
 }

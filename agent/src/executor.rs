@@ -817,8 +817,12 @@ impl Executor {
                     Ok(pods) => match classify::log_pod(&pods, failed) {
                         Some(pod) => {
                             let pod = pod.metadata.name.clone().unwrap_or_default();
-                            match self.cluster.pod_log_tail(ns, &pod).await {
-                                Ok(text) => plan::log_tail(mover, outcome, &text),
+                            match self
+                                .cluster
+                                .pod_log_into(ns, &pod, plan::log_tail(mover, outcome))
+                                .await
+                            {
+                                Ok(text) => text,
                                 Err(e) => format!("(log unavailable: {e})"),
                             }
                         }

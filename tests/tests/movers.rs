@@ -417,3 +417,31 @@ async fn one_gated_run_costs_a_fixed_count_of_requests_with_no_polling_and_no_re
         "PVCs are read from the watch, never polled"
     );
 }
+
+/// restic's backup summary, then a long forget and prune: the whole log is filtered, so
+/// `latestMoverStatus.logs` keeps the summary (a tail of the last 100 lines lost it).
+#[tokio::test]
+async fn the_backup_summary_survives_a_long_forget_and_prune_after_it() {
+    let mut w = World::start().await;
+    let mut log: Vec<String> = vec![
+        "using parent snapshot 4f2a".into(),
+        "processed 12 files, 3.4 MiB in 0:01".into(),
+        "snapshot 9c1d77ab saved".into(),
+    ];
+    log.extend((0..3000).map(|i| format!("remove snapshot {i:08x} (forget)")));
+    log.push("Restic completed in 2s".into());
+    w.sim
+        .job_behaviour(NS, MoverKind::Restic.job(), JobBehaviour::succeed(log));
+    w.create_pvc(false);
+    w.apply(
+        SOURCE,
+        restic_spec(CopyMethod::Direct, Duration::from_secs(600)),
+    )
+    .await;
+    let source = w.wait_successful_runs(SOURCE, 1).await;
+    let logs = source.status.unwrap().latest_mover_status.unwrap().logs;
+    assert_eq!(
+        logs,
+        "using parent snapshot 4f2a\nprocessed 12 files, 3.4 MiB in 0:01\nsnapshot 9c1d77ab saved\nRestic completed in 2s"
+    );
+}

@@ -7,14 +7,14 @@ use crate::{bounds, resources::VolumeSnapshot, spec::Mover};
 
 /// The most bytes of filtered mover log kept (VolSync's `MOVER_LOG_MAX_BYTES` default).
 pub const MOVER_LOG_MAX_BYTES: usize = 1024;
-/// How many lines to read from the end of a mover pod's log (VolSync's
-/// `MOVER_LOG_TAIL_LINES` default), before filtering.
-pub const MOVER_LOG_TAIL_LINES: i64 = 100;
-/// The most bytes of those lines the API server is asked to send (its `limitBytes`): a pod
-/// that writes huge lines cannot make the agent read without end.
-pub const MOVER_LOG_READ_MAX_BYTES: i64 = 4 << 20;
-/// The most bytes of the end of what was read that the agent keeps and filters.
-pub const MOVER_LOG_KEEP_BYTES: usize = 64 << 10;
+/// How many lines of a mover pod's log are read, from its end: the whole log of any real run
+/// (a long forget and prune after the backup summary included), filtered as a whole as VolSync
+/// does, and still a bound.
+pub const MOVER_LOG_TAIL_LINES: i64 = 100_000;
+/// The most bytes of those lines the agent reads; past it, it stops and the log says so.
+pub const MOVER_LOG_READ_MAX_BYTES: usize = 64 << 20;
+/// The longest log line kept whole: the rest of a longer one is not read into memory.
+pub const MOVER_LOG_MAX_LINE_BYTES: usize = 64 << 10;
 
 /// Where a VolumeSnapshot stands: whether it is the copy point yet, and whether it can be
 /// restored from.
@@ -156,33 +156,85 @@ pub fn log_pod(pods: &[Pod], job_failed: bool) -> Option<&Pod> {
 /// The summary lines of a successful mover's log (the lines VolSync keeps for each mover),
 /// joined by newlines, cut to the last [`MOVER_LOG_MAX_BYTES`] bytes on a char boundary.
 pub fn mover_log_tail(mover: Mover, full_log: &str) -> String {
-    tail(full_log, |line| summary_line(mover, line))
+    LogTail::of(mover, false, full_log)
 }
 
 /// The log of a failed mover: every line (restic, rclone, rsync), or for rsync-tls its
 /// summary and error lines; cut like [`mover_log_tail`].
 pub fn mover_failure_log_tail(mover: Mover, full_log: &str) -> String {
-    tail(full_log, |line| match mover {
-        Mover::RsyncTls => summary_line(mover, line) || rsync_tls_failure_line(line),
-        Mover::Restic | Mover::Rclone | Mover::Rsync => true,
-    })
+    LogTail::of(mover, true, full_log)
 }
 
-fn tail(full_log: &str, keep: impl Fn(&str) -> bool) -> String {
-    // From the end: only the lines that can reach the last MOVER_LOG_MAX_BYTES are filtered
-    // and copied, however long the log.
-    let mut kept: Vec<&str> = Vec::new();
-    let mut len = 0usize;
-    for line in full_log.lines().rev().filter(|l| keep(l)) {
-        kept.push(line);
-        len = len.saturating_add(line.len()).saturating_add(1);
-        if len > MOVER_LOG_MAX_BYTES {
-            break;
+/// The filtered tail of a mover's log, fed one line at a time from the start, as the agent
+/// reads the log: every line passes the mover's filter for the outcome (the whole log is
+/// filtered, so a long output after the summary cannot push the summary out), and only the
+/// kept lines that can reach the last [`MOVER_LOG_MAX_BYTES`] are held.
+#[derive(Debug)]
+pub struct LogTail {
+    mover: Mover,
+    failed: bool,
+    kept: std::collections::VecDeque<String>,
+    len: usize,
+}
+
+impl LogTail {
+    /// An empty tail for `mover`'s log; `failed`: the failure filter.
+    pub fn new(mover: Mover, failed: bool) -> Self {
+        Self {
+            mover,
+            failed,
+            kept: std::collections::VecDeque::new(),
+            len: 0,
         }
     }
-    kept.reverse();
-    let joined = kept.join("\n");
-    bounds::tail(&joined, MOVER_LOG_MAX_BYTES).to_owned()
+
+    fn of(mover: Mover, failed: bool, full_log: &str) -> String {
+        let mut tail = Self::new(mover, failed);
+        full_log.lines().for_each(|l| tail.push(l));
+        tail.finish()
+    }
+
+    fn keeps(&self, line: &str) -> bool {
+        match (self.mover, self.failed) {
+            (mover, false) => summary_line(mover, line),
+            (Mover::RsyncTls, true) => {
+                summary_line(self.mover, line) || rsync_tls_failure_line(line)
+            }
+            (Mover::Restic | Mover::Rclone | Mover::Rsync, true) => true,
+        }
+    }
+
+    /// The next line of the log, without its line end (`\n` or `\r\n`, as `str::lines`
+    /// splits).
+    pub fn push(&mut self, line: &str) {
+        if !self.keeps(line) {
+            return;
+        }
+        // A line as long as what is kept is all that can be kept: only its end, alone.
+        if line.len() >= MOVER_LOG_MAX_BYTES {
+            self.kept.clear();
+            self.len = 0;
+        }
+        let line = bounds::tail(line, MOVER_LOG_MAX_BYTES);
+        self.len = self.len.saturating_add(line.len()).saturating_add(1);
+        self.kept.push_back(line.to_owned());
+        // Lines that can no longer reach the last MOVER_LOG_MAX_BYTES go.
+        while let Some(front) = self.kept.front() {
+            let without = self.len.saturating_sub(front.len().saturating_add(1));
+            if without < MOVER_LOG_MAX_BYTES {
+                break;
+            }
+            self.len = without;
+            self.kept.pop_front();
+        }
+    }
+
+    /// The kept lines joined by newlines, cut to the last [`MOVER_LOG_MAX_BYTES`] bytes on a
+    /// char boundary.
+    pub fn finish(self) -> String {
+        let joined = Vec::from(self.kept).join("\n");
+        bounds::tail(&joined, MOVER_LOG_MAX_BYTES).to_owned()
+    }
 }
 
 fn summary_line(mover: Mover, line: &str) -> bool {
@@ -654,6 +706,37 @@ rsync completed in 4s"
 
     fn tail_all(s: &str) -> String {
         mover_failure_log_tail(Mover::Restic, s)
+    }
+
+    #[test]
+    fn the_summary_is_kept_however_long_the_output_after_it() {
+        // A backup summary, then a long forget and prune: the whole log is filtered, so the
+        // summary lines survive (a tail of the last lines read before filtering lost them).
+        let mut log = vec![
+            "using parent snapshot 4d5e6f".to_owned(),
+            "processed 112 files, 3.4 GiB in 0:05".to_owned(),
+            "snapshot 7a8b9c saved".to_owned(),
+        ];
+        log.extend((0..5000).map(|i| format!("remove snapshot {i:08x}")));
+        log.push("Restic completed in 12s".to_owned());
+        let mut tail = LogTail::new(Mover::Restic, false);
+        for line in &log {
+            tail.push(line);
+        }
+        assert_eq!(
+            tail.finish(),
+            "using parent snapshot 4d5e6f\nprocessed 112 files, 3.4 GiB in 0:05\nsnapshot 7a8b9c saved\nRestic completed in 12s"
+        );
+        // Fed line by line or at once, the same; and it holds only what can be kept.
+        let mut tail = LogTail::new(Mover::Restic, true);
+        for line in &log {
+            tail.push(line);
+            assert!(tail.len <= 2 * MOVER_LOG_MAX_BYTES + 2, "{}", tail.len);
+        }
+        assert_eq!(
+            tail.finish(),
+            mover_failure_log_tail(Mover::Restic, &log.join("\n"))
+        );
     }
 
     #[test]

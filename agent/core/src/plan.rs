@@ -1343,12 +1343,9 @@ pub fn mover_report(outcome: MoverOutcome, logs: String) -> Observation {
     }
 }
 
-/// The log tail of a mover's pod log, filtered as movers.md says for the outcome.
-pub fn log_tail(mover: Mover, outcome: MoverOutcome, full_log: &str) -> String {
-    match outcome {
-        MoverOutcome::Succeeded => classify::mover_log_tail(mover, full_log),
-        MoverOutcome::Failed { .. } => classify::mover_failure_log_tail(mover, full_log),
-    }
+/// The filtered tail a mover's pod log is read into, as movers.md says for the outcome.
+pub fn log_tail(mover: Mover, outcome: MoverOutcome) -> classify::LogTail {
+    classify::LogTail::new(mover, matches!(outcome, MoverOutcome::Failed { .. }))
 }
 
 /// A short name of an observation, for logs.

@@ -1080,7 +1080,12 @@ proptest! {
         } else {
             MoverOutcome::Succeeded
         };
-        check_observation(&plan::mover_report(outcome, plan::log_tail(mover, outcome, &log)))?;
+        // Fed one line at a time, as the shell reads a pod's log: the same tail.
+        let mut fed = plan::log_tail(mover, outcome);
+        log.lines().for_each(|l| fed.push(l));
+        let fed = fed.finish();
+        prop_assert_eq!(&fed, &tail);
+        check_observation(&plan::mover_report(outcome, fed))?;
     }
 
     /// Names of any source or run are valid DNS labels and label values, deterministically.
