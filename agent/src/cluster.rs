@@ -262,6 +262,15 @@ impl Cluster {
             .is_some_and(|n| annotations::privileged_movers_allowed(&n)))
     }
 
+    /// Every pod of the namespace (to find the one using a PVC).
+    pub async fn pods(&self, ns: &str) -> Result<Vec<Pod>, ClusterError> {
+        Ok(self
+            .api::<Pod>(ns)
+            .list(&ListParams::default())
+            .await?
+            .items)
+    }
+
     /// The pods of a Job (by the `batch.kubernetes.io/job-name` label Kubernetes sets).
     pub async fn job_pods(&self, ns: &str, job: &str) -> Result<Vec<Pod>, ClusterError> {
         let lp = ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}"));

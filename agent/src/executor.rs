@@ -223,6 +223,9 @@ struct Held {
     /// The API server's answer to the review of the run's author (a run's author never
     /// changes: asked once per run).
     review: Option<Result<(), String>>,
+    /// The namespace's pods, read before a mover Job that mounts the source PVC in place is
+    /// made (and read again for the next one).
+    pods: Option<Vec<k8s_openapi::api::core::v1::Pod>>,
 }
 
 impl Held {
@@ -238,6 +241,7 @@ impl Held {
             privileged: None,
             lease: LeaseState::None,
             review: None,
+            pods: None,
         }
     }
 
@@ -288,6 +292,7 @@ impl ApiCall {
             Action::Event(e) => named("create", "events", &e.metadata),
             Action::ReportMover { job, .. } => Self::new("list", "pods", job),
             Action::ReviewAuthor(_) => Self::new("create", "localsubjectaccessreviews", ""),
+            Action::ListPods => Self::new("list", "pods", ""),
             Action::Report(_) | Action::RequestLease | Action::WakeAt(_) => {
                 Self::new("none", "none", "")
             }
@@ -632,6 +637,7 @@ impl Executor {
                     Some(Ok(())) => Review::Allowed,
                     Some(Err(why)) => Review::Denied(why),
                 },
+                pods: held.pods.as_deref(),
                 now: Utc::now(),
             };
             let actions = match plan::plan(&directive, &observed, &self.config) {
@@ -742,6 +748,17 @@ impl Executor {
             Action::CreateJob(j) => {
                 let made = self.create(id, ns, j.as_ref()).await?;
                 self.jobs.apply(made);
+                if let Some(held) = self.runs.get_mut(id) {
+                    // The next Job of the run follows the application's pod where it is then.
+                    held.pods = None;
+                }
+                Ok(true)
+            }
+            Action::ListPods => {
+                let pods = self.cluster.pods(ns).await?;
+                if let Some(held) = self.runs.get_mut(id) {
+                    held.pods = Some(pods);
+                }
                 Ok(true)
             }
             Action::DeleteSnapshot(name) => {

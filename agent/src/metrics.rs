@@ -113,6 +113,7 @@ impl Metrics {
             Action::WakeAt(_) => "WakeAt",
             Action::RequestLease => "RequestLease",
             Action::ReviewAuthor(_) => "ReviewAuthor",
+            Action::ListPods => "ListPods",
         };
         self.actions
             .get_or_create(&KindLabel { kind: kind.into() })

@@ -445,3 +445,76 @@ async fn the_backup_summary_survives_a_long_forget_and_prune_after_it() {
         "using parent snapshot 4f2a\nprocessed 12 files, 3.4 MiB in 0:01\nsnapshot 9c1d77ab saved\nRestic completed in 2s"
     );
 }
+
+/// copyMethod Direct mounts the application's own volume: the mover Job must run on the node
+/// where the application's pod has it (a ReadWriteOnce volume attaches to one node), with that
+/// pod's tolerations.
+#[tokio::test]
+async fn a_direct_mover_runs_on_the_node_of_the_pod_using_the_volume() {
+    use k8s_openapi::api::core::v1::{
+        PersistentVolumeClaimVolumeSource, Pod, PodSpec, PodStatus, Toleration,
+    };
+    let mut w = World::start().await;
+    w.sim
+        .create(&Pod {
+            metadata: kube::api::ObjectMeta {
+                name: Some("db-0".into()),
+                namespace: Some(NS.into()),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                containers: vec![Container {
+                    name: "db".into(),
+                    image: Some("postgres:16".into()),
+                    ..Default::default()
+                }],
+                node_name: Some("node-a".into()),
+                tolerations: Some(vec![Toleration {
+                    key: Some("dedicated".into()),
+                    operator: Some("Equal".into()),
+                    value: Some("db".into()),
+                    effect: Some("NoSchedule".into()),
+                    ..Default::default()
+                }]),
+                volumes: Some(vec![Volume {
+                    name: "data".into(),
+                    persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                        claim_name: PVC.into(),
+                        read_only: None,
+                    }),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            status: Some(PodStatus {
+                phase: Some("Running".into()),
+                ..Default::default()
+            }),
+        })
+        .unwrap();
+    w.sim
+        .job_behaviour(NS, MoverKind::Restic.job(), JobBehaviour::hang());
+    w.create_pvc(false);
+    w.apply(
+        SOURCE,
+        restic_spec(CopyMethod::Direct, Duration::from_secs(600)),
+    )
+    .await;
+    let job = eventually("the mover Job", || {
+        w.jobs()
+            .into_iter()
+            .find(|j| j.metadata.name.as_deref() == Some(MoverKind::Restic.job()))
+    })
+    .await;
+    let pod = serde_json::to_value(job.spec.unwrap().template.spec.unwrap()).unwrap();
+    assert_eq!(
+        pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"],
+        serde_json::json!({"nodeSelectorTerms": [{"matchFields": [
+            {"key": "metadata.name", "operator": "In", "values": ["node-a"]}
+        ]}]})
+    );
+    assert_eq!(
+        pod["tolerations"],
+        serde_json::json!([{"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"}])
+    );
+}

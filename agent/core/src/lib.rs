@@ -30,6 +30,7 @@ pub mod annotations;
 pub mod bounds;
 pub mod classify;
 pub mod names;
+pub mod pinning;
 pub mod plan;
 pub mod resources;
 pub mod review;

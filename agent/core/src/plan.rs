@@ -38,7 +38,7 @@ use k8s_openapi::{
     Metadata, Resource,
     api::{
         batch::v1::Job,
-        core::v1::{Event, EventSource, ObjectReference, PersistentVolumeClaim},
+        core::v1::{Event, EventSource, ObjectReference, PersistentVolumeClaim, Pod},
     },
     apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time},
 };
@@ -270,6 +270,9 @@ pub struct Observed<'a> {
     pub lease: Lease,
     /// Where the review of the run's author stands (see [`crate::review`]).
     pub review: Review<'a>,
+    /// The namespace's pods, once read for a mover that mounts the source PVC in place
+    /// (`Direct`; see [`crate::pinning`]); `None`: not read yet.
+    pub pods: Option<&'a [Pod]>,
     /// The time of this plan.
     pub now: DateTime<Utc>,
 }
@@ -317,6 +320,9 @@ pub enum Action {
     DeleteJob(String),
     /// Read the required Secrets (names) before planning again.
     ReadSecrets(Vec<String>),
+    /// List the namespace's pods (to find the node of the pod using the source PVC) before
+    /// planning again.
+    ListPods,
     /// Record a Kubernetes Event (its name is deterministic: record it once).
     Event(Box<Event>),
     /// Read the log of the Job's newest relevant pod and report the mover's outcome.
@@ -1071,6 +1077,16 @@ impl Ctx<'_> {
             )));
             return Ok(out);
         }
+        // A mover that mounts the source PVC in place runs where the application's pod has it
+        // attached (Multi-Attach otherwise): the pods are read first.
+        let pin = match (self.method, self.seen.pods) {
+            (CopyMethod::Direct, None) => {
+                out.push(Action::ListPods);
+                return Ok(out);
+            }
+            (CopyMethod::Direct, Some(pods)) => crate::pinning::pin(data, pods),
+            _ => None,
+        };
         let main_secret = required.first().and_then(|n| secrets.get(n));
         let empty = BTreeSet::new();
         let restic = match self.mover {
@@ -1094,6 +1110,9 @@ impl Ctx<'_> {
             secret_keys: main_secret.unwrap_or(&empty),
             restic,
         })?;
+        if let Some(pin) = &pin {
+            crate::pinning::apply(&mut job, pin);
+        }
         let Some(attempt) = self.seen.failed_attempts.checked_add(1) else {
             out.push(Action::Report(error(
                 "TooManyAttempts",
@@ -1449,6 +1468,7 @@ mod tests {
             temporaries: &[],
             lease: Lease::NotNeeded,
             review: Review::Allowed,
+            pods: Some(&[]),
             now: now(),
         }
     }
@@ -1474,6 +1494,7 @@ mod tests {
                 Action::WakeAt(t) => format!("WakeAt {t}"),
                 Action::RequestLease => "RequestLease".to_owned(),
                 Action::ReviewAuthor(r) => format!("ReviewAuthor {}", r.user),
+                Action::ListPods => "ListPods".to_owned(),
             })
             .collect()
     }
@@ -2185,6 +2206,78 @@ mod tests {
         s.secrets = Some(&secrets);
         let a = plan(&d, &s, &PlanConfig::default()).unwrap();
         assert_eq!(kinds(&a), ["Report AgentError"]);
+    }
+
+    #[test]
+    fn a_direct_mover_reads_the_pods_first_and_runs_where_the_application_has_the_volume() {
+        use k8s_openapi::api::core::v1::{
+            PersistentVolumeClaimVolumeSource, PodSpec, PodStatus, Volume,
+        };
+        let d = directive(DirectivePhase::Transfer, v1::CopyMethod::Direct);
+        let source = pvc("data", &[], None);
+        let cache = pvc("volsync-src-db-cache", &[], None);
+        let secrets = restic_secrets();
+        let app = Pod {
+            metadata: ObjectMeta {
+                name: Some("db-0".into()),
+                namespace: Some("app".into()),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                node_name: Some("node-a".into()),
+                volumes: Some(vec![Volume {
+                    name: "data".into(),
+                    persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                        claim_name: "data".into(),
+                        read_only: None,
+                    }),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            status: Some(PodStatus {
+                phase: Some("Running".into()),
+                ..Default::default()
+            }),
+        };
+        let mut s = seen(Some(&source));
+        s.cache_pvc = Some(&cache);
+        s.secrets = Some(&secrets);
+        s.pods = None;
+        assert_eq!(
+            kinds(&plan(&d, &s, &PlanConfig::default()).unwrap()),
+            ["ListPods"]
+        );
+        let pods = [app];
+        s.pods = Some(&pods);
+        let a = plan(&d, &s, &PlanConfig::default()).unwrap();
+        let Some(Action::CreateJob(job)) = a.first() else {
+            panic!("{:?}", kinds(&a))
+        };
+        let affinity = serde_json::to_value(
+            &job.spec
+                .as_ref()
+                .unwrap()
+                .template
+                .spec
+                .as_ref()
+                .unwrap()
+                .affinity,
+        )
+        .unwrap();
+        assert_eq!(
+            affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+                [0]["matchFields"][0],
+            serde_json::json!({"key": "metadata.name", "operator": "In", "values": ["node-a"]})
+        );
+        // A copy (Snapshot, Clone) can be mounted anywhere: no pods read, no pin.
+        let snap = directive(DirectivePhase::Transfer, v1::CopyMethod::Clone);
+        let mut s = seen(Some(&source));
+        s.pods = None;
+        assert!(
+            !kinds(&plan(&snap, &s, &PlanConfig::default()).unwrap())
+                .contains(&"ListPods".to_owned())
+        );
     }
 
     /// The restic repository Secret `repo` with the keys the mover needs.

@@ -698,6 +698,7 @@ impl World {
                 Some(Ok(())) => Review::Allowed,
                 Some(Err(why)) => Review::Denied(why),
             },
+            pods: Some(&[]),
             now: self.now,
         }
     }
@@ -964,6 +965,7 @@ fn check_action(a: &Action) -> Result<(), TestCaseError> {
         | Action::DeletePvc(_)
         | Action::DeleteJob(_)
         | Action::ReadSecrets(_)
+        | Action::ListPods
         | Action::ReportMover { .. }
         | Action::RequestLease
         | Action::WakeAt(_) => {}
