@@ -1,0 +1,616 @@
+//! The real `snapgate-scheduler` and `snapgate-agent` processes against a real kube-apiserver
+//! (`./scripts/cluster up`), the agent authenticated by a token of `deploy/agent`'s
+//! ServiceAccount and authorized by that manifest's Role only; the stand-in plays the kubelet
+//! and the CSI driver (this crate's README).
+//!
+//! These tests need a running cluster, so they are `#[ignore]`d in a plain `cargo test` and run
+//! by `./scripts/test` (which brings the cluster up) as `cargo test -p snapgate-cluster-tests
+//! -- --ignored`. Run with `--ignored` and no cluster, they fail saying how to start one.
+
+use std::{
+    collections::BTreeMap,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::Stdio,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt as _;
+use k8s_openapi::{
+    api::{
+        authentication::v1::SelfSubjectReview,
+        batch::v1::Job,
+        core::v1::{Event, Namespace, PersistentVolumeClaim, Pod, Secret},
+    },
+    apimachinery::pkg::api::resource::Quantity,
+};
+use kube::{
+    Api,
+    api::{
+        ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, ObjectMeta, Patch,
+        PatchParams, PostParams,
+    },
+    config::{KubeConfigOptions, Kubeconfig},
+    runtime::watcher,
+};
+use serde_json::{Value, json};
+use snapgate_cluster_tests::{
+    ClusterEnv, PodRun, Standin, StandinConfig, apply_manifest, service_account_token, wait_for,
+};
+use snapgate_proto::v1::{self, source_service_client::SourceServiceClient};
+use tokio::process::{Child, Command};
+
+/// The bound of every wait on the cluster: real controllers, a real scheduler.
+const WAIT: Duration = Duration::from_secs(120);
+
+const STATUS: &str = "volsync.backube/latest-copy-status";
+const LATEST: &str = "volsync.backube/latest-copy-trigger";
+const SINCE: &str = "volsync.backube/latest-copy-trigger-waiting-since";
+const TRIGGER: &str = "volsync.backube/copy-trigger";
+
+/// What the restic mover's pod logs (scripted), and the summary the agent must keep of it.
+const RESTIC_LOG: [&str; 5] = [
+    "using parent snapshot 4f2a",
+    "processed 12 files, 3.4 MiB in 0:01",
+    "snapshot 9c1d77ab saved",
+    "some noise that is filtered out",
+    "Restic completed in 2s",
+];
+
+fn restic_tail() -> String {
+    RESTIC_LOG
+        .iter()
+        .filter(|l| !l.contains("noise"))
+        .copied()
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A binary of the workspace, built next to this test's own executable.
+fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().and_then(Path::parent).unwrap().join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo build --workspace --bins` (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process, killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.start_kill();
+    }
+}
+
+fn spawn(cmd: &mut Command, log: &Path) -> Proc {
+    let err = std::fs::File::create(log).unwrap();
+    Proc(
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// The names of the objects of one kind that a watch in `ns` delivered, and every version.
+struct Seen {
+    seen: Arc<Mutex<Vec<Value>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Seen {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Seen {
+    async fn start(client: kube::Client, ns: &str, ar: ApiResource) -> Self {
+        let api: Api<DynamicObject> = Api::namespaced_with(client, ns, &ar);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn({
+            let seen = seen.clone();
+            async move {
+                let mut ready = Some(ready_tx);
+                let mut events = std::pin::pin!(watcher(api, watcher::Config::default()));
+                while let Some(event) = events.next().await {
+                    match event {
+                        Ok(watcher::Event::InitDone) => {
+                            if let Some(tx) = ready.take() {
+                                let _ = tx.send(());
+                            }
+                        }
+                        Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
+                            seen.lock().unwrap().push(serde_json::to_value(&o).unwrap());
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        });
+        tokio::time::timeout(WAIT, ready_rx)
+            .await
+            .expect("the watch started")
+            .unwrap();
+        Self { seen, task }
+    }
+
+    fn versions(&self, name: &str) -> Vec<Value> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|o| o["metadata"]["name"] == name)
+            .cloned()
+            .collect()
+    }
+}
+
+fn ar(group: &str, kind: &str, plural: &str) -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, "v1", kind), plural)
+}
+
+async fn client_from(path: &Path) -> kube::Client {
+    let config = Kubeconfig::read_from(path).unwrap();
+    kube::Client::try_from(
+        kube::Config::from_custom_kubeconfig(config, &KubeConfigOptions::default())
+            .await
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    format!(
+        "--- {} (last {n} lines)\n{}",
+        path.display(),
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    )
+}
+
+#[tokio::test]
+#[ignore = "needs a real cluster: ./scripts/cluster up, then cargo test -p snapgate-cluster-tests -- --ignored (./scripts/test does both)"]
+async fn a_gated_snapshot_run_completes_and_is_cleaned_up_by_the_agent_under_its_role_on_a_real_api_server()
+ {
+    let started = Instant::now();
+    let env = ClusterEnv::load().unwrap_or_else(|e| panic!("{e:#}"));
+    let admin = env.admin_client().await.unwrap();
+    let ns = format!("snapgate-e2e-{:08x}", rand::random::<u32>());
+    let namespaces: Api<Namespace> = Api::all(admin.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("creating namespace {ns}: {e}\n{}", env.log_tails(20)));
+
+    // The kubelet and the CSI driver, played; the restic mover's pod logs a restic run.
+    let standin = Standin::start(
+        &env,
+        admin.clone(),
+        StandinConfig {
+            pods: Arc::new(|pod: &Pod| {
+                let job = pod
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("batch.kubernetes.io/job-name"))
+                    .cloned()
+                    .unwrap_or_default();
+                if job == "volsync-src-db" {
+                    PodRun::succeed(RESTIC_LOG)
+                } else {
+                    PodRun::fail(1, [format!("unexpected pod of job {job:?}")])
+                }
+            }),
+            ..StandinConfig::default()
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", env.log_tails(20)));
+
+    // The agent's RBAC exactly as deploy/agent/agent.yaml has it, in this namespace (what
+    // kustomize's namespace replacement does); not its Deployment: no kubelet runs images here,
+    // the agent runs as a process with its ServiceAccount's token instead.
+    let manifest = std::fs::read_to_string(repo().join("deploy/agent/agent.yaml"))
+        .unwrap()
+        .replace("my-app", &ns);
+    let applied = apply_manifest(&admin, &manifest, "snapgate-e2e", |kind| {
+        kind != "Deployment"
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(
+        applied,
+        [
+            "ServiceAccount/snapgate-agent".to_owned(),
+            "Role/snapgate-agent".into(),
+            "RoleBinding/snapgate-agent".into(),
+            format!("ClusterRole/snapgate-agent.{ns}"),
+            format!("ClusterRoleBinding/snapgate-agent.{ns}"),
+        ]
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let token = service_account_token(&admin, &ns, "snapgate-agent", Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let agent_kubeconfig = dir.path().join("agent.kubeconfig");
+    env.write_token_kubeconfig(&agent_kubeconfig, "snapgate-agent", &token)
+        .unwrap();
+    let as_agent = client_from(&agent_kubeconfig).await;
+    let review = Api::<SelfSubjectReview>::all(as_agent.clone())
+        .create(&PostParams::default(), &SelfSubjectReview::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        review
+            .status
+            .and_then(|s| s.user_info)
+            .and_then(|u| u.username),
+        Some(format!("system:serviceaccount:{ns}:snapgate-agent")),
+        "the agent's kubeconfig authenticates as its ServiceAccount"
+    );
+
+    // The application's side: the restic Secret and the gated PVC, bound by the stand-in's
+    // provisioner and the PV controller.
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), &ns);
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": "restic-config"},
+                "stringData": {"RESTIC_REPOSITORY": "s3:x", "RESTIC_PASSWORD": "x"},
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(admin.clone(), &ns);
+    pvcs.create(
+        &PostParams::default(),
+        &PersistentVolumeClaim {
+            metadata: ObjectMeta {
+                name: Some("data".into()),
+                annotations: Some(BTreeMap::from([(
+                    "volsync.backube/use-copy-trigger".into(),
+                    String::new(),
+                )])),
+                ..Default::default()
+            },
+            spec: Some(k8s_openapi::api::core::v1::PersistentVolumeClaimSpec {
+                access_modes: Some(vec!["ReadWriteOnce".into()]),
+                storage_class_name: Some(StandinConfig::default().storage_class),
+                resources: Some(k8s_openapi::api::core::v1::VolumeResourceRequirements {
+                    requests: Some(BTreeMap::from([("storage".into(), Quantity("1Gi".into()))])),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            status: None,
+        },
+    )
+    .await
+    .unwrap();
+    wait_for("PVC data Bound", WAIT, || async {
+        let p = pvcs.get("data").await.map_err(|e| e.to_string())?;
+        match p.status.as_ref().and_then(|s| s.phase.as_deref()) {
+            Some("Bound") => Ok(()),
+            other => Err(format!(
+                "phase {other:?}; stand-in errors {:?}",
+                standin.errors()
+            )),
+        }
+    })
+    .await
+    .unwrap();
+
+    let snapshots = Seen::start(
+        admin.clone(),
+        &ns,
+        ar(
+            "snapshot.storage.k8s.io",
+            "VolumeSnapshot",
+            "volumesnapshots",
+        ),
+    )
+    .await;
+    let jobs = Seen::start(admin.clone(), &ns, ar("batch", "Job", "jobs")).await;
+    let claims = Seen::start(
+        admin.clone(),
+        &ns,
+        ar("", "PersistentVolumeClaim", "persistentvolumeclaims"),
+    )
+    .await;
+
+    // The scheduler (no authentication, loopback) and the agent, as processes.
+    let grpc = format!("127.0.0.1:{}", free_port());
+    let _scheduler = spawn(
+        Command::new(binary("snapgate-scheduler"))
+            .args(["--listen", &grpc])
+            .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port())])
+            .arg("--data-dir")
+            .arg(dir.path().join("data")),
+        &dir.path().join("scheduler.log"),
+    );
+    let agent_log = dir.path().join("agent.log");
+    let _agent = spawn(
+        Command::new(binary("snapgate-agent"))
+            .env("KUBECONFIG", &agent_kubeconfig)
+            .args(["--scheduler", &format!("http://{grpc}")])
+            .args(["--namespace", &ns])
+            .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port())])
+            .args(["--agent-id", "cluster-test"]),
+        &agent_log,
+    );
+    let logs = || {
+        format!(
+            "{}\n{}\nstand-in errors: {:?}\n{}",
+            tail(&agent_log, 40),
+            tail(&dir.path().join("scheduler.log"), 20),
+            standin.errors(),
+            env.log_tails(10)
+        )
+    };
+    let channel = wait_for("the scheduler", WAIT, || async {
+        tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
+            .unwrap()
+            .connect()
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap();
+    let mut sources = SourceServiceClient::new(channel);
+    sources
+        .apply_source(v1::ApplySourceRequest {
+            namespace: ns.clone(),
+            name: "db".into(),
+            spec: Some(v1::SourceSpec {
+                source_pvc: "data".into(),
+                trigger: Some(v1::ReplicationSourceTrigger {
+                    schedule: None,
+                    manual: Some("once".into()),
+                }),
+                restic: Some(v1::ReplicationSourceResticSpec {
+                    copy_method: v1::CopyMethod::Snapshot as i32,
+                    repository: "restic-config".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            expected_version: 0,
+        })
+        .await
+        .unwrap();
+
+    // The annotation path: the agent marks the PVC waiting; the application writes a trigger.
+    let annotations = || async {
+        pvcs.get("data")
+            .await
+            .map_err(|e| e.to_string())
+            .map(|p| p.metadata.annotations.unwrap_or_default())
+    };
+    wait_for("WaitingForTrigger on PVC data", WAIT, || async {
+        let a = annotations().await?;
+        if a.get(STATUS).map(String::as_str) == Some("WaitingForTrigger") {
+            Ok(())
+        } else {
+            Err(format!("annotations {a:?}\n{}", logs()))
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        snapshots.versions("volsync-db-src").is_empty(),
+        "no copy is cut before the trigger"
+    );
+    pvcs.patch(
+        "data",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {TRIGGER: "first"}}})),
+    )
+    .await
+    .unwrap();
+
+    let source = wait_for("the run succeeds", WAIT, || async {
+        let s = sources
+            .clone()
+            .get_source(v1::GetSourceRequest {
+                namespace: ns.clone(),
+                name: "db".into(),
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .into_inner();
+        let st = s.status.clone().unwrap_or_default();
+        if st.last_manual_sync == "once" && st.latest_mover_status.is_some() {
+            Ok(st)
+        } else {
+            Err(format!("status {st:?}\n{}", logs()))
+        }
+    })
+    .await
+    .unwrap();
+    let mover = source.latest_mover_status.unwrap();
+    assert_eq!(mover.result, "Successful", "{mover:?}\n{}", logs());
+    assert_eq!(
+        mover.logs,
+        restic_tail(),
+        "the agent read the mover's log through the API server from the kubelet"
+    );
+    let reads = standin.log_reads();
+    assert!(
+        reads.iter().any(
+            |r| r.container.starts_with(&format!("{ns}/volsync-src-db-"))
+                && r.status == 200
+                && r.query.contains("tailLines=")
+                && r.query.contains("limitBytes=")
+        ),
+        "the API server read the mover pod's log from the stand-in kubelet: {reads:?}"
+    );
+    let a = annotations().await.unwrap();
+    assert_eq!(
+        a.get(STATUS).map(String::as_str),
+        Some("Completed"),
+        "{a:?}"
+    );
+    assert_eq!(a.get(LATEST).map(String::as_str), Some("first"), "{a:?}");
+    assert!(!a.contains_key(SINCE), "{a:?}");
+
+    // What the run made: the VolumeSnapshot, bound and ready (by the stand-in); the PVC
+    // restored from it (the mover's source) and the restic cache PVC, bound; the mover Job,
+    // completed by the real Job controller.
+    assert!(
+        snapshots.versions("volsync-db-src").iter().any(|s| {
+            s["spec"]["source"]["persistentVolumeClaimName"] == "data"
+                && s["status"]["readyToUse"] == true
+        }),
+        "a ready VolumeSnapshot of data: {:?}",
+        snapshots.versions("volsync-db-src")
+    );
+    for pvc in ["volsync-db-src", "volsync-src-db-cache"] {
+        assert!(
+            claims
+                .versions(pvc)
+                .iter()
+                .any(|p| p["status"]["phase"] == "Bound"),
+            "PVC {pvc} bound: {:?}",
+            claims.versions(pvc)
+        );
+    }
+    assert_eq!(
+        claims.versions("volsync-db-src")[0]["spec"]["dataSource"],
+        json!({"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": "volsync-db-src"})
+    );
+    assert!(
+        jobs.versions("volsync-src-db").iter().any(|j| {
+            j["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Complete" && c["status"] == "True")
+            })
+        }),
+        "the mover Job completed: {:?}",
+        jobs.versions("volsync-src-db")
+    );
+    assert_eq!(standin.pods_ran().len(), 1, "{:?}", standin.pods_ran());
+
+    // Cleanup: the snapshot, the restored PVC, the Job and its pod are gone; the cache stays.
+    let snaps_api: Api<DynamicObject> = Api::namespaced_with(
+        admin.clone(),
+        &ns,
+        &ar(
+            "snapshot.storage.k8s.io",
+            "VolumeSnapshot",
+            "volumesnapshots",
+        ),
+    );
+    let jobs_api: Api<Job> = Api::namespaced(admin.clone(), &ns);
+    let pods_api: Api<Pod> = Api::namespaced(admin.clone(), &ns);
+    wait_for("the run's temporary objects deleted", WAIT, || async {
+        let names = |v: Vec<Option<String>>| v.into_iter().flatten().collect::<Vec<_>>();
+        let lp = ListParams::default();
+        let left = (
+            names(
+                snaps_api
+                    .list(&lp)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .items
+                    .into_iter()
+                    .map(|o| o.metadata.name)
+                    .collect(),
+            ),
+            names(
+                jobs_api
+                    .list(&lp)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .items
+                    .into_iter()
+                    .map(|o| o.metadata.name)
+                    .collect(),
+            ),
+            names(
+                pods_api
+                    .list(&lp)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .items
+                    .into_iter()
+                    .map(|o| o.metadata.name)
+                    .collect(),
+            ),
+            names(
+                pvcs.list(&lp)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .items
+                    .into_iter()
+                    .map(|o| o.metadata.name)
+                    .collect(),
+            ),
+        );
+        let (s, j, p, c) = &left;
+        if s.is_empty() && j.is_empty() && p.is_empty() && *c == ["data", "volsync-src-db-cache"] {
+            Ok(())
+        } else {
+            Err(format!(
+                "snapshots, jobs, pods, PVCs left: {left:?}\n{}",
+                logs()
+            ))
+        }
+    })
+    .await
+    .unwrap();
+
+    // The agent recorded its Events (it may create them under its Role).
+    let events: Api<Event> = Api::namespaced(admin.clone(), &ns);
+    let reasons: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reporting_component.as_deref() == Some("snapgate-agent"))
+        .filter_map(|e| e.reason)
+        .collect();
+    assert!(
+        !reasons.is_empty(),
+        "the agent recorded Events about its run\n{}",
+        logs()
+    );
+
+    namespaces
+        .delete(&ns, &DeleteParams::default())
+        .await
+        .unwrap();
+    eprintln!(
+        "snapgate-cluster-tests: Kubernetes {}: one gated Snapshot run end to end in {:.1} s; agent Events: {reasons:?}",
+        env.version,
+        started.elapsed().as_secs_f64()
+    );
+}
