@@ -5,7 +5,8 @@
 //!
 //! These tests need a running cluster, so they are `#[ignore]`d in a plain `cargo test` and run
 //! by `./scripts/test` (which brings the cluster up) as `cargo test -p snapgate-cluster-tests
-//! -- --ignored`. Run with `--ignored` and no cluster, they fail saying how to start one.
+//! -- --ignored --test-threads 1` (one at a time: the cluster has one stand-in node). Run with
+//! `--ignored` and no cluster, they fail saying how to start one.
 
 use std::{
     collections::BTreeMap,
@@ -192,9 +193,22 @@ fn tail(path: &Path, n: usize) -> String {
 }
 
 #[tokio::test]
-#[ignore = "needs a real cluster: ./scripts/cluster up, then cargo test -p snapgate-cluster-tests -- --ignored (./scripts/test does both)"]
+#[ignore = "needs a real cluster: ./scripts/cluster up, then cargo test -p snapgate-cluster-tests -- --ignored --test-threads 1 (./scripts/test does both)"]
 async fn a_gated_snapshot_run_completes_and_is_cleaned_up_by_the_agent_under_its_role_on_a_real_api_server()
  {
+    gated_run(v1::CopyMethod::Snapshot).await;
+}
+
+#[tokio::test]
+#[ignore = "needs a real cluster: ./scripts/cluster up, then cargo test -p snapgate-cluster-tests -- --ignored --test-threads 1 (./scripts/test does both)"]
+async fn a_gated_clone_run_completes_and_is_cleaned_up_by_the_agent_under_its_role_on_a_real_api_server()
+ {
+    gated_run(v1::CopyMethod::Clone).await;
+}
+
+/// One gated restic run of PVC `data` with this copy method, through the annotation path, in a
+/// namespace of its own; checks the run, the copy it made, the cleanup and the Events.
+async fn gated_run(method: v1::CopyMethod) {
     let started = Instant::now();
     let env = ClusterEnv::load().unwrap_or_else(|e| panic!("{e:#}"));
     let admin = env.admin_client().await.unwrap();
@@ -396,7 +410,7 @@ async fn a_gated_snapshot_run_completes_and_is_cleaned_up_by_the_agent_under_its
                     manual: Some("once".into()),
                 }),
                 restic: Some(v1::ReplicationSourceResticSpec {
-                    copy_method: v1::CopyMethod::Snapshot as i32,
+                    copy_method: method as i32,
                     repository: "restic-config".into(),
                     ..Default::default()
                 }),
@@ -481,17 +495,30 @@ async fn a_gated_snapshot_run_completes_and_is_cleaned_up_by_the_agent_under_its
     assert_eq!(a.get(LATEST).map(String::as_str), Some("first"), "{a:?}");
     assert!(!a.contains_key(SINCE), "{a:?}");
 
-    // What the run made: the VolumeSnapshot, bound and ready (by the stand-in); the PVC
-    // restored from it (the mover's source) and the restic cache PVC, bound; the mover Job,
-    // completed by the real Job controller.
-    assert!(
-        snapshots.versions("volsync-db-src").iter().any(|s| {
-            s["spec"]["source"]["persistentVolumeClaimName"] == "data"
-                && s["status"]["readyToUse"] == true
-        }),
-        "a ready VolumeSnapshot of data: {:?}",
-        snapshots.versions("volsync-db-src")
-    );
+    // What the run made. Snapshot: the VolumeSnapshot, bound and ready (by the stand-in), and
+    // the PVC restored from it; Clone: the clone PVC of data and no snapshot. Either is the
+    // mover's source, bound like the restic cache PVC; the mover Job was completed by the real
+    // Job controller.
+    let copy_source = match method {
+        v1::CopyMethod::Snapshot => {
+            assert!(
+                snapshots.versions("volsync-db-src").iter().any(|s| {
+                    s["spec"]["source"]["persistentVolumeClaimName"] == "data"
+                        && s["status"]["readyToUse"] == true
+                }),
+                "a ready VolumeSnapshot of data: {:?}",
+                snapshots.versions("volsync-db-src")
+            );
+            json!({"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": "volsync-db-src"})
+        }
+        _ => {
+            assert!(
+                snapshots.versions("volsync-db-src").is_empty(),
+                "a Clone run cuts no snapshot"
+            );
+            json!({"apiGroup": null, "kind": "PersistentVolumeClaim", "name": "data"})
+        }
+    };
     for pvc in ["volsync-db-src", "volsync-src-db-cache"] {
         assert!(
             claims
@@ -504,7 +531,7 @@ async fn a_gated_snapshot_run_completes_and_is_cleaned_up_by_the_agent_under_its
     }
     assert_eq!(
         claims.versions("volsync-db-src")[0]["spec"]["dataSource"],
-        json!({"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": "volsync-db-src"})
+        copy_source
     );
     assert!(
         jobs.versions("volsync-src-db").iter().any(|j| {
@@ -609,7 +636,7 @@ async fn a_gated_snapshot_run_completes_and_is_cleaned_up_by_the_agent_under_its
         .await
         .unwrap();
     eprintln!(
-        "snapgate-cluster-tests: Kubernetes {}: one gated Snapshot run end to end in {:.1} s; agent Events: {reasons:?}",
+        "snapgate-cluster-tests: Kubernetes {}: one gated {method:?} run end to end in {:.1} s; agent Events: {reasons:?}",
         env.version,
         started.elapsed().as_secs_f64()
     );
