@@ -196,19 +196,35 @@ fn tail(path: &Path, n: usize) -> String {
 #[ignore = "needs a real cluster: ./scripts/cluster up, then cargo test -p snapgate-cluster-tests -- --ignored --test-threads 1 (./scripts/test does both)"]
 async fn a_gated_snapshot_run_completes_and_is_cleaned_up_by_the_agent_under_its_role_on_a_real_api_server()
  {
-    gated_run(v1::CopyMethod::Snapshot).await;
+    gated_run(v1::CopyMethod::Snapshot, TriggerPath::Annotation).await;
 }
 
 #[tokio::test]
 #[ignore = "needs a real cluster: ./scripts/cluster up, then cargo test -p snapgate-cluster-tests -- --ignored --test-threads 1 (./scripts/test does both)"]
 async fn a_gated_clone_run_completes_and_is_cleaned_up_by_the_agent_under_its_role_on_a_real_api_server()
  {
-    gated_run(v1::CopyMethod::Clone).await;
+    gated_run(v1::CopyMethod::Clone, TriggerPath::Annotation).await;
 }
 
-/// One gated restic run of PVC `data` with this copy method, through the annotation path, in a
+#[tokio::test]
+#[ignore = "needs a real cluster: ./scripts/cluster up, then cargo test -p snapgate-cluster-tests -- --ignored --test-threads 1 (./scripts/test does both)"]
+async fn a_snapshot_run_triggered_through_the_sdk_completes_and_is_cleaned_up_by_the_agent_under_its_role_on_a_real_api_server()
+ {
+    gated_run(v1::CopyMethod::Snapshot, TriggerPath::Rpc).await;
+}
+
+/// How the application confirms it is quiesced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TriggerPath {
+    /// It writes `copy-trigger` on the PVC.
+    Annotation,
+    /// It calls Trigger through the SDK for the run it waited for (WatchCopy).
+    Rpc,
+}
+
+/// One gated restic run of PVC `data` with this copy method, triggered through `path`, in a
 /// namespace of its own; checks the run, the copy it made, the cleanup and the Events.
-async fn gated_run(method: v1::CopyMethod) {
+async fn gated_run(method: v1::CopyMethod, path: TriggerPath) {
     let started = Instant::now();
     let env = ClusterEnv::load().unwrap_or_else(|e| panic!("{e:#}"));
     let admin = env.admin_client().await.unwrap();
@@ -442,13 +458,36 @@ async fn gated_run(method: v1::CopyMethod) {
         snapshots.versions("volsync-db-src").is_empty(),
         "no copy is cut before the trigger"
     );
-    pvcs.patch(
-        "data",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"annotations": {TRIGGER: "first"}}})),
-    )
-    .await
-    .unwrap();
+    match path {
+        TriggerPath::Annotation => {
+            pvcs.patch(
+                "data",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"annotations": {TRIGGER: "first"}}})),
+            )
+            .await
+            .unwrap();
+        }
+        TriggerPath::Rpc => {
+            let sdk = snapgate_sdk::Client::connect(format!("http://{grpc}"))
+                .await
+                .unwrap();
+            let target = v1::CopyTarget {
+                namespace: ns.clone(),
+                pvc: "data".into(),
+                source: String::new(),
+            };
+            let request = tokio::time::timeout(WAIT, sdk.wait_for_copy_request(&target))
+                .await
+                .unwrap_or_else(|_| panic!("no copy request within {WAIT:?}\n{}", logs()))
+                .unwrap();
+            let answer = sdk
+                .trigger(&target, Some(&request.run_id), "first")
+                .await
+                .unwrap();
+            assert_eq!(answer.run_id, request.run_id);
+        }
+    }
 
     let source = wait_for("the run succeeds", WAIT, || async {
         let s = sources
@@ -636,7 +675,7 @@ async fn gated_run(method: v1::CopyMethod) {
         .await
         .unwrap();
     eprintln!(
-        "snapgate-cluster-tests: Kubernetes {}: one gated {method:?} run end to end in {:.1} s; agent Events: {reasons:?}",
+        "snapgate-cluster-tests: Kubernetes {}: one gated {method:?} run ({path:?} trigger) end to end in {:.1} s; agent Events: {reasons:?}",
         env.version,
         started.elapsed().as_secs_f64()
     );
