@@ -50,22 +50,131 @@ const LATEST: &str = "volsync.backube/latest-copy-trigger";
 const SINCE: &str = "volsync.backube/latest-copy-trigger-waiting-since";
 const TRIGGER: &str = "volsync.backube/copy-trigger";
 
-/// What the restic mover's pod logs (scripted), and the summary the agent must keep of it.
-const RESTIC_LOG: [&str; 5] = [
-    "using parent snapshot 4f2a",
-    "processed 12 files, 3.4 MiB in 0:01",
-    "snapshot 9c1d77ab saved",
-    "some noise that is filtered out",
-    "Restic completed in 2s",
-];
+/// The four movers: what each source needs, its Job, and what its pod logs (scripted).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mover {
+    Restic,
+    Rclone,
+    Rsync,
+    RsyncTls,
+}
 
-fn restic_tail() -> String {
-    RESTIC_LOG
-        .iter()
-        .filter(|l| !l.contains("noise"))
-        .copied()
-        .collect::<Vec<_>>()
-        .join("\n")
+impl Mover {
+    /// The mover Job of source `db`.
+    fn job(self) -> &'static str {
+        match self {
+            Self::Restic => "volsync-src-db",
+            Self::Rclone => "volsync-rclone-src-db",
+            Self::Rsync => "volsync-rsync-src-db",
+            Self::RsyncTls => "volsync-rsync-tls-src-db",
+        }
+    }
+
+    /// The Secret the source names, with the keys the agent checks.
+    fn secret(self) -> Value {
+        let (name, data) = match self {
+            Self::Restic => (
+                "restic-config",
+                json!({"RESTIC_REPOSITORY": "s3:x", "RESTIC_PASSWORD": "x"}),
+            ),
+            Self::Rclone => ("rclone-secret", json!({"rclone.conf": "[s3]\ntype = s3\n"})),
+            Self::Rsync => (
+                "rsync-keys",
+                json!({"source": "k", "source.pub": "p", "destination.pub": "d"}),
+            ),
+            Self::RsyncTls => ("tls-key", json!({"psk.txt": "volsync:0123"})),
+        };
+        json!({"metadata": {"name": name}, "stringData": data})
+    }
+
+    /// Source `db` of PVC `data` with this mover and copy method, manual trigger `once`.
+    fn spec(self, method: v1::CopyMethod) -> v1::SourceSpec {
+        let mut spec = v1::SourceSpec {
+            source_pvc: "data".into(),
+            trigger: Some(v1::ReplicationSourceTrigger {
+                schedule: None,
+                manual: Some("once".into()),
+            }),
+            ..Default::default()
+        };
+        match self {
+            Self::Restic => {
+                spec.restic = Some(v1::ReplicationSourceResticSpec {
+                    copy_method: method as i32,
+                    repository: "restic-config".into(),
+                    ..Default::default()
+                });
+            }
+            Self::Rclone => {
+                spec.rclone = Some(v1::ReplicationSourceRcloneSpec {
+                    copy_method: method as i32,
+                    rclone_config: "rclone-secret".into(),
+                    rclone_config_section: "s3".into(),
+                    rclone_dest_path: "bucket/db".into(),
+                    ..Default::default()
+                });
+            }
+            Self::Rsync => {
+                spec.rsync = Some(v1::ReplicationSourceRsyncSpec {
+                    copy_method: method as i32,
+                    ssh_keys: "rsync-keys".into(),
+                    address: "backup.example.com".into(),
+                    ..Default::default()
+                });
+            }
+            Self::RsyncTls => {
+                spec.rsync_tls = Some(v1::ReplicationSourceRsyncTlsSpec {
+                    copy_method: method as i32,
+                    key_secret: "tls-key".into(),
+                    address: "10.0.0.9".into(),
+                    ..Default::default()
+                });
+            }
+        }
+        spec
+    }
+
+    /// What its pod logs: summary lines and a line of noise the agent filters out.
+    fn log(self) -> Vec<&'static str> {
+        match self {
+            Self::Restic => vec![
+                "using parent snapshot 4f2a",
+                "processed 12 files, 3.4 MiB in 0:01",
+                "snapshot 9c1d77ab saved",
+                "some noise that is filtered out",
+                "Restic completed in 2s",
+            ],
+            Self::Rclone => vec![
+                "Transferred:   1.2 MiB / 1.2 MiB, 100%",
+                "some noise that is filtered out",
+                "Elapsed time:  1.0s",
+                "Rclone completed in 1s",
+            ],
+            Self::Rsync | Self::RsyncTls => vec![
+                "some noise that is filtered out",
+                "sent 1,234 bytes  received 56 bytes  2,580.00 bytes/sec",
+                "total size is 10,000  speedup is 7.75",
+                "rsync completed in 2s",
+            ],
+        }
+    }
+
+    /// The summary the agent must report of that log.
+    fn tail(self) -> String {
+        self.log()
+            .into_iter()
+            .filter(|l| !l.contains("noise"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The PVCs left after a run besides `data`: restic keeps its cache.
+    fn kept_pvcs(self) -> Vec<&'static str> {
+        match self {
+            Self::Restic => vec!["volsync-src-db-cache"],
+            _ => Vec::new(),
+        }
+    }
 }
 
 fn repo() -> PathBuf {
@@ -196,21 +305,64 @@ fn tail(path: &Path, n: usize) -> String {
 #[ignore = "needs a real cluster: ./scripts/cluster up, then cargo test -p snapgate-cluster-tests -- --ignored --test-threads 1 (./scripts/test does both)"]
 async fn a_gated_snapshot_run_completes_and_is_cleaned_up_by_the_agent_under_its_role_on_a_real_api_server()
  {
-    gated_run(v1::CopyMethod::Snapshot, TriggerPath::Annotation).await;
+    gated_run(
+        Mover::Restic,
+        v1::CopyMethod::Snapshot,
+        TriggerPath::Annotation,
+    )
+    .await;
 }
 
 #[tokio::test]
 #[ignore = "needs a real cluster: ./scripts/cluster up, then cargo test -p snapgate-cluster-tests -- --ignored --test-threads 1 (./scripts/test does both)"]
 async fn a_gated_clone_run_completes_and_is_cleaned_up_by_the_agent_under_its_role_on_a_real_api_server()
  {
-    gated_run(v1::CopyMethod::Clone, TriggerPath::Annotation).await;
+    gated_run(
+        Mover::Restic,
+        v1::CopyMethod::Clone,
+        TriggerPath::Annotation,
+    )
+    .await;
 }
 
 #[tokio::test]
 #[ignore = "needs a real cluster: ./scripts/cluster up, then cargo test -p snapgate-cluster-tests -- --ignored --test-threads 1 (./scripts/test does both)"]
 async fn a_snapshot_run_triggered_through_the_sdk_completes_and_is_cleaned_up_by_the_agent_under_its_role_on_a_real_api_server()
  {
-    gated_run(v1::CopyMethod::Snapshot, TriggerPath::Rpc).await;
+    gated_run(Mover::Restic, v1::CopyMethod::Snapshot, TriggerPath::Rpc).await;
+}
+
+#[tokio::test]
+#[ignore = "needs a real cluster: ./scripts/cluster up, then cargo test -p snapgate-cluster-tests -- --ignored --test-threads 1 (./scripts/test does both)"]
+async fn a_gated_rclone_snapshot_run_completes_and_is_cleaned_up_on_a_real_api_server() {
+    gated_run(
+        Mover::Rclone,
+        v1::CopyMethod::Snapshot,
+        TriggerPath::Annotation,
+    )
+    .await;
+}
+
+#[tokio::test]
+#[ignore = "needs a real cluster: ./scripts/cluster up, then cargo test -p snapgate-cluster-tests -- --ignored --test-threads 1 (./scripts/test does both)"]
+async fn a_gated_rsync_snapshot_run_completes_and_is_cleaned_up_on_a_real_api_server() {
+    gated_run(
+        Mover::Rsync,
+        v1::CopyMethod::Snapshot,
+        TriggerPath::Annotation,
+    )
+    .await;
+}
+
+#[tokio::test]
+#[ignore = "needs a real cluster: ./scripts/cluster up, then cargo test -p snapgate-cluster-tests -- --ignored --test-threads 1 (./scripts/test does both)"]
+async fn a_gated_rsync_tls_snapshot_run_completes_and_is_cleaned_up_on_a_real_api_server() {
+    gated_run(
+        Mover::RsyncTls,
+        v1::CopyMethod::Snapshot,
+        TriggerPath::Annotation,
+    )
+    .await;
 }
 
 /// How the application confirms it is quiesced.
@@ -222,9 +374,9 @@ enum TriggerPath {
     Rpc,
 }
 
-/// One gated restic run of PVC `data` with this copy method, triggered through `path`, in a
+/// One gated run of PVC `data` with this mover and copy method, triggered through `path`, in a
 /// namespace of its own; checks the run, the copy it made, the cleanup and the Events.
-async fn gated_run(method: v1::CopyMethod, path: TriggerPath) {
+async fn gated_run(mover: Mover, method: v1::CopyMethod, path: TriggerPath) {
     let started = Instant::now();
     let env = ClusterEnv::load().unwrap_or_else(|e| panic!("{e:#}"));
     let admin = env.admin_client().await.unwrap();
@@ -238,12 +390,12 @@ async fn gated_run(method: v1::CopyMethod, path: TriggerPath) {
         .await
         .unwrap_or_else(|e| panic!("creating namespace {ns}: {e}\n{}", env.log_tails(20)));
 
-    // The kubelet and the CSI driver, played; the restic mover's pod logs a restic run.
+    // The kubelet and the CSI driver, played; the mover's pod logs a run of its tool.
     let standin = Standin::start(
         &env,
         admin.clone(),
         StandinConfig {
-            pods: Arc::new(|pod: &Pod| {
+            pods: Arc::new(move |pod: &Pod| {
                 let job = pod
                     .metadata
                     .labels
@@ -251,8 +403,8 @@ async fn gated_run(method: v1::CopyMethod, path: TriggerPath) {
                     .and_then(|l| l.get("batch.kubernetes.io/job-name"))
                     .cloned()
                     .unwrap_or_default();
-                if job == "volsync-src-db" {
-                    PodRun::succeed(RESTIC_LOG)
+                if job == mover.job() {
+                    PodRun::succeed(mover.log())
                 } else {
                     PodRun::fail(1, [format!("unexpected pod of job {job:?}")])
                 }
@@ -305,17 +457,13 @@ async fn gated_run(method: v1::CopyMethod, path: TriggerPath) {
         "the agent's kubeconfig authenticates as its ServiceAccount"
     );
 
-    // The application's side: the restic Secret and the gated PVC, bound by the stand-in's
+    // The application's side: the mover's Secret and the gated PVC, bound by the stand-in's
     // provisioner and the PV controller.
     let secrets: Api<Secret> = Api::namespaced(admin.clone(), &ns);
     secrets
         .create(
             &PostParams::default(),
-            &serde_json::from_value(json!({
-                "metadata": {"name": "restic-config"},
-                "stringData": {"RESTIC_REPOSITORY": "s3:x", "RESTIC_PASSWORD": "x"},
-            }))
-            .unwrap(),
+            &serde_json::from_value(mover.secret()).unwrap(),
         )
         .await
         .unwrap();
@@ -419,19 +567,7 @@ async fn gated_run(method: v1::CopyMethod, path: TriggerPath) {
         .apply_source(v1::ApplySourceRequest {
             namespace: ns.clone(),
             name: "db".into(),
-            spec: Some(v1::SourceSpec {
-                source_pvc: "data".into(),
-                trigger: Some(v1::ReplicationSourceTrigger {
-                    schedule: None,
-                    manual: Some("once".into()),
-                }),
-                restic: Some(v1::ReplicationSourceResticSpec {
-                    copy_method: method as i32,
-                    repository: "restic-config".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
+            spec: Some(mover.spec(method)),
             expected_version: 0,
         })
         .await
@@ -508,17 +644,17 @@ async fn gated_run(method: v1::CopyMethod, path: TriggerPath) {
     })
     .await
     .unwrap();
-    let mover = source.latest_mover_status.unwrap();
-    assert_eq!(mover.result, "Successful", "{mover:?}\n{}", logs());
+    let status = source.latest_mover_status.unwrap();
+    assert_eq!(status.result, "Successful", "{status:?}\n{}", logs());
     assert_eq!(
-        mover.logs,
-        restic_tail(),
+        status.logs,
+        mover.tail(),
         "the agent read the mover's log through the API server from the kubelet"
     );
     let reads = standin.log_reads();
     assert!(
         reads.iter().any(
-            |r| r.container.starts_with(&format!("{ns}/volsync-src-db-"))
+            |r| r.container.starts_with(&format!("{ns}/{}-", mover.job()))
                 && r.status == 200
                 && r.query.contains("tailLines=")
                 && r.query.contains("limitBytes=")
@@ -558,7 +694,7 @@ async fn gated_run(method: v1::CopyMethod, path: TriggerPath) {
             json!({"apiGroup": null, "kind": "PersistentVolumeClaim", "name": "data"})
         }
     };
-    for pvc in ["volsync-db-src", "volsync-src-db-cache"] {
+    for pvc in std::iter::once("volsync-db-src").chain(mover.kept_pvcs()) {
         assert!(
             claims
                 .versions(pvc)
@@ -573,18 +709,19 @@ async fn gated_run(method: v1::CopyMethod, path: TriggerPath) {
         copy_source
     );
     assert!(
-        jobs.versions("volsync-src-db").iter().any(|j| {
+        jobs.versions(mover.job()).iter().any(|j| {
             j["status"]["conditions"].as_array().is_some_and(|c| {
                 c.iter()
                     .any(|c| c["type"] == "Complete" && c["status"] == "True")
             })
         }),
         "the mover Job completed: {:?}",
-        jobs.versions("volsync-src-db")
+        jobs.versions(mover.job())
     );
     assert_eq!(standin.pods_ran().len(), 1, "{:?}", standin.pods_ran());
 
-    // Cleanup: the snapshot, the restored PVC, the Job and its pod are gone; the cache stays.
+    // Cleanup: the snapshot, the restored PVC, the Job and its pod are gone; a restic cache
+    // stays.
     let snaps_api: Api<DynamicObject> = Api::namespaced_with(
         admin.clone(),
         &ns,
@@ -641,7 +778,11 @@ async fn gated_run(method: v1::CopyMethod, path: TriggerPath) {
             ),
         );
         let (s, j, p, c) = &left;
-        if s.is_empty() && j.is_empty() && p.is_empty() && *c == ["data", "volsync-src-db-cache"] {
+        if s.is_empty()
+            && j.is_empty()
+            && p.is_empty()
+            && *c == [vec!["data"], mover.kept_pvcs()].concat()
+        {
             Ok(())
         } else {
             Err(format!(
@@ -675,7 +816,7 @@ async fn gated_run(method: v1::CopyMethod, path: TriggerPath) {
         .await
         .unwrap();
     eprintln!(
-        "snapgate-cluster-tests: Kubernetes {}: one gated {method:?} run ({path:?} trigger) end to end in {:.1} s; agent Events: {reasons:?}",
+        "snapgate-cluster-tests: Kubernetes {}: one gated {mover:?} {method:?} run ({path:?} trigger) end to end in {:.1} s; agent Events: {reasons:?}",
         env.version,
         started.elapsed().as_secs_f64()
     );
