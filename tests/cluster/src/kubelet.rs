@@ -31,6 +31,8 @@ pub struct PodRun {
     pub exit_code: i32,
     /// What its first container logs (the others log nothing).
     pub log: String,
+    /// It keeps running until it is deleted (then it exits 143, as on SIGTERM).
+    pub until_deleted: bool,
 }
 
 impl PodRun {
@@ -39,6 +41,7 @@ impl PodRun {
         Self {
             exit_code: 0,
             log: join_lines(lines),
+            until_deleted: false,
         }
     }
 
@@ -48,6 +51,16 @@ impl PodRun {
         Self {
             exit_code: code,
             log: join_lines(lines),
+            until_deleted: false,
+        }
+    }
+
+    /// Keeps running after logging these lines, until the pod is deleted.
+    pub fn until_deleted<S: AsRef<str>>(lines: impl IntoIterator<Item = S>) -> Self {
+        Self {
+            exit_code: 143,
+            log: join_lines(lines),
+            until_deleted: true,
         }
     }
 }

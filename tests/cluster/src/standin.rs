@@ -755,7 +755,34 @@ impl Shared {
                 pod.metadata.uid.clone().unwrap_or_default(),
             );
             let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+            let phase = pod.status.as_ref().and_then(|s| s.phase.clone());
             if pod.metadata.deletion_timestamp.is_some() {
+                // A running pod's containers are stopped (SIGTERM: exit 143) and its status
+                // says so before the deletion is confirmed.
+                if phase.as_deref() == Some("Running") {
+                    let now = now();
+                    let containers: Vec<Value> = pod
+                        .spec
+                        .iter()
+                        .flat_map(|s| &s.containers)
+                        .map(|c| {
+                            json!({"name": c.name, "image": c.image, "imageID": "",
+                                   "ready": false, "started": false, "restartCount": 0,
+                                   "state": {"terminated": {"exitCode": 143, "reason": "Error",
+                                             "finishedAt": now}}})
+                        })
+                        .collect();
+                    let stopped = json!({"status": {"phase": "Failed",
+                                                    "containerStatuses": containers}});
+                    match api
+                        .patch_status(&name, &PatchParams::default(), &Patch::Strategic(stopped))
+                        .await
+                    {
+                        Ok(_) => {}
+                        Err(e) if gone(&e) => continue,
+                        Err(e) => return Err(e).context(format!("stopping pod {ns}/{name}")),
+                    }
+                }
                 let confirm = DeleteParams {
                     grace_period_seconds: Some(0),
                     preconditions: Some(Preconditions {
@@ -773,7 +800,6 @@ impl Shared {
                 }
                 continue;
             }
-            let phase = pod.status.as_ref().and_then(|s| s.phase.clone());
             if !matches!(phase.as_deref(), None | Some("Pending"))
                 || !self.started.lock().unwrap().insert(uid.clone())
             {
@@ -831,6 +857,9 @@ impl Shared {
                 Ok(_) => {}
                 Err(e) if gone(&e) => continue,
                 Err(e) => return Err(e).context(format!("starting pod {ns}/{name}")),
+            }
+            if run.until_deleted {
+                continue;
             }
             let ok = run.exit_code == 0;
             let finished = now();
