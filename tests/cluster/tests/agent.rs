@@ -37,7 +37,8 @@ use kube::{
 };
 use serde_json::{Value, json};
 use snapgate_cluster_tests::{
-    ClusterEnv, PodRun, Standin, StandinConfig, apply_manifest, service_account_token, wait_for,
+    ClusterEnv, PodRun, PodScript, Standin, StandinConfig, apply_manifest, service_account_token,
+    wait_for,
 };
 use snapgate_proto::v1::{self, source_service_client::SourceServiceClient};
 use tokio::process::{Child, Command};
@@ -175,6 +176,16 @@ impl Mover {
             _ => Vec::new(),
         }
     }
+}
+
+/// The Job a pod belongs to (the label the Job controller sets).
+fn job_of(pod: &Pod) -> String {
+    pod.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("batch.kubernetes.io/job-name"))
+        .cloned()
+        .unwrap_or_default()
 }
 
 fn repo() -> PathBuf {
@@ -365,6 +376,181 @@ async fn a_gated_rsync_tls_snapshot_run_completes_and_is_cleaned_up_on_a_real_ap
     .await;
 }
 
+#[tokio::test]
+#[ignore = "needs a real cluster: ./scripts/cluster up, then cargo test -p snapgate-cluster-tests -- --ignored --test-threads 1 (./scripts/test does both)"]
+async fn pausing_a_source_stops_its_running_mover_through_the_job_controller_and_resuming_runs_it_to_success()
+ {
+    // The mover's first pod runs until it is deleted; the next one succeeds.
+    let mover = Mover::Rclone;
+    let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let pods: PodScript = Arc::new(move |pod: &Pod| {
+        if job_of(pod) != mover.job() {
+            PodRun::fail(1, [format!("unexpected pod of job {:?}", job_of(pod))])
+        } else if first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            PodRun::until_deleted(["Transferred:   0.1 MiB / 1.2 MiB, 8%"])
+        } else {
+            PodRun::succeed(mover.log())
+        }
+    });
+    let scene = Scene::start(mover, false, pods).await;
+    let logs = || scene.logs();
+    let mut sources = scene.sources.clone();
+    let (ns, name) = (scene.ns.clone(), "db".to_owned());
+    sources
+        .apply_source(v1::ApplySourceRequest {
+            namespace: ns.clone(),
+            name: name.clone(),
+            spec: Some(mover.spec(v1::CopyMethod::Direct)),
+            expected_version: 0,
+        })
+        .await
+        .unwrap();
+    let jobs_api: Api<Job> = Api::namespaced(scene.admin.clone(), &ns);
+    let pods_api: Api<Pod> = Api::namespaced(scene.admin.clone(), &ns);
+    let of_job =
+        ListParams::default().labels(&format!("batch.kubernetes.io/job-name={}", mover.job()));
+    let phases = || async {
+        pods_api
+            .list(&of_job)
+            .await
+            .map_err(|e| e.to_string())
+            .map(|l| {
+                l.items
+                    .into_iter()
+                    .map(|p| p.status.and_then(|s| s.phase).unwrap_or_default())
+                    .collect::<Vec<_>>()
+            })
+    };
+    wait_for("the mover's pod running", WAIT, || async {
+        let phases = phases().await?;
+        if phases == ["Running"] {
+            Ok(())
+        } else {
+            Err(format!("pods {phases:?}\n{}", logs()))
+        }
+    })
+    .await
+    .unwrap();
+
+    // Pause: the agent sets parallelism 0; the real Job controller deletes the running pod
+    // and the kubelet stops it.
+    sources
+        .pause_source(v1::PauseSourceRequest {
+            namespace: ns.clone(),
+            name: name.clone(),
+            note: "maintenance".into(),
+        })
+        .await
+        .unwrap();
+    wait_for(
+        "parallelism 0 and no pod of the mover left",
+        WAIT,
+        || async {
+            let job = jobs_api.get(mover.job()).await.map_err(|e| e.to_string())?;
+            let parallelism = job.spec.as_ref().and_then(|s| s.parallelism);
+            let active = job.status.as_ref().and_then(|s| s.active).unwrap_or(0);
+            let phases = phases().await?;
+            if parallelism == Some(0) && active == 0 && phases.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "parallelism {parallelism:?}, active {active}, pods {phases:?}\n{}",
+                    logs()
+                ))
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let paused = sources
+        .get_source(v1::GetSourceRequest {
+            namespace: ns.clone(),
+            name: name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        paused
+            .status
+            .as_ref()
+            .and_then(|s| s.latest_mover_status.as_ref())
+            .is_none(),
+        "no mover result while paused: {paused:?}"
+    );
+    assert_eq!(
+        scene.standin.pods_ran().len(),
+        1,
+        "{:?}",
+        scene.standin.pods_ran()
+    );
+
+    // Resume: parallelism 1 again; the Job controller starts a new pod, which succeeds.
+    sources
+        .resume_source(v1::ResumeSourceRequest {
+            namespace: ns.clone(),
+            name: name.clone(),
+            note: String::new(),
+        })
+        .await
+        .unwrap();
+    let status = wait_for("the run succeeds after the resume", WAIT, || async {
+        let s = sources
+            .clone()
+            .get_source(v1::GetSourceRequest {
+                namespace: ns.clone(),
+                name: name.clone(),
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .into_inner();
+        match s.status.and_then(|st| st.latest_mover_status) {
+            Some(m) => Ok(m),
+            None => Err(format!("no mover result yet\n{}", logs())),
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.result, "Successful", "{status:?}\n{}", logs());
+    assert_eq!(status.logs, mover.tail());
+    assert_eq!(
+        scene.standin.pods_ran().len(),
+        2,
+        "{:?}",
+        scene.standin.pods_ran()
+    );
+    let parallelisms: Vec<Option<i64>> = scene
+        .jobs
+        .versions(mover.job())
+        .iter()
+        .map(|j| j["spec"]["parallelism"].as_i64())
+        .collect();
+    let zero = parallelisms.iter().position(|p| *p == Some(0));
+    assert!(
+        zero.is_some_and(|z| parallelisms[z..].contains(&Some(1))),
+        "the Job went to parallelism 0 and back to 1: {parallelisms:?}"
+    );
+    wait_for("the Job and its pods deleted", WAIT, || async {
+        let jobs = jobs_api
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let phases = phases().await?;
+        if jobs.items.is_empty() && phases.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} jobs, pods {phases:?}\n{}",
+                jobs.items.len(),
+                logs()
+            ))
+        }
+    })
+    .await
+    .unwrap();
+    scene.finish().await;
+}
+
 /// How the application confirms it is quiesced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum TriggerPath {
@@ -374,195 +560,255 @@ enum TriggerPath {
     Rpc,
 }
 
+/// One namespace of the cluster with what a run needs: the stand-in, `deploy/agent`'s RBAC, the
+/// mover's Secret, PVC `data` bound, the scheduler and the agent as processes (the agent with
+/// its ServiceAccount's token), and watches recording the snapshots, Jobs and PVCs.
+struct Scene {
+    env: ClusterEnv,
+    admin: kube::Client,
+    ns: String,
+    standin: Standin,
+    pvcs: Api<PersistentVolumeClaim>,
+    grpc: String,
+    sources: SourceServiceClient<tonic::transport::Channel>,
+    snapshots: Seen,
+    jobs: Seen,
+    claims: Seen,
+    dir: tempfile::TempDir,
+    _scheduler: Proc,
+    _agent: Proc,
+}
+
+impl Scene {
+    async fn start(mover: Mover, gated: bool, pods: PodScript) -> Self {
+        let env = ClusterEnv::load().unwrap_or_else(|e| panic!("{e:#}"));
+        let admin = env.admin_client().await.unwrap();
+        let ns = format!("snapgate-e2e-{:08x}", rand::random::<u32>());
+        let namespaces: Api<Namespace> = Api::all(admin.clone());
+        namespaces
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("creating namespace {ns}: {e}\n{}", env.log_tails(20)));
+
+        // The kubelet and the CSI driver, played.
+        let standin = Standin::start(
+            &env,
+            admin.clone(),
+            StandinConfig {
+                pods,
+                ..StandinConfig::default()
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", env.log_tails(20)));
+
+        // The agent's RBAC exactly as deploy/agent/agent.yaml has it, in this namespace (what
+        // kustomize's namespace replacement does); not its Deployment: no kubelet runs images here,
+        // the agent runs as a process with its ServiceAccount's token instead.
+        let manifest = std::fs::read_to_string(repo().join("deploy/agent/agent.yaml"))
+            .unwrap()
+            .replace("my-app", &ns);
+        let applied = apply_manifest(&admin, &manifest, "snapgate-e2e", |kind| {
+            kind != "Deployment"
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(
+            applied,
+            [
+                "ServiceAccount/snapgate-agent".to_owned(),
+                "Role/snapgate-agent".into(),
+                "RoleBinding/snapgate-agent".into(),
+                format!("ClusterRole/snapgate-agent.{ns}"),
+                format!("ClusterRoleBinding/snapgate-agent.{ns}"),
+            ]
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let token = service_account_token(&admin, &ns, "snapgate-agent", Duration::from_secs(3600))
+            .await
+            .unwrap();
+        let agent_kubeconfig = dir.path().join("agent.kubeconfig");
+        env.write_token_kubeconfig(&agent_kubeconfig, "snapgate-agent", &token)
+            .unwrap();
+        let as_agent = client_from(&agent_kubeconfig).await;
+        let review = Api::<SelfSubjectReview>::all(as_agent.clone())
+            .create(&PostParams::default(), &SelfSubjectReview::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            review
+                .status
+                .and_then(|s| s.user_info)
+                .and_then(|u| u.username),
+            Some(format!("system:serviceaccount:{ns}:snapgate-agent")),
+            "the agent's kubeconfig authenticates as its ServiceAccount"
+        );
+
+        // The application's side: the mover's Secret and PVC `data` (gated or not), bound by the
+        // stand-in's provisioner and the PV controller.
+        let secrets: Api<Secret> = Api::namespaced(admin.clone(), &ns);
+        secrets
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(mover.secret()).unwrap(),
+            )
+            .await
+            .unwrap();
+        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(admin.clone(), &ns);
+        pvcs.create(
+            &PostParams::default(),
+            &PersistentVolumeClaim {
+                metadata: ObjectMeta {
+                    name: Some("data".into()),
+                    annotations: gated.then(|| {
+                        BTreeMap::from([("volsync.backube/use-copy-trigger".into(), String::new())])
+                    }),
+                    ..Default::default()
+                },
+                spec: Some(k8s_openapi::api::core::v1::PersistentVolumeClaimSpec {
+                    access_modes: Some(vec!["ReadWriteOnce".into()]),
+                    storage_class_name: Some(StandinConfig::default().storage_class),
+                    resources: Some(k8s_openapi::api::core::v1::VolumeResourceRequirements {
+                        requests: Some(BTreeMap::from([(
+                            "storage".into(),
+                            Quantity("1Gi".into()),
+                        )])),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                status: None,
+            },
+        )
+        .await
+        .unwrap();
+        wait_for("PVC data Bound", WAIT, || async {
+            let p = pvcs.get("data").await.map_err(|e| e.to_string())?;
+            match p.status.as_ref().and_then(|s| s.phase.as_deref()) {
+                Some("Bound") => Ok(()),
+                other => Err(format!(
+                    "phase {other:?}; stand-in errors {:?}",
+                    standin.errors()
+                )),
+            }
+        })
+        .await
+        .unwrap();
+
+        let snapshots = Seen::start(
+            admin.clone(),
+            &ns,
+            ar(
+                "snapshot.storage.k8s.io",
+                "VolumeSnapshot",
+                "volumesnapshots",
+            ),
+        )
+        .await;
+        let jobs = Seen::start(admin.clone(), &ns, ar("batch", "Job", "jobs")).await;
+        let claims = Seen::start(
+            admin.clone(),
+            &ns,
+            ar("", "PersistentVolumeClaim", "persistentvolumeclaims"),
+        )
+        .await;
+
+        // The scheduler (no authentication, loopback) and the agent, as processes.
+        let grpc = format!("127.0.0.1:{}", free_port());
+        let scheduler = spawn(
+            Command::new(binary("snapgate-scheduler"))
+                .args(["--listen", &grpc])
+                .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port())])
+                .arg("--data-dir")
+                .arg(dir.path().join("data")),
+            &dir.path().join("scheduler.log"),
+        );
+        let agent_log = dir.path().join("agent.log");
+        let agent = spawn(
+            Command::new(binary("snapgate-agent"))
+                .env("KUBECONFIG", &agent_kubeconfig)
+                .args(["--scheduler", &format!("http://{grpc}")])
+                .args(["--namespace", &ns])
+                .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port())])
+                .args(["--agent-id", "cluster-test"]),
+            &agent_log,
+        );
+        let channel = wait_for("the scheduler", WAIT, || async {
+            tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
+                .unwrap()
+                .connect()
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap();
+        let sources = SourceServiceClient::new(channel);
+        Self {
+            env,
+            admin,
+            ns,
+            standin,
+            pvcs,
+            grpc,
+            sources,
+            snapshots,
+            jobs,
+            claims,
+            dir,
+            _scheduler: scheduler,
+            _agent: agent,
+        }
+    }
+
+    /// The agent's and the scheduler's logs, the stand-in's errors and the components' logs.
+    fn logs(&self) -> String {
+        format!(
+            "{}\n{}\nstand-in errors: {:?}\n{}",
+            tail(&self.dir.path().join("agent.log"), 40),
+            tail(&self.dir.path().join("scheduler.log"), 20),
+            self.standin.errors(),
+            self.env.log_tails(10)
+        )
+    }
+
+    /// Deletes the namespace (not waited for).
+    async fn finish(self) {
+        Api::<Namespace>::all(self.admin.clone())
+            .delete(&self.ns, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+}
+
 /// One gated run of PVC `data` with this mover and copy method, triggered through `path`, in a
 /// namespace of its own; checks the run, the copy it made, the cleanup and the Events.
 async fn gated_run(mover: Mover, method: v1::CopyMethod, path: TriggerPath) {
     let started = Instant::now();
-    let env = ClusterEnv::load().unwrap_or_else(|e| panic!("{e:#}"));
-    let admin = env.admin_client().await.unwrap();
-    let ns = format!("snapgate-e2e-{:08x}", rand::random::<u32>());
-    let namespaces: Api<Namespace> = Api::all(admin.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("creating namespace {ns}: {e}\n{}", env.log_tails(20)));
-
-    // The kubelet and the CSI driver, played; the mover's pod logs a run of its tool.
-    let standin = Standin::start(
-        &env,
-        admin.clone(),
-        StandinConfig {
-            pods: Arc::new(move |pod: &Pod| {
-                let job = pod
-                    .metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get("batch.kubernetes.io/job-name"))
-                    .cloned()
-                    .unwrap_or_default();
-                if job == mover.job() {
-                    PodRun::succeed(mover.log())
-                } else {
-                    PodRun::fail(1, [format!("unexpected pod of job {job:?}")])
-                }
-            }),
-            ..StandinConfig::default()
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e:#}\n{}", env.log_tails(20)));
-
-    // The agent's RBAC exactly as deploy/agent/agent.yaml has it, in this namespace (what
-    // kustomize's namespace replacement does); not its Deployment: no kubelet runs images here,
-    // the agent runs as a process with its ServiceAccount's token instead.
-    let manifest = std::fs::read_to_string(repo().join("deploy/agent/agent.yaml"))
-        .unwrap()
-        .replace("my-app", &ns);
-    let applied = apply_manifest(&admin, &manifest, "snapgate-e2e", |kind| {
-        kind != "Deployment"
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e:#}"));
-    assert_eq!(
-        applied,
-        [
-            "ServiceAccount/snapgate-agent".to_owned(),
-            "Role/snapgate-agent".into(),
-            "RoleBinding/snapgate-agent".into(),
-            format!("ClusterRole/snapgate-agent.{ns}"),
-            format!("ClusterRoleBinding/snapgate-agent.{ns}"),
-        ]
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let token = service_account_token(&admin, &ns, "snapgate-agent", Duration::from_secs(3600))
-        .await
-        .unwrap();
-    let agent_kubeconfig = dir.path().join("agent.kubeconfig");
-    env.write_token_kubeconfig(&agent_kubeconfig, "snapgate-agent", &token)
-        .unwrap();
-    let as_agent = client_from(&agent_kubeconfig).await;
-    let review = Api::<SelfSubjectReview>::all(as_agent.clone())
-        .create(&PostParams::default(), &SelfSubjectReview::default())
-        .await
-        .unwrap();
-    assert_eq!(
-        review
-            .status
-            .and_then(|s| s.user_info)
-            .and_then(|u| u.username),
-        Some(format!("system:serviceaccount:{ns}:snapgate-agent")),
-        "the agent's kubeconfig authenticates as its ServiceAccount"
-    );
-
-    // The application's side: the mover's Secret and the gated PVC, bound by the stand-in's
-    // provisioner and the PV controller.
-    let secrets: Api<Secret> = Api::namespaced(admin.clone(), &ns);
-    secrets
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(mover.secret()).unwrap(),
-        )
-        .await
-        .unwrap();
-    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(admin.clone(), &ns);
-    pvcs.create(
-        &PostParams::default(),
-        &PersistentVolumeClaim {
-            metadata: ObjectMeta {
-                name: Some("data".into()),
-                annotations: Some(BTreeMap::from([(
-                    "volsync.backube/use-copy-trigger".into(),
-                    String::new(),
-                )])),
-                ..Default::default()
-            },
-            spec: Some(k8s_openapi::api::core::v1::PersistentVolumeClaimSpec {
-                access_modes: Some(vec!["ReadWriteOnce".into()]),
-                storage_class_name: Some(StandinConfig::default().storage_class),
-                resources: Some(k8s_openapi::api::core::v1::VolumeResourceRequirements {
-                    requests: Some(BTreeMap::from([("storage".into(), Quantity("1Gi".into()))])),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            status: None,
-        },
-    )
-    .await
-    .unwrap();
-    wait_for("PVC data Bound", WAIT, || async {
-        let p = pvcs.get("data").await.map_err(|e| e.to_string())?;
-        match p.status.as_ref().and_then(|s| s.phase.as_deref()) {
-            Some("Bound") => Ok(()),
-            other => Err(format!(
-                "phase {other:?}; stand-in errors {:?}",
-                standin.errors()
-            )),
+    let pods: PodScript = Arc::new(move |pod: &Pod| {
+        if job_of(pod) == mover.job() {
+            PodRun::succeed(mover.log())
+        } else {
+            PodRun::fail(1, [format!("unexpected pod of job {:?}", job_of(pod))])
         }
-    })
-    .await
-    .unwrap();
-
-    let snapshots = Seen::start(
-        admin.clone(),
-        &ns,
-        ar(
-            "snapshot.storage.k8s.io",
-            "VolumeSnapshot",
-            "volumesnapshots",
-        ),
-    )
-    .await;
-    let jobs = Seen::start(admin.clone(), &ns, ar("batch", "Job", "jobs")).await;
-    let claims = Seen::start(
-        admin.clone(),
-        &ns,
-        ar("", "PersistentVolumeClaim", "persistentvolumeclaims"),
-    )
-    .await;
-
-    // The scheduler (no authentication, loopback) and the agent, as processes.
-    let grpc = format!("127.0.0.1:{}", free_port());
-    let _scheduler = spawn(
-        Command::new(binary("snapgate-scheduler"))
-            .args(["--listen", &grpc])
-            .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port())])
-            .arg("--data-dir")
-            .arg(dir.path().join("data")),
-        &dir.path().join("scheduler.log"),
-    );
-    let agent_log = dir.path().join("agent.log");
-    let _agent = spawn(
-        Command::new(binary("snapgate-agent"))
-            .env("KUBECONFIG", &agent_kubeconfig)
-            .args(["--scheduler", &format!("http://{grpc}")])
-            .args(["--namespace", &ns])
-            .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port())])
-            .args(["--agent-id", "cluster-test"]),
-        &agent_log,
-    );
-    let logs = || {
-        format!(
-            "{}\n{}\nstand-in errors: {:?}\n{}",
-            tail(&agent_log, 40),
-            tail(&dir.path().join("scheduler.log"), 20),
-            standin.errors(),
-            env.log_tails(10)
-        )
-    };
-    let channel = wait_for("the scheduler", WAIT, || async {
-        tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
-            .unwrap()
-            .connect()
-            .await
-            .map_err(|e| e.to_string())
-    })
-    .await
-    .unwrap();
-    let mut sources = SourceServiceClient::new(channel);
+    });
+    let scene = Scene::start(mover, true, pods).await;
+    let Scene {
+        env,
+        admin,
+        ns,
+        standin,
+        pvcs,
+        grpc,
+        snapshots,
+        jobs,
+        claims,
+        ..
+    } = &scene;
+    let logs = || scene.logs();
+    let mut sources = scene.sources.clone();
     sources
         .apply_source(v1::ApplySourceRequest {
             namespace: ns.clone(),
@@ -724,15 +970,15 @@ async fn gated_run(mover: Mover, method: v1::CopyMethod, path: TriggerPath) {
     // stays.
     let snaps_api: Api<DynamicObject> = Api::namespaced_with(
         admin.clone(),
-        &ns,
+        ns,
         &ar(
             "snapshot.storage.k8s.io",
             "VolumeSnapshot",
             "volumesnapshots",
         ),
     );
-    let jobs_api: Api<Job> = Api::namespaced(admin.clone(), &ns);
-    let pods_api: Api<Pod> = Api::namespaced(admin.clone(), &ns);
+    let jobs_api: Api<Job> = Api::namespaced(admin.clone(), ns);
+    let pods_api: Api<Pod> = Api::namespaced(admin.clone(), ns);
     wait_for("the run's temporary objects deleted", WAIT, || async {
         let names = |v: Vec<Option<String>>| v.into_iter().flatten().collect::<Vec<_>>();
         let lp = ListParams::default();
@@ -795,7 +1041,7 @@ async fn gated_run(mover: Mover, method: v1::CopyMethod, path: TriggerPath) {
     .unwrap();
 
     // The agent recorded its Events (it may create them under its Role).
-    let events: Api<Event> = Api::namespaced(admin.clone(), &ns);
+    let events: Api<Event> = Api::namespaced(admin.clone(), ns);
     let reasons: Vec<String> = events
         .list(&ListParams::default())
         .await
@@ -811,13 +1057,10 @@ async fn gated_run(mover: Mover, method: v1::CopyMethod, path: TriggerPath) {
         logs()
     );
 
-    namespaces
-        .delete(&ns, &DeleteParams::default())
-        .await
-        .unwrap();
     eprintln!(
         "snapgate-cluster-tests: Kubernetes {}: one gated {mover:?} {method:?} run ({path:?} trigger) end to end in {:.1} s; agent Events: {reasons:?}",
         env.version,
         started.elapsed().as_secs_f64()
     );
+    scene.finish().await;
 }
