@@ -376,7 +376,9 @@ async fn get(
     use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 
     let uri: http::Uri = url.parse().with_context(|| format!("{url}: not a URL"))?;
-    let mut request = http::Request::get(uri).header("accept", "application/json");
+    // kube-apiserver serves its key set only as application/jwk-set+json (406 otherwise).
+    let mut request = http::Request::get(uri)
+        .header("accept", "application/jwk-set+json, application/json;q=0.9");
     if let Some(path) = token_file {
         let token = std::fs::read_to_string(path)
             .with_context(|| format!("reading the token {}", path.display()))?;
