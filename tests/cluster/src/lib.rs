@@ -166,18 +166,19 @@ impl ClusterEnv {
 }
 
 /// A token for a ServiceAccount through the TokenRequest API (what a projected token volume
-/// holds), with the API server's own audience.
+/// holds), made for `audiences` (none: the API server's own, which it accepts as a bearer
+/// token).
 pub async fn service_account_token(
     client: &kube::Client,
     namespace: &str,
     name: &str,
+    audiences: &[&str],
     lifetime: Duration,
 ) -> anyhow::Result<String> {
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
-    // No audiences: the API server's own (what it accepts as a bearer token).
     let request: TokenRequest = serde_json::from_value(serde_json::json!({
         "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-        "spec": {"expirationSeconds": lifetime.as_secs()},
+        "spec": {"audiences": audiences, "expirationSeconds": lifetime.as_secs()},
     }))?;
     let answer = accounts
         .create_token_request(name, &PostParams::default(), &request)

@@ -320,6 +320,7 @@ async fn a_gated_snapshot_run_completes_and_is_cleaned_up_by_the_agent_under_its
         Mover::Restic,
         v1::CopyMethod::Snapshot,
         TriggerPath::Annotation,
+        false,
     )
     .await;
 }
@@ -332,6 +333,7 @@ async fn a_gated_clone_run_completes_and_is_cleaned_up_by_the_agent_under_its_ro
         Mover::Restic,
         v1::CopyMethod::Clone,
         TriggerPath::Annotation,
+        false,
     )
     .await;
 }
@@ -340,7 +342,13 @@ async fn a_gated_clone_run_completes_and_is_cleaned_up_by_the_agent_under_its_ro
 #[ignore = "needs a real cluster: ./scripts/cluster up, then cargo test -p snapgate-cluster-tests -- --ignored --test-threads 1 (./scripts/test does both)"]
 async fn a_snapshot_run_triggered_through_the_sdk_completes_and_is_cleaned_up_by_the_agent_under_its_role_on_a_real_api_server()
  {
-    gated_run(Mover::Restic, v1::CopyMethod::Snapshot, TriggerPath::Rpc).await;
+    gated_run(
+        Mover::Restic,
+        v1::CopyMethod::Snapshot,
+        TriggerPath::Rpc,
+        false,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -350,6 +358,7 @@ async fn a_gated_rclone_snapshot_run_completes_and_is_cleaned_up_on_a_real_api_s
         Mover::Rclone,
         v1::CopyMethod::Snapshot,
         TriggerPath::Annotation,
+        false,
     )
     .await;
 }
@@ -361,6 +370,7 @@ async fn a_gated_rsync_snapshot_run_completes_and_is_cleaned_up_on_a_real_api_se
         Mover::Rsync,
         v1::CopyMethod::Snapshot,
         TriggerPath::Annotation,
+        false,
     )
     .await;
 }
@@ -372,6 +382,20 @@ async fn a_gated_rsync_tls_snapshot_run_completes_and_is_cleaned_up_on_a_real_ap
         Mover::RsyncTls,
         v1::CopyMethod::Snapshot,
         TriggerPath::Annotation,
+        false,
+    )
+    .await;
+}
+
+#[tokio::test]
+#[ignore = "needs a real cluster: ./scripts/cluster up, then cargo test -p snapgate-cluster-tests -- --ignored --test-threads 1 (./scripts/test does both)"]
+async fn with_callers_authenticated_against_the_api_servers_jwks_a_snapshot_run_triggered_through_the_sdk_completes()
+ {
+    gated_run(
+        Mover::Restic,
+        v1::CopyMethod::Snapshot,
+        TriggerPath::Rpc,
+        true,
     )
     .await;
 }
@@ -392,7 +416,7 @@ async fn pausing_a_source_stops_its_running_mover_through_the_job_controller_and
             PodRun::succeed(mover.log())
         }
     });
-    let scene = Scene::start(mover, false, pods).await;
+    let scene = Scene::start(mover, false, false, pods).await;
     let logs = || scene.logs();
     let mut sources = scene.sources.clone();
     let (ns, name) = (scene.ns.clone(), "db".to_owned());
@@ -570,7 +594,10 @@ struct Scene {
     standin: Standin,
     pvcs: Api<PersistentVolumeClaim>,
     grpc: String,
-    sources: SourceServiceClient<tonic::transport::Channel>,
+    /// The scheduler's SourceService, as its admin when it authenticates callers.
+    sources: SourceServiceClient<snapgate_sdk::client::AuthChannel>,
+    /// The admin's token (audience `snapgate`) when the scheduler authenticates callers.
+    admin_token: Option<String>,
     snapshots: Seen,
     jobs: Seen,
     claims: Seen,
@@ -580,7 +607,10 @@ struct Scene {
 }
 
 impl Scene {
-    async fn start(mover: Mover, gated: bool, pods: PodScript) -> Self {
+    /// With `secured`, the scheduler authenticates every caller against the API server's
+    /// JWKS (ServiceAccount tokens for audience `snapgate`), with the ServiceAccount `admin`
+    /// of the namespace as admin; the agent presents its ServiceAccount's token.
+    async fn start(mover: Mover, gated: bool, secured: bool, pods: PodScript) -> Self {
         let env = ClusterEnv::load().unwrap_or_else(|e| panic!("{e:#}"));
         let admin = env.admin_client().await.unwrap();
         let ns = format!("snapgate-e2e-{:08x}", rand::random::<u32>());
@@ -627,7 +657,8 @@ impl Scene {
             ]
         );
         let dir = tempfile::tempdir().unwrap();
-        let token = service_account_token(&admin, &ns, "snapgate-agent", Duration::from_secs(3600))
+        let hour = Duration::from_secs(3600);
+        let token = service_account_token(&admin, &ns, "snapgate-agent", &[], hour)
             .await
             .unwrap();
         let agent_kubeconfig = dir.path().join("agent.kubeconfig");
@@ -716,14 +747,62 @@ impl Scene {
         )
         .await;
 
-        // The scheduler (no authentication, loopback) and the agent, as processes.
+        // The scheduler and the agent, as processes, on loopback. Secured: the scheduler reads
+        // the API server's JWKS (verified against the cluster CA, with a token of its own
+        // ServiceAccount) and takes ServiceAccount tokens made for `snapgate`.
+        let mut scheduler_args: Vec<String> = Vec::new();
+        let mut agent_args: Vec<String> = Vec::new();
+        let mut admin_token = None;
+        if secured {
+            let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+                Api::namespaced(admin.clone(), &ns);
+            for name in ["admin", "snapgate-scheduler"] {
+                accounts
+                    .create(
+                        &PostParams::default(),
+                        &serde_json::from_value(json!({"metadata": {"name": name}})).unwrap(),
+                    )
+                    .await
+                    .unwrap();
+            }
+            let write = |file: &str, token: String| {
+                let path = dir.path().join(file);
+                std::fs::write(&path, token).unwrap();
+                path.to_string_lossy().into_owned()
+            };
+            let jwks_token = service_account_token(&admin, &ns, "snapgate-scheduler", &[], hour)
+                .await
+                .unwrap();
+            let agent_token =
+                service_account_token(&admin, &ns, "snapgate-agent", &["snapgate"], hour)
+                    .await
+                    .unwrap();
+            let token = service_account_token(&admin, &ns, "admin", &["snapgate"], hour)
+                .await
+                .unwrap();
+            scheduler_args = vec![
+                "--auth-jwks".into(),
+                format!("{}/openid/v1/jwks", env.server),
+                "--auth-issuer".into(),
+                env.server.clone(),
+                "--auth-jwks-ca-file".into(),
+                env.ca.to_string_lossy().into_owned(),
+                "--auth-jwks-token-file".into(),
+                write("jwks-token", jwks_token),
+                "--admin".into(),
+                format!("system:serviceaccount:{ns}:admin"),
+            ];
+            agent_args = vec!["--token-file".into(), write("agent-token", agent_token)];
+            admin_token = Some(token);
+        }
         let grpc = format!("127.0.0.1:{}", free_port());
         let scheduler = spawn(
             Command::new(binary("snapgate-scheduler"))
                 .args(["--listen", &grpc])
                 .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port())])
                 .arg("--data-dir")
-                .arg(dir.path().join("data")),
+                .arg(dir.path().join("data"))
+                .args(&scheduler_args),
             &dir.path().join("scheduler.log"),
         );
         let agent_log = dir.path().join("agent.log");
@@ -733,19 +812,20 @@ impl Scene {
                 .args(["--scheduler", &format!("http://{grpc}")])
                 .args(["--namespace", &ns])
                 .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port())])
-                .args(["--agent-id", "cluster-test"]),
+                .args(["--agent-id", "cluster-test"])
+                .args(&agent_args),
             &agent_log,
         );
-        let channel = wait_for("the scheduler", WAIT, || async {
-            tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
-                .unwrap()
-                .connect()
-                .await
-                .map_err(|e| e.to_string())
+        let client = wait_for("the scheduler", WAIT, || async {
+            let mut builder = snapgate_sdk::Client::builder(format!("http://{grpc}"));
+            if let Some(t) = &admin_token {
+                builder = builder.token(t.clone());
+            }
+            builder.connect().await.map_err(|e| e.to_string())
         })
         .await
         .unwrap();
-        let sources = SourceServiceClient::new(channel);
+        let sources = client.sources();
         Self {
             env,
             admin,
@@ -754,6 +834,7 @@ impl Scene {
             pvcs,
             grpc,
             sources,
+            admin_token,
             snapshots,
             jobs,
             claims,
@@ -785,7 +866,7 @@ impl Scene {
 
 /// One gated run of PVC `data` with this mover and copy method, triggered through `path`, in a
 /// namespace of its own; checks the run, the copy it made, the cleanup and the Events.
-async fn gated_run(mover: Mover, method: v1::CopyMethod, path: TriggerPath) {
+async fn gated_run(mover: Mover, method: v1::CopyMethod, path: TriggerPath, secured: bool) {
     let started = Instant::now();
     let pods: PodScript = Arc::new(move |pod: &Pod| {
         if job_of(pod) == mover.job() {
@@ -794,7 +875,7 @@ async fn gated_run(mover: Mover, method: v1::CopyMethod, path: TriggerPath) {
             PodRun::fail(1, [format!("unexpected pod of job {:?}", job_of(pod))])
         }
     });
-    let scene = Scene::start(mover, true, pods).await;
+    let scene = Scene::start(mover, true, secured, pods).await;
     let Scene {
         env,
         admin,
@@ -809,6 +890,20 @@ async fn gated_run(mover: Mover, method: v1::CopyMethod, path: TriggerPath) {
     } = &scene;
     let logs = || scene.logs();
     let mut sources = scene.sources.clone();
+    if secured {
+        let anonymous = snapgate_sdk::Client::connect(format!("http://{grpc}"))
+            .await
+            .unwrap();
+        let refused = anonymous
+            .sources()
+            .list_sources(v1::ListSourcesRequest {
+                namespace: ns.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    }
     sources
         .apply_source(v1::ApplySourceRequest {
             namespace: ns.clone(),
@@ -851,9 +946,11 @@ async fn gated_run(mover: Mover, method: v1::CopyMethod, path: TriggerPath) {
             .unwrap();
         }
         TriggerPath::Rpc => {
-            let sdk = snapgate_sdk::Client::connect(format!("http://{grpc}"))
-                .await
-                .unwrap();
+            let mut builder = snapgate_sdk::Client::builder(format!("http://{grpc}"));
+            if let Some(t) = &scene.admin_token {
+                builder = builder.token(t.clone());
+            }
+            let sdk = builder.connect().await.unwrap();
             let target = v1::CopyTarget {
                 namespace: ns.clone(),
                 pvc: "data".into(),
@@ -1058,8 +1155,13 @@ async fn gated_run(mover: Mover, method: v1::CopyMethod, path: TriggerPath) {
     );
 
     eprintln!(
-        "snapgate-cluster-tests: Kubernetes {}: one gated {mover:?} {method:?} run ({path:?} trigger) end to end in {:.1} s; agent Events: {reasons:?}",
+        "snapgate-cluster-tests: Kubernetes {}: one gated {mover:?} {method:?} run ({path:?} trigger{}) end to end in {:.1} s; agent Events: {reasons:?}",
         env.version,
+        if secured {
+            ", callers authenticated"
+        } else {
+            ""
+        },
         started.elapsed().as_secs_f64()
     );
     scene.finish().await;
