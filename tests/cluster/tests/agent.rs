@@ -402,6 +402,104 @@ async fn with_callers_authenticated_against_the_api_servers_jwks_a_snapshot_run_
 
 #[tokio::test]
 #[ignore = "needs a real cluster: ./scripts/cluster up, then cargo test -p snapgate-cluster-tests -- --ignored --test-threads 1 (./scripts/test does both)"]
+async fn a_trigger_written_while_the_agent_is_killed_is_honoured_by_the_next_agent_on_a_real_api_server()
+ {
+    let mover = Mover::Restic;
+    let pods: PodScript = Arc::new(move |pod: &Pod| {
+        if job_of(pod) == mover.job() {
+            PodRun::succeed(mover.log())
+        } else {
+            PodRun::fail(1, [format!("unexpected pod of job {:?}", job_of(pod))])
+        }
+    });
+    let mut scene = Scene::start(mover, true, false, pods).await;
+    let mut sources = scene.sources.clone();
+    let (ns, name) = (scene.ns.clone(), "db".to_owned());
+    sources
+        .apply_source(v1::ApplySourceRequest {
+            namespace: ns.clone(),
+            name: name.clone(),
+            spec: Some(mover.spec(v1::CopyMethod::Snapshot)),
+            expected_version: 0,
+        })
+        .await
+        .unwrap();
+    let annotations = |pvcs: Api<PersistentVolumeClaim>| async move {
+        pvcs.get("data")
+            .await
+            .map_err(|e| e.to_string())
+            .map(|p| p.metadata.annotations.unwrap_or_default())
+    };
+    wait_for("WaitingForTrigger on PVC data", WAIT, || async {
+        let a = annotations(scene.pvcs.clone()).await?;
+        if a.get(STATUS).map(String::as_str) == Some("WaitingForTrigger") {
+            Ok(())
+        } else {
+            Err(format!("annotations {a:?}\n{}", scene.logs()))
+        }
+    })
+    .await
+    .unwrap();
+
+    // SIGKILL the agent; the application confirms meanwhile; a new agent process carries on.
+    scene.kill_agent().await;
+    scene
+        .pvcs
+        .patch(
+            "data",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {TRIGGER: "first"}}})),
+        )
+        .await
+        .unwrap();
+    assert!(
+        scene.snapshots.versions("volsync-db-src").is_empty(),
+        "no copy is cut while no agent runs"
+    );
+    scene.start_agent("agent-2.log");
+    let status = wait_for("the run succeeds with the second agent", WAIT, || async {
+        let s = sources
+            .clone()
+            .get_source(v1::GetSourceRequest {
+                namespace: ns.clone(),
+                name: name.clone(),
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .into_inner();
+        match s.status.and_then(|st| st.latest_mover_status) {
+            Some(m) => Ok(m),
+            None => Err(format!("no mover result yet\n{}", scene.logs())),
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.result, "Successful", "{status:?}\n{}", scene.logs());
+    assert_eq!(status.logs, mover.tail());
+    let a = annotations(scene.pvcs.clone()).await.unwrap();
+    assert_eq!(
+        a.get(STATUS).map(String::as_str),
+        Some("Completed"),
+        "{a:?}"
+    );
+    assert_eq!(a.get(LATEST).map(String::as_str), Some("first"), "{a:?}");
+    assert!(!a.contains_key(SINCE), "{a:?}");
+    assert_eq!(
+        scene
+            .snapshots
+            .versions("volsync-db-src")
+            .iter()
+            .filter_map(|s| s["metadata"]["uid"].as_str())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+        1,
+        "one snapshot was cut, by the second agent"
+    );
+    scene.finish().await;
+}
+
+#[tokio::test]
+#[ignore = "needs a real cluster: ./scripts/cluster up, then cargo test -p snapgate-cluster-tests -- --ignored --test-threads 1 (./scripts/test does both)"]
 async fn pausing_a_source_stops_its_running_mover_through_the_job_controller_and_resuming_runs_it_to_success()
  {
     // The mover's first pod runs until it is deleted; the next one succeeds.
@@ -603,7 +701,11 @@ struct Scene {
     claims: Seen,
     dir: tempfile::TempDir,
     _scheduler: Proc,
-    _agent: Proc,
+    agent: Proc,
+    agent_kubeconfig: PathBuf,
+    agent_args: Vec<String>,
+    /// The log file of the agent process running now.
+    agent_log: String,
 }
 
 impl Scene {
@@ -805,16 +907,13 @@ impl Scene {
                 .args(&scheduler_args),
             &dir.path().join("scheduler.log"),
         );
-        let agent_log = dir.path().join("agent.log");
-        let agent = spawn(
-            Command::new(binary("snapgate-agent"))
-                .env("KUBECONFIG", &agent_kubeconfig)
-                .args(["--scheduler", &format!("http://{grpc}")])
-                .args(["--namespace", &ns])
-                .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port())])
-                .args(["--agent-id", "cluster-test"])
-                .args(&agent_args),
-            &agent_log,
+        let agent = spawn_agent(
+            &dir,
+            "agent.log",
+            &agent_kubeconfig,
+            &grpc,
+            &ns,
+            &agent_args,
         );
         let client = wait_for("the scheduler", WAIT, || async {
             let mut builder = snapgate_sdk::Client::builder(format!("http://{grpc}"));
@@ -840,15 +939,37 @@ impl Scene {
             claims,
             dir,
             _scheduler: scheduler,
-            _agent: agent,
+            agent,
+            agent_kubeconfig,
+            agent_args,
+            agent_log: "agent.log".into(),
         }
+    }
+
+    /// Kills the agent (SIGKILL) and waits for it to be gone.
+    async fn kill_agent(&mut self) {
+        self.agent.0.start_kill().unwrap();
+        self.agent.0.wait().await.unwrap();
+    }
+
+    /// Starts a new agent process, its log in `log`.
+    fn start_agent(&mut self, log: &str) {
+        self.agent = spawn_agent(
+            &self.dir,
+            log,
+            &self.agent_kubeconfig,
+            &self.grpc,
+            &self.ns,
+            &self.agent_args,
+        );
+        self.agent_log = log.into();
     }
 
     /// The agent's and the scheduler's logs, the stand-in's errors and the components' logs.
     fn logs(&self) -> String {
         format!(
             "{}\n{}\nstand-in errors: {:?}\n{}",
-            tail(&self.dir.path().join("agent.log"), 40),
+            tail(&self.dir.path().join(&self.agent_log), 40),
             tail(&self.dir.path().join("scheduler.log"), 20),
             self.standin.errors(),
             self.env.log_tails(10)
@@ -862,6 +983,27 @@ impl Scene {
             .await
             .unwrap();
     }
+}
+
+/// The agent process on this kubeconfig and scheduler, serving `ns`, its stderr in `log`.
+fn spawn_agent(
+    dir: &tempfile::TempDir,
+    log: &str,
+    kubeconfig: &Path,
+    grpc: &str,
+    ns: &str,
+    extra: &[String],
+) -> Proc {
+    spawn(
+        Command::new(binary("snapgate-agent"))
+            .env("KUBECONFIG", kubeconfig)
+            .args(["--scheduler", &format!("http://{grpc}")])
+            .args(["--namespace", ns])
+            .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port())])
+            .args(["--agent-id", "cluster-test"])
+            .args(extra),
+        &dir.path().join(log),
+    )
 }
 
 /// One gated run of PVC `data` with this mover and copy method, triggered through `path`, in a
