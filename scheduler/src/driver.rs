@@ -529,8 +529,9 @@ impl Driver {
                     .core
                     .apply_source_by(key, *spec, expected_version, author, now)
                     .map(|s| self.with_presence(s, chrono::Duration::zero(), now));
-                self.count_sources_without_agent(&namespace);
                 self.answer(reply, r);
+                // After the commit (or the rebuild from the store when it failed).
+                self.count_sources_without_agent(&namespace);
             }
             Command::Get { key, reply } => {
                 let r = self
@@ -560,8 +561,8 @@ impl Driver {
                 reply,
             } => {
                 let r = self.core.delete_source(&key, expected_version, now);
-                self.count_sources_without_agent(&key.namespace);
                 self.answer(reply, r);
+                self.count_sources_without_agent(&key.namespace);
             }
             Command::SyncNow {
                 key,
