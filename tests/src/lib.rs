@@ -10,6 +10,7 @@
 //! [`World`] starts the three; the tests under `tests/` drive them as users, applications
 //! and cluster controllers would.
 
+pub mod recorder;
 pub mod secure;
 pub mod world;
 

@@ -22,6 +22,8 @@ const STATUS: &str = "volsync.backube/latest-copy-status";
 const LATEST: &str = "volsync.backube/latest-copy-trigger";
 const TRIGGER: &str = "volsync.backube/copy-trigger";
 const SINCE: &str = "volsync.backube/latest-copy-trigger-waiting-since";
+/// How long a recorded object may take to show the state a test waits for.
+const WAIT: std::time::Duration = std::time::Duration::from_secs(15);
 
 fn restic_source(name: &str, pvc: &str, tag: &str) -> String {
     format!(
@@ -92,7 +94,12 @@ async fn a_value_consumed_by_a_deleted_sources_uncut_run_never_releases_the_next
     c.wait_annotations("data", "a's run released", |a| status_is(a, "InProgress"))
         .await;
     snapshots
-        .wait("volsync-a-src", "a's VolumeSnapshot (never cut)", |_| true)
+        .wait(
+            "volsync-a-src",
+            "a's VolumeSnapshot (never cut)",
+            WAIT,
+            |_| true,
+        )
         .await;
     c.wait_run("a", "a's run released by value-a", |r| {
         r["trigger"] == "value-a" && r["phase"] == "Copying"
@@ -139,7 +146,7 @@ async fn a_value_consumed_by_a_deleted_sources_uncut_run_never_releases_the_next
     assert_eq!(run["result"], "Successful", "{run:#}");
     assert_eq!(run["trigger"], "value-b", "{run:#}");
     let first_b = snapshots
-        .wait("volsync-b-src", "b's VolumeSnapshot", |_| true)
+        .wait("volsync-b-src", "b's VolumeSnapshot", WAIT, |_| true)
         .await;
     assert_eq!(
         first_b["spec"]["source"]["persistentVolumeClaimName"], "data",
@@ -287,9 +294,12 @@ async fn of_two_applications_quiescing_one_pvc_only_the_one_whose_trigger_releas
     // The cut lies inside the first application's hold (the API server's times are whole
     // seconds: the cut's second is not before the second of quiesce-done).
     let snap = snapshots
-        .wait("volsync-db-src", "the run's VolumeSnapshot, cut", |o| {
-            !o["status"]["creationTime"].is_null()
-        })
+        .wait(
+            "volsync-db-src",
+            "the run's VolumeSnapshot, cut",
+            WAIT,
+            |o| !o["status"]["creationTime"].is_null(),
+        )
         .await;
     let (done, unquiesce) = (
         journal_time(&journal1, "quiesce-done"),
@@ -683,9 +693,12 @@ spec:
         "the last holder released it: {run:#}"
     );
     let snap = snapshots
-        .wait("volsync-db-src", "the run's VolumeSnapshot, cut", |o| {
-            !o["status"]["creationTime"].is_null()
-        })
+        .wait(
+            "volsync-db-src",
+            "the run's VolumeSnapshot, cut",
+            WAIT,
+            |o| !o["status"]["creationTime"].is_null(),
+        )
         .await;
     let cut = kube_time(&snap["status"]["creationTime"]);
     for journal in [&j1, &j2] {

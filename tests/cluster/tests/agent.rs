@@ -13,11 +13,10 @@ use std::{
     net::TcpListener,
     path::{Path, PathBuf},
     process::Stdio,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
-use futures::StreamExt as _;
 use k8s_openapi::{
     api::{
         authentication::v1::SelfSubjectReview,
@@ -28,18 +27,15 @@ use k8s_openapi::{
 };
 use kube::{
     Api,
-    api::{
-        ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, ObjectMeta, Patch,
-        PatchParams, PostParams,
-    },
+    api::{DeleteParams, DynamicObject, ListParams, ObjectMeta, Patch, PatchParams, PostParams},
     config::{KubeConfigOptions, Kubeconfig},
-    runtime::watcher,
 };
 use serde_json::{Value, json};
 use snapgate_cluster_tests::{
     ClusterEnv, PodRun, PodScript, Standin, StandinConfig, apply_manifest, service_account_token,
     wait_for,
 };
+use snapgate_e2e::recorder::{Recorder, resource};
 use snapgate_proto::v1::{self, source_service_client::SourceServiceClient};
 use tokio::process::{Child, Command};
 
@@ -231,65 +227,6 @@ fn spawn(cmd: &mut Command, log: &Path) -> Proc {
             .spawn()
             .unwrap(),
     )
-}
-
-/// The names of the objects of one kind that a watch in `ns` delivered, and every version.
-struct Seen {
-    seen: Arc<Mutex<Vec<Value>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Seen {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Seen {
-    async fn start(client: kube::Client, ns: &str, ar: ApiResource) -> Self {
-        let api: Api<DynamicObject> = Api::namespaced_with(client, ns, &ar);
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn({
-            let seen = seen.clone();
-            async move {
-                let mut ready = Some(ready_tx);
-                let mut events = std::pin::pin!(watcher(api, watcher::Config::default()));
-                while let Some(event) = events.next().await {
-                    match event {
-                        Ok(watcher::Event::InitDone) => {
-                            if let Some(tx) = ready.take() {
-                                let _ = tx.send(());
-                            }
-                        }
-                        Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
-                            seen.lock().unwrap().push(serde_json::to_value(&o).unwrap());
-                        }
-                        _ => {}
-                    }
-                }
-            }
-        });
-        tokio::time::timeout(WAIT, ready_rx)
-            .await
-            .expect("the watch started")
-            .unwrap();
-        Self { seen, task }
-    }
-
-    fn versions(&self, name: &str) -> Vec<Value> {
-        self.seen
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|o| o["metadata"]["name"] == name)
-            .cloned()
-            .collect()
-    }
-}
-
-fn ar(group: &str, kind: &str, plural: &str) -> ApiResource {
-    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, "v1", kind), plural)
 }
 
 async fn client_from(path: &Path) -> kube::Client {
@@ -696,9 +633,9 @@ struct Scene {
     sources: SourceServiceClient<snapgate_sdk::client::AuthChannel>,
     /// The admin's token (audience `snapgate`) when the scheduler authenticates callers.
     admin_token: Option<String>,
-    snapshots: Seen,
-    jobs: Seen,
-    claims: Seen,
+    snapshots: Recorder,
+    jobs: Recorder,
+    claims: Recorder,
     dir: tempfile::TempDir,
     _scheduler: Proc,
     agent: Proc,
@@ -831,21 +768,24 @@ impl Scene {
         .await
         .unwrap();
 
-        let snapshots = Seen::start(
+        let snapshots = Recorder::start(
             admin.clone(),
             &ns,
-            ar(
+            resource(
                 "snapshot.storage.k8s.io",
                 "VolumeSnapshot",
                 "volumesnapshots",
             ),
+            WAIT,
         )
         .await;
-        let jobs = Seen::start(admin.clone(), &ns, ar("batch", "Job", "jobs")).await;
-        let claims = Seen::start(
+        let jobs =
+            Recorder::start(admin.clone(), &ns, resource("batch", "Job", "jobs"), WAIT).await;
+        let claims = Recorder::start(
             admin.clone(),
             &ns,
-            ar("", "PersistentVolumeClaim", "persistentvolumeclaims"),
+            resource("", "PersistentVolumeClaim", "persistentvolumeclaims"),
+            WAIT,
         )
         .await;
 
@@ -1233,7 +1173,7 @@ async fn gated_run(mover: Mover, method: v1::CopyMethod, path: TriggerPath, secu
     let snaps_api: Api<DynamicObject> = Api::namespaced_with(
         admin.clone(),
         ns,
-        &ar(
+        &resource(
             "snapshot.storage.k8s.io",
             "VolumeSnapshot",
             "volumesnapshots",

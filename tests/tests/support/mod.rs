@@ -12,24 +12,20 @@ use std::{
     net::TcpListener,
     path::{Path, PathBuf},
     process::Stdio,
-    sync::{Arc, Mutex},
     time::Duration,
 };
 
-use futures::StreamExt as _;
 use k8s_openapi::{
     api::core::v1::{Namespace, PersistentVolumeClaim, Secret},
     apimachinery::pkg::api::resource::Quantity,
 };
 use kube::{
     Api,
-    api::{
-        ApiResource, DynamicObject, GroupVersionKind, ObjectMeta, Patch, PatchParams, PostParams,
-    },
+    api::{ObjectMeta, Patch, PatchParams, PostParams},
     config::{KubeConfigOptions, Kubeconfig},
-    runtime::watcher,
 };
 use serde_json::Value;
+use snapgate_e2e::recorder::resource;
 use tokio::process::{Child, Command};
 
 /// The namespace every process test works in.
@@ -553,10 +549,13 @@ impl Cluster {
     pub(crate) async fn record_snapshots(&self) -> Recorder {
         Recorder::start(
             self.client.clone(),
-            ApiResource::from_gvk_with_plural(
-                &GroupVersionKind::gvk("snapshot.storage.k8s.io", "v1", "VolumeSnapshot"),
+            NS,
+            resource(
+                "snapshot.storage.k8s.io",
+                "VolumeSnapshot",
                 "volumesnapshots",
             ),
+            Duration::from_secs(15),
         )
         .await
     }
@@ -565,85 +564,13 @@ impl Cluster {
     pub(crate) async fn record_jobs(&self) -> Recorder {
         Recorder::start(
             self.client.clone(),
-            ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("batch", "v1", "Job"), "jobs"),
+            NS,
+            resource("batch", "Job", "jobs"),
+            Duration::from_secs(15),
         )
         .await
     }
 }
 
-/// Every version of the objects of one kind in [`NS`] that a watch delivered, in order.
-pub(crate) struct Recorder {
-    seen: Arc<Mutex<Vec<Value>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Recorder {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Recorder {
-    async fn start(client: kube::Client, ar: ApiResource) -> Self {
-        let api: Api<DynamicObject> = Api::namespaced_with(client, NS, &ar);
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn({
-            let seen = seen.clone();
-            async move {
-                let mut ready = Some(ready_tx);
-                let mut events = std::pin::pin!(watcher(api, watcher::Config::default()));
-                while let Some(event) = events.next().await {
-                    match event {
-                        Ok(watcher::Event::InitDone) => {
-                            if let Some(tx) = ready.take() {
-                                let _ = tx.send(());
-                            }
-                        }
-                        Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
-                            seen.lock().unwrap().push(serde_json::to_value(&o).unwrap());
-                        }
-                        _ => {}
-                    }
-                }
-            }
-        });
-        tokio::time::timeout(Duration::from_secs(15), ready_rx)
-            .await
-            .expect("the watch started")
-            .unwrap();
-        Self { seen, task }
-    }
-
-    /// Every version seen so far of the object `name`.
-    pub(crate) fn versions(&self, name: &str) -> Vec<Value> {
-        self.seen
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|o| o["metadata"]["name"] == name)
-            .cloned()
-            .collect()
-    }
-
-    /// The names seen so far.
-    pub(crate) fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .seen
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|o| o["metadata"]["name"].as_str().map(str::to_owned))
-            .collect();
-        names.dedup();
-        names
-    }
-
-    /// Waits until a version of `name` satisfies `ok`; returns it.
-    pub(crate) async fn wait(&self, name: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
-        eventually(what, 15, || async {
-            self.versions(name).into_iter().find(|o| ok(o))
-        })
-        .await
-    }
-}
+/// What a watch delivered in [`NS`] (see [`snapgate_e2e::recorder`]).
+pub(crate) use snapgate_e2e::recorder::Recorder;
