@@ -306,6 +306,40 @@ async fn scenario_7_an_ungated_snapshot_is_copied_and_moved_without_copy_trigger
 }
 
 #[tokio::test]
+async fn a_continuous_source_that_skips_its_initial_run_waits_for_sync_now_then_runs_continuously()
+{
+    let mut w = World::start().await;
+    w.create_pvc(true);
+    let mut spec = restic_spec(CopyMethod::Clone, Duration::from_secs(60));
+    spec.trigger = None;
+    spec.skip_initial_run = true;
+    // The apply answers after the scheduler decided whether a run starts now: none does.
+    let source = w.apply(SOURCE, spec).await;
+    let status = source.status.unwrap();
+    assert!(status.current_run_id.is_empty(), "{status:?}");
+    let cond = status
+        .conditions
+        .iter()
+        .find(|c| c.r#type == "Synchronizing")
+        .unwrap();
+    assert_eq!(cond.reason, "WaitingForSyncNow", "{cond:?}");
+    assert!(cond.message.contains("skipInitialRun"), "{cond:?}");
+    assert!(w.runs(SOURCE).await.is_empty());
+
+    // SyncNow starts the first run; from then on each run follows the previous one.
+    let first = w.sync_now(SOURCE, "start").await;
+    w.wait_copy_status("WaitingForTrigger").await;
+    w.annotate_trigger("a").await;
+    w.wait_successful_runs(SOURCE, 1).await;
+    let runs = eventually_async!("the next run starts by itself", {
+        let runs = w.runs(SOURCE).await;
+        (runs.len() >= 2).then_some(runs)
+    });
+    assert!(runs.iter().any(|r| r.id == first), "{runs:?}");
+    w.wait_copy_status("WaitingForTrigger").await;
+}
+
+#[tokio::test]
 async fn under_the_skip_policy_a_timed_out_run_ends_and_its_waiting_annotations_are_cleared() {
     let mut w = World::start().await;
     w.create_pvc(true);

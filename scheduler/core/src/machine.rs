@@ -2443,9 +2443,14 @@ impl Scheduler {
         if !e.status().current_run_id.is_empty() {
             return;
         }
+        let first = e.status().last_sync_start_time.is_none();
         let reason = match (&e.admitted.trigger, e.spec().paused) {
             (_, true) => ("WaitingForSchedule", "paused"),
             (SyncTrigger::Manual(_), false) => ("WaitingForManual", ""),
+            (SyncTrigger::Continuous, false) if first && e.spec().skip_initial_run => (
+                "WaitingForSyncNow",
+                "skipInitialRun: a continuous source starts with its first SyncNow",
+            ),
             _ => ("WaitingForSchedule", ""),
         };
         self.set_condition(key, "False", reason.0, reason.1, now);
@@ -2505,6 +2510,9 @@ fn due(e: &SourceEntry, now: DateTime<Utc>) -> Option<RunReason> {
         }),
         SyncTrigger::Schedule(_) => None,
         SyncTrigger::Manual(tag) => (*tag != status.last_manual_sync).then_some(RunReason::Manual),
+        // skipInitialRun on a continuous source: no run until the first SyncNow; from then on
+        // each run follows the previous one.
+        SyncTrigger::Continuous if first && e.spec().skip_initial_run => None,
         SyncTrigger::Continuous if status.next_sync_time.is_none() || next_due => Some(if first {
             RunReason::Initial
         } else {

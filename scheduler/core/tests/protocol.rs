@@ -724,6 +724,45 @@ fn scenario_9_continuous_runs_follow_each_other_as_cleanup_completes() {
 }
 
 #[test]
+fn scenario_9_a_continuous_source_that_skips_its_initial_run_starts_with_its_first_sync_now() {
+    let mut w = World::new();
+    w.cluster.copies_get_ready = false;
+    w.pvc("data", false);
+    let mut s = spec("data", CopyMethod::Clone, None);
+    s.skip_initial_run = true;
+    w.apply("db", s.clone());
+    w.advance(Duration::days(2));
+    assert!(w.runs("db").is_empty(), "no run before the first SyncNow");
+    let cond = &w.status("db").conditions[0];
+    assert_eq!(
+        (cond.status.as_str(), cond.reason.as_str()),
+        ("False", "WaitingForSyncNow")
+    );
+    assert!(cond.message.contains("skipInitialRun"), "{cond:?}");
+    // Pausing and resuming does not start it either; an edit keeps waiting.
+    w.core
+        .set_paused(&key("db"), true, "".into(), w.now)
+        .unwrap();
+    w.core
+        .set_paused(&key("db"), false, "".into(), w.now)
+        .unwrap();
+    w.apply("db", s);
+    w.settle();
+    assert!(w.runs("db").is_empty(), "still waiting for SyncNow");
+
+    let (first, started) = w.core.sync_now(&key("db"), "go", w.now).unwrap();
+    assert!(started);
+    w.settle();
+    assert_eq!(w.runs("db").len(), 1);
+    // From then on it is continuous: the copy of the first run completes and the next starts.
+    let copy = w.cluster.copies_made[0].clone();
+    w.copy_ready(&copy);
+    let runs = w.runs("db");
+    assert_eq!(runs.len(), 2, "the next run followed the first");
+    assert!(runs.iter().any(|r| r.id == first.to_string()), "{runs:?}");
+}
+
+#[test]
 fn scenario_10_a_manual_tag_runs_exactly_once_until_it_changes() {
     let mut w = World::new();
     w.pvc("data", false);
