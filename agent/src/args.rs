@@ -88,6 +88,24 @@ pub struct Args {
     )]
     pub source_authors: SourceAuthorsArg,
 
+    /// Secrets of the namespace (comma-separated names) that the mover ServiceAccounts the
+    /// agent makes (`volsync-src-<source>`, for sources naming no moverServiceAccount) pull
+    /// images with.
+    #[arg(
+        long,
+        env = "SNAPGATE_MOVER_IMAGE_PULL_SECRETS",
+        value_delimiter = ',',
+        value_parser = dns_subdomain
+    )]
+    pub mover_image_pull_secrets: Vec<String>,
+
+    /// On OpenShift: the SecurityContextConstraints that privileged movers and rsync over ssh
+    /// need (deploy/agent-openshift ships `snapgate-privileged-mover`). The agent grants each
+    /// such source's mover ServiceAccount `use` of it with a Role and RoleBinding of the same
+    /// name. Unset: no grant (clusters without SCCs).
+    #[arg(long, env = "SNAPGATE_MOVER_SCC", value_parser = dns_subdomain)]
+    pub mover_scc: Option<String>,
+
     /// Prometheus metrics listen address.
     #[arg(
         long,
@@ -107,6 +125,19 @@ pub struct Args {
 
 /// VolSync's published mover image, pinned (never `latest`).
 pub use snapgate_agent_core::resources::DEFAULT_MOVER_IMAGE;
+
+/// A Kubernetes object name (a DNS-1123 subdomain: at most 253 characters, dot-separated
+/// DNS labels), as Secrets and SecurityContextConstraints are named.
+fn dns_subdomain(s: &str) -> Result<String, String> {
+    if s.len() <= 253 && s.split('.').all(snapgate_agent_core::names::is_dns_label) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} is not a Kubernetes object name (a DNS-1123 subdomain: lower-case \
+             alphanumerics, '-' and '.', at most 253 characters)"
+        ))
+    }
+}
 
 /// `--source-authors`: see [`snapgate_agent_core::review`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -140,6 +171,30 @@ mod tests {
     use clap::Parser as _;
 
     use super::*;
+
+    #[test]
+    fn mover_pull_secrets_and_scc_are_object_names() {
+        let a = Args::try_parse_from([
+            "snapgate-agent",
+            "--namespace=apps",
+            "--mover-image-pull-secrets=regcred,mirror.pull",
+            "--mover-scc=snapgate-privileged-mover",
+        ])
+        .unwrap();
+        assert_eq!(a.mover_image_pull_secrets, ["regcred", "mirror.pull"]);
+        assert_eq!(a.mover_scc.as_deref(), Some("snapgate-privileged-mover"));
+        let e = Args::try_parse_from([
+            "snapgate-agent",
+            "--namespace=apps",
+            "--mover-image-pull-secrets=Reg_Cred",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("--mover-image-pull-secrets") && e.contains("DNS-1123"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn client_cert_and_client_key_go_together() {

@@ -226,6 +226,8 @@ struct Held {
     /// The namespace's pods, read before a mover Job that mounts the source PVC in place is
     /// made (and read again for the next one).
     pods: Option<Vec<k8s_openapi::api::core::v1::Pod>>,
+    /// The source's mover ServiceAccount (and SCC grant) was applied for this run.
+    mover_account: bool,
 }
 
 impl Held {
@@ -242,6 +244,7 @@ impl Held {
             lease: LeaseState::None,
             review: None,
             pods: None,
+            mover_account: false,
         }
     }
 
@@ -293,6 +296,9 @@ impl ApiCall {
             Action::ReportMover { job, .. } => Self::new("list", "pods", job),
             Action::ReviewAuthor(_) => Self::new("create", "localsubjectaccessreviews", ""),
             Action::ListPods => Self::new("list", "pods", ""),
+            Action::ApplyMoverAccount(a) => {
+                named("patch", "serviceaccounts", &a.service_account.metadata)
+            }
             Action::Report(_) | Action::RequestLease | Action::WakeAt(_) => {
                 Self::new("none", "none", "")
             }
@@ -638,6 +644,7 @@ impl Executor {
                     Some(Err(why)) => Review::Denied(why),
                 },
                 pods: held.pods.as_deref(),
+                mover_account: held.mover_account,
                 now: Utc::now(),
             };
             let actions = match plan::plan(&directive, &observed, &self.config) {
@@ -751,6 +758,17 @@ impl Executor {
                 if let Some(held) = self.runs.get_mut(id) {
                     // The next Job of the run follows the application's pod where it is then.
                     held.pods = None;
+                }
+                Ok(true)
+            }
+            Action::ApplyMoverAccount(account) => {
+                self.cluster.apply(ns, &account.service_account).await?;
+                if let Some((role, binding)) = &account.scc {
+                    self.cluster.apply(ns, role).await?;
+                    self.cluster.apply(ns, binding).await?;
+                }
+                if let Some(held) = self.runs.get_mut(id) {
+                    held.mover_account = true;
                 }
                 Ok(true)
             }

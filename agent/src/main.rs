@@ -87,6 +87,8 @@ async fn main() -> anyhow::Result<()> {
             },
             proxy: proxy_env(),
             source_authors: args.source_authors.into(),
+            mover_pull_secrets: args.mover_image_pull_secrets,
+            mover_scc: args.mover_scc,
             ..PlanConfig::default()
         },
         backoff: Backoff::default(),

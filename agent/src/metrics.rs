@@ -114,6 +114,7 @@ impl Metrics {
             Action::RequestLease => "RequestLease",
             Action::ReviewAuthor(_) => "ReviewAuthor",
             Action::ListPods => "ListPods",
+            Action::ApplyMoverAccount(_) => "ApplyMoverAccount",
         };
         self.actions
             .get_or_create(&KindLabel { kind: kind.into() })

@@ -144,12 +144,8 @@ fn spawn_agent(
     client: kube::Client,
     metrics: AgentMetrics,
     secured: Option<&Secured>,
+    plan: PlanConfig,
 ) -> JoinHandle<anyhow::Result<()>> {
-    let mut plan = plan_config();
-    if secured.is_some() {
-        // Sources have authors: the agent acts with their rights only.
-        plan.source_authors = SourceAuthors::Review;
-    }
     let access = SchedulerAccess {
         token_file: secured.map(|s| s.agent_token.clone()),
         ..SchedulerAccess::default()
@@ -221,6 +217,16 @@ pub fn grant_author(sim: &KubeSim, who: (&str, &str), impersonate: Option<&str>)
 }
 
 /// The plan settings of a world's agent; without authentication it trusts the scheduler.
+/// The agent's settings in a world: [`plan_config`], reviewing authors when the world is
+/// secured (its sources have authors: the agent acts with their rights only).
+fn agent_plan(secured: bool) -> PlanConfig {
+    let mut plan = plan_config();
+    if secured {
+        plan.source_authors = SourceAuthors::Review;
+    }
+    plan
+}
+
 pub fn plan_config() -> PlanConfig {
     PlanConfig {
         mover_backoff: Duration::from_millis(500),
@@ -295,6 +301,7 @@ impl World {
             agent_client.clone(),
             agent_metrics.clone(),
             secured.as_ref(),
+            agent_plan(secured.is_some()),
         );
         Self {
             sim,
@@ -352,12 +359,20 @@ impl World {
     /// Starts a new agent: it keeps nothing, so it rebuilds its view from its watches and the
     /// scheduler's directives.
     pub fn start_agent(&mut self) {
+        self.start_agent_with(|_| {});
+    }
+
+    /// As [`World::start_agent`], with the agent's settings changed by `tweak`.
+    pub fn start_agent_with(&mut self, tweak: impl FnOnce(&mut PlanConfig)) {
+        let mut plan = agent_plan(self.secured.is_some());
+        tweak(&mut plan);
         self.agent_metrics = AgentMetrics::new();
         self.agent = spawn_agent(
             self.addr,
             self.agent_client.clone(),
             self.agent_metrics.clone(),
             self.secured.as_ref(),
+            plan,
         );
     }
 

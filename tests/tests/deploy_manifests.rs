@@ -128,6 +128,52 @@ struct Manifests {
     role_bindings: Vec<RoleBinding>,
     cluster_roles: Vec<ClusterRole>,
     cluster_role_bindings: Vec<ClusterRoleBinding>,
+    sccs: Vec<SecurityContextConstraints>,
+}
+
+/// OpenShift's `security.openshift.io/v1` SecurityContextConstraints (no k8s-openapi type):
+/// the fields deploy/openshift-scc sets, every one required.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SecurityContextConstraints {
+    api_version: String,
+    kind: String,
+    metadata: SccMeta,
+    priority: Option<i32>,
+    allow_privileged_container: bool,
+    allow_privilege_escalation: bool,
+    allowed_capabilities: Vec<String>,
+    required_drop_capabilities: Vec<String>,
+    default_add_capabilities: Vec<String>,
+    allow_host_dir_volume_plugin: bool,
+    #[serde(rename = "allowHostIPC")]
+    allow_host_ipc: bool,
+    allow_host_network: bool,
+    #[serde(rename = "allowHostPID")]
+    allow_host_pid: bool,
+    allow_host_ports: bool,
+    read_only_root_filesystem: bool,
+    run_as_user: SccStrategy,
+    se_linux_context: SccStrategy,
+    fs_group: SccStrategy,
+    supplemental_groups: SccStrategy,
+    seccomp_profiles: Vec<String>,
+    volumes: Vec<String>,
+    users: Vec<String>,
+    groups: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SccMeta {
+    name: String,
+    labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SccStrategy {
+    r#type: String,
 }
 
 impl Manifests {
@@ -153,11 +199,15 @@ impl Manifests {
             ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
                 self.cluster_role_bindings.push(strict(&doc.raw)?)
             }
+            ("security.openshift.io/v1", "SecurityContextConstraints") => {
+                self.sccs.push(strict(&doc.raw)?)
+            }
             (api, kind) => {
                 return Err(format!(
                     "unknown apiVersion/kind {api:?}/{kind:?} (this test knows Namespace, \
                      ServiceAccount, PersistentVolumeClaim, Service, Deployment, NetworkPolicy, \
-                     Role, RoleBinding, ClusterRole, ClusterRoleBinding)"
+                     Role, RoleBinding, ClusterRole, ClusterRoleBinding, \
+                     SecurityContextConstraints)"
                 ));
             }
         }
@@ -1279,6 +1329,7 @@ fn the_agent_role_grants_what_movers_md_lists_and_nothing_more() {
             "list watch create delete",
         ),
         ("batch", "jobs", "list watch create delete patch"),
+        ("", "serviceaccounts", "patch"),
         ("", "pods", "list"),
         ("", "pods/log", "get"),
         ("", "secrets", "get"),
@@ -1320,6 +1371,10 @@ fn the_agent_role_grants_what_movers_md_lists_and_nothing_more() {
                 && r.metadata.namespace.as_deref() == Some(&ns)
         });
         let Some(role) = role else { continue };
+        if binding.role_ref.name == "snapgate-agent-openshift" {
+            // deploy/agent-openshift: checked by the_openshift_agent_may_grant_the_mover_scc_only.
+            continue;
+        }
         roles += 1;
         let at = format!("Role {ns}/{}", binding.role_ref.name);
         if role
@@ -1342,6 +1397,115 @@ fn the_agent_role_grants_what_movers_md_lists_and_nothing_more() {
     }
     assert!(roles > 0, "no Role is bound to an agent's ServiceAccount");
     fail_on(errors, "the agent's Role");
+}
+
+#[test]
+fn the_openshift_agent_may_grant_the_mover_scc_only() {
+    let m = Manifests::load();
+    let role = m
+        .roles
+        .iter()
+        .find(|r| r.metadata.name.as_deref() == Some("snapgate-agent-openshift"))
+        .expect("deploy/agent-openshift has its Role");
+    let granted: BTreeSet<_> = role.rules.iter().flatten().flat_map(grants).collect();
+    let expected: BTreeSet<_> = [
+        ("rbac.authorization.k8s.io", "roles", "patch"),
+        ("rbac.authorization.k8s.io", "roles", "delete"),
+        ("rbac.authorization.k8s.io", "rolebindings", "patch"),
+        ("rbac.authorization.k8s.io", "rolebindings", "delete"),
+        ("security.openshift.io", "securitycontextconstraints", "use"),
+    ]
+    .into_iter()
+    .map(|(g, r, v)| (g.to_owned(), r.to_owned(), v.to_owned()))
+    .collect();
+    assert_eq!(granted, expected);
+    // `use` of exactly the SCC deploy/openshift-scc ships, and no other.
+    let scc_rule = role
+        .rules
+        .iter()
+        .flatten()
+        .find(|r| r.api_groups.as_deref() == Some(&["security.openshift.io".to_owned()][..]))
+        .unwrap();
+    let scc_names: Vec<&str> = m.sccs.iter().map(|s| s.metadata.name.as_str()).collect();
+    assert_eq!(scc_names, ["snapgate-privileged-mover"]);
+    assert_eq!(
+        scc_rule.resource_names.as_deref(),
+        Some(&["snapgate-privileged-mover".to_owned()][..])
+    );
+}
+
+#[test]
+fn the_mover_scc_allows_exactly_what_the_privileged_mover_jobs_ask_for() {
+    use snapgate_agent_core::resources::{MoverImages, MoverJobInput, ResticActions, RunRef};
+    use snapgate_e2e::MoverKind;
+    use snapgate_proto::v1::CopyMethod as CopyMethodV1;
+    let m = Manifests::load();
+    let scc = &m.sccs[0];
+    assert!(!scc.allow_privileged_container && !scc.allow_privilege_escalation);
+    assert_eq!(
+        scc.run_as_user.r#type, "RunAsAny",
+        "rsync over ssh runs as root"
+    );
+    let allowed: BTreeSet<&str> = scc
+        .allowed_capabilities
+        .iter()
+        .map(String::as_str)
+        .collect();
+    // Every capability any mover adds (rsync over ssh always; the others when privileged).
+    let mut added = BTreeSet::new();
+    let data = k8s_openapi::api::core::v1::PersistentVolumeClaim {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some("data".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    // The e2e world's specs of the four movers, Direct.
+    let specs = MoverKind::ALL.map(|m| m.spec(CopyMethodV1::Direct, std::time::Duration::ZERO));
+    for spec in &specs {
+        let job = snapgate_agent_core::resources::mover_job(&MoverJobInput {
+            run: RunRef {
+                namespace: "app",
+                source: "db",
+                run_id: "run-1",
+            },
+            spec: snapgate_agent_core::spec::MoverSpec::of(spec).unwrap(),
+            paused: false,
+            data_pvc: &data,
+            privileged_movers: true,
+            images: &MoverImages::default(),
+            proxy: &BTreeMap::new(),
+            secret_keys: &BTreeSet::new(),
+            restic: ResticActions::default(),
+            mover_account: Some("volsync-src-db"),
+        })
+        .unwrap();
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        for c in &pod.containers {
+            let sc = c.security_context.clone().unwrap_or_default();
+            assert_ne!(sc.allow_privilege_escalation, Some(true));
+            added.extend(sc.capabilities.and_then(|c| c.add).unwrap_or_default());
+        }
+        for v in pod.volumes.iter().flatten() {
+            let kind = serde_json::to_value(v).unwrap();
+            let kind = kind
+                .as_object()
+                .unwrap()
+                .keys()
+                .find(|k| *k != "name")
+                .cloned()
+                .unwrap();
+            assert!(
+                scc.volumes.contains(&kind),
+                "volume type {kind} is not allowed"
+            );
+        }
+    }
+    let added: BTreeSet<&str> = added.iter().map(String::as_str).collect();
+    assert_eq!(
+        added, allowed,
+        "the SCC allows exactly the capabilities movers add"
+    );
 }
 
 #[test]

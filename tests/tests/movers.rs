@@ -134,6 +134,9 @@ fn assert_common(job: &Job, name: &str, backoff: i32, runs_as_root: bool) {
     assert_eq!(template_labels["snapgate.io/source"], SOURCE);
     let p = pod(job);
     assert_eq!(p.restart_policy.as_deref(), Some("Never"));
+    // The source names no moverServiceAccount: its own, with no token mounted.
+    assert_eq!(p.service_account_name.as_deref(), Some("volsync-src-db"));
+    assert_eq!(p.automount_service_account_token, Some(false));
     let c = container(job);
     assert_eq!(c.image.as_deref(), Some(IMAGE));
     let sc = c.security_context.as_ref().unwrap();
@@ -288,6 +291,75 @@ async fn the_rsync_job_reaching_the_api_server_is_as_movers_md_says() {
         "rsync (ssh) always runs with sshd's capabilities: {caps:?}"
     );
     assert_secret_mount(&job, "/keys", "rsync-keys");
+}
+
+#[tokio::test]
+async fn a_sources_mover_account_pulls_with_the_agents_secrets_and_may_use_the_scc_when_needed() {
+    use k8s_openapi::api::{
+        core::v1::ServiceAccount,
+        rbac::v1::{Role, RoleBinding},
+    };
+    let mut w = World::start().await;
+    w.stop_agent().await;
+    w.start_agent_with(|plan| {
+        plan.mover_pull_secrets = vec!["regcred".into()];
+        plan.mover_scc = Some("snapgate-privileged-mover".into());
+    });
+    w.sim
+        .create(&secret(
+            "rsync-keys",
+            &["source", "source.pub", "destination.pub"],
+        ))
+        .unwrap();
+    w.sim
+        .job_behaviour(NS, "volsync-rsync-src-db", JobBehaviour::hang());
+    w.create_pvc(false);
+    // rsync over ssh runs as root with sshd's capabilities: it needs the SCC.
+    w.apply(
+        SOURCE,
+        direct(|s| {
+            s.rsync = Some(v1::ReplicationSourceRsyncSpec {
+                copy_method: CopyMethod::Direct as i32,
+                ssh_keys: "rsync-keys".into(),
+                address: "backup.example.com".into(),
+                ..Default::default()
+            })
+        }),
+    )
+    .await;
+    let job = eventually("the mover Job", || w.jobs().into_iter().next()).await;
+    assert_eq!(
+        pod(&job).service_account_name.as_deref(),
+        Some("volsync-src-db")
+    );
+    let sa: ServiceAccount = w.sim.get(Some(NS), "volsync-src-db").unwrap();
+    assert_eq!(sa.automount_service_account_token, Some(false));
+    let pull: Vec<&str> = sa
+        .image_pull_secrets
+        .iter()
+        .flatten()
+        .map(|r| r.name.as_str())
+        .collect();
+    assert_eq!(pull, ["regcred"]);
+    let labels = sa.metadata.labels.unwrap_or_default();
+    assert_eq!(labels["snapgate.io/source"], SOURCE);
+    let role: Role = w.sim.get(Some(NS), "volsync-src-db").unwrap();
+    let rule = &role.rules.unwrap()[0];
+    assert_eq!(
+        (
+            rule.resources.as_deref(),
+            rule.resource_names.as_deref(),
+            rule.verbs.as_slice()
+        ),
+        (
+            Some(&["securitycontextconstraints".to_owned()][..]),
+            Some(&["snapgate-privileged-mover".to_owned()][..]),
+            &["use".to_owned()][..]
+        )
+    );
+    let binding: RoleBinding = w.sim.get(Some(NS), "volsync-src-db").unwrap();
+    assert_eq!(binding.role_ref.name, "volsync-src-db");
+    assert_eq!(binding.subjects.unwrap()[0].name, "volsync-src-db");
 }
 
 #[tokio::test]

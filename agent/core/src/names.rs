@@ -62,6 +62,13 @@ pub fn copy_name(source: &str) -> String {
     dns_label(&format!("volsync-{source}-src"))
 }
 
+/// The ServiceAccount a source's mover pods run as when the source names none (as VolSync:
+/// `volsync-src-<source>`, for every mover); the Role and RoleBinding that let it use the
+/// privileged-mover SecurityContextConstraints share the name. Kept across runs.
+pub fn mover_account_name(source: &str) -> String {
+    dns_label(&format!("volsync-src-{source}"))
+}
+
 /// The restic cache PVC of a source (persists across runs).
 pub fn cache_name(source: &str) -> String {
     dns_label(&format!("volsync-src-{source}-cache"))

@@ -72,6 +72,11 @@ pub struct PlanConfig {
     pub mover_backoff_max: Duration,
     /// Whether runs' authors are reviewed before the agent acts (see [`crate::review`]).
     pub source_authors: SourceAuthors,
+    /// Secrets of the namespace the mover ServiceAccounts the agent makes pull images with.
+    pub mover_pull_secrets: Vec<String>,
+    /// The SecurityContextConstraints privileged movers (and rsync over ssh) may use, on a
+    /// cluster that has them: the agent grants each source's mover ServiceAccount `use` of it.
+    pub mover_scc: Option<String>,
 }
 
 impl Default for PlanConfig {
@@ -82,6 +87,8 @@ impl Default for PlanConfig {
             mover_backoff: Duration::from_secs(10),
             mover_backoff_max: Duration::from_secs(300),
             source_authors: SourceAuthors::Review,
+            mover_pull_secrets: Vec::new(),
+            mover_scc: None,
         }
     }
 }
@@ -273,6 +280,9 @@ pub struct Observed<'a> {
     /// The namespace's pods, once read for a mover that mounts the source PVC in place
     /// (`Direct`; see [`crate::pinning`]); `None`: not read yet.
     pub pods: Option<&'a [Pod]>,
+    /// Whether the source's mover ServiceAccount (and SCC grant) was applied during this run
+    /// (see [`resources::mover_account`]).
+    pub mover_account: bool,
     /// The time of this plan.
     pub now: DateTime<Utc>,
 }
@@ -303,6 +313,9 @@ pub enum Action {
     CreateSnapshot(Box<VolumeSnapshot>),
     /// Create a PVC (clone, restored, or restic cache).
     CreatePvc(Box<PersistentVolumeClaim>),
+    /// Create or update (server-side apply) the ServiceAccount the source's mover runs as, and
+    /// its SCC Role and RoleBinding, then plan again.
+    ApplyMoverAccount(Box<resources::MoverAccount>),
     /// Create a mover Job.
     CreateJob(Box<Job>),
     /// Merge-patch a mover Job (its parallelism, when the source is paused or resumed).
@@ -1087,6 +1100,28 @@ impl Ctx<'_> {
             (CopyMethod::Direct, Some(pods)) => crate::pinning::pin(data, pods),
             _ => None,
         };
+        // The mover runs as the source's own ServiceAccount unless the source names one; it is
+        // applied once per run (its pull secrets and SCC grant follow the agent's settings).
+        let own_account = self
+            .mover
+            .volume_options()
+            .mover_service_account
+            .is_none()
+            .then(|| names::mover_account_name(self.run.source));
+        if own_account.is_some() && !self.seen.mover_account {
+            // rsync over ssh runs as root with sshd's capabilities, privileged movers as root:
+            // only those need the SCC.
+            let privileged = self.mover.mover() == Mover::Rsync || self.seen.privileged;
+            out.push(Action::ApplyMoverAccount(Box::new(
+                resources::mover_account(
+                    self.run.namespace,
+                    self.run.source,
+                    &self.config.mover_pull_secrets,
+                    self.config.mover_scc.as_deref().filter(|_| privileged),
+                ),
+            )));
+            return Ok(out);
+        }
         let main_secret = required.first().and_then(|n| secrets.get(n));
         let empty = BTreeSet::new();
         let restic = match self.mover {
@@ -1109,6 +1144,7 @@ impl Ctx<'_> {
             proxy: &self.config.proxy,
             secret_keys: main_secret.unwrap_or(&empty),
             restic,
+            mover_account: own_account.as_deref(),
         })?;
         if let Some(pin) = &pin {
             crate::pinning::apply(&mut job, pin);
@@ -1469,6 +1505,7 @@ mod tests {
             lease: Lease::NotNeeded,
             review: Review::Allowed,
             pods: Some(&[]),
+            mover_account: true,
             now: now(),
         }
     }
@@ -1495,6 +1532,11 @@ mod tests {
                 Action::RequestLease => "RequestLease".to_owned(),
                 Action::ReviewAuthor(r) => format!("ReviewAuthor {}", r.user),
                 Action::ListPods => "ListPods".to_owned(),
+                Action::ApplyMoverAccount(a) => format!(
+                    "ApplyMoverAccount {}{}",
+                    a.service_account.metadata.name.clone().unwrap(),
+                    if a.scc.is_some() { " +scc" } else { "" }
+                ),
             })
             .collect()
     }
@@ -2206,6 +2248,99 @@ mod tests {
         s.secrets = Some(&secrets);
         let a = plan(&d, &s, &PlanConfig::default()).unwrap();
         assert_eq!(kinds(&a), ["Report AgentError"]);
+    }
+
+    #[test]
+    fn the_sources_own_mover_account_is_applied_once_per_run_before_its_job() {
+        let d = directive(DirectivePhase::Transfer, v1::CopyMethod::Direct);
+        let source = pvc("data", &[], None);
+        let cache = pvc("volsync-src-db-cache", &[], None);
+        let secrets = restic_secrets();
+        let mut s = seen(Some(&source));
+        s.cache_pvc = Some(&cache);
+        s.secrets = Some(&secrets);
+        s.mover_account = false;
+        let openshift = PlanConfig {
+            mover_pull_secrets: vec!["regcred".into()],
+            mover_scc: Some("snapgate-privileged-mover".into()),
+            ..PlanConfig::default()
+        };
+        // restic, unprivileged: the account, no SCC grant.
+        let a = plan(&d, &s, &openshift).unwrap();
+        assert_eq!(kinds(&a), ["ApplyMoverAccount volsync-src-db"]);
+        let Action::ApplyMoverAccount(account) = &a[0] else {
+            unreachable!()
+        };
+        assert_eq!(
+            account.service_account.image_pull_secrets.as_ref().unwrap()[0].name,
+            "regcred"
+        );
+        // In a namespace that allows privileged movers, the grant of the SCC comes with it.
+        s.privileged = true;
+        assert_eq!(
+            kinds(&plan(&d, &s, &openshift).unwrap()),
+            ["ApplyMoverAccount volsync-src-db +scc"]
+        );
+        // Without an SCC configured there is none to grant.
+        assert_eq!(
+            kinds(&plan(&d, &s, &PlanConfig::default()).unwrap()),
+            ["ApplyMoverAccount volsync-src-db"]
+        );
+        // Once applied, the Job runs as it, without a token.
+        s.mover_account = true;
+        let a = plan(&d, &s, &openshift).unwrap();
+        let Some(Action::CreateJob(job)) = a.first() else {
+            panic!("{:?}", kinds(&a))
+        };
+        let pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        assert_eq!(pod.service_account_name.as_deref(), Some("volsync-src-db"));
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        // A source that names its own account gets none made.
+        let mut named = d.clone();
+        if let Some(r) = named.spec.as_mut().and_then(|s| s.restic.as_mut()) {
+            r.mover_service_account = Some("backup-mover".into());
+        }
+        s.mover_account = false;
+        let a = plan(&named, &s, &openshift).unwrap();
+        let Some(Action::CreateJob(job)) = a.first() else {
+            panic!("{:?}", kinds(&a))
+        };
+        let pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        assert_eq!(pod.service_account_name.as_deref(), Some("backup-mover"));
+    }
+
+    #[test]
+    fn rsync_over_ssh_always_gets_the_scc_grant() {
+        let mut d = directive(DirectivePhase::Transfer, v1::CopyMethod::Direct);
+        if let Some(spec) = d.spec.as_mut() {
+            spec.restic = None;
+            spec.rsync = Some(v1::ReplicationSourceRsyncSpec {
+                copy_method: v1::CopyMethod::Direct as i32,
+                ssh_keys: "keys".into(),
+                address: "backup.example.com".into(),
+                ..Default::default()
+            });
+        }
+        let source = pvc("data", &[], None);
+        let secrets = BTreeMap::from([(
+            "keys".to_owned(),
+            BTreeSet::from([
+                "source".into(),
+                "source.pub".into(),
+                "destination.pub".into(),
+            ]),
+        )]);
+        let mut s = seen(Some(&source));
+        s.secrets = Some(&secrets);
+        s.mover_account = false;
+        let openshift = PlanConfig {
+            mover_scc: Some("snapgate-privileged-mover".into()),
+            ..PlanConfig::default()
+        };
+        assert_eq!(
+            kinds(&plan(&d, &s, &openshift).unwrap()),
+            ["ApplyMoverAccount volsync-src-db +scc"]
+        );
     }
 
     #[test]

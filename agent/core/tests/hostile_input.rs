@@ -670,6 +670,7 @@ struct World {
     job: Option<Job>,
     secrets: Option<BTreeMap<String, BTreeSet<String>>>,
     privileged: bool,
+    mover_account: bool,
     failed_attempts: u32,
     job_reported: bool,
     temporaries: Vec<Temporary>,
@@ -689,6 +690,7 @@ impl World {
             job: self.job.as_ref(),
             secrets: self.secrets.as_ref(),
             privileged: self.privileged,
+            mover_account: self.mover_account,
             failed_attempts: self.failed_attempts,
             job_reported: self.job_reported,
             temporaries: &self.temporaries,
@@ -750,6 +752,7 @@ fn world() -> BoxedStrategy<World> {
             prop::option::of(pvc("volsync-src-db-cache")),
             prop::option::of(job()),
             secrets(),
+            any::<bool>(),
         ),
         (
             any::<bool>(),
@@ -767,7 +770,7 @@ fn world() -> BoxedStrategy<World> {
     )
         .prop_map(
             |(
-                (pvc, snapshot, copy_pvc, cache_pvc, job, secrets),
+                (pvc, snapshot, copy_pvc, cache_pvc, job, secrets, mover_account),
                 (privileged, failed_attempts, job_reported, temporaries, lease, now, review),
             )| World {
                 pvc,
@@ -777,6 +780,7 @@ fn world() -> BoxedStrategy<World> {
                 job,
                 secrets,
                 privileged,
+                mover_account,
                 failed_attempts,
                 job_reported,
                 temporaries,
@@ -960,6 +964,15 @@ fn check_action(a: &Action) -> Result<(), TestCaseError> {
             check_labels(e.metadata.labels.as_ref())?;
         }
         Action::Report(o) => check_observation(o)?,
+        Action::ApplyMoverAccount(a) => {
+            let sa = &a.service_account.metadata;
+            prop_assert!(names::is_dns_label(sa.name.as_deref().unwrap_or("")));
+            check_labels(sa.labels.as_ref())?;
+            prop_assert_eq!(
+                a.service_account.automount_service_account_token,
+                Some(false)
+            );
+        }
         Action::PatchJob { .. }
         | Action::DeleteSnapshot(_)
         | Action::DeletePvc(_)

@@ -197,6 +197,10 @@ pub struct MoverJobInput<'a> {
     pub secret_keys: &'a BTreeSet<String>,
     /// restic only: unlock and prune decisions.
     pub restic: ResticActions,
+    /// The ServiceAccount the agent made for the source's mover
+    /// ([`crate::names::mover_account_name`]), used when the source names no
+    /// `moverServiceAccount`; `None`: the namespace's default.
+    pub mover_account: Option<&'a str>,
 }
 
 /// The mover Job for one run.
@@ -282,7 +286,11 @@ pub fn mover_job(input: &MoverJobInput<'_>) -> Result<Job, SpecError> {
         volume_devices: (!pod.devices.is_empty()).then_some(pod.devices),
         ..Default::default()
     };
-    let service_account = o.mover_service_account.map(str::to_owned);
+    // The user's account may rely on its token; the agent's own never needs one.
+    let (service_account, automount) = match (o.mover_service_account, input.mover_account) {
+        (Some(user), _) => (Some(user.to_owned()), None),
+        (None, ours) => (ours.map(str::to_owned), Some(false)),
+    };
     Ok(Job {
         metadata: temporary_meta(&input.run, job_name),
         spec: Some(JobSpec {
@@ -297,7 +305,7 @@ pub fn mover_job(input: &MoverJobInput<'_>) -> Result<Job, SpecError> {
                     affinity,
                     // Movers never call the Kubernetes API: no token unless the user chose a
                     // service account (which may rely on it).
-                    automount_service_account_token: service_account.is_none().then_some(false),
+                    automount_service_account_token: automount,
                     containers: vec![container],
                     restart_policy: Some("Never".to_owned()),
                     security_context: pod_security,

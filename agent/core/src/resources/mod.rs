@@ -4,10 +4,12 @@
 //! [`SpecError`](crate::spec::SpecError) naming the
 //! field.
 
+mod account;
 mod job;
 mod snapshot;
 mod volume;
 
+pub use account::{MoverAccount, mover_account};
 pub use job::{
     BLOCK_DEVICE, CACHE_MOUNT, CUSTOM_CA_MOUNT, DATA_MOUNT, DEFAULT_FORGET_OPTIONS,
     DEFAULT_MOVER_IMAGE, DEFAULT_RSYNC_PORT, DEFAULT_RSYNC_TLS_PORT, KEYS_MOUNT, MoverImages,

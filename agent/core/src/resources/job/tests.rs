@@ -71,6 +71,7 @@ impl Case {
             proxy: &self.proxy,
             secret_keys: &self.keys,
             restic: self.restic,
+            mover_account: Some("volsync-src-db"),
         })
     }
 
@@ -243,6 +244,7 @@ fn the_restic_job_is_exactly_what_the_restic_entry_script_expects() {
                     "metadata": {"labels": labels()},
                     "spec": {
                         "automountServiceAccountToken": false,
+                        "serviceAccountName": "volsync-src-db",
                         "containers": [{
                             "name": "restic",
                             "image": IMAGE,
@@ -291,6 +293,7 @@ fn the_rclone_job_is_exactly_what_active_sh_expects() {
                     "metadata": {"labels": labels()},
                     "spec": {
                         "automountServiceAccountToken": false,
+                        "serviceAccountName": "volsync-src-db",
                         "containers": [{
                             "name": "rclone",
                             "image": IMAGE,
@@ -343,6 +346,7 @@ fn the_rsync_job_always_runs_as_root_with_the_ssh_capabilities() {
                         "metadata": {"labels": labels()},
                         "spec": {
                             "automountServiceAccountToken": false,
+                            "serviceAccountName": "volsync-src-db",
                             "containers": [{
                                 "name": "rsync",
                                 "image": IMAGE,
@@ -400,6 +404,7 @@ fn the_rsync_tls_job_is_exactly_what_client_sh_expects() {
                     "metadata": {"labels": labels()},
                     "spec": {
                         "automountServiceAccountToken": false,
+                        "serviceAccountName": "volsync-src-db",
                         "containers": [{
                             "name": "rsync-tls",
                             "image": IMAGE,
@@ -1022,6 +1027,7 @@ fn a_long_source_name_shortens_the_job_name_and_hashes_nothing_else() {
         proxy: &BTreeMap::new(),
         secret_keys: &BTreeSet::new(),
         restic: ResticActions::default(),
+        mover_account: None,
     })
     .unwrap();
     let name = job.metadata.name.unwrap();
