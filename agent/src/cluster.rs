@@ -213,6 +213,15 @@ impl Cluster {
             .await?)
     }
 
+    /// Reads an object; `None` when there is none.
+    pub async fn get_opt<K: Namespaced>(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Result<Option<K>, ClusterError> {
+        Ok(self.api::<K>(ns).get_opt(name).await?)
+    }
+
     /// Creates or updates `object` by server-side apply under the agent's field manager
     /// (forced: the fields it sets are the agent's).
     pub async fn apply<K: Namespaced>(&self, ns: &str, object: &K) -> Result<K, ClusterError> {

@@ -333,6 +333,13 @@ fn temporaries_of(
         .collect()
 }
 
+/// The name of the source a held run belongs to ("" when not held).
+fn held_source(held: Option<&Held>) -> String {
+    held.and_then(|h| h.directive.source.as_ref())
+        .map(|s| s.name.clone())
+        .unwrap_or_default()
+}
+
 /// The executor's state.
 pub struct Executor {
     cluster: Cluster,
@@ -350,6 +357,9 @@ pub struct Executor {
     confirming: Option<(u32, HashSet<String>)>,
     metrics: Metrics,
     retry_after: Duration,
+    /// Deleted sources (namespace, name) whose objects are still to be removed, and whether
+    /// their restic cache stays; tried on every change and resync until done.
+    retiring: BTreeMap<(String, String), bool>,
 }
 
 fn apply_event<K: kube::Resource + Clone>(cache: &mut Cache<K>, ns: &str, e: watcher::Event<K>) {
@@ -381,6 +391,7 @@ impl Executor {
             confirming: None,
             metrics,
             retry_after,
+            retiring: BTreeMap::new(),
         }
     }
 
@@ -408,6 +419,7 @@ impl Executor {
                     Some(c) => {
                         let ns = self.on_change(c);
                         self.plan_namespace(&ns).await;
+                        self.retire_due().await;
                     }
                     None => return,
                 },
@@ -427,6 +439,7 @@ impl Executor {
                     for id in all {
                         self.plan_run(&id).await;
                     }
+                    self.retire_due().await;
                 }
             }
         }
@@ -450,6 +463,8 @@ impl Executor {
                     held.forget_lease_request();
                 }
                 self.confirming = None;
+                // The scheduler resends the Retire of every source still awaiting one.
+                self.retiring.clear();
                 if active_runs == 0 {
                     self.runs.clear();
                 } else {
@@ -515,6 +530,13 @@ impl Executor {
                     _ => info!(run = id, "lease held"),
                 }
                 self.plan_run(&id).await;
+            }
+            LinkEvent::Retire(r) => {
+                // Only acted on in a namespace this agent watches (see retire_due).
+                let source = r.source.unwrap_or_default();
+                self.retiring
+                    .insert((source.namespace, source.name), r.keep_cache);
+                self.retire_due().await;
             }
             LinkEvent::Disconnected => {
                 self.outbox = None;
@@ -724,6 +746,103 @@ impl Executor {
         }
     }
 
+    /// Removes what the agent made for each deleted source awaiting it, and says so to the
+    /// scheduler. A source whose namespace's PVCs are not listed yet (or never: a namespace
+    /// this agent does not watch), or whose removal failed, is tried again on the next change
+    /// or resync.
+    async fn retire_due(&mut self) {
+        if self.outbox.is_none() {
+            return;
+        }
+        let pending: Vec<((String, String), bool)> =
+            self.retiring.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        for ((ns, source), keep_cache) in pending {
+            if !self.pvcs.is_synced(&ns) {
+                continue;
+            }
+            match self.retire(&ns, &source, keep_cache).await {
+                Ok(()) => {
+                    let Some(outbox) = &self.outbox else { return };
+                    let retired = agent_message::Message::Retired(v1::Retired {
+                        source: Some(v1::SourceRef {
+                            namespace: ns.clone(),
+                            name: source.clone(),
+                        }),
+                    });
+                    if outbox.send(retired).await.is_ok() {
+                        info!(namespace = ns, source, keep_cache, "deleted source retired");
+                        self.retiring.remove(&(ns, source));
+                    }
+                }
+                Err((call, e)) => {
+                    warn!(namespace = ns, source, verb = call.verb, resource = call.resource, name = call.name, error = %e, "removing a deleted source's objects failed; retrying");
+                    self.metrics.api_error(call.verb, call.resource, e.class());
+                }
+            }
+        }
+    }
+
+    /// Deletes the restic cache PVC (unless kept), the mover ServiceAccount and its SCC Role
+    /// and RoleBinding of `source`: each only when it carries the labels of an object snapgate
+    /// made for this source (a same-named object someone else made is left alone).
+    async fn retire(
+        &mut self,
+        ns: &str,
+        source: &str,
+        keep_cache: bool,
+    ) -> Result<(), (ApiCall, ClusterError)> {
+        use k8s_openapi::api::{
+            core::v1::ServiceAccount,
+            rbac::v1::{Role, RoleBinding},
+        };
+        let cache = names::cache_name(source);
+        if !keep_cache
+            && self
+                .pvcs
+                .get(ns, &cache)
+                .is_some_and(|p| names::made_for_source(p.metadata.labels.as_ref(), source))
+        {
+            let left = self
+                .cluster
+                .delete::<PersistentVolumeClaim>(ns, &cache)
+                .await
+                .map_err(|e| (ApiCall::new("delete", "persistentvolumeclaims", &cache), e))?;
+            self.pvcs.deleted(ns, &cache, left);
+        }
+        let account = names::mover_account_name(source);
+        self.delete_made::<ServiceAccount>(ns, source, &account, "serviceaccounts")
+            .await?;
+        if self.config.mover_scc.is_some() {
+            self.delete_made::<RoleBinding>(ns, source, &account, "rolebindings")
+                .await?;
+            self.delete_made::<Role>(ns, source, &account, "roles")
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes `name` when it exists and was made by snapgate for `source`.
+    async fn delete_made<K: Namespaced>(
+        &self,
+        ns: &str,
+        source: &str,
+        name: &str,
+        resource: &'static str,
+    ) -> Result<(), (ApiCall, ClusterError)> {
+        let found = self
+            .cluster
+            .get_opt::<K>(ns, name)
+            .await
+            .map_err(|e| (ApiCall::new("get", resource, name), e))?;
+        if found.is_some_and(|o| names::made_for_source(o.meta().labels.as_ref(), source)) {
+            self.cluster
+                .delete::<K>(ns, name)
+                .await
+                .map_err(|e| (ApiCall::new("delete", resource, name), e))?;
+        }
+        Ok(())
+    }
+
     /// Applies one action; `Ok(true)` when it changed what the next plan sees.
     async fn apply(&mut self, id: &str, ns: &str, action: Action) -> Result<bool, ClusterError> {
         debug!(run = id, ?action, "applying");
@@ -762,6 +881,66 @@ impl Executor {
                 Ok(true)
             }
             Action::ApplyMoverAccount(account) => {
+                use k8s_openapi::api::{
+                    core::v1::ServiceAccount,
+                    rbac::v1::{Role, RoleBinding},
+                };
+                let source = held_source(self.runs.get(id));
+                // One of these names made by someone else (VolSync's, during a migration) is
+                // never taken over: the run waits, and says why.
+                let name = account
+                    .service_account
+                    .metadata
+                    .name
+                    .clone()
+                    .unwrap_or_default();
+                let mut foreign = self
+                    .cluster
+                    .get_opt::<ServiceAccount>(ns, &name)
+                    .await?
+                    .filter(|o| !names::made_for_source(o.metadata.labels.as_ref(), &source))
+                    .map(|_| "ServiceAccount");
+                if account.scc.is_some() && foreign.is_none() {
+                    if self
+                        .cluster
+                        .get_opt::<Role>(ns, &name)
+                        .await?
+                        .is_some_and(|o| {
+                            !names::made_for_source(o.metadata.labels.as_ref(), &source)
+                        })
+                    {
+                        foreign = Some("Role");
+                    } else if self
+                        .cluster
+                        .get_opt::<RoleBinding>(ns, &name)
+                        .await?
+                        .is_some_and(|o| {
+                            !names::made_for_source(o.metadata.labels.as_ref(), &source)
+                        })
+                    {
+                        foreign = Some("RoleBinding");
+                    }
+                }
+                if let Some(kind) = foreign {
+                    let message = format!(
+                        "{kind} {ns}/{name} exists and was not made by snapgate for source \
+                         {source} (VolSync's, or someone else's): the mover runs as \
+                         {name} only once it is removed, or name a moverServiceAccount"
+                    );
+                    self.report(
+                        id,
+                        Observation::Error(bounds::agent_error(
+                            "MoverAccountTaken",
+                            &message,
+                            true,
+                        )),
+                    )
+                    .await;
+                    if let Some(held) = self.runs.get_mut(id) {
+                        held.wake(Instant::now() + self.retry_after);
+                    }
+                    return Ok(false);
+                }
                 self.cluster.apply(ns, &account.service_account).await?;
                 if let Some((role, binding)) = &account.scc {
                     self.cluster.apply(ns, role).await?;

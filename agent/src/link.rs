@@ -39,6 +39,8 @@ pub enum LinkEvent {
     Forget(String),
     /// The answer to a lease request sent on this connection.
     Lease(v1::LeaseGrant),
+    /// A source was deleted: remove what the agent made for it that outlives runs.
+    Retire(v1::Retire),
     /// The connection is gone; nothing is delivered until the next `Connected`, and no lease
     /// request of the connection is answered any more.
     Disconnected,
@@ -155,6 +157,7 @@ async fn session(
                 Some(FromScheduler::Directive(d)) => LinkEvent::Directive(Box::new(d)),
                 Some(FromScheduler::Forget(f)) => LinkEvent::Forget(f.run_id),
                 Some(FromScheduler::Lease(l)) => LinkEvent::Lease(l),
+                Some(FromScheduler::Retire(r)) => LinkEvent::Retire(r),
                 None => continue,
             };
             if events.send(event).await.is_err() {

@@ -160,6 +160,11 @@ pub(crate) enum Command {
         conn: u64,
         request: v1::LeaseRequest,
     },
+    /// An agent removed what it made for a deleted source.
+    AgentRetired {
+        conn: u64,
+        source: SourceKey,
+    },
     AgentGone {
         conn: u64,
     },
@@ -370,6 +375,10 @@ impl Driver {
                     run_id: run_id.to_string(),
                 }),
             ),
+            Effect::Retire { source, keep_cache } => {
+                let message = retire_message(&source, keep_cache);
+                self.send_to_agents(&source.namespace, message);
+            }
             Effect::CopyStatus(status) => self.send_to_watchers(&status),
             Effect::Observe(o) => self.metrics.observe(&o),
             Effect::PutSource(_)
@@ -729,8 +738,15 @@ impl Driver {
                     .into_iter()
                     .filter(|d| hello.leases || !d.lease)
                     .collect();
+                // Deleted sources whose agent has yet to remove what it made for them.
+                let retirements = self.core.retirements_for(&hello.namespaces);
                 // Room for the whole resync, however many runs are in flight.
-                let (tx, rx) = mpsc::channel(directives.len().saturating_add(1 + AGENT_QUEUE));
+                let (tx, rx) = mpsc::channel(
+                    directives
+                        .len()
+                        .saturating_add(retirements.len())
+                        .saturating_add(1 + AGENT_QUEUE),
+                );
                 let welcome = SchedulerMessage {
                     message: Some(ToAgent::Welcome(v1::Welcome {
                         active_runs: directives.len() as u32,
@@ -741,6 +757,13 @@ impl Driver {
                     ok &= tx
                         .try_send(Ok(SchedulerMessage {
                             message: Some(ToAgent::Directive(d)),
+                        }))
+                        .is_ok();
+                }
+                for (source, keep_cache) in retirements {
+                    ok &= tx
+                        .try_send(Ok(SchedulerMessage {
+                            message: Some(retire_message(&source, keep_cache)),
                         }))
                         .is_ok();
                 }
@@ -783,6 +806,21 @@ impl Driver {
                     }
                 }
                 let _ = reply.send(Ok((id, rx)));
+            }
+            Command::AgentRetired { conn, source } => {
+                let Some(agent) = self.agents.get(&conn) else {
+                    return;
+                };
+                let namespaces = agent.namespaces.clone();
+                if self.core.handle_retired(&namespaces, &source) {
+                    match self.flush() {
+                        Ok(()) => info!(source = %source, "deleted source retired by its agent"),
+                        // Asked again on the agent's next connect.
+                        Err(e) => warn!(source = %source, error = %e, "retirement not committed"),
+                    }
+                } else {
+                    debug!(source = %source, "retirement of a source not awaiting it ignored");
+                }
             }
             Command::AgentReport { conn, report } => {
                 let Some(agent) = self.agents.get(&conn) else {
@@ -899,4 +937,15 @@ fn restore(
     let mut core = restored.scheduler;
     core.set_lease_policy(lease_policy);
     Ok((core, quarantined))
+}
+
+/// The Retire of a deleted source, for its agent.
+fn retire_message(source: &SourceKey, keep_cache: bool) -> ToAgent {
+    ToAgent::Retire(v1::Retire {
+        source: Some(v1::SourceRef {
+            namespace: source.namespace.clone(),
+            name: source.name.clone(),
+        }),
+        keep_cache,
+    })
 }

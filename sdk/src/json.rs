@@ -225,7 +225,8 @@ pub fn spec(s: &SourceSpec) -> Value {
             .opt_text("cacheStorageClassName", r.cache_storage_class_name.as_ref())
             .list("cacheAccessModes", &r.cache_access_modes)
             .object("customCA", custom_ca(r.custom_ca.as_ref()))
-            .opt_text("unlock", r.unlock.as_ref());
+            .opt_text("unlock", r.unlock.as_ref())
+            .flag("keepCache", r.keep_cache);
         o.object("restic", Some(m));
     }
     if let Some(r) = &s.rclone {

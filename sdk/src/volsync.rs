@@ -400,6 +400,7 @@ fn restic(o: &mut Obj<'_>) -> Result<ReplicationSourceResticSpec, FieldError> {
             cache_access_modes: o.strings("cacheAccessModes")?,
             custom_ca: custom_ca(o)?,
             unlock: o.string("unlock")?,
+            keep_cache: o.bool("keepCache")?.unwrap_or(false),
         }
     );
     o.finish(&[])?;

@@ -210,6 +210,17 @@ async fn the_agent_needs_every_verb_of_the_deploy_role_and_nothing_more() {
         w.jobs().is_empty().then_some(())
     })
     .await;
+    // Then the source is retired: its mover ServiceAccount is read and deleted.
+    eventually(
+        "the deleted source's mover ServiceAccount is deleted",
+        || {
+            w.sim
+                .get::<k8s_openapi::api::core::v1::ServiceAccount>(Some(NS), "volsync-src-other")
+                .is_err()
+                .then_some(())
+        },
+    )
+    .await;
 
     let requests = w.sim.requests().filter(|r| r.user == AGENT_USER);
     let refused: Vec<_> = requests.iter().filter(|r| r.code == 403).collect();

@@ -115,7 +115,8 @@ pub struct SourceRecord {
     /// The source as the API shows it: spec, status, version.
     #[prost(message, optional, tag = "1")]
     pub source: Option<v1::Source>,
-    /// Deleted by a user, kept until its last run has cleaned up.
+    /// Deleted by a user, kept until its last run has cleaned up and the agent has removed
+    /// what it made for the source (a Retire answered by Retired).
     #[prost(bool, tag = "2")]
     pub deleting: bool,
 }
@@ -183,6 +184,14 @@ pub enum Effect {
         namespace: String,
         /// The run.
         run_id: RunId,
+    },
+    /// Tell the agent serving the source's namespace to delete what it made for a deleted
+    /// source that outlives runs (answered by Retired; resent on every reconnect until then).
+    Retire {
+        /// The deleted source.
+        source: SourceKey,
+        /// Its restic cache PVC stays (`restic.keepCache`).
+        keep_cache: bool,
     },
     /// The copy status of a PVC changed (for WatchCopy streams).
     CopyStatus(Box<CopyStatus>),
@@ -582,6 +591,16 @@ impl Scheduler {
     ) -> Result<v1::Source, CoreError> {
         let admitted = validate::admit(&key, &spec)?;
         let mut pause_changed = false;
+        // A deleted source whose agent has not answered its Retire (perhaps none serves the
+        // namespace any more) gives way to a new one of the same name, which takes over what
+        // the old one left (its cache, its mover ServiceAccount).
+        if self
+            .sources
+            .get(&key)
+            .is_some_and(|e| e.record.deleting && e.status().current_run_id.is_empty())
+        {
+            self.remove_source(&key);
+        }
         match self.sources.get_mut(&key) {
             Some(entry) if entry.record.deleting => {
                 return Err(CoreError::FailedPrecondition(format!(
@@ -763,15 +782,59 @@ impl Scheduler {
                 actual: version,
             });
         }
+        if let Some(e) = self.sources.get_mut(key) {
+            e.record.deleting = true;
+        }
+        self.put_source(key);
         match self.current_run(key) {
-            Some(id) => {
-                self.sources.get_mut(key).expect("checked").record.deleting = true;
-                self.put_source(key);
-                self.abort_run(id, "source deleted", now);
-            }
-            None => self.remove_source(key),
+            // Retired once the run has cleaned up.
+            Some(id) => self.abort_run(id, "source deleted", now),
+            None => self.retire(key),
         }
         Ok(())
+    }
+
+    /// Asks the agent to remove what it made for `key`, a deleted source with no run in
+    /// flight.
+    fn retire(&mut self, key: &SourceKey) {
+        if let Some(e) = self.sources.get(key)
+            && e.record.deleting
+            && e.status().current_run_id.is_empty()
+        {
+            self.effects.push(Effect::Retire {
+                source: key.clone(),
+                keep_cache: keep_cache(e.spec()),
+            });
+        }
+    }
+
+    /// The deleted sources in `namespaces` whose agent has not yet answered their Retire, for
+    /// a (re)connect: `(source, keep_cache)`.
+    pub fn retirements_for(&self, namespaces: &[String]) -> Vec<(SourceKey, bool)> {
+        self.sources
+            .iter()
+            .filter(|(k, e)| {
+                e.record.deleting
+                    && e.status().current_run_id.is_empty()
+                    && namespaces.contains(&k.namespace)
+            })
+            .map(|(k, e)| (k.clone(), keep_cache(e.spec())))
+            .collect()
+    }
+
+    /// An agent serving `namespaces` removed what it made for the deleted source `key`: the
+    /// source is gone for good. `false` (nothing done) for a source not awaiting it, or in a
+    /// namespace the agent does not serve.
+    pub fn handle_retired(&mut self, namespaces: &[String], key: &SourceKey) -> bool {
+        let awaiting = namespaces.contains(&key.namespace)
+            && self
+                .sources
+                .get(key)
+                .is_some_and(|e| e.record.deleting && e.status().current_run_id.is_empty());
+        if awaiting {
+            self.remove_source(key);
+        }
+        awaiting
     }
 
     fn remove_source(&mut self, key: &SourceKey) {
@@ -2239,7 +2302,11 @@ impl Scheduler {
         self.notify_copy(id);
 
         if self.sources.get(&key).is_some_and(|e| e.record.deleting) {
-            self.remove_source(&key);
+            if let Some(e) = self.sources.get_mut(&key) {
+                e.status_mut().current_run_id.clear();
+            }
+            self.put_source(&key);
+            self.retire(&key);
         } else {
             let entry = self.sources.get_mut(&key).expect("runs have sources");
             let previous = entry.status().last_sync_time.as_ref().map(to_datetime);
@@ -2489,6 +2556,11 @@ impl Scheduler {
             }),
         }
     }
+}
+
+/// Whether the source's restic cache PVC outlives the source (`restic.keepCache`).
+fn keep_cache(spec: &SourceSpec) -> bool {
+    spec.restic.as_ref().is_some_and(|r| r.keep_cache)
 }
 
 /// Whether an idle source must start a run now, and why.

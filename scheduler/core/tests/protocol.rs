@@ -38,6 +38,8 @@ struct Cluster {
     mover_succeeds: bool,
     /// Directives the agent holds, by run.
     held: BTreeMap<String, Directive>,
+    /// Deleted sources the agent removed its objects for: `(source, keep_cache)`.
+    retired: Vec<(String, bool)>,
     /// The agent is cut off: directives are held but not acted on.
     offline: bool,
 }
@@ -165,6 +167,7 @@ impl World {
                 return;
             }
             let mut reports = Vec::new();
+            let mut retired = Vec::new();
             for e in effects {
                 match e {
                     Effect::PutSource(r) => {
@@ -194,9 +197,18 @@ impl World {
                     Effect::Forget { run_id, .. } => {
                         self.cluster.held.remove(&run_id.to_string());
                     }
+                    Effect::Retire { source, keep_cache } => {
+                        if !self.cluster.offline {
+                            self.cluster.retired.push((source.to_string(), keep_cache));
+                            retired.push(source);
+                        }
+                    }
                     Effect::CopyStatus(s) => self.copy_statuses.push(*s),
                     Effect::Observe(_) => {}
                 }
+            }
+            for key in retired {
+                assert!(self.core.handle_retired(&apps(), &key));
             }
             for r in reports {
                 let out = self.core.handle_report(&apps(), r, self.now);
@@ -1318,6 +1330,78 @@ fn a_queued_run_keeps_the_copy_method_it_started_with_when_the_source_is_edited(
         held.restic.unwrap().copy_method,
         CopyMethod::Snapshot as i32
     );
+}
+
+#[test]
+fn a_deleted_source_is_gone_for_good_once_its_agent_removed_what_it_made() {
+    let mut w = World::new();
+    w.pvc("data", false);
+    let mut s = spec("data", CopyMethod::Clone, manual("once"));
+    s.restic.as_mut().unwrap().keep_cache = true;
+    w.apply("db", s);
+    w.settle();
+    assert!(w.status("db").current_run_id.is_empty(), "the run is over");
+    // Nobody serves the namespace: the source is gone for its users, kept for the agent.
+    w.cluster.offline = true;
+    w.core.delete_source(&key("db"), 0, w.now).unwrap();
+    w.settle();
+    assert!(matches!(
+        w.core.get_source(&key("db")),
+        Err(CoreError::NotFound(_))
+    ));
+    assert!(
+        w.stored_sources.contains_key("apps/db"),
+        "kept until retired"
+    );
+    assert!(w.cluster.retired.is_empty());
+    // The agent reconnects and is asked again, with the source's keepCache.
+    assert_eq!(
+        w.core.retirements_for(&apps()),
+        [(key("db"), true)],
+        "resent on every reconnect"
+    );
+    assert!(w.core.retirements_for(&["other".to_owned()]).is_empty());
+    // An agent of another namespace cannot retire it.
+    assert!(!w.core.handle_retired(&["other".to_owned()], &key("db")));
+    assert!(w.core.handle_retired(&apps(), &key("db")));
+    w.settle();
+    assert!(!w.stored_sources.contains_key("apps/db"));
+    assert!(w.core.retirements_for(&apps()).is_empty());
+    assert!(!w.core.handle_retired(&apps(), &key("db")), "once");
+}
+
+#[test]
+fn a_source_deleted_mid_run_is_retired_after_its_run_cleaned_up() {
+    let mut w = World::new();
+    w.cluster.copies_get_ready = false;
+    w.pvc("data", false);
+    w.apply("db", spec("data", CopyMethod::Snapshot, manual("once")));
+    assert_eq!(w.phase("db"), RunPhase::Copying);
+    w.core.delete_source(&key("db"), 0, w.now).unwrap();
+    w.settle();
+    // The run cleaned up first (the model agent acts at once), then the source was retired.
+    assert!(w.cluster.copies.is_empty(), "{:?}", w.cluster.copies);
+    assert_eq!(w.cluster.retired, [("apps/db".to_owned(), false)]);
+    assert!(!w.stored_sources.contains_key("apps/db"));
+    assert!(w.stored_runs.is_empty(), "its runs went with it");
+}
+
+#[test]
+fn a_source_applied_again_while_its_retire_is_unanswered_replaces_the_deleted_one() {
+    let mut w = World::new();
+    w.pvc("data", false);
+    w.apply("db", spec("data", CopyMethod::Clone, manual("once")));
+    w.cluster.offline = true;
+    w.core.delete_source(&key("db"), 0, w.now).unwrap();
+    w.settle();
+    let again = w.apply("db", spec("data", CopyMethod::Clone, manual("twice")));
+    assert_eq!(again.version, 1, "a new source");
+    assert!(w.core.retirements_for(&apps()).is_empty());
+    assert!(
+        !w.core.handle_retired(&apps(), &key("db")),
+        "a late answer for the old one removes nothing"
+    );
+    assert!(w.core.get_source(&key("db")).is_ok());
 }
 
 #[test]

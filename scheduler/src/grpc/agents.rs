@@ -11,7 +11,7 @@ use futures::{Stream, StreamExt};
 use snapgate_proto::v1::{
     self, agent_message::Message as FromAgent, agent_service_server::AgentService,
 };
-use snapgate_scheduler_core::validate;
+use snapgate_scheduler_core::{SourceKey, validate};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info_span, warn};
@@ -108,6 +108,17 @@ impl AgentService for Agents {
                         Ok(v1::AgentMessage {
                             message: Some(FromAgent::LeaseRequest(request)),
                         }) => driver.tell(Command::AgentLease { conn, request }).await,
+                        Ok(v1::AgentMessage {
+                            message: Some(FromAgent::Retired(retired)),
+                        }) => {
+                            let source = retired.source.unwrap_or_default();
+                            driver
+                                .tell(Command::AgentRetired {
+                                    conn,
+                                    source: SourceKey::new(&source.namespace, &source.name),
+                                })
+                                .await
+                        }
                         Ok(other) => debug!(?other, "ignoring unexpected agent message"),
                         Err(e) => {
                             warn!(error = %e, "agent link failed");
