@@ -222,17 +222,6 @@ impl Cluster {
         Ok(self.api::<K>(ns).get_opt(name).await?)
     }
 
-    /// Creates or updates `object` by server-side apply under the agent's field manager
-    /// (forced: the fields it sets are the agent's).
-    pub async fn apply<K: Namespaced>(&self, ns: &str, object: &K) -> Result<K, ClusterError> {
-        let name = object.meta().name.clone().unwrap_or_default();
-        let pp = PatchParams::apply(FIELD_MANAGER).force();
-        Ok(self
-            .api::<K>(ns)
-            .patch(&name, &pp, &Patch::Apply(object))
-            .await?)
-    }
-
     /// Deletes an object (dependents in the background); a missing object is not an error.
     /// `Some(object)` when it still exists, terminating (finalizers, PVC protection).
     pub async fn delete<K: Namespaced>(

@@ -297,7 +297,7 @@ impl ApiCall {
             Action::ReviewAuthor(_) => Self::new("create", "localsubjectaccessreviews", ""),
             Action::ListPods => Self::new("list", "pods", ""),
             Action::ApplyMoverAccount(a) => {
-                named("patch", "serviceaccounts", &a.service_account.metadata)
+                named("create", "serviceaccounts", &a.service_account.metadata)
             }
             Action::Report(_) | Action::RequestLease | Action::WakeAt(_) => {
                 Self::new("none", "none", "")
@@ -821,6 +821,35 @@ impl Executor {
         Ok(())
     }
 
+    /// Makes `desired` exist as snapgate's for `source`: created when missing, replaced
+    /// (deleted, then created) when it is snapgate's but differs from `desired` by `same` (a
+    /// RoleBinding's roleRef cannot change in place; the agent needs no `patch`). `Some(what)`
+    /// when an object of that name exists that snapgate did not make for this source: it is
+    /// left alone.
+    async fn ensure_made<K: Namespaced>(
+        &self,
+        ns: &str,
+        source: &str,
+        desired: &K,
+        same: impl Fn(&K, &K) -> bool,
+    ) -> Result<Option<String>, ClusterError> {
+        let name = desired.meta().name.clone().unwrap_or_default();
+        match self.cluster.get_opt::<K>(ns, &name).await? {
+            Some(found) if !names::made_for_source(found.meta().labels.as_ref(), source) => {
+                Ok(Some(format!("{} {ns}/{name}", K::kind(&()))))
+            }
+            Some(found) if same(&found, desired) => Ok(None),
+            found => {
+                if found.is_some() {
+                    info!(namespace = ns, name, kind = %K::kind(&()), "replacing an outdated mover account object");
+                    self.cluster.delete::<K>(ns, &name).await?;
+                }
+                self.cluster.create(ns, desired).await?;
+                Ok(None)
+            }
+        }
+    }
+
     /// Deletes `name` when it exists and was made by snapgate for `source`.
     async fn delete_made<K: Namespaced>(
         &self,
@@ -881,51 +910,34 @@ impl Executor {
                 Ok(true)
             }
             Action::ApplyMoverAccount(account) => {
-                use k8s_openapi::api::{
-                    core::v1::ServiceAccount,
-                    rbac::v1::{Role, RoleBinding},
-                };
                 let source = held_source(self.runs.get(id));
-                // One of these names made by someone else (VolSync's, during a migration) is
-                // never taken over: the run waits, and says why.
-                let name = account
-                    .service_account
-                    .metadata
-                    .name
-                    .clone()
-                    .unwrap_or_default();
-                let mut foreign = self
-                    .cluster
-                    .get_opt::<ServiceAccount>(ns, &name)
-                    .await?
-                    .filter(|o| !names::made_for_source(o.metadata.labels.as_ref(), &source))
-                    .map(|_| "ServiceAccount");
-                if account.scc.is_some() && foreign.is_none() {
-                    if self
-                        .cluster
-                        .get_opt::<Role>(ns, &name)
-                        .await?
-                        .is_some_and(|o| {
-                            !names::made_for_source(o.metadata.labels.as_ref(), &source)
-                        })
-                    {
-                        foreign = Some("Role");
-                    } else if self
-                        .cluster
-                        .get_opt::<RoleBinding>(ns, &name)
-                        .await?
-                        .is_some_and(|o| {
-                            !names::made_for_source(o.metadata.labels.as_ref(), &source)
-                        })
-                    {
-                        foreign = Some("RoleBinding");
+                let sa = &account.service_account;
+                let mut taken = self
+                    .ensure_made(ns, &source, sa, |a, b| {
+                        a.image_pull_secrets == b.image_pull_secrets
+                            && a.automount_service_account_token
+                                == b.automount_service_account_token
+                    })
+                    .await?;
+                if let (None, Some((role, binding))) = (&taken, &account.scc) {
+                    taken = self
+                        .ensure_made(ns, &source, role, |a, b| a.rules == b.rules)
+                        .await?;
+                    if taken.is_none() {
+                        taken = self
+                            .ensure_made(ns, &source, binding, |a, b| {
+                                a.role_ref == b.role_ref && a.subjects == b.subjects
+                            })
+                            .await?;
                     }
                 }
-                if let Some(kind) = foreign {
+                if let Some(what) = taken {
+                    // VolSync's (during a migration) or someone else's: never taken over. The
+                    // run waits, and says why.
                     let message = format!(
-                        "{kind} {ns}/{name} exists and was not made by snapgate for source \
-                         {source} (VolSync's, or someone else's): the mover runs as \
-                         {name} only once it is removed, or name a moverServiceAccount"
+                        "{what} exists and was not made by snapgate for source {source} \
+                         (VolSync's, or someone else's): the mover runs as its own account \
+                         once that is removed, or name a moverServiceAccount"
                     );
                     self.report(
                         id,
@@ -940,11 +952,6 @@ impl Executor {
                         held.wake(Instant::now() + self.retry_after);
                     }
                     return Ok(false);
-                }
-                self.cluster.apply(ns, &account.service_account).await?;
-                if let Some((role, binding)) = &account.scc {
-                    self.cluster.apply(ns, role).await?;
-                    self.cluster.apply(ns, binding).await?;
                 }
                 if let Some(held) = self.runs.get_mut(id) {
                     held.mover_account = true;

@@ -1329,7 +1329,7 @@ fn the_agent_role_grants_what_movers_md_lists_and_nothing_more() {
             "list watch create delete",
         ),
         ("batch", "jobs", "list watch create delete patch"),
-        ("", "serviceaccounts", "patch get delete"),
+        ("", "serviceaccounts", "get create delete"),
         ("", "pods", "list"),
         ("", "pods/log", "get"),
         ("", "secrets", "get"),
@@ -1409,10 +1409,10 @@ fn the_openshift_agent_may_grant_the_mover_scc_only() {
         .expect("deploy/agent-openshift has its Role");
     let granted: BTreeSet<_> = role.rules.iter().flatten().flat_map(grants).collect();
     let expected: BTreeSet<_> = [
-        ("rbac.authorization.k8s.io", "roles", "patch"),
+        ("rbac.authorization.k8s.io", "roles", "create"),
         ("rbac.authorization.k8s.io", "roles", "get"),
         ("rbac.authorization.k8s.io", "roles", "delete"),
-        ("rbac.authorization.k8s.io", "rolebindings", "patch"),
+        ("rbac.authorization.k8s.io", "rolebindings", "create"),
         ("rbac.authorization.k8s.io", "rolebindings", "get"),
         ("rbac.authorization.k8s.io", "rolebindings", "delete"),
         ("security.openshift.io", "securitycontextconstraints", "use"),

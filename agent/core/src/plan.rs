@@ -313,8 +313,9 @@ pub enum Action {
     CreateSnapshot(Box<VolumeSnapshot>),
     /// Create a PVC (clone, restored, or restic cache).
     CreatePvc(Box<PersistentVolumeClaim>),
-    /// Create or update (server-side apply) the ServiceAccount the source's mover runs as, and
-    /// its SCC Role and RoleBinding, then plan again.
+    /// Make sure the ServiceAccount the source's mover runs as, and its SCC Role and
+    /// RoleBinding, exist as given (created when missing, replaced when snapgate's but
+    /// outdated, never taken over from someone else), then plan again.
     ApplyMoverAccount(Box<resources::MoverAccount>),
     /// Create a mover Job.
     CreateJob(Box<Job>),
