@@ -9,6 +9,7 @@ use snapgate_agent_core::{
     annotations,
     classify::{LogTail, MOVER_LOG_MAX_LINE_BYTES, MOVER_LOG_READ_MAX_BYTES, MOVER_LOG_TAIL_LINES},
     review::{self, AuthorReview},
+    volsync,
 };
 
 use k8s_openapi::{
@@ -269,6 +270,33 @@ impl Cluster {
             .get_opt(ns)
             .await?
             .is_some_and(|n| annotations::privileged_movers_allowed(&n)))
+    }
+
+    /// The namespace's VolSync ReplicationSources (at most [`volsync::MAX_LISTED`]); none
+    /// when VolSync's API is not installed.
+    pub async fn volsync_sources(
+        &self,
+        ns: &str,
+    ) -> Result<Vec<volsync::ReplicationSourceSeen>, ClusterError> {
+        use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams};
+        let resource = ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("volsync.backube", "v1alpha1", "ReplicationSource"),
+            "replicationsources",
+        );
+        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), ns, &resource);
+        match api
+            .list(&ListParams::default().limit(volsync::MAX_LISTED))
+            .await
+        {
+            Ok(list) => Ok(list
+                .items
+                .iter()
+                .filter_map(|o| serde_json::to_value(o).ok())
+                .filter_map(|v| volsync::ReplicationSourceSeen::from_object(&v))
+                .collect()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(Vec::new()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Every pod of the namespace (to find the one using a PVC).

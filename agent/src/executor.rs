@@ -228,6 +228,9 @@ struct Held {
     pods: Option<Vec<k8s_openapi::api::core::v1::Pod>>,
     /// The source's mover ServiceAccount (and SCC grant) was applied for this run.
     mover_account: bool,
+    /// The namespace's VolSync ReplicationSources, read before a gated run waits (and read
+    /// again after a conflict was reported).
+    volsync: Option<Vec<snapgate_agent_core::volsync::ReplicationSourceSeen>>,
 }
 
 impl Held {
@@ -245,6 +248,7 @@ impl Held {
             review: None,
             pods: None,
             mover_account: false,
+            volsync: None,
         }
     }
 
@@ -296,6 +300,7 @@ impl ApiCall {
             Action::ReportMover { job, .. } => Self::new("list", "pods", job),
             Action::ReviewAuthor(_) => Self::new("create", "localsubjectaccessreviews", ""),
             Action::ListPods => Self::new("list", "pods", ""),
+            Action::ListVolSync => Self::new("list", "replicationsources", ""),
             Action::ApplyMoverAccount(a) => {
                 named("create", "serviceaccounts", &a.service_account.metadata)
             }
@@ -667,6 +672,7 @@ impl Executor {
                 },
                 pods: held.pods.as_deref(),
                 mover_account: held.mover_account,
+                volsync: held.volsync.as_deref(),
                 now: Utc::now(),
             };
             let actions = match plan::plan(&directive, &observed, &self.config) {
@@ -958,6 +964,13 @@ impl Executor {
                 }
                 Ok(true)
             }
+            Action::ListVolSync => {
+                let found = self.cluster.volsync_sources(ns).await?;
+                if let Some(held) = self.runs.get_mut(id) {
+                    held.volsync = Some(found);
+                }
+                Ok(true)
+            }
             Action::ListPods => {
                 let pods = self.cluster.pods(ns).await?;
                 if let Some(held) = self.runs.get_mut(id) {
@@ -1066,8 +1079,10 @@ impl Executor {
                 let retry = matches!(&o, Observation::Error(e) if e.retryable);
                 self.report(id, o).await;
                 if retry && let Some(held) = self.runs.get_mut(id) {
-                    // Missing Secrets are read again on the next try.
+                    // Missing Secrets (and a conflicting VolSync source) are read again on the
+                    // next try.
                     held.secrets = None;
+                    held.volsync = None;
                     held.wake(Instant::now() + self.retry_after);
                 }
                 Ok(false)

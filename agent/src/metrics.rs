@@ -114,6 +114,7 @@ impl Metrics {
             Action::RequestLease => "RequestLease",
             Action::ReviewAuthor(_) => "ReviewAuthor",
             Action::ListPods => "ListPods",
+            Action::ListVolSync => "ListVolSync",
             Action::ApplyMoverAccount(_) => "ApplyMoverAccount",
         };
         self.actions

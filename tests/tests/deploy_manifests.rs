@@ -1330,6 +1330,7 @@ fn the_agent_role_grants_what_movers_md_lists_and_nothing_more() {
         ),
         ("batch", "jobs", "list watch create delete patch"),
         ("", "serviceaccounts", "get create delete"),
+        ("volsync.backube", "replicationsources", "list"),
         ("", "pods", "list"),
         ("", "pods/log", "get"),
         ("", "secrets", "get"),

@@ -35,5 +35,6 @@ pub mod plan;
 pub mod resources;
 pub mod review;
 pub mod spec;
+pub mod volsync;
 
 pub use spec::{CopyMethod, Mover, MoverSpec, SpecError};

@@ -280,6 +280,9 @@ pub struct Observed<'a> {
     /// The namespace's pods, once read for a mover that mounts the source PVC in place
     /// (`Direct`; see [`crate::pinning`]); `None`: not read yet.
     pub pods: Option<&'a [Pod]>,
+    /// The namespace's VolSync ReplicationSources, once read for a gated run about to wait
+    /// (see [`crate::volsync`]); `None`: not read yet.
+    pub volsync: Option<&'a [crate::volsync::ReplicationSourceSeen]>,
     /// Whether the source's mover ServiceAccount (and SCC grant) was applied during this run
     /// (see [`resources::mover_account`]).
     pub mover_account: bool,
@@ -337,6 +340,9 @@ pub enum Action {
     /// List the namespace's pods (to find the node of the pod using the source PVC) before
     /// planning again.
     ListPods,
+    /// List the namespace's VolSync ReplicationSources (none when VolSync is not installed)
+    /// before planning again.
+    ListVolSync,
     /// Record a Kubernetes Event (its name is deterministic: record it once).
     Event(Box<Event>),
     /// Read the log of the Job's newest relevant pod and report the mover's outcome.
@@ -473,6 +479,24 @@ impl Ctx<'_> {
         // Only a gated PVC is marked; a PVC whose gate was removed is reported, and the
         // scheduler releases the run.
         if observed.use_copy_trigger {
+            // Never ask the application to quiesce while VolSync answers the same trigger.
+            let Some(volsync) = self.seen.volsync else {
+                return vec![Action::ListVolSync];
+            };
+            let others = crate::volsync::conflicts(volsync, &self.names.source_pvc);
+            if !others.is_empty() {
+                return vec![Action::Report(error(
+                    "VolSyncConflict",
+                    format!(
+                        "VolSync ReplicationSource {} also replicates PVC {}: both would answer \
+                         its copy-trigger, so the application is not asked to quiesce until it is \
+                         paused (spec.paused: true) or deleted (docs/migrating-from-volsync.md)",
+                        others.join(", "),
+                        self.names.source_pvc
+                    ),
+                    true,
+                ))];
+            }
             // A time a protobuf Timestamp cannot carry (seconds out of range, bad nanos) is not
             // the scheduler's: the wait begins now.
             let since = self
@@ -1506,6 +1530,7 @@ mod tests {
             lease: Lease::NotNeeded,
             review: Review::Allowed,
             pods: Some(&[]),
+            volsync: Some(&[]),
             mover_account: true,
             now: now(),
         }
@@ -1533,6 +1558,7 @@ mod tests {
                 Action::RequestLease => "RequestLease".to_owned(),
                 Action::ReviewAuthor(r) => format!("ReviewAuthor {}", r.user),
                 Action::ListPods => "ListPods".to_owned(),
+                Action::ListVolSync => "ListVolSync".to_owned(),
                 Action::ApplyMoverAccount(a) => format!(
                     "ApplyMoverAccount {}{}",
                     a.service_account.metadata.name.clone().unwrap(),
@@ -1649,6 +1675,44 @@ mod tests {
     }
 
     const USE: (&str, &str) = (annotations::USE_COPY_TRIGGER, "");
+
+    #[test]
+    fn a_gated_run_asks_nobody_to_quiesce_while_volsync_answers_the_same_trigger() {
+        use crate::volsync::ReplicationSourceSeen;
+        let d = directive(DirectivePhase::Wait, v1::CopyMethod::Snapshot);
+        let fresh = pvc("data", &[USE], None);
+        let mut s = seen(Some(&fresh));
+        s.volsync = None;
+        assert_eq!(
+            kinds(&plan(&d, &s, &PlanConfig::default()).unwrap()),
+            ["ListVolSync"]
+        );
+        let rs = vec![ReplicationSourceSeen {
+            name: "db-backup".into(),
+            source_pvc: "data".into(),
+            paused: false,
+        }];
+        s.volsync = Some(&rs);
+        let a = plan(&d, &s, &PlanConfig::default()).unwrap();
+        let [Action::Report(Observation::Error(e))] = a.as_slice() else {
+            panic!("{:?}", kinds(&a))
+        };
+        assert_eq!(e.reason, "VolSyncConflict");
+        assert!(e.retryable && e.message.contains("db-backup"), "{e:?}");
+        // Paused, it no longer answers: the PVC is marked.
+        let paused = [ReplicationSourceSeen {
+            paused: true,
+            ..rs[0].clone()
+        }];
+        let s2 = Observed {
+            volsync: Some(&paused),
+            ..s
+        };
+        assert_eq!(
+            kinds(&plan(&d, &s2, &PlanConfig::default()).unwrap()),
+            ["PatchPvc data", "Event SrcPVCWaitingForCopyTrigger"]
+        );
+    }
 
     #[test]
     fn waiting_marks_the_pvc_once_then_only_reports_it() {

@@ -671,6 +671,7 @@ struct World {
     secrets: Option<BTreeMap<String, BTreeSet<String>>>,
     privileged: bool,
     mover_account: bool,
+    volsync: Option<Vec<snapgate_agent_core::volsync::ReplicationSourceSeen>>,
     failed_attempts: u32,
     job_reported: bool,
     temporaries: Vec<Temporary>,
@@ -691,6 +692,7 @@ impl World {
             secrets: self.secrets.as_ref(),
             privileged: self.privileged,
             mover_account: self.mover_account,
+            volsync: self.volsync.as_deref(),
             failed_attempts: self.failed_attempts,
             job_reported: self.job_reported,
             temporaries: &self.temporaries,
@@ -753,6 +755,21 @@ fn world() -> BoxedStrategy<World> {
             prop::option::of(job()),
             secrets(),
             any::<bool>(),
+            prop::option::of(prop::collection::vec(
+                (
+                    text(),
+                    prop_oneof![Just(PVC.to_owned()), text()],
+                    any::<bool>(),
+                )
+                    .prop_map(|(name, source_pvc, paused)| {
+                        snapgate_agent_core::volsync::ReplicationSourceSeen {
+                            name,
+                            source_pvc,
+                            paused,
+                        }
+                    }),
+                0..3,
+            )),
         ),
         (
             any::<bool>(),
@@ -770,7 +787,7 @@ fn world() -> BoxedStrategy<World> {
     )
         .prop_map(
             |(
-                (pvc, snapshot, copy_pvc, cache_pvc, job, secrets, mover_account),
+                (pvc, snapshot, copy_pvc, cache_pvc, job, secrets, mover_account, volsync),
                 (privileged, failed_attempts, job_reported, temporaries, lease, now, review),
             )| World {
                 pvc,
@@ -781,6 +798,7 @@ fn world() -> BoxedStrategy<World> {
                 secrets,
                 privileged,
                 mover_account,
+                volsync,
                 failed_attempts,
                 job_reported,
                 temporaries,
@@ -979,6 +997,7 @@ fn check_action(a: &Action) -> Result<(), TestCaseError> {
         | Action::DeleteJob(_)
         | Action::ReadSecrets(_)
         | Action::ListPods
+        | Action::ListVolSync
         | Action::ReportMover { .. }
         | Action::RequestLease
         | Action::WakeAt(_) => {}

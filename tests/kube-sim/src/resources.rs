@@ -140,6 +140,18 @@ static RESOURCES: &[ResourceDef] = &[
         false,
         &["ev"],
     ),
+    // VolSync's ReplicationSource, as its CRD serves it (the agent looks for one replicating
+    // a gated PVC before asking the application to quiesce).
+    def(
+        "volsync.backube",
+        "v1alpha1",
+        "replicationsources",
+        "replicationsource",
+        "ReplicationSource",
+        true,
+        true,
+        &[],
+    ),
     def(
         "snapshot.storage.k8s.io",
         "v1",
