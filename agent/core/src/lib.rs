@@ -5,11 +5,12 @@
 //!
 //! ```text
 //!   cluster objects (read by the shell)          directive (from the scheduler)
-//!   PVC · VolumeSnapshot · clone PVC · Job · Pod          │
+//!   PVC · VolumeSnapshot · clone PVC · Job · Pod ·        │
+//!   Warning Event                                         │
 //!          │                                              │
 //!          ▼ observe / classify                           │
 //!   PvcObserved · CopyReadiness · CloneReadiness ·        │
-//!   JobState · mover log tail                             │
+//!   JobState · stuck::Trouble · mover log tail            │
 //!          │                                              ▼
 //!          └──────────────► plan (the shell matches, one action per arm) ◄──┘
 //!                              │
@@ -24,6 +25,8 @@
 //! - [`spec`]: the source spec as the agent reads it; typed errors naming the field.
 //! - [`resources`]: k8s-openapi objects, including the mover Jobs of movers.md.
 //! - [`classify`]: observed objects reduced to small enums, and mover log tails.
+//! - [`stuck`]: mover pods that cannot start (and Jobs that cannot make one), from pods and
+//!   Warning Events, and when such an attempt fails.
 //! - [`bounds`]: the sizes, times and characters the agent reports and writes, checked.
 
 pub mod annotations;
@@ -35,6 +38,7 @@ pub mod plan;
 pub mod resources;
 pub mod review;
 pub mod spec;
+pub mod stuck;
 pub mod volsync;
 
 pub use spec::{CopyMethod, Mover, MoverSpec, SpecError};
