@@ -279,6 +279,19 @@ fn mover_status(m: Option<&v1::MoverStatus>) -> Option<Obj> {
     Some(o)
 }
 
+fn mover_stuck(m: Option<&v1::MoverStuck>) -> Option<Obj> {
+    let m = m?;
+    let mut o = Obj::default();
+    o.text("reason", &m.reason)
+        .text("message", &m.message)
+        .text("pod", &m.pod)
+        .text("job", &m.job)
+        .put("attempt", m.attempt)
+        .time("since", m.since.as_ref())
+        .time("deadline", m.deadline.as_ref());
+    Some(o)
+}
+
 /// A source's status in VolSync's `status` shape, plus snapgate's fields.
 pub fn status(s: &v1::SourceStatus) -> Value {
     let mut o = Obj::default();
@@ -384,6 +397,7 @@ pub fn run(r: &v1::Run) -> Value {
         .time("endTime", r.end_time.as_ref())
         .text("message", &r.message)
         .object("moverStatus", mover_status(r.mover_status.as_ref()))
+        .object("moverStuck", mover_stuck(r.mover_stuck.as_ref()))
         .text("latestTrigger", &r.latest_trigger)
         .flag("resticPrune", r.restic_prune)
         .time("leaseDeadline", r.lease_deadline.as_ref());

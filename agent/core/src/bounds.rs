@@ -7,6 +7,9 @@
 //! ```text
 //!   PvcObserved strings ............ MAX_VALUE_BYTES   (cut with TRUNCATED)
 //!   AgentError reason / message .... MAX_REASON_BYTES / MAX_MESSAGE_BYTES
+//!   MoverStuck reason / message /
+//!     pod / job .................... MAX_REASON_BYTES / stuck::MAX_STUCK_MESSAGE_BYTES /
+//!                                      stuck::MAX_POD_NAME_BYTES / MAX_VALUE_CHARS
 //!   Event message .................. MAX_MESSAGE_BYTES
 //!   mover logs ..................... classify::MOVER_LOG_MAX_BYTES
 //!   times .......................... 0001-01-01T00:00:00Z ..= 9999-12-31T23:59:59.999999999Z
@@ -21,7 +24,7 @@ pub use snapgate_proto::{
     time::{MAX_PROTO_SECONDS, MIN_PROTO_SECONDS, proto_time},
 };
 
-use crate::classify::MOVER_LOG_MAX_BYTES;
+use crate::{classify::MOVER_LOG_MAX_BYTES, stuck};
 
 /// The most bytes of an [`v1::AgentError`] message (and of an Event message).
 pub const MAX_MESSAGE_BYTES: usize = 1024;
@@ -135,6 +138,18 @@ pub fn bound(observation: Observation, now: DateTime<Utc>) -> Observation {
             logs: logs(m.logs),
         }),
         Observation::CleanedUp(c) => Observation::CleanedUp(c),
+        Observation::MoverStuck(m) => {
+            let text = |s: &str, max| truncate(&escape_invisible(s), max);
+            Observation::MoverStuck(v1::MoverStuck {
+                reason: text(&m.reason, MAX_REASON_BYTES),
+                message: text(&m.message, stuck::MAX_STUCK_MESSAGE_BYTES),
+                pod: text(&m.pod, stuck::MAX_POD_NAME_BYTES),
+                job: text(&m.job, MAX_VALUE_CHARS),
+                attempt: m.attempt,
+                since: m.since.map(|t| valid_timestamp(&t, now)),
+                deadline: m.deadline.map(|t| valid_timestamp(&t, now)),
+            })
+        }
         Observation::Error(e) => {
             Observation::Error(agent_error(&e.reason, &e.message, e.retryable))
         }
@@ -283,5 +298,28 @@ mod tests {
             unreachable!()
         };
         assert_eq!(c.time, Some(snapgate_proto::time::timestamp(now)));
+        let Observation::MoverStuck(m) = bound(
+            Observation::MoverStuck(v1::MoverStuck {
+                reason: "R".repeat(100),
+                message: "m\u{202E}".repeat(100_000),
+                pod: "p".repeat(1000),
+                job: "j".repeat(1000),
+                attempt: 3,
+                since: Some(prost_types::Timestamp {
+                    seconds: i64::MIN,
+                    nanos: 0,
+                }),
+                deadline: None,
+            }),
+            now,
+        ) else {
+            unreachable!()
+        };
+        assert!(m.reason.len() <= MAX_REASON_BYTES);
+        assert!(m.message.len() <= stuck::MAX_STUCK_MESSAGE_BYTES);
+        assert!(m.message.starts_with("m\\u{202e}m"), "{}", m.message);
+        assert!(m.pod.len() <= stuck::MAX_POD_NAME_BYTES && m.job.len() <= MAX_VALUE_CHARS);
+        assert_eq!(m.since, Some(snapgate_proto::time::timestamp(now)));
+        assert_eq!((m.attempt, m.deadline), (3, None));
     }
 }

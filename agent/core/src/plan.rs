@@ -1437,6 +1437,8 @@ pub fn observation_name(o: &Observation) -> &'static str {
         Observation::MoverFailed(_) => "MoverFailed",
         Observation::CleanedUp(_) => "CleanedUp",
         Observation::Error(_) => "AgentError",
+        Observation::MoverStuck(m) if m.reason.is_empty() => "MoverNotStuck",
+        Observation::MoverStuck(_) => "MoverStuck",
     }
 }
 

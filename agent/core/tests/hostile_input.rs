@@ -35,6 +35,7 @@ use snapgate_agent_core::{
     plan::{self, Action, Lease, MoverOutcome, Observed, PlanConfig, Temporary, TemporaryKind},
     resources::{VolumeSnapshot, VolumeSnapshotError, VolumeSnapshotStatus},
     review::{self, Review, SourceAuthors},
+    stuck,
 };
 use snapgate_proto::v1::{self, report::Observation};
 
@@ -890,6 +891,18 @@ fn check_observation(o: &Observation) -> Result<(), TestCaseError> {
             prop_assert!(m.logs.len() <= classify::MOVER_LOG_MAX_BYTES);
         }
         Observation::CleanedUp(_) => {}
+        Observation::MoverStuck(m) => {
+            prop_assert!(m.reason.len() <= bounds::MAX_REASON_BYTES, "{}", m.reason);
+            prop_assert!(m.message.len() <= stuck::MAX_STUCK_MESSAGE_BYTES);
+            prop_assert!(m.pod.len() <= stuck::MAX_POD_NAME_BYTES);
+            prop_assert!(m.job.len() <= bounds::MAX_VALUE_CHARS);
+            for t in [&m.since, &m.deadline].into_iter().flatten() {
+                prop_assert!(
+                    bounds::proto_time(t).is_some(),
+                    "invalid protobuf Timestamp {t:?}"
+                );
+            }
+        }
         Observation::Error(e) => {
             prop_assert!(e.reason.len() <= bounds::MAX_REASON_BYTES, "{}", e.reason);
             prop_assert!(
@@ -1259,7 +1272,19 @@ proptest! {
                 copy_name: "volsync-db-src".into(),
                 time: Some(time.unwrap_or_default()),
             }),
-            Observation::MoverFailed(v1::MoverFailed { attempt: 1, logs }),
+            Observation::MoverFailed(v1::MoverFailed {
+                attempt: 1,
+                logs: logs.clone(),
+            }),
+            Observation::MoverStuck(v1::MoverStuck {
+                reason: logs.clone(),
+                message: logs.clone(),
+                pod: logs.clone(),
+                job: logs,
+                attempt: u32::MAX,
+                since: time,
+                deadline: time,
+            }),
         ];
         for o in observations {
             check_observation(&bounds::bound(o, now))?;

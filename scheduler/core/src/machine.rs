@@ -46,6 +46,63 @@ pub const MAX_LOG_BYTES: usize = 4096;
 /// default 4 MiB message limit.
 pub const MAX_PAGE_BYTES: usize = 3 * 1024 * 1024;
 
+/// The condition reason of a source whose mover pod is stuck (the message says which pod,
+/// Kubernetes' reason and message, and when the attempt fails).
+const MOVER_STUCK_REASON: &str = "MoverStuck";
+/// The most bytes kept of a stuck mover's reason (Kubernetes' reasons are short words).
+const MAX_STUCK_REASON_BYTES: usize = 128;
+/// The most bytes kept of a pod or Job name an agent reports (a DNS-1123 subdomain).
+const MAX_NAME_BYTES: usize = 253;
+
+/// A stuck-mover report within the scheduler's bounds: strings cut, times it cannot carry
+/// dropped.
+fn bounded_stuck(s: v1::MoverStuck) -> v1::MoverStuck {
+    let valid = |t: Option<prost_types::Timestamp>| {
+        t.filter(|t| snapgate_proto::time::proto_time(t).is_some())
+    };
+    v1::MoverStuck {
+        reason: truncate(&s.reason, MAX_STUCK_REASON_BYTES),
+        message: truncate(&s.message, MAX_MESSAGE_BYTES / 2),
+        pod: truncate(&s.pod, MAX_NAME_BYTES),
+        job: truncate(&s.job, MAX_NAME_BYTES),
+        attempt: s.attempt,
+        since: valid(s.since),
+        deadline: valid(s.deadline),
+    }
+}
+
+/// What a run and its source say of a stuck mover: Kubernetes' reason, the pod (or the Job
+/// that cannot make one), its message, since when and when the attempt fails.
+fn stuck_text(s: &v1::MoverStuck) -> String {
+    let time = |t: &Option<prost_types::Timestamp>| {
+        t.as_ref()
+            .and_then(snapgate_proto::time::proto_time)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+    };
+    let what = if s.pod.is_empty() {
+        format!(
+            "mover Job {} (attempt {}) cannot create its pod",
+            s.job, s.attempt
+        )
+    } else {
+        format!("mover pod {} (Job {}, attempt {})", s.pod, s.job, s.attempt)
+    };
+    let mut text = format!("{}: {what}", s.reason);
+    if !s.message.is_empty() {
+        text.push_str(": ");
+        text.push_str(&s.message);
+    }
+    if let Some(since) = time(&s.since) {
+        text.push_str(&format!("; stuck since {since}"));
+    }
+    if let Some(deadline) = time(&s.deadline) {
+        text.push_str(&format!(
+            "; the attempt fails at {deadline} unless it recovers"
+        ));
+    }
+    truncate(&text, MAX_MESSAGE_BYTES)
+}
+
 /// A stored record that was not loaded, or loaded with a warning: which, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Quarantined {
@@ -1689,6 +1746,9 @@ impl Scheduler {
             (RunPhase::Transferring, ReportObservation::MoverFinished(f)) => {
                 self.on_mover_finished(id, f, now)
             }
+            (RunPhase::Transferring, ReportObservation::MoverStuck(s)) => {
+                self.on_mover_stuck(id, s, now)
+            }
             (RunPhase::CleaningUp, ReportObservation::CleanedUp(_)) => self.finish_run(id, now),
             (_, ReportObservation::Error(e)) => self.on_agent_error(id, e, now),
             (p, o) => {
@@ -1927,11 +1987,18 @@ impl Scheduler {
             logs: log_tail(&f.logs, MAX_LOG_BYTES),
         };
         run.mover_status = Some(status.clone());
+        // The attempt the agent failed because it was stuck says so.
+        let stuck = run
+            .mover_stuck
+            .as_ref()
+            .filter(|s| s.attempt == f.attempt)
+            .map(|s| format!(" (stuck: {})", s.reason))
+            .unwrap_or_default();
         note(
             run,
             now,
             "MoverFailed",
-            format!("mover attempt {} failed; retrying", f.attempt),
+            format!("mover attempt {} failed{stuck}; retrying", f.attempt),
         );
         self.put_run(id);
         self.effects
@@ -1967,6 +2034,69 @@ impl Scheduler {
             .latest_mover_status = Some(status);
         self.put_source(&key);
         self.set_phase(id, RunPhase::CleaningUp, now);
+    }
+
+    /// The agent says the mover's pod is stuck (or, with no reason, that it no longer is):
+    /// shown on the run and the source's condition at once, recorded once per pod; cleared
+    /// when the attempt (or a later one) runs. Only the agent fails the attempt.
+    fn on_mover_stuck(&mut self, id: RunId, s: v1::MoverStuck, now: DateTime<Utc>) {
+        let key = run_key(&self.active[&id]);
+        let s = bounded_stuck(s);
+        let run = self.active.get_mut(&id).expect("checked");
+        if s.reason.is_empty() {
+            // Nothing stuck: an earlier report of this attempt or an earlier one is over.
+            let Some(was) = run.mover_stuck.take_if(|was| was.attempt <= s.attempt) else {
+                return;
+            };
+            if run.message == stuck_text(&was) {
+                run.message.clear();
+            }
+            note(
+                run,
+                now,
+                "MoverRunning",
+                format!(
+                    "mover attempt {} is no longer stuck ({} of {} is over)",
+                    s.attempt,
+                    was.reason,
+                    if was.pod.is_empty() {
+                        &was.job
+                    } else {
+                        &was.pod
+                    }
+                ),
+            );
+            self.put_run(id);
+            let stuck_shown = self.sources.get(&key).is_some_and(|e| {
+                e.status()
+                    .conditions
+                    .iter()
+                    .any(|c| c.r#type == "Synchronizing" && c.reason == MOVER_STUCK_REASON)
+            });
+            if stuck_shown {
+                self.set_condition(&key, "True", "SyncInProgress", "", now);
+                self.put_source(&key);
+            }
+            return;
+        }
+        if run.mover_stuck.as_ref() == Some(&s) {
+            return;
+        }
+        // The timeline records each stuck pod (or Job) once; a pod whose reason alternates
+        // (ErrImagePull and ImagePullBackOff) only updates the message.
+        let new = run
+            .mover_stuck
+            .as_ref()
+            .is_none_or(|was| (was.attempt, &was.pod) != (s.attempt, &s.pod));
+        let msg = stuck_text(&s);
+        run.message = msg.clone();
+        if new {
+            note(run, now, MOVER_STUCK_REASON, msg.clone());
+        }
+        run.mover_stuck = Some(s);
+        self.put_run(id);
+        self.set_condition(&key, "True", MOVER_STUCK_REASON, &msg, now);
+        self.put_source(&key);
     }
 
     fn on_agent_error(&mut self, id: RunId, e: v1::AgentError, now: DateTime<Utc>) {
@@ -2240,6 +2370,13 @@ impl Scheduler {
         );
         let freed = held && !holds_pvc(run);
         let key = run_key(run);
+        // A stuck mover is over once the mover is (or the run moved on otherwise).
+        if to != RunPhase::Transferring
+            && let Some(was) = run.mover_stuck.take()
+            && run.message == stuck_text(&was)
+        {
+            run.message.clear();
+        }
         if to == RunPhase::CleaningUp {
             self.set_condition(&key, "True", "CleaningUp", "", now);
             self.put_source(&key);
@@ -2602,5 +2739,6 @@ fn observation_name(o: &ReportObservation) -> &'static str {
         ReportObservation::MoverFailed(_) => "MoverFailed",
         ReportObservation::CleanedUp(_) => "CleanedUp",
         ReportObservation::Error(_) => "AgentError",
+        ReportObservation::MoverStuck(_) => "MoverStuck",
     }
 }

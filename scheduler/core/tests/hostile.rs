@@ -781,7 +781,7 @@ proptest! {
     #[test]
     fn any_report_at_any_time_keeps_the_run_valid_and_bounded(
         steps in proptest::collection::vec(
-            (0u8..10, any::<String>(), any::<i64>(), any::<i32>(), any::<u32>(), any::<bool>()),
+            (0u8..11, any::<String>(), any::<i64>(), any::<i32>(), any::<u32>(), any::<bool>()),
             1..12,
         ),
         start in any_time(),
@@ -842,6 +842,15 @@ proptest! {
                     }
                     continue;
                 }
+                9 => Observation::MoverStuck(v1::MoverStuck {
+                    reason: if flag { text.clone() } else { String::new() },
+                    message: text.repeat(3),
+                    pod: text.clone(),
+                    job: text,
+                    attempt: count,
+                    since: time,
+                    deadline: time,
+                }),
                 8 => {
                     let target = v1::CopyTarget {
                         namespace: "apps".into(),
@@ -870,6 +879,7 @@ proptest! {
             ]
             .into_iter()
             .chain(run.holds.iter().map(|h| h.deadline))
+            .chain(run.mover_stuck.iter().flat_map(|s| [s.since, s.deadline]))
             .flatten()
             {
                 prop_assert!((0..1_000_000_000).contains(&t.nanos));

@@ -36,6 +36,8 @@ struct Cluster {
     copies_get_ready: bool,
     /// Result of the next mover Jobs: true = success.
     mover_succeeds: bool,
+    /// The mover Jobs neither succeed nor fail (their pods do not start): nothing is reported.
+    mover_hangs: bool,
     /// Directives the agent holds, by run.
     held: BTreeMap<String, Directive>,
     /// Deleted sources the agent removed its objects for: `(source, keep_cache)`.
@@ -423,7 +425,9 @@ impl Cluster {
             }
             DirectivePhase::Transfer => {
                 self.jobs_run += 1;
-                if self.mover_succeeds {
+                if self.mover_hangs {
+                    vec![]
+                } else if self.mover_succeeds {
                     vec![report(
                         d,
                         Observation::MoverFinished(v1::MoverFinished {
@@ -1663,6 +1667,189 @@ fn a_failed_attempt_reported_again_after_a_reconnect_is_counted_once() {
     );
     w.core.handle_report(&apps(), again(2), w.now);
     assert_eq!(w.current("db").mover_failures, 2);
+}
+
+/// What the agent reports of the mover Job `volsync-src-db`'s pod in `attempt`.
+fn stuck(attempt: u32, reason: &str, pod: &str, message: &str) -> Observation {
+    let at = |m| Some(snapgate_proto::time::timestamp(t0() + Duration::minutes(m)));
+    Observation::MoverStuck(v1::MoverStuck {
+        reason: reason.into(),
+        message: message.into(),
+        pod: pod.into(),
+        job: "volsync-src-db".into(),
+        attempt,
+        since: if reason.is_empty() { None } else { at(0) },
+        deadline: if reason.is_empty() { None } else { at(10) },
+    })
+}
+
+fn synchronizing(w: &World) -> (String, String) {
+    let c = w
+        .status("db")
+        .conditions
+        .into_iter()
+        .find(|c| c.r#type == "Synchronizing")
+        .unwrap();
+    (c.reason, c.message)
+}
+
+fn entries(w: &World, event: &str) -> Vec<String> {
+    w.current("db")
+        .timeline
+        .into_iter()
+        .filter(|t| t.event == event)
+        .map(|t| t.message)
+        .collect()
+}
+
+#[test]
+fn a_stuck_mover_pod_is_shown_on_the_run_and_its_source_at_once_and_cleared_once_it_runs() {
+    let mut w = World::new();
+    w.cluster.mover_hangs = true;
+    w.pvc("data", false);
+    w.apply("db", spec("data", CopyMethod::Clone, schedule("@daily")));
+    assert_eq!(w.phase("db"), RunPhase::Transferring);
+    let d = w.core.directives_for(&apps())[0].clone();
+    let send = |w: &mut World, o: Observation| {
+        let out = w.core.handle_report(&apps(), report(&d, o), w.now);
+        w.settle();
+        out
+    };
+    let pull = "Back-off pulling image \"quay.io/backube/volsync:0.14.0\"";
+    let text = "ImagePullBackOff: mover pod volsync-src-db-x7k2p (Job volsync-src-db, attempt 1): \
+                Back-off pulling image \"quay.io/backube/volsync:0.14.0\"; stuck since \
+                2026-03-02T10:00:00Z; the attempt fails at 2026-03-02T10:10:00Z unless it recovers";
+    send(
+        &mut w,
+        stuck(1, "ImagePullBackOff", "volsync-src-db-x7k2p", pull),
+    );
+    assert_eq!(w.current("db").message, text);
+    assert_eq!(synchronizing(&w), ("MoverStuck".into(), text.into()));
+    assert_eq!(entries(&w, "MoverStuck"), [text]);
+    assert_eq!(
+        w.current("db").mover_stuck.unwrap().pod,
+        "volsync-src-db-x7k2p"
+    );
+    // The same report again: nothing is written.
+    send(
+        &mut w,
+        stuck(1, "ImagePullBackOff", "volsync-src-db-x7k2p", pull),
+    );
+    assert!(w.core.drain_effects().is_empty());
+    // The kubelet alternates ErrImagePull and ImagePullBackOff: the message follows, the
+    // timeline records the pod once.
+    send(
+        &mut w,
+        stuck(1, "ErrImagePull", "volsync-src-db-x7k2p", "not found"),
+    );
+    assert!(
+        w.current("db")
+            .message
+            .starts_with("ErrImagePull: mover pod volsync-src-db-x7k2p")
+    );
+    assert_eq!(entries(&w, "MoverStuck").len(), 1);
+    // Not stuck, about an earlier attempt: changes nothing.
+    send(&mut w, stuck(0, "", "", ""));
+    assert!(w.current("db").mover_stuck.is_some());
+    // The image pull succeeds: the run and the source say nothing of it any more.
+    send(&mut w, stuck(1, "", "", ""));
+    let run = w.current("db");
+    assert_eq!((run.message.as_str(), run.mover_stuck), ("", None));
+    assert_eq!(synchronizing(&w), ("SyncInProgress".into(), String::new()));
+    assert_eq!(
+        entries(&w, "MoverRunning"),
+        ["mover attempt 1 is no longer stuck (ErrImagePull of volsync-src-db-x7k2p is over)"]
+    );
+    // Stuck again; past its deadline the agent fails the attempt: the failure says why, and
+    // the message stays until the next attempt is reported.
+    send(
+        &mut w,
+        stuck(1, "ImagePullBackOff", "volsync-src-db-x7k2p", pull),
+    );
+    let failed = Observation::MoverFailed(v1::MoverFailed {
+        attempt: 1,
+        logs: "ImagePullBackOff: pod volsync-src-db-x7k2p: ...: the attempt failed".into(),
+    });
+    send(&mut w, failed);
+    assert_eq!(
+        entries(&w, "MoverFailed"),
+        ["mover attempt 1 failed (stuck: ImagePullBackOff); retrying"]
+    );
+    assert_eq!(w.current("db").message, text);
+    assert_eq!(w.current("db").mover_failures, 1);
+    // The next attempt cannot even make its pod.
+    send(
+        &mut w,
+        stuck(
+            2,
+            "FailedCreate",
+            "",
+            "pods \"volsync-src-db-\" is forbidden: serviceaccount \"mover\" not found",
+        ),
+    );
+    assert!(
+        w.current("db").message.starts_with(
+            "FailedCreate: mover Job volsync-src-db (attempt 2) cannot create its pod: pods"
+        ),
+        "{}",
+        w.current("db").message
+    );
+    // The mover ends (here: a later attempt succeeds): the stuck state goes with it.
+    send(
+        &mut w,
+        Observation::MoverFinished(v1::MoverFinished {
+            succeeded: true,
+            logs: String::new(),
+        }),
+    );
+    let run = w.runs("db").into_iter().next().unwrap();
+    assert_eq!((run.message.as_str(), run.mover_stuck), ("", None));
+}
+
+#[test]
+fn a_stuck_report_outside_the_transfer_or_of_any_size_is_bounded_or_stale() {
+    let mut w = World::new();
+    w.cluster.mover_hangs = true;
+    w.pvc("data", true);
+    w.apply("db", spec("data", CopyMethod::Clone, schedule("@daily")));
+    assert_eq!(w.phase("db"), RunPhase::WaitingForTrigger);
+    let d = w.core.directives_for(&apps())[0].clone();
+    let out = w.core.handle_report(
+        &apps(),
+        report(&d, stuck(1, "ImagePullBackOff", "p", "m")),
+        w.now,
+    );
+    assert!(matches!(out, ReportOutcome::Stale(_)), "{out:?}");
+    w.pvc("other", false);
+    let mut spec = spec("other", CopyMethod::Clone, schedule("@daily"));
+    spec.source_pvc = "other".into();
+    w.apply("big", spec);
+    let run = w.current("big");
+    let d = w
+        .core
+        .directives_for(&apps())
+        .into_iter()
+        .find(|d| d.run_id == run.id)
+        .unwrap();
+    let mut huge = stuck(
+        1,
+        &"R".repeat(10_000),
+        &"p".repeat(10_000),
+        &"m".repeat(100_000),
+    );
+    if let Observation::MoverStuck(s) = &mut huge {
+        s.since = Some(prost_types::Timestamp {
+            seconds: i64::MAX,
+            nanos: -1,
+        });
+    }
+    w.core.handle_report(&apps(), report(&d, huge), w.now);
+    w.settle();
+    let run = w.current("big");
+    assert!(run.message.len() <= 1024, "{}", run.message.len());
+    let s = run.mover_stuck.unwrap();
+    assert!(s.reason.len() <= 128 && s.pod.len() <= 253 && s.message.len() <= 512);
+    assert_eq!(s.since, None, "a time protobuf cannot carry is dropped");
 }
 
 #[test]
