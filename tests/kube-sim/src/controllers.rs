@@ -9,7 +9,31 @@
 //! |---|---|
 //! | `sim.snapgate.io/pvc` | `never-bind`, `bind-after=2s` |
 //! | `sim.snapgate.io/snapshot` | `never-ready`, `cut-never-ready`, `ready-unset`, `ready-after=500ms`, `fail=<message>` |
-//! | `sim.snapgate.io/job` | `succeed`, `fail`, `hang` |
+//! | `sim.snapgate.io/job` | `succeed`, `fail`, `hang`, `stuck=<reason>` |
+//!
+//! # Mover pods that cannot start
+//!
+//! A pod can be scripted stuck ([`PodOutcome::stuck_in`], [`JobBehaviour::stuck`], the
+//! binary's `--mover-pods <reason>`): it sits there, its Job active, showing what a kubelet
+//! (or the scheduler) would, until the test scripts another behaviour for the Job (then it
+//! recovers and goes on as scripted) or [`PodOutcome::stuck_for`] has passed, or its Job is
+//! deleted:
+//!
+//! | reason | the pod | Events on the pod |
+//! |---|---|---|
+//! | `ImagePullBackOff` | Pending, container waiting (`Back-off pulling image "<image>"`) | Normal `BackOff`, Warning `Failed` |
+//! | `ErrImagePull` | Pending, container waiting | Warning `Failed` (the pull, then `Error: ErrImagePull`) |
+//! | `InvalidImageName` | Pending, container waiting | Warning `InspectFailed`, `Failed` |
+//! | `CreateContainerConfigError` | Pending, container waiting (`couldn't find key <key> in Secret <ns>/<name>`, from its first `secretKeyRef`) | Warning `Failed` |
+//! | `CreateContainerError`, any other word | Pending, container waiting | Warning `Failed` |
+//! | `CrashLoopBackOff` | Running, container waiting, restarted, last state exit 1 | Warning `BackOff` |
+//! | `FailedMount`, `FailedAttachVolume` | Pending, no sandbox (`PodReadyToStartContainers` False), container waiting `ContainerCreating` | Warning `FailedMount` / `FailedAttachVolume` |
+//! | `Unschedulable` | Pending, `PodScheduled` False `Unschedulable`, no container status | Warning `FailedScheduling` |
+//!
+//! Every stuck pod is `ContainersReady` and `Ready` False since it was made (the time a user
+//! sees as stuck since). A Job scripted [`JobBehaviour::failed_create`] (`--mover-pods
+//! FailedCreate`) makes no pod at all: a Warning `FailedCreate` Event on the Job says why
+//! (its ServiceAccount is not found), and it stays active, until scripted otherwise.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -58,6 +82,20 @@ pub enum SnapshotBehaviour {
     Fail(String),
 }
 
+/// How a pod cannot start (see the module's table).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodStuck {
+    /// The reason Kubernetes shows: a container's waiting reason (`ImagePullBackOff`,
+    /// `CreateContainerConfigError`, ...), `FailedMount` or `FailedAttachVolume` (an Event, the
+    /// container `ContainerCreating`), or `Unschedulable` (the `PodScheduled` condition).
+    pub reason: String,
+    /// The message shown with it; `None`: what a kubelet would say for this pod.
+    pub message: Option<String>,
+    /// How long it stays stuck before it recovers by itself; `None`: until the Job's
+    /// behaviour is scripted otherwise (or for ever).
+    pub for_: Option<Duration>,
+}
+
 /// What one pod of a Job does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodOutcome {
@@ -69,6 +107,8 @@ pub struct PodOutcome {
     pub run_for: Duration,
     /// Keep running forever instead of terminating.
     pub hang: bool,
+    /// Cannot start first: stuck as this says, then (once it recovers) as above.
+    pub stuck: Option<PodStuck>,
 }
 
 impl PodOutcome {
@@ -79,6 +119,7 @@ impl PodOutcome {
             logs: logs.into_iter().map(Into::into).collect(),
             run_for: Duration::from_millis(100),
             hang: false,
+            stuck: None,
         }
     }
 
@@ -95,6 +136,33 @@ impl PodOutcome {
         self.run_for = d;
         self
     }
+
+    /// The pod cannot start first, for `reason` (see the module's table), with the message
+    /// a kubelet would give; until the Job's behaviour is scripted otherwise.
+    pub fn stuck_in(mut self, reason: &str) -> Self {
+        self.stuck = Some(PodStuck {
+            reason: reason.to_owned(),
+            message: None,
+            for_: None,
+        });
+        self
+    }
+
+    /// The message shown with the stuck reason.
+    pub fn stuck_message(mut self, message: &str) -> Self {
+        if let Some(s) = &mut self.stuck {
+            s.message = Some(message.to_owned());
+        }
+        self
+    }
+
+    /// The pod recovers by itself after being stuck for `d`.
+    pub fn stuck_for(mut self, d: Duration) -> Self {
+        if let Some(s) = &mut self.stuck {
+            s.for_ = Some(d);
+        }
+        self
+    }
 }
 
 /// What the Job controller does with a Job: the pods it runs, in order (the
@@ -103,35 +171,71 @@ impl PodOutcome {
 pub struct JobBehaviour {
     /// Outcomes of successive pods.
     pub pods: Vec<PodOutcome>,
+    /// The Job cannot create its pods: a Warning `FailedCreate` Event on it with this message
+    /// (`None`: one naming its missing ServiceAccount), and no pod, until scripted otherwise.
+    pub create_fails: Option<Option<String>>,
 }
 
 impl JobBehaviour {
     /// Every pod succeeds with these log lines.
     pub fn succeed<S: Into<String>>(logs: impl IntoIterator<Item = S>) -> Self {
-        Self {
-            pods: vec![PodOutcome::succeed(logs)],
-        }
+        Self::sequence(vec![PodOutcome::succeed(logs)])
     }
 
     /// Every pod fails with these log lines (the Job fails after `backoffLimit + 1` pods).
     pub fn fail<S: Into<String>>(logs: impl IntoIterator<Item = S>) -> Self {
-        Self {
-            pods: vec![PodOutcome::fail(logs)],
-        }
+        Self::sequence(vec![PodOutcome::fail(logs)])
     }
 
     /// Pods follow these outcomes in order.
     pub fn sequence(pods: Vec<PodOutcome>) -> Self {
-        Self { pods }
+        Self {
+            pods,
+            create_fails: None,
+        }
     }
 
     /// One pod that runs forever.
     pub fn hang() -> Self {
+        Self::sequence(vec![PodOutcome {
+            hang: true,
+            ..PodOutcome::succeed(Vec::<String>::new())
+        }])
+    }
+
+    /// Every pod is stuck for `reason` (see the module's table), for ever (until scripted
+    /// otherwise); the Job stays active.
+    pub fn stuck(reason: &str) -> Self {
+        Self::sequence(vec![PodOutcome::succeed(["done"]).stuck_in(reason)])
+    }
+
+    /// The Job cannot create a pod (a Warning `FailedCreate` Event on it says so, naming its
+    /// missing ServiceAccount), until scripted otherwise; then its pods succeed.
+    pub fn failed_create() -> Self {
         Self {
-            pods: vec![PodOutcome {
-                hang: true,
-                ..PodOutcome::succeed(Vec::<String>::new())
-            }],
+            create_fails: Some(None),
+            ..Self::succeed(["done"])
+        }
+    }
+
+    /// What `--mover-pods` names: `succeed`, `fail`, `FailedCreate`, or a reason a pod is
+    /// stuck for (a word of ASCII letters, e.g. `ImagePullBackOff`; see the module's table).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "succeed" => Ok(Self::succeed(["done"])),
+            "fail" => Ok(Self::fail(["failed"])),
+            "hang" => Ok(Self::hang()),
+            "FailedCreate" => Ok(Self::failed_create()),
+            reason
+                if reason.starts_with(|c: char| c.is_ascii_uppercase())
+                    && reason.chars().all(|c| c.is_ascii_alphabetic()) =>
+            {
+                Ok(Self::stuck(reason))
+            }
+            other => Err(format!(
+                "{other:?}: expected succeed, fail, hang, FailedCreate or a waiting reason such \
+                 as ImagePullBackOff or CreateContainerConfigError"
+            )),
         }
     }
 }
@@ -288,6 +392,11 @@ impl Controllers {
             Some("succeed") => return JobBehaviour::succeed(["done"]),
             Some("fail") => return JobBehaviour::fail(["failed"]),
             Some("hang") => return JobBehaviour::hang(),
+            Some(a) if a.starts_with("stuck=") => {
+                if let Ok(b) = JobBehaviour::parse(&a["stuck=".len()..]) {
+                    return b;
+                }
+            }
             _ => {}
         }
         let cfg = self.cfg();
@@ -620,6 +729,268 @@ fn condition(kind: &str, reason: &str, message: &str) -> Value {
     })
 }
 
+/// The Job's behaviour as scripted now (a test may change it while a pod is stuck), if the
+/// Job still exists with the same uid.
+fn behaviour_now(state: &SimState, ns: &str, name: &str, uid: &str) -> Option<JobBehaviour> {
+    let job = current(state, res("batch", "jobs"), ns, name, uid)?;
+    Some(state.controllers.job_for(&job, ns, name))
+}
+
+fn outcome_of(b: &JobBehaviour, attempt: usize) -> PodOutcome {
+    b.pods[attempt.min(b.pods.len().saturating_sub(1))].clone()
+}
+
+/// Records a core/v1 Event about `object` (`kind` `Pod` or `Job`), as a kubelet or a
+/// controller does.
+fn record_event(
+    s: &SimState,
+    ns: &str,
+    object: &Value,
+    type_: &str,
+    reason: &str,
+    message: &str,
+    component: &str,
+) {
+    let now = now_timestamp();
+    let name = object["metadata"]["name"].as_str().unwrap_or("");
+    let event = json!({
+        "metadata": {"name": format!("{name}.{}", random_suffix())},
+        "involvedObject": {
+            "apiVersion": if object["kind"] == "Job" { "batch/v1" } else { "v1" },
+            "kind": object["kind"], "namespace": ns, "name": name,
+            "uid": object["metadata"]["uid"],
+            "resourceVersion": object["metadata"]["resourceVersion"],
+        },
+        "reason": reason, "message": message, "type": type_,
+        "source": {"component": component, "host": "sim-node"},
+        "reportingComponent": component, "reportingInstance": "sim-node",
+        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+    });
+    if let Err(e) = s
+        .store
+        .create(res("", "events"), Some(ns), event, &keep_status())
+    {
+        tracing::warn!("kube-sim: event {reason} for {ns}/{name}: {e}");
+    }
+}
+
+/// The first `secretKeyRef` of the pod's first container, `(secret, key)`.
+fn first_secret_key(pod: &Value) -> Option<(String, String)> {
+    pod["spec"]["containers"][0]["env"]
+        .as_array()?
+        .iter()
+        .find_map(|e| {
+            let r = &e["valueFrom"]["secretKeyRef"];
+            Some((
+                r["name"].as_str()?.to_owned(),
+                r["key"].as_str()?.to_owned(),
+            ))
+        })
+}
+
+/// What a kubelet (or the scheduler) shows of a pod stuck as `stuck` says: its status and the
+/// Events it records, `(type, reason, message, component)`.
+fn stuck_status(ns: &str, pod: &Value, stuck: &PodStuck) -> (Value, Vec<[String; 4]>) {
+    let now = now_timestamp();
+    let pod_name = pod["metadata"]["name"].as_str().unwrap_or("");
+    let container = pod["spec"]["containers"][0]["name"].as_str().unwrap_or("");
+    let image = pod["spec"]["containers"][0]["image"].as_str().unwrap_or("");
+    let reason = stuck.reason.as_str();
+    let default_message = match reason {
+        "ImagePullBackOff" => format!("Back-off pulling image \"{image}\""),
+        "ErrImagePull" => format!(
+            "rpc error: code = NotFound desc = failed to pull and unpack image \"{image}\": not found"
+        ),
+        "InvalidImageName" => format!(
+            "Failed to apply default image tag \"{image}\": couldn't parse image name \"{image}\": invalid reference format"
+        ),
+        "CreateContainerConfigError" => match first_secret_key(pod) {
+            Some((secret, key)) => format!("couldn't find key {key} in Secret {ns}/{secret}"),
+            None => "secret \"mover-secret\" not found".to_owned(),
+        },
+        "CrashLoopBackOff" => format!(
+            "back-off 40s restarting failed container={container} pod={pod_name}_{ns}({})",
+            pod["metadata"]["uid"].as_str().unwrap_or("")
+        ),
+        "FailedMount" => {
+            let secret = pod["spec"]["volumes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find_map(|v| Some((v["name"].as_str()?, v["secret"]["secretName"].as_str()?)));
+            match secret {
+                Some((volume, secret)) => format!(
+                    "MountVolume.SetUp failed for volume \"{volume}\" : secret \"{secret}\" not found"
+                ),
+                None => "Unable to attach or mount volumes: unmounted volumes=[data], unattached volumes=[], failed to process volumes=[]: timed out waiting for the condition".to_owned(),
+            }
+        }
+        "FailedAttachVolume" => "AttachVolume.Attach failed for volume \"data\" : rpc error: code = DeadlineExceeded desc = context deadline exceeded".to_owned(),
+        "Unschedulable" => "0/1 nodes are available: 1 Insufficient memory. preemption: 0/1 nodes are available: 1 No preemption victims found for incoming pod.".to_owned(),
+        "CreateContainerError" => "failed to reserve container name: name is reserved".to_owned(),
+        other => format!("the container cannot start: {other}"),
+    };
+    let message = stuck.message.clone().unwrap_or(default_message);
+    let condition = |kind: &str, status: &str, why: Option<(&str, &str)>| {
+        let mut c = json!({"type": kind, "status": status, "lastProbeTime": null, "lastTransitionTime": now});
+        if let Some((r, m)) = why {
+            c["reason"] = json!(r);
+            c["message"] = json!(m);
+        }
+        c
+    };
+    let unready = format!("containers with unready status: [{container}]");
+    let not_ready = Some(("ContainersNotReady", unready.as_str()));
+    let event = |type_: &str, reason: &str, message: String| {
+        [
+            type_.to_owned(),
+            reason.to_owned(),
+            message,
+            "kubelet".to_owned(),
+        ]
+    };
+    if reason == "Unschedulable" {
+        let status = json!({
+            "phase": "Pending",
+            "conditions": [condition("PodScheduled", "False", Some(("Unschedulable", &message)))],
+        });
+        let events = vec![[
+            "Warning".to_owned(),
+            "FailedScheduling".to_owned(),
+            message,
+            "default-scheduler".to_owned(),
+        ]];
+        return (status, events);
+    }
+    let volume = matches!(reason, "FailedMount" | "FailedAttachVolume");
+    let crash = reason == "CrashLoopBackOff";
+    let mut container_status = json!({
+        "name": container, "image": image, "imageID": "", "ready": false, "started": false,
+        "restartCount": if crash { 3 } else { 0 },
+        "state": {"waiting": if volume {
+            json!({"reason": "ContainerCreating"})
+        } else {
+            json!({"reason": reason, "message": message})
+        }},
+    });
+    if crash {
+        container_status["lastState"] = json!({"terminated": {
+            "exitCode": 1, "reason": "Error", "startedAt": now, "finishedAt": now,
+        }});
+    }
+    let status = json!({
+        "phase": if crash { "Running" } else { "Pending" },
+        "startTime": now,
+        "conditions": [
+            condition("PodReadyToStartContainers", if volume { "False" } else { "True" }, None),
+            condition("Initialized", "True", None),
+            condition("Ready", "False", not_ready),
+            condition("ContainersReady", "False", not_ready),
+            condition("PodScheduled", "True", None),
+        ],
+        "containerStatuses": [container_status],
+    });
+    let events = match reason {
+        "ImagePullBackOff" => vec![
+            event("Normal", "BackOff", message),
+            event("Warning", "Failed", "Error: ImagePullBackOff".into()),
+        ],
+        "ErrImagePull" => vec![
+            event(
+                "Warning",
+                "Failed",
+                format!("Failed to pull image \"{image}\": {message}"),
+            ),
+            event("Warning", "Failed", "Error: ErrImagePull".into()),
+        ],
+        "InvalidImageName" => vec![
+            event("Warning", "InspectFailed", message),
+            event("Warning", "Failed", "Error: InvalidImageName".into()),
+        ],
+        "CrashLoopBackOff" => vec![event(
+            "Warning",
+            "BackOff",
+            format!("Back-off restarting failed container {container} in pod {pod_name}_{ns}"),
+        )],
+        r @ ("FailedMount" | "FailedAttachVolume") => vec![event("Warning", r, message)],
+        _ => vec![event("Warning", "Failed", format!("Error: {message}"))],
+    };
+    (status, events)
+}
+
+/// Holds the pod stuck until its Job's behaviour (as scripted now) no longer is, or its time
+/// is up: the outcome it goes on with; `None` when the Job or the pod is gone.
+async fn wait_stuck(
+    state: &Weak<SimState>,
+    (ns, name, uid): (&str, &str, &str),
+    pod_name: &str,
+    attempt: usize,
+    outcome: PodOutcome,
+) -> Option<PodOutcome> {
+    let stuck_for = outcome.stuck.as_ref().and_then(|st| st.for_);
+    let until = stuck_for.map(|d| tokio::time::Instant::now() + d);
+    loop {
+        let s = state.upgrade()?;
+        let b = behaviour_now(&s, ns, name, uid)?;
+        s.store.get(res("", "pods"), Some(ns), pod_name).ok()?;
+        let now = outcome_of(&b, attempt);
+        if now.stuck.is_none() {
+            return Some(now);
+        }
+        if until.is_some_and(|u| tokio::time::Instant::now() >= u) {
+            return Some(PodOutcome {
+                stuck: None,
+                ..outcome
+            });
+        }
+        let poll = s.controllers.poll();
+        drop(s);
+        tokio::time::sleep(poll).await;
+    }
+}
+
+/// Holds a Job that cannot create its pods (a `FailedCreate` Event on it, recorded once) until
+/// its behaviour (as scripted now) lets it: `None` when the Job is gone.
+async fn wait_create(
+    state: &Weak<SimState>,
+    (ns, name, uid): (&str, &str, &str),
+    message: Option<String>,
+    template: &Value,
+) -> Option<()> {
+    let s = state.upgrade()?;
+    let job = current(&s, res("batch", "jobs"), ns, name, uid)?;
+    let sa = template["spec"]["serviceAccountName"]
+        .as_str()
+        .unwrap_or("default");
+    let message = message.unwrap_or_else(|| {
+        format!(
+            "Error creating: pods \"{name}-\" is forbidden: error looking up service account {ns}/{sa}: serviceaccount \"{sa}\" not found"
+        )
+    });
+    let mut job = job;
+    job["kind"] = json!("Job");
+    record_event(
+        &s,
+        ns,
+        &job,
+        "Warning",
+        "FailedCreate",
+        &message,
+        "job-controller",
+    );
+    drop(s);
+    loop {
+        let s = state.upgrade()?;
+        let b = behaviour_now(&s, ns, name, uid)?;
+        if b.create_fails.is_none() {
+            return Some(());
+        }
+        let poll = s.controllers.poll();
+        drop(s);
+        tokio::time::sleep(poll).await;
+    }
+}
+
 async fn run_job(state: Weak<SimState>, ns: String, name: String, uid: String, b: JobBehaviour) {
     tokio::time::sleep(Duration::from_millis(10)).await;
     let jobs = res("batch", "jobs");
@@ -642,9 +1013,15 @@ async fn run_job(state: Weak<SimState>, ns: String, name: String, uid: String, b
         json!({"startTime": now_timestamp(), "active": 0}),
     );
     drop(s);
+    let who = (ns.as_str(), name.as_str(), uid.as_str());
+    if let Some(message) = b.create_fails.clone()
+        && wait_create(&state, who, message, &template).await.is_none()
+    {
+        return;
+    }
     let (mut succeeded, mut failed) = (0i64, 0i64);
     for attempt in 0usize.. {
-        let outcome = b.pods[attempt.min(b.pods.len().saturating_sub(1))].clone();
+        let mut outcome = outcome_of(&b, attempt);
         let Some(s) = state.upgrade() else { return };
         if current(&s, jobs, &ns, &name, &uid).is_none() {
             return;
@@ -671,13 +1048,40 @@ async fn run_job(state: Weak<SimState>, ns: String, name: String, uid: String, b
             "spec": template["spec"],
             "status": {"phase": "Pending"},
         });
-        let pod = match s.store.create(pods_res, Some(&ns), pod, &keep_status()) {
+        let mut pod = match s.store.create(pods_res, Some(&ns), pod, &keep_status()) {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!("kube-sim: pod for job {ns}/{name}: {e}");
                 return;
             }
         };
+        job_status_patch(&s, &ns, &name, json!({"active": 1}));
+        if let Some(stuck) = outcome.stuck.clone() {
+            let (status, events) = stuck_status(&ns, &pod, &stuck);
+            if let Ok(p) = s.store.patch(
+                pods_res,
+                Some(&ns),
+                &pod_name,
+                PatchType::Merge,
+                &json!({ "status": status }),
+                true,
+                &WriteOptions::default(),
+            ) {
+                pod = p;
+            }
+            pod["kind"] = json!("Pod");
+            for [type_, reason, message, component] in events {
+                record_event(&s, &ns, &pod, &type_, &reason, &message, &component);
+            }
+            drop(s);
+            match wait_stuck(&state, who, &pod_name, attempt, outcome).await {
+                Some(next) => outcome = next,
+                None => return,
+            }
+        } else {
+            drop(s);
+        }
+        let Some(s) = state.upgrade() else { return };
         let first_container = pod["spec"]["containers"][0]["name"]
             .as_str()
             .unwrap_or("")
@@ -687,8 +1091,29 @@ async fn run_job(state: Weak<SimState>, ns: String, name: String, uid: String, b
             text.push('\n');
         }
         s.set_pod_log(&ns, &pod_name, &first_container, &text);
-        job_status_patch(&s, &ns, &name, json!({"active": 1}));
-        let running = json!({"status": {"phase": "Running", "startTime": now_timestamp()}});
+        let now = now_timestamp();
+        let ready = |kind: &str| json!({"type": kind, "status": "True", "lastProbeTime": null, "lastTransitionTime": now});
+        let containers: Vec<Value> = pod["spec"]["containers"]
+            .as_array()
+            .map(|cs| {
+                cs.iter()
+                    .map(|c| {
+                        json!({
+                            "name": c["name"], "image": c["image"], "ready": true, "started": true,
+                            "restartCount": 0, "state": {"running": {"startedAt": now}},
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let running = json!({"status": {
+            "phase": "Running", "startTime": now,
+            "conditions": [
+                ready("PodReadyToStartContainers"), ready("Initialized"), ready("Ready"),
+                ready("ContainersReady"), ready("PodScheduled"),
+            ],
+            "containerStatuses": containers,
+        }});
         let _ = s.store.patch(
             pods_res,
             Some(&ns),

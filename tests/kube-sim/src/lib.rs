@@ -94,7 +94,9 @@ mod table;
 pub mod tokens;
 mod watch;
 
-pub use controllers::{Controllers, JobBehaviour, PodOutcome, PvcBehaviour, SnapshotBehaviour};
+pub use controllers::{
+    Controllers, JobBehaviour, PodOutcome, PodStuck, PvcBehaviour, SnapshotBehaviour,
+};
 pub use error::ApiError;
 pub use faults::{FaultKind, FaultRule, Faults, RequestLog, RequestRecord, Verb};
 pub use resources::ResourceDef;

@@ -22,6 +22,15 @@ struct Args {
     /// `url` means the served URL (e.g. `http://127.0.0.1:6443`).
     #[arg(long, default_value = snapgate_kube_sim::DEFAULT_ISSUER)]
     issuer: String,
+    /// How every Job's pods behave: `succeed` (after 100 ms), `fail` (the Job fails past its
+    /// backoffLimit), `hang` (run for ever), `FailedCreate` (the Job makes no pod: a Warning
+    /// FailedCreate Event on it), or a reason its pods are stuck for, for ever, while the Job
+    /// stays active: a container waiting reason (`ImagePullBackOff`, `ErrImagePull`,
+    /// `InvalidImageName`, `CreateContainerConfigError`, `CreateContainerError`,
+    /// `CrashLoopBackOff`), `FailedMount`, `FailedAttachVolume` or `Unschedulable`, each with
+    /// the status and Events a kubelet (or the scheduler) shows.
+    #[arg(long, default_value = "succeed", value_parser = snapgate_kube_sim::JobBehaviour::parse)]
+    mover_pods: snapgate_kube_sim::JobBehaviour,
 }
 
 #[tokio::main]
@@ -31,6 +40,8 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     let sim = snapgate_kube_sim::KubeSim::new();
+    sim.controllers()
+        .default_job_behaviour(args.mover_pods.clone());
     sim.add_token(&args.token, snapgate_kube_sim::ADMIN_USER);
     let addr = sim.serve(&args.listen).await?;
     if args.issuer == "url" {

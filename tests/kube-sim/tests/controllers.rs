@@ -5,7 +5,7 @@ mod fixtures;
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{Event, PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, LogParams, PostParams};
 use serde_json::{Value, json};
 use snapgate_kube_sim::{JobBehaviour, KubeSim, PodOutcome, SnapshotBehaviour};
@@ -357,4 +357,333 @@ async fn a_job_completes_in_real_time_with_the_default_behaviour() {
         condition(&jobs.get("quick").await.unwrap(), "Complete").then_some(())
     })
     .await;
+}
+
+fn events_about(sim: &KubeSim, name: &str) -> Vec<(String, String, String)> {
+    let mut out: Vec<(String, String, String)> = sim
+        .list::<Event>(Some("ns"))
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.involved_object.name.as_deref() == Some(name))
+        .map(|e| {
+            (
+                e.type_.unwrap_or_default(),
+                e.reason.unwrap_or_default(),
+                e.message.unwrap_or_default(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn the_pod(sim: &KubeSim) -> Pod {
+    let pods = sim.list::<Pod>(Some("ns")).unwrap();
+    assert_eq!(pods.len(), 1, "{pods:#?}");
+    pods.into_iter().next().unwrap()
+}
+
+fn waiting(pod: &Pod) -> (String, String) {
+    let w = pod
+        .status
+        .as_ref()
+        .unwrap()
+        .container_statuses
+        .as_ref()
+        .unwrap()[0]
+        .state
+        .as_ref()
+        .unwrap()
+        .waiting
+        .clone()
+        .unwrap();
+    (w.reason.unwrap_or_default(), w.message.unwrap_or_default())
+}
+
+fn pod_condition(pod: &Pod, kind: &str) -> (String, Option<String>) {
+    let c = pod
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|c| c.type_ == kind)
+        .unwrap_or_else(|| panic!("no condition {kind}"));
+    (c.status.clone(), c.reason.clone())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stuck_pod_waits_as_a_kubelet_shows_it_until_its_job_is_scripted_otherwise() {
+    let sim = KubeSim::new();
+    sim.job_behaviour("ns", "mover", JobBehaviour::stuck("ImagePullBackOff"));
+    let jobs: Api<Job> = Api::namespaced(sim.client(), "ns");
+    jobs.create(&PostParams::default(), &fixtures::job("ns", "mover", 2))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    let pod = the_pod(&sim);
+    let name = pod.metadata.name.clone().unwrap();
+    assert_eq!(
+        pod.status.as_ref().unwrap().phase.as_deref(),
+        Some("Pending")
+    );
+    assert_eq!(
+        waiting(&pod),
+        (
+            "ImagePullBackOff".into(),
+            "Back-off pulling image \"busybox\"".into()
+        )
+    );
+    assert_eq!(
+        pod_condition(&pod, "ContainersReady"),
+        ("False".into(), Some("ContainersNotReady".into()))
+    );
+    assert_eq!(
+        events_about(&sim, &name),
+        [
+            (
+                "Normal".into(),
+                "BackOff".into(),
+                "Back-off pulling image \"busybox\"".into()
+            ),
+            (
+                "Warning".into(),
+                "Failed".into(),
+                "Error: ImagePullBackOff".into()
+            ),
+        ]
+    );
+    let job = jobs.get("mover").await.unwrap();
+    assert_eq!(job.status.as_ref().unwrap().active, Some(1));
+    assert!(!condition(&job, "Complete") && !condition(&job, "Failed"));
+
+    // The image appears: the same pod runs and the Job completes.
+    sim.job_behaviour("ns", "mover", JobBehaviour::succeed(["pulled at last"]));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let job = jobs.get("mover").await.unwrap();
+    assert!(condition(&job, "Complete"), "{:?}", job.status);
+    let pod = the_pod(&sim);
+    assert_eq!(pod.metadata.name.as_deref(), Some(name.as_str()));
+    assert_eq!(
+        pod.status.as_ref().unwrap().phase.as_deref(),
+        Some("Succeeded")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_stuck_reason_shows_the_status_and_events_of_a_real_cluster() {
+    for (reason, phase, wait_reason, condition, event) in [
+        (
+            "CreateContainerConfigError",
+            "Pending",
+            Some((
+                "CreateContainerConfigError",
+                "couldn't find key RESTIC_PASSWORD in Secret ns/restic-config",
+            )),
+            ("ContainersReady", "False", Some("ContainersNotReady")),
+            (
+                "Warning",
+                "Failed",
+                "Error: couldn't find key RESTIC_PASSWORD in Secret ns/restic-config",
+            ),
+        ),
+        (
+            "ErrImagePull",
+            "Pending",
+            Some((
+                "ErrImagePull",
+                "rpc error: code = NotFound desc = failed to pull and unpack image \"busybox\": not found",
+            )),
+            ("ContainersReady", "False", Some("ContainersNotReady")),
+            ("Warning", "Failed", "Error: ErrImagePull"),
+        ),
+        (
+            "CrashLoopBackOff",
+            "Running",
+            None,
+            ("ContainersReady", "False", Some("ContainersNotReady")),
+            ("Warning", "BackOff", ""),
+        ),
+        (
+            "FailedMount",
+            "Pending",
+            Some(("ContainerCreating", "")),
+            ("PodReadyToStartContainers", "False", None),
+            (
+                "Warning",
+                "FailedMount",
+                "MountVolume.SetUp failed for volume \"ca\" : secret \"ca-secret\" not found",
+            ),
+        ),
+        (
+            "Unschedulable",
+            "Pending",
+            None,
+            ("PodScheduled", "False", Some("Unschedulable")),
+            ("Warning", "FailedScheduling", ""),
+        ),
+    ] {
+        let sim = KubeSim::new();
+        sim.job_behaviour("ns", "mover", JobBehaviour::stuck(reason));
+        let mut job = fixtures::job("ns", "mover", 2);
+        let spec = job.spec.as_mut().unwrap().template.spec.as_mut().unwrap();
+        spec.containers[0].env =
+            Some(vec![serde_json::from_value(json!({
+            "name": "RESTIC_PASSWORD",
+            "valueFrom": {"secretKeyRef": {"name": "restic-config", "key": "RESTIC_PASSWORD"}},
+        }))
+        .unwrap()]);
+        spec.volumes = Some(vec![
+            serde_json::from_value(json!({
+                "name": "ca", "secret": {"secretName": "ca-secret"},
+            }))
+            .unwrap(),
+        ]);
+        let jobs: Api<Job> = Api::namespaced(sim.client(), "ns");
+        jobs.create(&PostParams::default(), &job).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let pod = the_pod(&sim);
+        assert_eq!(
+            pod.status.as_ref().unwrap().phase.as_deref(),
+            Some(phase),
+            "{reason}"
+        );
+        if let Some((w, m)) = wait_reason {
+            assert_eq!(waiting(&pod), (w.to_owned(), m.to_owned()), "{reason}");
+        }
+        let (kind, status, why) = condition;
+        assert_eq!(
+            pod_condition(&pod, kind),
+            (status.to_owned(), why.map(str::to_owned)),
+            "{reason}"
+        );
+        let (type_, event_reason, message) = event;
+        let events = events_about(&sim, pod.metadata.name.as_deref().unwrap());
+        assert!(
+            events.iter().any(|(t, r, m)| t == type_
+                && r == event_reason
+                && (message.is_empty() || m == message)),
+            "{reason}: {events:?}"
+        );
+        assert_eq!(
+            jobs.get("mover").await.unwrap().status.unwrap().active,
+            Some(1),
+            "{reason}: the Job stays active"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_job_that_cannot_create_its_pod_says_so_in_an_event_and_makes_one_once_it_can() {
+    let sim = KubeSim::new();
+    sim.job_behaviour("ns", "mover", JobBehaviour::failed_create());
+    let jobs: Api<Job> = Api::namespaced(sim.client(), "ns");
+    let mut job = fixtures::job("ns", "mover", 2);
+    job.spec
+        .as_mut()
+        .unwrap()
+        .template
+        .spec
+        .as_mut()
+        .unwrap()
+        .service_account_name = Some("mover-sa".into());
+    jobs.create(&PostParams::default(), &job).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert!(sim.list::<Pod>(Some("ns")).unwrap().is_empty());
+    assert_eq!(
+        events_about(&sim, "mover"),
+        [(
+            "Warning".into(),
+            "FailedCreate".into(),
+            "Error creating: pods \"mover-\" is forbidden: error looking up service account \
+             ns/mover-sa: serviceaccount \"mover-sa\" not found"
+                .into()
+        )]
+    );
+    let event = sim.list::<Event>(Some("ns")).unwrap().remove(0);
+    assert_eq!(event.involved_object.kind.as_deref(), Some("Job"));
+    assert_eq!(
+        event.involved_object.uid,
+        jobs.get("mover").await.unwrap().metadata.uid
+    );
+    // The ServiceAccount is made: the Job makes its pod, which succeeds.
+    sim.job_behaviour("ns", "mover", JobBehaviour::succeed(["done"]));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(condition(&jobs.get("mover").await.unwrap(), "Complete"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pod_stuck_for_a_while_recovers_by_itself_and_a_deleted_jobs_stuck_pod_goes() {
+    let sim = KubeSim::new();
+    sim.job_behaviour(
+        "ns",
+        "mover",
+        JobBehaviour::sequence(vec![
+            PodOutcome::succeed(["ok"])
+                .stuck_in("ErrImagePull")
+                .stuck_message("registry down")
+                .stuck_for(Duration::from_secs(30)),
+        ]),
+    );
+    let jobs: Api<Job> = Api::namespaced(sim.client(), "ns");
+    jobs.create(&PostParams::default(), &fixtures::job("ns", "mover", 2))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert_eq!(
+        waiting(&the_pod(&sim)),
+        ("ErrImagePull".into(), "registry down".into())
+    );
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert!(condition(&jobs.get("mover").await.unwrap(), "Complete"));
+
+    sim.job_behaviour("ns", "stuck", JobBehaviour::stuck("InvalidImageName"));
+    jobs.create(&PostParams::default(), &fixtures::job("ns", "stuck", 2))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    jobs.delete("stuck", &DeleteParams::background())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let pods: Vec<String> = sim
+        .list::<Pod>(Some("ns"))
+        .unwrap()
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .filter(|n| n.starts_with("stuck-"))
+        .collect();
+    assert!(pods.is_empty(), "{pods:?}");
+}
+
+#[test]
+fn mover_pods_name_a_behaviour_or_a_waiting_reason() {
+    assert_eq!(
+        JobBehaviour::parse("succeed").unwrap(),
+        JobBehaviour::succeed(["done"])
+    );
+    assert_eq!(
+        JobBehaviour::parse("fail").unwrap(),
+        JobBehaviour::fail(["failed"])
+    );
+    assert_eq!(
+        JobBehaviour::parse("FailedCreate").unwrap(),
+        JobBehaviour::failed_create()
+    );
+    let stuck = JobBehaviour::parse("CreateContainerConfigError").unwrap();
+    assert_eq!(
+        stuck.pods[0].stuck.as_ref().map(|s| s.reason.as_str()),
+        Some("CreateContainerConfigError")
+    );
+    for bad in [
+        "",
+        "imagePullBackOff",
+        "Image Pull",
+        "ImagePull1",
+        "succeeded",
+    ] {
+        assert!(JobBehaviour::parse(bad).is_err(), "{bad:?}");
+    }
 }
