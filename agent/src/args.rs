@@ -105,6 +105,18 @@ pub struct Args {
     /// name. Unset: no grant (clusters without SCCs).
     #[arg(long, env = "SNAPGATE_MOVER_SCC", value_parser = dns_subdomain)]
     pub mover_scc: Option<String>,
+    /// How long a mover Job's pod may stay stuck (a container waiting in ImagePullBackOff,
+    /// CreateContainerConfigError, ...; unschedulable; a volume that cannot be mounted; or the
+    /// Job unable to create its pod) before the attempt fails: the Job is deleted, the failure
+    /// reported, and the next attempt made after the usual back-off (e.g. `10m`, `90s`). The
+    /// reason is shown on the run at once, whatever this is.
+    #[arg(
+        long,
+        env = "SNAPGATE_MOVER_STUCK_AFTER",
+        default_value = "10m",
+        value_parser = parse_positive_duration
+    )]
+    pub mover_stuck_after: std::time::Duration,
 
     /// Prometheus metrics listen address.
     #[arg(
@@ -121,6 +133,16 @@ pub struct Args {
     /// Log filter, in tracing's EnvFilter syntax.
     #[arg(long, env = "SNAPGATE_LOG", default_value = "info")]
     pub log: String,
+}
+
+/// A flag's duration: `90s`, `10m`, `1h30m` (Go's syntax, as the scheduler's and the CLI's
+/// duration flags read it), more than zero.
+fn parse_positive_duration(s: &str) -> Result<std::time::Duration, String> {
+    let d = snapgate_proto::duration::parse(s)?;
+    if d.is_zero() {
+        return Err(format!("{s:?}: must be positive"));
+    }
+    Ok(d)
 }
 
 /// VolSync's published mover image, pinned (never `latest`).
@@ -213,5 +235,30 @@ mod tests {
         let a = parse(&["--client-cert", "c.pem", "--client-key", "k.pem"]).unwrap();
         assert_eq!(a.client_cert, Some(PathBuf::from("c.pem")));
         assert_eq!(a.client_key, Some(PathBuf::from("k.pem")));
+    }
+
+    #[test]
+    fn mover_stuck_after_defaults_to_ten_minutes_and_must_be_a_positive_duration() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["snapgate-agent", "--namespace", "apps"];
+            all.extend_from_slice(args);
+            Args::try_parse_from(all)
+        };
+        let d = |a: Args| a.mover_stuck_after;
+        assert_eq!(d(parse(&[]).unwrap()), std::time::Duration::from_secs(600));
+        assert_eq!(
+            d(parse(&["--mover-stuck-after", "1h30m"]).unwrap()),
+            std::time::Duration::from_secs(5400)
+        );
+        assert_eq!(
+            d(parse(&["--mover-stuck-after=5s"]).unwrap()),
+            std::time::Duration::from_secs(5)
+        );
+        for (bad, why) in [("0s", "must be positive"), ("ten", "expected a number")] {
+            let e = parse(&["--mover-stuck-after", bad])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
     }
 }

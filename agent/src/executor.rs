@@ -20,20 +20,34 @@
 //!
 //! Before it acts on a run the executor asks the API server about the run's author (see
 //! `snapgate_agent_core::review`), once per run: the answer is kept with the run.
+//!
+//! The mover Jobs' pods (snapgate's label) and the namespace's Warning Events (only those
+//! `snapgate_agent_core::stuck` reads, cut to its bounds, at most [`MAX_EVENTS`] per
+//! namespace) are watched too, so that a pod that cannot start is seen at once. They do not
+//! hold up planning: until both are listed, a plan just says nothing about stuck pods. The
+//! time the executor first saw each trouble is kept with the run (the cluster's own record is
+//! used when it has one, and it is never later than this).
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
     time::Duration,
 };
 
-use chrono::Utc;
-use k8s_openapi::api::{batch::v1::Job, core::v1::PersistentVolumeClaim};
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::{
+    batch::v1::Job,
+    core::v1::{Event, PersistentVolumeClaim, Pod},
+};
 use kube::runtime::watcher;
 use snapgate_agent_core::{
     bounds, classify, names,
-    plan::{self, Action, MoverOutcome, Observed, PlanConfig, Temporary, TemporaryKind},
+    plan::{
+        self, Action, MoverOutcome, MoverPods, Observed, PlanConfig, Stuck, Temporary,
+        TemporaryKind,
+    },
     resources::VolumeSnapshot,
     review::Review,
+    stuck,
 };
 use snapgate_proto::v1::{self, agent_message, report::Observation};
 use tokio::{sync::mpsc, time::Instant};
@@ -50,6 +64,9 @@ use crate::{
 pub const RETRY_AFTER: Duration = Duration::from_secs(5);
 /// How often every held run is planned again even without events (missing Secrets, …).
 const RESYNC_EVERY: Duration = Duration::from_secs(60);
+/// The most Warning Events kept per namespace (of those `stuck` reads; each cut to its
+/// bounds): past it, new ones are dropped (and logged) until some are deleted.
+pub const MAX_EVENTS: usize = 1000;
 
 /// When a run that asked to wake at `at` (a plan's time, from cluster data and settings) is
 /// planned again, on the monotonic clock: at most [`RESYNC_EVERY`] from `now`, since every
@@ -76,6 +93,10 @@ pub enum Change {
     Snapshot(String, watcher::Event<VolumeSnapshot>),
     /// A Job changed.
     Job(String, watcher::Event<Job>),
+    /// A mover pod changed.
+    Pod(String, watcher::Event<Pod>),
+    /// A Warning Event changed.
+    Event(String, watcher::Event<Event>),
 }
 
 /// The hold lease of a held run, for one directive generation.
@@ -231,6 +252,11 @@ struct Held {
     /// The namespace's VolSync ReplicationSources, read before a gated run waits (and read
     /// again after a conflict was reported).
     volsync: Option<Vec<snapgate_agent_core::volsync::ReplicationSourceSeen>>,
+    /// What keeps the mover Job from running (its `stuck::Trouble::key`), and when this
+    /// process first saw it.
+    stuck_seen: Option<(String, DateTime<Utc>)>,
+    /// No mover Job before this time: the back-off after a stuck attempt whose Job was deleted.
+    next_attempt_at: Option<DateTime<Utc>>,
 }
 
 impl Held {
@@ -249,6 +275,8 @@ impl Held {
             pods: None,
             mover_account: false,
             volsync: None,
+            stuck_seen: None,
+            next_attempt_at: None,
         }
     }
 
@@ -294,7 +322,9 @@ impl ApiCall {
             Action::PatchJob { name, .. } => Self::new("patch", "jobs", name),
             Action::DeleteSnapshot(name) => Self::new("delete", "volumesnapshots", name),
             Action::DeletePvc(name) => Self::new("delete", "persistentvolumeclaims", name),
-            Action::DeleteJob(name) => Self::new("delete", "jobs", name),
+            Action::DeleteJob(name) | Action::FailStuckJob { job: name, .. } => {
+                Self::new("delete", "jobs", name)
+            }
             Action::ReadSecrets(names) => Self::new("get", "secrets", &names.join(",")),
             Action::Event(e) => named("create", "events", &e.metadata),
             Action::ReportMover { job, .. } => Self::new("list", "pods", job),
@@ -352,6 +382,10 @@ pub struct Executor {
     pvcs: Cache<PersistentVolumeClaim>,
     snapshots: Cache<VolumeSnapshot>,
     jobs: Cache<Job>,
+    /// Mover pods (snapgate's label).
+    pods: Cache<Pod>,
+    /// Warning Events `stuck` reads, as it keeps them.
+    events: Cache<Event>,
     runs: BTreeMap<String, Held>,
     /// Where reports and lease requests go, while connected.
     outbox: Option<mpsc::Sender<agent_message::Message>>,
@@ -390,6 +424,8 @@ impl Executor {
             pvcs: Cache::default(),
             snapshots: Cache::default(),
             jobs: Cache::default(),
+            pods: Cache::default(),
+            events: Cache::default(),
             runs: BTreeMap::new(),
             outbox: None,
             next_request_id: 1,
@@ -422,8 +458,9 @@ impl Executor {
                 },
                 change = changes.recv() => match change {
                     Some(c) => {
-                        let ns = self.on_change(c);
-                        self.plan_namespace(&ns).await;
+                        if let Some(ns) = self.on_change(c) {
+                            self.plan_namespace(&ns).await;
+                        }
                         self.retire_due().await;
                     }
                     None => return,
@@ -553,8 +590,10 @@ impl Executor {
         }
     }
 
-    fn on_change(&mut self, change: Change) -> String {
-        match change {
+    /// Puts a change into the caches; the namespace to plan again, unless nothing a plan
+    /// reads changed (an Event the agent does not keep).
+    fn on_change(&mut self, change: Change) -> Option<String> {
+        Some(match change {
             Change::Pvc(ns, e) => {
                 apply_event(&mut self.pvcs, &ns, e);
                 ns
@@ -567,7 +606,41 @@ impl Executor {
                 apply_event(&mut self.jobs, &ns, e);
                 ns
             }
+            Change::Pod(ns, e) => {
+                apply_event(&mut self.pods, &ns, e);
+                ns
+            }
+            Change::Event(ns, e) => {
+                let e = match e {
+                    watcher::Event::Apply(o) => watcher::Event::Apply(self.kept_event(&ns, o)?),
+                    watcher::Event::InitApply(o) => {
+                        watcher::Event::InitApply(self.kept_event(&ns, o)?)
+                    }
+                    other => other,
+                };
+                apply_event(&mut self.events, &ns, e);
+                ns
+            }
+        })
+    }
+
+    /// What is kept of a watched Event (see `stuck::kept_event`): `None` when it is not one
+    /// the agent reads, or when the namespace already holds [`MAX_EVENTS`] others.
+    fn kept_event(&self, ns: &str, event: Event) -> Option<Event> {
+        let event = stuck::kept_event(event)?;
+        let name = event.metadata.name.as_deref().unwrap_or_default();
+        if self.events.get(ns, name).is_none() && self.events.in_namespace(ns).count() >= MAX_EVENTS
+        {
+            warn!(
+                namespace = ns,
+                event = name,
+                max = MAX_EVENTS,
+                "too many Warning Events about pods and Jobs kept in the namespace: this one is \
+                 not (a stuck mover pod it reports may go unseen)"
+            );
+            return None;
         }
+        Some(event)
     }
 
     async fn plan_namespace(&mut self, ns: &str) {
@@ -643,12 +716,45 @@ impl Executor {
                     }
                 }
             }
-            let Some(held) = self.runs.get(id) else {
+            let now = Utc::now();
+            // What keeps the mover Job from running, once the pods and Events are listed; and
+            // when this process first saw it (kept while it lasts).
+            let job = self.jobs.get(&ns, job_name);
+            let trouble = match job {
+                Some(job)
+                    if directive.phase == v1::DirectivePhase::Transfer as i32
+                        && self.pods.is_synced(&ns)
+                        && self.events.is_synced(&ns) =>
+                {
+                    Some(stuck::trouble(
+                        job,
+                        self.pods.in_namespace(&ns),
+                        self.events.in_namespace(&ns),
+                    ))
+                }
+                _ => None,
+            };
+            let Some(held) = self.runs.get_mut(id) else {
                 return;
             };
+            let first_seen = match trouble.as_ref().and_then(Option::as_ref) {
+                Some(t) => match &held.stuck_seen {
+                    Some((key, at)) if *key == t.key => *at,
+                    _ => {
+                        held.stuck_seen = Some((t.key.clone(), now));
+                        now
+                    }
+                },
+                None => {
+                    if trouble.is_some() {
+                        held.stuck_seen = None;
+                    }
+                    now
+                }
+            };
+            let held = &*held;
             let temporaries: Vec<Temporary> =
                 temporaries_of(&self.pvcs, &self.snapshots, &self.jobs, &ns, &source.name);
-            let job = self.jobs.get(&ns, job_name);
             let observed = Observed {
                 pvc: self.pvcs.get(&ns, &names.source_pvc),
                 snapshot: self.snapshots.get(&ns, &names.copy),
@@ -673,7 +779,15 @@ impl Executor {
                 pods: held.pods.as_deref(),
                 mover_account: held.mover_account,
                 volsync: held.volsync.as_deref(),
-                now: Utc::now(),
+                mover_pods: match &trouble {
+                    None => MoverPods::Unknown,
+                    Some(t) => MoverPods::Known(t.as_ref().map(|trouble| Stuck {
+                        trouble,
+                        first_seen,
+                    })),
+                },
+                next_attempt_at: held.next_attempt_at,
+                now,
             };
             let actions = match plan::plan(&directive, &observed, &self.config) {
                 Ok(a) => a,
@@ -912,6 +1026,7 @@ impl Executor {
                 if let Some(held) = self.runs.get_mut(id) {
                     // The next Job of the run follows the application's pod where it is then.
                     held.pods = None;
+                    held.next_attempt_at = None;
                 }
                 Ok(true)
             }
@@ -998,6 +1113,16 @@ impl Executor {
                 self.jobs.deleted(ns, &name, left);
                 Ok(true)
             }
+            Action::FailStuckJob { job, retry_at } => {
+                let left = self.cluster.delete::<Job>(ns, &job).await?;
+                self.jobs.deleted(ns, &job, left);
+                info!(run = id, job, %retry_at, "stuck mover Job deleted; the next attempt follows the back-off");
+                if let Some(held) = self.runs.get_mut(id) {
+                    held.next_attempt_at = Some(retry_at);
+                    held.stuck_seen = None;
+                }
+                Ok(true)
+            }
             Action::ReadSecrets(names) => {
                 let wanted = names.len();
                 let mut found = BTreeMap::new();
@@ -1038,6 +1163,7 @@ impl Executor {
                 uid,
                 outcome,
                 mover,
+                stuck,
             } => {
                 let Some(held) = self.runs.get(id) else {
                     return Ok(false);
@@ -1063,6 +1189,10 @@ impl Executor {
                         None => String::new(),
                     },
                     Err(e) => format!("(log unavailable: {e})"),
+                };
+                let logs = match &stuck {
+                    Some(why) => plan::stuck_logs(why, &logs),
+                    None => logs,
                 };
                 let sent = self.report(id, plan::mover_report(outcome, logs)).await;
                 if let Some(held) = self.runs.get_mut(id) {

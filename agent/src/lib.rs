@@ -1,7 +1,8 @@
 //! The snapgate agent: the IO shell around `snapgate-agent-core`.
 //!
 //! ```text
-//!   scheduler ◄──AgentService.Connect── link ──► executor ◄── watches (PVCs, snapshots, Jobs)
+//!   scheduler ◄──AgentService.Connect── link ──► executor ◄── watches (PVCs, snapshots, Jobs,
+//!                                                   │         mover pods, Warning Events)
 //!                                                   │
 //!                                                   └──► Cluster (kube::Api): patches, creates,
 //!                                                        deletes, Events, pod logs
@@ -21,7 +22,10 @@ pub mod watch;
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::{batch::v1::Job, core::v1::PersistentVolumeClaim};
+use k8s_openapi::api::{
+    batch::v1::Job,
+    core::v1::{Event, PersistentVolumeClaim, Pod},
+};
 use snapgate_agent_core::{
     names,
     plan::PlanConfig,
@@ -67,35 +71,50 @@ pub fn proxy_env() -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Starts the watches of PVCs (all), VolumeSnapshots and Jobs (snapgate's) in `namespaces`,
-/// sending every change to `changes`.
+/// Starts the watches of PVCs (all), VolumeSnapshots, Jobs and pods (snapgate's) and Warning
+/// Events in `namespaces`, sending every change to `changes`.
 pub fn spawn_watches(
     client: &kube::Client,
     namespaces: &[String],
     changes: &mpsc::Sender<Change>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
+    let ours = (Some(names::CREATED_BY_SELECTOR), None);
     let mut watches = Vec::new();
     for ns in namespaces {
         watches.push(watch::spawn::<PersistentVolumeClaim, _>(
             client.clone(),
             ns,
-            None,
+            (None, None),
             changes.clone(),
             Change::Pvc,
         ));
         watches.push(watch::spawn::<VolumeSnapshot, _>(
             client.clone(),
             ns,
-            Some(names::CREATED_BY_SELECTOR),
+            ours,
             changes.clone(),
             Change::Snapshot,
         ));
         watches.push(watch::spawn::<Job, _>(
             client.clone(),
             ns,
-            Some(names::CREATED_BY_SELECTOR),
+            ours,
             changes.clone(),
             Change::Job,
+        ));
+        watches.push(watch::spawn::<Pod, _>(
+            client.clone(),
+            ns,
+            ours,
+            changes.clone(),
+            Change::Pod,
+        ));
+        watches.push(watch::spawn::<Event, _>(
+            client.clone(),
+            ns,
+            (None, Some("type=Warning")),
+            changes.clone(),
+            Change::Event,
         ));
     }
     watches

@@ -66,6 +66,7 @@ async fn main() -> anyhow::Result<()> {
         scheduler = %args.scheduler,
         namespaces = ?args.namespaces,
         source_authors = ?args.source_authors,
+        mover_stuck_after = %snapgate_proto::duration::format(args.mover_stuck_after),
         "starting"
     );
     let access = SchedulerAccess {
@@ -89,6 +90,7 @@ async fn main() -> anyhow::Result<()> {
             source_authors: args.source_authors.into(),
             mover_pull_secrets: args.mover_image_pull_secrets,
             mover_scc: args.mover_scc,
+            mover_stuck_after: args.mover_stuck_after,
             ..PlanConfig::default()
         },
         backoff: Backoff::default(),

@@ -106,6 +106,7 @@ impl Metrics {
             Action::DeleteSnapshot(_) => "DeleteSnapshot",
             Action::DeletePvc(_) => "DeletePvc",
             Action::DeleteJob(_) => "DeleteJob",
+            Action::FailStuckJob { .. } => "FailStuckJob",
             Action::ReadSecrets(_) => "ReadSecrets",
             Action::Event(_) => "Event",
             Action::ReportMover { .. } => "ReportMover",

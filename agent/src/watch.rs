@@ -1,8 +1,10 @@
 //! Watches on the agent's namespaces: every change reaches the executor as one message.
 //!
-//! PVCs are watched in full (the source PVCs are the user's, with no label of ours); snapshots
-//! and Jobs only with snapgate's `created-by` label. kube-runtime's watcher lists, then
-//! watches from the list's resourceVersion, and re-lists on `410 Gone`.
+//! PVCs are watched in full (the source PVCs are the user's, with no label of ours); snapshots,
+//! Jobs and pods only with snapgate's `created-by` label (a mover Job's pods carry it); Events
+//! only of type Warning (the kubelet's and the Job controller's, which carry no label of ours).
+//! kube-runtime's watcher lists, then watches from the list's resourceVersion, and re-lists on
+//! `410 Gone`.
 
 use std::fmt::Debug;
 
@@ -16,11 +18,12 @@ use tracing::warn;
 
 use crate::cluster::Namespaced;
 
-/// Spawns a watch of `K` in `namespace`, sending `wrap(event)` to `tx` until it is closed.
+/// Spawns a watch of `K` in `namespace` (with a label and a field selector, when given),
+/// sending `wrap(event)` to `tx` until it is closed.
 pub fn spawn<K, M>(
     client: Client,
     namespace: &str,
-    labels: Option<&str>,
+    (labels, fields): (Option<&str>, Option<&str>),
     tx: mpsc::Sender<M>,
     wrap: fn(String, watcher::Event<K>) -> M,
 ) -> tokio::task::JoinHandle<()>
@@ -32,6 +35,9 @@ where
     let mut config = watcher::Config::default().any_semantic();
     if let Some(l) = labels {
         config = config.labels(l);
+    }
+    if let Some(f) = fields {
+        config = config.fields(f);
     }
     let namespace = namespace.to_owned();
     tokio::spawn(async move {

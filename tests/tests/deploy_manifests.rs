@@ -1312,7 +1312,8 @@ fn no_role_grants_exec_secret_listing_or_wildcards() {
 fn the_agent_role_grants_what_movers_md_lists_and_nothing_more() {
     // movers.md "RBAC the agent needs", less what the agent never does: `get` on PVCs,
     // snapshots, Jobs and pods (it reads them from its watches and lists a Job's pods),
-    // `patch` on events (it creates each Event once);
+    // `patch` on events (it creates each Event once); plus `watch` on pods and `list` and
+    // `watch` on events: stuck mover pods (movers.md "Stuck mover pods");
     // plus `patch` on Jobs: a paused source's mover Job is patched to parallelism 0 (movers.md
     // "Common to every mover Job"); plus `create` on localsubjectaccessreviews: the review of
     // each run's author (docs/security.md, "No confused deputy").
@@ -1331,10 +1332,10 @@ fn the_agent_role_grants_what_movers_md_lists_and_nothing_more() {
         ("batch", "jobs", "list watch create delete patch"),
         ("", "serviceaccounts", "get create delete"),
         ("volsync.backube", "replicationsources", "list"),
-        ("", "pods", "list"),
+        ("", "pods", "list watch"),
         ("", "pods/log", "get"),
         ("", "secrets", "get"),
-        ("", "events", "create"),
+        ("", "events", "create list watch"),
         (
             "authorization.k8s.io",
             "localsubjectaccessreviews",

@@ -458,8 +458,13 @@ async fn one_gated_run_costs_a_fixed_count_of_requests_with_no_polling_and_no_re
     assert_eq!(count(Verb::List, "jobs"), 1);
     assert_eq!(
         count(Verb::List, "pods"),
+        2,
+        "mover pods are listed once by their watch, and once for the log"
+    );
+    assert_eq!(
+        count(Verb::List, "events"),
         1,
-        "pods are listed once, for the log"
+        "Warning Events are listed once, by their watch"
     );
     assert_eq!(count(Verb::Get, "pods"), 1, "one log read");
     assert_eq!(

@@ -12,7 +12,9 @@
 //!             lease run out: make, count and report nothing (a Warning Event), wait
 //!   TRANSFER  (snapshot readyToUse? restore PVC from it) (restic cache) ─► mover Job
 //!             ─► succeeded / failed ─► report; a failed Job is replaced after a back-off,
-//!             each failure reported
+//!             each failure reported; a running Job whose pod cannot start (or that cannot
+//!             make one) is reported stuck at once, and failed (deleted, reported, replaced
+//!             after the back-off) once stuck past `mover_stuck_after`
 //!   CLEANUP   (record a consumed trigger, clear waiting annotations: one patch)
 //!             ─► delete copy, restored PVC, Job ─► report
 //! ```
@@ -54,6 +56,7 @@ use crate::{
     names,
     resources::{self, MoverImages, MoverJobInput, ResticActions, RunRef, VolumeSnapshot},
     review::{self, AuthorReview, Review, SourceAuthors},
+    stuck::{self, Trouble, Verdict},
 };
 
 /// The annotation on a mover Job counting which attempt of the run it is (1, 2, …).
@@ -77,7 +80,14 @@ pub struct PlanConfig {
     /// The SecurityContextConstraints privileged movers (and rsync over ssh) may use, on a
     /// cluster that has them: the agent grants each source's mover ServiceAccount `use` of it.
     pub mover_scc: Option<String>,
+    /// How long a mover Job's pod may stay stuck (see [`crate::stuck`]) before the attempt
+    /// fails: the Job is deleted, the failure reported, and the next attempt made after the
+    /// back-off.
+    pub mover_stuck_after: Duration,
 }
+
+/// The default of [`PlanConfig::mover_stuck_after`]: 10 minutes.
+pub const DEFAULT_MOVER_STUCK_AFTER: Duration = Duration::from_secs(600);
 
 impl Default for PlanConfig {
     fn default() -> Self {
@@ -89,6 +99,7 @@ impl Default for PlanConfig {
             source_authors: SourceAuthors::Review,
             mover_pull_secrets: Vec::new(),
             mover_scc: None,
+            mover_stuck_after: DEFAULT_MOVER_STUCK_AFTER,
         }
     }
 }
@@ -250,6 +261,27 @@ enum LeaseGate {
     Expired,
 }
 
+/// What the agent's watches show of the mover Job's pods and Warning Events.
+#[derive(Clone, Copy, Debug, Default)]
+pub enum MoverPods<'a> {
+    /// Not known: no Job, or the pod or Event watch has not listed the namespace yet (then
+    /// nothing is said either way).
+    #[default]
+    Unknown,
+    /// Known: what keeps the Job from running ([`stuck::trouble`]), if anything.
+    Known(Option<Stuck<'a>>),
+}
+
+/// A trouble of the mover Job, with when this agent first saw it (the shell keeps that time
+/// per [`Trouble::key`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Stuck<'a> {
+    /// What the cluster shows.
+    pub trouble: &'a Trouble,
+    /// When this agent process first saw it.
+    pub first_seen: DateTime<Utc>,
+}
+
 /// What the agent sees of one run's objects, from its watches and reads.
 #[derive(Clone, Copy, Debug)]
 pub struct Observed<'a> {
@@ -286,6 +318,11 @@ pub struct Observed<'a> {
     /// Whether the source's mover ServiceAccount (and SCC grant) was applied during this run
     /// (see [`resources::mover_account`]).
     pub mover_account: bool,
+    /// The mover Job's pods and Warning Events, as the watches show them.
+    pub mover_pods: MoverPods<'a>,
+    /// No mover Job is made before this time: the back-off after a stuck attempt whose Job
+    /// was deleted (kept by the shell from [`Action::FailStuckJob`]).
+    pub next_attempt_at: Option<DateTime<Utc>>,
     /// The time of this plan.
     pub now: DateTime<Utc>,
 }
@@ -335,6 +372,14 @@ pub enum Action {
     DeletePvc(String),
     /// Delete a Job and its pods.
     DeleteJob(String),
+    /// Delete a Job whose stuck attempt failed (its failure is reported), and make no mover
+    /// Job for the run before `retry_at` (the back-off).
+    FailStuckJob {
+        /// The Job.
+        job: String,
+        /// When the next attempt may be made.
+        retry_at: DateTime<Utc>,
+    },
     /// Read the required Secrets (names) before planning again.
     ReadSecrets(Vec<String>),
     /// List the namespace's pods (to find the node of the pod using the source PVC) before
@@ -355,6 +400,9 @@ pub enum Action {
         outcome: MoverOutcome,
         /// The mover, for filtering its log.
         mover: Mover,
+        /// For an attempt failed because it was stuck: what kept it from running, which
+        /// the report's logs begin with.
+        stuck: Option<String>,
     },
     /// Send this observation to the scheduler (the shell sends each one once).
     Report(Observation),
@@ -930,6 +978,9 @@ impl Ctx<'_> {
                                 "spec": { "parallelism": self.parallelism() }
                             }),
                         });
+                    } else if !self.spec.paused {
+                        // A paused Job runs no pod: nothing of it can be stuck.
+                        out.extend(self.stuck(&job_name, attempt, uid));
                     }
                 }
                 JobState::Succeeded => {
@@ -951,6 +1002,7 @@ impl Ctx<'_> {
                         uid,
                         outcome: MoverOutcome::Succeeded,
                         mover: self.mover.mover(),
+                        stuck: None,
                     });
                 }
                 JobState::Failed { .. } => {
@@ -983,6 +1035,7 @@ impl Ctx<'_> {
                             uid,
                             outcome: MoverOutcome::Failed { attempt },
                             mover: self.mover.mover(),
+                            stuck: None,
                         });
                         out.push(Action::WakeAt(retry_at.max(self.seen.now)));
                         return Ok(out);
@@ -997,6 +1050,13 @@ impl Ctx<'_> {
             return Ok(out);
         }
 
+        // The Job of a stuck attempt was deleted: the next one waits for the back-off.
+        if let Some(at) = self.seen.next_attempt_at
+            && self.seen.now < at
+        {
+            out.push(Action::WakeAt(at));
+            return Ok(out);
+        }
         // No Job yet: the data volume, the cache and the secrets come first.
         let Some(source_pvc) = self.seen.pvc else {
             if self.method == CopyMethod::Direct || self.method == CopyMethod::Snapshot {
@@ -1204,6 +1264,91 @@ impl Ctx<'_> {
             ));
         }
         Ok(out)
+    }
+
+    /// A running Job's pods, as the watches show them: what keeps it from running is reported
+    /// at once (and that nothing does, so that an earlier report no longer stands); once it
+    /// has lasted `mover_stuck_after`, the attempt fails: reported with what kept it, then
+    /// its Job deleted, the next attempt after the usual back-off.
+    fn stuck(&self, job: &str, attempt: u32, uid: String) -> Vec<Action> {
+        let MoverPods::Known(seen) = self.seen.mover_pods else {
+            return Vec::new();
+        };
+        let Some(Stuck {
+            trouble,
+            first_seen,
+        }) = seen
+        else {
+            return vec![Action::Report(Observation::MoverStuck(v1::MoverStuck {
+                job: job.to_owned(),
+                attempt,
+                ..Default::default()
+            }))];
+        };
+        let after = self.config.mover_stuck_after;
+        let report = |since: DateTime<Utc>, deadline: Option<DateTime<Utc>>| {
+            Action::Report(Observation::MoverStuck(v1::MoverStuck {
+                reason: trouble.reason.as_str().to_owned(),
+                message: trouble.message.clone(),
+                pod: trouble.pod.clone().unwrap_or_default(),
+                job: job.to_owned(),
+                attempt,
+                since: Some(timestamp(bounds::clamp_to_proto_range(since))),
+                deadline: deadline.map(|d| timestamp(bounds::clamp_to_proto_range(d))),
+            }))
+        };
+        match stuck::verdict(trouble.since, first_seen, after, self.seen.now) {
+            Verdict::Waiting { since, deadline } => {
+                let mut out = vec![report(since, deadline)];
+                out.extend(deadline.map(Action::WakeAt));
+                out
+            }
+            Verdict::Over { since, deadline } => {
+                let why = format!(
+                    "{}; stuck since {}, longer than {}: the attempt failed",
+                    trouble.describe(job),
+                    since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    snapgate_proto::duration::format(after),
+                );
+                if !self.seen.job_reported {
+                    // What kept it, then the failure (with it), before the Job goes.
+                    return vec![
+                        report(since, Some(deadline)),
+                        Action::ReportMover {
+                            job: job.to_owned(),
+                            uid,
+                            outcome: MoverOutcome::Failed { attempt },
+                            mover: self.mover.mover(),
+                            stuck: Some(why),
+                        },
+                        Action::WakeAt(self.seen.now),
+                    ];
+                }
+                let mut out = Vec::new();
+                if let Some(pvc) = self.seen.pvc {
+                    out.push(self.event(
+                        pvc,
+                        "TransferFailed",
+                        Some(attempt.into()),
+                        "Warning",
+                        format!(
+                            "mover Job {job} failed (attempt {attempt}): {why}; it is replaced \
+                             after a back-off"
+                        ),
+                    ));
+                }
+                // A back-off past the end of time is never over.
+                let retry_at = TimeDelta::from_std(self.backoff(attempt))
+                    .ok()
+                    .and_then(|b| self.seen.now.checked_add_signed(b))
+                    .unwrap_or(DateTime::<Utc>::MAX_UTC);
+                out.push(Action::FailStuckJob {
+                    job: job.to_owned(),
+                    retry_at,
+                });
+                out
+            }
+        }
     }
 
     fn parallelism(&self) -> i32 {
@@ -1423,6 +1568,20 @@ pub fn mover_report(outcome: MoverOutcome, logs: String) -> Observation {
     }
 }
 
+/// The logs of an attempt failed because it was stuck: what kept it, then the tail of the
+/// log that could be read (a pod that never started has none), within
+/// [`classify::MOVER_LOG_MAX_BYTES`] with `why` first.
+pub fn stuck_logs(why: &str, log: &str) -> String {
+    let why = bounds::truncate(why, classify::MOVER_LOG_MAX_BYTES);
+    let room = classify::MOVER_LOG_MAX_BYTES.saturating_sub(why.len().saturating_add(1));
+    let log = bounds::tail(log.trim_end(), room);
+    if log.is_empty() {
+        why
+    } else {
+        format!("{why}\n{log}")
+    }
+}
+
 /// The filtered tail a mover's pod log is read into, as movers.md says for the outcome.
 pub fn log_tail(mover: Mover, outcome: MoverOutcome) -> classify::LogTail {
     classify::LogTail::new(mover, matches!(outcome, MoverOutcome::Failed { .. }))
@@ -1534,6 +1693,8 @@ mod tests {
             pods: Some(&[]),
             volsync: Some(&[]),
             mover_account: true,
+            mover_pods: MoverPods::Unknown,
+            next_attempt_at: None,
             now: now(),
         }
     }
@@ -1552,6 +1713,7 @@ mod tests {
                 Action::DeleteSnapshot(n) => format!("DeleteSnapshot {n}"),
                 Action::DeletePvc(n) => format!("DeletePvc {n}"),
                 Action::DeleteJob(n) => format!("DeleteJob {n}"),
+                Action::FailStuckJob { job, retry_at } => format!("FailStuckJob {job} {retry_at}"),
                 Action::ReadSecrets(n) => format!("ReadSecrets {}", n.join(",")),
                 Action::Event(e) => format!("Event {}", e.reason.clone().unwrap()),
                 Action::ReportMover { outcome, .. } => format!("ReportMover {outcome:?}"),
@@ -1899,6 +2061,154 @@ mod tests {
         s.job = Some(&job);
         let a = plan(&d, &s, &config).unwrap();
         assert_eq!(a.last(), Some(&Action::DeleteJob("volsync-src-db".into())));
+    }
+
+    fn running_job(parallelism: i32) -> Job {
+        let mut job = failed_job(now());
+        job.spec = Some(k8s_openapi::api::batch::v1::JobSpec {
+            parallelism: Some(parallelism),
+            ..Default::default()
+        });
+        job.status = Some(JobStatus {
+            active: Some(1),
+            ..Default::default()
+        });
+        job
+    }
+
+    fn image_pull(since: Option<DateTime<Utc>>) -> Trouble {
+        Trouble {
+            reason: stuck::StuckReason::ImagePullBackOff,
+            message: "Back-off pulling image \"quay.io/backube/volsync:0.14.0\"".into(),
+            pod: Some("volsync-src-db-x7k2p".into()),
+            key: "pod/uid-x7k2p".into(),
+            since,
+        }
+    }
+
+    #[test]
+    fn a_stuck_pod_is_reported_at_once_and_its_attempt_fails_once_stuck_past_the_limit() {
+        let d = directive(DirectivePhase::Transfer, v1::CopyMethod::Direct);
+        let source = pvc("data", &[], None);
+        let config = PlanConfig::default(); // stuck after 10 min; back-off 20 s for attempt 2
+        let job = running_job(1);
+        let mut s = seen(Some(&source));
+        s.job = Some(&job);
+        let secs = chrono::Duration::seconds;
+        // Pods or Events not listed yet: nothing is said either way.
+        assert_eq!(kinds(&plan(&d, &s, &config).unwrap()), Vec::<String>::new());
+        // Nothing stuck: said so (an earlier report of the attempt no longer stands).
+        s.mover_pods = MoverPods::Known(None);
+        assert_eq!(
+            plan(&d, &s, &config).unwrap(),
+            [Action::Report(Observation::MoverStuck(v1::MoverStuck {
+                job: "volsync-src-db".into(),
+                attempt: 2,
+                ..Default::default()
+            }))]
+        );
+        // Stuck for a minute by the cluster's record (seen by this agent for 30 s): reported
+        // with its deadline, and the run wakes then.
+        let pulling = image_pull(Some(now() - secs(60)));
+        s.mover_pods = MoverPods::Known(Some(Stuck {
+            trouble: &pulling,
+            first_seen: now() - secs(30),
+        }));
+        assert_eq!(
+            plan(&d, &s, &config).unwrap(),
+            [
+                Action::Report(Observation::MoverStuck(v1::MoverStuck {
+                    reason: "ImagePullBackOff".into(),
+                    message: "Back-off pulling image \"quay.io/backube/volsync:0.14.0\"".into(),
+                    pod: "volsync-src-db-x7k2p".into(),
+                    job: "volsync-src-db".into(),
+                    attempt: 2,
+                    since: Some(timestamp(now() - secs(60))),
+                    deadline: Some(timestamp(now() + secs(540))),
+                })),
+                Action::WakeAt(now() + secs(540)),
+            ]
+        );
+        // Ten minutes: the failure is reported with what kept the attempt, then...
+        let over = image_pull(Some(now() - secs(600)));
+        s.mover_pods = MoverPods::Known(Some(Stuck {
+            trouble: &over,
+            first_seen: now() - secs(1),
+        }));
+        let a = plan(&d, &s, &config).unwrap();
+        assert_eq!(
+            kinds(&a),
+            [
+                "Report MoverStuck",
+                "ReportMover Failed { attempt: 2 }",
+                "WakeAt 2026-03-04 05:06:07 UTC"
+            ]
+        );
+        let Action::ReportMover {
+            stuck: Some(why), ..
+        } = &a[1]
+        else {
+            panic!("{a:?}")
+        };
+        assert_eq!(
+            why,
+            "ImagePullBackOff: pod volsync-src-db-x7k2p: Back-off pulling image \
+             \"quay.io/backube/volsync:0.14.0\"; stuck since 2026-03-04T04:56:07Z, longer than \
+             10m0s: the attempt failed"
+        );
+        // ...once reported, the Job goes, and no new one before the back-off (20 s).
+        s.job_reported = true;
+        let a = plan(&d, &s, &config).unwrap();
+        assert_eq!(
+            kinds(&a),
+            [
+                "Event TransferFailed",
+                "FailStuckJob volsync-src-db 2026-03-04 05:06:27 UTC"
+            ]
+        );
+        // A paused source's Job runs no pod: scaled to zero, and then nothing is stuck.
+        let mut paused = d.clone();
+        paused.spec.as_mut().unwrap().paused = true;
+        assert_eq!(
+            kinds(&plan(&paused, &s, &config).unwrap()),
+            ["PatchJob volsync-src-db"]
+        );
+        let zero = running_job(0);
+        s.job = Some(&zero);
+        assert_eq!(
+            kinds(&plan(&paused, &s, &config).unwrap()),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn after_a_stuck_attempt_no_job_is_made_before_its_back_off_is_over() {
+        let d = directive(DirectivePhase::Transfer, v1::CopyMethod::Direct);
+        let source = pvc("data", &[], None);
+        let mut s = seen(Some(&source));
+        s.failed_attempts = 2;
+        s.next_attempt_at = Some(now() + chrono::Duration::seconds(20));
+        assert_eq!(
+            kinds(&plan(&d, &s, &PlanConfig::default()).unwrap()),
+            ["WakeAt 2026-03-04 05:06:27 UTC"]
+        );
+        s.next_attempt_at = Some(now());
+        assert_eq!(
+            kinds(&plan(&d, &s, &PlanConfig::default()).unwrap()),
+            ["CreatePvc volsync-src-db-cache"],
+            "the next attempt is prepared as any other"
+        );
+    }
+
+    #[test]
+    fn a_stuck_attempts_logs_begin_with_why_and_keep_the_end_of_the_log_within_the_bound() {
+        assert_eq!(stuck_logs("why", ""), "why");
+        assert_eq!(stuck_logs("why", "a\nb\n"), "why\na\nb");
+        let long = stuck_logs(&"w".repeat(300), &"l".repeat(5000));
+        assert_eq!(long.len(), classify::MOVER_LOG_MAX_BYTES);
+        assert!(long.starts_with(&"w".repeat(300)) && long.ends_with('l'));
+        let why = stuck_logs(&"é".repeat(5000), "log");
+        assert!(why.len() <= classify::MOVER_LOG_MAX_BYTES && why.ends_with(bounds::TRUNCATED));
     }
 
     #[test]

@@ -18,13 +18,14 @@ use k8s_openapi::{
     api::{
         batch::v1::{Job, JobCondition, JobSpec, JobStatus},
         core::v1::{
-            Namespace, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-            PersistentVolumeClaimStatus, Pod, PodStatus, VolumeResourceRequirements,
+            ContainerState, ContainerStateWaiting, ContainerStatus, Event, EventSeries, Namespace,
+            ObjectReference, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+            PersistentVolumeClaimStatus, Pod, PodCondition, PodStatus, VolumeResourceRequirements,
         },
     },
     apimachinery::pkg::{
         api::resource::Quantity,
-        apis::meta::v1::{ObjectMeta, Time},
+        apis::meta::v1::{MicroTime, ObjectMeta, Time},
     },
     jiff::Timestamp,
 };
@@ -32,7 +33,10 @@ use proptest::prelude::*;
 use serde_json::Value;
 use snapgate_agent_core::{
     Mover, annotations, bounds, classify, names,
-    plan::{self, Action, Lease, MoverOutcome, Observed, PlanConfig, Temporary, TemporaryKind},
+    plan::{
+        self, Action, Lease, MoverOutcome, MoverPods, Observed, PlanConfig, Stuck, Temporary,
+        TemporaryKind,
+    },
     resources::{VolumeSnapshot, VolumeSnapshotError, VolumeSnapshotStatus},
     review::{self, Review, SourceAuthors},
     stuck,
@@ -425,6 +429,177 @@ fn pod() -> BoxedStrategy<Pod> {
         .boxed()
 }
 
+/// A reason Kubernetes gives (one the agent knows, or another), or arbitrary text.
+fn reason() -> BoxedStrategy<String> {
+    prop_oneof![
+        3 => prop::sample::select(stuck::StuckReason::ALL.to_vec())
+            .prop_map(|r| r.as_str().to_owned()),
+        1 => prop::sample::select(vec![
+            "ContainerCreating", "PodInitializing", "Unschedulable", "BackOff", "Failed", "",
+        ])
+        .prop_map(str::to_owned),
+        1 => text(),
+    ]
+    .boxed()
+}
+
+/// The uid of the Job [`job`] may have, or another.
+fn job_uid() -> BoxedStrategy<String> {
+    prop_oneof![3 => Just("job-uid".to_owned()), 1 => text()].boxed()
+}
+
+fn pod_condition() -> BoxedStrategy<PodCondition> {
+    (
+        prop::sample::select(vec![
+            "PodScheduled",
+            "ContainersReady",
+            "Ready",
+            "Initialized",
+            "PodReadyToStartContainers",
+            "Other",
+        ]),
+        prop_oneof![Just("True".to_owned()), Just("False".to_owned()), text()],
+        prop::option::of(reason()),
+        prop::option::of(text()),
+        prop::option::of(jiff_time()),
+    )
+        .prop_map(|(kind, status, reason, message, at)| PodCondition {
+            type_: kind.to_owned(),
+            status,
+            reason,
+            message,
+            last_transition_time: at.map(Time),
+            ..Default::default()
+        })
+        .boxed()
+}
+
+fn container_status() -> BoxedStrategy<ContainerStatus> {
+    (text(), prop::option::of(reason()), prop::option::of(text()))
+        .prop_map(|(name, reason, message)| ContainerStatus {
+            name,
+            state: Some(ContainerState {
+                waiting: Some(ContainerStateWaiting { reason, message }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .boxed()
+}
+
+/// A pod a mover Job may have: labelled with the Job's uid or name (or not), in any phase,
+/// with any conditions and waiting containers.
+fn mover_pod() -> BoxedStrategy<Pod> {
+    (
+        meta(text()),
+        job_uid(),
+        prop::option::of(prop_oneof![
+            Just("Pending".to_owned()),
+            Just("Running".to_owned()),
+            Just("Failed".to_owned()),
+            text()
+        ]),
+        prop::option::of(prop::collection::vec(pod_condition(), 0..5)),
+        prop::option::of(prop::collection::vec(container_status(), 0..3)),
+        prop::option::of(prop::collection::vec(container_status(), 0..2)),
+        prop::option::of(jiff_time()),
+    )
+        .prop_map(
+            |(mut metadata, uid, phase, conditions, containers, init, start)| {
+                metadata
+                    .labels
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert("batch.kubernetes.io/controller-uid".into(), uid);
+                Pod {
+                    metadata,
+                    status: Some(PodStatus {
+                        phase,
+                        conditions,
+                        container_statuses: containers,
+                        init_container_statuses: init,
+                        start_time: start.map(Time),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }
+            },
+        )
+        .boxed()
+}
+
+/// A Warning (or other) Event about a pod or a Job, with any times.
+fn stuck_event() -> BoxedStrategy<Event> {
+    (
+        (
+            meta(text()),
+            prop::option::of(prop_oneof![
+                Just("Pod".to_owned()),
+                Just("Job".to_owned()),
+                text()
+            ]),
+            prop::option::of(text()),
+            prop::option::of(prop_oneof![job_uid(), text()]),
+        ),
+        (
+            prop::option::of(reason()),
+            prop::option::of(text()),
+            prop::option::of(prop_oneof![
+                3 => Just("Warning".to_owned()),
+                1 => text()
+            ]),
+            prop::option::of(jiff_time()),
+            prop::option::of(jiff_time()),
+            prop::option::of(jiff_time()),
+            prop::option::of(jiff_time()),
+        ),
+    )
+        .prop_map(
+            |((metadata, kind, name, uid), (reason, message, type_, first, last, at, series))| {
+                Event {
+                    metadata,
+                    involved_object: ObjectReference {
+                        kind,
+                        name,
+                        uid,
+                        ..Default::default()
+                    },
+                    reason,
+                    message,
+                    type_,
+                    first_timestamp: first.map(Time),
+                    last_timestamp: last.map(Time),
+                    event_time: at.map(MicroTime),
+                    series: series.map(|t| EventSeries {
+                        count: Some(2),
+                        last_observed_time: Some(MicroTime(t)),
+                    }),
+                    ..Default::default()
+                }
+            },
+        )
+        .boxed()
+}
+
+/// What the shell passes a plan of the mover Job's pods: not known, nothing stuck, or a
+/// trouble (as [`stuck::trouble`] makes them, or any) first seen at any time.
+fn mover_trouble() -> BoxedStrategy<(bool, Option<stuck::Trouble>, DateTime<Utc>)> {
+    let trouble = (
+        prop::sample::select(stuck::StuckReason::ALL.to_vec()),
+        text(),
+        prop::option::of(text()),
+        text(),
+        prop::option::of(chrono_time()),
+    )
+        .prop_map(|(reason, message, pod, key, since)| stuck::Trouble {
+            reason,
+            message,
+            pod,
+            key,
+            since,
+        });
+    (any::<bool>(), prop::option::of(trouble), chrono_time()).boxed()
+}
+
 fn copy_method() -> impl Strategy<Value = i32> {
     prop_oneof![12 => 1i32..=4, 1 => Just(0), 1 => any::<i32>()]
 }
@@ -679,6 +854,10 @@ struct World {
     lease: Lease,
     /// The answer to the author's review, as the shell keeps it (`None`: not asked).
     review: Option<Result<(), String>>,
+    /// Whether the mover Job's pods are known, what keeps it from running, and when that
+    /// was first seen.
+    mover: (bool, Option<stuck::Trouble>, DateTime<Utc>),
+    next_attempt_at: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
 }
 
@@ -704,6 +883,14 @@ impl World {
                 Some(Err(why)) => Review::Denied(why),
             },
             pods: Some(&[]),
+            mover_pods: match &self.mover {
+                (false, _, _) => MoverPods::Unknown,
+                (true, trouble, first_seen) => MoverPods::Known(trouble.as_ref().map(|t| Stuck {
+                    trouble: t,
+                    first_seen: *first_seen,
+                })),
+            },
+            next_attempt_at: self.next_attempt_at,
             now: self.now,
         }
     }
@@ -785,11 +972,13 @@ fn world() -> BoxedStrategy<World> {
                 text().prop_map(|t| Some(Err(t))),
             ],
         ),
+        (mover_trouble(), prop::option::of(chrono_time())),
     )
         .prop_map(
             |(
                 (pvc, snapshot, copy_pvc, cache_pvc, job, secrets, mover_account, volsync),
                 (privileged, failed_attempts, job_reported, temporaries, lease, now, review),
+                (mover, next_attempt_at),
             )| World {
                 pvc,
                 snapshot,
@@ -805,6 +994,8 @@ fn world() -> BoxedStrategy<World> {
                 temporaries,
                 lease,
                 review,
+                mover,
+                next_attempt_at,
                 now,
             },
         )
@@ -1004,6 +1195,9 @@ fn check_action(a: &Action) -> Result<(), TestCaseError> {
                 Some(false)
             );
         }
+        Action::FailStuckJob { job, .. } => {
+            prop_assert!(names::is_dns_label(job), "{job:?}");
+        }
         Action::PatchJob { .. }
         | Action::DeleteSnapshot(_)
         | Action::DeletePvc(_)
@@ -1100,6 +1294,50 @@ proptest! {
         if let Some(p) = classify::log_pod(&pods, failed) {
             let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
             prop_assert!(matches!(phase, Some("Failed" | "Running" | "Succeeded")));
+        }
+    }
+
+    /// Pods and Events of any shape, about the Job or not: classifying them never panics, and
+    /// what is kept of them is bounded and printable; whether such a trouble has lasted long
+    /// enough is decided for any times and limits without overflowing.
+    #[test]
+    fn classifying_arbitrary_mover_pods_and_events_stays_within_bounds(
+        mut job in job(),
+        uid in prop::option::of(job_uid()),
+        pods in prop::collection::vec(mover_pod(), 0..4),
+        events in prop::collection::vec(stuck_event(), 0..5),
+        first_seen in chrono_time(),
+        now in chrono_time(),
+        after in duration(),
+    ) {
+        job.metadata.uid = uid;
+        let kept: Vec<Event> = events.iter().cloned().filter_map(stuck::kept_event).collect();
+        for e in &kept {
+            prop_assert!(stuck::event_of_interest(e));
+            let m = e.message.as_deref().unwrap_or_default();
+            prop_assert!(m.len() <= stuck::MAX_STUCK_MESSAGE_BYTES);
+            prop_assert!(!m.chars().any(bounds::is_invisible), "{m:?}");
+        }
+        // What is kept of the Events decides as the Events themselves do.
+        let whole = stuck::trouble(&job, &pods, &events);
+        prop_assert_eq!(&whole, &stuck::trouble(&job, &pods, &kept));
+        if let Some(t) = whole {
+            prop_assert!(t.message.len() <= stuck::MAX_STUCK_MESSAGE_BYTES);
+            prop_assert!(!t.message.chars().any(bounds::is_invisible), "{:?}", t.message);
+            let pod = t.pod.as_deref().unwrap_or_default();
+            prop_assert!(pod.len() <= stuck::MAX_POD_NAME_BYTES);
+            prop_assert!(!pod.chars().any(bounds::is_invisible), "{pod:?}");
+            prop_assert_eq!(t.pod.is_none(), t.reason == stuck::StuckReason::FailedCreate);
+            let _ = t.describe("volsync-src-db");
+            match stuck::verdict(t.since, first_seen, after, now) {
+                stuck::Verdict::Waiting { since, deadline } => {
+                    prop_assert!(since <= first_seen);
+                    prop_assert!(deadline.is_none_or(|d| now < d && since <= d));
+                }
+                stuck::Verdict::Over { since, deadline } => {
+                    prop_assert!(since <= first_seen && since <= deadline && deadline <= now);
+                }
+            }
         }
     }
 
@@ -1272,10 +1510,7 @@ proptest! {
                 copy_name: "volsync-db-src".into(),
                 time: Some(time.unwrap_or_default()),
             }),
-            Observation::MoverFailed(v1::MoverFailed {
-                attempt: 1,
-                logs: logs.clone(),
-            }),
+            Observation::MoverFailed(v1::MoverFailed { attempt: 1, logs: logs.clone() }),
             Observation::MoverStuck(v1::MoverStuck {
                 reason: logs.clone(),
                 message: logs.clone(),
