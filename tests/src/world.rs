@@ -74,6 +74,8 @@ pub struct World {
     addr: SocketAddr,
     agent_client: kube::Client,
     secured: Option<Secured>,
+    /// The agent's plan settings (a restarted agent gets the same).
+    plan: PlanConfig,
     _dir: tempfile::TempDir,
 }
 
@@ -144,8 +146,12 @@ fn spawn_agent(
     client: kube::Client,
     metrics: AgentMetrics,
     secured: Option<&Secured>,
-    plan: PlanConfig,
+    mut plan: PlanConfig,
 ) -> JoinHandle<anyhow::Result<()>> {
+    if secured.is_some() {
+        // Sources have authors: the agent acts with their rights only.
+        plan.source_authors = SourceAuthors::Review;
+    }
     let access = SchedulerAccess {
         token_file: secured.map(|s| s.agent_token.clone()),
         ..SchedulerAccess::default()
@@ -217,16 +223,6 @@ pub fn grant_author(sim: &KubeSim, who: (&str, &str), impersonate: Option<&str>)
 }
 
 /// The plan settings of a world's agent; without authentication it trusts the scheduler.
-/// The agent's settings in a world: [`plan_config`], reviewing authors when the world is
-/// secured (its sources have authors: the agent acts with their rights only).
-fn agent_plan(secured: bool) -> PlanConfig {
-    let mut plan = plan_config();
-    if secured {
-        plan.source_authors = SourceAuthors::Review;
-    }
-    plan
-}
-
 pub fn plan_config() -> PlanConfig {
     PlanConfig {
         mover_backoff: Duration::from_millis(500),
@@ -251,7 +247,13 @@ impl World {
     /// As [`World::start_with`], with `setup` run on the simulator before the agent starts
     /// (RBAC objects, enforcement, faults).
     pub async fn start_after(token: Option<&str>, setup: impl FnOnce(&KubeSim)) -> Self {
-        Self::start_inner(token, setup, false).await
+        Self::start_inner(token, setup, false, plan_config()).await
+    }
+
+    /// As [`World::start`], the agent planning with `plan` (e.g. a short
+    /// `mover_stuck_after`) instead of [`plan_config`].
+    pub async fn start_planning(plan: PlanConfig) -> Self {
+        Self::start_inner(None, |_| {}, false, plan).await
     }
 
     /// As [`World::start_after`], with authentication on as on a cluster: the scheduler
@@ -259,13 +261,14 @@ impl World {
     /// [`ADMIN`], the agent as `snapgate-agent` of [`NS`]; the agent reviews every source's
     /// author with the simulator (see [`World::sources_as`] for other callers).
     pub async fn start_secured_after(token: Option<&str>, setup: impl FnOnce(&KubeSim)) -> Self {
-        Self::start_inner(token, setup, true).await
+        Self::start_inner(token, setup, true, plan_config()).await
     }
 
     async fn start_inner(
         token: Option<&str>,
         setup: impl FnOnce(&KubeSim),
         authenticated: bool,
+        plan: PlanConfig,
     ) -> Self {
         let sim = KubeSim::new();
         if let Some(t) = token {
@@ -301,7 +304,7 @@ impl World {
             agent_client.clone(),
             agent_metrics.clone(),
             secured.as_ref(),
-            agent_plan(secured.is_some()),
+            plan.clone(),
         );
         Self {
             sim,
@@ -315,6 +318,7 @@ impl World {
             addr,
             agent_client,
             secured,
+            plan,
             _dir: dir,
         }
     }
@@ -364,7 +368,7 @@ impl World {
 
     /// As [`World::start_agent`], with the agent's settings changed by `tweak`.
     pub fn start_agent_with(&mut self, tweak: impl FnOnce(&mut PlanConfig)) {
-        let mut plan = agent_plan(self.secured.is_some());
+        let mut plan = self.plan.clone();
         tweak(&mut plan);
         self.agent_metrics = AgentMetrics::new();
         self.agent = spawn_agent(
