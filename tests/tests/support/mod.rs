@@ -158,16 +158,23 @@ pub(crate) struct Cluster {
 impl Cluster {
     /// Everything as separate processes.
     pub(crate) async fn start() -> Self {
+        Self::start_with_args(&[], &[]).await
+    }
+
+    /// Everything as separate processes, `snapgate-kube-sim` with `sim_args` and
+    /// `snapgate-agent` with `agent_args` besides the usual ones.
+    pub(crate) async fn start_with_args(sim_args: &[&str], agent_args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = dir.path().join("kubeconfig");
         let sim = Sim::Process(spawn(
             Command::new(binary("snapgate-kube-sim"))
                 .args(["--listen", &format!("127.0.0.1:{}", free_port())])
                 .arg("--kubeconfig")
-                .arg(&kubeconfig),
+                .arg(&kubeconfig)
+                .args(sim_args),
             &dir.path().join("kube-sim.log"),
         ));
-        Self::with_sim(dir, kubeconfig, sim, Secure::default()).await
+        Self::with_sim(dir, kubeconfig, sim, Secure::default(), agent_args).await
     }
 
     /// kube-sim hosted in the test (served over loopback HTTP with its kubeconfig, as the
@@ -184,7 +191,7 @@ impl Cluster {
         sim.serve("127.0.0.1:0").await.unwrap();
         sim.write_kubeconfig(&kubeconfig, snapgate_kube_sim::ADMIN_TOKEN)
             .unwrap();
-        Self::with_sim(dir, kubeconfig, Sim::Hosted(sim), Secure::default()).await
+        Self::with_sim(dir, kubeconfig, Sim::Hosted(sim), Secure::default(), &[]).await
     }
 
     /// As a cluster runs it: kube-sim hosted in the test issues ServiceAccount tokens (audience
@@ -219,7 +226,7 @@ impl Cluster {
         // Tokens for the tests' applications.
         token(NS, "db-app");
         token("web", "db-app");
-        Self::with_sim(dir, kubeconfig, Sim::Hosted(sim), secure).await
+        Self::with_sim(dir, kubeconfig, Sim::Hosted(sim), secure, &[]).await
     }
 
     async fn with_sim(
@@ -227,6 +234,7 @@ impl Cluster {
         kubeconfig: PathBuf,
         sim: Sim,
         secure: Secure,
+        agent_args: &[&str],
     ) -> Self {
         let grpc = format!("127.0.0.1:{}", free_port());
         let scheduler = spawn_scheduler(&grpc, dir.path(), "scheduler.log", &secure.scheduler_args);
@@ -308,7 +316,8 @@ impl Cluster {
                 .args(["--scheduler", &url])
                 .args(["--namespace", NS])
                 .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port())])
-                .args(["--agent-id", "process-test"]),
+                .args(["--agent-id", "process-test"])
+                .args(agent_args),
             &dir.path().join("agent.log"),
         );
         let cluster = Self {
