@@ -451,12 +451,19 @@ pub fn trouble<'a, 'e>(
         .as_deref()
         .filter(|u| !u.is_empty())
         .unwrap_or(job_name);
+    let job_created = job.metadata.creation_timestamp.as_ref().map(time);
     events
         .iter()
         .filter(|e| about(e, "Job", &job.metadata))
         .filter(|e| e.reason.as_deref() == Some(StuckReason::FailedCreate.as_str()))
-        // An Event older than the newest pod is about an earlier failure, since overcome.
-        .filter(|e| newest_pod.is_none_or(|p| event_last(e).is_some_and(|l| l >= p)))
+        // An Event older than the newest pod is about an earlier failure, since overcome; one
+        // last seen before the Job was made is about an earlier Job of its name.
+        .filter(|e| {
+            [newest_pod, job_created]
+                .into_iter()
+                .flatten()
+                .all(|t| event_last(e).is_some_and(|l| l >= t))
+        })
         .min_by(|a, b| {
             let (fa, fb) = (event_first(a), event_first(b));
             (fa.is_none(), fa, &a.metadata.name).cmp(&(fb.is_none(), fb, &b.metadata.name))
@@ -855,9 +862,14 @@ mod tests {
                 Some(3)
             ))
         );
-        // Another Job of the same name (an earlier attempt): not this one's.
+        // Another Job of the same name (an earlier attempt): not this one's, by its uid, or
+        // without one, by its time.
         let earlier = event("Job", "volsync-src-db", "old-uid", "FailedCreate", 3, 30);
         assert_eq!(trouble(&j, [], [&earlier]), None);
+        let mut no_uid = event("Job", "volsync-src-db", "", "FailedCreate", -20, -10);
+        assert_eq!(trouble(&j, [], [&no_uid]), None);
+        no_uid.last_timestamp = Some(t(0));
+        assert!(trouble(&j, [], [&no_uid]).is_some());
         // A pod made since (the ServiceAccount was created): the Event is over.
         let live = pod("p", "Running", vec![container(running())]);
         assert_eq!(trouble(&j, [&live], [&failed_create]), None);
