@@ -97,6 +97,11 @@ pub enum Change {
     Pod(String, watcher::Event<Pod>),
     /// A Warning Event changed.
     Event(String, watcher::Event<Event>),
+    /// The namespace itself changed (its deletion is what the agent looks for).
+    Namespace(
+        String,
+        watcher::Event<k8s_openapi::api::core::v1::Namespace>,
+    ),
 }
 
 /// The hold lease of a held run, for one directive generation.
@@ -399,6 +404,9 @@ pub struct Executor {
     /// Deleted sources (namespace, name) whose objects are still to be removed, and whether
     /// their restic cache stays; tried on every change and resync until done.
     retiring: BTreeMap<(String, String), bool>,
+    /// Namespaces being deleted (or gone), and whether the scheduler was told on this
+    /// connection.
+    namespaces_gone: BTreeMap<String, bool>,
 }
 
 fn apply_event<K: kube::Resource + Clone>(cache: &mut Cache<K>, ns: &str, e: watcher::Event<K>) {
@@ -433,6 +441,7 @@ impl Executor {
             metrics,
             retry_after,
             retiring: BTreeMap::new(),
+            namespaces_gone: BTreeMap::new(),
         }
     }
 
@@ -462,6 +471,7 @@ impl Executor {
                             self.plan_namespace(&ns).await;
                         }
                         self.retire_due().await;
+                        self.tell_namespaces_gone().await;
                     }
                     None => return,
                 },
@@ -507,6 +517,11 @@ impl Executor {
                 self.confirming = None;
                 // The scheduler resends the Retire of every source still awaiting one.
                 self.retiring.clear();
+                // A namespace still being deleted is said again on the new connection.
+                for told in self.namespaces_gone.values_mut() {
+                    *told = false;
+                }
+                self.tell_namespaces_gone().await;
                 if active_runs == 0 {
                     self.runs.clear();
                 } else {
@@ -609,6 +624,25 @@ impl Executor {
             Change::Pod(ns, e) => {
                 apply_event(&mut self.pods, &ns, e);
                 ns
+            }
+            Change::Namespace(ns, e) => {
+                let gone = match e {
+                    watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
+                        o.metadata.deletion_timestamp.is_some()
+                    }
+                    watcher::Event::Delete(_) => true,
+                    watcher::Event::Init | watcher::Event::InitDone => return None,
+                };
+                if !gone {
+                    // Made again under the same name.
+                    self.namespaces_gone.remove(&ns);
+                } else if let std::collections::btree_map::Entry::Vacant(e) =
+                    self.namespaces_gone.entry(ns)
+                {
+                    warn!(namespace = e.key(), "the namespace is being deleted");
+                    e.insert(false);
+                }
+                return None;
             }
             Change::Event(ns, e) => {
                 let e = match e {
@@ -863,6 +897,24 @@ impl Executor {
         }
         if let Some(h) = self.runs.get_mut(id) {
             h.wake(Instant::now() + self.retry_after);
+        }
+    }
+
+    /// Tells the scheduler, once per connection, of each namespace being deleted: it deletes
+    /// the sources there (as Kubernetes deletes the namespace's ReplicationSources).
+    async fn tell_namespaces_gone(&mut self) {
+        let Some(outbox) = &self.outbox else { return };
+        for (ns, told) in self.namespaces_gone.iter_mut().filter(|(_, t)| !**t) {
+            let message = agent_message::Message::NamespaceGone(v1::NamespaceGone {
+                namespace: ns.clone(),
+            });
+            if outbox.send(message).await.is_ok() {
+                info!(
+                    namespace = ns,
+                    "told the scheduler the namespace is being deleted"
+                );
+                *told = true;
+            }
         }
     }
 

@@ -109,6 +109,12 @@ pub fn spawn_watches(
             changes.clone(),
             Change::Pod,
         ));
+        watches.push(watch::spawn_namespace(
+            client.clone(),
+            ns,
+            changes.clone(),
+            Change::Namespace,
+        ));
         watches.push(watch::spawn::<Event, _>(
             client.clone(),
             ns,

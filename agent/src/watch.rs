@@ -56,3 +56,34 @@ where
         }
     })
 }
+
+/// Spawns a watch of the Namespace object `namespace` itself (a field selector on its name, so
+/// that RBAC can grant `list`/`watch` on that one name), sending `wrap(event)` to `tx`.
+pub fn spawn_namespace<M>(
+    client: Client,
+    namespace: &str,
+    tx: mpsc::Sender<M>,
+    wrap: fn(String, watcher::Event<k8s_openapi::api::core::v1::Namespace>) -> M,
+) -> tokio::task::JoinHandle<()>
+where
+    M: Send + Debug + 'static,
+{
+    let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client);
+    let config = watcher::Config::default()
+        .any_semantic()
+        .fields(&format!("metadata.name={namespace}"));
+    let namespace = namespace.to_owned();
+    tokio::spawn(async move {
+        let mut stream = watcher(api, config).default_backoff().boxed();
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(e) => {
+                    if tx.send(wrap(namespace.clone(), e)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => warn!(namespace, error = %e, "namespace watch failed; retrying"),
+            }
+        }
+    })
+}

@@ -160,6 +160,11 @@ pub(crate) enum Command {
         conn: u64,
         request: v1::LeaseRequest,
     },
+    /// One of an agent's namespaces is being deleted.
+    AgentNamespaceGone {
+        conn: u64,
+        namespace: String,
+    },
     /// An agent removed what it made for a deleted source.
     AgentRetired {
         conn: u64,
@@ -806,6 +811,28 @@ impl Driver {
                     }
                 }
                 let _ = reply.send(Ok((id, rx)));
+            }
+            Command::AgentNamespaceGone { conn, namespace } => {
+                let Some(agent) = self.agents.get(&conn) else {
+                    return;
+                };
+                let namespaces = agent.namespaces.clone();
+                let agent_id = agent.agent_id.clone();
+                let deleted = self.core.namespace_deleted(&namespaces, &namespace, now);
+                if deleted == 0 {
+                    debug!(agent = %agent_id, namespace, "namespace gone: no source there");
+                    return;
+                }
+                match self.flush() {
+                    Ok(()) => {
+                        warn!(agent = %agent_id, namespace, sources = deleted, "namespace is being deleted: its sources are deleted with it");
+                        self.count_sources_without_agent(&namespace);
+                    }
+                    // The agent says so again on its next connect, while the namespace lasts.
+                    Err(e) => {
+                        warn!(namespace, error = %e, "deleting a deleted namespace's sources not committed")
+                    }
+                }
             }
             Command::AgentRetired { conn, source } => {
                 let Some(agent) = self.agents.get(&conn) else {

@@ -9,7 +9,7 @@ use k8s_openapi::{
     api::core::v1::{PersistentVolumeClaim, ServiceAccount},
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
-use snapgate_e2e::*;
+use snapgate_e2e::{eventually_async, *};
 use snapgate_proto::v1::{self, CopyMethod};
 
 const CACHE: &str = "volsync-src-db-cache";
@@ -133,4 +133,44 @@ async fn a_same_named_service_account_snapgate_did_not_make_is_neither_used_nor_
     })
     .await;
     assert!(exists::<ServiceAccount>(&w, ACCOUNT));
+}
+
+#[tokio::test]
+async fn the_sources_of_a_deleted_namespace_are_deleted_with_it_not_left_waiting() {
+    let mut w = World::start().await;
+    w.create_pvc(true);
+    w.apply(
+        SOURCE,
+        restic_spec(CopyMethod::Snapshot, Duration::from_secs(600)),
+    )
+    .await;
+    w.wait_copy_status("WaitingForTrigger").await;
+    // As `kubectl delete namespace app` does (the simulator removes what it holds at once).
+    w.sim
+        .delete::<k8s_openapi::api::core::v1::Namespace>(None, NS)
+        .unwrap();
+    let gone = eventually_async!("the source is deleted with its namespace", {
+        match w
+            .sources
+            .get_source(v1::GetSourceRequest {
+                namespace: NS.into(),
+                name: SOURCE.into(),
+            })
+            .await
+        {
+            Err(status) if status.code() == tonic::Code::NotFound => Some(status),
+            _ => None,
+        }
+    });
+    assert!(gone.message().contains(SOURCE), "{gone:?}");
+    let listed = w
+        .sources
+        .list_sources(v1::ListSourcesRequest {
+            namespace: NS.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.sources.is_empty(), "{listed:?}");
 }

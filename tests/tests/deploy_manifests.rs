@@ -1513,7 +1513,7 @@ fn the_mover_scc_allows_exactly_what_the_privileged_mover_jobs_ask_for() {
 }
 
 #[test]
-fn nothing_cluster_wide_is_granted_but_get_on_the_agents_own_namespace() {
+fn nothing_cluster_wide_is_granted_but_reading_the_agents_own_namespace() {
     let m = Manifests::load();
     let mut errors = Vec::new();
     for role in &m.cluster_roles {
@@ -1524,19 +1524,19 @@ fn nothing_cluster_wide_is_granted_but_get_on_the_agents_own_namespace() {
             [rule]
                 if rule.api_groups.as_deref() == Some(&["".to_owned()])
                     && rule.resources.as_deref() == Some(&["namespaces".to_owned()])
-                    && rule.verbs == ["get"] =>
+                    && rule.verbs == ["get", "list", "watch"] =>
             {
                 match rule.resource_names.as_deref() {
                     Some([ns]) => ns.clone(),
                     _ => {
-                        errors.push(format!("{at}: get on namespaces, not on exactly one"));
+                        errors.push(format!("{at}: reads namespaces, not exactly one"));
                         continue;
                     }
                 }
             }
             _ => {
                 errors.push(format!(
-                    "{at}: grants more than `get` on one namespace: {rules:?}"
+                    "{at}: grants more than get, list and watch on one namespace: {rules:?}"
                 ));
                 continue;
             }

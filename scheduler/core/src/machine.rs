@@ -24,6 +24,10 @@ use crate::{
 pub const HISTORY_PER_SOURCE: usize = 20;
 /// Timeline entries kept per run.
 const TIMELINE_LIMIT: usize = 64;
+/// Why the runs of a deleted namespace ended.
+const NAMESPACE_DELETED_TEXT: &str =
+    "the namespace is being deleted: its sources are deleted with it";
+
 /// How long a continuous source waits after a run that did not succeed.
 const CONTINUOUS_RETRY: Duration = Duration::seconds(60);
 /// Why a paused source's run asks for no copy trigger.
@@ -892,6 +896,50 @@ impl Scheduler {
             self.remove_source(key);
         }
         awaiting
+    }
+
+    /// The namespace `namespace`, one of those the reporting agent serves (`namespaces`), is
+    /// being deleted: as Kubernetes deletes a deleted namespace's ReplicationSources, its
+    /// sources are deleted. Their runs end at once, aborted (there is nothing to clean up: the
+    /// namespace's objects go with it), and the sources are removed. How many were.
+    pub fn namespace_deleted(
+        &mut self,
+        namespaces: &[String],
+        namespace: &str,
+        now: DateTime<Utc>,
+    ) -> usize {
+        if !namespaces.iter().any(|n| n == namespace) {
+            return 0;
+        }
+        let from = SourceKey::new(namespace, "");
+        let keys: Vec<SourceKey> = self
+            .sources
+            .range(from..)
+            .take_while(|(k, _)| k.namespace == namespace)
+            .map(|(k, _)| k.clone())
+            .collect();
+        // All marked first, so that no run of one starts as another's ends.
+        for key in &keys {
+            if let Some(e) = self.sources.get_mut(key) {
+                e.record.deleting = true;
+            }
+        }
+        for key in &keys {
+            if let Some(id) = self.current_run(key) {
+                if let Some(run) = self.active.get_mut(&id) {
+                    run.result = RunResult::Aborted as i32;
+                    run.message = NAMESPACE_DELETED_TEXT.to_owned();
+                    note(run, now, "Aborted", NAMESPACE_DELETED_TEXT);
+                }
+                self.finish_run(id, now);
+            }
+            self.remove_source(key);
+        }
+        // A Retire the run's end asked for has nothing left to do.
+        self.effects.retain(
+            |e| !matches!(e, Effect::Retire { source, .. } if source.namespace == namespace),
+        );
+        keys.len()
     }
 
     fn remove_source(&mut self, key: &SourceKey) {

@@ -1409,6 +1409,40 @@ fn a_source_applied_again_while_its_retire_is_unanswered_replaces_the_deleted_on
 }
 
 #[test]
+fn the_sources_of_a_deleted_namespace_end_their_runs_and_are_deleted_with_it() {
+    let mut w = World::new();
+    w.cluster.copies_get_ready = false;
+    w.pvc("data", true);
+    w.pvc("logs", false);
+    w.apply("db", spec("data", CopyMethod::Snapshot, manual("once")));
+    w.apply("web", spec("logs", CopyMethod::Clone, schedule("@daily")));
+    assert_eq!(w.phase("db"), RunPhase::WaitingForTrigger);
+    // The agent goes with its namespace: nobody acts any more.
+    w.cluster.offline = true;
+    assert_eq!(
+        w.core
+            .namespace_deleted(&["other".to_owned()], "apps", w.now),
+        0,
+        "only an agent serving the namespace says so"
+    );
+    assert_eq!(w.core.namespace_deleted(&apps(), "apps", w.now), 2);
+    w.settle();
+    for name in ["db", "web"] {
+        assert!(matches!(
+            w.core.get_source(&key(name)),
+            Err(CoreError::NotFound(_))
+        ));
+        assert!(!w.stored_sources.contains_key(&format!("apps/{name}")));
+    }
+    assert!(w.core.directives_for(&apps()).is_empty(), "no run is left");
+    assert!(
+        w.core.retirements_for(&apps()).is_empty(),
+        "nothing to retire"
+    );
+    assert!(w.core.poll_timeout().is_none(), "nothing waits");
+}
+
+#[test]
 fn a_value_that_released_a_run_never_cut_can_release_no_later_run() {
     let mut w = World::new();
     w.cluster.copies_get_ready = false;

@@ -109,6 +109,16 @@ impl AgentService for Agents {
                             message: Some(FromAgent::LeaseRequest(request)),
                         }) => driver.tell(Command::AgentLease { conn, request }).await,
                         Ok(v1::AgentMessage {
+                            message: Some(FromAgent::NamespaceGone(gone)),
+                        }) => {
+                            driver
+                                .tell(Command::AgentNamespaceGone {
+                                    conn,
+                                    namespace: gone.namespace,
+                                })
+                                .await
+                        }
+                        Ok(v1::AgentMessage {
                             message: Some(FromAgent::Retired(retired)),
                         }) => {
                             let source = retired.source.unwrap_or_default();

@@ -339,7 +339,19 @@ async fn resource_request(
     record.resource = target.res.plural.to_string();
     record.subresource = target.sub.clone();
     record.namespace = target.ns.clone();
-    record.name = target.name.clone();
+    // As the real API server does, a list or watch selecting one name by field
+    // (`metadata.name=<name>`) is a request for that name (to RBAC: a rule's resourceNames
+    // grant it).
+    let selected = matches!(verb, Verb::List | Verb::Watch)
+        .then(|| query.get("fieldSelector"))
+        .flatten()
+        .and_then(|f| {
+            let f = f.trim();
+            f.strip_prefix("metadata.name==")
+                .or_else(|| f.strip_prefix("metadata.name="))
+                .filter(|n| !n.contains(','))
+        });
+    record.name = target.name.clone().or(selected.map(str::to_owned));
 
     if state.rbac_enforced() && !state.is_admin(&record.user) {
         let attrs = rbac::Attributes {
@@ -349,7 +361,7 @@ async fn resource_request(
             resource: target.res.plural,
             subresource: target.sub.as_deref(),
             namespace: target.ns.as_deref(),
-            name: target.name.as_deref(),
+            name: record.name.as_deref(),
         };
         if !rbac::allowed(&state.store, &attrs) {
             let e = ApiError::forbidden(rbac::forbidden_message(&attrs)).with_details(
