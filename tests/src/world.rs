@@ -208,7 +208,7 @@ pub fn grant_author(sim: &KubeSim, who: (&str, &str), impersonate: Option<&str>)
     sim.create(&RoleBinding {
         metadata: meta,
         role_ref: RoleRef {
-            api_group: Some("rbac.authorization.k8s.io".into()),
+            api_group: "rbac.authorization.k8s.io".into(),
             kind: "Role".into(),
             name,
         },

@@ -460,9 +460,8 @@ impl Run<'_> {
     fn pod_labels(&self) -> BTreeMap<String, String> {
         self.deployment
             .spec
-            .template
-            .metadata
             .as_ref()
+            .and_then(|s| s.template.metadata.as_ref())
             .and_then(|m| m.labels.clone())
             .unwrap_or_default()
     }
@@ -474,9 +473,8 @@ fn runs(m: &Manifests) -> Vec<Run<'_>> {
     for deployment in &m.deployments {
         let pod = deployment
             .spec
-            .template
-            .spec
             .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
             .expect("a Deployment has a pod template");
         for container in pod
             .containers
@@ -1110,7 +1108,7 @@ fn the_scheduler_is_one_replica_with_its_data_on_a_persistent_volume_claim() {
         };
         schedulers += 1;
         let at = &run.at;
-        let spec = run.deployment.spec.clone();
+        let spec = run.deployment.spec.clone().unwrap_or_default();
         if spec.replicas != Some(1) {
             errors.push(format!(
                 "{at}: replicas {:?}, the store has one writer",

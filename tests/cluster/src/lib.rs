@@ -184,7 +184,7 @@ pub async fn service_account_token(
         .create_token_request(name, &PostParams::default(), &request)
         .await
         .with_context(|| format!("TokenRequest for {namespace}/{name}"))?;
-    match answer.status.and_then(|s| s.token) {
+    match answer.status.map(|s| s.token) {
         Some(token) if !token.is_empty() => Ok(token),
         _ => bail!("TokenRequest for {namespace}/{name}: no token in the answer"),
     }

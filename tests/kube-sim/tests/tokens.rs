@@ -71,25 +71,23 @@ async fn create_sa(sim: &KubeSim, ns: &str, name: &str) -> ServiceAccount {
 
 fn token_request(audiences: &[&str], expiration: Option<i64>) -> TokenRequest {
     TokenRequest {
-        spec: Some(TokenRequestSpec {
-            audiences: (!audiences.is_empty())
-                .then(|| audiences.iter().map(|a| a.to_string()).collect()),
+        spec: TokenRequestSpec {
+            audiences: audiences.iter().map(|a| a.to_string()).collect(),
             expiration_seconds: expiration,
             ..Default::default()
-        }),
+        },
         ..Default::default()
     }
 }
 
 /// `spec.audiences` and `spec.expirationSeconds` of an answered TokenRequest.
 fn spec_of(tr: &TokenRequest) -> (Vec<String>, Option<i64>) {
-    let spec = tr.spec.clone().unwrap_or_default();
-    (spec.audiences.unwrap_or_default(), spec.expiration_seconds)
+    (tr.spec.audiences.clone(), tr.spec.expiration_seconds)
 }
 
 /// `status.token` of an answered TokenRequest.
 fn token_of(tr: TokenRequest) -> String {
-    tr.status.and_then(|s| s.token).expect("status.token")
+    tr.status.map(|s| s.token).expect("status.token")
 }
 
 /// Verify `token` as an offline validator would: against the served JWKS, by `kid`,
@@ -225,10 +223,8 @@ async fn a_token_request_for_an_existing_service_account_returns_a_token_that_ve
         (vec!["snapgate-scheduler".to_string()], Some(1200))
     );
     let status = tr.status.expect("a status");
-    let token = status.token.expect("status.token");
-    let expiration = status
-        .expiration_timestamp
-        .expect("status.expirationTimestamp");
+    let token = status.token;
+    let expiration = status.expiration_timestamp;
 
     let header = jsonwebtoken::decode_header(&token).unwrap();
     assert_eq!(header.alg, Algorithm::ES256);
