@@ -8,7 +8,7 @@
 //! | annotation | values |
 //! |---|---|
 //! | `sim.snapgate.io/pvc` | `never-bind`, `bind-after=2s` |
-//! | `sim.snapgate.io/snapshot` | `never-ready`, `cut-never-ready`, `ready-unset`, `ready-after=500ms`, `fail=<message>` |
+//! | `sim.snapgate.io/snapshot` | `never-ready`, `cut-never-ready`, `ready-unset`, `untouched`, `ready-after=500ms`, `fail=<message>` |
 //! | `sim.snapgate.io/job` | `succeed`, `fail`, `hang`, `stuck=<reason>` |
 //!
 //! # Mover pods that cannot start
@@ -40,10 +40,12 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use tokio::sync::mpsc;
 
 use crate::SimState;
+use crate::admission::PVC_PROTECTION;
 use crate::resources::{self, ResourceDef};
-use crate::store::{ChangeType, PatchType, WriteOptions, now_timestamp, random_suffix};
+use crate::store::{ChangeType, PatchType, WriteOptions, now_timestamp};
 
 /// Annotation scripting PVC binding.
 pub const PVC_ANNOTATION: &str = "sim.snapgate.io/pvc";
@@ -80,6 +82,8 @@ pub enum SnapshotBehaviour {
     ReadyToUseUnset,
     /// Set `status.error.message` and `readyToUse: false`.
     Fail(String),
+    /// Nothing: no snapshot controller acts on it (a cluster without one).
+    Untouched,
 }
 
 /// How a pod cannot start (see the module's table).
@@ -255,6 +259,8 @@ struct Config {
 #[derive(Debug)]
 pub struct Controllers {
     config: Mutex<Config>,
+    /// The Job controller's task of each Job (by uid): woken on changes of it and its pods.
+    jobs: Mutex<HashMap<String, mpsc::UnboundedSender<()>>>,
 }
 
 impl Default for Controllers {
@@ -269,6 +275,7 @@ impl Default for Controllers {
                 job_overrides: HashMap::new(),
                 poll: Duration::from_millis(50),
             }),
+            jobs: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -297,6 +304,16 @@ fn annotation<'a>(obj: &'a Value, key: &str) -> Option<&'a str> {
 }
 
 impl Controllers {
+    fn jobs(&self) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::UnboundedSender<()>>> {
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wake_job(&self, uid: &str) {
+        if let Some(tx) = self.jobs().get(uid) {
+            let _ = tx.send(());
+        }
+    }
+
     fn cfg(&self) -> std::sync::MutexGuard<'_, Config> {
         self.config.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -371,6 +388,7 @@ impl Controllers {
                 "never-ready" => return SnapshotBehaviour::NeverReady,
                 "cut-never-ready" => return SnapshotBehaviour::CutNeverReady,
                 "ready-unset" => return SnapshotBehaviour::ReadyToUseUnset,
+                "untouched" => return SnapshotBehaviour::Untouched,
                 _ => {}
             }
             if let Some(msg) = a.strip_prefix("fail=") {
@@ -453,6 +471,9 @@ pub(crate) fn spawn(state: &Arc<SimState>) {
                     let b = state.controllers.pvc_for(&change.object, &ns, &name);
                     tokio::spawn(bind_pvc(Arc::downgrade(&state), ns, name, uid, b));
                 }
+                ("", "persistentvolumeclaims", ChangeType::Modified) => {
+                    release_unused_claims(&state, &ns);
+                }
                 ("", "persistentvolumeclaims", ChangeType::Deleted) => {
                     if let Some(pv) = change.object["spec"]["volumeName"].as_str() {
                         let pv_res = res("", "persistentvolumes");
@@ -475,13 +496,127 @@ pub(crate) fn spawn(state: &Arc<SimState>) {
                     }
                 }
                 ("batch", "jobs", ChangeType::Added) => {
-                    let b = state.controllers.job_for(&change.object, &ns, &name);
-                    tokio::spawn(run_job(Arc::downgrade(&state), ns, name, uid, b));
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    state.controllers.jobs().insert(uid.clone(), tx);
+                    tokio::spawn(run_job(Arc::downgrade(&state), ns, name, uid, rx));
+                }
+                ("batch", "jobs", ChangeType::Modified) => {
+                    state.controllers.wake_job(&uid);
+                }
+                ("batch", "jobs", ChangeType::Deleted) => {
+                    state.controllers.jobs().remove(&uid);
+                }
+                ("", "pods", t) => {
+                    if let Some(owner) = controller_of(&change.object, "Job") {
+                        state.controllers.wake_job(&owner);
+                    }
+                    if t != ChangeType::Added {
+                        release_unused_claims(&state, &ns);
+                    }
                 }
                 _ => {}
             }
         }
     });
+}
+
+/// The uid of the controller of `obj` of `kind`, if any.
+fn controller_of(obj: &Value, kind: &str) -> Option<String> {
+    obj["metadata"]["ownerReferences"]
+        .as_array()?
+        .iter()
+        .find(|o| o["controller"] == true && o["kind"] == kind)
+        .and_then(|o| o["uid"].as_str().map(str::to_owned))
+}
+
+/// Records an Event about `object` as a controller does (core/v1, `source.component` and
+/// `reportingComponent` the controller's name).
+fn record_event(
+    state: &SimState,
+    object: &Value,
+    type_: &str,
+    reason: &str,
+    message: &str,
+    component: &str,
+) {
+    let ns = object["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or("default");
+    let name = object["metadata"]["name"].as_str().unwrap_or("");
+    let now = now_timestamp();
+    let suffix: u64 = rand::random();
+    let event = json!({
+        "metadata": {"name": format!("{name}.{suffix:016x}"), "namespace": ns},
+        "involvedObject": {
+            "kind": object["kind"], "namespace": ns, "name": name,
+            "uid": object["metadata"]["uid"], "apiVersion": object["apiVersion"],
+            "resourceVersion": object["metadata"]["resourceVersion"],
+        },
+        "reason": reason, "message": message,
+        "source": {"component": component},
+        "firstTimestamp": now, "lastTimestamp": now, "count": 1, "type": type_,
+        "eventTime": null, "reportingComponent": component, "reportingInstance": "",
+    });
+    let events = res("", "events");
+    if let Err(e) = state
+        .store
+        .create(events, Some(ns), event, &WriteOptions::default())
+    {
+        tracing::debug!("kube-sim: event {reason} about {ns}/{name}: {e}");
+    }
+}
+
+/// The PVC-protection controller: a terminating PVC that no pod uses any more (no pod of
+/// the namespace that has not ended names it in its volumes) loses
+/// `kubernetes.io/pvc-protection`, and so goes.
+fn release_unused_claims(state: &SimState, ns: &str) {
+    let terminating: Vec<Value> = state
+        .store
+        .all(pvcs())
+        .into_iter()
+        .filter(|p| p["metadata"]["namespace"] == ns)
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_string())
+        .filter(|p| {
+            p["metadata"]["finalizers"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|x| x == PVC_PROTECTION))
+        })
+        .collect();
+    if terminating.is_empty() {
+        return;
+    }
+    let pods: Vec<Value> = state
+        .store
+        .all(res("", "pods"))
+        .into_iter()
+        .filter(|p| p["metadata"]["namespace"] == ns)
+        .filter(|p| !matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed")))
+        .collect();
+    for pvc in terminating {
+        let name = pvc["metadata"]["name"].as_str().unwrap_or("");
+        let used = pods.iter().any(|p| {
+            p["spec"]["volumes"].as_array().is_some_and(|vs| {
+                vs.iter()
+                    .any(|v| v["persistentVolumeClaim"]["claimName"] == name)
+            })
+        });
+        if used {
+            continue;
+        }
+        let finalizers: Vec<Value> = pvc["metadata"]["finalizers"]
+            .as_array()
+            .map(|f| f.iter().filter(|x| *x != PVC_PROTECTION).cloned().collect())
+            .unwrap_or_default();
+        let _ = state.store.patch(
+            pvcs(),
+            Some(ns),
+            name,
+            PatchType::Merge,
+            &json!({"metadata": {"finalizers": finalizers, "resourceVersion": pvc["metadata"]["resourceVersion"]}}),
+            false,
+            &WriteOptions::default(),
+        );
+    }
 }
 
 /// The object if it still exists with the same uid.
@@ -494,6 +629,37 @@ fn current(state: &SimState, r: &ResourceDef, ns: &str, name: &str, uid: &str) -
 }
 
 async fn bind_pvc(state: Weak<SimState>, ns: String, name: String, uid: String, b: PvcBehaviour) {
+    // The PV controller provisions only through a StorageClass that exists and names a
+    // provisioner (a claim without a class is bound as before: kube-sim's own provisioner).
+    {
+        let Some(s) = state.upgrade() else { return };
+        let Some(pvc) = current(&s, pvcs(), &ns, &name, &uid) else {
+            return;
+        };
+        if let Some(class) = pvc["spec"]["storageClassName"]
+            .as_str()
+            .filter(|c| !c.is_empty())
+        {
+            match s
+                .store
+                .get(res("storage.k8s.io", "storageclasses"), None, class)
+            {
+                Err(_) => {
+                    record_event(
+                        &s,
+                        &pvc,
+                        "Warning",
+                        "ProvisioningFailed",
+                        &format!("storageclass.storage.k8s.io \"{class}\" not found"),
+                        "persistentvolume-controller",
+                    );
+                    return;
+                }
+                Ok(c) if c["provisioner"] == "kubernetes.io/no-provisioner" => return,
+                Ok(_) => {}
+            }
+        }
+    }
     let PvcBehaviour::BindAfter(delay) = b else {
         return;
     };
@@ -595,6 +761,9 @@ async fn run_snapshot(
 ) {
     // let the creator observe the fresh object before the controller acts
     tokio::time::sleep(Duration::from_millis(10)).await;
+    if b == SnapshotBehaviour::Untouched {
+        return;
+    }
     let Some(s) = state.upgrade() else { return };
     let Some(snap) = current(&s, snapshots(), &ns, &name, &uid) else {
         return;
@@ -721,57 +890,16 @@ fn job_status_patch(s: &SimState, ns: &str, name: &str, status: Value) {
     );
 }
 
-fn condition(kind: &str, reason: &str, message: &str) -> Value {
+fn condition(kind: &str, status: &str, reason: &str, message: &str) -> Value {
     let now = now_timestamp();
     json!({
-        "type": kind, "status": "True", "reason": reason, "message": message,
+        "type": kind, "status": status, "reason": reason, "message": message,
         "lastProbeTime": now, "lastTransitionTime": now,
     })
 }
 
-/// The Job's behaviour as scripted now (a test may change it while a pod is stuck), if the
-/// Job still exists with the same uid.
-fn behaviour_now(state: &SimState, ns: &str, name: &str, uid: &str) -> Option<JobBehaviour> {
-    let job = current(state, res("batch", "jobs"), ns, name, uid)?;
-    Some(state.controllers.job_for(&job, ns, name))
-}
-
 fn outcome_of(b: &JobBehaviour, attempt: usize) -> PodOutcome {
     b.pods[attempt.min(b.pods.len().saturating_sub(1))].clone()
-}
-
-/// Records a core/v1 Event about `object` (`kind` `Pod` or `Job`), as a kubelet or a
-/// controller does.
-fn record_event(
-    s: &SimState,
-    ns: &str,
-    object: &Value,
-    type_: &str,
-    reason: &str,
-    message: &str,
-    component: &str,
-) {
-    let now = now_timestamp();
-    let name = object["metadata"]["name"].as_str().unwrap_or("");
-    let event = json!({
-        "metadata": {"name": format!("{name}.{}", random_suffix())},
-        "involvedObject": {
-            "apiVersion": if object["kind"] == "Job" { "batch/v1" } else { "v1" },
-            "kind": object["kind"], "namespace": ns, "name": name,
-            "uid": object["metadata"]["uid"],
-            "resourceVersion": object["metadata"]["resourceVersion"],
-        },
-        "reason": reason, "message": message, "type": type_,
-        "source": {"component": component, "host": "sim-node"},
-        "reportingComponent": component, "reportingInstance": "sim-node",
-        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
-    });
-    if let Err(e) = s
-        .store
-        .create(res("", "events"), Some(ns), event, &keep_status())
-    {
-        tracing::warn!("kube-sim: event {reason} for {ns}/{name}: {e}");
-    }
 }
 
 /// The first `secretKeyRef` of the pod's first container, `(secret, key)`.
@@ -918,286 +1046,540 @@ fn stuck_status(ns: &str, pod: &Value, stuck: &PodStuck) -> (Value, Vec<[String;
     (status, events)
 }
 
-/// Holds the pod stuck until its Job's behaviour (as scripted now) no longer is, or its time
-/// is up: the outcome it goes on with; `None` when the Job or the pod is gone.
-async fn wait_stuck(
-    state: &Weak<SimState>,
-    (ns, name, uid): (&str, &str, &str),
-    pod_name: &str,
+/// The labels of the one node pods are run on (kube-sim has no Node objects): a pod whose
+/// `nodeSelector` asks for anything else is never scheduled (it stays Pending, without a
+/// `nodeName`), as on a cluster without such a node.
+pub const NODE_LABELS: [(&str, &str); 3] = [
+    ("kubernetes.io/hostname", NODE_NAME),
+    ("kubernetes.io/os", "linux"),
+    ("kubernetes.io/arch", "amd64"),
+];
+
+/// The name of that node (the `spec.nodeName` of the pods the Job controller runs).
+pub const NODE_NAME: &str = "kube-sim";
+
+fn schedulable(pod_spec: &Value) -> bool {
+    pod_spec["nodeSelector"].as_object().is_none_or(|sel| {
+        sel.iter()
+            .all(|(k, v)| NODE_LABELS.iter().any(|(nk, nv)| nk == k && v == nv))
+    })
+}
+
+/// A pod this Job controller made and that has not ended.
+struct Run {
+    name: String,
+    /// Which pod of the Job it is (0 for the first), for its scripted outcome.
     attempt: usize,
+    /// Stuck (see the module's table) until this time (`None`: until scripted otherwise).
+    stuck_until: Option<Option<tokio::time::Instant>>,
     outcome: PodOutcome,
-) -> Option<PodOutcome> {
-    let stuck_for = outcome.stuck.as_ref().and_then(|st| st.for_);
-    let until = stuck_for.map(|d| tokio::time::Instant::now() + d);
-    loop {
-        let s = state.upgrade()?;
-        let b = behaviour_now(&s, ns, name, uid)?;
-        s.store.get(res("", "pods"), Some(ns), pod_name).ok()?;
-        let now = outcome_of(&b, attempt);
-        if now.stuck.is_none() {
-            return Some(now);
-        }
-        if until.is_some_and(|u| tokio::time::Instant::now() >= u) {
-            return Some(PodOutcome {
-                stuck: None,
-                ..outcome
-            });
-        }
-        let poll = s.controllers.poll();
-        drop(s);
-        tokio::time::sleep(poll).await;
+    /// When it ends (`None`: it never does by itself: it hangs, or it was never scheduled).
+    ends: Option<tokio::time::Instant>,
+    container: Value,
+}
+
+/// How many pods the Job wants running now.
+fn wanted(job: &Value, succeeded: i64) -> i64 {
+    let spec = &job["spec"];
+    if spec["suspend"] == true {
+        return 0;
+    }
+    let parallelism = spec["parallelism"].as_i64().unwrap_or(1).max(0);
+    match spec["completions"].as_i64() {
+        Some(c) => parallelism.min((c - succeeded).max(0)),
+        // A work queue: done once one pod succeeded.
+        None if succeeded > 0 => 0,
+        None => parallelism,
     }
 }
 
-/// Holds a Job that cannot create its pods (a `FailedCreate` Event on it, recorded once) until
-/// its behaviour (as scripted now) lets it: `None` when the Job is gone.
-async fn wait_create(
-    state: &Weak<SimState>,
-    (ns, name, uid): (&str, &str, &str),
-    message: Option<String>,
-    template: &Value,
-) -> Option<()> {
-    let s = state.upgrade()?;
-    let job = current(&s, res("batch", "jobs"), ns, name, uid)?;
-    let sa = template["spec"]["serviceAccountName"]
-        .as_str()
-        .unwrap_or("default");
-    let message = message.unwrap_or_else(|| {
-        format!(
-            "Error creating: pods \"{name}-\" is forbidden: error looking up service account {ns}/{sa}: serviceaccount \"{sa}\" not found"
-        )
-    });
-    let mut job = job;
-    job["kind"] = json!("Job");
-    record_event(
-        &s,
-        ns,
-        &job,
-        "Warning",
-        "FailedCreate",
-        &message,
-        "job-controller",
-    );
-    drop(s);
-    loop {
-        let s = state.upgrade()?;
-        let b = behaviour_now(&s, ns, name, uid)?;
-        if b.create_fails.is_none() {
-            return Some(());
-        }
-        let poll = s.controllers.poll();
-        drop(s);
-        tokio::time::sleep(poll).await;
-    }
-}
-
-async fn run_job(state: Weak<SimState>, ns: String, name: String, uid: String, b: JobBehaviour) {
+/// The Job controller for one Job, level-triggered: woken by any change of the Job or of a
+/// pod it controls, and by its pods' ends. It runs `wanted` pods (deleting the newest beyond,
+/// as at `parallelism: 0`), suspends and resumes, counts successes and failures, and finishes
+/// the Job `Complete` (completions reached) or `Failed` (over `backoffLimit`); its Events are
+/// the real controller's (`SuccessfulCreate`, `SuccessfulDelete`, `Suspended`, `Resumed`,
+/// `Completed`, `BackoffLimitExceeded`).
+async fn run_job(
+    state: Weak<SimState>,
+    ns: String,
+    name: String,
+    uid: String,
+    mut wake: mpsc::UnboundedReceiver<()>,
+) {
+    // let the creator observe the fresh object before the controller acts
     tokio::time::sleep(Duration::from_millis(10)).await;
     let jobs = res("batch", "jobs");
     let pods_res = res("", "pods");
-    let Some(s) = state.upgrade() else { return };
-    let Some(job) = current(&s, jobs, &ns, &name, &uid) else {
-        return;
-    };
-    let parallelism = job["spec"]["parallelism"].as_i64().unwrap_or(1);
-    if parallelism == 0 || job["spec"]["suspend"] == true {
-        return;
-    }
-    let completions = job["spec"]["completions"].as_i64().unwrap_or(1).max(1);
-    let backoff_limit = job["spec"]["backoffLimit"].as_i64().unwrap_or(6);
-    let template = job["spec"]["template"].clone();
-    job_status_patch(
-        &s,
-        &ns,
-        &name,
-        json!({"startTime": now_timestamp(), "active": 0}),
-    );
-    drop(s);
-    let who = (ns.as_str(), name.as_str(), uid.as_str());
-    if let Some(message) = b.create_fails.clone()
-        && wait_create(&state, who, message, &template).await.is_none()
-    {
-        return;
-    }
-    let (mut succeeded, mut failed) = (0i64, 0i64);
-    for attempt in 0usize.. {
-        let mut outcome = outcome_of(&b, attempt);
-        let Some(s) = state.upgrade() else { return };
-        if current(&s, jobs, &ns, &name, &uid).is_none() {
-            return;
-        }
-        let mut labels = template["metadata"]["labels"].clone();
-        if !labels.is_object() {
-            labels = json!({});
-        }
-        labels["job-name"] = json!(name);
-        labels["batch.kubernetes.io/job-name"] = json!(name);
-        labels["controller-uid"] = json!(uid);
-        labels["batch.kubernetes.io/controller-uid"] = json!(uid);
-        let pod_name = format!("{name}-{}", random_suffix());
-        let pod = json!({
-            "metadata": {
-                "name": pod_name,
-                "labels": labels,
-                "annotations": template["metadata"]["annotations"],
-                "ownerReferences": [{
-                    "apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": uid,
-                    "controller": true, "blockOwnerDeletion": true,
-                }],
-            },
-            "spec": template["spec"],
-            "status": {"phase": "Pending"},
-        });
-        let mut pod = match s.store.create(pods_res, Some(&ns), pod, &keep_status()) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!("kube-sim: pod for job {ns}/{name}: {e}");
+    let mut runs: Vec<Run> = Vec::new();
+    let (mut made, mut succeeded, mut failed) = (0usize, 0i64, 0i64);
+    let mut suspended: Option<bool> = None;
+    let mut started: Option<String> = None;
+    let mut conditions: Vec<Value> = Vec::new();
+    let mut finished = false;
+    let mut create_failed_recorded = false;
+    loop {
+        // Whether a stuck pod or a failing create waits on the script (polled: a test may
+        // script the Job anew through the Rust API, which no watch event announces).
+        let mut polling = false;
+        {
+            let Some(s) = state.upgrade() else { return };
+            let Some(job) = current(&s, jobs, &ns, &name, &uid) else {
                 return;
+            };
+            // The behaviour as scripted now.
+            let b = s.controllers.job_for(&job, &ns, &name);
+            // A stuck pod recovers once its scripted outcome no longer is stuck, or its time
+            // is up: it runs on as scripted then.
+            for run in runs.iter_mut().filter(|r| r.stuck_until.is_some()) {
+                let scripted = outcome_of(&b, run.attempt);
+                let time_up = run
+                    .stuck_until
+                    .flatten()
+                    .is_some_and(|u| tokio::time::Instant::now() >= u);
+                if scripted.stuck.is_none() || time_up {
+                    let outcome = PodOutcome {
+                        stuck: None,
+                        ..if scripted.stuck.is_none() {
+                            scripted
+                        } else {
+                            run.outcome.clone()
+                        }
+                    };
+                    recover_pod(&s, &ns, run, outcome);
+                } else {
+                    polling = true;
+                }
             }
-        };
-        job_status_patch(&s, &ns, &name, json!({"active": 1}));
-        if let Some(stuck) = outcome.stuck.clone() {
-            let (status, events) = stuck_status(&ns, &pod, &stuck);
-            if let Ok(p) = s.store.patch(
-                pods_res,
-                Some(&ns),
-                &pod_name,
-                PatchType::Merge,
-                &json!({ "status": status }),
-                true,
-                &WriteOptions::default(),
-            ) {
-                pod = p;
+            // Pods deleted by someone else are no longer run.
+            runs.retain(|r| s.store.get(pods_res, Some(&ns), &r.name).is_ok());
+            let suspend = job["spec"]["suspend"] == true;
+            if !finished && suspended != Some(suspend) {
+                let before = suspended.replace(suspend);
+                if suspend {
+                    conditions.retain(|c| c["type"] != "Suspended");
+                    conditions.push(condition(
+                        "Suspended",
+                        "True",
+                        "JobSuspended",
+                        "Job suspended",
+                    ));
+                    started = None;
+                    record_event(
+                        &s,
+                        &job,
+                        "Normal",
+                        "Suspended",
+                        "Job suspended",
+                        "job-controller",
+                    );
+                } else {
+                    started = Some(now_timestamp());
+                    if before == Some(true) {
+                        conditions.retain(|c| c["type"] != "Suspended");
+                        conditions.push(condition(
+                            "Suspended",
+                            "False",
+                            "JobResumed",
+                            "Job resumed",
+                        ));
+                        record_event(
+                            &s,
+                            &job,
+                            "Normal",
+                            "Resumed",
+                            "Job resumed",
+                            "job-controller",
+                        );
+                    }
+                }
             }
-            pod["kind"] = json!("Pod");
-            for [type_, reason, message, component] in events {
-                record_event(&s, &ns, &pod, &type_, &reason, &message, &component);
+            let want = if finished { 0 } else { wanted(&job, succeeded) };
+            while runs.len() as i64 > want {
+                let Some(run) = runs.pop() else { break };
+                if s.store
+                    .delete(pods_res, Some(&ns), &run.name, &Default::default())
+                    .is_ok()
+                {
+                    record_event(
+                        &s,
+                        &job,
+                        "Normal",
+                        "SuccessfulDelete",
+                        &format!("Deleted pod: {}", run.name),
+                        "job-controller",
+                    );
+                }
             }
-            drop(s);
-            match wait_stuck(&state, who, &pod_name, attempt, outcome).await {
-                Some(next) => outcome = next,
+            if (runs.len() as i64) < want
+                && let Some(message) = &b.create_fails
+            {
+                // The Job cannot create its pods (its ServiceAccount is missing, say): said
+                // once, and it stays active until scripted otherwise.
+                polling = true;
+                if !create_failed_recorded {
+                    create_failed_recorded = true;
+                    let account = job["spec"]["template"]["spec"]["serviceAccountName"]
+                        .as_str()
+                        .unwrap_or("default");
+                    let message = message.clone().unwrap_or_else(|| {
+                        format!(
+                            "Error creating: pods \"{name}-\" is forbidden: error looking up \
+                             service account {ns}/{account}: serviceaccount \"{account}\" not found"
+                        )
+                    });
+                    record_event(
+                        &s,
+                        &job,
+                        "Warning",
+                        "FailedCreate",
+                        &message,
+                        "job-controller",
+                    );
+                }
+            }
+            while (runs.len() as i64) < want && b.create_fails.is_none() {
+                let outcome = outcome_of(&b, made);
+                let attempt = made;
+                made += 1;
+                match start_pod(&s, &job, &ns, &name, &uid, attempt, outcome) {
+                    Some(run) => {
+                        record_event(
+                            &s,
+                            &job,
+                            "Normal",
+                            "SuccessfulCreate",
+                            &format!("Created pod: {}", run.name),
+                            "job-controller",
+                        );
+                        runs.push(run);
+                    }
+                    None => break,
+                }
+            }
+            let completions = job["spec"]["completions"].as_i64();
+            let backoff_limit = job["spec"]["backoffLimit"].as_i64().unwrap_or(6);
+            if !finished {
+                let done = match completions {
+                    Some(c) => succeeded >= c,
+                    None => succeeded > 0 && runs.is_empty(),
+                };
+                if done {
+                    finished = true;
+                    conditions.push(condition(
+                        "SuccessCriteriaMet",
+                        "True",
+                        "CompletionsReached",
+                        "Reached expected number of succeeded pods",
+                    ));
+                    conditions.push(condition(
+                        "Complete",
+                        "True",
+                        "CompletionsReached",
+                        "Reached expected number of succeeded pods",
+                    ));
+                    record_event(
+                        &s,
+                        &job,
+                        "Normal",
+                        "Completed",
+                        "Job completed",
+                        "job-controller",
+                    );
+                } else if failed > backoff_limit {
+                    finished = true;
+                    for run in runs.drain(..) {
+                        let _ = s
+                            .store
+                            .delete(pods_res, Some(&ns), &run.name, &Default::default());
+                    }
+                    conditions.push(condition(
+                        "FailureTarget",
+                        "True",
+                        "BackoffLimitExceeded",
+                        "Job has reached the specified backoff limit",
+                    ));
+                    conditions.push(condition(
+                        "Failed",
+                        "True",
+                        "BackoffLimitExceeded",
+                        "Job has reached the specified backoff limit",
+                    ));
+                    record_event(
+                        &s,
+                        &job,
+                        "Warning",
+                        "BackoffLimitExceeded",
+                        "Job has reached the specified backoff limit",
+                        "job-controller",
+                    );
+                }
+            }
+            let ready = runs
+                .iter()
+                .filter(|r| {
+                    s.store
+                        .get(pods_res, Some(&ns), &r.name)
+                        .is_ok_and(|p| p["status"]["phase"] == "Running")
+                })
+                .count();
+            let mut status = json!({
+                "active": null, "succeeded": null, "failed": null, "startTime": started,
+                "ready": ready, "terminating": 0, "uncountedTerminatedPods": {},
+                "conditions": if conditions.is_empty() { Value::Null } else { json!(conditions) },
+            });
+            for (k, n) in [
+                ("active", runs.len() as i64),
+                ("succeeded", succeeded),
+                ("failed", failed),
+            ] {
+                if n > 0 {
+                    status[k] = json!(n);
+                }
+            }
+            if finished && succeeded > 0 && failed <= backoff_limit {
+                let done_at = job["status"]["completionTime"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(now_timestamp);
+                status["completionTime"] = json!(done_at);
+            }
+            job_status_patch(&s, &ns, &name, status);
+        }
+        let mut next_end = runs.iter().filter_map(|r| r.ends).min();
+        if polling {
+            let poll = match state.upgrade() {
+                Some(s) => s.controllers.poll(),
                 None => return,
+            };
+            let at = tokio::time::Instant::now() + poll;
+            next_end = Some(next_end.map_or(at, |e| e.min(at)));
+        }
+        tokio::select! {
+            woke = wake.recv() => {
+                if woke.is_none() {
+                    return;
+                }
             }
-        } else {
-            drop(s);
+            () = async {
+                match next_end {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => futures::future::pending().await,
+                }
+            } => {
+                let Some(s) = state.upgrade() else { return };
+                let now = tokio::time::Instant::now();
+                let (ended, still): (Vec<Run>, Vec<Run>) =
+                    runs.drain(..).partition(|r| r.ends.is_some_and(|e| e <= now));
+                runs = still;
+                for run in ended {
+                    end_pod(&s, &ns, &run);
+                    if run.outcome.succeed {
+                        succeeded += 1;
+                    } else {
+                        failed += 1;
+                    }
+                }
+            }
         }
-        let Some(s) = state.upgrade() else { return };
-        let first_container = pod["spec"]["containers"][0]["name"]
-            .as_str()
-            .unwrap_or("")
-            .to_string();
-        let mut text = outcome.logs.join("\n");
-        if !text.is_empty() {
-            text.push('\n');
+    }
+}
+
+/// Creates the next pod of the Job (named `<job>-<random>`, from its template, owned by it)
+/// and, when a node fits its `nodeSelector`, runs it there.
+fn start_pod(
+    s: &SimState,
+    job: &Value,
+    ns: &str,
+    name: &str,
+    uid: &str,
+    attempt: usize,
+    outcome: PodOutcome,
+) -> Option<Run> {
+    let pods_res = res("", "pods");
+    let template = &job["spec"]["template"];
+    let mut labels = template["metadata"]["labels"].clone();
+    if !labels.is_object() {
+        labels = json!({});
+    }
+    labels["job-name"] = json!(name);
+    labels["batch.kubernetes.io/job-name"] = json!(name);
+    labels["controller-uid"] = json!(uid);
+    labels["batch.kubernetes.io/controller-uid"] = json!(uid);
+    let mut spec = template["spec"].clone();
+    let runs = schedulable(&spec);
+    if runs {
+        spec["nodeName"] = json!(NODE_NAME);
+    }
+    let mut pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {
+            "generateName": format!("{name}-"),
+            "namespace": ns,
+            "labels": labels,
+            "annotations": template["metadata"]["annotations"],
+            "ownerReferences": [{
+                "apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": uid,
+                "controller": true, "blockOwnerDeletion": true,
+            }],
+        },
+        "spec": spec,
+    });
+    crate::admission::default_pod(&mut pod);
+    let pod = match s.store.create(pods_res, Some(ns), pod, &keep_status()) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!("kube-sim: pod for job {ns}/{name}: {e}");
+            return None;
         }
-        s.set_pod_log(&ns, &pod_name, &first_container, &text);
+    };
+    let pod_name = pod["metadata"]["name"].as_str().unwrap_or("").to_owned();
+    let container = pod["spec"]["containers"][0].clone();
+    let first = container["name"].as_str().unwrap_or("").to_owned();
+    let mut text = outcome.logs.join("\n");
+    if !text.is_empty() {
+        text.push('\n');
+    }
+    s.set_pod_log(ns, &pod_name, &first, &text);
+    if let Some(stuck) = outcome.stuck.clone()
+        && runs
+    {
+        let (status, events) = stuck_status(ns, &pod, &stuck);
+        let _ = s.store.patch(
+            pods_res,
+            Some(ns),
+            &pod_name,
+            PatchType::Merge,
+            &json!({ "status": status }),
+            true,
+            &WriteOptions::default(),
+        );
+        let mut about = pod.clone();
+        about["kind"] = json!("Pod");
+        about["apiVersion"] = json!("v1");
+        for [type_, reason, message, component] in events {
+            record_event(s, &about, &type_, &reason, &message, &component);
+        }
+        return Some(Run {
+            name: pod_name,
+            attempt,
+            stuck_until: Some(stuck.for_.map(|d| tokio::time::Instant::now() + d)),
+            outcome,
+            ends: None,
+            container,
+        });
+    }
+    let mut ends = None;
+    if runs {
         let now = now_timestamp();
-        let ready = |kind: &str| json!({"type": kind, "status": "True", "lastProbeTime": null, "lastTransitionTime": now});
-        let containers: Vec<Value> = pod["spec"]["containers"]
-            .as_array()
-            .map(|cs| {
-                cs.iter()
-                    .map(|c| {
-                        json!({
-                            "name": c["name"], "image": c["image"], "ready": true, "started": true,
-                            "restartCount": 0, "state": {"running": {"startedAt": now}},
-                        })
-                    })
+        let statuses: Vec<Value> =
+            pod["spec"]["containers"]
+                .as_array()
+                .map(|cs| {
+                    cs.iter()
+                    .map(|c| json!({
+                        "name": c["name"], "image": c["image"], "ready": true, "started": true,
+                        "restartCount": 0, "state": {"running": {"startedAt": now}},
+                    }))
                     .collect()
-            })
-            .unwrap_or_default();
+                })
+                .unwrap_or_default();
         let running = json!({"status": {
-            "phase": "Running", "startTime": now,
-            "conditions": [
-                ready("PodReadyToStartContainers"), ready("Initialized"), ready("Ready"),
-                ready("ContainersReady"), ready("PodScheduled"),
-            ],
-            "containerStatuses": containers,
+            "phase": "Running", "startTime": now, "containerStatuses": statuses,
+            "conditions": [{"type": "Ready", "status": "True", "lastProbeTime": null, "lastTransitionTime": now}],
         }});
         let _ = s.store.patch(
             pods_res,
-            Some(&ns),
+            Some(ns),
             &pod_name,
             PatchType::Merge,
             &running,
             true,
             &WriteOptions::default(),
         );
-        drop(s);
-        if outcome.hang {
-            return;
+        if !outcome.hang {
+            ends = Some(tokio::time::Instant::now() + outcome.run_for);
         }
-        tokio::time::sleep(outcome.run_for).await;
-        let Some(s) = state.upgrade() else { return };
-        let (phase, exit_code, reason) = if outcome.succeed {
-            ("Succeeded", 0, "Completed")
-        } else {
-            ("Failed", 1, "Error")
-        };
-        let statuses: Vec<Value> = pod["spec"]["containers"]
-            .as_array()
-            .map(|cs| {
-                cs.iter()
-                    .map(|c| {
-                        json!({
-                            "name": c["name"], "image": c["image"], "ready": false, "restartCount": 0,
-                            "state": {"terminated": {"exitCode": exit_code, "reason": reason, "finishedAt": now_timestamp()}},
-                        })
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let done = json!({"status": {"phase": phase, "containerStatuses": statuses}});
-        let _ = s.store.patch(
-            pods_res,
-            Some(&ns),
-            &pod_name,
-            PatchType::Merge,
-            &done,
-            true,
-            &WriteOptions::default(),
-        );
-        if outcome.succeed {
-            succeeded += 1;
-        } else {
-            failed += 1;
-        }
-        if succeeded >= completions {
-            let now = now_timestamp();
-            job_status_patch(
-                &s,
-                &ns,
-                &name,
-                json!({
-                    "active": 0, "succeeded": succeeded, "failed": failed, "completionTime": now,
-                    "conditions": [
-                        condition("SuccessCriteriaMet", "CompletionsReached", "Reached expected number of succeeded pods"),
-                        condition("Complete", "CompletionsReached", "Reached expected number of succeeded pods"),
-                    ],
-                }),
-            );
-            return;
-        }
-        if failed > backoff_limit {
-            job_status_patch(
-                &s,
-                &ns,
-                &name,
-                json!({
-                    "active": 0, "succeeded": succeeded, "failed": failed,
-                    "conditions": [
-                        condition("FailureTarget", "BackoffLimitExceeded", "Job has reached the specified backoff limit"),
-                        condition("Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit"),
-                    ],
-                }),
-            );
-            return;
-        }
-        job_status_patch(
-            &s,
-            &ns,
-            &name,
-            json!({"active": 0, "succeeded": succeeded, "failed": failed}),
-        );
     }
+    Some(Run {
+        name: pod_name,
+        attempt,
+        stuck_until: None,
+        outcome,
+        ends,
+        container,
+    })
+}
+
+/// A stuck pod recovers: it runs, as `outcome` says (its log too).
+fn recover_pod(s: &SimState, ns: &str, run: &mut Run, outcome: PodOutcome) {
+    let pods_res = res("", "pods");
+    let first = run.container["name"].as_str().unwrap_or("").to_owned();
+    let mut text = outcome.logs.join("\n");
+    if !text.is_empty() {
+        text.push('\n');
+    }
+    s.set_pod_log(ns, &run.name, &first, &text);
+    let now = now_timestamp();
+    let ready = |kind: &str| json!({"type": kind, "status": "True", "lastProbeTime": null, "lastTransitionTime": now});
+    let running = json!({"status": {
+        "phase": "Running", "startTime": now,
+        "conditions": [
+            ready("PodReadyToStartContainers"), ready("Initialized"), ready("Ready"),
+            ready("ContainersReady"), ready("PodScheduled"),
+        ],
+        "containerStatuses": [{
+            "name": run.container["name"], "image": run.container["image"], "ready": true,
+            "started": true, "restartCount": 0, "state": {"running": {"startedAt": now}},
+        }],
+    }});
+    let _ = s.store.patch(
+        pods_res,
+        Some(ns),
+        &run.name,
+        PatchType::Merge,
+        &running,
+        true,
+        &WriteOptions::default(),
+    );
+    run.stuck_until = None;
+    run.ends = (!outcome.hang).then(|| tokio::time::Instant::now() + outcome.run_for);
+    run.outcome = outcome;
+}
+
+/// The pod's end as its kubelet reports it: `Succeeded` (exit 0) or `Failed` (exit 1).
+fn end_pod(s: &SimState, ns: &str, run: &Run) {
+    let pods_res = res("", "pods");
+    let (phase, exit_code, reason) = if run.outcome.succeed {
+        ("Succeeded", 0, "Completed")
+    } else {
+        ("Failed", 1, "Error")
+    };
+    let Ok(pod) = s.store.get(pods_res, Some(ns), &run.name) else {
+        return;
+    };
+    let statuses: Vec<Value> = pod["spec"]["containers"]
+        .as_array()
+        .map(|cs| {
+            cs.iter()
+                .map(|c| {
+                    json!({
+                        "name": c["name"], "image": c["image"], "ready": false, "started": false,
+                        "restartCount": 0,
+                        "state": {"terminated": {"exitCode": exit_code, "reason": reason, "finishedAt": now_timestamp()}},
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_else(|| vec![run.container.clone()]);
+    let done = json!({"status": {"phase": phase, "containerStatuses": statuses,
+        "conditions": [{"type": "Ready", "status": "False", "lastProbeTime": null, "lastTransitionTime": now_timestamp(), "reason": "PodCompleted"}]}});
+    let _ = s.store.patch(
+        pods_res,
+        Some(ns),
+        &run.name,
+        PatchType::Merge,
+        &done,
+        true,
+        &WriteOptions::default(),
+    );
 }

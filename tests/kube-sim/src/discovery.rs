@@ -137,3 +137,66 @@ pub(crate) fn resource_list(group: &str, version: &str) -> Option<Value> {
         "resources": entries,
     }))
 }
+
+/// `/openapi/v3`: one document per group version (no schemas; see [`openapi_v3_document`]).
+pub(crate) fn openapi_v3_index() -> Value {
+    let paths: serde_json::Map<String, Value> = resources::groups()
+        .into_iter()
+        .map(|(g, v)| {
+            let path = if g.is_empty() {
+                format!("api/{v}")
+            } else {
+                format!("apis/{g}/{v}")
+            };
+            let url = format!("/openapi/v3/{path}?hash={}", SERVER_MINOR);
+            (path, json!({"serverRelativeURL": url}))
+        })
+        .collect();
+    json!({"paths": paths})
+}
+
+/// `/openapi/v3/api/v1`, `/openapi/v3/apis/{group}/{version}`: a document with a PATCH
+/// operation per resource that takes `fieldValidation`, and no schemas. Enough for kubectl to
+/// see that the server validates fields itself (so `kubectl apply` and `create` validate
+/// there, with `fieldValidation=Strict`, instead of downloading `/openapi/v2` for client-side
+/// validation); not enough for `kubectl explain`.
+pub(crate) fn openapi_v3_document(group: &str, version: &str) -> Option<Value> {
+    let defs: Vec<&ResourceDef> = resources::all()
+        .iter()
+        .filter(|r| r.group == group && r.version == version && !r.review)
+        .collect();
+    if defs.is_empty() {
+        return None;
+    }
+    let prefix = if group.is_empty() {
+        format!("/api/{version}")
+    } else {
+        format!("/apis/{group}/{version}")
+    };
+    let mut paths = serde_json::Map::new();
+    for r in defs {
+        let path = if r.namespaced {
+            format!("{prefix}/namespaces/{{namespace}}/{}/{{name}}", r.plural)
+        } else {
+            format!("{prefix}/{}/{{name}}", r.plural)
+        };
+        let patch = json!({
+            "x-kubernetes-action": "patch",
+            "x-kubernetes-group-version-kind": {"group": r.group, "version": r.version, "kind": r.kind},
+            "parameters": [
+                {"name": "dryRun", "in": "query", "schema": {"type": "string"}},
+                {"name": "fieldManager", "in": "query", "schema": {"type": "string"}},
+                {"name": "fieldValidation", "in": "query", "schema": {"type": "string"}},
+                {"name": "force", "in": "query", "schema": {"type": "boolean"}},
+            ],
+            "responses": {"200": {"description": "OK"}},
+        });
+        paths.insert(path, json!({"patch": patch}));
+    }
+    Some(json!({
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes", "version": format!("v1.{SERVER_MINOR}.0-kube-sim")},
+        "paths": paths,
+        "components": {"schemas": {}},
+    }))
+}

@@ -39,6 +39,8 @@ pub struct ErrorDetails {
     pub kind: Option<String>,
     /// `details.causes`.
     pub causes: Vec<StatusCause>,
+    /// A `details` that is there and empty (`{}`), as some errors have it.
+    pub empty: bool,
 }
 
 impl ApiError {
@@ -58,6 +60,18 @@ impl ApiError {
         d.group = Some(group.to_string());
         d.kind = Some(kind.to_string());
         d.name = Some(name.to_string());
+        self
+    }
+
+    /// Attach a `details` with nothing in it (`"details": {}`).
+    pub fn with_empty_details(mut self) -> Self {
+        self.details.get_or_insert_with(Default::default).empty = true;
+        self
+    }
+
+    /// Attach `details` with only a group (`details.group`; a review's 422 names no kind).
+    pub fn with_group(mut self, group: &str) -> Self {
+        self.details.get_or_insert_with(Default::default).group = Some(group.to_string());
         self
     }
 
@@ -148,13 +162,13 @@ impl ApiError {
         });
         if let Some(d) = &self.details {
             let mut details = serde_json::Map::new();
-            if let Some(name) = &d.name {
+            if let Some(name) = d.name.as_ref().filter(|n| !n.is_empty()) {
                 details.insert("name".into(), json!(name));
             }
             if let Some(group) = d.group.as_ref().filter(|g| !g.is_empty()) {
                 details.insert("group".into(), json!(group));
             }
-            if let Some(kind) = &d.kind {
+            if let Some(kind) = d.kind.as_ref().filter(|k| !k.is_empty()) {
                 details.insert("kind".into(), json!(kind));
             }
             if !d.causes.is_empty() {

@@ -80,15 +80,19 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+pub mod admission;
 pub mod controllers;
 pub mod discovery;
 pub mod error;
 pub mod faults;
+mod protobuf;
 pub mod rbac;
 pub mod resources;
 pub mod rest;
 pub mod selector;
 pub mod serve;
+mod smp;
+mod ssa;
 pub mod store;
 mod table;
 pub mod tokens;
@@ -103,6 +107,10 @@ pub use resources::ResourceDef;
 pub use serve::SimService;
 pub use store::{Change, ChangeType, Store, WriteOptions};
 pub use tokens::{DEFAULT_ISSUER, TokenSigner};
+
+/// The default StorageClass every simulator starts with (provisioner
+/// [`controllers::CSI_DRIVER`]); a PVC without a class gets it, as on kind.
+pub const DEFAULT_STORAGE_CLASS: &str = "standard";
 
 /// Token of the built-in administrator (bypasses RBAC).
 pub const ADMIN_TOKEN: &str = "kube-sim-admin-token";
@@ -278,6 +286,18 @@ impl KubeSim {
         controllers::spawn(&state);
         let sim = Self { state };
         sim.ensure_namespace("default");
+        // As kind has it: a default StorageClass, provisioned by kube-sim's own CSI driver.
+        if let Some(classes) = resources::find_plural("storage.k8s.io", "storageclasses") {
+            let _ = sim.state.store.create(
+                classes,
+                None,
+                serde_json::json!({"metadata": {"name": DEFAULT_STORAGE_CLASS, "annotations": {
+                        admission::DEFAULT_CLASS_ANNOTATION: "true"}},
+                    "provisioner": controllers::CSI_DRIVER,
+                    "reclaimPolicy": "Delete", "volumeBindingMode": "Immediate"}),
+                &WriteOptions::default(),
+            );
+        }
         sim
     }
 

@@ -106,15 +106,31 @@ pub fn allowed(store: &Store, a: &Attributes<'_>) -> bool {
 
 /// As [`allowed`], the user also a member of `groups` (as a review's `spec.groups` says).
 pub fn allowed_in_groups(store: &Store, a: &Attributes<'_>, extra: &[String]) -> bool {
+    allowed_by(store, a, extra).is_some()
+}
+
+/// The subject of a binding as the RBAC authorizer names it in a reason.
+fn subject_name(subject: &Value, binding_ns: &str) -> String {
+    let name = subject["name"].as_str().unwrap_or("");
+    match subject["kind"].as_str().unwrap_or("") {
+        "ServiceAccount" => {
+            let ns = subject["namespace"]
+                .as_str()
+                .filter(|n| !n.is_empty())
+                .unwrap_or(binding_ns);
+            format!("ServiceAccount \"{name}/{ns}\"")
+        }
+        kind => format!("{kind} \"{name}\""),
+    }
+}
+
+/// Why the request is allowed, as the RBAC authorizer says it (`RBAC: allowed by RoleBinding
+/// "name/ns" of Role "role" to User "alice"`), or `None` when no binding allows it.
+pub fn allowed_by(store: &Store, a: &Attributes<'_>, extra: &[String]) -> Option<String> {
     let mut groups = groups_of(a.user);
     groups.extend(extra.iter().cloned());
-    let Some(crb) = resources::find_plural("rbac.authorization.k8s.io", "clusterrolebindings")
-    else {
-        return false;
-    };
-    let Some(rb) = resources::find_plural("rbac.authorization.k8s.io", "rolebindings") else {
-        return false;
-    };
+    let crb = resources::find_plural("rbac.authorization.k8s.io", "clusterrolebindings")?;
+    let rb = resources::find_plural("rbac.authorization.k8s.io", "rolebindings")?;
     let mut bindings: Vec<(Value, Option<String>)> =
         store.all(crb).into_iter().map(|b| (b, None)).collect();
     if let Some(ns) = a.namespace {
@@ -126,16 +142,32 @@ pub fn allowed_in_groups(store: &Store, a: &Attributes<'_>, extra: &[String]) ->
                 .map(|b| (b, Some(ns.to_string()))),
         );
     }
-    bindings.iter().any(|(binding, ns)| {
+    bindings.iter().find_map(|(binding, ns)| {
         let binding_ns = ns.as_deref().unwrap_or("");
-        let subject_ok = binding["subjects"].as_array().is_some_and(|s| {
+        let subject = binding["subjects"].as_array().and_then(|s| {
             s.iter()
-                .any(|s| subject_matches(s, a.user, &groups, binding_ns))
-        });
-        subject_ok
-            && role_rules(store, &binding["roleRef"], ns.as_deref())
-                .iter()
-                .any(|rule| rule_allows(rule, a))
+                .find(|s| subject_matches(s, a.user, &groups, binding_ns))
+        })?;
+        if !role_rules(store, &binding["roleRef"], ns.as_deref())
+            .iter()
+            .any(|rule| rule_allows(rule, a))
+        {
+            return None;
+        }
+        let name = binding["metadata"]["name"].as_str().unwrap_or("");
+        let how = match ns {
+            Some(ns) => format!("RoleBinding \"{name}/{ns}\""),
+            None => format!("ClusterRoleBinding \"{name}\""),
+        };
+        let role = format!(
+            "{} \"{}\"",
+            binding["roleRef"]["kind"].as_str().unwrap_or(""),
+            binding["roleRef"]["name"].as_str().unwrap_or("")
+        );
+        Some(format!(
+            "RBAC: allowed by {how} of {role} to {}",
+            subject_name(subject, binding_ns)
+        ))
     })
 }
 
@@ -164,9 +196,49 @@ pub(crate) fn forbidden_message(a: &Attributes<'_>) -> String {
     )
 }
 
+/// 422 Invalid of a review (the API server names neither its kind nor a name).
+fn review_invalid(field: &str, value: &str, why: &str) -> ApiError {
+    let message = format!("Invalid value: \"{value}\": {why}");
+    ApiError::new(
+        422,
+        "Invalid",
+        format!(".authorization.k8s.io \"\" is invalid: {field}: {message}"),
+    )
+    .with_group("authorization.k8s.io")
+    .with_cause("FieldValueInvalid", &message, field)
+}
+
+fn attributes<'a>(spec: &'a Value, user: &'a str, namespace: Option<&'a str>) -> Attributes<'a> {
+    let attrs = &spec["resourceAttributes"];
+    let field = |k: &str| attrs[k].as_str().filter(|s| !s.is_empty());
+    Attributes {
+        user,
+        verb: field("verb").unwrap_or(""),
+        group: field("group").unwrap_or(""),
+        resource: field("resource").unwrap_or(""),
+        subresource: field("subresource"),
+        namespace: namespace.or(field("namespace")),
+        name: field("name"),
+    }
+}
+
+/// The review answered: `status.allowed`, with the RBAC authorizer's reason when allowed by a
+/// binding (an admin user, or every user while RBAC is not enforced, is allowed).
+fn answer(state: &SimState, mut out: Value, a: &Attributes<'_>, groups: &[String]) -> Value {
+    out["status"] = if !state.rbac_enforced() || state.is_admin(a.user) {
+        serde_json::json!({"allowed": true})
+    } else {
+        match allowed_by(&state.store, a, groups) {
+            Some(reason) => serde_json::json!({"allowed": true, "reason": reason}),
+            None => serde_json::json!({"allowed": false}),
+        }
+    };
+    out
+}
+
 /// Answers a `LocalSubjectAccessReview` posted in `namespace`, as the API server does: the
-/// review's resource attributes must name that namespace; the answer is the review with
-/// `status.allowed` (an admin user, or every user while RBAC is not enforced, is allowed).
+/// review's resource attributes must name that namespace (else 422); the answer is the review
+/// with `status.allowed` and, when a binding allows it, the RBAC authorizer's reason.
 pub(crate) fn review(state: &SimState, namespace: &str, body: Value) -> Result<Value, ApiError> {
     let spec = &body["spec"];
     let attrs = &spec["resourceAttributes"];
@@ -177,9 +249,11 @@ pub(crate) fn review(state: &SimState, namespace: &str, body: Value) -> Result<V
     }
     let attr_ns = attrs["namespace"].as_str().unwrap_or("");
     if attr_ns != namespace {
-        return Err(ApiError::bad_request(format!(
-            "spec.resourceAttributes.namespace must match namespace: {namespace}"
-        )));
+        return Err(review_invalid(
+            "spec.resourceAttributes.namespace",
+            attr_ns,
+            "must match metadata.namespace",
+        ));
     }
     let user = spec["user"].as_str().unwrap_or("");
     let groups: Vec<String> = spec["groups"]
@@ -192,31 +266,32 @@ pub(crate) fn review(state: &SimState, namespace: &str, body: Value) -> Result<V
         })
         .unwrap_or_default();
     if user.is_empty() && groups.is_empty() {
-        return Err(ApiError::bad_request(
-            "spec.user: Invalid value: \"\": at least one of user or group must be specified",
+        return Err(review_invalid(
+            "spec.user",
+            "",
+            "at least one of user or group must be specified",
         ));
     }
-    let field = |k: &str| attrs[k].as_str().filter(|s| !s.is_empty());
-    let a = Attributes {
-        user,
-        verb: field("verb").unwrap_or(""),
-        group: field("group").unwrap_or(""),
-        resource: field("resource").unwrap_or(""),
-        subresource: field("subresource"),
-        namespace: Some(namespace),
-        name: field("name"),
-    };
-    let allowed = !state.rbac_enforced()
-        || state.is_admin(user)
-        || allowed_in_groups(&state.store, &a, &groups);
-    let mut out = body;
+    let a = attributes(spec, user, Some(namespace));
+    let mut out = body.clone();
     out["apiVersion"] = "authorization.k8s.io/v1".into();
     out["kind"] = "LocalSubjectAccessReview".into();
     out["metadata"]["namespace"] = namespace.into();
-    out["status"] = if allowed {
-        serde_json::json!({"allowed": true, "reason": "allowed by the simulator's RBAC"})
-    } else {
-        serde_json::json!({"allowed": false})
-    };
-    Ok(out)
+    Ok(answer(state, out, &a, &groups))
+}
+
+/// Answers a `SelfSubjectAccessReview` (what `kubectl auth can-i` asks) for the user who
+/// posts it.
+pub(crate) fn self_review(state: &SimState, user: &str, body: Value) -> Result<Value, ApiError> {
+    let spec = &body["spec"];
+    if !spec["resourceAttributes"].is_object() && !spec["nonResourceAttributes"].is_object() {
+        return Err(ApiError::bad_request(
+            "spec.resourceAttributes: Required value: one of resourceAttributes or nonResourceAttributes",
+        ));
+    }
+    let a = attributes(spec, user, None);
+    let mut out = body.clone();
+    out["apiVersion"] = "authorization.k8s.io/v1".into();
+    out["kind"] = "SelfSubjectAccessReview".into();
+    Ok(answer(state, out, &a, &[]))
 }

@@ -26,6 +26,14 @@ pub struct ResourceDef {
     pub short_names: &'static [&'static str],
     /// A create-only review (`LocalSubjectAccessReview`): answered, never stored.
     pub review: bool,
+    /// Whether objects carry `metadata.generation` (Jobs, pods, custom resources; not
+    /// PVCs, Secrets, Namespaces and most other core kinds).
+    pub generation: bool,
+    /// A custom resource (the VolumeSnapshot CRDs): list items keep `apiVersion` and `kind`,
+    /// a list says `continue: ""`, and nothing is pruned or defaulted.
+    pub crd: bool,
+    /// The field selectors it supports besides `metadata.name` and `metadata.namespace`.
+    pub field_labels: &'static [&'static str],
 }
 
 impl ResourceDef {
@@ -66,20 +74,50 @@ const fn def(
         extra_subresources: &[],
         short_names,
         review: false,
+        generation: false,
+        crd: false,
+        field_labels: &[],
+    }
+}
+
+const fn crd(
+    plural: &'static str,
+    singular: &'static str,
+    kind: &'static str,
+    namespaced: bool,
+    status_subresource: bool,
+    short_names: &'static [&'static str],
+) -> ResourceDef {
+    ResourceDef {
+        generation: true,
+        crd: true,
+        ..def(
+            "snapshot.storage.k8s.io",
+            "v1",
+            plural,
+            singular,
+            kind,
+            namespaced,
+            status_subresource,
+            short_names,
+        )
     }
 }
 
 static RESOURCES: &[ResourceDef] = &[
-    def(
-        "",
-        "v1",
-        "namespaces",
-        "namespace",
-        "Namespace",
-        false,
-        true,
-        &["ns"],
-    ),
+    ResourceDef {
+        field_labels: &["status.phase"],
+        ..def(
+            "",
+            "v1",
+            "namespaces",
+            "namespace",
+            "Namespace",
+            false,
+            true,
+            &["ns"],
+        )
+    },
     def(
         "",
         "v1",
@@ -100,7 +138,10 @@ static RESOURCES: &[ResourceDef] = &[
         true,
         &["pv"],
     ),
-    def("", "v1", "secrets", "secret", "Secret", true, false, &[]),
+    ResourceDef {
+        field_labels: &["type"],
+        ..def("", "v1", "secrets", "secret", "Secret", true, false, &[])
+    },
     ResourceDef {
         extra_subresources: &["token"],
         ..def(
@@ -126,35 +167,82 @@ static RESOURCES: &[ResourceDef] = &[
     ),
     ResourceDef {
         extra_subresources: &["log"],
+        generation: true,
+        field_labels: &[
+            "spec.nodeName",
+            "spec.restartPolicy",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "spec.hostNetwork",
+            "status.phase",
+            "status.podIP",
+            "status.podIPs",
+            "status.nominatedNodeName",
+        ],
         ..def("", "v1", "pods", "pod", "Pod", true, true, &["po"])
     },
-    def("", "v1", "events", "event", "Event", true, false, &["ev"]),
-    def("batch", "v1", "jobs", "job", "Job", true, true, &[]),
-    def(
-        "events.k8s.io",
-        "v1",
-        "events",
-        "event",
-        "Event",
-        true,
-        false,
-        &["ev"],
-    ),
+    ResourceDef {
+        field_labels: &[
+            "involvedObject.kind",
+            "involvedObject.namespace",
+            "involvedObject.name",
+            "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "involvedObject.resourceVersion",
+            "involvedObject.fieldPath",
+            "reason",
+            "reportingComponent",
+            "source",
+            "type",
+        ],
+        ..def("", "v1", "events", "event", "Event", true, false, &["ev"])
+    },
+    ResourceDef {
+        generation: true,
+        field_labels: &["status.successful"],
+        ..def("batch", "v1", "jobs", "job", "Job", true, true, &[])
+    },
+    ResourceDef {
+        field_labels: &[
+            "regarding.kind",
+            "regarding.namespace",
+            "regarding.name",
+            "regarding.uid",
+            "regarding.apiVersion",
+            "regarding.resourceVersion",
+            "regarding.fieldPath",
+            "reason",
+            "reportingController",
+            "type",
+        ],
+        ..def(
+            "events.k8s.io",
+            "v1",
+            "events",
+            "event",
+            "Event",
+            true,
+            false,
+            &["ev"],
+        )
+    },
     // VolSync's ReplicationSource, as its CRD serves it (the agent looks for one replicating
     // a gated PVC before asking the application to quiesce).
-    def(
-        "volsync.backube",
-        "v1alpha1",
-        "replicationsources",
-        "replicationsource",
-        "ReplicationSource",
-        true,
-        true,
-        &[],
-    ),
-    def(
-        "snapshot.storage.k8s.io",
-        "v1",
+    ResourceDef {
+        generation: true,
+        crd: true,
+        ..def(
+            "volsync.backube",
+            "v1alpha1",
+            "replicationsources",
+            "replicationsource",
+            "ReplicationSource",
+            true,
+            true,
+            &[],
+        )
+    },
+    crd(
         "volumesnapshots",
         "volumesnapshot",
         "VolumeSnapshot",
@@ -162,9 +250,7 @@ static RESOURCES: &[ResourceDef] = &[
         true,
         &["vs"],
     ),
-    def(
-        "snapshot.storage.k8s.io",
-        "v1",
+    crd(
         "volumesnapshotcontents",
         "volumesnapshotcontent",
         "VolumeSnapshotContent",
@@ -172,9 +258,7 @@ static RESOURCES: &[ResourceDef] = &[
         true,
         &["vsc", "vscs"],
     ),
-    def(
-        "snapshot.storage.k8s.io",
-        "v1",
+    crd(
         "volumesnapshotclasses",
         "volumesnapshotclass",
         "VolumeSnapshotClass",
@@ -201,6 +285,19 @@ static RESOURCES: &[ResourceDef] = &[
             "localsubjectaccessreview",
             "LocalSubjectAccessReview",
             true,
+            false,
+            &[],
+        )
+    },
+    ResourceDef {
+        review: true,
+        ..def(
+            "authorization.k8s.io",
+            "v1",
+            "selfsubjectaccessreviews",
+            "selfsubjectaccessreview",
+            "SelfSubjectAccessReview",
+            false,
             false,
             &[],
         )

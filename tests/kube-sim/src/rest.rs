@@ -14,6 +14,7 @@ use crate::SimState;
 use crate::discovery;
 use crate::error::ApiError;
 use crate::faults::{FaultKind, RequestRecord, Verb};
+use crate::protobuf;
 use crate::rbac;
 use crate::resources::{self, ResourceDef};
 use crate::selector::Selector;
@@ -246,6 +247,18 @@ pub(crate) async fn handle(state: Arc<SimState>, req: Request<Bytes>) -> Respons
         Ok(user) => {
             record.user = user.clone();
             match non_resource(&state, &path) {
+                Some(Ok(_)) if path == tokens::JWKS_PATH && !accepts_jwk_set(&parts.headers) => {
+                    // As kube-apiserver: the key set is served as application/jwk-set+json
+                    // only (not application/json, not application/*).
+                    error_response(
+                        &ApiError::new(
+                            406,
+                            "NotAcceptable",
+                            "406: Not Acceptable\n\nAvailable representations: application/jwk-set+json",
+                        )
+                        .with_empty_details(),
+                    )
+                }
                 Some(Ok(v)) if path == tokens::JWKS_PATH => {
                     typed_json_response(200, "application/jwk-set+json", &v)
                 }
@@ -272,6 +285,21 @@ pub(crate) async fn handle(state: Arc<SimState>, req: Request<Bytes>) -> Respons
     response
 }
 
+/// Whether the `Accept` header lets the key set be answered: none, `*/*`, or
+/// `application/jwk-set+json`.
+fn accepts_jwk_set(headers: &HeaderMap) -> bool {
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|a| a.to_str().ok()) else {
+        return true;
+    };
+    accept.trim().is_empty()
+        || accept.split(',').any(|t| {
+            matches!(
+                t.split(';').next().unwrap_or("").trim(),
+                "*/*" | "application/jwk-set+json"
+            )
+        })
+}
+
 fn non_resource(state: &SimState, path: &str) -> Option<Result<Value, ApiError>> {
     let not_found = || {
         ApiError::new(
@@ -289,11 +317,25 @@ fn non_resource(state: &SimState, path: &str) -> Option<Result<Value, ApiError>>
         ["apis", g] => discovery::group(g).ok_or_else(not_found),
         ["apis", g, v] => discovery::resource_list(g, v).ok_or_else(not_found),
         ["healthz" | "livez" | "readyz"] => Ok(json!("ok")),
+        ["openapi", "v3"] => Ok(discovery::openapi_v3_index()),
+        ["openapi", "v3", "api", v] => discovery::openapi_v3_document("", v).ok_or_else(not_found),
+        ["openapi", "v3", "apis", g, v] => {
+            discovery::openapi_v3_document(g, v).ok_or_else(not_found)
+        }
         [".well-known", "openid-configuration"] => Ok(tokens::openid_configuration(state)),
         ["openid", "v1", "jwks"] => Ok(state.signer.jwks()),
         ["api", ..] | ["apis", ..] => return None,
         _ => Err(not_found()),
     })
+}
+
+/// A create or update body: JSON, or protobuf as kubectl's typed clients send it.
+fn decode_body(res: &ResourceDef, content_type: &str, body: &Bytes) -> Result<Value, ApiError> {
+    if protobuf::is_protobuf(content_type) {
+        protobuf::decode(res, body)
+    } else {
+        parse_body(body)
+    }
 }
 
 fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
@@ -309,7 +351,45 @@ fn write_options(query: &Query) -> WriteOptions {
             .filter(|m| !m.is_empty())
             .map(str::to_string),
         dry_run: query.get("dryRun").is_some_and(|d| d == "All"),
+        admit: true,
+        strict: query.get("fieldValidation") == Some("Strict"),
+        force: query.flag("force"),
     }
+}
+
+/// A list item as the API server sends it: without `apiVersion` and `kind` (they are the
+/// list's), except for custom resources (served as unstructured objects, they keep them).
+fn list_item(res: &ResourceDef, mut obj: Value) -> Value {
+    if !res.crd
+        && let Some(m) = obj.as_object_mut()
+    {
+        m.remove("apiVersion");
+        m.remove("kind");
+    }
+    obj
+}
+
+/// The list's metadata: a custom resource list says `continue: ""` when there is no more.
+fn list_meta(res: &ResourceDef, rv: u64) -> Value {
+    let mut meta = json!({"resourceVersion": rv.to_string()});
+    if res.crd {
+        meta["continue"] = json!("");
+    }
+    meta
+}
+
+/// A `Status` of a deletion done at once: `{status: Success, details: {name, group, kind
+/// (the plural), uid}}`.
+fn deleted_status(res: &ResourceDef, obj: &Value) -> Value {
+    let mut details = json!({
+        "name": obj["metadata"]["name"],
+        "kind": res.plural,
+        "uid": obj["metadata"]["uid"],
+    });
+    if !res.group.is_empty() {
+        details["group"] = json!(res.group);
+    }
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details})
 }
 
 fn list_kind(res: &ResourceDef) -> String {
@@ -405,9 +485,20 @@ async fn resource_request(
     let existed = verb != Verb::Patch || state.store.get(res, ns, name).is_ok();
 
     if target.res.review {
+        let user = record.user.clone();
         return match (verb, ns) {
             (Verb::Create, Some(ns)) if target.name.is_none() && target.sub.is_none() => {
-                match parse_body(&body).and_then(|b| rbac::review(state, ns, b)) {
+                match decode_body(target.res, content_type, &body)
+                    .and_then(|b| rbac::review(state, ns, b))
+                {
+                    Ok(v) => json_response(201, &v),
+                    Err(e) => error_response(&e),
+                }
+            }
+            (Verb::Create, None) if target.name.is_none() && target.sub.is_none() => {
+                match decode_body(target.res, content_type, &body)
+                    .and_then(|b| rbac::self_review(state, &user, b))
+                {
                     Ok(v) => json_response(201, &v),
                     Err(e) => error_response(&e),
                 }
@@ -423,6 +514,15 @@ async fn resource_request(
             };
         }
         Verb::Get if target.sub.as_deref() == Some("log") => {
+            // A pod not placed on a node has no log to read yet: 204, as the API server says.
+            if let Ok(pod) = state.store.get(res, ns, name)
+                && pod["spec"]["nodeName"].as_str().is_none_or(str::is_empty)
+            {
+                return Response::builder()
+                    .status(StatusCode::NO_CONTENT)
+                    .body(Full::new(Bytes::new()).boxed_unsync())
+                    .expect("valid response");
+            }
             return match state.pod_log(ns.unwrap_or(""), name, query) {
                 Ok(text) => text_response(text),
                 Err(e) => error_response(&e),
@@ -438,7 +538,7 @@ async fn resource_request(
         }),
         Verb::List => list(state, &target, query, accept),
         Verb::Watch => {
-            let (labels, mut fields) = match selectors(query) {
+            let (labels, mut fields) = match selectors(res, query) {
                 Ok(s) => s,
                 Err(e) => return error_response(&e),
             };
@@ -477,9 +577,9 @@ async fn resource_request(
             };
             return watch::respond(state.clone(), req);
         }
-        Verb::Create => parse_body(&body)
+        Verb::Create => decode_body(res, content_type, &body)
             .and_then(|obj| state.store.create(res, ns, obj, &write_options(query))),
-        Verb::Update => parse_body(&body).and_then(|obj| {
+        Verb::Update => decode_body(res, content_type, &body).and_then(|obj| {
             state
                 .store
                 .update(res, ns, name, obj, status_only, &write_options(query))
@@ -502,13 +602,23 @@ async fn resource_request(
             } else {
                 parse_body(&body)
             };
-            // `force` is accepted; the simulator never reports apply conflicts
             let opts = write_options(query);
             patch.and_then(|p| state.store.patch(res, ns, name, pt, &p, status_only, &opts))
         }
         Verb::Delete => {
+            // A pod and a namespace are answered with their last state; anything else
+            // removed at once with a Status; anything left terminating with itself.
             let opts = delete_options(&body, query);
-            opts.and_then(|o| state.store.delete(res, ns, name, &o))
+            opts.and_then(|o| state.store.delete_ext(res, ns, name, &o))
+                .map(|d| {
+                    let keeps_object =
+                        res.group.is_empty() && matches!(res.plural, "pods" | "namespaces");
+                    if d.removed && !keeps_object {
+                        deleted_status(res, &d.object)
+                    } else {
+                        d.object
+                    }
+                })
         }
         Verb::DeleteCollection => delete_collection(state, &target, query, &body),
     };
@@ -548,15 +658,30 @@ fn fault_status(code: u16) -> ApiError {
     ApiError::new(code, reason, message)
 }
 
-fn selectors(query: &Query) -> Result<(Selector, Selector), ApiError> {
+fn selectors(res: &ResourceDef, query: &Query) -> Result<(Selector, Selector), ApiError> {
+    let fields = Selector::fields(query.get("fieldSelector").unwrap_or(""))?;
+    let known = |f: &str| {
+        matches!(f, "metadata.name" | "metadata.namespace") || res.field_labels.contains(&f)
+    };
+    if let Some(unknown) = fields.keys().into_iter().find(|f| !known(f)) {
+        let mut supported = vec![
+            "\"metadata.name\"".to_string(),
+            "\"metadata.namespace\"".to_string(),
+        ];
+        supported.extend(res.field_labels.iter().map(|f| format!("\"{f}\"")));
+        return Err(ApiError::bad_request(format!(
+            "\"{unknown}\" is not a known field selector: only {}",
+            supported.join(", ")
+        )));
+    }
     Ok((
         Selector::labels(query.get("labelSelector").unwrap_or(""))?,
-        Selector::fields(query.get("fieldSelector").unwrap_or(""))?,
+        fields,
     ))
 }
 
 fn list(state: &SimState, target: &Target, query: &Query, accept: &str) -> Result<Value, ApiError> {
-    let (labels, fields) = selectors(query)?;
+    let (labels, fields) = selectors(target.res, query)?;
     let limit = query.get("limit").and_then(|l| l.parse::<usize>().ok());
     let page = state.store.list(
         target.res,
@@ -566,7 +691,7 @@ fn list(state: &SimState, target: &Target, query: &Query, accept: &str) -> Resul
         limit,
         query.get("continue"),
     )?;
-    let mut meta = json!({"resourceVersion": page.resource_version.to_string()});
+    let mut meta = list_meta(target.res, page.resource_version);
     if let Some(c) = &page.continue_token {
         meta["continue"] = json!(c);
         meta["remainingItemCount"] = json!(page.remaining);
@@ -575,11 +700,16 @@ fn list(state: &SimState, target: &Target, query: &Query, accept: &str) -> Resul
         let include = query.get("includeObject").unwrap_or("Metadata");
         return Ok(table::table(target.res, &page.items, meta, include));
     }
+    let items: Vec<Value> = page
+        .items
+        .into_iter()
+        .map(|i| list_item(target.res, i))
+        .collect();
     Ok(json!({
         "kind": list_kind(target.res),
         "apiVersion": target.res.api_version(),
         "metadata": meta,
-        "items": page.items,
+        "items": items,
     }))
 }
 
@@ -590,6 +720,9 @@ fn delete_options(body: &Bytes, query: &Query) -> Result<DeleteOptions, ApiError
         parse_body(body)?
     };
     let pre = &v["preconditions"];
+    let body_dry_run = v["dryRun"]
+        .as_array()
+        .is_some_and(|d| d.iter().any(|x| x == "All"));
     Ok(DeleteOptions {
         uid: pre["uid"].as_str().map(str::to_string),
         resource_version: pre["resourceVersion"].as_str().map(str::to_string),
@@ -597,6 +730,7 @@ fn delete_options(body: &Bytes, query: &Query) -> Result<DeleteOptions, ApiError
             .as_str()
             .or(query.get("propagationPolicy"))
             .map(str::to_string),
+        dry_run: body_dry_run || query.get("dryRun") == Some("All"),
     })
 }
 
@@ -606,7 +740,7 @@ fn delete_collection(
     query: &Query,
     body: &Bytes,
 ) -> Result<Value, ApiError> {
-    let (labels, fields) = selectors(query)?;
+    let (labels, fields) = selectors(target.res, query)?;
     let opts = delete_options(body, query)?;
     let page = state.store.list(
         target.res,
@@ -616,12 +750,16 @@ fn delete_collection(
         None,
         None,
     )?;
+    // The answer is the list as it was listed (what a dry run would delete, too).
     let mut deleted = Vec::new();
     for item in page.items {
         let ns = item["metadata"]["namespace"].as_str().map(str::to_string);
         let name = item["metadata"]["name"].as_str().unwrap_or("").to_string();
-        match state.store.delete(target.res, ns.as_deref(), &name, &opts) {
-            Ok(v) => deleted.push(v),
+        match state
+            .store
+            .delete_ext(target.res, ns.as_deref(), &name, &opts)
+        {
+            Ok(_) => deleted.push(list_item(target.res, item)),
             Err(e) if e.code == 404 => {}
             Err(e) => return Err(e),
         }
@@ -629,7 +767,7 @@ fn delete_collection(
     Ok(json!({
         "kind": list_kind(target.res),
         "apiVersion": target.res.api_version(),
-        "metadata": {"resourceVersion": state.store.resource_version().to_string()},
+        "metadata": list_meta(target.res, page.resource_version),
         "items": deleted,
     }))
 }

@@ -97,7 +97,28 @@ impl Selector {
         Ok(Self { reqs, fields })
     }
 
+    /// The keys the requirements name (the field labels of a field selector).
+    pub fn keys(&self) -> Vec<&str> {
+        self.reqs
+            .iter()
+            .map(|r| match r {
+                Requirement::Eq(k, _)
+                | Requirement::NotEq(k, _)
+                | Requirement::In(k, _)
+                | Requirement::NotIn(k, _)
+                | Requirement::Exists(k)
+                | Requirement::NotExists(k) => k.as_str(),
+            })
+            .collect()
+    }
+
     fn lookup(&self, obj: &Value, key: &str) -> Option<String> {
+        // An Event's field label `source` is its `source.component`.
+        let key = if self.fields && key == "source" {
+            "source.component"
+        } else {
+            key
+        };
         let v = if self.fields {
             key.split('.').try_fold(obj, |v, k| v.get(k))?
         } else {

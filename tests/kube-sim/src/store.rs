@@ -74,6 +74,14 @@ pub struct WriteOptions {
     pub field_manager: Option<String>,
     /// `dryRun=All`: validate and compute, but do not persist.
     pub dry_run: bool,
+    /// Decode, default, validate and admit the object as a real API server would
+    /// ([`crate::admission`]): writes through the REST front end do; the simulated
+    /// controllers and test setup writing straight into the store do not.
+    pub admit: bool,
+    /// `fieldValidation=Strict`: an unknown field is refused (400) instead of dropped.
+    pub strict: bool,
+    /// `force=true` on a server-side apply: take the fields other managers own.
+    pub force: bool,
 }
 
 /// Options for delete.
@@ -86,6 +94,17 @@ pub struct DeleteOptions {
     /// `propagationPolicy`: `Orphan` keeps dependents; anything else (`Background`, the
     /// default, and `Foreground`, which is served like it) deletes them.
     pub propagation: Option<String>,
+    /// `dryRun=All`: answer as the deletion would, delete nothing.
+    pub dry_run: bool,
+}
+
+/// What a deletion did.
+#[derive(Debug, Clone)]
+pub struct Deleted {
+    /// The object: as it was removed, or as it stays (terminating: a `deletionTimestamp`).
+    pub object: Value,
+    /// Whether it is gone (else it waits for its finalizers).
+    pub removed: bool,
 }
 
 /// The kinds of PATCH bodies understood.
@@ -93,7 +112,7 @@ pub struct DeleteOptions {
 pub enum PatchType {
     /// `application/merge-patch+json`.
     Merge,
-    /// `application/strategic-merge-patch+json` (treated as a merge patch).
+    /// `application/strategic-merge-patch+json` ([`crate::smp`]; 415 for custom resources).
     StrategicMerge,
     /// `application/json-patch+json`.
     Json,
@@ -140,7 +159,7 @@ pub(crate) struct WatchStart {
     pub(crate) live: mpsc::UnboundedReceiver<Arc<Change>>,
 }
 
-type Key = (String, String);
+pub(crate) type Key = (String, String);
 
 struct Inner {
     rv: u64,
@@ -245,49 +264,6 @@ fn spec_part(obj: &Value) -> Value {
         m.remove("kind");
     }
     v
-}
-
-/// `managedFields` `fieldsV1` describing the fields set in `obj`.
-fn fields_v1(obj: &Value) -> Value {
-    match obj {
-        Value::Object(m) => Value::Object(
-            m.iter()
-                .filter(|(k, _)| {
-                    !matches!(
-                        k.as_str(),
-                        "apiVersion" | "kind" | "resourceVersion" | "uid"
-                    )
-                })
-                .map(|(k, v)| (format!("f:{k}"), fields_v1(v)))
-                .collect(),
-        ),
-        _ => json!({}),
-    }
-}
-
-fn record_manager(
-    obj: &mut Value,
-    manager: &str,
-    operation: &str,
-    api_version: &str,
-    fields: &Value,
-) {
-    let entry = json!({
-        "manager": manager,
-        "operation": operation,
-        "apiVersion": api_version,
-        "time": now_timestamp(),
-        "fieldsType": "FieldsV1",
-        "fieldsV1": fields_v1(fields),
-    });
-    let m = meta_mut(obj);
-    let list = m.entry("managedFields").or_insert_with(|| json!([]));
-    if !list.is_array() {
-        *list = json!([]);
-    }
-    let arr = list.as_array_mut().expect("array");
-    arr.retain(|e| !(e["manager"] == manager && e["operation"] == operation));
-    arr.push(entry);
 }
 
 fn status_defaults(res: &ResourceDef) -> Option<Value> {
@@ -484,6 +460,15 @@ impl Store {
                 m.remove("namespace");
             }
         }
+        if opts.admit {
+            if res.namespaced {
+                crate::admission::namespace_exists(&inner.objects, meta_str(&obj, "namespace"))?;
+            }
+            let map = obj.as_object_mut().expect("object");
+            map.insert("apiVersion".into(), json!(res.api_version()));
+            map.insert("kind".into(), json!(res.kind));
+            crate::admission::decode(res, &mut obj, opts.strict)?;
+        }
         let mut name = meta_str(&obj, "name").to_string();
         if name.is_empty() {
             let prefix = meta_str(&obj, "generateName").to_string();
@@ -533,16 +518,23 @@ impl Store {
         {
             map.insert("status".into(), s);
         }
-        let applied = obj.clone();
+        let uid = new_uid();
+        if opts.admit {
+            crate::admission::on_create(&inner.objects, res, &mut obj, &uid)?;
+        }
         let m = meta_mut(&mut obj);
-        m.insert("uid".into(), json!(new_uid()));
+        m.insert("uid".into(), json!(uid));
         m.insert("creationTimestamp".into(), json!(now_timestamp()));
-        m.insert("generation".into(), json!(1));
+        if res.generation {
+            m.insert("generation".into(), json!(1));
+        } else {
+            m.remove("generation");
+        }
         m.remove("deletionTimestamp");
         m.remove("resourceVersion");
         m.remove("managedFields");
         if let Some(manager) = &opts.field_manager {
-            record_manager(&mut obj, manager, "Update", &res.api_version(), &applied);
+            crate::ssa::record_update(None, &mut obj, manager, &res.api_version());
         }
         if opts.dry_run {
             return Ok(obj);
@@ -561,7 +553,7 @@ impl Store {
         opts: &WriteOptions,
     ) -> Result<Value, ApiError> {
         let mut inner = self.lock();
-        inner.update(res, ns, name, obj, status_only, opts, "Update")
+        inner.update(res, ns, name, obj, status_only, opts)
     }
 
     /// Patch an object. Server-side apply creates the object if missing.
@@ -615,8 +607,16 @@ impl Store {
                         },
                     )?;
                     // record the apply manager on the stored object
+                    let owned = crate::ssa::apply(
+                        &json!({}),
+                        patch,
+                        &manager,
+                        opts.force,
+                        &res.api_version(),
+                    )?;
+                    created["metadata"]["managedFields"] =
+                        owned["metadata"]["managedFields"].clone();
                     let mut inner = self.lock();
-                    record_manager(&mut created, &manager, "Apply", &res.api_version(), patch);
                     if opts.dry_run {
                         return Ok(created);
                     }
@@ -628,19 +628,18 @@ impl Store {
                     return Ok(created);
                 }
                 Some(current) => {
-                    let mut merged = current.clone();
-                    let mut body = patch.clone();
-                    if let Some(m) = body.get_mut("metadata").and_then(Value::as_object_mut) {
-                        m.remove("resourceVersion");
-                        m.remove("managedFields");
-                    }
-                    json_patch::merge(&mut merged, &body);
-                    record_manager(&mut merged, &manager, "Apply", &res.api_version(), patch);
+                    let merged = crate::ssa::apply(
+                        &current,
+                        patch,
+                        &manager,
+                        opts.force,
+                        &res.api_version(),
+                    )?;
                     let opts = WriteOptions {
                         field_manager: None,
                         ..opts.clone()
                     };
-                    return inner.update(res, ns, name, merged, status_only, &opts, "Apply");
+                    return inner.update(res, ns, name, merged, status_only, &opts);
                 }
             }
         }
@@ -649,25 +648,38 @@ impl Store {
         };
         let mut patched = current.clone();
         match patch_type {
-            PatchType::Merge | PatchType::StrategicMerge => json_patch::merge(&mut patched, patch),
+            PatchType::Merge => json_patch::merge(&mut patched, patch),
+            PatchType::StrategicMerge if res.crd => {
+                return Err(ApiError::new(
+                    415,
+                    "UnsupportedMediaType",
+                    "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
+                ));
+            }
+            PatchType::StrategicMerge => crate::smp::apply(&mut patched, patch),
             PatchType::Json => {
-                let ops: json_patch::Patch = serde_json::from_value(patch.clone())
-                    .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
-                json_patch::patch(&mut patched, &ops).map_err(|e| {
+                // Whatever a JSON patch fails on (a failed `test`, a missing path), the API
+                // server says the same.
+                let rejected = || {
                     ApiError::new(
                         422,
                         "Invalid",
-                        format!("the JSON patch could not be applied: {e}"),
+                        "the server rejected our request due to an error in our request",
                     )
-                })?;
+                    .with_empty_details()
+                };
+                let ops: json_patch::Patch = serde_json::from_value(patch.clone())
+                    .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
+                json_patch::patch(&mut patched, &ops).map_err(|_| rejected())?;
             }
             PatchType::Apply => unreachable!("handled above"),
         }
-        inner.update(res, ns, name, patched, status_only, opts, "Update")
+        inner.update(res, ns, name, patched, status_only, opts)
     }
 
     /// Delete an object, garbage-collecting dependents (ownerReferences) unless
     /// `propagationPolicy=Orphan`. Objects with finalizers only get a deletionTimestamp.
+    /// The object as removed, or as it stays terminating; see [`Store::delete_ext`].
     pub fn delete(
         &self,
         res: &'static ResourceDef,
@@ -675,53 +687,118 @@ impl Store {
         name: &str,
         opts: &DeleteOptions,
     ) -> Result<Value, ApiError> {
+        self.delete_ext(res, ns, name, opts).map(|d| d.object)
+    }
+
+    /// Delete an object as the API server does:
+    ///
+    /// * with finalizers, it gets a `deletionTimestamp` (and `deletionGracePeriodSeconds: 0`)
+    ///   and stays until they are removed;
+    /// * a Namespace goes `Terminating` (a `deletionTimestamp`), then what it holds is
+    ///   deleted, then itself (the namespace controller's work, done at once here);
+    /// * a pod is removed at once (no kubelet to wait for), its last state with a
+    ///   `deletionTimestamp`, `deletionGracePeriodSeconds: 0` and its generation bumped;
+    /// * anything else is removed, its dependents garbage-collected unless orphaned.
+    ///
+    /// With `dry_run` nothing changes: the answer is what the deletion would have done.
+    pub fn delete_ext(
+        &self,
+        res: &'static ResourceDef,
+        ns: Option<&str>,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> Result<Deleted, ApiError> {
         let mut inner = self.lock();
         let key = Self::key(res, ns, name);
         let idx = resources::index_of(res);
         let Some(current) = inner.objects[idx].get(&key).cloned() else {
             return Err(ApiError::not_found(res.group, res.plural, name));
         };
+        let precondition = |what: &str, wanted: &str, got: &str, why: &str| {
+            ApiError::new(
+                409,
+                "Conflict",
+                format!(
+                    "Operation cannot be fulfilled on {} \"{name}\": the {what} in the precondition ({wanted}) does not match the {what} in record ({got}). {why}",
+                    res.kind
+                ),
+            )
+            .with_details(res.group, res.kind, name)
+        };
         if let Some(uid) = &opts.uid
             && uid != meta_str(&current, "uid")
         {
-            return Err(ApiError::conflict(
-                res.group,
-                res.plural,
-                name,
-                &format!(
-                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
-                    meta_str(&current, "uid")
-                ),
+            return Err(precondition(
+                "UID",
+                uid,
+                meta_str(&current, "uid"),
+                "The object might have been deleted and then recreated",
             ));
         }
         if let Some(rv) = &opts.resource_version
             && rv != meta_str(&current, "resourceVersion")
         {
-            return Err(ApiError::conflict(
-                res.group,
-                res.plural,
-                name,
-                &format!(
-                    "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
-                    meta_str(&current, "resourceVersion")
-                ),
+            return Err(precondition(
+                "ResourceVersion",
+                rv,
+                meta_str(&current, "resourceVersion"),
+                "The object might have been modified",
             ));
         }
+        let namespace = res.group.is_empty() && res.plural == "namespaces";
         let has_finalizers = meta(&current)["finalizers"]
             .as_array()
             .is_some_and(|f| !f.is_empty());
-        if has_finalizers {
+        if has_finalizers || namespace {
             if meta(&current).get("deletionTimestamp").is_some() {
-                return Ok(current);
+                return Ok(Deleted {
+                    object: current,
+                    removed: false,
+                });
             }
             let mut marked = current;
             let m = meta_mut(&mut marked);
             m.insert("deletionTimestamp".into(), json!(now_timestamp()));
-            m.insert("deletionGracePeriodSeconds".into(), json!(0));
-            return Ok(inner.commit(res, key, Some(marked), ChangeType::Modified));
+            if namespace {
+                marked["status"]["phase"] = json!("Terminating");
+            } else {
+                meta_mut(&mut marked).insert("deletionGracePeriodSeconds".into(), json!(0));
+            }
+            if opts.dry_run {
+                return Ok(Deleted {
+                    object: marked,
+                    removed: false,
+                });
+            }
+            let object = inner.commit(res, key.clone(), Some(marked), ChangeType::Modified);
+            if namespace && !has_finalizers {
+                inner.remove(res, key, false);
+            }
+            return Ok(Deleted {
+                object,
+                removed: false,
+            });
         }
+        let mut last = current;
+        if res.group.is_empty() && res.plural == "pods" {
+            let generation = last["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
+            let m = meta_mut(&mut last);
+            m.insert("deletionTimestamp".into(), json!(now_timestamp()));
+            m.insert("deletionGracePeriodSeconds".into(), json!(0));
+            m.insert("generation".into(), json!(generation));
+        }
+        if opts.dry_run {
+            return Ok(Deleted {
+                object: last,
+                removed: true,
+            });
+        }
+        inner.objects[idx].insert(key.clone(), last);
         let orphan = opts.propagation.as_deref() == Some("Orphan");
-        Ok(inner.remove(res, key, orphan))
+        Ok(Deleted {
+            object: inner.remove(res, key, orphan),
+            removed: true,
+        })
     }
 
     /// All objects of a resource, across namespaces.
@@ -837,7 +914,6 @@ impl Inner {
         mut obj: Value,
         status_only: bool,
         opts: &WriteOptions,
-        operation: &str,
     ) -> Result<Value, ApiError> {
         if !obj.is_object() {
             return Err(ApiError::bad_request("body must be a JSON object"));
@@ -914,13 +990,16 @@ impl Inner {
             "resourceVersion".into(),
             current["metadata"]["resourceVersion"].clone(),
         );
-        if spec_part(&new) != spec_part(&current) {
+        if opts.admit && !status_only {
+            crate::admission::decode(res, &mut new, opts.strict)?;
+            crate::admission::on_update(res, &current, &mut new)?;
+        }
+        if res.generation && spec_part(&new) != spec_part(&current) {
             let gen_ = current["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
             meta_mut(&mut new).insert("generation".into(), json!(gen_));
         }
         if let Some(manager) = &opts.field_manager {
-            let changed = new.clone();
-            record_manager(&mut new, manager, operation, &res.api_version(), &changed);
+            crate::ssa::record_update(Some(&current), &mut new, manager, &res.api_version());
         }
         if new == current {
             return Ok(current);

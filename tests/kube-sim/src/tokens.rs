@@ -242,6 +242,7 @@ fn invalid(name: &str, field: &str, value: &str, message: &str) -> ApiError {
             message: detail,
             field: field.into(),
         }],
+        empty: false,
     }));
     e
 }

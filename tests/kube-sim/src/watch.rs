@@ -49,6 +49,22 @@ impl WatchRequest {
         ns_ok && self.labels.matches(obj) && self.fields.matches(obj)
     }
 
+    /// The event to send for a change, if any: its type and object. An object entering the
+    /// watched set is ADDED; one leaving it is DELETED with its last state that matched, at
+    /// the change's resourceVersion (as the API server's watch cache sends it).
+    fn event(&self, change: &Change) -> Option<(&'static str, Value)> {
+        let t = self.event_type(change)?;
+        let leaving = change.change_type == ChangeType::Modified && t == "DELETED";
+        match (&change.previous, leaving) {
+            (Some(prev), true) => {
+                let mut obj = prev.clone();
+                obj["metadata"]["resourceVersion"] = json!(change.rv.to_string());
+                Some((t, obj))
+            }
+            _ => Some((t, change.object.clone())),
+        }
+    }
+
     /// The event type to send for a change, if any (selector transitions map to ADDED/DELETED).
     fn event_type(&self, change: &Change) -> Option<&'static str> {
         if change.resource != self.res {
@@ -141,8 +157,8 @@ async fn run(state: Arc<SimState>, req: WatchRequest, tx: mpsc::Sender<Bytes>) {
         return;
     }
     for change in &start.replay {
-        if let Some(t) = req.event_type(change)
-            && tx.send(req.line(t, &change.object)).await.is_err()
+        if let Some((t, obj)) = req.event(change)
+            && tx.send(req.line(t, &obj)).await.is_err()
         {
             return;
         }
@@ -168,8 +184,8 @@ async fn run(state: Arc<SimState>, req: WatchRequest, tx: mpsc::Sender<Bytes>) {
             change = live.recv() => {
                 let Some(change) = change else { return };
                 last_rv = change.rv;
-                if let Some(t) = req.event_type(&change)
-                    && tx.send(req.line(t, &change.object)).await.is_err()
+                if let Some((t, obj)) = req.event(&change)
+                    && tx.send(req.line(t, &obj)).await.is_err()
                 {
                     return;
                 }

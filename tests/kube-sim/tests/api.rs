@@ -3,13 +3,14 @@
 
 mod fixtures;
 
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim};
 use kube::api::{
     Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams, Preconditions,
 };
 use kube::discovery::{ApiResource, Discovery};
 use serde_json::json;
-use snapgate_kube_sim::{KubeSim, resources};
+use snapgate_kube_sim::resources;
 
 fn api_error(e: kube::Error) -> Box<kube::core::Status> {
     match e {
@@ -20,7 +21,7 @@ fn api_error(e: kube::Error) -> Box<kube::core::Status> {
 
 #[tokio::test]
 async fn a_created_pvc_gets_server_fields_and_can_be_read_back_and_listed() {
-    let sim = KubeSim::new();
+    let sim = fixtures::sim();
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(sim.client(), "ns1");
     let created = pvcs
         .create(&PostParams::default(), &fixtures::pvc("ns1", "data"))
@@ -29,7 +30,17 @@ async fn a_created_pvc_gets_server_fields_and_can_be_read_back_and_listed() {
     let meta = &created.metadata;
     assert!(meta.uid.as_deref().is_some_and(|u| u.len() == 36));
     assert!(meta.creation_timestamp.is_some());
-    assert_eq!(meta.generation, Some(1));
+    // As the API server makes a PVC: no generation (core kinds other than pods have none),
+    // PVC protection's finalizer, the volume mode defaulted.
+    assert_eq!(meta.generation, None);
+    assert_eq!(
+        meta.finalizers.as_deref(),
+        Some(&["kubernetes.io/pvc-protection".to_owned()][..])
+    );
+    assert_eq!(
+        created.spec.as_ref().unwrap().volume_mode.as_deref(),
+        Some("Filesystem")
+    );
     let rv: u64 = meta.resource_version.as_deref().unwrap().parse().unwrap();
     assert!(rv > 0);
     assert_eq!(created.status.unwrap().phase.as_deref(), Some("Pending"));
@@ -44,7 +55,7 @@ async fn a_created_pvc_gets_server_fields_and_can_be_read_back_and_listed() {
 
 #[tokio::test]
 async fn creating_an_existing_name_is_409_already_exists() {
-    let sim = KubeSim::new();
+    let sim = fixtures::sim();
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(sim.client(), "ns1");
     pvcs.create(&PostParams::default(), &fixtures::pvc("ns1", "data"))
         .await
@@ -61,7 +72,7 @@ async fn creating_an_existing_name_is_409_already_exists() {
 
 #[tokio::test]
 async fn getting_a_missing_object_is_404_not_found() {
-    let sim = KubeSim::new();
+    let sim = fixtures::sim();
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(sim.client(), "ns1");
     let err = api_error(pvcs.get("nope").await.unwrap_err());
     assert_eq!((err.code, err.reason.as_str()), (404, "NotFound"));
@@ -71,7 +82,7 @@ async fn getting_a_missing_object_is_404_not_found() {
 
 #[tokio::test]
 async fn invalid_and_missing_names_are_422_invalid_with_causes() {
-    let sim = KubeSim::new();
+    let sim = fixtures::sim();
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(sim.client(), "ns1");
     let err = api_error(
         pvcs.create(&PostParams::default(), &fixtures::pvc("ns1", "Bad_Name"))
@@ -95,7 +106,7 @@ async fn invalid_and_missing_names_are_422_invalid_with_causes() {
 
 #[tokio::test]
 async fn generate_name_produces_distinct_names_with_the_prefix() {
-    let sim = KubeSim::new();
+    let sim = fixtures::sim();
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(sim.client(), "ns1");
     let mut obj = fixtures::pvc("ns1", "x");
     obj.metadata.name = None;
@@ -109,7 +120,7 @@ async fn generate_name_produces_distinct_names_with_the_prefix() {
 
 #[tokio::test]
 async fn replace_with_a_stale_resource_version_is_409_conflict() {
-    let sim = KubeSim::new();
+    let sim = fixtures::sim();
     let cms: Api<ConfigMap> = Api::namespaced(sim.client(), "ns1");
     let mut cm = ConfigMap::default();
     cm.metadata.name = Some("cfg".into());
@@ -138,15 +149,18 @@ async fn replace_with_a_stale_resource_version_is_409_conflict() {
 
 #[tokio::test]
 async fn merge_json_and_strategic_patches_change_the_object_and_bump_generation_only_for_spec() {
-    let sim = KubeSim::new();
-    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(sim.client(), "ns1");
-    pvcs.create(&PostParams::default(), &fixtures::pvc("ns1", "data"))
+    let sim = fixtures::sim();
+    // A Job: it has a generation (a PVC has none) and a mutable spec field (parallelism).
+    let jobs: Api<Job> = Api::namespaced(sim.client(), "ns1");
+    let created = jobs
+        .create(&PostParams::default(), &fixtures::job("ns1", "j", 1))
         .await
         .unwrap();
+    assert_eq!(created.metadata.generation, Some(1));
 
-    let p = pvcs
+    let p = jobs
         .patch(
-            "data",
+            "j",
             &PatchParams::default(),
             &Patch::Merge(json!({"metadata": {"annotations": {"a": "1"}}})),
         )
@@ -160,12 +174,12 @@ async fn merge_json_and_strategic_patches_change_the_object_and_bump_generation_
     );
 
     let ops: json_patch::Patch = serde_json::from_value(json!([
-        {"op": "add", "path": "/metadata/labels/extra", "value": "yes"},
-        {"op": "replace", "path": "/spec/resources/requests/storage", "value": "2Gi"},
+        {"op": "add", "path": "/metadata/labels", "value": {"extra": "yes"}},
+        {"op": "replace", "path": "/spec/parallelism", "value": 0},
     ]))
     .unwrap();
-    let p = pvcs
-        .patch("data", &PatchParams::default(), &Patch::<()>::Json(ops))
+    let p = jobs
+        .patch("j", &PatchParams::default(), &Patch::<()>::Json(ops))
         .await
         .unwrap();
     assert_eq!(p.metadata.labels.unwrap()["extra"], "yes");
@@ -175,9 +189,9 @@ async fn merge_json_and_strategic_patches_change_the_object_and_bump_generation_
         "spec changes bump the generation"
     );
 
-    let p = pvcs
+    let p = jobs
         .patch(
-            "data",
+            "j",
             &PatchParams::default(),
             &Patch::Strategic(json!({"metadata": {"labels": {"s": "1"}}})),
         )
@@ -188,7 +202,7 @@ async fn merge_json_and_strategic_patches_change_the_object_and_bump_generation_
     let bad: json_patch::Patch =
         serde_json::from_value(json!([{"op": "remove", "path": "/metadata/nothing"}])).unwrap();
     let err = api_error(
-        pvcs.patch("data", &PatchParams::default(), &Patch::<()>::Json(bad))
+        jobs.patch("j", &PatchParams::default(), &Patch::<()>::Json(bad))
             .await
             .unwrap_err(),
     );
@@ -197,7 +211,7 @@ async fn merge_json_and_strategic_patches_change_the_object_and_bump_generation_
 
 #[tokio::test]
 async fn server_side_apply_creates_then_merges_and_records_managed_fields() {
-    let sim = KubeSim::new();
+    let sim = fixtures::sim();
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(sim.client(), "ns1");
     let pp = PatchParams::apply("snapgate-agent").force();
     let created = pvcs
@@ -235,7 +249,7 @@ async fn server_side_apply_creates_then_merges_and_records_managed_fields() {
 
 #[tokio::test]
 async fn server_side_apply_without_a_field_manager_is_422() {
-    let sim = KubeSim::new();
+    let sim = fixtures::sim();
     let res = resources::find_plural("", "configmaps").unwrap();
     let err = sim
         .store()
@@ -254,7 +268,7 @@ async fn server_side_apply_without_a_field_manager_is_422() {
 
 #[tokio::test]
 async fn status_subresource_writes_only_status_and_main_writes_ignore_status() {
-    let sim = KubeSim::new();
+    let sim = fixtures::sim();
     sim.controllers()
         .default_pvc_behaviour(snapgate_kube_sim::PvcBehaviour::NeverBind);
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(sim.client(), "ns1");
@@ -313,7 +327,7 @@ async fn status_subresource_writes_only_status_and_main_writes_ignore_status() {
 
 #[tokio::test]
 async fn deleting_an_owner_garbage_collects_dependents_unless_orphaned() {
-    let sim = KubeSim::new();
+    let sim = fixtures::sim();
     let cms: Api<ConfigMap> = Api::namespaced(sim.client(), "ns1");
     let mk = |name: &str, owner: Option<&ConfigMap>| {
         let mut cm = ConfigMap::default();
@@ -347,9 +361,16 @@ async fn deleting_an_owner_garbage_collects_dependents_unless_orphaned() {
         .delete("owner", &DeleteParams::background())
         .await
         .unwrap();
-    assert!(
-        deleted.left().is_some(),
-        "delete returns the deleted object"
+    let status = deleted
+        .right()
+        .expect("a deletion done at once is answered with a Status");
+    assert_eq!(
+        status.details.map(|d| (d.name, d.kind, d.uid)),
+        Some((
+            "owner".to_owned(),
+            "configmaps".to_owned(),
+            owner.metadata.uid.clone().unwrap()
+        ))
     );
     let names: Vec<String> = cms
         .list(&ListParams::default())
@@ -380,7 +401,7 @@ async fn deleting_an_owner_garbage_collects_dependents_unless_orphaned() {
 
 #[tokio::test]
 async fn delete_preconditions_on_uid_and_resource_version_give_409() {
-    let sim = KubeSim::new();
+    let sim = fixtures::sim();
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(sim.client(), "ns1");
     pvcs.create(&PostParams::default(), &fixtures::pvc("ns1", "data"))
         .await
@@ -410,7 +431,7 @@ async fn delete_preconditions_on_uid_and_resource_version_give_409() {
 
 #[tokio::test]
 async fn finalizers_delay_deletion_until_removed() {
-    let sim = KubeSim::new();
+    let sim = fixtures::sim();
     let cms: Api<ConfigMap> = Api::namespaced(sim.client(), "ns1");
     let mut cm = ConfigMap::default();
     cm.metadata.name = Some("guarded".into());
@@ -433,7 +454,7 @@ async fn finalizers_delay_deletion_until_removed() {
 
 #[tokio::test]
 async fn label_selectors_field_selectors_and_pagination_filter_lists() {
-    let sim = KubeSim::new();
+    let sim = fixtures::sim();
     let client = sim.client();
     for (ns, name, labels) in [
         ("a", "p1", json!({"app": "x", "tier": "db"})),
@@ -518,7 +539,7 @@ async fn label_selectors_field_selectors_and_pagination_filter_lists() {
 
 #[tokio::test]
 async fn every_simulated_resource_supports_create_get_list_and_delete() {
-    let sim = KubeSim::new();
+    let sim = fixtures::sim();
     let client = sim.client();
     // Reviews are answered, never stored (faults_and_rbac.rs tests them).
     for def in resources::all().iter().filter(|d| !d.review) {
@@ -535,7 +556,22 @@ async fn every_simulated_resource_supports_create_get_list_and_delete() {
             Api::all_with(client.clone(), &ar)
         };
         let name = format!("rt-{}", def.singular);
-        let obj = DynamicObject::new(&name, &ar);
+        let mut obj = DynamicObject::new(&name, &ar);
+        // What each kind requires to be valid.
+        obj.data = match def.plural {
+            "persistentvolumeclaims" => json!({"spec": {"accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": "1Gi"}}}}),
+            "jobs" => json!({"spec": {"template": {"spec": {"restartPolicy": "Never",
+                "containers": [{"name": "c", "image": "busybox"}]}}}}),
+            "rolebindings" | "clusterrolebindings" => json!({"roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "x"}}),
+            "storageclasses" => json!({"provisioner": "example.com/x"}),
+            "events" if def.group.is_empty() => {
+                json!({"involvedObject": {"kind": "Pod", "name": "p"}})
+            }
+            "events" => json!({"eventTime": "2026-01-01T00:00:00.000000Z"}),
+            _ => json!({}),
+        };
         let created = api
             .create(&PostParams::default(), &obj)
             .await
@@ -551,17 +587,17 @@ async fn every_simulated_resource_supports_create_get_list_and_delete() {
             .unwrap();
         assert_eq!(listed.items.len(), 1, "{}", def.plural);
         api.delete(&name, &DeleteParams::default()).await.unwrap();
-        assert!(
-            api.get_opt(&name).await.unwrap().is_none(),
-            "{}",
-            def.plural
-        );
+        // A PVC goes once PVC protection saw that no pod uses it.
+        fixtures::eventually(std::time::Duration::from_secs(5), || async {
+            api.get_opt(&name).await.unwrap().is_none().then_some(())
+        })
+        .await;
     }
 }
 
 #[tokio::test]
 async fn resource_versions_form_one_increasing_sequence_across_resources() {
-    let sim = KubeSim::new();
+    let sim = fixtures::sim();
     let client = sim.client();
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), "ns1");
     let cms: Api<ConfigMap> = Api::namespaced(client, "ns1");
@@ -584,7 +620,7 @@ async fn resource_versions_form_one_increasing_sequence_across_resources() {
 
 #[tokio::test]
 async fn kube_discovery_finds_core_batch_and_snapshot_resources() {
-    let sim = KubeSim::new();
+    let sim = fixtures::sim();
     let discovery = Discovery::new(sim.client()).run().await.unwrap();
     let groups: Vec<String> = discovery.groups().map(|g| g.name().to_string()).collect();
     for g in [
@@ -612,7 +648,7 @@ async fn kube_discovery_finds_core_batch_and_snapshot_resources() {
 
 #[tokio::test]
 async fn delete_collection_removes_matching_objects() {
-    let sim = KubeSim::new();
+    let sim = fixtures::sim();
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(sim.client(), "ns1");
     for n in ["a", "b"] {
         pvcs.create(&PostParams::default(), &fixtures::pvc("ns1", n))

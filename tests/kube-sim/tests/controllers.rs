@@ -8,7 +8,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Event, PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, LogParams, PostParams};
 use serde_json::{Value, json};
-use snapgate_kube_sim::{JobBehaviour, KubeSim, PodOutcome, SnapshotBehaviour};
+use snapgate_kube_sim::{JobBehaviour, PodOutcome, SnapshotBehaviour};
 
 fn phase(p: &PersistentVolumeClaim) -> String {
     p.status
@@ -19,7 +19,7 @@ fn phase(p: &PersistentVolumeClaim) -> String {
 
 #[tokio::test(start_paused = true)]
 async fn a_pvc_binds_after_the_configured_delay_and_gets_a_provisioned_pv() {
-    let sim = KubeSim::new();
+    let sim = fixtures::sim();
     sim.controllers().pvc_bind_delay(Duration::from_secs(5));
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(sim.client(), "ns");
     pvcs.create(&PostParams::default(), &fixtures::pvc("ns", "data"))
@@ -51,7 +51,7 @@ async fn a_pvc_binds_after_the_configured_delay_and_gets_a_provisioned_pv() {
 
 #[tokio::test]
 async fn a_pvc_binds_in_real_time_with_the_default_delay() {
-    let sim = KubeSim::new();
+    let sim = fixtures::sim();
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(sim.client(), "ns");
     pvcs.create(&PostParams::default(), &fixtures::pvc("ns", "data"))
         .await
@@ -64,7 +64,7 @@ async fn a_pvc_binds_in_real_time_with_the_default_delay() {
 
 #[tokio::test(start_paused = true)]
 async fn a_pvc_annotated_never_bind_stays_pending() {
-    let sim = KubeSim::new();
+    let sim = fixtures::sim();
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(sim.client(), "ns");
     let mut p = fixtures::pvc("ns", "data");
     p.metadata.annotations =
@@ -80,7 +80,7 @@ fn snap_status(o: &DynamicObject) -> Value {
 
 #[tokio::test(start_paused = true)]
 async fn a_snapshot_binds_content_and_becomes_ready_after_its_delay_and_a_clone_then_binds() {
-    let sim = KubeSim::new();
+    let sim = fixtures::sim();
     sim.snapshot_behaviour(
         "ns",
         "snap",
@@ -151,7 +151,7 @@ async fn a_snapshot_binds_content_and_becomes_ready_after_its_delay_and_a_clone_
 
 #[tokio::test(start_paused = true)]
 async fn snapshots_can_stay_uncut_or_cut_but_unready_leave_ready_to_use_unset_or_fail() {
-    let sim = KubeSim::new();
+    let sim = fixtures::sim();
     sim.snapshot_behaviour("ns", "never", SnapshotBehaviour::NeverReady);
     sim.snapshot_behaviour("ns", "cut", SnapshotBehaviour::CutNeverReady);
     sim.snapshot_behaviour("ns", "unset", SnapshotBehaviour::ReadyToUseUnset);
@@ -209,7 +209,7 @@ fn condition(job: &Job, kind: &str) -> bool {
 
 #[tokio::test(start_paused = true)]
 async fn a_job_runs_a_pod_that_succeeds_and_its_logs_are_readable() {
-    let sim = KubeSim::new();
+    let sim = fixtures::sim();
     sim.job_behaviour(
         "ns",
         "mover",
@@ -275,7 +275,7 @@ async fn a_job_runs_a_pod_that_succeeds_and_its_logs_are_readable() {
 
 #[tokio::test(start_paused = true)]
 async fn a_job_whose_pods_fail_is_failed_once_failures_exceed_the_backoff_limit() {
-    let sim = KubeSim::new();
+    let sim = fixtures::sim();
     sim.job_behaviour("ns", "mover", JobBehaviour::fail(["boom"]));
     let jobs: Api<Job> = Api::namespaced(sim.client(), "ns");
     let pods: Api<Pod> = Api::namespaced(sim.client(), "ns");
@@ -305,7 +305,7 @@ async fn a_job_whose_pods_fail_is_failed_once_failures_exceed_the_backoff_limit(
 
 #[tokio::test(start_paused = true)]
 async fn a_job_retries_failed_pods_until_one_succeeds() {
-    let sim = KubeSim::new();
+    let sim = fixtures::sim();
     sim.job_behaviour(
         "ns",
         "mover",
@@ -329,7 +329,7 @@ async fn a_job_retries_failed_pods_until_one_succeeds() {
 
 #[tokio::test(start_paused = true)]
 async fn a_job_with_zero_parallelism_creates_no_pods() {
-    let sim = KubeSim::new();
+    let sim = fixtures::sim();
     let jobs: Api<Job> = Api::namespaced(sim.client(), "ns");
     let pods: Api<Pod> = Api::namespaced(sim.client(), "ns");
     let mut job = fixtures::job("ns", "idle", 1);
@@ -348,7 +348,7 @@ async fn a_job_with_zero_parallelism_creates_no_pods() {
 
 #[tokio::test]
 async fn a_job_completes_in_real_time_with_the_default_behaviour() {
-    let sim = KubeSim::new();
+    let sim = fixtures::sim();
     let jobs: Api<Job> = Api::namespaced(sim.client(), "ns");
     jobs.create(&PostParams::default(), &fixtures::job("ns", "quick", 1))
         .await

@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, ListParams, LogParams, Patch, PatchParams, PostParams, WatchParams};
 use serde_json::json;
-use snapgate_kube_sim::{FaultKind, FaultRule, KubeSim, Verb};
+use snapgate_kube_sim::{FaultKind, FaultRule, Verb};
 
 fn code(e: kube::Error) -> u16 {
     match e {
@@ -20,7 +20,7 @@ fn code(e: kube::Error) -> u16 {
 
 #[tokio::test]
 async fn status_faults_fail_only_matching_requests_for_the_given_count() {
-    let sim = KubeSim::new();
+    let sim = fixtures::sim();
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(sim.client(), "ns");
     pvcs.create(&PostParams::default(), &fixtures::pvc("ns", "data"))
         .await
@@ -71,7 +71,7 @@ async fn status_faults_fail_only_matching_requests_for_the_given_count() {
 
 #[tokio::test(start_paused = true)]
 async fn timeout_faults_hang_then_answer_504_and_delay_faults_only_delay() {
-    let sim = KubeSim::new();
+    let sim = fixtures::sim();
     sim.faults().set_timeout_duration(Duration::from_secs(30));
     sim.faults().fail(
         FaultRule::new(FaultKind::Timeout)
@@ -98,7 +98,7 @@ async fn timeout_faults_hang_then_answer_504_and_delay_faults_only_delay() {
 
 #[tokio::test]
 async fn close_watch_faults_end_the_watch_stream_without_events() {
-    let sim = KubeSim::new();
+    let sim = fixtures::sim();
     sim.faults().fail(
         FaultRule::new(FaultKind::CloseWatch)
             .verb(Verb::Watch)
@@ -133,7 +133,7 @@ async fn close_watch_faults_end_the_watch_stream_without_events() {
 
 #[tokio::test]
 async fn the_request_log_counts_calls_by_verb_resource_and_user() {
-    let sim = KubeSim::new();
+    let sim = fixtures::sim();
     sim.add_token("agent-token", "system:serviceaccount:ns:agent");
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(sim.client_as("agent-token"), "ns");
     pvcs.create(&PostParams::default(), &fixtures::pvc("ns", "data"))
@@ -168,7 +168,7 @@ async fn the_request_log_counts_calls_by_verb_resource_and_user() {
 
 #[tokio::test]
 async fn unknown_tokens_are_401() {
-    let sim = KubeSim::new();
+    let sim = fixtures::sim();
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(sim.client_as("bogus"), "ns");
     assert_eq!(
         code(pvcs.list(&ListParams::default()).await.unwrap_err()),
@@ -178,7 +178,7 @@ async fn unknown_tokens_are_401() {
 
 #[tokio::test]
 async fn rbac_allows_what_a_role_binding_grants_and_denies_the_rest_with_403() {
-    let sim = KubeSim::new();
+    let sim = fixtures::sim();
     sim.add_token("agent-token", "system:serviceaccount:ns:agent");
     sim.add_token("other-token", "system:serviceaccount:ns:other");
     let admin = sim.client();
@@ -211,7 +211,8 @@ async fn rbac_allows_what_a_role_binding_grants_and_denies_the_rest_with_403() {
         .unwrap();
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": "p", "namespace": "ns"},
-        "spec": {"containers": [{"name": "c", "image": "busybox"}]},
+        "spec": {"nodeName": snapgate_kube_sim::controllers::NODE_NAME,
+                 "containers": [{"name": "c", "image": "busybox"}]},
     }))
     .unwrap();
     Api::<Pod>::namespaced(admin.clone(), "ns")
@@ -281,7 +282,7 @@ async fn rbac_allows_what_a_role_binding_grants_and_denies_the_rest_with_403() {
 
 #[tokio::test]
 async fn cluster_role_bindings_grant_across_namespaces() {
-    let sim = KubeSim::new();
+    let sim = fixtures::sim();
     sim.add_token("sched", "snapgate-scheduler");
     let admin = sim.client();
     let cr: k8s_openapi::api::rbac::v1::ClusterRole = serde_json::from_value(json!({
@@ -333,7 +334,7 @@ fn review(ns: &str, user: &str, groups: &[&str], verb: &str, resource: &str) -> 
 #[tokio::test]
 async fn a_local_subject_access_review_answers_from_rbac_for_the_user_and_its_groups() {
     use k8s_openapi::api::authorization::v1::LocalSubjectAccessReview;
-    let sim = KubeSim::new();
+    let sim = fixtures::sim();
     sim.ensure_namespace("app");
     sim.create(
         &serde_json::from_value::<Role>(json!({
@@ -402,7 +403,7 @@ async fn a_local_subject_access_review_answers_from_rbac_for_the_user_and_its_gr
     let e = ask(review("web", ops, &[], "create", "jobs"))
         .await
         .unwrap_err();
-    assert_eq!(code(e), 400);
+    assert_eq!(code(e), 422, "spec.resourceAttributes.namespace must match");
     assert_eq!(code(api.get("anything").await.unwrap_err()), 405);
     // Who may post a review is RBAC's business too.
     let anon: Api<LocalSubjectAccessReview> = Api::namespaced(sim.client_as("nobody"), "app");

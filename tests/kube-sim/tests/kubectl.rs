@@ -10,7 +10,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use snapgate_kube_sim::{ADMIN_TOKEN, KubeSim, PvcBehaviour};
+use snapgate_kube_sim::{ADMIN_TOKEN, PvcBehaviour};
 
 fn kubectl_path() -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
@@ -48,7 +48,7 @@ async fn next_line(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> Opt
 async fn kubectl_gets_annotates_deletes_and_watches_pvcs_and_snapshots() {
     let bin =
         kubectl_path().expect("kubectl on PATH (scripts/test installs Debian's kubernetes-client)");
-    let sim = KubeSim::new();
+    let sim = fixtures::sim();
     sim.controllers()
         .default_pvc_behaviour(PvcBehaviour::NeverBind);
     sim.serve("127.0.0.1:0").await.unwrap();

@@ -77,7 +77,7 @@ fn ar(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
 
 #[tokio::test]
 async fn watcher_sees_added_modified_and_deleted_pvcs() {
-    let sim = KubeSim::new();
+    let sim = fixtures::sim();
     sim.controllers()
         .default_pvc_behaviour(PvcBehaviour::NeverBind);
     let spec = json!({"spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}});
@@ -91,7 +91,7 @@ async fn watcher_sees_added_modified_and_deleted_pvcs() {
 
 #[tokio::test]
 async fn watcher_sees_added_modified_and_deleted_volume_snapshots() {
-    let sim = KubeSim::new();
+    let sim = fixtures::sim();
     sim.controllers()
         .default_snapshot_behaviour(SnapshotBehaviour::NeverReady);
     let spec = json!({"spec": {"source": {"persistentVolumeClaimName": "data"}}});
@@ -100,7 +100,7 @@ async fn watcher_sees_added_modified_and_deleted_volume_snapshots() {
 
 #[tokio::test]
 async fn watcher_sees_added_modified_and_deleted_jobs() {
-    let sim = KubeSim::new();
+    let sim = fixtures::sim();
     sim.controllers()
         .default_job_behaviour(JobBehaviour::hang());
     let spec = json!({"spec": {"parallelism": 0, "template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox"}]}}}});
@@ -109,14 +109,14 @@ async fn watcher_sees_added_modified_and_deleted_jobs() {
 
 #[tokio::test]
 async fn watcher_sees_added_modified_and_deleted_pods() {
-    let sim = KubeSim::new();
+    let sim = fixtures::sim();
     let spec = json!({"spec": {"containers": [{"name": "c", "image": "busybox"}]}});
     watcher_sees_lifecycle(&sim, ar("", "v1", "Pod", "pods"), spec).await;
 }
 
 #[tokio::test]
 async fn a_watch_resumes_after_a_resource_version_and_replays_later_changes() {
-    let sim = KubeSim::new();
+    let sim = fixtures::sim();
     let cms: Api<ConfigMap> = Api::namespaced(sim.client(), "w");
     let mk = |n: &str| {
         let mut c = ConfigMap::default();
@@ -159,7 +159,7 @@ async fn a_watch_resumes_after_a_resource_version_and_replays_later_changes() {
 
 #[tokio::test]
 async fn a_too_old_resource_version_gives_a_410_expired_error_event() {
-    let sim = KubeSim::new();
+    let sim = fixtures::sim();
     let cms: Api<ConfigMap> = Api::namespaced(sim.client(), "w");
     let mut c = ConfigMap::default();
     c.metadata.name = Some("a".into());
@@ -186,7 +186,7 @@ async fn a_too_old_resource_version_gives_a_410_expired_error_event() {
 
 #[tokio::test]
 async fn a_bounded_history_expires_old_resource_versions() {
-    let sim = KubeSim::new();
+    let sim = fixtures::sim();
     sim.store().set_history_limit(2);
     let cms: Api<ConfigMap> = Api::namespaced(sim.client(), "w");
     let mut c = ConfigMap::default();
@@ -231,7 +231,7 @@ async fn next(s: &mut PvcStream) -> Result<Event<PersistentVolumeClaim>, watcher
 
 #[tokio::test(start_paused = true)]
 async fn the_watcher_relists_after_a_410_and_recovers() {
-    let sim = KubeSim::new();
+    let sim = fixtures::sim();
     sim.controllers()
         .default_pvc_behaviour(PvcBehaviour::NeverBind);
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(sim.client(), "w");
@@ -282,7 +282,7 @@ async fn the_watcher_relists_after_a_410_and_recovers() {
 
 #[tokio::test]
 async fn label_selected_watches_turn_selector_transitions_into_added_and_deleted() {
-    let sim = KubeSim::new();
+    let sim = fixtures::sim();
     let cms: Api<ConfigMap> = Api::namespaced(sim.client(), "w");
     let mut c = ConfigMap::default();
     c.metadata.name = Some("a".into());
@@ -316,7 +316,7 @@ async fn label_selected_watches_turn_selector_transitions_into_added_and_deleted
 
 #[tokio::test]
 async fn streaming_list_watches_end_the_initial_events_with_a_bookmark() {
-    let sim = KubeSim::new();
+    let sim = fixtures::sim();
     sim.controllers()
         .default_pvc_behaviour(PvcBehaviour::NeverBind);
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(sim.client(), "w");
