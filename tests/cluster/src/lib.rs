@@ -30,6 +30,7 @@ use kube::{
     config::{KubeConfigOptions, Kubeconfig},
 };
 
+pub mod differential;
 mod kubelet;
 mod standin;
 
@@ -61,6 +62,8 @@ pub struct ClusterEnv {
     pub kubelet_key: PathBuf,
     /// The directory of the components' logs.
     pub logs: PathBuf,
+    /// The kubectl of the cluster's version.
+    pub kubectl: PathBuf,
 }
 
 impl ClusterEnv {
@@ -103,6 +106,7 @@ impl ClusterEnv {
             kubelet_cert: get("SNAPGATE_CLUSTER_KUBELET_CERT")?.into(),
             kubelet_key: get("SNAPGATE_CLUSTER_KUBELET_KEY")?.into(),
             logs: get("SNAPGATE_CLUSTER_LOGS")?.into(),
+            kubectl: get("SNAPGATE_CLUSTER_KUBECTL")?.into(),
         })
     }
 
