@@ -112,7 +112,8 @@ pub struct Deleted {
 pub enum PatchType {
     /// `application/merge-patch+json`.
     Merge,
-    /// `application/strategic-merge-patch+json` ([`crate::smp`]; 415 for custom resources).
+    /// `application/strategic-merge-patch+json` (lists merged by their merge keys; 415 for
+    /// custom resources).
     StrategicMerge,
     /// `application/json-patch+json`.
     Json,
