@@ -235,6 +235,9 @@ fn agent_objects(ns: &str, class: &str) -> AgentObjects {
         proxy: &BTreeMap::new(),
         secret_keys: &keys,
         restic: ResticActions::default(),
+        // The namespace's default ServiceAccount: the agent's own per-source one would have to
+        // be made on both sides first.
+        mover_account: None,
     })
     .unwrap();
     if let Some(pod) = job.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {

@@ -359,7 +359,7 @@ async fn a_job_completes_in_real_time_with_the_default_behaviour() {
     .await;
 }
 
-fn events_about(sim: &KubeSim, name: &str) -> Vec<(String, String, String)> {
+fn events_about(sim: &snapgate_kube_sim::KubeSim, name: &str) -> Vec<(String, String, String)> {
     let mut out: Vec<(String, String, String)> = sim
         .list::<Event>(Some("ns"))
         .unwrap()
@@ -377,7 +377,7 @@ fn events_about(sim: &KubeSim, name: &str) -> Vec<(String, String, String)> {
     out
 }
 
-fn the_pod(sim: &KubeSim) -> Pod {
+fn the_pod(sim: &snapgate_kube_sim::KubeSim) -> Pod {
     let pods = sim.list::<Pod>(Some("ns")).unwrap();
     assert_eq!(pods.len(), 1, "{pods:#?}");
     pods.into_iter().next().unwrap()
@@ -416,7 +416,7 @@ fn pod_condition(pod: &Pod, kind: &str) -> (String, Option<String>) {
 
 #[tokio::test(start_paused = true)]
 async fn a_stuck_pod_waits_as_a_kubelet_shows_it_until_its_job_is_scripted_otherwise() {
-    let sim = KubeSim::new();
+    let sim = fixtures::sim();
     sim.job_behaviour("ns", "mover", JobBehaviour::stuck("ImagePullBackOff"));
     let jobs: Api<Job> = Api::namespaced(sim.client(), "ns");
     jobs.create(&PostParams::default(), &fixtures::job("ns", "mover", 2))
@@ -525,7 +525,7 @@ async fn each_stuck_reason_shows_the_status_and_events_of_a_real_cluster() {
             ("Warning", "FailedScheduling", ""),
         ),
     ] {
-        let sim = KubeSim::new();
+        let sim = fixtures::sim();
         sim.job_behaviour("ns", "mover", JobBehaviour::stuck(reason));
         let mut job = fixtures::job("ns", "mover", 2);
         let spec = job.spec.as_mut().unwrap().template.spec.as_mut().unwrap();
@@ -577,7 +577,7 @@ async fn each_stuck_reason_shows_the_status_and_events_of_a_real_cluster() {
 
 #[tokio::test(start_paused = true)]
 async fn a_job_that_cannot_create_its_pod_says_so_in_an_event_and_makes_one_once_it_can() {
-    let sim = KubeSim::new();
+    let sim = fixtures::sim();
     sim.job_behaviour("ns", "mover", JobBehaviour::failed_create());
     let jobs: Api<Job> = Api::namespaced(sim.client(), "ns");
     let mut job = fixtures::job("ns", "mover", 2);
@@ -616,7 +616,7 @@ async fn a_job_that_cannot_create_its_pod_says_so_in_an_event_and_makes_one_once
 
 #[tokio::test(start_paused = true)]
 async fn a_pod_stuck_for_a_while_recovers_by_itself_and_a_deleted_jobs_stuck_pod_goes() {
-    let sim = KubeSim::new();
+    let sim = fixtures::sim();
     sim.job_behaviour(
         "ns",
         "mover",

@@ -63,7 +63,7 @@ pub fn mover_account(
         let binding = RoleBinding {
             metadata: meta.clone(),
             role_ref: RoleRef {
-                api_group: Some("rbac.authorization.k8s.io".to_owned()),
+                api_group: "rbac.authorization.k8s.io".to_owned(),
                 kind: "Role".to_owned(),
                 name: name.clone(),
             },
