@@ -496,9 +496,10 @@ pub(crate) fn spawn(state: &Arc<SimState>) {
                     }
                 }
                 ("batch", "jobs", ChangeType::Added) => {
+                    let b = state.controllers.job_for(&change.object, &ns, &name);
                     let (tx, rx) = mpsc::unbounded_channel();
                     state.controllers.jobs().insert(uid.clone(), tx);
-                    tokio::spawn(run_job(Arc::downgrade(&state), ns, name, uid, rx));
+                    tokio::spawn(run_job(Arc::downgrade(&state), ns, name, uid, b, rx));
                 }
                 ("batch", "jobs", ChangeType::Modified) => {
                     state.controllers.wake_job(&uid);
@@ -1104,6 +1105,7 @@ async fn run_job(
     ns: String,
     name: String,
     uid: String,
+    b: JobBehaviour,
     mut wake: mpsc::UnboundedReceiver<()>,
 ) {
     // let the creator observe the fresh object before the controller acts
@@ -1126,12 +1128,18 @@ async fn run_job(
             let Some(job) = current(&s, jobs, &ns, &name, &uid) else {
                 return;
             };
-            // The behaviour as scripted now.
-            let b = s.controllers.job_for(&job, &ns, &name);
+            // The script is read when the Job starts; a Job scripted stuck (or unable to create
+            // its pods) follows its script as it is now, so that a test can let it go on.
+            let now_scripted = s.controllers.job_for(&job, &ns, &name);
+            let b = if b.create_fails.is_some() || b.pods.iter().any(|p| p.stuck.is_some()) {
+                &now_scripted
+            } else {
+                &b
+            };
             // A stuck pod recovers once its scripted outcome no longer is stuck, or its time
             // is up: it runs on as scripted then.
             for run in runs.iter_mut().filter(|r| r.stuck_until.is_some()) {
-                let scripted = outcome_of(&b, run.attempt);
+                let scripted = outcome_of(b, run.attempt);
                 let time_up = run
                     .stuck_until
                     .flatten()
@@ -1238,7 +1246,7 @@ async fn run_job(
                 }
             }
             while (runs.len() as i64) < want && b.create_fails.is_none() {
-                let outcome = outcome_of(&b, made);
+                let outcome = outcome_of(b, made);
                 let attempt = made;
                 made += 1;
                 match start_pod(&s, &job, &ns, &name, &uid, attempt, outcome) {
