@@ -789,6 +789,19 @@ impl Executor {
             let held = &*held;
             let temporaries: Vec<Temporary> =
                 temporaries_of(&self.pvcs, &self.snapshots, &self.jobs, &ns, &source.name);
+            let mover_volume_pvcs: Vec<PersistentVolumeClaim> = directive
+                .spec
+                .as_ref()
+                .and_then(|spec| snapgate_agent_core::MoverSpec::of(spec).ok())
+                .map(|m| {
+                    snapgate_agent_core::pinning::mover_volume_claims(
+                        m.volume_options().mover_volumes,
+                    )
+                })
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|c| self.pvcs.get(&ns, c).cloned())
+                .collect();
             let observed = Observed {
                 pvc: self.pvcs.get(&ns, &names.source_pvc),
                 snapshot: self.snapshots.get(&ns, &names.copy),
@@ -813,6 +826,7 @@ impl Executor {
                 pods: held.pods.as_deref(),
                 mover_account: held.mover_account,
                 volsync: held.volsync.as_deref(),
+                mover_volume_pvcs: &mover_volume_pvcs,
                 mover_pods: match &trouble {
                     None => MoverPods::Unknown,
                     Some(t) => MoverPods::Known(t.as_ref().map(|trouble| Stuck {

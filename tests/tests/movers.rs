@@ -529,57 +529,54 @@ async fn the_backup_summary_survives_a_long_forget_and_prune_after_it() {
 /// copyMethod Direct mounts the application's own volume: the mover Job must run on the node
 /// where the application's pod has it (a ReadWriteOnce volume attaches to one node), with that
 /// pod's tolerations.
-#[tokio::test]
-async fn a_direct_mover_runs_on_the_node_of_the_pod_using_the_volume() {
+/// A Running pod `db-0` on `node-a`, tolerating `dedicated=db`, that mounts the PVC `claim`.
+fn app_pod_using(claim: &str) -> k8s_openapi::api::core::v1::Pod {
     use k8s_openapi::api::core::v1::{
         PersistentVolumeClaimVolumeSource, Pod, PodSpec, PodStatus, Toleration,
     };
-    let mut w = World::start().await;
-    w.sim
-        .create(&Pod {
-            metadata: kube::api::ObjectMeta {
-                name: Some("db-0".into()),
-                namespace: Some(NS.into()),
+    Pod {
+        metadata: kube::api::ObjectMeta {
+            name: Some("db-0".into()),
+            namespace: Some(NS.into()),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            containers: vec![Container {
+                name: "db".into(),
+                image: Some("postgres:16".into()),
                 ..Default::default()
-            },
-            spec: Some(PodSpec {
-                containers: vec![Container {
-                    name: "db".into(),
-                    image: Some("postgres:16".into()),
-                    ..Default::default()
-                }],
-                node_name: Some("node-a".into()),
-                tolerations: Some(vec![Toleration {
-                    key: Some("dedicated".into()),
-                    operator: Some("Equal".into()),
-                    value: Some("db".into()),
-                    effect: Some("NoSchedule".into()),
-                    ..Default::default()
-                }]),
-                volumes: Some(vec![Volume {
-                    name: "data".into(),
-                    persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                        claim_name: PVC.into(),
-                        read_only: None,
-                    }),
-                    ..Default::default()
-                }]),
+            }],
+            node_name: Some("node-a".into()),
+            tolerations: Some(vec![Toleration {
+                key: Some("dedicated".into()),
+                operator: Some("Equal".into()),
+                value: Some("db".into()),
+                effect: Some("NoSchedule".into()),
                 ..Default::default()
-            }),
-            status: Some(PodStatus {
-                phase: Some("Running".into()),
+            }]),
+            volumes: Some(vec![Volume {
+                name: "data".into(),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: claim.into(),
+                    read_only: None,
+                }),
                 ..Default::default()
-            }),
-        })
-        .unwrap();
+            }]),
+            ..Default::default()
+        }),
+        status: Some(PodStatus {
+            phase: Some("Running".into()),
+            ..Default::default()
+        }),
+    }
+}
+
+/// Applies `spec` (a restic source) and checks its mover Job runs on `node-a` with `db-0`'s
+/// toleration.
+async fn assert_pinned_to_node_a(w: &mut World, spec: v1::SourceSpec) {
     w.sim
         .job_behaviour(NS, MoverKind::Restic.job(), JobBehaviour::hang());
-    w.create_pvc(false);
-    w.apply(
-        SOURCE,
-        restic_spec(CopyMethod::Direct, Duration::from_secs(600)),
-    )
-    .await;
+    w.apply(SOURCE, spec).await;
     let job = eventually("the mover Job", || {
         w.jobs()
             .into_iter()
@@ -597,4 +594,31 @@ async fn a_direct_mover_runs_on_the_node_of_the_pod_using_the_volume() {
         pod["tolerations"],
         serde_json::json!([{"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"}])
     );
+}
+
+#[tokio::test]
+async fn a_direct_mover_runs_on_the_node_of_the_pod_using_the_volume() {
+    let mut w = World::start().await;
+    w.sim.create(&app_pod_using(PVC)).unwrap();
+    w.create_pvc(false);
+    let spec = restic_spec(CopyMethod::Direct, Duration::from_secs(600));
+    assert_pinned_to_node_a(&mut w, spec).await;
+}
+
+#[tokio::test]
+async fn a_mover_runs_on_the_node_of_the_pod_using_a_pvc_of_its_mover_volumes() {
+    let mut w = World::start().await;
+    // The clone is attached nowhere yet; the PVC mounted as a moverVolume is, on node-a.
+    w.sim.create(&app_pod_using("shared")).unwrap();
+    w.create_pvc(false);
+    let mut spec = restic_spec(CopyMethod::Clone, Duration::from_secs(600));
+    spec.restic.as_mut().unwrap().mover_volumes = vec![v1::MoverVolume {
+        mount_path: "shared".into(),
+        volume_source: Some(snapgate_proto::json::json_to_struct(
+            serde_json::json!({"persistentVolumeClaim": {"claimName": "shared"}})
+                .as_object()
+                .unwrap(),
+        )),
+    }];
+    assert_pinned_to_node_a(&mut w, spec).await;
 }

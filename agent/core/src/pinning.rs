@@ -8,6 +8,10 @@
 //! The node is required through node affinity on the node's name (`matchFields
 //! metadata.name`), so the scheduler still places the pod and checks its resources, and the
 //! agent needs no right to read Nodes.
+//!
+//! The PVCs a source mounts through `moverVolumes` are followed the same way when the source's
+//! own volume pins nothing (a copy is not attached anywhere yet): the first of them in use by a
+//! pod on a node gives the node.
 
 use k8s_openapi::api::{
     batch::v1::Job,
@@ -50,19 +54,61 @@ fn phase(pod: &Pod) -> &str {
         .unwrap_or_default()
 }
 
-/// Where a mover mounting `pvc` in place must run, from the pods of its namespace; `None`
-/// when it may run anywhere (ReadWriteMany, or no pod on a node uses it).
-pub fn pin(pvc: &PersistentVolumeClaim, pods: &[Pod]) -> Option<Pin> {
-    let rwx = pvc
-        .status
+fn read_write_many(pvc: &PersistentVolumeClaim) -> bool {
+    pvc.status
         .as_ref()
         .and_then(|s| s.access_modes.as_ref())
         .or_else(|| pvc.spec.as_ref().and_then(|s| s.access_modes.as_ref()))
-        .is_some_and(|m| m.iter().any(|m| m == "ReadWriteMany"));
+        .is_some_and(|m| m.iter().any(|m| m == "ReadWriteMany"))
+}
+
+/// The PVCs a source's `moverVolumes` mount (their `persistentVolumeClaim.claimName`s), in
+/// order.
+pub fn mover_volume_claims(volumes: &[snapgate_proto::v1::MoverVolume]) -> Vec<String> {
+    volumes
+        .iter()
+        .filter_map(|v| v.volume_source.as_ref())
+        .filter_map(|source| {
+            crate::spec::struct_to_json(source)["persistentVolumeClaim"]["claimName"]
+                .as_str()
+                .filter(|c| !c.is_empty() && c.len() <= 253)
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+/// Where a mover that mounts the PVCs `claims` (as `moverVolumes`) must run: the pin of the
+/// first one a pod on a node uses. A claim whose PVC is in `known` and ReadWriteMany pins
+/// nothing; one not known is taken as attachable to one node only.
+pub fn pin_mover_volumes(
+    claims: &[String],
+    known: &[PersistentVolumeClaim],
+    pods: &[Pod],
+) -> Option<Pin> {
+    claims.iter().find_map(|claim| {
+        let pvc = known
+            .iter()
+            .find(|p| p.metadata.name.as_deref() == Some(claim.as_str()));
+        if pvc.is_some_and(read_write_many) {
+            return None;
+        }
+        pin_claim(claim, pods)
+    })
+}
+
+/// Where a mover mounting `pvc` in place must run, from the pods of its namespace; `None`
+/// when it may run anywhere (ReadWriteMany, or no pod on a node uses it).
+pub fn pin(pvc: &PersistentVolumeClaim, pods: &[Pod]) -> Option<Pin> {
     let claim = pvc.metadata.name.as_deref()?;
-    if rwx {
+    if read_write_many(pvc) {
         return None;
     }
+    pin_claim(claim, pods)
+}
+
+/// The pin of the pod (not snapgate's, on a node, not terminating; Running first) that uses
+/// the PVC `claim`.
+fn pin_claim(claim: &str, pods: &[Pod]) -> Option<Pin> {
     let users: Vec<&Pod> = pods
         .iter()
         .filter(|p| uses(p, claim))
@@ -265,5 +311,44 @@ mod tests {
         assert_eq!(fields[0].key, "metadata.name");
         assert_eq!(fields[0].values.as_deref(), Some(&["n2".to_owned()][..]));
         assert_eq!(pod.tolerations.unwrap().len(), 1, "tolerations added once");
+    }
+
+    #[test]
+    fn mover_volume_pvcs_pin_the_mover_unless_they_are_read_write_many() {
+        let volumes = [
+            snapgate_proto::v1::MoverVolume {
+                mount_path: "keys".into(),
+                volume_source: Some(snapgate_proto::json::json_to_struct(
+                    serde_json::json!({"secret": {"secretName": "k"}})
+                        .as_object()
+                        .unwrap(),
+                )),
+            },
+            snapgate_proto::v1::MoverVolume {
+                mount_path: "shared".into(),
+                volume_source: Some(snapgate_proto::json::json_to_struct(
+                    serde_json::json!({"persistentVolumeClaim": {"claimName": "data"}})
+                        .as_object()
+                        .unwrap(),
+                )),
+            },
+        ];
+        let claims = mover_volume_claims(&volumes);
+        assert_eq!(claims, ["data"], "Secrets are not followed");
+        let pods = [pod("app-0", "data", "Running", "node-a", false)];
+        // Not known to the agent: taken as attachable to one node.
+        assert_eq!(
+            pin_mover_volumes(&claims, &[], &pods).map(|p| p.node),
+            Some("node-a".to_owned())
+        );
+        assert_eq!(
+            pin_mover_volumes(&claims, &[pvc(&["ReadWriteOnce"])], &pods).map(|p| p.node),
+            Some("node-a".to_owned())
+        );
+        assert!(pin_mover_volumes(&claims, &[pvc(&["ReadWriteMany"])], &pods).is_none());
+        assert!(
+            pin_mover_volumes(&claims, &[], &[]).is_none(),
+            "no pod uses it"
+        );
     }
 }

@@ -312,6 +312,9 @@ pub struct Observed<'a> {
     /// The namespace's pods, once read for a mover that mounts the source PVC in place
     /// (`Direct`; see [`crate::pinning`]); `None`: not read yet.
     pub pods: Option<&'a [Pod]>,
+    /// The PVCs the source's `moverVolumes` name, as the agent's watch has them (those it
+    /// has; see [`crate::pinning`]).
+    pub mover_volume_pvcs: &'a [PersistentVolumeClaim],
     /// The namespace's VolSync ReplicationSources, once read for a gated run about to wait
     /// (see [`crate::volsync`]); `None`: not read yet.
     pub volsync: Option<&'a [crate::volsync::ReplicationSourceSeen]>,
@@ -1177,13 +1180,23 @@ impl Ctx<'_> {
         }
         // A mover that mounts the source PVC in place runs where the application's pod has it
         // attached (Multi-Attach otherwise): the pods are read first.
-        let pin = match (self.method, self.seen.pods) {
-            (CopyMethod::Direct, None) => {
+        // So do the PVCs of its moverVolumes, when the source's own volume pins nothing.
+        let claims = crate::pinning::mover_volume_claims(self.mover.volume_options().mover_volumes);
+        let pin = match (
+            self.method == CopyMethod::Direct || !claims.is_empty(),
+            self.seen.pods,
+        ) {
+            (true, None) => {
                 out.push(Action::ListPods);
                 return Ok(out);
             }
-            (CopyMethod::Direct, Some(pods)) => crate::pinning::pin(data, pods),
-            _ => None,
+            (true, Some(pods)) => (self.method == CopyMethod::Direct)
+                .then(|| crate::pinning::pin(data, pods))
+                .flatten()
+                .or_else(|| {
+                    crate::pinning::pin_mover_volumes(&claims, self.seen.mover_volume_pvcs, pods)
+                }),
+            (false, _) => None,
         };
         // The mover runs as the source's own ServiceAccount unless the source names one; it is
         // applied once per run (its pull secrets and SCC grant follow the agent's settings).
@@ -1692,6 +1705,7 @@ mod tests {
             review: Review::Allowed,
             pods: Some(&[]),
             volsync: Some(&[]),
+            mover_volume_pvcs: &[],
             mover_account: true,
             mover_pods: MoverPods::Unknown,
             next_attempt_at: None,

@@ -873,6 +873,7 @@ impl World {
             privileged: self.privileged,
             mover_account: self.mover_account,
             volsync: self.volsync.as_deref(),
+            mover_volume_pvcs: &[],
             failed_attempts: self.failed_attempts,
             job_reported: self.job_reported,
             temporaries: &self.temporaries,
