@@ -1113,7 +1113,20 @@ impl Executor {
                     if taken.is_none() {
                         taken = self
                             .ensure_made(ns, &source, binding, |a, b| {
-                                a.role_ref == b.role_ref && a.subjects == b.subjects
+                                // The API server may spell a ServiceAccount subject's empty
+                                // apiGroup out.
+                                let subjects = |r: &k8s_openapi::api::rbac::v1::RoleBinding| {
+                                    r.subjects
+                                        .iter()
+                                        .flatten()
+                                        .map(|s| {
+                                            let mut s = s.clone();
+                                            s.api_group = s.api_group.filter(|g| !g.is_empty());
+                                            s
+                                        })
+                                        .collect::<Vec<_>>()
+                                };
+                                a.role_ref == b.role_ref && subjects(a) == subjects(b)
                             })
                             .await?;
                     }
