@@ -359,8 +359,10 @@ impl Driver {
             }
             return Err(e);
         }
-        for key in removed {
-            self.metrics.forget_source(&key);
+        // A source removed and made anew in one step (applied again while its Retire was
+        // unanswered) keeps its series.
+        for key in removed.iter().filter(|k| self.core.get_source(k).is_err()) {
+            self.metrics.forget_source(key);
         }
         for e in rest {
             self.deliver(e);
