@@ -27,6 +27,8 @@
 //! - [`classify`]: observed objects reduced to small enums, and mover log tails.
 //! - [`stuck`]: mover pods that cannot start (and Jobs that cannot make one), from pods and
 //!   Warning Events, and when such an attempt fails.
+//! - [`volsync`]: a VolSync ReplicationSource serving the same PVC, which keeps a gated run from
+//!   asking the application to quiesce.
 //! - [`bounds`]: the sizes, times and characters the agent reports and writes, checked.
 
 pub mod annotations;
