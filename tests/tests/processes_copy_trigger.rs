@@ -636,23 +636,8 @@ async fn a_snapshot_not_cut_within_the_hold_is_never_reported_as_a_consistent_co
 async fn a_source_with_two_holders_is_copied_inside_both_holds_and_both_count_it() {
     let c = Cluster::start().await;
     let snapshots = c.record_snapshots().await;
-    c.create_pvc("data", true).await;
-    c.apply(&format!(
-        "apiVersion: volsync.backube/v1alpha1
-kind: ReplicationSource
-metadata: {{name: db, namespace: {NS}}}
-spec:
-  sourcePVC: data
-  trigger: {{manual: once}}
-  copyTrigger: {{holders: [app1, app2]}}
-  restic: {{copyMethod: Snapshot, repository: restic-config}}
-"
-    ))
-    .await;
-    c.wait_annotations("data", "the run waits", |a| {
-        status_is(a, "WaitingForTrigger")
-    })
-    .await;
+    c.gated_db_source_waiting("  copyTrigger: {holders: [app1, app2]}\n")
+        .await;
     let app = |holder: &str, quiesce: &[&str]| {
         let journal = c.path(&format!("journal-{holder}"));
         let log = c.path(&format!("{holder}.log"));

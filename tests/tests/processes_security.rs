@@ -6,8 +6,6 @@ mod support;
 
 use support::{Cluster, NS};
 
-const STATUS: &str = "volsync.backube/latest-copy-status";
-
 /// A whole gated copy with authentication on: the agent serves its namespace with its own
 /// token, an operator applies the source, the application releases and counts the copy with
 /// its token. Without a token, or with another namespace's token, nothing is allowed, and
@@ -15,23 +13,8 @@ const STATUS: &str = "volsync.backube/latest-copy-status";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gated_copy_with_every_caller_authenticated_by_a_service_account_token() {
     let c = Cluster::start_secured().await;
-    c.create_pvc("data", true).await;
-    c.apply(&format!(
-        "apiVersion: volsync.backube/v1alpha1
-kind: ReplicationSource
-metadata: {{name: db, namespace: {NS}}}
-spec:
-  sourcePVC: data
-  trigger: {{manual: once}}
-  restic: {{copyMethod: Snapshot, repository: restic-config}}
-"
-    ))
-    .await;
     // The agent (authenticated as app's snapgate-agent) gates the run.
-    c.wait_annotations("data", "the run waits", |a| {
-        a.get(STATUS).map(String::as_str) == Some("WaitingForTrigger")
-    })
-    .await;
+    c.gated_db_source_waiting("").await;
 
     // No token, and another namespace's application: refused, naming nothing of the source.
     let anonymous = c.cli_command_as(None, &["list"]).output().await.unwrap();

@@ -9,9 +9,7 @@ mod support;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use support::{Cluster, NS};
-
-const STATUS: &str = "volsync.backube/latest-copy-status";
+use support::Cluster;
 
 fn time(v: &Value) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(v.as_str().unwrap_or_default())
@@ -26,22 +24,7 @@ async fn an_image_pull_backoff_is_shown_by_snapgate_runs_at_once_and_fails_the_a
         &["--mover-stuck-after", "5s"],
     )
     .await;
-    c.create_pvc("data", true).await;
-    c.apply(&format!(
-        "apiVersion: volsync.backube/v1alpha1
-kind: ReplicationSource
-metadata: {{name: db, namespace: {NS}}}
-spec:
-  sourcePVC: data
-  trigger: {{manual: once}}
-  restic: {{copyMethod: Snapshot, repository: restic-config}}
-"
-    ))
-    .await;
-    c.wait_annotations("data", "the run waits", |a| {
-        a.get(STATUS).map(String::as_str) == Some("WaitingForTrigger")
-    })
-    .await;
+    c.gated_db_source_waiting("").await;
     c.write_copy_trigger("data", "quiesced-1").await;
     let released = std::time::Instant::now();
 

@@ -437,6 +437,30 @@ impl Cluster {
         self.cli_ok(&["apply", "-f", file.to_str().unwrap()]).await;
     }
 
+    /// The gated PVC `data` and a restic Snapshot source `db` of it (manual trigger `once`,
+    /// `extra` spec lines added, e.g. `  copyTrigger: {holders: [a]}\n`), applied through the
+    /// CLI; returns once the agent has marked the PVC `WaitingForTrigger`.
+    pub(crate) async fn gated_db_source_waiting(&self, extra: &str) {
+        self.create_pvc("data", true).await;
+        self.apply(&format!(
+            "apiVersion: volsync.backube/v1alpha1
+kind: ReplicationSource
+metadata: {{name: db, namespace: {NS}}}
+spec:
+  sourcePVC: data
+  trigger: {{manual: once}}
+{extra}  restic: {{copyMethod: Snapshot, repository: restic-config}}
+"
+        ))
+        .await;
+        self.wait_annotations("data", "the run waits", |a| {
+            a.get("volsync.backube/latest-copy-status")
+                .map(String::as_str)
+                == Some("WaitingForTrigger")
+        })
+        .await;
+    }
+
     /// `snapgate runs <source> -o json`: the runs, newest first.
     pub(crate) async fn runs(&self, source: &str) -> Vec<Value> {
         let out = self.cli_ok(&["runs", source, "-o", "json"]).await;
