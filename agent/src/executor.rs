@@ -937,7 +937,7 @@ impl Executor {
     /// this agent does not watch), or whose removal failed, is tried again on the next change
     /// or resync.
     async fn retire_due(&mut self) {
-        if self.outbox.is_none() {
+        if self.outbox.is_none() || self.retiring.is_empty() {
             return;
         }
         let pending: Vec<((String, String), bool)> =
