@@ -20,6 +20,7 @@
 //! ```
 
 mod machine;
+pub mod model;
 pub mod presence;
 pub mod schedule;
 pub mod validate;
