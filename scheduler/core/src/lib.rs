@@ -23,6 +23,7 @@ mod machine;
 pub mod model;
 pub mod presence;
 pub mod schedule;
+pub mod text;
 pub mod validate;
 
 use std::fmt;
@@ -30,9 +31,9 @@ use std::fmt;
 pub use machine::{
     CoreError, Effect, HISTORY_PER_SOURCE, LeaseAnswer, LeasePolicy, MAX_LOG_BYTES,
     MAX_MESSAGE_BYTES, MAX_PAGE_BYTES, Observation, Quarantined, ReportOutcome, Restored,
-    SPENT_PER_RUN, Scheduler, SourceRecord, TIMEOUT_TEXT, Target, TriggerAccepted, timestamp,
-    to_datetime,
+    SPENT_PER_RUN, Scheduler, TIMEOUT_TEXT, Target, TriggerAccepted,
 };
+pub use model::SourceRecord;
 
 /// A source's identity: namespace and name.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

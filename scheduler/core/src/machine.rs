@@ -7,16 +7,17 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, Utc};
-use snapgate_proto::v1::{
-    self, CopyMethod, CopyState, CopyStatus, Directive, DirectivePhase, Report, RunPhase,
-    RunReason, RunResult, SourceSpec, TimeoutPolicy, report::Observation as ReportObservation,
-};
-
-use snapgate_proto::text::truncate;
-
 use crate::{
     RunId, SourceKey,
+    model::{
+        Author, Condition, CopyMethod, CopyState, CopyStatus, CopyTarget, Directive,
+        DirectivePhase, Hold, LeaseRequest, MoverStatus, MoverStuck, PvcObserved, RawDuration,
+        ReleasedBy, Report, ReportObservation, Run, RunPhase, RunReason, RunResult, Source,
+        SourceRecord, SourceSpec, SourceStatus, SpecInput, TimeoutPolicy, TimelineEntry,
+        TriggerSpec,
+    },
     schedule::SyncTrigger,
+    text::truncate,
     validate::{self, Admitted, InvalidField, Mover},
 };
 
@@ -59,30 +60,23 @@ const MAX_STUCK_REASON_BYTES: usize = 128;
 const MAX_NAME_BYTES: usize = 253;
 
 /// A stuck-mover report within the scheduler's bounds: strings cut, times it cannot carry
-/// dropped.
-fn bounded_stuck(s: v1::MoverStuck) -> v1::MoverStuck {
-    let valid = |t: Option<prost_types::Timestamp>| {
-        t.filter(|t| snapgate_proto::time::proto_time(t).is_some())
-    };
-    v1::MoverStuck {
+/// are dropped by the edge.
+fn bounded_stuck(s: MoverStuck) -> MoverStuck {
+    MoverStuck {
         reason: truncate(&s.reason, MAX_STUCK_REASON_BYTES),
         message: truncate(&s.message, MAX_MESSAGE_BYTES / 2),
         pod: truncate(&s.pod, MAX_NAME_BYTES),
         job: truncate(&s.job, MAX_NAME_BYTES),
         attempt: s.attempt,
-        since: valid(s.since),
-        deadline: valid(s.deadline),
+        since: s.since,
+        deadline: s.deadline,
     }
 }
 
 /// What a run and its source say of a stuck mover: Kubernetes' reason, the pod (or the Job
 /// that cannot make one), its message, since when and when the attempt fails.
-fn stuck_text(s: &v1::MoverStuck) -> String {
-    let time = |t: &Option<prost_types::Timestamp>| {
-        t.as_ref()
-            .and_then(snapgate_proto::time::proto_time)
-            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-    };
+fn stuck_text(s: &MoverStuck) -> String {
+    let time = |t: Option<DateTime<Utc>>| t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
     let what = if s.pod.is_empty() {
         format!(
             "mover Job {} (attempt {}) cannot create its pod",
@@ -96,10 +90,10 @@ fn stuck_text(s: &v1::MoverStuck) -> String {
         text.push_str(": ");
         text.push_str(&s.message);
     }
-    if let Some(since) = time(&s.since) {
+    if let Some(since) = time(s.since) {
         text.push_str(&format!("; stuck since {since}"));
     }
-    if let Some(deadline) = time(&s.deadline) {
+    if let Some(deadline) = time(s.deadline) {
         text.push_str(&format!(
             "; the attempt fails at {deadline} unless it recovers"
         ));
@@ -153,33 +147,18 @@ fn log_tail(log: &str, max: usize) -> String {
         return log.to_owned();
     }
     let marker = format!("({} earlier bytes cut)\n", log.len().saturating_sub(max));
-    let kept = snapgate_proto::text::tail(log, max.saturating_sub(marker.len()));
+    let kept = crate::text::tail(log, max.saturating_sub(marker.len()));
     format!("{marker}{kept}")
 }
 
 /// How far ahead of the scheduler's clock an agent's clock may be.
 const MAX_AGENT_CLOCK_AHEAD: Duration = Duration::minutes(1);
 
-/// A timestamp an agent sent, if it is one protobuf admits (0001-01-01 to 9999-12-31, nanos
-/// within a second) and no later than `now` plus [`MAX_AGENT_CLOCK_AHEAD`].
-fn valid_agent_time(
-    t: Option<prost_types::Timestamp>,
-    now: DateTime<Utc>,
-) -> Option<DateTime<Utc>> {
+/// A time an agent sent, if no later than `now` plus [`MAX_AGENT_CLOCK_AHEAD`] (the edge has
+/// already dropped what is not a valid time).
+fn valid_agent_time(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
     let latest = now.checked_add_signed(MAX_AGENT_CLOCK_AHEAD).unwrap_or(now);
-    snapgate_proto::time::proto_time(&t?).filter(|t| *t <= latest)
-}
-
-/// What the store keeps per source.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct SourceRecord {
-    /// The source as the API shows it: spec, status, version.
-    #[prost(message, optional, tag = "1")]
-    pub source: Option<v1::Source>,
-    /// Deleted by a user, kept until its last run has cleaned up and the agent has removed
-    /// what it made for the source (a Retire answered by Retired).
-    #[prost(bool, tag = "2")]
-    pub deleting: bool,
+    t.filter(|t| *t <= latest)
 }
 
 /// Why a request was refused.
@@ -229,7 +208,7 @@ pub enum Effect {
     /// Remove a source record.
     RemoveSource(SourceKey),
     /// Persist this run.
-    PutRun(Box<v1::Run>),
+    PutRun(Box<Run>),
     /// Remove a run from the store (history trimmed).
     RemoveRun(RunId),
     /// Deliver to the agent serving `namespace` (after persisting).
@@ -375,31 +354,20 @@ struct SourceEntry {
 }
 
 impl SourceEntry {
-    fn source(&self) -> &v1::Source {
-        self.record
-            .source
-            .as_ref()
-            .expect("a record always holds its source")
+    fn source(&self) -> &Source {
+        &self.record.source
     }
-    fn source_mut(&mut self) -> &mut v1::Source {
-        self.record
-            .source
-            .as_mut()
-            .expect("a record always holds its source")
+    fn source_mut(&mut self) -> &mut Source {
+        &mut self.record.source
     }
-    fn status_mut(&mut self) -> &mut v1::SourceStatus {
-        self.source_mut()
-            .status
-            .get_or_insert_with(Default::default)
+    fn status_mut(&mut self) -> &mut SourceStatus {
+        &mut self.record.source.status
     }
-    fn status(&self) -> v1::SourceStatus {
-        self.source().status.clone().unwrap_or_default()
+    fn status(&self) -> &SourceStatus {
+        &self.record.source.status
     }
     fn spec(&self) -> &SourceSpec {
-        self.source()
-            .spec
-            .as_ref()
-            .expect("an admitted source has a spec")
+        &self.record.source.spec
     }
 }
 
@@ -408,44 +376,24 @@ impl SourceEntry {
 pub struct Scheduler {
     sources: BTreeMap<SourceKey, SourceEntry>,
     /// Runs not yet finished.
-    active: BTreeMap<RunId, v1::Run>,
+    active: BTreeMap<RunId, Run>,
     /// Finished runs, at most [`HISTORY_PER_SOURCE`] per source.
-    history: BTreeMap<RunId, v1::Run>,
+    history: BTreeMap<RunId, Run>,
     next_run: u64,
     effects: Vec<Effect>,
     lease_policy: LeasePolicy,
 }
 
-pub use snapgate_proto::time::{timestamp, to_datetime};
-
-fn duration_proto(d: Duration) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: d.num_seconds(),
-        nanos: (d - Duration::seconds(d.num_seconds()))
-            .num_nanoseconds()
-            .unwrap_or(0) as i32,
-    }
-}
-
-fn run_id(run: &v1::Run) -> RunId {
-    run.id.parse().expect("run ids are minted by the core")
-}
-
-fn run_key(run: &v1::Run) -> SourceKey {
-    let r = run.source.as_ref().expect("a run names its source");
-    SourceKey::new(&r.namespace, &r.name)
-}
-
-fn phase(run: &v1::Run) -> RunPhase {
-    RunPhase::try_from(run.phase).unwrap_or(RunPhase::Unspecified)
+fn run_key(run: &Run) -> SourceKey {
+    run.source.clone()
 }
 
 /// The phases in which a run owns its PVC's copy-trigger annotations: its copy phase, and its
 /// cleanup while that still has annotations to set right (a run that ended before its copy
 /// point clears its waiting annotations and records a spent value): the next run on the PVC
 /// must not read them first.
-fn holds_pvc(run: &v1::Run) -> bool {
-    match phase(run) {
+fn holds_pvc(run: &Run) -> bool {
+    match run.phase {
         RunPhase::Gating | RunPhase::WaitingForTrigger | RunPhase::Copying => true,
         RunPhase::CleaningUp => run.gated && run.copy_time.is_none(),
         _ => false,
@@ -454,7 +402,7 @@ fn holds_pvc(run: &v1::Run) -> bool {
 
 /// Records `value` as spent by `run`. Never forgets one: a run that reaches [`SPENT_PER_RUN`]
 /// is failed by [`Scheduler::fail_if_spent_out`].
-fn spend(run: &mut v1::Run, value: String) {
+fn spend(run: &mut Run, value: String) {
     if value.is_empty() || run.spent_triggers.contains(&value) {
         return;
     }
@@ -462,7 +410,7 @@ fn spend(run: &mut v1::Run, value: String) {
 }
 
 /// The holders of `holders` that have no hold on `run`.
-fn pending_holders(run: &v1::Run, holders: &[String]) -> Vec<String> {
+fn pending_holders(run: &Run, holders: &[String]) -> Vec<String> {
     holders
         .iter()
         .filter(|h| !run.holds.iter().any(|x| x.holder == **h))
@@ -471,44 +419,37 @@ fn pending_holders(run: &v1::Run, holders: &[String]) -> Vec<String> {
 }
 
 /// A released run whose hold lease has run out, by the scheduler's clock, before its copy point.
-fn lease_over(run: &v1::Run, now: DateTime<Utc>) -> bool {
-    phase(run) == RunPhase::Copying
+fn lease_over(run: &Run, now: DateTime<Utc>) -> bool {
+    run.phase == RunPhase::Copying
         && run.copy_time.is_none()
-        && run
-            .lease_deadline
-            .as_ref()
-            .is_some_and(|d| to_datetime(d) <= now)
+        && run.lease_deadline.is_some_and(|d| d <= now)
 }
 
-fn note(run: &mut v1::Run, now: DateTime<Utc>, event: &str, message: impl Into<String>) {
+fn note(run: &mut Run, now: DateTime<Utc>, event: &str, message: impl Into<String>) {
     if run.timeline.len() >= TIMELINE_LIMIT {
         run.timeline.remove(1);
     }
-    run.timeline.push(v1::TimelineEntry {
-        time: Some(timestamp(now)),
+    run.timeline.push(TimelineEntry {
+        time: now,
         event: event.to_owned(),
         message: truncate(&message.into(), MAX_MESSAGE_BYTES),
     });
 }
 
 /// The copy status a run shows to applications.
-fn copy_state(run: &v1::Run) -> CopyState {
-    let result = RunResult::try_from(run.result).unwrap_or(RunResult::Unspecified);
+fn copy_state(run: &Run) -> CopyState {
     if run.copy_time.is_some() {
         return CopyState::Completed;
     }
-    match phase(run) {
-        RunPhase::Unspecified | RunPhase::Queued | RunPhase::Gating => CopyState::Pending,
-        RunPhase::WaitingForTrigger => CopyState::WaitingForTrigger,
-        RunPhase::Copying => CopyState::InProgress,
-        RunPhase::Transferring if result == RunResult::Unspecified => CopyState::InProgress,
-        _ => match result {
-            RunResult::Successful => CopyState::Completed,
-            RunResult::TimedOut => CopyState::TimedOut,
-            RunResult::Aborted => CopyState::Aborted,
-            RunResult::Failed => CopyState::Failed,
-            RunResult::Unspecified => CopyState::InProgress,
-        },
+    match (run.phase, run.result) {
+        (RunPhase::Queued | RunPhase::Gating, _) => CopyState::Pending,
+        (RunPhase::WaitingForTrigger, _) => CopyState::WaitingForTrigger,
+        (RunPhase::Copying, _) | (RunPhase::Transferring, None) => CopyState::InProgress,
+        (_, Some(RunResult::Successful)) => CopyState::Completed,
+        (_, Some(RunResult::TimedOut)) => CopyState::TimedOut,
+        (_, Some(RunResult::Aborted)) => CopyState::Aborted,
+        (_, Some(RunResult::Failed)) => CopyState::Failed,
+        (_, None) => CopyState::InProgress,
     }
 }
 
@@ -532,29 +473,17 @@ impl Scheduler {
     /// reported as [`Restored::quarantined`] (the shell keeps it in the store); a source whose
     /// spec breaks a rule tightened since it was stored loads as stored, with the rule in its
     /// status message and in [`Restored::warnings`].
-    pub fn restore(records: Vec<SourceRecord>, runs: Vec<v1::Run>, next_run: u64) -> Restored {
+    pub fn restore(records: Vec<SourceRecord>, runs: Vec<Run>, next_run: u64) -> Restored {
         let mut s = Self::new();
         s.next_run = next_run.max(1);
         let mut quarantined = Vec::new();
         let mut warnings = Vec::new();
         for mut record in records {
-            let Some(src) = record.source.as_mut() else {
-                quarantined.push(Quarantined::source(
-                    "?",
-                    "a source record without its source",
-                ));
-                continue;
-            };
-            let key = SourceKey::new(&src.namespace, &src.name);
-            let Some(spec) = src.spec.as_ref() else {
-                quarantined.push(Quarantined::source(&key.to_string(), "no spec"));
-                continue;
-            };
-            match validate::admit_stored(&key, spec) {
+            let key = record.source.key.clone();
+            match validate::admit_stored(&key, &record.source.spec) {
                 Ok((admitted, broken)) => {
                     if let Some(rule) = broken {
-                        let status = src.status.get_or_insert_with(Default::default);
-                        status.message = truncate(
+                        record.source.status.message = truncate(
                             &format!(
                                 "the stored spec breaks a rule of this version ({rule}); it runs as stored until a corrected spec is applied"
                             ),
@@ -571,31 +500,16 @@ impl Scheduler {
             }
         }
         for run in runs {
-            let Ok(id) = run.id.parse::<RunId>() else {
-                quarantined.push(Quarantined::run(
-                    &validate::quoted(&run.id),
-                    "not a run id such as run-42",
-                ));
-                continue;
-            };
+            let id = run.id;
             // Even a run left out keeps its number: no new run may overwrite its record.
             s.next_run = s.next_run.max(id.0.saturating_add(1));
-            let why = match (&run.source, RunPhase::try_from(run.phase)) {
-                (None, _) => Some("names no source".to_owned()),
-                (_, Err(_) | Ok(RunPhase::Unspecified)) => {
-                    Some(format!("unknown phase {}", run.phase))
-                }
-                (Some(r), Ok(p)) if p != RunPhase::Finished => {
-                    let key = SourceKey::new(&r.namespace, &r.name);
-                    (!s.sources.contains_key(&key))
-                        .then(|| format!("in flight, but its source {key} is not loaded"))
-                }
-                _ => None,
-            };
-            if let Some(why) = why {
-                quarantined.push(Quarantined::run(&id.to_string(), &why));
-            } else if phase(&run) == RunPhase::Finished {
+            if run.phase == RunPhase::Finished {
                 s.history.insert(id, run);
+            } else if !s.sources.contains_key(&run.source) {
+                quarantined.push(Quarantined::run(
+                    &id.to_string(),
+                    &format!("in flight, but its source {} is not loaded", run.source),
+                ));
             } else {
                 s.active.insert(id, run);
             }
@@ -632,10 +546,10 @@ impl Scheduler {
     pub fn apply_source(
         &mut self,
         key: SourceKey,
-        spec: SourceSpec,
+        spec: SpecInput,
         expected_version: u64,
         now: DateTime<Utc>,
-    ) -> Result<v1::Source, CoreError> {
+    ) -> Result<Source, CoreError> {
         self.apply_source_by(key, spec, expected_version, None, now)
     }
 
@@ -645,12 +559,12 @@ impl Scheduler {
     pub fn apply_source_by(
         &mut self,
         key: SourceKey,
-        spec: SourceSpec,
+        spec: SpecInput,
         expected_version: u64,
-        author: Option<v1::Author>,
+        author: Option<Author>,
         now: DateTime<Utc>,
-    ) -> Result<v1::Source, CoreError> {
-        let admitted = validate::admit(&key, &spec)?;
+    ) -> Result<Source, CoreError> {
+        let (spec, admitted) = validate::admit(&key, spec)?;
         let mut pause_changed = false;
         // A deleted source whose agent has not answered its Retire (perhaps none serves the
         // namespace any more) gives way to a new one of the same name, which takes over what
@@ -658,7 +572,7 @@ impl Scheduler {
         if self
             .sources
             .get(&key)
-            .is_some_and(|e| e.record.deleting && e.status().current_run_id.is_empty())
+            .is_some_and(|e| e.record.deleting && e.status().current_run.is_none())
         {
             self.remove_source(&key);
         }
@@ -685,25 +599,20 @@ impl Scheduler {
                     || entry.spec().jitter != spec.jitter;
                 pause_changed = entry.spec().paused != spec.paused;
                 let src = entry.source_mut();
-                src.spec = Some(spec);
+                src.spec = spec;
                 src.author = author;
                 src.version += 1;
                 entry.admitted = admitted;
-                if schedule_changed && entry.status().current_run_id.is_empty() {
+                if schedule_changed && entry.status().current_run.is_none() {
                     let next = match &entry.admitted.trigger {
                         SyncTrigger::Schedule(s) => {
-                            let from = entry
-                                .status()
-                                .last_sync_time
-                                .as_ref()
-                                .map(to_datetime)
-                                .unwrap_or(now);
+                            let from = entry.status().last_sync_time.unwrap_or(now);
                             if entry.status().last_sync_start_time.is_none()
                                 && entry.status().next_sync_time.is_some()
                             {
                                 entry.status().next_sync_time
                             } else {
-                                s.next_after(from).map(timestamp)
+                                s.next_after(from)
                             }
                         }
                         SyncTrigger::Manual(_) | SyncTrigger::Continuous => None,
@@ -721,28 +630,27 @@ impl Scheduler {
                     (SyncTrigger::Continuous, true) => None,
                     (SyncTrigger::Manual(_), _) => None,
                 };
-                let mut status = v1::SourceStatus {
-                    next_sync_time: next_sync_time.map(timestamp),
+                let mut status = SourceStatus {
+                    next_sync_time,
                     ..Default::default()
                 };
                 if let (SyncTrigger::Manual(tag), true) = (&admitted.trigger, spec.skip_initial_run)
                 {
                     status.last_manual_sync = tag.clone();
                 }
-                let source = v1::Source {
-                    namespace: key.namespace.clone(),
-                    name: key.name.clone(),
-                    spec: Some(spec),
-                    status: Some(status),
+                let source = Source {
+                    key: key.clone(),
+                    spec,
+                    status,
                     version: 1,
-                    create_time: Some(timestamp(now)),
+                    create_time: now,
                     author,
                 };
                 self.sources.insert(
                     key.clone(),
                     SourceEntry {
                         record: SourceRecord {
-                            source: Some(source),
+                            source,
                             deleting: false,
                         },
                         admitted,
@@ -786,7 +694,7 @@ impl Scheduler {
     }
 
     /// The source with its status.
-    pub fn get_source(&self, key: &SourceKey) -> Result<v1::Source, CoreError> {
+    pub fn get_source(&self, key: &SourceKey) -> Result<Source, CoreError> {
         match self.sources.get(key) {
             Some(e) if !e.record.deleting => Ok(e.source().clone()),
             _ => Err(CoreError::NotFound(key.clone())),
@@ -794,33 +702,27 @@ impl Scheduler {
     }
 
     /// Sources in key order, optionally in one namespace, starting after `after`: at most
-    /// `limit`, and fewer when more would exceed [`MAX_PAGE_BYTES`] (the page then ends early
-    /// and the next starts where it ended).
+    /// `limit`, and the key the next page starts after when there may be more. (The edge
+    /// bounds a page's encoded size, [`MAX_PAGE_BYTES`], ending it early where it must.)
     pub fn list_sources(
         &self,
         namespace: Option<&str>,
         after: Option<&SourceKey>,
         limit: usize,
-    ) -> (Vec<v1::Source>, Option<SourceKey>) {
+    ) -> (Vec<Source>, Option<SourceKey>) {
         let start = match after {
             Some(k) => std::ops::Bound::Excluded(k.clone()),
             None => std::ops::Bound::Unbounded,
         };
         let mut out = Vec::new();
         let mut last = None;
-        let mut bytes = 0usize;
         for (k, e) in self.sources.range((start, std::ops::Bound::Unbounded)) {
             if e.record.deleting || namespace.is_some_and(|ns| ns != k.namespace) {
                 continue;
             }
-            // Field tag and length prefix included, as in the response message.
-            let size = prost::Message::encoded_len(e.source()).saturating_add(8);
-            if out.len() == limit
-                || (!out.is_empty() && bytes.saturating_add(size) > MAX_PAGE_BYTES)
-            {
+            if out.len() == limit {
                 return (out, last);
             }
-            bytes = bytes.saturating_add(size);
             out.push(e.source().clone());
             last = Some(k.clone());
         }
@@ -860,7 +762,7 @@ impl Scheduler {
     fn retire(&mut self, key: &SourceKey) {
         if let Some(e) = self.sources.get(key)
             && e.record.deleting
-            && e.status().current_run_id.is_empty()
+            && e.status().current_run.is_none()
         {
             self.effects.push(Effect::Retire {
                 source: key.clone(),
@@ -876,7 +778,7 @@ impl Scheduler {
             .iter()
             .filter(|(k, e)| {
                 e.record.deleting
-                    && e.status().current_run_id.is_empty()
+                    && e.status().current_run.is_none()
                     && namespaces.contains(&k.namespace)
             })
             .map(|(k, e)| (k.clone(), keep_cache(e.spec())))
@@ -891,7 +793,7 @@ impl Scheduler {
             && self
                 .sources
                 .get(key)
-                .is_some_and(|e| e.record.deleting && e.status().current_run_id.is_empty());
+                .is_some_and(|e| e.record.deleting && e.status().current_run.is_none());
         if awaiting {
             self.remove_source(key);
         }
@@ -927,7 +829,7 @@ impl Scheduler {
         for key in &keys {
             if let Some(id) = self.current_run(key) {
                 if let Some(run) = self.active.get_mut(&id) {
-                    run.result = RunResult::Aborted as i32;
+                    run.result = Some(RunResult::Aborted);
                     run.message = NAMESPACE_DELETED_TEXT.to_owned();
                     note(run, now, "Aborted", NAMESPACE_DELETED_TEXT);
                 }
@@ -964,11 +866,11 @@ impl Scheduler {
         paused: bool,
         pause_note: String,
         now: DateTime<Utc>,
-    ) -> Result<v1::Source, CoreError> {
+    ) -> Result<Source, CoreError> {
         validate::printable("note", &pause_note, false)?;
         let entry = self.entry_mut(key)?;
         let src = entry.source_mut();
-        let spec = src.spec.as_mut().expect("admitted");
+        let spec = &mut src.spec;
         let changed = spec.paused != paused;
         if changed {
             spec.paused = paused;
@@ -987,7 +889,7 @@ impl Scheduler {
     /// What pausing or resuming does to the run in flight.
     fn on_pause_changed(&mut self, key: &SourceKey, paused: bool, now: DateTime<Utc>) {
         if let Some(id) = self.current_run(key) {
-            match (paused, self.active.get(&id).map(phase)) {
+            match (paused, self.active.get(&id).map(|r| r.phase)) {
                 // No application is asked to quiesce while paused: back to reading the PVC,
                 // with snapgate's waiting annotations removed; the wait starts anew on resume.
                 (true, Some(RunPhase::WaitingForTrigger)) => {
@@ -1039,7 +941,7 @@ impl Scheduler {
             .chain(self.history.values())
             .find(|r| run_key(r) == *key && r.request_id == request_id)
         {
-            return Ok((run_id(run), false));
+            return Ok((run.id, false));
         }
         if let Some(id) = self.current_run(key) {
             return Ok((id, false));
@@ -1054,26 +956,17 @@ impl Scheduler {
     }
 
     /// Recent runs of a source, newest first.
-    pub fn list_runs(&self, key: &SourceKey, limit: usize) -> Result<Vec<v1::Run>, CoreError> {
+    pub fn list_runs(&self, key: &SourceKey, limit: usize) -> Result<Vec<Run>, CoreError> {
         self.entry(key)?;
-        let mut runs: Vec<v1::Run> = self
+        let mut runs: Vec<Run> = self
             .active
             .values()
             .chain(self.history.values())
             .filter(|r| run_key(r) == *key)
             .cloned()
             .collect();
-        runs.sort_by_key(|r| std::cmp::Reverse(run_id(r)));
+        runs.sort_by_key(|r| std::cmp::Reverse(r.id));
         runs.truncate(limit);
-        let mut bytes = 0usize;
-        let fit = runs
-            .iter()
-            .take_while(|r| {
-                bytes = bytes.saturating_add(prost::Message::encoded_len(*r).saturating_add(8));
-                bytes <= MAX_PAGE_BYTES
-            })
-            .count();
-        runs.truncate(fit.max(1));
         Ok(runs)
     }
 
@@ -1095,7 +988,7 @@ impl Scheduler {
     // ---------------------------------------------------------------- triggers
 
     /// Resolves a copy target: a PVC (every run on it), or a source (its runs only, on its PVC).
-    pub fn resolve_target(&self, target: &v1::CopyTarget) -> Result<Target, CoreError> {
+    pub fn resolve_target(&self, target: &CopyTarget) -> Result<Target, CoreError> {
         validate::dns_label("target.namespace", &target.namespace)?;
         match (target.pvc.is_empty(), target.source.is_empty()) {
             (false, true) => {
@@ -1136,11 +1029,10 @@ impl Scheduler {
     }
 
     fn copy_status_of(&self, namespace: &str, pvc: &str, source: Option<&str>) -> CopyStatus {
-        let on_pvc = |r: &&v1::Run| {
+        let on_pvc = |r: &&Run| {
             r.pvc == pvc
-                && r.source.as_ref().is_some_and(|s| {
-                    s.namespace == namespace && source.is_none_or(|name| s.name == name)
-                })
+                && r.source.namespace == namespace
+                && source.is_none_or(|name| r.source.name == name)
         };
         let run = self
             .active
@@ -1154,34 +1046,27 @@ impl Scheduler {
             .values()
             .chain(self.history.values())
             .filter(on_pvc)
-            .max_by_key(|r| run_id(r))
+            .max_by_key(|r| r.id)
             .map(|r| r.latest_trigger.clone())
             .unwrap_or_default();
         let mut status = CopyStatus {
-            namespace: namespace.to_owned(),
-            pvc: pvc.to_owned(),
-            state: CopyState::Idle as i32,
             latest_trigger,
-            ..Default::default()
+            ..CopyStatus::idle(namespace, pvc)
         };
         if let Some(run) = run {
-            status.source = run
-                .source
-                .as_ref()
-                .map(|s| s.name.clone())
-                .unwrap_or_default();
-            status.run_id = run.id.clone();
-            status.state = copy_state(run) as i32;
+            status.source = run.source.name.clone();
+            status.run_id = Some(run.id);
+            status.state = copy_state(run);
             status.reason = run.message.clone();
             status.waiting_since = run.waiting_since;
             status.wait_deadline = run.wait_deadline;
             status.trigger = run.trigger.clone();
             status.gated = run.gated;
-            status.time = run.timeline.last().and_then(|t| t.time);
-            if phase(run) == RunPhase::Copying && run.copy_time.is_none() {
+            status.time = run.timeline.last().map(|t| t.time);
+            if run.phase == RunPhase::Copying && run.copy_time.is_none() {
                 status.lease_deadline = run.lease_deadline;
             }
-            if phase(run) == RunPhase::WaitingForTrigger {
+            if run.phase == RunPhase::WaitingForTrigger {
                 status.holders_pending = pending_holders(run, &self.holders_of(run));
             }
         }
@@ -1226,10 +1111,10 @@ impl Scheduler {
     /// earliest hold. A source without holders ignores it.
     pub fn trigger(
         &mut self,
-        target: &v1::CopyTarget,
+        target: &CopyTarget,
         value: &str,
         expected_run: &str,
-        hold: Option<&prost_types::Duration>,
+        hold: Option<RawDuration>,
         holder: &str,
         now: DateTime<Utc>,
     ) -> Result<TriggerAccepted, CoreError> {
@@ -1258,12 +1143,13 @@ impl Scheduler {
                 )
             })?)
         };
-        let on_pvc = |r: &v1::Run| {
+        let on_pvc = |r: &Run| {
             r.pvc == pvc
-                && r.source.as_ref().is_some_and(|s| {
-                    s.namespace == namespace
-                        && resolved.source.as_deref().is_none_or(|name| s.name == name)
-                })
+                && r.source.namespace == namespace
+                && resolved
+                    .source
+                    .as_deref()
+                    .is_none_or(|name| r.source.name == name)
         };
         // An accepted call repeated: same answer, nothing new. With a run id, that run is the
         // one to compare (a newer run queued on the PVC meanwhile does not matter); without,
@@ -1279,30 +1165,26 @@ impl Scheduler {
                 .values()
                 .chain(self.history.values())
                 .filter(|r| on_pvc(r))
-                .max_by_key(|r| run_id(r)),
+                .max_by_key(|r| r.id),
         };
-        let ours = |r: &v1::Run| {
-            (r.released_by == "rpc" && r.trigger == value)
+        let ours = |r: &Run| {
+            (r.released_by == Some(ReleasedBy::Rpc) && r.trigger == value)
                 || r.holds
                     .iter()
                     .any(|h| h.value == value && h.holder == holder)
         };
         if let Some(run) = candidate
             && ours(run)
-            && expected.is_none_or(|e| e == run_id(run))
+            && expected.is_none_or(|e| e == run.id)
         {
-            let id = run_id(run);
+            let id = run.id;
             // Released: the run's lease; still waiting for other holders: this holder's hold.
-            let lease_deadline = run
-                .lease_deadline
-                .as_ref()
-                .or_else(|| {
-                    run.holds
-                        .iter()
-                        .find(|h| h.value == value)
-                        .and_then(|h| h.deadline.as_ref())
-                })
-                .map(to_datetime);
+            let lease_deadline = run.lease_deadline.or_else(|| {
+                run.holds
+                    .iter()
+                    .find(|h| h.value == value)
+                    .and_then(|h| h.deadline)
+            });
             return Ok(TriggerAccepted {
                 run_id: id,
                 status: self.target_status(&resolved),
@@ -1312,7 +1194,7 @@ impl Scheduler {
         }
         let paused = self.active.values().find(|r| {
             on_pvc(r)
-                && phase(r) == RunPhase::Gating
+                && r.phase == RunPhase::Gating
                 && self
                     .sources
                     .get(&run_key(r))
@@ -1328,15 +1210,17 @@ impl Scheduler {
         let waiting = self
             .active
             .values()
-            .find(|r| on_pvc(r) && phase(r) == RunPhase::WaitingForTrigger)
-            .map(run_id);
+            .find(|r| on_pvc(r) && r.phase == RunPhase::WaitingForTrigger)
+            .map(|r| r.id);
         let Some(id) = waiting else {
             let status = self.target_status(&resolved);
-            let state = CopyState::try_from(status.state).unwrap_or(CopyState::Unspecified);
-            if !holder.is_empty() && state == CopyState::InProgress {
+            let state = status.state;
+            if !holder.is_empty()
+                && state == CopyState::InProgress
+                && let Some(run) = status.run_id
+            {
                 return Err(CoreError::FailedPrecondition(format!(
-                    "run {} on pvc {namespace}/{pvc} was released before holder {holder} triggered: its copy is not inside this hold",
-                    status.run_id
+                    "run {run} on pvc {namespace}/{pvc} was released before holder {holder} triggered: its copy is not inside this hold"
                 )));
             }
             return Err(CoreError::FailedPrecondition(format!(
@@ -1373,7 +1257,7 @@ impl Scheduler {
             .active
             .values()
             .chain(self.history.values())
-            .filter(|r| on_pvc(r) && run_id(r) != id)
+            .filter(|r| on_pvc(r) && r.id != id)
             .find(|r| {
                 r.trigger == value
                     || r.spent_triggers.iter().any(|v| v == value)
@@ -1397,7 +1281,7 @@ impl Scheduler {
         if !holders.is_empty() {
             return self.hold(id, &holders, holder, value, deadline, &resolved, now);
         }
-        self.release(id, value.to_owned(), "rpc", Some(deadline), now);
+        self.release(id, value.to_owned(), ReleasedBy::Rpc, Some(deadline), now);
         Ok(TriggerAccepted {
             run_id: id,
             status: self.target_status(&resolved),
@@ -1412,7 +1296,7 @@ impl Scheduler {
         self.holders_of(&self.active[&id])
     }
 
-    fn holders_of(&self, run: &v1::Run) -> Vec<String> {
+    fn holders_of(&self, run: &Run) -> Vec<String> {
         match run.spec.as_ref() {
             Some(spec) => spec
                 .copy_trigger
@@ -1485,10 +1369,10 @@ impl Scheduler {
             }
         }
         let run = self.active.get_mut(&id).expect("waiting");
-        run.holds.push(v1::Hold {
+        run.holds.push(Hold {
             holder: holder.to_owned(),
             value: value.to_owned(),
-            deadline: Some(timestamp(deadline)),
+            deadline: Some(deadline),
         });
         note(
             run,
@@ -1504,10 +1388,10 @@ impl Scheduler {
             let lease = run
                 .holds
                 .iter()
-                .filter_map(|h| h.deadline.as_ref().map(to_datetime))
+                .filter_map(|h| h.deadline)
                 .min()
                 .unwrap_or(deadline);
-            self.release(id, value.to_owned(), "rpc", Some(lease), now);
+            self.release(id, value.to_owned(), ReleasedBy::Rpc, Some(lease), now);
             return Ok(TriggerAccepted {
                 run_id: id,
                 status: self.target_status(resolved),
@@ -1531,20 +1415,20 @@ impl Scheduler {
         let due: Vec<RunId> = self
             .active
             .iter()
-            .filter(|(_, r)| phase(r) == RunPhase::WaitingForTrigger)
+            .filter(|(_, r)| r.phase == RunPhase::WaitingForTrigger)
             .filter(|(_, r)| {
                 r.holds
                     .iter()
-                    .any(|h| h.deadline.as_ref().is_some_and(|d| to_datetime(d) <= now))
+                    .any(|h| h.deadline.is_some_and(|d| d <= now))
             })
             .map(|(id, _)| *id)
             .collect();
         for id in due {
             let holders = self.run_holders(id);
             let run = self.active.get_mut(&id).expect("found");
-            let (ended, kept): (Vec<v1::Hold>, Vec<v1::Hold>) = std::mem::take(&mut run.holds)
+            let (ended, kept): (Vec<Hold>, Vec<Hold>) = std::mem::take(&mut run.holds)
                 .into_iter()
-                .partition(|h| h.deadline.as_ref().is_some_and(|d| to_datetime(d) <= now));
+                .partition(|h| h.deadline.is_some_and(|d| d <= now));
             run.holds = kept;
             for h in ended {
                 note(
@@ -1574,14 +1458,14 @@ impl Scheduler {
         let Some(run) = self.active.get_mut(&id) else {
             return false;
         };
-        if run.spent_triggers.len() < SPENT_PER_RUN || phase(run) == RunPhase::CleaningUp {
+        if run.spent_triggers.len() < SPENT_PER_RUN || run.phase == RunPhase::CleaningUp {
             return false;
         }
         let msg = format!(
             "{} trigger values spent without a copy (expired leases, ended holds): the run fails rather than forget one",
             run.spent_triggers.len()
         );
-        run.result = RunResult::Failed as i32;
+        run.result = Some(RunResult::Failed);
         run.message = msg.clone();
         note(run, now, "Failed", msg);
         self.set_phase(id, RunPhase::CleaningUp, now);
@@ -1592,7 +1476,7 @@ impl Scheduler {
     /// released goes back to waiting unless its copy point was reached already.
     pub fn end_hold(
         &mut self,
-        target: &v1::CopyTarget,
+        target: &CopyTarget,
         run: &str,
         value: &str,
         now: DateTime<Utc>,
@@ -1612,10 +1496,11 @@ impl Scheduler {
             .or_else(|| self.history.get(&id))
             .filter(|r| {
                 r.pvc == resolved.pvc
-                    && r.source.as_ref().is_some_and(|s| {
-                        s.namespace == resolved.namespace
-                            && resolved.source.as_deref().is_none_or(|n| s.name == n)
-                    })
+                    && r.source.namespace == resolved.namespace
+                    && resolved
+                        .source
+                        .as_deref()
+                        .is_none_or(|n| r.source.name == n)
             });
         let Some(r) = found else {
             return Err(CoreError::FailedPrecondition(format!(
@@ -1623,7 +1508,7 @@ impl Scheduler {
                 resolved.namespace, resolved.pvc
             )));
         };
-        let mine = r.released_by == "rpc" && r.trigger == value
+        let mine = r.released_by == Some(ReleasedBy::Rpc) && r.trigger == value
             || r.spent_triggers.iter().any(|v| v == value)
             || r.holds.iter().any(|h| h.value == value);
         if !mine {
@@ -1632,7 +1517,7 @@ impl Scheduler {
             )));
         }
         if self.active.contains_key(&id)
-            && phase(r) != RunPhase::Copying
+            && r.phase != RunPhase::Copying
             && let Some(at) = r.holds.iter().position(|h| h.value == value)
         {
             // A holder gives up before the others triggered: its hold ends, its value is spent.
@@ -1654,7 +1539,7 @@ impl Scheduler {
             self.notify_copy(id);
             self.fail_if_spent_out(id, now);
         } else if self.active.contains_key(&id)
-            && phase(r) == RunPhase::Copying
+            && r.phase == RunPhase::Copying
             && r.copy_time.is_none()
             && r.lease_deadline.is_some()
             // Only a hold of this release: an old spent value ends nobody's current hold.
@@ -1676,7 +1561,7 @@ impl Scheduler {
     pub fn lease(
         &self,
         namespaces: &[String],
-        request: &v1::LeaseRequest,
+        request: &LeaseRequest,
         now: DateTime<Utc>,
     ) -> LeaseAnswer {
         let refuse = |why: String| LeaseAnswer::Refused(why);
@@ -1686,22 +1571,22 @@ impl Scheduler {
                 validate::quoted(&request.run_id)
             ));
         };
-        let Some(run) = self.active.get(&id).filter(|r| {
-            r.source
-                .as_ref()
-                .is_some_and(|s| namespaces.contains(&s.namespace))
-        }) else {
+        let Some(run) = self
+            .active
+            .get(&id)
+            .filter(|r| namespaces.contains(&r.source.namespace))
+        else {
             return refuse(format!("{id} is not in flight in the agent's namespaces"));
         };
-        if request.generation != run.generation || phase(run) != RunPhase::Copying {
+        if request.generation != run.generation || run.phase != RunPhase::Copying {
             return refuse(format!(
                 "{id}: generation {} is not current ({} is, {})",
                 request.generation,
                 run.generation,
-                phase(run).as_str_name()
+                run.phase.as_str_name()
             ));
         }
-        let Some(deadline) = run.lease_deadline.as_ref().map(to_datetime) else {
+        let Some(deadline) = run.lease_deadline else {
             return refuse(format!("{id} was not released with a hold lease"));
         };
         match deadline.signed_duration_since(now) {
@@ -1716,11 +1601,7 @@ impl Scheduler {
     pub fn directives_for(&self, namespaces: &[String]) -> Vec<Directive> {
         self.active
             .values()
-            .filter(|r| {
-                r.source
-                    .as_ref()
-                    .is_some_and(|s| namespaces.contains(&s.namespace))
-            })
+            .filter(|r| namespaces.contains(&r.source.namespace))
             .filter_map(|r| self.directive(r))
             .collect()
     }
@@ -1741,11 +1622,7 @@ impl Scheduler {
         let Some(run) = self.active.get(&id) else {
             return ReportOutcome::Stale(format!("{id} is not in flight"));
         };
-        if run
-            .source
-            .as_ref()
-            .is_none_or(|s| !namespaces.contains(&s.namespace))
-        {
+        if !namespaces.contains(&run.source.namespace) {
             return ReportOutcome::Stale(format!("{id} is not in the agent's namespaces"));
         }
         if lease_over(run, now) {
@@ -1758,7 +1635,7 @@ impl Scheduler {
         let Some(run) = self.active.get(&id) else {
             return ReportOutcome::Stale(format!("{id} is not in flight"));
         };
-        let current = phase(run);
+        let current = run.phase;
         let Some(observation) = report.observation else {
             return ReportOutcome::Stale("empty report".into());
         };
@@ -1797,7 +1674,7 @@ impl Scheduler {
             (RunPhase::Transferring, ReportObservation::MoverStuck(s)) => {
                 self.on_mover_stuck(id, s, now)
             }
-            (RunPhase::CleaningUp, ReportObservation::CleanedUp(_)) => self.finish_run(id, now),
+            (RunPhase::CleaningUp, ReportObservation::CleanedUp) => self.finish_run(id, now),
             (_, ReportObservation::Error(e)) => self.on_agent_error(id, e, now),
             (p, o) => {
                 return ReportOutcome::Stale(format!(
@@ -1810,16 +1687,15 @@ impl Scheduler {
         ReportOutcome::Applied
     }
 
-    fn on_pvc_observed(&mut self, id: RunId, pvc: v1::PvcObserved, now: DateTime<Utc>) {
+    fn on_pvc_observed(&mut self, id: RunId, pvc: PvcObserved, now: DateTime<Utc>) {
         let key = run_key(&self.active[&id]);
         // The copy method the run started with, as its directive carries it to the agent.
-        let copy_method = self.active[&id]
-            .spec
-            .as_ref()
-            .and_then(|s| validate::mover_and_copy_method(s).ok())
-            .map_or(self.sources[&key].admitted.copy_method, |(_, m)| m);
+        let copy_method = self.active[&id].spec.as_ref().map_or(
+            self.sources[&key].admitted.copy_method,
+            |s| s.mover.volume.copy_method.folded(),
+        );
         let run = self.active.get_mut(&id).expect("checked");
-        let was_waiting = phase(run) == RunPhase::WaitingForTrigger;
+        let was_waiting = run.phase == RunPhase::WaitingForTrigger;
         if !pvc.exists {
             let msg = format!("source PVC {} not found; waiting for it", run.pvc);
             self.keep_waiting_with_error(id, &key, msg, now);
@@ -1911,7 +1787,11 @@ impl Scheduler {
         }
         let fresh = fresh && holders.is_empty();
         if fresh {
-            let by = if was_waiting { "annotation" } else { "ahead" };
+            let by = if was_waiting {
+                ReleasedBy::Annotation
+            } else {
+                ReleasedBy::Ahead
+            };
             self.release(id, pvc.copy_trigger, by, None, now);
         } else if !was_waiting {
             // Resume an earlier wait on this PVC if its timestamp is valid; else it starts now.
@@ -1923,9 +1803,9 @@ impl Scheduler {
                 .unwrap_or(now);
             let timeout = self.sources[&key].admitted.wait_timeout;
             let run = self.active.get_mut(&id).expect("checked");
-            run.waiting_since = Some(timestamp(since));
+            run.waiting_since = Some(since);
             // No deadline past the end of the calendar: the run keeps waiting.
-            run.wait_deadline = since.checked_add_signed(timeout).map(timestamp);
+            run.wait_deadline = since.checked_add_signed(timeout);
             note(
                 run,
                 now,
@@ -1967,14 +1847,14 @@ impl Scheduler {
         &mut self,
         id: RunId,
         value: String,
-        by: &str,
+        by: ReleasedBy,
         lease: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) {
         let key = run_key(&self.active[&id]);
         let mover = self.sources[&key].admitted.mover;
         let run = self.active.get_mut(&id).expect("in flight");
-        if let Some(since) = run.waiting_since.as_ref().map(to_datetime) {
+        if let Some(since) = run.waiting_since {
             self.effects.push(Effect::Observe(Observation::TriggerWait {
                 source: key.clone(),
                 mover,
@@ -1982,13 +1862,18 @@ impl Scheduler {
             }));
         }
         run.trigger = value;
-        run.released_by = by.to_owned();
-        run.lease_deadline = lease.map(timestamp);
+        run.released_by = Some(by);
+        run.lease_deadline = lease;
         run.message.clear();
         let msg = match lease {
-            None => format!("released by {by} with copy-trigger {:?}", run.trigger),
+            None => format!(
+                "released by {} with copy-trigger {:?}",
+                by.as_str(),
+                run.trigger
+            ),
             Some(deadline) => format!(
-                "released by {by} with copy-trigger {:?}, held until {}: no copy point after that counts",
+                "released by {} with copy-trigger {:?}, held until {}: no copy point after that counts",
+                by.as_str(),
                 run.trigger,
                 deadline.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
             ),
@@ -1997,7 +1882,7 @@ impl Scheduler {
         self.set_phase(id, RunPhase::Copying, now);
     }
 
-    fn on_copy_completed(&mut self, id: RunId, c: v1::CopyCompleted, now: DateTime<Utc>) {
+    fn on_copy_completed(&mut self, id: RunId, c: crate::model::CopyCompleted, now: DateTime<Utc>) {
         let run = self.active.get_mut(&id).expect("checked");
         let time = valid_agent_time(c.time, now);
         if c.time.is_some() && time.is_none() {
@@ -2008,7 +1893,7 @@ impl Scheduler {
                 "the agent's copy time is not a valid time before now (clock skew up to 1 minute allowed); using the time of the report",
             );
         }
-        run.copy_time = Some(timestamp(time.unwrap_or(now)));
+        run.copy_time = Some(time.unwrap_or(now));
         if run.gated {
             run.latest_trigger = run.trigger.clone();
         }
@@ -2021,7 +1906,7 @@ impl Scheduler {
         self.set_phase(id, RunPhase::Transferring, now);
     }
 
-    fn on_mover_failed(&mut self, id: RunId, f: v1::MoverFailed, now: DateTime<Utc>) {
+    fn on_mover_failed(&mut self, id: RunId, f: crate::model::MoverFailed, now: DateTime<Utc>) {
         let key = run_key(&self.active[&id]);
         let mover = self.sources[&key].admitted.mover;
         let run = self.active.get_mut(&id).expect("checked");
@@ -2030,7 +1915,7 @@ impl Scheduler {
             return;
         }
         run.mover_failures = run.mover_failures.saturating_add(1);
-        let status = v1::MoverStatus {
+        let status = MoverStatus {
             result: "Failed".into(),
             logs: log_tail(&f.logs, MAX_LOG_BYTES),
         };
@@ -2061,7 +1946,7 @@ impl Scheduler {
         self.put_source(&key);
     }
 
-    fn on_mover_finished(&mut self, id: RunId, f: v1::MoverFinished, now: DateTime<Utc>) {
+    fn on_mover_finished(&mut self, id: RunId, f: crate::model::MoverFinished, now: DateTime<Utc>) {
         let key = run_key(&self.active[&id]);
         let run = self.active.get_mut(&id).expect("checked");
         let (result, text) = if f.succeeded {
@@ -2069,8 +1954,8 @@ impl Scheduler {
         } else {
             (RunResult::Failed, "Failed")
         };
-        run.result = result as i32;
-        let status = v1::MoverStatus {
+        run.result = Some(result);
+        let status = MoverStatus {
             result: text.into(),
             logs: log_tail(&f.logs, MAX_LOG_BYTES),
         };
@@ -2087,7 +1972,7 @@ impl Scheduler {
     /// The agent says the mover's pod is stuck (or, with no reason, that it no longer is):
     /// shown on the run and the source's condition at once, recorded once per pod; cleared
     /// when the attempt (or a later one) runs. Only the agent fails the attempt.
-    fn on_mover_stuck(&mut self, id: RunId, s: v1::MoverStuck, now: DateTime<Utc>) {
+    fn on_mover_stuck(&mut self, id: RunId, s: MoverStuck, now: DateTime<Utc>) {
         let key = run_key(&self.active[&id]);
         let s = bounded_stuck(s);
         let run = self.active.get_mut(&id).expect("checked");
@@ -2119,7 +2004,7 @@ impl Scheduler {
                 e.status()
                     .conditions
                     .iter()
-                    .any(|c| c.r#type == "Synchronizing" && c.reason == MOVER_STUCK_REASON)
+                    .any(|c| c.type_ == "Synchronizing" && c.reason == MOVER_STUCK_REASON)
             });
             if stuck_shown {
                 self.set_condition(&key, "True", "SyncInProgress", "", now);
@@ -2147,7 +2032,7 @@ impl Scheduler {
         self.put_source(&key);
     }
 
-    fn on_agent_error(&mut self, id: RunId, e: v1::AgentError, now: DateTime<Utc>) {
+    fn on_agent_error(&mut self, id: RunId, e: crate::model::AgentError, now: DateTime<Utc>) {
         let key = run_key(&self.active[&id]);
         let msg = truncate(
             &format!("{}: {}", truncate(&e.reason, 128), e.message),
@@ -2161,12 +2046,12 @@ impl Scheduler {
         note(run, now, "Error", msg.clone());
         self.set_condition(&key, "True", "Error", &msg, now);
         self.put_source(&key);
-        if e.retryable || phase(&self.active[&id]) == RunPhase::CleaningUp {
+        if e.retryable || self.active[&id].phase == RunPhase::CleaningUp {
             self.put_run(id);
             return;
         }
         let run = self.active.get_mut(&id).expect("checked");
-        run.result = RunResult::Failed as i32;
+        run.result = Some(RunResult::Failed);
         self.set_phase(id, RunPhase::CleaningUp, now);
     }
 
@@ -2177,26 +2062,26 @@ impl Scheduler {
         let waits = self
             .active
             .values()
-            .filter(|r| phase(r) == RunPhase::WaitingForTrigger && !r.timeout_reported)
-            .filter_map(|r| r.wait_deadline.as_ref().map(to_datetime));
+            .filter(|r| r.phase == RunPhase::WaitingForTrigger && !r.timeout_reported)
+            .filter_map(|r| r.wait_deadline);
         let leases = self
             .active
             .values()
-            .filter(|r| phase(r) == RunPhase::Copying && r.copy_time.is_none())
-            .filter_map(|r| r.lease_deadline.as_ref().map(to_datetime));
+            .filter(|r| r.phase == RunPhase::Copying && r.copy_time.is_none())
+            .filter_map(|r| r.lease_deadline);
         let holds = self
             .active
             .values()
-            .filter(|r| phase(r) == RunPhase::WaitingForTrigger)
+            .filter(|r| r.phase == RunPhase::WaitingForTrigger)
             .flat_map(|r| r.holds.iter())
-            .filter_map(|h| h.deadline.as_ref().map(to_datetime));
+            .filter_map(|h| h.deadline);
         let starts = self
             .sources
             .values()
             .filter(|e| {
-                !e.record.deleting && !e.spec().paused && e.status().current_run_id.is_empty()
+                !e.record.deleting && !e.spec().paused && e.status().current_run.is_none()
             })
-            .filter_map(|e| e.status().next_sync_time.as_ref().map(to_datetime));
+            .filter_map(|e| e.status().next_sync_time);
         waits.chain(leases).chain(holds).chain(starts).min()
     }
 
@@ -2206,11 +2091,9 @@ impl Scheduler {
             .active
             .iter()
             .filter(|(_, r)| {
-                phase(r) == RunPhase::WaitingForTrigger
+                r.phase == RunPhase::WaitingForTrigger
                     && !r.timeout_reported
-                    && r.wait_deadline
-                        .as_ref()
-                        .is_some_and(|d| to_datetime(d) <= now)
+                    && r.wait_deadline.is_some_and(|d| d <= now)
             })
             .map(|(id, _)| *id)
             .collect();
@@ -2250,11 +2133,11 @@ impl Scheduler {
         }
         spend(run, spent.clone());
         run.latest_trigger = spent.clone();
-        run.released_by.clear();
+        run.released_by = None;
         run.lease_deadline = None;
         run.timeout_reported = false;
-        run.waiting_since = Some(timestamp(now));
-        run.wait_deadline = now.checked_add_signed(timeout).map(timestamp);
+        run.waiting_since = Some(now);
+        run.wait_deadline = now.checked_add_signed(timeout);
         run.message = LEASE_EXPIRED_TEXT.to_owned();
         note(
             run,
@@ -2286,7 +2169,7 @@ impl Scheduler {
                 source: key.clone(),
                 mover,
             }));
-        let status = v1::MoverStatus {
+        let status = MoverStatus {
             result: "Failed".into(),
             logs: logs.clone(),
         };
@@ -2309,7 +2192,7 @@ impl Scheduler {
                 self.notify_copy(id);
             }
             TimeoutPolicy::Skip => {
-                run.result = RunResult::TimedOut as i32;
+                run.result = Some(RunResult::TimedOut);
                 note(run, now, "TimedOut", format!("{logs}; run skipped"));
                 self.set_phase(id, RunPhase::CleaningUp, now);
             }
@@ -2343,37 +2226,22 @@ impl Scheduler {
         let author = entry.source().author.clone();
         let pvc = spec.source_pvc.clone();
         let prune = match entry.admitted.prune_interval {
-            Some(every) => entry
-                .status()
-                .last_pruned
-                .as_ref()
-                // Saturating: an interval past the end of the calendar never comes due.
-                .is_some_and(|t| {
-                    to_datetime(t)
-                        .checked_add_signed(every)
-                        .is_some_and(|due| due <= now)
-                }),
+            // Saturating: an interval past the end of the calendar never comes due.
+            Some(every) => entry.status().last_pruned.is_some_and(|t| {
+                t.checked_add_signed(every).is_some_and(|due| due <= now)
+            }),
             None => false,
         };
         let status = entry.status_mut();
-        status.current_run_id = id.to_string();
-        status.last_sync_start_time = Some(timestamp(now));
+        status.current_run = Some(id);
+        status.last_sync_start_time = Some(now);
         status.message.clear();
-        let mut run = v1::Run {
-            id: id.to_string(),
-            source: Some(v1::SourceRef {
-                namespace: key.namespace.clone(),
-                name: key.name.clone(),
-            }),
-            pvc,
-            reason: reason as i32,
-            phase: RunPhase::Queued as i32,
-            start_time: Some(timestamp(now)),
+        let mut run = Run {
             request_id: request_id.to_owned(),
             restic_prune: prune,
             spec: Some(spec),
             author,
-            ..Default::default()
+            ..Run::new(id, key.clone(), pvc, reason, now)
         };
         note(&mut run, now, "Queued", reason.as_str_name());
         self.active.insert(id, run);
@@ -2386,17 +2254,15 @@ impl Scheduler {
 
     /// Lets the oldest queued run on a PVC start its copy phase if no run holds the PVC.
     fn advance_pvc(&mut self, namespace: String, pvc: String, now: DateTime<Utc>) {
-        let on_pvc = |r: &v1::Run| {
-            r.pvc == pvc && r.source.as_ref().is_some_and(|s| s.namespace == namespace)
-        };
+        let on_pvc = |r: &Run| r.pvc == pvc && r.source.namespace == namespace;
         if self.active.values().any(|r| on_pvc(r) && holds_pvc(r)) {
             return;
         }
         let next = self
             .active
             .values()
-            .find(|r| on_pvc(r) && phase(r) == RunPhase::Queued)
-            .map(run_id);
+            .find(|r| on_pvc(r) && r.phase == RunPhase::Queued)
+            .map(|r| r.id);
         if let Some(id) = next {
             let run = self.active.get_mut(&id).expect("found");
             note(run, now, "Gating", "reading the source PVC");
@@ -2408,14 +2274,8 @@ impl Scheduler {
     fn set_phase(&mut self, id: RunId, to: RunPhase, now: DateTime<Utc>) {
         let run = self.active.get_mut(&id).expect("in flight");
         let held = holds_pvc(run);
-        run.phase = to as i32;
-        let (namespace, pvc) = (
-            run.source
-                .as_ref()
-                .map(|s| s.namespace.clone())
-                .unwrap_or_default(),
-            run.pvc.clone(),
-        );
+        run.phase = to;
+        let (namespace, pvc) = (run.source.namespace.clone(), run.pvc.clone());
         let freed = held && !holds_pvc(run);
         let key = run_key(run);
         // A stuck mover is over once the mover is (or the run moved on otherwise).
@@ -2446,13 +2306,13 @@ impl Scheduler {
 
     fn abort_run(&mut self, id: RunId, why: &str, now: DateTime<Utc>) {
         let run = self.active.get_mut(&id).expect("in flight");
-        run.result = RunResult::Aborted as i32;
+        run.result = Some(RunResult::Aborted);
         run.message = why.to_owned();
         note(run, now, "Aborted", why);
-        if phase(run) == RunPhase::Queued {
+        if run.phase == RunPhase::Queued {
             // Nothing was done in the cluster yet.
             self.finish_run(id, now);
-        } else if phase(run) != RunPhase::CleaningUp {
+        } else if run.phase != RunPhase::CleaningUp {
             self.set_phase(id, RunPhase::CleaningUp, now);
         }
     }
@@ -2462,22 +2322,18 @@ impl Scheduler {
         let key = run_key(&run);
         let namespace = key.namespace.clone();
         let freed = holds_pvc(&run);
-        run.phase = RunPhase::Finished as i32;
-        if run.result == RunResult::Unspecified as i32 {
-            run.result = RunResult::Failed as i32;
-        }
-        let result = RunResult::try_from(run.result).unwrap_or(RunResult::Failed);
-        run.end_time = Some(timestamp(now));
+        run.phase = RunPhase::Finished;
+        let result = *run.result.get_or_insert(RunResult::Failed);
+        run.end_time = Some(now);
         note(&mut run, now, "Finished", result.as_str_name());
-        let started = run.start_time.as_ref().map(to_datetime).unwrap_or(now);
+        let started = run.start_time;
         let prune = run.restic_prune;
         let pvc = run.pvc.clone();
         // The manual tag this run was started for (an edit meanwhile asks for another run).
-        let run_tag = run
-            .spec
-            .as_ref()
-            .and_then(|s| s.trigger.as_ref())
-            .and_then(|t| t.manual.clone());
+        let run_tag = match run.spec.as_ref().map(|s| &s.trigger) {
+            Some(TriggerSpec::Manual(tag)) => Some(tag.clone()),
+            _ => None,
+        };
         self.effects.push(Effect::PutRun(Box::new(run.clone())));
         self.history.insert(id, run);
         self.effects.push(Effect::Forget {
@@ -2488,22 +2344,22 @@ impl Scheduler {
 
         if self.sources.get(&key).is_some_and(|e| e.record.deleting) {
             if let Some(e) = self.sources.get_mut(&key) {
-                e.status_mut().current_run_id.clear();
+                e.status_mut().current_run = None;
             }
             self.put_source(&key);
             self.retire(&key);
         } else {
             let entry = self.sources.get_mut(&key).expect("runs have sources");
-            let previous = entry.status().last_sync_time.as_ref().map(to_datetime);
+            let previous = entry.status().last_sync_time;
             let mut missed = false;
             let trigger = entry.admitted.trigger.clone();
             let mover = entry.admitted.mover;
             let has_prune = entry.admitted.prune_interval.is_some();
             let status = entry.status_mut();
-            status.current_run_id.clear();
+            status.current_run = None;
             if result == RunResult::Successful {
-                status.last_sync_time = Some(timestamp(now));
-                status.last_sync_duration = Some(duration_proto(now - started));
+                status.last_sync_time = Some(now);
+                status.last_sync_duration = Some(now - started);
                 if let (SyncTrigger::Schedule(s), Some(prev)) = (&trigger, previous) {
                     let second = s.next_after(prev).and_then(|t| s.next_after(t));
                     if second.is_some_and(|t| now > t) {
@@ -2512,17 +2368,17 @@ impl Scheduler {
                     }
                 }
                 if has_prune && (prune || status.last_pruned.is_none()) {
-                    status.last_pruned = Some(timestamp(now));
+                    status.last_pruned = Some(now);
                 }
             }
             status.next_sync_time = match &trigger {
-                SyncTrigger::Schedule(s) => s.next_after(now).map(timestamp),
+                SyncTrigger::Schedule(s) => s.next_after(now),
                 SyncTrigger::Manual(tag) => {
                     status.last_manual_sync = run_tag.unwrap_or_else(|| tag.clone());
                     None
                 }
                 SyncTrigger::Continuous if result == RunResult::Successful => None,
-                SyncTrigger::Continuous => now.checked_add_signed(CONTINUOUS_RETRY).map(timestamp),
+                SyncTrigger::Continuous => now.checked_add_signed(CONTINUOUS_RETRY),
             };
             self.effects.push(Effect::Observe(Observation::RunFinished {
                 source: key.clone(),
@@ -2559,14 +2415,14 @@ impl Scheduler {
 
     // ---------------------------------------------------------------- helpers
 
-    fn directive(&self, run: &v1::Run) -> Option<Directive> {
-        let phase = match phase(run) {
+    fn directive(&self, run: &Run) -> Option<Directive> {
+        let phase = match run.phase {
             RunPhase::Gating => DirectivePhase::Gate,
             RunPhase::WaitingForTrigger => DirectivePhase::Wait,
             RunPhase::Copying => DirectivePhase::Copy,
             RunPhase::Transferring => DirectivePhase::Transfer,
             RunPhase::CleaningUp => DirectivePhase::Cleanup,
-            RunPhase::Unspecified | RunPhase::Queued | RunPhase::Finished => return None,
+            RunPhase::Queued | RunPhase::Finished => return None,
         };
         let entry = self.sources.get(&run_key(run))?;
         let waited = run.waiting_since.is_some();
@@ -2577,7 +2433,7 @@ impl Scheduler {
         let (spec, author) = match &run.spec {
             Some(spec) => (spec.clone(), run.author.clone()),
             None => (
-                v1::SourceSpec {
+                SourceSpec {
                     source_pvc: run.pvc.clone(),
                     ..entry.spec().clone()
                 },
@@ -2585,15 +2441,15 @@ impl Scheduler {
             ),
         };
         Some(Directive {
-            run_id: run.id.clone(),
+            run_id: run.id,
             source: run.source.clone(),
-            spec: Some(v1::SourceSpec { paused, ..spec }),
-            phase: phase as i32,
+            spec: SourceSpec { paused, ..spec },
+            phase,
             generation: run.generation,
             waiting_since: run.waiting_since,
             timeout_reported: run.timeout_reported,
             trigger: run.trigger.clone(),
-            write_copy_trigger: run.released_by == "rpc",
+            write_copy_trigger: run.released_by == Some(ReleasedBy::Rpc),
             gated: run.gated,
             clear_waiting: match phase {
                 // Paused: no application may be asked to quiesce.
@@ -2626,37 +2482,25 @@ impl Scheduler {
     fn send_directive(&mut self, id: RunId) {
         let run = &self.active[&id];
         if let Some(directive) = self.directive(run) {
-            let namespace = run
-                .source
-                .as_ref()
-                .map(|s| s.namespace.clone())
-                .unwrap_or_default();
             self.effects.push(Effect::Send {
-                namespace,
+                namespace: run.source.namespace.clone(),
                 directive: Box::new(directive),
             });
         }
     }
 
     fn notify_copy(&mut self, id: RunId) {
-        let run = self
-            .active
-            .get(&id)
-            .or_else(|| self.history.get(&id))
-            .expect("known run");
-        let namespace = run
-            .source
-            .as_ref()
-            .map(|s| s.namespace.clone())
-            .unwrap_or_default();
-        let status = self.copy_status(&namespace, &run.pvc.clone());
+        let Some(run) = self.active.get(&id).or_else(|| self.history.get(&id)) else {
+            return;
+        };
+        let status = self.copy_status(&run.source.namespace, &run.pvc);
         self.effects.push(Effect::CopyStatus(Box::new(status)));
     }
 
     fn current_run(&self, key: &SourceKey) -> Option<RunId> {
         self.sources
             .get(key)
-            .and_then(|e| e.status().current_run_id.parse().ok())
+            .and_then(|e| e.status().current_run)
             .filter(|id| self.active.contains_key(id))
     }
 
@@ -2692,7 +2536,7 @@ impl Scheduler {
         let Some(e) = self.sources.get(key) else {
             return;
         };
-        if !e.status().current_run_id.is_empty() {
+        if e.status().current_run.is_some() {
             return;
         }
         let first = e.status().last_sync_start_time.is_none();
@@ -2723,21 +2567,21 @@ impl Scheduler {
         let existing = st
             .conditions
             .iter_mut()
-            .find(|c| c.r#type == "Synchronizing");
+            .find(|c| c.type_ == "Synchronizing");
         match existing {
             Some(c) if c.status == status && c.reason == reason && c.message == message => {}
             Some(c) => {
                 c.status = status.into();
                 c.reason = reason.into();
                 c.message = message.into();
-                c.last_transition_time = Some(timestamp(now));
+                c.last_transition_time = Some(now);
             }
-            None => st.conditions.push(v1::Condition {
-                r#type: "Synchronizing".into(),
+            None => st.conditions.push(Condition {
+                type_: "Synchronizing".into(),
                 status: status.into(),
                 reason: reason.into(),
                 message: message.into(),
-                last_transition_time: Some(timestamp(now)),
+                last_transition_time: Some(now),
             }),
         }
     }
@@ -2745,20 +2589,17 @@ impl Scheduler {
 
 /// Whether the source's restic cache PVC outlives the source (`restic.keepCache`).
 fn keep_cache(spec: &SourceSpec) -> bool {
-    spec.restic.as_ref().is_some_and(|r| r.keep_cache)
+    spec.restic().is_some_and(|r| r.keep_cache)
 }
 
 /// Whether an idle source must start a run now, and why.
 fn due(e: &SourceEntry, now: DateTime<Utc>) -> Option<RunReason> {
     let status = e.status();
-    if e.record.deleting || e.spec().paused || !status.current_run_id.is_empty() {
+    if e.record.deleting || e.spec().paused || status.current_run.is_some() {
         return None;
     }
     let first = status.last_sync_start_time.is_none();
-    let next_due = status
-        .next_sync_time
-        .as_ref()
-        .is_some_and(|t| to_datetime(t) <= now);
+    let next_due = status.next_sync_time.is_some_and(|t| t <= now);
     match &e.admitted.trigger {
         SyncTrigger::Schedule(_) if next_due => Some(if first {
             RunReason::Initial
@@ -2785,7 +2626,7 @@ fn observation_name(o: &ReportObservation) -> &'static str {
         ReportObservation::CopyCompleted(_) => "CopyCompleted",
         ReportObservation::MoverFinished(_) => "MoverFinished",
         ReportObservation::MoverFailed(_) => "MoverFailed",
-        ReportObservation::CleanedUp(_) => "CleanedUp",
+        ReportObservation::CleanedUp => "CleanedUp",
         ReportObservation::Error(_) => "AgentError",
         ReportObservation::MoverStuck(_) => "MoverStuck",
     }

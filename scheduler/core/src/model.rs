@@ -51,6 +51,16 @@ impl CopyMethod {
         }
     }
 
+    /// The value's number in the API (what [`MoverInput::copy_method`] carries).
+    pub fn number(self) -> i32 {
+        match self {
+            Self::Direct => 1,
+            Self::None => 2,
+            Self::Clone => 3,
+            Self::Snapshot => 4,
+        }
+    }
+
     /// The name in the API.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -317,6 +327,17 @@ pub struct SourceSpec {
     pub skip_initial_run: bool,
 }
 
+impl SpecInput {
+    /// A spec for `pvc` with one mover, every other field unset.
+    pub fn new(pvc: &str, mover: MoverInput) -> Self {
+        Self {
+            source_pvc: pvc.to_owned(),
+            movers: vec![mover],
+            ..Self::default()
+        }
+    }
+}
+
 impl SourceSpec {
     /// restic's options, if the mover is restic.
     pub fn restic(&self) -> Option<&ResticSpec> {
@@ -355,6 +376,28 @@ pub struct MoverInput {
     pub volume: VolumeOptions,
     /// The mover.
     pub kind: MoverKind,
+}
+
+impl MoverInput {
+    /// A mover with only a copy method and its own options.
+    pub fn new(copy_method: CopyMethod, kind: MoverKind) -> Self {
+        Self {
+            copy_method: copy_method.number(),
+            volume: VolumeOptions::new(copy_method),
+            kind,
+        }
+    }
+
+    /// restic to the repository named by the Secret `repository`.
+    pub fn restic(copy_method: CopyMethod, repository: &str) -> Self {
+        Self::new(
+            copy_method,
+            MoverKind::Restic(ResticSpec {
+                repository: repository.to_owned(),
+                ..ResticSpec::default()
+            }),
+        )
+    }
 }
 
 /// A spec as a request carries it, before admission.
@@ -536,6 +579,44 @@ impl RunResult {
             Self::Aborted => "Aborted",
         }
     }
+
+    /// The API's name of the value, as messages and timelines show it.
+    pub fn as_str_name(self) -> &'static str {
+        match self {
+            Self::Successful => "RUN_RESULT_SUCCESSFUL",
+            Self::Failed => "RUN_RESULT_FAILED",
+            Self::TimedOut => "RUN_RESULT_TIMED_OUT",
+            Self::Aborted => "RUN_RESULT_ABORTED",
+        }
+    }
+}
+
+impl RunReason {
+    /// The API's name of the value, as messages and timelines show it.
+    pub fn as_str_name(self) -> &'static str {
+        match self {
+            Self::Initial => "RUN_REASON_INITIAL",
+            Self::Schedule => "RUN_REASON_SCHEDULE",
+            Self::Manual => "RUN_REASON_MANUAL",
+            Self::SyncNow => "RUN_REASON_SYNC_NOW",
+            Self::Continuous => "RUN_REASON_CONTINUOUS",
+        }
+    }
+}
+
+impl RunPhase {
+    /// The API's name of the value, as messages and timelines show it.
+    pub fn as_str_name(self) -> &'static str {
+        match self {
+            Self::Queued => "RUN_PHASE_QUEUED",
+            Self::Gating => "RUN_PHASE_GATING",
+            Self::WaitingForTrigger => "RUN_PHASE_WAITING_FOR_TRIGGER",
+            Self::Copying => "RUN_PHASE_COPYING",
+            Self::Transferring => "RUN_PHASE_TRANSFERRING",
+            Self::CleaningUp => "RUN_PHASE_CLEANING_UP",
+            Self::Finished => "RUN_PHASE_FINISHED",
+        }
+    }
 }
 
 /// How a run was released.
@@ -545,14 +626,17 @@ pub enum ReleasedBy {
     Annotation,
     /// A Trigger call (the agent writes the value on the PVC).
     Rpc,
+    /// A `copy-trigger` value already on the PVC when the run read it (set in advance).
+    Ahead,
 }
 
 impl ReleasedBy {
-    /// The name stored and shown (`annotation`, `rpc`).
+    /// The name stored and shown (`annotation`, `rpc`, `ahead`).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Annotation => "annotation",
             Self::Rpc => "rpc",
+            Self::Ahead => "ahead",
         }
     }
 }
@@ -706,6 +790,22 @@ pub enum CopyState {
     Aborted,
 }
 
+impl CopyState {
+    /// The API's name of the value, as messages show it.
+    pub fn as_str_name(self) -> &'static str {
+        match self {
+            Self::Idle => "COPY_STATE_IDLE",
+            Self::Pending => "COPY_STATE_PENDING",
+            Self::WaitingForTrigger => "COPY_STATE_WAITING_FOR_TRIGGER",
+            Self::InProgress => "COPY_STATE_IN_PROGRESS",
+            Self::Completed => "COPY_STATE_COMPLETED",
+            Self::Failed => "COPY_STATE_FAILED",
+            Self::TimedOut => "COPY_STATE_TIMED_OUT",
+            Self::Aborted => "COPY_STATE_ABORTED",
+        }
+    }
+}
+
 /// The copy status of a PVC (or of a source's runs on it).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CopyStatus {
@@ -841,44 +941,60 @@ pub struct PvcObserved {
     pub waiting_since: String,
 }
 
+/// The copy point is reached.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CopyCompleted {
+    /// The copy.
+    pub copy_name: String,
+    /// The copy point, by the agent's clock (`None`: not a valid time).
+    pub time: Option<DateTime<Utc>>,
+}
+
+/// The mover ended.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MoverFinished {
+    /// It succeeded.
+    pub succeeded: bool,
+    /// The end of its log.
+    pub logs: String,
+}
+
+/// A mover attempt failed (it is retried).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MoverFailed {
+    /// The attempt.
+    pub attempt: u32,
+    /// The end of its log.
+    pub logs: String,
+}
+
+/// The agent cannot act.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AgentError {
+    /// A CamelCase reason.
+    pub reason: String,
+    /// For humans.
+    pub message: String,
+    /// It may pass.
+    pub retryable: bool,
+}
+
 /// What an agent saw, for a run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReportObservation {
     /// The PVC's annotations.
     Pvc(PvcObserved),
     /// The copy point is reached.
-    CopyCompleted {
-        /// The copy.
-        copy_name: String,
-        /// The copy point, by the agent's clock (`None`: not a valid time).
-        time: Option<DateTime<Utc>>,
-    },
+    CopyCompleted(CopyCompleted),
     /// The mover ended.
-    MoverFinished {
-        /// It succeeded.
-        succeeded: bool,
-        /// The end of its log.
-        logs: String,
-    },
-    /// A mover attempt failed (it is retried).
-    MoverFailed {
-        /// The attempt.
-        attempt: u32,
-        /// The end of its log.
-        logs: String,
-    },
+    MoverFinished(MoverFinished),
+    /// A mover attempt failed.
+    MoverFailed(MoverFailed),
     /// What the run made is gone.
     CleanedUp,
     /// The agent cannot act.
-    Error {
-        /// A CamelCase reason.
-        reason: String,
-        /// For humans.
-        message: String,
-        /// It may pass.
-        retryable: bool,
-    },
-    /// The mover pod cannot start.
+    Error(AgentError),
+    /// The mover pod cannot start (no reason: it no longer is).
     MoverStuck(MoverStuck),
 }
 

@@ -10,11 +10,8 @@
 //! read shows the run as it is.
 
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
-use snapgate_proto::v1;
 
-use snapgate_proto::v1::RunPhase;
-
-use crate::timestamp;
+use crate::model::{Condition, Run, RunPhase, Source};
 
 /// How long a namespace may be without an agent before reads say so.
 pub const NO_AGENT_GRACE: Duration = Duration::seconds(30);
@@ -59,29 +56,27 @@ impl Absence {
 /// Shows on `source` that no agent serves its namespace, if a run is in flight and the absence
 /// has lasted `grace` at `now`; whether it did.
 pub fn mark_source(
-    source: &mut v1::Source,
+    source: &mut Source,
     absence: &Absence,
     grace: Duration,
     now: DateTime<Utc>,
 ) -> bool {
-    let message = absence.describe(&source.namespace);
-    let Some(status) = source.status.as_mut() else {
-        return false;
-    };
-    if status.current_run_id.is_empty() || !absence.lasted(grace, now) {
+    let message = absence.describe(&source.key.namespace);
+    let status = &mut source.status;
+    if status.current_run.is_none() || !absence.lasted(grace, now) {
         return false;
     }
-    let condition = v1::Condition {
-        r#type: "Synchronizing".into(),
+    let condition = Condition {
+        type_: "Synchronizing".into(),
         status: "True".into(),
         reason: NO_AGENT.into(),
         message,
-        last_transition_time: Some(timestamp(absence.since)),
+        last_transition_time: Some(absence.since),
     };
     match status
         .conditions
         .iter_mut()
-        .find(|c| c.r#type == "Synchronizing")
+        .find(|c| c.type_ == "Synchronizing")
     {
         Some(c) => *c = condition,
         None => status.conditions.push(condition),
@@ -91,17 +86,11 @@ pub fn mark_source(
 
 /// Shows on a run in flight that no agent serves its namespace (before what it said), if the
 /// absence has lasted `grace` at `now`; whether it did.
-pub fn mark_run(run: &mut v1::Run, absence: &Absence, grace: Duration, now: DateTime<Utc>) -> bool {
-    let finished = RunPhase::try_from(run.phase).is_ok_and(|p| p == RunPhase::Finished);
-    if finished || !absence.lasted(grace, now) {
+pub fn mark_run(run: &mut Run, absence: &Absence, grace: Duration, now: DateTime<Utc>) -> bool {
+    if run.phase == RunPhase::Finished || !absence.lasted(grace, now) {
         return false;
     }
-    let namespace = run
-        .source
-        .as_ref()
-        .map(|s| s.namespace.as_str())
-        .unwrap_or_default();
-    let said = absence.describe(namespace);
+    let said = absence.describe(&run.source.namespace);
     run.message = if run.message.is_empty() {
         said
     } else {

@@ -4,14 +4,14 @@
 //! and the rule it breaks; the gRPC edge turns them into `INVALID_ARGUMENT`.
 
 use chrono::Duration;
-use prost_types::value::Kind;
-use snapgate_proto::v1::{
-    CopyMethod, CustomCa, MoverVolume, ReplicationSourceRcloneSpec, ReplicationSourceResticSpec,
-    ReplicationSourceRsyncSpec, ReplicationSourceRsyncTlsSpec, SourceSpec, TimeoutPolicy,
-};
 
 use crate::{
     SourceKey,
+    model::{
+        CopyMethod, CopyTriggerInput, CopyTriggerOptions, CustomCa, JsonObject, MoverInput,
+        MoverKind, MoverSpec, RawDuration, RcloneSpec, ResticSpec, RsyncSpec, RsyncTlsSpec,
+        SourceSpec, SpecInput, TimeoutPolicy, TriggerInput, TriggerSpec, VolumeOptions,
+    },
     schedule::{Schedule, SyncTrigger},
 };
 
@@ -41,10 +41,11 @@ type Result<T = ()> = std::result::Result<T, InvalidField>;
 pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::minutes(10);
 /// The longest value of a free-form string (trigger values, manual tags).
 pub const MAX_VALUE_LEN: usize = 253;
-/// The largest spec, protobuf-encoded: a page of `ListSources` holds dozens of the largest.
+/// The largest spec, encoded as a request carries it: a page of `ListSources` holds dozens of
+/// the largest.
 pub const MAX_SPEC_BYTES: usize = 64 * 1024;
 /// The largest free-form Kubernetes object in a spec (moverResources, moverSecurityContext,
-/// moverAffinity, a mover volume's source), protobuf-encoded.
+/// moverAffinity, a mover volume's source), JSON-encoded.
 pub const MAX_OBJECT_BYTES: usize = 16 * 1024;
 /// The most entries of `moverPodLabels` and of `moverVolumes`.
 const MAX_LABELS: usize = 64;
@@ -112,109 +113,229 @@ pub struct Admitted {
     pub holders: Vec<String>,
 }
 
-/// Checks a source's identity and spec; on success returns the parsed scheduling facts.
-pub fn admit(key: &SourceKey, spec: &SourceSpec) -> Result<Admitted> {
-    let size = prost::Message::encoded_len(spec);
-    if size > MAX_SPEC_BYTES {
+/// Admission: checks a source's identity and a requested spec against every rule; on success
+/// returns the admitted spec and the scheduling facts parsed from it.
+pub fn admit(key: &SourceKey, input: SpecInput) -> Result<(SourceSpec, Admitted)> {
+    if input.encoded_len > MAX_SPEC_BYTES {
         return Err(InvalidField::new(
             "spec",
-            format!("at most {MAX_SPEC_BYTES} bytes encoded, got {size}"),
+            format!(
+                "at most {MAX_SPEC_BYTES} bytes encoded, got {}",
+                input.encoded_len
+            ),
         ));
     }
     dns_label("namespace", &key.namespace)?;
     dns_subdomain("name", &key.name)?;
-    dns_subdomain("spec.sourcePVC", &spec.source_pvc)?;
+    let spec = shape(input)?;
+    check(key, &spec)?;
+    let admitted = derive(key, &spec, Strictness::Strict)?;
+    Ok((spec, admitted))
+}
 
-    let tz = spec.time_zone.as_str();
-    crate::schedule::parse_time_zone(tz)
-        .map_err(|e| InvalidField::new("spec.timeZone", e.to_string()))?;
-    let jitter = duration(
-        "spec.jitter",
-        spec.jitter.as_ref(),
-        Duration::zero(),
-        MAX_JITTER,
-    )?
-    .unwrap_or_else(Duration::zero);
-
-    let trigger = match spec.trigger.as_ref() {
-        None => SyncTrigger::Continuous,
-        Some(t) => match (t.schedule.as_deref(), t.manual.as_deref()) {
+/// The structure of a requested spec: exactly one mover with a known copy method, a trigger
+/// that is one thing, valid durations. The domain type cannot hold anything else.
+fn shape(input: SpecInput) -> Result<SourceSpec> {
+    let SpecInput {
+        encoded_len: _,
+        source_pvc,
+        trigger,
+        paused,
+        movers,
+        time_zone,
+        jitter,
+        copy_trigger,
+        skip_initial_run,
+    } = input;
+    let trigger = match trigger {
+        None => TriggerSpec::Continuous,
+        Some(TriggerInput { schedule, manual }) => match (schedule, manual) {
             (Some(_), Some(_)) => {
                 return Err(InvalidField::new(
                     "spec.trigger",
                     "set schedule or manual, not both",
                 ));
             }
-            (Some(expr), None) => SyncTrigger::Schedule(Box::new(
-                Schedule::parse(expr, tz, jitter, key)
-                    .map_err(|e| InvalidField::new("spec.trigger.schedule", e.to_string()))?,
-            )),
-            (None, Some(tag)) => {
-                printable("spec.trigger.manual", tag, true)?;
-                SyncTrigger::Manual(tag.to_owned())
-            }
-            (None, None) => SyncTrigger::Continuous,
+            (Some(expr), None) => TriggerSpec::Schedule(expr),
+            (None, Some(tag)) => TriggerSpec::Manual(tag),
+            (None, None) => TriggerSpec::Continuous,
         },
     };
-
-    let (wait_timeout, on_timeout) = match spec.copy_trigger.as_ref() {
-        None => (DEFAULT_WAIT_TIMEOUT, TimeoutPolicy::KeepWaiting),
-        Some(ct) => {
-            let timeout = duration(
-                "spec.copyTrigger.waitTimeout",
-                ct.wait_timeout.as_ref(),
-                Duration::seconds(1),
-                MAX_WAIT_TIMEOUT,
-            )?
-            .unwrap_or(DEFAULT_WAIT_TIMEOUT);
-            let policy = TimeoutPolicy::try_from(ct.on_timeout).map_err(|_| {
-                InvalidField::new("spec.copyTrigger.onTimeout", "must be KeepWaiting or Skip")
-            })?;
-            holders(&ct.holders)?;
-            allowed_service_accounts(&ct.allowed_service_accounts)?;
-            (timeout, policy)
-        }
-    };
-
-    let movers = [
-        spec.restic.is_some(),
-        spec.rclone.is_some(),
-        spec.rsync.is_some(),
-        spec.rsync_tls.is_some(),
-    ];
-    let count = movers.iter().filter(|m| **m).count();
-    if count != 1 {
+    let jitter = jitter
+        .map(|d| valid_duration("spec.jitter", d))
+        .transpose()?;
+    let copy_trigger = copy_trigger.map(copy_trigger_options).transpose()?;
+    let count = movers.len();
+    let mut movers = movers.into_iter();
+    let (Some(mover), None) = (movers.next(), movers.next()) else {
         return Err(InvalidField::new(
             "spec",
             format!(
                 "exactly one mover of restic, rclone, rsync, rsyncTLS is required, found {count}"
             ),
         ));
-    }
-    let (mover, copy_method, prune_interval) = if let Some(r) = &spec.restic {
-        (Mover::Restic, restic(r)?, prune_interval(r)?)
-    } else if let Some(r) = &spec.rclone {
-        (Mover::Rclone, rclone(r)?, None)
-    } else if let Some(r) = &spec.rsync {
-        (Mover::Rsync, rsync(r)?, None)
-    } else if let Some(r) = &spec.rsync_tls {
-        (Mover::RsyncTls, rsync_tls(r)?, None)
-    } else {
-        unreachable!("exactly one mover is set")
     };
+    let MoverInput {
+        copy_method,
+        mut volume,
+        kind,
+    } = mover;
+    let field = format!("spec.{}.copyMethod", mover_of(&kind).spec_field());
+    volume.copy_method = copy_method_of(&field, copy_method)?;
+    Ok(SourceSpec {
+        source_pvc,
+        trigger,
+        paused,
+        mover: MoverSpec { volume, kind },
+        time_zone,
+        jitter,
+        copy_trigger,
+        skip_initial_run,
+    })
+}
 
+fn mover_of(kind: &MoverKind) -> Mover {
+    match kind {
+        MoverKind::Restic(_) => Mover::Restic,
+        MoverKind::Rclone(_) => Mover::Rclone,
+        MoverKind::Rsync(_) => Mover::Rsync,
+        MoverKind::RsyncTls(_) => Mover::RsyncTls,
+    }
+}
+
+fn copy_trigger_options(ct: CopyTriggerInput) -> Result<CopyTriggerOptions> {
+    let on_timeout = match ct.on_timeout {
+        0 => TimeoutPolicy::KeepWaiting,
+        1 => TimeoutPolicy::Skip,
+        _ => {
+            return Err(InvalidField::new(
+                "spec.copyTrigger.onTimeout",
+                "must be KeepWaiting or Skip",
+            ));
+        }
+    };
+    Ok(CopyTriggerOptions {
+        wait_timeout: ct
+            .wait_timeout
+            .map(|d| valid_duration("spec.copyTrigger.waitTimeout", d))
+            .transpose()?,
+        on_timeout,
+        holders: ct.holders,
+        allowed_service_accounts: ct.allowed_service_accounts,
+    })
+}
+
+/// A copy method's number as a request carries it (`None` kept as applied).
+fn copy_method_of(field: &str, raw: i32) -> Result<CopyMethod> {
+    match raw {
+        1 => Ok(CopyMethod::Direct),
+        2 => Ok(CopyMethod::None),
+        3 => Ok(CopyMethod::Clone),
+        4 => Ok(CopyMethod::Snapshot),
+        _ => Err(InvalidField::new(
+            field,
+            "required, one of Direct, None, Clone, Snapshot",
+        )),
+    }
+}
+
+/// Every field rule of a spec, in the order a reader meets the fields: the first broken one.
+pub fn check(key: &SourceKey, spec: &SourceSpec) -> Result {
+    dns_subdomain("spec.sourcePVC", &spec.source_pvc)?;
+    crate::schedule::parse_time_zone(&spec.time_zone)
+        .map_err(|e| InvalidField::new("spec.timeZone", e.to_string()))?;
+    in_range("spec.jitter", spec.jitter, Duration::zero(), MAX_JITTER)?;
+    match &spec.trigger {
+        TriggerSpec::Schedule(expr) => {
+            Schedule::parse(
+                expr,
+                &spec.time_zone,
+                spec.jitter.unwrap_or_else(Duration::zero),
+                key,
+            )
+            .map_err(|e| InvalidField::new("spec.trigger.schedule", e.to_string()))?;
+        }
+        TriggerSpec::Manual(tag) => printable("spec.trigger.manual", tag, true)?,
+        TriggerSpec::Continuous => {}
+    }
+    if let Some(ct) = &spec.copy_trigger {
+        in_range(
+            "spec.copyTrigger.waitTimeout",
+            ct.wait_timeout,
+            Duration::seconds(1),
+            MAX_WAIT_TIMEOUT,
+        )?;
+        holders(&ct.holders)?;
+        allowed_service_accounts(&ct.allowed_service_accounts)?;
+    }
+    let prefix = format!("spec.{}", spec.mover.mover().spec_field());
+    volume_options(&prefix, &spec.mover.volume)?;
+    match &spec.mover.kind {
+        MoverKind::Restic(r) => restic(r),
+        MoverKind::Rclone(r) => rclone(r),
+        MoverKind::Rsync(r) => rsync(r),
+        MoverKind::RsyncTls(r) => rsync_tls(r),
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Strictness {
+    /// Every rule holds (checked first).
+    Strict,
+    /// A stored spec that breaks a rule tightened since: out-of-range durations clamped, a
+    /// schedule parsed as leniently as it was stored.
+    Lenient,
+}
+
+/// The scheduling facts of a spec.
+fn derive(key: &SourceKey, spec: &SourceSpec, how: Strictness) -> Result<Admitted> {
+    let lenient = how == Strictness::Lenient;
+    let tz = if lenient && crate::schedule::parse_time_zone(&spec.time_zone).is_err() {
+        ""
+    } else {
+        spec.time_zone.as_str()
+    };
+    let jitter = spec
+        .jitter
+        .map_or_else(Duration::zero, |j| j.clamp(Duration::zero(), MAX_JITTER));
+    let trigger = match &spec.trigger {
+        TriggerSpec::Continuous => SyncTrigger::Continuous,
+        TriggerSpec::Manual(tag) => SyncTrigger::Manual(tag.clone()),
+        TriggerSpec::Schedule(expr) => {
+            let parsed = if lenient {
+                Schedule::parse_pattern(expr, tz, jitter, key)
+            } else {
+                Schedule::parse(expr, tz, jitter, key)
+            };
+            SyncTrigger::Schedule(Box::new(parsed.map_err(|e| {
+                InvalidField::new("spec.trigger.schedule", e.to_string())
+            })?))
+        }
+    };
+    let (wait_timeout, on_timeout, holders) = match &spec.copy_trigger {
+        None => (DEFAULT_WAIT_TIMEOUT, TimeoutPolicy::KeepWaiting, Vec::new()),
+        Some(ct) => (
+            ct.wait_timeout.map_or(DEFAULT_WAIT_TIMEOUT, |t| {
+                t.clamp(Duration::seconds(1), MAX_WAIT_TIMEOUT)
+            }),
+            ct.on_timeout,
+            ct.holders.clone(),
+        ),
+    };
+    let prune_interval = spec.restic().map(|r| match r.prune_interval_days {
+        // VolSync admits the whole int32 range; i32::MAX days is within chrono's range for a
+        // duration (not for a date: the prune decision adds it with checked arithmetic).
+        Some(d) if d >= 1 => Duration::try_days(d.into()).unwrap_or(Duration::days(7)),
+        _ => Duration::days(7),
+    });
     Ok(Admitted {
         trigger,
-        mover,
-        copy_method,
+        mover: spec.mover.mover(),
+        copy_method: spec.mover.volume.copy_method.folded(),
         wait_timeout,
         on_timeout,
         prune_interval,
-        holders: spec
-            .copy_trigger
-            .as_ref()
-            .map(|c| c.holders.clone())
-            .unwrap_or_default(),
+        holders,
     })
 }
 
@@ -260,175 +381,75 @@ fn holders(list: &[String]) -> Result {
     Ok(())
 }
 
-/// Admission of a spec read back from the store. A spec that meets today's rules is admitted as
-/// usual. One stored by a version with looser rules (a rule tightened since) still loads when
-/// the scheduler can run it: the first broken rule is returned beside it, to be shown on the
-/// source, and out-of-range durations are clamped. Only a spec the scheduler cannot run at all
-/// (no mover, no copy method, a schedule that does not parse) is refused.
+/// Admission of a spec read back from the store: never refused. A spec that meets today's
+/// rules is admitted as usual; one stored by a version with looser rules (a rule tightened
+/// since) loads as stored, with the first broken rule returned beside it to be shown on the
+/// source, and out-of-range durations clamped. Only a schedule that does not parse at all is
+/// refused: the scheduler cannot run it.
 pub fn admit_stored(
     key: &SourceKey,
     spec: &SourceSpec,
 ) -> std::result::Result<(Admitted, Option<InvalidField>), InvalidField> {
-    match admit(key, spec) {
-        Ok(admitted) => Ok((admitted, None)),
-        Err(broken) => admit_leniently(key, spec).map(|a| (a, Some(broken))),
-    }
+    let broken = dns_label("namespace", &key.namespace)
+        .and_then(|()| dns_subdomain("name", &key.name))
+        .and_then(|()| check(key, spec))
+        .err();
+    let how = if broken.is_some() {
+        Strictness::Lenient
+    } else {
+        Strictness::Strict
+    };
+    derive(key, spec, how).map(|a| (a, broken))
 }
 
-/// A wire duration as chrono's, checked: the wire allows any i64 of seconds, chrono only
-/// about ±2^63 milliseconds.
-fn chrono_duration(d: &prost_types::Duration) -> Option<Duration> {
-    Duration::try_seconds(d.seconds)?.checked_add(&Duration::nanoseconds(d.nanos.into()))
-}
-
-fn clamped(d: Option<&prost_types::Duration>, min: Duration, max: Duration) -> Option<Duration> {
-    let d = d?;
-    let v = chrono_duration(d).unwrap_or(if d.seconds < 0 { min } else { max });
-    Some(v.clamp(min, max))
-}
-
-/// The spec's one mover and its copy method (`None` folded into `Direct`).
-pub fn mover_and_copy_method(spec: &SourceSpec) -> Result<(Mover, CopyMethod)> {
-    let movers = [
-        spec.restic.as_ref().map(|r| (Mover::Restic, r.copy_method)),
-        spec.rclone.as_ref().map(|r| (Mover::Rclone, r.copy_method)),
-        spec.rsync.as_ref().map(|r| (Mover::Rsync, r.copy_method)),
-        spec.rsync_tls
-            .as_ref()
-            .map(|r| (Mover::RsyncTls, r.copy_method)),
-    ];
-    let mut set = movers.into_iter().flatten();
-    let (Some((mover, method)), None) = (set.next(), set.next()) else {
+/// A duration as a request carries it, as chrono's: nanos within a second and of the sign of
+/// the seconds, and within chrono's range (about ±2^63 milliseconds).
+fn valid_duration(field: &str, d: RawDuration) -> Result<Duration> {
+    if d.nanos.abs() >= 1_000_000_000 || (d.seconds < 0) != (d.nanos < 0) && d.nanos != 0 {
         return Err(InvalidField::new(
-            "spec",
-            "exactly one mover of restic, rclone, rsync, rsyncTLS is required",
+            field,
+            "not a valid duration (nanos must be within ±999999999 and have the sign of seconds)",
         ));
-    };
-    Ok((
-        mover,
-        copy_method(&format!("spec.{}.copyMethod", mover.spec_field()), method)?,
-    ))
+    }
+    Duration::try_seconds(d.seconds)
+        .and_then(|s| s.checked_add(&Duration::nanoseconds(d.nanos.into())))
+        .ok_or_else(|| InvalidField::new(field, "out of range"))
 }
 
-fn copy_method(field: &str, raw: i32) -> Result<CopyMethod> {
-    match CopyMethod::try_from(raw) {
-        Ok(CopyMethod::Unspecified) | Err(_) => Err(InvalidField::new(
+fn in_range(field: &str, d: Option<Duration>, min: Duration, max: Duration) -> Result {
+    match d {
+        Some(v) if v < min || v > max => Err(InvalidField::new(
             field,
-            "required, one of Direct, None, Clone, Snapshot",
+            format!(
+                "must be between {}s and {}s",
+                min.num_seconds(),
+                max.num_seconds()
+            ),
         )),
-        Ok(CopyMethod::None) => Ok(CopyMethod::Direct),
-        Ok(m) => Ok(m),
+        _ => Ok(()),
     }
 }
 
-fn admit_leniently(key: &SourceKey, spec: &SourceSpec) -> Result<Admitted> {
-    let tz = crate::schedule::parse_time_zone(&spec.time_zone)
-        .map(|_| spec.time_zone.as_str())
-        .unwrap_or("");
-    let jitter =
-        clamped(spec.jitter.as_ref(), Duration::zero(), MAX_JITTER).unwrap_or_else(Duration::zero);
-    let trigger = match spec.trigger.as_ref() {
-        Some(t) => match (t.schedule.as_deref(), t.manual.as_deref()) {
-            (Some(expr), _) => SyncTrigger::Schedule(Box::new(
-                Schedule::parse_pattern(expr, tz, jitter, key)
-                    .map_err(|e| InvalidField::new("spec.trigger.schedule", e.to_string()))?,
-            )),
-            (None, Some(tag)) => SyncTrigger::Manual(tag.to_owned()),
-            (None, None) => SyncTrigger::Continuous,
-        },
-        None => SyncTrigger::Continuous,
-    };
-    let (wait_timeout, on_timeout) = match spec.copy_trigger.as_ref() {
-        None => (DEFAULT_WAIT_TIMEOUT, TimeoutPolicy::KeepWaiting),
-        Some(ct) => (
-            clamped(
-                ct.wait_timeout.as_ref(),
-                Duration::seconds(1),
-                MAX_WAIT_TIMEOUT,
-            )
-            .unwrap_or(DEFAULT_WAIT_TIMEOUT),
-            TimeoutPolicy::try_from(ct.on_timeout).unwrap_or(TimeoutPolicy::KeepWaiting),
-        ),
-    };
-    let (mover, copy_method) = mover_and_copy_method(spec)?;
-    let prune_interval = match (&spec.restic, mover) {
-        (Some(r), Mover::Restic) => match r.prune_interval_days {
-            Some(d) if d >= 1 => Duration::try_days(d.into()),
-            _ => Some(Duration::days(7)),
-        },
-        _ => None,
-    };
-    Ok(Admitted {
-        trigger,
-        mover,
-        copy_method,
-        wait_timeout,
-        on_timeout,
-        prune_interval,
-        holders: spec
-            .copy_trigger
-            .as_ref()
-            .map(|c| c.holders.clone())
-            .unwrap_or_default(),
-    })
-}
-
-/// The volume options every mover carries, borrowed from one of them.
-struct VolumeOptions<'a> {
-    prefix: &'a str,
-    copy_method: i32,
-    capacity: Option<&'a str>,
-    storage_class_name: Option<&'a str>,
-    access_modes: &'a [String],
-    volume_snapshot_class_name: Option<&'a str>,
-    mover_service_account: Option<&'a str>,
-    mover_pod_labels: &'a std::collections::HashMap<String, String>,
-    mover_volumes: &'a [MoverVolume],
-    objects: [(&'static str, Option<&'a prost_types::Struct>); 3],
-}
-
-macro_rules! volume_options {
-    ($prefix:expr, $spec:expr) => {
-        VolumeOptions {
-            prefix: $prefix,
-            copy_method: $spec.copy_method,
-            capacity: $spec.capacity.as_deref(),
-            storage_class_name: $spec.storage_class_name.as_deref(),
-            access_modes: &$spec.access_modes,
-            volume_snapshot_class_name: $spec.volume_snapshot_class_name.as_deref(),
-            mover_service_account: $spec.mover_service_account.as_deref(),
-            mover_pod_labels: &$spec.mover_pod_labels,
-            mover_volumes: &$spec.mover_volumes,
-            objects: [
-                (
-                    "moverSecurityContext",
-                    $spec.mover_security_context.as_ref(),
-                ),
-                ("moverResources", $spec.mover_resources.as_ref()),
-                ("moverAffinity", $spec.mover_affinity.as_ref()),
-            ],
-        }
-    };
-}
-
-fn volume_options(o: VolumeOptions<'_>) -> Result<CopyMethod> {
-    let p = o.prefix;
-    let method = copy_method(&format!("{p}.copyMethod"), o.copy_method)?;
-    if let Some(c) = o.capacity {
+fn volume_options(p: &str, o: &VolumeOptions) -> Result {
+    if let Some(c) = &o.capacity {
         quantity(&format!("{p}.capacity"), c)?;
     }
-    if let Some(s) = o.storage_class_name {
+    if let Some(s) = &o.storage_class_name {
         dns_subdomain(&format!("{p}.storageClassName"), s)?;
     }
-    access_modes(&format!("{p}.accessModes"), o.access_modes)?;
-    if let Some(s) = o.volume_snapshot_class_name {
+    access_modes(&format!("{p}.accessModes"), &o.access_modes)?;
+    if let Some(s) = &o.volume_snapshot_class_name {
         dns_subdomain(&format!("{p}.volumeSnapshotClassName"), s)?;
     }
-    if let Some(s) = o.mover_service_account {
+    if let Some(s) = &o.mover_service_account {
         dns_subdomain(&format!("{p}.moverServiceAccount"), s)?;
     }
-    for (name, object) in o.objects {
-        object_size(&format!("{p}.{name}"), object)?;
+    for (name, object) in [
+        ("moverSecurityContext", &o.mover_security_context),
+        ("moverResources", &o.mover_resources),
+        ("moverAffinity", &o.mover_affinity),
+    ] {
+        object_size(&format!("{p}.{name}"), object.as_ref())?;
     }
     if o.mover_pod_labels.len() > MAX_LABELS {
         return Err(InvalidField::new(
@@ -448,7 +469,7 @@ fn volume_options(o: VolumeOptions<'_>) -> Result<CopyMethod> {
             ),
         ));
     }
-    for (k, v) in o.mover_pod_labels {
+    for (k, v) in &o.mover_pod_labels {
         label_key(&format!("{p}.moverPodLabels"), k)?;
         label_value(&format!("{p}.moverPodLabels[{k}]"), v)?;
     }
@@ -456,19 +477,12 @@ fn volume_options(o: VolumeOptions<'_>) -> Result<CopyMethod> {
         let f = format!("{p}.moverVolumes[{i}]");
         dns_label(&format!("{f}.mountPath"), &v.mount_path)?;
         object_size(&format!("{f}.volumeSource"), v.volume_source.as_ref())?;
-        let kinds: Vec<&String> = v
-            .volume_source
-            .as_ref()
-            .map(|s| s.fields.keys().collect())
-            .unwrap_or_default();
-        let ok = kinds.len() == 1
-            && matches!(kinds[0].as_str(), "persistentVolumeClaim" | "secret")
-            && v.volume_source.as_ref().is_some_and(|s| {
-                matches!(
-                    s.fields.get(kinds[0]).and_then(|v| v.kind.as_ref()),
-                    Some(Kind::StructValue(_))
-                )
-            });
+        let ok = v.volume_source.as_ref().is_some_and(|s| {
+            s.len() == 1
+                && s.iter().all(|(k, v)| {
+                    matches!(k.as_str(), "persistentVolumeClaim" | "secret") && v.is_object()
+                })
+        });
         if !ok {
             return Err(InvalidField::new(
                 format!("{f}.volumeSource"),
@@ -476,11 +490,10 @@ fn volume_options(o: VolumeOptions<'_>) -> Result<CopyMethod> {
             ));
         }
     }
-    Ok(method)
+    Ok(())
 }
 
-fn restic(r: &ReplicationSourceResticSpec) -> Result<CopyMethod> {
-    let method = volume_options(volume_options!("spec.restic", r))?;
+fn restic(r: &ResticSpec) -> Result {
     required_name("spec.restic.repository", &r.repository)?;
     if let Some(retain) = &r.retain {
         for (name, v) in [
@@ -515,24 +528,16 @@ fn restic(r: &ReplicationSourceResticSpec) -> Result<CopyMethod> {
     if let Some(u) = &r.unlock {
         printable("spec.restic.unlock", u, false)?;
     }
-    Ok(method)
-}
-
-fn prune_interval(r: &ReplicationSourceResticSpec) -> Result<Option<Duration>> {
-    match r.prune_interval_days {
-        None => Ok(Some(Duration::days(7))),
-        // VolSync admits the whole int32 range; i32::MAX days is within chrono's range for a
-        // duration (not for a date: the prune decision adds it with checked arithmetic).
-        Some(d) if d >= 1 => Ok(Duration::try_days(d.into())),
-        Some(_) => Err(InvalidField::new(
+    if r.prune_interval_days.is_some_and(|d| d < 1) {
+        return Err(InvalidField::new(
             "spec.restic.pruneIntervalDays",
             "must be at least 1",
-        )),
+        ));
     }
+    Ok(())
 }
 
-fn rclone(r: &ReplicationSourceRcloneSpec) -> Result<CopyMethod> {
-    let method = volume_options(volume_options!("spec.rclone", r))?;
+fn rclone(r: &RcloneSpec) -> Result {
     required_name("spec.rclone.rcloneConfig", &r.rclone_config)?;
     if r.rclone_config_section.is_empty() {
         return Err(InvalidField::new(
@@ -549,12 +554,10 @@ fn rclone(r: &ReplicationSourceRcloneSpec) -> Result<CopyMethod> {
         return Err(InvalidField::new("spec.rclone.rcloneDestPath", "required"));
     }
     printable("spec.rclone.rcloneDestPath", &r.rclone_dest_path, true)?;
-    custom_ca("spec.rclone.customCA", r.custom_ca.as_ref())?;
-    Ok(method)
+    custom_ca("spec.rclone.customCA", r.custom_ca.as_ref())
 }
 
-fn rsync(r: &ReplicationSourceRsyncSpec) -> Result<CopyMethod> {
-    let method = volume_options(volume_options!("spec.rsync", r))?;
+fn rsync(r: &RsyncSpec) -> Result {
     required_name("spec.rsync.sshKeys", &r.ssh_keys)?;
     address("spec.rsync.address", &r.address)?;
     port("spec.rsync.port", r.port)?;
@@ -564,15 +567,13 @@ fn rsync(r: &ReplicationSourceRsyncSpec) -> Result<CopyMethod> {
     if let Some(p) = &r.path {
         printable("spec.rsync.path", p, true)?;
     }
-    Ok(method)
+    Ok(())
 }
 
-fn rsync_tls(r: &ReplicationSourceRsyncTlsSpec) -> Result<CopyMethod> {
-    let method = volume_options(volume_options!("spec.rsyncTLS", r))?;
+fn rsync_tls(r: &RsyncTlsSpec) -> Result {
     required_name("spec.rsyncTLS.keySecret", &r.key_secret)?;
     address("spec.rsyncTLS.address", &r.address)?;
-    port("spec.rsyncTLS.port", r.port)?;
-    Ok(method)
+    port("spec.rsyncTLS.port", r.port)
 }
 
 fn custom_ca(field: &str, ca: Option<&CustomCa>) -> Result {
@@ -656,38 +657,8 @@ fn access_modes(field: &str, modes: &[String]) -> Result {
     Ok(())
 }
 
-fn duration(
-    field: &str,
-    d: Option<&prost_types::Duration>,
-    min: Duration,
-    max: Duration,
-) -> Result<Option<Duration>> {
-    let Some(d) = d else { return Ok(None) };
-    if d.nanos.abs() >= 1_000_000_000 || (d.seconds < 0) != (d.nanos < 0) && d.nanos != 0 {
-        return Err(InvalidField::new(
-            field,
-            "not a valid duration (nanos must be within ±999999999 and have the sign of seconds)",
-        ));
-    }
-    let out_of_range = || {
-        InvalidField::new(
-            field,
-            format!(
-                "must be between {}s and {}s",
-                min.num_seconds(),
-                max.num_seconds()
-            ),
-        )
-    };
-    let v = chrono_duration(d).ok_or_else(out_of_range)?;
-    if v < min || v > max {
-        return Err(out_of_range());
-    }
-    Ok(Some(v))
-}
-
-fn object_size(field: &str, object: Option<&prost_types::Struct>) -> Result {
-    let size = object.map_or(0, prost::Message::encoded_len);
+fn object_size(field: &str, object: Option<&JsonObject>) -> Result {
+    let size = object.map_or(0, json_size);
     if size > MAX_OBJECT_BYTES {
         return Err(InvalidField::new(
             field,
@@ -697,9 +668,27 @@ fn object_size(field: &str, object: Option<&prost_types::Struct>) -> Result {
     Ok(())
 }
 
+/// The length of an object's compact JSON encoding.
+fn json_size(object: &JsonObject) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 = self.0.saturating_add(buf.len());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing to a counter cannot fail; an error would only under-count, never panic.
+    let _ = serde_json::to_writer(&mut count, object);
+    count.0
+}
+
 /// A Trigger's `hold`: a valid, positive duration; one longer than `max` is cut to `max` (an
 /// earlier lease deadline is always safe).
-pub fn positive_hold(d: &prost_types::Duration, max: Duration) -> Result<Duration> {
+pub fn positive_hold(d: RawDuration, max: Duration) -> Result<Duration> {
     if d.nanos.abs() >= 1_000_000_000 || (d.seconds < 0) != (d.nanos < 0) && d.nanos != 0 {
         return Err(InvalidField::new(
             "hold",
@@ -712,7 +701,9 @@ pub fn positive_hold(d: &prost_types::Duration, max: Duration) -> Result<Duratio
             "must be positive: how long the caller holds its quiesce from now",
         ));
     }
-    Ok(chrono_duration(d).map_or(max, |v| v.min(max)))
+    let v = Duration::try_seconds(d.seconds)
+        .and_then(|s| s.checked_add(&Duration::nanoseconds(d.nanos.into())));
+    Ok(v.map_or(max, |v| v.min(max)))
 }
 
 /// restic's `--keep-last`: a string holding a non-negative integer (VolSync's API type).
@@ -910,7 +901,7 @@ pub fn printable(field: &str, v: &str, required: bool) -> Result {
     Ok(())
 }
 
-pub use snapgate_proto::text::{is_invisible, quoted};
+pub use crate::text::{is_invisible, quoted};
 
 #[cfg(test)]
 mod tests {
