@@ -307,9 +307,9 @@ fn derive(key: &SourceKey, spec: &SourceSpec, how: Strictness) -> Result<Admitte
             } else {
                 Schedule::parse(expr, tz, jitter, key)
             };
-            SyncTrigger::Schedule(Box::new(parsed.map_err(|e| {
-                InvalidField::new("spec.trigger.schedule", e.to_string())
-            })?))
+            SyncTrigger::Schedule(Box::new(
+                parsed.map_err(|e| InvalidField::new("spec.trigger.schedule", e.to_string()))?,
+            ))
         }
     };
     let (wait_timeout, on_timeout, holders) = match &spec.copy_trigger {
