@@ -153,12 +153,12 @@ impl Scheduler {
         }
         run.message.clear();
         if copy_method == CopyMethod::Direct {
-            if pvc.use_copy_trigger {
-                if let Some(e) = self.sources.get_mut(&key) {
-                    e.status_mut().message =
-                        "use-copy-trigger needs copyMethod Snapshot or Clone; syncing without gating"
-                            .into();
-                }
+            if pvc.use_copy_trigger
+                && let Some(e) = self.sources.get_mut(&key)
+            {
+                e.status_mut().message =
+                    "use-copy-trigger needs copyMethod Snapshot or Clone; syncing without gating"
+                        .into();
             }
             let Some(run) = self.active.get_mut(&id) else {
                 return;
