@@ -102,26 +102,35 @@ pub fn mark_run(run: &mut Run, absence: &Absence, grace: Duration, now: DateTime
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{
+        RunId, SourceKey,
+        model::{CopyMethod, MoverInput, RunReason, SourceStatus, SpecInput},
+    };
 
     fn t(s: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap()
     }
 
-    fn source(run: &str) -> v1::Source {
-        v1::Source {
-            namespace: "app".into(),
-            name: "db".into(),
-            status: Some(v1::SourceStatus {
-                current_run_id: run.into(),
-                conditions: vec![v1::Condition {
-                    r#type: "Synchronizing".into(),
+    fn source(run: Option<RunId>) -> Source {
+        let key = SourceKey::new("app", "db");
+        let spec = SpecInput::new("data", MoverInput::restic(CopyMethod::Snapshot, "restic"));
+        let (spec, _) = crate::validate::admit(&key, spec).unwrap();
+        Source {
+            key,
+            spec,
+            status: SourceStatus {
+                current_run: run,
+                conditions: vec![Condition {
+                    type_: "Synchronizing".into(),
                     status: "True".into(),
                     reason: "SyncInProgress".into(),
                     ..Default::default()
                 }],
                 ..Default::default()
-            }),
-            ..Default::default()
+            },
+            version: 1,
+            create_time: t(0),
+            author: None,
         }
     }
 
@@ -137,18 +146,18 @@ mod tests {
         };
         let cases = [
             // (run in flight, absence, now, marked)
-            ("run-1", &left, t(29), false),
-            ("run-1", &left, t(30), true),
-            ("run-1", &never, t(3600), true),
-            ("", &left, t(3600), false),
+            (Some(RunId(1)), &left, t(29), false),
+            (Some(RunId(1)), &left, t(30), true),
+            (Some(RunId(1)), &never, t(3600), true),
+            (None, &left, t(3600), false),
         ];
         for (run, absence, now, marked) in cases {
             let mut s = source(run);
             assert_eq!(mark_source(&mut s, absence, NO_AGENT_GRACE, now), marked);
-            let c = &s.status.unwrap().conditions[0];
+            let c = &s.status.conditions[0];
             if marked {
                 assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", NO_AGENT));
-                assert_eq!(c.last_transition_time, Some(timestamp(t(0))));
+                assert_eq!(c.last_transition_time, Some(t(0)));
                 assert!(
                     c.message
                         .starts_with("no agent serves namespace app since 2027-01-15T08:00:00Z ("),
@@ -169,7 +178,7 @@ mod tests {
                 .contains("none has connected since the scheduler started")
         );
         // A grace past the end of time never comes due.
-        let mut s = source("run-1");
+        let mut s = source(Some(RunId(1)));
         assert!(!mark_source(&mut s, &left, Duration::MAX, t(0)));
     }
 
@@ -179,14 +188,14 @@ mod tests {
             since: t(0),
             last_agent: None,
         };
-        let mut run = v1::Run {
-            source: Some(v1::SourceRef {
-                namespace: "app".into(),
-                name: "db".into(),
-            }),
-            phase: RunPhase::Gating as i32,
-            ..Default::default()
-        };
+        let mut run = Run::new(
+            RunId(1),
+            SourceKey::new("app", "db"),
+            "data".into(),
+            RunReason::Schedule,
+            t(0),
+        );
+        run.phase = RunPhase::Gating;
         assert!(!mark_run(&mut run.clone(), &absence, NO_AGENT_GRACE, t(10)));
         let mut fresh = run.clone();
         assert!(mark_run(&mut fresh, &absence, NO_AGENT_GRACE, t(30)));
@@ -198,7 +207,7 @@ mod tests {
             said.message
                 .ends_with("; before: PvcNotFound: source PVC app/data not found")
         );
-        run.phase = RunPhase::Finished as i32;
+        run.phase = RunPhase::Finished;
         assert!(!mark_run(&mut run, &absence, NO_AGENT_GRACE, t(30)));
     }
 }

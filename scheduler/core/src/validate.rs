@@ -906,31 +906,42 @@ pub use crate::text::{is_invisible, quoted};
 #[cfg(test)]
 mod tests {
     use super::*;
-    use snapgate_proto::v1::{CopyTriggerOptions, ReplicationSourceTrigger, ResticRetainPolicy};
+    use crate::model::RetainPolicy;
 
     fn key() -> SourceKey {
         SourceKey::new("apps", "db")
     }
 
-    fn restic_spec() -> SourceSpec {
-        SourceSpec {
-            source_pvc: "data".into(),
-            restic: Some(ReplicationSourceResticSpec {
-                copy_method: CopyMethod::Snapshot as i32,
-                repository: "restic-config".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
+    fn restic_spec() -> SpecInput {
+        SpecInput::new(
+            "data",
+            MoverInput::restic(CopyMethod::Snapshot, "restic-config"),
+        )
+    }
+
+    /// The one mover's input (every spec here has one, unless a case removes it).
+    fn mover(s: &mut SpecInput) -> &mut MoverInput {
+        &mut s.movers[0]
+    }
+
+    fn restic_of(s: &mut SpecInput) -> &mut ResticSpec {
+        match &mut mover(s).kind {
+            MoverKind::Restic(r) => r,
+            other => panic!("not restic: {other:?}"),
         }
     }
 
-    fn refused(spec: SourceSpec) -> InvalidField {
-        admit(&key(), &spec).unwrap_err()
+    fn refused(spec: SpecInput) -> InvalidField {
+        admit(&key(), spec).unwrap_err()
+    }
+
+    fn admitted(spec: SpecInput) -> Admitted {
+        admit(&key(), spec).unwrap().1
     }
 
     #[test]
     fn a_minimal_restic_source_is_admitted_with_volsync_defaults() {
-        let a = admit(&key(), &restic_spec()).unwrap();
+        let a = admitted(restic_spec());
         assert!(matches!(a.trigger, SyncTrigger::Continuous));
         assert_eq!(a.mover, Mover::Restic);
         assert_eq!(a.copy_method, CopyMethod::Snapshot);
@@ -941,21 +952,21 @@ mod tests {
 
     #[test]
     fn each_broken_rule_names_its_field() {
-        let with = |f: &dyn Fn(&mut SourceSpec)| {
+        let with = |f: &dyn Fn(&mut SpecInput)| {
             let mut s = restic_spec();
             f(&mut s);
             refused(s).field
         };
-        let trig = |schedule: Option<&str>, manual: Option<&str>| ReplicationSourceTrigger {
+        let trig = |schedule: Option<&str>, manual: Option<&str>| TriggerInput {
             schedule: schedule.map(Into::into),
             manual: manual.map(Into::into),
         };
-        type Mutation<'a> = Box<dyn Fn(&mut SourceSpec) + 'a>;
+        type Mutation<'a> = Box<dyn Fn(&mut SpecInput) + 'a>;
         let cases: Vec<(&str, Mutation<'_>)> = vec![
             (
                 "spec.restic.customCA.secretName",
                 Box::new(|s| {
-                    s.restic.as_mut().unwrap().custom_ca = Some(CustomCa {
+                    restic_of(s).custom_ca = Some(CustomCa {
                         key: "ca.crt".into(),
                         ..Default::default()
                     })
@@ -982,38 +993,47 @@ mod tests {
                 Box::new(|s| s.source_pvc = "Data_Volume".into()),
             ),
             ("spec.sourcePVC", Box::new(|s| s.source_pvc = String::new())),
-            ("spec", Box::new(|s| s.restic = None)),
-            ("spec", Box::new(|s| s.rclone = Some(Default::default()))),
+            ("spec", Box::new(|s| s.movers.clear())),
             (
-                "spec.restic.repository",
-                Box::new(|s| s.restic.as_mut().unwrap().repository.clear()),
-            ),
-            (
-                "spec.restic.copyMethod",
-                Box::new(|s| s.restic.as_mut().unwrap().copy_method = 0),
-            ),
-            (
-                "spec.restic.copyMethod",
-                Box::new(|s| s.restic.as_mut().unwrap().copy_method = 42),
-            ),
-            (
-                "spec.restic.capacity",
-                Box::new(|s| s.restic.as_mut().unwrap().capacity = Some("lots".into())),
-            ),
-            (
-                "spec.restic.accessModes",
+                "spec",
                 Box::new(|s| {
-                    s.restic.as_mut().unwrap().access_modes = vec!["ReadWriteSometimes".into()]
+                    s.movers.push(MoverInput {
+                        copy_method: 0,
+                        ..MoverInput::new(
+                            CopyMethod::Direct,
+                            MoverKind::Rclone(RcloneSpec::default()),
+                        )
+                    })
                 }),
             ),
             (
+                "spec.restic.repository",
+                Box::new(|s| restic_of(s).repository.clear()),
+            ),
+            (
+                "spec.restic.copyMethod",
+                Box::new(|s| mover(s).copy_method = 0),
+            ),
+            (
+                "spec.restic.copyMethod",
+                Box::new(|s| mover(s).copy_method = 42),
+            ),
+            (
+                "spec.restic.capacity",
+                Box::new(|s| mover(s).volume.capacity = Some("lots".into())),
+            ),
+            (
+                "spec.restic.accessModes",
+                Box::new(|s| mover(s).volume.access_modes = vec!["ReadWriteSometimes".into()]),
+            ),
+            (
                 "spec.restic.pruneIntervalDays",
-                Box::new(|s| s.restic.as_mut().unwrap().prune_interval_days = Some(0)),
+                Box::new(|s| restic_of(s).prune_interval_days = Some(0)),
             ),
             (
                 "spec.restic.retain.daily",
                 Box::new(|s| {
-                    s.restic.as_mut().unwrap().retain = Some(ResticRetainPolicy {
+                    restic_of(s).retain = Some(RetainPolicy {
                         daily: Some(-1),
                         ..Default::default()
                     })
@@ -1022,7 +1042,7 @@ mod tests {
             (
                 "spec.restic.retain.within",
                 Box::new(|s| {
-                    s.restic.as_mut().unwrap().retain = Some(ResticRetainPolicy {
+                    restic_of(s).retain = Some(RetainPolicy {
                         within: Some("forever".into()),
                         ..Default::default()
                     })
@@ -1031,9 +1051,8 @@ mod tests {
             (
                 "spec.restic.moverPodLabels[app]",
                 Box::new(|s| {
-                    s.restic
-                        .as_mut()
-                        .unwrap()
+                    mover(s)
+                        .volume
                         .mover_pod_labels
                         .insert("app".into(), "-bad-".into());
                 }),
@@ -1041,7 +1060,7 @@ mod tests {
             (
                 "spec.jitter",
                 Box::new(|s| {
-                    s.jitter = Some(prost_types::Duration {
+                    s.jitter = Some(RawDuration {
                         seconds: -5,
                         nanos: 0,
                     })
@@ -1050,8 +1069,8 @@ mod tests {
             (
                 "spec.copyTrigger.waitTimeout",
                 Box::new(|s| {
-                    s.copy_trigger = Some(CopyTriggerOptions {
-                        wait_timeout: Some(prost_types::Duration {
+                    s.copy_trigger = Some(CopyTriggerInput {
+                        wait_timeout: Some(RawDuration {
                             seconds: 0,
                             nanos: 0,
                         }),
@@ -1064,7 +1083,7 @@ mod tests {
             (
                 "spec.copyTrigger.onTimeout",
                 Box::new(|s| {
-                    s.copy_trigger = Some(CopyTriggerOptions {
+                    s.copy_trigger = Some(CopyTriggerInput {
                         wait_timeout: None,
                         on_timeout: 9,
                         holders: Vec::new(),
@@ -1075,7 +1094,7 @@ mod tests {
             (
                 "spec.copyTrigger.holders[1]",
                 Box::new(|s| {
-                    s.copy_trigger = Some(CopyTriggerOptions {
+                    s.copy_trigger = Some(CopyTriggerInput {
                         holders: vec!["app".into(), "App".into()],
                         ..Default::default()
                     })
@@ -1084,7 +1103,7 @@ mod tests {
             (
                 "spec.copyTrigger.holders[2]",
                 Box::new(|s| {
-                    s.copy_trigger = Some(CopyTriggerOptions {
+                    s.copy_trigger = Some(CopyTriggerInput {
                         holders: vec!["app".into(), "db".into(), "app".into()],
                         ..Default::default()
                     })
@@ -1093,7 +1112,7 @@ mod tests {
             (
                 "spec.copyTrigger.holders",
                 Box::new(|s| {
-                    s.copy_trigger = Some(CopyTriggerOptions {
+                    s.copy_trigger = Some(CopyTriggerInput {
                         holders: (0..17).map(|i| format!("app-{i}")).collect(),
                         ..Default::default()
                     })
@@ -1108,33 +1127,44 @@ mod tests {
     #[test]
     fn rclone_needs_config_section_and_destination() {
         let mut s = restic_spec();
-        s.restic = None;
-        s.rclone = Some(ReplicationSourceRcloneSpec {
-            copy_method: CopyMethod::Clone as i32,
-            rclone_config: "rclone-secret".into(),
-            rclone_config_section: "s3".into(),
-            ..Default::default()
-        });
+        s.movers = vec![MoverInput::new(
+            CopyMethod::Clone,
+            MoverKind::Rclone(RcloneSpec {
+                rclone_config: "rclone-secret".into(),
+                rclone_config_section: "s3".into(),
+                ..Default::default()
+            }),
+        )];
         assert_eq!(refused(s.clone()).field, "spec.rclone.rcloneDestPath");
-        s.rclone.as_mut().unwrap().rclone_dest_path = "bucket/path".into();
-        assert_eq!(admit(&key(), &s).unwrap().copy_method, CopyMethod::Clone);
+        let MoverKind::Rclone(r) = &mut mover(&mut s).kind else {
+            unreachable!("set above")
+        };
+        r.rclone_dest_path = "bucket/path".into();
+        assert_eq!(admitted(s).copy_method, CopyMethod::Clone);
     }
 
     #[test]
     fn rsync_movers_need_an_address_and_a_valid_port() {
+        fn rsync_tls(s: &mut SpecInput) -> &mut RsyncTlsSpec {
+            match &mut mover(s).kind {
+                MoverKind::RsyncTls(r) => r,
+                other => panic!("not rsyncTLS: {other:?}"),
+            }
+        }
         let mut s = restic_spec();
-        s.restic = None;
-        s.rsync_tls = Some(ReplicationSourceRsyncTlsSpec {
-            copy_method: CopyMethod::None as i32,
-            key_secret: "tls-key".into(),
-            ..Default::default()
-        });
+        s.movers = vec![MoverInput::new(
+            CopyMethod::None,
+            MoverKind::RsyncTls(RsyncTlsSpec {
+                key_secret: "tls-key".into(),
+                ..Default::default()
+            }),
+        )];
         assert_eq!(refused(s.clone()).field, "spec.rsyncTLS.address");
-        s.rsync_tls.as_mut().unwrap().address = "10.0.0.7".into();
-        s.rsync_tls.as_mut().unwrap().port = Some(70000);
+        rsync_tls(&mut s).address = "10.0.0.7".into();
+        rsync_tls(&mut s).port = Some(70000);
         assert_eq!(refused(s.clone()).field, "spec.rsyncTLS.port");
-        s.rsync_tls.as_mut().unwrap().port = None;
-        let a = admit(&key(), &s).unwrap();
+        rsync_tls(&mut s).port = None;
+        let a = admitted(s);
         assert_eq!(a.copy_method, CopyMethod::Direct, "None is Direct");
         assert_eq!(a.mover, Mover::RsyncTls);
     }
@@ -1142,11 +1172,11 @@ mod tests {
     #[test]
     fn names_that_are_not_kubernetes_names_are_refused() {
         let bad = SourceKey::new("Apps", "db");
-        assert_eq!(admit(&bad, &restic_spec()).unwrap_err().field, "namespace");
+        assert_eq!(admit(&bad, restic_spec()).unwrap_err().field, "namespace");
         let bad = SourceKey::new("apps", "db_1");
-        assert_eq!(admit(&bad, &restic_spec()).unwrap_err().field, "name");
+        assert_eq!(admit(&bad, restic_spec()).unwrap_err().field, "name");
         let long = SourceKey::new(&"a".repeat(64), "db");
-        assert_eq!(admit(&long, &restic_spec()).unwrap_err().field, "namespace");
+        assert_eq!(admit(&long, restic_spec()).unwrap_err().field, "namespace");
     }
 
     #[test]
