@@ -28,7 +28,10 @@
 //! One module per gRPC service, and [`common`] for what they share (times, durations,
 //! `google.protobuf.Struct`, authors and the spec).
 
+pub mod agents;
 pub mod common;
+pub mod sources;
+pub mod triggers;
 
 #[cfg(test)]
 pub(crate) mod testing;

@@ -6,10 +6,15 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Duration, Utc};
 use proptest::{collection::vec, option, prelude::*};
 use snapgate_proto::time::{MAX_PROTO_SECONDS, MIN_PROTO_SECONDS};
-use snapgate_scheduler_core::model::{
-    Author, CopyMethod, CopyTriggerOptions, CustomCa, JsonObject, MoverKind, MoverSpec,
-    MoverVolume, RcloneSpec, ResticSpec, RetainPolicy, RsyncSpec, RsyncTlsSpec, SourceSpec,
-    TimeoutPolicy, TriggerSpec, VolumeOptions,
+use snapgate_scheduler_core::{
+    RunId, SourceKey,
+    model::{
+        Author, Condition, CopyMethod, CopyTriggerOptions, CustomCa, Hold, JsonObject, MoverKind,
+        MoverSpec, MoverStatus, MoverStuck, MoverVolume, RcloneSpec, ReleasedBy, ResticSpec,
+        RetainPolicy, RsyncSpec, RsyncTlsSpec, Run, RunPhase, RunReason, RunResult, Source,
+        SourceRecord, SourceSpec, SourceStatus, TimelineEntry, TimeoutPolicy, TriggerSpec,
+        VolumeOptions,
+    },
 };
 
 /// The error a stored message gets, and how to break a good one so that it gets it.
@@ -158,6 +163,116 @@ pub(crate) fn author() -> Author {
     Author {
         user: "system:serviceaccount:apps:ci".into(),
         groups: vec!["system:authenticated".into(), "ops".into()],
+    }
+}
+
+/// A stuck mover with every field set.
+pub(crate) fn stuck() -> MoverStuck {
+    MoverStuck {
+        reason: "ImagePullBackOff".into(),
+        message: "back-off pulling image".into(),
+        pod: "volsync-src-db-abcde".into(),
+        job: "volsync-src-db".into(),
+        attempt: 2,
+        since: Some(at(60, 1)),
+        deadline: Some(at(660, 0)),
+    }
+}
+
+/// A source record with every field set.
+pub(crate) fn full_record() -> SourceRecord {
+    SourceRecord {
+        source: Source {
+            key: SourceKey::new("apps", "db"),
+            spec: full_spec(full_movers().remove(0)),
+            status: SourceStatus {
+                last_sync_time: Some(at(0, 0)),
+                last_sync_start_time: Some(at(-30, 999_999_999)),
+                last_sync_duration: Some(Duration::seconds(30) + Duration::milliseconds(1)),
+                next_sync_time: Some(at(3600, 0)),
+                last_manual_sync: "tag-1".into(),
+                latest_mover_status: Some(MoverStatus {
+                    result: "Successful".into(),
+                    logs: "processed 10 files".into(),
+                }),
+                conditions: vec![Condition {
+                    type_: "Synchronizing".into(),
+                    status: "True".into(),
+                    reason: "SyncInProgress".into(),
+                    message: "a run".into(),
+                    last_transition_time: Some(at(5, 0)),
+                }],
+                current_run: Some(RunId(2)),
+                pause_note: "maintenance".into(),
+                missed_intervals: 3,
+                message: "a warning".into(),
+                last_pruned: Some(at(-86_400, 0)),
+            },
+            version: 7,
+            create_time: at(-1_000_000, 123),
+            author: Some(author()),
+        },
+        deleting: true,
+    }
+}
+
+/// A run with every field set.
+pub(crate) fn full_run() -> Run {
+    Run {
+        id: RunId(42),
+        source: SourceKey::new("apps", "db"),
+        pvc: "data".into(),
+        reason: RunReason::SyncNow,
+        phase: RunPhase::CleaningUp,
+        result: Some(RunResult::TimedOut),
+        trigger: "v2".into(),
+        start_time: at(0, 1),
+        waiting_since: Some(at(1, 0)),
+        wait_deadline: Some(at(601, 0)),
+        copy_time: Some(at(2, 0)),
+        end_time: Some(at(3, 0)),
+        gated: true,
+        timeout_reported: true,
+        message: "timed out".into(),
+        timeline: vec![
+            TimelineEntry {
+                time: at(1, 0),
+                event: "WaitingForTrigger".into(),
+                message: "waiting".into(),
+            },
+            TimelineEntry {
+                time: at(2, 5),
+                event: "Released".into(),
+                message: String::new(),
+            },
+        ],
+        mover_status: Some(MoverStatus {
+            result: "Failed".into(),
+            logs: "boom".into(),
+        }),
+        mover_failures: 2,
+        request_id: "req-1".into(),
+        released_by: Some(ReleasedBy::Rpc),
+        generation: 9,
+        latest_trigger: "v1".into(),
+        restic_prune: true,
+        spec: Some(full_spec(full_movers().remove(0))),
+        lease_deadline: Some(at(100, 0)),
+        spent_triggers: vec!["v0".into(), "v1".into()],
+        holds: vec![
+            Hold {
+                holder: "app-a".into(),
+                value: "v2".into(),
+                deadline: Some(at(100, 0)),
+            },
+            Hold {
+                holder: "app-b".into(),
+                value: "v3".into(),
+                deadline: None,
+            },
+        ],
+        author: Some(author()),
+        mover_stuck: Some(stuck()),
     }
 }
 
