@@ -24,6 +24,7 @@ pub mod metrics;
 mod status;
 pub mod store;
 pub mod tls;
+pub mod wire;
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 

@@ -4,6 +4,11 @@
 //! before the request is answered. [`RedbStore`] is the embedded store; an etcd-backed store for
 //! high availability implements the same trait. [`FaultyStore`] wraps any store to fail commits
 //! on demand, for fault tests.
+//!
+//! [`mod@format`] is the versioned record format (with the migrations of records written by
+//! earlier versions) that the store moves to with the core's domain types.
+
+pub mod format;
 
 use std::{
     path::Path,
@@ -112,22 +117,10 @@ impl RedbStore {
     }
 }
 
-/// Brings a record written by an earlier version to today's form.
-///
-/// - snapgate 0.1 stored `restic.retain.last` as an integer (field 7); it is a string now, as
-///   in VolSync's API.
-#[allow(deprecated)]
+/// Brings a record written by an earlier version to today's form ([`format::migrate_source`]).
 fn migrate(mut record: SourceRecord) -> SourceRecord {
-    let retain = record
-        .source
-        .as_mut()
-        .and_then(|s| s.spec.as_mut())
-        .and_then(|s| s.restic.as_mut())
-        .and_then(|r| r.retain.as_mut());
-    if let Some(retain) = retain
-        && let Some(old) = retain.last_int32.take()
-    {
-        retain.last.get_or_insert_with(|| old.to_string());
+    if let Some(source) = record.source.as_mut() {
+        format::migrate_source(source);
     }
     record
 }
