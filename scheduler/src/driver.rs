@@ -12,6 +12,10 @@ use snapgate_proto::v1::{self, SchedulerMessage, scheduler_message::Message as T
 use snapgate_scheduler_core::{
     CoreError, Effect, LeaseAnswer, LeasePolicy, Quarantined, ReportOutcome, RunId, Scheduler,
     SourceKey, Target, TriggerAccepted,
+    model::{
+        Author, CopyStatus, CopyTarget, Directive, LeaseRequest, RawDuration, Report, Run,
+        Source, SpecInput,
+    },
     presence::{self, Absence, NO_AGENT_GRACE},
     schedule::Tz,
 };
@@ -23,6 +27,7 @@ use crate::{
     clock::Clock,
     metrics::Metrics,
     store::{Batch, Store, StoreError, Write},
+    wire,
 };
 
 /// Messages queued for one agent connection before it is considered stuck and dropped.
@@ -63,21 +68,21 @@ type Reply<T> = oneshot::Sender<Result<T, DriverError>>;
 pub(crate) enum Command {
     Apply {
         key: SourceKey,
-        spec: Box<v1::SourceSpec>,
+        spec: Box<SpecInput>,
         expected_version: u64,
         /// The caller, as authentication identified it (`None` without authentication).
-        author: Option<v1::Author>,
-        reply: Reply<v1::Source>,
+        author: Option<Author>,
+        reply: Reply<Source>,
     },
     Get {
         key: SourceKey,
-        reply: Reply<v1::Source>,
+        reply: Reply<Source>,
     },
     List {
         namespace: Option<String>,
         after: Option<SourceKey>,
         limit: usize,
-        reply: Reply<(Vec<v1::Source>, Option<SourceKey>)>,
+        reply: Reply<(Vec<Source>, Option<SourceKey>)>,
     },
     Delete {
         key: SourceKey,
@@ -93,12 +98,12 @@ pub(crate) enum Command {
         key: SourceKey,
         paused: bool,
         note: String,
-        reply: Reply<v1::Source>,
+        reply: Reply<Source>,
     },
     ListRuns {
         key: SourceKey,
         limit: usize,
-        reply: Reply<Vec<v1::Run>>,
+        reply: Reply<Vec<Run>>,
     },
     Preview {
         key: SourceKey,
@@ -107,10 +112,10 @@ pub(crate) enum Command {
         reply: Reply<(Vec<DateTime<Utc>>, Tz)>,
     },
     Trigger {
-        target: v1::CopyTarget,
+        target: CopyTarget,
         value: String,
         run_id: String,
-        hold: Option<prost_types::Duration>,
+        hold: Option<RawDuration>,
         holder: String,
         /// The caller's ServiceAccount when it acts as an application (held to the sources'
         /// `copyTrigger.allowedServiceAccounts`).
@@ -118,19 +123,19 @@ pub(crate) enum Command {
         reply: Reply<TriggerAccepted>,
     },
     EndHold {
-        target: v1::CopyTarget,
+        target: CopyTarget,
         run_id: String,
         value: String,
         application: Option<String>,
-        reply: Reply<v1::CopyStatus>,
+        reply: Reply<CopyStatus>,
     },
     CopyStatus {
-        target: v1::CopyTarget,
+        target: CopyTarget,
         application: Option<String>,
-        reply: Reply<v1::CopyStatus>,
+        reply: Reply<CopyStatus>,
     },
     WatchCopy {
-        target: v1::CopyTarget,
+        target: CopyTarget,
         application: Option<String>,
         /// The authenticated caller (`None`: authentication off), for its stream cap.
         identity: Option<String>,
@@ -153,12 +158,12 @@ pub(crate) enum Command {
     },
     AgentReport {
         conn: u64,
-        report: v1::Report,
+        report: Report,
     },
     /// An agent asks for a run's hold lease; the answer goes back on its link.
     AgentLease {
         conn: u64,
-        request: v1::LeaseRequest,
+        request: LeaseRequest,
     },
     /// One of an agent's namespaces is being deleted.
     AgentNamespaceGone {
@@ -217,7 +222,7 @@ struct Watcher {
     /// The PVC watched, or one source's runs on it.
     target: Target,
     tx: mpsc::Sender<Result<v1::CopyStatus, Status>>,
-    last: Option<v1::CopyStatus>,
+    last: Option<CopyStatus>,
     /// The watching application's ServiceAccount, held to `copyTrigger.allowedServiceAccounts`
     /// on every status (a source may narrow the list while the stream is open).
     application: Option<String>,
@@ -375,7 +380,10 @@ impl Driver {
             Effect::Send {
                 namespace,
                 directive,
-            } => self.send_to_agents(&namespace, ToAgent::Directive(*directive)),
+            } => self.send_to_agents(
+                &namespace,
+                ToAgent::Directive(wire::agents::directive_to_wire(&directive)),
+            ),
             Effect::Forget { namespace, run_id } => self.send_to_agents(
                 &namespace,
                 ToAgent::Forget(v1::Forget {
@@ -434,7 +442,7 @@ impl Driver {
         }
     }
 
-    fn send_to_watchers(&mut self, status: &v1::CopyStatus) {
+    fn send_to_watchers(&mut self, status: &CopyStatus) {
         let core = &self.core;
         self.watchers.retain_mut(|w| {
             if w.target.namespace != status.namespace || w.target.pvc != status.pvc {
@@ -458,8 +466,12 @@ impl Driver {
             if w.last.as_ref() == Some(&status) {
                 return true;
             }
-            w.last = Some(status.clone());
-            w.tx.try_send(Ok(status)).is_ok()
+            let sent = w
+                .tx
+                .try_send(Ok(wire::triggers::copy_status_to_wire(&status)))
+                .is_ok();
+            w.last = Some(status);
+            sent
         });
     }
 
@@ -510,11 +522,11 @@ impl Driver {
     /// namespace for `grace` while a run is in flight.
     fn with_presence(
         &self,
-        mut source: v1::Source,
+        mut source: Source,
         grace: chrono::Duration,
         now: DateTime<Utc>,
-    ) -> v1::Source {
-        if let Some(absence) = self.absence(&source.namespace) {
+    ) -> Source {
+        if let Some(absence) = self.absence(&source.key.namespace) {
             presence::mark_source(&mut source, &absence, grace, now);
         }
         source
@@ -629,7 +641,7 @@ impl Driver {
             } => {
                 let r = self.admit(&target, application.as_deref()).and_then(|()| {
                     self.core
-                        .trigger(&target, &value, &run_id, hold.as_ref(), &holder, now)
+                        .trigger(&target, &value, &run_id, hold, &holder, now)
                 });
                 self.answer(reply, r);
             }
@@ -696,7 +708,7 @@ impl Driver {
                         return;
                     }
                     let current = self.core.target_status(&target);
-                    let _ = tx.try_send(Ok(current.clone()));
+                    let _ = tx.try_send(Ok(wire::triggers::copy_status_to_wire(&current)));
                     self.watchers.push(Watcher {
                         target,
                         tx,
@@ -739,7 +751,7 @@ impl Driver {
                 self.next_conn += 1;
                 // A lease-gated copy is never sent to an agent that does not honour leases
                 // (an older agent during an upgrade): the run waits for one that does.
-                let directives: Vec<v1::Directive> = self
+                let directives: Vec<Directive> = self
                     .core
                     .directives_for(&hello.namespaces)
                     .into_iter()
@@ -763,7 +775,7 @@ impl Driver {
                 for d in directives {
                     ok &= tx
                         .try_send(Ok(SchedulerMessage {
-                            message: Some(ToAgent::Directive(d)),
+                            message: Some(ToAgent::Directive(wire::agents::directive_to_wire(&d))),
                         }))
                         .is_ok();
                 }
@@ -875,10 +887,7 @@ impl Driver {
                     LeaseAnswer::Granted(left) => v1::LeaseGrant {
                         run_id: request.run_id,
                         request_id: request.request_id,
-                        remaining: Some(prost_types::Duration {
-                            seconds: left.num_seconds(),
-                            nanos: left.subsec_nanos(),
-                        }),
+                        remaining: Some(wire::common::duration_to_wire(left)),
                         refused: String::new(),
                     },
                     LeaseAnswer::Refused(why) => {
@@ -912,7 +921,7 @@ impl Driver {
 
     /// Refuses an application (a ServiceAccount acting in its own namespace) that a source of
     /// the target does not list in `copyTrigger.allowedServiceAccounts`.
-    fn admit(&self, target: &v1::CopyTarget, application: Option<&str>) -> Result<(), CoreError> {
+    fn admit(&self, target: &CopyTarget, application: Option<&str>) -> Result<(), CoreError> {
         let Some(sa) = application else {
             return Ok(());
         };
@@ -971,10 +980,7 @@ fn restore(
 /// The Retire of a deleted source, for its agent.
 fn retire_message(source: &SourceKey, keep_cache: bool) -> ToAgent {
     ToAgent::Retire(v1::Retire {
-        source: Some(v1::SourceRef {
-            namespace: source.namespace.clone(),
-            name: source.name.clone(),
-        }),
+        source: Some(wire::common::source_ref(source)),
         keep_cache,
     })
 }

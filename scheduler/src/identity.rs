@@ -75,7 +75,7 @@ impl Caller {
     /// The caller as a source's author: its user name and the groups the API server gives
     /// that user (a ServiceAccount's token carries no groups; Kubernetes derives them from the
     /// name the same way). `None` without authentication: there is no one to review.
-    pub fn author(&self) -> Option<snapgate_proto::v1::Author> {
+    pub fn author(&self) -> Option<snapgate_scheduler_core::model::Author> {
         let Caller::Subject(subject) = self else {
             return None;
         };
@@ -85,7 +85,7 @@ impl Caller {
             groups.push(format!("system:serviceaccounts:{namespace}"));
         }
         groups.push("system:authenticated".to_owned());
-        Some(snapgate_proto::v1::Author {
+        Some(snapgate_scheduler_core::model::Author {
             user: subject.name.clone(),
             groups,
         })

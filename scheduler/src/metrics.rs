@@ -7,7 +7,7 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
-use snapgate_proto::v1::RunResult;
+use snapgate_scheduler_core::model::RunResult;
 use snapgate_scheduler_core::{Observation, SourceKey, validate::Mover};
 
 /// VolSync's metric labels.
@@ -237,13 +237,7 @@ impl Metrics {
                         self.missed_intervals.get_or_create(&l).inc();
                     }
                 }
-                let result = match result {
-                    RunResult::Successful => "Successful",
-                    RunResult::Failed => "Failed",
-                    RunResult::TimedOut => "TimedOut",
-                    RunResult::Aborted => "Aborted",
-                    RunResult::Unspecified => "Unknown",
-                };
+                let result = result.as_str();
                 self.runs
                     .get_or_create(&ResultLabels {
                         obj_name: l.obj_name,

@@ -12,8 +12,8 @@ use snapgate_proto::v1::{
     self, CopyMethod, agent_message, agent_service_client::AgentServiceClient,
     scheduler_message::Message as ToAgent,
 };
-use snapgate_scheduler::store::{Batch, Loaded, RedbStore, Store, StoreError, Write};
-use snapgate_scheduler_core::SourceRecord;
+use snapgate_scheduler::store::{Batch, Loaded, RedbStore, Store, StoreError};
+use snapgate_scheduler::store::format::SourceRecordV1;
 use support::Running;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -400,25 +400,21 @@ async fn a_huge_name_is_answered_with_invalid_argument_quoting_a_prefix() {
     s.stop().await;
 }
 
-/// Writes records straight into the store, as an older version or a damaged disk left them.
-fn seed(dir: &Path, sources: &[SourceRecord], raw: &[(&str, &[u8])]) {
-    let mut store = RedbStore::open(dir).unwrap();
-    store
-        .commit(Batch {
-            writes: sources
-                .iter()
-                .map(|r| Write::PutSource(Box::new(r.clone())))
-                .collect(),
-            next_run: 1,
-        })
-        .unwrap();
-    drop(store);
+/// Writes records straight into the store, as an older version (records without a format
+/// header) or a damaged disk left them.
+fn seed(dir: &Path, sources: &[SourceRecordV1], raw: &[(&str, &[u8])]) {
+    drop(RedbStore::open(dir).unwrap());
     let db = redb::Database::open(dir.join("snapgate.redb")).unwrap();
     let tx = db.begin_write().unwrap();
     {
         let mut t = tx
             .open_table(redb::TableDefinition::<&str, &[u8]>::new("sources"))
             .unwrap();
+        for r in sources {
+            let s = r.source.as_ref().unwrap();
+            let key = format!("{}/{}", s.namespace, s.name);
+            t.insert(key.as_str(), r.encode_to_vec().as_slice()).unwrap();
+        }
         for (k, v) in raw {
             t.insert(*k, *v).unwrap();
         }
@@ -426,8 +422,8 @@ fn seed(dir: &Path, sources: &[SourceRecord], raw: &[(&str, &[u8])]) {
     tx.commit().unwrap();
 }
 
-fn record(name: &str, spec: v1::SourceSpec, status: v1::SourceStatus) -> SourceRecord {
-    SourceRecord {
+fn record(name: &str, spec: v1::SourceSpec, status: v1::SourceStatus) -> SourceRecordV1 {
+    SourceRecordV1 {
         source: Some(v1::Source {
             namespace: "apps".into(),
             name: name.into(),
@@ -538,5 +534,5 @@ async fn a_store_with_bad_records_starts_quarantines_them_and_serves_the_rest() 
         .unwrap();
     assert!(t.get("apps/garbage").unwrap().is_some());
     let kept = t.get("apps/no-mover").unwrap().unwrap();
-    assert!(SourceRecord::decode(kept.value()).is_ok());
+    assert!(SourceRecordV1::decode(kept.value()).is_ok());
 }

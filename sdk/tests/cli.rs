@@ -379,30 +379,31 @@ async fn a_duplicate_key_is_refused_with_its_line_and_path_and_nothing_is_applie
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quarantined_lists_the_stored_records_the_scheduler_left_out() {
-    use snapgate_scheduler::store::{Batch, RedbStore, Store, Write};
+    use prost::Message as _;
+    use snapgate_scheduler::store::{RedbStore, format::SourceRecordV1};
     let dir = tempfile::tempdir().unwrap();
     {
         // A source this version cannot run (no mover), as a damaged store could hold.
-        let mut store = RedbStore::open(dir.path()).unwrap();
+        drop(RedbStore::open(dir.path()).unwrap());
         let mut spec = support::restic("data");
         spec.restic = None;
-        store
-            .commit(Batch {
-                writes: vec![Write::PutSource(Box::new(
-                    snapgate_scheduler_core::SourceRecord {
-                        source: Some(v1::Source {
-                            namespace: "apps".into(),
-                            name: "broken".into(),
-                            spec: Some(spec),
-                            version: 1,
-                            ..Default::default()
-                        }),
-                        deleting: false,
-                    },
-                ))],
-                next_run: 1,
-            })
+        let record = SourceRecordV1 {
+            source: Some(v1::Source {
+                namespace: "apps".into(),
+                name: "broken".into(),
+                spec: Some(spec),
+                version: 1,
+                ..Default::default()
+            }),
+            deleting: false,
+        };
+        let db = redb::Database::open(dir.path().join("snapgate.redb")).unwrap();
+        let tx = db.begin_write().unwrap();
+        tx.open_table(redb::TableDefinition::<&str, &[u8]>::new("sources"))
+            .unwrap()
+            .insert("apps/broken", record.encode_to_vec().as_slice())
             .unwrap();
+        tx.commit().unwrap();
     }
     let s = Scheduler::start(dir.path(), 0).await;
     let server = s.endpoint();

@@ -941,13 +941,25 @@ pub struct PvcObserved {
     pub waiting_since: String,
 }
 
+/// A time an agent sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AgentTime {
+    /// None was sent.
+    #[default]
+    Unset,
+    /// This time.
+    At(DateTime<Utc>),
+    /// Something that is not a time (the edge could not read it).
+    Invalid,
+}
+
 /// The copy point is reached.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CopyCompleted {
     /// The copy.
     pub copy_name: String,
-    /// The copy point, by the agent's clock (`None`: not a valid time).
-    pub time: Option<DateTime<Utc>>,
+    /// The copy point, by the agent's clock.
+    pub time: AgentTime,
 }
 
 /// The mover ended.

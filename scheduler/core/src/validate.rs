@@ -162,7 +162,7 @@ fn shape(input: SpecInput) -> Result<SourceSpec> {
         },
     };
     let jitter = jitter
-        .map(|d| valid_duration("spec.jitter", d))
+        .map(|d| valid_duration("spec.jitter", d, Duration::zero(), MAX_JITTER))
         .transpose()?;
     let copy_trigger = copy_trigger.map(copy_trigger_options).transpose()?;
     let count = movers.len();
@@ -217,7 +217,14 @@ fn copy_trigger_options(ct: CopyTriggerInput) -> Result<CopyTriggerOptions> {
     Ok(CopyTriggerOptions {
         wait_timeout: ct
             .wait_timeout
-            .map(|d| valid_duration("spec.copyTrigger.waitTimeout", d))
+            .map(|d| {
+                valid_duration(
+                    "spec.copyTrigger.waitTimeout",
+                    d,
+                    Duration::seconds(1),
+                    MAX_WAIT_TIMEOUT,
+                )
+            })
             .transpose()?,
         on_timeout,
         holders: ct.holders,
@@ -403,8 +410,9 @@ pub fn admit_stored(
 }
 
 /// A duration as a request carries it, as chrono's: nanos within a second and of the sign of
-/// the seconds, and within chrono's range (about ±2^63 milliseconds).
-fn valid_duration(field: &str, d: RawDuration) -> Result<Duration> {
+/// the seconds, and within chrono's range (about ±2^63 milliseconds); beyond that range, the
+/// error names the field's own bounds (`min`, `max`), which [`check`] holds it to.
+fn valid_duration(field: &str, d: RawDuration, min: Duration, max: Duration) -> Result<Duration> {
     if d.nanos.abs() >= 1_000_000_000 || (d.seconds < 0) != (d.nanos < 0) && d.nanos != 0 {
         return Err(InvalidField::new(
             field,
@@ -413,21 +421,25 @@ fn valid_duration(field: &str, d: RawDuration) -> Result<Duration> {
     }
     Duration::try_seconds(d.seconds)
         .and_then(|s| s.checked_add(&Duration::nanoseconds(d.nanos.into())))
-        .ok_or_else(|| InvalidField::new(field, "out of range"))
+        .ok_or_else(|| out_of_range(field, min, max))
 }
 
 fn in_range(field: &str, d: Option<Duration>, min: Duration, max: Duration) -> Result {
     match d {
-        Some(v) if v < min || v > max => Err(InvalidField::new(
-            field,
-            format!(
-                "must be between {}s and {}s",
-                min.num_seconds(),
-                max.num_seconds()
-            ),
-        )),
+        Some(v) if v < min || v > max => Err(out_of_range(field, min, max)),
         _ => Ok(()),
     }
+}
+
+fn out_of_range(field: &str, min: Duration, max: Duration) -> InvalidField {
+    InvalidField::new(
+        field,
+        format!(
+            "must be between {}s and {}s",
+            min.num_seconds(),
+            max.num_seconds()
+        ),
+    )
 }
 
 fn volume_options(p: &str, o: &VolumeOptions) -> Result {

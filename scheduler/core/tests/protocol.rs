@@ -11,7 +11,7 @@ use snapgate_scheduler_core::{
     CoreError, Effect, LeaseAnswer, ReportOutcome, RunId, Scheduler, SourceKey, SourceRecord,
     TIMEOUT_TEXT,
     model::{
-        AgentError, Author, CopyCompleted, CopyMethod, CopyState, CopyStatus, CopyTarget,
+        AgentError, AgentTime, Author, CopyCompleted, CopyMethod, CopyState, CopyStatus, CopyTarget,
         CopyTriggerInput, Directive, DirectivePhase, LeaseRequest, MoverFailed, MoverFinished,
         MoverInput, MoverKind, MoverStuck, PvcObserved, RawDuration, RcloneSpec, ReleasedBy,
         Report, ReportObservation as Observation, ResticSpec, Run, RunPhase, RunResult, Source,
@@ -498,7 +498,7 @@ impl Cluster {
             d,
             Observation::CopyCompleted(CopyCompleted {
                 copy_name: name,
-                time: Some(now),
+                time: AgentTime::At(now),
             }),
         )]
     }
@@ -2195,7 +2195,7 @@ fn a_copy_reported_after_the_lease_ran_out_is_not_counted_whenever_the_agent_saw
             generation: d.generation,
             observation: Some(Observation::CopyCompleted(CopyCompleted {
                 copy_name: format!("db-{run}"),
-                time: Some(w.now - Duration::seconds(5)),
+                time: AgentTime::At(w.now - Duration::seconds(5)),
             })),
         },
         w.now,
@@ -2633,7 +2633,7 @@ fn a_copy_completed_from_an_expired_release_does_not_count_for_the_next_release(
             generation: gen_v1,
             observation: Some(Observation::CopyCompleted(CopyCompleted {
                 copy_name: format!("db-{run}"),
-                time: Some(cut),
+                time: AgentTime::At(cut),
             })),
         },
         w.now,

@@ -104,10 +104,16 @@ impl AgentService for Agents {
                     match msg {
                         Ok(v1::AgentMessage {
                             message: Some(FromAgent::Report(report)),
-                        }) => driver.tell(Command::AgentReport { conn, report }).await,
+                        }) => {
+                            let report = crate::wire::agents::report(&report);
+                            driver.tell(Command::AgentReport { conn, report }).await
+                        }
                         Ok(v1::AgentMessage {
                             message: Some(FromAgent::LeaseRequest(request)),
-                        }) => driver.tell(Command::AgentLease { conn, request }).await,
+                        }) => {
+                            let request = crate::wire::agents::lease_request(&request);
+                            driver.tell(Command::AgentLease { conn, request }).await
+                        }
                         Ok(v1::AgentMessage {
                             message: Some(FromAgent::NamespaceGone(gone)),
                         }) => {

@@ -1,7 +1,8 @@
 //! `snapgate.v1.SourceService`: what operators drive.
 
 use snapgate_proto::v1::{self, source_service_server::SourceService};
-use snapgate_scheduler_core::{SourceKey, timestamp, to_datetime};
+use prost::Message;
+use snapgate_scheduler_core::{MAX_PAGE_BYTES, SourceKey};
 use tonic::{Request, Response, Status};
 
 use super::{bounded, source_key};
@@ -9,6 +10,10 @@ use crate::{
     driver::{Command, DriverHandle},
     identity::{Action, Audited, Authorizer, caller, rpc_of},
     status::invalid,
+    wire::{
+        common::{spec_input, time_from_wire, time_to_wire},
+        sources::{run_to_wire, source_to_wire},
+    },
 };
 
 /// The SourceService implementation.
@@ -47,7 +52,7 @@ impl Sources {
                     reply,
                 })
                 .await
-                .map(Response::new)
+                .map(|s| Response::new(source_to_wire(&s)))
                 .map_err(Status::from),
             Err(e) => Err(e),
         };
@@ -99,6 +104,7 @@ impl SourceService for Sources {
             let r = req.into_inner();
             let key = source_key(&r.namespace, &r.name)?;
             let spec = r.spec.ok_or_else(|| invalid("spec", "required"))?;
+            let spec = spec_input(&spec).map_err(|e| invalid(&e.field, &e.rule))?;
             let source = self
                 .driver
                 .ask(|reply| Command::Apply {
@@ -109,7 +115,7 @@ impl SourceService for Sources {
                     reply,
                 })
                 .await?;
-            Ok(Response::new(source))
+            Ok(Response::new(source_to_wire(&source)))
         }
         .await;
         audited.finish(self.auth.audit(), &out, "");
@@ -123,7 +129,7 @@ impl SourceService for Sources {
         self.allow(&req, &req.get_ref().namespace, Action::Read)?;
         let key = source_key(&req.get_ref().namespace, &req.get_ref().name)?;
         let source = self.driver.ask(|reply| Command::Get { key, reply }).await?;
-        Ok(Response::new(source))
+        Ok(Response::new(source_to_wire(&source)))
     }
 
     async fn list_sources(
@@ -164,6 +170,7 @@ impl SourceService for Sources {
                 reply,
             })
             .await?;
+        let (sources, next) = bounded_page(&sources, next);
         Ok(Response::new(v1::ListSourcesResponse {
             sources,
             next_page_token: next.map(|k: SourceKey| k.to_string()).unwrap_or_default(),
@@ -250,7 +257,9 @@ impl SourceService for Sources {
             .driver
             .ask(|reply| Command::ListRuns { key, limit, reply })
             .await?;
-        Ok(Response::new(v1::ListRunsResponse { runs }))
+        Ok(Response::new(v1::ListRunsResponse {
+            runs: bounded_runs(&runs),
+        }))
     }
 
     async fn preview_schedule(
@@ -261,7 +270,7 @@ impl SourceService for Sources {
         let r = req.into_inner();
         let key = source_key(&r.namespace, &r.name)?;
         let count = bounded("count", r.count, 5, 100)?;
-        let after = r.after.as_ref().map(to_datetime);
+        let after = time_from_wire(r.after.as_ref());
         let (times, tz) = self
             .driver
             .ask(|reply| Command::Preview {
@@ -276,7 +285,7 @@ impl SourceService for Sources {
                 .iter()
                 .map(|t| t.with_timezone(&tz).to_rfc3339())
                 .collect(),
-            times: times.into_iter().map(timestamp).collect(),
+            times: times.into_iter().map(time_to_wire).collect(),
         }))
     }
 }
@@ -286,4 +295,42 @@ fn run_of(out: &Result<Response<v1::SyncNowResponse>, Status>) -> &str {
     out.as_ref()
         .map(|r| r.get_ref().run_id.as_str())
         .unwrap_or_default()
+}
+
+/// A page of sources on the wire: in order, ending early (the next page starting after the
+/// last one kept) when the next would take the encoded response past [`MAX_PAGE_BYTES`], well
+/// inside a gRPC client's default 4 MiB message limit. At least one source per page.
+fn bounded_page(
+    sources: &[snapgate_scheduler_core::model::Source],
+    next: Option<SourceKey>,
+) -> (Vec<v1::Source>, Option<SourceKey>) {
+    let mut out = Vec::with_capacity(sources.len());
+    let mut bytes = 0usize;
+    for s in sources {
+        let wire = source_to_wire(s);
+        // Field tag and length prefix included, as in the response message.
+        let size = wire.encoded_len().saturating_add(8);
+        if !out.is_empty() && bytes.saturating_add(size) > MAX_PAGE_BYTES {
+            let last = sources.get(out.len().wrapping_sub(1)).map(|s| s.key.clone());
+            return (out, last);
+        }
+        bytes = bytes.saturating_add(size);
+        out.push(wire);
+    }
+    (out, next)
+}
+
+/// Runs on the wire, newest first, as many as fit [`MAX_PAGE_BYTES`] (at least one).
+fn bounded_runs(runs: &[snapgate_scheduler_core::model::Run]) -> Vec<v1::Run> {
+    let mut out = Vec::with_capacity(runs.len());
+    let mut bytes = 0usize;
+    for r in runs {
+        let wire = run_to_wire(r);
+        bytes = bytes.saturating_add(wire.encoded_len().saturating_add(8));
+        if !out.is_empty() && bytes > MAX_PAGE_BYTES {
+            break;
+        }
+        out.push(wire);
+    }
+    out
 }

@@ -4,7 +4,7 @@ use std::pin::Pin;
 
 use futures::{Stream, StreamExt as _};
 use snapgate_proto::v1::{self, trigger_service_server::TriggerService};
-use snapgate_scheduler_core::timestamp;
+use snapgate_scheduler_core::model::CopyTarget;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -13,6 +13,10 @@ use crate::{
     driver::{Command, DriverHandle, WATCH_QUEUE},
     identity::{Action, Audited, Authorizer, caller, rpc_of},
     status::invalid,
+    wire::{
+        common::opt_time_to_wire,
+        triggers::{copy_status_to_wire, copy_target, hold},
+    },
 };
 
 /// The TriggerService implementation.
@@ -51,7 +55,7 @@ impl Triggers {
     fn application(
         &self,
         caller: &crate::identity::Caller,
-        target: &v1::CopyTarget,
+        target: &CopyTarget,
     ) -> Option<String> {
         self.auth
             .application_of(caller, &target.namespace)
@@ -59,8 +63,10 @@ impl Triggers {
     }
 }
 
-fn target(t: Option<v1::CopyTarget>) -> Result<v1::CopyTarget, Status> {
-    t.ok_or_else(|| invalid("target", "required: namespace and pvc (or source)"))
+fn target(t: Option<v1::CopyTarget>) -> Result<CopyTarget, Status> {
+    t.as_ref()
+        .map(copy_target)
+        .ok_or_else(|| invalid("target", "required: namespace and pvc (or source)"))
 }
 
 type CopyStream = Pin<Box<dyn Stream<Item = Result<v1::CopyStatus, Status>> + Send>>;
@@ -135,7 +141,7 @@ impl TriggerService for Triggers {
                 target,
                 value: r.value,
                 run_id: r.run_id,
-                hold: r.hold,
+                hold: hold(r.hold.as_ref()),
                 holder: r.holder,
                 application,
                 reply,
@@ -151,8 +157,8 @@ impl TriggerService for Triggers {
         Ok(Response::new(v1::TriggerResponse {
             run_id: accepted.run_id.to_string(),
             value,
-            status: Some(accepted.status),
-            lease_deadline: accepted.lease_deadline.map(timestamp),
+            status: Some(copy_status_to_wire(&accepted.status)),
+            lease_deadline: opt_time_to_wire(accepted.lease_deadline),
         }))
     }
 
@@ -181,7 +187,7 @@ impl TriggerService for Triggers {
             .map_err(Status::from);
         audited.finish(self.auth.audit(), &status, &run);
         Ok(Response::new(v1::EndHoldResponse {
-            status: Some(status?),
+            status: Some(copy_status_to_wire(&status?)),
         }))
     }
 
@@ -204,7 +210,7 @@ impl TriggerService for Triggers {
             })
             .await
             .map_err(|e| self.denied(&caller, &rpc, &namespace, e.into()))?;
-        Ok(Response::new(status))
+        Ok(Response::new(copy_status_to_wire(&status)))
     }
 }
 

@@ -5,8 +5,8 @@
 //! high availability implements the same trait. [`FaultyStore`] wraps any store to fail commits
 //! on demand, for fault tests.
 //!
-//! [`mod@format`] is the versioned record format (with the migrations of records written by
-//! earlier versions) that the store moves to with the core's domain types.
+//! The core's domain records are encoded and decoded here, at the store's edge, in a versioned
+//! record format ([`mod@format`]) that migrates what earlier versions wrote.
 
 pub mod format;
 
@@ -18,10 +18,8 @@ use std::{
     },
 };
 
-use prost::Message;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
-use snapgate_proto::v1;
-use snapgate_scheduler_core::{Quarantined, SourceRecord};
+use snapgate_scheduler_core::{Quarantined, SourceRecord, model::Run};
 
 /// Why the store could not load or commit.
 #[derive(Debug, thiserror::Error)]
@@ -29,20 +27,6 @@ pub enum StoreError {
     /// The embedded database failed.
     #[error("embedded store: {0}")]
     Redb(#[from] redb::Error),
-    /// A stored record does not decode.
-    #[error("stored {what} {key:?} is corrupt: {source}")]
-    Corrupt {
-        /// What kind of record.
-        what: &'static str,
-        /// Its key.
-        key: String,
-        /// The decode error.
-        #[source]
-        source: prost::DecodeError,
-    },
-    /// A write the store refuses.
-    #[error("refused write: {0}")]
-    Invalid(&'static str),
     /// An injected fault (tests).
     #[error("injected store fault")]
     Injected,
@@ -54,7 +38,7 @@ pub struct Loaded {
     /// Every source record.
     pub sources: Vec<SourceRecord>,
     /// Every run kept (in flight and recent history).
-    pub runs: Vec<v1::Run>,
+    pub runs: Vec<Run>,
     /// The next run number.
     pub next_run: u64,
     /// Records that do not decode: left in the store, not loaded.
@@ -69,7 +53,7 @@ pub enum Write {
     /// Remove the source `namespace/name`.
     RemoveSource(String),
     /// Store a run under its id.
-    PutRun(Box<v1::Run>),
+    PutRun(Box<Run>),
     /// Remove a run.
     RemoveRun(String),
 }
@@ -117,26 +101,6 @@ impl RedbStore {
     }
 }
 
-/// Brings a record written by an earlier version to today's form ([`format::migrate_source`]).
-fn migrate(mut record: SourceRecord) -> SourceRecord {
-    if let Some(source) = record.source.as_mut() {
-        format::migrate_source(source);
-    }
-    record
-}
-
-fn decode<M: Message + Default>(
-    what: &'static str,
-    key: &str,
-    bytes: &[u8],
-) -> Result<M, StoreError> {
-    M::decode(bytes).map_err(|source| StoreError::Corrupt {
-        what,
-        key: key.to_owned(),
-        source,
-    })
-}
-
 impl Store for RedbStore {
     fn load(&self) -> Result<Loaded, StoreError> {
         let tx = self.db.begin_read().map_err(redb::Error::from)?;
@@ -145,11 +109,9 @@ impl Store for RedbStore {
         // A record that does not decode is quarantined, not fatal: everything else loads.
         for row in sources.iter().map_err(redb::Error::from)? {
             let (k, v) = row.map_err(redb::Error::from)?;
-            match decode("source", k.value(), v.value()) {
-                Ok(record) => loaded.sources.push(migrate(record)),
-                Err(e) => loaded
-                    .corrupt
-                    .push(Quarantined::source(k.value(), &e.to_string())),
+            match format::decode_source(k.value(), v.value()) {
+                Ok(record) => loaded.sources.push(record),
+                Err(e) => loaded.corrupt.push(Quarantined::source(k.value(), &e)),
             }
         }
         let runs = tx.open_table(RUNS).map_err(redb::Error::from)?;
@@ -157,7 +119,7 @@ impl Store for RedbStore {
         let mut next_run_floor = 1;
         for row in runs.iter().map_err(redb::Error::from)? {
             let (k, v) = row.map_err(redb::Error::from)?;
-            match decode::<v1::Run>("run", k.value(), v.value()) {
+            match format::decode_run(k.value(), v.value()) {
                 Ok(run) => loaded.runs.push(run),
                 Err(e) => {
                     // Its number stays taken, so no new run overwrites the record.
@@ -168,9 +130,7 @@ impl Store for RedbStore {
                     {
                         next_run_floor = next_run_floor.max(n.saturating_add(1));
                     }
-                    loaded
-                        .corrupt
-                        .push(Quarantined::run(k.value(), &e.to_string()));
+                    loaded.corrupt.push(Quarantined::run(k.value(), &e));
                 }
             }
         }
@@ -193,20 +153,17 @@ impl Store for RedbStore {
             for w in batch.writes {
                 match w {
                     Write::PutSource(r) => {
-                        let Some(s) = r.source.as_ref() else {
-                            // The core never writes one; refuse rather than store it.
-                            return Err(StoreError::Invalid("a source record without its source"));
-                        };
-                        let key = format!("{}/{}", s.namespace, s.name);
+                        let key = r.source.key.to_string();
                         sources
-                            .insert(key.as_str(), r.encode_to_vec().as_slice())
+                            .insert(key.as_str(), format::encode_source(&r).as_slice())
                             .map_err(redb::Error::from)?;
                     }
                     Write::RemoveSource(key) => {
                         sources.remove(key.as_str()).map_err(redb::Error::from)?;
                     }
                     Write::PutRun(r) => {
-                        runs.insert(r.id.as_str(), r.encode_to_vec().as_slice())
+                        let key = r.id.to_string();
+                        runs.insert(key.as_str(), format::encode_run(&r).as_slice())
                             .map_err(redb::Error::from)?;
                     }
                     Write::RemoveRun(id) => {
@@ -262,78 +219,128 @@ impl<S: Store> Store for FaultyStore<S> {
 
 #[cfg(test)]
 mod tests {
+    use prost::Message;
+
     use super::*;
+    use crate::wire::testing::{full_record, full_run};
 
     fn record(ns: &str, name: &str) -> SourceRecord {
-        SourceRecord {
-            source: Some(v1::Source {
-                namespace: ns.into(),
-                name: name.into(),
-                version: 3,
-                ..Default::default()
-            }),
-            deleting: false,
-        }
+        let mut r = full_record();
+        r.source.key = snapgate_scheduler_core::SourceKey::new(ns, name);
+        r
+    }
+
+    /// Writes raw bytes under a key, as an earlier version (or a damaged disk) would have.
+    fn put_raw(s: &RedbStore, table: TableDefinition<'_, &str, &[u8]>, key: &str, bytes: &[u8]) {
+        let tx = s.db.begin_write().unwrap();
+        tx.open_table(table).unwrap().insert(key, bytes).unwrap();
+        tx.commit().unwrap();
     }
 
     #[test]
     fn a_committed_batch_is_there_after_reopening() {
         let dir = tempfile::tempdir().unwrap();
+        let run = full_run();
         {
             let mut s = RedbStore::open(dir.path()).unwrap();
             s.commit(Batch {
                 writes: vec![
                     Write::PutSource(Box::new(record("a", "x"))),
                     Write::PutSource(Box::new(record("a", "y"))),
-                    Write::PutRun(Box::new(v1::Run {
-                        id: "run-7".into(),
-                        ..Default::default()
-                    })),
+                    Write::PutRun(Box::new(run.clone())),
                     Write::RemoveSource("a/y".into()),
                 ],
-                next_run: 8,
+                next_run: 43,
             })
             .unwrap();
         }
         let s = RedbStore::open(dir.path()).unwrap();
         let loaded = s.load().unwrap();
         assert_eq!(loaded.sources, vec![record("a", "x")]);
-        assert_eq!(loaded.runs.len(), 1);
-        assert_eq!(loaded.next_run, 8);
+        assert_eq!(loaded.runs, vec![run]);
+        assert_eq!(loaded.next_run, 43);
+        assert!(loaded.corrupt.is_empty());
     }
 
     #[test]
     #[allow(deprecated)]
     fn a_retain_last_stored_as_an_integer_by_an_earlier_version_loads_as_a_string() {
         let dir = tempfile::tempdir().unwrap();
-        let mut old = record("a", "x");
-        old.source.as_mut().unwrap().spec = Some(v1::SourceSpec {
-            restic: Some(v1::ReplicationSourceResticSpec {
-                retain: Some(v1::ResticRetainPolicy {
-                    last_int32: Some(10),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
+        let s = RedbStore::open(dir.path()).unwrap();
+        let mut old = format::source_message(&record("a", "x"));
+        let retain = old
+            .source
+            .as_mut()
+            .and_then(|s| s.spec.as_mut())
+            .and_then(|s| s.restic.as_mut())
+            .and_then(|r| r.retain.as_mut())
+            .unwrap();
+        retain.last = None;
+        retain.last_int32 = Some(10);
+        // Written without a format header, as snapgate 0.1 did.
+        put_raw(&s, SOURCES, "a/x", &old.encode_to_vec());
+        let loaded = s.load().unwrap();
+        let retain = loaded.sources[0].source.spec.restic().unwrap().retain.clone();
+        assert_eq!(retain.unwrap().last.as_deref(), Some("10"));
+    }
+
+    /// Records today's types cannot hold are left in the store and reported, and the rest
+    /// loads; a run left out keeps its number.
+    #[test]
+    fn records_the_domain_cannot_hold_are_quarantined_and_the_rest_loads() {
+        let dir = tempfile::tempdir().unwrap();
         let mut s = RedbStore::open(dir.path()).unwrap();
         s.commit(Batch {
-            writes: vec![Write::PutSource(Box::new(old))],
-            next_run: 1,
+            writes: vec![
+                Write::PutSource(Box::new(record("apps", "good"))),
+                Write::PutRun(Box::new(full_run())),
+            ],
+            next_run: 43,
         })
         .unwrap();
+        // A source record without its source.
+        put_raw(&s, SOURCES, "apps/empty", &format::SourceRecordV1::default().encode_to_vec());
+        // A source whose spec has no mover.
+        let mut no_mover = format::source_message(&record("apps", "broken"));
+        if let Some(spec) = no_mover.source.as_mut().and_then(|s| s.spec.as_mut()) {
+            spec.restic = None;
+            spec.rclone = None;
+            spec.rsync = None;
+            spec.rsync_tls = None;
+        }
+        put_raw(&s, SOURCES, "apps/broken", &no_mover.encode_to_vec());
+        // A run under a key that is no run id.
+        let mut odd = crate::wire::sources::run_to_wire(&full_run());
+        odd.id = "not-a-run".into();
+        put_raw(&s, RUNS, "not-a-run", &odd.encode_to_vec());
+        // A run in a phase this version does not know.
+        let mut future = crate::wire::sources::run_to_wire(&full_run());
+        future.id = "run-901".into();
+        future.phase = 99;
+        put_raw(&s, RUNS, "run-901", &future.encode_to_vec());
+
         let loaded = s.load().unwrap();
-        let retain = loaded.sources[0]
-            .source
-            .as_ref()
-            .unwrap()
-            .spec
-            .as_ref()
-            .unwrap();
-        let retain = retain.restic.as_ref().unwrap().retain.as_ref().unwrap();
-        assert_eq!(retain.last.as_deref(), Some("10"));
-        assert_eq!(retain.last_int32, None);
+        assert_eq!(loaded.sources, vec![record("apps", "good")]);
+        assert_eq!(loaded.runs, vec![full_run()]);
+        let mut corrupt: Vec<(&str, &str)> = loaded
+            .corrupt
+            .iter()
+            .map(|q| (q.kind, q.key.as_str()))
+            .collect();
+        corrupt.sort();
+        assert_eq!(
+            corrupt,
+            [
+                ("run", "not-a-run"),
+                ("run", "run-901"),
+                ("source", "apps/broken"),
+                ("source", "apps/empty"),
+            ]
+        );
+        for q in &loaded.corrupt {
+            assert!(!q.reason.is_empty(), "{q:?} says why");
+        }
+        assert_eq!(loaded.next_run, 902, "no new run overwrites run-901");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 
 use snapgate_proto::v1::{self, report::Observation};
 use snapgate_scheduler_core::model::{
-    Directive, DirectivePhase, LeaseRequest, PvcObserved, Report, ReportObservation,
+    AgentError, AgentTime, CopyCompleted, Directive, DirectivePhase, LeaseRequest, MoverFailed,
+    MoverFinished, PvcObserved, Report, ReportObservation,
 };
 
 use super::{
@@ -93,24 +94,27 @@ pub fn report(r: &v1::Report) -> Report {
 fn observation_from_wire(o: &Observation) -> ReportObservation {
     match o {
         Observation::Pvc(p) => ReportObservation::Pvc(pvc_observed(p)),
-        Observation::CopyCompleted(c) => ReportObservation::CopyCompleted {
+        Observation::CopyCompleted(c) => ReportObservation::CopyCompleted(CopyCompleted {
             copy_name: c.copy_name.clone(),
-            time: time_from_wire(c.time.as_ref()),
-        },
-        Observation::MoverFinished(m) => ReportObservation::MoverFinished {
+            time: match &c.time {
+                None => AgentTime::Unset,
+                Some(t) => time_from_wire(Some(t)).map_or(AgentTime::Invalid, AgentTime::At),
+            },
+        }),
+        Observation::MoverFinished(m) => ReportObservation::MoverFinished(MoverFinished {
             succeeded: m.succeeded,
             logs: m.logs.clone(),
-        },
-        Observation::MoverFailed(m) => ReportObservation::MoverFailed {
+        }),
+        Observation::MoverFailed(m) => ReportObservation::MoverFailed(MoverFailed {
             attempt: m.attempt,
             logs: m.logs.clone(),
-        },
+        }),
         Observation::CleanedUp(v1::CleanedUp {}) => ReportObservation::CleanedUp,
-        Observation::Error(e) => ReportObservation::Error {
+        Observation::Error(e) => ReportObservation::Error(AgentError {
             reason: e.reason.clone(),
             message: e.message.clone(),
             retryable: e.retryable,
-        },
+        }),
         Observation::MoverStuck(m) => ReportObservation::MoverStuck(mover_stuck_from_wire(m)),
     }
 }
@@ -275,30 +279,30 @@ mod tests {
                     copy_name: "snap".into(),
                     time: Some(time_to_wire(at(3, 0))),
                 }),
-                ReportObservation::CopyCompleted {
+                ReportObservation::CopyCompleted(CopyCompleted {
                     copy_name: "snap".into(),
-                    time: Some(at(3, 0)),
-                },
+                    time: AgentTime::At(at(3, 0)),
+                }),
             ),
             (
                 Observation::MoverFinished(v1::MoverFinished {
                     succeeded: true,
                     logs: "ok".into(),
                 }),
-                ReportObservation::MoverFinished {
+                ReportObservation::MoverFinished(MoverFinished {
                     succeeded: true,
                     logs: "ok".into(),
-                },
+                }),
             ),
             (
                 Observation::MoverFailed(v1::MoverFailed {
                     attempt: 3,
                     logs: "boom".into(),
                 }),
-                ReportObservation::MoverFailed {
+                ReportObservation::MoverFailed(MoverFailed {
                     attempt: 3,
                     logs: "boom".into(),
-                },
+                }),
             ),
             (
                 Observation::CleanedUp(v1::CleanedUp {}),
@@ -310,11 +314,11 @@ mod tests {
                     message: "gone".into(),
                     retryable: true,
                 }),
-                ReportObservation::Error {
+                ReportObservation::Error(AgentError {
                     reason: "PvcNotFound".into(),
                     message: "gone".into(),
                     retryable: true,
-                },
+                }),
             ),
             (
                 Observation::MoverStuck(mover_stuck_to_wire(&testing::stuck())),
@@ -345,7 +349,7 @@ mod tests {
     }
 
     #[test]
-    fn invalid_times_in_a_report_are_unset_not_a_panic() {
+    fn invalid_times_in_a_report_are_marked_invalid_not_a_panic() {
         let bad = Some(prost_types::Timestamp {
             seconds: i64::MAX,
             nanos: -7,
@@ -356,10 +360,10 @@ mod tests {
         })));
         assert_eq!(
             r.observation,
-            Some(ReportObservation::CopyCompleted {
+            Some(ReportObservation::CopyCompleted(CopyCompleted {
                 copy_name: "snap".into(),
-                time: None
-            })
+                time: AgentTime::Invalid
+            }))
         );
         let r = report_of(Some(Observation::MoverStuck(v1::MoverStuck {
             since: bad,

@@ -22,8 +22,7 @@
 //! itself cannot carry: a leap second, a time after year 9999, a JSON integer beyond ±2^53).
 //! Wire to domain loses only what the domain cannot say: an invalid timestamp in an optional
 //! field becomes unset, an empty `trigger` and an unset one are both continuous, an unset
-//! status is an empty one, a `google.protobuf.Value` with no kind is `null`, and a run's
-//! `releasedBy: ahead` reads as released by the annotation.
+//! status is an empty one, and a `google.protobuf.Value` with no kind is `null`.
 //!
 //! One module per gRPC service, and [`common`] for what they share (times, durations,
 //! `google.protobuf.Struct`, authors and the spec).

@@ -2,6 +2,7 @@
 //! API's answers; wire to domain for [`Source`] and [`Run`] as stored ([`stored_source`],
 //! [`stored_run`]).
 
+use chrono::DateTime;
 use snapgate_proto::v1;
 use snapgate_scheduler_core::{
     RunId,
@@ -38,9 +39,10 @@ pub fn source_to_wire(s: &Source) -> v1::Source {
     }
 }
 
-/// A stored source, decoded structurally: its spec as [`stored_spec`] reads it (required), a
-/// valid `createTime` (required), its status as [`status_from_wire`] reads it (unset: empty).
-/// The error names the field.
+/// A stored source, decoded structurally: its spec as [`stored_spec`] reads it (required), its
+/// status as [`status_from_wire`] reads it (unset: empty), and its `createTime` (missing or
+/// invalid in a record of an earlier version: the Unix epoch, rather than leaving the source
+/// out). The error names the field.
 pub fn stored_source(s: &v1::Source) -> Result<Source, String> {
     let v1::Source {
         namespace,
@@ -61,8 +63,7 @@ pub fn stored_source(s: &v1::Source) -> Result<Source, String> {
             .transpose()?
             .unwrap_or_default(),
         version: *version,
-        create_time: time_from_wire(create_time.as_ref())
-            .ok_or("createTime: missing or not a valid time")?,
+        create_time: time_from_wire(create_time.as_ref()).unwrap_or(DateTime::UNIX_EPOCH),
         author: author.as_ref().map(author_from_wire),
     })
 }
@@ -339,14 +340,14 @@ pub fn released_by_to_wire(r: Option<ReleasedBy>) -> String {
     r.map(ReleasedBy::as_str).unwrap_or_default().to_owned()
 }
 
-/// A stored `releasedBy`: empty is `None`. `ahead`, which snapgate records when the PVC's
-/// `copy-trigger` annotation already held a new value before the run waited, has no domain
-/// value of its own: it reads as [`ReleasedBy::Annotation`] (and is written back as
-/// `annotation`). Anything else is an error.
+/// A stored `releasedBy`: empty is `None`; `annotation`, `rpc` and `ahead` (the PVC's
+/// `copy-trigger` annotation already held a new value before the run waited) are theirs.
+/// Anything else is an error.
 pub fn released_by_from_wire(s: &str) -> Result<Option<ReleasedBy>, String> {
     match s {
         "" => Ok(None),
-        "annotation" | "ahead" => Ok(Some(ReleasedBy::Annotation)),
+        "annotation" => Ok(Some(ReleasedBy::Annotation)),
+        "ahead" => Ok(Some(ReleasedBy::Ahead)),
         "rpc" => Ok(Some(ReleasedBy::Rpc)),
         other => Err(format!(
             "releasedBy: {} is not annotation, rpc or ahead",
@@ -423,8 +424,9 @@ pub fn run_to_wire(r: &Run) -> v1::Run {
 
 /// A stored run, decoded structurally. Refused, with the field named: an id that is not
 /// `run-<n>`, no source, a reason or phase unspecified or unknown, an unknown result, no valid
-/// start time, a timeline entry without a valid time, an unknown `releasedBy`, a spec that
-/// [`stored_spec`] refuses. An invalid time in an optional field is unset.
+/// start time, an unknown `releasedBy`, a spec that [`stored_spec`] refuses. An invalid time in
+/// an optional field is unset, and a timeline entry without a valid time is left out (the run
+/// is kept).
 pub fn stored_run(r: &v1::Run) -> Result<Run, String> {
     let v1::Run {
         id,
@@ -474,14 +476,7 @@ pub fn stored_run(r: &v1::Run) -> Result<Run, String> {
         gated: *gated,
         timeout_reported: *timeout_reported,
         message: message.clone(),
-        timeline: timeline
-            .iter()
-            .enumerate()
-            .map(|(i, e)| {
-                timeline_entry_from_wire(e)
-                    .ok_or_else(|| format!("timeline[{i}].time: missing or not a valid time"))
-            })
-            .collect::<Result<_, _>>()?,
+        timeline: timeline.iter().filter_map(timeline_entry_from_wire).collect(),
         mover_status: mover_status.as_ref().map(mover_status_from_wire),
         mover_failures: *mover_failures,
         request_id: request_id.clone(),
@@ -568,6 +563,24 @@ mod tests {
         assert_eq!(stored_run(&wire), Ok(run));
     }
 
+    /// What an earlier version may have stored without a valid time loads rather than being
+    /// left out: a source with the Unix epoch as its creation time, a run without the entry.
+    #[test]
+    fn a_stored_record_missing_a_time_it_can_do_without_still_loads() {
+        let mut source = source_to_wire(&full_record().source);
+        source.create_time = None;
+        let loaded = stored_source(&source).unwrap();
+        assert_eq!(loaded.create_time, DateTime::UNIX_EPOCH);
+        assert_eq!(loaded.spec, full_record().source.spec);
+
+        let mut run = run_to_wire(&full_run());
+        let entries = run.timeline.len();
+        run.timeline[1].time = None;
+        let loaded = stored_run(&run).unwrap();
+        assert_eq!(loaded.timeline.len(), entries - 1);
+        assert_eq!(loaded.timeline[0], full_run().timeline[0]);
+    }
+
     #[test]
     fn a_stored_run_the_domain_cannot_hold_is_an_error_naming_the_field() {
         let base = run_to_wire(&full_run());
@@ -610,10 +623,6 @@ mod tests {
                         nanos: 0,
                     })
                 }),
-            ),
-            (
-                "timeline[1].time: missing or not a valid time",
-                Box::new(|r| r.timeline[1].time = None),
             ),
             (
                 "releasedBy: \"carrier pigeon\" is not annotation, rpc or ahead",
@@ -674,10 +683,6 @@ mod tests {
         let cases: Vec<Breaking<v1::Source>> = vec![
             ("spec: missing", Box::new(|s| s.spec = None)),
             (
-                "createTime: missing or not a valid time",
-                Box::new(|s| s.create_time = None),
-            ),
-            (
                 "status.currentRunId: \"2\" is not a run id (run-<n>)",
                 Box::new(|s| s.status.as_mut().unwrap().current_run_id = "2".into()),
             ),
@@ -726,8 +731,14 @@ mod tests {
     }
 
     #[test]
-    fn released_by_maps_both_ways_and_ahead_is_the_annotation() {
-        for r in [None, Some(ReleasedBy::Annotation), Some(ReleasedBy::Rpc)] {
+    fn released_by_maps_both_ways() {
+        let all = [
+            None,
+            Some(ReleasedBy::Annotation),
+            Some(ReleasedBy::Rpc),
+            Some(ReleasedBy::Ahead),
+        ];
+        for r in all {
             assert_eq!(released_by_from_wire(&released_by_to_wire(r)), Ok(r));
         }
         assert_eq!(released_by_to_wire(None), "");
@@ -736,10 +747,7 @@ mod tests {
             "annotation"
         );
         assert_eq!(released_by_to_wire(Some(ReleasedBy::Rpc)), "rpc");
-        assert_eq!(
-            released_by_from_wire("ahead"),
-            Ok(Some(ReleasedBy::Annotation))
-        );
+        assert_eq!(released_by_to_wire(Some(ReleasedBy::Ahead)), "ahead");
         assert!(released_by_from_wire("RPC").is_err());
     }
 

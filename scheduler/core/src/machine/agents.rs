@@ -325,8 +325,11 @@ impl Scheduler {
         let Some(run) = self.active.get_mut(&id) else {
             return;
         };
-        let time = valid_agent_time(c.time, now);
-        if c.time.is_some() && time.is_none() {
+        let time = match c.time {
+            AgentTime::At(t) => valid_agent_time(Some(t), now),
+            AgentTime::Unset | AgentTime::Invalid => None,
+        };
+        if c.time != AgentTime::Unset && time.is_none() {
             note(
                 run,
                 now,

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use crate::{
     RunId, SourceKey,
     model::{
-        Author, Condition, CopyMethod, CopyState, CopyStatus, CopyTarget, Directive,
+        AgentTime, Author, Condition, CopyMethod, CopyState, CopyStatus, CopyTarget, Directive,
         DirectivePhase, Hold, LeaseRequest, MoverStatus, MoverStuck, PvcObserved, RawDuration,
         ReleasedBy, Report, ReportObservation, Run, RunPhase, RunReason, RunResult, Source,
         SourceRecord, SourceSpec, SourceStatus, SpecInput, TimelineEntry, TimeoutPolicy,
