@@ -109,12 +109,8 @@ mod tests {
             message.len()
         );
         assert!(message.contains("run-\\u{202e}777"), "{message}");
-        assert!(is_dns_subdomain(
+        assert!(snapgate_contract::is_dns_subdomain(
             e.metadata.name.as_deref().unwrap_or_default()
         ));
-    }
-
-    fn is_dns_subdomain(s: &str) -> bool {
-        !s.is_empty() && s.len() <= 253 && s.split('.').all(names::is_dns_label)
     }
 }

@@ -73,10 +73,7 @@ impl Ctx<'_> {
                     "SrcPVCTimeoutWaitingForCopyTrigger",
                     None,
                     "Warning",
-                    format!(
-                        "Timed out waiting for copy-trigger to be modified for pvc {}",
-                        self.names.source_pvc
-                    ),
+                    snapgate_contract::timeout_message(&self.names.source_pvc),
                 ));
             }
         }
@@ -197,6 +194,42 @@ mod tests {
         );
         let a = plan(&d, &seen(Some(&marked)), &PlanConfig::default()).unwrap();
         assert_eq!(kinds(&a), ["Report PvcObserved"]);
+    }
+
+    #[test]
+    fn a_timed_out_wait_is_said_on_the_pvc_in_volsyncs_words_and_the_pvc_still_reported() {
+        let mut d = directive(DirectivePhase::Wait, v1::CopyMethod::Snapshot);
+        d.timeout_reported = true;
+        let marked = pvc(
+            "data",
+            &[
+                USE,
+                (annotations::LATEST_COPY_STATUS, "WaitingForTrigger"),
+                (
+                    annotations::LATEST_COPY_TRIGGER_WAITING_SINCE,
+                    "2026-03-04T05:06:07Z",
+                ),
+            ],
+            None,
+        );
+        let a = plan(&d, &seen(Some(&marked)), &PlanConfig::default()).unwrap();
+        assert_eq!(
+            kinds(&a),
+            [
+                "Event SrcPVCTimeoutWaitingForCopyTrigger",
+                "Report PvcObserved"
+            ]
+        );
+        let Action::Event(e) = &a[0] else {
+            unreachable!()
+        };
+        assert_eq!(
+            (e.type_.as_deref(), e.message.as_deref()),
+            (
+                Some("Warning"),
+                Some("Timed out waiting for copy-trigger to be modified for pvc data")
+            )
+        );
     }
 
     #[test]
