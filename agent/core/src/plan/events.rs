@@ -70,8 +70,7 @@ impl Ctx<'_> {
 
 /// `key` when it is a valid object name (a DNS-1123 subdomain), else a deterministic label.
 fn event_name(key: &str) -> String {
-    let valid = key.len() <= 253 && key.split('.').all(names::is_dns_label) && !key.is_empty();
-    if valid {
+    if snapgate_contract::is_dns_subdomain(key) {
         key.to_owned()
     } else {
         names::dns_label(key)
@@ -92,6 +91,41 @@ mod tests {
 
     use super::*;
     use crate::plan::{PlanConfig, plan, test_support::*};
+
+    #[test]
+    fn an_event_is_named_by_its_key_whenever_kubernetes_takes_the_key_for_a_name() {
+        // A PVC name may be one label of up to 253 characters: the key is still a name.
+        let long_pvc = format!("{}.run-7.transferstarted-1", "d".repeat(100));
+        let over = format!("{}.run-7.transferstarted-1", "d".repeat(240));
+        let cases = [
+            ("data.run-7.srcpvcwaitingforcopytrigger", true),
+            ("db.example.run-7.transferfailed-2", true),
+            (long_pvc.as_str(), true),
+            // Not a name: over 253, an upper-case letter, an invisible character.
+            (over.as_str(), false),
+            ("Data.run-7.transferstarted-1", false),
+            ("data.run-\u{202e}7.transferstarted-1", false),
+        ];
+        for (key, kept) in cases {
+            let name = event_name(key);
+            assert_eq!(name == key, kept, "{key:?} -> {name:?}");
+            assert!(snapgate_contract::is_dns_subdomain(&name), "{name:?}");
+            if !kept {
+                assert_eq!(name, names::dns_label(key), "a deterministic label");
+            }
+        }
+        // Planned: the Event about a PVC whose name is one 100-character label.
+        let d = directive(DirectivePhase::Wait, v1::CopyMethod::Snapshot);
+        let long = pvc(&"d".repeat(100), &[USE], None);
+        let a = plan(&d, &seen(Some(&long)), &PlanConfig::default()).unwrap();
+        let Some(Action::Event(e)) = a.get(1) else {
+            panic!("{:?}", kinds(&a))
+        };
+        assert_eq!(
+            e.metadata.name.as_deref(),
+            Some(format!("{}.run-7.srcpvcwaitingforcopytrigger", "d".repeat(100)).as_str())
+        );
+    }
 
     #[test]
     fn event_messages_escape_invisible_characters_and_stay_under_a_kibibyte() {
