@@ -149,9 +149,9 @@ fn parse_positive_duration(s: &str) -> Result<std::time::Duration, String> {
 pub use snapgate_agent_core::resources::DEFAULT_MOVER_IMAGE;
 
 /// A Kubernetes object name (a DNS-1123 subdomain: at most 253 characters, dot-separated
-/// DNS labels), as Secrets and SecurityContextConstraints are named.
+/// labels), as Secrets and SecurityContextConstraints are named.
 fn dns_subdomain(s: &str) -> Result<String, String> {
-    if s.len() <= 253 && s.split('.').all(snapgate_agent_core::names::is_dns_label) {
+    if snapgate_contract::is_dns_subdomain(s) {
         Ok(s.to_owned())
     } else {
         Err(format!(
@@ -216,6 +216,33 @@ mod tests {
             e.contains("--mover-image-pull-secrets") && e.contains("DNS-1123"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn an_object_name_is_any_name_kubernetes_takes_for_a_secret_and_nothing_else() {
+        let long_label = format!("{}.pull", "r".repeat(100));
+        let longest = "s".repeat(253);
+        for ok in ["regcred", "mirror.pull", &long_label, &longest] {
+            assert_eq!(dns_subdomain(ok).as_deref(), Ok(ok), "{ok:?}");
+        }
+        for bad in [
+            "",
+            "Reg",
+            "reg_cred",
+            "-reg",
+            "reg.",
+            "a..b",
+            &"s".repeat(254),
+        ] {
+            assert_eq!(
+                dns_subdomain(bad),
+                Err(format!(
+                    "{bad:?} is not a Kubernetes object name (a DNS-1123 subdomain: lower-case \
+                     alphanumerics, '-' and '.', at most 253 characters)"
+                )),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -45,6 +45,7 @@ use snapgate_agent_core::{
         self, Action, MoverOutcome, MoverPods, Observed, PlanConfig, Stuck, Temporary,
         TemporaryKind,
     },
+    reconnect::Confirmation,
     resources::VolumeSnapshot,
     review::Review,
     stuck,
@@ -396,9 +397,9 @@ pub struct Executor {
     outbox: Option<mpsc::Sender<agent_message::Message>>,
     /// The id of the next lease request.
     next_request_id: u64,
-    /// After a (re)connect: how many resent directives are still to come, and the runs resent
-    /// so far. Only those are acted on meanwhile.
-    confirming: Option<(u32, HashSet<String>)>,
+    /// After a (re)connect: the runs the scheduler has resent so far, until it has resent all
+    /// it said it would. Only those are acted on meanwhile.
+    confirmation: Confirmation,
     metrics: Metrics,
     retry_after: Duration,
     /// Deleted sources (namespace, name) whose objects are still to be removed, and whether
@@ -437,7 +438,7 @@ impl Executor {
             runs: BTreeMap::new(),
             outbox: None,
             next_request_id: 1,
-            confirming: None,
+            confirmation: Confirmation::new(),
             metrics,
             retry_after,
             retiring: BTreeMap::new(),
@@ -514,7 +515,6 @@ impl Executor {
                     held.reported_jobs.clear();
                     held.forget_lease_request();
                 }
-                self.confirming = None;
                 // The scheduler resends the Retire of every source still awaiting one.
                 self.retiring.clear();
                 // A namespace still being deleted is said again on the new connection.
@@ -522,33 +522,26 @@ impl Executor {
                     *told = false;
                 }
                 self.tell_namespaces_gone().await;
-                if active_runs == 0 {
-                    self.runs.clear();
-                } else {
-                    self.confirming = Some((active_runs, HashSet::new()));
+                // None in flight: every run held is dropped at once.
+                if let Some(done) = self.confirmation.welcome(active_runs) {
+                    self.runs.retain(|id, _| done.keeps(id));
                 }
             }
             LinkEvent::Directive(d) => {
                 let id = d.run_id.clone();
-                if let Some((remaining, resent)) = &mut self.confirming {
-                    resent.insert(id.clone());
-                    *remaining -= 1;
-                    if *remaining == 0 {
-                        let resent = std::mem::take(resent);
-                        self.confirming = None;
-                        let before = self.runs.len();
-                        self.runs.retain(|id, _| resent.contains(id));
-                        if self.runs.len() < before {
-                            info!(
-                                dropped = before - self.runs.len(),
-                                "runs the scheduler no longer has"
-                            );
-                        }
-                        // Runs held back while confirming are planned now.
-                        let held: Vec<String> = self.runs.keys().cloned().collect();
-                        for other in held.into_iter().filter(|o| *o != id) {
-                            self.plan_run(&other).await;
-                        }
+                if let Some(done) = self.confirmation.resent(&id) {
+                    let before = self.runs.len();
+                    self.runs.retain(|id, _| done.keeps(id));
+                    if self.runs.len() < before {
+                        info!(
+                            dropped = before - self.runs.len(),
+                            "runs the scheduler no longer has"
+                        );
+                    }
+                    // Runs held back while confirming are planned now.
+                    let held: Vec<String> = self.runs.keys().cloned().collect();
+                    for other in held.into_iter().filter(|o| *o != id) {
+                        self.plan_run(&other).await;
                     }
                 }
                 let held = self
@@ -697,11 +690,7 @@ impl Executor {
     /// Plans one run against the cache and applies the actions; repeats while actions changed
     /// the cache (bounded), so one event converges as far as the cluster allows.
     async fn plan_run(&mut self, id: &str) {
-        if self
-            .confirming
-            .as_ref()
-            .is_some_and(|(_, resent)| !resent.contains(id))
-        {
+        if self.confirmation.holds_back(id) {
             debug!(run = id, "not acted on until the scheduler resends it");
             if let Some(held) = self.runs.get_mut(id) {
                 held.retry_at = None;

@@ -202,7 +202,7 @@ async fn the_guard_unquiesces_and_reports_timed_out_when_the_wait_expires_under_
     };
     assert_eq!(*outcome, Outcome::TimedOut);
     assert!(
-        reason.contains("Timed out waiting for copy-trigger"),
+        reason.contains(&snapgate_contract::timeout_message("data")),
         "{reason}"
     );
     assert_eq!(journal.entries(), ["quiesce run-1", "unquiesce"]);

@@ -663,11 +663,10 @@ pub async fn annotate(sim: &KubeSim, name: &str, annotations: serde_json::Value)
     .unwrap();
 }
 
-pub const USE: &str = "volsync.backube/use-copy-trigger";
-pub const STATUS: &str = "volsync.backube/latest-copy-status";
-pub const LATEST: &str = "volsync.backube/latest-copy-trigger";
-pub const SINCE: &str = "volsync.backube/latest-copy-trigger-waiting-since";
-pub const TRIGGER: &str = "volsync.backube/copy-trigger";
+pub use snapgate_contract::{
+    COPY_TRIGGER as TRIGGER, LATEST_COPY_STATUS as STATUS, LATEST_COPY_TRIGGER as LATEST,
+    LATEST_COPY_TRIGGER_WAITING_SINCE as SINCE, USE_COPY_TRIGGER as USE,
+};
 
 /// The source PVC `NS/PVC`, 1Gi ReadWriteOnce, gated (`use-copy-trigger`) or not.
 pub fn source_pvc(gated: bool) -> PersistentVolumeClaim {

@@ -12,7 +12,6 @@ use snapgate_kube_sim::{JobBehaviour, PvcBehaviour, SnapshotBehaviour, Verb};
 use snapgate_proto::v1::{CopyMethod, CopyState};
 
 const COPY: &str = "volsync-db-src";
-const TIMEOUT_TEXT: &str = "Timed out waiting for copy-trigger to be modified for pvc data";
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Path {
@@ -134,7 +133,9 @@ async fn replay(mover: MoverKind, method: CopyMethod, path: Path) {
         s.status
             .as_ref()
             .and_then(|st| st.latest_mover_status.as_ref())
-            .is_some_and(|m| m.result == "Failed" && m.logs == TIMEOUT_TEXT)
+            .is_some_and(|m| {
+                m.result == "Failed" && m.logs == snapgate_contract::timeout_message("data")
+            })
             .then_some(s)
     });
     assert!(source.status.unwrap().last_sync_time.is_none());

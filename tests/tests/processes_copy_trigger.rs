@@ -15,13 +15,13 @@
 mod support;
 
 use serde_json::Value;
+use snapgate_contract::{
+    COPY_TRIGGER as TRIGGER, LATEST_COPY_STATUS as STATUS, LATEST_COPY_TRIGGER as LATEST,
+    LATEST_COPY_TRIGGER_WAITING_SINCE as SINCE,
+};
 use snapgate_kube_sim::SnapshotBehaviour;
 use support::{Cluster, NS};
 
-const STATUS: &str = "volsync.backube/latest-copy-status";
-const LATEST: &str = "volsync.backube/latest-copy-trigger";
-const TRIGGER: &str = "volsync.backube/copy-trigger";
-const SINCE: &str = "volsync.backube/latest-copy-trigger-waiting-since";
 /// How long a recorded object may take to show the state a test waits for.
 const WAIT: std::time::Duration = std::time::Duration::from_secs(15);
 

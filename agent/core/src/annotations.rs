@@ -14,54 +14,14 @@ use snapgate_proto::v1;
 
 use crate::bounds;
 
-/// Enables gating for the PVC when present, with any value (also `""`). Owned by the user.
-pub const USE_COPY_TRIGGER: &str = "volsync.backube/use-copy-trigger";
-/// The user's trigger value. Written by snapgate only for a Trigger RPC.
-pub const COPY_TRIGGER: &str = "volsync.backube/copy-trigger";
-/// The state of the current or last gated copy. Owned by snapgate.
-pub const LATEST_COPY_STATUS: &str = "volsync.backube/latest-copy-status";
-/// The trigger value that released the last completed copy. Owned by snapgate.
-pub const LATEST_COPY_TRIGGER: &str = "volsync.backube/latest-copy-trigger";
-/// When the current wait began (RFC 3339 UTC, seconds). Owned by snapgate.
-pub const LATEST_COPY_TRIGGER_WAITING_SINCE: &str =
-    "volsync.backube/latest-copy-trigger-waiting-since";
-/// On a Namespace: `"true"` (any case) allows privileged movers there. Set by cluster admins.
-pub const PRIVILEGED_MOVERS: &str = "volsync.backube/privileged-movers";
+// VolSync's keys and the values of its status, as every snapgate crate spells them.
+pub use snapgate_contract::{
+    COPY_TRIGGER, CopyStatus, LATEST_COPY_STATUS, LATEST_COPY_TRIGGER,
+    LATEST_COPY_TRIGGER_WAITING_SINCE, PRIVILEGED_MOVERS, USE_COPY_TRIGGER,
+};
 /// On a restic cache PVC: the `unlock` value of the last successful unlock (snapgate's record
 /// of VolSync's `status.restic.lastUnlocked`, kept in the cluster so the agent stays stateless).
 pub const RESTIC_LAST_UNLOCKED: &str = "snapgate.io/restic-last-unlocked";
-
-/// The values of [`LATEST_COPY_STATUS`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CopyStatus {
-    /// Waiting for `copy-trigger` to change.
-    WaitingForTrigger,
-    /// Released: the copy is being made.
-    InProgress,
-    /// The copy point was reached.
-    Completed,
-}
-
-impl CopyStatus {
-    /// The annotation value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::WaitingForTrigger => "WaitingForTrigger",
-            Self::InProgress => "InProgress",
-            Self::Completed => "Completed",
-        }
-    }
-
-    /// The status an annotation value names, if any.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "WaitingForTrigger" => Some(Self::WaitingForTrigger),
-            "InProgress" => Some(Self::InProgress),
-            "Completed" => Some(Self::Completed),
-            _ => None,
-        }
-    }
-}
 
 /// The copy-trigger annotations of a source PVC; `None` (not found) reads as `exists: false`.
 ///

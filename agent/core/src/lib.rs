@@ -30,6 +30,8 @@
 //! - [`volsync`]: a VolSync ReplicationSource serving the same PVC, which keeps a gated run from
 //!   asking the application to quiesce.
 //! - [`bounds`]: the sizes, times and characters the agent reports and writes, checked.
+//! - [`reconnect`]: after a (re)connect, which runs the scheduler resent (the others are
+//!   dropped) and which are held back until it has resent them all.
 
 pub mod annotations;
 pub mod bounds;
@@ -37,6 +39,7 @@ pub mod classify;
 pub mod names;
 pub mod pinning;
 pub mod plan;
+pub mod reconnect;
 pub mod resources;
 pub mod review;
 pub mod spec;

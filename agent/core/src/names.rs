@@ -25,8 +25,11 @@ use sha2::{Digest, Sha256};
 
 use crate::spec::Mover;
 
+// The Kubernetes rules, as every snapgate crate checks them.
+pub use snapgate_contract::{is_dns_label, is_label_value};
+
 /// The longest DNS-1123 label (and label value).
-pub const MAX_LABEL: usize = 63;
+pub const MAX_LABEL: usize = snapgate_contract::DNS_LABEL_MAX_LEN;
 /// Hex digits of SHA-256 appended to a shortened name.
 const HASH_LEN: usize = 10;
 
@@ -100,16 +103,6 @@ pub fn dns_label(name: &str) -> String {
     }
 }
 
-/// Whether `s` is a DNS-1123 label: 1-63 of `a-z 0-9 -`, alphanumeric at both ends.
-pub fn is_dns_label(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.len() <= MAX_LABEL
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b.first().is_some_and(|c| *c != b'-')
-        && b.last().is_some_and(|c| *c != b'-')
-}
-
 /// `value` itself when it is a valid label value, otherwise a deterministic valid one (the
 /// same shortening as [`dns_label`], keeping case, `.` and `_`).
 pub fn label_value(value: &str) -> String {
@@ -138,18 +131,6 @@ pub fn label_value(value: &str) -> String {
     } else {
         format!("{prefix}-{hash}")
     }
-}
-
-/// Whether `s` is a valid label value: empty, or up to 63 of `A-Z a-z 0-9 - _ .` starting and
-/// ending alphanumeric.
-pub fn is_label_value(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.is_empty()
-        || (b.len() <= MAX_LABEL
-            && b.iter()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
-            && b.first().is_some_and(u8::is_ascii_alphanumeric)
-            && b.last().is_some_and(u8::is_ascii_alphanumeric))
 }
 
 fn short_hash(s: &str) -> String {

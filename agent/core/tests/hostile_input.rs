@@ -1050,11 +1050,6 @@ fn mover_log() -> BoxedStrategy<String> {
 
 // ------------------------------------------------------------------------------ checks
 
-/// A DNS-1123 subdomain (an object name).
-fn is_subdomain(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 253 && s.split('.').all(names::is_dns_label)
-}
-
 fn check_observation(o: &Observation) -> Result<(), TestCaseError> {
     match o {
         Observation::Pvc(p) => {
@@ -1177,7 +1172,10 @@ fn check_action(a: &Action) -> Result<(), TestCaseError> {
         }
         Action::Event(e) => {
             let name = e.metadata.name.as_deref().unwrap_or("");
-            prop_assert!(is_subdomain(name), "event name {name:?}");
+            prop_assert!(
+                snapgate_contract::is_dns_subdomain(name),
+                "event name {name:?}"
+            );
             let message = e.message.as_deref().unwrap_or("");
             prop_assert!(message.len() <= bounds::MAX_MESSAGE_BYTES);
             prop_assert!(

@@ -35,17 +35,16 @@ use snapgate_cluster_tests::{
     ClusterEnv, PodRun, PodScript, Standin, StandinConfig, apply_manifest, service_account_token,
     wait_for,
 };
+use snapgate_contract::{
+    COPY_TRIGGER as TRIGGER, LATEST_COPY_STATUS as STATUS, LATEST_COPY_TRIGGER as LATEST,
+    LATEST_COPY_TRIGGER_WAITING_SINCE as SINCE,
+};
 use snapgate_e2e::recorder::{Recorder, resource};
 use snapgate_proto::v1::{self, source_service_client::SourceServiceClient};
 use tokio::process::{Child, Command};
 
 /// The bound of every wait on the cluster: real controllers, a real scheduler.
 const WAIT: Duration = Duration::from_secs(120);
-
-const STATUS: &str = "volsync.backube/latest-copy-status";
-const LATEST: &str = "volsync.backube/latest-copy-trigger";
-const SINCE: &str = "volsync.backube/latest-copy-trigger-waiting-since";
-const TRIGGER: &str = "volsync.backube/copy-trigger";
 
 /// The four movers: what each source needs, its Job, and what its pod logs (scripted).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -43,6 +43,10 @@ use snapgate_agent::{
     AgentConfig, SchedulerAccess, link::Backoff, metrics::Metrics as AgentMetrics,
 };
 use snapgate_agent_core::plan::PlanConfig;
+use snapgate_contract::{
+    COPY_TRIGGER as TRIGGER, LATEST_COPY_STATUS as STATUS, LATEST_COPY_TRIGGER as LATEST,
+    LATEST_COPY_TRIGGER_WAITING_SINCE as SINCE, USE_COPY_TRIGGER as USE,
+};
 use snapgate_e2e::secure;
 use snapgate_kube_sim::{JobBehaviour, KubeSim, PodOutcome};
 use snapgate_proto::v1;
@@ -60,11 +64,6 @@ use tokio::sync::{Mutex, RwLock};
 
 const NS: &str = "demo";
 const PVC: &str = "data";
-const USE: &str = "volsync.backube/use-copy-trigger";
-const STATUS: &str = "volsync.backube/latest-copy-status";
-const LATEST: &str = "volsync.backube/latest-copy-trigger";
-const TRIGGER: &str = "volsync.backube/copy-trigger";
-const SINCE: &str = "volsync.backube/latest-copy-trigger-waiting-since";
 /// The operator, an admin of the scheduler.
 const OPS: (&str, &str) = ("snapgate", "admin");
 /// The application.

@@ -14,6 +14,7 @@ use k8s_openapi::{
     },
     apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::ObjectMeta},
 };
+use snapgate_contract::ACCESS_MODES;
 use snapgate_proto::v1;
 
 use super::{
@@ -27,13 +28,6 @@ use crate::{
 
 /// The restic cache size when `cacheCapacity` is unset.
 pub const DEFAULT_CACHE_CAPACITY: &str = "1Gi";
-
-const ACCESS_MODES: [&str; 4] = [
-    "ReadWriteOnce",
-    "ReadOnlyMany",
-    "ReadWriteMany",
-    "ReadWriteOncePod",
-];
 
 /// The VolumeSnapshot of the source PVC for one run (`volumeSnapshotClassName` from the spec).
 pub fn volume_snapshot(run: &RunRef<'_>, spec: MoverSpec<'_>, source_pvc: &str) -> VolumeSnapshot {
