@@ -12,9 +12,13 @@
 //!   the values of the status ([`CopyStatus`]), and the text of a timed-out wait
 //!   ([`TIMEOUT_TEXT`], [`timeout_message`]).
 //!
+//! - [`text`]: free-form text from the wire, the store or the cluster made safe to keep and
+//!   to show (cut on character boundaries, invisible characters found, values quoted).
+//!
 //! Pure: the standard library only; no IO, no clock.
 
 mod names;
+pub mod text;
 mod volsync;
 
 pub use names::{

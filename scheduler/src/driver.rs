@@ -13,8 +13,8 @@ use snapgate_scheduler_core::{
     CoreError, Effect, LeaseAnswer, LeasePolicy, Quarantined, ReportOutcome, RunId, Scheduler,
     SourceKey, Target, TriggerAccepted,
     model::{
-        Author, CopyStatus, CopyTarget, Directive, LeaseRequest, RawDuration, Report, Run,
-        Source, SpecInput,
+        Author, CopyStatus, CopyTarget, Directive, LeaseRequest, RawDuration, Report, Run, Source,
+        SpecInput,
     },
     presence::{self, Absence, NO_AGENT_GRACE},
     schedule::Tz,

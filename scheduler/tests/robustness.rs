@@ -12,8 +12,8 @@ use snapgate_proto::v1::{
     self, CopyMethod, agent_message, agent_service_client::AgentServiceClient,
     scheduler_message::Message as ToAgent,
 };
-use snapgate_scheduler::store::{Batch, Loaded, RedbStore, Store, StoreError};
 use snapgate_scheduler::store::format::SourceRecordV1;
+use snapgate_scheduler::store::{Batch, Loaded, RedbStore, Store, StoreError};
 use support::Running;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -413,7 +413,8 @@ fn seed(dir: &Path, sources: &[SourceRecordV1], raw: &[(&str, &[u8])]) {
         for r in sources {
             let s = r.source.as_ref().unwrap();
             let key = format!("{}/{}", s.namespace, s.name);
-            t.insert(key.as_str(), r.encode_to_vec().as_slice()).unwrap();
+            t.insert(key.as_str(), r.encode_to_vec().as_slice())
+                .unwrap();
         }
         for (k, v) in raw {
             t.insert(*k, *v).unwrap();

@@ -23,15 +23,15 @@ mod machine;
 pub mod model;
 pub mod presence;
 pub mod schedule;
-pub mod text;
+pub use snapgate_contract::text;
 pub mod validate;
 
 use std::fmt;
 
 pub use machine::{
     CoreError, Effect, HISTORY_PER_SOURCE, LeaseAnswer, LeasePolicy, MAX_LOG_BYTES,
-    MAX_MESSAGE_BYTES, MAX_PAGE_BYTES, Observation, Quarantined, ReportOutcome, Restored,
-    SPENT_PER_RUN, Scheduler, TIMEOUT_TEXT, Target, TriggerAccepted,
+    MAX_MESSAGE_BYTES, Observation, Quarantined, ReportOutcome, Restored, SPENT_PER_RUN, Scheduler,
+    TIMEOUT_TEXT, Target, TriggerAccepted,
 };
 pub use model::SourceRecord;
 

@@ -4,6 +4,7 @@
 //! and the rule it breaks; the gRPC edge turns them into `INVALID_ARGUMENT`.
 
 use chrono::Duration;
+use snapgate_contract::{ACCESS_MODES, DNS_LABEL_MAX_LEN, NameError, is_label_value};
 
 use crate::{
     SourceKey,
@@ -52,12 +53,6 @@ const MAX_LABELS: usize = 64;
 const MAX_MOVER_VOLUMES: usize = 16;
 const MAX_JITTER: Duration = Duration::days(1);
 const MAX_WAIT_TIMEOUT: Duration = Duration::days(7);
-const ACCESS_MODES: [&str; 4] = [
-    "ReadWriteOnce",
-    "ReadOnlyMany",
-    "ReadWriteMany",
-    "ReadWriteOncePod",
-];
 
 /// Which mover a source uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -781,64 +776,44 @@ fn restic_duration(field: &str, v: &str) -> Result {
     Ok(())
 }
 
-/// A DNS-1123 label as apimachinery defines it: at most 63 lower-case alphanumerics or '-',
-/// alphanumeric at both ends.
+/// A DNS-1123 label as apimachinery defines it ([`snapgate_contract::check_dns_label`]): at
+/// most 63 lower-case alphanumerics or '-', alphanumeric at both ends.
 pub fn dns_label(field: &str, v: &str) -> Result {
-    if v.is_empty() {
-        return Err(InvalidField::new(field, "required"));
-    }
-    if v.len() > 63 || !is_label_part(v) {
-        return Err(InvalidField::new(
+    match snapgate_contract::check_dns_label(v) {
+        Ok(()) => Ok(()),
+        Err(NameError::Empty) => Err(InvalidField::new(field, "required")),
+        Err(_) => Err(InvalidField::new(
             field,
             format!(
-                "{} is not a valid DNS-1123 label (at most 63 lower-case letters, digits or '-', starting and ending with a letter or digit)",
+                "{} is not a valid DNS-1123 label (at most {DNS_LABEL_MAX_LEN} lower-case letters, digits or '-', starting and ending with a letter or digit)",
                 quoted(v)
             ),
-        ));
+        )),
     }
-    Ok(())
 }
 
-/// A DNS-1123 subdomain as apimachinery defines it (`IsDNS1123Subdomain`): at most 253
-/// characters, dot-separated parts of lower-case alphanumerics or '-', each alphanumeric at
-/// both ends. Unlike a label, a part may be longer than 63.
+/// A DNS-1123 subdomain as apimachinery defines it (`IsDNS1123Subdomain`,
+/// [`snapgate_contract::check_dns_subdomain`]): at most 253 characters, dot-separated parts of
+/// lower-case alphanumerics or '-', each alphanumeric at both ends. Unlike a label, a part may
+/// be longer than 63.
 pub fn dns_subdomain(field: &str, v: &str) -> Result {
-    if v.is_empty() {
-        return Err(InvalidField::new(field, "required"));
-    }
-    if v.len() > 253 {
-        return Err(InvalidField::new(
+    match snapgate_contract::check_dns_subdomain(v) {
+        Ok(()) => Ok(()),
+        Err(NameError::Empty) => Err(InvalidField::new(field, "required")),
+        Err(NameError::TooLong { len, max }) => Err(InvalidField::new(
             field,
             format!(
-                "{} is not a valid Kubernetes name: at most 253 characters, got {}",
-                quoted(v),
-                v.len()
+                "{} is not a valid Kubernetes name: at most {max} characters, got {len}",
+                quoted(v)
             ),
-        ));
-    }
-    if !v.split('.').all(is_label_part) {
-        return Err(InvalidField::new(
+        )),
+        Err(_) => Err(InvalidField::new(
             field,
             format!(
                 "{} is not a valid Kubernetes name (DNS-1123 subdomain: lower-case letters, digits, '-' or '.', each dot-separated part starting and ending with a letter or digit)",
                 quoted(v)
             ),
-        ));
-    }
-    Ok(())
-}
-
-/// One part of a DNS-1123 name, without a length limit: `[a-z0-9]([-a-z0-9]*[a-z0-9])?`.
-fn is_label_part(v: &str) -> bool {
-    let b = v.as_bytes();
-    match (b.first(), b.last()) {
-        (Some(first), Some(last)) => {
-            b.iter()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-                && *first != b'-'
-                && *last != b'-'
-        }
-        _ => false,
+        )),
     }
 }
 
@@ -850,7 +825,7 @@ fn label_key(field: &str, k: &str) -> Result {
     if let Some(p) = prefix {
         dns_subdomain(field, p)?;
     }
-    if !label_value_ok(name) || name.is_empty() {
+    if !is_label_value(name) || name.is_empty() {
         return Err(InvalidField::new(
             field,
             format!("{} is not a valid label key", quoted(k)),
@@ -860,7 +835,7 @@ fn label_key(field: &str, k: &str) -> Result {
 }
 
 fn label_value(field: &str, v: &str) -> Result {
-    if !label_value_ok(v) {
+    if !is_label_value(v) {
         return Err(InvalidField::new(
             field,
             format!(
@@ -870,20 +845,6 @@ fn label_value(field: &str, v: &str) -> Result {
         ));
     }
     Ok(())
-}
-
-fn label_value_ok(v: &str) -> bool {
-    let b = v.as_bytes();
-    match (b.first(), b.last()) {
-        (None, _) | (_, None) => true,
-        (Some(first), Some(last)) => {
-            b.len() <= 63
-                && b.iter()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
-                && first.is_ascii_alphanumeric()
-                && last.is_ascii_alphanumeric()
-        }
-    }
 }
 
 /// A free-form value that may reach a PVC annotation, a label, an Event or a log line: at

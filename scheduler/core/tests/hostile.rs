@@ -10,9 +10,8 @@ use snapgate_scheduler_core::{
     CoreError, Effect, MAX_LOG_BYTES, MAX_MESSAGE_BYTES, RunId, Scheduler, SourceKey, SourceRecord,
     model::{
         AgentError, AgentTime, CopyCompleted, CopyMethod, CopyTarget, CopyTriggerInput, CustomCa,
-        JsonObject,
-        LeaseRequest, MoverFailed, MoverFinished, MoverInput, MoverKind, MoverStuck, PvcObserved,
-        RawDuration, ReleasedBy, Report, ReportObservation as Observation, ResticSpec,
+        JsonObject, LeaseRequest, MoverFailed, MoverFinished, MoverInput, MoverKind, MoverStuck,
+        PvcObserved, RawDuration, ReleasedBy, Report, ReportObservation as Observation, ResticSpec,
         RetainPolicy, Run, RunPhase, RunReason, RunResult, Source, SpecInput, TriggerInput,
         TriggerSpec,
     },

@@ -11,19 +11,18 @@ use snapgate_scheduler_core::{
     CoreError, Effect, LeaseAnswer, ReportOutcome, RunId, Scheduler, SourceKey, SourceRecord,
     TIMEOUT_TEXT,
     model::{
-        AgentError, AgentTime, Author, CopyCompleted, CopyMethod, CopyState, CopyStatus, CopyTarget,
-        CopyTriggerInput, Directive, DirectivePhase, LeaseRequest, MoverFailed, MoverFinished,
-        MoverInput, MoverKind, MoverStuck, PvcObserved, RawDuration, RcloneSpec, ReleasedBy,
-        Report, ReportObservation as Observation, ResticSpec, Run, RunPhase, RunResult, Source,
-        SourceStatus, SpecInput, TriggerInput,
+        AgentError, AgentTime, Author, CopyCompleted, CopyMethod, CopyState, CopyStatus,
+        CopyTarget, CopyTriggerInput, Directive, DirectivePhase, LeaseRequest, MoverFailed,
+        MoverFinished, MoverInput, MoverKind, MoverStuck, PvcObserved, RawDuration, RcloneSpec,
+        ReleasedBy, Report, ReportObservation as Observation, ResticSpec, Run, RunPhase, RunResult,
+        Source, SourceStatus, SpecInput, TriggerInput,
     },
 };
 
-const USE: &str = "volsync.backube/use-copy-trigger";
-const TRIGGER: &str = "volsync.backube/copy-trigger";
-const STATUS: &str = "volsync.backube/latest-copy-status";
-const LATEST: &str = "volsync.backube/latest-copy-trigger";
-const SINCE: &str = "volsync.backube/latest-copy-trigger-waiting-since";
+use snapgate_contract::{
+    COPY_TRIGGER as TRIGGER, LATEST_COPY_STATUS as STATUS, LATEST_COPY_TRIGGER as LATEST,
+    LATEST_COPY_TRIGGER_WAITING_SINCE as SINCE, USE_COPY_TRIGGER as USE,
+};
 
 /// A model of one namespace's cluster state and of the agent acting on it.
 #[derive(Default)]

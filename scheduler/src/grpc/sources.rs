@@ -1,8 +1,12 @@
 //! `snapgate.v1.SourceService`: what operators drive.
 
-use snapgate_proto::v1::{self, source_service_server::SourceService};
 use prost::Message;
-use snapgate_scheduler_core::{MAX_PAGE_BYTES, SourceKey};
+use snapgate_proto::v1::{self, source_service_server::SourceService};
+use snapgate_scheduler_core::SourceKey;
+
+/// The largest `ListSources` or `ListRuns` answer, encoded: well inside a gRPC client's
+/// default 4 MiB message limit.
+pub(crate) const MAX_PAGE_BYTES: usize = 3 * 1024 * 1024;
 use tonic::{Request, Response, Status};
 
 use super::{bounded, source_key};
@@ -311,7 +315,9 @@ fn bounded_page(
         // Field tag and length prefix included, as in the response message.
         let size = wire.encoded_len().saturating_add(8);
         if !out.is_empty() && bytes.saturating_add(size) > MAX_PAGE_BYTES {
-            let last = sources.get(out.len().wrapping_sub(1)).map(|s| s.key.clone());
+            let last = sources
+                .get(out.len().wrapping_sub(1))
+                .map(|s| s.key.clone());
             return (out, last);
         }
         bytes = bytes.saturating_add(size);
@@ -333,4 +339,64 @@ fn bounded_runs(runs: &[snapgate_scheduler_core::model::Run]) -> Vec<v1::Run> {
         out.push(wire);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, Utc};
+    use snapgate_scheduler_core::{
+        Scheduler,
+        model::{CopyMethod, JsonObject, MoverInput, SpecInput},
+    };
+
+    use super::*;
+
+    /// A free-form object of about `bytes` bytes, as large as admission lets one be.
+    fn object(bytes: usize) -> JsonObject {
+        let mut o = JsonObject::new();
+        o.insert("k".into(), serde_json::Value::String("x".repeat(bytes)));
+        o
+    }
+
+    /// However large the sources, every page of ListSources fits a client's default message
+    /// limit, and paging from one page to the next lists every source exactly once.
+    #[test]
+    fn a_page_of_sources_always_fits_a_clients_default_message_limit() {
+        let now = DateTime::<Utc>::from_timestamp(1_800_000_000, 0).unwrap();
+        let mut core = Scheduler::new();
+        for i in 0..300 {
+            let mut mover = MoverInput::restic(CopyMethod::Snapshot, "restic-secret");
+            mover.volume.mover_resources = Some(object(16_000));
+            mover.volume.mover_affinity = Some(object(16_000));
+            mover.volume.mover_security_context = Some(object(16_000));
+            let mut spec = SpecInput::new("data", mover);
+            spec.encoded_len = 50_000;
+            core.apply_source(SourceKey::new("apps", &format!("s{i:03}")), spec, 0, now)
+                .unwrap();
+        }
+        let mut after = None;
+        let mut seen = Vec::new();
+        let mut pages = 0;
+        loop {
+            let (sources, next) = core.list_sources(None, after.as_ref(), 1000);
+            let (page, next) = bounded_page(&sources, next);
+            pages += 1;
+            let response = v1::ListSourcesResponse {
+                sources: page.clone(),
+                next_page_token: next.as_ref().map(ToString::to_string).unwrap_or_default(),
+            };
+            let size = response.encoded_len();
+            assert!(size <= MAX_PAGE_BYTES + 64, "page {pages}: {size} bytes");
+            assert!(size < 4 * 1024 * 1024, "page {pages}: {size} bytes");
+            assert!(!page.is_empty(), "page {pages} is empty");
+            seen.extend(page.into_iter().map(|s| s.name));
+            match next {
+                Some(k) => after = Some(k),
+                None => break,
+            }
+        }
+        assert!(pages > 1, "300 sources of ~48 KB do not fit one page");
+        let expected: Vec<String> = (0..300).map(|i| format!("s{i:03}")).collect();
+        assert_eq!(seen, expected);
+    }
 }

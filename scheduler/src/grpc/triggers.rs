@@ -52,11 +52,7 @@ impl Triggers {
     }
 
     /// The caller's ServiceAccount when it acts as an application of the target's namespace.
-    fn application(
-        &self,
-        caller: &crate::identity::Caller,
-        target: &CopyTarget,
-    ) -> Option<String> {
+    fn application(&self, caller: &crate::identity::Caller, target: &CopyTarget) -> Option<String> {
         self.auth
             .application_of(caller, &target.namespace)
             .map(str::to_owned)

@@ -280,7 +280,13 @@ mod tests {
         // Written without a format header, as snapgate 0.1 did.
         put_raw(&s, SOURCES, "a/x", &old.encode_to_vec());
         let loaded = s.load().unwrap();
-        let retain = loaded.sources[0].source.spec.restic().unwrap().retain.clone();
+        let retain = loaded.sources[0]
+            .source
+            .spec
+            .restic()
+            .unwrap()
+            .retain
+            .clone();
         assert_eq!(retain.unwrap().last.as_deref(), Some("10"));
     }
 
@@ -299,7 +305,12 @@ mod tests {
         })
         .unwrap();
         // A source record without its source.
-        put_raw(&s, SOURCES, "apps/empty", &format::SourceRecordV1::default().encode_to_vec());
+        put_raw(
+            &s,
+            SOURCES,
+            "apps/empty",
+            &format::SourceRecordV1::default().encode_to_vec(),
+        );
         // A source whose spec has no mover.
         let mut no_mover = format::source_message(&record("apps", "broken"));
         if let Some(spec) = no_mover.source.as_mut().and_then(|s| s.spec.as_mut()) {

@@ -476,7 +476,10 @@ pub fn stored_run(r: &v1::Run) -> Result<Run, String> {
         gated: *gated,
         timeout_reported: *timeout_reported,
         message: message.clone(),
-        timeline: timeline.iter().filter_map(timeline_entry_from_wire).collect(),
+        timeline: timeline
+            .iter()
+            .filter_map(timeline_entry_from_wire)
+            .collect(),
         mover_status: mover_status.as_ref().map(mover_status_from_wire),
         mover_failures: *mover_failures,
         request_id: request_id.clone(),

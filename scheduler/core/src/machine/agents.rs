@@ -222,12 +222,13 @@ impl Scheduler {
             self.release(id, pvc.copy_trigger, by, None, now);
         } else if !was_waiting {
             // Resume an earlier wait on this PVC if its timestamp is valid; else it starts now.
-            let since = (pvc.latest_copy_status == "WaitingForTrigger")
-                .then(|| DateTime::parse_from_rfc3339(&pvc.waiting_since).ok())
-                .flatten()
-                .map(|t| t.with_timezone(&Utc))
-                .filter(|t| *t <= now)
-                .unwrap_or(now);
+            let since = (snapgate_contract::CopyStatus::parse(&pvc.latest_copy_status)
+                == Some(snapgate_contract::CopyStatus::WaitingForTrigger))
+            .then(|| DateTime::parse_from_rfc3339(&pvc.waiting_since).ok())
+            .flatten()
+            .map(|t| t.with_timezone(&Utc))
+            .filter(|t| *t <= now)
+            .unwrap_or(now);
             let Some(run) = self.active.get_mut(&id) else {
                 return;
             };

@@ -46,16 +46,13 @@ const LEASE_EXPIRED_TEXT: &str = "the hold lease ran out before the copy point: 
 /// run fails rather than forget one, since a forgotten value could release it again.
 pub const SPENT_PER_RUN: usize = 64;
 /// The text VolSync writes into latestMoverStatus.logs when waiting times out.
-pub const TIMEOUT_TEXT: &str = "Timed out waiting for copy-trigger to be modified for pvc";
+pub use snapgate_contract::TIMEOUT_TEXT;
 
 /// The longest message kept from a report, a condition or a timeline entry; longer ones are
 /// cut on a character boundary with a marker.
 pub const MAX_MESSAGE_BYTES: usize = 1024;
 /// The most bytes of a mover log kept (the end of it): a tail, not the whole log.
 pub const MAX_LOG_BYTES: usize = 4096;
-/// The largest `ListSources` or `ListRuns` answer, encoded: well inside a gRPC client's
-/// default 4 MiB message limit.
-pub const MAX_PAGE_BYTES: usize = 3 * 1024 * 1024;
 
 /// The condition reason of a source whose mover pod is stuck (the message says which pod,
 /// Kubernetes' reason and message, and when the attempt fails).

@@ -165,7 +165,7 @@ impl Scheduler {
 
     /// Sources in key order, optionally in one namespace, starting after `after`: at most
     /// `limit`, and the key the next page starts after when there may be more. (The edge
-    /// bounds a page's encoded size, [`MAX_PAGE_BYTES`], ending it early where it must.)
+    /// bounds a page's encoded size, ending it early where it must.)
     pub fn list_sources(
         &self,
         namespace: Option<&str>,

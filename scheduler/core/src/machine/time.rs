@@ -111,7 +111,7 @@ impl Scheduler {
         let Some(run) = self.active.get_mut(&id) else {
             return;
         };
-        let logs = format!("{TIMEOUT_TEXT} {}", run.pvc);
+        let logs = snapgate_contract::timeout_message(&run.pvc);
         run.timeout_reported = true;
         run.message = logs.clone();
         self.effects
