@@ -183,3 +183,95 @@ fn the_old_stores_runs_read_where_they_were() {
     assert_eq!(pair.holds[0].value, "h1");
     assert!(pair.holds[0].deadline.is_some());
 }
+
+mod support;
+
+/// The real scheduler started on (a copy of) the old store: nothing is quarantined, every
+/// source reads as it was applied, every stored run is there, run numbers go on from the
+/// stored counter, and what changes is rewritten in today's format.
+#[tokio::test]
+async fn the_scheduler_starts_on_the_old_store_and_serves_it() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE),
+        dir.path().join("snapgate.redb"),
+    )
+    .unwrap();
+    let legacy: Vec<v1::Source> = rows()
+        .0
+        .iter()
+        .map(|(_, bytes)| {
+            SourceRecordV1::decode(bytes.as_slice())
+                .unwrap()
+                .source
+                .unwrap()
+        })
+        .collect();
+    let s = support::Running::open(dir.path()).await;
+    let quarantined = s
+        .sources()
+        .list_quarantined(v1::ListQuarantinedRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .records;
+    assert!(quarantined.is_empty(), "{quarantined:?}");
+    for old in &legacy {
+        let now = s
+            .sources()
+            .get_source(v1::GetSourceRequest {
+                namespace: old.namespace.clone(),
+                name: old.name.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(now.spec, old.spec, "{}", old.name);
+        assert_eq!(
+            (now.version, now.create_time, &now.author),
+            (old.version, old.create_time, &old.author),
+            "{}",
+            old.name
+        );
+    }
+    let mut ids = Vec::new();
+    for old in &legacy {
+        let runs = s
+            .sources()
+            .list_runs(v1::ListRunsRequest {
+                namespace: old.namespace.clone(),
+                name: old.name.clone(),
+                limit: 100,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .runs;
+        ids.extend(runs.into_iter().map(|r| r.id));
+    }
+    ids.sort();
+    assert_eq!(ids, ["run-1", "run-2", "run-3", "run-4"]);
+    // The continuous source that waits for its first SyncNow starts the next run number.
+    let started = s
+        .sources()
+        .sync_now(v1::SyncNowRequest {
+            namespace: "apps".into(),
+            name: "tls".into(),
+            request_id: "after-upgrade".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((started.run_id.as_str(), started.started), ("run-5", true));
+    s.stop().await;
+
+    // What changed since the start was rewritten in today's format; the rest is as it was.
+    let db = redb::ReadOnlyDatabase::open(dir.path().join("snapgate.redb")).unwrap();
+    let tx = db.begin_read().unwrap();
+    let sources = tx.open_table(SOURCES).unwrap();
+    let tls = sources.get("apps/tls").unwrap().unwrap();
+    assert_eq!(tls.value()[..2], [0x00, FORMAT_VERSION]);
+    let runs = tx.open_table(RUNS).unwrap();
+    let new = runs.get("run-5").unwrap().unwrap();
+    assert_eq!(new.value()[..2], [0x00, FORMAT_VERSION]);
+}
