@@ -72,10 +72,42 @@ impl fmt::Display for RunId {
 
 impl std::str::FromStr for RunId {
     type Err = ();
+    /// `run-<n>` exactly as [`RunId`] displays it: decimal digits, no sign, no leading zero
+    /// (`run-007` would name run-7 under another key).
     fn from_str(s: &str) -> Result<Self, ()> {
-        s.strip_prefix("run-")
-            .and_then(|n| n.parse().ok())
-            .map(RunId)
-            .ok_or(())
+        let n = s.strip_prefix("run-").ok_or(())?;
+        let canonical = !n.is_empty()
+            && n.bytes().all(|b| b.is_ascii_digit())
+            && (n == "0" || !n.starts_with('0'));
+        if !canonical {
+            return Err(());
+        }
+        n.parse().map(RunId).map_err(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RunId;
+
+    #[test]
+    fn a_run_id_parses_only_as_it_is_displayed() {
+        for good in [0, 7, 42, u64::MAX] {
+            assert_eq!(RunId(good).to_string().parse(), Ok(RunId(good)));
+        }
+        for bad in [
+            "",
+            "run-",
+            "run-007",
+            "run-+7",
+            "run--7",
+            "run-7 ",
+            "run-1e3",
+            "7",
+            "Run-7",
+            "run-18446744073709551616",
+        ] {
+            assert_eq!(bad.parse::<RunId>(), Err(()), "{bad:?}");
+        }
     }
 }

@@ -151,15 +151,12 @@ pub fn status_from_wire(s: &v1::SourceStatus) -> Result<SourceStatus, String> {
 /// `run-<n>` as snapgate writes it (`run-07` and `run-+7` are not `run-7`: a run id is a key
 /// of the store), or an error naming `field`.
 fn run_id(field: &str, id: &str) -> Result<RunId, String> {
-    id.parse::<RunId>()
-        .ok()
-        .filter(|parsed| parsed.to_string() == id)
-        .ok_or_else(|| {
-            format!(
-                "{field}: {} is not a run id (run-<n>)",
-                snapgate_proto::text::quoted(id)
-            )
-        })
+    id.parse::<RunId>().map_err(|()| {
+        format!(
+            "{field}: {} is not a run id (run-<n>)",
+            snapgate_proto::text::quoted(id)
+        )
+    })
 }
 
 /// A condition on the wire.
