@@ -68,6 +68,9 @@ struct Args {
     /// Where the temporary directories go (stores, logs); default the system's.
     #[arg(long)]
     tmp_dir: Option<PathBuf>,
+    /// Keep the temporary directories (stores, process logs) instead of removing them.
+    #[arg(long)]
+    keep_dirs: bool,
     /// Also write every row as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -154,7 +157,7 @@ fn main() -> anyhow::Result<()> {
 async fn run(args: Args) -> anyhow::Result<i32> {
     let started = Instant::now();
     let bins = procs::Bins::locate(args.bin_dir.clone(), !args.no_build)?;
-    let config = figures::Config::new(
+    let mut config = figures::Config::new(
         args.smoke,
         args.sources,
         args.runs,
@@ -162,6 +165,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         bins,
         args.tmp_dir.clone(),
     )?;
+    config.keep_dirs = args.keep_dirs;
     let selected: Vec<Figure> = if args.only.is_empty() {
         Figure::ALL.to_vec()
     } else {

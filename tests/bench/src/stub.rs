@@ -31,6 +31,8 @@ pub(crate) struct Inbox {
     received: Mutex<Vec<Received>>,
     /// Links the scheduler dropped (each stub reconnects).
     pub(crate) dropped: std::sync::atomic::AtomicUsize,
+    /// Why the last link ended.
+    pub(crate) last_error: Mutex<Option<String>>,
 }
 
 impl Inbox {
@@ -89,7 +91,12 @@ pub(crate) async fn run(
             first = false;
             let _ = connected.send(()).await;
         }
-        while let Some(Ok(msg)) = inbound.next().await {
+        let ended = loop {
+            let msg = match inbound.next().await {
+                Some(Ok(msg)) => msg,
+                Some(Err(status)) => break format!("{}: {}", status.code(), status.message()),
+                None => break "the scheduler ended the stream".to_owned(),
+            };
             let Some(scheduler_message::Message::Directive(d)) = msg.message else {
                 continue;
             };
@@ -120,10 +127,14 @@ pub(crate) async fn run(
                     })),
                 };
                 if tx.send(report).await.is_err() {
-                    break;
+                    break "the stub stopped".to_owned();
                 }
             }
-        }
+        };
+        *inbox
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(ended);
         inbox
             .dropped
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -29,12 +29,18 @@ pub(crate) struct Config {
     pub(crate) bins: Bins,
     /// Where temporary directories go.
     pub(crate) tmp: Option<PathBuf>,
+    /// Keep them.
+    pub(crate) keep_dirs: bool,
     /// The largest number of sources (figures 2, 4, 6, 7).
     pub(crate) sources: usize,
     /// Figure 1: gated runs measured (plain); the TLS settings measure a quarter as many.
     pub(crate) runs: usize,
     /// Figure 1: runs in flight at once (each on its own PVC).
     pub(crate) workers: usize,
+    /// Figure 2: the sizes of the herd all due at once (the jitter runs at the largest).
+    pub(crate) herd_sizes: Vec<usize>,
+    /// Figure 2: how long after the last due time a herd may take.
+    pub(crate) herd_budget: Duration,
     /// Figure 2: stub agents (one namespace each).
     pub(crate) agents: usize,
     /// Figure 2: the jitter of the jittered variant.
@@ -83,9 +89,16 @@ impl Config {
             smoke,
             bins,
             tmp,
+            keep_dirs: false,
             sources: big,
             runs: runs.unwrap_or(if smoke { 40 } else { 1_000 }),
             workers: 4,
+            herd_sizes: if smoke || big <= 10_000 {
+                vec![big]
+            } else {
+                vec![10_000, big]
+            },
+            herd_budget: Duration::from_secs(if smoke { 20 } else { 90 }),
             agents: if smoke { 20 } else { 100 },
             jitter_secs: if smoke { 3 } else { 30 },
             waiting_runs: if smoke { 300 } else { 3_000 },
@@ -127,7 +140,7 @@ impl Config {
     pub(crate) fn tempdir(&self, name: &str) -> anyhow::Result<tempfile::TempDir> {
         let prefix = format!("snapgate-bench-{name}-");
         let mut b = tempfile::Builder::new();
-        b.prefix(&prefix);
+        b.prefix(&prefix).disable_cleanup(self.keep_dirs);
         Ok(match &self.tmp {
             Some(dir) => b.tempdir_in(dir)?,
             None => b.tempdir()?,
