@@ -26,7 +26,9 @@ pub(crate) struct Bins {
 impl Bins {
     /// The binaries in `dir`, or next to this one. Under `cargo run` (`CARGO` set) and unless
     /// `build` is false, first brings them up to date with `cargo build` in this binary's
-    /// profile, so that a stale scheduler is never measured.
+    /// profile, so that a stale scheduler is never measured. That build names this package
+    /// too: the binaries are built with the same features as this one was (the workspace
+    /// unifies features per build), so nothing already built is built again.
     pub(crate) fn locate(dir: Option<PathBuf>, build: bool) -> anyhow::Result<Self> {
         let bench = std::env::current_exe().context("locating this binary")?;
         let own_dir = bench
