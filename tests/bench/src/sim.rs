@@ -1,5 +1,6 @@
 //! The simulated API server, hosted in the harness and served over loopback HTTP/1 the way the
-//! `snapgate-kube-sim` binary serves it, behind a journal that notes when each request
+//! `snapgate-kube-sim` binary serves it (with `TCP_NODELAY`, as a real API server has it),
+//! behind a journal that notes when each request
 //! arrived, who sent it, and whether a write changed anything; and a watch of the store that
 //! notes when each copy became ready.
 
@@ -211,6 +212,8 @@ async fn serve(listener: tokio::net::TcpListener, sim: KubeSim, journal: Arc<Jou
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
+        // As the real API server (Go's net package) does: no Nagle delay on watch events.
+        let _ = stream.set_nodelay(true);
         let (sim, journal) = (sim.clone(), journal.clone());
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<hyper::body::Incoming>| {

@@ -228,7 +228,7 @@ async fn run_variant(
         fmt_count(n),
         directive_bytes
     ))
-    .ratio(ratio)
+    .ratio(if finished { ratio } else { f64::NAN })
     .goal(
         format!("every one within {}", fmt_duration(GOAL)),
         finished && late.max <= GOAL,

@@ -11,7 +11,7 @@
 //!   `readyToUse`) to the application seeing Completed (its unquiesce step starting).
 //!
 //! The reference: one unary round trip to the bare tonic echo server (same TLS) plus one GET of
-//! a PVC from the simulated API server, back to back, as many times as there are runs.
+//! a PVC from the simulated API server, back to back, 1,000 times (or once per run if more).
 
 use std::{
     sync::{Arc, Mutex, PoisonError},
@@ -75,7 +75,7 @@ async fn run_mode(
     let (mut echo, port) =
         procs::spawn_echo(&cfg.bins, &cluster.sec, &dir.path().join("echo.log"))?;
     let echo_client = procs::echo_client(&mut echo, &cluster.sec, port).await?;
-    let mut reference = reference(&echo_client, &cluster.kube, runs.max(100)).await?;
+    let mut reference = reference(&echo_client, &cluster.kube, runs.max(1_000)).await?;
     let reference = Summary::of(&mut reference);
     drop(echo);
 
