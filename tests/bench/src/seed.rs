@@ -17,8 +17,11 @@ use std::path::Path;
 use anyhow::{Context as _, bail};
 use chrono::{DateTime, Utc};
 use snapgate_proto::v1;
-use snapgate_scheduler::store::{Batch, RedbStore, Store as _, Write};
-use snapgate_scheduler_core::{Effect, Scheduler, SourceKey, SourceRecord, schedule, timestamp};
+use snapgate_scheduler::{
+    store::{Batch, RedbStore, Store as _, Write},
+    wire::{common::time_to_wire, sources::stored_source},
+};
+use snapgate_scheduler_core::{Effect, Scheduler, SourceKey, SourceRecord, schedule};
 
 /// When a seeded source is due.
 #[derive(Debug, Clone, Copy)]
@@ -87,27 +90,29 @@ pub(crate) fn source(
         }
     };
     let status = v1::SourceStatus {
-        next_sync_time: next.map(timestamp),
+        next_sync_time: next.map(time_to_wire),
         last_manual_sync: last_manual.into(),
         conditions: vec![v1::Condition {
             r#type: "Synchronizing".into(),
             status: "False".into(),
             reason: reason.into(),
             message: String::new(),
-            last_transition_time: Some(timestamp(now)),
+            last_transition_time: Some(time_to_wire(now)),
         }],
         ..Default::default()
     };
+    // Built as the API shows a source, then read as the store reads one.
+    let wire = v1::Source {
+        namespace: ns.into(),
+        name: name.into(),
+        spec: Some(spec),
+        status: Some(status),
+        version: 1,
+        create_time: Some(time_to_wire(now)),
+        author: None,
+    };
     let record = SourceRecord {
-        source: Some(v1::Source {
-            namespace: ns.into(),
-            name: name.into(),
-            spec: Some(spec),
-            status: Some(status),
-            version: 1,
-            create_time: Some(timestamp(now)),
-            author: None,
-        }),
+        source: stored_source(&wire).map_err(|e| anyhow::anyhow!("{e}"))?,
         deleting: false,
     };
     Ok((record, next))

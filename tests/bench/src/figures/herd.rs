@@ -72,7 +72,9 @@ async fn run_variant(
             namespace: namespaces[0].clone(),
             name: "s-000000".into(),
         }),
-        spec: records[0].source.as_ref().and_then(|s| s.spec.clone()),
+        spec: records
+            .first()
+            .map(|r| snapgate_scheduler::wire::common::spec_to_wire(&r.source.spec)),
         phase: v1::DirectivePhase::Gate as i32,
         generation: 1,
         ..Default::default()
