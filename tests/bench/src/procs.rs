@@ -41,12 +41,9 @@ impl Bins {
                 if build && let Ok(cargo) = std::env::var("CARGO") {
                     let release = own_dir.file_name().is_some_and(|n| n == "release");
                     let mut cmd = Command::new(cargo);
-                    cmd.args(["build", "--quiet", "--locked", "--bins"]).args([
-                        "-p",
-                        "snapgate-scheduler",
-                        "-p",
-                        "snapgate-agent",
-                    ]);
+                    cmd.args(["build", "--quiet", "--locked", "--bins"])
+                        .args(["-p", "snapgate-scheduler", "-p", "snapgate-agent"])
+                        .args(["-p", "snapgate-bench"]);
                     if release {
                         cmd.arg("--release");
                     }
