@@ -262,34 +262,6 @@ mod tests {
         assert!(loaded.corrupt.is_empty());
     }
 
-    #[test]
-    #[allow(deprecated)]
-    fn a_retain_last_stored_as_an_integer_by_an_earlier_version_loads_as_a_string() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = RedbStore::open(dir.path()).unwrap();
-        let mut old = format::source_message(&record("a", "x"));
-        let retain = old
-            .source
-            .as_mut()
-            .and_then(|s| s.spec.as_mut())
-            .and_then(|s| s.restic.as_mut())
-            .and_then(|r| r.retain.as_mut())
-            .unwrap();
-        retain.last = None;
-        retain.last_int32 = Some(10);
-        // Written without a format header, as snapgate 0.1 did.
-        put_raw(&s, SOURCES, "a/x", &old.encode_to_vec());
-        let loaded = s.load().unwrap();
-        let retain = loaded.sources[0]
-            .source
-            .spec
-            .restic()
-            .unwrap()
-            .retain
-            .clone();
-        assert_eq!(retain.unwrap().last.as_deref(), Some("10"));
-    }
-
     /// Records today's types cannot hold are left in the store and reported, and the rest
     /// loads; a run left out keeps its number.
     #[test]
