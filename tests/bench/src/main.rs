@@ -58,13 +58,10 @@ struct Args {
     #[arg(long)]
     wait_secs: Option<u64>,
     /// The directory holding the release `snapgate-scheduler` and `snapgate-agent` binaries
-    /// (default: the directory of this binary, after `cargo build` brings them up to date when
-    /// this runs under `cargo run`).
+    /// (default: the directory of this binary; build them with `cargo build --release --locked
+    /// -p snapgate-scheduler -p snapgate-agent -p snapgate-bench --bins`).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
-    /// Do not run `cargo build` for the scheduler and agent binaries first.
-    #[arg(long)]
-    no_build: bool,
     /// Where the temporary directories go (stores, logs); default the system's.
     #[arg(long)]
     tmp_dir: Option<PathBuf>,
@@ -156,7 +153,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(args: Args) -> anyhow::Result<i32> {
     let started = Instant::now();
-    let bins = procs::Bins::locate(args.bin_dir.clone(), !args.no_build)?;
+    let bins = procs::Bins::locate(args.bin_dir.clone())?;
     let mut config = figures::Config::new(
         args.smoke,
         args.sources,

@@ -24,40 +24,18 @@ pub(crate) struct Bins {
 }
 
 impl Bins {
-    /// The binaries in `dir`, or next to this one. Under `cargo run` (`CARGO` set) and unless
-    /// `build` is false, first brings them up to date with `cargo build` in this binary's
-    /// profile, so that a stale scheduler is never measured. That build names this package
-    /// too: the binaries are built with the same features as this one was (the workspace
-    /// unifies features per build), so nothing already built is built again.
-    pub(crate) fn locate(dir: Option<PathBuf>, build: bool) -> anyhow::Result<Self> {
+    /// The binaries in `dir`, or next to this one (`cargo build --release -p snapgate-scheduler
+    /// -p snapgate-agent -p snapgate-bench --bins` puts them there, built with the same
+    /// features as this binary). A missing one is an error naming that command; the header
+    /// the harness prints shows when each was built, so a stale one is seen.
+    pub(crate) fn locate(dir: Option<PathBuf>) -> anyhow::Result<Self> {
         let bench = std::env::current_exe().context("locating this binary")?;
-        let own_dir = bench
-            .parent()
-            .context("this binary has no directory")?
-            .to_owned();
         let dir = match dir {
             Some(d) => d,
-            None => {
-                if build && let Ok(cargo) = std::env::var("CARGO") {
-                    let release = own_dir.file_name().is_some_and(|n| n == "release");
-                    let mut cmd = Command::new(cargo);
-                    cmd.args(["build", "--quiet", "--locked", "--bins"])
-                        .args(["-p", "snapgate-scheduler", "-p", "snapgate-agent"])
-                        .args(["-p", "snapgate-bench"]);
-                    if release {
-                        cmd.arg("--release");
-                    }
-                    eprintln!("building the scheduler and agent binaries ({cmd:?})");
-                    let ok = cmd
-                        .status()
-                        .context("running cargo build for the binaries")?
-                        .success();
-                    if !ok {
-                        bail!("cargo build of snapgate-scheduler and snapgate-agent failed");
-                    }
-                }
-                own_dir
-            }
+            None => bench
+                .parent()
+                .context("this binary has no directory")?
+                .to_owned(),
         };
         let find = |name: &str| {
             let p = dir.join(name);
@@ -65,7 +43,7 @@ impl Bins {
                 Ok(p)
             } else {
                 Err(anyhow::anyhow!(
-                    "{} is not built: run `cargo build --release -p snapgate-scheduler -p snapgate-agent` (or pass --bin-dir)",
+                    "{} is not built: run `cargo build --release --locked -p snapgate-scheduler -p snapgate-agent -p snapgate-bench --bins` (or pass --bin-dir)",
                     p.display()
                 ))
             }
@@ -75,6 +53,27 @@ impl Bins {
             agent: find("snapgate-agent")?,
             bench,
         })
+    }
+
+    /// `path (built <time>)` for each binary.
+    pub(crate) fn describe(&self) -> String {
+        let built = |p: &Path| {
+            std::fs::metadata(p)
+                .and_then(|m| m.modified())
+                .map(|t| {
+                    chrono::DateTime::<chrono::Utc>::from(t)
+                        .format("%Y-%m-%d %H:%M:%S UTC")
+                        .to_string()
+                })
+                .unwrap_or_else(|_| "?".into())
+        };
+        format!(
+            "scheduler {} (built {})\nagent {} (built {})",
+            self.scheduler.display(),
+            built(&self.scheduler),
+            self.agent.display(),
+            built(&self.agent)
+        )
     }
 }
 

@@ -116,7 +116,7 @@ impl Config {
     /// One line per setting, printed first.
     pub(crate) fn describe(&self) -> String {
         format!(
-            "snapgate-bench ({} mode): largest size {} sources; figure 1 {} gated runs ({} at once); figure 2 {} stub agents, jitter {} s; figure 3 {} clients on {} connections, {:?} per rate; figure 4 sizes {:?}, {} calls each; figure 5 wait {:?}; figure 6 {} runs in flight; figure 7 {} PVCs\nscheduler {}\nagent {}",
+            "snapgate-bench ({} mode): largest size {} sources; figure 1 {} gated runs ({} at once); figure 2 {} stub agents, jitter {} s; figure 3 {} clients on {} connections, {:?} per rate; figure 4 sizes {:?}, {} calls each; figure 5 wait {:?}; figure 6 {} runs in flight; figure 7 {} PVCs\n{}",
             if self.smoke { "smoke" } else { "full" },
             fmt_count(self.sources),
             self.runs,
@@ -131,8 +131,7 @@ impl Config {
             self.wait,
             fmt_count(self.restart_runs),
             self.pvcs,
-            self.bins.scheduler.display(),
-            self.bins.agent.display(),
+            self.bins.describe(),
         )
     }
 
