@@ -1,8 +1,8 @@
 //! Figure 7: memory at rest. The scheduler's RSS with `sources` idle sources loaded (serving,
 //! two seconds after its first answer), manual ones and scheduled ones (`@yearly`, due next
-//! year), against the same with an empty store; the agent's RSS
-//! watching a namespace of `pvcs` PVCs (two seconds after its PVC watch started), against an
-//! agent of an empty namespace of the same simulator and scheduler.
+//! year), against the same with an empty store; the agent's RSS watching a namespace of `pvcs`
+//! PVCs (two seconds after its PVC watch started), against an agent of an empty namespace of
+//! the same simulator and scheduler.
 
 use std::time::{Duration, Instant};
 
