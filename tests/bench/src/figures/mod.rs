@@ -101,7 +101,7 @@ impl Config {
             herd_budget: Duration::from_secs(if smoke { 20 } else { 90 }),
             agents: if smoke { 20 } else { 100 },
             jitter_secs: if smoke { 3 } else { 30 },
-            waiting_runs: if smoke { 300 } else { 3_000 },
+            waiting_runs: if smoke { 300 } else { 6_000 },
             measure: Duration::from_secs(if smoke { 1 } else { 5 }),
             clients: (64, 16),
             flat_sizes,
