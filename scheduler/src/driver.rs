@@ -319,7 +319,7 @@ impl Driver {
         info!("driver stopped");
     }
 
-    fn sleep_for(&self, retry_at: Option<tokio::time::Instant>) -> StdDuration {
+    fn sleep_for(&mut self, retry_at: Option<tokio::time::Instant>) -> StdDuration {
         if let Some(at) = retry_at {
             return at.saturating_duration_since(tokio::time::Instant::now());
         }

@@ -767,7 +767,7 @@ proptest! {
                     prop_assert!(times.windows(2).all(|w| w[0] < w[1]));
                 }
                 core.handle_timeout(after);
-                let _ = core.poll_timeout();
+                prop_assert_eq!(core.check_indexes(), Ok(()));
                 let mut stored = Stored::default();
                 stored.take(&mut core);
                 let mut again = stored.restore(core.next_run_counter());
@@ -871,7 +871,7 @@ proptest! {
             };
             core.handle_report(&apps(), report(run.id, run.generation, o), now);
             core.handle_timeout(now);
-            let _ = core.poll_timeout();
+            prop_assert_eq!(core.check_indexes(), Ok(()));
         }
         for run in core.list_runs(&key("db"), 100).unwrap() {
             for t in [
@@ -937,7 +937,7 @@ proptest! {
         );
         let mut core = r.scheduler;
         core.handle_timeout(now);
-        let _ = core.poll_timeout();
+        prop_assert_eq!(core.check_indexes(), Ok(()));
         core.handle_timeout(DateTime::<Utc>::MAX_UTC);
         let _ = core.sync_now(&key("db"), "again", now);
     }

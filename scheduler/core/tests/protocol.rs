@@ -172,6 +172,10 @@ impl World {
         for _ in 0..1000 {
             let effects = self.core.drain_effects();
             if effects.is_empty() {
+                // Every index agrees with a scan of what it indexes, after every step.
+                if let Err(e) = self.core.check_indexes() {
+                    panic!("index out of step with the state: {e}");
+                }
                 return;
             }
             let mut reports = Vec::new();

@@ -5,12 +5,13 @@
 //! and must be made durable before the others are acted on.
 
 mod agents;
+mod index;
 mod runs;
 mod sources;
 mod time;
 mod triggers;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::{
     RunId, SourceKey,
@@ -355,6 +356,8 @@ pub enum LeaseAnswer {
 struct SourceEntry {
     record: SourceRecord,
     admitted: Admitted,
+    /// What the source table indexes it under.
+    indexed: index::Indexed,
 }
 
 impl SourceEntry {
@@ -378,11 +381,11 @@ impl SourceEntry {
 /// The scheduler's whole state. See the crate docs for the picture.
 #[derive(Default)]
 pub struct Scheduler {
-    sources: BTreeMap<SourceKey, SourceEntry>,
+    sources: index::SourceTable,
     /// Runs not yet finished.
-    active: BTreeMap<RunId, Run>,
+    active: index::RunTable,
     /// Finished runs, at most [`HISTORY_PER_SOURCE`] per source.
-    history: BTreeMap<RunId, Run>,
+    history: index::RunTable,
     next_run: u64,
     effects: Vec<Effect>,
     lease_policy: LeasePolicy,
@@ -495,7 +498,14 @@ impl Scheduler {
                         );
                         warnings.push(Quarantined::source(&key.to_string(), &rule.to_string()));
                     }
-                    s.sources.insert(key, SourceEntry { record, admitted });
+                    s.sources.insert(
+                        key,
+                        SourceEntry {
+                            record,
+                            admitted,
+                            indexed: Default::default(),
+                        },
+                    );
                 }
                 Err(rule) => quarantined.push(Quarantined::source(
                     &key.to_string(),
@@ -508,14 +518,14 @@ impl Scheduler {
             // Even a run left out keeps its number: no new run may overwrite its record.
             s.next_run = s.next_run.max(id.0.saturating_add(1));
             if run.phase == RunPhase::Finished {
-                s.history.insert(id, run);
+                s.history.insert(run);
             } else if !s.sources.contains_key(&run.source) {
                 quarantined.push(Quarantined::run(
                     &id.to_string(),
                     &format!("in flight, but its source {} is not loaded", run.source),
                 ));
             } else {
-                s.active.insert(id, run);
+                s.active.insert(run);
             }
         }
         Restored {
@@ -728,32 +738,41 @@ fn keep_cache(spec: &SourceSpec) -> bool {
     spec.restic().is_some_and(|r| r.keep_cache)
 }
 
-/// Whether an idle source must start a run now, and why.
-fn due(e: &SourceEntry, now: DateTime<Utc>) -> Option<RunReason> {
+/// When an idle source is due to start a run: `None` while it is deleting, paused, running, or
+/// waits for something other than time (a new manual tag, a SyncNow).
+fn due_time(e: &SourceEntry) -> Option<index::Due> {
     let status = e.status();
     if e.record.deleting || e.spec().paused || status.current_run.is_some() {
         return None;
     }
     let first = status.last_sync_start_time.is_none();
-    let next_due = status.next_sync_time.is_some_and(|t| t <= now);
     match &e.admitted.trigger {
-        SyncTrigger::Schedule(_) if next_due => Some(if first {
-            RunReason::Initial
-        } else {
-            RunReason::Schedule
-        }),
-        SyncTrigger::Schedule(_) => None,
-        SyncTrigger::Manual(tag) => (*tag != status.last_manual_sync).then_some(RunReason::Manual),
+        SyncTrigger::Schedule(_) => status.next_sync_time.map(index::Due::At),
+        SyncTrigger::Manual(tag) => (*tag != status.last_manual_sync).then_some(index::Due::Now),
         // skipInitialRun on a continuous source: no run until the first SyncNow; from then on
         // each run follows the previous one.
         SyncTrigger::Continuous if first && e.spec().skip_initial_run => None,
-        SyncTrigger::Continuous if status.next_sync_time.is_none() || next_due => Some(if first {
-            RunReason::Initial
-        } else {
-            RunReason::Continuous
-        }),
-        SyncTrigger::Continuous => None,
+        SyncTrigger::Continuous => Some(
+            status
+                .next_sync_time
+                .map_or(index::Due::Now, index::Due::At),
+        ),
     }
+}
+
+/// Whether an idle source must start a run now, and why.
+fn due(e: &SourceEntry, now: DateTime<Utc>) -> Option<RunReason> {
+    match due_time(e)? {
+        index::Due::At(at) if at > now => return None,
+        _ => {}
+    }
+    let first = e.status().last_sync_start_time.is_none();
+    Some(match (&e.admitted.trigger, first) {
+        (SyncTrigger::Manual(_), _) => RunReason::Manual,
+        (_, true) => RunReason::Initial,
+        (SyncTrigger::Schedule(_), false) => RunReason::Schedule,
+        (SyncTrigger::Continuous, false) => RunReason::Continuous,
+    })
 }
 
 fn observation_name(o: &ReportObservation) -> &'static str {

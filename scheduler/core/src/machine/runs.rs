@@ -6,8 +6,12 @@ impl Scheduler {
     pub(super) fn start_due_runs(&mut self, now: DateTime<Utc>) {
         let due: Vec<(SourceKey, RunReason)> = self
             .sources
-            .iter()
-            .filter_map(|(k, e)| due(e, now).map(|r| (k.clone(), r)))
+            .due(now)
+            .into_iter()
+            .filter_map(|k| {
+                let reason = due(self.sources.get(&k)?, now)?;
+                Some((k, reason))
+            })
             .collect();
         for (key, reason) in due {
             self.start_run(&key, reason, "", now);
@@ -48,7 +52,7 @@ impl Scheduler {
         };
         note(&mut run, now, "Queued", reason.as_str_name());
         let pvc = run.pvc.clone();
-        self.active.insert(id, run);
+        self.active.insert(run);
         self.set_condition(key, "True", "SyncInProgress", "", now);
         self.put_source(key);
         self.put_run(id);
@@ -58,14 +62,13 @@ impl Scheduler {
 
     /// Lets the oldest queued run on a PVC start its copy phase if no run holds the PVC.
     pub(super) fn advance_pvc(&mut self, namespace: String, pvc: String, now: DateTime<Utc>) {
-        let on_pvc = |r: &Run| r.pvc == pvc && r.source.namespace == namespace;
-        if self.active.values().any(|r| on_pvc(r) && holds_pvc(r)) {
+        if self.active.on_pvc(&namespace, &pvc).any(holds_pvc) {
             return;
         }
         let next = self
             .active
-            .values()
-            .find(|r| on_pvc(r) && r.phase == RunPhase::Queued)
+            .on_pvc(&namespace, &pvc)
+            .find(|r| r.phase == RunPhase::Queued)
             .map(|r| r.id);
         if let Some(id) = next {
             let Some(run) = self.active.get_mut(&id) else {
@@ -149,7 +152,7 @@ impl Scheduler {
             _ => None,
         };
         self.effects.push(Effect::PutRun(Box::new(run.clone())));
-        self.history.insert(id, run);
+        self.history.insert(run);
         self.effects.push(Effect::Forget {
             namespace: namespace.clone(),
             run_id: id,
@@ -211,12 +214,7 @@ impl Scheduler {
     }
 
     pub(super) fn trim_history(&mut self, key: &SourceKey) {
-        let ids: Vec<RunId> = self
-            .history
-            .iter()
-            .filter(|(_, r)| run_key(r) == *key)
-            .map(|(id, _)| *id)
-            .collect();
+        let ids: Vec<RunId> = self.history.of_source(key).map(|r| r.id).collect();
         for id in ids
             .iter()
             .take(ids.len().saturating_sub(HISTORY_PER_SOURCE))

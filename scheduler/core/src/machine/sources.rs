@@ -116,6 +116,7 @@ impl Scheduler {
                             deleting: false,
                         },
                         admitted,
+                        indexed: Default::default(),
                     },
                 );
             }
@@ -309,12 +310,7 @@ impl Scheduler {
     pub(super) fn remove_source(&mut self, key: &SourceKey) {
         self.sources.remove(key);
         self.effects.push(Effect::RemoveSource(key.clone()));
-        let old: Vec<RunId> = self
-            .history
-            .iter()
-            .filter(|(_, r)| &run_key(r) == key)
-            .map(|(id, _)| *id)
-            .collect();
+        let old: Vec<RunId> = self.history.of_source(key).map(|r| r.id).collect();
         for id in old {
             self.history.remove(&id);
             self.effects.push(Effect::RemoveRun(id));
@@ -399,9 +395,9 @@ impl Scheduler {
         self.entry(key)?;
         if let Some(run) = self
             .active
-            .values()
-            .chain(self.history.values())
-            .find(|r| run_key(r) == *key && r.request_id == request_id)
+            .of_source(key)
+            .chain(self.history.of_source(key))
+            .find(|r| r.request_id == request_id)
         {
             return Ok((run.id, false));
         }
@@ -424,9 +420,8 @@ impl Scheduler {
         self.entry(key)?;
         let mut runs: Vec<Run> = self
             .active
-            .values()
-            .chain(self.history.values())
-            .filter(|r| run_key(r) == *key)
+            .of_source(key)
+            .chain(self.history.of_source(key))
             .cloned()
             .collect();
         runs.sort_by_key(|r| std::cmp::Reverse(r.id));

@@ -3,43 +3,28 @@
 use super::*;
 
 impl Scheduler {
-    /// The earliest time at which [`Scheduler::handle_timeout`] has something to do.
-    pub fn poll_timeout(&self) -> Option<DateTime<Utc>> {
-        let waits = self
-            .active
-            .values()
-            .filter(|r| r.phase == RunPhase::WaitingForTrigger && !r.timeout_reported)
-            .filter_map(|r| r.wait_deadline);
-        let leases = self
-            .active
-            .values()
-            .filter(|r| r.phase == RunPhase::Copying && r.copy_time.is_none())
-            .filter_map(|r| r.lease_deadline);
-        let holds = self
-            .active
-            .values()
-            .filter(|r| r.phase == RunPhase::WaitingForTrigger)
-            .flat_map(|r| r.holds.iter())
-            .filter_map(|h| h.deadline);
-        let starts = self
-            .sources
-            .values()
-            .filter(|e| !e.record.deleting && !e.spec().paused && e.status().current_run.is_none())
-            .filter_map(|e| e.status().next_sync_time);
-        waits.chain(leases).chain(holds).chain(starts).min()
+    /// The earliest time at which [`Scheduler::handle_timeout`] has something to do: from the
+    /// deadline indexes, not a scan of the state.
+    pub fn poll_timeout(&mut self) -> Option<DateTime<Utc>> {
+        let runs = self.active.next_deadline();
+        let starts = self.sources.next_due();
+        runs.into_iter().chain(starts).min()
     }
 
-    /// Acts on every deadline that has passed: wait timeouts, then due runs.
+    /// Acts on every deadline that has passed: wait timeouts, ended holds, expired leases,
+    /// then due runs. Only the runs whose deadline has passed are looked at.
     pub fn handle_timeout(&mut self, now: DateTime<Utc>) {
         let expired: Vec<RunId> = self
             .active
-            .iter()
-            .filter(|(_, r)| {
-                r.phase == RunPhase::WaitingForTrigger
-                    && !r.timeout_reported
-                    && r.wait_deadline.is_some_and(|d| d <= now)
+            .due(now)
+            .into_iter()
+            .filter(|id| {
+                self.active.get(id).is_some_and(|r| {
+                    r.phase == RunPhase::WaitingForTrigger
+                        && !r.timeout_reported
+                        && r.wait_deadline.is_some_and(|d| d <= now)
+                })
             })
-            .map(|(id, _)| *id)
             .collect();
         for id in expired {
             self.on_wait_timeout(id, now);
@@ -47,9 +32,9 @@ impl Scheduler {
         self.expire_holds(now);
         let leases: Vec<RunId> = self
             .active
-            .iter()
-            .filter(|(_, r)| lease_over(r, now))
-            .map(|(id, _)| *id)
+            .due(now)
+            .into_iter()
+            .filter(|id| self.active.get(id).is_some_and(|r| lease_over(r, now)))
             .collect();
         for id in leases {
             self.on_lease_expired(id, now);

@@ -50,23 +50,17 @@ impl Scheduler {
         pvc: &str,
         source: Option<&str>,
     ) -> CopyStatus {
-        let on_pvc = |r: &&Run| {
-            r.pvc == pvc
-                && r.source.namespace == namespace
-                && source.is_none_or(|name| r.source.name == name)
-        };
-        let run = self
-            .active
-            .values()
-            .filter(on_pvc)
+        let ours = |r: &&Run| source.is_none_or(|name| r.source.name == name);
+        let active = || self.active.on_pvc(namespace, pvc).filter(ours);
+        let history = || self.history.on_pvc(namespace, pvc).filter(ours);
+        let run = active()
             .find(|r| holds_pvc(r))
-            .or_else(|| self.active.values().rfind(on_pvc))
-            .or_else(|| self.history.values().rfind(on_pvc));
-        let latest_trigger = self
-            .active
-            .values()
-            .chain(self.history.values())
-            .filter(on_pvc)
+            .or_else(|| active().next_back())
+            .or_else(|| history().next_back());
+        let latest_trigger = active()
+            .next_back()
+            .into_iter()
+            .chain(history().next_back())
             .max_by_key(|r| r.id)
             .map(|r| r.latest_trigger.clone())
             .unwrap_or_default();
@@ -98,29 +92,29 @@ impl Scheduler {
     /// every source of the target (by name, or naming its PVC, or with a run on it) that lists
     /// `copyTrigger.allowedServiceAccounts` lists it.
     pub fn application_allowed(&self, target: &Target, service_account: &str) -> bool {
-        let runs_on_pvc: Vec<SourceKey> = self
-            .active
-            .values()
-            .filter(|r| r.pvc == target.pvc)
-            .map(run_key)
-            .filter(|k| k.namespace == target.namespace)
-            .collect();
-        self.sources
-            .iter()
-            .filter(|(k, _)| k.namespace == target.namespace)
-            .filter(|(k, e)| match &target.source {
-                Some(name) => k.name == *name,
-                None => e.spec().source_pvc == target.pvc || runs_on_pvc.contains(k),
-            })
-            .all(|(_, e)| {
-                let allowed = e
-                    .spec()
-                    .copy_trigger
-                    .as_ref()
-                    .map(|c| c.allowed_service_accounts.as_slice())
-                    .unwrap_or_default();
-                allowed.is_empty() || allowed.iter().any(|a| a == service_account)
-            })
+        let keys: BTreeSet<SourceKey> = match &target.source {
+            Some(name) => [SourceKey::new(&target.namespace, name)].into(),
+            None => self
+                .sources
+                .on_pvc(&target.namespace, &target.pvc)
+                .into_iter()
+                .cloned()
+                .chain(
+                    self.active
+                        .on_pvc(&target.namespace, &target.pvc)
+                        .map(run_key),
+                )
+                .collect(),
+        };
+        keys.iter().filter_map(|k| self.sources.get(k)).all(|e| {
+            let allowed = e
+                .spec()
+                .copy_trigger
+                .as_ref()
+                .map(|c| c.allowed_service_accounts.as_slice())
+                .unwrap_or_default();
+            allowed.is_empty() || allowed.iter().any(|a| a == service_account)
+        })
     }
 
     /// Releases the run waiting on a PVC with `value` (the SDK's Trigger).
@@ -172,6 +166,13 @@ impl Scheduler {
                     .as_deref()
                     .is_none_or(|name| r.source.name == name)
         };
+        let active = || self.active.on_pvc(&namespace, &pvc).filter(|r| on_pvc(r));
+        let all = || {
+            self.active
+                .on_pvc(&namespace, &pvc)
+                .chain(self.history.on_pvc(&namespace, &pvc))
+                .filter(|r| on_pvc(r))
+        };
         // An accepted call repeated: same answer, nothing new. With a run id, that run is the
         // one to compare (a newer run queued on the PVC meanwhile does not matter); without,
         // only the newest run on the PVC can be the one it released.
@@ -181,12 +182,7 @@ impl Scheduler {
                 .get(&e)
                 .or_else(|| self.history.get(&e))
                 .filter(|r| on_pvc(r)),
-            None => self
-                .active
-                .values()
-                .chain(self.history.values())
-                .filter(|r| on_pvc(r))
-                .max_by_key(|r| r.id),
+            None => all().max_by_key(|r| r.id),
         };
         let ours = |r: &Run| {
             (r.released_by == Some(ReleasedBy::Rpc) && r.trigger == value)
@@ -213,9 +209,8 @@ impl Scheduler {
                 lease_deadline,
             });
         }
-        let paused = self.active.values().find(|r| {
-            on_pvc(r)
-                && r.phase == RunPhase::Gating
+        let paused = active().find(|r| {
+            r.phase == RunPhase::Gating
                 && self
                     .sources
                     .get(&run_key(r))
@@ -228,10 +223,8 @@ impl Scheduler {
                 run.id
             )));
         }
-        let waiting = self
-            .active
-            .values()
-            .find(|r| on_pvc(r) && r.phase == RunPhase::WaitingForTrigger)
+        let waiting = active()
+            .find(|r| r.phase == RunPhase::WaitingForTrigger)
             .map(|r| r.id);
         let Some(id) = waiting else {
             let status = self.target_status(&resolved);
@@ -278,17 +271,11 @@ impl Scheduler {
             .into());
         }
         // A value bound to an earlier run of the PVC releases no other.
-        if let Some(earlier) = self
-            .active
-            .values()
-            .chain(self.history.values())
-            .filter(|r| on_pvc(r) && r.id != id)
-            .find(|r| {
-                r.trigger == value
-                    || r.spent_triggers.iter().any(|v| v == value)
-                    || r.holds.iter().any(|h| h.value == value)
-            })
-        {
+        if let Some(earlier) = all().filter(|r| r.id != id).find(|r| {
+            r.trigger == value
+                || r.spent_triggers.iter().any(|v| v == value)
+                || r.holds.iter().any(|h| h.value == value)
+        }) {
             return Err(InvalidField::new(
                 "value",
                 format!(
@@ -449,10 +436,14 @@ impl Scheduler {
     pub(super) fn expire_holds(&mut self, now: DateTime<Utc>) {
         let due: Vec<RunId> = self
             .active
-            .iter()
-            .filter(|(_, r)| r.phase == RunPhase::WaitingForTrigger)
-            .filter(|(_, r)| r.holds.iter().any(|h| h.deadline.is_some_and(|d| d <= now)))
-            .map(|(id, _)| *id)
+            .due(now)
+            .into_iter()
+            .filter(|id| {
+                self.active.get(id).is_some_and(|r| {
+                    r.phase == RunPhase::WaitingForTrigger
+                        && r.holds.iter().any(|h| h.deadline.is_some_and(|d| d <= now))
+                })
+            })
             .collect();
         for id in due {
             let holders = self.run_holders(id);

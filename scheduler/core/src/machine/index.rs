@@ -1,0 +1,464 @@
+//! The state's two tables, runs and sources, each with the indexes that keep every command
+//! from scanning the whole state: runs by PVC and by source, sources by PVC, and the next
+//! deadline of every run and every source.
+//!
+//! A run's PVC and source never change, so those indexes are kept as runs come and go. What a
+//! deadline depends on does change, through `get_mut`: a table notes every entry it hands out
+//! mutably, and brings those entries' index entries up to date in `settle`, which every
+//! deadline query calls first. Queries by a source's PVC (which an apply may change) check
+//! what the index says against the entry and look at the entries not yet settled as well, so
+//! they are right whenever they are asked.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+
+use super::SourceEntry;
+use crate::{
+    RunId, SourceKey,
+    model::{Run, RunPhase},
+};
+
+/// The earliest time at which the passing of time changes a run: its wait for a copy trigger
+/// times out, a holder's hold ends, or its hold lease runs out before the copy point.
+fn run_deadline(r: &Run) -> Option<DateTime<Utc>> {
+    let waiting = r.phase == RunPhase::WaitingForTrigger;
+    let wait = r.wait_deadline.filter(|_| waiting && !r.timeout_reported);
+    let holds = r
+        .holds
+        .iter()
+        .filter_map(|h| h.deadline)
+        .min()
+        .filter(|_| waiting);
+    let lease = r
+        .lease_deadline
+        .filter(|_| r.phase == RunPhase::Copying && r.copy_time.is_none());
+    [wait, holds, lease].into_iter().flatten().min()
+}
+
+/// Runs by id, with their indexes.
+#[derive(Default)]
+pub(super) struct RunTable {
+    runs: BTreeMap<RunId, Run>,
+    /// By `(namespace, pvc)`.
+    by_pvc: BTreeMap<(String, String), BTreeSet<RunId>>,
+    by_source: BTreeMap<SourceKey, BTreeSet<RunId>>,
+    /// Each run's deadline as last settled, and the same in time order.
+    deadline_of: BTreeMap<RunId, DateTime<Utc>>,
+    deadlines: BTreeSet<(DateTime<Utc>, RunId)>,
+    /// Handed out mutably since the last settle.
+    dirty: BTreeSet<RunId>,
+}
+
+impl RunTable {
+    pub(super) fn get(&self, id: &RunId) -> Option<&Run> {
+        self.runs.get(id)
+    }
+
+    /// The run, to change: its deadline is looked at again on the next settle. Its PVC and
+    /// source must not be changed (they are indexed for its whole life).
+    pub(super) fn get_mut(&mut self, id: &RunId) -> Option<&mut Run> {
+        let run = self.runs.get_mut(id)?;
+        self.dirty.insert(*id);
+        Some(run)
+    }
+
+    pub(super) fn contains_key(&self, id: &RunId) -> bool {
+        self.runs.contains_key(id)
+    }
+
+    pub(super) fn insert(&mut self, run: Run) {
+        let id = run.id;
+        self.remove(&id);
+        self.by_pvc
+            .entry((run.source.namespace.clone(), run.pvc.clone()))
+            .or_default()
+            .insert(id);
+        self.by_source
+            .entry(run.source.clone())
+            .or_default()
+            .insert(id);
+        self.runs.insert(id, run);
+        self.dirty.insert(id);
+    }
+
+    pub(super) fn remove(&mut self, id: &RunId) -> Option<Run> {
+        let run = self.runs.remove(id)?;
+        let pvc = (run.source.namespace.clone(), run.pvc.clone());
+        if let Some(ids) = self.by_pvc.get_mut(&pvc) {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.by_pvc.remove(&pvc);
+            }
+        }
+        if let Some(ids) = self.by_source.get_mut(&run.source) {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.by_source.remove(&run.source);
+            }
+        }
+        if let Some(at) = self.deadline_of.remove(id) {
+            self.deadlines.remove(&(at, *id));
+        }
+        self.dirty.remove(id);
+        Some(run)
+    }
+
+    /// Every run, in id order.
+    pub(super) fn values(&self) -> impl DoubleEndedIterator<Item = &Run> {
+        self.runs.values()
+    }
+
+    /// The runs on a PVC, in id order (oldest first).
+    pub(super) fn on_pvc(
+        &self,
+        namespace: &str,
+        pvc: &str,
+    ) -> impl DoubleEndedIterator<Item = &Run> + '_ {
+        self.by_pvc
+            .get(&(namespace.to_owned(), pvc.to_owned()))
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.runs.get(id))
+    }
+
+    /// The runs of a source, in id order (oldest first).
+    pub(super) fn of_source(&self, key: &SourceKey) -> impl DoubleEndedIterator<Item = &Run> + '_ {
+        self.by_source
+            .get(key)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.runs.get(id))
+    }
+
+    /// Brings the deadlines of the runs changed since the last call up to date.
+    pub(super) fn settle(&mut self) {
+        for id in std::mem::take(&mut self.dirty) {
+            if let Some(at) = self.deadline_of.remove(&id) {
+                self.deadlines.remove(&(at, id));
+            }
+            if let Some(at) = self.runs.get(&id).and_then(run_deadline) {
+                self.deadline_of.insert(id, at);
+                self.deadlines.insert((at, id));
+            }
+        }
+    }
+
+    /// The earliest deadline of any run.
+    pub(super) fn next_deadline(&mut self) -> Option<DateTime<Utc>> {
+        self.settle();
+        self.deadlines.first().map(|(at, _)| *at)
+    }
+
+    /// The runs with a deadline at or before `now`, in id order.
+    pub(super) fn due(&mut self, now: DateTime<Utc>) -> Vec<RunId> {
+        self.settle();
+        let mut ids: Vec<RunId> = self
+            .deadlines
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .map(|(_, id)| *id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+}
+
+/// When a source is due to start a run (see [`super::due`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Due {
+    /// At this time (a schedule time, or a continuous source's retry).
+    At(DateTime<Utc>),
+    /// As soon as possible, whatever the time (a new manual tag, a continuous source's next run).
+    Now,
+}
+
+/// What a source is indexed under, as last settled.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Indexed {
+    due: Option<Due>,
+    /// `None` until first settled.
+    pvc: Option<String>,
+}
+
+/// Sources by key, with their indexes.
+#[derive(Default)]
+pub(super) struct SourceTable {
+    entries: BTreeMap<SourceKey, SourceEntry>,
+    /// By `(namespace, spec.sourcePVC)`, as last settled.
+    by_pvc: BTreeMap<(String, String), BTreeSet<SourceKey>>,
+    /// Due at a time, in time order, and due now.
+    due_at: BTreeSet<(DateTime<Utc>, SourceKey)>,
+    due_now: BTreeSet<SourceKey>,
+    /// Handed out mutably since the last settle.
+    dirty: BTreeSet<SourceKey>,
+}
+
+impl SourceTable {
+    pub(super) fn get(&self, key: &SourceKey) -> Option<&SourceEntry> {
+        self.entries.get(key)
+    }
+
+    /// The entry, to change: it is indexed again on the next settle.
+    pub(super) fn get_mut(&mut self, key: &SourceKey) -> Option<&mut SourceEntry> {
+        let entry = self.entries.get_mut(key)?;
+        if !self.dirty.contains(key) {
+            self.dirty.insert(key.clone());
+        }
+        Some(entry)
+    }
+
+    pub(super) fn contains_key(&self, key: &SourceKey) -> bool {
+        self.entries.contains_key(key)
+    }
+
+    pub(super) fn insert(&mut self, key: SourceKey, entry: SourceEntry) {
+        self.remove(&key);
+        self.entries.insert(key.clone(), entry);
+        self.dirty.insert(key);
+    }
+
+    pub(super) fn remove(&mut self, key: &SourceKey) -> Option<SourceEntry> {
+        let entry = self.entries.remove(key)?;
+        self.unindex(key, &entry.indexed);
+        self.dirty.remove(key);
+        Some(entry)
+    }
+
+    fn unindex(&mut self, key: &SourceKey, indexed: &Indexed) {
+        match indexed.due {
+            Some(Due::At(at)) => {
+                self.due_at.remove(&(at, key.clone()));
+            }
+            Some(Due::Now) => {
+                self.due_now.remove(key);
+            }
+            None => {}
+        }
+        if let Some(pvc) = &indexed.pvc {
+            self.unindex_pvc(key, pvc);
+        }
+    }
+
+    fn unindex_pvc(&mut self, key: &SourceKey, pvc: &str) {
+        let at = (key.namespace.clone(), pvc.to_owned());
+        if let Some(keys) = self.by_pvc.get_mut(&at) {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.by_pvc.remove(&at);
+            }
+        }
+    }
+
+    /// Every source, in key order.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&SourceKey, &SourceEntry)> {
+        self.entries.iter()
+    }
+
+    /// Sources in key order within `range`.
+    pub(super) fn range<R: std::ops::RangeBounds<SourceKey>>(
+        &self,
+        range: R,
+    ) -> impl Iterator<Item = (&SourceKey, &SourceEntry)> {
+        self.entries.range(range)
+    }
+
+    /// The sources (deleting or not) whose spec names `pvc` in `namespace`, in key order.
+    pub(super) fn on_pvc(&self, namespace: &str, pvc: &str) -> BTreeSet<&SourceKey> {
+        let names = |k: &SourceKey| {
+            self.entries
+                .get(k)
+                .is_some_and(|e| k.namespace == namespace && e.spec().source_pvc == pvc)
+        };
+        let indexed = self
+            .by_pvc
+            .get(&(namespace.to_owned(), pvc.to_owned()))
+            .into_iter()
+            .flatten();
+        indexed
+            .chain(self.dirty.iter())
+            .filter(|k| names(k))
+            .collect()
+    }
+
+    /// Brings the index entries of the sources changed since the last call up to date.
+    pub(super) fn settle(&mut self) {
+        for key in std::mem::take(&mut self.dirty) {
+            let Some(entry) = self.entries.get(&key) else {
+                continue;
+            };
+            let old = entry.indexed.clone();
+            let new = Indexed {
+                due: super::due_time(entry),
+                pvc: Some(entry.spec().source_pvc.clone()),
+            };
+            if old.due != new.due {
+                match old.due {
+                    Some(Due::At(at)) => {
+                        self.due_at.remove(&(at, key.clone()));
+                    }
+                    Some(Due::Now) => {
+                        self.due_now.remove(&key);
+                    }
+                    None => {}
+                }
+                match new.due {
+                    Some(Due::At(at)) => {
+                        self.due_at.insert((at, key.clone()));
+                    }
+                    Some(Due::Now) => {
+                        self.due_now.insert(key.clone());
+                    }
+                    None => {}
+                }
+            }
+            if old.pvc != new.pvc {
+                if let Some(pvc) = &old.pvc {
+                    self.unindex_pvc(&key, pvc);
+                }
+                if let Some(pvc) = &new.pvc {
+                    self.by_pvc
+                        .entry((key.namespace.clone(), pvc.clone()))
+                        .or_default()
+                        .insert(key.clone());
+                }
+            }
+            if let Some(entry) = self.entries.get_mut(&key) {
+                entry.indexed = new;
+            }
+        }
+    }
+
+    /// The earliest time a source is due at (sources due now are started by the command that
+    /// made them so, not by the timer).
+    pub(super) fn next_due(&mut self) -> Option<DateTime<Utc>> {
+        self.settle();
+        self.due_at.first().map(|(at, _)| *at)
+    }
+
+    /// The sources due at or before `now`, and those due now, in key order.
+    pub(super) fn due(&mut self, now: DateTime<Utc>) -> Vec<SourceKey> {
+        self.settle();
+        let mut keys: Vec<SourceKey> = self
+            .due_at
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .map(|(_, k)| k.clone())
+            .chain(self.due_now.iter().cloned())
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys
+    }
+}
+
+impl<'a> IntoIterator for &'a SourceTable {
+    type Item = (&'a SourceKey, &'a SourceEntry);
+    type IntoIter = std::collections::btree_map::Iter<'a, SourceKey, SourceEntry>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.entries.iter()
+    }
+}
+
+impl super::Scheduler {
+    /// Checks every index against a scan of the state it indexes: the runs by PVC and by
+    /// source, each run's deadline, each source's due time and PVC, and [`Self::poll_timeout`]
+    /// against the earliest of them all. For tests; a scan of everything.
+    #[doc(hidden)]
+    pub fn check_indexes(&mut self) -> Result<(), String> {
+        for (name, table) in [("active", &mut self.active), ("history", &mut self.history)] {
+            table.settle();
+            table.check().map_err(|e| format!("{name} runs: {e}"))?;
+        }
+        self.sources.settle();
+        self.sources.check()?;
+        let scanned = self
+            .active
+            .values()
+            .filter_map(run_deadline)
+            .chain(
+                self.sources
+                    .iter()
+                    .filter_map(|(_, e)| match super::due_time(e) {
+                        Some(Due::At(at)) => Some(at),
+                        _ => None,
+                    }),
+            )
+            .min();
+        let polled = self.poll_timeout();
+        if polled != scanned {
+            return Err(format!("poll_timeout {polled:?}, a scan says {scanned:?}"));
+        }
+        Ok(())
+    }
+}
+
+impl RunTable {
+    fn check(&self) -> Result<(), String> {
+        let mut by_pvc: BTreeMap<(String, String), BTreeSet<RunId>> = BTreeMap::new();
+        let mut by_source: BTreeMap<SourceKey, BTreeSet<RunId>> = BTreeMap::new();
+        let mut deadlines = BTreeSet::new();
+        for (id, r) in &self.runs {
+            by_pvc
+                .entry((r.source.namespace.clone(), r.pvc.clone()))
+                .or_default()
+                .insert(*id);
+            by_source.entry(r.source.clone()).or_default().insert(*id);
+            if let Some(at) = run_deadline(r) {
+                deadlines.insert((at, *id));
+            }
+        }
+        if by_pvc != self.by_pvc {
+            return Err(format!("by PVC {:?}, a scan says {by_pvc:?}", self.by_pvc));
+        }
+        if by_source != self.by_source {
+            return Err(format!(
+                "by source {:?}, a scan says {by_source:?}",
+                self.by_source
+            ));
+        }
+        if deadlines != self.deadlines || deadlines.len() != self.deadline_of.len() {
+            return Err(format!(
+                "deadlines {:?}, a scan says {deadlines:?}",
+                self.deadlines
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl SourceTable {
+    fn check(&self) -> Result<(), String> {
+        let mut by_pvc: BTreeMap<(String, String), BTreeSet<SourceKey>> = BTreeMap::new();
+        let mut due_at = BTreeSet::new();
+        let mut due_now = BTreeSet::new();
+        for (k, e) in &self.entries {
+            by_pvc
+                .entry((k.namespace.clone(), e.spec().source_pvc.clone()))
+                .or_default()
+                .insert(k.clone());
+            match super::due_time(e) {
+                Some(Due::At(at)) => {
+                    due_at.insert((at, k.clone()));
+                }
+                Some(Due::Now) => {
+                    due_now.insert(k.clone());
+                }
+                None => {}
+            }
+        }
+        if by_pvc != self.by_pvc {
+            return Err(format!(
+                "sources by PVC {:?}, a scan says {by_pvc:?}",
+                self.by_pvc
+            ));
+        }
+        if due_at != self.due_at || due_now != self.due_now {
+            return Err(format!(
+                "sources due {:?} and now {:?}, a scan says {due_at:?} and {due_now:?}",
+                self.due_at, self.due_now
+            ));
+        }
+        Ok(())
+    }
+}
