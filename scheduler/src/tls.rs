@@ -202,6 +202,7 @@ impl ServerTls {
                     accepted = st.listener.accept(), if st.handshakes.len() < MAX_HANDSHAKES => {
                         match accepted {
                             Ok((tcp, peer)) => {
+                                crate::no_delay(&tcp);
                                 let Some(slot) = st.per_peer.take(peer.ip()) else {
                                     drop(tcp);
                                     st.metrics.tls_handshakes_refused.inc();
