@@ -80,6 +80,12 @@ const RUNS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("runs");
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 const NEXT_RUN: &str = "next_run";
 
+/// The most memory redb keeps as its page cache. The scheduler holds its whole state in
+/// memory and reads the store only at start, so the cache serves writes (the pages on a
+/// record's path) and a start's one pass; redb's default (1 GiB) would keep the whole file
+/// read at start resident for the life of the process.
+const CACHE_BYTES: usize = 32 * 1024 * 1024;
+
 /// The embedded store: one redb file, `snapgate.redb`, in the data directory.
 pub struct RedbStore {
     db: redb::Database,
@@ -89,7 +95,10 @@ impl RedbStore {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Redb(e.into()))?;
-        let db = redb::Database::create(dir.join("snapgate.redb")).map_err(redb::Error::from)?;
+        let db = redb::Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(dir.join("snapgate.redb"))
+            .map_err(redb::Error::from)?;
         let tx = db.begin_write().map_err(redb::Error::from)?;
         {
             tx.open_table(SOURCES).map_err(redb::Error::from)?;
