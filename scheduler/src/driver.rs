@@ -4,6 +4,13 @@
 //! the driver calls the core, commits the persistence effects as one batch, and only then
 //! delivers directives to agents, copy-status changes to watchers, metrics, and the reply.
 //! If the commit fails the core is rebuilt from the store, so a refused request leaves no trace.
+//!
+//! Group commit: the writes (Apply, Delete, SyncNow, Pause, Trigger, EndHold, agent reports)
+//! waiting on the channel when the driver gets to them are handled one after another and
+//! committed together, in one store transaction (one fsync), at most [`MAX_GROUP`] at a time;
+//! every reply and delivery of the group waits for that commit. Any other command ends the
+//! group first, so a read never sees a change that is not yet durable. If the group's commit
+//! fails, every request in it is answered with the store's error and the core is rebuilt.
 
 use std::{collections::HashMap, sync::Arc, time::Duration as StdDuration};
 
@@ -44,16 +51,18 @@ pub(crate) const MAX_WATCHERS_PER_IDENTITY: usize = 64;
 const MAX_SLEEP: StdDuration = StdDuration::from_secs(30);
 /// How long to wait before retrying timer work whose commit failed.
 const RETRY_AFTER_STORE_ERROR: StdDuration = StdDuration::from_secs(1);
+/// The most writes committed as one group.
+pub(crate) const MAX_GROUP: usize = 256;
 
 /// Why the driver refused or failed a request.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum DriverError {
     /// The core refused it.
     #[error(transparent)]
     Core(#[from] CoreError),
-    /// The store failed; nothing was applied.
+    /// The store failed; nothing was applied (shared by the requests of a group).
     #[error("the request was not applied: {0}")]
-    Store(#[from] StoreError),
+    Store(Arc<StoreError>),
     /// The driver has stopped (shutting down).
     #[error("the scheduler is shutting down")]
     Stopped,
@@ -62,7 +71,30 @@ pub enum DriverError {
     Exhausted(String),
 }
 
+impl From<StoreError> for DriverError {
+    fn from(e: StoreError) -> Self {
+        Self::Store(Arc::new(e))
+    }
+}
+
 type Reply<T> = oneshot::Sender<Result<T, DriverError>>;
+
+/// A reply held until its group's commit: given the commit's outcome, it answers.
+type Deferred = Box<dyn FnOnce(Result<(), DriverError>) + Send>;
+
+/// The writes handled since the group began, not yet committed.
+#[derive(Default)]
+struct Group {
+    /// How many commands it holds.
+    commands: usize,
+    writes: Vec<Write>,
+    /// Deliveries (directives, copy statuses, metrics), after the commit.
+    rest: Vec<Effect>,
+    removed: Vec<SourceKey>,
+    replies: Vec<Deferred>,
+    /// Namespaces whose source counts were taken from uncommitted state.
+    namespaces: Vec<String>,
+}
 
 /// A request to the driver.
 pub(crate) enum Command {
@@ -246,6 +278,8 @@ pub(crate) struct Driver {
     quarantined: Vec<Quarantined>,
     lease_policy: LeasePolicy,
     rx: mpsc::Receiver<Command>,
+    /// The group being handled, if any (see the module docs).
+    group: Option<Group>,
 }
 
 impl Driver {
@@ -276,6 +310,7 @@ impl Driver {
                 quarantined,
                 lease_policy,
                 rx,
+                group: None,
             },
             DriverHandle { tx },
         ))
@@ -298,7 +333,7 @@ impl Driver {
             let sleep = self.sleep_for(retry_at);
             tokio::select! {
                 cmd = self.rx.recv() => match cmd {
-                    Some(cmd) => self.handle(cmd),
+                    Some(cmd) => self.handle_group(cmd),
                     None => break,
                 },
                 () = tokio::time::sleep(sleep) => {
@@ -332,28 +367,94 @@ impl Driver {
         }
     }
 
+    /// Handles `first` and, if it is a write, the writes queued behind it, committed as one
+    /// group.
+    fn handle_group(&mut self, first: Command) {
+        if !first.is_write() {
+            self.handle(first);
+            return;
+        }
+        self.group = Some(Group::default());
+        self.handle_in_group(first);
+        while self.group.as_ref().is_some_and(|g| g.commands < MAX_GROUP) {
+            match self.rx.try_recv() {
+                Ok(cmd) if cmd.is_write() => self.handle_in_group(cmd),
+                Ok(cmd) => {
+                    self.commit_group();
+                    self.handle(cmd);
+                    return;
+                }
+                Err(_) => break,
+            }
+        }
+        self.commit_group();
+    }
+
+    fn handle_in_group(&mut self, cmd: Command) {
+        self.handle(cmd);
+        if let Some(g) = &mut self.group {
+            g.commands += 1;
+        }
+    }
+
+    /// Commits the group, then delivers and answers; on a store error every request in it is
+    /// answered with the error and the core is rebuilt from the store.
+    fn commit_group(&mut self) {
+        let Some(g) = self.group.take() else {
+            return;
+        };
+        let outcome = self.commit(g.writes, g.rest, g.removed);
+        if let Err(e) = &outcome {
+            warn!(error = %e, requests = g.commands, "a group of writes was not committed; each is answered with the error");
+            for namespace in &g.namespaces {
+                self.count_sources_without_agent(namespace);
+            }
+        }
+        let outcome = outcome.map_err(DriverError::from);
+        for reply in g.replies {
+            reply(outcome.clone());
+        }
+    }
+
     /// Persists the effects of one step, then delivers the rest. On a store error the core
-    /// is rebuilt from the store and the undelivered effects are dropped.
+    /// is rebuilt from the store and the undelivered effects are dropped. In a group, the
+    /// effects join the group's and `Ok` means only that: its commit says the rest.
     fn flush(&mut self) -> Result<(), StoreError> {
         let effects = self.core.drain_effects();
-        let mut batch = Batch {
-            writes: Vec::new(),
-            next_run: self.core.next_run_counter(),
-        };
+        let mut writes = Vec::new();
         let mut rest = Vec::new();
         let mut removed = Vec::new();
         for e in effects {
             match e {
-                Effect::PutSource(r) => batch.writes.push(Write::PutSource(r)),
+                Effect::PutSource(r) => writes.push(Write::PutSource(r)),
                 Effect::RemoveSource(k) => {
-                    batch.writes.push(Write::RemoveSource(k.to_string()));
+                    writes.push(Write::RemoveSource(k.to_string()));
                     removed.push(k);
                 }
-                Effect::PutRun(r) => batch.writes.push(Write::PutRun(r)),
-                Effect::RemoveRun(id) => batch.writes.push(Write::RemoveRun(id.to_string())),
+                Effect::PutRun(r) => writes.push(Write::PutRun(r)),
+                Effect::RemoveRun(id) => writes.push(Write::RemoveRun(id.to_string())),
                 other => rest.push(other),
             }
         }
+        if let Some(g) = &mut self.group {
+            g.writes.append(&mut writes);
+            g.rest.append(&mut rest);
+            g.removed.append(&mut removed);
+            return Ok(());
+        }
+        self.commit(writes, rest, removed)
+    }
+
+    fn commit(
+        &mut self,
+        writes: Vec<Write>,
+        rest: Vec<Effect>,
+        removed: Vec<SourceKey>,
+    ) -> Result<(), StoreError> {
+        let batch = Batch {
+            writes,
+            next_run: self.core.next_run_counter(),
+        };
         if !batch.writes.is_empty()
             && let Err(e) = self.store.commit(batch)
         {
@@ -533,6 +634,15 @@ impl Driver {
     }
 
     /// Updates `snapgate_sources_without_agent` for `namespace`.
+    /// After the commit (or the rebuild from the store when it failed); in a group, again
+    /// after the group's commit if that fails.
+    fn count_after_write(&mut self, namespace: String) {
+        self.count_sources_without_agent(&namespace);
+        if let Some(g) = &mut self.group {
+            g.namespaces.push(namespace);
+        }
+    }
+
     fn count_sources_without_agent(&self, namespace: &str) {
         let count = match self.absence(namespace) {
             Some(_) => self.core.source_count(namespace),
@@ -558,8 +668,7 @@ impl Driver {
                     .apply_source_by(key, *spec, expected_version, author, now)
                     .map(|s| self.with_presence(s, chrono::Duration::zero(), now));
                 self.answer(reply, r);
-                // After the commit (or the rebuild from the store when it failed).
-                self.count_sources_without_agent(&namespace);
+                self.count_after_write(namespace);
             }
             Command::Get { key, reply } => {
                 let r = self
@@ -590,7 +699,7 @@ impl Driver {
             } => {
                 let r = self.core.delete_source(&key, expected_version, now);
                 self.answer(reply, r);
-                self.count_sources_without_agent(&key.namespace);
+                self.count_after_write(key.namespace);
             }
             Command::SyncNow {
                 key,
@@ -936,23 +1045,64 @@ impl Driver {
     }
 
     /// Commits what a mutating call did, then replies: the reply never precedes durability.
-    fn answer<T>(&mut self, reply: Reply<T>, result: Result<T, CoreError>) {
-        let out = match result {
-            Ok(v) => self.flush().map(|()| v).map_err(DriverError::from),
+    /// In a group, the reply waits for the group's commit.
+    fn answer<T: Send + 'static>(&mut self, reply: Reply<T>, result: Result<T, CoreError>) {
+        let result = match result {
+            Ok(v) => Ok(v),
             Err(e) => {
                 // A refused request must leave nothing behind; if the core disagrees, the
-                // store is the truth.
+                // store is the truth. What the group accepted before it is committed first, so
+                // that the rebuild keeps it.
                 if !self.core.drain_effects().is_empty() {
                     warn!(error = %e, "a refused request had effects; reloading from the store");
+                    let grouped = self.group.is_some();
+                    self.commit_group();
                     match restore(self.store.as_ref(), self.lease_policy) {
                         Ok((core, _)) => self.core = core,
                         Err(reload) => warn!(error = %reload, "store reload failed"),
                     }
+                    if grouped {
+                        self.group = Some(Group::default());
+                    }
                 }
-                Err(e.into())
+                Err(e)
             }
         };
-        let _ = reply.send(out);
+        let flushed = self.flush();
+        match &mut self.group {
+            Some(g) => {
+                // A refusal stands whatever the commit does; an acceptance waits for it.
+                g.replies.push(Box::new(move |committed| {
+                    let out = result
+                        .map_err(DriverError::from)
+                        .and_then(|v| committed.map(|()| v));
+                    let _ = reply.send(out);
+                }));
+            }
+            None => {
+                let out = result
+                    .map_err(DriverError::from)
+                    .and_then(|v| flushed.map(|()| v).map_err(DriverError::from));
+                let _ = reply.send(out);
+            }
+        }
+    }
+}
+
+impl Command {
+    /// A command that changes state through the core and is answered after its commit:
+    /// these are grouped. Reads, agent links and the rest end a group.
+    fn is_write(&self) -> bool {
+        matches!(
+            self,
+            Command::Apply { .. }
+                | Command::Delete { .. }
+                | Command::SyncNow { .. }
+                | Command::SetPaused { .. }
+                | Command::Trigger { .. }
+                | Command::EndHold { .. }
+                | Command::AgentReport { .. }
+        )
     }
 }
 
@@ -983,4 +1133,200 @@ fn retire_message(source: &SourceKey, keep_cache: bool) -> ToAgent {
         source: Some(wire::common::source_ref(source)),
         keep_cache,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Mutex, atomic::Ordering};
+
+    use snapgate_scheduler_core::model::{CopyMethod, MoverInput, TriggerInput};
+
+    use super::*;
+    use crate::{
+        clock::SystemClock,
+        store::{FaultyStore, Loaded, RedbStore},
+    };
+
+    /// Counts the commits of the store it wraps.
+    struct Counting<S> {
+        inner: S,
+        commits: Arc<Mutex<Vec<usize>>>,
+    }
+
+    impl<S: Store> Store for Counting<S> {
+        fn load(&self) -> Result<Loaded, StoreError> {
+            self.inner.load()
+        }
+        fn commit(&mut self, batch: Batch) -> Result<(), StoreError> {
+            let writes = batch.writes.len();
+            self.inner.commit(batch)?;
+            self.commits
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(writes);
+            Ok(())
+        }
+    }
+
+    fn spec(pvc: &str) -> SpecInput {
+        SpecInput {
+            trigger: Some(TriggerInput {
+                schedule: None,
+                manual: Some("first".into()),
+            }),
+            skip_initial_run: true,
+            ..SpecInput::new(
+                pvc,
+                MoverInput::restic(CopyMethod::Snapshot, "restic-config"),
+            )
+        }
+    }
+
+    fn apply(
+        name: &str,
+        expected_version: u64,
+    ) -> (Command, oneshot::Receiver<Result<Source, DriverError>>) {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command::Apply {
+            key: SourceKey::new("apps", name),
+            spec: Box::new(spec(name)),
+            expected_version,
+            author: None,
+            reply,
+        };
+        (cmd, rx)
+    }
+
+    /// A driver on `store` with `commands` queued before it runs, so that it finds them all
+    /// waiting; returns their answers once it has handled them.
+    async fn run_with(
+        store: Box<dyn Store>,
+        commands: Vec<(Command, oneshot::Receiver<Result<Source, DriverError>>)>,
+    ) -> (
+        Vec<Result<Source, DriverError>>,
+        DriverHandle,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (driver, handle) = Driver::start(
+            store,
+            Arc::new(SystemClock),
+            Metrics::new(),
+            LeasePolicy::default(),
+        )
+        .unwrap();
+        let mut answers = Vec::new();
+        for (cmd, rx) in commands {
+            handle
+                .tx
+                .try_send(cmd)
+                .unwrap_or_else(|_| panic!("queue full"));
+            answers.push(rx);
+        }
+        let task = tokio::spawn(driver.run());
+        let mut out = Vec::new();
+        for rx in answers {
+            out.push(rx.await.unwrap_or(Err(DriverError::Stopped)));
+        }
+        (out, handle, task)
+    }
+
+    async fn get(handle: &DriverHandle, name: &str) -> Result<Source, DriverError> {
+        handle
+            .ask(|reply| Command::Get {
+                key: SourceKey::new("apps", name),
+                reply,
+            })
+            .await
+    }
+
+    #[tokio::test]
+    async fn writes_waiting_together_are_committed_in_one_transaction_and_each_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let commits = Arc::new(Mutex::new(Vec::new()));
+        let store = Counting {
+            inner: RedbStore::open(dir.path()).unwrap(),
+            commits: commits.clone(),
+        };
+        // Ten creates with, in the middle, one refused (its name exists by then).
+        let mut commands: Vec<_> = (0..5).map(|i| apply(&format!("db{i}"), 0)).collect();
+        commands.push(apply("db0", 0));
+        commands.extend((5..10).map(|i| apply(&format!("db{i}"), 0)));
+        let (answers, handle, task) = run_with(Box::new(store), commands).await;
+        for (i, a) in answers.iter().enumerate() {
+            match (i, a) {
+                (5, Err(DriverError::Core(CoreError::AlreadyExists { version: 1, .. }))) => {}
+                (5, other) => panic!("the repeated create was not refused: {other:?}"),
+                (_, Ok(s)) => assert_eq!(s.version, 1),
+                (_, Err(e)) => panic!("create {i} failed: {e}"),
+            }
+        }
+        let commits = commits.lock().unwrap().clone();
+        assert_eq!(
+            commits.len(),
+            1,
+            "one commit for the whole group: {commits:?}"
+        );
+        assert_eq!(commits[0], 10, "each created source written once");
+        for i in 0..10 {
+            assert!(get(&handle, &format!("db{i}")).await.is_ok());
+        }
+        // And what the group committed is what a restart finds.
+        drop(handle);
+        task.await.unwrap();
+        let reopened = RedbStore::open(dir.path()).unwrap().load().unwrap();
+        assert_eq!(reopened.sources.len(), 10);
+    }
+
+    #[tokio::test]
+    async fn a_group_whose_commit_fails_answers_every_request_with_the_error_and_applies_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, fail) = FaultyStore::new(RedbStore::open(dir.path()).unwrap());
+        fail.store(1, Ordering::SeqCst);
+        let commands: Vec<_> = (0..8).map(|i| apply(&format!("db{i}"), 0)).collect();
+        let (answers, handle, _) = run_with(Box::new(store), commands).await;
+        for a in &answers {
+            assert!(
+                matches!(a, Err(DriverError::Store(e)) if matches!(**e, StoreError::Injected)),
+                "{a:?}"
+            );
+        }
+        for i in 0..8 {
+            assert!(
+                matches!(
+                    get(&handle, &format!("db{i}")).await,
+                    Err(DriverError::Core(CoreError::NotFound(_)))
+                ),
+                "db{i} was applied although its commit failed"
+            );
+        }
+        // The same requests succeed once the store does.
+        let again = handle
+            .ask(|reply| Command::Apply {
+                key: SourceKey::new("apps", "db0"),
+                spec: Box::new(spec("db0")),
+                expected_version: 0,
+                author: None,
+                reply,
+            })
+            .await
+            .unwrap();
+        assert_eq!(again.version, 1);
+        assert_eq!(fail.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_group_is_at_most_max_group_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let commits = Arc::new(Mutex::new(Vec::new()));
+        let store = Counting {
+            inner: RedbStore::open(dir.path()).unwrap(),
+            commits: commits.clone(),
+        };
+        let n = MAX_GROUP * 2 + 1;
+        let commands: Vec<_> = (0..n).map(|i| apply(&format!("db{i}"), 0)).collect();
+        let (answers, _handle, _) = run_with(Box::new(store), commands).await;
+        assert!(answers.iter().all(Result::is_ok));
+        let commits = commits.lock().unwrap().clone();
+        assert_eq!(commits, vec![MAX_GROUP, MAX_GROUP, 1]);
+    }
 }
