@@ -3,7 +3,7 @@
 //! VolSync's semantics: the next sync is the first schedule time strictly after the previous
 //! run's completion, so times that pass while a run is in flight are coalesced, never replayed.
 
-use std::fmt;
+use std::{collections::BTreeMap, fmt, sync::Arc};
 
 use chrono::{DateTime, Duration, Utc};
 pub use chrono_tz::Tz;
@@ -18,7 +18,8 @@ use crate::SourceKey;
 /// A parsed 5-field cron schedule in a time zone, with a stable per-source jitter.
 #[derive(Clone, Debug)]
 pub struct Schedule {
-    cron: Cron,
+    /// Shared by every schedule of the same pattern that went through one [`CronCache`].
+    cron: Arc<Cron>,
     tz: Tz,
     /// The fixed delay this source adds to every cron time (`0 <= offset < jitter`).
     offset: Duration,
@@ -105,7 +106,7 @@ impl Schedule {
             .parse(trimmed)
             .map_err(|e| ScheduleError::Cron(format!("{trimmed:?}: {e}")))?;
         Ok(Self {
-            cron,
+            cron: Arc::new(cron),
             tz,
             offset: jitter_offset(key, jitter),
         })
@@ -134,6 +135,47 @@ impl Schedule {
     /// The stable jitter delay of this source.
     pub fn offset(&self) -> Duration {
         self.offset
+    }
+}
+
+/// Parsed cron patterns, shared by the schedules that use the same one: a parsed pattern is
+/// a few kilobytes (a bit field per value of each field), a fleet uses a handful, and a
+/// scheduler holds one schedule per source.
+#[derive(Debug, Default)]
+pub struct CronCache {
+    crons: BTreeMap<String, Arc<Cron>>,
+    /// How many patterns were left after the last sweep of unused ones.
+    kept: usize,
+}
+
+/// The number of patterns a cache holds before it first drops unused ones.
+const CRON_CACHE_SWEEP: usize = 64;
+
+impl CronCache {
+    /// Makes `schedule` use the cache's parse of its pattern, keeping this one if it is new.
+    /// Patterns no schedule uses any more are dropped once the cache has doubled.
+    pub fn share(&mut self, schedule: &mut Schedule) {
+        match self.crons.get(schedule.cron.as_str()).cloned() {
+            Some(cron) => schedule.cron = cron,
+            None => {
+                self.crons
+                    .insert(schedule.cron.as_str().to_owned(), schedule.cron.clone());
+            }
+        }
+        if self.crons.len() > self.kept.max(CRON_CACHE_SWEEP).saturating_mul(2) {
+            self.crons.retain(|_, c| Arc::strong_count(c) > 1);
+            self.kept = self.crons.len();
+        }
+    }
+
+    /// How many distinct patterns it holds.
+    pub fn len(&self) -> usize {
+        self.crons.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.crons.is_empty()
     }
 }
 
@@ -367,6 +409,60 @@ mod tests {
         assert_eq!(t, utc("2026-01-01T11:00:00Z") + a1.offset());
         // Strictly after still holds with the offset.
         assert!(a1.next_after(t).unwrap() > t);
+    }
+
+    #[test]
+    fn schedules_of_one_pattern_share_its_parse_and_keep_their_own_jitter_and_zone() {
+        let mut cache = CronCache::default();
+        let parse = |name: &str, expr: &str, tz: &str| {
+            Schedule::parse(
+                expr,
+                tz,
+                Duration::minutes(30),
+                &SourceKey::new("apps", name),
+            )
+            .unwrap()
+        };
+        let (mut a, mut b, mut c) = (
+            parse("a", "0 3 * * *", "UTC"),
+            parse("b", "0 3 * * *", "Europe/Paris"),
+            parse("c", "@hourly", "UTC"),
+        );
+        let alone = parse("b", "0 3 * * *", "Europe/Paris");
+        for s in [&mut a, &mut b, &mut c] {
+            cache.share(s);
+        }
+        assert!(Arc::ptr_eq(&a.cron, &b.cron));
+        assert!(!Arc::ptr_eq(&a.cron, &c.cron));
+        assert_eq!(cache.len(), 2);
+        // Sharing changes no time: b's zone and jitter are its own.
+        let t = utc("2026-03-01T00:00:00Z");
+        assert_eq!(b.preview(t, 5), alone.preview(t, 5));
+        assert_ne!(a.next_after(t), b.next_after(t));
+    }
+
+    #[test]
+    fn a_cron_cache_drops_patterns_no_schedule_uses_once_it_has_doubled() {
+        let mut cache = CronCache::default();
+        let key = SourceKey::new("apps", "a");
+        let mut kept = Schedule::parse("5 4 * * *", "", Duration::zero(), &key).unwrap();
+        cache.share(&mut kept);
+        for minute in 0..60 {
+            for hour in 0..3 {
+                let mut s = Schedule::parse(
+                    &format!("{minute} {hour} * * *"),
+                    "",
+                    Duration::zero(),
+                    &key,
+                )
+                .unwrap();
+                cache.share(&mut s);
+            }
+        }
+        // 181 patterns went through it, each dropped as soon as its schedule was: at most
+        // twice the sweep threshold remain, and the one still used is among them.
+        assert!(cache.len() <= 2 * CRON_CACHE_SWEEP + 1, "{}", cache.len());
+        assert!(cache.crons.contains_key("5 4 * * *"));
     }
 
     #[test]

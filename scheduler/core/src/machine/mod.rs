@@ -22,7 +22,7 @@ use crate::{
         SourceRecord, SourceSpec, SourceStatus, SpecInput, TimelineEntry, TimeoutPolicy,
         TriggerSpec,
     },
-    schedule::SyncTrigger,
+    schedule::{CronCache, SyncTrigger},
     text::truncate,
     validate::{self, Admitted, InvalidField, Mover},
 };
@@ -389,6 +389,8 @@ pub struct Scheduler {
     next_run: u64,
     effects: Vec<Effect>,
     lease_policy: LeasePolicy,
+    /// The parsed cron patterns the sources' schedules share.
+    crons: CronCache,
 }
 
 fn run_key(run: &Run) -> SourceKey {
@@ -488,7 +490,8 @@ impl Scheduler {
         for mut record in records {
             let key = record.source.key.clone();
             match validate::admit_stored(&key, &record.source.spec) {
-                Ok((admitted, broken)) => {
+                Ok((mut admitted, broken)) => {
+                    s.share_schedule(&mut admitted);
                     if let Some(rule) = broken {
                         record.source.status.message = truncate(
                             &format!(
@@ -546,6 +549,13 @@ impl Scheduler {
             _ => 1,
         });
         effects
+    }
+
+    /// Makes an admitted schedule share the parse of its pattern with the other sources'.
+    fn share_schedule(&mut self, admitted: &mut Admitted) {
+        if let SyncTrigger::Schedule(s) = &mut admitted.trigger {
+            self.crons.share(s);
+        }
     }
 
     /// The next run number, to persist with the records.

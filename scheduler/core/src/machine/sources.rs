@@ -26,7 +26,8 @@ impl Scheduler {
         author: Option<Author>,
         now: DateTime<Utc>,
     ) -> Result<Source, CoreError> {
-        let (spec, admitted) = validate::admit(&key, spec)?;
+        let (spec, mut admitted) = validate::admit(&key, spec)?;
+        self.share_schedule(&mut admitted);
         let mut pause_changed = false;
         // A deleted source whose agent has not answered its Retire (perhaps none serves the
         // namespace any more) gives way to a new one of the same name, which takes over what
