@@ -451,10 +451,11 @@ impl Driver {
         rest: Vec<Effect>,
         removed: Vec<SourceKey>,
     ) -> Result<(), StoreError> {
-        let batch = Batch {
+        let mut batch = Batch {
             writes,
             next_run: self.core.next_run_counter(),
         };
+        batch.coalesce();
         if !batch.writes.is_empty()
             && let Err(e) = self.store.commit(batch)
         {

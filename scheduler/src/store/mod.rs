@@ -67,6 +67,35 @@ pub struct Batch {
     pub next_run: u64,
 }
 
+impl Write {
+    /// What the write replaces: `(false, namespace/name)` for a source, `(true, run id)` for
+    /// a run.
+    fn key(&self) -> (bool, String) {
+        match self {
+            Write::PutSource(r) => (false, r.source.key.to_string()),
+            Write::RemoveSource(k) => (false, k.clone()),
+            Write::PutRun(r) => (true, r.id.to_string()),
+            Write::RemoveRun(id) => (true, id.clone()),
+        }
+    }
+}
+
+impl Batch {
+    /// Drops every write that a later one to the same key replaces (a run is written at each
+    /// phase it passes in one step, a source at each of its status changes): what the batch
+    /// leaves in the store is the same, written once per key.
+    pub fn coalesce(&mut self) {
+        let mut seen = std::collections::HashSet::new();
+        let mut kept: Vec<Write> = std::mem::take(&mut self.writes)
+            .into_iter()
+            .rev()
+            .filter(|w| seen.insert(w.key()))
+            .collect();
+        kept.reverse();
+        self.writes = kept;
+    }
+}
+
 /// A durable store of sources and runs.
 pub trait Store: Send + 'static {
     /// Reads everything.
@@ -269,6 +298,54 @@ mod tests {
         assert_eq!(loaded.runs, vec![run]);
         assert_eq!(loaded.next_run, 43);
         assert!(loaded.corrupt.is_empty());
+    }
+
+    /// Coalescing keeps the last write to each key, in order, and leaves the store as the
+    /// whole batch would have.
+    #[test]
+    fn a_coalesced_batch_writes_each_key_once_and_leaves_the_same_store() {
+        let mut run = full_run();
+        let first = run.clone();
+        run.generation += 1;
+        let writes = || {
+            vec![
+                Write::PutSource(Box::new(record("a", "x"))),
+                Write::PutRun(Box::new(first.clone())),
+                Write::PutSource(Box::new(record("a", "y"))),
+                Write::RemoveSource("a/x".into()),
+                Write::PutRun(Box::new(run.clone())),
+                Write::RemoveRun("run-9".into()),
+                Write::PutSource(Box::new(record("a", "x"))),
+            ]
+        };
+        let mut batch = Batch {
+            writes: writes(),
+            next_run: 10,
+        };
+        batch.coalesce();
+        let keys: Vec<(bool, String)> = batch.writes.iter().map(Write::key).collect();
+        let run_key = (true, run.id.to_string());
+        assert_eq!(
+            keys,
+            vec![
+                (false, "a/y".to_owned()),
+                run_key,
+                (true, "run-9".to_owned()),
+                (false, "a/x".to_owned()),
+            ]
+        );
+        let load = |writes: Vec<Write>| {
+            let dir = tempfile::tempdir().unwrap();
+            let mut s = RedbStore::open(dir.path()).unwrap();
+            s.commit(Batch {
+                writes,
+                next_run: 10,
+            })
+            .unwrap();
+            let l = s.load().unwrap();
+            (l.sources, l.runs)
+        };
+        assert_eq!(load(batch.writes), load(writes()));
     }
 
     /// Records today's types cannot hold are left in the store and reported, and the rest
