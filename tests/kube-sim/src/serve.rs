@@ -74,6 +74,11 @@ pub(crate) async fn serve(state: Arc<SimState>, addr: &str) -> std::io::Result<S
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
+            // As kube-apiserver's (Go sets TCP_NODELAY on every connection): a response's
+            // small writes do not wait for the client's delayed ACK.
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!("kube-sim: TCP_NODELAY not set: {e}");
+            }
             let state = state.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
