@@ -7,7 +7,8 @@
 use chrono::{DateTime, Duration, Utc};
 use proptest::prelude::*;
 use snapgate_scheduler_core::{
-    CoreError, Effect, MAX_LOG_BYTES, MAX_MESSAGE_BYTES, RunId, Scheduler, SourceKey, SourceRecord,
+    CoreError, Effect, MAX_LOG_BYTES, MAX_MESSAGE_BYTES, MAX_STARTS_PER_STEP, RunId, Scheduler,
+    SourceKey, SourceRecord,
     model::{
         AgentError, AgentTime, CopyCompleted, CopyMethod, CopyTarget, CopyTriggerInput, CustomCa,
         JsonObject, LeaseRequest, MoverFailed, MoverFinished, MoverInput, MoverKind, MoverStuck,
@@ -186,6 +187,55 @@ impl Stored {
         assert!(r.quarantined.is_empty(), "{:?}", r.quarantined);
         r.scheduler
     }
+}
+
+/// A herd of sources due at one instant is started [`MAX_STARTS_PER_STEP`] at a time: the
+/// first step starts that many, `poll_timeout` says the rest are due already, and stepping on
+/// starts every one exactly once.
+#[test]
+fn a_herd_of_due_sources_is_started_a_step_at_a_time_each_exactly_once() {
+    let n = MAX_STARTS_PER_STEP * 2 + 7;
+    let mut core = Scheduler::new();
+    let mut stored = Stored::default();
+    for i in 0..n {
+        let mut s = restic_spec();
+        s.source_pvc = format!("pvc-{i}");
+        s.skip_initial_run = true;
+        core.apply_source(key(&format!("s{i:04}")), s, 0, t0())
+            .unwrap();
+    }
+    stored.take(&mut core);
+    let due = t0() + Duration::hours(1);
+    for r in stored.sources.values_mut() {
+        r.source.status.next_sync_time = Some(due);
+    }
+    let mut core = stored.restore(1);
+    let running = |core: &Scheduler| {
+        let (sources, _) = core.list_sources(None, None, n + 1);
+        sources
+            .iter()
+            .filter_map(|s| s.status.current_run)
+            .collect::<std::collections::BTreeSet<RunId>>()
+    };
+    core.handle_timeout(due);
+    assert_eq!(running(&core).len(), MAX_STARTS_PER_STEP);
+    assert_eq!(core.poll_timeout(), Some(due), "the rest are due already");
+    let mut steps = 1;
+    while let Some(t) = core.poll_timeout().filter(|t| *t <= due) {
+        core.handle_timeout(t);
+        steps += 1;
+        assert!(steps <= 3, "more steps than the herd needs");
+        assert_eq!(core.check_indexes(), Ok(()));
+    }
+    assert_eq!(steps, 3);
+    let ids = running(&core);
+    assert_eq!(ids.len(), n, "every source has a run, each its own");
+    assert_eq!(
+        ids.iter().map(|id| id.0).collect::<Vec<_>>(),
+        (1..=n as u64).collect::<Vec<_>>(),
+        "and no run was started twice"
+    );
+    assert!(core.poll_timeout().is_none_or(|t| t > due));
 }
 
 fn report(run: RunId, generation: u64, o: Observation) -> Report {

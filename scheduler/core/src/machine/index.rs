@@ -39,10 +39,13 @@ fn run_deadline(r: &Run) -> Option<DateTime<Utc>> {
 /// Runs by id, with their indexes.
 #[derive(Default)]
 pub(super) struct RunTable {
-    runs: BTreeMap<RunId, Run>,
-    /// By `(namespace, pvc)`.
-    by_pvc: BTreeMap<(String, String), BTreeSet<RunId>>,
-    by_source: BTreeMap<SourceKey, BTreeSet<RunId>>,
+    /// Boxed: a run is over a kilobyte, and a map node holds eleven.
+    runs: BTreeMap<RunId, Box<Run>>,
+    /// `(namespace, pvc, run)`: one ordered set rather than a set per PVC, whose nodes would
+    /// be mostly empty.
+    by_pvc: BTreeSet<(String, String, RunId)>,
+    /// `(source, run)`.
+    by_source: BTreeSet<(SourceKey, RunId)>,
     /// Each run's deadline as last settled, and the same in time order.
     deadline_of: BTreeMap<RunId, DateTime<Utc>>,
     deadlines: BTreeSet<(DateTime<Utc>, RunId)>,
@@ -52,7 +55,7 @@ pub(super) struct RunTable {
 
 impl RunTable {
     pub(super) fn get(&self, id: &RunId) -> Option<&Run> {
-        self.runs.get(id)
+        self.runs.get(id).map(|r| &**r)
     }
 
     /// The run, to change: its deadline is looked at again on the next settle. Its PVC and
@@ -60,7 +63,7 @@ impl RunTable {
     pub(super) fn get_mut(&mut self, id: &RunId) -> Option<&mut Run> {
         let run = self.runs.get_mut(id)?;
         self.dirty.insert(*id);
-        Some(run)
+        Some(&mut **run)
     }
 
     pub(super) fn contains_key(&self, id: &RunId) -> bool {
@@ -71,32 +74,17 @@ impl RunTable {
         let id = run.id;
         self.remove(&id);
         self.by_pvc
-            .entry((run.source.namespace.clone(), run.pvc.clone()))
-            .or_default()
-            .insert(id);
-        self.by_source
-            .entry(run.source.clone())
-            .or_default()
-            .insert(id);
-        self.runs.insert(id, run);
+            .insert((run.source.namespace.clone(), run.pvc.clone(), id));
+        self.by_source.insert((run.source.clone(), id));
+        self.runs.insert(id, Box::new(run));
         self.dirty.insert(id);
     }
 
     pub(super) fn remove(&mut self, id: &RunId) -> Option<Run> {
-        let run = self.runs.remove(id)?;
-        let pvc = (run.source.namespace.clone(), run.pvc.clone());
-        if let Some(ids) = self.by_pvc.get_mut(&pvc) {
-            ids.remove(id);
-            if ids.is_empty() {
-                self.by_pvc.remove(&pvc);
-            }
-        }
-        if let Some(ids) = self.by_source.get_mut(&run.source) {
-            ids.remove(id);
-            if ids.is_empty() {
-                self.by_source.remove(&run.source);
-            }
-        }
+        let run = *self.runs.remove(id)?;
+        self.by_pvc
+            .remove(&(run.source.namespace.clone(), run.pvc.clone(), *id));
+        self.by_source.remove(&(run.source.clone(), *id));
         if let Some(at) = self.deadline_of.remove(id) {
             self.deadlines.remove(&(at, *id));
         }
@@ -106,7 +94,7 @@ impl RunTable {
 
     /// Every run, in id order.
     pub(super) fn values(&self) -> impl DoubleEndedIterator<Item = &Run> {
-        self.runs.values()
+        self.runs.values().map(|r| &**r)
     }
 
     /// The runs on a PVC, in id order (oldest first).
@@ -115,20 +103,17 @@ impl RunTable {
         namespace: &str,
         pvc: &str,
     ) -> impl DoubleEndedIterator<Item = &Run> + '_ {
+        let (ns, pvc) = (namespace.to_owned(), pvc.to_owned());
         self.by_pvc
-            .get(&(namespace.to_owned(), pvc.to_owned()))
-            .into_iter()
-            .flatten()
-            .filter_map(|id| self.runs.get(id))
+            .range((ns.clone(), pvc.clone(), RunId(0))..=(ns, pvc, RunId(u64::MAX)))
+            .filter_map(|(_, _, id)| self.get(id))
     }
 
     /// The runs of a source, in id order (oldest first).
     pub(super) fn of_source(&self, key: &SourceKey) -> impl DoubleEndedIterator<Item = &Run> + '_ {
         self.by_source
-            .get(key)
-            .into_iter()
-            .flatten()
-            .filter_map(|id| self.runs.get(id))
+            .range((key.clone(), RunId(0))..=(key.clone(), RunId(u64::MAX)))
+            .filter_map(|(_, id)| self.get(id))
     }
 
     /// Brings the deadlines of the runs changed since the last call up to date.
@@ -137,7 +122,7 @@ impl RunTable {
             if let Some(at) = self.deadline_of.remove(&id) {
                 self.deadlines.remove(&(at, id));
             }
-            if let Some(at) = self.runs.get(&id).and_then(run_deadline) {
+            if let Some(at) = self.get(&id).and_then(run_deadline) {
                 self.deadline_of.insert(id, at);
                 self.deadlines.insert((at, id));
             }
@@ -184,9 +169,10 @@ pub(super) struct Indexed {
 /// Sources by key, with their indexes.
 #[derive(Default)]
 pub(super) struct SourceTable {
-    entries: BTreeMap<SourceKey, SourceEntry>,
-    /// By `(namespace, spec.sourcePVC)`, as last settled.
-    by_pvc: BTreeMap<(String, String), BTreeSet<SourceKey>>,
+    /// Boxed: an entry is over a kilobyte, and a map node holds eleven.
+    entries: BTreeMap<SourceKey, Box<SourceEntry>>,
+    /// `(namespace, spec.sourcePVC, name)`, as last settled.
+    by_pvc: BTreeSet<(String, String, String)>,
     /// Due at a time, in time order, and due now.
     due_at: BTreeSet<(DateTime<Utc>, SourceKey)>,
     due_now: BTreeSet<SourceKey>,
@@ -196,7 +182,7 @@ pub(super) struct SourceTable {
 
 impl SourceTable {
     pub(super) fn get(&self, key: &SourceKey) -> Option<&SourceEntry> {
-        self.entries.get(key)
+        self.entries.get(key).map(|e| &**e)
     }
 
     /// The entry, to change: it is indexed again on the next settle.
@@ -205,7 +191,7 @@ impl SourceTable {
         if !self.dirty.contains(key) {
             self.dirty.insert(key.clone());
         }
-        Some(entry)
+        Some(&mut **entry)
     }
 
     pub(super) fn contains_key(&self, key: &SourceKey) -> bool {
@@ -214,12 +200,12 @@ impl SourceTable {
 
     pub(super) fn insert(&mut self, key: SourceKey, entry: SourceEntry) {
         self.remove(&key);
-        self.entries.insert(key.clone(), entry);
+        self.entries.insert(key.clone(), Box::new(entry));
         self.dirty.insert(key);
     }
 
     pub(super) fn remove(&mut self, key: &SourceKey) -> Option<SourceEntry> {
-        let entry = self.entries.remove(key)?;
+        let entry = *self.entries.remove(key)?;
         self.unindex(key, &entry.indexed);
         self.dirty.remove(key);
         Some(entry)
@@ -241,18 +227,13 @@ impl SourceTable {
     }
 
     fn unindex_pvc(&mut self, key: &SourceKey, pvc: &str) {
-        let at = (key.namespace.clone(), pvc.to_owned());
-        if let Some(keys) = self.by_pvc.get_mut(&at) {
-            keys.remove(key);
-            if keys.is_empty() {
-                self.by_pvc.remove(&at);
-            }
-        }
+        self.by_pvc
+            .remove(&(key.namespace.clone(), pvc.to_owned(), key.name.clone()));
     }
 
     /// Every source, in key order.
     pub(super) fn iter(&self) -> impl Iterator<Item = (&SourceKey, &SourceEntry)> {
-        self.entries.iter()
+        self.entries.iter().map(|(k, e)| (k, &**e))
     }
 
     /// Sources in key order within `range`.
@@ -260,11 +241,11 @@ impl SourceTable {
         &self,
         range: R,
     ) -> impl Iterator<Item = (&SourceKey, &SourceEntry)> {
-        self.entries.range(range)
+        self.entries.range(range).map(|(k, e)| (k, &**e))
     }
 
     /// The sources (deleting or not) whose spec names `pvc` in `namespace`, in key order.
-    pub(super) fn on_pvc(&self, namespace: &str, pvc: &str) -> BTreeSet<&SourceKey> {
+    pub(super) fn on_pvc(&self, namespace: &str, pvc: &str) -> BTreeSet<SourceKey> {
         let names = |k: &SourceKey| {
             self.entries
                 .get(k)
@@ -272,11 +253,11 @@ impl SourceTable {
         };
         let indexed = self
             .by_pvc
-            .get(&(namespace.to_owned(), pvc.to_owned()))
-            .into_iter()
-            .flatten();
+            .range((namespace.to_owned(), pvc.to_owned(), String::new())..)
+            .take_while(|(n, p, _)| n == namespace && p == pvc)
+            .map(|(n, _, name)| SourceKey::new(n, name));
         indexed
-            .chain(self.dirty.iter())
+            .chain(self.dirty.iter().cloned())
             .filter(|k| names(k))
             .collect()
     }
@@ -318,9 +299,7 @@ impl SourceTable {
                 }
                 if let Some(pvc) = &new.pvc {
                     self.by_pvc
-                        .entry((key.namespace.clone(), pvc.clone()))
-                        .or_default()
-                        .insert(key.clone());
+                        .insert((key.namespace.clone(), pvc.clone(), key.name.clone()));
                 }
             }
             if let Some(entry) = self.entries.get_mut(&key) {
@@ -336,27 +315,27 @@ impl SourceTable {
         self.due_at.first().map(|(at, _)| *at)
     }
 
-    /// The sources due at or before `now`, and those due now, in key order.
-    pub(super) fn due(&mut self, now: DateTime<Utc>) -> Vec<SourceKey> {
+    /// At most `limit` of the sources due: those due now (in key order), then those due at
+    /// or before `now`, earliest first.
+    pub(super) fn due(&mut self, now: DateTime<Utc>, limit: usize) -> Vec<SourceKey> {
         self.settle();
-        let mut keys: Vec<SourceKey> = self
-            .due_at
+        self.due_now
             .iter()
-            .take_while(|(at, _)| *at <= now)
-            .map(|(_, k)| k.clone())
-            .chain(self.due_now.iter().cloned())
-            .collect();
-        keys.sort_unstable();
-        keys.dedup();
-        keys
+            .chain(
+                self.due_at
+                    .iter()
+                    .take_while(|(at, _)| *at <= now)
+                    .map(|(_, k)| k),
+            )
+            .take(limit)
+            .cloned()
+            .collect()
     }
-}
 
-impl<'a> IntoIterator for &'a SourceTable {
-    type Item = (&'a SourceKey, &'a SourceEntry);
-    type IntoIter = std::collections::btree_map::Iter<'a, SourceKey, SourceEntry>;
-    fn into_iter(self) -> Self::IntoIter {
-        self.entries.iter()
+    /// Whether a source is due now, whatever the time.
+    pub(super) fn any_due_now(&mut self) -> bool {
+        self.settle();
+        !self.due_now.is_empty()
     }
 }
 
@@ -372,6 +351,11 @@ impl super::Scheduler {
         }
         self.sources.settle();
         self.sources.check()?;
+        let due_now = self
+            .sources
+            .iter()
+            .any(|(_, e)| super::due_time(e) == Some(Due::Now));
+        let left = self.starts_checked.filter(|_| due_now);
         let scanned = self
             .active
             .values()
@@ -384,6 +368,7 @@ impl super::Scheduler {
                         _ => None,
                     }),
             )
+            .chain(left)
             .min();
         let polled = self.poll_timeout();
         if polled != scanned {
@@ -395,15 +380,12 @@ impl super::Scheduler {
 
 impl RunTable {
     fn check(&self) -> Result<(), String> {
-        let mut by_pvc: BTreeMap<(String, String), BTreeSet<RunId>> = BTreeMap::new();
-        let mut by_source: BTreeMap<SourceKey, BTreeSet<RunId>> = BTreeMap::new();
+        let mut by_pvc = BTreeSet::new();
+        let mut by_source = BTreeSet::new();
         let mut deadlines = BTreeSet::new();
         for (id, r) in &self.runs {
-            by_pvc
-                .entry((r.source.namespace.clone(), r.pvc.clone()))
-                .or_default()
-                .insert(*id);
-            by_source.entry(r.source.clone()).or_default().insert(*id);
+            by_pvc.insert((r.source.namespace.clone(), r.pvc.clone(), *id));
+            by_source.insert((r.source.clone(), *id));
             if let Some(at) = run_deadline(r) {
                 deadlines.insert((at, *id));
             }
@@ -429,14 +411,15 @@ impl RunTable {
 
 impl SourceTable {
     fn check(&self) -> Result<(), String> {
-        let mut by_pvc: BTreeMap<(String, String), BTreeSet<SourceKey>> = BTreeMap::new();
+        let mut by_pvc = BTreeSet::new();
         let mut due_at = BTreeSet::new();
         let mut due_now = BTreeSet::new();
         for (k, e) in &self.entries {
-            by_pvc
-                .entry((k.namespace.clone(), e.spec().source_pvc.clone()))
-                .or_default()
-                .insert(k.clone());
+            by_pvc.insert((
+                k.namespace.clone(),
+                e.spec().source_pvc.clone(),
+                k.name.clone(),
+            ));
             match super::due_time(e) {
                 Some(Due::At(at)) => {
                     due_at.insert((at, k.clone()));

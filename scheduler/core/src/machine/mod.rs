@@ -28,6 +28,10 @@ use crate::{
 };
 use chrono::{DateTime, Duration, Utc};
 
+/// The most runs one step starts. A herd of sources due at once (a fleet on one schedule, a
+/// restart after downtime) is started this many at a time, each batch committed and its
+/// directives sent before the next, with requests served in between; the rest stay due.
+pub const MAX_STARTS_PER_STEP: usize = 512;
 /// Runs kept per source after they finish, for `ListRuns` and SyncNow idempotency.
 pub const HISTORY_PER_SOURCE: usize = 20;
 /// Timeline entries kept per run.
@@ -391,6 +395,8 @@ pub struct Scheduler {
     lease_policy: LeasePolicy,
     /// The parsed cron patterns the sources' schedules share.
     crons: CronCache,
+    /// The latest time due runs were started at (see [`MAX_STARTS_PER_STEP`]).
+    starts_checked: Option<DateTime<Utc>>,
 }
 
 fn run_key(run: &Run) -> SourceKey {

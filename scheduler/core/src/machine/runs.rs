@@ -3,10 +3,13 @@
 use super::*;
 
 impl Scheduler {
+    /// Starts the runs of sources that are due, at most [`MAX_STARTS_PER_STEP`] of them; the
+    /// rest stay due (and [`Scheduler::poll_timeout`] says so).
     pub(super) fn start_due_runs(&mut self, now: DateTime<Utc>) {
+        self.starts_checked = Some(self.starts_checked.map_or(now, |t| t.max(now)));
         let due: Vec<(SourceKey, RunReason)> = self
             .sources
-            .due(now)
+            .due(now, MAX_STARTS_PER_STEP)
             .into_iter()
             .filter_map(|k| {
                 let reason = due(self.sources.get(&k)?, now)?;

@@ -138,7 +138,7 @@ impl Scheduler {
     /// How many sources (not being deleted) each namespace has.
     pub fn sources_per_namespace(&self) -> BTreeMap<String, usize> {
         let mut out = BTreeMap::new();
-        for (k, e) in &self.sources {
+        for (k, e) in self.sources.iter() {
             if !e.record.deleting {
                 *out.entry(k.namespace.clone()).or_default() += 1;
             }

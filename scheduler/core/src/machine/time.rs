@@ -4,11 +4,16 @@ use super::*;
 
 impl Scheduler {
     /// The earliest time at which [`Scheduler::handle_timeout`] has something to do: from the
-    /// deadline indexes, not a scan of the state.
+    /// deadline indexes, not a scan of the state. Sources left due when a step had started
+    /// [`MAX_STARTS_PER_STEP`] runs make it the time of that step (already passed).
     pub fn poll_timeout(&mut self) -> Option<DateTime<Utc>> {
         let runs = self.active.next_deadline();
         let starts = self.sources.next_due();
-        runs.into_iter().chain(starts).min()
+        let left = match self.starts_checked {
+            Some(t) if self.sources.any_due_now() => Some(t),
+            _ => None,
+        };
+        runs.into_iter().chain(starts).chain(left).min()
     }
 
     /// Acts on every deadline that has passed: wait timeouts, ended holds, expired leases,

@@ -98,7 +98,6 @@ impl Scheduler {
                 .sources
                 .on_pvc(&target.namespace, &target.pvc)
                 .into_iter()
-                .cloned()
                 .chain(
                     self.active
                         .on_pvc(&target.namespace, &target.pvc)
