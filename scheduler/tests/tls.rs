@@ -10,9 +10,9 @@ use std::{
     time::Duration,
 };
 
+use snapgate_proto::clock::TokioClock;
 use snapgate_scheduler::{
     Config, Listening,
-    clock::SystemClock,
     handshake::HANDSHAKE_TIMEOUT,
     identity::Authorizer,
     metrics::Metrics,
@@ -63,7 +63,7 @@ impl Tls {
         let metrics = Metrics::new();
         let config = Config {
             store: Box::new(RedbStore::open(dir.path()).unwrap()),
-            clock: Arc::new(SystemClock),
+            clock: Arc::new(TokioClock::starting_now()),
             metrics: metrics.clone(),
             authorizer: Authorizer::default(),
             authenticator: None,
@@ -541,7 +541,7 @@ async fn a_driver_failure_shows_not_serving_on_the_health_port_which_stops_with_
             inner: RedbStore::open(dir.path()).unwrap(),
             armed: armed.clone(),
         }),
-        clock: Arc::new(SystemClock),
+        clock: Arc::new(TokioClock::starting_now()),
         metrics: Metrics::new(),
         authorizer: Authorizer::default(),
         authenticator: None,

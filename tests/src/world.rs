@@ -1,5 +1,11 @@
 //! A world for end-to-end tests: the simulated API server, a real scheduler over gRPC on
 //! loopback, and the agent's real code path (`snapgate_agent::run`) between them.
+//!
+//! Everything runs on the test's tokio runtime and reads the wall time from the world's one
+//! [`TokioClock`] (the scheduler, also once restarted, and the agent, also once restarted), so a
+//! test on paused tokio time (`#[tokio::test(start_paused = true)]`) moves every clock and timer
+//! of the world at once: it lets minutes pass in an instant and sees only what those minutes
+//! would have done. On a running clock the world's time is the system's.
 
 #![allow(missing_docs)]
 
@@ -21,14 +27,17 @@ use snapgate_agent::{
 };
 use snapgate_agent_core::{plan::PlanConfig, resources::VolumeSnapshot, review::SourceAuthors};
 use snapgate_kube_sim::KubeSim;
-use snapgate_proto::v1::{
-    self, source_service_client::SourceServiceClient, trigger_service_client::TriggerServiceClient,
+use snapgate_proto::{
+    clock::{Clock, TokioClock},
+    v1::{
+        self, source_service_client::SourceServiceClient,
+        trigger_service_client::TriggerServiceClient,
+    },
 };
 use snapgate_scheduler::{
     Config,
     audit::Audit,
     auth::Authenticator,
-    clock::SystemClock,
     identity::{Authorizer, Policy},
     metrics::Metrics,
     serve,
@@ -76,6 +85,8 @@ pub struct World {
     secured: Option<Secured>,
     /// The agent's plan settings (a restarted agent gets the same).
     plan: PlanConfig,
+    /// The wall clock of the scheduler and the agent (restarted ones get the same).
+    clock: Arc<dyn Clock>,
     _dir: tempfile::TempDir,
 }
 
@@ -117,6 +128,7 @@ async fn spawn_scheduler(
     dir: &std::path::Path,
     listener: TcpListener,
     secured: Option<&KubeSim>,
+    clock: Arc<dyn Clock>,
 ) -> (JoinHandle<anyhow::Result<()>>, oneshot::Sender<()>) {
     let (authorizer, authenticator) = match secured {
         Some(sim) => {
@@ -127,7 +139,7 @@ async fn spawn_scheduler(
     };
     let config = Config {
         store: Box::new(RedbStore::open(dir).unwrap()),
-        clock: Arc::new(SystemClock),
+        clock,
         metrics: Metrics::new(),
         authorizer,
         authenticator,
@@ -147,6 +159,7 @@ fn spawn_agent(
     metrics: AgentMetrics,
     secured: Option<&Secured>,
     mut plan: PlanConfig,
+    clock: Arc<dyn Clock>,
 ) -> JoinHandle<anyhow::Result<()>> {
     if secured.is_some() {
         // Sources have authors: the agent acts with their rights only.
@@ -168,6 +181,7 @@ fn spawn_agent(
             },
             retry_after: Duration::from_millis(200),
             metrics,
+            clock,
         },
         access,
         client,
@@ -287,8 +301,14 @@ impl World {
         let secured = authenticated.then(|| Secured::new(&sim, dir.path()));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (scheduler, stop_scheduler) =
-            spawn_scheduler(dir.path(), listener, secured.as_ref().map(|_| &sim)).await;
+        let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_now());
+        let (scheduler, stop_scheduler) = spawn_scheduler(
+            dir.path(),
+            listener,
+            secured.as_ref().map(|_| &sim),
+            clock.clone(),
+        )
+        .await;
         let mut sdk = snapgate_sdk::Client::builder(format!("http://{addr}"));
         if secured.is_some() {
             sdk = sdk.token_file(secure::write_token(&sim, dir.path(), ADMIN));
@@ -305,6 +325,7 @@ impl World {
             agent_metrics.clone(),
             secured.as_ref(),
             plan.clone(),
+            clock.clone(),
         );
         Self {
             sim,
@@ -319,6 +340,7 @@ impl World {
             agent_client,
             secured,
             plan,
+            clock,
             _dir: dir,
         }
     }
@@ -348,6 +370,7 @@ impl World {
             self._dir.path(),
             listener,
             self.secured.as_ref().map(|_| &self.sim),
+            self.clock.clone(),
         )
         .await;
         self.scheduler = Some(task);
@@ -377,6 +400,7 @@ impl World {
             self.agent_metrics.clone(),
             self.secured.as_ref(),
             plan,
+            self.clock.clone(),
         );
     }
 

@@ -5,12 +5,14 @@
 
 use std::{path::Path, sync::Arc, time::Duration};
 
-use snapgate_proto::v1::{
-    source_service_client::SourceServiceClient, trigger_service_client::TriggerServiceClient,
+use snapgate_proto::{
+    clock::{Clock, TokioClock},
+    v1::{
+        source_service_client::SourceServiceClient, trigger_service_client::TriggerServiceClient,
+    },
 };
 use snapgate_scheduler::{
     Config,
-    clock::{Clock, SystemClock},
     identity::Authorizer,
     metrics::Metrics,
     store::{RedbStore, Store},
@@ -47,7 +49,7 @@ impl Running {
             authenticator,
             tls,
             rate,
-            Arc::new(SystemClock),
+            Arc::new(TokioClock::starting_now()),
         )
         .await
     }

@@ -6,14 +6,13 @@
 use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
+use snapgate_proto::clock::TokioClock;
 use snapgate_proto::v1::trigger_service_server::{TriggerService, TriggerServiceServer};
 use snapgate_proto::v1::{
     self, CopyMethod, DirectivePhase, agent_message, agent_service_client::AgentServiceClient,
     report::Observation, scheduler_message::Message as ToAgent,
 };
-use snapgate_scheduler::{
-    Config, clock::SystemClock, identity::Authorizer, metrics::Metrics, serve, store::RedbStore,
-};
+use snapgate_scheduler::{Config, identity::Authorizer, metrics::Metrics, serve, store::RedbStore};
 use tokio::{net::TcpListener, sync::mpsc, task::JoinHandle};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -33,7 +32,7 @@ impl Scheduler {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let config = Config {
             store: Box::new(RedbStore::open(dir).unwrap()),
-            clock: Arc::new(SystemClock),
+            clock: Arc::new(TokioClock::starting_now()),
             metrics: Metrics::new(),
             authorizer: Authorizer::default(),
             authenticator: None,

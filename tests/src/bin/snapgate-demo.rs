@@ -49,11 +49,10 @@ use snapgate_contract::{
 };
 use snapgate_e2e::secure;
 use snapgate_kube_sim::{JobBehaviour, KubeSim, PodOutcome};
-use snapgate_proto::v1;
+use snapgate_proto::{clock::SystemClock, v1};
 use snapgate_scheduler::{
     Config,
     audit::Audit,
-    clock::SystemClock,
     identity::{Authorizer, Policy},
     metrics::Metrics,
     serve,
@@ -168,6 +167,7 @@ async fn main() -> anyhow::Result<()> {
             backoff: Backoff::default(),
             retry_after: Duration::from_secs(1),
             metrics: AgentMetrics::new(),
+            clock: Arc::new(SystemClock),
         },
         SchedulerAccess {
             token_file: Some(agent_token.clone()),
