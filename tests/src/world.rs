@@ -570,22 +570,24 @@ impl World {
 
     /// Waits until `n` runs of `source` ended Successful; the source as it is then.
     pub async fn wait_successful_runs(&mut self, source: &str, n: usize) -> v1::Source {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let runs = self.runs(source).await;
-            let ok = runs
-                .iter()
-                .filter(|r| r.result() == v1::RunResult::Successful)
-                .count();
-            if ok >= n {
-                return self.source(source).await;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {n} successful run(s) of {source}: {runs:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        poll_until(
+            &format!("{n} successful run(s) of {source}"),
+            Duration::from_secs(20),
+            || async {
+                let runs = self.runs(source).await;
+                let ok = runs
+                    .iter()
+                    .filter(|r| r.result() == v1::RunResult::Successful)
+                    .count();
+                if ok >= n {
+                    Ok(())
+                } else {
+                    Err(format!("{runs:#?}"))
+                }
+            },
+        )
+        .await;
+        self.source(source).await
     }
 
     /// The source PVC's annotations, as the API server has them.
@@ -893,6 +895,49 @@ pub fn restic_spec(method: v1::CopyMethod, wait_timeout: Duration) -> v1::Source
     }
 }
 
+/// How far tokio's clock moves between two polls of a bounded wait.
+const POLL: Duration = Duration::from_millis(20);
+/// The most a paused clock moves at once in [`let_pass`].
+const PASS_STEP: Duration = Duration::from_millis(100);
+
+/// Moves tokio's clock `step` forward after a moment of real time in which a paused clock is
+/// held: the pause between two polls of a bounded wait, and the step of [`let_pass`].
+///
+/// Why the moment of real time: a world's scheduler is reached over loopback TCP, which the
+/// kernel paces in real time (a small segment can wait for the peer's delayed ACK, 40 ms).
+/// Tokio moves a paused clock whenever the runtime is idle, also while such a segment is on its
+/// way; unheld, the clock would run ahead of the world's IO and fire seconds of timers (link
+/// keep-alives, wait timeouts) while a directive is still in the kernel. Tokio does not move a
+/// paused clock while a blocking task runs: with one millisecond of it per step, a paused clock
+/// runs at most `step` per millisecond of real time, and IO that arrives meanwhile is handled
+/// at the time it was sent. Not a wait for anything: a wait polls its condition after it, and
+/// [`let_pass`] is what shows what did not happen.
+pub async fn pace(step: Duration) {
+    // One millisecond of real time with a paused clock held (see above); not synchronisation.
+    let _ = tokio::task::spawn_blocking(|| std::thread::sleep(Duration::from_millis(1))).await;
+    tokio::time::sleep(step).await;
+}
+
+/// Lets `time` pass on the test's paused tokio clock (`#[tokio::test(start_paused = true)]`),
+/// to show what did not happen in it. Tokio moves a paused clock only once every task of the
+/// runtime is idle, and then only to the next timer (here at most [`PASS_STEP`] at once, see
+/// [`pace`]): when this returns, the world has done all it would have done in `time` (timers,
+/// retries, resyncs, the simulator's controllers) and no more. On a running clock it panics
+/// (after `time`).
+pub async fn let_pass(time: Duration) {
+    let real = std::time::Instant::now();
+    let mut left = time;
+    while !left.is_zero() {
+        let step = left.min(PASS_STEP);
+        pace(step).await;
+        left -= step;
+    }
+    assert!(
+        real.elapsed() < time,
+        "let_pass is for paused time (#[tokio::test(start_paused = true)])"
+    );
+}
+
 /// Polls `check` until it returns `Some`, or panics naming `what` after 20 s.
 pub async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -904,7 +949,7 @@ pub async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> 
             tokio::time::Instant::now() < deadline,
             "timed out waiting for: {what}"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        pace(POLL).await;
     }
 }
 
@@ -924,7 +969,7 @@ pub async fn poll_until<T, F: std::future::Future<Output = Result<T, String>>>(
                 "timed out after {within:?} waiting for: {what}; last seen: {seen}"
             ),
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        pace(POLL).await;
     }
 }
 
@@ -942,7 +987,7 @@ macro_rules! eventually_async {
                 "timed out waiting for: {}",
                 $what
             );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            $crate::pace(std::time::Duration::from_millis(20)).await;
         }
     }};
 }
