@@ -20,6 +20,8 @@ use tonic::{Request, Response, Status};
 /// A scheduler serving on 127.0.0.1.
 pub struct Scheduler {
     pub port: u16,
+    /// Its metrics, to wait for what it counts.
+    pub metrics: Metrics,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -30,10 +32,11 @@ impl Scheduler {
         let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let metrics = Metrics::new();
         let config = Config {
             store: Box::new(RedbStore::open(dir).unwrap()),
             clock: Arc::new(TokioClock::starting_now()),
-            metrics: Metrics::new(),
+            metrics: metrics.clone(),
             authorizer: Authorizer::default(),
             authenticator: None,
             rate: (0, 0),
@@ -44,6 +47,7 @@ impl Scheduler {
         }));
         Self {
             port,
+            metrics,
             stop: Some(stop),
             task,
         }
