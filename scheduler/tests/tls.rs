@@ -111,6 +111,7 @@ impl Tls {
     async fn until_metric(&self, name: &str, want: i64) {
         tokio::time::timeout(Duration::from_secs(20), async {
             while self.metric(name) != want {
+                // The pause between two looks at the metric.
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })
@@ -610,6 +611,7 @@ async fn a_driver_failure_shows_not_serving_on_the_health_port_which_stops_with_
     // NOT_SERVING on the plaintext port too, while the server drains.
     tokio::time::timeout(Duration::from_secs(10), async {
         while check("snapgate.v1.SourceService").await != ServingStatus::NotServing as i32 {
+            // The pause between two health checks.
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })

@@ -155,6 +155,7 @@ impl Running {
     pub async fn until_gauge(&self, name: &str, want: i64) {
         tokio::time::timeout(Duration::from_secs(10), async {
             while self.gauge(name) != want {
+                // The pause between two looks at the metric.
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })
