@@ -21,6 +21,10 @@
 //! Before it acts on a run the executor asks the API server about the run's author (see
 //! `snapgate_agent_core::review`), once per run: the answer is kept with the run.
 //!
+//! The wall clock (plans' `now`, the bounds of reports, when a trouble was first seen) is read
+//! only through the injected [`Clock`]; timers and leases run on tokio's clock, so a test on
+//! paused tokio time with a `TokioClock` moves both together.
+//!
 //! The mover Jobs' pods (snapgate's label) and the namespace's Warning Events (only those
 //! `snapgate_agent_core::stuck` reads, cut to its bounds, at most [`MAX_EVENTS`] per
 //! namespace) are watched too, so that a pod that cannot start is seen at once. They do not
@@ -30,6 +34,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
+    sync::Arc,
     time::Duration,
 };
 
@@ -50,7 +55,10 @@ use snapgate_agent_core::{
     review::Review,
     stuck,
 };
-use snapgate_proto::v1::{self, agent_message, report::Observation};
+use snapgate_proto::{
+    clock::Clock,
+    v1::{self, agent_message, report::Observation},
+};
 use tokio::{sync::mpsc, time::Instant};
 use tracing::{debug, info, warn};
 
@@ -79,6 +87,14 @@ fn wake_at(now: Instant, at: chrono::DateTime<Utc>, wall: chrono::DateTime<Utc>)
         .unwrap_or_default()
         .min(RESYNC_EVERY);
     now.checked_add(wait).unwrap_or(now)
+}
+
+/// When a run planned at `now` whose action failed (or must be looked at again) after
+/// `retry_after` is planned again: at most [`RESYNC_EVERY`] from `now`, since every run is
+/// planned again that often anyway and a far time must not overflow an `Instant`.
+fn retry_at(now: Instant, retry_after: Duration) -> Instant {
+    now.checked_add(retry_after.min(RESYNC_EVERY))
+        .unwrap_or(now)
 }
 
 /// A change seen by a watch.
@@ -402,6 +418,8 @@ pub struct Executor {
     confirmation: Confirmation,
     metrics: Metrics,
     retry_after: Duration,
+    /// Where the wall time is read.
+    clock: Arc<dyn Clock>,
     /// Deleted sources (namespace, name) whose objects are still to be removed, and whether
     /// their restic cache stays; tried on every change and resync until done.
     retiring: BTreeMap<(String, String), bool>,
@@ -420,12 +438,14 @@ fn apply_event<K: kube::Resource + Clone>(cache: &mut Cache<K>, ns: &str, e: wat
 }
 
 impl Executor {
-    /// An executor acting through `cluster`; a failed action is retried after `retry_after`.
+    /// An executor acting through `cluster`, reading the wall time from `clock`; a failed
+    /// action is retried after `retry_after`.
     pub fn new(
         cluster: Cluster,
         config: PlanConfig,
         metrics: Metrics,
         retry_after: Duration,
+        clock: Arc<dyn Clock>,
     ) -> Self {
         Self {
             cluster,
@@ -441,6 +461,7 @@ impl Executor {
             confirmation: Confirmation::new(),
             metrics,
             retry_after,
+            clock,
             retiring: BTreeMap::new(),
             namespaces_gone: BTreeMap::new(),
         }
@@ -460,7 +481,7 @@ impl Executor {
                 .values()
                 .filter_map(|h| h.retry_at)
                 .min()
-                .unwrap_or_else(|| Instant::now() + RESYNC_EVERY);
+                .unwrap_or_else(|| retry_at(Instant::now(), RESYNC_EVERY));
             tokio::select! {
                 event = link.recv() => match event {
                     Some(e) => self.on_link(e).await,
@@ -739,7 +760,7 @@ impl Executor {
                     }
                 }
             }
-            let now = Utc::now();
+            let now = self.clock.now();
             // What keeps the mover Job from running, once the pods and Events are listed; and
             // when this process first saw it (kept while it lasts).
             let job = self.jobs.get(&ns, job_name);
@@ -899,7 +920,7 @@ impl Executor {
             .await;
         }
         if let Some(h) = self.runs.get_mut(id) {
-            h.wake(Instant::now() + self.retry_after);
+            h.wake(retry_at(Instant::now(), self.retry_after));
         }
     }
 
@@ -1138,7 +1159,7 @@ impl Executor {
                     )
                     .await;
                     if let Some(held) = self.runs.get_mut(id) {
-                        held.wake(Instant::now() + self.retry_after);
+                        held.wake(retry_at(Instant::now(), self.retry_after));
                     }
                     return Ok(false);
                 }
@@ -1202,7 +1223,7 @@ impl Executor {
                 if let Some(held) = self.runs.get_mut(id) {
                     if found.len() < wanted {
                         // Secrets cannot be watched with the agent's RBAC: read them again later.
-                        held.wake(Instant::now() + self.retry_after);
+                        held.wake(retry_at(Instant::now(), self.retry_after));
                     }
                     held.secrets = Some(found);
                 }
@@ -1281,7 +1302,7 @@ impl Executor {
                     // next try.
                     held.secrets = None;
                     held.volsync = None;
-                    held.wake(Instant::now() + self.retry_after);
+                    held.wake(retry_at(Instant::now(), self.retry_after));
                 }
                 Ok(false)
             }
@@ -1333,7 +1354,7 @@ impl Executor {
             }
             Action::WakeAt(at) => {
                 if let Some(held) = self.runs.get_mut(id) {
-                    held.wake(wake_at(Instant::now(), at, Utc::now()));
+                    held.wake(wake_at(Instant::now(), at, self.clock.now()));
                 }
                 Ok(false)
             }
@@ -1376,7 +1397,7 @@ impl Executor {
     /// Sends a report unless the same one was already sent for this run; whether it was sent
     /// (or had been). Every report is first put within the agent's bounds (sizes, times).
     async fn report(&mut self, id: &str, observation: Observation) -> bool {
-        let observation = bounds::bound(observation, Utc::now());
+        let observation = bounds::bound(observation, self.clock.now());
         let Some(held) = self.runs.get_mut(id) else {
             return false;
         };
@@ -1571,6 +1592,16 @@ mod tests {
         held.lease = kept.clone();
         held.forget_lease_request();
         assert_eq!(held.lease, kept);
+    }
+
+    #[test]
+    fn a_retry_waits_its_delay_but_no_longer_than_a_resync() {
+        let now = Instant::now();
+        assert_eq!(
+            retry_at(now, Duration::from_secs(5)) - now,
+            Duration::from_secs(5)
+        );
+        assert_eq!(retry_at(now, Duration::MAX) - now, RESYNC_EVERY);
     }
 
     #[test]

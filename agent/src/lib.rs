@@ -20,7 +20,7 @@ pub mod link;
 pub mod metrics;
 pub mod watch;
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use k8s_openapi::api::{
     batch::v1::Job,
@@ -31,7 +31,7 @@ use snapgate_agent_core::{
     plan::PlanConfig,
     resources::{PROXY_VARIABLES, VolumeSnapshot},
 };
-use snapgate_proto::v1;
+use snapgate_proto::{clock::Clock, v1};
 use tokio::sync::mpsc;
 
 pub use crate::access::{Connector, SchedulerAccess};
@@ -60,6 +60,8 @@ pub struct AgentConfig {
     pub retry_after: std::time::Duration,
     /// Where the agent counts what it does.
     pub metrics: Metrics,
+    /// Where the agent reads the wall time (production: `SystemClock`).
+    pub clock: Arc<dyn Clock>,
 }
 
 /// The proxy variables of this process, to pass on to mover Jobs.
@@ -156,6 +158,7 @@ pub async fn run_with(
         config.plan,
         config.metrics,
         config.retry_after,
+        config.clock,
     );
     executor.run(link_rx, change_rx).await;
     link.abort();

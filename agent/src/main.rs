@@ -1,5 +1,7 @@
 //! `snapgate-agent`: see `snapgate_agent` for the design.
 
+use std::sync::Arc;
+
 use anyhow::Context as _;
 use clap::Parser as _;
 use snapgate_agent::{
@@ -10,6 +12,7 @@ use snapgate_agent::{
     proxy_env, run_with,
 };
 use snapgate_agent_core::{plan::PlanConfig, resources::MoverImages};
+use snapgate_proto::clock::SystemClock;
 use tracing::info;
 
 #[tokio::main]
@@ -96,6 +99,7 @@ async fn main() -> anyhow::Result<()> {
         backoff: Backoff::default(),
         retry_after: snapgate_agent::executor::RETRY_AFTER,
         metrics: registry,
+        clock: Arc::new(SystemClock),
     };
     tokio::select! {
         r = run_with(config, access, client) => r,

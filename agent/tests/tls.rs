@@ -319,15 +319,15 @@ struct Scheduler {
 impl Scheduler {
     async fn start() -> Self {
         use snapgate_scheduler::{
-            Config, Listening, clock::SystemClock, identity::Authorizer, metrics::Metrics,
-            serve_with, store::RedbStore, tls::ServerTls,
+            Config, Listening, identity::Authorizer, metrics::Metrics, serve_with,
+            store::RedbStore, tls::ServerTls,
         };
         let dir = tempfile::tempdir().unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let config = Config {
             store: Box::new(RedbStore::open(dir.path()).unwrap()),
-            clock: Arc::new(SystemClock),
+            clock: Arc::new(snapgate_proto::clock::TokioClock::starting_now()),
             metrics: Metrics::new(),
             authorizer: Authorizer::default(),
             authenticator: None,

@@ -6,7 +6,8 @@
 //! ```
 //!
 //! The messages are always built; the tonic clients and servers only with the `client` and
-//! `server` features, so a pure crate can use the messages without pulling in tonic.
+//! `server` features, so a pure crate can use the messages without pulling in tonic. The
+//! processes' injectable wall clock ([`clock`]) comes with the `clock` feature (tokio's time).
 
 #![allow(
     missing_docs,
@@ -17,6 +18,9 @@
 
 /// `snapgate.v1`: sources, runs, copy status and the agent link.
 pub mod duration;
+
+#[cfg(feature = "clock")]
+pub mod clock;
 
 pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/snapgate.v1.rs"));

@@ -15,7 +15,10 @@
 use std::{collections::HashMap, sync::Arc, time::Duration as StdDuration};
 
 use chrono::{DateTime, Utc};
-use snapgate_proto::v1::{self, SchedulerMessage, scheduler_message::Message as ToAgent};
+use snapgate_proto::{
+    clock::Clock,
+    v1::{self, SchedulerMessage, scheduler_message::Message as ToAgent},
+};
 use snapgate_scheduler_core::{
     CoreError, Effect, LeaseAnswer, LeasePolicy, Quarantined, ReportOutcome, RunId, Scheduler,
     SourceKey, Target, TriggerAccepted,
@@ -31,7 +34,6 @@ use tonic::Status;
 use tracing::{debug, info, warn};
 
 use crate::{
-    clock::Clock,
     metrics::Metrics,
     store::{Batch, Store, StoreError, Write},
     wire,

@@ -14,7 +14,6 @@
 pub mod args;
 pub mod audit;
 pub mod auth;
-pub mod clock;
 mod driver;
 pub mod grpc;
 pub mod handshake;
@@ -30,9 +29,12 @@ use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use anyhow::Context as _;
 use futures::StreamExt as _;
-use snapgate_proto::v1::{
-    agent_service_server::AgentServiceServer, source_service_server::SourceServiceServer,
-    trigger_service_server::TriggerServiceServer,
+use snapgate_proto::{
+    clock::Clock,
+    v1::{
+        agent_service_server::AgentServiceServer, source_service_server::SourceServiceServer,
+        trigger_service_server::TriggerServiceServer,
+    },
 };
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -42,7 +44,6 @@ pub use driver::{DriverError, DriverHandle};
 pub use snapgate_scheduler_core::LeasePolicy;
 
 use crate::{
-    clock::Clock,
     grpc::{Agents, Sources, Triggers},
     identity::{Authorizer, Identify, RpcName},
     metrics::Metrics,

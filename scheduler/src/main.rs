@@ -4,13 +4,13 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser as _;
+use snapgate_proto::clock::SystemClock;
 use snapgate_scheduler::{
     Config, Listening,
     args::{Args, init_tracing},
     audit::Audit,
     auth::Authenticator,
     bind,
-    clock::SystemClock,
     identity::Authorizer,
     metrics::Metrics,
     serve_metrics, serve_with,

@@ -61,6 +61,7 @@ impl Scheduler {
         let deadline = Instant::now() + Duration::from_secs(20);
         while !s.grpcurl(&["list"]).status.success() {
             assert!(Instant::now() < deadline, "the scheduler did not come up");
+            // The pause between two calls to the child process (real time: it is another process).
             sleep(Duration::from_millis(100));
         }
         s
@@ -208,6 +209,7 @@ fn sigterm_stops_the_scheduler_cleanly() {
             break;
         }
         assert!(Instant::now() < deadline, "no exit within 15s of SIGTERM");
+        // The pause between two looks at the child process (real time: it is another process).
         sleep(Duration::from_millis(50));
     }
 }

@@ -756,9 +756,10 @@ async fn a_lease_gated_copy_is_never_sent_to_an_agent_that_does_not_honour_lease
 }
 
 /// A clock the test sets: the driver reads it on every command.
+#[derive(Debug)]
 struct SetClock(std::sync::Mutex<chrono::DateTime<chrono::Utc>>);
 
-impl snapgate_scheduler::clock::Clock for SetClock {
+impl snapgate_proto::clock::Clock for SetClock {
     fn now(&self) -> chrono::DateTime<chrono::Utc> {
         *self.0.lock().unwrap()
     }

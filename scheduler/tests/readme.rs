@@ -93,6 +93,7 @@ fn the_readme_grpcurl_examples_work_as_written() {
         .success()
     {
         assert!(Instant::now() < deadline, "the scheduler did not come up");
+        // The pause between two calls to the child process (real time: it is another process).
         sleep(Duration::from_millis(100));
     }
 

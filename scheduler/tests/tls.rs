@@ -10,9 +10,9 @@ use std::{
     time::Duration,
 };
 
+use snapgate_proto::clock::TokioClock;
 use snapgate_scheduler::{
     Config, Listening,
-    clock::SystemClock,
     handshake::HANDSHAKE_TIMEOUT,
     identity::Authorizer,
     metrics::Metrics,
@@ -63,7 +63,7 @@ impl Tls {
         let metrics = Metrics::new();
         let config = Config {
             store: Box::new(RedbStore::open(dir.path()).unwrap()),
-            clock: Arc::new(SystemClock),
+            clock: Arc::new(TokioClock::starting_now()),
             metrics: metrics.clone(),
             authorizer: Authorizer::default(),
             authenticator: None,
@@ -111,6 +111,7 @@ impl Tls {
     async fn until_metric(&self, name: &str, want: i64) {
         tokio::time::timeout(Duration::from_secs(20), async {
             while self.metric(name) != want {
+                // The pause between two looks at the metric.
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })
@@ -541,7 +542,7 @@ async fn a_driver_failure_shows_not_serving_on_the_health_port_which_stops_with_
             inner: RedbStore::open(dir.path()).unwrap(),
             armed: armed.clone(),
         }),
-        clock: Arc::new(SystemClock),
+        clock: Arc::new(TokioClock::starting_now()),
         metrics: Metrics::new(),
         authorizer: Authorizer::default(),
         authenticator: None,
@@ -610,6 +611,7 @@ async fn a_driver_failure_shows_not_serving_on_the_health_port_which_stops_with_
     // NOT_SERVING on the plaintext port too, while the server drains.
     tokio::time::timeout(Duration::from_secs(10), async {
         while check("snapgate.v1.SourceService").await != ServingStatus::NotServing as i32 {
+            // The pause between two health checks.
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })

@@ -64,13 +64,14 @@ impl Backoff {
         loop {
             match call().await {
                 Err(e) if e.is_transient() => {
+                    let lost_for = since.elapsed();
                     let wait = match self.give_up_after {
-                        Some(limit) if since.elapsed() >= limit => return Err(e),
-                        Some(limit) => delay.min(limit - since.elapsed()),
+                        Some(limit) if lost_for >= limit => return Err(e),
+                        Some(limit) => delay.min(limit.saturating_sub(lost_for)),
                         None => delay,
                     };
                     tokio::time::sleep(wait).await;
-                    delay = (delay * 2).min(self.max);
+                    delay = delay.saturating_mul(2).min(self.max);
                 }
                 other => return other,
             }
@@ -196,11 +197,11 @@ impl State {
                     ),
                 });
             }
-            delay = delay.min(limit - lost_for);
+            delay = delay.min(limit.saturating_sub(lost_for));
         }
         debug!(target = %describe(&self.target), ?delay, error = %status.message(), "watch lost; reconnecting");
         tokio::time::sleep(delay).await;
-        self.delay = (self.delay * 2).min(self.backoff.max);
+        self.delay = self.delay.saturating_mul(2).min(self.backoff.max);
         None
     }
 }

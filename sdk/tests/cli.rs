@@ -571,6 +571,7 @@ async fn journal_has(path: &Path, lines: usize) -> Vec<String> {
             if got.len() >= lines {
                 return got;
             }
+            // The pause between two looks at the journal.
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
@@ -614,6 +615,7 @@ async fn sync_now_once_run_1_finished(server: &str) -> String {
         }
         waited += 1;
         assert!(waited < 100, "run-1 never finished");
+        // The pause between two SyncNow calls.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

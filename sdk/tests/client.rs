@@ -69,11 +69,18 @@ async fn the_watch_reconnects_after_a_scheduler_restart_on_the_same_port_and_ski
     // The scheduler goes away and comes back on the same port with the same store.
     drop(agent);
     s.stop().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let s = Scheduler::start(dir.path(), port).await;
     let _agent = Agent::start(&s.endpoint(), "apps", OnCopy::Complete).await;
-    // Time for the watch (retrying every 200 ms at most) to reconnect.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The watch (retrying every 200 ms at most) reconnects to the new scheduler, which sends it
+    // WaitingForTrigger again, before the run is triggered.
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while !s.metrics.encode().contains("snapgate_watch_streams 1\n") {
+            // The pause between two looks at the scheduler's metrics.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the watch reconnects");
 
     // The run waits still; the watch reconnected and did not repeat WaitingForTrigger.
     let response = tokio::time::timeout(Duration::from_secs(20), async {
@@ -83,6 +90,7 @@ async fn the_watch_reconnects_after_a_scheduler_restart_on_the_same_port_and_ski
                 .await
             {
                 Ok(r) => return r,
+                // The pause before the call is tried again.
                 Err(e) if e.is_transient() => tokio::time::sleep(Duration::from_millis(100)).await,
                 Err(e) => panic!("{e}"),
             }
@@ -219,6 +227,7 @@ async fn wait_for_copy_request_and_wait_for_outcome_work_on_their_own() {
             if db.status.unwrap().current_run_id.is_empty() {
                 return;
             }
+            // The pause between two looks at the source.
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })

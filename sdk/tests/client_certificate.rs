@@ -9,9 +9,10 @@ use std::{
     time::Duration,
 };
 
+use snapgate_proto::clock::TokioClock;
 use snapgate_scheduler::{
-    Config, Listening, clock::SystemClock, identity::Authorizer, metrics::Metrics, serve_with,
-    store::RedbStore, tls::ServerTls,
+    Config, Listening, identity::Authorizer, metrics::Metrics, serve_with, store::RedbStore,
+    tls::ServerTls,
 };
 use snapgate_sdk::{Client, Error};
 use tokio::{net::TcpListener, task::JoinHandle};
@@ -42,7 +43,7 @@ impl Mtls {
         let port = listener.local_addr().unwrap().port();
         let config = Config {
             store: Box::new(RedbStore::open(dir.path()).unwrap()),
-            clock: Arc::new(SystemClock),
+            clock: Arc::new(TokioClock::starting_now()),
             metrics: Metrics::new(),
             authorizer: Authorizer::default(),
             authenticator: None,

@@ -39,8 +39,20 @@ async fn the_guarded_writer_example_pauses_its_writes_around_two_copies() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    // Let the application write for a while before its first copy.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The application writes before its first copy: the source is made once it has.
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while std::fs::read_to_string(&journal)
+            .unwrap_or_default()
+            .lines()
+            .next()
+            .is_none()
+        {
+            // The pause between two looks at the journal.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the application writes");
     create(&client, "apps", "db", restic("data")).await;
 
     // The second copy: a SyncNow once the first run is over.
@@ -61,6 +73,7 @@ async fn the_guarded_writer_example_pauses_its_writes_around_two_copies() {
             if r.started {
                 return;
             }
+            // The pause between two SyncNow calls.
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     })

@@ -174,15 +174,39 @@ async fn the_guard_unquiesces_and_reports_timed_out_when_the_wait_expires_under_
     });
     create(&client, "apps", "db", spec).await;
 
-    // The application takes longer to quiesce than the source waits for a trigger.
+    // The application takes longer to quiesce than the source waits for a trigger: it is
+    // done only once the run has timed out.
     let journal = Journal::default();
     let (q, u) = (journal.clone(), journal.clone());
+    let runs = client.sources();
     let err = client
         .quiesced_copy(
             pvc("apps", "data"),
             move |request| async move {
                 q.push(format!("quiesce {}", request.run_id));
-                tokio::time::sleep(Duration::from_millis(2500)).await;
+                tokio::time::timeout(Duration::from_secs(20), async {
+                    loop {
+                        let run = runs
+                            .clone()
+                            .list_runs(v1::ListRunsRequest {
+                                namespace: "apps".into(),
+                                name: "db".into(),
+                                limit: 1,
+                            })
+                            .await
+                            .unwrap()
+                            .into_inner()
+                            .runs
+                            .remove(0);
+                        if run.result() == v1::RunResult::TimedOut {
+                            return;
+                        }
+                        // The pause between two looks at the run.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                })
+                .await
+                .expect("the run times out");
                 Ok::<_, Error>(())
             },
             move || async move {
@@ -278,8 +302,8 @@ async fn the_guard_unquiesces_when_the_hold_limit_expires_before_the_trigger() {
             pvc("apps", "data"),
             move |request| async move {
                 q.push(request.run_id);
-                // Quiescing takes longer than the whole hold.
-                tokio::time::sleep(Duration::from_secs(30)).await;
+                // Quiescing takes longer than the whole hold: it never ends.
+                std::future::pending::<()>().await;
                 Ok::<_, Error>(())
             },
             {

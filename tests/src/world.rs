@@ -1,5 +1,11 @@
 //! A world for end-to-end tests: the simulated API server, a real scheduler over gRPC on
 //! loopback, and the agent's real code path (`snapgate_agent::run`) between them.
+//!
+//! Everything runs on the test's tokio runtime and reads the wall time from the world's one
+//! [`TokioClock`] (the scheduler, also once restarted, and the agent, also once restarted), so a
+//! test on paused tokio time (`#[tokio::test(start_paused = true)]`) moves every clock and timer
+//! of the world at once: it lets minutes pass in an instant and sees only what those minutes
+//! would have done. On a running clock the world's time is the system's.
 
 #![allow(missing_docs)]
 
@@ -21,14 +27,17 @@ use snapgate_agent::{
 };
 use snapgate_agent_core::{plan::PlanConfig, resources::VolumeSnapshot, review::SourceAuthors};
 use snapgate_kube_sim::KubeSim;
-use snapgate_proto::v1::{
-    self, source_service_client::SourceServiceClient, trigger_service_client::TriggerServiceClient,
+use snapgate_proto::{
+    clock::{Clock, TokioClock},
+    v1::{
+        self, source_service_client::SourceServiceClient,
+        trigger_service_client::TriggerServiceClient,
+    },
 };
 use snapgate_scheduler::{
     Config,
     audit::Audit,
     auth::Authenticator,
-    clock::SystemClock,
     identity::{Authorizer, Policy},
     metrics::Metrics,
     serve,
@@ -76,6 +85,8 @@ pub struct World {
     secured: Option<Secured>,
     /// The agent's plan settings (a restarted agent gets the same).
     plan: PlanConfig,
+    /// The wall clock of the scheduler and the agent (restarted ones get the same).
+    clock: Arc<dyn Clock>,
     _dir: tempfile::TempDir,
 }
 
@@ -117,6 +128,7 @@ async fn spawn_scheduler(
     dir: &std::path::Path,
     listener: TcpListener,
     secured: Option<&KubeSim>,
+    clock: Arc<dyn Clock>,
 ) -> (JoinHandle<anyhow::Result<()>>, oneshot::Sender<()>) {
     let (authorizer, authenticator) = match secured {
         Some(sim) => {
@@ -127,7 +139,7 @@ async fn spawn_scheduler(
     };
     let config = Config {
         store: Box::new(RedbStore::open(dir).unwrap()),
-        clock: Arc::new(SystemClock),
+        clock,
         metrics: Metrics::new(),
         authorizer,
         authenticator,
@@ -147,6 +159,7 @@ fn spawn_agent(
     metrics: AgentMetrics,
     secured: Option<&Secured>,
     mut plan: PlanConfig,
+    clock: Arc<dyn Clock>,
 ) -> JoinHandle<anyhow::Result<()>> {
     if secured.is_some() {
         // Sources have authors: the agent acts with their rights only.
@@ -168,6 +181,7 @@ fn spawn_agent(
             },
             retry_after: Duration::from_millis(200),
             metrics,
+            clock,
         },
         access,
         client,
@@ -287,8 +301,14 @@ impl World {
         let secured = authenticated.then(|| Secured::new(&sim, dir.path()));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (scheduler, stop_scheduler) =
-            spawn_scheduler(dir.path(), listener, secured.as_ref().map(|_| &sim)).await;
+        let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_now());
+        let (scheduler, stop_scheduler) = spawn_scheduler(
+            dir.path(),
+            listener,
+            secured.as_ref().map(|_| &sim),
+            clock.clone(),
+        )
+        .await;
         let mut sdk = snapgate_sdk::Client::builder(format!("http://{addr}"));
         if secured.is_some() {
             sdk = sdk.token_file(secure::write_token(&sim, dir.path(), ADMIN));
@@ -305,6 +325,7 @@ impl World {
             agent_metrics.clone(),
             secured.as_ref(),
             plan.clone(),
+            clock.clone(),
         );
         Self {
             sim,
@@ -319,6 +340,7 @@ impl World {
             agent_client,
             secured,
             plan,
+            clock,
             _dir: dir,
         }
     }
@@ -348,6 +370,7 @@ impl World {
             self._dir.path(),
             listener,
             self.secured.as_ref().map(|_| &self.sim),
+            self.clock.clone(),
         )
         .await;
         self.scheduler = Some(task);
@@ -377,6 +400,7 @@ impl World {
             self.agent_metrics.clone(),
             self.secured.as_ref(),
             plan,
+            self.clock.clone(),
         );
     }
 
@@ -546,22 +570,24 @@ impl World {
 
     /// Waits until `n` runs of `source` ended Successful; the source as it is then.
     pub async fn wait_successful_runs(&mut self, source: &str, n: usize) -> v1::Source {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let runs = self.runs(source).await;
-            let ok = runs
-                .iter()
-                .filter(|r| r.result() == v1::RunResult::Successful)
-                .count();
-            if ok >= n {
-                return self.source(source).await;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {n} successful run(s) of {source}: {runs:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        poll_until(
+            &format!("{n} successful run(s) of {source}"),
+            Duration::from_secs(20),
+            || async {
+                let runs = self.runs(source).await;
+                let ok = runs
+                    .iter()
+                    .filter(|r| r.result() == v1::RunResult::Successful)
+                    .count();
+                if ok >= n {
+                    Ok(())
+                } else {
+                    Err(format!("{runs:#?}"))
+                }
+            },
+        )
+        .await;
+        self.source(source).await
     }
 
     /// The source PVC's annotations, as the API server has them.
@@ -869,6 +895,49 @@ pub fn restic_spec(method: v1::CopyMethod, wait_timeout: Duration) -> v1::Source
     }
 }
 
+/// How far tokio's clock moves between two polls of a bounded wait.
+const POLL: Duration = Duration::from_millis(20);
+/// The most a paused clock moves at once in [`let_pass`].
+const PASS_STEP: Duration = Duration::from_millis(100);
+
+/// Moves tokio's clock `step` forward after a moment of real time in which a paused clock is
+/// held: the pause between two polls of a bounded wait, and the step of [`let_pass`].
+///
+/// Why the moment of real time: a world's scheduler is reached over loopback TCP, which the
+/// kernel paces in real time (a small segment can wait for the peer's delayed ACK, 40 ms).
+/// Tokio moves a paused clock whenever the runtime is idle, also while such a segment is on its
+/// way; unheld, the clock would run ahead of the world's IO and fire seconds of timers (link
+/// keep-alives, wait timeouts) while a directive is still in the kernel. Tokio does not move a
+/// paused clock while a blocking task runs: with one millisecond of it per step, a paused clock
+/// runs at most `step` per millisecond of real time, and IO that arrives meanwhile is handled
+/// at the time it was sent. Not a wait for anything: a wait polls its condition after it, and
+/// [`let_pass`] is what shows what did not happen.
+pub async fn pace(step: Duration) {
+    // One millisecond of real time with a paused clock held (see above); not synchronisation.
+    let _ = tokio::task::spawn_blocking(|| std::thread::sleep(Duration::from_millis(1))).await;
+    tokio::time::sleep(step).await;
+}
+
+/// Lets `time` pass on the test's paused tokio clock (`#[tokio::test(start_paused = true)]`),
+/// to show what did not happen in it. Tokio moves a paused clock only once every task of the
+/// runtime is idle, and then only to the next timer (here at most [`PASS_STEP`] at once, see
+/// [`pace`]): when this returns, the world has done all it would have done in `time` (timers,
+/// retries, resyncs, the simulator's controllers) and no more. On a running clock it panics
+/// (after `time`).
+pub async fn let_pass(time: Duration) {
+    let real = std::time::Instant::now();
+    let mut left = time;
+    while !left.is_zero() {
+        let step = left.min(PASS_STEP);
+        pace(step).await;
+        left -= step;
+    }
+    assert!(
+        real.elapsed() < time,
+        "let_pass is for paused time (#[tokio::test(start_paused = true)])"
+    );
+}
+
 /// Polls `check` until it returns `Some`, or panics naming `what` after 20 s.
 pub async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -880,7 +949,7 @@ pub async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> 
             tokio::time::Instant::now() < deadline,
             "timed out waiting for: {what}"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        pace(POLL).await;
     }
 }
 
@@ -900,7 +969,7 @@ pub async fn poll_until<T, F: std::future::Future<Output = Result<T, String>>>(
                 "timed out after {within:?} waiting for: {what}; last seen: {seen}"
             ),
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        pace(POLL).await;
     }
 }
 
@@ -918,7 +987,7 @@ macro_rules! eventually_async {
                 "timed out waiting for: {}",
                 $what
             );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            $crate::pace(std::time::Duration::from_millis(20)).await;
         }
     }};
 }

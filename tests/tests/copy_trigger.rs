@@ -2,6 +2,9 @@
 //! movers, for Clone and Snapshot, through the annotation path and the Trigger RPC path: a real scheduler over gRPC, the
 //! agent's real code, and the simulated API server, with the PVC annotations read back from
 //! the API server exactly.
+//!
+//! The scenarios run on paused time: a wait timeout passes in an instant, and what must not
+//! happen is shown by letting time pass (see [`let_pass`]) before the cluster is looked at.
 
 use std::time::Duration;
 
@@ -66,8 +69,9 @@ async fn make_copy_ready(w: &World, method: CopyMethod, readiness_unset: bool) {
                 })
             })
             .await;
-            // readyToUse=false is not the copy point.
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            // readyToUse=false is not the copy point: not after 65 s either (past the agent's
+            // resync; within the Trigger's default hold lease of 10 minutes).
+            let_pass(Duration::from_secs(65)).await;
             assert_eq!(
                 w.copy_annotations().get(STATUS).map(String::as_str),
                 Some("InProgress"),
@@ -81,7 +85,9 @@ async fn make_copy_ready(w: &World, method: CopyMethod, readiness_unset: bool) {
             w.patch_status::<VolumeSnapshot>(COPY, ready).await;
         }
         _ => {
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            // Not after 65 s either (past the agent's resync; within the Trigger's default
+            // hold lease of 10 minutes).
+            let_pass(Duration::from_secs(65)).await;
             assert_eq!(
                 w.copy_annotations().get(STATUS).map(String::as_str),
                 Some("InProgress"),
@@ -241,7 +247,7 @@ async fn replay(mover: MoverKind, method: CopyMethod, path: Path) {
 
 macro_rules! scenarios {
     ($($name:ident: $mover:ident, $method:ident, $path:ident;)*) => {$(
-        #[tokio::test]
+        #[tokio::test(start_paused = true)]
         async fn $name() {
             replay(MoverKind::$mover, CopyMethod::$method, Path::$path).await;
         }
@@ -387,7 +393,7 @@ async fn removing_use_copy_trigger_while_waiting_releases_the_run_and_removes_th
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn editing_a_sources_pvc_mid_run_leaves_the_run_on_the_pvc_it_started_on() {
     let mut w = World::start().await;
     w.create_pvc(true);
@@ -412,7 +418,8 @@ async fn editing_a_sources_pvc_mid_run_leaves_the_run_on_the_pvc_it_started_on()
         })
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Two minutes pass (the agent's resync among them) with the run on the old PVC.
+    let_pass(Duration::from_secs(120)).await;
     let other_annotations = w
         .sim
         .get::<k8s_openapi::api::core::v1::PersistentVolumeClaim>(Some(NS), "other")

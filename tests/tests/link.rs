@@ -2,8 +2,11 @@
 //! them, against the simulated API server: a resent directive is answered, not redone; a run
 //! the scheduler does not resend after a reconnect (its Forget was lost) is dropped, never
 //! acted on again.
+//!
+//! On paused tokio time: the executor, the simulated API server and its controllers run in
+//! this test's runtime, so time moves only when all of them are idle.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use snapgate_agent::{
     cluster::Cluster,
@@ -14,7 +17,10 @@ use snapgate_agent::{
 };
 use snapgate_e2e::*;
 use snapgate_kube_sim::{KubeSim, Verb};
-use snapgate_proto::v1::{self, DirectivePhase, agent_message::Message, report::Observation};
+use snapgate_proto::{
+    clock::TokioClock,
+    v1::{self, DirectivePhase, agent_message::Message, report::Observation},
+};
 use tokio::sync::mpsc;
 
 fn directive(run_id: &str, source: &str, phase: DirectivePhase) -> Box<v1::Directive> {
@@ -76,7 +82,7 @@ fn pvc_patches(sim: &KubeSim) -> usize {
     })
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_resent_directive_is_answered_not_redone_and_a_run_not_resent_is_dropped() {
     let sim = KubeSim::new();
     sim.add_token("agent", AGENT_USER);
@@ -90,6 +96,7 @@ async fn a_resent_directive_is_answered_not_redone_and_a_run_not_resent_is_dropp
         plan_config(),
         Metrics::new(),
         Duration::from_millis(200),
+        Arc::new(TokioClock::starting_now()),
     );
     let _executor = tokio::spawn(executor.run(link_rx, change_rx));
     sim.create(&source_pvc(true)).unwrap();
@@ -120,7 +127,10 @@ async fn a_resent_directive_is_answered_not_redone_and_a_run_not_resent_is_dropp
     annotate_pvc(&sim, serde_json::json!({ TRIGGER: "x" })).await;
     let r = next_report(&mut rx).await;
     assert_eq!(r.run_id, "run-2", "run-1 was dropped: {r:?}");
-    let extra = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await;
+    // A held run-1 would have been planned with run-2 (and before it); and every held run is
+    // planned again on the executor's resync, once a minute. Two minutes of paused time pass
+    // only once the executor has nothing left to do: all it would report, it has reported.
+    let extra = tokio::time::timeout(Duration::from_secs(120), rx.recv()).await;
     assert!(
         extra.is_err(),
         "nothing reported for the dropped run: {extra:?}"

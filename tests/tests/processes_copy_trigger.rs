@@ -211,9 +211,10 @@ async fn exit(p: &mut support::Proc, log: &std::path::Path) -> (Option<i32>, Str
     (status.code(), std::fs::read_to_string(log).unwrap())
 }
 
-/// Two `quiesce-exec --once` applications on one PVC: the second quiesces slowly, the first
-/// triggers once the second is quiescing. Only the first counts the copy; the second says the
-/// copy was not inside its hold and unquiesces; the cut lies inside the first one's hold.
+/// Two `quiesce-exec --once` applications on one PVC: the second quiesces slowly (until the
+/// first has its copy), the first triggers once the second is quiescing. Only the first counts
+/// the copy; the second says the copy was not inside its hold and unquiesces; the cut lies
+/// inside the first one's hold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn of_two_applications_quiescing_one_pvc_only_the_one_whose_trigger_released_the_run_counts_the_copy()
  {
@@ -222,10 +223,16 @@ async fn of_two_applications_quiescing_one_pvc_only_the_one_whose_trigger_releas
     db_waits_on_data(&c).await;
     let (j1, j2) = (c.path("journal-1"), c.path("journal-2"));
     let (e1, e2) = (c.path("app-1.log"), c.path("app-2.log"));
-    // The first application triggers only once the second has started quiescing.
+    // The first application triggers only once the second has started quiescing; the second
+    // finishes quiescing (and triggers) only once the first has its copy and unquiesces. (The
+    // shell's `sleep 0.02` is the pause between two looks at the other's journal.)
     let wait_for_second = format!(
         "!until grep -q quiesce-start {} 2>/dev/null; do sleep 0.02; done",
         j2.display()
+    );
+    let wait_for_first = format!(
+        "!until grep -q unquiesce-start {} 2>/dev/null; do sleep 0.02; done",
+        j1.display()
     );
     let app = |prefix: &str, journal: &std::path::Path, quiesce: &[&str], log: &std::path::Path| {
         support::spawn(
@@ -254,7 +261,7 @@ async fn of_two_applications_quiescing_one_pvc_only_the_one_whose_trigger_releas
     let mut second = app(
         "app2",
         &j2,
-        &["quiesce-start", "!sleep 1", "quiesce-done"],
+        &["quiesce-start", &wait_for_first, "quiesce-done"],
         &e2,
     );
 
@@ -631,7 +638,7 @@ async fn a_snapshot_not_cut_within_the_hold_is_never_reported_as_a_consistent_co
 
 /// Several holders, explicitly: a source listing `app1` and `app2` is released only once both
 /// `quiesce-exec --holder` applications have triggered; both count the copy, and the cut lies
-/// inside both holds. The second application quiesces a second later than the first.
+/// inside both holds. The second application takes a second longer to quiesce than the first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_source_with_two_holders_is_copied_inside_both_holds_and_both_count_it() {
     let c = Cluster::start().await;
@@ -662,6 +669,9 @@ async fn a_source_with_two_holders_is_copied_inside_both_holds_and_both_count_it
         (p, journal, log)
     };
     let (mut first, j1, l1) = app("app1", &["quiesce-start", "quiesce-done"]);
+    // `sleep 1`: the second application's slow quiesce, the scenario itself: its trigger
+    // comes about a second after the first's, so the run is released by it, the last holder
+    // (were it first, the check of who released the run would fail, not pass).
     let (mut second, j2, l2) = app("app2", &["quiesce-start", "!sleep 1", "quiesce-done"]);
     let (code1, log1) = exit(&mut first, &l1).await;
     let (code2, log2) = exit(&mut second, &l2).await;

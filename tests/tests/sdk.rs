@@ -278,11 +278,12 @@ async fn a_run_released_by_hand_during_the_quiesce_is_not_reported_as_the_applic
                 // While the application quiesces, a user annotates the PVC by hand: that copy
                 // is not inside this application's hold, whatever the timing.
                 annotate_pvc(&w.sim, serde_json::json!({ TRIGGER: "by-hand" })).await;
-                while pvc_annotations(&w.sim).get(STATUS).map(String::as_str)
-                    == Some("WaitingForTrigger")
-                {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
+                eventually("the hand-written value releases the run", || {
+                    (pvc_annotations(&w.sim).get(STATUS).map(String::as_str)
+                        != Some("WaitingForTrigger"))
+                    .then_some(())
+                })
+                .await;
                 Ok::<_, Error>(())
             },
             move || async move {

@@ -5,12 +5,14 @@
 
 use std::{path::Path, sync::Arc, time::Duration};
 
-use snapgate_proto::v1::{
-    source_service_client::SourceServiceClient, trigger_service_client::TriggerServiceClient,
+use snapgate_proto::{
+    clock::{Clock, TokioClock},
+    v1::{
+        source_service_client::SourceServiceClient, trigger_service_client::TriggerServiceClient,
+    },
 };
 use snapgate_scheduler::{
     Config,
-    clock::{Clock, SystemClock},
     identity::Authorizer,
     metrics::Metrics,
     store::{RedbStore, Store},
@@ -47,7 +49,7 @@ impl Running {
             authenticator,
             tls,
             rate,
-            Arc::new(SystemClock),
+            Arc::new(TokioClock::starting_now()),
         )
         .await
     }
@@ -153,6 +155,7 @@ impl Running {
     pub async fn until_gauge(&self, name: &str, want: i64) {
         tokio::time::timeout(Duration::from_secs(10), async {
             while self.gauge(name) != want {
+                // The pause between two looks at the metric.
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })

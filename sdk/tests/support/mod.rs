@@ -6,14 +6,13 @@
 use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
+use snapgate_proto::clock::TokioClock;
 use snapgate_proto::v1::trigger_service_server::{TriggerService, TriggerServiceServer};
 use snapgate_proto::v1::{
     self, CopyMethod, DirectivePhase, agent_message, agent_service_client::AgentServiceClient,
     report::Observation, scheduler_message::Message as ToAgent,
 };
-use snapgate_scheduler::{
-    Config, clock::SystemClock, identity::Authorizer, metrics::Metrics, serve, store::RedbStore,
-};
+use snapgate_scheduler::{Config, identity::Authorizer, metrics::Metrics, serve, store::RedbStore};
 use tokio::{net::TcpListener, sync::mpsc, task::JoinHandle};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -21,6 +20,8 @@ use tonic::{Request, Response, Status};
 /// A scheduler serving on 127.0.0.1.
 pub struct Scheduler {
     pub port: u16,
+    /// Its metrics, to wait for what it counts.
+    pub metrics: Metrics,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -31,10 +32,11 @@ impl Scheduler {
         let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let metrics = Metrics::new();
         let config = Config {
             store: Box::new(RedbStore::open(dir).unwrap()),
-            clock: Arc::new(SystemClock),
-            metrics: Metrics::new(),
+            clock: Arc::new(TokioClock::starting_now()),
+            metrics: metrics.clone(),
             authorizer: Authorizer::default(),
             authenticator: None,
             rate: (0, 0),
@@ -45,6 +47,7 @@ impl Scheduler {
         }));
         Self {
             port,
+            metrics,
             stop: Some(stop),
             task,
         }

@@ -25,9 +25,9 @@ async fn a_pvc_binds_after_the_configured_delay_and_gets_a_provisioned_pv() {
     pvcs.create(&PostParams::default(), &fixtures::pvc("ns", "data"))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    fixtures::let_pass(Duration::from_secs(4)).await;
     assert_eq!(phase(&pvcs.get("data").await.unwrap()), "Pending");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    fixtures::let_pass(Duration::from_secs(2)).await;
     let bound = pvcs.get("data").await.unwrap();
     assert_eq!(phase(&bound), "Bound");
     let volume = bound.spec.unwrap().volume_name.unwrap();
@@ -70,7 +70,7 @@ async fn a_pvc_annotated_never_bind_stays_pending() {
     p.metadata.annotations =
         Some([("sim.snapgate.io/pvc".to_string(), "never-bind".to_string())].into());
     pvcs.create(&PostParams::default(), &p).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(600)).await;
+    fixtures::let_pass(Duration::from_secs(600)).await;
     assert_eq!(phase(&pvcs.get("data").await.unwrap()), "Pending");
 }
 
@@ -90,7 +90,7 @@ async fn a_snapshot_binds_content_and_becomes_ready_after_its_delay_and_a_clone_
     pvcs.create(&PostParams::default(), &fixtures::pvc("ns", "data"))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    fixtures::let_pass(Duration::from_secs(1)).await;
     let snaps: Api<DynamicObject> =
         Api::namespaced_with(sim.client(), "ns", &fixtures::snapshot_resource());
     snaps
@@ -108,7 +108,7 @@ async fn a_snapshot_binds_content_and_becomes_ready_after_its_delay_and_a_clone_
     );
     pvcs.create(&PostParams::default(), &clone).await.unwrap();
 
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    fixtures::let_pass(Duration::from_secs(5)).await;
     let st = snap_status(&snaps.get("snap").await.unwrap());
     assert_eq!(st["readyToUse"], false);
     let content = st["boundVolumeSnapshotContentName"]
@@ -117,7 +117,7 @@ async fn a_snapshot_binds_content_and_becomes_ready_after_its_delay_and_a_clone_
         .to_string();
     assert_eq!(phase(&pvcs.get("restore").await.unwrap()), "Pending");
 
-    tokio::time::sleep(Duration::from_secs(30)).await;
+    fixtures::let_pass(Duration::from_secs(30)).await;
     let st = snap_status(&snaps.get("snap").await.unwrap());
     assert_eq!(st["readyToUse"], true);
     assert_eq!(st["restoreSize"], "1Gi");
@@ -135,14 +135,14 @@ async fn a_snapshot_binds_content_and_becomes_ready_after_its_delay_and_a_clone_
     let c = contents.get(&content).await.unwrap();
     assert_eq!(c.data["spec"]["volumeSnapshotRef"]["name"], "snap");
     assert_eq!(c.data["status"]["readyToUse"], true);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    fixtures::let_pass(Duration::from_secs(1)).await;
     assert_eq!(phase(&pvcs.get("restore").await.unwrap()), "Bound");
 
     snaps
         .delete("snap", &DeleteParams::default())
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    fixtures::let_pass(Duration::from_millis(100)).await;
     assert!(
         contents.get_opt(&content).await.unwrap().is_none(),
         "content deleted with its snapshot"
@@ -180,7 +180,7 @@ async fn snapshots_can_stay_uncut_or_cut_but_unready_leave_ready_to_use_unset_or
         .create(&PostParams::default(), &by_annotation)
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(3600)).await;
+    fixtures::let_pass(Duration::from_secs(3600)).await;
 
     let never = snap_status(&snaps.get("never").await.unwrap());
     assert_eq!(never["readyToUse"], false);
@@ -220,7 +220,7 @@ async fn a_job_runs_a_pod_that_succeeds_and_its_logs_are_readable() {
     jobs.create(&PostParams::default(), &fixtures::job("ns", "mover", 2))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    fixtures::let_pass(Duration::from_secs(10)).await;
     let job = jobs.get("mover").await.unwrap();
     assert!(condition(&job, "Complete"), "{:?}", job.status);
     assert_eq!(job.status.as_ref().unwrap().succeeded, Some(1));
@@ -282,7 +282,7 @@ async fn a_job_whose_pods_fail_is_failed_once_failures_exceed_the_backoff_limit(
     jobs.create(&PostParams::default(), &fixtures::job("ns", "mover", 2))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    fixtures::let_pass(Duration::from_secs(10)).await;
     let job = jobs.get("mover").await.unwrap();
     assert!(condition(&job, "Failed"), "{:?}", job.status);
     assert!(!condition(&job, "Complete"));
@@ -318,9 +318,9 @@ async fn a_job_retries_failed_pods_until_one_succeeds() {
     jobs.create(&PostParams::default(), &fixtures::job("ns", "mover", 3))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    fixtures::let_pass(Duration::from_secs(1)).await;
     assert!(!condition(&jobs.get("mover").await.unwrap(), "Complete"));
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    fixtures::let_pass(Duration::from_secs(5)).await;
     let job = jobs.get("mover").await.unwrap();
     assert!(condition(&job, "Complete"));
     let st = job.status.unwrap();
@@ -335,7 +335,7 @@ async fn a_job_with_zero_parallelism_creates_no_pods() {
     let mut job = fixtures::job("ns", "idle", 1);
     job.spec.as_mut().unwrap().parallelism = Some(0);
     jobs.create(&PostParams::default(), &job).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(60)).await;
+    fixtures::let_pass(Duration::from_secs(60)).await;
     assert!(
         pods.list(&ListParams::default())
             .await
@@ -422,7 +422,7 @@ async fn a_stuck_pod_waits_as_a_kubelet_shows_it_until_its_job_is_scripted_other
     jobs.create(&PostParams::default(), &fixtures::job("ns", "mover", 2))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(3600)).await;
+    fixtures::let_pass(Duration::from_secs(3600)).await;
     let pod = the_pod(&sim);
     let name = pod.metadata.name.clone().unwrap();
     assert_eq!(
@@ -461,7 +461,7 @@ async fn a_stuck_pod_waits_as_a_kubelet_shows_it_until_its_job_is_scripted_other
 
     // The image appears: the same pod runs and the Job completes.
     sim.job_behaviour("ns", "mover", JobBehaviour::succeed(["pulled at last"]));
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    fixtures::let_pass(Duration::from_secs(5)).await;
     let job = jobs.get("mover").await.unwrap();
     assert!(condition(&job, "Complete"), "{:?}", job.status);
     let pod = the_pod(&sim);
@@ -543,7 +543,7 @@ async fn each_stuck_reason_shows_the_status_and_events_of_a_real_cluster() {
         ]);
         let jobs: Api<Job> = Api::namespaced(sim.client(), "ns");
         jobs.create(&PostParams::default(), &job).await.unwrap();
-        tokio::time::sleep(Duration::from_secs(60)).await;
+        fixtures::let_pass(Duration::from_secs(60)).await;
         let pod = the_pod(&sim);
         assert_eq!(
             pod.status.as_ref().unwrap().phase.as_deref(),
@@ -590,7 +590,7 @@ async fn a_job_that_cannot_create_its_pod_says_so_in_an_event_and_makes_one_once
         .unwrap()
         .service_account_name = Some("mover-sa".into());
     jobs.create(&PostParams::default(), &job).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(600)).await;
+    fixtures::let_pass(Duration::from_secs(600)).await;
     assert!(sim.list::<Pod>(Some("ns")).unwrap().is_empty());
     assert_eq!(
         events_about(&sim, "mover"),
@@ -610,7 +610,7 @@ async fn a_job_that_cannot_create_its_pod_says_so_in_an_event_and_makes_one_once
     );
     // The ServiceAccount is made: the Job makes its pod, which succeeds.
     sim.job_behaviour("ns", "mover", JobBehaviour::succeed(["done"]));
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    fixtures::let_pass(Duration::from_secs(5)).await;
     assert!(condition(&jobs.get("mover").await.unwrap(), "Complete"));
 }
 
@@ -631,23 +631,23 @@ async fn a_pod_stuck_for_a_while_recovers_by_itself_and_a_deleted_jobs_stuck_pod
     jobs.create(&PostParams::default(), &fixtures::job("ns", "mover", 2))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(20)).await;
+    fixtures::let_pass(Duration::from_secs(20)).await;
     assert_eq!(
         waiting(&the_pod(&sim)),
         ("ErrImagePull".into(), "registry down".into())
     );
-    tokio::time::sleep(Duration::from_secs(20)).await;
+    fixtures::let_pass(Duration::from_secs(20)).await;
     assert!(condition(&jobs.get("mover").await.unwrap(), "Complete"));
 
     sim.job_behaviour("ns", "stuck", JobBehaviour::stuck("InvalidImageName"));
     jobs.create(&PostParams::default(), &fixtures::job("ns", "stuck", 2))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    fixtures::let_pass(Duration::from_secs(5)).await;
     jobs.delete("stuck", &DeleteParams::background())
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    fixtures::let_pass(Duration::from_secs(5)).await;
     let pods: Vec<String> = sim
         .list::<Pod>(Some("ns"))
         .unwrap()

@@ -49,11 +49,10 @@ use snapgate_contract::{
 };
 use snapgate_e2e::secure;
 use snapgate_kube_sim::{JobBehaviour, KubeSim, PodOutcome};
-use snapgate_proto::v1;
+use snapgate_proto::{clock::SystemClock, v1};
 use snapgate_scheduler::{
     Config,
     audit::Audit,
-    clock::SystemClock,
     identity::{Authorizer, Policy},
     metrics::Metrics,
     serve,
@@ -168,6 +167,7 @@ async fn main() -> anyhow::Result<()> {
             backoff: Backoff::default(),
             retry_after: Duration::from_secs(1),
             metrics: AgentMetrics::new(),
+            clock: Arc::new(SystemClock),
         },
         SchedulerAccess {
             token_file: Some(agent_token.clone()),
@@ -334,6 +334,7 @@ async fn application(sdk: Client, start: Instant) {
                 let _write = writer_lock.read().await;
                 counter.fetch_add(1, Ordering::Relaxed);
             }
+            // The application's pace of writes.
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     });
@@ -376,6 +377,7 @@ async fn application(sdk: Client, start: Instant) {
             ),
             Err(e) => {
                 println!("{} app: {e}", stamp(start));
+                // The application's back-off before it tries again.
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
@@ -427,6 +429,7 @@ async fn print_runs(sdk: Client, start: Instant, runs: u32) -> anyhow::Result<()
             println!("{} demo done: {} runs", stamp(start), reported.len());
             return Ok(());
         }
+        // The pause between two looks at the runs.
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
