@@ -1144,11 +1144,10 @@ mod tests {
 
     use snapgate_scheduler_core::model::{CopyMethod, MoverInput, TriggerInput};
 
+    use snapgate_proto::clock::SystemClock;
+
     use super::*;
-    use crate::{
-        clock::SystemClock,
-        store::{FaultyStore, Loaded, RedbStore},
-    };
+    use crate::store::{FaultyStore, Loaded, RedbStore};
 
     /// Counts the commits of the store it wraps.
     struct Counting<S> {
