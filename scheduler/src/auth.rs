@@ -12,7 +12,7 @@
 //! several clusters (the cluster name is part of every [`Subject`]).
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     path::PathBuf,
     sync::{Arc, Mutex, RwLock},
     time::{Duration, Instant},
@@ -22,6 +22,7 @@ use anyhow::Context as _;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, jwk::JwkSet};
 use rustls_pki_types::pem::PemObject as _;
 use serde::Deserialize;
+use sha2::Digest as _;
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
@@ -39,6 +40,22 @@ pub const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(20);
 pub const MAX_TOKEN_LIFETIME_SECONDS: i64 = 24 * 3600;
 /// The largest key set read.
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
+/// How long a token whose signature was verified is taken on trust without verifying it
+/// again (never past its `exp` and the leeway): a key dropped from the key set stops
+/// admitting its tokens within this. Verifying a signature costs tens of microseconds, and
+/// a client presents the same token on every call until it renews it.
+pub const VERIFIED_TTL: Duration = Duration::from_secs(10);
+/// The most verified tokens remembered (by their SHA-256, never the token itself).
+pub const MAX_VERIFIED: usize = 10_000;
+
+/// How long a token expiring at `exp` (Unix seconds) may be trusted from `now`: at most
+/// [`VERIFIED_TTL`], never past `exp` plus the leeway.
+fn trust_for(exp: i64, now: i64) -> Duration {
+    let left = exp
+        .saturating_add(LEEWAY_SECONDS as i64)
+        .saturating_sub(now);
+    Duration::from_secs(u64::try_from(left).unwrap_or(0)).min(VERIFIED_TTL)
+}
 
 /// Signature algorithms accepted (asymmetric only: a key set never verifies an HMAC).
 const ALGORITHMS: [Algorithm; 7] = [
@@ -154,6 +171,8 @@ pub struct Authenticator {
     issuers: Vec<Issuer>,
     refresh: Notify,
     last_asked: Mutex<Option<Instant>>,
+    /// Tokens verified lately, by SHA-256: who they are, and until when (tokio time).
+    verified: Mutex<HashMap<[u8; 32], (Subject, tokio::time::Instant)>>,
 }
 
 impl Authenticator {
@@ -189,6 +208,7 @@ impl Authenticator {
             issuers,
             refresh: Notify::new(),
             last_asked: Mutex::new(None),
+            verified: Mutex::new(HashMap::new()),
         })
     }
 
@@ -226,11 +246,36 @@ impl Authenticator {
     }
 
     /// Validates `token`: its signature by a key of a trusted issuer, that issuer, the
-    /// audience, and its times.
+    /// audience, and its times. A token verified within [`VERIFIED_TTL`] is not verified
+    /// again.
     pub fn authenticate(&self, token: &str) -> Result<Subject, AuthError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(AuthError::TooLarge);
         }
+        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        let now = tokio::time::Instant::now();
+        if let Ok(verified) = self.verified.lock()
+            && let Some((subject, until)) = verified.get(&digest)
+            && now < *until
+        {
+            return Ok(subject.clone());
+        }
+        let (subject, exp) = self.verify_signed(token)?;
+        if let Ok(mut verified) = self.verified.lock() {
+            if verified.len() >= MAX_VERIFIED {
+                verified.retain(|_, (_, until)| now < *until);
+            }
+            if verified.len() >= MAX_VERIFIED {
+                verified.clear();
+            }
+            let trust = trust_for(exp, chrono::Utc::now().timestamp());
+            verified.insert(digest, (subject.clone(), now + trust));
+        }
+        Ok(subject)
+    }
+
+    /// [`Self::authenticate`] without the memory of verified tokens: the subject and `exp`.
+    fn verify_signed(&self, token: &str) -> Result<(Subject, i64), AuthError> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
         if !ALGORITHMS.contains(&header.alg) {
@@ -285,7 +330,7 @@ fn verify(
     alg: Algorithm,
     jwk: &jsonwebtoken::jwk::Jwk,
     config: &IssuerConfig,
-) -> Result<Subject, AuthError> {
+) -> Result<(Subject, i64), AuthError> {
     if let Some(key_alg) = jwk.common.key_algorithm
         && jsonwebtoken::jwk::KeyAlgorithm::from(alg) != key_alg
     {
@@ -326,11 +371,14 @@ fn verify(
         (claims.sub == format!("system:serviceaccount:{}:{name}", k.namespace))
             .then_some((k.namespace, name))
     });
-    Ok(Subject {
-        name: claims.sub,
-        service_account,
-        cluster: config.cluster.clone(),
-    })
+    Ok((
+        Subject {
+            name: claims.sub,
+            service_account,
+            cluster: config.cluster.clone(),
+        },
+        claims.exp,
+    ))
 }
 
 /// Reads a key set.
@@ -429,4 +477,20 @@ async fn get(
         );
     }
     Ok(body.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_verified_token_is_trusted_for_the_ttl_and_never_past_its_expiry_and_leeway() {
+        let now = 1_800_000_000;
+        assert_eq!(trust_for(now + 3600, now), VERIFIED_TTL);
+        assert_eq!(trust_for(now - 55, now), Duration::from_secs(5));
+        assert_eq!(trust_for(now - 60, now), Duration::ZERO);
+        assert_eq!(trust_for(now - 3600, now), Duration::ZERO);
+        assert_eq!(trust_for(i64::MAX, i64::MIN), VERIFIED_TTL);
+        assert_eq!(trust_for(i64::MIN, i64::MAX), Duration::ZERO);
+    }
 }

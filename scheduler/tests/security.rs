@@ -814,6 +814,39 @@ async fn a_key_added_to_the_key_set_is_picked_up_when_a_token_names_it() {
     refresh.abort();
 }
 
+/// A verified token is not verified again for `VERIFIED_TTL`: a key dropped from the key set
+/// still admits the tokens verified with it that long, and no longer.
+#[tokio::test(start_paused = true)]
+async fn a_token_signed_by_a_dropped_key_is_refused_once_its_verification_is_older_than_the_ttl() {
+    let dir = tempfile::tempdir().unwrap();
+    let (k1, k2) = (Signer::generate("k1"), Signer::generate("k2"));
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, json!({"keys": [k1.jwk, k2.jwk]}).to_string()).unwrap();
+    let auth = Authenticator::load(vec![IssuerConfig {
+        cluster: String::new(),
+        issuer: ISSUER.into(),
+        audience: AUDIENCE.into(),
+        jwks: JwksSource::File(jwks.clone()),
+    }])
+    .await;
+    let (old, new) = (
+        k1.sign(&sa_claims(NS, "db-app")),
+        k2.sign(&sa_claims(NS, "db-app")),
+    );
+    assert!(auth.authenticate(&old).is_ok());
+    // The cluster drops k1.
+    std::fs::write(&jwks, json!({"keys": [k2.jwk]}).to_string()).unwrap();
+    auth.refresh_now().await;
+    tokio::time::advance(snapgate_scheduler::auth::VERIFIED_TTL - Duration::from_millis(1)).await;
+    assert!(auth.authenticate(&old).is_ok(), "verified within the TTL");
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert_eq!(
+        auth.authenticate(&old).unwrap_err().to_string(),
+        "the bearer token is signed by an unknown key \"k1\""
+    );
+    assert!(auth.authenticate(&new).is_ok());
+}
+
 #[tokio::test]
 async fn tokens_signed_with_a_shared_secret_or_claiming_another_subject_are_refused() {
     let dir = tempfile::tempdir().unwrap();
