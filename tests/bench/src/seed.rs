@@ -9,8 +9,10 @@
 //!   `nextSyncTime` is the one asked for (a schedule time with the source's jitter added).
 //! - Runs in flight are not built here: the sources are loaded into the core
 //!   (`Scheduler::restore`, as the scheduler loads its store) and the core starts whatever is
-//!   due (`handle_timeout`); its persistence effects become the batch, as the driver's `flush`
-//!   turns them into one (`Effect::PutSource`/`PutRun` → `Write::PutSource`/`PutRun`).
+//!   due (`handle_timeout`, step after step while `poll_timeout` says more are due: a step
+//!   starts at most `MAX_STARTS_PER_STEP`); its persistence effects become the batch, as the
+//!   driver's `flush` turns them into one (`Effect::PutSource`/`PutRun` →
+//!   `Write::PutSource`/`PutRun`).
 
 use std::path::Path;
 
@@ -151,6 +153,9 @@ pub(crate) fn write(
         }
         let mut core = restored.scheduler;
         core.handle_timeout(now);
+        while core.poll_timeout().is_some_and(|t| t <= now) {
+            core.handle_timeout(now);
+        }
         writes.extend(records.into_iter().map(|r| Write::PutSource(Box::new(r))));
         for effect in core.drain_effects() {
             match effect {
