@@ -636,9 +636,8 @@ impl Driver {
         source
     }
 
-    /// Updates `snapgate_sources_without_agent` for `namespace`.
-    /// After the commit (or the rebuild from the store when it failed); in a group, again
-    /// after the group's commit if that fails.
+    /// [`Self::count_sources_without_agent`] after a write's commit (or the rebuild from the
+    /// store when it failed); in a group, again after the group's commit if that fails.
     fn count_after_write(&mut self, namespace: String) {
         self.count_sources_without_agent(&namespace);
         if let Some(g) = &mut self.group {
@@ -646,6 +645,7 @@ impl Driver {
         }
     }
 
+    /// Updates `snapgate_sources_without_agent` for `namespace`.
     fn count_sources_without_agent(&self, namespace: &str) {
         let count = match self.absence(namespace) {
             Some(_) => self.core.source_count(namespace),
@@ -1155,6 +1155,18 @@ mod tests {
         commits: Arc<Mutex<Vec<usize>>>,
     }
 
+    impl Counting<RedbStore> {
+        /// A store in `dir`, and the number of writes of each commit it made.
+        fn open(dir: &std::path::Path) -> (Self, Arc<Mutex<Vec<usize>>>) {
+            let commits = Arc::new(Mutex::new(Vec::new()));
+            let store = Self {
+                inner: RedbStore::open(dir).unwrap(),
+                commits: commits.clone(),
+            };
+            (store, commits)
+        }
+    }
+
     impl<S: Store> Store for Counting<S> {
         fn load(&self) -> Result<Loaded, StoreError> {
             self.inner.load()
@@ -1244,11 +1256,7 @@ mod tests {
     #[tokio::test]
     async fn writes_waiting_together_are_committed_in_one_transaction_and_each_answered() {
         let dir = tempfile::tempdir().unwrap();
-        let commits = Arc::new(Mutex::new(Vec::new()));
-        let store = Counting {
-            inner: RedbStore::open(dir.path()).unwrap(),
-            commits: commits.clone(),
-        };
+        let (store, commits) = Counting::open(dir.path());
         // Ten creates with, in the middle, one refused (its name exists by then).
         let mut commands: Vec<_> = (0..5).map(|i| apply(&format!("db{i}"), 0)).collect();
         commands.push(apply("db0", 0));
@@ -1319,11 +1327,7 @@ mod tests {
     #[tokio::test]
     async fn a_group_is_at_most_max_group_writes() {
         let dir = tempfile::tempdir().unwrap();
-        let commits = Arc::new(Mutex::new(Vec::new()));
-        let store = Counting {
-            inner: RedbStore::open(dir.path()).unwrap(),
-            commits: commits.clone(),
-        };
+        let (store, commits) = Counting::open(dir.path());
         let n = MAX_GROUP * 2 + 1;
         let commands: Vec<_> = (0..n).map(|i| apply(&format!("db{i}"), 0)).collect();
         let (answers, _handle, _) = run_with(Box::new(store), commands).await;

@@ -782,19 +782,24 @@ fn gated_pvc() -> v1::report::Observation {
     })
 }
 
+/// An authenticator of the cluster's issuer whose key set is the file `jwks`.
+async fn authenticator_over(jwks: &std::path::Path) -> std::sync::Arc<Authenticator> {
+    Authenticator::load(vec![IssuerConfig {
+        cluster: String::new(),
+        issuer: ISSUER.into(),
+        audience: AUDIENCE.into(),
+        jwks: JwksSource::File(jwks.to_owned()),
+    }])
+    .await
+}
+
 #[tokio::test]
 async fn a_key_added_to_the_key_set_is_picked_up_when_a_token_names_it() {
     let dir = tempfile::tempdir().unwrap();
     let (k1, k2) = (Signer::generate("k1"), Signer::generate("k2"));
     let jwks = dir.path().join("jwks.json");
     std::fs::write(&jwks, json!({"keys": [k1.jwk]}).to_string()).unwrap();
-    let auth = Authenticator::load(vec![IssuerConfig {
-        cluster: String::new(),
-        issuer: ISSUER.into(),
-        audience: AUDIENCE.into(),
-        jwks: JwksSource::File(jwks.clone()),
-    }])
-    .await;
+    let auth = authenticator_over(&jwks).await;
     let refresh = auth.spawn_refresh();
     let token = k2.sign(&sa_claims(NS, "db-app"));
     assert_eq!(
@@ -822,13 +827,7 @@ async fn a_token_signed_by_a_dropped_key_is_refused_once_its_verification_is_old
     let (k1, k2) = (Signer::generate("k1"), Signer::generate("k2"));
     let jwks = dir.path().join("jwks.json");
     std::fs::write(&jwks, json!({"keys": [k1.jwk, k2.jwk]}).to_string()).unwrap();
-    let auth = Authenticator::load(vec![IssuerConfig {
-        cluster: String::new(),
-        issuer: ISSUER.into(),
-        audience: AUDIENCE.into(),
-        jwks: JwksSource::File(jwks.clone()),
-    }])
-    .await;
+    let auth = authenticator_over(&jwks).await;
     let (old, new) = (
         k1.sign(&sa_claims(NS, "db-app")),
         k2.sign(&sa_claims(NS, "db-app")),
