@@ -920,7 +920,7 @@ pub async fn pace(step: Duration) {
 
 /// Lets `time` pass on the test's paused tokio clock (`#[tokio::test(start_paused = true)]`),
 /// to show what did not happen in it. Tokio moves a paused clock only once every task of the
-/// runtime is idle, and then only to the next timer (here at most [`PASS_STEP`] at once, see
+/// runtime is idle, and then only to the next timer (here at most `PASS_STEP` at once, see
 /// [`pace`]): when this returns, the world has done all it would have done in `time` (timers,
 /// retries, resyncs, the simulator's controllers) and no more. On a running clock it panics
 /// (after `time`).
