@@ -308,8 +308,8 @@ impl SourceTable {
         }
     }
 
-    /// The earliest time a source is due at (sources due now are started by the command that
-    /// made them so, not by the timer).
+    /// The earliest time a source is due at (sources due now, whatever the time, are
+    /// [`Self::any_due_now`]).
     pub(super) fn next_due(&mut self) -> Option<DateTime<Utc>> {
         self.settle();
         self.due_at.first().map(|(at, _)| *at)
