@@ -87,6 +87,33 @@ fn spawn_scheduler(grpc: &str, dir: &Path, log: &str, extra: &[String]) -> Proc 
     )
 }
 
+/// An agent of [`NS`] on the scheduler at `url`, its stderr in `log`.
+fn spawn_agent(
+    kubeconfig: &Path,
+    url: &str,
+    secure: &Secure,
+    extra: &[String],
+    log: &Path,
+) -> Proc {
+    let mut agent_cmd = Command::new(binary("snapgate-agent"));
+    match &secure.agent_token {
+        // The scheduler authenticates callers: the agent reviews each source's author.
+        Some(token) => agent_cmd.arg("--token-file").arg(token),
+        // Sources have no author: the agent acts on the scheduler's word.
+        None => agent_cmd.arg("--source-authors=trust"),
+    };
+    spawn(
+        agent_cmd
+            .env("KUBECONFIG", kubeconfig)
+            .args(["--scheduler", url])
+            .args(["--namespace", NS])
+            .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port())])
+            .args(["--agent-id", "process-test"])
+            .args(extra),
+        log,
+    )
+}
+
 /// Authentication for a cluster of processes: flags for the scheduler, token files for the
 /// agent and the CLI.
 #[derive(Clone, Debug, Default)]
@@ -153,6 +180,8 @@ pub(crate) struct Cluster {
     secure: Secure,
     scheduler: Proc,
     agent: Proc,
+    /// The agent's arguments besides the usual ones (for a restart).
+    agent_args: Vec<String>,
 }
 
 impl Cluster {
@@ -303,21 +332,12 @@ impl Cluster {
                 .unwrap();
         }
         let url = format!("http://{grpc}");
-        let mut agent_cmd = Command::new(binary("snapgate-agent"));
-        match &secure.agent_token {
-            // The scheduler authenticates callers: the agent reviews each source's author.
-            Some(token) => agent_cmd.arg("--token-file").arg(token),
-            // Sources have no author: the agent acts on the scheduler's word.
-            None => agent_cmd.arg("--source-authors=trust"),
-        };
-        let agent = spawn(
-            agent_cmd
-                .env("KUBECONFIG", &kubeconfig)
-                .args(["--scheduler", &url])
-                .args(["--namespace", NS])
-                .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port())])
-                .args(["--agent-id", "process-test"])
-                .args(agent_args),
+        let agent_args: Vec<String> = agent_args.iter().map(|a| (*a).to_owned()).collect();
+        let agent = spawn_agent(
+            &kubeconfig,
+            &url,
+            &secure,
+            &agent_args,
             &dir.path().join("agent.log"),
         );
         let cluster = Self {
@@ -330,6 +350,7 @@ impl Cluster {
             secure,
             scheduler,
             agent,
+            agent_args,
         };
         eventually("the scheduler answers the CLI", 15, || async {
             (cluster.cli(&["list"]).await.code == 0).then_some(())
@@ -365,6 +386,20 @@ impl Cluster {
         .await;
     }
 
+    /// Kills the agent with SIGKILL and starts a new agent process, which keeps nothing of
+    /// the old one (its log goes on in `agent-2.log`).
+    pub(crate) async fn restart_agent(&mut self) {
+        signal(&self.agent, "-KILL");
+        let _ = self.agent.0.wait().await;
+        self.agent = spawn_agent(
+            &self.kubeconfig,
+            &self.url,
+            &self.secure,
+            &self.agent_args,
+            &self.dir.path().join("agent-2.log"),
+        );
+    }
+
     /// A file in the test's directory.
     pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
@@ -372,18 +407,23 @@ impl Cluster {
 
     /// The logs of the scheduler and the agent, for failure messages.
     pub(crate) fn logs(&self) -> String {
-        ["scheduler.log", "scheduler-2.log", "agent.log"]
-            .iter()
-            .map(|f| {
-                let text = std::fs::read_to_string(self.path(f)).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(30).collect();
-                format!(
-                    "--- {f} (last 30 lines)\n{}",
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
+        [
+            "scheduler.log",
+            "scheduler-2.log",
+            "agent.log",
+            "agent-2.log",
+        ]
+        .iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(self.path(f)).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(30).collect();
+            format!(
+                "--- {f} (last 30 lines)\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
     }
 
     /// `snapgate --server <scheduler> -n app <args>`.
