@@ -1,5 +1,5 @@
 //! The process fault matrix: the scheduler, the agent, or both killed with SIGKILL and started
-//! again at each phase of a gated run, with the real binaries as separate processes (the
+//! again, or the API server failing requests and ending watches, at each phase of a gated run, with the real binaries as separate processes (the
 //! scheduler on its redb store, the agent reading a kubeconfig, the `snapgate` CLI, kube-sim
 //! serving the Kubernetes REST API).
 //!
@@ -32,7 +32,7 @@ use snapgate_contract::{
     LATEST_COPY_TRIGGER_WAITING_SINCE as SINCE,
 };
 use snapgate_e2e::recorder::resource;
-use snapgate_kube_sim::SnapshotBehaviour;
+use snapgate_kube_sim::{FaultKind, FaultRule, SnapshotBehaviour, Verb};
 use support::{Cluster, NS};
 
 /// The run's VolumeSnapshot.
@@ -44,6 +44,9 @@ const WAIT: std::time::Duration = std::time::Duration::from_secs(15);
 enum Fault {
     Scheduler,
     Agent,
+    /// The API server fails the next create (500), the one after (429, too many requests)
+    /// and the next delete (500): whichever of the agent's writes come next at that phase.
+    Api,
     /// The agent killed and started again, then the scheduler: each restarts from what it
     /// stored (the scheduler) or what the cluster shows (the agent).
     Both,
@@ -62,6 +65,19 @@ async fn inject(c: &mut Cluster, fault: Fault) {
     match fault {
         Fault::Scheduler => c.restart_scheduler().await,
         Fault::Agent => c.restart_agent().await,
+        Fault::Api => {
+            let support::Sim::Hosted(sim) = &c.sim else {
+                panic!("API faults need the hosted kube-sim");
+            };
+            let faults = sim.faults();
+            for (code, verb) in [
+                (500, Verb::Create),
+                (429, Verb::Create),
+                (500, Verb::Delete),
+            ] {
+                faults.fail(FaultRule::new(FaultKind::Status(code)).verb(verb).times(1));
+            }
+        }
         Fault::Both => {
             c.restart_agent().await;
             c.restart_scheduler().await;
@@ -188,6 +204,10 @@ async fn scenario(fault: Fault, phase: Phase) {
         Vec::<String>::new(),
         "{cell}"
     );
+    if let (Fault::Api, support::Sim::Hosted(sim)) = (fault, &c.sim) {
+        let failed = sim.requests().count(|r| matches!(r.code, 429 | 500));
+        assert!(failed >= 1, "{cell}: no injected fault was ever answered");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,6 +221,13 @@ async fn the_scheduler_killed_at_each_phase_of_a_gated_run_loses_nothing_and_cop
 async fn the_agent_killed_at_each_phase_of_a_gated_run_loses_nothing_and_copies_once() {
     for phase in PHASES {
         scenario(Fault::Agent, phase).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_errors_at_each_phase_of_a_gated_run_lose_nothing_and_copy_once() {
+    for phase in PHASES {
+        scenario(Fault::Api, phase).await;
     }
 }
 
