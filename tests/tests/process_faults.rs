@@ -1,9 +1,9 @@
 //! The process fault matrix: the scheduler, the agent, or both killed with SIGKILL and started
-//! again, or the API server failing requests and ending watches, at each phase of a gated run, with the real binaries as separate processes (the
-//! scheduler on its redb store, the agent reading a kubeconfig, the `snapgate` CLI, kube-sim
-//! serving the Kubernetes REST API).
+//! again, or the API server failing the agent's next writes, at each phase of a gated run, with
+//! the real binaries as separate processes (the scheduler on its redb store, the agent reading
+//! a kubeconfig, the `snapgate` CLI, kube-sim serving the Kubernetes REST API).
 //!
-//! | phase at the kill | what the PVC says |
+//! | phase at the fault | what the PVC says |
 //! |---|---|
 //! | waiting | `WaitingForTrigger`, no trigger written yet |
 //! | released | `InProgress`: the trigger taken, the VolumeSnapshot made but not yet cut |
