@@ -6,6 +6,7 @@
 //! | phase at the fault | what the PVC says |
 //! |---|---|
 //! | waiting | `WaitingForTrigger`, no trigger written yet |
+//! | triggered | a Trigger call just answered (the CLI's, 120 s hold); the PVC marked or not yet |
 //! | released | `InProgress`: the trigger taken, the VolumeSnapshot made but not yet cut |
 //! | copied | `Completed`: the copy point is past, the mover's Job made (`Transferring`) |
 //!
@@ -55,11 +56,19 @@ enum Fault {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     Waiting,
+    /// Right after a Trigger call was answered (the CLI's, as an application's SDK makes it);
+    /// the agent may have marked the PVC `InProgress` already (it usually has).
+    Triggered,
     Released,
     Copied,
 }
 
-const PHASES: [Phase; 3] = [Phase::Waiting, Phase::Released, Phase::Copied];
+const PHASES: [Phase; 4] = [
+    Phase::Waiting,
+    Phase::Triggered,
+    Phase::Released,
+    Phase::Copied,
+];
 
 async fn inject(c: &mut Cluster, fault: Fault) {
     match fault {
@@ -117,7 +126,14 @@ async fn scenario(fault: Fault, phase: Phase) {
     if phase == Phase::Waiting {
         inject(&mut c, fault).await;
     }
-    c.write_copy_trigger("data", "first").await;
+    if phase == Phase::Triggered {
+        // The Trigger call answers once the release is stored, whatever happens next.
+        c.cli_ok(&["trigger", "--pvc", "data", "--hold", "120s", "first"])
+            .await;
+        inject(&mut c, fault).await;
+    } else {
+        c.write_copy_trigger("data", "first").await;
+    }
     c.wait_annotations("data", "the trigger taken", |a| status(a) == "InProgress")
         .await;
     snapshots
