@@ -212,7 +212,14 @@ impl SourceTable {
     }
 
     fn unindex(&mut self, key: &SourceKey, indexed: &Indexed) {
-        match indexed.due {
+        self.unindex_due(key, indexed.due);
+        if let Some(pvc) = &indexed.pvc {
+            self.unindex_pvc(key, pvc);
+        }
+    }
+
+    fn unindex_due(&mut self, key: &SourceKey, due: Option<Due>) {
+        match due {
             Some(Due::At(at)) => {
                 self.due_at.remove(&(at, key.clone()));
             }
@@ -221,8 +228,17 @@ impl SourceTable {
             }
             None => {}
         }
-        if let Some(pvc) = &indexed.pvc {
-            self.unindex_pvc(key, pvc);
+    }
+
+    fn index_due(&mut self, key: &SourceKey, due: Option<Due>) {
+        match due {
+            Some(Due::At(at)) => {
+                self.due_at.insert((at, key.clone()));
+            }
+            Some(Due::Now) => {
+                self.due_now.insert(key.clone());
+            }
+            None => {}
         }
     }
 
@@ -274,24 +290,8 @@ impl SourceTable {
                 pvc: Some(entry.spec().source_pvc.clone()),
             };
             if old.due != new.due {
-                match old.due {
-                    Some(Due::At(at)) => {
-                        self.due_at.remove(&(at, key.clone()));
-                    }
-                    Some(Due::Now) => {
-                        self.due_now.remove(&key);
-                    }
-                    None => {}
-                }
-                match new.due {
-                    Some(Due::At(at)) => {
-                        self.due_at.insert((at, key.clone()));
-                    }
-                    Some(Due::Now) => {
-                        self.due_now.insert(key.clone());
-                    }
-                    None => {}
-                }
+                self.unindex_due(&key, old.due);
+                self.index_due(&key, new.due);
             }
             if old.pvc != new.pvc {
                 if let Some(pvc) = &old.pvc {
