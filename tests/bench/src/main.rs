@@ -4,7 +4,7 @@
 //! loopback (temporary data directories, killed at the end whatever happens), hosts the
 //! simulated API server (`snapgate-kube-sim`, served over loopback HTTP exactly as its binary
 //! serves it, behind a thin journal that timestamps every request), drives them with the SDK
-//! and measures seven figures, each against a reference measured in the same run:
+//! and measures eight figures, each against a reference measured in the same run:
 //!
 //! | # | figure | reference |
 //! |---|---|---|
@@ -15,6 +15,7 @@
 //! | 5 | API cost of a run (requests by verb; a 10-minute wait) | VolSync's writes for the same run |
 //! | 6 | restart (process start to serving) | the same with an empty store |
 //! | 7 | memory at rest (scheduler, agent) | the same processes with nothing to hold |
+//! | 8 | soak (every-minute schedules with faults: times missed, RSS) | RSS at the second half's start |
 //!
 //! A figure that misses its goal is reported, not failed: the process exits non-zero only on a
 //! harness error (a process died, a run failed). See BENCHMARKS.md for the numbers.
@@ -44,7 +45,7 @@ struct Args {
     /// cannot rot. The numbers it prints are not the figures' (see BENCHMARKS.md).
     #[arg(long)]
     smoke: bool,
-    /// Run only this figure (repeatable): a number 1-7 or its name.
+    /// Run only this figure (repeatable): a number 1-8 or its name.
     #[arg(long, value_enum)]
     only: Vec<Figure>,
     /// The number of sources of the largest size (figures 2, 4, 6 and 7; default 100,000, or
@@ -57,6 +58,10 @@ struct Args {
     /// Figure 5: how long the waiting run waits, in seconds (default 600, or 10 with --smoke).
     #[arg(long)]
     wait_secs: Option<u64>,
+    /// Figure 8: how long the soak runs after its warm-up, in seconds (default 600, or 70
+    /// with --smoke).
+    #[arg(long)]
+    soak_secs: Option<u64>,
     /// The directory holding the release `snapgate-scheduler` and `snapgate-agent` binaries
     /// (default: the directory of this binary; build them with `cargo build --release --locked
     /// -p snapgate-scheduler -p snapgate-agent -p snapgate-bench --bins`).
@@ -93,7 +98,7 @@ enum Internal {
     },
 }
 
-/// The seven figures.
+/// The eight figures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
 pub(crate) enum Figure {
     /// 1: the quiesce window.
@@ -117,10 +122,13 @@ pub(crate) enum Figure {
     /// 7: memory at rest.
     #[value(name = "memory", alias = "7")]
     Memory,
+    /// 8: the soak.
+    #[value(name = "soak", alias = "8")]
+    Soak,
 }
 
 impl Figure {
-    const ALL: [Figure; 7] = [
+    const ALL: [Figure; 8] = [
         Figure::Quiesce,
         Figure::Herd,
         Figure::Throughput,
@@ -128,6 +136,7 @@ impl Figure {
         Figure::Api,
         Figure::Restart,
         Figure::Memory,
+        Figure::Soak,
     ];
 }
 
@@ -159,6 +168,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         args.sources,
         args.runs,
         args.wait_secs,
+        args.soak_secs,
         bins,
         args.tmp_dir.clone(),
     )?;

@@ -35,6 +35,9 @@ pub(crate) enum Due {
     /// A scheduled source (`@yearly`) whose next time is this instant, plus the source's
     /// jitter offset when its spec has a jitter.
     At(DateTime<Utc>),
+    /// A scheduled source on this 5-field cron pattern, due at its first time (its jitter
+    /// offset included) after it was created.
+    Cron(&'static str),
 }
 
 /// The spec of a seeded source: restic, copy method Snapshot, repository `restic-config`, on
@@ -43,6 +46,10 @@ pub(crate) fn spec(pvc: &str, due: Due, jitter_secs: i64) -> v1::SourceSpec {
     let trigger = match due {
         Due::At(_) => v1::ReplicationSourceTrigger {
             schedule: Some("@yearly".into()),
+            manual: None,
+        },
+        Due::Cron(pattern) => v1::ReplicationSourceTrigger {
+            schedule: Some(pattern.into()),
             manual: None,
         },
         Due::Idle | Due::Now => v1::ReplicationSourceTrigger {
@@ -89,6 +96,19 @@ pub(crate) fn source(
             )
             .map_err(|e| anyhow::anyhow!("{e}"))?;
             (Some(t + s.offset()), "", "WaitingForSchedule")
+        }
+        Due::Cron(pattern) => {
+            let s = schedule::Schedule::parse(
+                pattern,
+                "",
+                chrono::Duration::seconds(jitter_secs),
+                &key,
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let next = s
+                .next_after(now)
+                .with_context(|| format!("{pattern:?} never fires after {now}"))?;
+            (Some(next), "", "WaitingForSchedule")
         }
     };
     let status = v1::SourceStatus {

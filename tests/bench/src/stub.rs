@@ -1,5 +1,6 @@
 //! Stub agents: `AgentService.Connect` streams that note every directive they receive and,
-//! when asked to, answer a GATE directive as an agent that found the PVC gated would.
+//! when asked to, answer a GATE directive as an agent that found the PVC gated would, or carry
+//! every run to its end as an agent whose cluster does each step at once would.
 
 use std::{
     sync::{Arc, Mutex, PoisonError},
@@ -53,14 +54,51 @@ impl Inbox {
     }
 }
 
+/// How a stub answers the directives it receives.
+#[derive(Debug, Clone)]
+pub(crate) enum Answer {
+    /// Not at all: it only notes them.
+    Nothing,
+    /// GATE with the PVC seen gated (`use-copy-trigger`), which makes the run wait for a
+    /// trigger; nothing else.
+    Gate,
+    /// Every phase as an agent would once its step is done, the PVC not gated: GATE with the
+    /// PVC seen, COPY with the copy made (at the wall time), TRANSFER with the mover
+    /// succeeded, CLEANUP cleaned up. Each answer goes out this many milliseconds after its
+    /// directive arrived (read when it arrives; 0: at once).
+    Complete(Arc<std::sync::atomic::AtomicU64>),
+}
+
+/// The report that carries directive `d` on, under [`Answer::Complete`].
+fn completion(d: &v1::Directive) -> Option<v1::report::Observation> {
+    use v1::report::Observation;
+    let phase = v1::DirectivePhase::try_from(d.phase).ok()?;
+    Some(match phase {
+        v1::DirectivePhase::Gate | v1::DirectivePhase::Wait => Observation::Pvc(v1::PvcObserved {
+            exists: true,
+            use_copy_trigger: false,
+            ..Default::default()
+        }),
+        v1::DirectivePhase::Copy => Observation::CopyCompleted(v1::CopyCompleted {
+            copy_name: format!("copy-{}", d.run_id),
+            time: Some(prost_types::Timestamp::from(SystemTime::now())),
+        }),
+        v1::DirectivePhase::Transfer => Observation::MoverFinished(v1::MoverFinished {
+            succeeded: true,
+            logs: String::new(),
+        }),
+        v1::DirectivePhase::Cleanup => Observation::CleanedUp(v1::CleanedUp {}),
+        v1::DirectivePhase::Unspecified => return None,
+    })
+}
+
 /// Runs one stub agent for `namespaces` on `client` until the task is aborted, reconnecting
-/// whenever the link ends. With `gate`, each GATE directive is answered with the PVC seen
-/// gated (`use-copy-trigger`), which makes its run wait for a trigger.
+/// whenever the link ends, answering directives as `answer` says.
 pub(crate) async fn run(
     client: snapgate_sdk::Client,
     agent_id: String,
     namespaces: Vec<String>,
-    gate: bool,
+    answer: Answer,
     inbox: Arc<Inbox>,
     connected: mpsc::Sender<()>,
 ) {
@@ -114,20 +152,45 @@ pub(crate) async fn run(
                         .unwrap_or_default(),
                     phase: d.phase,
                 });
-            if gate && d.phase == v1::DirectivePhase::Gate as i32 {
-                let report = v1::AgentMessage {
-                    message: Some(agent_message::Message::Report(v1::Report {
-                        run_id: d.run_id,
-                        generation: d.generation,
-                        observation: Some(v1::report::Observation::Pvc(v1::PvcObserved {
-                            exists: true,
-                            use_copy_trigger: true,
-                            ..Default::default()
-                        })),
-                    })),
-                };
-                if tx.send(report).await.is_err() {
-                    break "the stub stopped".to_owned();
+            let report = |observation| v1::AgentMessage {
+                message: Some(agent_message::Message::Report(v1::Report {
+                    run_id: d.run_id.clone(),
+                    generation: d.generation,
+                    observation: Some(observation),
+                })),
+            };
+            match &answer {
+                Answer::Nothing => {}
+                Answer::Gate if d.phase == v1::DirectivePhase::Gate as i32 => {
+                    let gated = report(v1::report::Observation::Pvc(v1::PvcObserved {
+                        exists: true,
+                        use_copy_trigger: true,
+                        ..Default::default()
+                    }));
+                    if tx.send(gated).await.is_err() {
+                        break "the stub stopped".to_owned();
+                    }
+                }
+                Answer::Gate => {}
+                Answer::Complete(delay) => {
+                    let Some(observation) = completion(&d) else {
+                        continue;
+                    };
+                    let message = report(observation);
+                    let delay = delay.load(std::sync::atomic::Ordering::Relaxed);
+                    if delay == 0 {
+                        if tx.send(message).await.is_err() {
+                            break "the stub stopped".to_owned();
+                        }
+                    } else {
+                        // Later, without holding up the directives behind this one; lost
+                        // with the link if it ends first (the scheduler resends on reconnect).
+                        let tx = tx.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+                            let _ = tx.send(message).await;
+                        });
+                    }
                 }
             }
         };

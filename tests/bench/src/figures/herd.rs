@@ -110,7 +110,7 @@ async fn run_variant(
             client,
             format!("stub-{a}"),
             vec![ns.clone()],
-            false,
+            stub::Answer::Nothing,
             inbox.clone(),
             connected_tx.clone(),
         ))));

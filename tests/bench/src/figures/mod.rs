@@ -1,4 +1,4 @@
-//! The seven figures, their sizes (full and smoke) and their time budgets.
+//! The eight figures, their sizes (full and smoke) and their time budgets.
 
 mod api;
 mod flat;
@@ -6,6 +6,7 @@ mod herd;
 mod memory;
 mod quiesce;
 mod restart;
+mod soak;
 mod throughput;
 
 use std::{
@@ -63,6 +64,15 @@ pub(crate) struct Config {
     pub(crate) pvcs: usize,
     /// Figures 1 and 3: the TLS and authentication settings measured.
     pub(crate) modes: Vec<Security>,
+    /// Figure 8: sources scheduled every minute.
+    pub(crate) soak_sources: usize,
+    /// Figure 8: stub agents (one namespace each).
+    pub(crate) soak_agents: usize,
+    /// Figure 8: how long the soak runs (after its warm-up).
+    pub(crate) soak: Duration,
+    /// Figure 8: SyncNow rounds of the warm-up (each adds a finished run to every source's
+    /// history).
+    pub(crate) soak_warmup_rounds: usize,
 }
 
 impl Config {
@@ -72,6 +82,7 @@ impl Config {
         sources: Option<usize>,
         runs: Option<usize>,
         wait_secs: Option<u64>,
+        soak_secs: Option<u64>,
         bins: Bins,
         tmp: Option<PathBuf>,
     ) -> anyhow::Result<Self> {
@@ -110,13 +121,21 @@ impl Config {
             restart_runs: (big / 10).max(1),
             pvcs: if smoke { 200 } else { 1_000 },
             modes: vec![Security::PLAIN, Security::TLS, Security::TLS_AUTH],
+            soak_sources: if smoke { 200 } else { 10_000 },
+            soak_agents: if smoke { 4 } else { 100 },
+            soak: Duration::from_secs(soak_secs.unwrap_or(if smoke { 70 } else { 600 })),
+            soak_warmup_rounds: if smoke {
+                2
+            } else {
+                snapgate_scheduler_core::HISTORY_PER_SOURCE
+            },
         })
     }
 
     /// One line per setting, printed first.
     pub(crate) fn describe(&self) -> String {
         format!(
-            "snapgate-bench ({} mode): largest size {} sources; figure 1 {} gated runs ({} at once); figure 2 {} stub agents, jitter {} s; figure 3 {} clients on {} connections, {:?} per rate; figure 4 sizes {:?}, {} calls each; figure 5 wait {:?}; figure 6 {} runs in flight; figure 7 {} PVCs\n{}",
+            "snapgate-bench ({} mode): largest size {} sources; figure 1 {} gated runs ({} at once); figure 2 {} stub agents, jitter {} s; figure 3 {} clients on {} connections, {:?} per rate; figure 4 sizes {:?}, {} calls each; figure 5 wait {:?}; figure 6 {} runs in flight; figure 7 {} PVCs; figure 8 {} sources, {} agents, {:?} soak after {} warm-up rounds\n{}",
             if self.smoke { "smoke" } else { "full" },
             fmt_count(self.sources),
             self.runs,
@@ -131,6 +150,10 @@ impl Config {
             self.wait,
             fmt_count(self.restart_runs),
             self.pvcs,
+            fmt_count(self.soak_sources),
+            self.soak_agents,
+            self.soak,
+            self.soak_warmup_rounds,
             self.bins.describe(),
         )
     }
@@ -157,6 +180,8 @@ impl Config {
             Figure::Api => s(120, 60),
             Figure::Restart => s(300, 60),
             Figure::Memory => s(240, 60),
+            // The soak itself, its warm-up and reading every source back.
+            Figure::Soak => self.soak + s(900, 90),
         }
     }
 }
@@ -171,6 +196,7 @@ fn label(figure: Figure) -> &'static str {
         Figure::Api => "5 API cost",
         Figure::Restart => "6 restart",
         Figure::Memory => "7 memory",
+        Figure::Soak => "8 soak",
     }
 }
 
@@ -224,6 +250,9 @@ pub(crate) async fn run_all(
             }
             Figure::Memory => {
                 tokio::time::timeout(budget, memory::run(config, report, label(figure))).await
+            }
+            Figure::Soak => {
+                tokio::time::timeout(budget, soak::run(config, report, label(figure))).await
             }
         };
         match outcome {

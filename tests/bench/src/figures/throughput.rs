@@ -79,7 +79,7 @@ async fn run_mode(
         stub_client,
         "stub".into(),
         vec![NS.into()],
-        true,
+        stub::Answer::Gate,
         inbox.clone(),
         tx,
     ));
