@@ -261,6 +261,7 @@ pub async fn wait_for<T, F: std::future::Future<Output = Result<T, String>>>(
             Err(seen) if tokio::time::Instant::now() >= deadline => {
                 bail!("timed out after {within:?} waiting for: {what}; last seen: {seen}")
             }
+            // The pause between two looks (a real API server, on the wall clock).
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }

@@ -87,6 +87,7 @@ async fn poll(side: &Side, req: &Req, done: fn(&Value) -> bool) -> anyhow::Resul
         if done(&answer) || Instant::now() >= deadline {
             return Ok(answer);
         }
+        // The pause between two asks (a real API server, on the wall clock).
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
