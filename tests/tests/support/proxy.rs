@@ -1,0 +1,141 @@
+//! A TCP proxy on loopback in front of the scheduler, that a test can cut: the network fault
+//! between a client (the agent, an application's SDK) and the scheduler, with no process
+//! killed.
+//!
+//! ```text
+//!  client ──► proxy ──► scheduler      cut(n): every open connection ends at once (both
+//!               │                      sides closed); the next n connection attempts are
+//!               └─ refusing n          accepted and closed at once (refused); then it
+//!                                      passes connections again
+//! ```
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
+
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::watch,
+    task::JoinHandle,
+};
+
+/// How many connections the proxy has seen.
+#[derive(Debug, Default)]
+struct Counts {
+    /// Connections passed on to the scheduler.
+    passed: AtomicUsize,
+    /// Connection attempts closed at once while refusing.
+    refused: AtomicUsize,
+    /// Connection attempts still to refuse.
+    to_refuse: AtomicUsize,
+    /// Connections open now.
+    open: AtomicUsize,
+}
+
+/// The proxy, serving until dropped.
+pub(crate) struct Proxy {
+    addr: SocketAddr,
+    counts: Arc<Counts>,
+    /// Bumped by [`Proxy::cut`]: every connection open ends when it changes.
+    cuts: watch::Sender<u64>,
+    accept: JoinHandle<()>,
+}
+
+impl Proxy {
+    /// A proxy on a free loopback port passing connections to `upstream` (`host:port`).
+    pub(crate) async fn start(upstream: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let counts = Arc::new(Counts::default());
+        let (cuts, _) = watch::channel(0);
+        let upstream = upstream.to_owned();
+        let accept = tokio::spawn({
+            let (counts, cuts) = (counts.clone(), cuts.clone());
+            async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    let refuse = counts
+                        .to_refuse
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                        .is_ok();
+                    if refuse {
+                        counts.refused.fetch_add(1, Ordering::SeqCst);
+                        drop(client);
+                        continue;
+                    }
+                    counts.passed.fetch_add(1, Ordering::SeqCst);
+                    tokio::spawn(pass(
+                        client,
+                        upstream.clone(),
+                        counts.clone(),
+                        cuts.subscribe(),
+                    ));
+                }
+            }
+        });
+        Self {
+            addr,
+            counts,
+            cuts,
+            accept,
+        }
+    }
+
+    /// `http://<the proxy's address>`, for a client's `--scheduler` or `--server`.
+    pub(crate) fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Ends every connection open now and refuses the next `refuse` connection attempts;
+    /// returns how many connections it ended.
+    pub(crate) fn cut(&self, refuse: usize) -> usize {
+        self.counts.to_refuse.store(refuse, Ordering::SeqCst);
+        let open = self.counts.open.load(Ordering::SeqCst);
+        self.cuts.send_modify(|n| *n += 1);
+        open
+    }
+
+    /// Connection attempts refused so far.
+    pub(crate) fn refused(&self) -> usize {
+        self.counts.refused.load(Ordering::SeqCst)
+    }
+
+    /// Connections passed to the scheduler so far.
+    pub(crate) fn passed(&self) -> usize {
+        self.counts.passed.load(Ordering::SeqCst)
+    }
+
+    /// Whether it still refuses connection attempts (the last cut's are not all used).
+    pub(crate) fn refusing(&self) -> bool {
+        self.counts.to_refuse.load(Ordering::SeqCst) > 0
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cuts.send_modify(|n| *n += 1);
+    }
+}
+
+/// Copies both ways between `client` and a new connection to `upstream` until either side
+/// ends or the proxy is cut; then closes both.
+async fn pass(
+    mut client: TcpStream,
+    upstream: String,
+    counts: Arc<Counts>,
+    mut cut: watch::Receiver<u64>,
+) {
+    let Ok(mut server) = TcpStream::connect(&upstream).await else {
+        return;
+    };
+    counts.open.fetch_add(1, Ordering::SeqCst);
+    tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+        _ = cut.changed() => {}
+    }
+    counts.open.fetch_sub(1, Ordering::SeqCst);
+}
