@@ -199,7 +199,7 @@ impl JobBehaviour {
         }
     }
 
-    /// One pod that runs forever.
+    /// One pod that runs until the Job is scripted otherwise (then it ends as scripted).
     pub fn hang() -> Self {
         Self::sequence(vec![PodOutcome {
             hang: true,
@@ -899,6 +899,15 @@ fn condition(kind: &str, status: &str, reason: &str, message: &str) -> Value {
     })
 }
 
+/// A pod's log as its outcome scripts it: its lines, and a newline after the last.
+fn log_text(outcome: &PodOutcome) -> String {
+    let mut text = outcome.logs.join("\n");
+    if !text.is_empty() {
+        text.push('\n');
+    }
+    text
+}
+
 fn outcome_of(b: &JobBehaviour, attempt: usize) -> PodOutcome {
     b.pods[attempt.min(b.pods.len().saturating_sub(1))].clone()
 }
@@ -1128,14 +1137,16 @@ async fn run_job(
             let Some(job) = current(&s, jobs, &ns, &name, &uid) else {
                 return;
             };
-            // The script is read when the Job starts; a Job scripted stuck (or unable to create
-            // its pods) follows its script as it is now, so that a test can let it go on.
+            // The script is read when the Job starts; a Job scripted stuck, hanging (or unable
+            // to create its pods) follows its script as it is now, so that a test can let it
+            // go on.
             let now_scripted = s.controllers.job_for(&job, &ns, &name);
-            let b = if b.create_fails.is_some() || b.pods.iter().any(|p| p.stuck.is_some()) {
-                &now_scripted
-            } else {
-                &b
-            };
+            let b =
+                if b.create_fails.is_some() || b.pods.iter().any(|p| p.stuck.is_some() || p.hang) {
+                    &now_scripted
+                } else {
+                    &b
+                };
             // A stuck pod recovers once its scripted outcome no longer is stuck, or its time
             // is up: it runs on as scripted then.
             for run in runs.iter_mut().filter(|r| r.stuck_until.is_some()) {
@@ -1156,6 +1167,29 @@ async fn run_job(
                     recover_pod(&s, &ns, run, outcome);
                 } else {
                     polling = true;
+                }
+            }
+            // A running pod that hangs ends once its scripted outcome no longer hangs: it
+            // runs on for that outcome's time, and ends as it says.
+            for run in runs
+                .iter_mut()
+                .filter(|r| r.outcome.hang && r.stuck_until.is_none() && r.ends.is_none())
+            {
+                let running = s
+                    .store
+                    .get(pods_res, Some(&ns), &run.name)
+                    .is_ok_and(|p| p["status"]["phase"] == "Running");
+                let scripted = outcome_of(b, run.attempt);
+                if !running {
+                    continue;
+                }
+                if scripted.hang || scripted.stuck.is_some() {
+                    polling = true;
+                } else {
+                    let first = run.container["name"].as_str().unwrap_or("");
+                    s.set_pod_log(&ns, &run.name, first, &log_text(&scripted));
+                    run.ends = Some(tokio::time::Instant::now() + scripted.run_for);
+                    run.outcome = scripted;
                 }
             }
             // Pods deleted by someone else are no longer run.
@@ -1443,11 +1477,7 @@ fn start_pod(
     let pod_name = pod["metadata"]["name"].as_str().unwrap_or("").to_owned();
     let container = pod["spec"]["containers"][0].clone();
     let first = container["name"].as_str().unwrap_or("").to_owned();
-    let mut text = outcome.logs.join("\n");
-    if !text.is_empty() {
-        text.push('\n');
-    }
-    s.set_pod_log(ns, &pod_name, &first, &text);
+    s.set_pod_log(ns, &pod_name, &first, &log_text(&outcome));
     if let Some(stuck) = outcome.stuck.clone()
         && runs
     {
@@ -1522,11 +1552,7 @@ fn start_pod(
 fn recover_pod(s: &SimState, ns: &str, run: &mut Run, outcome: PodOutcome) {
     let pods_res = res("", "pods");
     let first = run.container["name"].as_str().unwrap_or("").to_owned();
-    let mut text = outcome.logs.join("\n");
-    if !text.is_empty() {
-        text.push('\n');
-    }
-    s.set_pod_log(ns, &run.name, &first, &text);
+    s.set_pod_log(ns, &run.name, &first, &log_text(&outcome));
     let now = now_timestamp();
     let ready = |kind: &str| json!({"type": kind, "status": "True", "lastProbeTime": null, "lastTransitionTime": now});
     let running = json!({"status": {
