@@ -9,7 +9,7 @@
 //! | waiting | `WaitingForTrigger`, no trigger written yet (with an application: it is quiescing) |
 //! | triggered | a Trigger call just answered (the CLI's, 120 s hold); the PVC marked or not yet |
 //! | released | `InProgress`: the trigger taken, the VolumeSnapshot made but not yet cut |
-//! | copied | `Completed`: the copy point is past, the mover's Job made (`Transferring`) |
+//! | copied | `Completed`: the copy point is past, the mover's Job running (`Transferring`) |
 //! | cleanup | the mover done, the run `CleaningUp`: the VolumeSnapshot deleted but held by a finalizer the test removes after the fault |
 //!
 //! | fault | what happens | phases |
@@ -35,8 +35,9 @@
 //! everything already (it waits for the finalizer); the test asserts each API fault was
 //! answered at least once, and each cut or ended connection or watch was open.
 //!
-//! The snapshot is held uncut until the test cuts it (kube-sim hosted in the test, the same
-//! server its binary runs), so that the released phase is caught every time.
+//! The snapshot is held uncut until the test cuts it, and the mover's pod runs until the test
+//! lets it end (kube-sim hosted in the test, the same server its binary runs), so that the
+//! released and copied phases are caught every time.
 //!
 //! After each, the run carries on from where it was, and the invariants of
 //! [`support::invariants`] hold: the run ends `Successful` and is the only run; exactly one
@@ -64,7 +65,7 @@ use kube::{
 };
 use snapgate_contract::LATEST_COPY_STATUS as STATUS;
 use snapgate_e2e::recorder::resource;
-use snapgate_kube_sim::{FaultKind, FaultRule, SnapshotBehaviour, Verb, WatchEnd};
+use snapgate_kube_sim::{FaultKind, FaultRule, JobBehaviour, SnapshotBehaviour, Verb, WatchEnd};
 use snapgate_sdk::{GuardOptions, GuardedCopy};
 use support::{
     AGENT_USER, Cluster, NS, Proxy,
@@ -74,6 +75,8 @@ use tokio::{sync::oneshot, task::JoinHandle};
 
 /// The run's VolumeSnapshot.
 const COPY: &str = "volsync-db-src";
+/// The run's mover Job.
+const MOVER: &str = "volsync-src-db";
 /// The value that releases the run.
 const TRIGGER: &str = "first";
 /// How long a recorded object may take to show the state a test waits for.
@@ -324,6 +327,7 @@ async fn scenario(fault: Fault, phase: Phase) {
     let case = format!("{fault:?} at {phase:?}");
     let mut c = Cluster::start_hosted(|sim| {
         sim.snapshot_behaviour(NS, COPY, SnapshotBehaviour::NeverReady);
+        sim.job_behaviour(NS, MOVER, JobBehaviour::hang());
     })
     .await;
     let snapshots = c.record_snapshots().await;
@@ -414,6 +418,8 @@ async fn scenario(fault: Fault, phase: Phase) {
         .await;
         inject(&mut c, None, fault, &case).await;
     }
+    // The transfer ends.
+    sim(&c).job_behaviour(NS, MOVER, JobBehaviour::succeed(["done"]));
     if phase == Cleanup {
         c.wait_run("db", &format!("{case}: cleaning up"), |r| {
             r["phase"] == "CleaningUp"
