@@ -17,8 +17,8 @@
 //! | scheduler | SIGKILL, started again on its store | all |
 //! | agent | SIGKILL, a new agent started | all |
 //! | both | both SIGKILLed, both gone before either starts again (at once, not one after the other) | all |
-//! | link | the agent's connection to the scheduler cut (a TCP proxy between them ends it and refuses the next 2 attempts); the agent reconnects, the scheduler resends | all |
-//! | app link | an application holding the SDK's guard (`quiesced_copy`, its own value, 120 s hold limit) has its connection to the scheduler cut the same way while it is quiesced: before its Trigger, or with its run released and the copy not cut; it must still get its outcome (`Ok`, the copy point inside its hold) and unquiesce | waiting, released |
+//! | link | the agent's connection to the scheduler cut (a TCP proxy between them ends it and refuses every attempt) across the test's next step (the trigger written, the copy cut, the transfer ended, the finalizer removed; at triggered, none: the release must reach the agent), restored once the agent has tried twice; the agent reconnects, the scheduler resends | all |
+//! | app link | an application holding the SDK's guard (`quiesced_copy`, its own value, 120 s hold limit) has its connection to the scheduler cut while it is quiesced (its next 2 attempts refused): before its Trigger, or with its run released and the copy not cut; it must still get its outcome (`Ok`, the copy point inside its hold) and unquiesce | waiting, released |
 //! | API errors | the next create answered 500, the one after 429, the next delete 500 | all but cleanup |
 //! | API conflict | the next patch and the next update answered 409 Conflict | waiting, triggered, released |
 //! | API timeout | the next create, patch and delete each hang 2 s, then 504 Timeout | all but cleanup |
@@ -259,19 +259,12 @@ async fn inject(c: &mut Cluster, app: Option<&App>, fault: Fault, case: &str) {
         Fault::Agent => c.restart_agent().await,
         Fault::Both => c.restart_both().await,
         Fault::Link => {
-            let ended = c.link.cut(REFUSED);
+            let ended = c.link.cut();
             assert!(ended >= 1, "{case}: the agent's link was not open");
-            let link = &c.link;
-            support::eventually(
-                &format!("{case}: the agent tried again and was refused {REFUSED} times"),
-                15,
-                || async { (!link.refusing()).then_some(()) },
-            )
-            .await;
         }
         Fault::AppLink => {
             let link = &app.expect("an application").link;
-            let ended = link.cut(REFUSED);
+            let ended = link.cut_for(REFUSED);
             assert!(ended >= 1, "{case}: the application's link was not open");
         }
         Fault::WatchesExpired | Fault::WatchesClosed => {
@@ -294,6 +287,23 @@ async fn inject(c: &mut Cluster, app: Option<&App>, fault: Fault, case: &str) {
             }
         }
     }
+}
+
+/// Ends the agent's link's outage, if there is one, once the agent has tried to reconnect
+/// [`REFUSED`] times: called after the test's next step at the phase (the trigger written, the
+/// copy cut, the transfer ended, the finalizer removed), so that the agent is offline when it
+/// happens.
+async fn end_outage(c: &Cluster, case: &str) {
+    if !c.link.refusing() {
+        return;
+    }
+    support::eventually(
+        &format!("{case}: the agent tried to reconnect {REFUSED} times"),
+        15,
+        || async { (c.link.refused() >= REFUSED).then_some(()) },
+    )
+    .await;
+    c.link.restore();
 }
 
 /// Asserts that the fault was felt: each API fault answered at least once, a cut link's
@@ -369,6 +379,8 @@ async fn scenario(fault: Fault, phase: Phase) {
         }
         (None, _) => c.write_copy_trigger("data", TRIGGER).await,
     }
+    // At triggered the outage spans no step: the release must reach the agent first.
+    end_outage(&c, &case).await;
     c.wait_annotations("data", &format!("{case}: the trigger taken"), |a| {
         status(a) == "InProgress"
     })
@@ -407,6 +419,7 @@ async fn scenario(fault: Fault, phase: Phase) {
         )
         .await
         .unwrap();
+    end_outage(&c, &case).await;
     c.wait_annotations("data", &format!("{case}: the copy point past"), |a| {
         status(a) == "Completed"
     })
@@ -420,6 +433,7 @@ async fn scenario(fault: Fault, phase: Phase) {
     }
     // The transfer ends.
     sim(&c).job_behaviour(NS, MOVER, JobBehaviour::succeed(["done"]));
+    end_outage(&c, &case).await;
     if phase == Cleanup {
         c.wait_run("db", &format!("{case}: cleaning up"), |r| {
             r["phase"] == "CleaningUp"
@@ -442,6 +456,7 @@ async fn scenario(fault: Fault, phase: Phase) {
             )
             .await
             .unwrap();
+        end_outage(&c, &case).await;
     }
 
     if let Some(app) = app.take() {

@@ -397,9 +397,18 @@ impl Cluster {
             agent,
             agent_args,
         };
-        eventually("the scheduler answers the CLI", 15, || async {
-            (cluster.cli(&["list"]).await.code == 0).then_some(())
-        })
+        snapgate_e2e::poll_until(
+            "the scheduler answers the CLI",
+            Duration::from_secs(15),
+            || async {
+                let out = cluster.cli(&["list"]).await;
+                if out.code == 0 {
+                    Ok(())
+                } else {
+                    Err(format!("{out:?}\n{}", cluster.logs()))
+                }
+            },
+        )
         .await;
         cluster
     }

@@ -3,10 +3,10 @@
 //! killed.
 //!
 //! ```text
-//!  client ──► proxy ──► scheduler      cut(n): every open connection ends at once (both
-//!               │                      sides closed); the next n connection attempts are
-//!               └─ refusing n          accepted and closed at once (refused); then it
-//!                                      passes connections again
+//!  client ──► proxy ──► scheduler      cut(): every open connection ends at once (both
+//!               │                      sides closed); every connection attempt is accepted
+//!               └─ refusing            and closed at once (refused) until restore()
+//!                                      cut_for(n): the same, refusing the next n attempts
 //! ```
 
 use std::{
@@ -89,13 +89,24 @@ impl Proxy {
         format!("http://{}", self.addr)
     }
 
+    /// Ends every connection open now and refuses every connection attempt until
+    /// [`Proxy::restore`]; returns how many connections it ended.
+    pub(crate) fn cut(&self) -> usize {
+        self.cut_for(usize::MAX)
+    }
+
     /// Ends every connection open now and refuses the next `refuse` connection attempts;
     /// returns how many connections it ended.
-    pub(crate) fn cut(&self, refuse: usize) -> usize {
+    pub(crate) fn cut_for(&self, refuse: usize) -> usize {
         self.counts.to_refuse.store(refuse, Ordering::SeqCst);
         let open = self.counts.open.load(Ordering::SeqCst);
         self.cuts.send_modify(|n| *n += 1);
         open
+    }
+
+    /// Passes connections again.
+    pub(crate) fn restore(&self) {
+        self.counts.to_refuse.store(0, Ordering::SeqCst);
     }
 
     /// Connection attempts refused so far.
@@ -108,7 +119,7 @@ impl Proxy {
         self.counts.passed.load(Ordering::SeqCst)
     }
 
-    /// Whether it still refuses connection attempts (the last cut's are not all used).
+    /// Whether it still refuses connection attempts (restored, or the last cut's all used).
     pub(crate) fn refusing(&self) -> bool {
         self.counts.to_refuse.load(Ordering::SeqCst) > 0
     }
