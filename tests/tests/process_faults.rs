@@ -48,7 +48,8 @@
 //! nothing the run made is left in the namespace.
 //!
 //! The phases of one fault run concurrently (each cell has its own processes, ports and
-//! directory); cargo runs the faults' tests two at a time on two cores.
+//! directory), at most 6 cells of the whole matrix at a time; cargo runs the faults' tests as
+//! many at a time as the machine has cores.
 
 mod support;
 
@@ -479,13 +480,24 @@ async fn scenario(fault: Fault, phase: Phase) {
     assert_felt(&c, None, fault, &case).await;
 }
 
-/// Every phase of `fault` in the matrix, concurrently.
+/// How many cells run at once in this process, whichever tests they belong to: each starts a
+/// scheduler and an agent (debug builds) and runs the CLI, on a machine that may have two
+/// cores.
+static RUNNING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(CONCURRENT_CELLS);
+const CONCURRENT_CELLS: usize = 6;
+
+/// Every phase of `fault` in the matrix, concurrently (at most [`CONCURRENT_CELLS`] cells of
+/// the whole matrix at a time).
 async fn cells(fault: Fault) {
     let (_, phases) = MATRIX
         .iter()
         .find(|(f, _)| *f == fault)
         .expect("in the matrix");
-    futures::future::join_all(phases.iter().map(|phase| scenario(fault, *phase))).await;
+    futures::future::join_all(phases.iter().map(|phase| async move {
+        let _running = RUNNING.acquire().await.expect("never closed");
+        scenario(fault, *phase).await;
+    }))
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
