@@ -6,14 +6,13 @@
 //!  client ──► proxy ──► scheduler      cut(): every open connection ends at once (both
 //!               │                      sides closed); every connection attempt is accepted
 //!               └─ refusing            and closed at once (refused) until restore()
-//!                                      cut_for(n): the same, refusing the next n attempts
 //! ```
 
 use std::{
     net::SocketAddr,
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
 };
 
@@ -30,8 +29,8 @@ struct Counts {
     passed: AtomicUsize,
     /// Connection attempts closed at once while refusing.
     refused: AtomicUsize,
-    /// Connection attempts still to refuse.
-    to_refuse: AtomicUsize,
+    /// Whether connection attempts are refused.
+    refusing: AtomicBool,
     /// Connections open now.
     open: AtomicUsize,
 }
@@ -57,11 +56,7 @@ impl Proxy {
             let (counts, cuts) = (counts.clone(), cuts.clone());
             async move {
                 while let Ok((client, _)) = listener.accept().await {
-                    let refuse = counts
-                        .to_refuse
-                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                        .is_ok();
-                    if refuse {
+                    if counts.refusing.load(Ordering::SeqCst) {
                         counts.refused.fetch_add(1, Ordering::SeqCst);
                         drop(client);
                         continue;
@@ -92,13 +87,7 @@ impl Proxy {
     /// Ends every connection open now and refuses every connection attempt until
     /// [`Proxy::restore`]; returns how many connections it ended.
     pub(crate) fn cut(&self) -> usize {
-        self.cut_for(usize::MAX)
-    }
-
-    /// Ends every connection open now and refuses the next `refuse` connection attempts;
-    /// returns how many connections it ended.
-    pub(crate) fn cut_for(&self, refuse: usize) -> usize {
-        self.counts.to_refuse.store(refuse, Ordering::SeqCst);
+        self.counts.refusing.store(true, Ordering::SeqCst);
         let open = self.counts.open.load(Ordering::SeqCst);
         self.cuts.send_modify(|n| *n += 1);
         open
@@ -106,7 +95,7 @@ impl Proxy {
 
     /// Passes connections again.
     pub(crate) fn restore(&self) {
-        self.counts.to_refuse.store(0, Ordering::SeqCst);
+        self.counts.refusing.store(false, Ordering::SeqCst);
     }
 
     /// Connection attempts refused so far.
@@ -119,9 +108,9 @@ impl Proxy {
         self.counts.passed.load(Ordering::SeqCst)
     }
 
-    /// Whether it still refuses connection attempts (restored, or the last cut's all used).
+    /// Whether it refuses connection attempts (cut, not restored).
     pub(crate) fn refusing(&self) -> bool {
-        self.counts.to_refuse.load(Ordering::SeqCst) > 0
+        self.counts.refusing.load(Ordering::SeqCst)
     }
 }
 
