@@ -32,8 +32,9 @@
 //!
 //! An API fault is only injected where the agent still makes such a request after the
 //! phase: it writes no annotation once the copy point is past, and in cleanup it has deleted
-//! everything already (it waits for the finalizer); the test asserts each API fault was
-//! answered at least once, and each cut or ended connection or watch was open.
+//! everything already (it waits for the finalizer). Each cell asserts its fault was felt: one
+//! of its API rules at least used up, the cut link or the ended watches open at the time, a
+//! cut link tried again.
 //!
 //! The snapshot is held uncut until the test cuts it, and the mover's pod runs until the test
 //! lets it end (kube-sim hosted in the test, the same server its binary runs), so that the
