@@ -357,13 +357,22 @@ impl Controllers {
     /// Default Job behaviour.
     pub fn default_job_behaviour(&self, b: JobBehaviour) -> &Self {
         self.cfg().job = b;
+        self.wake_jobs();
         self
     }
 
     /// Behaviour for one Job.
     pub fn job_behaviour(&self, ns: &str, name: &str, b: JobBehaviour) -> &Self {
         self.cfg().job_overrides.insert(key(ns, name), b);
+        self.wake_jobs();
         self
+    }
+
+    /// Wakes every Job's task: a hanging pod reads its script again.
+    fn wake_jobs(&self) {
+        for tx in self.jobs().values() {
+            let _ = tx.send(());
+        }
     }
 
     fn pvc_for(&self, obj: &Value, ns: &str, name: &str) -> PvcBehaviour {
@@ -1170,7 +1179,8 @@ async fn run_job(
                 }
             }
             // A running pod that hangs ends once its scripted outcome no longer hangs: it
-            // runs on for that outcome's time, and ends as it says.
+            // runs on for that outcome's time, and ends as it says. Scripting a Job wakes its
+            // task, so this needs no polling.
             for run in runs
                 .iter_mut()
                 .filter(|r| r.outcome.hang && r.stuck_until.is_none() && r.ends.is_none())
@@ -1179,13 +1189,11 @@ async fn run_job(
                     .store
                     .get(pods_res, Some(&ns), &run.name)
                     .is_ok_and(|p| p["status"]["phase"] == "Running");
-                let scripted = outcome_of(b, run.attempt);
                 if !running {
                     continue;
                 }
-                if scripted.hang || scripted.stuck.is_some() {
-                    polling = true;
-                } else {
+                let scripted = outcome_of(b, run.attempt);
+                if !scripted.hang && scripted.stuck.is_none() {
                     let first = run.container["name"].as_str().unwrap_or("");
                     s.set_pod_log(&ns, &run.name, first, &log_text(&scripted));
                     run.ends = Some(tokio::time::Instant::now() + scripted.run_for);
