@@ -199,7 +199,7 @@ impl JobBehaviour {
         }
     }
 
-    /// One pod that runs forever.
+    /// One pod that runs until the Job is scripted otherwise (then it ends as scripted).
     pub fn hang() -> Self {
         Self::sequence(vec![PodOutcome {
             hang: true,
@@ -357,13 +357,22 @@ impl Controllers {
     /// Default Job behaviour.
     pub fn default_job_behaviour(&self, b: JobBehaviour) -> &Self {
         self.cfg().job = b;
+        self.wake_jobs();
         self
     }
 
     /// Behaviour for one Job.
     pub fn job_behaviour(&self, ns: &str, name: &str, b: JobBehaviour) -> &Self {
         self.cfg().job_overrides.insert(key(ns, name), b);
+        self.wake_jobs();
         self
+    }
+
+    /// Wakes every Job's task: a hanging pod reads its script again.
+    fn wake_jobs(&self) {
+        for tx in self.jobs().values() {
+            let _ = tx.send(());
+        }
     }
 
     fn pvc_for(&self, obj: &Value, ns: &str, name: &str) -> PvcBehaviour {
@@ -899,6 +908,15 @@ fn condition(kind: &str, status: &str, reason: &str, message: &str) -> Value {
     })
 }
 
+/// A pod's log as its outcome scripts it: its lines, and a newline after the last.
+fn log_text(outcome: &PodOutcome) -> String {
+    let mut text = outcome.logs.join("\n");
+    if !text.is_empty() {
+        text.push('\n');
+    }
+    text
+}
+
 fn outcome_of(b: &JobBehaviour, attempt: usize) -> PodOutcome {
     b.pods[attempt.min(b.pods.len().saturating_sub(1))].clone()
 }
@@ -1128,14 +1146,16 @@ async fn run_job(
             let Some(job) = current(&s, jobs, &ns, &name, &uid) else {
                 return;
             };
-            // The script is read when the Job starts; a Job scripted stuck (or unable to create
-            // its pods) follows its script as it is now, so that a test can let it go on.
+            // The script is read when the Job starts; a Job scripted stuck, hanging (or unable
+            // to create its pods) follows its script as it is now, so that a test can let it
+            // go on.
             let now_scripted = s.controllers.job_for(&job, &ns, &name);
-            let b = if b.create_fails.is_some() || b.pods.iter().any(|p| p.stuck.is_some()) {
-                &now_scripted
-            } else {
-                &b
-            };
+            let b =
+                if b.create_fails.is_some() || b.pods.iter().any(|p| p.stuck.is_some() || p.hang) {
+                    &now_scripted
+                } else {
+                    &b
+                };
             // A stuck pod recovers once its scripted outcome no longer is stuck, or its time
             // is up: it runs on as scripted then.
             for run in runs.iter_mut().filter(|r| r.stuck_until.is_some()) {
@@ -1156,6 +1176,28 @@ async fn run_job(
                     recover_pod(&s, &ns, run, outcome);
                 } else {
                     polling = true;
+                }
+            }
+            // A running pod that hangs ends once its scripted outcome no longer hangs: it
+            // runs on for that outcome's time, and ends as it says. Scripting a Job wakes its
+            // task, so this needs no polling.
+            for run in runs
+                .iter_mut()
+                .filter(|r| r.outcome.hang && r.stuck_until.is_none() && r.ends.is_none())
+            {
+                let running = s
+                    .store
+                    .get(pods_res, Some(&ns), &run.name)
+                    .is_ok_and(|p| p["status"]["phase"] == "Running");
+                if !running {
+                    continue;
+                }
+                let scripted = outcome_of(b, run.attempt);
+                if !scripted.hang && scripted.stuck.is_none() {
+                    let first = run.container["name"].as_str().unwrap_or("");
+                    s.set_pod_log(&ns, &run.name, first, &log_text(&scripted));
+                    run.ends = Some(tokio::time::Instant::now() + scripted.run_for);
+                    run.outcome = scripted;
                 }
             }
             // Pods deleted by someone else are no longer run.
@@ -1443,11 +1485,7 @@ fn start_pod(
     let pod_name = pod["metadata"]["name"].as_str().unwrap_or("").to_owned();
     let container = pod["spec"]["containers"][0].clone();
     let first = container["name"].as_str().unwrap_or("").to_owned();
-    let mut text = outcome.logs.join("\n");
-    if !text.is_empty() {
-        text.push('\n');
-    }
-    s.set_pod_log(ns, &pod_name, &first, &text);
+    s.set_pod_log(ns, &pod_name, &first, &log_text(&outcome));
     if let Some(stuck) = outcome.stuck.clone()
         && runs
     {
@@ -1522,11 +1560,7 @@ fn start_pod(
 fn recover_pod(s: &SimState, ns: &str, run: &mut Run, outcome: PodOutcome) {
     let pods_res = res("", "pods");
     let first = run.container["name"].as_str().unwrap_or("").to_owned();
-    let mut text = outcome.logs.join("\n");
-    if !text.is_empty() {
-        text.push('\n');
-    }
-    s.set_pod_log(ns, &run.name, &first, &text);
+    s.set_pod_log(ns, &run.name, &first, &log_text(&outcome));
     let now = now_timestamp();
     let ready = |kind: &str| json!({"type": kind, "status": "True", "lastProbeTime": null, "lastTransitionTime": now});
     let running = json!({"status": {

@@ -3,6 +3,8 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
+use tokio::sync::broadcast;
+
 /// The Kubernetes verb of a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Verb {
@@ -60,6 +62,18 @@ pub enum FaultKind {
     Delay(Duration),
 }
 
+/// How [`Faults::end_watches`] ends the watches open at the time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchEnd {
+    /// The stream just ends, as when the API server restarts or a proxy between drops the
+    /// connection: the client watches again from the last resourceVersion it saw.
+    Close,
+    /// A watch `ERROR` event holding a `410 Gone` Status of reason `Expired`, then the end, as
+    /// the API server sends it when the resourceVersion watched from was compacted away: the
+    /// client must list again.
+    Expire,
+}
+
 /// A rule selecting requests to fail. `None` fields match anything.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FaultRule {
@@ -73,6 +87,8 @@ pub struct FaultRule {
     pub namespace: Option<String>,
     /// Object name to match.
     pub name: Option<String>,
+    /// Authenticated user name to match.
+    pub user: Option<String>,
     /// How many matching requests fail; `None` means every one.
     pub count: Option<u32>,
     /// What happens to a matching request.
@@ -88,6 +104,7 @@ impl FaultRule {
             subresource: None,
             namespace: None,
             name: None,
+            user: None,
             count: None,
             kind,
         }
@@ -123,6 +140,13 @@ impl FaultRule {
         self
     }
 
+    /// Only requests made by this user (as authenticated, e.g.
+    /// `system:serviceaccount:<ns>:<name>`).
+    pub fn user(mut self, user: &str) -> Self {
+        self.user = Some(user.into());
+        self
+    }
+
     /// Fail only the next `n` matching requests.
     pub fn times(mut self, n: u32) -> Self {
         self.count = Some(n);
@@ -144,6 +168,7 @@ impl FaultRule {
                 .name
                 .as_ref()
                 .is_none_or(|x| r.name.as_ref() == Some(x))
+            && self.user.as_ref().is_none_or(|x| *x == r.user)
     }
 }
 
@@ -152,6 +177,8 @@ impl FaultRule {
 pub struct Faults {
     rules: Mutex<Vec<FaultRule>>,
     timeout: Mutex<Duration>,
+    /// Tells every open watch to end (see [`Faults::end_watches`]).
+    ends: broadcast::Sender<WatchEnd>,
 }
 
 impl Default for Faults {
@@ -159,6 +186,7 @@ impl Default for Faults {
         Self {
             rules: Mutex::new(Vec::new()),
             timeout: Mutex::new(Duration::from_secs(60)),
+            ends: broadcast::channel(16).0,
         }
     }
 }
@@ -170,6 +198,11 @@ impl Faults {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(rule);
+    }
+
+    /// The rules not yet used up, in order.
+    pub fn rules(&self) -> Vec<FaultRule> {
+        self.rules.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Remove every rule.
@@ -185,6 +218,17 @@ impl Faults {
     /// The current timeout duration.
     pub fn timeout_duration(&self) -> Duration {
         *self.timeout.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Ends every watch open now (its events from the store still being sent, or live), as
+    /// `how` says; watches opened later are not affected. Returns how many were ended.
+    pub fn end_watches(&self, how: WatchEnd) -> usize {
+        self.ends.send(how).unwrap_or(0)
+    }
+
+    /// What a watch opening now listens to for [`Faults::end_watches`].
+    pub(crate) fn watch_ends(&self) -> broadcast::Receiver<WatchEnd> {
+        self.ends.subscribe()
     }
 
     /// Find and consume a matching rule.

@@ -102,7 +102,7 @@ pub use controllers::{
     Controllers, JobBehaviour, PodOutcome, PodStuck, PvcBehaviour, SnapshotBehaviour,
 };
 pub use error::ApiError;
-pub use faults::{FaultKind, FaultRule, Faults, RequestLog, RequestRecord, Verb};
+pub use faults::{FaultKind, FaultRule, Faults, RequestLog, RequestRecord, Verb, WatchEnd};
 pub use resources::ResourceDef;
 pub use serve::SimService;
 pub use store::{Change, ChangeType, Store, WriteOptions};

@@ -10,10 +10,12 @@ use http::{Response, StatusCode, header};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::SimState;
+use crate::error::ApiError;
+use crate::faults::WatchEnd;
 use crate::resources::ResourceDef;
 use crate::rest::SimBody;
 use crate::selector::Selector;
@@ -121,7 +123,10 @@ fn error_line(status: &Value) -> Bytes {
 pub(crate) fn respond(state: Arc<SimState>, req: WatchRequest) -> Response<SimBody> {
     let (tx, rx) = mpsc::channel::<Bytes>(256);
     if !req.close_immediately {
-        tokio::spawn(run(state, req, tx));
+        // Listening from here, before the response: a watch answered before `end_watches`
+        // returns is ended by it.
+        let ends = state.faults.watch_ends();
+        tokio::spawn(run(state, req, tx, ends));
     }
     let body = StreamBody::new(ReceiverStream::new(rx).map(|b| Ok(Frame::data(b)))).boxed_unsync();
     Response::builder()
@@ -131,7 +136,12 @@ pub(crate) fn respond(state: Arc<SimState>, req: WatchRequest) -> Response<SimBo
         .expect("valid response")
 }
 
-async fn run(state: Arc<SimState>, req: WatchRequest, tx: mpsc::Sender<Bytes>) {
+async fn run(
+    state: Arc<SimState>,
+    req: WatchRequest,
+    tx: mpsc::Sender<Bytes>,
+    mut ends: broadcast::Receiver<WatchEnd>,
+) {
     let start = match state.store.watch(req.res, req.resource_version) {
         Ok(s) => s,
         Err(e) => {
@@ -195,6 +205,17 @@ async fn run(state: Arc<SimState>, req: WatchRequest, tx: mpsc::Sender<Bytes>) {
                 if tx.send(req.bookmark(last_rv, false)).await.is_err() {
                     return;
                 }
+            }
+            end = ends.recv() => {
+                if end == Ok(WatchEnd::Expire) {
+                    let gone = ApiError::expired(format!(
+                        "too old resource version: {} ({})",
+                        req.resource_version.unwrap_or(0),
+                        last_rv
+                    ));
+                    let _ = tx.send(error_line(&gone.to_status())).await;
+                }
+                return;
             }
             () = timeout => return,
             () = tx.closed() => return,

@@ -473,6 +473,42 @@ async fn a_stuck_pod_waits_as_a_kubelet_shows_it_until_its_job_is_scripted_other
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_hanging_pod_runs_until_its_job_is_scripted_otherwise_then_ends_as_scripted() {
+    let sim = fixtures::sim();
+    sim.job_behaviour("ns", "mover", JobBehaviour::hang());
+    let jobs: Api<Job> = Api::namespaced(sim.client(), "ns");
+    jobs.create(&PostParams::default(), &fixtures::job("ns", "mover", 2))
+        .await
+        .unwrap();
+    fixtures::let_pass(Duration::from_secs(3600)).await;
+    let pod = the_pod(&sim);
+    assert_eq!(
+        pod.status.as_ref().unwrap().phase.as_deref(),
+        Some("Running")
+    );
+    let job = jobs.get("mover").await.unwrap();
+    assert_eq!(job.status.as_ref().unwrap().active, Some(1));
+
+    // The transfer is let finish: the same pod ends, with the new script's log.
+    sim.job_behaviour("ns", "mover", JobBehaviour::succeed(["all sent"]));
+    fixtures::let_pass(Duration::from_secs(5)).await;
+    let job = jobs.get("mover").await.unwrap();
+    assert!(condition(&job, "Complete"), "{:?}", job.status);
+    let after = the_pod(&sim);
+    assert_eq!(after.metadata.name, pod.metadata.name);
+    assert_eq!(
+        after.status.as_ref().unwrap().phase.as_deref(),
+        Some("Succeeded")
+    );
+    let pods: Api<Pod> = Api::namespaced(sim.client(), "ns");
+    let name = after.metadata.name.as_deref().unwrap();
+    assert_eq!(
+        pods.logs(name, &LogParams::default()).await.unwrap(),
+        "all sent\n"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn each_stuck_reason_shows_the_status_and_events_of_a_real_cluster() {
     for (reason, phase, wait_reason, condition, event) in [
         (

@@ -7,9 +7,11 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::{Api, ListParams, LogParams, Patch, PatchParams, PostParams, WatchParams};
+use kube::api::{
+    Api, ListParams, LogParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
 use serde_json::json;
-use snapgate_kube_sim::{FaultKind, FaultRule, Verb};
+use snapgate_kube_sim::{FaultKind, FaultRule, Verb, WatchEnd};
 
 fn code(e: kube::Error) -> u16 {
     match e {
@@ -67,6 +69,26 @@ async fn status_faults_fail_only_matching_requests_for_the_given_count() {
     pvcs.patch("data", &PatchParams::default(), &patch)
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_fault_for_one_user_leaves_other_users_requests_alone() {
+    let sim = fixtures::sim();
+    sim.add_token("agent-token", "system:serviceaccount:ns:agent");
+    let admin: Api<ConfigMap> = Api::namespaced(sim.client(), "ns");
+    let agent: Api<ConfigMap> = Api::namespaced(sim.client_as("agent-token"), "ns");
+    sim.faults().fail(
+        FaultRule::new(FaultKind::Status(409))
+            .user("system:serviceaccount:ns:agent")
+            .times(1),
+    );
+    admin.list(&ListParams::default()).await.unwrap();
+    assert_eq!(sim.faults().rules().len(), 1, "the admin's request left it");
+    assert_eq!(
+        code(agent.list(&ListParams::default()).await.unwrap_err()),
+        409
+    );
+    assert!(sim.faults().rules().is_empty(), "used up");
 }
 
 #[tokio::test(start_paused = true)]
@@ -128,6 +150,55 @@ async fn close_watch_faults_end_the_watch_stream_without_events() {
     assert!(matches!(
         s.next().await.unwrap().unwrap(),
         kube::api::WatchEvent::Added(_)
+    ));
+}
+
+/// The next item of a watch (`None`: it ended), within 5 s.
+async fn next_within<S: futures::Stream + Unpin>(s: &mut S) -> Option<S::Item> {
+    tokio::time::timeout(Duration::from_secs(5), s.next())
+        .await
+        .expect("an event or the end in time")
+}
+
+#[tokio::test]
+async fn ending_the_open_watches_closes_or_expires_each_and_leaves_later_ones_alone() {
+    let sim = fixtures::sim();
+    let cms: Api<ConfigMap> = Api::namespaced(sim.client(), "ns");
+
+    let mut closed = cms
+        .watch(&WatchParams::default(), "0")
+        .await
+        .unwrap()
+        .boxed();
+    assert_eq!(sim.faults().end_watches(WatchEnd::Close), 1);
+    assert!(next_within(&mut closed).await.is_none(), "closed, no event");
+
+    let mut expired = cms
+        .watch(&WatchParams::default(), "0")
+        .await
+        .unwrap()
+        .boxed();
+    assert_eq!(sim.faults().end_watches(WatchEnd::Expire), 1);
+    match next_within(&mut expired).await {
+        Some(Ok(WatchEvent::Error(e))) => {
+            assert_eq!((e.code, e.reason.as_str()), (410, "Expired"), "{e:?}");
+        }
+        other => panic!("expected a 410 Expired ERROR event, got {other:?}"),
+    }
+    assert!(next_within(&mut expired).await.is_none(), "then the end");
+
+    // A watch opened afterwards goes on.
+    let mut later = cms
+        .watch(&WatchParams::default().timeout(5), "0")
+        .await
+        .unwrap()
+        .boxed();
+    let mut c = ConfigMap::default();
+    c.metadata.name = Some("a".into());
+    cms.create(&PostParams::default(), &c).await.unwrap();
+    assert!(matches!(
+        next_within(&mut later).await,
+        Some(Ok(WatchEvent::Added(_)))
     ));
 }
 

@@ -3,9 +3,15 @@
 //! served over loopback with its kubeconfig), `snapgate-scheduler` on its redb store,
 //! `snapgate-agent` reading the kubeconfig, and the `snapgate` CLI (also as
 //! `snapgate quiesce-exec`). The test talks to the API server with kube's client from the same
-//! kubeconfig.
+//! kubeconfig. The agent reaches the scheduler through a [`Proxy`] the test can cut
+//! ([`Cluster::link`]); [`invariants`] checks what every run a fault hit must still show.
 
 #![allow(dead_code)]
+
+pub(crate) mod invariants;
+mod proxy;
+
+pub(crate) use proxy::Proxy;
 
 use std::{
     collections::BTreeMap,
@@ -30,6 +36,9 @@ use tokio::process::{Child, Command};
 
 /// The namespace every process test works in.
 pub(crate) const NS: &str = "app";
+/// Who the agent is to a hosted kube-sim (RBAC off: allowed everything), so that a test's
+/// fault rules can pick the agent's requests out ([`snapgate_kube_sim::FaultRule::user`]).
+pub(crate) const AGENT_USER: &str = "system:serviceaccount:app:snapgate-agent";
 
 /// A binary of the workspace, built next to this test's own executable.
 pub(crate) fn binary(name: &str) -> PathBuf {
@@ -173,9 +182,13 @@ pub(crate) enum Sim {
 pub(crate) struct Cluster {
     pub(crate) dir: tempfile::TempDir,
     pub(crate) kubeconfig: PathBuf,
+    /// The kubeconfig the agent reads.
+    agent_kubeconfig: PathBuf,
     pub(crate) sim: Sim,
     pub(crate) client: kube::Client,
     pub(crate) url: String,
+    /// The agent's way to the scheduler: a proxy the test can cut.
+    pub(crate) link: Proxy,
     grpc: String,
     secure: Secure,
     scheduler: Proc,
@@ -203,11 +216,20 @@ impl Cluster {
                 .args(sim_args),
             &dir.path().join("kube-sim.log"),
         ));
-        Self::with_sim(dir, kubeconfig, sim, Secure::default(), agent_args).await
+        let agent_kubeconfig = kubeconfig.clone();
+        Self::with_sim(
+            dir,
+            (kubeconfig, agent_kubeconfig),
+            sim,
+            Secure::default(),
+            agent_args,
+        )
+        .await
     }
 
     /// kube-sim hosted in the test (served over loopback HTTP with its kubeconfig, as the
-    /// binary does), the scheduler, the agent and the CLI as processes.
+    /// binary does), the scheduler, the agent and the CLI as processes; the agent presents a
+    /// token of its own, as [`AGENT_USER`].
     pub(crate) async fn start_hosted(script: impl FnOnce(&snapgate_kube_sim::KubeSim)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = dir.path().join("kubeconfig");
@@ -220,7 +242,18 @@ impl Cluster {
         sim.serve("127.0.0.1:0").await.unwrap();
         sim.write_kubeconfig(&kubeconfig, snapgate_kube_sim::ADMIN_TOKEN)
             .unwrap();
-        Self::with_sim(dir, kubeconfig, Sim::Hosted(sim), Secure::default(), &[]).await
+        let agent_kubeconfig = dir.path().join("agent-kubeconfig");
+        sim.add_token("process-test-agent-token", AGENT_USER);
+        sim.write_kubeconfig(&agent_kubeconfig, "process-test-agent-token")
+            .unwrap();
+        Self::with_sim(
+            dir,
+            (kubeconfig, agent_kubeconfig),
+            Sim::Hosted(sim),
+            Secure::default(),
+            &[],
+        )
+        .await
     }
 
     /// As a cluster runs it: kube-sim hosted in the test issues ServiceAccount tokens (audience
@@ -255,12 +288,21 @@ impl Cluster {
         // Tokens for the tests' applications.
         token(NS, "db-app");
         token("web", "db-app");
-        Self::with_sim(dir, kubeconfig, Sim::Hosted(sim), secure, &[]).await
+        let agent_kubeconfig = kubeconfig.clone();
+        Self::with_sim(
+            dir,
+            (kubeconfig, agent_kubeconfig),
+            Sim::Hosted(sim),
+            secure,
+            &[],
+        )
+        .await
     }
 
+    /// `kubeconfigs`: the test's (the admin's), the agent's.
     async fn with_sim(
         dir: tempfile::TempDir,
-        kubeconfig: PathBuf,
+        (kubeconfig, agent_kubeconfig): (PathBuf, PathBuf),
         sim: Sim,
         secure: Secure,
         agent_args: &[&str],
@@ -332,10 +374,11 @@ impl Cluster {
                 .unwrap();
         }
         let url = format!("http://{grpc}");
+        let link = Proxy::start(&grpc).await;
         let agent_args: Vec<String> = agent_args.iter().map(|a| (*a).to_owned()).collect();
         let agent = spawn_agent(
-            &kubeconfig,
-            &url,
+            &agent_kubeconfig,
+            &link.url(),
             &secure,
             &agent_args,
             &dir.path().join("agent.log"),
@@ -343,18 +386,29 @@ impl Cluster {
         let cluster = Self {
             dir,
             kubeconfig,
+            agent_kubeconfig,
             sim,
             client,
             url,
+            link,
             grpc,
             secure,
             scheduler,
             agent,
             agent_args,
         };
-        eventually("the scheduler answers the CLI", 15, || async {
-            (cluster.cli(&["list"]).await.code == 0).then_some(())
-        })
+        snapgate_e2e::poll_until(
+            "the scheduler answers the CLI",
+            Duration::from_secs(15),
+            || async {
+                let out = cluster.cli(&["list"]).await;
+                if out.code == 0 {
+                    Ok(())
+                } else {
+                    Err(format!("{out:?}\n{}", cluster.logs()))
+                }
+            },
+        )
         .await;
         cluster
     }
@@ -386,14 +440,45 @@ impl Cluster {
         .await;
     }
 
+    /// Kills the scheduler and the agent with SIGKILL, both gone before either starts again;
+    /// then starts the scheduler (on the same store and address; once it answers the CLI) and
+    /// a new agent (their logs go on in `scheduler-2.log`, `agent-2.log`).
+    pub(crate) async fn restart_both(&mut self) {
+        signal(&self.scheduler, "-KILL");
+        signal(&self.agent, "-KILL");
+        let _ = self.scheduler.0.wait().await;
+        let _ = self.agent.0.wait().await;
+        self.scheduler = spawn_scheduler(
+            &self.grpc,
+            self.dir.path(),
+            "scheduler-2.log",
+            &self.secure.scheduler_args,
+        );
+        self.start_agent_again();
+        eventually("the restarted scheduler answers the CLI", 15, || async {
+            (self.cli(&["list"]).await.code == 0).then_some(())
+        })
+        .await;
+    }
+
+    /// The scheduler's gRPC address (`host:port`).
+    pub(crate) fn grpc(&self) -> &str {
+        &self.grpc
+    }
+
     /// Kills the agent with SIGKILL and starts a new agent process, which keeps nothing of
     /// the old one (its log goes on in `agent-2.log`).
     pub(crate) async fn restart_agent(&mut self) {
         signal(&self.agent, "-KILL");
         let _ = self.agent.0.wait().await;
+        self.start_agent_again();
+    }
+
+    /// A new agent process, its log in `agent-2.log`.
+    fn start_agent_again(&mut self) {
         self.agent = spawn_agent(
-            &self.kubeconfig,
-            &self.url,
+            &self.agent_kubeconfig,
+            &self.link.url(),
             &self.secure,
             &self.agent_args,
             &self.dir.path().join("agent-2.log"),

@@ -1,0 +1,141 @@
+//! A TCP proxy on loopback in front of the scheduler, that a test can cut: the network fault
+//! between a client (the agent, an application's SDK) and the scheduler, with no process
+//! killed.
+//!
+//! ```text
+//!  client ──► proxy ──► scheduler      cut(): every open connection ends at once (both
+//!               │                      sides closed); every connection attempt is accepted
+//!               └─ refusing            and closed at once (refused) until restore()
+//! ```
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+};
+
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::watch,
+    task::JoinHandle,
+};
+
+/// How many connections the proxy has seen.
+#[derive(Debug, Default)]
+struct Counts {
+    /// Connections passed on to the scheduler.
+    passed: AtomicUsize,
+    /// Connection attempts closed at once while refusing.
+    refused: AtomicUsize,
+    /// Whether connection attempts are refused.
+    refusing: AtomicBool,
+    /// Connections open now.
+    open: AtomicUsize,
+}
+
+/// The proxy, serving until dropped.
+pub(crate) struct Proxy {
+    addr: SocketAddr,
+    counts: Arc<Counts>,
+    /// Bumped by [`Proxy::cut`]: every connection open ends when it changes.
+    cuts: watch::Sender<u64>,
+    accept: JoinHandle<()>,
+}
+
+impl Proxy {
+    /// A proxy on a free loopback port passing connections to `upstream` (`host:port`).
+    pub(crate) async fn start(upstream: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let counts = Arc::new(Counts::default());
+        let (cuts, _) = watch::channel(0);
+        let upstream = upstream.to_owned();
+        let accept = tokio::spawn({
+            let (counts, cuts) = (counts.clone(), cuts.clone());
+            async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    if counts.refusing.load(Ordering::SeqCst) {
+                        counts.refused.fetch_add(1, Ordering::SeqCst);
+                        drop(client);
+                        continue;
+                    }
+                    counts.passed.fetch_add(1, Ordering::SeqCst);
+                    tokio::spawn(pass(
+                        client,
+                        upstream.clone(),
+                        counts.clone(),
+                        cuts.subscribe(),
+                    ));
+                }
+            }
+        });
+        Self {
+            addr,
+            counts,
+            cuts,
+            accept,
+        }
+    }
+
+    /// `http://<the proxy's address>`, for a client's `--scheduler` or `--server`.
+    pub(crate) fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Ends every connection open now and refuses every connection attempt until
+    /// [`Proxy::restore`]; returns how many connections it ended.
+    pub(crate) fn cut(&self) -> usize {
+        self.counts.refusing.store(true, Ordering::SeqCst);
+        let open = self.counts.open.load(Ordering::SeqCst);
+        self.cuts.send_modify(|n| *n += 1);
+        open
+    }
+
+    /// Passes connections again.
+    pub(crate) fn restore(&self) {
+        self.counts.refusing.store(false, Ordering::SeqCst);
+    }
+
+    /// Connection attempts refused so far.
+    pub(crate) fn refused(&self) -> usize {
+        self.counts.refused.load(Ordering::SeqCst)
+    }
+
+    /// Connections passed to the scheduler so far.
+    pub(crate) fn passed(&self) -> usize {
+        self.counts.passed.load(Ordering::SeqCst)
+    }
+
+    /// Whether it refuses connection attempts (cut, not restored).
+    pub(crate) fn refusing(&self) -> bool {
+        self.counts.refusing.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cuts.send_modify(|n| *n += 1);
+    }
+}
+
+/// Copies both ways between `client` and a new connection to `upstream` until either side
+/// ends or the proxy is cut; then closes both.
+async fn pass(
+    mut client: TcpStream,
+    upstream: String,
+    counts: Arc<Counts>,
+    mut cut: watch::Receiver<u64>,
+) {
+    let Ok(mut server) = TcpStream::connect(&upstream).await else {
+        return;
+    };
+    counts.open.fetch_add(1, Ordering::SeqCst);
+    tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+        _ = cut.changed() => {}
+    }
+    counts.open.fetch_sub(1, Ordering::SeqCst);
+}
