@@ -487,8 +487,10 @@ impl Client {
 
     /// Tells the scheduler this caller no longer holds its quiesce for the run it released
     /// with `value`: if the copy point is not reached yet, the run goes back to waiting and the
-    /// value is spent. Best effort by nature (the hold lease is the guarantee); the answer is
-    /// the copy status after it (COMPLETED: the copy point was reached inside the hold).
+    /// value is spent. The answer is the copy status after it (COMPLETED: the copy point was
+    /// reached inside the hold). A call that fails or is not answered proves nothing: the
+    /// hold lease may still be running, so the caller must stay quiesced until its end (the
+    /// guard waits for its hold limit).
     pub async fn end_hold(
         &self,
         target: &CopyTarget,

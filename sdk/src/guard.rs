@@ -24,8 +24,13 @@
 //! the Trigger arrives, so the allowance keeps the lease's end before this hold's end as long
 //! as the Trigger takes less than that to arrive. No copy point after the lease counts: a run
 //! still copying when it ends goes back to waiting ([`Error::LeaseExpired`]). A guard that
-//! gives up after its Trigger for any other reason also ends its hold (EndHold, best effort,
-//! bounded by [`END_HOLD_TIMEOUT`]) before it unquiesces.
+//! gives up for any other reason once it has sent a Trigger (answered or not: an answer can
+//! be lost after the scheduler accepted it) ends its hold first (EndHold, bounded by
+//! [`END_HOLD_TIMEOUT`]). Unless the scheduler answers it (the hold ended, or this value never
+//! released the run), a lease of this hold may still be running, and a copy cut under it would
+//! count: the guard then stays quiesced until its hold limit, where every lease it asked for
+//! has ended, and only then unquiesces. A lost connection ends a hold early only while the
+//! guard has sent no Trigger.
 
 use std::{
     fmt,
@@ -66,6 +71,14 @@ pub fn lease_for(limit: Duration, held: Duration) -> Option<Duration> {
     (!lease.is_zero()).then_some(lease)
 }
 
+/// A guard's hold, as its Trigger attempts see it.
+struct Hold {
+    /// When quiesce started: the hold limit counts from here.
+    started: Instant,
+    /// Set before the first Trigger attempt goes out: from then on a lease may be running.
+    attempted: AtomicBool,
+}
+
 /// Makes the trigger value for a request.
 pub type TriggerValue = Arc<dyn Fn(&CopyRequest) -> String + Send + Sync>;
 
@@ -76,6 +89,8 @@ pub struct GuardOptions {
     /// quiesce to the outcome.
     pub hold_limit: Duration,
     /// How long a lost connection to the scheduler is retried before giving up (default 30 s).
+    /// Once a Trigger was sent, giving up does not unquiesce before the hold limit unless the
+    /// scheduler confirms the hold ended.
     pub disconnect_grace: Duration,
     /// The trigger value for a request (default [`default_trigger_value`]: unique per call).
     pub trigger_value: TriggerValue,
@@ -230,7 +245,8 @@ impl Client {
     /// Failed / TimedOut / Aborted, on an error or a connection lost for longer than
     /// [`GuardOptions::disconnect_grace`], when [`GuardOptions::hold_limit`] expires, when
     /// quiesce itself fails, when the run was released by someone else, and (spawned) when
-    /// this future is dropped.
+    /// this future is dropped. Giving up once a Trigger was sent, it unquiesces only after the
+    /// scheduler answered its EndHold, or else at the hold limit (see the module doc).
     ///
     /// `Ok` means a consistent copy: the run was released by this call's own Trigger (the
     /// scheduler accepted [`GuardOptions::trigger_value`]'s value for this run, possibly as a
@@ -273,7 +289,11 @@ impl Client {
             })),
             run_id: run_id.clone(),
         };
-        let started = Instant::now();
+        let hold = Hold {
+            started: Instant::now(),
+            attempted: AtomicBool::new(false),
+        };
+        let started = hold.started;
         let triggered = AtomicBool::new(false);
         let held = async {
             quiesce(request.clone())
@@ -283,7 +303,7 @@ impl Client {
                     source: e.into(),
                 })?;
             debug!(run_id, value, "quiesced; triggering");
-            self.trigger_within(&target, &run_id, &source, &value, &options, started)
+            self.trigger_within(&target, &run_id, &source, &value, &options, &hold)
                 .await?;
             triggered.store(true, Ordering::SeqCst);
             next_outcome(
@@ -318,16 +338,40 @@ impl Client {
                 Error::LeaseExpired { .. } | Error::CopyFailed { .. } | Error::ReleasedByAnother { .. }
             )
         );
-        if gave_up && triggered.load(Ordering::SeqCst) {
+        if gave_up && hold.attempted.load(Ordering::SeqCst) {
             // Tell the scheduler before unquiescing, so that a copy not cut yet is not cut now.
-            match tokio::time::timeout(END_HOLD_TIMEOUT, self.end_hold(&target, &run_id, &value))
-                .await
-            {
-                Ok(Ok(status)) => debug!(run_id, state = status.state, "hold ended"),
-                Ok(Err(e)) => {
-                    debug!(run_id, error = %e, "ending the hold failed; the lease ends it")
+            let ended =
+                tokio::time::timeout(END_HOLD_TIMEOUT, self.end_hold(&target, &run_id, &value))
+                    .await;
+            let confirmed = match ended {
+                Ok(Ok(status)) => {
+                    debug!(run_id, state = status.state, "hold ended");
+                    true
                 }
-                Err(_) => debug!(run_id, "ending the hold timed out; the lease ends it"),
+                // The scheduler says this value did not release the run: no lease is ours.
+                Ok(Err(e)) if e.code() == Some(Code::FailedPrecondition) => {
+                    debug!(run_id, error = %e, "no hold of this value to end");
+                    true
+                }
+                Ok(Err(e)) => {
+                    debug!(run_id, error = %e, "ending the hold failed");
+                    false
+                }
+                Err(_) => {
+                    debug!(run_id, "ending the hold timed out");
+                    false
+                }
+            };
+            if !confirmed {
+                // Every lease this guard asked for ends before its hold limit (`lease_for`):
+                // held until then, no copy cut under a lease of it lies outside the hold.
+                let until = started + options.hold_limit;
+                warn!(
+                    run_id,
+                    left = ?until.saturating_duration_since(Instant::now()),
+                    "the scheduler did not confirm the hold ended; staying quiesced until the hold limit, when any lease of this hold has ended"
+                );
+                tokio::time::sleep_until(until).await;
             }
         }
         match &result {
@@ -356,8 +400,9 @@ impl Client {
     /// idempotent: the scheduler accepts it again). `Ok` only when the run was released by
     /// `value` through the RPC; a run released by another value is
     /// [`Error::ReleasedByAnother`], one that ended without a copy [`Error::CopyFailed`].
-    /// Each attempt asks for what is left of the hold (the hold limit since `started`) as its
-    /// lease, as `options.holder`; attempts stop after the disconnect grace.
+    /// Each attempt asks for what is left of the hold (the hold limit since it started) as its
+    /// lease, as `options.holder`; attempts stop after the disconnect grace. The hold notes
+    /// that an attempt went out before the first one does.
     async fn trigger_within(
         &self,
         target: &CopyTarget,
@@ -365,7 +410,7 @@ impl Client {
         source: &str,
         value: &str,
         options: &GuardOptions,
-        started: Instant,
+        hold: &Hold,
     ) -> Result<(), Error> {
         let (limit, holder) = (options.hold_limit, options.holder.as_deref());
         let backoff = Backoff {
@@ -375,13 +420,14 @@ impl Client {
         };
         let attempt = || async {
             // Nothing left of the hold: no Trigger (the hold limit ends the guard).
-            let Some(lease) = lease_for(limit, started.elapsed()) else {
+            let Some(lease) = lease_for(limit, hold.started.elapsed()) else {
                 return Err(Error::HoldLimitExceeded {
                     limit,
                     run_id: run_id.to_owned(),
                     triggered: false,
                 });
             };
+            hold.attempted.store(true, Ordering::SeqCst);
             self.trigger_held(target, Some(run_id), value, Some(lease), holder)
                 .await
         };

@@ -229,7 +229,10 @@ pub(crate) struct QuiesceExecArgs {
     /// Longest time the application stays quiesced (e.g. 90s, 5m).
     #[arg(long, env = "SNAPGATE_HOLD_LIMIT", default_value = "5m")]
     pub(crate) hold_limit: String,
-    /// How long a lost connection is retried while quiesced before unquiescing.
+    /// How long a lost connection is retried while quiesced before giving up. Before a
+    /// Trigger was sent the application is unquiesced then; after one, only once the scheduler
+    /// confirms the hold ended (EndHold), else at the hold limit, when every lease it asked
+    /// for has ended.
     #[arg(long, env = "SNAPGATE_DISCONNECT_GRACE", default_value = "30s")]
     pub(crate) disconnect_grace: String,
     /// Prefix of the trigger values (`<prefix>-<run id>-<unix millis>-<random hex>`).
