@@ -6,7 +6,7 @@
 //!                                  │           │               └─ Failed / TimedOut / Aborted ─► unquiesce ─► Err(CopyFailed)
 //!                                  │           └─ refused: another value released the run ────► unquiesce ─► Err(ReleasedByAnother)
 //!                                  └─ (at any step) error / hold limit / lost connection ─────► unquiesce ─► Err(..)
-//!  the future dropped while quiesced ─► unquiesce is spawned on the runtime
+//!  the future dropped while quiesced ─► the hold ended, then unquiesce, spawned on the runtime
 //! ```
 //!
 //! A consistent copy (`Ok`) is one whose run was released by this guard's own Trigger: the
@@ -76,7 +76,7 @@ struct Hold {
     /// When quiesce started: the hold limit counts from here.
     started: Instant,
     /// Set before the first Trigger attempt goes out: from then on a lease may be running.
-    attempted: AtomicBool,
+    attempted: Arc<AtomicBool>,
 }
 
 /// Makes the trigger value for a request.
@@ -196,10 +196,71 @@ pub struct GuardedCopy {
 /// The application's unquiesce step, type-erased.
 type UnquiesceStep = Box<dyn FnOnce() -> BoxFuture<'static, Result<(), BoxError>> + Send>;
 
-/// The unquiesce step, run exactly once: explicitly, or spawned if the guard is dropped.
+/// The unquiesce step, run exactly once: explicitly, or spawned if the guard is dropped
+/// (after ending the hold, as [`HoldEnd::end`] does).
 struct Unquiesce {
     step: Option<UnquiesceStep>,
     run_id: String,
+    /// What ends the hold before a dropped guard unquiesces (taken when it ran, or is not
+    /// needed: the copy point reached, the run over).
+    hold_end: Option<HoldEnd>,
+}
+
+/// Ending a hold that may have a lease running, before the application unquiesces.
+struct HoldEnd {
+    client: Client,
+    target: CopyTarget,
+    run_id: String,
+    value: String,
+    /// The hold limit's end: every lease this hold asked for ends before it.
+    until: Instant,
+    /// Whether a Trigger attempt went out.
+    attempted: Arc<AtomicBool>,
+}
+
+impl HoldEnd {
+    /// Once a Trigger went out (answered or not), a lease of this hold may be running: tells
+    /// the scheduler (EndHold, at most [`END_HOLD_TIMEOUT`]), and unless it answers (the hold
+    /// ended, or this value never released the run) waits for the hold limit, where every
+    /// lease this hold asked for has ended.
+    async fn end(self) {
+        let run_id = self.run_id.as_str();
+        if !self.attempted.load(Ordering::SeqCst) {
+            return;
+        }
+        let ended = tokio::time::timeout(
+            END_HOLD_TIMEOUT,
+            self.client.end_hold(&self.target, run_id, &self.value),
+        )
+        .await;
+        let confirmed = match ended {
+            Ok(Ok(status)) => {
+                debug!(run_id, state = status.state, "hold ended");
+                true
+            }
+            // The scheduler says this value did not release the run: no lease is ours.
+            Ok(Err(e)) if e.code() == Some(Code::FailedPrecondition) => {
+                debug!(run_id, error = %e, "no hold of this value to end");
+                true
+            }
+            Ok(Err(e)) => {
+                debug!(run_id, error = %e, "ending the hold failed");
+                false
+            }
+            Err(_) => {
+                debug!(run_id, "ending the hold timed out");
+                false
+            }
+        };
+        if !confirmed {
+            warn!(
+                run_id,
+                left = ?self.until.saturating_duration_since(Instant::now()),
+                "the scheduler did not confirm the hold ended; staying quiesced until the hold limit, when any lease of this hold has ended"
+            );
+            tokio::time::sleep_until(self.until).await;
+        }
+    }
 }
 
 impl Unquiesce {
@@ -222,10 +283,14 @@ impl Drop for Unquiesce {
             return;
         };
         let run_id = std::mem::take(&mut self.run_id);
+        let hold_end = self.hold_end.take();
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 warn!(run_id, "guarded copy dropped while quiesced; unquiescing");
                 runtime.spawn(async move {
+                    if let Some(hold_end) = hold_end {
+                        hold_end.end().await;
+                    }
                     if let Err(e) = step().await {
                         warn!(run_id, error = %e, "unquiesce after a dropped guard failed");
                     }
@@ -283,17 +348,25 @@ impl Client {
         let value = (options.trigger_value)(&request);
         info!(run_id, target = %describe(&target), "copy requested; quiescing");
 
+        let hold = Hold {
+            started: Instant::now(),
+            attempted: Arc::new(AtomicBool::new(false)),
+        };
+        let started = hold.started;
         let mut unquiesce = Unquiesce {
             step: Some(Box::new(move || {
                 async move { unquiesce().await.map_err(Into::into) }.boxed()
             })),
             run_id: run_id.clone(),
+            hold_end: Some(HoldEnd {
+                client: self.clone(),
+                target: target.clone(),
+                run_id: run_id.clone(),
+                value: value.clone(),
+                until: started + options.hold_limit,
+                attempted: hold.attempted.clone(),
+            }),
         };
-        let hold = Hold {
-            started: Instant::now(),
-            attempted: AtomicBool::new(false),
-        };
-        let started = hold.started;
         let triggered = AtomicBool::new(false);
         let held = async {
             quiesce(request.clone())
@@ -338,41 +411,10 @@ impl Client {
                 Error::LeaseExpired { .. } | Error::CopyFailed { .. } | Error::ReleasedByAnother { .. }
             )
         );
-        if gave_up && hold.attempted.load(Ordering::SeqCst) {
-            // Tell the scheduler before unquiescing, so that a copy not cut yet is not cut now.
-            let ended =
-                tokio::time::timeout(END_HOLD_TIMEOUT, self.end_hold(&target, &run_id, &value))
-                    .await;
-            let confirmed = match ended {
-                Ok(Ok(status)) => {
-                    debug!(run_id, state = status.state, "hold ended");
-                    true
-                }
-                // The scheduler says this value did not release the run: no lease is ours.
-                Ok(Err(e)) if e.code() == Some(Code::FailedPrecondition) => {
-                    debug!(run_id, error = %e, "no hold of this value to end");
-                    true
-                }
-                Ok(Err(e)) => {
-                    debug!(run_id, error = %e, "ending the hold failed");
-                    false
-                }
-                Err(_) => {
-                    debug!(run_id, "ending the hold timed out");
-                    false
-                }
-            };
-            if !confirmed {
-                // Every lease this guard asked for ends before its hold limit (`lease_for`):
-                // held until then, no copy cut under a lease of it lies outside the hold.
-                let until = started + options.hold_limit;
-                warn!(
-                    run_id,
-                    left = ?until.saturating_duration_since(Instant::now()),
-                    "the scheduler did not confirm the hold ended; staying quiesced until the hold limit, when any lease of this hold has ended"
-                );
-                tokio::time::sleep_until(until).await;
-            }
+        // Tell the scheduler before unquiescing, so that a copy not cut yet is not cut now.
+        let hold_end = unquiesce.hold_end.take();
+        if gave_up && let Some(hold_end) = hold_end {
+            hold_end.end().await;
         }
         match &result {
             Ok(copy) => info!(run_id, held = ?copy.held, "copy point reached; unquiescing"),

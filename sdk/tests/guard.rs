@@ -455,6 +455,51 @@ async fn a_guard_dropped_while_quiesced_still_unquiesces() {
     s.stop().await;
 }
 
+/// A guard dropped once its Trigger released the run (the copy not cut yet) ends its hold
+/// before the application unquiesces: the run goes back to waiting, its value spent, so no copy
+/// cut after the unquiesce is counted.
+#[tokio::test]
+async fn a_guard_dropped_after_its_trigger_ends_its_hold_before_it_unquiesces() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Scheduler::start(dir.path(), 0).await;
+    let mut agent = Agent::start(&s.endpoint(), "apps", OnCopy::Hang).await;
+    let client = s.client().await;
+    create(&client, "apps", "db", restic("data")).await;
+
+    let (unquiesced_tx, unquiesced) = tokio::sync::oneshot::channel();
+    let guard = client.quiesced_copy(
+        pvc("apps", "data"),
+        |_| async { Ok::<_, Error>(()) },
+        move || async move {
+            let _ = unquiesced_tx.send(());
+            Ok::<_, Error>(())
+        },
+        GuardOptions::default(),
+    );
+    // The application gives up on the copy (say it is shutting down) once its Trigger
+    // released the run: the agent is told to copy (and never does).
+    tokio::select! {
+        _ = guard => panic!("the copy cannot complete: the agent never makes it"),
+        _ = agent.wait_for(DirectivePhase::Copy) => {}
+    }
+    tokio::time::timeout(Duration::from_secs(5), unquiesced)
+        .await
+        .expect("unquiesce ran after the guard was dropped")
+        .unwrap();
+    let run = runs_of_db(&client).await.remove(0);
+    assert_eq!(
+        run.spent_triggers.len(),
+        1,
+        "the released value is spent when the hold ended: {run:?}"
+    );
+    assert!(run.copy_time.is_none(), "no copy point counted: {run:?}");
+    assert!(
+        run.timeline.iter().any(|e| e.event == "HoldEnded"),
+        "the hold ended before the unquiesce: {run:?}"
+    );
+    s.stop().await;
+}
+
 /// The runs of source `apps/db`, newest first.
 async fn runs_of_db(client: &Client) -> Vec<v1::Run> {
     client
