@@ -217,7 +217,19 @@ pub(crate) async fn run(cfg: &Config, report: &mut Report, figure: &str) -> anyh
     .peekable();
     while started.elapsed() < cfg.soak {
         scheduler.proc.check_alive()?;
-        samples.push((Instant::now(), scheduler.proc.memory()?.rss));
+        let rss = scheduler.proc.memory()?.rss;
+        samples.push((Instant::now(), rss));
+        // The trajectory, every tenth of the soak, so that growth can be placed in time.
+        if samples
+            .len()
+            .is_multiple_of((cfg.soak.as_secs() / 10).max(1) as usize)
+        {
+            println!(
+                "   {:>5.1} s: scheduler RSS {}",
+                started.elapsed().as_secs_f64(),
+                fmt_mb(rss)
+            );
+        }
         if let Some(&(fraction, step)) = steps.peek()
             && Instant::now() >= at(fraction)
         {
