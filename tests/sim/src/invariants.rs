@@ -325,7 +325,12 @@ fn settled(world: &World, pvcs: &BTreeMap<String, PvcPlan>) -> Vec<Violation> {
             .as_ref()
             .map(|s| format!("{}/{}", s.namespace, s.name))
             .unwrap_or_default();
-        if is_over(run) || !live.contains(&source) {
+        // Only runs the last read still listed: a deleted source's runs are gone.
+        let current = observed
+            .run_seen
+            .get(id)
+            .is_some_and(|t| *t >= observed.last_poll);
+        if is_over(run) || !live.contains(&source) || !current {
             continue;
         }
         let started = run
@@ -440,6 +445,13 @@ fn annotations(world: &World) -> Vec<Violation> {
     let observed = world.record.lock();
     let mut latest: BTreeMap<String, &v1::Run> = BTreeMap::new();
     for run in observed.runs.values() {
+        if observed
+            .run_seen
+            .get(&run.id)
+            .is_none_or(|t| *t < observed.last_poll)
+        {
+            continue;
+        }
         let ns = run
             .source
             .as_ref()

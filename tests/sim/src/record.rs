@@ -58,6 +58,10 @@ pub struct Observed {
     pub holds: BTreeMap<String, Hold>,
     /// Every run the scheduler showed, as last seen, by id.
     pub runs: BTreeMap<String, v1::Run>,
+    /// When each run was last seen (a run of a deleted source is no longer listed).
+    pub run_seen: BTreeMap<String, Duration>,
+    /// When the runs were last read.
+    pub last_poll: Duration,
     /// Sources as acknowledged, by `namespace/name`.
     pub acked: BTreeMap<String, Acked>,
     /// SyncNow requests acknowledged with a run started: (`namespace/name`, request id, run).

@@ -757,6 +757,8 @@ impl World {
             .filter(|(_, a)| !a.deleted)
             .map(|(k, _)| k.clone())
             .collect();
+        let now = self.record.now();
+        self.record.lock().last_poll = now;
         for key in keys {
             let (ns, name) = key.split_once('/').unwrap_or_default();
             let mut sources = self.ops.sources();
@@ -768,6 +770,7 @@ impl World {
             if let Ok(Ok(runs)) = tokio::time::timeout(CALL, call).await {
                 let mut observed = self.record.lock();
                 for run in runs.into_inner().runs {
+                    observed.run_seen.insert(run.id.clone(), now);
                     observed.runs.insert(run.id.clone(), run);
                 }
             }
