@@ -72,6 +72,8 @@ impl SchedulerAccess {
             base,
             ca: ca.map(Arc::new),
             identity: identity.map(Arc::new),
+            dial: None,
+            jitter: None,
         };
         // Checks the URL and the TLS settings together (a CA for an http:// URL is a mistake),
         // and reads the token once.
@@ -90,7 +92,22 @@ pub struct Connector {
     base: ClientBuilder,
     ca: Option<Arc<Reloading<Vec<u8>>>>,
     identity: Option<Arc<Reloading<Pair>>>,
+    /// Set by [`Connector::dialing`]: how each connection is made instead of from `base`.
+    dial: Option<Dial>,
+    /// Set by [`Connector::dialing`]: the reconnect back-off's jitter factors.
+    jitter: Option<Jitter>,
 }
+
+/// Makes one connection to the scheduler (see [`Connector::dialing`]).
+pub type Dial = Arc<
+    dyn Fn()
+            -> futures::future::BoxFuture<'static, anyhow::Result<snapgate_sdk::client::AuthChannel>>
+        + Send
+        + Sync,
+>;
+
+/// Draws the reconnect back-off's jitter factor, in `0.75..1.25` (see [`Connector::dialing`]).
+pub type Jitter = Arc<Mutex<dyn FnMut() -> f64 + Send>>;
 
 /// A client certificate chain and its key (PEM).
 type Pair = (Vec<u8>, Vec<u8>);
@@ -101,11 +118,45 @@ impl fmt::Debug for Connector {
             .field("base", &self.base)
             .field("ca", &self.ca.as_ref().map(|r| &r.paths))
             .field("identity", &self.identity.as_ref().map(|r| &r.paths))
+            .field("dialing", &self.dial.is_some())
             .finish()
     }
 }
 
 impl Connector {
+    /// A connector that makes each connection with `dial` instead of from a URL and files,
+    /// and draws the link's reconnect jitter from `jitter` instead of the thread's random
+    /// generator: for an embedding that carries the link itself, such as the deterministic
+    /// simulation (`tests/sim`: in-memory duplex streams, seeded randomness). Nothing else of
+    /// the agent changes.
+    pub fn dialing(dial: Dial, jitter: Jitter) -> Self {
+        Self {
+            base: Client::builder("http://in-process.invalid"),
+            ca: None,
+            identity: None,
+            dial: Some(dial),
+            jitter: Some(jitter),
+        }
+    }
+
+    /// One new connection to the scheduler: with [`Connector::builder`]'s settings, or the
+    /// dialer of [`Connector::dialing`].
+    pub async fn connect(&self) -> anyhow::Result<snapgate_sdk::client::AuthChannel> {
+        match &self.dial {
+            Some(dial) => dial().await,
+            None => Ok(self.builder().connect().await?.channel()),
+        }
+    }
+
+    /// The jitter factor of the next reconnect delay (`0.75..1.25`): from the thread's random
+    /// generator, or from [`Connector::dialing`]'s source.
+    pub fn jitter(&self) -> f64 {
+        match &self.jitter {
+            Some(jitter) => (jitter.lock().unwrap_or_else(PoisonError::into_inner))(),
+            None => rand::Rng::random_range(&mut rand::rng(), 0.75..1.25),
+        }
+    }
+
     /// The settings for a new connection: the TLS files as they are now, re-read if one
     /// changed since last read (a change that does not load is logged once and the last good
     /// contents used).

@@ -141,6 +141,16 @@ pub async fn run_with(
     client: kube::Client,
 ) -> anyhow::Result<()> {
     let scheduler = access.connector(&config.scheduler)?;
+    run_connected(config, scheduler, client).await
+}
+
+/// Runs the agent until the task is dropped, reaching the scheduler through `scheduler`
+/// (`config.scheduler` is not read): for an embedding with its own [`Connector::dialing`].
+pub async fn run_connected(
+    config: AgentConfig,
+    scheduler: Connector,
+    client: kube::Client,
+) -> anyhow::Result<()> {
     let (change_tx, change_rx) = mpsc::channel(1024);
     let watches = spawn_watches(&client, &config.namespaces, &change_tx);
     drop(change_tx);

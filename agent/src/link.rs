@@ -69,11 +69,16 @@ impl Default for Backoff {
 impl Backoff {
     /// The delay before attempt `n` (0-based): doubling, capped, with ±25% jitter.
     pub fn delay(&self, attempt: u32) -> Duration {
+        self.delay_jittered(attempt, rand::rng().random_range(0.75..1.25))
+    }
+
+    /// [`Backoff::delay`] with the jitter factor given (`0.75..1.25`, from
+    /// [`Connector::jitter`]).
+    pub fn delay_jittered(&self, attempt: u32, jitter: f64) -> Duration {
         let base = self
             .initial
             .saturating_mul(2u32.saturating_pow(attempt.min(16)))
             .min(self.max);
-        let jitter = rand::rng().random_range(0.75..1.25);
         // `mul_f64` panics past `Duration::MAX`; a cap that large is the cap.
         Duration::try_from_secs_f64(base.as_secs_f64() * jitter)
             .unwrap_or(self.max)
@@ -106,7 +111,7 @@ pub async fn run(
         if events.send(LinkEvent::Disconnected).await.is_err() {
             return;
         }
-        tokio::time::sleep(backoff.delay(attempt)).await;
+        tokio::time::sleep(backoff.delay_jittered(attempt, scheduler.jitter())).await;
         attempt = attempt.saturating_add(1);
     }
 }
@@ -118,7 +123,7 @@ async fn session(
     events: &mpsc::Sender<LinkEvent>,
     welcomed: &mut bool,
 ) -> anyhow::Result<()> {
-    let channel = scheduler.builder().connect().await?.channel();
+    let channel = scheduler.connect().await?;
     let (out_tx, out_rx) = mpsc::channel::<v1::AgentMessage>(256);
     out_tx
         .send(v1::AgentMessage {

@@ -113,7 +113,60 @@ pub async fn serve_with(
     listening: Listening,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let metrics = config.metrics.clone();
+    let on = Some((listener.local_addr()?, listening.tls.is_some()));
+    match listening.tls {
+        None => serve_on(config, plaintext(listener), on, listening.health, shutdown).await,
+        Some(tls) => {
+            let incoming = tls.incoming(listener, config.metrics.clone());
+            serve_on(config, incoming, on, listening.health, shutdown).await
+        }
+    }
+}
+
+/// Serves snapgate.v1, health and reflection on the connections `incoming` yields (plaintext,
+/// each bound to send its HTTP/2 preface within [`handshake::HANDSHAKE_TIMEOUT`]) until
+/// `shutdown` resolves; supervised as [`serve_with`].
+///
+/// For an embedding that carries connections itself instead of a TCP listener: the
+/// deterministic simulation (`tests/sim`) hands it one end of an in-memory
+/// [`tokio::io::duplex`] pair per connection.
+pub async fn serve_incoming<S, IO>(
+    config: Config,
+    incoming: S,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()>
+where
+    S: futures::Stream<Item = std::io::Result<IO>> + Send + 'static,
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+{
+    let incoming = incoming.map(|conn| conn.map(handshake::HandshakeDeadline::new));
+    serve_on(config, incoming, None, None, shutdown).await
+}
+
+/// What [`serve_with`] and [`serve_incoming`] share: the driver, the services and their
+/// supervision, on the connections of `incoming` (already wrapped as each path needs);
+/// `on` is the TCP address and whether it is TLS, for the log (`None`: caller-supplied).
+async fn serve_on<S, IO>(
+    config: Config,
+    incoming: S,
+    on: Option<(SocketAddr, bool)>,
+    health_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()>
+where
+    S: futures::Stream<Item = std::io::Result<IO>> + Send + 'static,
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+{
     let (driver, handle) = driver::Driver::start(
         config.store,
         config.clock,
@@ -159,11 +212,10 @@ pub async fn serve_with(
         .build_v1alpha()
         .context("building reflection v1alpha")?;
 
-    info!(
-        addr = %listener.local_addr()?,
-        tls = listening.tls.is_some(),
-        "serving snapgate.v1"
-    );
+    match on {
+        Some((addr, tls)) => info!(%addr, tls, "serving snapgate.v1"),
+        None => info!("serving snapgate.v1 on caller-supplied connections"),
+    }
     let not_serving = |health: tonic_health::server::HealthReporter| async move {
         for name in [
             "",
@@ -180,7 +232,7 @@ pub async fn serve_with(
     let closer = handle.clone();
     let (died_tx, died_rx) = tokio::sync::oneshot::channel::<()>();
     let (health_stop, health_stopped) = tokio::sync::oneshot::channel::<()>();
-    let health_server = match listening.health {
+    let health_server = match health_listener {
         None => None,
         Some(health_listener) => {
             info!(addr = %health_listener.local_addr()?, "serving grpc.health.v1 (plaintext)");
@@ -213,15 +265,8 @@ pub async fn serve_with(
         closer.tell(driver::Command::CloseStreams).await;
     };
     // Every connection must send its HTTP/2 preface (after its TLS handshake, if any) within
-    // the handshake timeout.
-    let mut server: std::pin::Pin<
-        Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>,
-    > = match listening.tls {
-        None => Box::pin(router.serve_with_incoming_shutdown(plaintext(listener), stop)),
-        Some(tls) => {
-            Box::pin(router.serve_with_incoming_shutdown(tls.incoming(listener, metrics), stop))
-        }
-    };
+    // the handshake timeout: `incoming` is wrapped so by its caller.
+    let mut server = std::pin::pin!(router.serve_with_incoming_shutdown(incoming, stop));
     let result = tokio::select! {
         served = &mut server => {
             match served.context("gRPC server") {

@@ -340,6 +340,20 @@ impl ClientBuilder {
         })
     }
 
+    /// A client on `channel`, a connection the caller made, instead of one to the endpoint:
+    /// for an embedding that carries the connection itself (the deterministic simulation hands
+    /// out in-memory duplex streams through [`Endpoint::connect_with_connector_lazy`]). The
+    /// token settings apply as with [`ClientBuilder::connect`]; the endpoint is only a name
+    /// (for [`Client::endpoint`]) and the TLS settings are not used.
+    pub fn with_channel(self, channel: Channel) -> Result<Client, Error> {
+        let auth = self.auth()?;
+        Ok(Client {
+            channel,
+            auth,
+            endpoint: self.endpoint,
+        })
+    }
+
     /// Connects on the first call (and reconnects after any failure); never fails on a
     /// scheduler that is not up yet.
     pub fn connect_lazy(self) -> Result<Client, Error> {

@@ -105,7 +105,7 @@ pub use error::ApiError;
 pub use faults::{FaultKind, FaultRule, Faults, RequestLog, RequestRecord, Verb, WatchEnd};
 pub use resources::ResourceDef;
 pub use serve::SimService;
-pub use store::{Change, ChangeType, Store, WriteOptions};
+pub use store::{Change, ChangeType, Store, WallClock, WriteOptions, set_thread_clock};
 pub use tokens::{DEFAULT_ISSUER, TokenSigner};
 
 /// The default StorageClass every simulator starts with (provisioner

@@ -190,9 +190,29 @@ impl Default for Store {
     }
 }
 
+/// A wall clock for the timestamps the simulator writes (see [`set_thread_clock`]).
+pub type WallClock = std::sync::Arc<dyn Fn() -> chrono::DateTime<chrono::Utc> + Send + Sync>;
+
+thread_local! {
+    /// This thread's wall clock for timestamps, when set; else the system's.
+    static THREAD_CLOCK: std::cell::RefCell<Option<WallClock>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Stamps the objects this thread writes (`creationTimestamp`, a snapshot's `creationTime`,
+/// a Job's conditions, Events, ...) with `clock` instead of the system's time, until
+/// `None` is set: for a simulation on a current-thread runtime whose processes read a virtual
+/// wall clock (the deterministic simulation, `tests/sim`), so that the API server's times and
+/// theirs agree. Other threads are unaffected.
+pub fn set_thread_clock(clock: Option<WallClock>) {
+    THREAD_CLOCK.with(|c| *c.borrow_mut() = clock);
+}
+
 /// Current time as a Kubernetes timestamp.
 pub(crate) fn now_timestamp() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    let now = THREAD_CLOCK
+        .with(|c| c.borrow().as_ref().map(|clock| clock()))
+        .unwrap_or_else(chrono::Utc::now);
+    now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 /// A random v4-style UID.
