@@ -476,6 +476,39 @@ impl World {
         format!("{}/{}", plan.ns, plan.name)
     }
 
+    /// The answer to the operator's call `what` on `plan`'s source, within [`CALL`]: its
+    /// message when answered, else `None` with the refusal or the time-out in the trace.
+    async fn answered<T>(
+        &self,
+        what: &str,
+        plan: &SourcePlan,
+        call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Option<T> {
+        match tokio::time::timeout(CALL, call).await {
+            Ok(Ok(answer)) => Some(answer.into_inner()),
+            Ok(Err(status)) => {
+                self.record
+                    .event(format!("{what} {}: {:?}", Self::key(plan), status.code()));
+                None
+            }
+            Err(_) => {
+                self.record
+                    .event(format!("{what} {}: timed out", Self::key(plan)));
+                None
+            }
+        }
+    }
+
+    /// Notes that the scheduler acknowledged `what` on `plan`'s source: it stands at
+    /// `version` (or is deleted) from now on.
+    fn acked(&self, what: &str, plan: &SourcePlan, version: u64, deleted: bool) {
+        self.record
+            .lock()
+            .acked
+            .insert(Self::key(plan), Acked { version, deleted });
+        self.record.event(format!("{what} {} ok", Self::key(plan)));
+    }
+
     /// Applies `plan` (create when `create`, else over the current version); records the
     /// acknowledgement.
     async fn apply(&self, plan: &SourcePlan, create: bool, paused: bool) {
@@ -506,25 +539,11 @@ impl World {
             spec: Some(spec(plan, paused)),
             expected_version,
         };
-        match tokio::time::timeout(CALL, sources.apply_source(request)).await {
-            Ok(Ok(s)) => {
-                let version = s.into_inner().version;
-                self.record.lock().acked.insert(
-                    Self::key(plan),
-                    Acked {
-                        version,
-                        deleted: false,
-                    },
-                );
-                self.record.event(format!("apply {} ok", Self::key(plan)));
-            }
-            Ok(Err(status)) => {
-                self.record
-                    .event(format!("apply {}: {:?}", Self::key(plan), status.code()))
-            }
-            Err(_) => self
-                .record
-                .event(format!("apply {}: timed out", Self::key(plan))),
+        if let Some(s) = self
+            .answered("apply", plan, sources.apply_source(request))
+            .await
+        {
+            self.acked("apply", plan, s.version, false);
         }
     }
 
@@ -591,30 +610,20 @@ impl World {
                     name: plan.name.clone(),
                     request_id: request_id.clone(),
                 });
-                match tokio::time::timeout(CALL, call).await {
-                    Ok(Ok(r)) => {
-                        let r = r.into_inner();
-                        if r.started {
-                            self.record.lock().acked_syncs.push((
-                                Self::key(plan),
-                                request_id,
-                                r.run_id.clone(),
-                            ));
-                        }
-                        self.record.event(format!(
-                            "sync-now {} ok: {} started {}",
+                if let Some(r) = self.answered("sync-now", plan, call).await {
+                    if r.started {
+                        self.record.lock().acked_syncs.push((
                             Self::key(plan),
-                            r.run_id,
-                            r.started
+                            request_id,
+                            r.run_id.clone(),
                         ));
                     }
-                    Ok(Err(s)) => {
-                        self.record
-                            .event(format!("sync-now {}: {:?}", Self::key(plan), s.code()))
-                    }
-                    Err(_) => self
-                        .record
-                        .event(format!("sync-now {}: timed out", Self::key(plan))),
+                    self.record.event(format!(
+                        "sync-now {} ok: {} started {}",
+                        Self::key(plan),
+                        r.run_id,
+                        r.started
+                    ));
                 }
             }
             Action::Pause { source, for_ } => {
@@ -625,26 +634,9 @@ impl World {
                     name: plan.name.clone(),
                     note: "sim".into(),
                 });
-                match tokio::time::timeout(CALL, call).await {
-                    Ok(Ok(s)) => {
-                        let version = s.into_inner().version;
-                        self.record.lock().acked.insert(
-                            Self::key(plan),
-                            Acked {
-                                version,
-                                deleted: false,
-                            },
-                        );
-                        self.record.event(format!("pause {} ok", Self::key(plan)));
-                        later.push((now + *for_, Later::Resume(*source)));
-                    }
-                    Ok(Err(s)) => {
-                        self.record
-                            .event(format!("pause {}: {:?}", Self::key(plan), s.code()))
-                    }
-                    Err(_) => self
-                        .record
-                        .event(format!("pause {}: timed out", Self::key(plan))),
+                if let Some(s) = self.answered("pause", plan, call).await {
+                    self.acked("pause", plan, s.version, false);
+                    later.push((now + *for_, Later::Resume(*source)));
                 }
             }
             Action::Delete { source, for_ } => {
@@ -655,25 +647,9 @@ impl World {
                     name: plan.name.clone(),
                     expected_version: 0,
                 });
-                match tokio::time::timeout(CALL, call).await {
-                    Ok(Ok(_)) => {
-                        self.record.lock().acked.insert(
-                            Self::key(plan),
-                            Acked {
-                                version: 0,
-                                deleted: true,
-                            },
-                        );
-                        self.record.event(format!("delete {} ok", Self::key(plan)));
-                        later.push((now + *for_, Later::Recreate(*source)));
-                    }
-                    Ok(Err(s)) => {
-                        self.record
-                            .event(format!("delete {}: {:?}", Self::key(plan), s.code()))
-                    }
-                    Err(_) => self
-                        .record
-                        .event(format!("delete {}: timed out", Self::key(plan))),
+                if self.answered("delete", plan, call).await.is_some() {
+                    self.acked("delete", plan, 0, true);
+                    later.push((now + *for_, Later::Recreate(*source)));
                 }
             }
             Action::Edit { source } => {
@@ -718,25 +694,8 @@ impl World {
                     name: plan.name.clone(),
                     note: "sim".into(),
                 });
-                match tokio::time::timeout(CALL, call).await {
-                    Ok(Ok(s)) => {
-                        let version = s.into_inner().version;
-                        self.record.lock().acked.insert(
-                            Self::key(plan),
-                            Acked {
-                                version,
-                                deleted: false,
-                            },
-                        );
-                        self.record.event(format!("resume {} ok", Self::key(plan)));
-                    }
-                    Ok(Err(s)) => {
-                        self.record
-                            .event(format!("resume {}: {:?}", Self::key(plan), s.code()))
-                    }
-                    Err(_) => self
-                        .record
-                        .event(format!("resume {}: timed out", Self::key(plan))),
+                if let Some(s) = self.answered("resume", plan, call).await {
+                    self.acked("resume", plan, s.version, false);
                 }
             }
             Later::Recreate(source) => {
