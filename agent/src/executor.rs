@@ -77,15 +77,21 @@ const RESYNC_EVERY: Duration = Duration::from_secs(60);
 /// bounds): past it, new ones are dropped (and logged) until some are deleted.
 pub const MAX_EVENTS: usize = 1000;
 
+/// How long a run that asked to wake at a time already past waits to be planned again: the
+/// plan that asked could not act at that time (something else held it back, such as a report
+/// the link to the scheduler cannot carry while it is down), so planning again at once would
+/// only ask again at once, a loop with no time passing.
+const PAST_WAKE: Duration = Duration::from_secs(1);
+
 /// When a run that asked to wake at `at` (a plan's time, from cluster data and settings) is
 /// planned again, on the monotonic clock: at most [`RESYNC_EVERY`] from `now`, since every
-/// run is planned again that often anyway and a far time must not overflow an `Instant`.
+/// run is planned again that often anyway and a far time must not overflow an `Instant`; a
+/// time not after `wall` waits [`PAST_WAKE`].
 fn wake_at(now: Instant, at: chrono::DateTime<Utc>, wall: chrono::DateTime<Utc>) -> Instant {
-    let wait = at
-        .signed_duration_since(wall)
-        .to_std()
-        .unwrap_or_default()
-        .min(RESYNC_EVERY);
+    let wait = match at.signed_duration_since(wall).to_std() {
+        Ok(wait) if !wait.is_zero() => wait.min(RESYNC_EVERY),
+        _ => PAST_WAKE,
+    };
     now.checked_add(wait).unwrap_or(now)
 }
 
@@ -1610,8 +1616,8 @@ mod tests {
         let wall = Utc::now();
         let cases = [
             (chrono::DateTime::<Utc>::MAX_UTC, RESYNC_EVERY),
-            (chrono::DateTime::<Utc>::MIN_UTC, Duration::ZERO),
-            (wall, Duration::ZERO),
+            (chrono::DateTime::<Utc>::MIN_UTC, PAST_WAKE),
+            (wall, PAST_WAKE),
             (wall + chrono::Duration::seconds(5), Duration::from_secs(5)),
         ];
         for (at, want) in cases {
