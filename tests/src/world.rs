@@ -696,14 +696,20 @@ pub use snapgate_contract::{
 
 /// The source PVC `NS/PVC`, 1Gi ReadWriteOnce, gated (`use-copy-trigger`) or not.
 pub fn source_pvc(gated: bool) -> PersistentVolumeClaim {
+    pvc(NS, PVC, gated)
+}
+
+/// PVC `ns/name`, 1Gi ReadWriteOnce of the `standard` class, gated (`use-copy-trigger`) or
+/// not.
+pub fn pvc(ns: &str, name: &str, gated: bool) -> PersistentVolumeClaim {
     let mut annotations = BTreeMap::new();
     if gated {
         annotations.insert("volsync.backube/use-copy-trigger".to_owned(), String::new());
     }
     PersistentVolumeClaim {
         metadata: ObjectMeta {
-            name: Some(PVC.into()),
-            namespace: Some(NS.into()),
+            name: Some(name.into()),
+            namespace: Some(ns.into()),
             annotations: Some(annotations),
             ..Default::default()
         },

@@ -11,10 +11,7 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use k8s_openapi::{
-    api::core::v1::{PersistentVolumeClaim, Secret},
-    apimachinery::pkg::api::resource::Quantity,
-};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::IndexedRandom};
 use snapgate_agent::{AgentConfig, Connector, link::Backoff, metrics::Metrics as AgentMetrics};
 use snapgate_agent_core::{names, plan::PlanConfig, review::SourceAuthors};
@@ -385,35 +382,9 @@ fn hash(s: &str) -> u64 {
     })
 }
 
+/// A PVC of the scenario, as the e2e world makes its source PVC.
 fn pvc(ns: &str, name: &str, gated: bool) -> PersistentVolumeClaim {
-    let mut annotations = BTreeMap::new();
-    if gated {
-        annotations.insert(
-            snapgate_contract::USE_COPY_TRIGGER.to_owned(),
-            String::new(),
-        );
-    }
-    PersistentVolumeClaim {
-        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some(ns.into()),
-            annotations: Some(annotations),
-            ..Default::default()
-        },
-        spec: Some(k8s_openapi::api::core::v1::PersistentVolumeClaimSpec {
-            access_modes: Some(vec!["ReadWriteOnce".into()]),
-            storage_class_name: Some("standard".into()),
-            resources: Some(k8s_openapi::api::core::v1::VolumeResourceRequirements {
-                requests: Some(BTreeMap::from([(
-                    "storage".to_owned(),
-                    Quantity("1Gi".into()),
-                )])),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        status: None,
-    }
+    snapgate_e2e::world::pvc(ns, name, gated)
 }
 
 fn restic_secret(ns: &str) -> Secret {
