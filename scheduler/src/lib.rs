@@ -123,6 +123,27 @@ pub async fn serve_with(
     }
 }
 
+/// A connection the gRPC server can serve: a TCP or TLS stream, or an in-memory one.
+pub trait Connection:
+    tokio::io::AsyncRead
+    + tokio::io::AsyncWrite
+    + tonic::transport::server::Connected
+    + Unpin
+    + Send
+    + 'static
+{
+}
+
+impl<T> Connection for T where
+    T: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static
+{
+}
+
 /// Serves snapgate.v1, health and reflection on the connections `incoming` yields (plaintext,
 /// each bound to send its HTTP/2 preface within [`handshake::HANDSHAKE_TIMEOUT`]) until
 /// `shutdown` resolves; supervised as [`serve_with`].
@@ -137,12 +158,7 @@ pub async fn serve_incoming<S, IO>(
 ) -> anyhow::Result<()>
 where
     S: futures::Stream<Item = std::io::Result<IO>> + Send + 'static,
-    IO: tokio::io::AsyncRead
-        + tokio::io::AsyncWrite
-        + tonic::transport::server::Connected
-        + Unpin
-        + Send
-        + 'static,
+    IO: Connection,
 {
     let incoming = incoming.map(|conn| conn.map(handshake::HandshakeDeadline::new));
     serve_on(config, incoming, None, None, shutdown).await
@@ -160,12 +176,7 @@ async fn serve_on<S, IO>(
 ) -> anyhow::Result<()>
 where
     S: futures::Stream<Item = std::io::Result<IO>> + Send + 'static,
-    IO: tokio::io::AsyncRead
-        + tokio::io::AsyncWrite
-        + tonic::transport::server::Connected
-        + Unpin
-        + Send
-        + 'static,
+    IO: Connection,
 {
     let (driver, handle) = driver::Driver::start(
         config.store,
