@@ -43,9 +43,9 @@ pub struct Options {
     /// Print the trace as it happens.
     pub verbose: bool,
     /// At the end, abort the applications' tasks (dropping any guard, quiesced or not) instead
-    /// of letting each stop once it holds nothing: a dropped guard unquiesces (spawned) without
-    /// telling the scheduler its hold ended, so a copy point after that is still counted (seed
-    /// 8 shows it; see docs/reliability.md).
+    /// of letting each stop once it holds nothing: a dropped guard must end its hold before it
+    /// unquiesces (spawned), or a copy point after that would be counted (seed 8 showed it
+    /// before the SDK did so; see docs/reliability.md).
     pub drop_guards: bool,
     /// A deliberate bug in the simulation's own application or bookkeeping, to show that an
     /// invariant catches it (see [`Sabotage`]).
@@ -783,6 +783,7 @@ fn spawn_app(
         let forget = sabotage == Some(Sabotage::ForgetUnquiesce) && plan.name.ends_with("-0");
         loop {
             let think = Duration::from_millis(rng.random_range(0..=plan.think * 1000));
+            // The application's own pace, on virtual time (the runtime is paused).
             tokio::time::sleep(think).await;
             if stop.load(std::sync::atomic::Ordering::Relaxed) {
                 return;
@@ -814,6 +815,7 @@ fn spawn_app(
                 target.clone(),
                 move |request| async move {
                     q_flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                    // Quiescing takes this long, on virtual time.
                     tokio::time::sleep(quiesce_for).await;
                     q_flag.store(false, std::sync::atomic::Ordering::Relaxed);
                     let value = q_vals
@@ -856,8 +858,8 @@ fn spawn_app(
                 options,
             );
             // Told to stop, the application drops its guard only while it holds nothing (not
-            // quiescing, not quiesced): a guard dropped while quiesced unquiesces without ending
-            // its hold first (see `Options::drop_guards`).
+            // quiescing, not quiesced), so that its hold ends as the scenario drew it
+            // (`Options::drop_guards` drops it at any moment instead).
             let mut guard = std::pin::pin!(guard);
             let result = loop {
                 let stopping = stop.load(std::sync::atomic::Ordering::Relaxed);
@@ -1010,6 +1012,7 @@ pub(crate) async fn run(
             .min(next_poll)
             .min(options.horizon);
         if next > now {
+            // Virtual time passes to the schedule's next step (the world acts meanwhile).
             tokio::time::sleep(next - now).await;
             continue;
         }
@@ -1050,6 +1053,7 @@ pub(crate) async fn run(
     }
     let end = record.now() + options.settle;
     while record.now() < end {
+        // A virtual minute passes between two checks of the invariants.
         tokio::time::sleep(Duration::from_secs(60)).await;
         world.poll_runs().await;
         let found = crate::invariants::during(&world).await;
@@ -1069,6 +1073,8 @@ pub(crate) async fn run(
         .map(|a| a.hold_limit + a.grace)
         .max()
         .unwrap_or_default();
+    // Past the longest hold any application may still have (virtual time): every hold must
+    // have ended by then, which the final check asserts.
     tokio::time::sleep(longest + Duration::from_secs(5)).await;
     world.poll_runs().await;
     let found = crate::invariants::at_end(&world, &pvc_plans(&scenario)).await;
