@@ -326,7 +326,7 @@ impl Scheduler {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let config = Config {
-            store: Box::new(RedbStore::open(dir.path()).unwrap()),
+            store: RedbStore::open(dir.path()).unwrap().into(),
             clock: Arc::new(snapgate_proto::clock::TokioClock::starting_now()),
             metrics: Metrics::new(),
             authorizer: Authorizer::default(),

@@ -222,6 +222,12 @@ pub struct DriverHandle {
     tx: mpsc::Sender<Command>,
 }
 
+/// A driver's command channel: the handles, and what [`Driver::start_on`] serves.
+pub(crate) fn channel() -> (DriverHandle, mpsc::Receiver<Command>) {
+    let (tx, rx) = mpsc::channel(1024);
+    (DriverHandle { tx }, rx)
+}
+
 impl DriverHandle {
     /// Sends a command built around a fresh reply channel and waits for the answer.
     pub(crate) async fn ask<T>(
@@ -285,37 +291,36 @@ pub(crate) struct Driver {
 }
 
 impl Driver {
-    /// Loads the store and rebuilds the core. Fails if the store cannot be read.
-    pub(crate) fn start(
+    /// Loads the store and rebuilds the core, to serve the handles of a [`channel`] (made
+    /// before it: a replica's services exist before it is elected and loads). Fails if the
+    /// store cannot be read.
+    pub(crate) fn start_on(
         store: Box<dyn Store>,
         clock: Arc<dyn Clock>,
         metrics: Metrics,
         lease_policy: LeasePolicy,
-    ) -> Result<(Self, DriverHandle), anyhow::Error> {
+        rx: mpsc::Receiver<Command>,
+    ) -> Result<Self, anyhow::Error> {
         let (core, quarantined) = restore(store.as_ref(), lease_policy)?;
         metrics
             .quarantined_records
             .set(i64::try_from(quarantined.len()).unwrap_or(i64::MAX));
-        let (tx, rx) = mpsc::channel(1024);
         let started = clock.now();
-        Ok((
-            Self {
-                core,
-                store,
-                clock,
-                metrics,
-                agents: HashMap::new(),
-                next_conn: 1,
-                agents_left: HashMap::new(),
-                started,
-                watchers: Vec::new(),
-                quarantined,
-                lease_policy,
-                rx,
-                group: None,
-            },
-            DriverHandle { tx },
-        ))
+        Ok(Self {
+            core,
+            store,
+            clock,
+            metrics,
+            agents: HashMap::new(),
+            next_conn: 1,
+            agents_left: HashMap::new(),
+            started,
+            watchers: Vec::new(),
+            quarantined,
+            lease_policy,
+            rx,
+            group: None,
+        })
     }
 
     /// Runs until every handle is dropped.
@@ -1221,11 +1226,13 @@ mod tests {
         DriverHandle,
         tokio::task::JoinHandle<()>,
     ) {
-        let (driver, handle) = Driver::start(
+        let (handle, rx) = channel();
+        let driver = Driver::start_on(
             store,
             Arc::new(SystemClock),
             Metrics::new(),
             LeasePolicy::default(),
+            rx,
         )
         .unwrap();
         let mut answers = Vec::new();

@@ -26,6 +26,7 @@ use std::{
 
 use tonic::{Code, Request, Status, service::Interceptor};
 
+use crate::replica::Gate;
 use crate::{
     audit::{Audit, Record, code_name},
     auth::{Authenticator, Subject},
@@ -301,6 +302,7 @@ pub struct Identify {
     auth: Option<Arc<Authenticator>>,
     audit: Audit,
     limits: Arc<RateLimits>,
+    gate: Gate,
 }
 
 impl Identify {
@@ -310,7 +312,14 @@ impl Identify {
             auth,
             audit,
             limits,
+            gate: Gate::single(),
         }
+    }
+
+    /// Refuses every identified call while `gate` is closed (a replica that does not lead).
+    pub fn gated(mut self, gate: Gate) -> Self {
+        self.gate = gate;
+        self
     }
 
     fn over_rate(&self, key: &str) -> Option<Status> {
@@ -370,6 +379,8 @@ impl Interceptor for Identify {
                 }
             }
         };
+        // After authentication: an unauthenticated caller learns nothing of the election.
+        self.gate.check()?;
         req.extensions_mut().insert(caller);
         Ok(req)
     }

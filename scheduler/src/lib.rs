@@ -20,6 +20,7 @@ pub mod handshake;
 pub mod identity;
 pub mod limits;
 pub mod metrics;
+pub mod replica;
 mod status;
 pub mod store;
 pub mod tls;
@@ -47,13 +48,28 @@ use crate::{
     grpc::{Agents, Sources, Triggers},
     identity::{Authorizer, Identify, RpcName},
     metrics::Metrics,
+    replica::{Elected, Gate, Replica},
     store::Store,
 };
 
+/// Where a scheduler keeps its state.
+pub enum Storage {
+    /// A store of its own (the embedded store): the scheduler is the only one and leads.
+    Single(Box<dyn Store>),
+    /// A store shared by replicas: the one elected leads, with the store its election gives.
+    Replica(Replica),
+}
+
+impl<S: Store> From<S> for Storage {
+    fn from(store: S) -> Self {
+        Self::Single(Box::new(store))
+    }
+}
+
 /// What a scheduler runs on.
 pub struct Config {
-    /// The durable store.
-    pub store: Box<dyn Store>,
+    /// The durable store, or the election that gives it.
+    pub store: Storage,
     /// Where "now" comes from.
     pub clock: Arc<dyn Clock>,
     /// The metrics registry.
@@ -178,25 +194,58 @@ where
     S: futures::Stream<Item = std::io::Result<IO>> + Send + 'static,
     IO: Connection,
 {
-    let (driver, handle) = driver::Driver::start(
-        config.store,
-        config.clock,
-        config.metrics,
-        config.lease_policy,
-    )
-    .context("loading the store")?;
-    let mut driver_task = tokio::spawn(driver.run());
+    let (handle, commands) = driver::channel();
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    let (gate, mut driver_task) = match config.store {
+        Storage::Single(store) => {
+            // The only scheduler: it loads now, and fails to start if it cannot.
+            let driver = driver::Driver::start_on(
+                store,
+                config.clock,
+                config.metrics.clone(),
+                config.lease_policy,
+                commands,
+            )
+            .context("loading the store")?;
+            config.metrics.leader.set(1);
+            serving(health.clone()).await;
+            let task = tokio::spawn(async move {
+                driver.run().await;
+                Ok(())
+            });
+            (Gate::single(), task)
+        }
+        Storage::Replica(replica) => {
+            info!(name = replica.name, "a replica: campaigning for leadership");
+            let gate = Gate::follower(replica.leader.clone());
+            config.metrics.leader.set(0);
+            // A follower is alive ("" serves) but not ready: its services report NOT_SERVING
+            // until it is elected, so that a readiness probe on one of them keeps it out of
+            // the Service in front of the replicas.
+            not_serving(health.clone(), false).await;
+            let tenure = Tenure {
+                gate: gate.clone(),
+                clock: config.clock,
+                metrics: config.metrics.clone(),
+                lease_policy: config.lease_policy,
+                health: health.clone(),
+            };
+            let task = tokio::spawn(tenure.lead(replica, commands, stopping));
+            (gate, task)
+        }
+    };
 
     let identify = Identify::new(
         config.authenticator.clone(),
         config.authorizer.audit().clone(),
         Arc::new(limits::RateLimits::new(config.rate.0, config.rate.1)),
-    );
+    )
+    .gated(gate.clone());
     let _refresh = config
         .authenticator
         .as_ref()
         .map(|a| AbortOnDrop(a.spawn_refresh()));
-    let (health, health_service) = tonic_health::server::health_reporter();
     let sources = SourceServiceServer::with_interceptor(
         Sources::new(handle.clone(), config.authorizer.clone()),
         identify.clone(),
@@ -209,10 +258,6 @@ where
         Agents::new(handle.clone(), config.authorizer.clone()),
         identify.clone(),
     );
-    health.set_serving::<SourceServiceServer<Sources>>().await;
-    health.set_serving::<TriggerServiceServer<Triggers>>().await;
-    health.set_serving::<AgentServiceServer<Agents>>().await;
-
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(snapgate_proto::v1::FILE_DESCRIPTOR_SET)
@@ -227,19 +272,8 @@ where
         Some((addr, tls)) => info!(%addr, tls, "serving snapgate.v1"),
         None => info!("serving snapgate.v1 on caller-supplied connections"),
     }
-    let not_serving = |health: tonic_health::server::HealthReporter| async move {
-        for name in [
-            "",
-            "snapgate.v1.SourceService",
-            "snapgate.v1.TriggerService",
-            "snapgate.v1.AgentService",
-        ] {
-            health
-                .set_service_status(name, tonic_health::ServingStatus::NotServing)
-                .await;
-        }
-    };
     let shutdown_health = health.clone();
+    let stop_requested = stopping_tx.subscribe();
     let closer = handle.clone();
     let (died_tx, died_rx) = tokio::sync::oneshot::channel::<()>();
     let (health_stop, health_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -272,7 +306,8 @@ where
             () = shutdown => info!("shutting down"),
             _ = died_rx => {}
         }
-        not_serving(shutdown_health).await;
+        let _ = stopping_tx.send(true);
+        not_serving(shutdown_health, true).await;
         closer.tell(driver::Command::CloseStreams).await;
     };
     // Every connection must send its HTTP/2 preface (after its TLS handshake, if any) within
@@ -292,19 +327,32 @@ where
             }
         }
         joined = &mut driver_task => {
+            if matches!(joined, Ok(Ok(()))) && *stop_requested.borrow() {
+                // A follower stopping before it was elected: nothing ran, nothing to drain.
+                return finish(server.await.context("gRPC server"), health_server, health_stop).await;
+            }
             let why = match joined {
-                Err(e) if e.is_panic() => "panicked",
-                _ => "stopped",
+                Err(e) if e.is_panic() => "the scheduler's driver task panicked".to_owned(),
+                Ok(Err(e)) => format!("{e:#}"),
+                _ => "the scheduler's driver task stopped".to_owned(),
             };
-            error!(why, "the scheduler's driver task {why}; reporting NOT_SERVING and exiting");
-            not_serving(health).await;
+            error!(why, "{why}; reporting NOT_SERVING and exiting");
+            gate.close();
+            not_serving(health, true).await;
             let _ = died_tx.send(());
             let _ = tokio::time::timeout(DRAIN_AFTER_DRIVER_DIED, &mut server).await;
-            Err(anyhow::anyhow!(
-                "the scheduler's driver task {why}; exiting so that it is restarted"
-            ))
+            Err(anyhow::anyhow!("{why}; exiting so that it is restarted"))
         }
     };
+    finish(result, health_server, health_stop).await
+}
+
+/// Stops the plaintext health server, if any, and returns the gRPC server's result.
+async fn finish(
+    result: anyhow::Result<()>,
+    health_server: Option<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>>,
+    health_stop: tokio::sync::oneshot::Sender<()>,
+) -> anyhow::Result<()> {
     if let Some(mut task) = health_server {
         let _ = health_stop.send(());
         // A probe's Check is over at once; a Watch would hold a graceful stop for ever.
@@ -315,6 +363,98 @@ where
         }
     }
     result
+}
+
+/// Reports the three `snapgate.v1` services SERVING.
+async fn serving(health: tonic_health::server::HealthReporter) {
+    health.set_serving::<SourceServiceServer<Sources>>().await;
+    health.set_serving::<TriggerServiceServer<Triggers>>().await;
+    health.set_serving::<AgentServiceServer<Agents>>().await;
+}
+
+/// Reports the three `snapgate.v1` services NOT_SERVING, and the process (`""`) too when it
+/// is stopping.
+async fn not_serving(health: tonic_health::server::HealthReporter, process_too: bool) {
+    let process = process_too.then_some("");
+    for name in process.into_iter().chain([
+        "snapgate.v1.SourceService",
+        "snapgate.v1.TriggerService",
+        "snapgate.v1.AgentService",
+    ]) {
+        health
+            .set_service_status(name, tonic_health::ServingStatus::NotServing)
+            .await;
+    }
+}
+
+/// What a replica's tenure needs besides its election.
+struct Tenure {
+    gate: Gate,
+    clock: Arc<dyn Clock>,
+    metrics: Metrics,
+    lease_policy: LeasePolicy,
+    health: tonic_health::server::HealthReporter,
+}
+
+impl Tenure {
+    /// Campaigns; once elected loads the store and runs the driver until the tenure ends.
+    /// `Ok` when the process stops (before or after being elected, resigning if it was);
+    /// an error when the election failed, the store could not be loaded, or the tenure was
+    /// lost: the process must then stop, to start again as a follower.
+    async fn lead(
+        self,
+        replica: Replica,
+        commands: tokio::sync::mpsc::Receiver<driver::Command>,
+        mut stopping: tokio::sync::watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        let elected = tokio::select! {
+            elected = replica.elected => elected.context("campaigning for leadership")?,
+            () = async { drop(stopping.wait_for(|s| *s).await) } => return Ok(()),
+        };
+        let Elected {
+            store,
+            mut lost,
+            resign,
+        } = elected;
+        info!(name = replica.name, "elected leader: loading the store");
+        let driver = driver::Driver::start_on(
+            store,
+            self.clock,
+            self.metrics.clone(),
+            self.lease_policy,
+            commands,
+        )
+        .context("loading the store after being elected")?;
+        let mut run = tokio::spawn(driver.run());
+        self.gate.open();
+        self.metrics.leader.set(1);
+        serving(self.health).await;
+        info!(name = replica.name, "leading: serving snapgate.v1");
+        tokio::select! {
+            joined = &mut run => {
+                self.gate.close();
+                self.metrics.leader.set(0);
+                resign.await;
+                info!(name = replica.name, "resigned the leadership");
+                match joined {
+                    Err(e) if e.is_panic() => {
+                        Err(anyhow::anyhow!("the scheduler's driver task panicked"))
+                    }
+                    _ => Ok(()),
+                }
+            }
+            // A dropped sender is a lost tenure too: nothing keeps the lease any more.
+            () = async { drop(lost.wait_for(|l| *l).await) } => {
+                self.gate.close();
+                self.metrics.leader.set(0);
+                run.abort();
+                error!(name = replica.name, "leadership lost");
+                Err(anyhow::anyhow!(
+                    "leadership lost (the lease could not be kept or the election key changed)"
+                ))
+            }
+        }
+    }
 }
 
 /// A plaintext listener's connections, each bound to send its HTTP/2 preface in time.

@@ -77,7 +77,7 @@ async fn main() -> anyhow::Result<()> {
         stopped(stop_rx.clone()),
     ));
     let config = Config {
-        store: Box::new(store),
+        store: store.into(),
         clock: Arc::new(SystemClock),
         metrics,
         authorizer,

@@ -73,6 +73,8 @@ pub struct Metrics {
     pub quarantined_records: Gauge,
     /// Open WatchCopy streams.
     pub watch_streams: Gauge,
+    /// 1 while this scheduler leads (always, on the embedded store), else 0.
+    pub leader: Gauge,
     /// TLS handshakes in flight on the gRPC port.
     pub tls_handshakes: Gauge,
     /// Connections closed before their TLS handshake: their peer address had
@@ -114,6 +116,7 @@ impl Metrics {
             store_errors: Counter::default(),
             quarantined_records: Gauge::default(),
             watch_streams: Gauge::default(),
+            leader: Gauge::default(),
             tls_handshakes: Gauge::default(),
             tls_handshakes_refused: Counter::default(),
         };
@@ -177,6 +180,11 @@ impl Metrics {
             "snapgate_watch_streams",
             "Open WatchCopy streams",
             m.watch_streams.clone(),
+        );
+        registry.register(
+            "snapgate_leader",
+            "1 while this scheduler leads (always on the embedded store), else 0",
+            m.leader.clone(),
         );
         registry.register(
             "snapgate_tls_handshakes",

@@ -62,7 +62,7 @@ impl Tls {
         let health_port = health.local_addr().unwrap().port();
         let metrics = Metrics::new();
         let config = Config {
-            store: Box::new(RedbStore::open(dir.path()).unwrap()),
+            store: RedbStore::open(dir.path()).unwrap().into(),
             clock: Arc::new(TokioClock::starting_now()),
             metrics: metrics.clone(),
             authorizer: Authorizer::default(),
@@ -538,10 +538,11 @@ async fn a_driver_failure_shows_not_serving_on_the_health_port_which_stops_with_
     let port = listener.local_addr().unwrap().port();
     let health_url = format!("http://{}", health.local_addr().unwrap());
     let config = Config {
-        store: Box::new(PanickingStore {
+        store: PanickingStore {
             inner: RedbStore::open(dir.path()).unwrap(),
             armed: armed.clone(),
-        }),
+        }
+        .into(),
         clock: Arc::new(TokioClock::starting_now()),
         metrics: Metrics::new(),
         authorizer: Authorizer::default(),

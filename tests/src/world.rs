@@ -138,7 +138,7 @@ async fn spawn_scheduler(
         None => (Authorizer::default(), None),
     };
     let config = Config {
-        store: Box::new(RedbStore::open(dir).unwrap()),
+        store: RedbStore::open(dir).unwrap().into(),
         clock,
         metrics: Metrics::new(),
         authorizer,

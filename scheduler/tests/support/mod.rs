@@ -12,7 +12,7 @@ use snapgate_proto::{
     },
 };
 use snapgate_scheduler::{
-    Config,
+    Config, Storage,
     identity::Authorizer,
     metrics::Metrics,
     store::{RedbStore, Store},
@@ -44,7 +44,7 @@ impl Running {
         rate: (u32, u32),
     ) -> Self {
         Self::start_full(
-            store,
+            Storage::Single(store),
             authorizer,
             authenticator,
             tls,
@@ -56,11 +56,32 @@ impl Running {
 
     /// As [`Running::start`], reading the time from `clock`.
     pub async fn start_clocked(store: Box<dyn Store>, clock: Arc<dyn Clock>) -> Self {
-        Self::start_full(store, Authorizer::default(), None, false, (0, 0), clock).await
+        Self::start_full(
+            Storage::Single(store),
+            Authorizer::default(),
+            None,
+            false,
+            (0, 0),
+            clock,
+        )
+        .await
+    }
+
+    /// A scheduler on `storage`: its own store, or a replica's election.
+    pub async fn start_storage(storage: Storage) -> Self {
+        Self::start_full(
+            storage,
+            Authorizer::default(),
+            None,
+            false,
+            (0, 0),
+            Arc::new(TokioClock::starting_now()),
+        )
+        .await
     }
 
     async fn start_full(
-        store: Box<dyn Store>,
+        store: Storage,
         authorizer: Authorizer,
         authenticator: Option<Arc<snapgate_scheduler::auth::Authenticator>>,
         tls: bool,

@@ -34,7 +34,7 @@ impl Scheduler {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let metrics = Metrics::new();
         let config = Config {
-            store: Box::new(RedbStore::open(dir).unwrap()),
+            store: RedbStore::open(dir).unwrap().into(),
             clock: Arc::new(TokioClock::starting_now()),
             metrics: metrics.clone(),
             authorizer: Authorizer::default(),

@@ -310,7 +310,7 @@ impl World {
             Err(e) => panic!("seed {}: the store does not reopen: {e}", self.seed),
         };
         let config = Config {
-            store: Box::new(store.clone()),
+            store: store.clone().into(),
             clock: self.clock.clone(),
             metrics: Metrics::new(),
             authorizer: Authorizer::default(),

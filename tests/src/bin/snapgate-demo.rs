@@ -145,7 +145,7 @@ async fn main() -> anyhow::Result<()> {
         ..Policy::default()
     };
     let config = Config {
-        store: Box::new(RedbStore::open(&store_dir)?),
+        store: RedbStore::open(&store_dir)?.into(),
         clock: Arc::new(SystemClock),
         metrics: Metrics::new(),
         authorizer: Authorizer::with_policy(policy, Audit::to_log()),
