@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use snapgate_scheduler_core::LeasePolicy;
 
 use crate::{
@@ -10,10 +10,37 @@ use crate::{
     identity::{Policy, parse_grant},
 };
 
+/// What `snapgate-scheduler` does instead of serving: offline work on the store (no
+/// scheduler may be running on it).
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Writes every source, run and the run counter of the store to a file (a backup, or the
+    /// first half of a move to another store).
+    Export {
+        /// The file to write (created; an existing file is refused).
+        #[arg(long, short)]
+        output: PathBuf,
+        /// Leave out records that do not decode (else they stop the export, named).
+        #[arg(long)]
+        skip_quarantined: bool,
+    },
+    /// Loads a file written by `export` into the store, which must be empty: all of it, or
+    /// nothing.
+    Import {
+        /// The file `export` wrote.
+        #[arg(long, short)]
+        input: PathBuf,
+    },
+}
+
 /// snapgate-scheduler: owns replication sources, their schedules and copy-trigger state.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "snapgate-scheduler", version, about)]
 pub struct Args {
+    /// Without a command: serve. With one: work on the store offline and exit.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// gRPC listen address (snapgate.v1, health, reflection).
     #[arg(long, env = "SNAPGATE_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
@@ -27,7 +54,12 @@ pub struct Args {
     pub metrics_listen: SocketAddr,
 
     /// Directory of the embedded store (created if missing).
-    #[arg(long, env = "SNAPGATE_DATA_DIR", default_value = "snapgate-data")]
+    #[arg(
+        long,
+        env = "SNAPGATE_DATA_DIR",
+        default_value = "snapgate-data",
+        global = true
+    )]
     pub data_dir: PathBuf,
 
     /// Log format.

@@ -7,14 +7,14 @@ use clap::Parser as _;
 use snapgate_proto::clock::SystemClock;
 use snapgate_scheduler::{
     Config, Listening,
-    args::{Args, init_tracing},
+    args::{Args, Command, init_tracing},
     audit::Audit,
     auth::Authenticator,
     bind,
     identity::Authorizer,
     metrics::Metrics,
     serve_metrics, serve_with,
-    store::RedbStore,
+    store::{RedbStore, dump},
 };
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -23,6 +23,9 @@ use tracing::{info, warn};
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_tracing(args.log_format, &args.log)?;
+    if let Some(command) = &args.command {
+        return offline(&args, command);
+    }
     let security = args.security()?;
     let lease_policy = args.lease_policy()?;
     let audit = match &args.audit_log {
@@ -88,6 +91,56 @@ async fn main() -> anyhow::Result<()> {
     serve_with(config, grpc, Listening { tls, health }, stopped(stop_rx)).await?;
     metrics_task.await??;
     info!("stopped");
+    Ok(())
+}
+
+/// Export or import, on the store the flags name; prints what moved.
+fn offline(args: &Args, command: &Command) -> anyhow::Result<()> {
+    let mut store = RedbStore::open(&args.data_dir).with_context(|| {
+        format!(
+            "opening the store in {} (--data-dir; is a scheduler running on it?)",
+            args.data_dir.display()
+        )
+    })?;
+    let summary = match command {
+        Command::Export {
+            output,
+            skip_quarantined,
+        } => {
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(output)
+                .with_context(|| format!("creating {} (--output)", output.display()))?;
+            let summary = dump::export(&store, &mut file, *skip_quarantined)?;
+            file.sync_all()
+                .with_context(|| format!("syncing {}", output.display()))?;
+            summary
+        }
+        Command::Import { input } => {
+            let mut file = std::fs::File::open(input)
+                .with_context(|| format!("opening {} (--input)", input.display()))?;
+            dump::import(&mut store, &mut file)?
+        }
+    };
+    println!(
+        "{}: {} source(s), {} run(s), next run number {}{}",
+        match command {
+            Command::Export { .. } => "exported",
+            Command::Import { .. } => "imported",
+        },
+        summary.sources,
+        summary.runs,
+        summary.next_run,
+        if summary.skipped > 0 {
+            format!(
+                ", {} record(s) that do not decode left out",
+                summary.skipped
+            )
+        } else {
+            String::new()
+        }
+    );
     Ok(())
 }
 

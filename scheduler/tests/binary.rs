@@ -213,3 +213,104 @@ fn sigterm_stops_the_scheduler_cleanly() {
         sleep(Duration::from_millis(50));
     }
 }
+
+fn offline(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_snapgate-scheduler"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn an_operator_exports_a_store_and_imports_it_into_an_empty_one() {
+    if !grpcurl_available() {
+        return;
+    }
+    let (from, to, files) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let dump = files.path().join("snapgate.dump");
+    let dump = dump.to_str().unwrap();
+    {
+        let s = Scheduler::start(from.path(), free_port(), free_port());
+        let applied = s.call("snapgate.v1.SourceService/ApplySource", SOURCE);
+        assert!(applied.status.success(), "{}", text(&applied));
+        let busy = offline(&[
+            "--data-dir",
+            from.path().to_str().unwrap(),
+            "export",
+            "-o",
+            dump,
+        ]);
+        assert!(
+            !busy.status.success(),
+            "a running scheduler's store is locked"
+        );
+        assert!(
+            text(&busy).contains("is a scheduler running on it?"),
+            "{}",
+            text(&busy)
+        );
+    }
+
+    let exported = offline(&[
+        "--data-dir",
+        from.path().to_str().unwrap(),
+        "export",
+        "-o",
+        dump,
+    ]);
+    assert!(exported.status.success(), "{}", text(&exported));
+    assert!(
+        text(&exported).contains("exported: 1 source(s), 1 run(s), next run number 2"),
+        "{}",
+        text(&exported)
+    );
+    let again = offline(&[
+        "--data-dir",
+        from.path().to_str().unwrap(),
+        "export",
+        "-o",
+        dump,
+    ]);
+    assert!(
+        !again.status.success(),
+        "an existing file is not overwritten"
+    );
+    assert!(text(&again).contains("--output"), "{}", text(&again));
+
+    let imported = offline(&[
+        "import",
+        "--data-dir",
+        to.path().to_str().unwrap(),
+        "-i",
+        dump,
+    ]);
+    assert!(imported.status.success(), "{}", text(&imported));
+    assert!(
+        text(&imported).contains("imported: 1 source(s), 1 run(s), next run number 2"),
+        "{}",
+        text(&imported)
+    );
+    let twice = offline(&[
+        "import",
+        "--data-dir",
+        to.path().to_str().unwrap(),
+        "-i",
+        dump,
+    ]);
+    assert!(!twice.status.success());
+    assert!(text(&twice).contains("not empty"), "{}", text(&twice));
+
+    let s = Scheduler::start(to.path(), free_port(), free_port());
+    let got = text(&s.call(
+        "snapgate.v1.SourceService/GetSource",
+        r#"{"namespace":"apps","name":"db"}"#,
+    ));
+    assert!(
+        got.contains("\"sourcePVC\": \"data\"") && got.contains("\"currentRunId\": \"run-1\""),
+        "the source and its run in flight moved: {got}"
+    );
+}

@@ -8,6 +8,7 @@
 //! The core's domain records are encoded and decoded here, at the store's edge, in a versioned
 //! record format ([`mod@format`]) that migrates what earlier versions wrote.
 
+pub mod dump;
 pub mod format;
 
 use std::{
@@ -215,6 +216,16 @@ impl Store for RedbStore {
         // Durability::Immediate (the default): synced when commit returns.
         tx.commit().map_err(redb::Error::from)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+impl RedbStore {
+    /// Writes raw bytes as a run record, as a damaged disk would have.
+    pub(crate) fn put_raw_run(&self, key: &str, bytes: &[u8]) {
+        let tx = self.db.begin_write().unwrap();
+        tx.open_table(RUNS).unwrap().insert(key, bytes).unwrap();
+        tx.commit().unwrap();
     }
 }
 
