@@ -7,6 +7,10 @@
 //!               │                      sides closed); every connection attempt is accepted
 //!               └─ refusing            and closed at once (refused) until restore()
 //! ```
+//!
+//! [`Proxy::service`] is a Kubernetes Service in front of scheduler replicas instead: each
+//! connection goes to a replica that is ready (its health says `snapgate.v1.SourceService` is
+//! SERVING, as the deployed readiness probe asks: the leader), and is closed when none is.
 
 use std::{
     net::SocketAddr,
@@ -47,11 +51,20 @@ pub(crate) struct Proxy {
 impl Proxy {
     /// A proxy on a free loopback port passing connections to `upstream` (`host:port`).
     pub(crate) async fn start(upstream: &str) -> Self {
+        Self::to(Upstream::One(upstream.to_owned())).await
+    }
+
+    /// A Service in front of `replicas` (`host:port` each): each connection goes to the first
+    /// that is ready when it is made (see the module docs).
+    pub(crate) async fn service(replicas: Vec<String>) -> Self {
+        Self::to(Upstream::Ready(Arc::new(replicas))).await
+    }
+
+    async fn to(upstream: Upstream) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let counts = Arc::new(Counts::default());
         let (cuts, _) = watch::channel(0);
-        let upstream = upstream.to_owned();
         let accept = tokio::spawn({
             let (counts, cuts) = (counts.clone(), cuts.clone());
             async move {
@@ -121,14 +134,69 @@ impl Drop for Proxy {
     }
 }
 
+/// Where a proxy passes connections.
+#[derive(Clone)]
+enum Upstream {
+    /// One server.
+    One(String),
+    /// The first of these replicas that is ready.
+    Ready(Arc<Vec<String>>),
+}
+
+impl Upstream {
+    /// The address for a new connection, `None` when no replica is ready.
+    async fn pick(&self) -> Option<String> {
+        match self {
+            Self::One(addr) => Some(addr.clone()),
+            Self::Ready(replicas) => {
+                for addr in replicas.iter() {
+                    if ready(addr).await {
+                        return Some(addr.clone());
+                    }
+                }
+                None
+            }
+        }
+    }
+}
+
+/// Whether the replica at `addr` says `snapgate.v1.SourceService` is SERVING (the readiness
+/// probe of deploy/scheduler-ha), asked with a short deadline.
+async fn ready(addr: &str) -> bool {
+    let check = async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .ok()?
+            .connect()
+            .await
+            .ok()?;
+        let status = tonic_health::pb::health_client::HealthClient::new(channel)
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "snapgate.v1.SourceService".into(),
+            })
+            .await
+            .ok()?
+            .into_inner()
+            .status;
+        Some(status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(1), check)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
 /// Copies both ways between `client` and a new connection to `upstream` until either side
 /// ends or the proxy is cut; then closes both.
 async fn pass(
     mut client: TcpStream,
-    upstream: String,
+    upstream: Upstream,
     counts: Arc<Counts>,
     mut cut: watch::Receiver<u64>,
 ) {
+    let Some(upstream) = upstream.pick().await else {
+        return;
+    };
     let Ok(mut server) = TcpStream::connect(&upstream).await else {
         return;
     };
