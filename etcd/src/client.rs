@@ -224,10 +224,24 @@ impl Client {
     /// Every key starting with `prefix`, read in pages of `page` keys at the revision of the
     /// first page, so the result is one consistent view however many pages it takes.
     pub async fn range_prefix(&self, prefix: &[u8], page: i64) -> Result<Range, EtcdError> {
+        self.range_prefix_at(prefix, page, 0).await
+    }
+
+    /// [`Client::range_prefix`] at `revision` (0: the newest), e.g. to read several prefixes
+    /// at one revision.
+    pub async fn range_prefix_at(
+        &self,
+        prefix: &[u8],
+        page: i64,
+        revision: i64,
+    ) -> Result<Range, EtcdError> {
         const OP: &str = "range";
         let page = page.max(1);
         let end = prefix_end(prefix);
-        let mut out = Range::default();
+        let mut out = Range {
+            revision: revision.max(0),
+            kvs: Vec::new(),
+        };
         let mut key = prefix.to_vec();
         loop {
             let req = RangeRequest {
