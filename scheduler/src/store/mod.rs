@@ -104,6 +104,54 @@ pub trait Store: Send + 'static {
     fn commit(&mut self, batch: Batch) -> Result<(), StoreError>;
 }
 
+/// Decodes stored records into a [`Loaded`], quarantining what does not decode: the one path
+/// every store loads through, so redb and etcd treat a damaged or future record alike.
+pub(crate) struct Decoder {
+    loaded: Loaded,
+    /// The lowest next run number that reuses no stored run's number, corrupt ones included.
+    next_run_floor: u64,
+}
+
+impl Decoder {
+    /// An empty load.
+    pub(crate) fn new() -> Self {
+        Self {
+            loaded: Loaded::default(),
+            next_run_floor: 1,
+        }
+    }
+
+    /// A source record stored under `namespace/name`. A record that does not decode is
+    /// quarantined, not fatal: everything else loads.
+    pub(crate) fn source(&mut self, key: &str, bytes: &[u8]) {
+        match format::decode_source(key, bytes) {
+            Ok(record) => self.loaded.sources.push(record),
+            Err(e) => self.loaded.corrupt.push(Quarantined::source(key, &e)),
+        }
+    }
+
+    /// A run record stored under its id.
+    pub(crate) fn run(&mut self, key: &str, bytes: &[u8]) {
+        match format::decode_run(key, bytes) {
+            Ok(run) => self.loaded.runs.push(run),
+            Err(e) => {
+                // Its number stays taken, so no new run overwrites the record.
+                if let Some(n) = key.strip_prefix("run-").and_then(|n| n.parse::<u64>().ok()) {
+                    self.next_run_floor = self.next_run_floor.max(n.saturating_add(1));
+                }
+                self.loaded.corrupt.push(Quarantined::run(key, &e));
+            }
+        }
+    }
+
+    /// The load, with the stored run counter (`None`: never stored) raised past every stored
+    /// run's number.
+    pub(crate) fn finish(mut self, next_run: Option<u64>) -> Loaded {
+        self.loaded.next_run = next_run.unwrap_or(1).max(self.next_run_floor);
+        self.loaded
+    }
+}
+
 const SOURCES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("sources");
 const RUNS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("runs");
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
@@ -142,44 +190,23 @@ impl RedbStore {
 impl Store for RedbStore {
     fn load(&self) -> Result<Loaded, StoreError> {
         let tx = self.db.begin_read().map_err(redb::Error::from)?;
-        let mut loaded = Loaded::default();
+        let mut decoder = Decoder::new();
         let sources = tx.open_table(SOURCES).map_err(redb::Error::from)?;
-        // A record that does not decode is quarantined, not fatal: everything else loads.
         for row in sources.iter().map_err(redb::Error::from)? {
             let (k, v) = row.map_err(redb::Error::from)?;
-            match format::decode_source(k.value(), v.value()) {
-                Ok(record) => loaded.sources.push(record),
-                Err(e) => loaded.corrupt.push(Quarantined::source(k.value(), &e)),
-            }
+            decoder.source(k.value(), v.value());
         }
         let runs = tx.open_table(RUNS).map_err(redb::Error::from)?;
-        // The lowest next run number that reuses no stored run's number, corrupt ones included.
-        let mut next_run_floor = 1;
         for row in runs.iter().map_err(redb::Error::from)? {
             let (k, v) = row.map_err(redb::Error::from)?;
-            match format::decode_run(k.value(), v.value()) {
-                Ok(run) => loaded.runs.push(run),
-                Err(e) => {
-                    // Its number stays taken, so no new run overwrites the record.
-                    if let Some(n) = k
-                        .value()
-                        .strip_prefix("run-")
-                        .and_then(|n| n.parse::<u64>().ok())
-                    {
-                        next_run_floor = next_run_floor.max(n.saturating_add(1));
-                    }
-                    loaded.corrupt.push(Quarantined::run(k.value(), &e));
-                }
-            }
+            decoder.run(k.value(), v.value());
         }
         let meta = tx.open_table(META).map_err(redb::Error::from)?;
-        loaded.next_run = meta
+        let next_run = meta
             .get(NEXT_RUN)
             .map_err(redb::Error::from)?
-            .map(|v| v.value())
-            .unwrap_or(1)
-            .max(next_run_floor);
-        Ok(loaded)
+            .map(|v| v.value());
+        Ok(decoder.finish(next_run))
     }
 
     fn commit(&mut self, batch: Batch) -> Result<(), StoreError> {
