@@ -8,6 +8,7 @@
 //! The core's domain records are encoded and decoded here, at the store's edge, in a versioned
 //! record format ([`mod@format`]) that migrates what earlier versions wrote.
 
+pub mod etcd;
 pub mod format;
 
 use std::{
@@ -30,6 +31,30 @@ pub enum StoreError {
     /// An injected fault (tests).
     #[error("injected store fault")]
     Injected,
+    /// etcd could not be reached or refused a call.
+    #[error("etcd store: {0}")]
+    Etcd(#[from] snapgate_etcd::EtcdError),
+    /// The etcd store holds data it cannot use (named in the message): a redo journal or the
+    /// run counter that does not decode.
+    #[error("etcd store: {0}")]
+    Unusable(String),
+    /// This replica no longer leads: the election key's create_revision is not its fence, so
+    /// etcd refused the write and nothing of it was written.
+    #[error("deposed: the election key no longer carries this leader's fence; nothing written")]
+    Deposed,
+    /// One record is larger than one etcd request may carry.
+    #[error("record {key} is {bytes} bytes encoded; one etcd request carries at most {limit}")]
+    TooLarge {
+        /// The record's etcd key.
+        key: String,
+        /// Its encoded size with the request's framing.
+        bytes: usize,
+        /// The most one request may carry (`max_request_bytes`).
+        limit: usize,
+    },
+    /// The etcd store's thread is gone (it could not start, or panicked).
+    #[error("etcd store: its client thread is gone: {0}")]
+    Stopped(String),
 }
 
 /// Everything the store holds, as loaded at start.
