@@ -216,16 +216,25 @@ impl Elector {
         self.revoke_quietly(lease.id).await;
         // Someone holds the key: wait for its deletion, watching from just after the txn (a
         // deletion in between is among the watch's first events).
-        let mut watch = self
-            .client
-            .watch_key(&key, false, revision.saturating_add(1))
-            .await?;
-        loop {
-            let (events, _) = watch.next().await?;
-            if events.iter().any(|e| e.r#type == EventType::Delete as i32) {
-                return Ok(None);
+        let deleted = async {
+            let mut watch = self
+                .client
+                .watch_key(&key, false, revision.saturating_add(1))
+                .await?;
+            loop {
+                let (events, _) = watch.next().await?;
+                if events.iter().any(|e| e.r#type == EventType::Delete as i32) {
+                    return Ok::<(), EtcdError>(());
+                }
             }
+        };
+        if let Err(e) = deleted.await {
+            // The watch broke (etcd restarting, the revision compacted): the key's fate is
+            // unknown, so campaign again after a pause; the txn tells.
+            tracing::warn!(error = %e, "watch of the leader key failed; campaigning again");
+            tokio::time::sleep(retry_delay(self.ttl)).await;
         }
+        Ok(None)
     }
 
     async fn revoke_quietly(&self, lease: i64) {
@@ -379,7 +388,9 @@ async fn tenure(
                     Err(_) => break "the lease was not refreshed in time",
                 }
                 if watch.is_none() {
-                    watch = client.watch_key(&key, false, watched.saturating_add(1)).await.ok();
+                    // Bounded by the deadline too: the loop must be free to see it pass.
+                    let reopen = client.watch_key(&key, false, watched.saturating_add(1));
+                    watch = tokio::time::timeout_at(deadline, reopen).await.ok().and_then(Result::ok);
                 }
             }
             event = async {
