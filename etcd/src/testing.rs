@@ -5,6 +5,7 @@
 //! panics with how to build it: a test needing etcd fails, it never passes silently.
 
 use std::{
+    ffi::OsString,
     net::TcpListener,
     path::PathBuf,
     process::{Child, Command, Stdio},
@@ -30,9 +31,23 @@ pub struct EtcdServer {
     child: Option<Child>,
 }
 
-/// The etcd binary to run, or why there is none.
+/// The etcd binary to run, or why there is none: `$SNAPGATE_ETCD`, else the cache under
+/// `$HOME`, else `etcd` on `$PATH`.
 pub fn etcd_binary() -> Result<PathBuf, String> {
-    if let Some(p) = std::env::var_os("SNAPGATE_ETCD") {
+    locate_etcd(
+        std::env::var_os("SNAPGATE_ETCD"),
+        std::env::var_os("HOME"),
+        std::env::var_os("PATH"),
+    )
+}
+
+/// [`etcd_binary`] from the given `SNAPGATE_ETCD`, `HOME` and `PATH`.
+pub fn locate_etcd(
+    explicit: Option<OsString>,
+    home: Option<OsString>,
+    path: Option<OsString>,
+) -> Result<PathBuf, String> {
+    if let Some(p) = explicit {
         let p = PathBuf::from(p);
         return if p.is_file() {
             Ok(p)
@@ -40,13 +55,13 @@ pub fn etcd_binary() -> Result<PathBuf, String> {
             Err(format!("SNAPGATE_ETCD={} is not a file", p.display()))
         };
     }
-    if let Some(home) = std::env::var_os("HOME") {
+    if let Some(home) = home {
         let p = PathBuf::from(home).join(format!(".cache/snapgate/etcd-{ETCD_VERSION}/bin/etcd"));
         if p.is_file() {
             return Ok(p);
         }
     }
-    if let Some(path) = std::env::var_os("PATH") {
+    if let Some(path) = path {
         for dir in std::env::split_paths(&path) {
             let p = dir.join("etcd");
             if p.is_file() {

@@ -152,3 +152,30 @@ async fn leadership_is_lost_when_etcd_is_gone_longer_than_the_ttl() {
         killed.elapsed()
     );
 }
+
+#[tokio::test]
+async fn calls_fail_over_to_the_next_endpoint_when_one_is_unreachable() {
+    let etcd = EtcdServer::start().await;
+    // A loopback port nothing listens on: connections are refused at once.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_endpoint = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let mut opts = etcd.options("/p");
+    opts.endpoints = vec![dead_endpoint, etcd.endpoint()];
+    let client = Client::new(&opts).unwrap();
+    client.put(b"/p/k", b"v", 0).await.unwrap();
+    assert_eq!(client.get(b"/p/k").await.unwrap().0.unwrap().value, b"v");
+    let mut watch = client.watch_key(b"/p/", true, 0).await.unwrap();
+    client.put(b"/p/w", b"1", 0).await.unwrap();
+    let (events, _) = within("the watched put", watch.next()).await.unwrap();
+    assert_eq!(events[0].kv.as_ref().unwrap().key, b"/p/w");
+}
+
+#[test]
+fn without_an_etcd_binary_the_tests_fail_saying_how_to_build_one() {
+    let err = snapgate_etcd::testing::locate_etcd(None, None, None).unwrap_err();
+    assert!(err.contains("./scripts/cluster build-etcd"), "{err}");
+    let err = snapgate_etcd::testing::locate_etcd(Some("/nonexistent/etcd".into()), None, None)
+        .unwrap_err();
+    assert!(err.contains("SNAPGATE_ETCD=/nonexistent/etcd"), "{err}");
+}
