@@ -36,7 +36,11 @@
 //! batch once loaded, and a crash after it leaves all of it. A journal's writes only touch
 //! `sources/`, `runs/` and `meta/`; one naming another key is refused, not applied.
 //!
+//! A leader deposed between a journal's commit point and its deletion gets
+//! [`StoreError::Deposed`] although its batch is committed: the new leader's load applies it.
+//!
 //! Only `load` (and journal recovery) ranges over prefixes; a commit touches its own keys.
+//! `load` reads in pages of 1,000 keys (each page one response, at most 64 MiB).
 //!
 //! # Threads
 //!

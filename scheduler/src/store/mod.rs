@@ -1,8 +1,8 @@
 //! Durable state behind one narrow trait.
 //!
 //! The scheduler writes every change of one request as one [`Batch`], committed (and synced)
-//! before the request is answered. [`RedbStore`] is the embedded store; an etcd-backed store for
-//! high availability implements the same trait. [`FaultyStore`] wraps any store to fail commits
+//! before the request is answered. [`RedbStore`] is the embedded store; [`etcd::EtcdStore`], for
+//! high availability (schedulers on etcd, the leader's writes fenced), implements the same trait. [`FaultyStore`] wraps any store to fail commits
 //! on demand, for fault tests.
 //!
 //! The core's domain records are encoded and decoded here, at the store's edge, in a versioned
@@ -39,8 +39,12 @@ pub enum StoreError {
     #[error("etcd store: {0}")]
     Unusable(String),
     /// This replica no longer leads: the election key's create_revision is not its fence, so
-    /// etcd refused the write and nothing of it was written.
-    #[error("deposed: the election key no longer carries this leader's fence; nothing written")]
+    /// etcd refused the write. A batch refused before its redo journal's commit point is not
+    /// written; one refused after it is committed and the next leader's load applies it (see
+    /// [`etcd`]). Either way the deposed replica must stop.
+    #[error(
+        "deposed: the election key no longer carries this leader's fence; etcd refused the write"
+    )]
     Deposed,
     /// One record is larger than one etcd request may carry.
     #[error("record {key} is {bytes} bytes encoded; one etcd request carries at most {limit}")]

@@ -401,3 +401,27 @@ fn journal_chunks_fit_one_request_each_and_keep_every_write_in_order() {
     let back: Vec<JournalWrite> = chunks.into_iter().flat_map(|c| c.writes).collect();
     assert_eq!(back, writes);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_commit_survives_etcd_being_killed() {
+    let mut etcd = EtcdServer::start().await;
+    let opts = etcd.options("/snapgate");
+    {
+        let mut s = EtcdStore::open(&opts, None).unwrap();
+        s.commit(Batch {
+            writes: vec![Write::PutRun(Box::new(full_run()))],
+            next_run: 43,
+        })
+        .unwrap();
+        s.commit(big_batch(300)).unwrap();
+    }
+    // SIGKILL: no clean shutdown; etcd answered only after its raft log had the writes.
+    etcd.restart().await;
+    let loaded = EtcdStore::open(&opts, None).unwrap().load().unwrap();
+    assert_eq!(
+        loaded.runs.len(),
+        300,
+        "the 300 (run-1..run-300, run-42 rewritten by them)"
+    );
+    assert_eq!(loaded.next_run, 301);
+}
