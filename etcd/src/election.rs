@@ -8,7 +8,7 @@
 //!              lost ─▶ revoke L, watch the key until it is deleted, campaign again
 //!   tenure:    every ttl/3 a keepalive; `lost` once no confirmation arrived by
 //!              (sent time of the last confirmed keepalive + ttl − margin), or the key was
-//!              deleted or re-created (watch), or the lease is gone
+//!              deleted or changed (watch), or the lease is gone
 //! ```
 //!
 //! # Why a deposed leader cannot write
@@ -288,7 +288,8 @@ async fn observe_leader(
     }
 }
 
-/// This replica's tenure as leader.
+/// This replica's tenure as leader. Dropping it stops the keepalive: the election key then goes
+/// with the lease, up to ttl later; [`Leadership::resign`] hands over at once.
 #[derive(Debug)]
 pub struct Leadership {
     /// Identifies this tenure; every store write is fenced by it.
@@ -401,12 +402,12 @@ async fn tenure(
             } => match event {
                 Ok((events, revision)) => {
                     watched = watched.max(revision);
-                    let gone = events.iter().any(|e| {
-                        e.r#type == EventType::Delete as i32
-                            || e.kv.as_ref().is_some_and(|kv| kv.create_revision != fence.revision)
-                    });
-                    if gone {
-                        break "the election key was deleted or re-created";
+                    // The watch starts after this tenure's own put, and a tenure never writes
+                    // its key again: any event is someone else deleting, re-creating or
+                    // overwriting it (an overwrite may detach it from the lease).
+                    if let Some(e) = events.first() {
+                        tracing::warn!(kind = e.r#type, "the election key changed under this leader");
+                        break "the election key was deleted or changed";
                     }
                 }
                 Err(e) => {

@@ -43,6 +43,9 @@ pub mod pb {
     }
 }
 
+/// The default key prefix.
+pub const DEFAULT_PREFIX: &str = "/snapgate";
+
 /// How to reach etcd, and where under it snapgate keeps its keys.
 #[derive(Debug, Clone)]
 pub struct EtcdOptions {

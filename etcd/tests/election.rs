@@ -179,3 +179,33 @@ fn without_an_etcd_binary_the_tests_fail_saying_how_to_build_one() {
         .unwrap_err();
     assert!(err.contains("SNAPGATE_ETCD=/nonexistent/etcd"), "{err}");
 }
+
+#[tokio::test]
+async fn leadership_is_lost_when_someone_else_deletes_or_overwrites_the_key() {
+    let etcd = EtcdServer::start().await;
+    let opts = etcd.options("/snapgate");
+    let client = Client::new(&opts).unwrap();
+    let a = Elector::connect(&opts, "a".into(), TTL).await.unwrap();
+
+    let lead = within("a's campaign", a.campaign()).await.unwrap();
+    client.delete_prefix(b"/snapgate/leader").await.unwrap();
+    within(
+        "lost after the key's deletion",
+        lead.lost().wait_for(|l| *l),
+    )
+    .await
+    .unwrap();
+    drop(lead);
+
+    let lead = within("a's second campaign", a.campaign()).await.unwrap();
+    client
+        .put(b"/snapgate/leader", b"intruder", 0)
+        .await
+        .unwrap();
+    within(
+        "lost after the key's overwrite",
+        lead.lost().wait_for(|l| *l),
+    )
+    .await
+    .unwrap();
+}
