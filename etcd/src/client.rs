@@ -3,8 +3,9 @@
 //! # Endpoints and failover
 //!
 //! Endpoints are tried **in order**, starting at the one that answered last: a call that gets
-//! `Unavailable` or no answer within the request timeout from one endpoint is sent to the next,
-//! each endpoint at most once per call. So a call takes at most `endpoints × request_timeout`.
+//! `Unavailable` or `Cancelled` (a closed connection), or no answer within the request timeout,
+//! from one endpoint is sent to the next, each endpoint at most once per call. So a call takes
+//! at most `endpoints × request_timeout`.
 //! Every channel reconnects on its own (lazily), so an endpoint that comes back is used again.
 //! A write retried on another endpoint may have been applied by the first: every write snapgate
 //! makes is idempotent (a put of the same value, a delete, a fenced txn of both), and a lease
@@ -84,6 +85,12 @@ pub struct LeaseGrant {
     pub id: i64,
     /// The time to live etcd granted (it may raise a short one to its minimum).
     pub ttl: Duration,
+}
+
+/// Whether a call that failed with `code` is sent to the next endpoint: the endpoint was
+/// unreachable (`Unavailable`) or closed the connection (`Cancelled`).
+fn fails_over(code: Code) -> bool {
+    matches!(code, Code::Unavailable | Code::Cancelled)
 }
 
 /// Where the next page of a paginated range starts: just after the last key read (`last\0` is
@@ -194,7 +201,7 @@ impl Client {
                     return Ok(r.into_inner());
                 }
                 Ok(Err(status)) => {
-                    let unavailable = status.code() == Code::Unavailable;
+                    let unavailable = fails_over(status.code());
                     last = EtcdError::Rpc {
                         op,
                         endpoint: endpoint.clone(),
@@ -449,7 +456,7 @@ impl Client {
                 }
                 Ok(Ok((_, None))) => last = EtcdError::StreamEnded { op: OP },
                 Ok(Err(status)) => {
-                    let unavailable = status.code() == Code::Unavailable;
+                    let unavailable = fails_over(status.code());
                     last = EtcdError::Rpc {
                         op: OP,
                         endpoint: endpoint.clone(),
@@ -598,6 +605,14 @@ impl KeepAlive {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unreachable_and_closed_endpoints_fail_over_and_refusals_do_not() {
+        assert!(fails_over(Code::Unavailable));
+        assert!(fails_over(Code::Cancelled));
+        assert!(!fails_over(Code::PermissionDenied));
+        assert!(!fails_over(Code::InvalidArgument));
+    }
 
     #[test]
     fn the_next_page_starts_just_after_the_last_key() {

@@ -155,6 +155,7 @@ impl EtcdError {
             EtcdError::Rpc { status, .. } => matches!(
                 status.code(),
                 tonic::Code::Unavailable
+                    | tonic::Code::Cancelled
                     | tonic::Code::DeadlineExceeded
                     | tonic::Code::Unknown
                     | tonic::Code::Aborted

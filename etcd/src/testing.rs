@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use crate::{Client, EtcdOptions};
+use crate::{Client, EtcdOptions, EtcdTls};
 
 /// The etcd version `scripts/cluster` builds.
 pub const ETCD_VERSION: &str = "v3.7.3";
@@ -21,10 +21,24 @@ pub const ETCD_VERSION: &str = "v3.7.3";
 /// 2-core machine takes a few seconds).
 const READY_WITHIN: Duration = Duration::from_secs(60);
 
+/// TLS on a test etcd's client port.
+#[derive(Debug, Clone)]
+pub struct EtcdServerTls {
+    /// The server's certificate (PEM), valid for `127.0.0.1`.
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// With a CA, etcd requires client certificates it signed (`--client-cert-auth`).
+    pub client_ca: Option<PathBuf>,
+    /// What clients (the readiness poll, [`EtcdServer::options`]) use.
+    pub client: EtcdTls,
+}
+
 /// A running etcd on loopback.
 #[derive(Debug)]
 pub struct EtcdServer {
     binary: PathBuf,
+    tls: Option<EtcdServerTls>,
     dir: tempfile::TempDir,
     client_port: u16,
     peer_port: u16,
@@ -85,10 +99,16 @@ impl EtcdServer {
     /// Starts etcd and waits until it answers a read. Panics (failing the test) when there is
     /// no binary or it does not come up.
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// [`EtcdServer::start`], serving its client port over TLS when given.
+    pub async fn start_with(tls: Option<EtcdServerTls>) -> Self {
         let binary = etcd_binary().unwrap_or_else(|e| panic!("{e}"));
         let dir = tempfile::tempdir().expect("a temporary directory for etcd");
         let mut server = Self {
             binary,
+            tls,
             dir,
             client_port: free_port(),
             peer_port: free_port(),
@@ -98,9 +118,10 @@ impl EtcdServer {
         server
     }
 
-    /// The client URL, `http://127.0.0.1:<port>`.
+    /// The client URL, `http://127.0.0.1:<port>` (`https://` with TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     /// Options reaching this server, with keys under `prefix`.
@@ -108,7 +129,7 @@ impl EtcdServer {
         EtcdOptions {
             endpoints: vec![self.endpoint()],
             prefix: prefix.into(),
-            tls: None,
+            tls: self.tls.as_ref().map(|t| t.client.clone()),
             dial_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(5),
         }
@@ -131,7 +152,18 @@ impl EtcdServer {
             .append(true)
             .open(self.dir.path().join("etcd.log"))
             .expect("etcd's log file");
-        let child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        if let Some(tls) = &self.tls {
+            command
+                .arg(format!("--cert-file={}", tls.cert.display()))
+                .arg(format!("--key-file={}", tls.key.display()));
+            if let Some(ca) = &tls.client_ca {
+                command
+                    .arg("--client-cert-auth")
+                    .arg(format!("--trusted-ca-file={}", ca.display()));
+            }
+        }
+        let child = command
             .arg("--name=test")
             .arg(format!(
                 "--data-dir={}",

@@ -209,3 +209,48 @@ async fn leadership_is_lost_when_someone_else_deletes_or_overwrites_the_key() {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn a_client_reaches_etcd_over_mutual_tls_and_without_its_certificate_is_refused() {
+    // The repository's test-only TLS material (sdk/tests/data/tls/README.md).
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk/tests/data/tls");
+    let client_tls = snapgate_etcd::EtcdTls {
+        ca: Some(data.join("ca.pem")),
+        cert: Some(data.join("client.pem")),
+        key: Some(data.join("client.key")),
+    };
+    let etcd = EtcdServer::start_with(Some(snapgate_etcd::testing::EtcdServerTls {
+        cert: data.join("server.pem"),
+        key: data.join("server.key"),
+        client_ca: Some(data.join("client-ca.pem")),
+        client: client_tls.clone(),
+    }))
+    .await;
+    let opts = etcd.options("/p");
+    assert!(opts.endpoints[0].starts_with("https://"));
+    let client = Client::new(&opts).unwrap();
+    client.put(b"/p/k", b"v", 0).await.unwrap();
+    let a = Elector::connect(&opts, "a".into(), TTL).await.unwrap();
+    within("a's campaign over TLS", a.campaign()).await.unwrap();
+
+    let mut no_cert = opts.clone();
+    no_cert.tls = Some(snapgate_etcd::EtcdTls {
+        cert: None,
+        key: None,
+        ..client_tls
+    });
+    let err = Client::new(&no_cert)
+        .unwrap()
+        .get(b"/p/k")
+        .await
+        .unwrap_err();
+    eprintln!("without a client certificate: {err}");
+    // etcd closes the connection during the handshake: the call fails with its status.
+    assert!(err.status().is_some(), "{err}");
+    let mut http = opts.clone();
+    http.endpoints = vec![etcd.endpoint().replace("https://", "http://")];
+    assert!(matches!(
+        Client::new(&http),
+        Err(snapgate_etcd::EtcdError::Endpoint { .. })
+    ));
+}
