@@ -12,7 +12,7 @@
 //! ```
 //!
 //! Values are exactly the record format's bytes, so records and their migrations are shared
-//! with redb; [`super::Decoder`] decodes and quarantines for both.
+//! with redb; the store module's one `Decoder` decodes and quarantines for both.
 //!
 //! # Commits
 //!
