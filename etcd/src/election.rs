@@ -430,6 +430,16 @@ async fn tenure(
 mod tests {
     use super::*;
 
+    /// The scheduler spawns these: they must be `Send` (a compile-time check).
+    #[allow(dead_code)]
+    fn campaign_and_resign_can_be_spawned(e: &'static Elector, l: Leadership) {
+        fn send<T: Send + Sync>(_: &T) {}
+        send(e);
+        send(&l);
+        drop(tokio::spawn(e.campaign()));
+        drop(tokio::spawn(l.resign()));
+    }
+
     #[test]
     fn trust_ends_a_margin_before_the_earliest_expiry() {
         let sent = Instant::now();
