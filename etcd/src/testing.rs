@@ -66,7 +66,11 @@ pub fn locate_etcd(
         return if p.is_file() {
             Ok(p)
         } else {
-            Err(format!("SNAPGATE_ETCD={} is not a file", p.display()))
+            Err(format!(
+                "SNAPGATE_ETCD={} is not a file; build etcd {ETCD_VERSION} with \
+                 `./scripts/cluster build-etcd` (it prints the binary's path)",
+                p.display()
+            ))
         };
     }
     if let Some(home) = home {
