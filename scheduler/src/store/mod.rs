@@ -1,14 +1,15 @@
 //! Durable state behind one narrow trait.
 //!
 //! The scheduler writes every change of one request as one [`Batch`], committed (and synced)
-//! before the request is answered. [`RedbStore`] is the embedded store; an etcd-backed store for
-//! high availability implements the same trait. [`FaultyStore`] wraps any store to fail commits
+//! before the request is answered. [`RedbStore`] is the embedded store; [`etcd::EtcdStore`], for
+//! high availability (schedulers on etcd, the leader's writes fenced), implements the same trait. [`FaultyStore`] wraps any store to fail commits
 //! on demand, for fault tests.
 //!
 //! The core's domain records are encoded and decoded here, at the store's edge, in a versioned
 //! record format ([`mod@format`]) that migrates what earlier versions wrote.
 
 pub mod dump;
+pub mod etcd;
 pub mod format;
 
 use std::{
@@ -31,6 +32,34 @@ pub enum StoreError {
     /// An injected fault (tests).
     #[error("injected store fault")]
     Injected,
+    /// etcd could not be reached or refused a call.
+    #[error("etcd store: {0}")]
+    Etcd(#[from] snapgate_etcd::EtcdError),
+    /// The etcd store holds data it cannot use (named in the message): a redo journal or the
+    /// run counter that does not decode.
+    #[error("etcd store: {0}")]
+    Unusable(String),
+    /// This replica no longer leads: the election key's create_revision is not its fence, so
+    /// etcd refused the write. A batch refused before its redo journal's commit point is not
+    /// written; one refused after it is committed and the next leader's load applies it (see
+    /// [`etcd`]). Either way the deposed replica must stop.
+    #[error(
+        "deposed: the election key no longer carries this leader's fence; etcd refused the write"
+    )]
+    Deposed,
+    /// One record is larger than one etcd request may carry.
+    #[error("record {key} is {bytes} bytes encoded; one etcd request carries at most {limit}")]
+    TooLarge {
+        /// The record's etcd key.
+        key: String,
+        /// Its encoded size with the request's framing.
+        bytes: usize,
+        /// The most one request may carry (`max_request_bytes`).
+        limit: usize,
+    },
+    /// The etcd store's thread is gone (it could not start, or panicked).
+    #[error("etcd store: its client thread is gone: {0}")]
+    Stopped(String),
 }
 
 /// Everything the store holds, as loaded at start.
@@ -105,6 +134,54 @@ pub trait Store: Send + 'static {
     fn commit(&mut self, batch: Batch) -> Result<(), StoreError>;
 }
 
+/// Decodes stored records into a [`Loaded`], quarantining what does not decode: the one path
+/// every store loads through, so redb and etcd treat a damaged or future record alike.
+pub(crate) struct Decoder {
+    loaded: Loaded,
+    /// The lowest next run number that reuses no stored run's number, corrupt ones included.
+    next_run_floor: u64,
+}
+
+impl Decoder {
+    /// An empty load.
+    pub(crate) fn new() -> Self {
+        Self {
+            loaded: Loaded::default(),
+            next_run_floor: 1,
+        }
+    }
+
+    /// A source record stored under `namespace/name`. A record that does not decode is
+    /// quarantined, not fatal: everything else loads.
+    pub(crate) fn source(&mut self, key: &str, bytes: &[u8]) {
+        match format::decode_source(key, bytes) {
+            Ok(record) => self.loaded.sources.push(record),
+            Err(e) => self.loaded.corrupt.push(Quarantined::source(key, &e)),
+        }
+    }
+
+    /// A run record stored under its id.
+    pub(crate) fn run(&mut self, key: &str, bytes: &[u8]) {
+        match format::decode_run(key, bytes) {
+            Ok(run) => self.loaded.runs.push(run),
+            Err(e) => {
+                // Its number stays taken, so no new run overwrites the record.
+                if let Some(n) = key.strip_prefix("run-").and_then(|n| n.parse::<u64>().ok()) {
+                    self.next_run_floor = self.next_run_floor.max(n.saturating_add(1));
+                }
+                self.loaded.corrupt.push(Quarantined::run(key, &e));
+            }
+        }
+    }
+
+    /// The load, with the stored run counter (`None`: never stored) raised past every stored
+    /// run's number.
+    pub(crate) fn finish(mut self, next_run: Option<u64>) -> Loaded {
+        self.loaded.next_run = next_run.unwrap_or(1).max(self.next_run_floor);
+        self.loaded
+    }
+}
+
 const SOURCES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("sources");
 const RUNS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("runs");
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
@@ -143,44 +220,23 @@ impl RedbStore {
 impl Store for RedbStore {
     fn load(&self) -> Result<Loaded, StoreError> {
         let tx = self.db.begin_read().map_err(redb::Error::from)?;
-        let mut loaded = Loaded::default();
+        let mut decoder = Decoder::new();
         let sources = tx.open_table(SOURCES).map_err(redb::Error::from)?;
-        // A record that does not decode is quarantined, not fatal: everything else loads.
         for row in sources.iter().map_err(redb::Error::from)? {
             let (k, v) = row.map_err(redb::Error::from)?;
-            match format::decode_source(k.value(), v.value()) {
-                Ok(record) => loaded.sources.push(record),
-                Err(e) => loaded.corrupt.push(Quarantined::source(k.value(), &e)),
-            }
+            decoder.source(k.value(), v.value());
         }
         let runs = tx.open_table(RUNS).map_err(redb::Error::from)?;
-        // The lowest next run number that reuses no stored run's number, corrupt ones included.
-        let mut next_run_floor = 1;
         for row in runs.iter().map_err(redb::Error::from)? {
             let (k, v) = row.map_err(redb::Error::from)?;
-            match format::decode_run(k.value(), v.value()) {
-                Ok(run) => loaded.runs.push(run),
-                Err(e) => {
-                    // Its number stays taken, so no new run overwrites the record.
-                    if let Some(n) = k
-                        .value()
-                        .strip_prefix("run-")
-                        .and_then(|n| n.parse::<u64>().ok())
-                    {
-                        next_run_floor = next_run_floor.max(n.saturating_add(1));
-                    }
-                    loaded.corrupt.push(Quarantined::run(k.value(), &e));
-                }
-            }
+            decoder.run(k.value(), v.value());
         }
         let meta = tx.open_table(META).map_err(redb::Error::from)?;
-        loaded.next_run = meta
+        let next_run = meta
             .get(NEXT_RUN)
             .map_err(redb::Error::from)?
-            .map(|v| v.value())
-            .unwrap_or(1)
-            .max(next_run_floor);
-        Ok(loaded)
+            .map(|v| v.value());
+        Ok(decoder.finish(next_run))
     }
 
     fn commit(&mut self, batch: Batch) -> Result<(), StoreError> {
