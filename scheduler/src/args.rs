@@ -10,6 +10,15 @@ use crate::{
     identity::{Policy, parse_grant},
 };
 
+/// Where the scheduler's state lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StoreKind {
+    /// The embedded store in --data-dir: one scheduler.
+    Redb,
+    /// etcd: replicas elect one leader.
+    Etcd,
+}
+
 /// What `snapgate-scheduler` does instead of serving: offline work on the store (no
 /// scheduler may be running on it).
 #[derive(Debug, Clone, Subcommand)]
@@ -61,6 +70,58 @@ pub struct Args {
         global = true
     )]
     pub data_dir: PathBuf,
+
+    /// Where the state lives: `redb`, the embedded store in --data-dir (one scheduler); or
+    /// `etcd`, shared by replicas that elect one leader (docs/high-availability.md).
+    #[arg(long, env = "SNAPGATE_STORE", value_enum, default_value_t = StoreKind::Redb, global = true)]
+    pub store: StoreKind,
+
+    /// With --store etcd: etcd's client URLs (`http://` or `https://`), comma-separated; tried
+    /// in order.
+    #[arg(
+        long,
+        env = "SNAPGATE_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub etcd_endpoints: Vec<String>,
+
+    /// With --store etcd: the prefix of every key snapgate writes (back it up, move it).
+    #[arg(long, env = "SNAPGATE_ETCD_PREFIX", default_value = snapgate_etcd::DEFAULT_PREFIX, global = true)]
+    pub etcd_prefix: String,
+
+    /// With --store etcd: the CA of etcd's server certificate (PEM; else the system roots).
+    #[arg(long, env = "SNAPGATE_ETCD_CA_FILE", global = true)]
+    pub etcd_ca_file: Option<PathBuf>,
+
+    /// With --store etcd: the client certificate for etcd's `--client-cert-auth` (PEM).
+    #[arg(
+        long,
+        env = "SNAPGATE_ETCD_CERT_FILE",
+        requires = "etcd_key_file",
+        global = true
+    )]
+    pub etcd_cert_file: Option<PathBuf>,
+
+    /// With --store etcd: the key of --etcd-cert-file (PEM).
+    #[arg(
+        long,
+        env = "SNAPGATE_ETCD_KEY_FILE",
+        requires = "etcd_cert_file",
+        global = true
+    )]
+    pub etcd_key_file: Option<PathBuf>,
+
+    /// With --store etcd: the leader's lease. A leader that dies is replaced within about
+    /// this; a leader that cannot renew it in time stops leading (and exits, to be
+    /// restarted as a follower). Between 2s and 5m.
+    #[arg(long, env = "SNAPGATE_ETCD_LEASE_TTL", default_value = "10s", value_parser = parse_duration)]
+    pub etcd_lease_ttl: std::time::Duration,
+
+    /// With --store etcd: this replica's name, written as the leader's and shown in
+    /// followers' refusals (e.g. the pod's name). Default: $HOSTNAME.
+    #[arg(long, env = "SNAPGATE_REPLICA_NAME")]
+    pub replica_name: Option<String>,
 
     /// Log format.
     #[arg(long, env = "SNAPGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
@@ -258,6 +319,54 @@ impl Args {
             }
         }
         Ok(Security { issuer, policy })
+    }
+
+    /// How to reach etcd (`--store etcd`), checked: at least one `http://` or `https://`
+    /// endpoint, a prefix that starts with `/`, a lease between 2 s and 5 min.
+    pub fn etcd_options(&self) -> anyhow::Result<snapgate_etcd::EtcdOptions> {
+        if self.etcd_endpoints.is_empty() {
+            anyhow::bail!("--store etcd needs --etcd-endpoints (etcd's client URLs)");
+        }
+        for e in &self.etcd_endpoints {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                anyhow::bail!("--etcd-endpoints: {e:?} is not an http:// or https:// URL");
+            }
+        }
+        let prefix = self.etcd_prefix.trim_end_matches('/');
+        if !prefix.starts_with('/') || prefix.len() > 128 || prefix.contains(char::is_whitespace) {
+            anyhow::bail!(
+                "--etcd-prefix: {:?} must start with `/`, hold no whitespace and be at most 128 \
+                 bytes (`/` alone is not allowed: snapgate keeps its keys apart)",
+                self.etcd_prefix
+            );
+        }
+        let ttl = self.etcd_lease_ttl;
+        if ttl < std::time::Duration::from_secs(2) || ttl > std::time::Duration::from_secs(300) {
+            anyhow::bail!("--etcd-lease-ttl: {ttl:?} is not between 2s and 5m");
+        }
+        let tls = (self.etcd_ca_file.is_some() || self.etcd_cert_file.is_some()).then(|| {
+            snapgate_etcd::EtcdTls {
+                ca: self.etcd_ca_file.clone(),
+                cert: self.etcd_cert_file.clone(),
+                key: self.etcd_key_file.clone(),
+            }
+        });
+        Ok(snapgate_etcd::EtcdOptions {
+            endpoints: self.etcd_endpoints.clone(),
+            prefix: prefix.to_owned(),
+            tls,
+            dial_timeout: std::time::Duration::from_secs(5),
+            request_timeout: std::time::Duration::from_secs(10),
+        })
+    }
+
+    /// This replica's name: --replica-name, else $HOSTNAME, else `snapgate-scheduler`.
+    pub fn replica_name(&self) -> String {
+        self.replica_name
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .filter(|n| !n.trim().is_empty())
+            .unwrap_or_else(|| "snapgate-scheduler".to_owned())
     }
 
     /// The hold lease bounds, checked: both positive, the default within the maximum.

@@ -106,6 +106,19 @@ enum Fault {
     ApiTimeout,
     WatchesClosed,
     WatchesExpired,
+    /// The scheduler as replicas on etcd: the leader SIGKILLed (a follower takes over).
+    Leader,
+    /// The scheduler as replicas on etcd: the leader cut off from etcd.
+    LeaderPartitioned,
+    /// The scheduler as replicas on etcd: etcd SIGKILLed and started again.
+    Etcd,
+}
+
+impl Fault {
+    /// Whether the cell runs the scheduler as replicas on etcd.
+    fn replicated(self) -> bool {
+        matches!(self, Fault::Leader | Fault::LeaderPartitioned | Fault::Etcd)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,6 +148,9 @@ const MATRIX: &[(Fault, &[Phase])] = &[
     (Fault::ApiTimeout, &[Waiting, Triggered, Released, Copied]),
     (Fault::WatchesClosed, ALL),
     (Fault::WatchesExpired, ALL),
+    (Fault::Leader, ALL),
+    (Fault::LeaderPartitioned, ALL),
+    (Fault::Etcd, ALL),
 ];
 
 /// The API server's rules for an API fault: for the agent's requests only (the test's own
@@ -294,6 +310,16 @@ async fn inject(c: &mut Cluster, app: Option<&App>, fault: Fault, case: &str) {
             // The agent's watches, and the test's own recorder.
             assert!(ended >= 2, "{case}: only {ended} watches were open");
         }
+        Fault::Leader => c.restart_scheduler().await,
+        Fault::LeaderPartitioned => {
+            let replicas = c.replicas.as_ref().expect("replicas");
+            replicas.partition_leader().await;
+            c.wait_answering(case).await;
+        }
+        Fault::Etcd => {
+            c.replicas.as_mut().expect("replicas").restart_etcd().await;
+            c.wait_answering(case).await;
+        }
         Fault::ApiErrors | Fault::ApiConflict | Fault::ApiTimeout => {
             sim(c).faults().set_timeout_duration(Duration::from_secs(2));
             for rule in api_rules(fault) {
@@ -347,11 +373,15 @@ fn status(a: &std::collections::BTreeMap<String, String>) -> &str {
 /// One cell of the matrix: a gated restic Snapshot run, `fault` at `phase`.
 async fn scenario(fault: Fault, phase: Phase) {
     let case = format!("{fault:?} at {phase:?}");
-    let mut c = Cluster::start_hosted(|sim| {
+    let script = |sim: &snapgate_kube_sim::KubeSim| {
         sim.snapshot_behaviour(NS, COPY, SnapshotBehaviour::NeverReady);
         sim.job_behaviour(NS, MOVER, JobBehaviour::hang());
-    })
-    .await;
+    };
+    let mut c = if fault.replicated() {
+        Cluster::start_hosted_ha(script).await
+    } else {
+        Cluster::start_hosted(script).await
+    };
     let snapshots = c.record_snapshots().await;
     let snapshot_api: Api<DynamicObject> = Api::namespaced_with(
         c.client.clone(),
@@ -570,6 +600,21 @@ async fn the_agents_watches_closed_at_each_phase_of_a_gated_run_lose_nothing_and
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agents_watches_expired_at_each_phase_of_a_gated_run_lose_nothing_and_copy_once() {
     cells(Fault::WatchesExpired).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_killed_at_each_phase_of_a_gated_run_loses_nothing_and_copies_once() {
+    cells(Fault::Leader).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_cut_off_from_etcd_at_each_phase_of_a_gated_run_loses_nothing_and_copies_once() {
+    cells(Fault::LeaderPartitioned).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_killed_at_each_phase_of_a_gated_run_loses_nothing_and_copies_once() {
+    cells(Fault::Etcd).await;
 }
 
 /// The SDK's guard gives up on a link lost after its Trigger once its disconnect grace has

@@ -10,8 +10,10 @@
 
 pub(crate) mod invariants;
 mod proxy;
+mod replicas;
 
 pub(crate) use proxy::Proxy;
+pub(crate) use replicas::Replicas;
 
 use std::{
     collections::BTreeMap,
@@ -191,7 +193,10 @@ pub(crate) struct Cluster {
     pub(crate) link: Proxy,
     grpc: String,
     secure: Secure,
-    scheduler: Proc,
+    /// The scheduler on its redb store, or (see [`Cluster::start_hosted_ha`]) none...
+    scheduler: Option<Proc>,
+    /// ...and replicas on etcd behind a Service at [`Cluster::grpc`].
+    pub(crate) replicas: Option<Replicas>,
     agent: Proc,
     /// The agent's arguments besides the usual ones (for a restart).
     agent_args: Vec<String>,
@@ -231,6 +236,19 @@ impl Cluster {
     /// binary does), the scheduler, the agent and the CLI as processes; the agent presents a
     /// token of its own, as [`AGENT_USER`].
     pub(crate) async fn start_hosted(script: impl FnOnce(&snapgate_kube_sim::KubeSim)) -> Self {
+        Self::start_hosted_with(script, 0).await
+    }
+
+    /// As [`Cluster::start_hosted`], with the scheduler as two replicas on a real etcd behind a
+    /// Service (`deploy/scheduler-ha`): [`Cluster::restart_scheduler`] then kills the leader.
+    pub(crate) async fn start_hosted_ha(script: impl FnOnce(&snapgate_kube_sim::KubeSim)) -> Self {
+        Self::start_hosted_with(script, 2).await
+    }
+
+    async fn start_hosted_with(
+        script: impl FnOnce(&snapgate_kube_sim::KubeSim),
+        replicas: usize,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = dir.path().join("kubeconfig");
         let sim = snapgate_kube_sim::KubeSim::new();
@@ -246,12 +264,13 @@ impl Cluster {
         sim.add_token("process-test-agent-token", AGENT_USER);
         sim.write_kubeconfig(&agent_kubeconfig, "process-test-agent-token")
             .unwrap();
-        Self::with_sim(
+        Self::with_sim_on(
             dir,
             (kubeconfig, agent_kubeconfig),
             Sim::Hosted(sim),
             Secure::default(),
             &[],
+            replicas,
         )
         .await
     }
@@ -302,13 +321,32 @@ impl Cluster {
     /// `kubeconfigs`: the test's (the admin's), the agent's.
     async fn with_sim(
         dir: tempfile::TempDir,
-        (kubeconfig, agent_kubeconfig): (PathBuf, PathBuf),
+        kubeconfigs: (PathBuf, PathBuf),
         sim: Sim,
         secure: Secure,
         agent_args: &[&str],
     ) -> Self {
-        let grpc = format!("127.0.0.1:{}", free_port());
-        let scheduler = spawn_scheduler(&grpc, dir.path(), "scheduler.log", &secure.scheduler_args);
+        Self::with_sim_on(dir, kubeconfigs, sim, secure, agent_args, 0).await
+    }
+
+    /// With `replicas` scheduler replicas on etcd, or (0) one scheduler on redb.
+    async fn with_sim_on(
+        dir: tempfile::TempDir,
+        (kubeconfig, agent_kubeconfig): (PathBuf, PathBuf),
+        sim: Sim,
+        secure: Secure,
+        agent_args: &[&str],
+        replicas: usize,
+    ) -> Self {
+        let (grpc, scheduler, replicas) = if replicas == 0 {
+            let grpc = format!("127.0.0.1:{}", free_port());
+            let scheduler =
+                spawn_scheduler(&grpc, dir.path(), "scheduler.log", &secure.scheduler_args);
+            (grpc, Some(scheduler), None)
+        } else {
+            let replicas = Replicas::start(dir.path(), replicas, &secure.scheduler_args).await;
+            (replicas.service.addr(), None, Some(replicas))
+        };
         let config = eventually("the kubeconfig", 15, || {
             let path = kubeconfig.clone();
             async move { Kubeconfig::read_from(&path).ok() }
@@ -394,6 +432,7 @@ impl Cluster {
             grpc,
             secure,
             scheduler,
+            replicas,
             agent,
             agent_args,
         };
@@ -425,35 +464,53 @@ impl Cluster {
 
     /// Kills the scheduler with SIGKILL and starts it again on the same store and address
     /// (its log goes on in `scheduler-2.log`); returns once it answers the CLI.
+    ///
+    /// With replicas, kills the leader with SIGKILL instead (it is started again, a
+    /// follower); returns once another replica leads and answers the CLI.
     pub(crate) async fn restart_scheduler(&mut self) {
-        signal(&self.scheduler, "-KILL");
-        let _ = self.scheduler.0.wait().await;
-        self.scheduler = spawn_scheduler(
+        self.kill_scheduler().await;
+        eventually("the restarted scheduler answers the CLI", 30, || async {
+            (self.cli(&["list"]).await.code == 0).then_some(())
+        })
+        .await;
+    }
+
+    /// Waits (bounded) until the scheduler answers the CLI again.
+    pub(crate) async fn wait_answering(&self, case: &str) {
+        eventually(
+            &format!("{case}: the scheduler answers the CLI"),
+            30,
+            || async { (self.cli(&["list"]).await.code == 0).then_some(()) },
+        )
+        .await;
+    }
+
+    /// Kills the scheduler (with replicas: the leader, until another leads) and starts it
+    /// again.
+    async fn kill_scheduler(&mut self) {
+        if let Some(replicas) = &self.replicas {
+            let (next, took) = replicas.kill_leader().await;
+            eprintln!("failover: {next:?} leads {took:?} after the leader was killed");
+            return;
+        }
+        let scheduler = self.scheduler.as_mut().expect("a scheduler");
+        signal(scheduler, "-KILL");
+        let _ = scheduler.0.wait().await;
+        self.scheduler = Some(spawn_scheduler(
             &self.grpc,
             self.dir.path(),
             "scheduler-2.log",
             &self.secure.scheduler_args,
-        );
-        eventually("the restarted scheduler answers the CLI", 15, || async {
-            (self.cli(&["list"]).await.code == 0).then_some(())
-        })
-        .await;
+        ));
     }
 
     /// Kills the scheduler and the agent with SIGKILL, both gone before either starts again;
     /// then starts the scheduler (on the same store and address; once it answers the CLI) and
     /// a new agent (their logs go on in `scheduler-2.log`, `agent-2.log`).
     pub(crate) async fn restart_both(&mut self) {
-        signal(&self.scheduler, "-KILL");
         signal(&self.agent, "-KILL");
-        let _ = self.scheduler.0.wait().await;
+        self.kill_scheduler().await;
         let _ = self.agent.0.wait().await;
-        self.scheduler = spawn_scheduler(
-            &self.grpc,
-            self.dir.path(),
-            "scheduler-2.log",
-            &self.secure.scheduler_args,
-        );
         self.start_agent_again();
         eventually("the restarted scheduler answers the CLI", 15, || async {
             (self.cli(&["list"]).await.code == 0).then_some(())
@@ -492,6 +549,7 @@ impl Cluster {
 
     /// The logs of the scheduler and the agent, for failure messages.
     pub(crate) fn logs(&self) -> String {
+        let replicas = self.replicas.iter().flat_map(Replicas::log_files);
         [
             "scheduler.log",
             "scheduler-2.log",
@@ -499,8 +557,15 @@ impl Cluster {
             "agent-2.log",
         ]
         .iter()
+        .map(|f| self.path(f))
+        .chain(replicas)
         .map(|f| {
-            let text = std::fs::read_to_string(self.path(f)).unwrap_or_default();
+            let text = std::fs::read_to_string(&f).unwrap_or_default();
+            let f = f
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
             let tail: Vec<&str> = text.lines().rev().take(30).collect();
             format!(
                 "--- {f} (last 30 lines)\n{}",

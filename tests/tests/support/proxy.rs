@@ -92,6 +92,11 @@ impl Proxy {
         }
     }
 
+    /// The proxy's address, `host:port`.
+    pub(crate) fn addr(&self) -> String {
+        self.addr.to_string()
+    }
+
     /// `http://<the proxy's address>`, for a client's `--scheduler` or `--server`.
     pub(crate) fn url(&self) -> String {
         format!("http://{}", self.addr)
