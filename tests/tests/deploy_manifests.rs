@@ -29,6 +29,7 @@ use k8s_openapi::{
             Container, Namespace, PersistentVolumeClaim, PodSpec, Probe, Service, ServiceAccount,
         },
         networking::v1::NetworkPolicy,
+        policy::v1::PodDisruptionBudget,
         rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding},
     },
     apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
@@ -129,6 +130,7 @@ struct Manifests {
     cluster_roles: Vec<ClusterRole>,
     cluster_role_bindings: Vec<ClusterRoleBinding>,
     sccs: Vec<SecurityContextConstraints>,
+    disruption_budgets: Vec<PodDisruptionBudget>,
 }
 
 /// OpenShift's `security.openshift.io/v1` SecurityContextConstraints (no k8s-openapi type):
@@ -202,12 +204,13 @@ impl Manifests {
             ("security.openshift.io/v1", "SecurityContextConstraints") => {
                 self.sccs.push(strict(&doc.raw)?)
             }
+            ("policy/v1", "PodDisruptionBudget") => self.disruption_budgets.push(strict(&doc.raw)?),
             (api, kind) => {
                 return Err(format!(
                     "unknown apiVersion/kind {api:?}/{kind:?} (this test knows Namespace, \
                      ServiceAccount, PersistentVolumeClaim, Service, Deployment, NetworkPolicy, \
                      Role, RoleBinding, ClusterRole, ClusterRoleBinding, \
-                     SecurityContextConstraints)"
+                     SecurityContextConstraints, PodDisruptionBudget)"
                 ));
             }
         }
@@ -284,8 +287,17 @@ struct Listening {
     /// The gRPC port speaks TLS only.
     tls: bool,
     metrics: SocketAddr,
+    /// A scheduler on its embedded store: where it is.
     data_dir: Option<PathBuf>,
+    /// A scheduler on etcd: the replica's name, as the flags leave it.
+    etcd: Option<EtcdReplica>,
     scheduler_url: Option<String>,
+}
+
+/// A scheduler replica on etcd, from its parsed flags.
+struct EtcdReplica {
+    /// The flags' etcd settings were accepted.
+    options: snapgate_etcd::EtcdOptions,
 }
 
 /// A snapgate binary, as a container image runs it.
@@ -324,12 +336,22 @@ fn binaries() -> Vec<Binary> {
                 };
                 a.security().map_err(refused)?;
                 a.lease_policy().map_err(refused)?;
+                let (data_dir, etcd) = match a.store {
+                    snapgate_scheduler::args::StoreKind::Redb => (Some(a.data_dir.clone()), None),
+                    snapgate_scheduler::args::StoreKind::Etcd => (
+                        None,
+                        Some(EtcdReplica {
+                            options: a.etcd_options().map_err(refused)?,
+                        }),
+                    ),
+                };
                 Ok(Listening {
                     grpc: Some(a.listen),
                     health: a.health_listen,
                     tls: a.tls_cert.is_some(),
                     metrics: a.metrics_listen,
-                    data_dir: Some(a.data_dir),
+                    data_dir,
+                    etcd,
                     scheduler_url: None,
                 })
             },
@@ -347,6 +369,7 @@ fn binaries() -> Vec<Binary> {
                     tls: false,
                     metrics: a.metrics_listen,
                     data_dir: None,
+                    etcd: None,
                     scheduler_url: Some(a.scheduler),
                 })
             },
@@ -1158,8 +1181,90 @@ fn the_scheduler_is_one_replica_with_its_data_on_a_persistent_volume_claim() {
             ));
         }
     }
-    assert_eq!(schedulers, 1, "deploy/ should run exactly one scheduler");
+    assert_eq!(
+        schedulers, 1,
+        "deploy/ should run exactly one scheduler on the embedded store"
+    );
     fail_on(errors, "the scheduler's store");
+}
+
+/// deploy/scheduler-ha: three replicas on etcd over mutual TLS, each named by its pod, ready
+/// only while leading (so the Service reaches the leader alone), updated one at a time and
+/// guarded by a disruption budget; the network policy lets them reach etcd.
+#[test]
+fn the_replicated_scheduler_runs_three_replicas_on_etcd_and_only_the_leader_is_ready() {
+    let m = Manifests::load();
+    let mut errors = Vec::new();
+    let mut replicated = 0;
+    for run in runs(&m) {
+        let Ok(Listening {
+            etcd: Some(etcd), ..
+        }) = run.listening()
+        else {
+            continue;
+        };
+        replicated += 1;
+        let at = &run.at;
+        let spec = run.deployment.spec.clone().unwrap_or_default();
+        if spec.replicas != Some(3) {
+            errors.push(format!("{at}: replicas {:?}, want 3", spec.replicas));
+        }
+        let strategy = spec.strategy.unwrap_or_default();
+        let rolling = strategy.rolling_update.unwrap_or_default();
+        if strategy.type_.as_deref() != Some("RollingUpdate")
+            || rolling.max_surge != Some(IntOrString::Int(0))
+            || rolling.max_unavailable != Some(IntOrString::Int(1))
+        {
+            errors.push(format!(
+                "{at}: update one replica at a time (RollingUpdate, maxSurge 0, maxUnavailable 1)"
+            ));
+        }
+        if etcd.options.tls.as_ref().is_none_or(|t| t.cert.is_none()) {
+            errors.push(format!("{at}: etcd without a client certificate"));
+        }
+        let named = run.container.env.iter().flatten().any(|e| {
+            e.name == "SNAPGATE_REPLICA_NAME"
+                && e.value_from
+                    .as_ref()
+                    .and_then(|f| f.field_ref.as_ref())
+                    .is_some_and(|f| f.field_path == "metadata.name")
+        });
+        if !named {
+            errors.push(format!("{at}: SNAPGATE_REPLICA_NAME is not the pod's name"));
+        }
+        let ready = run
+            .container
+            .readiness_probe
+            .as_ref()
+            .and_then(|p| p.grpc.as_ref())
+            .and_then(|g| g.service.as_deref());
+        if ready != Some("snapgate.v1.SourceService") {
+            errors.push(format!(
+                "{at}: the readiness probe must ask for snapgate.v1.SourceService (NOT_SERVING \
+                 on followers), not {ready:?}"
+            ));
+        }
+        let labels = run.pod_labels();
+        let budget = m.disruption_budgets.iter().any(|b| {
+            b.metadata.namespace.as_deref() == Some(run.namespace())
+                && b.spec.as_ref().is_some_and(|s| {
+                    s.max_unavailable == Some(IntOrString::Int(1))
+                        && s.selector
+                            .as_ref()
+                            .is_some_and(|sel| label_selector_selects(sel, &labels))
+                })
+        });
+        if !budget {
+            errors.push(format!(
+                "{at}: no PodDisruptionBudget with maxUnavailable 1 selects its pods"
+            ));
+        }
+    }
+    assert_eq!(
+        replicated, 1,
+        "deploy/ should hold one replicated scheduler"
+    );
+    fail_on(errors, "the replicated scheduler");
 }
 
 // ---------------------------------------------------------------------------------------------

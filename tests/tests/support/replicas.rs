@@ -235,7 +235,9 @@ fn spawn_appending(cmd: &mut Command, log: &Path) -> super::Proc {
 }
 
 fn kill(pid: u32, which: &str) {
+    // Quietly: the process may have exited already.
     let _ = std::process::Command::new("kill")
         .args([which, &pid.to_string()])
+        .stderr(std::process::Stdio::null())
         .status();
 }
