@@ -24,6 +24,9 @@
 //! | API timeout | the next create, patch and delete each hang 2 s, then 504 Timeout | all but cleanup |
 //! | watches closed | every watch open ends (its stream closes), and the agent's next 2 watches are closed at once | all |
 //! | watches expired | every watch open ends with a watch `ERROR` event `410 Gone`, reason `Expired`: the agent must list again | all |
+//! | leader | the scheduler as two replicas on a real etcd behind a Service (`support::Replicas`): the leader SIGKILLed, started again as a follower; returns once a new tenure began (either replica's) and answers the CLI | all |
+//! | leader partitioned | the same, the leader's link to etcd cut until it gave up its tenure (it exits and is started again) and a new tenure began; then restored | all |
+//! | etcd | the same, etcd SIGKILLed and started again on its data | all |
 //!
 //! The API server's faults are the agent's only (it has a token of its own): the test's
 //! writes never meet them. Ending the open watches ends the test's recorder's watch too; it
