@@ -27,6 +27,7 @@
 //! | leader | the scheduler as two replicas on a real etcd behind a Service (`support::Replicas`): the leader SIGKILLed, started again as a follower; returns once a new tenure began (either replica's) and answers the CLI | all |
 //! | leader partitioned | the same, the leader's link to etcd cut until it gave up its tenure (it exits and is started again) and a new tenure began; then restored | all |
 //! | etcd | the same, etcd SIGKILLed and started again on its data | all |
+//! | app leader | the same as leader, while an application holds the SDK's guard (as for app link, its connection through the Service): it must reconnect to the next leader and still get its outcome inside its hold | waiting, released |
 //!
 //! The API server's faults are the agent's only (it has a token of its own): the test's
 //! writes never meet them. Ending the open watches ends the test's recorder's watch too; it
@@ -115,12 +116,18 @@ enum Fault {
     LeaderPartitioned,
     /// The scheduler as replicas on etcd: etcd SIGKILLed and started again.
     Etcd,
+    /// The scheduler as replicas on etcd: the leader SIGKILLed while an application holds
+    /// the SDK's guard (through the Service, as in the cluster).
+    AppLeader,
 }
 
 impl Fault {
     /// Whether the cell runs the scheduler as replicas on etcd.
     fn replicated(self) -> bool {
-        matches!(self, Fault::Leader | Fault::LeaderPartitioned | Fault::Etcd)
+        matches!(
+            self,
+            Fault::Leader | Fault::LeaderPartitioned | Fault::Etcd | Fault::AppLeader
+        )
     }
 }
 
@@ -154,6 +161,7 @@ const MATRIX: &[(Fault, &[Phase])] = &[
     (Fault::Leader, ALL),
     (Fault::LeaderPartitioned, ALL),
     (Fault::Etcd, ALL),
+    (Fault::AppLeader, &[Waiting, Released]),
 ];
 
 /// The API server's rules for an API fault: for the agent's requests only (the test's own
@@ -313,7 +321,7 @@ async fn inject(c: &mut Cluster, app: Option<&App>, fault: Fault, case: &str) {
             // The agent's watches, and the test's own recorder.
             assert!(ended >= 2, "{case}: only {ended} watches were open");
         }
-        Fault::Leader => c.restart_scheduler().await,
+        Fault::Leader | Fault::AppLeader => c.restart_scheduler().await,
         Fault::LeaderPartitioned => {
             let replicas = c.replicas.as_ref().expect("replicas");
             replicas.partition_leader().await;
@@ -361,11 +369,18 @@ async fn assert_felt(c: &Cluster, app: Option<&App>, fault: Fault, case: &str) {
             sim(c).faults().rules()
         );
     }
-    if let Some(app) = app {
-        assert!(
+    match app {
+        Some(app) if fault == Fault::AppLink => assert!(
             app.link.refused() >= REFUSED,
             "{case}: the application never tried to reconnect"
-        );
+        ),
+        // Its connection to the killed leader ended: it made another (to the next leader).
+        Some(app) if fault == Fault::AppLeader => assert!(
+            app.link.passed() >= 2,
+            "{case}: the application never reconnected ({} connection)",
+            app.link.passed()
+        ),
+        _ => {}
     }
 }
 
@@ -397,7 +412,7 @@ async fn scenario(fault: Fault, phase: Phase) {
     );
     c.gated_db_source_waiting("").await;
     let mut app = match fault {
-        Fault::AppLink => {
+        Fault::AppLink | Fault::AppLeader => {
             let mut app = App::start(&c).await;
             app.quiescing(&case).await;
             Some(app)
@@ -618,6 +633,11 @@ async fn the_leader_cut_off_from_etcd_at_each_phase_of_a_gated_run_loses_nothing
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_killed_at_each_phase_of_a_gated_run_loses_nothing_and_copies_once() {
     cells(Fault::Etcd).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_application_quiesced_while_the_leader_is_killed_gets_its_copy_inside_its_hold() {
+    cells(Fault::AppLeader).await;
 }
 
 /// The SDK's guard gives up on a link lost after its Trigger once its disconnect grace has
