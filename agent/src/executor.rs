@@ -285,6 +285,8 @@ struct Held {
     stuck_seen: Option<(String, DateTime<Utc>)>,
     /// No mover Job before this time: the back-off after a stuck attempt whose Job was deleted.
     next_attempt_at: Option<DateTime<Utc>>,
+    /// The failed mover Job (its uid) and when this process first saw it failed.
+    failed_seen: Option<(String, DateTime<Utc>)>,
 }
 
 impl Held {
@@ -305,6 +307,7 @@ impl Held {
             volsync: None,
             stuck_seen: None,
             next_attempt_at: None,
+            failed_seen: None,
         }
     }
 
@@ -802,6 +805,26 @@ impl Executor {
                     now
                 }
             };
+            // When this process first saw the Job failed: its back-off counts from then at the
+            // latest, whatever the API server's clock says.
+            let failed_seen = match job {
+                Some(job)
+                    if matches!(classify::job_state(job), classify::JobState::Failed { .. }) =>
+                {
+                    let uid = job.metadata.uid.clone().unwrap_or_default();
+                    match &held.failed_seen {
+                        Some((seen, at)) if *seen == uid => Some(*at),
+                        _ => {
+                            held.failed_seen = Some((uid, now));
+                            Some(now)
+                        }
+                    }
+                }
+                _ => {
+                    held.failed_seen = None;
+                    None
+                }
+            };
             let held = &*held;
             let temporaries: Vec<Temporary> =
                 temporaries_of(&self.pvcs, &self.snapshots, &self.jobs, &ns, &source.name);
@@ -851,6 +874,7 @@ impl Executor {
                     })),
                 },
                 next_attempt_at: held.next_attempt_at,
+                job_failed_seen: failed_seen,
                 now,
             };
             let actions = match plan::plan(&directive, &observed, &self.config) {

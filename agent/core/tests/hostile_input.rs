@@ -858,6 +858,7 @@ struct World {
     /// was first seen.
     mover: (bool, Option<stuck::Trouble>, DateTime<Utc>),
     next_attempt_at: Option<DateTime<Utc>>,
+    job_failed_seen: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
 }
 
@@ -892,6 +893,7 @@ impl World {
                 })),
             },
             next_attempt_at: self.next_attempt_at,
+            job_failed_seen: self.job_failed_seen,
             now: self.now,
         }
     }
@@ -973,13 +975,17 @@ fn world() -> BoxedStrategy<World> {
                 text().prop_map(|t| Some(Err(t))),
             ],
         ),
-        (mover_trouble(), prop::option::of(chrono_time())),
+        (
+            mover_trouble(),
+            prop::option::of(chrono_time()),
+            prop::option::of(chrono_time()),
+        ),
     )
         .prop_map(
             |(
                 (pvc, snapshot, copy_pvc, cache_pvc, job, secrets, mover_account, volsync),
                 (privileged, failed_attempts, job_reported, temporaries, lease, now, review),
-                (mover, next_attempt_at),
+                (mover, next_attempt_at, job_failed_seen),
             )| World {
                 pvc,
                 snapshot,
@@ -997,6 +1003,7 @@ fn world() -> BoxedStrategy<World> {
                 review,
                 mover,
                 next_attempt_at,
+                job_failed_seen,
                 now,
             },
         )

@@ -257,6 +257,10 @@ pub struct Observed<'a> {
     /// No mover Job is made before this time: the back-off after a stuck attempt whose Job
     /// was deleted (kept by the shell from [`Action::FailStuckJob`]).
     pub next_attempt_at: Option<DateTime<Utc>>,
+    /// When the shell first saw the mover Job failed (by its own clock), if it is: the
+    /// back-off counts from the Job's failure time or this, whichever is earlier, so that an
+    /// API server whose clock runs ahead cannot put the next attempt off for ever.
+    pub job_failed_seen: Option<DateTime<Utc>>,
     /// The time of this plan.
     pub now: DateTime<Utc>,
 }

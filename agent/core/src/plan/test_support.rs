@@ -106,6 +106,7 @@ pub(super) fn seen<'a>(pvc: Option<&'a PersistentVolumeClaim>) -> Observed<'a> {
         mover_account: true,
         mover_pods: MoverPods::Unknown,
         next_attempt_at: None,
+        job_failed_seen: None,
         now: now(),
     }
 }

@@ -174,10 +174,12 @@ impl Ctx<'_> {
                             ),
                         ));
                     }
-                    // A failure time from the future (a hostile or skewed clock) counts from now;
-                    // a back-off past the end of time is never over.
+                    // A failure time from the future (a hostile or skewed clock) counts from
+                    // when this agent first saw the failure (or now); a back-off past the end of
+                    // time is never over.
                     let failed = failed_at(job)
                         .unwrap_or_else(|| created(&job.metadata))
+                        .min(self.seen.job_failed_seen.unwrap_or(self.seen.now))
                         .min(self.seen.now);
                     let retry_at = TimeDelta::from_std(self.backoff(attempt))
                         .ok()
@@ -638,6 +640,46 @@ mod tests {
         s.job = Some(&job);
         let a = plan(&d, &s, &config).unwrap();
         assert_eq!(a.last(), Some(&Action::DeleteJob("volsync-src-db".into())));
+    }
+
+    /// An API server whose clock runs ahead stamps the failure in the agent's future: the
+    /// back-off counts from when the agent first saw the failure, so the Job is replaced once
+    /// that back-off is over, however far ahead the stamp is (it was put off for ever).
+    #[test]
+    fn a_failed_job_stamped_in_the_future_is_replaced_after_the_back_off_from_when_it_was_seen() {
+        let d = directive(DirectivePhase::Transfer, v1::CopyMethod::Direct);
+        let source = pvc("data", &[], None);
+        let config = PlanConfig::default(); // 20 s for attempt 2
+        let job = failed_job(now() + chrono::Duration::minutes(5));
+        let mut s = seen(Some(&source));
+        s.job = Some(&job);
+        s.job_reported = true;
+        let cases = [
+            // (first seen failed, expected)
+            (None, "WakeAt 2026-03-04 05:06:27 UTC"),
+            (Some(now()), "WakeAt 2026-03-04 05:06:27 UTC"),
+            (
+                Some(now() - chrono::Duration::seconds(5)),
+                "WakeAt 2026-03-04 05:06:22 UTC",
+            ),
+            (
+                Some(now() - chrono::Duration::seconds(20)),
+                "DeleteJob volsync-src-db",
+            ),
+            (
+                Some(now() - chrono::Duration::hours(1)),
+                "DeleteJob volsync-src-db",
+            ),
+        ];
+        for (first_seen, want) in cases {
+            s.job_failed_seen = first_seen;
+            let a = plan(&d, &s, &config).unwrap();
+            assert_eq!(
+                kinds(&a).last().map(String::as_str),
+                Some(want),
+                "first seen {first_seen:?}"
+            );
+        }
     }
 
     fn running_job(parallelism: i32) -> Job {
