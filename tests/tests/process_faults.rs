@@ -25,7 +25,7 @@
 //! | watches closed | every watch open ends (its stream closes), and the agent's next 2 watches are closed at once | all |
 //! | watches expired | every watch open ends with a watch `ERROR` event `410 Gone`, reason `Expired`: the agent must list again | all |
 //! | leader | the scheduler as two replicas on a real etcd behind a Service (`support::Replicas`): the leader SIGKILLed, started again as a follower; returns once a new tenure began (either replica's) and answers the CLI | all |
-//! | leader partitioned | the same, the leader's link to etcd cut until it gave up its tenure (it exits and is started again) and a new tenure began; then restored | all |
+//! | leader partitioned | the same, the leader's link to etcd a black hole (nothing passes, nothing is closed) until it gave up its tenure by its own deadlines (it exits and is started again) and a new tenure began; then healed | all |
 //! | etcd | the same, etcd SIGKILLed and started again on its data | all |
 //! | app leader | the same as leader, while an application holds the SDK's guard (as for app link, its connection through the Service): it must reconnect to the next leader and still get its outcome inside its hold | waiting, released |
 //!
@@ -112,7 +112,7 @@ enum Fault {
     WatchesExpired,
     /// The scheduler as replicas on etcd: the leader SIGKILLed (a follower takes over).
     Leader,
-    /// The scheduler as replicas on etcd: the leader cut off from etcd.
+    /// The scheduler as replicas on etcd: the leader partitioned from etcd (a black hole).
     LeaderPartitioned,
     /// The scheduler as replicas on etcd: etcd SIGKILLed and started again.
     Etcd,

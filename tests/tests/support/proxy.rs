@@ -8,6 +8,9 @@
 //!               └─ refusing            and closed at once (refused) until restore()
 //! ```
 //!
+//! [`Proxy::stall`] makes it a black hole instead (a partition that drops packets): nothing
+//! passes and nothing is closed.
+//!
 //! [`Proxy::service`] is a Kubernetes Service in front of scheduler replicas instead: each
 //! connection goes to a replica that is ready (its health says `snapgate.v1.SourceService` is
 //! SERVING, as the deployed readiness probe asks: the leader), and is closed when none is.
@@ -35,6 +38,8 @@ struct Counts {
     refused: AtomicUsize,
     /// Whether connection attempts are refused.
     refusing: AtomicBool,
+    /// Whether the proxy is a black hole: connections stay open and pass nothing.
+    stalled: AtomicBool,
     /// Connections open now.
     open: AtomicUsize,
 }
@@ -45,6 +50,8 @@ pub(crate) struct Proxy {
     counts: Arc<Counts>,
     /// Bumped by [`Proxy::cut`]: every connection open ends when it changes.
     cuts: watch::Sender<u64>,
+    /// Whether the proxy passes nothing ([`Proxy::stall`]).
+    stalls: watch::Sender<bool>,
     accept: JoinHandle<()>,
 }
 
@@ -65,8 +72,9 @@ impl Proxy {
         let addr = listener.local_addr().unwrap();
         let counts = Arc::new(Counts::default());
         let (cuts, _) = watch::channel(0);
+        let (stalls, _) = watch::channel(false);
         let accept = tokio::spawn({
-            let (counts, cuts) = (counts.clone(), cuts.clone());
+            let (counts, cuts, stalls) = (counts.clone(), cuts.clone(), stalls.clone());
             async move {
                 while let Ok((client, _)) = listener.accept().await {
                     if counts.refusing.load(Ordering::SeqCst) {
@@ -80,6 +88,7 @@ impl Proxy {
                         upstream.clone(),
                         counts.clone(),
                         cuts.subscribe(),
+                        stalls.subscribe(),
                     ));
                 }
             }
@@ -88,6 +97,7 @@ impl Proxy {
             addr,
             counts,
             cuts,
+            stalls,
             accept,
         }
     }
@@ -114,6 +124,14 @@ impl Proxy {
     /// Passes connections again.
     pub(crate) fn restore(&self) {
         self.counts.refusing.store(false, Ordering::SeqCst);
+        self.stalls.send_replace(false);
+    }
+
+    /// Makes the proxy a black hole, as a network partition that drops packets is: every
+    /// connection open and every new one stays open and passes nothing (no reset, no close),
+    /// until [`Proxy::restore`]; the connections stalled stay dead after it.
+    pub(crate) fn stall(&self) {
+        self.stalls.send_replace(true);
     }
 
     /// Connection attempts refused so far.
@@ -198,7 +216,14 @@ async fn pass(
     upstream: Upstream,
     counts: Arc<Counts>,
     mut cut: watch::Receiver<u64>,
+    mut stalled: watch::Receiver<bool>,
 ) {
+    let stalled_now = *stalled.borrow();
+    if stalled_now {
+        // A black hole: the connection is held, answered by nothing.
+        let _ = cut.changed().await;
+        return;
+    }
     let Some(upstream) = upstream.pick().await else {
         return;
     };
@@ -209,6 +234,10 @@ async fn pass(
     tokio::select! {
         _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
         _ = cut.changed() => {}
+        () = async { drop(stalled.wait_for(|s| *s).await) } => {
+            // Both sockets stay open and unread until the proxy is cut or dropped.
+            let _ = cut.changed().await;
+        }
     }
     counts.open.fetch_sub(1, Ordering::SeqCst);
 }

@@ -136,14 +136,15 @@ impl Replicas {
         (new, killed.elapsed())
     }
 
-    /// Cuts the leader's link to etcd (a partition: it can neither renew its lease nor
-    /// write) until it has stopped leading (it exits; its keeper starts it again) and another
-    /// tenure began; then restores the link. Returns the new tenure.
+    /// Partitions the leader from etcd (its link a black hole: no answer, no reset, so it
+    /// can neither renew its lease nor write, and learns so only by its own deadlines) until
+    /// it has stopped leading (it exits; its keeper starts it again) and another tenure
+    /// began; then heals the link. Returns the new tenure.
     pub(crate) async fn partition_leader(&self) -> Tenure {
         let old = self.wait_leader("a leader to partition").await;
         let slot = self.slot(&old.name);
         let starts = *slot.starts.lock().unwrap();
-        slot.etcd_link.cut();
+        slot.etcd_link.stall();
         super::eventually(
             &format!("{} stopped leading and restarted", old.name),
             30,
@@ -151,6 +152,9 @@ impl Replicas {
         )
         .await;
         let new = self.wait_new_tenure(&old).await;
+        slot.etcd_link.restore();
+        // The stalled connections end; the restarted replica connects afresh.
+        slot.etcd_link.cut();
         slot.etcd_link.restore();
         new
     }
