@@ -1,9 +1,10 @@
 //! Figure 9: high availability, the scheduler on etcd.
 //!
-//! 1. Write throughput: `clients` concurrent clients apply distinct new sources (ApplySource,
-//!    `skipInitialRun`: every accepted call is a commit) for `measure` against one scheduler on
-//!    redb and against one on etcd (a fresh etcd, one replica, elected before it serves), with
-//!    figure 3's rate loop; the rates, p50/p99 latencies, and etcd's rate over redb's.
+//! 1. Write throughput: `clients` concurrent clients apply distinct new sources over 100
+//!    namespaces (ApplySource, `skipInitialRun`: every accepted call is a commit) for `measure`
+//!    against one scheduler on redb and against one on etcd (a fresh etcd, one replica, elected
+//!    before it serves), with figure 3's rate loop; the rates, p50/p99 latencies, and etcd's
+//!    rate over redb's.
 //! 2. Failover: two replicas on one etcd with `--etcd-lease-ttl ha_ttl`, `ha_sources` idle
 //!    sources applied and one source with a run in flight (its GATE directive is resent on every
 //!    agent (re)connect and never answered); a stub agent connects to the replicas in turn
@@ -37,8 +38,11 @@ use crate::{
     stub,
 };
 
-/// The namespace of the applied (idle) sources.
-const BULK: &str = "bulk";
+/// The namespaces of the applied (idle) sources, as figure 4's: `bulk-00` ... `bulk-99`.
+/// Spread because, while no agent serves a namespace, the scheduler counts its sources after
+/// every write to it (`snapgate_sources_without_agent`): thousands of new sources in one
+/// namespace would measure that count, not the store.
+const BULK_NAMESPACES: usize = 100;
 /// The namespace of the source with a run in flight, the stub agent's only one.
 const NS: &str = "ha";
 /// The source with a run in flight.
@@ -69,7 +73,7 @@ pub(crate) async fn run(cfg: &Config, report: &mut Report, figure: &str) -> anyh
     failover(cfg, &etcd, &sec, dir.path(), report, figure).await
 }
 
-/// ApplySource of a new idle source `w-<i>` in [`BULK`].
+/// ApplySource of a new idle source `w-<i>` in `bulk-<i % 100>`.
 fn apply_call(
     c: snapgate_sdk::Client,
     i: usize,
@@ -78,7 +82,7 @@ fn apply_call(
         let name = format!("w-{i:06}");
         c.sources()
             .apply_source(v1::ApplySourceRequest {
-                namespace: BULK.into(),
+                namespace: format!("bulk-{:02}", i % BULK_NAMESPACES),
                 spec: Some(v1::SourceSpec {
                     skip_initial_run: true,
                     ..seed::spec(&name, Due::Idle, 0)
@@ -138,7 +142,7 @@ async fn writes(
             &mut scheduler,
             sec,
             &url,
-            (BULK, "probe"),
+            ("bulk-00", "probe"),
             Duration::from_secs(60),
         )
         .await?;
