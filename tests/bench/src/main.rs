@@ -42,7 +42,7 @@ use crate::report::Report;
 #[derive(Debug, Parser)]
 #[command(name = "snapgate-bench", about = "snapgate's benchmark harness")]
 struct Args {
-    /// Every figure at a small size (under two minutes in all): what CI runs so the harness
+    /// Every figure at a small size (about two minutes in all): what CI runs so the harness
     /// cannot rot. The numbers it prints are not the figures' (see BENCHMARKS.md).
     #[arg(long)]
     smoke: bool,
