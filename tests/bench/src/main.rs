@@ -4,7 +4,7 @@
 //! loopback (temporary data directories, killed at the end whatever happens), hosts the
 //! simulated API server (`snapgate-kube-sim`, served over loopback HTTP exactly as its binary
 //! serves it, behind a thin journal that timestamps every request), drives them with the SDK
-//! and measures eight figures, each against a reference measured in the same run:
+//! and measures nine figures, each against a reference measured in the same run:
 //!
 //! | # | figure | reference |
 //! |---|---|---|
@@ -16,6 +16,7 @@
 //! | 6 | restart (process start to serving) | the same with an empty store |
 //! | 7 | memory at rest (scheduler, agent) | the same processes with nothing to hold |
 //! | 8 | soak (every-minute schedules with faults: times missed, RSS) | RSS at the second half's start |
+//! | 9 | high availability on etcd (write rate; kill -9 the leader → the new leader's first directive) | the same writes on redb; the lease TTL |
 //!
 //! A figure that misses its goal is reported, not failed: the process exits non-zero only on a
 //! harness error (a process died, a run failed). See BENCHMARKS.md for the numbers.
@@ -41,11 +42,11 @@ use crate::report::Report;
 #[derive(Debug, Parser)]
 #[command(name = "snapgate-bench", about = "snapgate's benchmark harness")]
 struct Args {
-    /// Every figure at a small size (under two minutes in all): what CI runs so the harness
+    /// Every figure at a small size (about two minutes in all): what CI runs so the harness
     /// cannot rot. The numbers it prints are not the figures' (see BENCHMARKS.md).
     #[arg(long)]
     smoke: bool,
-    /// Run only this figure (repeatable): a number 1-8 or its name.
+    /// Run only this figure (repeatable): a number 1-9 or its name.
     #[arg(long, value_enum)]
     only: Vec<Figure>,
     /// The number of sources of the largest size (figures 2, 4, 6 and 7; default 100,000, or
@@ -98,7 +99,7 @@ enum Internal {
     },
 }
 
-/// The eight figures.
+/// The nine figures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
 pub(crate) enum Figure {
     /// 1: the quiesce window.
@@ -125,10 +126,13 @@ pub(crate) enum Figure {
     /// 8: the soak.
     #[value(name = "soak", alias = "8")]
     Soak,
+    /// 9: high availability (the scheduler on etcd).
+    #[value(name = "ha", alias = "9")]
+    Ha,
 }
 
 impl Figure {
-    const ALL: [Figure; 8] = [
+    const ALL: [Figure; 9] = [
         Figure::Quiesce,
         Figure::Herd,
         Figure::Throughput,
@@ -137,6 +141,7 @@ impl Figure {
         Figure::Restart,
         Figure::Memory,
         Figure::Soak,
+        Figure::Ha,
     ];
 }
 

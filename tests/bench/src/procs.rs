@@ -356,6 +356,18 @@ pub(crate) fn spawn_scheduler(
     sec: &SecSetup,
     log: &Path,
 ) -> anyhow::Result<Proc> {
+    spawn_scheduler_with(bins, data, port, sec, log, &[])
+}
+
+/// [`spawn_scheduler`] with more flags (e.g. `--store etcd ...`).
+pub(crate) fn spawn_scheduler_with(
+    bins: &Bins,
+    data: &Path,
+    port: u16,
+    sec: &SecSetup,
+    log: &Path,
+    extra: &[String],
+) -> anyhow::Result<Proc> {
     Proc::spawn(
         "snapgate-scheduler",
         Command::new(&bins.scheduler)
@@ -363,7 +375,8 @@ pub(crate) fn spawn_scheduler(
             .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port())])
             .arg("--data-dir")
             .arg(data)
-            .args(sec.scheduler_args()),
+            .args(sec.scheduler_args())
+            .args(extra),
         log,
     )
 }

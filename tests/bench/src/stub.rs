@@ -102,8 +102,28 @@ pub(crate) async fn run(
     inbox: Arc<Inbox>,
     connected: mpsc::Sender<()>,
 ) {
+    run_failover(vec![client], agent_id, namespaces, answer, inbox, connected).await;
+}
+
+/// [`run`] over several schedulers (replicas), as a client that fails over itself: each
+/// (re)connect tries the next of `clients` in turn (a follower refuses `Connect` with
+/// `UNAVAILABLE`, a dead one does not answer), after a short back-off.
+pub(crate) async fn run_failover(
+    clients: Vec<snapgate_sdk::Client>,
+    agent_id: String,
+    namespaces: Vec<String>,
+    answer: Answer,
+    inbox: Arc<Inbox>,
+    connected: mpsc::Sender<()>,
+) {
+    if clients.is_empty() {
+        return;
+    }
     let mut first = true;
+    let mut attempt = 0usize;
     loop {
+        let client = &clients[attempt % clients.len()];
+        attempt = attempt.wrapping_add(1);
         let (tx, rx) = mpsc::channel(1024);
         let hello = v1::AgentMessage {
             message: Some(agent_message::Message::Hello(v1::AgentHello {

@@ -1,7 +1,8 @@
-//! The eight figures, their sizes (full and smoke) and their time budgets.
+//! The nine figures, their sizes (full and smoke) and their time budgets.
 
 mod api;
 mod flat;
+mod ha;
 mod herd;
 mod memory;
 mod quiesce;
@@ -73,6 +74,12 @@ pub(crate) struct Config {
     /// Figure 8: SyncNow rounds of the warm-up (each adds a finished run to every source's
     /// history).
     pub(crate) soak_warmup_rounds: usize,
+    /// Figure 9: the replicas' etcd lease TTL (whole seconds: `--etcd-lease-ttl`).
+    pub(crate) ha_ttl: Duration,
+    /// Figure 9: leaders killed.
+    pub(crate) ha_failovers: usize,
+    /// Figure 9: idle sources the leader holds while it is killed.
+    pub(crate) ha_sources: usize,
 }
 
 impl Config {
@@ -129,13 +136,16 @@ impl Config {
             } else {
                 snapgate_scheduler_core::HISTORY_PER_SOURCE
             },
+            ha_ttl: Duration::from_secs(if smoke { 3 } else { 5 }),
+            ha_failovers: if smoke { 3 } else { 10 },
+            ha_sources: if smoke { 300 } else { 2_000 },
         })
     }
 
     /// One line per setting, printed first.
     pub(crate) fn describe(&self) -> String {
         format!(
-            "snapgate-bench ({} mode): largest size {} sources; figure 1 {} gated runs ({} at once); figure 2 {} stub agents, jitter {} s; figure 3 {} clients on {} connections, {:?} per rate; figure 4 sizes {:?}, {} calls each; figure 5 wait {:?}; figure 6 {} runs in flight; figure 7 {} PVCs; figure 8 {} sources, {} agents, {:?} soak after {} warm-up rounds\n{}",
+            "snapgate-bench ({} mode): largest size {} sources; figure 1 {} gated runs ({} at once); figure 2 {} stub agents, jitter {} s; figure 3 {} clients on {} connections, {:?} per rate; figure 4 sizes {:?}, {} calls each; figure 5 wait {:?}; figure 6 {} runs in flight; figure 7 {} PVCs; figure 8 {} sources, {} agents, {:?} soak after {} warm-up rounds; figure 9 lease TTL {:?}, {} kills, {} sources\n{}",
             if self.smoke { "smoke" } else { "full" },
             fmt_count(self.sources),
             self.runs,
@@ -154,6 +164,9 @@ impl Config {
             self.soak_agents,
             self.soak,
             self.soak_warmup_rounds,
+            self.ha_ttl,
+            self.ha_failovers,
+            fmt_count(self.ha_sources),
             self.bins.describe(),
         )
     }
@@ -182,6 +195,9 @@ impl Config {
             Figure::Memory => s(240, 60),
             // The soak itself, its warm-up and reading every source back.
             Figure::Soak => self.soak + s(900, 90),
+            // Starting etcd, two write rates, and each kill: the TTL, the takeover and the
+            // killed replica's restart.
+            Figure::Ha => s(300, 60),
         }
     }
 }
@@ -197,6 +213,7 @@ fn label(figure: Figure) -> &'static str {
         Figure::Restart => "6 restart",
         Figure::Memory => "7 memory",
         Figure::Soak => "8 soak",
+        Figure::Ha => "9 ha",
     }
 }
 
@@ -253,6 +270,9 @@ pub(crate) async fn run_all(
             }
             Figure::Soak => {
                 tokio::time::timeout(budget, soak::run(config, report, label(figure))).await
+            }
+            Figure::Ha => {
+                tokio::time::timeout(budget, ha::run(config, report, label(figure))).await
             }
         };
         match outcome {

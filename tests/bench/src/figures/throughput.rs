@@ -107,7 +107,12 @@ async fn run_mode(
     let clients = connect(&sec, &url, cfg.clients.1).await?;
     let triggers = rate(&clients, cfg.clients.0, cfg.measure, w, trigger_call).await;
     scheduler.check_alive()?;
-    let (triggers, trigger_errors, exhausted) = triggers?;
+    let Rate {
+        per_sec: triggers,
+        failed: trigger_errors,
+        exhausted,
+        ..
+    } = triggers?;
     let statuses = rate(
         &clients,
         cfg.clients.0,
@@ -117,27 +122,33 @@ async fn run_mode(
     )
     .await;
     scheduler.check_alive()?;
-    let (statuses, status_errors, _) = statuses?;
+    let Rate {
+        per_sec: statuses,
+        failed: status_errors,
+        ..
+    } = statuses?;
 
     let (mut echo, echo_port) = procs::spawn_echo(&cfg.bins, &sec, &dir.path().join("echo.log"))?;
     procs::echo_client(&mut echo, &sec, echo_port).await?;
     let echo_clients = connect(&sec, &sec.url(echo_port), cfg.clients.1).await?;
-    let (echo_triggers, _, _) = rate(
+    let echo_triggers = rate(
         &echo_clients,
         cfg.clients.0,
         cfg.measure,
         usize::MAX,
         trigger_call,
     )
-    .await?;
-    let (echo_statuses, _, _) = rate(
+    .await?
+    .per_sec;
+    let echo_statuses = rate(
         &echo_clients,
         cfg.clients.0,
         cfg.measure,
         usize::MAX,
         status_call,
     )
-    .await?;
+    .await?
+    .per_sec;
     drop(echo);
 
     let size = format!(
@@ -186,7 +197,7 @@ async fn run_mode(
 }
 
 /// `n` connections to `url`.
-async fn connect(
+pub(crate) async fn connect(
     sec: &procs::SecSetup,
     url: &str,
     n: usize,
@@ -198,7 +209,8 @@ async fn connect(
     Ok(out)
 }
 
-type Call = fn(
+/// One call of a rate measurement: the client and the call's index.
+pub(crate) type Call = fn(
     snapgate_sdk::Client,
     usize,
 ) -> std::pin::Pin<
@@ -237,53 +249,71 @@ fn status_call(
     })
 }
 
+/// What [`rate`] measured.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Rate {
+    /// Calls that succeeded, per second.
+    pub(crate) per_sec: f64,
+    /// Calls that failed.
+    pub(crate) failed: usize,
+    /// Whether the indices ran out before the time was up.
+    pub(crate) exhausted: bool,
+    /// The latency of every call that succeeded.
+    pub(crate) latencies: Vec<Duration>,
+}
+
 /// `callers` tasks over `clients` calling `call` with indices 0, 1, 2, ... until `limit`
-/// indices are used or `measure` is over; the rate of calls that succeeded, the failures, and
-/// whether the indices ran out first.
-async fn rate(
+/// indices are used or `measure` is over; the rate of calls that succeeded, the failures,
+/// whether the indices ran out first, and each successful call's latency.
+pub(crate) async fn rate(
     clients: &[snapgate_sdk::Client],
     callers: usize,
     measure: Duration,
     limit: usize,
     call: Call,
-) -> anyhow::Result<(f64, usize, bool)> {
+) -> anyhow::Result<Rate> {
     let next = Arc::new(AtomicUsize::new(0));
-    let ok = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let until = started + measure;
     let tasks: Vec<_> = (0..callers)
         .map(|k| {
             let client = clients[k % clients.len()].clone();
-            let (next, ok, failed) = (next.clone(), ok.clone(), failed.clone());
+            let (next, failed) = (next.clone(), failed.clone());
             tokio::spawn(async move {
+                let mut latencies = Vec::new();
                 while Instant::now() < until {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     if i >= limit {
-                        return;
+                        break;
                     }
+                    let sent = Instant::now();
                     match call(client.clone(), i).await {
-                        Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
-                        Err(_) => failed.fetch_add(1, Ordering::Relaxed),
-                    };
+                        Ok(()) => latencies.push(sent.elapsed()),
+                        Err(_) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
                 }
+                latencies
             })
         })
         .collect();
+    let mut latencies = Vec::new();
     for t in tasks {
-        t.await?;
+        latencies.extend(t.await?);
     }
     let elapsed = started.elapsed();
-    let done = ok.load(Ordering::Relaxed);
-    Ok((
-        done as f64 / elapsed.as_secs_f64(),
-        failed.load(Ordering::Relaxed),
-        next.load(Ordering::Relaxed) >= limit,
-    ))
+    Ok(Rate {
+        per_sec: latencies.len() as f64 / elapsed.as_secs_f64(),
+        failed: failed.load(Ordering::Relaxed),
+        exhausted: next.load(Ordering::Relaxed) >= limit,
+        latencies,
+    })
 }
 
 /// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
