@@ -164,6 +164,8 @@ pub(super) struct Indexed {
     due: Option<Due>,
     /// `None` until first settled.
     pvc: Option<String>,
+    /// Counted in its namespace's live sources (not being deleted).
+    live: bool,
 }
 
 /// Sources by key, with their indexes.
@@ -178,6 +180,8 @@ pub(super) struct SourceTable {
     due_now: BTreeSet<SourceKey>,
     /// Handed out mutably since the last settle.
     dirty: BTreeSet<SourceKey>,
+    /// Sources not being deleted, per namespace, as last settled.
+    live: BTreeMap<String, usize>,
 }
 
 impl SourceTable {
@@ -216,6 +220,42 @@ impl SourceTable {
         if let Some(pvc) = &indexed.pvc {
             self.unindex_pvc(key, pvc);
         }
+        if indexed.live {
+            self.count_live(&key.namespace, false);
+        }
+    }
+
+    /// Counts a source of `namespace` in (`true`) or out of its live sources.
+    fn count_live(&mut self, namespace: &str, live: bool) {
+        if live {
+            *self.live.entry(namespace.to_owned()).or_default() += 1;
+        } else if let Some(n) = self.live.get_mut(namespace) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.live.remove(namespace);
+            }
+        }
+    }
+
+    /// How many sources of `namespace` are not being deleted: the settled count, corrected
+    /// by the sources changed since (a range of the few changed, not a scan).
+    pub(super) fn live_count(&self, namespace: &str) -> usize {
+        let settled = self.live.get(namespace).copied().unwrap_or(0);
+        let changed = self
+            .dirty
+            .range(SourceKey::new(namespace, "")..)
+            .take_while(|k| k.namespace == namespace)
+            .filter_map(|k| self.entries.get(k))
+            .map(|e| (!e.record.deleting, e.indexed.live));
+        let (mut added, mut removed) = (0_usize, 0_usize);
+        for (now, then) in changed {
+            match (now, then) {
+                (true, false) => added += 1,
+                (false, true) => removed += 1,
+                _ => {}
+            }
+        }
+        settled.saturating_add(added).saturating_sub(removed)
     }
 
     fn unindex_due(&mut self, key: &SourceKey, due: Option<Due>) {
@@ -288,7 +328,11 @@ impl SourceTable {
             let new = Indexed {
                 due: super::due_time(entry),
                 pvc: Some(entry.spec().source_pvc.clone()),
+                live: !entry.record.deleting,
             };
+            if old.live != new.live {
+                self.count_live(&key.namespace, new.live);
+            }
             if old.due != new.due {
                 self.unindex_due(&key, old.due);
                 self.index_due(&key, new.due);
@@ -341,13 +385,30 @@ impl SourceTable {
 
 impl super::Scheduler {
     /// Checks every index against a scan of the state it indexes: the runs by PVC and by
-    /// source, each run's deadline, each source's due time and PVC, and [`Self::poll_timeout`]
+    /// source, each run's deadline, each source's due time, PVC and namespace count (before
+    /// and after settling), and [`Self::poll_timeout`]
     /// against the earliest of them all. For tests; a scan of everything.
     #[doc(hidden)]
     pub fn check_indexes(&mut self) -> Result<(), String> {
         for (name, table) in [("active", &mut self.active), ("history", &mut self.history)] {
             table.settle();
             table.check().map_err(|e| format!("{name} runs: {e}"))?;
+        }
+        // The live counts, unsettled (as the driver asks them after a write), then settled.
+        let mut scanned_live = BTreeMap::<String, usize>::new();
+        for (k, e) in self.sources.iter() {
+            let n = scanned_live.entry(k.namespace.clone()).or_default();
+            if !e.record.deleting {
+                *n += 1;
+            }
+        }
+        for (namespace, want) in &scanned_live {
+            let got = self.sources.live_count(namespace);
+            if got != *want {
+                return Err(format!(
+                    "namespace {namespace}: {got} live sources before settling, a scan says {want}"
+                ));
+            }
         }
         self.sources.settle();
         self.sources.check()?;
@@ -414,7 +475,11 @@ impl SourceTable {
         let mut by_pvc = BTreeSet::new();
         let mut due_at = BTreeSet::new();
         let mut due_now = BTreeSet::new();
+        let mut live = BTreeMap::<String, usize>::new();
         for (k, e) in &self.entries {
+            if !e.record.deleting {
+                *live.entry(k.namespace.clone()).or_default() += 1;
+            }
             by_pvc.insert((
                 k.namespace.clone(),
                 e.spec().source_pvc.clone(),
@@ -440,6 +505,12 @@ impl SourceTable {
             return Err(format!(
                 "sources due {:?} and now {:?}, a scan says {due_at:?} and {due_now:?}",
                 self.due_at, self.due_now
+            ));
+        }
+        if live != self.live {
+            return Err(format!(
+                "live sources per namespace {:?}, a scan says {live:?}",
+                self.live
             ));
         }
         Ok(())

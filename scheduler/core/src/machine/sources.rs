@@ -146,15 +146,10 @@ impl Scheduler {
         out
     }
 
-    /// How many sources (not being deleted) `namespace` has: a range of the key order, not a
-    /// scan of every source.
+    /// How many sources (not being deleted) `namespace` has: a count kept by the source
+    /// table, not a scan (it is asked after every write to a namespace without an agent).
     pub fn source_count(&self, namespace: &str) -> usize {
-        let from = SourceKey::new(namespace, "");
-        self.sources
-            .range(from..)
-            .take_while(|(k, _)| k.namespace == namespace)
-            .filter(|(_, e)| !e.record.deleting)
-            .count()
+        self.sources.live_count(namespace)
     }
 
     /// The source with its status.
