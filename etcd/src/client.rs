@@ -201,27 +201,46 @@ impl Client {
                     return Ok(r.into_inner());
                 }
                 Ok(Err(status)) => {
-                    let unavailable = fails_over(status.code());
-                    last = EtcdError::Rpc {
-                        op,
-                        endpoint: endpoint.clone(),
-                        status: Box::new(status),
-                    };
-                    if !unavailable {
+                    let (error, next) = self.attempt_failed(op, endpoint, Some(status));
+                    last = error;
+                    if !next {
                         return Err(last);
                     }
                 }
-                Err(_) => {
-                    last = EtcdError::Timeout {
-                        op,
-                        endpoint: endpoint.clone(),
-                        after: self.request_timeout,
-                    }
-                }
+                Err(_) => last = self.attempt_failed(op, endpoint, None).0,
             }
             tracing::debug!(op, endpoint, error = %last, "etcd endpoint failed; trying the next");
         }
         Err(last)
+    }
+
+    /// What an attempt on `endpoint` that failed with `status` (`None`: it timed out) is, and
+    /// whether the next endpoint may be tried.
+    fn attempt_failed(
+        &self,
+        op: &'static str,
+        endpoint: &str,
+        status: Option<Status>,
+    ) -> (EtcdError, bool) {
+        match status {
+            Some(status) => {
+                let next = fails_over(status.code());
+                let error = EtcdError::Rpc {
+                    op,
+                    endpoint: endpoint.to_owned(),
+                    status: Box::new(status),
+                };
+                (error, next)
+            }
+            None => {
+                let error = EtcdError::Timeout {
+                    op,
+                    endpoint: endpoint.to_owned(),
+                    after: self.request_timeout,
+                };
+                (error, true)
+            }
+        }
     }
 
     fn kv(channel: Channel) -> KvClient<Channel> {
@@ -456,23 +475,13 @@ impl Client {
                 }
                 Ok(Ok((_, None))) => last = EtcdError::StreamEnded { op: OP },
                 Ok(Err(status)) => {
-                    let unavailable = fails_over(status.code());
-                    last = EtcdError::Rpc {
-                        op: OP,
-                        endpoint: endpoint.clone(),
-                        status: Box::new(status),
-                    };
-                    if !unavailable {
+                    let (error, next) = self.attempt_failed(OP, endpoint, Some(status));
+                    last = error;
+                    if !next {
                         return Err(last);
                     }
                 }
-                Err(_) => {
-                    last = EtcdError::Timeout {
-                        op: OP,
-                        endpoint: endpoint.clone(),
-                        after: self.request_timeout,
-                    }
-                }
+                Err(_) => last = self.attempt_failed(OP, endpoint, None).0,
             }
         }
         Err(last)

@@ -233,17 +233,29 @@ fn an_operator_exports_a_store_and_imports_it_into_an_empty_one() {
     );
     let dump = files.path().join("snapgate.dump");
     let dump = dump.to_str().unwrap();
-    {
-        let s = Scheduler::start(from.path(), free_port(), free_port());
-        let applied = s.call("snapgate.v1.SourceService/ApplySource", SOURCE);
-        assert!(applied.status.success(), "{}", text(&applied));
-        let busy = offline(&[
+    let import = || {
+        offline(&[
+            "import",
+            "--data-dir",
+            to.path().to_str().unwrap(),
+            "-i",
+            dump,
+        ])
+    };
+    let export = || {
+        offline(&[
             "--data-dir",
             from.path().to_str().unwrap(),
             "export",
             "-o",
             dump,
-        ]);
+        ])
+    };
+    {
+        let s = Scheduler::start(from.path(), free_port(), free_port());
+        let applied = s.call("snapgate.v1.SourceService/ApplySource", SOURCE);
+        assert!(applied.status.success(), "{}", text(&applied));
+        let busy = export();
         assert!(
             !busy.status.success(),
             "a running scheduler's store is locked"
@@ -255,52 +267,28 @@ fn an_operator_exports_a_store_and_imports_it_into_an_empty_one() {
         );
     }
 
-    let exported = offline(&[
-        "--data-dir",
-        from.path().to_str().unwrap(),
-        "export",
-        "-o",
-        dump,
-    ]);
+    let exported = export();
     assert!(exported.status.success(), "{}", text(&exported));
     assert!(
         text(&exported).contains("exported: 1 source(s), 1 run(s), next run number 2"),
         "{}",
         text(&exported)
     );
-    let again = offline(&[
-        "--data-dir",
-        from.path().to_str().unwrap(),
-        "export",
-        "-o",
-        dump,
-    ]);
+    let again = export();
     assert!(
         !again.status.success(),
         "an existing file is not overwritten"
     );
     assert!(text(&again).contains("--output"), "{}", text(&again));
 
-    let imported = offline(&[
-        "import",
-        "--data-dir",
-        to.path().to_str().unwrap(),
-        "-i",
-        dump,
-    ]);
+    let imported = import();
     assert!(imported.status.success(), "{}", text(&imported));
     assert!(
         text(&imported).contains("imported: 1 source(s), 1 run(s), next run number 2"),
         "{}",
         text(&imported)
     );
-    let twice = offline(&[
-        "import",
-        "--data-dir",
-        to.path().to_str().unwrap(),
-        "-i",
-        dump,
-    ]);
+    let twice = import();
     assert!(!twice.status.success());
     assert!(text(&twice).contains("not empty"), "{}", text(&twice));
 
