@@ -417,13 +417,14 @@ impl Tenure {
             resign,
         } = elected;
         info!(name = replica.name, "elected leader: loading the store");
-        let driver = driver::Driver::start_on(
-            store,
-            self.clock,
-            self.metrics.clone(),
-            self.lease_policy,
-            commands,
-        )
+        // The load blocks (a whole store read from etcd, seconds for a large one): off the
+        // runtime's workers, which keep the lease alive meanwhile.
+        let (clock, metrics, lease_policy) = (self.clock, self.metrics.clone(), self.lease_policy);
+        let driver = tokio::task::spawn_blocking(move || {
+            driver::Driver::start_on(store, clock, metrics, lease_policy, commands)
+        })
+        .await
+        .context("loading the store after being elected")?
         .context("loading the store after being elected")?;
         let mut run = tokio::spawn(driver.run());
         self.gate.open();
