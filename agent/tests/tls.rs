@@ -343,6 +343,7 @@ impl Scheduler {
         let listening = Listening {
             tls: Some(tls),
             health: None,
+            driver_thread: false,
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(serve_with(config, listener, listening, async {

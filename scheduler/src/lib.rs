@@ -104,6 +104,13 @@ pub struct Listening {
     /// A second, plaintext listener serving only `grpc.health.v1.Health` (for kubelet's gRPC
     /// probes, which speak no TLS), with the same statuses as the main one.
     pub health: Option<TcpListener>,
+    /// Run the driver (the store's load, the core, every commit) on a thread of its own, with a
+    /// runtime of its own, instead of as a task of the caller's runtime: the binary does. The
+    /// state rebuilt at start is then allocated on the thread that later frees it (glibc keeps
+    /// memory freed into another thread's heap: see BENCHMARKS.md, figure 8), and a blocking
+    /// commit holds none of the runtime's workers. Tests on paused time leave it off: the
+    /// driver's timers must follow their runtime's clock.
+    pub driver_thread: bool,
 }
 
 /// Serves snapgate.v1, health and reflection on `listener` (plaintext) until `shutdown`
@@ -131,10 +138,29 @@ pub async fn serve_with(
 ) -> anyhow::Result<()> {
     let on = Some((listener.local_addr()?, listening.tls.is_some()));
     match listening.tls {
-        None => serve_on(config, plaintext(listener), on, listening.health, shutdown).await,
+        None => {
+            let incoming = plaintext(listener);
+            serve_on(
+                config,
+                incoming,
+                on,
+                listening.health,
+                listening.driver_thread,
+                shutdown,
+            )
+            .await
+        }
         Some(tls) => {
             let incoming = tls.incoming(listener, config.metrics.clone());
-            serve_on(config, incoming, on, listening.health, shutdown).await
+            serve_on(
+                config,
+                incoming,
+                on,
+                listening.health,
+                listening.driver_thread,
+                shutdown,
+            )
+            .await
         }
     }
 }
@@ -177,7 +203,7 @@ where
     IO: Connection,
 {
     let incoming = incoming.map(|conn| conn.map(handshake::HandshakeDeadline::new));
-    serve_on(config, incoming, None, None, shutdown).await
+    serve_on(config, incoming, None, None, false, shutdown).await
 }
 
 /// What [`serve_with`] and [`serve_incoming`] share: the driver, the services and their
@@ -188,6 +214,7 @@ async fn serve_on<S, IO>(
     incoming: S,
     on: Option<(SocketAddr, bool)>,
     health_listener: Option<TcpListener>,
+    driver_thread: bool,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()>
 where
@@ -197,23 +224,22 @@ where
     let (handle, commands) = driver::channel();
     let (health, health_service) = tonic_health::server::health_reporter();
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    // Ends the driver when this function returns, however it does (see `spawn_driver`).
+    let (halt, halted) = tokio::sync::watch::channel(false);
+    let _halt = Halt(halt);
     let (gate, mut driver_task) = match config.store {
         Storage::Single(store) => {
             // The only scheduler: it loads now, and fails to start if it cannot.
-            let driver = driver::Driver::start_on(
-                store,
-                config.clock,
-                config.metrics.clone(),
-                config.lease_policy,
-                commands,
-            )
-            .context("loading the store")?;
+            let (clock, metrics, lease_policy) =
+                (config.clock, config.metrics.clone(), config.lease_policy);
+            let (loaded, task) = spawn_driver(
+                driver_thread,
+                move || driver::Driver::start_on(store, clock, metrics, lease_policy, commands),
+                halted,
+            );
+            loaded.await.context("loading the store")?;
             config.metrics.leader.set(1);
             serving(health.clone()).await;
-            let task = tokio::spawn(async move {
-                driver.run().await;
-                Ok(())
-            });
             (Gate::single(), task)
         }
         Storage::Replica(replica) => {
@@ -230,6 +256,8 @@ where
                 metrics: config.metrics.clone(),
                 lease_policy: config.lease_policy,
                 health: health.clone(),
+                driver_thread,
+                halted,
             };
             let task = tokio::spawn(tenure.lead(replica, commands, stopping));
             (gate, task)
@@ -394,6 +422,10 @@ struct Tenure {
     metrics: Metrics,
     lease_policy: LeasePolicy,
     health: tonic_health::server::HealthReporter,
+    /// See [`Listening::driver_thread`].
+    driver_thread: bool,
+    /// Turns true when the serve path returns.
+    halted: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Tenure {
@@ -417,16 +449,26 @@ impl Tenure {
             resign,
         } = elected;
         info!(name = replica.name, "elected leader: loading the store");
-        // The load blocks (a whole store read from etcd, seconds for a large one): off the
-        // runtime's workers, which keep the lease alive meanwhile.
+        // The load blocks (a whole store read from etcd, seconds for a large one): on the
+        // driver's own thread, or else off the runtime's workers, which keep the lease alive
+        // meanwhile.
         let (clock, metrics, lease_policy) = (self.clock, self.metrics.clone(), self.lease_policy);
-        let driver = tokio::task::spawn_blocking(move || {
-            driver::Driver::start_on(store, clock, metrics, lease_policy, commands)
-        })
-        .await
-        .context("loading the store after being elected")?
-        .context("loading the store after being elected")?;
-        let mut run = tokio::spawn(driver.run());
+        let start = move || driver::Driver::start_on(store, clock, metrics, lease_policy, commands);
+        let mut run = if self.driver_thread {
+            let (loaded, run) = spawn_driver(true, start, self.halted);
+            loaded
+                .await
+                .context("loading the store after being elected")?;
+            run
+        } else {
+            let driver = tokio::task::spawn_blocking(start)
+                .await
+                .context("loading the store after being elected")?
+                .context("loading the store after being elected")?;
+            let (loaded, run) = spawn_driver(false, move || Ok(driver), self.halted);
+            loaded.await?;
+            run
+        };
         self.gate.open();
         self.metrics.leader.set(1);
         serving(self.health).await;
@@ -441,6 +483,7 @@ impl Tenure {
                     Err(e) if e.is_panic() => {
                         Err(anyhow::anyhow!("the scheduler's driver task panicked"))
                     }
+                    Ok(Err(e)) => Err(e),
                     _ => Ok(()),
                 }
             }
@@ -448,6 +491,8 @@ impl Tenure {
             () = async { drop(lost.wait_for(|l| *l).await) } => {
                 self.gate.close();
                 self.metrics.leader.set(0);
+                // A driver on its own thread ends when the serve path returns (its halt), just
+                // after this: until then the gate refuses every call and the fence every write.
                 run.abort();
                 error!(name = replica.name, "leadership lost");
                 Err(anyhow::anyhow!(
@@ -456,6 +501,69 @@ impl Tenure {
             }
         }
     }
+}
+
+/// Signals the driver to end when dropped (see [`spawn_driver`]).
+struct Halt(tokio::sync::watch::Sender<bool>);
+
+impl Drop for Halt {
+    fn drop(&mut self) {
+        self.0.send_replace(true);
+    }
+}
+
+/// Starts the driver: `start` loads the store and rebuilds the core, then the driver runs
+/// until every handle is gone or `halted` turns true. On the caller's runtime, or
+/// (`own_thread`) on a blocking-pool thread with a current-thread runtime of its own (see
+/// [`Listening::driver_thread`]). Returns the load's outcome and the task; a panic of the
+/// driver is the task's panic either way.
+fn spawn_driver<F>(
+    own_thread: bool,
+    start: F,
+    mut halted: tokio::sync::watch::Receiver<bool>,
+) -> (
+    impl Future<Output = anyhow::Result<()>>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+)
+where
+    F: FnOnce() -> anyhow::Result<driver::Driver> + Send + 'static,
+{
+    let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
+    let body = async move {
+        let driver = match start() {
+            Ok(driver) => {
+                let _ = loaded_tx.send(Ok(()));
+                driver
+            }
+            Err(e) => {
+                // The caller reports the load's error.
+                let _ = loaded_tx.send(Err(e));
+                return Ok(());
+            }
+        };
+        tokio::select! {
+            () = driver.run() => {}
+            () = async { drop(halted.wait_for(|h| *h).await) } => {}
+        }
+        Ok(())
+    };
+    let task = if own_thread {
+        tokio::task::spawn_blocking(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("building the driver's runtime")?
+                .block_on(body)
+        })
+    } else {
+        tokio::spawn(body)
+    };
+    let loaded = async move {
+        loaded_rx
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the driver ended while loading the store")))
+    };
+    (loaded, task)
 }
 
 /// A plaintext listener's connections, each bound to send its HTTP/2 preface in time.

@@ -96,7 +96,12 @@ async fn main() -> anyhow::Result<()> {
         rate: (args.rate_limit, args.rate_burst),
         lease_policy,
     };
-    serve_with(config, grpc, Listening { tls, health }, stopped(stop_rx)).await?;
+    let listening = Listening {
+        tls,
+        health,
+        driver_thread: true,
+    };
+    serve_with(config, grpc, listening, stopped(stop_rx)).await?;
     metrics_task.await??;
     info!("stopped");
     Ok(())

@@ -106,6 +106,61 @@ async fn a_driver_that_dies_turns_health_not_serving_and_the_server_exits_with_a
     assert!(err.to_string().contains("panicked"), "{err}");
 }
 
+/// As the binary runs it, the driver on a thread of its own: its panic is noticed the same
+/// way, the call in flight is answered UNAVAILABLE and the server exits with an error.
+#[tokio::test]
+async fn a_driver_on_its_own_thread_that_dies_ends_the_server_with_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = snapgate_scheduler::Config {
+        store: PanickingStore {
+            inner: RedbStore::open(dir.path()).unwrap(),
+            armed: armed.clone(),
+        }
+        .into(),
+        clock: Arc::new(snapgate_proto::clock::SystemClock),
+        metrics: snapgate_scheduler::metrics::Metrics::new(),
+        authorizer: Default::default(),
+        authenticator: None,
+        rate: (0, 0),
+        lease_policy: Default::default(),
+    };
+    let listening = snapgate_scheduler::Listening {
+        driver_thread: true,
+        ..Default::default()
+    };
+    let task = tokio::spawn(snapgate_scheduler::serve_with(
+        config,
+        listener,
+        listening,
+        std::future::pending(),
+    ));
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut sources = v1::source_service_client::SourceServiceClient::new(channel);
+    sources
+        .apply_source(apply("apps", "first", restic("data")))
+        .await
+        .expect("the driver on its own thread serves");
+    armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let err = sources
+        .apply_source(apply("apps", "db", restic("data")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    let exit = tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("serve returns once the driver died")
+        .unwrap();
+    let err = exit.expect_err("an error, so the process exits non-zero");
+    assert!(err.to_string().contains("panicked"), "{err}");
+}
+
 #[tokio::test]
 async fn a_connection_that_never_sends_the_http2_preface_is_closed() {
     tokio::time::pause();

@@ -73,6 +73,7 @@ impl Tls {
         let listening = Listening {
             tls: Some(ServerTls::load(cert, key, client_ca).unwrap()),
             health: Some(health),
+            driver_thread: false,
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(serve_with(config, listener, listening, async {
@@ -553,6 +554,7 @@ async fn a_driver_failure_shows_not_serving_on_the_health_port_which_stops_with_
     let listening = Listening {
         tls: Some(ServerTls::load(&data("server.pem"), &data("server.key"), None).unwrap()),
         health: Some(health),
+        driver_thread: false,
     };
     let task = tokio::spawn(serve_with(
         config,

@@ -112,6 +112,7 @@ impl Running {
                 .unwrap()
             }),
             health: None,
+            driver_thread: false,
         };
         let task = tokio::spawn(snapgate_scheduler::serve_with(
             config,
