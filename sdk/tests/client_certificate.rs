@@ -59,6 +59,7 @@ impl Mtls {
         let listening = Listening {
             tls: Some(tls),
             health: None,
+            driver_thread: false,
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(serve_with(config, listener, listening, async {
