@@ -910,6 +910,54 @@ fn a_trigger_equal_to_latest_copy_trigger_does_not_release() {
     );
 }
 
+/// The simulation's seed 1244: a Trigger's value, written to the PVC's copy-trigger by the
+/// agent, was still there (latest-copy-trigger not updated after it: a failed patch, a
+/// crash) when the next run of the PVC waited; the agent reported it and it released that
+/// run too, a copy cut far outside the hold of the application that sent it. A value bound
+/// to an earlier run of the PVC releases no other, whichever way it arrives.
+#[test]
+fn a_copy_trigger_left_from_an_earlier_runs_trigger_does_not_release_the_next_run() {
+    let mut w = World::new();
+    w.pvc("data", true);
+    w.apply("db", spec("data", CopyMethod::Clone, schedule("0 * * * *")));
+    w.advance(Duration::hours(1));
+    assert_eq!(w.phase("db"), RunPhase::WaitingForTrigger);
+    let first = w.current("db").id;
+    w.rpc_trigger("data", "app-12", first).unwrap();
+    w.advance(Duration::minutes(5));
+    assert_eq!(
+        w.ann("data").get(TRIGGER).map(String::as_str),
+        Some("app-12")
+    );
+    assert_eq!(
+        w.runs("db")
+            .iter()
+            .find(|r| r.id == first)
+            .map(|r| r.trigger.clone()),
+        Some("app-12".to_owned())
+    );
+    // latest-copy-trigger lost its update: the annotations say app-12 is new.
+    w.cluster
+        .pvcs
+        .get_mut("data")
+        .unwrap()
+        .insert(LATEST.into(), "app-11".into());
+    w.advance(Duration::hours(1));
+    let next = w.current("db");
+    assert_ne!(next.id, first, "a new run");
+    assert_eq!(
+        w.phase("db"),
+        RunPhase::WaitingForTrigger,
+        "{:?}",
+        next.timeline
+    );
+    assert!(next.trigger.is_empty(), "released by {:?}", next.trigger);
+    // A new value still releases it.
+    w.user_sets_trigger("data", "app-13");
+    let released = w.runs("db").into_iter().find(|r| r.id == next.id).unwrap();
+    assert_eq!(released.trigger, "app-13");
+}
+
 #[test]
 fn the_trigger_rpc_refuses_a_run_id_that_is_not_the_waiting_run() {
     let mut w = World::new();

@@ -93,6 +93,24 @@ impl Scheduler {
         ReportOutcome::Applied
     }
 
+    /// Whether `value` released, was spent by, or is held for a run other than `id` on the
+    /// same PVC (any source, in flight or in history): such a value releases no other run.
+    fn used_by_another_run_of_the_pvc(&self, id: RunId, value: &str) -> bool {
+        let Some(run) = self.active.get(&id) else {
+            return false;
+        };
+        let (namespace, pvc) = (run.source.namespace.as_str(), run.pvc.as_str());
+        self.active
+            .on_pvc(namespace, pvc)
+            .chain(self.history.on_pvc(namespace, pvc))
+            .filter(|r| r.id != id)
+            .any(|r| {
+                r.trigger == value
+                    || r.spent_triggers.iter().any(|v| v == value)
+                    || r.holds.iter().any(|h| h.value == value)
+            })
+    }
+
     pub(super) fn on_pvc_observed(&mut self, id: RunId, pvc: PvcObserved, now: DateTime<Utc>) {
         let Some(key) = self.active.get(&id).map(run_key) else {
             return;
@@ -196,6 +214,10 @@ impl Scheduler {
         let fresh = !pvc.copy_trigger.is_empty()
             && pvc.copy_trigger != pvc.latest_copy_trigger
             && !run.spent_triggers.contains(&pvc.copy_trigger);
+        // Nor is a value bound to another run of the PVC: the annotation can still hold the
+        // value an earlier run was released by (the agent writes a Trigger's value there) when
+        // latest-copy-trigger was not updated after it (a failed patch, a crash).
+        let fresh = fresh && !self.used_by_another_run_of_the_pvc(id, &pvc.copy_trigger);
         let holders = self.run_holders(id);
         let Some(run) = self.active.get_mut(&id) else {
             return;
