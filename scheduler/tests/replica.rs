@@ -109,18 +109,28 @@ async fn next_status(watch: &mut tonic::Streaming<tonic_health::pb::HealthCheckR
         .status
 }
 
-#[tokio::test]
-async fn a_replica_refuses_until_elected_then_serves_then_exits_when_its_tenure_is_lost() {
-    let dir = tempfile::tempdir().unwrap();
+/// A replica not yet elected, and the Watch of its readiness, which has said NOT_SERVING.
+async fn follower() -> (
+    Running,
+    Election,
+    watch::Receiver<bool>,
+    tonic::Streaming<tonic_health::pb::HealthCheckResponse>,
+) {
     let (replica, election, lost) = replica("replica-a");
     let s = Running::start_storage(Storage::Replica(replica)).await;
-
-    // A follower: alive, not ready, every call refused naming the leader it saw.
     let mut ready = health_of(&s, "snapgate.v1.SourceService").await;
     assert_eq!(
         next_status(&mut ready).await,
         ServingStatus::NotServing as i32
     );
+    (s, election, lost, ready)
+}
+
+#[tokio::test]
+async fn a_replica_refuses_until_elected_then_serves_then_exits_when_its_tenure_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    // A follower: alive, not ready, every call refused naming the leader it saw.
+    let (s, election, lost, mut ready) = follower().await;
     let mut alive = health_of(&s, "").await;
     assert_eq!(next_status(&mut alive).await, ServingStatus::Serving as i32);
     assert_eq!(s.gauge("snapgate_leader"), 0);
@@ -174,13 +184,7 @@ async fn a_replica_refuses_until_elected_then_serves_then_exits_when_its_tenure_
 #[tokio::test]
 async fn a_leader_that_stops_cleanly_resigns() {
     let dir = tempfile::tempdir().unwrap();
-    let (replica, election, lost) = replica("replica-a");
-    let s = Running::start_storage(Storage::Replica(replica)).await;
-    let mut ready = health_of(&s, "snapgate.v1.SourceService").await;
-    assert_eq!(
-        next_status(&mut ready).await,
-        ServingStatus::NotServing as i32
-    );
+    let (s, election, lost, mut ready) = follower().await;
     let (_lose, resigned) = election.win(dir.path(), lost);
     assert_eq!(next_status(&mut ready).await, ServingStatus::Serving as i32);
     drop(ready);
@@ -193,13 +197,7 @@ async fn a_leader_that_stops_cleanly_resigns() {
 
 #[tokio::test]
 async fn a_follower_stops_cleanly_without_being_elected() {
-    let (replica, election, _lost) = replica("replica-a");
-    let s = Running::start_storage(Storage::Replica(replica)).await;
-    let mut ready = health_of(&s, "snapgate.v1.SourceService").await;
-    assert_eq!(
-        next_status(&mut ready).await,
-        ServingStatus::NotServing as i32
-    );
+    let (s, election, _lost, ready) = follower().await;
     drop(ready);
     s.stop().await;
     drop(election);

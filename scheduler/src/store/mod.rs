@@ -275,6 +275,18 @@ impl Store for RedbStore {
     }
 }
 
+/// The `(kind, key)` of every record a load quarantined, sorted (store tests).
+#[cfg(test)]
+pub(crate) fn quarantined(loaded: &Loaded) -> Vec<(&str, &str)> {
+    let mut corrupt: Vec<(&str, &str)> = loaded
+        .corrupt
+        .iter()
+        .map(|q| (q.kind, q.key.as_str()))
+        .collect();
+    corrupt.sort();
+    corrupt
+}
+
 #[cfg(test)]
 impl RedbStore {
     /// Writes raw bytes as a run record, as a damaged disk would have.
@@ -458,14 +470,8 @@ mod tests {
         let loaded = s.load().unwrap();
         assert_eq!(loaded.sources, vec![record("apps", "good")]);
         assert_eq!(loaded.runs, vec![full_run()]);
-        let mut corrupt: Vec<(&str, &str)> = loaded
-            .corrupt
-            .iter()
-            .map(|q| (q.kind, q.key.as_str()))
-            .collect();
-        corrupt.sort();
         assert_eq!(
-            corrupt,
+            quarantined(&loaded),
             [
                 ("run", "not-a-run"),
                 ("run", "run-901"),

@@ -469,10 +469,7 @@ impl Cluster {
     /// follower); returns once another replica leads and answers the CLI.
     pub(crate) async fn restart_scheduler(&mut self) {
         self.kill_scheduler().await;
-        eventually("the restarted scheduler answers the CLI", 30, || async {
-            (self.cli(&["list"]).await.code == 0).then_some(())
-        })
-        .await;
+        self.wait_answering("restarted").await;
     }
 
     /// Waits (bounded) until the scheduler answers the CLI again.
@@ -512,10 +509,7 @@ impl Cluster {
         self.kill_scheduler().await;
         let _ = self.agent.0.wait().await;
         self.start_agent_again();
-        eventually("the restarted scheduler answers the CLI", 15, || async {
-            (self.cli(&["list"]).await.code == 0).then_some(())
-        })
-        .await;
+        self.wait_answering("restarted").await;
     }
 
     /// The scheduler's gRPC address (`host:port`).

@@ -172,14 +172,6 @@ impl Replicas {
         .await
     }
 
-    /// How many times each replica's process was started, by name.
-    pub(crate) fn starts(&self) -> Vec<(String, u32)> {
-        self.slots
-            .iter()
-            .map(|s| (s.name.clone(), *s.starts.lock().unwrap()))
-            .collect()
-    }
-
     /// The replicas' log files, for failure messages.
     pub(crate) fn log_files(&self) -> Vec<PathBuf> {
         self.slots

@@ -483,7 +483,7 @@ async fn wait_follower(r: &mut Replica, sec: &SecSetup, leader: &str) -> anyhow:
                 && status.code() == tonic::Code::Unavailable
                 && status
                     .metadata()
-                    .get("snapgate-leader")
+                    .get(snapgate_scheduler::replica::LEADER_METADATA)
                     .and_then(|v| v.to_str().ok())
                     == Some(leader)
             {
