@@ -30,8 +30,8 @@ use std::fmt;
 
 pub use machine::{
     CoreError, Effect, HISTORY_PER_SOURCE, LeaseAnswer, LeasePolicy, MAX_LOG_BYTES,
-    MAX_MESSAGE_BYTES, MAX_STARTS_PER_STEP, Observation, Quarantined, ReportOutcome, Restored,
-    SPENT_PER_RUN, Scheduler, TIMEOUT_TEXT, Target, TriggerAccepted,
+    MAX_MESSAGE_BYTES, MAX_STARTS_PER_STEP, Mirror, Mirrored, Observation, Quarantined,
+    ReportOutcome, Restored, SPENT_PER_RUN, Scheduler, TIMEOUT_TEXT, Target, TriggerAccepted,
 };
 pub use model::SourceRecord;
 

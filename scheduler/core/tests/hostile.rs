@@ -7,8 +7,8 @@
 use chrono::{DateTime, Duration, Utc};
 use proptest::prelude::*;
 use snapgate_scheduler_core::{
-    CoreError, Effect, MAX_LOG_BYTES, MAX_MESSAGE_BYTES, MAX_STARTS_PER_STEP, RunId, Scheduler,
-    SourceKey, SourceRecord,
+    CoreError, Effect, MAX_LOG_BYTES, MAX_MESSAGE_BYTES, MAX_STARTS_PER_STEP, Mirrored, RunId,
+    Scheduler, SourceKey, SourceRecord,
     model::{
         AgentError, AgentTime, CopyCompleted, CopyMethod, CopyTarget, CopyTriggerInput, CustomCa,
         JsonObject, LeaseRequest, MoverFailed, MoverFinished, MoverInput, MoverKind, MoverStuck,
@@ -689,6 +689,95 @@ fn restoring_quarantines_records_it_cannot_run_and_loads_the_rest() {
         901,
         "a quarantined run's number is never reused"
     );
+}
+
+/// A follower's copy takes hostile records by the rules a restore does: a source it cannot run
+/// is left out (and the copy it replaced with it, and that source's runs in flight), a source
+/// that breaks a newer rule loads with the rule shown, a run put in the commit that puts its
+/// source loads whatever their order, and a removed source takes its runs in flight along.
+#[test]
+fn a_followers_copy_leaves_out_what_a_restore_would_and_keeps_the_rest() {
+    let mut core = Scheduler::new();
+    let mut stored = Stored::default();
+    core.apply_source(key("good"), restic_spec(), 0, t0())
+        .unwrap();
+    stored.take(&mut core);
+    let good = stored.sources["apps/good"].clone();
+    let good_run = current(&core, "good");
+    let mut mirror = Scheduler::new();
+
+    // The run before its source, in one commit.
+    let out = mirror.mirror(vec![
+        Mirrored::PutRun(Box::new(good_run.clone())),
+        Mirrored::PutSource(Box::new(good.clone())),
+        Mirrored::NextRun(core.next_run_counter()),
+    ]);
+    assert_eq!(out.quarantined, vec![]);
+    assert_eq!(current(&mirror, "good").id, good_run.id);
+    assert_eq!(mirror.next_run_counter(), core.next_run_counter());
+
+    // The same source rewritten with a schedule that does not parse: left out, run and all.
+    let mut broken = good.clone();
+    broken.source.spec.trigger = TriggerSpec::Schedule("not a cron".into());
+    let out = mirror.mirror(vec![Mirrored::PutSource(Box::new(broken))]);
+    let left_out: Vec<(&str, String)> = out
+        .quarantined
+        .iter()
+        .map(|q| (q.kind, q.key.clone()))
+        .collect();
+    assert_eq!(
+        left_out,
+        vec![
+            ("source", "apps/good".to_owned()),
+            ("run", good_run.id.to_string())
+        ]
+    );
+    assert!(mirror.get_source(&key("good")).is_err());
+    assert_eq!(mirror.copy_status("apps", "data").run_id, None);
+
+    // Fixed again, with its run: both back.
+    let out = mirror.mirror(vec![
+        Mirrored::PutSource(Box::new(good.clone())),
+        Mirrored::PutRun(Box::new(good_run.clone())),
+    ]);
+    assert_eq!(out.quarantined, vec![]);
+    assert!(out.cleared.contains(&("source", "apps/good".to_owned())));
+    assert_eq!(current(&mirror, "good").id, good_run.id);
+
+    // A spec a later version refuses loads, the rule shown, as a restore shows it.
+    let mut old = good.clone();
+    old.source.key = key("old");
+    old.source.spec.trigger = TriggerSpec::Schedule("0 0 31 2 *".into());
+    let out = mirror.mirror(vec![Mirrored::PutSource(Box::new(old))]);
+    assert_eq!(out.warnings.len(), 1);
+    assert!(
+        mirror
+            .get_source(&key("old"))
+            .unwrap()
+            .status
+            .message
+            .contains("never fires")
+    );
+
+    // A run in flight whose source is nowhere: left out.
+    let mut orphan = Run::new(
+        RunId(900),
+        key("nowhere"),
+        "x".into(),
+        RunReason::Schedule,
+        t0(),
+    );
+    orphan.phase = RunPhase::Copying;
+    let out = mirror.mirror(vec![Mirrored::PutRun(Box::new(orphan))]);
+    assert_eq!(out.quarantined.len(), 1);
+    assert_eq!(mirror.next_run_counter(), 901, "its number is never reused");
+
+    // The source removed: its run in flight goes with it.
+    let out = mirror.mirror(vec![Mirrored::RemoveSource(key("good"))]);
+    assert_eq!(out.quarantined.len(), 1, "{out:?}");
+    assert!(mirror.list_runs(&key("good"), 10).is_err());
+    assert_eq!(mirror.copy_status("apps", "data").run_id, None);
+    assert_eq!(mirror.check_indexes(), Ok(()));
 }
 
 // ------------------------------------------------------------------------ property tests

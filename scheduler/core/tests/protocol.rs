@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, Utc};
 use snapgate_scheduler_core::{
-    CoreError, Effect, LeaseAnswer, ReportOutcome, RunId, Scheduler, SourceKey, SourceRecord,
-    TIMEOUT_TEXT,
+    CoreError, Effect, LeaseAnswer, Mirrored, ReportOutcome, RunId, Scheduler, SourceKey,
+    SourceRecord, TIMEOUT_TEXT,
     model::{
         AgentError, AgentTime, Author, CopyCompleted, CopyMethod, CopyState, CopyStatus,
         CopyTarget, CopyTriggerInput, Directive, DirectivePhase, LeaseRequest, MoverFailed,
@@ -56,6 +56,9 @@ struct World {
     stored_sources: BTreeMap<String, SourceRecord>,
     stored_runs: BTreeMap<RunId, Run>,
     copy_statuses: Vec<CopyStatus>,
+    /// A follower's copy, changed by every commit's records: it must answer every read as
+    /// the leader does (see `assert_mirror_agrees`).
+    mirror: Scheduler,
 }
 
 fn t0() -> DateTime<Utc> {
@@ -114,6 +117,7 @@ impl World {
             stored_sources: BTreeMap::new(),
             stored_runs: BTreeMap::new(),
             copy_statuses: Vec::new(),
+            mirror: Scheduler::new(),
         }
     }
 
@@ -176,22 +180,29 @@ impl World {
                 if let Err(e) = self.core.check_indexes() {
                     panic!("index out of step with the state: {e}");
                 }
+                self.assert_mirror_agrees();
                 return;
             }
             let mut reports = Vec::new();
             let mut retired = Vec::new();
+            // The records of this step, as one commit reaches a follower.
+            let mut commit = vec![Mirrored::NextRun(self.core.next_run_counter())];
             for e in effects {
                 match e {
                     Effect::PutSource(r) => {
+                        commit.push(Mirrored::PutSource(r.clone()));
                         self.stored_sources.insert(r.source.key.to_string(), *r);
                     }
                     Effect::RemoveSource(k) => {
+                        commit.push(Mirrored::RemoveSource(k.clone()));
                         self.stored_sources.remove(&k.to_string());
                     }
                     Effect::PutRun(r) => {
+                        commit.push(Mirrored::PutRun(r.clone()));
                         self.stored_runs.insert(r.id, *r);
                     }
                     Effect::RemoveRun(id) => {
+                        commit.push(Mirrored::RemoveRun(id));
                         self.stored_runs.remove(&id);
                     }
                     Effect::Send { directive, .. } => {
@@ -216,6 +227,8 @@ impl World {
                     Effect::Observe(_) => {}
                 }
             }
+            let left_out = self.mirror.mirror(commit);
+            assert!(left_out.quarantined.is_empty(), "{left_out:?}");
             for key in retired {
                 assert!(self.core.handle_retired(&apps(), &key));
             }
@@ -228,6 +241,37 @@ impl World {
             }
         }
         panic!("the world did not settle");
+    }
+
+    /// The follower's copy answers every read the scenario can make as the leader does: the
+    /// sources, each source's runs, each PVC's copy status, the next run number.
+    fn assert_mirror_agrees(&self) {
+        let (sources, _) = self.core.list_sources(None, None, usize::MAX);
+        let (mirrored, _) = self.mirror.list_sources(None, None, usize::MAX);
+        assert_eq!(
+            mirrored, sources,
+            "the follower's sources differ from the leader's"
+        );
+        for s in &sources {
+            assert_eq!(
+                self.mirror.list_runs(&s.key, usize::MAX),
+                self.core.list_runs(&s.key, usize::MAX),
+                "the follower's runs of {} differ from the leader's",
+                s.key
+            );
+        }
+        for pvc in self.cluster.pvcs.keys() {
+            assert_eq!(
+                self.mirror.copy_status("apps", pvc),
+                self.core.copy_status("apps", pvc),
+                "the follower's copy status of pvc {pvc} differs from the leader's"
+            );
+        }
+        assert_eq!(
+            self.mirror.next_run_counter(),
+            self.core.next_run_counter(),
+            "the follower's next run number"
+        );
     }
 
     /// What the model agent's lease request for `d` gets now: an instant answer, so a lease
@@ -1239,8 +1283,9 @@ fn a_new_source_can_skip_its_first_immediate_run() {
     );
 }
 
-#[test]
-fn paused_sources_start_no_run_until_resumed_and_then_catch_up_once() {
+/// An hourly source `db` (no initial run) on pvc `data`, just paused with the note
+/// "maintenance" (not yet settled).
+fn paused_hourly_db() -> World {
     let mut w = World::new();
     w.pvc("data", false);
     let mut s = spec("data", CopyMethod::Clone, schedule("0 * * * *"));
@@ -1249,6 +1294,24 @@ fn paused_sources_start_no_run_until_resumed_and_then_catch_up_once() {
     w.core
         .set_paused(&key("db"), true, "maintenance".into(), w.now)
         .unwrap();
+    w
+}
+
+/// The record a pause commits is the one readers see: its Synchronizing condition says
+/// "paused" after a restart too (it was once committed before the condition was set).
+#[test]
+fn a_paused_sources_condition_is_committed_with_the_pause() {
+    let mut w = paused_hourly_db();
+    w.settle();
+    let before = w.status("db").conditions;
+    assert!(before.iter().any(|c| c.message == "paused"), "{before:?}");
+    w.restart();
+    assert_eq!(w.status("db").conditions, before);
+}
+
+#[test]
+fn paused_sources_start_no_run_until_resumed_and_then_catch_up_once() {
+    let mut w = paused_hourly_db();
     w.advance(Duration::hours(3));
     assert!(w.runs("db").is_empty());
     assert_eq!(w.status("db").pause_note, "maintenance");

@@ -6,6 +6,7 @@
 
 mod agents;
 mod index;
+mod mirror;
 mod runs;
 mod sources;
 mod time;
@@ -50,6 +51,7 @@ const LEASE_EXPIRED_TEXT: &str = "the hold lease ran out before the copy point: 
 /// The most values a run may spend without a copy (expired leases, ended holds): past it the
 /// run fails rather than forget one, since a forgotten value could release it again.
 pub const SPENT_PER_RUN: usize = 64;
+pub use mirror::{Mirror, Mirrored};
 /// The text VolSync writes into latestMoverStatus.logs when waiting times out.
 pub use snapgate_contract::TIMEOUT_TEXT;
 
@@ -493,48 +495,15 @@ impl Scheduler {
         s.next_run = next_run.max(1);
         let mut quarantined = Vec::new();
         let mut warnings = Vec::new();
-        for mut record in records {
-            let key = record.source.key.clone();
-            match validate::admit_stored(&key, &record.source.spec) {
-                Ok((mut admitted, broken)) => {
-                    s.share_schedule(&mut admitted);
-                    if let Some(rule) = broken {
-                        record.source.status.message = truncate(
-                            &format!(
-                                "the stored spec breaks a rule of this version ({rule}); it runs as stored until a corrected spec is applied"
-                            ),
-                            MAX_MESSAGE_BYTES,
-                        );
-                        warnings.push(Quarantined::source(&key.to_string(), &rule.to_string()));
-                    }
-                    s.sources.insert(
-                        key,
-                        SourceEntry {
-                            record,
-                            admitted,
-                            indexed: Default::default(),
-                        },
-                    );
-                }
-                Err(rule) => quarantined.push(Quarantined::source(
-                    &key.to_string(),
-                    &format!("cannot be run: {rule}"),
-                )),
+        for record in records {
+            match s.load_source(record) {
+                Ok(warning) => warnings.extend(warning),
+                Err(q) => quarantined.push(q),
             }
         }
         for run in runs {
-            let id = run.id;
-            // Even a run left out keeps its number: no new run may overwrite its record.
-            s.next_run = s.next_run.max(id.0.saturating_add(1));
-            if run.phase == RunPhase::Finished {
-                s.history.insert(run);
-            } else if !s.sources.contains_key(&run.source) {
-                quarantined.push(Quarantined::run(
-                    &id.to_string(),
-                    &format!("in flight, but its source {} is not loaded", run.source),
-                ));
-            } else {
-                s.active.insert(run);
+            if let Err(q) = s.load_run(run) {
+                quarantined.push(q);
             }
         }
         Restored {
@@ -542,6 +511,60 @@ impl Scheduler {
             quarantined,
             warnings,
         }
+    }
+
+    /// Loads one stored source record in place of any under its key: `Ok` with a warning when
+    /// it breaks a rule tightened since it was stored (it loads as stored, the rule in its
+    /// status message), `Err` when it cannot be run (it is left out).
+    fn load_source(
+        &mut self,
+        mut record: SourceRecord,
+    ) -> Result<Option<Quarantined>, Quarantined> {
+        let key = record.source.key.clone();
+        let (mut admitted, broken) =
+            validate::admit_stored(&key, &record.source.spec).map_err(|rule| {
+                Quarantined::source(&key.to_string(), &format!("cannot be run: {rule}"))
+            })?;
+        self.share_schedule(&mut admitted);
+        let warning = broken.map(|rule| {
+            record.source.status.message = truncate(
+                &format!(
+                    "the stored spec breaks a rule of this version ({rule}); it runs as stored until a corrected spec is applied"
+                ),
+                MAX_MESSAGE_BYTES,
+            );
+            Quarantined::source(&key.to_string(), &rule.to_string())
+        });
+        self.sources.insert(
+            key,
+            SourceEntry {
+                record,
+                admitted,
+                indexed: Default::default(),
+            },
+        );
+        Ok(warning)
+    }
+
+    /// Loads one stored run in place of any with its id: finished into the history, in flight
+    /// into the active runs when its source is loaded, else left out (`Err`). Even a run left
+    /// out keeps its number: no new run may overwrite its record.
+    fn load_run(&mut self, run: Run) -> Result<(), Quarantined> {
+        let id = run.id;
+        self.next_run = self.next_run.max(id.0.saturating_add(1));
+        self.active.remove(&id);
+        self.history.remove(&id);
+        if run.phase == RunPhase::Finished {
+            self.history.insert(run);
+        } else if !self.sources.contains_key(&run.source) {
+            return Err(Quarantined::run(
+                &id.to_string(),
+                &format!("in flight, but its source {} is not loaded", run.source),
+            ));
+        } else {
+            self.active.insert(run);
+        }
+        Ok(())
     }
 
     /// Takes the effects recorded since the last call: persistence first, then the rest.

@@ -331,11 +331,12 @@ impl Scheduler {
             src.version += 1;
         }
         entry.status_mut().pause_note = pause_note;
-        self.put_source(key);
         if changed {
             self.on_pause_changed(key, paused, now);
         }
         self.refresh_idle_condition(key, now);
+        // After the condition is set: the record committed is the one readers see.
+        self.put_source(key);
         self.start_due_runs(now);
         self.get_source(key)
     }
