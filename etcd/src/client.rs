@@ -469,7 +469,7 @@ impl Client {
                     }
                     self.current.store(idx, Ordering::Relaxed);
                     return Ok(WatchStream {
-                        _requests: tx,
+                        requests: tx,
                         stream,
                     });
                 }
@@ -491,8 +491,9 @@ impl Client {
 /// A created watch: its events, batch by batch.
 #[derive(Debug)]
 pub struct WatchStream {
-    /// Kept open: the request side of the stream stays up while the watch is read.
-    _requests: mpsc::Sender<WatchRequest>,
+    /// The request side of the stream: kept open while the watch is read, and where progress
+    /// requests go.
+    requests: mpsc::Sender<WatchRequest>,
     stream: Streaming<WatchResponse>,
 }
 
@@ -501,33 +502,62 @@ impl WatchStream {
     /// nothing (the channel's HTTP/2 keepalive notices a dead peer). A canceled watch (e.g.
     /// its start revision was compacted) is an error naming etcd's reason.
     pub async fn next(&mut self) -> Result<(Vec<Event>, i64), EtcdError> {
-        const OP: &str = "watch";
         loop {
-            let resp = self
-                .stream
-                .message()
-                .await
-                .map_err(|status| EtcdError::Rpc {
-                    op: OP,
-                    endpoint: "the watch's endpoint".into(),
-                    status: Box::new(status),
-                })?
-                .ok_or(EtcdError::StreamEnded { op: OP })?;
-            if resp.canceled {
-                return Err(EtcdError::Protocol {
-                    op: OP,
-                    reason: format!(
-                        "canceled by etcd (compact revision {}): {}",
-                        resp.compact_revision, resp.cancel_reason
-                    ),
-                });
-            }
-            if !resp.events.is_empty() {
-                let revision = resp.header.map(|h| h.revision).unwrap_or(0);
-                return Ok((resp.events, revision));
+            let (events, revision) = self.next_message().await?;
+            if !events.is_empty() {
+                return Ok((events, revision));
             }
         }
     }
+
+    /// The next message: its events and revision. A progress answer (see
+    /// [`WatchStream::request_progress`]) has no events: every change up to its revision has
+    /// been sent.
+    pub async fn next_message(&mut self) -> Result<(Vec<Event>, i64), EtcdError> {
+        const OP: &str = "watch";
+        let resp = next_on(&mut self.stream, OP, "the watch's endpoint").await?;
+        if resp.canceled {
+            return Err(EtcdError::Protocol {
+                op: OP,
+                reason: format!(
+                    "canceled by etcd (compact revision {}): {}",
+                    resp.compact_revision, resp.cancel_reason
+                ),
+            });
+        }
+        let revision = resp.header.map(|h| h.revision).unwrap_or(0);
+        Ok((resp.events, revision))
+    }
+
+    /// Asks etcd for a progress answer on this watch: a message with the current revision
+    /// and no events once every change before it has been sent.
+    pub async fn request_progress(&self) -> Result<(), EtcdError> {
+        self.requests
+            .send(WatchRequest {
+                request_union: Some(RequestUnion::ProgressRequest(
+                    crate::pb::etcdserverpb::WatchProgressRequest {},
+                )),
+            })
+            .await
+            .map_err(|_| EtcdError::StreamEnded { op: "watch" })
+    }
+}
+
+/// The next message of a response stream of `op`: an error when the stream fails or ends.
+async fn next_on<T>(
+    stream: &mut Streaming<T>,
+    op: &'static str,
+    endpoint: &str,
+) -> Result<T, EtcdError> {
+    stream
+        .message()
+        .await
+        .map_err(|status| EtcdError::Rpc {
+            op,
+            endpoint: endpoint.to_owned(),
+            status: Box::new(status),
+        })?
+        .ok_or(EtcdError::StreamEnded { op })
 }
 
 /// A lease's keepalive stream.
@@ -592,15 +622,7 @@ impl KeepAlive {
         let Some((_, stream)) = self.stream.as_mut() else {
             return Err(EtcdError::StreamEnded { op: OP });
         };
-        let resp = stream
-            .message()
-            .await
-            .map_err(|status| EtcdError::Rpc {
-                op: OP,
-                endpoint: "the keepalive's endpoint".into(),
-                status: Box::new(status),
-            })?
-            .ok_or(EtcdError::StreamEnded { op: OP })?;
+        let resp = next_on(stream, OP, "the keepalive's endpoint").await?;
         if resp.id != self.id {
             return Err(EtcdError::Protocol {
                 op: OP,

@@ -7,7 +7,7 @@
 use std::{
     ffi::OsString,
     net::TcpListener,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::Duration,
 };
@@ -42,7 +42,52 @@ pub struct EtcdServer {
     dir: tempfile::TempDir,
     client_port: u16,
     peer_port: u16,
+    /// Its member name, and `--initial-cluster` (every member's `name=peer URL`).
+    name: String,
+    initial_cluster: String,
     child: Option<Child>,
+}
+
+/// Several etcd members on loopback forming one cluster (plaintext), each killed on drop.
+#[derive(Debug)]
+pub struct EtcdCluster {
+    /// The members, in order.
+    pub members: Vec<EtcdServer>,
+}
+
+impl EtcdCluster {
+    /// Starts `size` members together and waits until each answers a read (on other ports
+    /// again, up to five times, when one of them was taken meanwhile).
+    pub async fn start(size: usize) -> Self {
+        let binary = etcd_binary().unwrap_or_else(|e| panic!("{e}"));
+        let members = start_fresh(|| {
+            let mut members: Vec<EtcdServer> = (0..size)
+                .map(|i| EtcdServer::unstarted(&binary, None, &format!("member-{i}")))
+                .collect();
+            let initial_cluster = members
+                .iter()
+                .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+                .collect::<Vec<_>>()
+                .join(",");
+            for m in &mut members {
+                m.initial_cluster.clone_from(&initial_cluster);
+            }
+            members
+        })
+        .await;
+        Self { members }
+    }
+
+    /// Options reaching every member, with keys under `prefix`.
+    pub fn options(&self, prefix: &str) -> EtcdOptions {
+        let mut opts = self
+            .members
+            .first()
+            .expect("a cluster has members")
+            .options(prefix);
+        opts.endpoints = self.members.iter().map(EtcdServer::endpoint).collect();
+        opts
+    }
 }
 
 /// The etcd binary to run, or why there is none: `$SNAPGATE_ETCD`, else the cache under
@@ -94,6 +139,41 @@ pub fn locate_etcd(
     ))
 }
 
+/// How many times a new etcd is started on other ports when one of its ports was taken between
+/// [`free_port`] finding it free and etcd binding it (tests start many processes at once).
+const START_ATTEMPTS: u32 = 5;
+
+/// Starts the servers `make` gives together (every member must be up before any elects a raft
+/// leader and answers) and waits until each answers; made and started again, on other ports,
+/// when one of their ports was taken meanwhile, up to [`START_ATTEMPTS`] times. Panics with
+/// etcd's log otherwise.
+async fn start_fresh(make: impl Fn() -> Vec<EtcdServer>) -> Vec<EtcdServer> {
+    let mut attempt = 1;
+    loop {
+        let mut servers = make();
+        for s in &mut servers {
+            s.spawn();
+        }
+        let mut failed = None;
+        for s in &mut servers {
+            if let Err(e) = s.wait_ready().await {
+                failed = Some(e);
+                break;
+            }
+        }
+        match failed {
+            None => return servers,
+            Some(e) if port_taken(&e) && attempt < START_ATTEMPTS => attempt += 1,
+            Some(e) => panic!("{e}"),
+        }
+    }
+}
+
+/// Whether etcd failed because a port it was given was taken meanwhile.
+fn port_taken(error: &str) -> bool {
+    error.contains("address already in use")
+}
+
 fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("binding a loopback port");
     l.local_addr().expect("a bound port's address").port()
@@ -109,17 +189,24 @@ impl EtcdServer {
     /// [`EtcdServer::start`], serving its client port over TLS when given.
     pub async fn start_with(tls: Option<EtcdServerTls>) -> Self {
         let binary = etcd_binary().unwrap_or_else(|e| panic!("{e}"));
-        let dir = tempfile::tempdir().expect("a temporary directory for etcd");
-        let mut server = Self {
-            binary,
+        let mut started = start_fresh(|| vec![Self::unstarted(&binary, tls.clone(), "test")]).await;
+        started.pop().expect("one server started")
+    }
+
+    /// A server not started yet, on fresh ports and in a directory of its own: a cluster of
+    /// itself until its `initial_cluster` says otherwise.
+    fn unstarted(binary: &Path, tls: Option<EtcdServerTls>, name: &str) -> Self {
+        let peer_port = free_port();
+        Self {
+            binary: binary.to_owned(),
             tls,
-            dir,
+            dir: tempfile::tempdir().expect("a temporary directory for etcd"),
             client_port: free_port(),
-            peer_port: free_port(),
+            peer_port,
+            name: name.to_owned(),
+            initial_cluster: format!("{name}=http://127.0.0.1:{peer_port}"),
             child: None,
-        };
-        server.restart().await;
-        server
+        }
     }
 
     /// The client URL, `http://127.0.0.1:<port>` (`https://` with TLS).
@@ -149,6 +236,14 @@ impl EtcdServer {
 
     /// (Re)starts etcd on the same ports and data directory, and waits until it answers.
     pub async fn restart(&mut self) {
+        self.spawn();
+        if let Err(e) = self.wait_ready().await {
+            panic!("{e}");
+        }
+    }
+
+    /// (Re)starts the process, killing any running one first.
+    fn spawn(&mut self) {
         self.kill();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log = std::fs::OpenOptions::new()
@@ -168,7 +263,7 @@ impl EtcdServer {
             }
         }
         let child = command
-            .arg("--name=test")
+            .arg(format!("--name={}", self.name))
             .arg(format!(
                 "--data-dir={}",
                 self.dir.path().join("data").display()
@@ -177,7 +272,7 @@ impl EtcdServer {
             .arg(format!("--advertise-client-urls={}", self.endpoint()))
             .arg(format!("--listen-peer-urls={peer}"))
             .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster=test={peer}"))
+            .arg(format!("--initial-cluster={}", self.initial_cluster))
             .arg("--log-level=warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -185,31 +280,33 @@ impl EtcdServer {
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", self.binary.display()));
         self.child = Some(child);
-        self.wait_ready().await;
     }
 
-    async fn wait_ready(&mut self) {
+    /// Waits until etcd answers a read; the error (its log included) when it exits first or
+    /// does not answer within [`READY_WITHIN`].
+    async fn wait_ready(&mut self) -> Result<(), String> {
         let client = Client::new(&self.options("/")).expect("options of a loopback etcd");
         let until = tokio::time::Instant::now() + READY_WITHIN;
         // etcd is another process: there is no event to wait for, so its readiness is polled
         // (a read every 50 ms), bounded by READY_WITHIN.
         loop {
             if client.get(b"/ready").await.is_ok() {
-                return;
+                return Ok(());
             }
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                panic!(
+                self.child = None;
+                return Err(format!(
                     "etcd exited ({status}) before answering; its log: {}",
                     self.log()
-                );
+                ));
             }
             if tokio::time::Instant::now() > until {
-                panic!(
+                return Err(format!(
                     "etcd did not answer within {READY_WITHIN:?}; its log: {}",
                     self.log()
-                );
+                ));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
