@@ -23,11 +23,10 @@ use snapgate_scheduler_core::{
     CoreError, Effect, LeaseAnswer, LeasePolicy, Quarantined, ReportOutcome, RunId, Scheduler,
     SourceKey, Target, TriggerAccepted,
     model::{
-        Author, CopyStatus, CopyTarget, Directive, LeaseRequest, RawDuration, Report, Run, Source,
+        Author, CopyStatus, CopyTarget, Directive, LeaseRequest, RawDuration, Report, Source,
         SpecInput,
     },
-    presence::{self, Absence, NO_AGENT_GRACE},
-    schedule::Tz,
+    presence::{self, Absence},
 };
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
@@ -35,6 +34,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     metrics::Metrics,
+    reads::{self, Read},
     store::{Batch, Store, StoreError, Write},
     wire,
 };
@@ -71,6 +71,10 @@ pub enum DriverError {
     /// A bounded resource is full.
     #[error("{0}")]
     Exhausted(String),
+    /// This replica does not lead (and the request is one only the leader serves); the leader
+    /// it last saw, if any.
+    #[error("this scheduler replica is not the leader")]
+    NotLeader(Option<String>),
 }
 
 impl From<StoreError> for DriverError {
@@ -108,16 +112,8 @@ pub(crate) enum Command {
         author: Option<Author>,
         reply: Reply<Source>,
     },
-    Get {
-        key: SourceKey,
-        reply: Reply<Source>,
-    },
-    List {
-        namespace: Option<String>,
-        after: Option<SourceKey>,
-        limit: usize,
-        reply: Reply<(Vec<Source>, Option<SourceKey>)>,
-    },
+    /// A request that changes nothing.
+    Read(Read),
     Delete {
         key: SourceKey,
         expected_version: u64,
@@ -134,17 +130,6 @@ pub(crate) enum Command {
         note: String,
         reply: Reply<Source>,
     },
-    ListRuns {
-        key: SourceKey,
-        limit: usize,
-        reply: Reply<Vec<Run>>,
-    },
-    Preview {
-        key: SourceKey,
-        after: Option<DateTime<Utc>>,
-        count: usize,
-        reply: Reply<(Vec<DateTime<Utc>>, Tz)>,
-    },
     Trigger {
         target: CopyTarget,
         value: String,
@@ -160,11 +145,6 @@ pub(crate) enum Command {
         target: CopyTarget,
         run_id: String,
         value: String,
-        application: Option<String>,
-        reply: Reply<CopyStatus>,
-    },
-    CopyStatus {
-        target: CopyTarget,
         application: Option<String>,
         reply: Reply<CopyStatus>,
     },
@@ -186,10 +166,6 @@ pub(crate) enum Command {
     },
     /// A WatchCopy stream ended: forget watchers whose streams are closed.
     ReapWatchers,
-    /// The stored records left out at start.
-    ListQuarantined {
-        reply: Reply<Vec<Quarantined>>,
-    },
     AgentReport {
         conn: u64,
         report: Report,
@@ -678,28 +654,15 @@ impl Driver {
                 self.answer(reply, r);
                 self.count_after_write(namespace);
             }
-            Command::Get { key, reply } => {
-                let r = self
-                    .core
-                    .get_source(&key)
-                    .map(|s| self.with_presence(s, NO_AGENT_GRACE, now));
-                let _ = reply.send(r.map_err(Into::into));
-            }
-            Command::List {
-                namespace,
-                after,
-                limit,
-                reply,
-            } => {
-                let (sources, next) =
-                    self.core
-                        .list_sources(namespace.as_deref(), after.as_ref(), limit);
-                let sources = sources
-                    .into_iter()
-                    .map(|s| self.with_presence(s, NO_AGENT_GRACE, now))
-                    .collect();
-                let _ = reply.send(Ok((sources, next)));
-            }
+            Command::Read(read) => reads::answer(
+                &self.core,
+                read,
+                &reads::Context {
+                    now,
+                    absence: &|namespace| self.absence(namespace),
+                    quarantined: &self.quarantined,
+                },
+            ),
             Command::Delete {
                 key,
                 expected_version,
@@ -725,27 +688,6 @@ impl Driver {
             } => {
                 let r = self.core.set_paused(&key, paused, note, now);
                 self.answer(reply, r);
-            }
-            Command::ListRuns { key, limit, reply } => {
-                let absence = self.absence(&key.namespace);
-                let r = self.core.list_runs(&key, limit).map(|mut runs| {
-                    if let Some(absence) = &absence {
-                        for run in &mut runs {
-                            presence::mark_run(run, absence, NO_AGENT_GRACE, now);
-                        }
-                    }
-                    runs
-                });
-                let _ = reply.send(r.map_err(Into::into));
-            }
-            Command::Preview {
-                key,
-                after,
-                count,
-                reply,
-            } => {
-                let r = self.core.preview(&key, after.unwrap_or(now), count);
-                let _ = reply.send(r.map_err(Into::into));
             }
             Command::Trigger {
                 target,
@@ -773,18 +715,6 @@ impl Driver {
                     .admit(&target, application.as_deref())
                     .and_then(|()| self.core.end_hold(&target, &run_id, &value, now));
                 self.answer(reply, r);
-            }
-            Command::CopyStatus {
-                target,
-                application,
-                reply,
-            } => {
-                let r = self.admit(&target, application.as_deref()).and_then(|()| {
-                    self.core
-                        .resolve_target(&target)
-                        .map(|t| self.core.target_status(&t))
-                });
-                let _ = reply.send(r.map_err(Into::into));
             }
             Command::WatchCopy {
                 target,
@@ -841,9 +771,6 @@ impl Driver {
                 }
             },
             Command::ReapWatchers => self.reap_watchers(),
-            Command::ListQuarantined { reply } => {
-                let _ = reply.send(Ok(self.quarantined.clone()));
-            }
             Command::AgentConnect {
                 hello,
                 subject,
@@ -1039,17 +966,7 @@ impl Driver {
     /// Refuses an application (a ServiceAccount acting in its own namespace) that a source of
     /// the target does not list in `copyTrigger.allowedServiceAccounts`.
     fn admit(&self, target: &CopyTarget, application: Option<&str>) -> Result<(), CoreError> {
-        let Some(sa) = application else {
-            return Ok(());
-        };
-        let resolved = self.core.resolve_target(target)?;
-        if self.core.application_allowed(&resolved, sa) {
-            return Ok(());
-        }
-        Err(CoreError::PermissionDenied(format!(
-            "ServiceAccount {sa} may not act on pvc {}/{}: a source of it lists other copyTrigger.allowedServiceAccounts",
-            resolved.namespace, resolved.pvc
-        )))
+        reads::admit(&self.core, target, application)
     }
 
     /// Commits what a mutating call did, then replies: the reply never precedes durability.
@@ -1098,6 +1015,31 @@ impl Driver {
 }
 
 impl Command {
+    /// Answers the command with `error`, whatever it asked (a command without an answer is
+    /// dropped).
+    pub(crate) fn refuse(self, error: DriverError) {
+        match self {
+            Command::Apply { reply, .. } | Command::SetPaused { reply, .. } => {
+                drop(reply.send(Err(error)));
+            }
+            Command::Read(read) => reads::refuse(read, error),
+            Command::Delete { reply, .. } | Command::WatchCopy { reply, .. } => {
+                drop(reply.send(Err(error)));
+            }
+            Command::SyncNow { reply, .. } => drop(reply.send(Err(error))),
+            Command::Trigger { reply, .. } => drop(reply.send(Err(error))),
+            Command::EndHold { reply, .. } => drop(reply.send(Err(error))),
+            Command::AgentConnect { reply, .. } => drop(reply.send(Err(error))),
+            Command::ReapWatchers
+            | Command::AgentReport { .. }
+            | Command::AgentLease { .. }
+            | Command::AgentNamespaceGone { .. }
+            | Command::AgentRetired { .. }
+            | Command::AgentGone { .. }
+            | Command::CloseStreams => {}
+        }
+    }
+
     /// A command that changes state through the core and is answered after its commit:
     /// these are grouped. Reads, agent links and the rest end a group.
     fn is_write(&self) -> bool {
@@ -1120,7 +1062,15 @@ fn restore(
     store: &dyn Store,
     lease_policy: LeasePolicy,
 ) -> Result<(Scheduler, Vec<Quarantined>), anyhow::Error> {
-    let loaded = store.load()?;
+    let (mut core, quarantined) = rebuild(store.load()?);
+    core.set_lease_policy(lease_policy);
+    Ok((core, quarantined))
+}
+
+/// The core rebuilt from what a store loaded, and every record left out (those that do not
+/// decode, then those the core cannot run), each logged, as are the sources loaded although
+/// they break a rule of this version.
+pub(crate) fn rebuild(loaded: crate::store::Loaded) -> (Scheduler, Vec<Quarantined>) {
     let restored = Scheduler::restore(loaded.sources, loaded.runs, loaded.next_run);
     let mut quarantined = loaded.corrupt;
     quarantined.extend(restored.quarantined);
@@ -1130,9 +1080,7 @@ fn restore(
     for w in &restored.warnings {
         warn!(kind = w.kind, key = %w.key, reason = %w.reason, "stored source breaks a rule of this version; loaded as stored");
     }
-    let mut core = restored.scheduler;
-    core.set_lease_policy(lease_policy);
-    Ok((core, quarantined))
+    (restored.scheduler, quarantined)
 }
 
 /// The Retire of a deleted source, for its agent.
@@ -1253,9 +1201,11 @@ mod tests {
 
     async fn get(handle: &DriverHandle, name: &str) -> Result<Source, DriverError> {
         handle
-            .ask(|reply| Command::Get {
-                key: SourceKey::new("apps", name),
-                reply,
+            .ask(|reply| {
+                Command::Read(Read::Get {
+                    key: SourceKey::new("apps", name),
+                    reply,
+                })
             })
             .await
     }

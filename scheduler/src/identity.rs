@@ -33,7 +33,8 @@ use crate::{
     limits::RateLimits,
 };
 
-/// The RPC a request is for (its path, `/snapgate.v1.SourceService/ApplySource`), put in the
+/// The RPC a request is for (its path without the leading `/`,
+/// `snapgate.v1.SourceService/ApplySource`), put in the
 /// request's extensions by a server layer so that interceptors and handlers can name it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RpcName(pub String);
@@ -316,7 +317,8 @@ impl Identify {
         }
     }
 
-    /// Refuses every identified call while `gate` is closed (a replica that does not lead).
+    /// Refuses the identified calls `gate` does not let through: a replica that does not lead
+    /// serves only reads, and only while it has a copy of the leader's commits.
     pub fn gated(mut self, gate: Gate) -> Self {
         self.gate = gate;
         self
@@ -380,7 +382,7 @@ impl Interceptor for Identify {
             }
         };
         // After authentication: an unauthenticated caller learns nothing of the election.
-        self.gate.check()?;
+        self.gate.check(&rpc_of(&req))?;
         req.extensions_mut().insert(caller);
         Ok(req)
     }

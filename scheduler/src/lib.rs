@@ -15,11 +15,13 @@ pub mod args;
 pub mod audit;
 pub mod auth;
 mod driver;
+pub mod follower;
 pub mod grpc;
 pub mod handshake;
 pub mod identity;
 pub mod limits;
 pub mod metrics;
+mod reads;
 pub mod replica;
 mod status;
 pub mod store;
@@ -136,33 +138,27 @@ pub async fn serve_with(
     listening: Listening,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let on = Some((listener.local_addr()?, listening.tls.is_some()));
+    let edges = Edges {
+        on: Some((listener.local_addr()?, listening.tls.is_some())),
+        health: listening.health,
+        driver_thread: listening.driver_thread,
+    };
     match listening.tls {
-        None => {
-            let incoming = plaintext(listener);
-            serve_on(
-                config,
-                incoming,
-                on,
-                listening.health,
-                listening.driver_thread,
-                shutdown,
-            )
-            .await
-        }
+        None => serve_on(config, plaintext(listener), edges, shutdown).await,
         Some(tls) => {
             let incoming = tls.incoming(listener, config.metrics.clone());
-            serve_on(
-                config,
-                incoming,
-                on,
-                listening.health,
-                listening.driver_thread,
-                shutdown,
-            )
-            .await
+            serve_on(config, incoming, edges, shutdown).await
         }
     }
+}
+
+/// What [`serve_on`] needs besides the connections: the TCP address and whether it is TLS,
+/// for the log (`None`: caller-supplied connections), the plaintext health listener, and
+/// where the driver runs (see [`Listening`]).
+struct Edges {
+    on: Option<(SocketAddr, bool)>,
+    health: Option<TcpListener>,
+    driver_thread: bool,
 }
 
 /// A connection the gRPC server can serve: a TCP or TLS stream, or an in-memory one.
@@ -203,24 +199,31 @@ where
     IO: Connection,
 {
     let incoming = incoming.map(|conn| conn.map(handshake::HandshakeDeadline::new));
-    serve_on(config, incoming, None, None, false, shutdown).await
+    let edges = Edges {
+        on: None,
+        health: None,
+        driver_thread: false,
+    };
+    serve_on(config, incoming, edges, shutdown).await
 }
 
 /// What [`serve_with`] and [`serve_incoming`] share: the driver, the services and their
-/// supervision, on the connections of `incoming` (already wrapped as each path needs);
-/// `on` is the TCP address and whether it is TLS, for the log (`None`: caller-supplied).
+/// supervision, on the connections of `incoming` (already wrapped as each path needs).
 async fn serve_on<S, IO>(
     config: Config,
     incoming: S,
-    on: Option<(SocketAddr, bool)>,
-    health_listener: Option<TcpListener>,
-    driver_thread: bool,
+    edges: Edges,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()>
 where
     S: futures::Stream<Item = std::io::Result<IO>> + Send + 'static,
     IO: Connection,
 {
+    let Edges {
+        on,
+        health: health_listener,
+        driver_thread,
+    } = edges;
     let (handle, commands) = driver::channel();
     let (health, health_service) = tonic_health::server::health_reporter();
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
@@ -436,39 +439,37 @@ impl Tenure {
     async fn lead(
         self,
         replica: Replica,
-        commands: tokio::sync::mpsc::Receiver<driver::Command>,
+        mut commands: tokio::sync::mpsc::Receiver<driver::Command>,
         mut stopping: tokio::sync::watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
+        // Until elected, a follower: reads from its copy of the leader's commits.
+        let following = follower::Following {
+            gate: self.gate.clone(),
+            clock: self.clock.clone(),
+            metrics: self.metrics.clone(),
+            leader: replica.leader.clone(),
+        };
         let elected = tokio::select! {
             elected = replica.elected => elected.context("campaigning for leadership")?,
+            () = follower::follow(replica.feed, &mut commands, following) => return Ok(()),
             () = async { drop(stopping.wait_for(|s| *s).await) } => return Ok(()),
         };
+        // Reads wait for the driver now: the copy is gone, and the driver answers in order.
+        self.metrics.follower_revision.set(0);
         let Elected {
             store,
             mut lost,
             resign,
         } = elected;
         info!(name = replica.name, "elected leader: loading the store");
-        // The load blocks (a whole store read from etcd, seconds for a large one): on the
-        // driver's own thread, or else off the runtime's workers, which keep the lease alive
-        // meanwhile.
+        // The load blocks (a whole store read from etcd, seconds for a large one): see
+        // `spawn_driver` for where it runs.
         let (clock, metrics, lease_policy) = (self.clock, self.metrics.clone(), self.lease_policy);
         let start = move || driver::Driver::start_on(store, clock, metrics, lease_policy, commands);
-        let mut run = if self.driver_thread {
-            let (loaded, run) = spawn_driver(true, start, self.halted);
-            loaded
-                .await
-                .context("loading the store after being elected")?;
-            run
-        } else {
-            let driver = tokio::task::spawn_blocking(start)
-                .await
-                .context("loading the store after being elected")?
-                .context("loading the store after being elected")?;
-            let (loaded, run) = spawn_driver(false, move || Ok(driver), self.halted);
-            loaded.await?;
-            run
-        };
+        let (loaded, mut run) = spawn_driver(self.driver_thread, start, self.halted);
+        loaded
+            .await
+            .context("loading the store after being elected")?;
         self.gate.open();
         self.metrics.leader.set(1);
         serving(self.health).await;
@@ -513,10 +514,13 @@ impl Drop for Halt {
 }
 
 /// Starts the driver: `start` loads the store and rebuilds the core, then the driver runs
-/// until every handle is gone or `halted` turns true. On the caller's runtime, or
-/// (`own_thread`) on a blocking-pool thread with a current-thread runtime of its own (see
-/// [`Listening::driver_thread`]). Returns the load's outcome and the task; a panic of the
-/// driver is the task's panic either way.
+/// until every handle is gone or `halted` turns true. As a task of the caller's runtime (the
+/// load holding one of its workers: the simulation's single thread runs nothing else
+/// meanwhile, which keeps its seeds replayable), or (`own_thread`) on a blocking-pool thread
+/// with a current-thread runtime of its own (see [`Listening::driver_thread`]; what the
+/// binary does, and what replicas on etcd want: the workers that keep the lease alive never
+/// wait on the load). Returns the load's outcome and the task; a panic of the driver is the
+/// task's panic either way.
 fn spawn_driver<F>(
     own_thread: bool,
     start: F,

@@ -16,7 +16,10 @@ use snapgate_scheduler::{
     metrics::Metrics,
     replica::{Elected, Replica},
     serve_metrics, serve_with,
-    store::{RedbStore, Store, dump, etcd::EtcdStore},
+    store::{
+        RedbStore, Store, dump,
+        etcd::{EtcdFeed, EtcdStore},
+    },
 };
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -127,6 +130,8 @@ async fn replica(args: &Args) -> anyhow::Result<Replica> {
         "etcd store: replicas elect one leader"
     );
     let leader = elector.leader();
+    // Until elected, it serves reads from a copy of the leader's commits.
+    let feed = EtcdFeed::new(&opts).context("connecting the follower's feed to etcd")?;
     let elected = async move {
         let leadership = elector.campaign().await?;
         let fence = leadership.fence.clone();
@@ -153,6 +158,7 @@ async fn replica(args: &Args) -> anyhow::Result<Replica> {
         name,
         elected: Box::pin(elected),
         leader,
+        feed: Some(Box::new(feed)),
     })
 }
 

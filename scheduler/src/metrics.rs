@@ -75,6 +75,9 @@ pub struct Metrics {
     pub watch_streams: Gauge,
     /// 1 while this scheduler leads (always, on the embedded store), else 0.
     pub leader: Gauge,
+    /// On a follower, the store revision its copy of the leader's commits has reached (0
+    /// while it has none: it then refuses reads too); 0 on the leader.
+    pub follower_revision: Gauge,
     /// TLS handshakes in flight on the gRPC port.
     pub tls_handshakes: Gauge,
     /// Connections closed before their TLS handshake: their peer address had
@@ -117,6 +120,7 @@ impl Metrics {
             quarantined_records: Gauge::default(),
             watch_streams: Gauge::default(),
             leader: Gauge::default(),
+            follower_revision: Gauge::default(),
             tls_handshakes: Gauge::default(),
             tls_handshakes_refused: Counter::default(),
         };
@@ -185,6 +189,11 @@ impl Metrics {
             "snapgate_leader",
             "1 while this scheduler leads (always on the embedded store), else 0",
             m.leader.clone(),
+        );
+        registry.register(
+            "snapgate_follower_revision",
+            "On a follower, the store revision its copy of the leader's commits has reached (0 while it has none, and on the leader)",
+            m.follower_revision.clone(),
         );
         registry.register(
             "snapgate_tls_handshakes",

@@ -15,6 +15,7 @@ impl From<DriverError> for Status {
             )),
             DriverError::Stopped => Status::unavailable("the scheduler is shutting down"),
             DriverError::Exhausted(why) => Status::resource_exhausted(why),
+            DriverError::NotLeader(leader) => crate::replica::not_leader(leader.as_deref()),
         }
     }
 }

@@ -47,6 +47,7 @@ fn replica(name: &str) -> (Replica, Election, watch::Receiver<bool>) {
                 .map_err(|_| anyhow::anyhow!("the stand-in election was dropped"))
         }),
         leader: leader_rx,
+        feed: None,
     };
     (
         replica,

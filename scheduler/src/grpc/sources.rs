@@ -13,6 +13,7 @@ use super::{bounded, source_key};
 use crate::{
     driver::{Command, DriverHandle},
     identity::{Action, Audited, Authorizer, caller, rpc_of},
+    reads::Read,
     status::invalid,
     wire::{
         common::{spec_input, time_from_wire, time_to_wire},
@@ -86,7 +87,7 @@ impl SourceService for Sources {
         self.allow(&req, "", Action::Manage)?;
         let records = self
             .driver
-            .ask(|reply| Command::ListQuarantined { reply })
+            .ask(|reply| Command::Read(Read::ListQuarantined { reply }))
             .await?
             .into_iter()
             .map(|q| v1::QuarantinedRecord {
@@ -132,7 +133,10 @@ impl SourceService for Sources {
     ) -> Result<Response<v1::Source>, Status> {
         self.allow(&req, &req.get_ref().namespace, Action::Read)?;
         let key = source_key(&req.get_ref().namespace, &req.get_ref().name)?;
-        let source = self.driver.ask(|reply| Command::Get { key, reply }).await?;
+        let source = self
+            .driver
+            .ask(|reply| Command::Read(Read::Get { key, reply }))
+            .await?;
         Ok(Response::new(source_to_wire(&source)))
     }
 
@@ -167,11 +171,13 @@ impl SourceService for Sources {
         let namespace = (!r.namespace.is_empty()).then_some(r.namespace);
         let (sources, next) = self
             .driver
-            .ask(|reply| Command::List {
-                namespace,
-                after,
-                limit,
-                reply,
+            .ask(|reply| {
+                Command::Read(Read::List {
+                    namespace,
+                    after,
+                    limit,
+                    reply,
+                })
             })
             .await?;
         let (sources, next) = bounded_page(&sources, next);
@@ -259,7 +265,7 @@ impl SourceService for Sources {
         let limit = bounded("limit", r.limit, 20, 100)?;
         let runs = self
             .driver
-            .ask(|reply| Command::ListRuns { key, limit, reply })
+            .ask(|reply| Command::Read(Read::ListRuns { key, limit, reply }))
             .await?;
         Ok(Response::new(v1::ListRunsResponse {
             runs: bounded_runs(&runs),
@@ -277,11 +283,13 @@ impl SourceService for Sources {
         let after = time_from_wire(r.after.as_ref());
         let (times, tz) = self
             .driver
-            .ask(|reply| Command::Preview {
-                key,
-                after,
-                count,
-                reply,
+            .ask(|reply| {
+                Command::Read(Read::Preview {
+                    key,
+                    after,
+                    count,
+                    reply,
+                })
             })
             .await?;
         Ok(Response::new(v1::PreviewScheduleResponse {

@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     driver::{Command, DriverHandle, WATCH_QUEUE},
     identity::{Action, Audited, Authorizer, caller, rpc_of},
+    reads::Read,
     status::invalid,
     wire::{
         common::opt_time_to_wire,
@@ -199,10 +200,12 @@ impl TriggerService for Triggers {
         let namespace = target.namespace.clone();
         let status = self
             .driver
-            .ask(|reply| Command::CopyStatus {
-                target,
-                application,
-                reply,
+            .ask(|reply| {
+                Command::Read(Read::CopyStatus {
+                    target,
+                    application,
+                    reply,
+                })
             })
             .await
             .map_err(|e| self.denied(&caller, &rpc, &namespace, e.into()))?;

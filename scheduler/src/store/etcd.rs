@@ -359,11 +359,146 @@ impl Drop for EtcdStore {
     }
 }
 
+/// The store's keys under `<prefix>` (see the module's docs).
+#[derive(Clone, Debug)]
+pub(crate) struct Keys {
+    /// `<prefix>` without a trailing `/`.
+    prefix: String,
+}
+
+impl Keys {
+    pub(crate) fn new(opts: &EtcdOptions) -> Self {
+        Self {
+            prefix: opts.key_prefix().to_owned(),
+        }
+    }
+
+    /// `<prefix>/`: every key of the store.
+    pub(crate) fn all(&self) -> String {
+        format!("{}/", self.prefix)
+    }
+
+    pub(crate) fn sources(&self) -> String {
+        format!("{}/sources/", self.prefix)
+    }
+
+    pub(crate) fn runs(&self) -> String {
+        format!("{}/runs/", self.prefix)
+    }
+
+    pub(crate) fn meta(&self) -> String {
+        format!("{}/meta/", self.prefix)
+    }
+
+    pub(crate) fn next_run(&self) -> String {
+        format!("{}/meta/next_run", self.prefix)
+    }
+
+    pub(crate) fn journal(&self) -> String {
+        format!("{}/journal/", self.prefix)
+    }
+
+    /// The value of `meta/next_run`, checked.
+    fn parse_next_run(&self, value: &[u8]) -> Result<u64, StoreError> {
+        std::str::from_utf8(value)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| {
+                StoreError::Unusable(format!(
+                    "{} is {:?}, not a decimal u64",
+                    self.next_run(),
+                    String::from_utf8_lossy(value)
+                ))
+            })
+    }
+
+    /// Decodes record keys and values (`sources/`, `runs/`, `meta/`; others are skipped) into
+    /// a load, quarantining what does not decode.
+    fn decode<'a>(
+        &self,
+        kvs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+    ) -> Result<Loaded, StoreError> {
+        let (sources, runs, next_run_key) = (self.sources(), self.runs(), self.next_run());
+        let mut decoder = Decoder::new();
+        let mut next_run = None;
+        for (key, value) in kvs {
+            let key = String::from_utf8_lossy(key);
+            if let Some(name) = key.strip_prefix(&sources) {
+                decoder.source(name, value);
+            } else if let Some(id) = key.strip_prefix(&runs) {
+                decoder.run(id, value);
+            } else if key == next_run_key {
+                next_run = Some(self.parse_next_run(value)?);
+            }
+        }
+        Ok(decoder.finish(next_run))
+    }
+
+    /// The journals among `kvs` (keys under `journal/`), by journal prefix `journal/<seq>/`,
+    /// oldest first, each with its parts.
+    fn journals(
+        &self,
+        kvs: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>,
+    ) -> Vec<(String, JournalParts)> {
+        let prefix = self.journal();
+        // Keys sort as <seq>/<i>... then <seq>/commit: group them by sequence.
+        let mut journals: Vec<(String, JournalParts)> = Vec::new();
+        for (key, value) in kvs {
+            let key = String::from_utf8_lossy(&key).into_owned();
+            let Some(rest) = key.strip_prefix(&prefix) else {
+                continue;
+            };
+            let (seq, part) = rest.split_once('/').unwrap_or((rest, ""));
+            let journal = format!("{prefix}{seq}/");
+            match journals.last_mut() {
+                Some((j, parts)) if *j == journal => parts.push((part.to_owned(), value)),
+                _ => journals.push((journal, vec![(part.to_owned(), value)])),
+            }
+        }
+        journals
+    }
+
+    /// A committed journal's writes, checked: every chunk its marker counts, each decoding, each
+    /// write to a record key.
+    fn journal_writes(
+        &self,
+        journal: &str,
+        count: &[u8],
+        parts: &[(String, Vec<u8>)],
+    ) -> Result<Vec<JournalWrite>, StoreError> {
+        let unusable = |what: String| StoreError::Unusable(format!("journal {journal}: {what}"));
+        let count = std::str::from_utf8(count)
+            .ok()
+            .and_then(|c| c.parse::<usize>().ok())
+            .ok_or_else(|| unusable("its commit marker is not a chunk count".into()))?;
+        let allowed = [self.sources(), self.runs(), self.meta()];
+        let mut writes = Vec::new();
+        for i in 0..count {
+            let name = format!("{i:08}");
+            let (_, bytes) = parts
+                .iter()
+                .find(|(part, _)| *part == name)
+                .ok_or_else(|| unusable(format!("chunk {i} of {count} is missing")))?;
+            let chunk = JournalChunk::decode(bytes.as_slice())
+                .map_err(|e| unusable(format!("chunk {i} does not decode: {e}")))?;
+            for w in chunk.writes {
+                if !allowed.iter().any(|p| w.key.starts_with(p.as_bytes())) {
+                    return Err(unusable(format!(
+                        "chunk {i} writes {:?}, which is no record key",
+                        String::from_utf8_lossy(&w.key)
+                    )));
+                }
+                writes.push(w);
+            }
+        }
+        Ok(writes)
+    }
+}
+
 /// The store's state on its thread.
 struct Inner {
     client: Client,
-    /// `<prefix>` without a trailing `/`.
-    prefix: String,
+    keys: Keys,
     fence: Option<Fence>,
     limits: EtcdLimits,
     /// A journalled commit did not finish: journals are recovered before the next commit.
@@ -384,7 +519,7 @@ impl Inner {
         let client = Client::new(opts)?;
         let mut inner = Self {
             client,
-            prefix: opts.key_prefix().to_owned(),
+            keys: Keys::new(opts),
             fence,
             limits,
             unfinished_journal: false,
@@ -392,26 +527,6 @@ impl Inner {
         };
         inner.recover_journals().await?;
         Ok(inner)
-    }
-
-    fn sources_prefix(&self) -> String {
-        format!("{}/sources/", self.prefix)
-    }
-
-    fn runs_prefix(&self) -> String {
-        format!("{}/runs/", self.prefix)
-    }
-
-    fn meta_prefix(&self) -> String {
-        format!("{}/meta/", self.prefix)
-    }
-
-    fn next_run_key(&self) -> String {
-        format!("{}/meta/next_run", self.prefix)
-    }
-
-    fn journal_prefix(&self) -> String {
-        format!("{}/journal/", self.prefix)
     }
 
     fn compares(&self) -> Vec<snapgate_etcd::pb::etcdserverpb::Compare> {
@@ -443,47 +558,12 @@ impl Inner {
 
     async fn load(&mut self) -> Result<Loaded, StoreError> {
         self.recover_journals().await?;
-        let sources = self
-            .client
-            .range_prefix(self.sources_prefix().as_bytes(), DEFAULT_PAGE)
-            .await?;
-        // The runs and the counter at the same revision as the sources: one view.
-        let revision = sources.revision;
-        let runs = self
-            .client
-            .range_prefix_at(self.runs_prefix().as_bytes(), DEFAULT_PAGE, revision)
-            .await?;
-        let meta = self
-            .client
-            .range_prefix_at(self.meta_prefix().as_bytes(), DEFAULT_PAGE, revision)
-            .await?;
-        let mut decoder = Decoder::new();
-        let sources_prefix = self.sources_prefix();
-        for kv in &sources.kvs {
-            let key = String::from_utf8_lossy(&kv.key);
-            decoder.source(key.strip_prefix(&sources_prefix).unwrap_or(&key), &kv.value);
-        }
-        let runs_prefix = self.runs_prefix();
-        for kv in &runs.kvs {
-            let key = String::from_utf8_lossy(&kv.key);
-            decoder.run(key.strip_prefix(&runs_prefix).unwrap_or(&key), &kv.value);
-        }
-        let next_run_key = self.next_run_key();
-        let next_run = match meta.kvs.iter().find(|kv| kv.key == next_run_key.as_bytes()) {
-            Some(kv) => Some(
-                std::str::from_utf8(&kv.value)
-                    .ok()
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .ok_or_else(|| {
-                        StoreError::Unusable(format!(
-                            "{next_run_key} is {:?}, not a decimal u64",
-                            String::from_utf8_lossy(&kv.value)
-                        ))
-                    })?,
-            ),
-            None => None,
-        };
-        Ok(decoder.finish(next_run))
+        let (records, _) = read_records(&self.client, &self.keys).await?;
+        self.keys.decode(
+            records
+                .iter()
+                .map(|kv| (kv.key.as_slice(), kv.value.as_slice())),
+        )
     }
 
     /// The batch's writes as etcd puts and deletes, each key once, the counter last.
@@ -494,15 +574,15 @@ impl Inner {
         for w in batch.writes {
             let (key, value) = match w {
                 Write::PutSource(r) => (
-                    format!("{}{}", self.sources_prefix(), r.source.key),
+                    format!("{}{}", self.keys.sources(), r.source.key),
                     Some(format::encode_source(&r)),
                 ),
-                Write::RemoveSource(k) => (format!("{}{k}", self.sources_prefix()), None),
+                Write::RemoveSource(k) => (format!("{}{k}", self.keys.sources()), None),
                 Write::PutRun(r) => (
-                    format!("{}{}", self.runs_prefix(), r.id),
+                    format!("{}{}", self.keys.runs(), r.id),
                     Some(format::encode_run(&r)),
                 ),
-                Write::RemoveRun(id) => (format!("{}{id}", self.runs_prefix()), None),
+                Write::RemoveRun(id) => (format!("{}{id}", self.keys.runs()), None),
             };
             out.push(JournalWrite {
                 key: key.into_bytes(),
@@ -510,7 +590,7 @@ impl Inner {
             });
         }
         out.push(JournalWrite {
-            key: self.next_run_key().into_bytes(),
+            key: self.keys.next_run().into_bytes(),
             value: Some(batch.next_run.to_string().into_bytes()),
         });
         out
@@ -543,7 +623,7 @@ impl Inner {
             .map(|d| d.as_nanos())
             .unwrap_or(0);
         self.last_seq = now.max(self.last_seq.saturating_add(1));
-        format!("{}{:020}/", self.journal_prefix(), self.last_seq)
+        format!("{}{:020}/", self.keys.journal(), self.last_seq)
     }
 
     #[cfg_attr(not(test), allow(unused_variables))]
@@ -617,27 +697,18 @@ impl Inner {
     /// Finishes every journal with a commit marker (applies its writes, then deletes it) and
     /// deletes every journal without one, oldest first.
     async fn recover_journals(&mut self) -> Result<(), StoreError> {
-        let prefix = self.journal_prefix();
+        let prefix = self.keys.journal();
         let range = self
             .client
             .range_prefix(prefix.as_bytes(), JOURNAL_PAGE)
             .await?;
-        // Keys sort as <seq>/<i>... then <seq>/commit: group them by sequence.
-        let mut journals: Vec<(String, JournalParts)> = Vec::new();
-        for kv in range.kvs {
-            let key = String::from_utf8_lossy(&kv.key).into_owned();
-            let rest = key.strip_prefix(&prefix).unwrap_or(&key);
-            let (seq, part) = rest.split_once('/').unwrap_or((rest, ""));
-            let journal = format!("{prefix}{seq}/");
-            match journals.last_mut() {
-                Some((j, parts)) if *j == journal => parts.push((part.to_owned(), kv.value)),
-                _ => journals.push((journal, vec![(part.to_owned(), kv.value)])),
-            }
-        }
+        let journals = self
+            .keys
+            .journals(range.kvs.into_iter().map(|kv| (kv.key, kv.value)));
         for (journal, parts) in journals {
             let marker = parts.iter().find(|(part, _)| part == "commit");
             if let Some((_, count)) = marker {
-                let writes = self.journal_writes(&journal, count, &parts)?;
+                let writes = self.keys.journal_writes(&journal, count, &parts)?;
                 tracing::warn!(
                     journal,
                     writes = writes.len(),
@@ -652,46 +723,28 @@ impl Inner {
         self.unfinished_journal = false;
         Ok(())
     }
+}
 
-    /// A committed journal's writes, checked: every chunk its marker counts, each decoding, each
-    /// write to a record key.
-    fn journal_writes(
-        &self,
-        journal: &str,
-        count: &[u8],
-        parts: &[(String, Vec<u8>)],
-    ) -> Result<Vec<JournalWrite>, StoreError> {
-        let unusable = |what: String| StoreError::Unusable(format!("journal {journal}: {what}"));
-        let count = std::str::from_utf8(count)
-            .ok()
-            .and_then(|c| c.parse::<usize>().ok())
-            .ok_or_else(|| unusable("its commit marker is not a chunk count".into()))?;
-        let allowed = [
-            self.sources_prefix(),
-            self.runs_prefix(),
-            self.meta_prefix(),
-        ];
-        let mut writes = Vec::new();
-        for i in 0..count {
-            let name = format!("{i:08}");
-            let (_, bytes) = parts
-                .iter()
-                .find(|(part, _)| *part == name)
-                .ok_or_else(|| unusable(format!("chunk {i} of {count} is missing")))?;
-            let chunk = JournalChunk::decode(bytes.as_slice())
-                .map_err(|e| unusable(format!("chunk {i} does not decode: {e}")))?;
-            for w in chunk.writes {
-                if !allowed.iter().any(|p| w.key.starts_with(p.as_bytes())) {
-                    return Err(unusable(format!(
-                        "chunk {i} writes {:?}, which is no record key",
-                        String::from_utf8_lossy(&w.key)
-                    )));
-                }
-                writes.push(w);
-            }
-        }
-        Ok(writes)
-    }
+/// Every record key (`sources/`, `runs/`, `meta/`) and its value at one revision (one view),
+/// and that revision.
+async fn read_records(
+    client: &Client,
+    keys: &Keys,
+) -> Result<(Vec<snapgate_etcd::pb::mvccpb::KeyValue>, i64), StoreError> {
+    let sources = client
+        .range_prefix(keys.sources().as_bytes(), DEFAULT_PAGE)
+        .await?;
+    let revision = sources.revision;
+    let runs = client
+        .range_prefix_at(keys.runs().as_bytes(), DEFAULT_PAGE, revision)
+        .await?;
+    let meta = client
+        .range_prefix_at(keys.meta().as_bytes(), DEFAULT_PAGE, revision)
+        .await?;
+    let mut records = sources.kvs;
+    records.extend(runs.kvs);
+    records.extend(meta.kvs);
+    Ok((records, revision))
 }
 
 /// A journal's keys: (the part after `<seq>/`, the value).
@@ -707,5 +760,8 @@ fn put_op(key: String, value: Vec<u8>) -> RequestOp {
     }
 }
 
+mod feed;
 #[cfg(test)]
 mod tests;
+
+pub use feed::EtcdFeed;

@@ -419,3 +419,180 @@ async fn an_acknowledged_commit_survives_etcd_being_killed() {
     );
     assert_eq!(loaded.next_run, 301);
 }
+
+/// The records a follower's copy holds: sources by key, runs by id, the run counter.
+#[derive(Debug, Default, PartialEq)]
+struct Records {
+    sources: std::collections::BTreeMap<String, snapgate_scheduler_core::SourceRecord>,
+    runs: std::collections::BTreeMap<RunId, snapgate_scheduler_core::model::Run>,
+    next_run: u64,
+}
+
+impl Records {
+    fn of(loaded: &Loaded) -> Self {
+        Self {
+            sources: loaded
+                .sources
+                .iter()
+                .map(|r| (r.source.key.to_string(), r.clone()))
+                .collect(),
+            runs: loaded.runs.iter().map(|r| (r.id, r.clone())).collect(),
+            next_run: loaded.next_run,
+        }
+    }
+
+    fn apply(&mut self, commit: &crate::follower::Commit) {
+        use snapgate_scheduler_core::Mirrored;
+        for change in &commit.changes {
+            match change {
+                Mirrored::PutSource(r) => {
+                    self.sources.insert(r.source.key.to_string(), (**r).clone());
+                }
+                Mirrored::RemoveSource(k) => {
+                    self.sources.remove(&k.to_string());
+                }
+                Mirrored::PutRun(r) => {
+                    self.runs.insert(r.id, (**r).clone());
+                }
+                Mirrored::RemoveRun(id) => {
+                    self.runs.remove(id);
+                }
+                Mirrored::NextRun(n) => self.next_run = self.next_run.max(*n),
+            }
+        }
+    }
+}
+
+/// Reads `feed` until its copy has reached the store's current revision; returns the commits.
+async fn follow_to_now(
+    feed: &mut EtcdFeed,
+    opts: &EtcdOptions,
+    records: &mut Records,
+) -> Vec<crate::follower::Commit> {
+    let (_, now) = Client::new(opts).unwrap().get(b"/snapgate/").await.unwrap();
+    let mut all = Vec::new();
+    loop {
+        let (commits, revision) = tokio::time::timeout(Duration::from_secs(10), feed.next())
+            .await
+            .expect("the watch brings the commits")
+            .unwrap();
+        for c in &commits {
+            records.apply(c);
+        }
+        all.extend(commits);
+        if revision >= now {
+            return all;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_followers_feed_reports_every_commit_and_its_copy_equals_a_load() {
+    let etcd = EtcdServer::start().await;
+    let opts = etcd.options("/snapgate");
+    let mut s = EtcdStore::open_with(&opts, None, small_limits()).unwrap();
+    s.commit(Batch {
+        writes: vec![
+            Write::PutSource(Box::new(record("a", "x"))),
+            Write::PutRun(Box::new(run(1))),
+        ],
+        next_run: 2,
+    })
+    .unwrap();
+    let mut feed = EtcdFeed::new(&opts).unwrap();
+    let (loaded, _) = feed.snapshot().await.unwrap();
+    assert_eq!(Records::of(&loaded), Records::of(&s.load().unwrap()));
+    let mut copy = Records::of(&loaded);
+
+    // Small commits, then one journalled batch of 200 runs.
+    s.commit(Batch {
+        writes: vec![
+            Write::PutSource(Box::new(record("a", "y"))),
+            Write::RemoveSource("a/x".into()),
+        ],
+        next_run: 2,
+    })
+    .unwrap();
+    s.commit(Batch {
+        writes: vec![Write::RemoveRun(RunId(1).to_string())],
+        next_run: 2,
+    })
+    .unwrap();
+    s.commit(big_batch(200)).unwrap();
+    let commits = follow_to_now(&mut feed, &opts, &mut copy).await;
+    assert_eq!(copy, Records::of(&s.load().unwrap()));
+    // The journalled batch came whole, in one commit (at its marker).
+    assert!(
+        commits
+            .iter()
+            .any(|c| c.changes.len() == 201 && c.corrupt.is_empty()),
+        "{:?}",
+        commits.iter().map(|c| c.changes.len()).collect::<Vec<_>>()
+    );
+
+    // A record that does not decode: out of the copy, and reported.
+    Client::new(&opts)
+        .unwrap()
+        .put(b"/snapgate/sources/a/y", b"garbage", 0)
+        .await
+        .unwrap();
+    let commits = follow_to_now(&mut feed, &opts, &mut copy).await;
+    assert!(!copy.sources.contains_key("a/y"));
+    assert_eq!(
+        commits.iter().flat_map(|c| &c.corrupt).count(),
+        1,
+        "{commits:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_followers_snapshot_holds_a_committed_journal_and_not_an_uncommitted_one() {
+    for (step, runs) in [(Step::Chunks, 0), (Step::Marker, 200)] {
+        let etcd = EtcdServer::start().await;
+        let opts = etcd.options("/snapgate");
+        let mut s = EtcdStore::open_with(&opts, None, small_limits()).unwrap();
+        assert!(s.commit_until(big_batch(200), Some(step)).is_err());
+        let (loaded, _) = EtcdFeed::new(&opts).unwrap().snapshot().await.unwrap();
+        assert_eq!(loaded.runs.len(), runs, "{step:?}");
+        assert!(
+            !keys(&opts, "/snapgate/journal/").await.is_empty(),
+            "the follower wrote nothing"
+        );
+    }
+}
+
+/// With a three-member etcd, a member dying (the one the store's client was using) stops
+/// commits no longer than etcd takes to elect a raft leader among the other two, when it was
+/// the leader: the client moves to the next endpoint, and the quorum left commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_go_on_when_the_etcd_member_in_use_dies() {
+    let mut cluster = snapgate_etcd::testing::EtcdCluster::start(3).await;
+    let opts = cluster.options("/snapgate");
+    let (_elector, leadership) = lead(&opts, "a").await;
+    let mut s = EtcdStore::open(&opts, Some(leadership.fence.clone())).unwrap();
+    let put = |name: &str| Batch {
+        writes: vec![Write::PutSource(Box::new(record("a", name)))],
+        next_run: 1,
+    };
+    s.commit(put("before")).unwrap();
+    cluster.members[0].kill();
+    // A commit refused meanwhile is refused whole, as any failed commit: the caller retries.
+    // etcd is other processes: its election is waited for by retrying, bounded.
+    let started = Instant::now();
+    while let Err(e) = s.commit(put("after")) {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "no commit within 15 s of a member's death: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut names: Vec<String> = s
+        .load()
+        .unwrap()
+        .sources
+        .into_iter()
+        .map(|r| r.source.key.name)
+        .collect();
+    names.sort();
+    assert_eq!(names, ["after", "before"]);
+}
