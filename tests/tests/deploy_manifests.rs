@@ -1189,8 +1189,9 @@ fn the_scheduler_is_one_replica_with_its_data_on_a_persistent_volume_claim() {
 }
 
 /// deploy/scheduler-ha: three replicas on etcd over mutual TLS, each named by its pod, ready
-/// only while leading (so the Service reaches the leader alone), updated one at a time and
-/// guarded by a disruption budget; the network policy lets them reach etcd.
+/// only while leading (so the Service reaches the leader alone), every one reachable through a
+/// headless Service (followers serve reads), updated one at a time and guarded by a
+/// disruption budget; the network policy lets them reach etcd.
 #[test]
 fn the_replicated_scheduler_runs_three_replicas_on_etcd_and_only_the_leader_is_ready() {
     let m = Manifests::load();
@@ -1257,6 +1258,23 @@ fn the_replicated_scheduler_runs_three_replicas_on_etcd_and_only_the_leader_is_r
         if !budget {
             errors.push(format!(
                 "{at}: no PodDisruptionBudget with maxUnavailable 1 selects its pods"
+            ));
+        }
+        // Followers serve reads: a headless Service reaches every replica, ready or not.
+        let replicas_service = m.services.iter().any(|s| {
+            s.metadata.namespace.as_deref() == Some(run.namespace())
+                && s.spec.as_ref().is_some_and(|spec| {
+                    spec.cluster_ip.as_deref() == Some("None")
+                        && spec.publish_not_ready_addresses == Some(true)
+                        && spec.selector.as_ref().is_some_and(|sel| {
+                            !sel.is_empty() && sel.iter().all(|(k, v)| labels.get(k) == Some(v))
+                        })
+                })
+        });
+        if !replicas_service {
+            errors.push(format!(
+                "{at}: no headless Service (publishNotReadyAddresses) reaches every replica for \
+                 follower reads"
             ));
         }
     }

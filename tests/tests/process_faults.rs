@@ -735,3 +735,52 @@ async fn an_application_that_gives_up_on_a_lost_link_has_no_copy_counted_after_i
          counted for the value of an application that unquiesced at {unquiesced}: {run:#}"
     );
 }
+
+/// Followers serve reads: what the leader committed is read on the other replica directly
+/// (its copy follows the leader's commits through etcd's watch), a write there is refused
+/// naming the leader, and right after the leader is SIGKILLed the follower still answers
+/// reads, before and while it takes over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_serves_reads_refuses_writes_naming_the_leader_and_reads_on_through_a_failover()
+{
+    let c = Cluster::start_hosted_ha(|_| {}).await;
+    c.gated_db_source_waiting("").await;
+    let replicas = c.replicas.as_ref().expect("replicas");
+    let leader = replicas.wait_leader("a leader").await;
+    let follower = replicas.other_than(&leader.name);
+    let runs = support::eventually("the follower's copy has the waiting run", 30, || async {
+        let out = c.cli_on(&follower, &["-o", "json", "runs", "db"]).await;
+        (out.code == 0 && out.stdout.contains("\"WaitingForTrigger\"")).then_some(out)
+    })
+    .await;
+    let on_leader = c.cli_ok(&["-o", "json", "runs", "db"]).await;
+    assert_eq!(
+        runs.stdout, on_leader.stdout,
+        "the follower answers as the leader"
+    );
+    let get = c.cli_on(&follower, &["get", "db"]).await;
+    assert_eq!(get.code, 0, "{get:?}");
+
+    let refused = c.cli_on(&follower, &["sync-now", "db"]).await;
+    assert_ne!(refused.code, 0, "{refused:?}");
+    assert!(
+        refused
+            .stderr
+            .contains(&format!("the leader is {}", leader.name)),
+        "{refused:?}"
+    );
+
+    let old = replicas.kill_leader_now().await;
+    assert_eq!(old, leader);
+    let read = c.cli_on(&follower, &["get", "db"]).await;
+    assert_eq!(read.code, 0, "a read right after the leader died: {read:?}");
+    let new = support::eventually("a new tenure", 60, || async {
+        replicas
+            .leader()
+            .await
+            .filter(|t| t.revision != old.revision)
+    })
+    .await;
+    let read = c.cli_on(&follower, &["get", "db"]).await;
+    assert_eq!(read.code, 0, "a read after {new:?} began: {read:?}");
+}

@@ -579,8 +579,18 @@ impl Cluster {
 
     /// `snapgate --server <scheduler> -n app [--token-file <token>] <args>`.
     pub(crate) fn cli_command_as(&self, token: Option<&Path>, args: &[&str]) -> Command {
+        self.cli_command_on(&self.url, token, args)
+    }
+
+    /// The CLI against the scheduler at `server` (a replica, not the Service).
+    pub(crate) fn cli_command_on(
+        &self,
+        server: &str,
+        token: Option<&Path>,
+        args: &[&str],
+    ) -> Command {
         let mut cmd = Command::new(binary("snapgate"));
-        cmd.args(["--server", &self.url, "-n", NS]);
+        cmd.args(["--server", server, "-n", NS]);
         if let Some(t) = token {
             cmd.arg("--token-file").arg(t);
         }
@@ -594,8 +604,13 @@ impl Cluster {
 
     /// Runs the CLI to its end.
     pub(crate) async fn cli(&self, args: &[&str]) -> Out {
+        self.cli_on(&self.url.clone(), args).await
+    }
+
+    /// Runs the CLI against the scheduler at `server` to its end.
+    pub(crate) async fn cli_on(&self, server: &str, args: &[&str]) -> Out {
         let out = self
-            .cli_command(args)
+            .cli_command_on(server, self.secure.cli_token.as_deref(), args)
             .stdin(Stdio::null())
             .output()
             .await

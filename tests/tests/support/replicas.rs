@@ -124,6 +124,25 @@ impl Replicas {
             .unwrap_or_else(|| panic!("no replica {name}"))
     }
 
+    /// `http://<address>` of a replica other than `name`, for a client talking to it directly
+    /// rather than through the Service.
+    pub(crate) fn other_than(&self, name: &str) -> String {
+        let slot = self
+            .slots
+            .iter()
+            .find(|s| s.name != name)
+            .unwrap_or_else(|| panic!("no replica besides {name}"));
+        format!("http://{}", slot.grpc)
+    }
+
+    /// Kills the leader with SIGKILL and returns its tenure at once, before any other began.
+    pub(crate) async fn kill_leader_now(&self) -> Tenure {
+        let old = self.wait_leader("a leader to kill").await;
+        let pid = (*self.slot(&old.name).pid.lock().unwrap()).expect("the leader runs");
+        kill(pid, "-KILL");
+        old
+    }
+
     /// Kills the leader with SIGKILL (its keeper starts it again, as a follower); returns the
     /// next tenure (another replica's, or the restarted one's if it won the race) once there
     /// is one, and how long that took.
