@@ -3,8 +3,8 @@
 //! 1. Write throughput: `clients` concurrent clients apply distinct new sources over 100
 //!    namespaces (ApplySource, `skipInitialRun`: every accepted call is a commit) for `measure`
 //!    against one scheduler on redb and against one on etcd (a fresh etcd, one replica, elected
-//!    before it serves), with figure 3's rate loop; the rates, p50/p99 latencies, and etcd's
-//!    rate over redb's.
+//!    before it serves), and against one on a three-member etcd cluster on this machine, with
+//!    figure 3's rate loop; the rates, p50/p99 latencies, and etcd's rate over redb's.
 //! 2. Failover: two replicas on one etcd with `--etcd-lease-ttl ha_ttl`, `ha_sources` idle
 //!    sources applied and one source with a run in flight (its GATE directive is resent on every
 //!    agent (re)connect and never answered); a stub agent connects to the replicas in turn
@@ -13,7 +13,12 @@
 //!    new create_revision), kill → the other replica answering a SourceService call (it has
 //!    loaded the store; its health turns SERVING at the same moment), and kill → the stub's
 //!    first directive from it. The killed replica is then restarted (as Kubernetes would) and
-//!    waits as a follower, so there are always two.
+//!    waits as a follower, so there are always two. "Serving" is answering a call only a
+//!    leader serves (a Trigger naming no target: refused as invalid, changing nothing); until
+//!    then the harness also reads the source on the other replica, which as a follower serves
+//!    reads from its copy of the leader's commits: every failed read is counted.
+//! 3. Follower lag, before the kills: `ha_lag_samples` new sources applied one by one on the
+//!    leader, each read on the follower until it shows: acknowledgement → visible.
 //!
 //! Without an etcd binary the figure is skipped with a row saying how to build one.
 
@@ -23,7 +28,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use snapgate_etcd::testing::EtcdServer;
+use snapgate_etcd::testing::{EtcdCluster, EtcdServer};
 use snapgate_proto::v1;
 
 use super::{
@@ -95,13 +100,13 @@ fn apply_call(
     })
 }
 
-/// The flags of replica `name` on `etcd` under `prefix`.
-fn etcd_args(etcd: &EtcdServer, prefix: &str, ttl: Duration, name: &str) -> Vec<String> {
+/// The flags of replica `name` on etcd at `endpoints` (comma-separated) under `prefix`.
+fn etcd_args(endpoints: &str, prefix: &str, ttl: Duration, name: &str) -> Vec<String> {
     vec![
         "--store".into(),
         "etcd".into(),
         "--etcd-endpoints".into(),
-        etcd.endpoint(),
+        endpoints.into(),
         "--etcd-prefix".into(),
         prefix.into(),
         "--etcd-lease-ttl".into(),
@@ -111,7 +116,7 @@ fn etcd_args(etcd: &EtcdServer, prefix: &str, ttl: Duration, name: &str) -> Vec<
     ]
 }
 
-/// Part 1: the write rate on redb, then on etcd.
+/// Part 1: the write rate on redb, then on etcd, then on a three-member etcd.
 async fn writes(
     cfg: &Config,
     etcd: &EtcdServer,
@@ -121,13 +126,23 @@ async fn writes(
     figure: &str,
 ) -> anyhow::Result<()> {
     let mut measured = Vec::new();
-    for store in ["redb", "etcd"] {
+    // Started for its own measurement only: idle members would still share the machine.
+    let mut cluster = None;
+    for store in ["redb", "etcd", "etcd3"] {
         let port = procs::free_port();
         let url = sec.url(port);
-        let extra = if store == "etcd" {
-            etcd_args(etcd, "/bench-writes", cfg.ha_ttl, "writer")
-        } else {
-            Vec::new()
+        let extra = match store {
+            "etcd" => etcd_args(&etcd.endpoint(), "/bench-writes", cfg.ha_ttl, "writer"),
+            "etcd3" => {
+                // A three-member etcd on this machine: a commit is fsynced by two at least.
+                let started = tokio::spawn(EtcdCluster::start(3))
+                    .await
+                    .context("starting a three-member etcd")?;
+                let endpoints = started.options("/").endpoints.join(",");
+                cluster = Some(started);
+                etcd_args(&endpoints, "/bench-writes", cfg.ha_ttl, "writer")
+            }
+            _ => Vec::new(),
         };
         let mut scheduler = procs::spawn_scheduler_with(
             &cfg.bins,
@@ -137,15 +152,8 @@ async fn writes(
             &dir.join(format!("scheduler-{store}.log")),
             &extra,
         )?;
-        // On etcd: serving once elected and loaded (a follower refuses with UNAVAILABLE).
-        procs::wait_serving(
-            &mut scheduler,
-            sec,
-            &url,
-            ("bulk-00", "probe"),
-            Duration::from_secs(60),
-        )
-        .await?;
+        // On etcd: serving once elected and loaded (a follower refuses writes).
+        wait_leading(&mut scheduler, sec, &url, Duration::from_secs(60)).await?;
         let clients = throughput::connect(sec, &url, cfg.clients.1).await?;
         let rate =
             throughput::rate(&clients, cfg.clients.0, cfg.measure, usize::MAX, apply_call).await;
@@ -164,32 +172,56 @@ async fn writes(
     let latency =
         |s: &Summary| format!("p50 {} / p99 {}", fmt_duration(s.p50), fmt_duration(s.p99));
     let [
-        (_, redb, redb_lat, redb_n),
-        (_, etcd_rate, etcd_lat, etcd_n),
+        (_, redb, ref redb_lat, redb_n),
+        (_, etcd_rate, ref etcd_lat, etcd_n),
+        (_, etcd3_rate, ref etcd3_lat, etcd3_n),
     ] = measured[..]
     else {
-        bail!("two stores measured");
+        bail!("three stores measured");
     };
-    let ratio = etcd_rate / redb;
-    report.push(
-        Row::new(figure, "ApplySource/s on etcd (1 replica)", size.clone())
-            .value(fmt_rate(etcd_rate))
-            .reference(format!("redb {}", fmt_rate(redb)))
-            .ratio(ratio)
-            .goal(format!("≥ {WRITE_GOAL}x redb"), ratio >= WRITE_GOAL)
-            .note(format!(
+    let on_etcd = [
+        (
+            "ApplySource/s on etcd (1 replica)",
+            "ApplySource latency on etcd",
+            etcd_rate,
+            etcd_lat,
+            format!(
                 "{} calls on etcd, {} on redb in {:?} each",
                 fmt_count(etcd_n),
                 fmt_count(redb_n),
                 cfg.measure
-            )),
-    );
-    report.push(
-        Row::new(figure, "ApplySource latency on etcd", size)
-            .value(latency(&etcd_lat))
-            .reference(format!("redb {}", latency(&redb_lat)))
-            .ratio(etcd_lat.p50.as_secs_f64() / redb_lat.p50.as_secs_f64()),
-    );
+            ),
+        ),
+        (
+            "ApplySource/s on a 3-member etcd (one machine)",
+            "ApplySource latency on a 3-member etcd",
+            etcd3_rate,
+            etcd3_lat,
+            format!(
+                "{} calls in {:?}; the three members share this machine's cores and disk",
+                fmt_count(etcd3_n),
+                cfg.measure
+            ),
+        ),
+    ];
+    for (rate_metric, latency_metric, rate, lat, note) in on_etcd {
+        let ratio = rate / redb;
+        report.push(
+            Row::new(figure, rate_metric, size.clone())
+                .value(fmt_rate(rate))
+                .reference(format!("redb {}", fmt_rate(redb)))
+                .ratio(ratio)
+                .goal(format!("≥ {WRITE_GOAL}x redb"), ratio >= WRITE_GOAL)
+                .note(note),
+        );
+        report.push(
+            Row::new(figure, latency_metric, size.clone())
+                .value(latency(lat))
+                .reference(format!("redb {}", latency(redb_lat)))
+                .ratio(lat.p50.as_secs_f64() / redb_lat.p50.as_secs_f64()),
+        );
+    }
+    drop(cluster);
     Ok(())
 }
 
@@ -218,7 +250,7 @@ async fn failover(
             port,
             sec,
             &dir.join(format!("scheduler-{name}-{start}.log")),
-            &etcd_args(etcd, PREFIX, ttl, name),
+            &etcd_args(&etcd.endpoint(), PREFIX, ttl, name),
         )
     };
     let mut replicas = Vec::with_capacity(2);
@@ -232,14 +264,7 @@ async fn failover(
         };
         if k == 0 {
             // The first leads.
-            procs::wait_serving(
-                &mut r.proc,
-                sec,
-                &sec.url(port),
-                (NS, INFLIGHT),
-                Duration::from_secs(60),
-            )
-            .await?;
+            wait_leading(&mut r.proc, sec, &sec.url(port), Duration::from_secs(60)).await?;
         } else {
             wait_follower(&mut r, sec, "replica-0").await?;
         }
@@ -319,7 +344,14 @@ async fn failover(
 
     let client = snapgate_etcd::Client::new(&etcd.options(PREFIX)).context("an etcd client")?;
     let key = etcd.options(PREFIX).leader_key();
+    let lag = follower_lag(
+        cfg,
+        sdk,
+        &sec.client(&sec.url(replicas[1].port), None).await?,
+    )
+    .await?;
     let (mut elected, mut serving, mut directive) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut reads, mut reads_failed, mut last_read_error) = (0_usize, 0_usize, None::<String>);
     for trial in 0..cfg.ha_failovers {
         let (kv, _) = client
             .get(key.as_bytes())
@@ -350,16 +382,22 @@ async fn failover(
             {
                 t_elected = Some(killed_at.elapsed());
             }
+            if t_serving.is_none() && leads(&other_client).await {
+                t_serving = Some(killed_at.elapsed());
+            }
+            // Reads on the other replica meanwhile: a follower serves them from its copy.
             if t_serving.is_none() {
-                let answer = other_client
+                reads += 1;
+                let read = other_client
                     .sources()
                     .get_source(v1::GetSourceRequest {
                         namespace: NS.into(),
                         name: INFLIGHT.into(),
                     })
                     .await;
-                if answer.is_ok() {
-                    t_serving = Some(killed_at.elapsed());
+                if let Err(status) = read {
+                    reads_failed += 1;
+                    last_read_error = Some(status.to_string());
                 }
             }
             if t_directive.is_none()
@@ -461,11 +499,126 @@ async fn failover(
             max <= goal,
         ),
     );
+    report.push(
+        Row::new(
+            figure,
+            "GetSource on the other replica, kill → new leader serving",
+            format!("{n} kills"),
+        )
+        .value(format!("{reads_failed} of {} failed", fmt_count(reads)))
+        .goal("none fails (followers serve reads)", reads_failed == 0)
+        .note(last_read_error.unwrap_or_default()),
+    );
+    let mut lag = lag;
+    let lag_summary = Summary::of(&mut lag);
+    report.push(
+        Row::new(
+            figure,
+            "ApplySource acknowledged → visible on the follower",
+            format!("{} applies", lag.len()),
+        )
+        .value(format!(
+            "p50 {} / p99 {} / max {}",
+            fmt_duration(lag_summary.p50),
+            fmt_duration(lag_summary.p99),
+            fmt_duration(lag.iter().max().copied().unwrap_or_default())
+        ))
+        .goal(
+            "p99 ≤ 100 ms",
+            lag_summary.p99 <= Duration::from_millis(100),
+        ),
+    );
     Ok(())
 }
 
-/// Waits until replica `r` runs as a follower that has seen `leader` lead: it refuses calls
-/// with UNAVAILABLE naming `leader` (its campaign is under way).
+/// Whether the scheduler behind `client` leads: it answers a call only a leader serves (a
+/// Trigger naming no target, refused as invalid and changing nothing) with anything but
+/// UNAVAILABLE, which is a follower's (or a process not up).
+async fn leads(client: &snapgate_sdk::Client) -> bool {
+    match client
+        .triggers()
+        .trigger(v1::TriggerRequest::default())
+        .await
+    {
+        Ok(_) => true,
+        Err(status) => status.code() != tonic::Code::Unavailable,
+    }
+}
+
+/// Waits until the scheduler at `url` leads (elected and loaded: it serves writes).
+async fn wait_leading(
+    proc: &mut Proc,
+    sec: &SecSetup,
+    url: &str,
+    within: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        proc.check_alive()?;
+        if let Ok(client) = sec.client(url, None).await
+            && leads(&client).await
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the scheduler did not lead within {within:?}");
+        }
+        // Another process starting: polled, every 5 ms.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// How long after the leader acknowledged an ApplySource the follower shows it, over
+/// `ha_lag_samples` new sources applied one after another: each polled on the follower until
+/// found (every poll a GetSource round trip, some 0.3 ms on loopback).
+async fn follower_lag(
+    cfg: &Config,
+    leader: &snapgate_sdk::Client,
+    follower: &snapgate_sdk::Client,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut lags = Vec::with_capacity(cfg.ha_lag_samples);
+    for i in 0..cfg.ha_lag_samples {
+        let name = format!("lag-{i:05}");
+        leader
+            .sources()
+            .apply_source(v1::ApplySourceRequest {
+                namespace: NS.into(),
+                name: name.clone(),
+                spec: Some(v1::SourceSpec {
+                    skip_initial_run: true,
+                    ..seed::spec(&name, Due::Idle, 0)
+                }),
+                expected_version: 0,
+            })
+            .await
+            .with_context(|| format!("applying {name}"))?;
+        let acked = Instant::now();
+        loop {
+            let found = follower
+                .sources()
+                .get_source(v1::GetSourceRequest {
+                    namespace: NS.into(),
+                    name: name.clone(),
+                })
+                .await;
+            match found {
+                Ok(_) => break,
+                Err(s) if s.code() == tonic::Code::NotFound => {}
+                Err(s) => bail!("reading {name} on the follower: {s}"),
+            }
+            anyhow::ensure!(
+                acked.elapsed() < Duration::from_secs(10),
+                "{name} not on the follower 10 s after the leader acknowledged it"
+            );
+        }
+        lags.push(acked.elapsed());
+    }
+    Ok(lags)
+}
+
+/// Waits until replica `r` runs as a follower that has seen `leader` lead and serves reads:
+/// it refuses a leader's call with UNAVAILABLE naming `leader` (its campaign is under way) and
+/// answers a GetSource from its copy of the leader's commits.
 async fn wait_follower(r: &mut Replica, sec: &SecSetup, leader: &str) -> anyhow::Result<()> {
     let url = sec.url(r.port);
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -473,20 +626,29 @@ async fn wait_follower(r: &mut Replica, sec: &SecSetup, leader: &str) -> anyhow:
         r.proc.check_alive()?;
         if let Ok(client) = sec.client(&url, None).await {
             let answer = client
+                .triggers()
+                .trigger(v1::TriggerRequest::default())
+                .await;
+            let follows = answer.is_err_and(|status| {
+                status.code() == tonic::Code::Unavailable
+                    && status
+                        .metadata()
+                        .get(snapgate_scheduler::replica::LEADER_METADATA)
+                        .and_then(|v| v.to_str().ok())
+                        == Some(leader)
+            });
+            let read = client
                 .sources()
                 .get_source(v1::GetSourceRequest {
                     namespace: NS.into(),
                     name: INFLIGHT.into(),
                 })
                 .await;
-            if let Err(status) = answer
-                && status.code() == tonic::Code::Unavailable
-                && status
-                    .metadata()
-                    .get(snapgate_scheduler::replica::LEADER_METADATA)
-                    .and_then(|v| v.to_str().ok())
-                    == Some(leader)
-            {
+            let reads = match read {
+                Ok(_) => true,
+                Err(status) => status.code() == tonic::Code::NotFound,
+            };
+            if follows && reads {
                 return Ok(());
             }
         }

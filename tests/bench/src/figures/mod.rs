@@ -80,6 +80,9 @@ pub(crate) struct Config {
     pub(crate) ha_failovers: usize,
     /// Figure 9: idle sources the leader holds while it is killed.
     pub(crate) ha_sources: usize,
+    /// Figure 9: sources applied one by one on the leader, each timed until the follower
+    /// shows it.
+    pub(crate) ha_lag_samples: usize,
 }
 
 impl Config {
@@ -139,13 +142,14 @@ impl Config {
             ha_ttl: Duration::from_secs(if smoke { 3 } else { 5 }),
             ha_failovers: if smoke { 3 } else { 10 },
             ha_sources: if smoke { 300 } else { 2_000 },
+            ha_lag_samples: if smoke { 50 } else { 500 },
         })
     }
 
     /// One line per setting, printed first.
     pub(crate) fn describe(&self) -> String {
         format!(
-            "snapgate-bench ({} mode): largest size {} sources; figure 1 {} gated runs ({} at once); figure 2 {} stub agents, jitter {} s; figure 3 {} clients on {} connections, {:?} per rate; figure 4 sizes {:?}, {} calls each; figure 5 wait {:?}; figure 6 {} runs in flight; figure 7 {} PVCs; figure 8 {} sources, {} agents, {:?} soak after {} warm-up rounds; figure 9 lease TTL {:?}, {} kills, {} sources\n{}",
+            "snapgate-bench ({} mode): largest size {} sources; figure 1 {} gated runs ({} at once); figure 2 {} stub agents, jitter {} s; figure 3 {} clients on {} connections, {:?} per rate; figure 4 sizes {:?}, {} calls each; figure 5 wait {:?}; figure 6 {} runs in flight; figure 7 {} PVCs; figure 8 {} sources, {} agents, {:?} soak after {} warm-up rounds; figure 9 lease TTL {:?}, {} kills, {} sources, {} follower-lag samples\n{}",
             if self.smoke { "smoke" } else { "full" },
             fmt_count(self.sources),
             self.runs,
@@ -167,6 +171,7 @@ impl Config {
             self.ha_ttl,
             self.ha_failovers,
             fmt_count(self.ha_sources),
+            self.ha_lag_samples,
             self.bins.describe(),
         )
     }
