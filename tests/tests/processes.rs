@@ -98,7 +98,8 @@ async fn scheduler_agent_and_simulated_cluster_as_separate_processes_complete_a_
     let _scheduler = spawn(
         Command::new(binary("snapgate-scheduler"))
             .args(["--listen", &grpc])
-            .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port())])
+            // Never read: an ephemeral port the process binds itself (no port to race for).
+            .args(["--metrics-listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(dir.path().join("data")),
     );

@@ -238,14 +238,28 @@ async fn client_from(path: &Path) -> kube::Client {
     .unwrap()
 }
 
+/// The last `n` lines of a process's log, without the frames of a backtrace (an error's
+/// backtrace would otherwise push the error itself out of the tail).
 fn tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
+    let lines: Vec<&str> = text.lines().filter(|l| !backtrace_frame(l)).collect();
     format!(
-        "--- {} (last {n} lines)\n{}",
+        "--- {} (last {n} lines, backtrace frames left out)\n{}",
         path.display(),
         lines[lines.len().saturating_sub(n)..].join("\n")
     )
+}
+
+/// A line of a Rust backtrace: `  12: function` or `        at file:line`.
+fn backtrace_frame(line: &str) -> bool {
+    let trimmed = line.trim_start();
+    if trimmed.len() == line.len() {
+        return false;
+    }
+    trimmed.starts_with("at ")
+        || trimmed
+            .split_once(": ")
+            .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 #[tokio::test]
@@ -863,7 +877,8 @@ impl Scene {
         let scheduler = spawn(
             Command::new(binary("snapgate-scheduler"))
                 .args(["--listen", &grpc])
-                .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port())])
+                // Never read: an ephemeral port the process binds itself (no port to race for).
+                .args(["--metrics-listen", "127.0.0.1:0"])
                 .arg("--data-dir")
                 .arg(dir.path().join("data"))
                 .args(&scheduler_args),
@@ -961,7 +976,8 @@ fn spawn_agent(
             .env("KUBECONFIG", kubeconfig)
             .args(["--scheduler", &format!("http://{grpc}")])
             .args(["--namespace", ns])
-            .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port())])
+            // Never read: an ephemeral port the process binds itself (no port to race for).
+            .args(["--metrics-listen", "127.0.0.1:0"])
             .args(["--agent-id", "cluster-test"])
             .args(extra),
         &dir.path().join(log),
@@ -1281,4 +1297,24 @@ async fn gated_run(mover: Mover, method: v1::CopyMethod, path: TriggerPath, secu
         started.elapsed().as_secs_f64()
     );
     scene.finish().await;
+}
+
+#[test]
+fn a_log_tail_leaves_out_backtrace_frames_and_keeps_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("agent.log");
+    std::fs::write(
+        &log,
+        "INFO starting\nError: cannot listen on 127.0.0.1:4 (--metrics-listen)\n\nStack backtrace:\n   0: anyhow::error::msg\n             at /src/lib.rs:690:13\n  12: main\n",
+    )
+    .unwrap();
+    let tail = tail(&log, 3);
+    assert!(
+        tail.ends_with(
+            "Error: cannot listen on 127.0.0.1:4 (--metrics-listen)\n\nStack backtrace:"
+        ),
+        "{tail}"
+    );
+    assert!(!backtrace_frame("Error: 12: x"));
+    assert!(!backtrace_frame("2026-12-03T08:24:50Z  INFO at start"));
 }

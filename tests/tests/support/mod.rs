@@ -90,7 +90,8 @@ fn spawn_scheduler(grpc: &str, dir: &Path, log: &str, extra: &[String]) -> Proc 
     spawn(
         Command::new(binary("snapgate-scheduler"))
             .args(["--listen", grpc])
-            .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port())])
+            // Never read: an ephemeral port the process binds itself (no port to race for).
+            .args(["--metrics-listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(dir.join("data"))
             .args(extra),
@@ -118,7 +119,8 @@ fn spawn_agent(
             .env("KUBECONFIG", kubeconfig)
             .args(["--scheduler", url])
             .args(["--namespace", NS])
-            .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port())])
+            // Never read: an ephemeral port the process binds itself (no port to race for).
+            .args(["--metrics-listen", "127.0.0.1:0"])
             .args(["--agent-id", "process-test"])
             .args(extra),
         log,

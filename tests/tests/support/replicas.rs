@@ -63,8 +63,9 @@ impl Replicas {
             let args: Vec<String> = [
                 "--listen".to_owned(),
                 grpc.clone(),
+                // Never read: an ephemeral port the process binds itself.
                 "--metrics-listen".to_owned(),
-                format!("127.0.0.1:{}", free_port()),
+                "127.0.0.1:0".to_owned(),
                 "--data-dir".to_owned(),
                 dir.join(format!("{name}-data")).display().to_string(),
                 "--store=etcd".to_owned(),
